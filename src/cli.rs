@@ -1,0 +1,128 @@
+//! The command line: `kairos-rs [--config FILE]` serves; subcommands validate and inspect
+//! configs. main.rs runs what is parsed here.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kairos-rs",
+    version,
+    about = "A fast HTTP API gateway and reverse proxy"
+)]
+pub struct Cli {
+    /// Config file to serve. Without it, an embedded demo config runs with a built-in echo upstream.
+    #[arg(long, short, global = true, env = "KAIROS_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Check or describe config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Inspect routes.
+    #[command(subcommand)]
+    Routes(RoutesCommand),
+    /// Run the built-in echo upstream alone.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = crate::demo::DEMO_ECHO_ADDR)]
+        listen: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file; prints every error with its location.
+    Validate { file: PathBuf },
+    /// Print the JSON Schema of the config file.
+    Schema,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoutesCommand {
+    /// List the routes of a config file.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Renders the routes of a config as a table or JSON.
+pub fn render_routes(cfg: &crate::config::Config, format: Format) -> String {
+    let rows: Vec<[String; 6]> = cfg
+        .routes
+        .iter()
+        .map(|r| {
+            let methods = if r.methods == crate::config::model::MethodSet::ALL {
+                "*".to_string()
+            } else {
+                r.methods.names().join(",")
+            };
+            [
+                r.name.clone(),
+                methods,
+                r.host.clone().unwrap_or_else(|| "*".into()),
+                r.path.clone(),
+                cfg.upstreams
+                    .get(r.upstream)
+                    .map(|u| u.name.clone())
+                    .unwrap_or_default(),
+                r.rewrite
+                    .as_ref()
+                    .map(|w| w.template.clone())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    match format {
+        Format::Json => {
+            let items: Vec<_> = rows
+                .iter()
+                .zip(&cfg.routes)
+                .map(|(r, rc)| {
+                    serde_json::json!({
+                        "name": r[0], "methods": r[1], "host": rc.host, "path": r[3],
+                        "upstream": r[4], "rewrite": rc.rewrite.as_ref().map(|w| &w.template),
+                        "timeout": crate::config::units::format_duration(rc.timeout),
+                    })
+                })
+                .collect();
+            let mut s = serde_json::to_string_pretty(&items).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        Format::Table => {
+            let header =
+                ["NAME", "METHODS", "HOST", "PATH", "UPSTREAM", "REWRITE"].map(String::from);
+            let mut widths = header.clone().map(|h| h.len());
+            for r in &rows {
+                for (w, c) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let mut out = String::new();
+            for r in std::iter::once(&header).chain(&rows) {
+                let line: Vec<String> = r
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                out.push_str(line.join("  ").trim_end());
+                out.push('\n');
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Configuration: the file format (`raw`), its validation (`validate`) into the runtime model
+//! (`model`), and the loading pipeline that ties them together with precise error locations.
+//!
+//! Pipeline: text -> JSON syntax check -> duplicate keys -> `${ENV}` substitution -> typed
+//! deserialisation (every unknown field reported, not just the first) -> semantic validation.
+
+pub mod error;
+pub mod model;
+pub mod position;
+pub mod raw;
+pub mod units;
+pub mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::Config;
+
+use error::did_you_mean;
+use position::PositionIndex;
+use serde_json::Value;
+use std::path::Path;
+
+/// The demo config baked into the binary: used when no `--config` is given.
+pub const DEMO_CONFIG: &str = include_str!("../../config/demo.json");
+
+/// Reads, validates and builds the config at `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source_name: name.clone(),
+        errors: vec![ConfigError::new(
+            "",
+            format!("cannot read config file: {e}"),
+        )],
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_str(&text, &name, base)
+}
+
+/// Validates config text. `source_name` names it in errors; `base_dir` resolves relative paths.
+pub fn load_str(text: &str, source_name: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    load_str_with_env(text, source_name, base_dir, &|k| std::env::var(k).ok())
+}
+
+/// As [`load_str`], with the environment given as a lookup function (for tests).
+pub fn load_str_with_env(
+    text: &str,
+    source_name: &str,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let fail = |errors: Vec<ConfigError>| ConfigErrors {
+        source_name: source_name.to_string(),
+        errors,
+    };
+    let mut value: Value = serde_json::from_str(text).map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        let mut err = ConfigError::new("", format!("invalid JSON: {msg}"));
+        err.line = Some(e.line());
+        err.column = Some(e.column());
+        fail(vec![err])
+    })?;
+    let index = PositionIndex::build(text);
+    let mut errors: Vec<ConfigError> = index
+        .duplicates
+        .iter()
+        .map(|(path, _)| ConfigError::new(path.clone(), "key appears twice; only one may be given"))
+        .collect();
+
+    substitute_env(&mut value, String::new(), env, &mut errors);
+    let raw = deserialize_collecting(value, &mut errors);
+
+    if let Some(raw) = raw {
+        if errors.is_empty() {
+            match validate::validate(raw, base_dir) {
+                Ok(cfg) => return Ok(cfg),
+                Err(errs) => errors.extend(errs),
+            }
+        }
+    }
+    for e in &mut errors {
+        let pos = if e.message.starts_with("unknown field") || e.message.contains("appears twice") {
+            index.key(&e.path)
+        } else {
+            index.value(&e.path)
+        };
+        if let Some(p) = pos {
+            e.line = Some(p.line);
+            e.column = Some(p.column);
+        }
+    }
+    errors.sort_by_key(|e| (e.line, e.column));
+    Err(fail(errors))
+}
+
+/// Replaces `${NAME}` in every string value with the environment variable NAME.
+fn substitute_env(
+    v: &mut Value,
+    path: String,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    match v {
+        Value::String(s) if s.contains("${") => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let Some(end) = after.find('}') else {
+                    errors.push(
+                        ConfigError::new(path.clone(), "unclosed \"${\" in value")
+                            .with_hint("write \"${NAME}\""),
+                    );
+                    return;
+                };
+                let name = &after[..end];
+                match env(name) {
+                    Some(val) => out.push_str(&val),
+                    None => errors.push(
+                        ConfigError::new(
+                            path.clone(),
+                            format!("environment variable `{name}` is not set"),
+                        )
+                        .with_hint(format!("export {name}=... before starting kairos-rs")),
+                    ),
+                }
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                substitute_env(item, format!("{path}[{i}]"), env, errors);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                substitute_env(item, position::join_key(&path, k), env, errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Deserialises into the raw structs, reporting every unknown field and type error: each
+/// offending entry is recorded, removed, and deserialisation retried.
+fn deserialize_collecting(
+    mut value: Value,
+    errors: &mut Vec<ConfigError>,
+) -> Option<raw::RawConfig> {
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..64 {
+        let err = match serde_path_to_error::deserialize::<_, raw::RawConfig>(&value) {
+            Ok(raw) => return Some(raw),
+            Err(e) => e,
+        };
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let msg = err.inner().to_string();
+        let (message, hint) = describe_serde_error(&msg);
+        // A missing field after we removed a bad value of the same name is not news.
+        let echo = message.starts_with("missing field")
+            && removed
+                .iter()
+                .any(|r| Some(r.as_str()) == missing_field_path(&path, &msg).as_deref());
+        if !echo {
+            let mut e = ConfigError::new(path.clone(), message);
+            e.hint = hint;
+            errors.push(e);
+        }
+        if path.is_empty() || !remove_path(&mut value, &path) {
+            return None;
+        }
+        removed.push(path);
+    }
+    None
+}
+
+fn missing_field_path(parent: &str, msg: &str) -> Option<String> {
+    let field = msg.split('`').nth(1)?;
+    Some(position::join_key(parent, field))
+}
+
+/// Turns serde's wording into ours, with a "did you mean" for unknown fields.
+fn describe_serde_error(msg: &str) -> (String, Option<String>) {
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
+        let hint = did_you_mean(field, expected.iter().copied()).or_else(|| {
+            (!expected.is_empty()).then(|| format!("expected one of {}", expected.join(", ")))
+        });
+        return (format!("unknown field `{field}`"), hint);
+    }
+    if let Some(rest) = msg.strip_prefix("invalid type: ") {
+        return (format!("wrong type: {rest}"), None);
+    }
+    (msg.to_string(), None)
+}
+
+/// Removes the entry at a serde_path_to_error path such as `routes[2].upstrem`.
+fn remove_path(root: &mut Value, path: &str) -> bool {
+    let mut segs: Vec<Seg> = Vec::new();
+    for part in path.split('.') {
+        let mut p = part;
+        let key_end = p.find('[').unwrap_or(p.len());
+        if key_end > 0 {
+            segs.push(Seg::Key(p[..key_end].to_string()));
+        }
+        p = &p[key_end..];
+        while let Some(rest) = p.strip_prefix('[') {
+            let Some(close) = rest.find(']') else {
+                return false;
+            };
+            let Ok(i) = rest[..close].parse() else {
+                return false;
+            };
+            segs.push(Seg::Index(i));
+            p = &rest[close + 1..];
+        }
+    }
+    let Some((last, parents)) = segs.split_last() else {
+        return false;
+    };
+    let mut cur = root;
+    for s in parents {
+        cur = match (s, cur) {
+            (Seg::Key(k), Value::Object(m)) => match m.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Seg::Index(i), Value::Array(a)) => match a.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, cur) {
+        (Seg::Key(k), Value::Object(m)) => m.remove(k).is_some(),
+        (Seg::Index(i), Value::Array(a)) if *i < a.len() => {
+            // Keep indexes stable for later messages: replace rather than shift.
+            a[*i] = Value::Null;
+            false
+        }
+        _ => false,
+    }
+}
+
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// The JSON Schema of the config file, as printed by `kairos-rs config schema`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(raw::RawConfig);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
+}

@@ -1,0 +1,166 @@
+//! The validated config: typed, checked, with every default applied. Nothing here can be
+//! wrong in a way the gateway would discover at request time.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    /// Upstreams in name order; routes refer to them by index.
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub max_body_size: u64,
+    pub request_timeout: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub tls: Option<TlsConfig>,
+    pub h2c: bool,
+    pub shutdown_timeout: Duration,
+    pub keep_alive: Duration,
+}
+
+impl ServerConfig {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    pub token: Option<String>,
+    pub public_metrics: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    RoundRobin,
+    WeightedRoundRobin,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::WeightedRoundRobin => "weighted_round_robin",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub servers: Vec<ServerEntry>,
+    pub strategy: Strategy,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerEntry {
+    /// Normalised URL as written, for display: `http://127.0.0.1:9001`.
+    pub url: String,
+    pub https: bool,
+    /// `host:port` as it goes into the request URI.
+    pub authority: http::uri::Authority,
+    /// The Host header value sent upstream (port omitted when it is the scheme's default).
+    pub host_header: http::HeaderValue,
+    pub weight: u32,
+}
+
+/// A route's method filter as a bit set over the standard methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodSet(pub u16);
+
+impl MethodSet {
+    pub const ALL: MethodSet = MethodSet(u16::MAX);
+    pub const NAMES: [&'static str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+    ];
+
+    /// Bit for a method name; extension methods have none and only match `ALL`.
+    pub fn bit(name: &str) -> Option<u16> {
+        Self::NAMES.iter().position(|n| *n == name).map(|i| 1 << i)
+    }
+
+    pub fn contains(self, method: &str) -> bool {
+        match Self::bit(method) {
+            Some(b) => self.0 & b != 0,
+            None => self == Self::ALL,
+        }
+    }
+
+    pub fn overlaps(self, other: MethodSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        Self::NAMES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, n)| *n)
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// The path template as written.
+    pub path: String,
+    pub methods: MethodSet,
+    /// Lower-case host name without port.
+    pub host: Option<String>,
+    pub upstream: usize,
+    pub rewrite: Option<Rewrite>,
+    pub timeout: Duration,
+    pub preserve_host: bool,
+}
+
+/// A compiled rewrite template: literal pieces and the positions of route parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub template: String,
+    pub parts: Vec<RewritePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RewritePart {
+    Literal(String),
+    /// Index of the parameter in the route's path template.
+    Param(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}

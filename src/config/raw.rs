@@ -1,0 +1,161 @@
+//! The config file as written: serde structs only, no logic. Every struct denies unknown fields;
+//! `validate.rs` turns these into the runtime model. The JSON Schema printed by
+//! `kairos-rs config schema` is derived from these types.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A duration such as "250ms", "5s", "1m30s" or "1h".
+pub type DurationStr = String;
+/// A size such as "512KB" or "10MB" (1 MB = 1024 KB).
+pub type SizeStr = String;
+/// Keys of features this build does not implement yet. They are parsed so that the error can
+/// say so, instead of calling a documented key unknown; they are never silently accepted.
+pub type Unsupported = serde_json::Value;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Kairos gateway configuration, version 1")]
+pub struct RawConfig {
+    /// Config format version; must be 1.
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub logging: RawLogging,
+    /// Not implemented yet: rejected with a clear error.
+    #[serde(default)]
+    pub jwt_validation: Option<Unsupported>,
+    /// Not implemented yet: rejected with a clear error.
+    #[serde(default)]
+    pub api_keys: Option<Unsupported>,
+    /// Not implemented yet: rejected with a clear error.
+    #[serde(default)]
+    pub rate_limiting: Option<Unsupported>,
+    /// Not implemented yet: rejected with a clear error.
+    #[serde(default)]
+    pub cors: Option<Unsupported>,
+    /// Not implemented yet: rejected with a clear error.
+    #[serde(default)]
+    pub tracing: Option<Unsupported>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Listen address (default "127.0.0.1").
+    pub host: Option<String>,
+    /// Listen port (default 8080; 0 picks a free port).
+    pub port: Option<u16>,
+    /// Worker threads (default: number of CPUs).
+    pub workers: Option<usize>,
+    /// Largest request body accepted (default "10MB"); larger bodies get 413.
+    pub max_body_size: Option<SizeStr>,
+    /// Time allowed for the upstream to answer with its response head (default "30s").
+    pub request_timeout: Option<DurationStr>,
+    /// Peers (CIDR) whose X-Forwarded-* headers are trusted and extended, not replaced.
+    pub trusted_proxies: Option<Vec<String>>,
+    pub tls: Option<RawTls>,
+    /// Serve HTTP/2 with prior knowledge (h2c) on the plaintext listener (default true).
+    pub h2c: Option<bool>,
+    /// How long in-flight requests may take to finish on SIGTERM/SIGINT (default "30s").
+    pub shutdown_timeout: Option<DurationStr>,
+    /// Idle time before a client keep-alive connection is closed (default "75s").
+    pub keep_alive: Option<DurationStr>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain (path relative to the config file).
+    pub cert: String,
+    /// PEM private key (path relative to the config file).
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Bearer token for /_kairos/* (except health and ready). Use "${ENV_VAR}".
+    pub token: Option<String>,
+    /// Serve /_kairos/metrics without the token.
+    pub public_metrics: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub servers: Vec<RawServerEntry>,
+    pub load_balancing: Option<RawLoadBalancing>,
+    /// Time allowed to open a TCP (and TLS) connection to a server (default "2s").
+    pub connect_timeout: Option<DurationStr>,
+    /// Not implemented yet: rejected with a clear error.
+    pub health_check: Option<Unsupported>,
+    /// Not implemented yet: rejected with a clear error.
+    pub circuit_breaker: Option<Unsupported>,
+    /// Not implemented yet: rejected with a clear error.
+    pub retries: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerEntry {
+    /// http:// or https:// URL of the server, without a path.
+    pub url: String,
+    /// Relative weight, 1..=1000 (default 1); used by weighted_round_robin.
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoadBalancing {
+    /// round_robin (default) or weighted_round_robin.
+    pub strategy: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name, used in logs and metrics (default: "<methods> <path>").
+    pub name: Option<String>,
+    /// Path template: literal segments, {name} for one segment, {*name} for the rest.
+    pub path: String,
+    /// Allowed methods (default: all). GET also allows HEAD.
+    pub methods: Option<Vec<String>>,
+    /// Match only requests whose Host header is this name.
+    pub host: Option<String>,
+    pub upstream: String,
+    /// Upstream path template using the route's parameters, e.g. "/users/{id}".
+    pub rewrite: Option<String>,
+    /// Time allowed for the upstream response head on this route (overrides server.request_timeout).
+    pub timeout: Option<DurationStr>,
+    /// Send the client's Host header upstream instead of the upstream server's authority.
+    pub preserve_host: Option<bool>,
+    /// Only "none" is implemented yet.
+    pub auth: Option<Unsupported>,
+    /// Not implemented yet: rejected with a clear error when non-empty.
+    pub permissions: Option<Vec<String>>,
+    /// Not implemented yet: rejected with a clear error.
+    pub rate_limit: Option<Unsupported>,
+    /// Not implemented yet: rejected with a clear error.
+    pub cors: Option<Unsupported>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    /// "json" (default) or "pretty".
+    pub format: Option<String>,
+    /// trace, debug, info (default), warn or error; RUST_LOG overrides it.
+    pub level: Option<String>,
+    /// One line per request at info level (default true).
+    pub access_log: Option<bool>,
+}

@@ -1,0 +1,130 @@
+//! Parsing of the human-friendly units used in config values: durations such as `"250ms"` or
+//! `"1m30s"`, and sizes such as `"10MB"` (1 MB = 1024 KB, as NGINX counts).
+
+use std::time::Duration;
+
+/// Parses `"250ms"`, `"5s"`, `"1h"`, `"1m30s"`, `"0s"`. Units: `us`, `ms`, `s`, `m`, `h`, `d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(
+            "expected a duration such as \"250ms\", \"5s\" or \"1h\", found an empty string".into(),
+        );
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "expected a duration such as \"250ms\", \"5s\" or \"1h\", found \"{text}\""
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("number too large in duration \"{text}\""))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "us" | "µs" => Duration::from_micros(n),
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            "" => {
+                return Err(format!(
+                    "duration \"{text}\" has no unit: write \"{n}s\" or \"{n}ms\""
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "unknown unit \"{other}\" in duration \"{text}\" (use ms, s, m, h or d)"
+                ))
+            }
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way the config writes it (used by `config` output and messages).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Parses `"10MB"`, `"512KB"`, `"1GB"`, `"100B"`, `"64KiB"` or a bare number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits == 0 {
+        return Err(format!(
+            "expected a size such as \"10MB\" or \"512KB\", found \"{text}\""
+        ));
+    }
+    let n: u64 = s[..digits]
+        .parse()
+        .map_err(|_| format!("number too large in size \"{text}\""))?;
+    let mult: u64 = match s[digits..].trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit \"{other}\" in size \"{text}\" (use B, KB, MB or GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size \"{text}\" is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5 sec")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10MB").unwrap(), 10 << 20);
+        assert_eq!(parse_size("512KB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("1gb").unwrap(), 1 << 30);
+        assert!(parse_size("10XB").is_err());
+        assert!(parse_size("MB").is_err());
+    }
+}

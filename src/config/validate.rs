@@ -1,0 +1,706 @@
+//! Raw config -> validated model. Collects every error (with its JSON path) instead of stopping
+//! at the first, so an operator fixes a file in one pass.
+
+use super::error::{did_you_mean, ConfigError};
+use super::model::*;
+use super::raw::*;
+use super::units::{parse_duration, parse_size};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// The parsed pieces of a route path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    /// The template with parameters renamed by position (`{p0}`, `{*p1}`), so that two routes
+    /// differing only in parameter names share one router entry.
+    pub normalized: String,
+    pub params: Vec<String>,
+}
+
+/// Parses a route path template (`/users/{id}/files/{*rest}`).
+pub fn parse_path_template(path: &str) -> Result<PathTemplate, String> {
+    if !path.starts_with('/') {
+        return Err(format!("path must start with '/', found \"{path}\""));
+    }
+    let mut normalized = String::with_capacity(path.len());
+    let mut params: Vec<String> = Vec::new();
+    let mut rest = path;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest.as_bytes()[open] == b'}' {
+            return Err(format!("unbalanced '}}' in path \"{path}\""));
+        }
+        normalized.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed '{{' in path \"{path}\""))?;
+        let inner = &after[..close];
+        let (catch_all, name) = match inner.strip_prefix('*') {
+            Some(n) => (true, n),
+            None => (false, inner),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "parameter name \"{inner}\" in path \"{path}\" must be letters, digits or '_'"
+            ));
+        }
+        if params.iter().any(|p| p == name) {
+            return Err(format!(
+                "parameter {{{name}}} appears twice in path \"{path}\""
+            ));
+        }
+        let seg_start = normalized.ends_with('/');
+        let tail = &after[close + 1..];
+        if catch_all && !tail.is_empty() {
+            return Err(format!(
+                "catch-all {{*{name}}} must be the last part of path \"{path}\""
+            ));
+        }
+        if !seg_start || !(tail.is_empty() || tail.starts_with('/')) {
+            return Err(format!(
+                "parameter {{{inner}}} must fill a whole path segment in \"{path}\""
+            ));
+        }
+        let i = params.len();
+        normalized.push_str(&if catch_all {
+            format!("{{*p{i}}}")
+        } else {
+            format!("{{p{i}}}")
+        });
+        params.push(name.to_string());
+        rest = tail;
+    }
+    normalized.push_str(rest);
+    Ok(PathTemplate { normalized, params })
+}
+
+/// Compiles a rewrite template against the route's parameter names.
+pub fn parse_rewrite(rewrite: &str, params: &[String]) -> Result<Rewrite, String> {
+    if !rewrite.starts_with('/') {
+        return Err(format!("rewrite must start with '/', found \"{rewrite}\""));
+    }
+    let mut parts = Vec::new();
+    let mut rest = rewrite;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(RewritePart::Literal(rest[..open].to_string()));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed '{{' in rewrite \"{rewrite}\""))?;
+        let name = after[..close].trim_start_matches('*');
+        let idx = params.iter().position(|p| p == name).ok_or_else(|| {
+            let known = if params.is_empty() {
+                "the path has no parameters".to_string()
+            } else {
+                format!(
+                    "the path has {}",
+                    params
+                        .iter()
+                        .map(|p| format!("{{{p}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            format!("rewrite uses {{{name}}} but {known}")
+        })?;
+        parts.push(RewritePart::Param(idx));
+        rest = &after[close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(RewritePart::Literal(rest.to_string()));
+    }
+    Ok(Rewrite {
+        template: rewrite.to_string(),
+        parts,
+    })
+}
+
+/// Parses an upstream server URL into its runtime form.
+pub fn parse_server_url(
+    url: &str,
+) -> Result<(bool, http::uri::Authority, http::HeaderValue, String), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("\"{url}\" is not a valid URL: {e}"))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        Some(other) => {
+            return Err(format!(
+                "scheme \"{other}\" in \"{url}\" is not supported (use http or https)"
+            ))
+        }
+        None => return Err(format!("\"{url}\" needs a scheme: write \"http://{url}\"")),
+    };
+    let auth = uri
+        .authority()
+        .ok_or_else(|| format!("\"{url}\" has no host"))?;
+    if auth.as_str().contains('@') {
+        return Err(format!("\"{url}\" must not contain credentials"));
+    }
+    if auth.host().is_empty() {
+        return Err(format!("\"{url}\" has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "\"{url}\" must not have a path or query; use the route's \"rewrite\" to change the path"
+        ));
+    }
+    let default_port = if https { 443 } else { 80 };
+    let port = auth.port_u16().unwrap_or(default_port);
+    let host = auth.host();
+    let authority: http::uri::Authority = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("\"{url}\": {e}"))?;
+    let host_header = if port == default_port {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    let host_header =
+        http::HeaderValue::from_str(&host_header).map_err(|e| format!("\"{url}\": {e}"))?;
+    let scheme = if https { "https" } else { "http" };
+    Ok((
+        https,
+        authority,
+        host_header,
+        format!("{scheme}://{host}:{port}"),
+    ))
+}
+
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!("\"{text}\" is not an IP address or CIDR range such as \"10.0.0.0/8\"")
+        })
+}
+
+const STRATEGIES: [&str; 7] = [
+    "round_robin",
+    "weighted_round_robin",
+    "least_connections",
+    "ip_hash",
+    "random",
+    "health_based",
+    "p2c_ewma",
+];
+
+struct V {
+    errors: Vec<ConfigError>,
+}
+
+impl V {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, msg));
+    }
+    fn err_hint(
+        &mut self,
+        path: impl Into<String>,
+        msg: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.errors
+            .push(ConfigError::new(path, msg).with_hint(hint));
+    }
+    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|e| {
+                self.err(path, e);
+                default
+            }),
+        }
+    }
+    fn unsupported(&mut self, path: &str, v: &Option<serde_json::Value>) {
+        if v.is_some() {
+            self.err_hint(
+                path,
+                format!(
+                    "`{}` is not supported by this version of kairos-rs yet",
+                    path.rsplit('.').next().unwrap_or(path)
+                ),
+                "remove it; ROADMAP.md lists when it lands",
+            );
+        }
+    }
+}
+
+/// Validates a raw config. `base_dir` resolves relative file paths.
+pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut v = V { errors: Vec::new() };
+
+    if let Some(ver) = raw.version {
+        if ver != 1 {
+            v.err(
+                "version",
+                format!("unsupported config version {ver}; this gateway reads version 1"),
+            );
+        }
+    }
+    for (key, val) in [
+        ("jwt_validation", &raw.jwt_validation),
+        ("api_keys", &raw.api_keys),
+        ("rate_limiting", &raw.rate_limiting),
+        ("cors", &raw.cors),
+        ("tracing", &raw.tracing),
+    ] {
+        v.unsupported(key, val);
+    }
+
+    // server
+    let s = &raw.server;
+    let workers = match s.workers {
+        Some(0) => {
+            v.err("server.workers", "workers must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    let max_body_size = match &s.max_body_size {
+        None => 10 << 20,
+        Some(t) => parse_size(t).unwrap_or_else(|e| {
+            v.err("server.max_body_size", e);
+            0
+        }),
+    };
+    let mut trusted = Vec::new();
+    for (i, t) in s.trusted_proxies.iter().flatten().enumerate() {
+        match parse_net(t) {
+            Ok(n) => trusted.push(n),
+            Err(e) => v.err(format!("server.trusted_proxies[{i}]"), e),
+        }
+    }
+    let tls = s.tls.as_ref().map(|t| {
+        let resolve = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            }
+        };
+        let cfg = TlsConfig {
+            cert: resolve(&t.cert),
+            key: resolve(&t.key),
+        };
+        for (field, path) in [("cert", &cfg.cert), ("key", &cfg.key)] {
+            if !path.is_file() {
+                v.err(
+                    format!("server.tls.{field}"),
+                    format!("file {} does not exist", path.display()),
+                );
+            }
+        }
+        cfg
+    });
+    let host = s.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+    if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
+        v.err_hint(
+            "server.host",
+            format!("\"{host}\" is not an IP address"),
+            "use \"0.0.0.0\" to listen on all interfaces",
+        );
+    }
+    let server = ServerConfig {
+        host,
+        port: s.port.unwrap_or(8080),
+        workers,
+        max_body_size,
+        request_timeout: v.duration(
+            "server.request_timeout",
+            &s.request_timeout,
+            Duration::from_secs(30),
+        ),
+        trusted_proxies: trusted,
+        tls,
+        h2c: s.h2c.unwrap_or(true),
+        shutdown_timeout: v.duration(
+            "server.shutdown_timeout",
+            &s.shutdown_timeout,
+            Duration::from_secs(30),
+        ),
+        keep_alive: v.duration("server.keep_alive", &s.keep_alive, Duration::from_secs(75)),
+    };
+    if server.request_timeout.is_zero() {
+        v.err(
+            "server.request_timeout",
+            "request_timeout must be more than 0s",
+        );
+    }
+
+    // admin
+    let admin = match &raw.admin {
+        None => AdminConfig::default(),
+        Some(a) => {
+            if let Some(t) = &a.token {
+                if t.len() < 16 {
+                    v.err_hint("admin.token", "admin token is shorter than 16 characters", "generate one with `openssl rand -hex 32` and pass it as \"${KAIROS_ADMIN_TOKEN}\"");
+                }
+            }
+            AdminConfig {
+                token: a.token.clone(),
+                public_metrics: a.public_metrics.unwrap_or(false),
+            }
+        }
+    };
+
+    // upstreams
+    let mut upstreams = Vec::new();
+    let mut upstream_index = HashMap::new();
+    for (name, u) in &raw.upstreams {
+        let p = format!("upstreams.{name}");
+        if u.servers.is_empty() {
+            v.err(
+                format!("{p}.servers"),
+                "an upstream needs at least one server",
+            );
+        }
+        let mut servers = Vec::new();
+        for (i, se) in u.servers.iter().enumerate() {
+            let sp = format!("{p}.servers[{i}]");
+            let weight = se.weight.unwrap_or(1);
+            if weight == 0 || weight > 1000 {
+                v.err_hint(
+                    format!("{sp}.weight"),
+                    format!("weight {weight} is out of range"),
+                    "use a weight from 1 to 1000; remove the server to take it out",
+                );
+            }
+            match parse_server_url(&se.url) {
+                Ok((https, authority, host_header, url)) => {
+                    if servers.iter().any(|s: &ServerEntry| s.url == url) {
+                        v.err(format!("{sp}.url"), format!("server {url} is listed twice"));
+                    }
+                    servers.push(ServerEntry {
+                        url,
+                        https,
+                        authority,
+                        host_header,
+                        weight: weight.clamp(1, 1000),
+                    })
+                }
+                Err(e) => v.err(format!("{sp}.url"), e),
+            }
+        }
+        let strategy = match u
+            .load_balancing
+            .as_ref()
+            .and_then(|l| l.strategy.as_deref())
+        {
+            None | Some("round_robin") => Strategy::RoundRobin,
+            Some("weighted_round_robin") => Strategy::WeightedRoundRobin,
+            Some(other) if STRATEGIES.contains(&other) => {
+                v.err_hint(
+                    format!("{p}.load_balancing.strategy"),
+                    format!("strategy `{other}` is not supported by this version of kairos-rs yet"),
+                    "use round_robin or weighted_round_robin",
+                );
+                Strategy::RoundRobin
+            }
+            Some(other) => {
+                let hint = did_you_mean(other, STRATEGIES)
+                    .unwrap_or_else(|| format!("expected one of {}", STRATEGIES.join(", ")));
+                v.err_hint(
+                    format!("{p}.load_balancing.strategy"),
+                    format!("unknown strategy `{other}`"),
+                    hint,
+                );
+                Strategy::RoundRobin
+            }
+        };
+        v.unsupported(&format!("{p}.health_check"), &u.health_check);
+        v.unsupported(&format!("{p}.circuit_breaker"), &u.circuit_breaker);
+        v.unsupported(&format!("{p}.retries"), &u.retries);
+        let connect_timeout = v.duration(
+            &format!("{p}.connect_timeout"),
+            &u.connect_timeout,
+            Duration::from_secs(2),
+        );
+        if connect_timeout.is_zero() {
+            v.err(
+                format!("{p}.connect_timeout"),
+                "connect_timeout must be more than 0s",
+            );
+        }
+        upstream_index.insert(name.as_str(), upstreams.len());
+        upstreams.push(UpstreamConfig {
+            name: name.clone(),
+            servers,
+            strategy,
+            connect_timeout,
+        });
+    }
+
+    // routes
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut shapes: HashMap<(Option<String>, String), Vec<(usize, MethodSet)>> = HashMap::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        let template = match parse_path_template(&r.path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                v.err(format!("{p}.path"), e);
+                None
+            }
+        };
+        if r.path == "/_kairos" || r.path.starts_with("/_kairos/") {
+            v.err(
+                format!("{p}.path"),
+                "paths under /_kairos are reserved for the gateway's own endpoints",
+            );
+        }
+        let methods = match &r.methods {
+            None => MethodSet::ALL,
+            Some(list) if list.is_empty() => {
+                v.err_hint(
+                    format!("{p}.methods"),
+                    "an empty method list matches nothing",
+                    "omit `methods` to allow every method",
+                );
+                MethodSet(0)
+            }
+            Some(list) => {
+                let mut bits = 0u16;
+                for (j, m) in list.iter().enumerate() {
+                    let upper = m.to_ascii_uppercase();
+                    match MethodSet::bit(&upper) {
+                        Some(b) => {
+                            bits |= b;
+                            if upper == "GET" {
+                                bits |= MethodSet::bit("HEAD").unwrap_or(0);
+                            }
+                        }
+                        None => {
+                            let hint =
+                                did_you_mean(&upper, MethodSet::NAMES).unwrap_or_else(|| {
+                                    format!("expected one of {}", MethodSet::NAMES.join(", "))
+                                });
+                            v.err_hint(
+                                format!("{p}.methods[{j}]"),
+                                format!("unknown method `{m}`"),
+                                hint,
+                            );
+                        }
+                    }
+                }
+                MethodSet(bits)
+            }
+        };
+        let host = r
+            .host
+            .as_ref()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+        if let Some(h) = &host {
+            if h.is_empty() || h.contains([':', '/', ' ', '*']) {
+                v.err(
+                    format!("{p}.host"),
+                    format!(
+                        "\"{h}\" is not a host name (write it without scheme, port or wildcard)"
+                    ),
+                );
+            }
+        }
+        let upstream = match upstream_index.get(r.upstream.as_str()) {
+            Some(&u) => u,
+            None => {
+                let hint = did_you_mean(&r.upstream, upstream_index.keys().copied())
+                    .unwrap_or_else(|| "define it under \"upstreams\"".into());
+                v.err_hint(
+                    format!("{p}.upstream"),
+                    format!("unknown upstream `{}`", r.upstream),
+                    hint,
+                );
+                0
+            }
+        };
+        let rewrite = match (&r.rewrite, &template) {
+            (Some(rw), Some(t)) => match parse_rewrite(rw, &t.params) {
+                Ok(rw) => Some(rw),
+                Err(e) => {
+                    v.err(format!("{p}.rewrite"), e);
+                    None
+                }
+            },
+            _ => None,
+        };
+        match &r.auth {
+            None => {}
+            Some(serde_json::Value::String(s)) if s == "none" => {}
+            Some(_) => v.err_hint(
+                format!("{p}.auth"),
+                "authentication is not supported by this version of kairos-rs yet",
+                "remove `auth` or set it to \"none\"",
+            ),
+        }
+        if r.permissions.as_ref().is_some_and(|p| !p.is_empty()) {
+            v.err_hint(
+                format!("{p}.permissions"),
+                "permissions are not supported by this version of kairos-rs yet",
+                "remove `permissions`",
+            );
+        }
+        v.unsupported(&format!("{p}.rate_limit"), &r.rate_limit);
+        v.unsupported(&format!("{p}.cors"), &r.cors);
+        let timeout = v.duration(&format!("{p}.timeout"), &r.timeout, server.request_timeout);
+        if timeout.is_zero() {
+            v.err(format!("{p}.timeout"), "timeout must be more than 0s");
+        }
+        let name = r.name.clone().unwrap_or_else(|| match &r.methods {
+            Some(m) => format!("{} {}", m.join(","), r.path),
+            None => r.path.clone(),
+        });
+        if name.is_empty() {
+            v.err(format!("{p}.name"), "route name must not be empty");
+        }
+        if let Some(prev) = names.insert(name.clone(), i) {
+            v.err_hint(
+                format!("{p}.name"),
+                format!("route name `{name}` is already used by routes[{prev}]"),
+                "give every route a unique name",
+            );
+        }
+        if let Some(t) = &template {
+            let group = shapes
+                .entry((host.clone(), t.normalized.clone()))
+                .or_default();
+            for (j, other) in group.iter() {
+                if other.overlaps(methods) {
+                    v.err_hint(
+                        format!("{p}.path"),
+                        format!("route `{name}` can never be told apart from routes[{j}]: same host, path shape and methods"),
+                        "make the paths, hosts or methods differ, or remove one route",
+                    );
+                }
+            }
+            group.push((i, methods));
+        }
+        routes.push(RouteConfig {
+            name,
+            path: r.path.clone(),
+            methods,
+            host,
+            upstream,
+            rewrite,
+            timeout,
+            preserve_host: r.preserve_host.unwrap_or(false),
+        });
+    }
+
+    // logging
+    let l = &raw.logging;
+    let format = match l.format.as_deref() {
+        None | Some("json") => LogFormat::Json,
+        Some("pretty") => LogFormat::Pretty,
+        Some(other) => {
+            v.err_hint(
+                "logging.format",
+                format!("unknown log format `{other}`"),
+                "use \"json\" or \"pretty\"",
+            );
+            LogFormat::Json
+        }
+    };
+    let level = l.level.clone().unwrap_or_else(|| "info".into());
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    if !LEVELS.contains(&level.as_str()) {
+        let hint = did_you_mean(&level, LEVELS)
+            .unwrap_or_else(|| "use trace, debug, info, warn, error or off".into());
+        v.err_hint(
+            "logging.level",
+            format!("unknown log level `{level}`"),
+            hint,
+        );
+    }
+    let logging = LoggingConfig {
+        format,
+        level,
+        access_log: l.access_log.unwrap_or(true),
+    };
+
+    if v.errors.is_empty() {
+        if let Err(errs) = crate::proxy::router::Router::build(&routes) {
+            v.errors.extend(errs);
+        }
+    }
+    if v.errors.is_empty() {
+        Ok(Config {
+            server,
+            admin,
+            upstreams,
+            routes,
+            logging,
+        })
+    } else {
+        Err(v.errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        let t = parse_path_template("/api/users/{id}/files/{*rest}").unwrap();
+        assert_eq!(t.normalized, "/api/users/{p0}/files/{*p1}");
+        assert_eq!(t.params, vec!["id", "rest"]);
+        assert!(parse_path_template("api").is_err());
+        assert!(parse_path_template("/a/{*rest}/b")
+            .unwrap_err()
+            .contains("last"));
+        assert!(parse_path_template("/a/{id")
+            .unwrap_err()
+            .contains("unclosed"));
+        assert!(parse_path_template("/a/x{id}")
+            .unwrap_err()
+            .contains("whole path segment"));
+        assert!(parse_path_template("/a/{id}/{id}")
+            .unwrap_err()
+            .contains("twice"));
+    }
+
+    #[test]
+    fn rewrites() {
+        let params = vec!["id".to_string(), "rest".to_string()];
+        let rw = parse_rewrite("/users/{id}/{rest}", &params).unwrap();
+        assert_eq!(
+            rw.parts,
+            vec![
+                RewritePart::Literal("/users/".into()),
+                RewritePart::Param(0),
+                RewritePart::Literal("/".into()),
+                RewritePart::Param(1)
+            ]
+        );
+        assert!(parse_rewrite("/x/{nope}", &params)
+            .unwrap_err()
+            .contains("{nope}"));
+    }
+
+    #[test]
+    fn server_urls() {
+        let (https, auth, host, url) = parse_server_url("http://127.0.0.1:9001").unwrap();
+        assert!(!https);
+        assert_eq!(auth.as_str(), "127.0.0.1:9001");
+        assert_eq!(host, "127.0.0.1:9001");
+        assert_eq!(url, "http://127.0.0.1:9001");
+        let (https, auth, host, _) = parse_server_url("https://api.example.com").unwrap();
+        assert!(https);
+        assert_eq!(auth.as_str(), "api.example.com:443");
+        assert_eq!(host, "api.example.com");
+        assert!(parse_server_url("127.0.0.1:9001").is_err());
+        assert!(parse_server_url("ftp://x").is_err());
+        assert!(parse_server_url("http://x/path")
+            .unwrap_err()
+            .contains("rewrite"));
+    }
+}

@@ -1,0 +1,99 @@
+//! clap -> config -> run. The only place that uses anyhow.
+
+use anyhow::Context;
+use clap::Parser;
+use kairos_rs::cli::{Cli, Command, ConfigCommand, RoutesCommand};
+use kairos_rs::{config, demo, observability, server, state};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        None | Some(Command::Serve) => serve(cli.config),
+        Some(Command::Config(ConfigCommand::Schema)) => {
+            print!("{}", config::json_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Config(ConfigCommand::Validate { file })) => match config::load_file(&file) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} routes, {} upstreams)",
+                    file.display(),
+                    cfg.routes.len(),
+                    cfg.upstreams.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Some(Command::Routes(RoutesCommand::List { format })) => {
+            let path = cli.config.context("routes list needs --config FILE")?;
+            let cfg = config::load_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            print!("{}", kairos_rs::cli::render_routes(&cfg, format));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Echo { listen }) => {
+            actix_web::rt::System::new().block_on(async move {
+                let srv =
+                    demo::start(&listen).with_context(|| format!("cannot listen on {listen}"))?;
+                eprintln!("kairos echo upstream listening on {listen}");
+                srv.await.context("echo server failed")
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    let (cfg, demo_mode) = match &path {
+        Some(p) => match config::load_file(p) {
+            Ok(cfg) => (cfg, false),
+            Err(errors) => {
+                eprint!("{errors}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => {
+            let cfg = config::load_str(
+                config::DEMO_CONFIG,
+                "config/demo.json (embedded)",
+                std::path::Path::new("."),
+            )
+            .map_err(|e| anyhow::anyhow!("embedded demo config is invalid: {e}"))?;
+            (cfg, true)
+        }
+    };
+    observability::logging::init(&cfg.logging);
+    let runtime = state::Runtime::build(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shared = Arc::new(state::SharedState::new(runtime));
+    actix_web::rt::System::new().block_on(async move {
+        if demo_mode {
+            let echo = demo::start(demo::DEMO_ECHO_ADDR)
+                .with_context(|| format!("demo echo upstream cannot listen on {}", demo::DEMO_ECHO_ADDR))?;
+            actix_web::rt::spawn(echo);
+            tracing::info!(echo = demo::DEMO_ECHO_ADDR, "no --config given: serving the embedded demo config");
+        }
+        let bound = server::bind(shared.clone(), None)?;
+        tracing::info!(addr = %bound.addr, version = env!("CARGO_PKG_VERSION"), "kairos-rs listening");
+        server::run_until_signal(bound.server, shared).await.context("server failed")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,59 @@
+//! X-Request-Id: the client's own id is kept when it is sane (1-128 characters of
+//! `[A-Za-z0-9._:/+=-]`), otherwise a random 128-bit hex id is generated.
+
+use actix_web::http::header::{HeaderMap, HeaderValue};
+
+pub const HEADER: &str = "x-request-id";
+
+fn sane(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=')
+        })
+}
+
+/// The request id for a request with these headers.
+pub fn for_request(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(HEADER) {
+        if sane(v.as_bytes()) {
+            return v.clone();
+        }
+    }
+    generate()
+}
+
+/// A new random id: 32 lower-case hex digits.
+pub fn generate() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderName;
+
+    #[test]
+    fn keeps_sane_and_replaces_bad_ids() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_static(HEADER),
+            HeaderValue::from_static("abc-123"),
+        );
+        assert_eq!(for_request(&h), "abc-123");
+        h.insert(
+            HeaderName::from_static(HEADER),
+            HeaderValue::from_static("bad id with spaces"),
+        );
+        let id = for_request(&h);
+        assert_eq!(id.len(), 32);
+        assert_ne!(generate(), generate());
+    }
+}

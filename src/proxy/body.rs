@@ -1,0 +1,177 @@
+//! Bodies in both directions. Requests: no body, a small body read whole (no task, no channel),
+//! or a large/unknown-length body streamed through a bounded channel fed by a task on the
+//! worker (actix's payload cannot leave its thread; hyper's connection task needs `Send`).
+//! Responses: the upstream's body polled directly by actix, with its length kept so a sized
+//! response is not re-chunked.
+
+use actix_web::body::{BodySize, MessageBody};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body::{Body, Frame, SizeHint};
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+/// Bodies up to this size with a known length are read whole before forwarding.
+pub const BUFFER_LIMIT: u64 = 64 * 1024;
+/// Chunks in flight between the client reader and the upstream writer: bounds memory per
+/// streamed request to a few chunks (actix reads up to 64 KiB per chunk).
+const CHANNEL_CHUNKS: usize = 4;
+
+/// Why a request body stream ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body larger than the allowed maximum")]
+    TooLarge,
+    #[error("client request body failed: {0}")]
+    Client(String),
+}
+
+/// The body sent upstream.
+pub enum ProxyBody {
+    Empty,
+    Full(Option<Bytes>),
+    Stream {
+        rx: mpsc::Receiver<Result<Bytes, RequestBodyError>>,
+        len: Option<u64>,
+    },
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut *self {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Stream { rx, .. } => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Stream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Stream { len: Some(n), .. } => SizeHint::with_exact(*n),
+            ProxyBody::Stream { len: None, .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// Set by the body pump when the client sent more than `max_body_size`.
+pub type TooLargeFlag = Rc<Cell<bool>>;
+
+/// Reads a small body of known length whole. `Err(true)` means it was larger than `max`.
+pub async fn read_small(
+    payload: &mut actix_web::web::Payload,
+    len: u64,
+    max: u64,
+) -> Result<Bytes, Result<(), String>> {
+    let mut buf = bytes::BytesMut::with_capacity(len as usize);
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Err(e.to_string()))?;
+        if (buf.len() + chunk.len()) as u64 > max {
+            return Err(Ok(()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Starts streaming the client's body upstream; `first` is a chunk already read.
+pub fn stream(
+    mut payload: actix_web::web::Payload,
+    first: Option<Bytes>,
+    len: Option<u64>,
+    max: u64,
+    too_large: TooLargeFlag,
+) -> ProxyBody {
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    actix_web::rt::spawn(async move {
+        let mut seen: u64 = 0;
+        let mut next = first.map(Ok);
+        loop {
+            let item = match next.take() {
+                Some(i) => Some(i),
+                None => payload.next().await,
+            };
+            let Some(item) = item else { break };
+            let msg = match item {
+                Ok(chunk) => {
+                    seen += chunk.len() as u64;
+                    if seen > max {
+                        too_large.set(true);
+                        let _ = tx.send(Err(RequestBodyError::TooLarge)).await;
+                        break;
+                    }
+                    Ok(chunk)
+                }
+                Err(e) => Err(RequestBodyError::Client(e.to_string())),
+            };
+            let stop = msg.is_err();
+            if tx.send(msg).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    ProxyBody::Stream { rx, len }
+}
+
+/// The upstream's response body, handed to actix as is.
+pub struct UpstreamBody {
+    body: hyper::body::Incoming,
+    size: BodySize,
+}
+
+impl UpstreamBody {
+    /// `len` is the upstream's Content-Length, if it sent one.
+    pub fn new(body: hyper::body::Incoming, len: Option<u64>) -> Self {
+        let size = match len {
+            Some(n) => BodySize::Sized(n),
+            None if body.is_end_stream() => BodySize::Sized(0),
+            None => BodySize::Stream,
+        };
+        UpstreamBody { body, size }
+    }
+}
+
+impl MessageBody for UpstreamBody {
+    type Error = hyper::Error;
+
+    fn size(&self) -> BodySize {
+        self.size
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        loop {
+            return match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => continue,
+                    Ok(data) => Poll::Ready(Some(Ok(data))),
+                    // Trailers are not forwarded over HTTP/1.1.
+                    Err(_) => continue,
+                },
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}

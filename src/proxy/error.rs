@@ -1,0 +1,105 @@
+//! The one place where a gateway error becomes an HTTP response: the status CONFIG.md assigns,
+//! a generic JSON body with the request id, and never an upstream address or internal detail
+//! (those go to the log).
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+
+/// Everything the gateway itself can answer with.
+#[derive(Debug)]
+pub enum GatewayError {
+    BadRequest(&'static str),
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed { allow: String },
+    PayloadTooLarge,
+    UpstreamConnect,
+    UpstreamProtocol,
+    NoHealthyUpstream,
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable machine-readable code for the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::Unauthorized => "unauthorized",
+            GatewayError::NotFound => "route_not_found",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::UpstreamConnect => "upstream_connect_failed",
+            GatewayError::UpstreamProtocol => "upstream_protocol_error",
+            GatewayError::NoHealthyUpstream => "no_healthy_upstream",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(m) => m,
+            GatewayError::Unauthorized => "missing or invalid credentials",
+            GatewayError::NotFound => "no route matches this request",
+            GatewayError::MethodNotAllowed { .. } => "method not allowed on this path",
+            GatewayError::PayloadTooLarge => "request body is larger than the gateway accepts",
+            GatewayError::UpstreamConnect => "the upstream service could not be reached",
+            GatewayError::UpstreamProtocol => "the upstream service sent an invalid response",
+            GatewayError::NoHealthyUpstream => "no healthy upstream server is available",
+            GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
+        }
+    }
+
+    /// The response the client sees.
+    pub fn to_response(&self, request_id: &HeaderValue) -> HttpResponse {
+        let rid = request_id.to_str().unwrap_or_default();
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.message(), "request_id": rid }
+        });
+        let mut res = HttpResponse::build(self.status());
+        res.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ));
+        res.insert_header((
+            header::HeaderName::from_static("x-request-id"),
+            request_id.clone(),
+        ));
+        match self {
+            GatewayError::MethodNotAllowed { allow } => {
+                res.insert_header((header::ALLOW, allow.as_str()));
+            }
+            GatewayError::Unauthorized => {
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"kairos\""),
+                ));
+            }
+            GatewayError::PayloadTooLarge | GatewayError::BadRequest(_) => {
+                // The unread body makes the connection unusable.
+                res.insert_header((header::CONNECTION, HeaderValue::from_static("close")));
+            }
+            GatewayError::NotFound
+            | GatewayError::UpstreamConnect
+            | GatewayError::UpstreamProtocol
+            | GatewayError::NoHealthyUpstream
+            | GatewayError::UpstreamTimeout => {}
+        }
+        res.body(body.to_string())
+    }
+}

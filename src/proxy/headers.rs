@@ -1,0 +1,174 @@
+//! Header rewriting between client and upstream: hop-by-hop headers removed in both directions
+//! (the fixed list plus every header named in `Connection`, RFC 9110 7.6.1), X-Forwarded-For,
+//! -Proto and -Host set according to `server.trusted_proxies`, and the conversion between
+//! actix's `http` 0.2 header types and hyper's `http` 1 types.
+
+use actix_web::http::header as ax;
+use http::header::{self as hh, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never the message (RFC 9110 7.6.1, plus the
+/// non-standard ones proxies are expected to drop).
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Header names listed in the Connection header(s), lower-cased.
+fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in values {
+        for tok in v.split(|&b| b == b',') {
+            let t = String::from_utf8_lossy(tok).trim().to_ascii_lowercase();
+            if !t.is_empty() {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// What the gateway knows about the client connection, for the X-Forwarded-* headers.
+pub struct ClientInfo<'a> {
+    pub peer: Option<std::net::IpAddr>,
+    pub trusted: bool,
+    pub scheme: &'static str,
+    pub host: Option<&'a [u8]>,
+}
+
+/// Copies the client's request headers into the upstream request, minus hop-by-hop headers
+/// and the ones the gateway sets itself.
+pub fn request_headers(
+    src: &ax::HeaderMap,
+    dst: &mut hh::HeaderMap,
+    client: &ClientInfo<'_>,
+    host: HeaderValue,
+    request_id: &HeaderValue,
+) {
+    let nominated = match src.contains_key(ax::CONNECTION) {
+        true => connection_tokens(src.get_all(ax::CONNECTION).map(|v| v.as_bytes())),
+        false => Vec::new(),
+    };
+    let mut xff: Option<Vec<u8>> = None;
+    let mut xfp: Option<HeaderValue> = None;
+    let mut xfh: Option<HeaderValue> = None;
+    dst.reserve(src.len() + 4);
+    for (name, value) in src.iter() {
+        let n = name.as_str();
+        match n {
+            "host" | "content-length" | "expect" | "x-request-id" => continue,
+            "x-forwarded-for" => {
+                if client.trusted {
+                    let acc = xff.get_or_insert_with(Vec::new);
+                    if !acc.is_empty() {
+                        acc.extend_from_slice(b", ");
+                    }
+                    acc.extend_from_slice(value.as_bytes());
+                }
+                continue;
+            }
+            "x-forwarded-proto" => {
+                if client.trusted && xfp.is_none() {
+                    xfp = HeaderValue::from_bytes(value.as_bytes()).ok();
+                }
+                continue;
+            }
+            "x-forwarded-host" => {
+                if client.trusted && xfh.is_none() {
+                    xfh = HeaderValue::from_bytes(value.as_bytes()).ok();
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if is_hop_by_hop(n) || (!nominated.is_empty() && nominated.iter().any(|t| t == n)) {
+            continue;
+        }
+        if let (Ok(hn), Ok(hv)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            dst.append(hn, hv);
+        }
+    }
+    // Content-Length is set from the body we actually send (hyper derives it from the body).
+    if let Some(len) = src.get(ax::CONTENT_LENGTH) {
+        if let Ok(v) = HeaderValue::from_bytes(len.as_bytes()) {
+            dst.insert(hh::CONTENT_LENGTH, v);
+        }
+    }
+    dst.insert(hh::HOST, host);
+    if let Some(ip) = client.peer {
+        let mut acc = xff.unwrap_or_default();
+        if !acc.is_empty() {
+            acc.extend_from_slice(b", ");
+        }
+        let mut buf = itoa_ip(ip);
+        acc.append(&mut buf);
+        if let Ok(v) = HeaderValue::from_bytes(&acc) {
+            dst.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    dst.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        xfp.unwrap_or_else(|| HeaderValue::from_static(client.scheme)),
+    );
+    if let Some(v) = xfh.or_else(|| client.host.and_then(|h| HeaderValue::from_bytes(h).ok())) {
+        dst.insert(HeaderName::from_static("x-forwarded-host"), v);
+    }
+    dst.insert(HeaderName::from_static("x-request-id"), request_id.clone());
+}
+
+fn itoa_ip(ip: std::net::IpAddr) -> Vec<u8> {
+    use std::io::Write;
+    let mut v = Vec::with_capacity(40);
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    let _ = write!(v, "{ip}");
+    v
+}
+
+/// Copies the upstream's response headers to the client, minus hop-by-hop headers and the
+/// framing headers actix writes itself from the body's size. Repeated headers stay repeated.
+pub fn response_headers(src: &hh::HeaderMap, dst: &mut ax::HeaderMap) {
+    let nominated = match src.contains_key(hh::CONNECTION) {
+        true => connection_tokens(src.get_all(hh::CONNECTION).iter().map(|v| v.as_bytes())),
+        false => Vec::new(),
+    };
+    for (name, value) in src.iter() {
+        let n = name.as_str();
+        if n == "content-length"
+            || is_hop_by_hop(n)
+            || (!nominated.is_empty() && nominated.iter().any(|t| t == n))
+        {
+            continue;
+        }
+        if let (Ok(an), Ok(av)) = (
+            ax::HeaderName::from_bytes(n.as_bytes()),
+            ax::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            dst.append(an, av);
+        }
+    }
+}
+
+/// The Content-Length of an upstream response, if present and valid.
+pub fn content_length(h: &hh::HeaderMap) -> Option<u64> {
+    let mut it = h.get_all(hh::CONTENT_LENGTH).iter();
+    let v = it.next()?;
+    if it.next().is_some() {
+        return None;
+    }
+    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
+}

@@ -1,0 +1,266 @@
+//! The request path, phase by phase: match the route -> check the request -> pick a server ->
+//! build the upstream request -> forward -> build the response -> log. `handle` is the actix
+//! handler behind every path outside `/_kairos`.
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod router;
+
+use crate::config::model::{RewritePart, RouteConfig};
+use crate::observability::request_id;
+use crate::state::{Runtime, SharedState};
+use crate::upstream::Upstream;
+use actix_web::http::header as ax;
+use actix_web::{web, HttpRequest, HttpResponse};
+use body::{ProxyBody, UpstreamBody};
+use error::GatewayError;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the access log records about a proxied request.
+struct Outcome<'a> {
+    route: Option<&'a str>,
+    upstream: Option<&'a str>,
+}
+
+/// The actix handler for every proxied request.
+pub async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<SharedState>,
+) -> HttpResponse {
+    let start = Instant::now();
+    let rt: Arc<Runtime> = state.load();
+    let rid = request_id::for_request(req.headers());
+    let mut outcome = Outcome {
+        route: None,
+        upstream: None,
+    };
+    let res = match proxy(&req, payload, &rt, &rid, &mut outcome).await {
+        Ok(res) => res,
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::debug!(request_id = rid.to_str().unwrap_or_default(), error = ?e, "request failed");
+            }
+            e.to_response(&rid)
+        }
+    };
+    if rt.config.logging.access_log {
+        tracing::info!(
+            target: "kairos::access",
+            method = req.method().as_str(),
+            path = req.path(),
+            route = outcome.route.unwrap_or("unmatched"),
+            status = res.status().as_u16(),
+            latency_ms = start.elapsed().as_secs_f64() * 1000.0,
+            upstream = outcome.upstream.unwrap_or("-"),
+            request_id = rid.to_str().unwrap_or_default(),
+        );
+    }
+    res
+}
+
+async fn proxy<'a>(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    rt: &'a Runtime,
+    rid: &ax::HeaderValue,
+    outcome: &mut Outcome<'a>,
+) -> Result<HttpResponse, GatewayError> {
+    let method = req.method();
+    let host = request_host(req);
+
+    // Phase 1: route.
+    let host_key = match (rt.router.uses_hosts(), host) {
+        (true, Some(h)) => Some(strip_port(h).to_ascii_lowercase()),
+        _ => None,
+    };
+    let (route_idx, params) =
+        match rt
+            .router
+            .lookup(host_key.as_deref(), req.path(), method.as_str())
+        {
+            router::Lookup::Found { route, params } => (route, params),
+            router::Lookup::MethodNotAllowed { allow } => {
+                return Err(GatewayError::MethodNotAllowed {
+                    allow: allow.to_string(),
+                })
+            }
+            router::Lookup::NotFound => return Err(GatewayError::NotFound),
+        };
+    let route: &'a RouteConfig = &rt.config.routes[route_idx];
+    outcome.route = Some(&route.name);
+
+    // Phase 2: check the request and prepare its body.
+    let max = rt.config.server.max_body_size;
+    let declared_len = match req.headers().get(ax::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or(GatewayError::BadRequest("invalid Content-Length"))?,
+        ),
+        None => None,
+    };
+    if declared_len.is_some_and(|n| n > max) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    let too_large = body::TooLargeFlag::default();
+    let upstream_body = match declared_len {
+        Some(0) => ProxyBody::Empty,
+        Some(n) if n <= body::BUFFER_LIMIT => match body::read_small(&mut payload, n, max).await {
+            Ok(b) => ProxyBody::Full(Some(b)),
+            Err(Ok(())) => return Err(GatewayError::PayloadTooLarge),
+            Err(Err(_)) => return Err(GatewayError::BadRequest("could not read the request body")),
+        },
+        Some(n) => body::stream(payload, None, Some(n), max, too_large.clone()),
+        None if req.version() >= actix_web::http::Version::HTTP_2
+            || req.headers().contains_key(ax::TRANSFER_ENCODING) =>
+        {
+            use futures_util::StreamExt;
+            match payload.next().await {
+                None => ProxyBody::Empty,
+                Some(Ok(first)) => body::stream(payload, Some(first), None, max, too_large.clone()),
+                Some(Err(_)) => {
+                    return Err(GatewayError::BadRequest("could not read the request body"))
+                }
+            }
+        }
+        None => ProxyBody::Empty,
+    };
+
+    // Phase 3: pick a server.
+    let upstream: &'a Upstream = &rt.upstreams[route.upstream];
+    let server = upstream
+        .config
+        .servers
+        .get(upstream.balancer.pick())
+        .ok_or(GatewayError::NoHealthyUpstream)?;
+    outcome.upstream = Some(&server.url);
+
+    // Phase 4: the upstream request.
+    let path_and_query = upstream_path(req, route, &params)?;
+    let uri = http::Uri::builder()
+        .scheme(if server.https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        })
+        .authority(server.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
+    let mut up = http::Request::new(upstream_body);
+    *up.method_mut() = http::Method::from_bytes(method.as_str().as_bytes())
+        .map_err(|_| GatewayError::BadRequest("invalid method"))?;
+    *up.uri_mut() = uri;
+    let upstream_host = match (route.preserve_host, host) {
+        (true, Some(h)) => {
+            http::HeaderValue::from_str(h).unwrap_or_else(|_| server.host_header.clone())
+        }
+        _ => server.host_header.clone(),
+    };
+    let peer = req.peer_addr().map(|a| a.ip());
+    let client = headers::ClientInfo {
+        peer,
+        trusted: peer.is_some_and(|ip| rt.config.server.is_trusted(ip)),
+        scheme: if req.app_config().secure() {
+            "https"
+        } else {
+            "http"
+        },
+        host: host.map(str::as_bytes),
+    };
+    let rid_up = http::HeaderValue::from_bytes(rid.as_bytes())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
+    headers::request_headers(
+        req.headers(),
+        up.headers_mut(),
+        &client,
+        upstream_host,
+        &rid_up,
+    );
+
+    // Phase 5: forward, bounded by the route's timeout until the response head arrives.
+    let sent = forward::send(up, upstream.config.connect_timeout, &upstream.tls);
+    let response = match tokio::time::timeout(route.timeout, sent).await {
+        Err(_) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            if too_large.get() {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+            tracing::warn!(request_id = rid.to_str().unwrap_or_default(), upstream = %upstream.config.name, server = %server.url, error = %e, "upstream request failed");
+            return Err(match e {
+                forward::ForwardError::Connect(_) => GatewayError::UpstreamConnect,
+                forward::ForwardError::ConnectTimeout => GatewayError::UpstreamTimeout,
+                forward::ForwardError::Body(_) => {
+                    GatewayError::BadRequest("could not read the request body")
+                }
+                forward::ForwardError::Protocol(_) => GatewayError::UpstreamProtocol,
+            });
+        }
+        Ok(Ok(r)) => r,
+    };
+
+    // Phase 6: the response.
+    let (parts, incoming) = response.into_parts();
+    let status = actix_web::http::StatusCode::from_u16(parts.status.as_u16())
+        .map_err(|_| GatewayError::UpstreamProtocol)?;
+    let len = headers::content_length(&parts.headers);
+    let mut res = HttpResponse::with_body(status, UpstreamBody::new(incoming, len));
+    headers::response_headers(&parts.headers, res.headers_mut());
+    res.headers_mut()
+        .insert(ax::HeaderName::from_static(request_id::HEADER), rid.clone());
+    Ok(res.map_into_boxed_body())
+}
+
+/// The Host the client asked for: the Host header, or the authority of an HTTP/2 request.
+fn request_host(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(ax::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// The path and query sent upstream: the route's rewrite with parameters substituted, or the
+/// client's path unchanged. The query string always goes along.
+fn upstream_path(
+    req: &HttpRequest,
+    route: &RouteConfig,
+    params: &matchit::Params<'_, '_>,
+) -> Result<http::uri::PathAndQuery, GatewayError> {
+    let bad = |_| GatewayError::BadRequest("invalid request target");
+    let Some(rw) = &route.rewrite else {
+        let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        return http::uri::PathAndQuery::try_from(pq).map_err(bad);
+    };
+    let query = req.query_string();
+    let mut out = String::with_capacity(rw.template.len() + 32 + query.len());
+    for part in &rw.parts {
+        match part {
+            RewritePart::Literal(s) => out.push_str(s),
+            RewritePart::Param(i) => {
+                if let Some((_, v)) = params.iter().nth(*i) {
+                    out.push_str(v);
+                }
+            }
+        }
+    }
+    if !query.is_empty() {
+        out.push('?');
+        out.push_str(query);
+    }
+    http::uri::PathAndQuery::try_from(out).map_err(bad)
+}

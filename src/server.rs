@@ -1,0 +1,81 @@
+//! The listener: builds the actix server from the live state (plaintext HTTP/1.1 + h2c, or
+//! TLS with HTTP/2 via ALPN), and stops it gracefully on SIGTERM/SIGINT.
+
+use crate::state::SharedState;
+use crate::{admin, proxy};
+use actix_web::{web, App, HttpServer};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+/// A bound, not yet running gateway.
+pub struct Bound {
+    pub server: actix_web::dev::Server,
+    pub addr: SocketAddr,
+}
+
+/// Binds the configured address (or uses `listener`) and prepares the server.
+pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Result<Bound> {
+    let rt = state.load();
+    let cfg = &rt.config.server;
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind((cfg.host.as_str(), cfg.port)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port),
+            )
+        })?,
+    };
+    let addr = listener.local_addr()?;
+    let data = web::Data::from(state.clone());
+    let http = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .service(admin::scope())
+            .default_service(web::to(proxy::handle))
+    })
+    .workers(cfg.workers)
+    .keep_alive(cfg.keep_alive)
+    .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
+    .disable_signals();
+    let http = match &cfg.tls {
+        Some(tls) => http.listen_rustls_0_23(listener, crate::tls::server_config(tls)?)?,
+        None if cfg.h2c => http.listen_auto_h2c(listener)?,
+        None => http.listen(listener)?,
+    };
+    let server = http.run();
+    state.set_ready(true);
+    Ok(Bound { server, addr })
+}
+
+/// Runs until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
+/// (bounded by `server.shutdown_timeout`).
+pub async fn run_until_signal(
+    server: actix_web::dev::Server,
+    state: Arc<SharedState>,
+) -> io::Result<()> {
+    let handle = server.handle();
+    let signals = async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("cannot install signal handlers; stop the gateway with SIGKILL");
+            return std::future::pending::<()>().await;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal = name,
+            "shutting down: no new connections, finishing in-flight requests"
+        );
+        state.set_ready(false);
+        handle.stop(true).await;
+    };
+    actix_web::rt::spawn(signals);
+    server.await
+}

@@ -1,0 +1,72 @@
+//! The one live state: config, router and upstreams, behind an atomic pointer. The proxy and
+//! the admin endpoints read the same state; a reload builds a new one and swaps it whole, so a
+//! request in flight finishes on the state it started with.
+
+use crate::config::Config;
+use crate::proxy::router::Router;
+use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Everything one request needs, built from one config.
+pub struct Runtime {
+    pub config: Config,
+    pub router: Router,
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Runtime {
+    /// Builds the runtime for a validated config.
+    pub fn build(config: Config) -> Result<Self, crate::config::ConfigErrors> {
+        let router =
+            Router::build(&config.routes).map_err(|errors| crate::config::ConfigErrors {
+                source_name: "routes".into(),
+                errors,
+            })?;
+        let tls = crate::proxy::forward::default_tls_config();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u.clone(), tls.clone()))
+            .collect();
+        Ok(Runtime {
+            config,
+            router,
+            upstreams,
+        })
+    }
+}
+
+/// Shared by every worker.
+pub struct SharedState {
+    live: ArcSwap<Runtime>,
+    ready: AtomicBool,
+}
+
+impl SharedState {
+    pub fn new(runtime: Runtime) -> Self {
+        SharedState {
+            live: ArcSwap::from_pointee(runtime),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The current runtime; hold it for the whole request.
+    pub fn load(&self) -> Arc<Runtime> {
+        self.live.load_full()
+    }
+
+    /// Replaces the runtime; requests already running keep the old one.
+    pub fn swap(&self, runtime: Runtime) {
+        self.live.store(Arc::new(runtime));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
