@@ -124,7 +124,7 @@ pub struct RawLoadBalancing {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
-    /// Unique name, used in logs and metrics (default: "<methods> <path>").
+    /// Unique name, used in logs and metrics (default: "<METHODS> <host><path>", e.g. "GET /api/users/{id}").
     pub name: Option<String>,
     /// Path template: literal segments, {name} for one segment, {*name} for the rest.
     pub path: String,

@@ -554,9 +554,12 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         if timeout.is_zero() {
             v.err(format!("{p}.timeout"), "timeout must be more than 0s");
         }
-        let name = r.name.clone().unwrap_or_else(|| match &r.methods {
-            Some(m) => format!("{} {}", m.join(","), r.path),
-            None => r.path.clone(),
+        let name = r.name.clone().unwrap_or_else(|| {
+            let target = format!("{}{}", host.as_deref().unwrap_or(""), r.path);
+            match &r.methods {
+                Some(m) => format!("{} {target}", m.join(",")),
+                None => target,
+            }
         });
         if name.is_empty() {
             v.err(format!("{p}.name"), "route name must not be empty");

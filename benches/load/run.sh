@@ -1,0 +1,412 @@
+#!/usr/bin/env bash
+# Load test: kairos-rs vs nginx as a reverse proxy, on loopback, in front of the same upstream.
+#
+#   benches/load/run.sh            # DURATION=10 s per run, ROUNDS=3
+#   benches/load/run.sh --quick    # smoke run: DURATION=2, ROUNDS=1, WARMUP=1
+#   DURATION=30 ROUNDS=5 benches/load/run.sh
+#
+# Environment (all optional):
+#   DURATION     seconds per measured wrk run (default 10; 2 with --quick)
+#   ROUNDS       measured rounds; each round runs every target once (default 3; 1 with --quick)
+#   WARMUP       seconds of wrk warm-up before each measured run (default 2; 1 with --quick)
+#   CONNECTIONS  wrk connections (default 50); wrk always runs with one thread (-t1)
+#   PIN          1 (default) pins processes to CPUs as described below; 0 disables pinning
+#   PROXY_CPU    CPU for the proxy under test (default 0)
+#   AUX_CPU      CPU for wrk and the upstream nginx (default 1)
+#   KAIROS_BIN   use this kairos-rs binary instead of building one
+#   KEEP_TMP     1 keeps the temp dir (configs, logs, raw wrk output) for inspection
+#
+# Targets (all on 127.0.0.1, free ports picked at start):
+#   upstream     nginx, 1 worker, `return 200 "ok"`           (what every proxy forwards to)
+#   nginx        nginx reverse proxy, 1 worker, keepalive 64 to the upstream
+#   kairos       kairos-rs, workers 1, 10 routes (the hit route among them)
+#   kairos-10k   kairos-rs, workers 1, 10,000 routes (the same hit route among them)
+#
+# CPU pinning (PIN=1, needs >= 2 CPUs): the proxy under test (nginx worker, or kairos-rs with
+# all its threads) runs alone on PROXY_CPU; wrk and the upstream nginx share AUX_CPU. A proxy
+# does about twice the socket work of the upstream (it is both a server and a client), so with
+# this split the proxy is the bottleneck and the numbers compare the proxies, not the client.
+# Without pinning, wrk, the upstream and the proxy would fight over both cores and the
+# scheduler's placement would add noise between runs. The script prints the proxy's CPU use
+# during each run: near 100% means the proxy was saturated (the intended case); clearly below
+# means something else (wrk or the upstream on AUX_CPU) limited the run.
+
+set -euo pipefail
+
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "unknown argument: $arg (try --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+if [[ $QUICK == 1 ]]; then
+    DURATION=${DURATION:-2}
+    ROUNDS=${ROUNDS:-1}
+    WARMUP=${WARMUP:-1}
+fi
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-50}
+PIN=${PIN:-1}
+PROXY_CPU=${PROXY_CPU:-0}
+AUX_CPU=${AUX_CPU:-1}
+KEEP_TMP=${KEEP_TMP:-0}
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HIT_PATH=/api/items/42          # the request every wrk run sends
+HIT_ROUTE=/api/items/{id}       # the kairos route that matches it
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- cleanup of what we started
+PIDS=()
+TMP=""
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $KEEP_TMP == 1 ]]; then
+            log "kept $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if ((${#need[@]})); then
+    SUDO=()
+    [[ $EUID -eq 0 ]] || SUDO=(sudo)
+    log "installing ${need[*]} with apt-get"
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+for t in wrk curl ss awk; do command -v "$t" >/dev/null 2>&1 || die "$t not found"; done
+
+if [[ $PIN == 1 ]] && command -v taskset >/dev/null 2>&1 && (($(nproc) >= 2)); then
+    ON_PROXY=(taskset -c "$PROXY_CPU")
+    ON_AUX=(taskset -c "$AUX_CPU")
+    PIN_DESC="proxy on CPU $PROXY_CPU; wrk + upstream on CPU $AUX_CPU"
+else
+    ON_PROXY=()
+    ON_AUX=()
+    PIN_DESC="none"
+fi
+
+# ---------------------------------------------------------------- build kairos-rs
+if [[ -n ${KAIROS_BIN:-} ]]; then
+    [[ -x $KAIROS_BIN ]] || die "KAIROS_BIN=$KAIROS_BIN is not executable"
+else
+    log "cargo build --release (fat LTO: this can take several minutes)"
+    (cd "$REPO" && cargo build --release --quiet)
+    # cargo metadata reports the target dir cargo really uses (CARGO_TARGET_DIR, .cargo/config).
+    target_dir=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    KAIROS_BIN=${target_dir:-${CARGO_TARGET_DIR:-$REPO/target}}/release/kairos-rs
+    [[ -x $KAIROS_BIN ]] || die "built binary not found at $KAIROS_BIN"
+fi
+log "kairos binary: $KAIROS_BIN"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/kairos-load.XXXXXX")
+chmod 755 "$TMP"
+
+# ---------------------------------------------------------------- free ports
+USED_PORTS=" "
+free_port() {
+    local listening p
+    listening=" $(ss -Htln 2>/dev/null | awk '{n=split($4,a,":"); printf "%s ", a[n]}') "
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 40000))
+        if [[ $listening != *" $p "* && $USED_PORTS != *" $p "* ]]; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return
+        fi
+    done
+    die "no free port found"
+}
+UP_PORT=$(free_port)
+NGX_PORT=$(free_port)
+K10_PORT=$(free_port)
+K10K_PORT=$(free_port)
+
+# ---------------------------------------------------------------- configs
+# nginx as root would switch its worker to "nobody", which cannot write into our temp dir.
+NGX_USER=""
+[[ $EUID -eq 0 ]] && NGX_USER="user root;"
+
+nginx_conf() { # name, http-block body
+    local dir=$TMP/$1
+    mkdir -p "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+$NGX_USER
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; multi_accept on; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/client;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+$2
+}
+EOF
+}
+
+nginx_conf upstream "
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        location / { default_type text/plain; return 200 \"ok\"; }
+    }"
+
+nginx_conf nginx-proxy "
+    upstream backend {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+
+# kairos configs: the hit route plus N-1 generated routes of three shapes (static, parameter,
+# catch-all), all distinct, so the only difference between the two instances is the count.
+kairos_conf() { # file, port, route count
+    local file=$1 port=$2 n=$3
+    {
+        printf '{\n  "version": 1,\n'
+        printf '  "server": { "host": "127.0.0.1", "port": %s, "workers": 1, "shutdown_timeout": "1s" },\n' "$port"
+        printf '  "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:%s" }] } },\n' "$UP_PORT"
+        printf '  "logging": { "level": "warn", "access_log": false },\n'
+        printf '  "routes": [\n'
+        awk -v n="$n" -v hit="$HIT_ROUTE" 'BEGIN {
+            half = int((n - 1) / 2)
+            for (i = 0; i < n - 1; i++) {
+                if (i == half) printf "    { \"name\": \"hit\", \"path\": \"%s\", \"upstream\": \"up\" },\n", hit
+                k = i % 3
+                if (k == 0) p = sprintf("/static%d/health", i)
+                else if (k == 1) p = sprintf("/svc%d/items/{id}", i)
+                else p = sprintf("/files%d/{*rest}", i)
+                printf "    { \"name\": \"r%d\", \"path\": \"%s\", \"upstream\": \"up\" }%s\n", i, p, (i < n - 2 ? "," : "")
+            }
+            if (n == 1) printf "    { \"name\": \"hit\", \"path\": \"%s\", \"upstream\": \"up\" }\n", hit
+        }'
+        printf '  ]\n}\n'
+    } >"$file"
+}
+kairos_conf "$TMP/kairos-10.json" "$K10_PORT" 10
+kairos_conf "$TMP/kairos-10k.json" "$K10K_PORT" 10000
+"$KAIROS_BIN" config validate "$TMP/kairos-10.json" >&2 || die "kairos config (10 routes) rejected"
+"$KAIROS_BIN" config validate "$TMP/kairos-10k.json" >&2 || die "kairos config (10k routes) rejected"
+
+# ---------------------------------------------------------------- start servers
+STARTED=""
+start_nginx() { # name, cpu prefix...; sets STARTED to the master's pid
+    local name=$1
+    shift
+    "$@" "$NGINX" -e "$TMP/$name/error.log" -p "$TMP/$name" -c "$TMP/$name/nginx.conf" \
+        -g 'daemon off;' >>"$TMP/$name/stdout.log" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+wait_ready() { # name, url, pid
+    local name=$1 url=$2 pid=$3 body
+    for _ in $(seq 300); do
+        kill -0 "$pid" 2>/dev/null || die "$name exited during startup (see logs below)
+$(tail -n 20 "$TMP"/"$name"*.log "$TMP/$name"/*.log 2>/dev/null || true)"
+        if body=$(curl -fsS --max-time 2 "$url" 2>/dev/null); then
+            [[ $body == ok ]] || die "$name answered \"$body\" instead of \"ok\" on $url"
+            return
+        fi
+        sleep 0.1
+    done
+    die "$name not ready after 30 s on $url"
+}
+
+start_nginx upstream "${ON_AUX[@]}"
+UP_PID=$STARTED
+wait_ready upstream "http://127.0.0.1:$UP_PORT$HIT_PATH" "$UP_PID"
+start_nginx nginx-proxy "${ON_PROXY[@]}"
+NGX_PID=$STARTED
+wait_ready nginx-proxy "http://127.0.0.1:$NGX_PORT$HIT_PATH" "$NGX_PID"
+# The nginx master only supervises; the worker (its only child) does the proxying.
+NGX_WORKER=""
+for _ in $(seq 50); do
+    NGX_WORKER=$(pgrep -P "$NGX_PID" | head -n1 || true)
+    [[ -n $NGX_WORKER ]] && break
+    sleep 0.1
+done
+[[ -n $NGX_WORKER ]] || die "nginx proxy worker not found"
+
+"${ON_PROXY[@]}" "$KAIROS_BIN" --config "$TMP/kairos-10.json" >"$TMP/kairos-10.log" 2>&1 &
+K10_PID=$!
+PIDS+=("$K10_PID")
+"${ON_PROXY[@]}" "$KAIROS_BIN" --config "$TMP/kairos-10k.json" >"$TMP/kairos-10k.log" 2>&1 &
+K10K_PID=$!
+PIDS+=("$K10K_PID")
+# kairos-10 is checked first so that it reaches idle before its RSS is read.
+wait_ready kairos-10 "http://127.0.0.1:$K10_PORT$HIT_PATH" "$K10_PID"
+wait_ready kairos-10k "http://127.0.0.1:$K10K_PORT$HIT_PATH" "$K10K_PID"
+
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu_ticks() { # utime + stime of all threads of a process
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+sleep 1
+declare -A PID_OF=([nginx]=$NGX_WORKER [kairos]=$K10_PID [kairos-10k]=$K10K_PID)
+declare -A URL_OF=(
+    [nginx]="http://127.0.0.1:$NGX_PORT$HIT_PATH"
+    [kairos]="http://127.0.0.1:$K10_PORT$HIT_PATH"
+    [kairos-10k]="http://127.0.0.1:$K10K_PORT$HIT_PATH"
+)
+declare -A RSS_IDLE RSS_LOAD
+for t in nginx kairos kairos-10k; do
+    RSS_IDLE[$t]=$(rss_kb "${PID_OF[$t]}")
+    RSS_LOAD[$t]=0
+done
+
+log "ports: upstream $UP_PORT, nginx $NGX_PORT, kairos $K10_PORT, kairos-10k $K10K_PORT"
+log "pinning: $PIN_DESC"
+log "runs: $ROUNDS round(s) x 3 targets x (${WARMUP}s warm-up + ${DURATION}s), wrk -t1 -c$CONNECTIONS"
+
+# ---------------------------------------------------------------- measure
+to_ms() { # "338.00us" / "1.23ms" / "1.01s" -> milliseconds
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.4f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.4f", v }
+        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.4f", v * 60000 }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.4f", v * 1000 }
+        else printf "%s", v
+    }'
+}
+
+declare -A RPS P50 P99 CPU
+BAD=0
+run_one() { # target, round
+    local t=$1 r=$2 url=${URL_OF[$1]} pid=${PID_OF[$1]} out=$TMP/wrk-$1-$2.txt sampler c0 c1
+    "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+    c0=$(cpu_ticks "$pid")
+    # Sample the RSS of the proxy every 0.5 s while wrk runs; keep the maximum.
+    (
+        max=0
+        while :; do
+            v=$(rss_kb "$pid")
+            ((v > max)) && max=$v && echo "$max" >"$TMP/rss-$t-$r"
+            sleep 0.5
+        done
+    ) &
+    sampler=$!
+    PIDS+=("$sampler")
+    "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$out"
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    c1=$(cpu_ticks "$pid")
+    local rps p50 p99 rss cpu
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    [[ -n $rps && -n $p50 && -n $p99 ]] || die "cannot parse wrk output for $t:
+$(cat "$out")"
+    if grep -q -e 'Non-2xx' -e 'Socket errors' "$out"; then
+        log "WARNING $t round $r: $(grep -e 'Non-2xx' -e 'Socket errors' "$out" | tr -s ' ' | tr '\n' ';')"
+        grep -q 'Non-2xx' "$out" && BAD=1
+    fi
+    rss=$(cat "$TMP/rss-$t-$r" 2>/dev/null || echo 0)
+    ((rss > RSS_LOAD[$t])) && RSS_LOAD[$t]=$rss
+    RPS[$t]+="$rps "
+    P50[$t]+="$p50 "
+    P99[$t]+="$p99 "
+    cpu=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN { printf "%.0f", 100 * d / hz / s }')
+    CPU[$t]+="$cpu "
+    log "round $r $(printf '%-10s' "$t") rps $(printf '%9s' "$rps")  p50 ${p50}ms  p99 ${p99}ms  proxy cpu ${cpu}%"
+}
+
+TARGETS=(nginx kairos kairos-10k)
+for ((r = 1; r <= ROUNDS; r++)); do
+    # Rotate the order each round so that no target always runs first or last.
+    for ((k = 0; k < 3; k++)); do
+        run_one "${TARGETS[$(((k + r - 1) % 3))]}" "$r"
+    done
+done
+
+# ---------------------------------------------------------------- report
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+declare -A M_RPS M_P50 M_P99 M_CPU
+for t in "${TARGETS[@]}"; do
+    M_RPS[$t]=$(median <<<"${RPS[$t]}")
+    M_P50[$t]=$(median <<<"${P50[$t]}")
+    M_P99[$t]=$(median <<<"${P99[$t]}")
+    M_CPU[$t]=$(median <<<"${CPU[$t]}")
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.3f", a / b }'; }
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+echo
+echo "kairos-rs vs nginx reverse proxy: loopback, wrk -t1 -c$CONNECTIONS, ${DURATION}s x $ROUNDS round(s), GET $HIT_PATH"
+echo "upstream: nginx 1 worker, return 200 \"ok\"; pinning: $PIN_DESC"
+echo "medians over rounds; RSS idle = before load, under load = max sampled during the runs"
+echo
+printf '%-12s %12s %10s %10s %9s %10s %10s  %s\n' target "req/s" "p50 ms" "p99 ms" "cpu %" "RSS idle" "RSS load" "all req/s"
+for t in "${TARGETS[@]}"; do
+    printf '%-12s %12.0f %10.3f %10.3f %9s %9sM %9sM  %s\n' "$t" "${M_RPS[$t]}" "${M_P50[$t]}" \
+        "${M_P99[$t]}" "${M_CPU[$t]}" "$(mb "${RSS_IDLE[$t]}")" "$(mb "${RSS_LOAD[$t]}")" "${RPS[$t]% }"
+done
+echo
+printf '%-40s %s\n' "kairos / nginx req/s:" "$(ratio "${M_RPS[kairos]}" "${M_RPS[nginx]}")"
+printf '%-40s %s\n' "kairos p99 / nginx p99:" "$(ratio "${M_P99[kairos]}" "${M_P99[nginx]}")"
+printf '%-40s %s\n' "kairos 10k routes / 10 routes req/s:" "$(ratio "${M_RPS[kairos-10k]}" "${M_RPS[kairos]}")"
+printf '%-40s %s MB idle, %s MB under load\n' "kairos RSS (10 routes):" "$(mb "${RSS_IDLE[kairos]}")" "$(mb "${RSS_LOAD[kairos]}")"
+printf '%-40s %s MB idle, %s MB under load\n' "kairos RSS (10k routes):" "$(mb "${RSS_IDLE[kairos-10k]}")" "$(mb "${RSS_LOAD[kairos-10k]}")"
+printf '%-40s %s MB idle, %s MB under load\n' "nginx proxy worker RSS:" "$(mb "${RSS_IDLE[nginx]}")" "$(mb "${RSS_LOAD[nginx]}")"
+
+for t in kairos kairos-10k; do
+    kill -0 "${PID_OF[$t]}" 2>/dev/null || { log "$t died during the run"; BAD=1; }
+done
+if [[ $BAD == 1 ]]; then
+    log "some runs had non-2xx responses or a server died: the numbers above are not valid"
+    exit 1
+fi

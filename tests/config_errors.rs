@@ -1,0 +1,209 @@
+//! Every kind of config error, with the message, JSON path and location an operator sees.
+
+use kairos_rs::config::{load_str_with_env, ConfigError};
+use std::path::Path;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    errors_env(text, &[])
+}
+
+fn errors_env(text: &str, env: &[(&str, &str)]) -> Vec<ConfigError> {
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    match load_str_with_env(text, "t.json", Path::new("."), &lookup) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e.errors,
+    }
+}
+
+fn one(text: &str) -> ConfigError {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    errs.into_iter().next().unwrap()
+}
+
+const UP: &str = r#""upstreams": {"users": {"servers": [{"url": "http://127.0.0.1:9001"}]}}"#;
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    let e = one("{\n  \"version\": 1,\n  \"server\": {\"port\": 80,}\n}");
+    assert_eq!((e.line, e.column), (Some(3), Some(25)));
+    assert!(e.message.starts_with("invalid JSON"), "{}", e.message);
+}
+
+#[test]
+fn unknown_field_suggests_the_right_one_and_points_at_the_key() {
+    let text = format!("{{\n  {UP},\n  \"routes\": [\n    {{\"path\": \"/a\", \"upstrem\": \"users\"}}\n  ]\n}}");
+    let errs = errors(&text);
+    let e = errs.iter().find(|e| e.message.contains("upstrem")).expect("unknown field reported");
+    assert_eq!(e.path, "routes[0].upstrem");
+    assert_eq!(e.message, "unknown field `upstrem`");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `upstream`?"));
+    assert_eq!((e.line, e.column), (Some(4), Some(20)));
+    let rendered = e.to_string();
+    assert_eq!(rendered, "4:20: routes[0].upstrem: unknown field `upstrem` (did you mean `upstream`?)");
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let text = r#"{
+  "server": {"prot": 8080, "request_timeout": "soon"},
+  "upstreams": {
+    "users": {"servers": [{"url": "127.0.0.1:9001", "weight": 0}], "conect_timeout": "1s"}
+  },
+  "routes": [
+    {"path": "/a", "upstream": "user"},
+    {"path": "/b", "upstream": "users", "timeout": "5 parsecs"}
+  ]
+}"#;
+    let errs = errors(text);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    // Unknown fields are structural: they are all reported together first.
+    assert_eq!(paths, vec!["server.prot", "upstreams.users.conect_timeout"], "{errs:#?}");
+    assert_eq!(errs[1].hint.as_deref(), Some("did you mean `connect_timeout`?"));
+
+    // Once the structure is right, every semantic error is reported in one pass.
+    let fixed = text.replace("prot", "port").replace("conect_timeout", "connect_timeout");
+    let errs = errors(&fixed);
+    let got: Vec<(&str, usize)> = errs.iter().map(|e| (e.path.as_str(), e.line.unwrap())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("server.request_timeout", 2),
+            ("upstreams.users.servers[0].url", 4),
+            ("upstreams.users.servers[0].weight", 4),
+            ("routes[0].upstream", 7),
+            ("routes[1].timeout", 8),
+        ],
+        "{errs:#?}"
+    );
+    let by_path = |p: &str| errs.iter().find(|e| e.path == p).unwrap();
+    assert!(by_path("server.request_timeout").message.contains("\"soon\""));
+    assert!(by_path("upstreams.users.servers[0].url").message.contains("needs a scheme"));
+    assert!(by_path("upstreams.users.servers[0].weight").message.contains("out of range"));
+    let up = by_path("routes[0].upstream");
+    assert_eq!(up.message, "unknown upstream `user`");
+    assert_eq!(up.hint.as_deref(), Some("did you mean `users`?"));
+    assert!(by_path("routes[1].timeout").message.contains("unknown unit"));
+}
+
+#[test]
+fn conflicting_routes_are_an_error() {
+    let text = format!(
+        r#"{{{UP}, "routes": [
+            {{"name": "a", "path": "/users/{{id}}", "methods": ["GET"], "upstream": "users"}},
+            {{"name": "b", "path": "/users/{{uid}}", "methods": ["GET", "POST"], "upstream": "users"}},
+            {{"name": "c", "path": "/users/{{uid}}", "methods": ["DELETE"], "upstream": "users"}}
+        ]}}"#
+    );
+    let e = one(&text);
+    assert_eq!(e.path, "routes[1].path");
+    assert!(e.message.contains("can never be told apart from routes[0]"), "{}", e.message);
+}
+
+#[test]
+fn duplicate_route_names_and_keys() {
+    let text = format!(r#"{{{UP}, "routes": [{{"name": "x", "path": "/a", "upstream": "users"}}, {{"name": "x", "path": "/b", "upstream": "users"}}]}}"#);
+    let e = one(&text);
+    assert_eq!(e.path, "routes[1].name");
+    assert!(e.message.contains("already used by routes[0]"));
+
+    let e = one(&format!(r#"{{{UP}, "routes": [], "routes": []}}"#));
+    assert_eq!(e.path, "routes");
+    assert!(e.message.contains("appears twice"));
+}
+
+#[test]
+fn bad_urls() {
+    for (url, want) in [
+        ("ftp://h:1", "not supported"),
+        ("http://h:1/prefix", "must not have a path"),
+        ("http://user:pw@h:1", "credentials"),
+        ("not a url", "not a valid URL"),
+    ] {
+        let text = format!(r#"{{"upstreams": {{"u": {{"servers": [{{"url": "{url}"}}]}}}}}}"#);
+        let e = one(&text);
+        assert_eq!(e.path, "upstreams.u.servers[0].url");
+        assert!(e.message.contains(want), "{url}: {}", e.message);
+    }
+}
+
+#[test]
+fn bad_paths_rewrites_and_methods() {
+    let text = format!(
+        r#"{{{UP}, "routes": [
+            {{"path": "no-slash", "upstream": "users"}},
+            {{"path": "/a/{{id}}", "rewrite": "/b/{{name}}", "upstream": "users"}},
+            {{"path": "/c", "methods": ["GTE"], "upstream": "users"}},
+            {{"path": "/_kairos/mine", "upstream": "users"}}
+        ]}}"#
+    );
+    let errs = errors(&text);
+    let find = |p: &str| errs.iter().find(|e| e.path == p).unwrap_or_else(|| panic!("{p} missing: {errs:#?}"));
+    assert!(find("routes[0].path").message.contains("must start with '/'"));
+    assert!(find("routes[1].rewrite").message.contains("{name}"));
+    assert_eq!(find("routes[2].methods[0]").hint.as_deref(), Some("did you mean `GET`?"));
+    assert!(find("routes[3].path").message.contains("reserved"));
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let e = one(r#"{"server": {"port": "eighty"}}"#);
+    assert_eq!(e.path, "server.port");
+    assert!(e.message.starts_with("wrong type"), "{}", e.message);
+    assert_eq!(e.line, Some(1));
+}
+
+#[test]
+fn environment_variables_are_substituted_or_named_when_missing() {
+    let text = format!(r#"{{{UP}, "admin": {{"token": "${{KAIROS_TEST_TOKEN}}"}}, "routes": [{{"path": "/a", "upstream": "${{UPSTREAM_NAME}}"}}]}}"#);
+    let errs = errors_env(&text, &[("UPSTREAM_NAME", "users")]);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].path, "admin.token");
+    assert_eq!(errs[0].message, "environment variable `KAIROS_TEST_TOKEN` is not set");
+
+    let lookup = |k: &str| match k {
+        "KAIROS_TEST_TOKEN" => Some("0123456789abcdef0123".to_string()),
+        "UPSTREAM_NAME" => Some("users".to_string()),
+        _ => None,
+    };
+    let cfg = load_str_with_env(&text, "t.json", Path::new("."), &lookup).unwrap();
+    assert_eq!(cfg.admin.token.as_deref(), Some("0123456789abcdef0123"));
+    assert_eq!(cfg.routes[0].upstream, 0);
+}
+
+#[test]
+fn features_not_built_yet_are_refused_not_ignored() {
+    let text = format!(
+        r#"{{{UP}, "jwt_validation": {{"secret": "s"}}, "routes": [{{"path": "/a", "upstream": "users", "auth": "jwt"}}]}}"#
+    );
+    let errs = errors(&text);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, vec!["jwt_validation", "routes[0].auth"], "{errs:#?}");
+    assert!(errs[0].message.contains("not supported by this version"));
+    let e = one(r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}], "load_balancing": {"strategy": "least_connections"}}}}"#);
+    assert!(e.message.contains("not supported by this version"), "{}", e.message);
+    let e = one(r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}], "load_balancing": {"strategy": "round_robbin"}}}}"#);
+    assert_eq!(e.hint.as_deref(), Some("did you mean `round_robin`?"));
+}
+
+#[test]
+fn sizes_durations_versions_and_tls_files() {
+    let e = one(r#"{"server": {"max_body_size": "10XB"}}"#);
+    assert_eq!(e.path, "server.max_body_size");
+    let e = one(r#"{"version": 2}"#);
+    assert!(e.message.contains("version 2"));
+    let e = one(r#"{"server": {"workers": 0}}"#);
+    assert_eq!(e.path, "server.workers");
+    let errs = errors(r#"{"server": {"tls": {"cert": "missing.pem", "key": "missing.key"}}}"#);
+    assert_eq!(errs.len(), 2);
+    assert!(errs[0].message.contains("does not exist"));
+    let e = one(r#"{"admin": {"token": "short"}}"#);
+    assert!(e.message.contains("shorter than 16"));
+}
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    let demo = kairos_rs::config::load_str(kairos_rs::config::DEMO_CONFIG, "demo", Path::new(".")).unwrap();
+    assert!(!demo.routes.is_empty());
+}

@@ -1,0 +1,378 @@
+//! Test harness: a real upstream HTTP server on 127.0.0.1:0 that records what it received, and
+//! a gateway started in-process (or as the real binary) on a free loopback port.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query, as sent on the request line.
+    pub target: String,
+    pub version: http::Version,
+    /// Headers in the order received; repeated headers appear repeatedly.
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    /// The body, kept only up to 1 MiB.
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// What the upstream answers.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: ReplyBody,
+    /// Wait this long before sending the response head.
+    pub delay: Duration,
+}
+
+pub enum ReplyBody {
+    Bytes(Vec<u8>),
+    /// `n` zero bytes in 64 KiB chunks; `sized` sends a Content-Length, otherwise chunked.
+    Zeros { n: u64, sized: bool },
+}
+
+impl Reply {
+    pub fn ok(body: &str) -> Reply {
+        Reply { status: 200, headers: vec![], body: ReplyBody::Bytes(body.as_bytes().to_vec()), delay: Duration::ZERO }
+    }
+    pub fn status(mut self, s: u16) -> Self {
+        self.status = s;
+        self
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+type Handler = dyn Fn(&Recorded) -> Reply + Send + Sync;
+
+/// A real HTTP/1.1 server on 127.0.0.1:0 (hyper), recording every request.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    /// Answers "ok" to everything.
+    pub fn start_ok() -> Upstream {
+        Self::start(|_| Reply::ok("ok"))
+    }
+
+    pub fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Upstream {
+        Self::start_on(std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream"), handler)
+    }
+
+    pub fn start_on(listener: std::net::TcpListener, handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Upstream {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let handler: Arc<Handler> = Arc::new(handler);
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let seen2 = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let (stream, _) = tokio::select! {
+                        r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+                        _ = &mut stop_rx => break,
+                    };
+                    let seen = seen2.clone();
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                            let seen = seen.clone();
+                            let handler = handler.clone();
+                            async move { Ok::<_, Infallible>(serve_one(req, &seen, &*handler).await) }
+                        });
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                    });
+                }
+            });
+        });
+        Upstream { addr, seen, stop: Some(stop_tx), thread: Some(thread) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().expect("the upstream received no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve_one(req: http::Request<Incoming>, seen: &Mutex<Vec<Recorded>>, handler: &Handler) -> http::Response<BoxBody> {
+    let (parts, mut body) = req.into_parts();
+    let mut rec = Recorded {
+        method: parts.method.to_string(),
+        target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        version: parts.version,
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+        body_len: 0,
+        body: Vec::new(),
+    };
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            rec.body_len += data.len() as u64;
+            if rec.body.len() < (1 << 20) {
+                rec.body.extend_from_slice(&data[..data.len().min((1 << 20) - rec.body.len())]);
+            }
+        }
+    }
+    let reply = handler(&rec);
+    seen.lock().expect("lock").push(rec);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut builder = http::Response::builder().status(reply.status);
+    for (k, v) in &reply.headers {
+        builder = builder.header(k, v);
+    }
+    let body: BoxBody = match reply.body {
+        ReplyBody::Bytes(b) => Full::new(Bytes::from(b)).map_err(|e: Infallible| match e {}).boxed_unsync(),
+        ReplyBody::Zeros { n, sized } => {
+            if sized {
+                builder = builder.header("content-length", n.to_string());
+            }
+            let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+            let stream = futures_util::stream::unfold(n, move |left| {
+                let chunk = chunk.clone();
+                async move {
+                    if left == 0 {
+                        return None;
+                    }
+                    let take = left.min(chunk.len() as u64);
+                    Some((Ok::<_, std::io::Error>(Frame::data(chunk.slice(..take as usize))), left - take))
+                }
+            });
+            StreamBody::new(stream).boxed_unsync()
+        }
+    };
+    builder.body(body).expect("response")
+}
+
+/// A gateway running in-process on its own actix system thread.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts a gateway with `config` (JSON text); `server.host`/`port` are replaced by a free
+    /// loopback port.
+    pub fn start(config: &str) -> Gateway {
+        Self::start_in(config, std::path::Path::new("."))
+    }
+
+    pub fn start_in(config: &str, base: &std::path::Path) -> Gateway {
+        let cfg = kairos_rs::config::load_str(config, "test-config", base).unwrap_or_else(|e| panic!("{e}"));
+        let runtime = kairos_rs::state::Runtime::build(cfg).unwrap_or_else(|e| panic!("{e}"));
+        let state = Arc::new(kairos_rs::state::SharedState::new(runtime));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind gateway");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let bound = kairos_rs::server::bind(state, Some(listener)).expect("gateway bind");
+                tx.send((bound.addr, bound.server.handle())).expect("send addr");
+                let _ = bound.server.await;
+            });
+        });
+        let (addr, handle) = rx.recv().expect("gateway started");
+        Gateway { addr, handle, thread: Some(thread) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let h = self.handle.clone();
+        let _ = std::thread::spawn(move || futures_executor_block_on(h.stop(false))).join();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt").block_on(f)
+}
+
+/// A config with one upstream `u` at `upstream_url`, the given routes (JSON array text) and
+/// extra top-level keys (JSON object members, may be empty).
+pub fn config(upstream_url: &str, routes: &str, extra: &str) -> String {
+    let extra = if extra.is_empty() { String::new() } else { format!(",{extra}") };
+    format!(
+        r#"{{"version":1,"server":{{"workers":1}},"upstreams":{{"u":{{"servers":[{{"url":"{upstream_url}"}}]}}}},"routes":{routes},"logging":{{"access_log":false,"level":"error"}}{extra}}}"#
+    )
+}
+
+/// A plain HTTP client that does not follow redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+}
+
+/// Sends raw bytes on a new connection and returns everything read until the server closes
+/// or `timeout` passes.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Resident memory of a process in KiB (VmRSS) and its peak (VmHWM).
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The gateway binary run as a child process with a config file.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub stderr_lines: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Writes `config` (port forced to 0, JSON logs) to a temp file and runs the binary on it.
+    pub fn start(config: &str) -> GatewayProcess {
+        let mut v: serde_json::Value = serde_json::from_str(config).expect("config json");
+        v["server"]["port"] = 0.into();
+        v["server"]["host"] = "127.0.0.1".into();
+        v["logging"]["format"] = "json".into();
+        if v["logging"].get("level").is_none() {
+            v["logging"]["level"] = "info".into();
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, v.to_string()).expect("write config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kairos-rs"))
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn kairos-rs");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines2 = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("kairos-rs listening") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+                lines2.lock().expect("lock").push(line);
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("gateway did not start listening");
+        let parsed: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        let addr = parsed["addr"].as_str().expect("addr field").parse().expect("socket addr");
+        GatewayProcess { child, addr, stderr_lines: lines, _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(ok.success());
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.stderr_lines.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
