@@ -24,11 +24,21 @@ impl Runtime {
                 source_name: "routes".into(),
                 errors,
             })?;
-        let tls = crate::proxy::forward::default_tls_config();
+        let default_tls = crate::proxy::forward::default_tls_config();
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u.clone(), tls.clone()))
+            .map(|u| {
+                let tls = match &u.tls_roots {
+                    None => default_tls.clone(),
+                    Some(certs) => {
+                        let mut roots = rustls::RootCertStore::empty();
+                        roots.add_parsable_certificates(certs.iter().cloned());
+                        Arc::new(crate::proxy::forward::tls_config_with_roots(roots))
+                    }
+                };
+                Upstream::new(u.clone(), tls)
+            })
             .collect();
         Ok(Runtime {
             config,

@@ -74,6 +74,8 @@ pub struct UpstreamConfig {
     pub servers: Vec<ServerEntry>,
     pub strategy: Strategy,
     pub connect_timeout: Duration,
+    /// CA certificates (DER) to trust for https servers; `None` means the Mozilla root set.
+    pub tls_roots: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 #[derive(Debug, Clone)]

@@ -95,14 +95,24 @@ pub struct RawAdmin {
 pub struct RawUpstream {
     pub servers: Vec<RawServerEntry>,
     pub load_balancing: Option<RawLoadBalancing>,
-    /// Time allowed to open a TCP (and TLS) connection to a server (default "2s").
+    /// Time allowed to open a TCP connection to a server (default "2s").
     pub connect_timeout: Option<DurationStr>,
+    /// TLS settings for https:// servers.
+    pub tls: Option<RawUpstreamTls>,
     /// Not implemented yet: rejected with a clear error.
     pub health_check: Option<Unsupported>,
     /// Not implemented yet: rejected with a clear error.
     pub circuit_breaker: Option<Unsupported>,
     /// Not implemented yet: rejected with a clear error.
     pub retries: Option<Unsupported>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM file of the CA certificates to trust for this upstream, instead of the built-in
+    /// Mozilla root set (path relative to the config file).
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -180,6 +180,17 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
         })
 }
 
+fn read_ca_file(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} contains no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
 const STRATEGIES: [&str; 7] = [
     "round_robin",
     "weighted_round_robin",
@@ -430,12 +441,23 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
                 "connect_timeout must be more than 0s",
             );
         }
+        let tls_roots = u.tls.as_ref().and_then(|t| t.ca_file.as_ref()).and_then(|f| {
+            let path = if Path::new(f).is_absolute() { Path::new(f).to_path_buf() } else { base_dir.join(f) };
+            match read_ca_file(&path) {
+                Ok(certs) => Some(certs),
+                Err(e) => {
+                    v.err(format!("{p}.tls.ca_file"), e);
+                    None
+                }
+            }
+        });
         upstream_index.insert(name.as_str(), upstreams.len());
         upstreams.push(UpstreamConfig {
             name: name.clone(),
             servers,
             strategy,
             connect_timeout,
+            tls_roots,
         });
     }
 
