@@ -1,0 +1,162 @@
+//! The real binary as an operator runs it: graceful shutdown, memory while streaming large
+//! bodies, and the access log.
+
+mod support;
+
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn cfg(up: &Upstream, server_extra: &str, logging: &str) -> String {
+    format!(
+        r#"{{"server":{{"workers":1{server_extra}}},"upstreams":{{"u":{{"servers":[{{"url":"{}"}}]}}}},
+            "routes":[{{"name":"all","path":"/{{*rest}}","upstream":"u"}}],"logging":{logging}}}"#,
+        up.url()
+    )
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_then_exits() {
+    let up = Upstream::start(|_| Reply::ok("finished").delay(Duration::from_millis(1500)));
+    let mut gw = GatewayProcess::start(&cfg(&up, r#","shutdown_timeout":"10s""#, r#"{"access_log":false}"#));
+    let url = gw.url("/slow");
+    let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    wait_until("the request to reach the upstream", Duration::from_secs(10), || up.count() == 1);
+
+    gw.signal("TERM");
+    // New connections are refused while the in-flight request finishes.
+    let addr = gw.addr;
+    wait_until("the listener to close", Duration::from_secs(5), || std::net::TcpStream::connect(addr).is_err());
+    assert_eq!(inflight.await.unwrap().expect("in-flight request completed"), 200);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "gateway did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(gw.logs().iter().any(|l| l.contains("shutting down")), "{:?}", gw.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_is_graceful_too() {
+    let up = Upstream::start(|_| Reply::ok("finished").delay(Duration::from_millis(800)));
+    let mut gw = GatewayProcess::start(&cfg(&up, "", r#"{"access_log":false}"#));
+    let url = gw.url("/slow");
+    let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    wait_until("the request to reach the upstream", Duration::from_secs(10), || up.count() == 1);
+    gw.signal("INT");
+    assert_eq!(inflight.await.unwrap().expect("in-flight request completed"), 200);
+    assert!(gw.child.wait().unwrap().success());
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Samples the gateway's RSS while `work` runs; returns (baseline KiB, peak KiB).
+async fn rss_during<F: std::future::Future<Output = ()>>(pid: u32, work: F) -> (u64, u64) {
+    let baseline = rss_kib(pid).0;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_kib(pid).0);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        peak
+    });
+    work.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (baseline, sampler.join().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gigabyte_each_way_with_bounded_memory() {
+    let up = Upstream::start(|r| {
+        if r.method == "GET" {
+            Reply { status: 200, headers: vec![], body: ReplyBody::Zeros { n: GIB, sized: true }, delay: Duration::ZERO }
+        } else {
+            Reply::ok(&r.body_len.to_string())
+        }
+    });
+    let gw = GatewayProcess::start(&cfg(&up, r#","max_body_size":"2GB""#, r#"{"access_log":false}"#));
+    let c = client();
+    // Warm up: the first request allocates the connection pool and buffers.
+    c.get(gw.url("/warm")).send().await.unwrap().bytes().await.unwrap();
+    c.put(gw.url("/warm")).body("x").send().await.unwrap();
+
+    let url = gw.url("/download");
+    let (base, peak) = rss_during(gw.pid(), async {
+        let res = c.get(&url).send().await.unwrap();
+        assert_eq!(res.headers()["content-length"], GIB.to_string());
+        let mut n = 0u64;
+        let mut s = res.bytes_stream();
+        while let Some(chunk) = s.next().await {
+            n += chunk.unwrap().len() as u64;
+        }
+        assert_eq!(n, GIB);
+    })
+    .await;
+    let grew = peak.saturating_sub(base);
+    eprintln!("download: RSS {base} KiB -> peak {peak} KiB (+{grew} KiB)");
+    assert!(grew < 16 * 1024, "download raised RSS by {grew} KiB");
+
+    let url = gw.url("/upload");
+    let (base, peak) = rss_during(gw.pid(), async {
+        let chunk = bytes::Bytes::from(vec![7u8; 256 * 1024]);
+        let chunks = futures_util::stream::iter((0..GIB / chunk.len() as u64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+        let res = c.put(&url).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.text().await.unwrap(), GIB.to_string());
+    })
+    .await;
+    let grew = peak.saturating_sub(base);
+    eprintln!("upload: RSS {base} KiB -> peak {peak} KiB (+{grew} KiB)");
+    assert!(grew < 16 * 1024, "upload raised RSS by {grew} KiB");
+    assert_eq!(up.last().body_len, GIB);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_line_per_request_and_can_be_turned_off() {
+    let up = Upstream::start_ok();
+    let gw = GatewayProcess::start(&cfg(&up, "", r#"{"access_log":true,"level":"info"}"#));
+    let c = client();
+    c.get(gw.url("/a?q=1")).header("x-request-id", "log-test-1").send().await.unwrap();
+    c.post(gw.url("/_kairos/nope")).send().await.unwrap();
+    wait_until("the access log line", Duration::from_secs(5), || gw.logs().iter().any(|l| l.contains("log-test-1")));
+    let lines: Vec<serde_json::Value> = gw
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "kairos::access")
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    assert_eq!(l["method"], "GET");
+    assert_eq!(l["route"], "all");
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["upstream"], up.url());
+    assert_eq!(l["request_id"], "log-test-1");
+    assert!(l["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(l["level"], "INFO");
+
+    let quiet = GatewayProcess::start(&cfg(&up, "", r#"{"access_log":false,"level":"info"}"#));
+    let before = quiet.logs().len();
+    for _ in 0..5 {
+        c.get(quiet.url("/a")).send().await.unwrap();
+    }
+    c.get(quiet.url("/_kairos/health")).send().await.unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let after = quiet.logs();
+    assert_eq!(after.len(), before, "per-request lines at info with access_log off: {:?}", &after[before..]);
+}
