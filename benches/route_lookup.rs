@@ -107,7 +107,11 @@ fn route_lookup(c: &mut Criterion) {
                 }
                 Lookup::NotFound => None,
             };
-            assert_eq!(got, case.expect, "{} with {n} routes: {}", case.name, case.path);
+            assert_eq!(
+                got, case.expect,
+                "{} with {n} routes: {}",
+                case.name, case.path
+            );
 
             group.bench_with_input(BenchmarkId::new(case.name, n), &case, |b, case| {
                 b.iter(|| {

@@ -3,7 +3,11 @@
 use std::process::Command;
 
 fn kairos(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kairos-rs")).args(args).env_remove("KAIROS_CONFIG").output().expect("run kairos-rs")
+    Command::new(env!("CARGO_BIN_EXE_kairos-rs"))
+        .args(args)
+        .env_remove("KAIROS_CONFIG")
+        .output()
+        .expect("run kairos-rs")
 }
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
@@ -24,7 +28,9 @@ const GOOD: &str = r#"{
 fn committed_schema_matches_the_binary() {
     let out = kairos(&["config", "schema"]);
     assert!(out.status.success());
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/schema.json")).unwrap();
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/schema.json"))
+            .unwrap();
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         committed,
@@ -40,16 +46,37 @@ fn validate_reports_ok_or_every_error_with_location() {
     let dir = tempfile::tempdir().unwrap();
     let good = write(&dir, "good.json", GOOD);
     let out = kairos(&["config", "validate", &good]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 routes, 1 upstreams)"));
 
-    let bad = write(&dir, "bad.json", &GOOD.replace(r#""upstream": "users", "rewrite""#, r#""upstream": "user", "rewrite""#).replace("9001", "9001/x"));
+    let bad = write(
+        &dir,
+        "bad.json",
+        &GOOD
+            .replace(
+                r#""upstream": "users", "rewrite""#,
+                r#""upstream": "user", "rewrite""#,
+            )
+            .replace("9001", "9001/x"),
+    );
     let out = kairos(&["config", "validate", &bad]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("2 errors in config"), "{err}");
-    assert!(err.contains(&format!("{bad}:2:47: upstreams.users.servers[0].url:")), "{err}");
-    assert!(err.contains(&format!("{bad}:4:85: routes[0].upstream: unknown upstream `user` (did you mean `users`?)")), "{err}");
+    assert!(
+        err.contains(&format!("{bad}:2:47: upstreams.users.servers[0].url:")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{bad}:4:85: routes[0].upstream: unknown upstream `user` (did you mean `users`?)"
+        )),
+        "{err}"
+    );
 
     let out = kairos(&["config", "validate", "/nonexistent/kairos.json"]);
     assert_eq!(out.status.code(), Some(2));
@@ -66,7 +93,12 @@ fn routes_list_as_table_and_json() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
     assert!(lines[0].starts_with("NAME"));
-    assert!(lines[1].starts_with("get-user") && lines[1].contains("GET,HEAD") && lines[1].contains("/users/{id}"), "{table}");
+    assert!(
+        lines[1].starts_with("get-user")
+            && lines[1].contains("GET,HEAD")
+            && lines[1].contains("/users/{id}"),
+        "{table}"
+    );
     assert!(lines[2].starts_with("/assets/{*rest}"), "{table}");
 
     let out = kairos(&["routes", "list", "--config", &good, "--format", "json"]);
@@ -81,7 +113,10 @@ fn routes_list_as_table_and_json() {
 fn version_and_help() {
     let out = kairos(&["--version"]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), format!("kairos-rs {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("kairos-rs {}", env!("CARGO_PKG_VERSION"))
+    );
     let out = kairos(&["--help"]);
     let help = String::from_utf8(out.stdout).unwrap();
     for cmd in ["serve", "config", "routes", "echo"] {

@@ -8,7 +8,10 @@ fn errors(text: &str) -> Vec<ConfigError> {
 }
 
 fn errors_env(text: &str, env: &[(&str, &str)]) -> Vec<ConfigError> {
-    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     match load_str_with_env(text, "t.json", Path::new("."), &lookup) {
         Ok(_) => panic!("config was accepted:\n{text}"),
@@ -33,15 +36,23 @@ fn syntax_error_names_line_and_column() {
 
 #[test]
 fn unknown_field_suggests_the_right_one_and_points_at_the_key() {
-    let text = format!("{{\n  {UP},\n  \"routes\": [\n    {{\"path\": \"/a\", \"upstrem\": \"users\"}}\n  ]\n}}");
+    let text = format!(
+        "{{\n  {UP},\n  \"routes\": [\n    {{\"path\": \"/a\", \"upstrem\": \"users\"}}\n  ]\n}}"
+    );
     let errs = errors(&text);
-    let e = errs.iter().find(|e| e.message.contains("upstrem")).expect("unknown field reported");
+    let e = errs
+        .iter()
+        .find(|e| e.message.contains("upstrem"))
+        .expect("unknown field reported");
     assert_eq!(e.path, "routes[0].upstrem");
     assert_eq!(e.message, "unknown field `upstrem`");
     assert_eq!(e.hint.as_deref(), Some("did you mean `upstream`?"));
     assert_eq!((e.line, e.column), (Some(4), Some(20)));
     let rendered = e.to_string();
-    assert_eq!(rendered, "4:20: routes[0].upstrem: unknown field `upstrem` (did you mean `upstream`?)");
+    assert_eq!(
+        rendered,
+        "4:20: routes[0].upstrem: unknown field `upstrem` (did you mean `upstream`?)"
+    );
 }
 
 #[test]
@@ -59,13 +70,25 @@ fn all_errors_are_reported_at_once() {
     let errs = errors(text);
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     // Unknown fields are structural: they are all reported together first.
-    assert_eq!(paths, vec!["server.prot", "upstreams.users.conect_timeout"], "{errs:#?}");
-    assert_eq!(errs[1].hint.as_deref(), Some("did you mean `connect_timeout`?"));
+    assert_eq!(
+        paths,
+        vec!["server.prot", "upstreams.users.conect_timeout"],
+        "{errs:#?}"
+    );
+    assert_eq!(
+        errs[1].hint.as_deref(),
+        Some("did you mean `connect_timeout`?")
+    );
 
     // Once the structure is right, every semantic error is reported in one pass.
-    let fixed = text.replace("prot", "port").replace("conect_timeout", "connect_timeout");
+    let fixed = text
+        .replace("prot", "port")
+        .replace("conect_timeout", "connect_timeout");
     let errs = errors(&fixed);
-    let got: Vec<(&str, usize)> = errs.iter().map(|e| (e.path.as_str(), e.line.unwrap())).collect();
+    let got: Vec<(&str, usize)> = errs
+        .iter()
+        .map(|e| (e.path.as_str(), e.line.unwrap()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -78,13 +101,21 @@ fn all_errors_are_reported_at_once() {
         "{errs:#?}"
     );
     let by_path = |p: &str| errs.iter().find(|e| e.path == p).unwrap();
-    assert!(by_path("server.request_timeout").message.contains("\"soon\""));
-    assert!(by_path("upstreams.users.servers[0].url").message.contains("needs a scheme"));
-    assert!(by_path("upstreams.users.servers[0].weight").message.contains("out of range"));
+    assert!(by_path("server.request_timeout")
+        .message
+        .contains("\"soon\""));
+    assert!(by_path("upstreams.users.servers[0].url")
+        .message
+        .contains("needs a scheme"));
+    assert!(by_path("upstreams.users.servers[0].weight")
+        .message
+        .contains("out of range"));
     let up = by_path("routes[0].upstream");
     assert_eq!(up.message, "unknown upstream `user`");
     assert_eq!(up.hint.as_deref(), Some("did you mean `users`?"));
-    assert!(by_path("routes[1].timeout").message.contains("unknown unit"));
+    assert!(by_path("routes[1].timeout")
+        .message
+        .contains("unknown unit"));
 }
 
 #[test]
@@ -98,12 +129,18 @@ fn conflicting_routes_are_an_error() {
     );
     let e = one(&text);
     assert_eq!(e.path, "routes[1].path");
-    assert!(e.message.contains("can never be told apart from routes[0]"), "{}", e.message);
+    assert!(
+        e.message.contains("can never be told apart from routes[0]"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
 fn duplicate_route_names_and_keys() {
-    let text = format!(r#"{{{UP}, "routes": [{{"name": "x", "path": "/a", "upstream": "users"}}, {{"name": "x", "path": "/b", "upstream": "users"}}]}}"#);
+    let text = format!(
+        r#"{{{UP}, "routes": [{{"name": "x", "path": "/a", "upstream": "users"}}, {{"name": "x", "path": "/b", "upstream": "users"}}]}}"#
+    );
     let e = one(&text);
     assert_eq!(e.path, "routes[1].name");
     assert!(e.message.contains("already used by routes[0]"));
@@ -139,10 +176,19 @@ fn bad_paths_rewrites_and_methods() {
         ]}}"#
     );
     let errs = errors(&text);
-    let find = |p: &str| errs.iter().find(|e| e.path == p).unwrap_or_else(|| panic!("{p} missing: {errs:#?}"));
-    assert!(find("routes[0].path").message.contains("must start with '/'"));
+    let find = |p: &str| {
+        errs.iter()
+            .find(|e| e.path == p)
+            .unwrap_or_else(|| panic!("{p} missing: {errs:#?}"))
+    };
+    assert!(find("routes[0].path")
+        .message
+        .contains("must start with '/'"));
     assert!(find("routes[1].rewrite").message.contains("{name}"));
-    assert_eq!(find("routes[2].methods[0]").hint.as_deref(), Some("did you mean `GET`?"));
+    assert_eq!(
+        find("routes[2].methods[0]").hint.as_deref(),
+        Some("did you mean `GET`?")
+    );
     assert!(find("routes[3].path").message.contains("reserved"));
 }
 
@@ -156,11 +202,16 @@ fn wrong_types_are_named() {
 
 #[test]
 fn environment_variables_are_substituted_or_named_when_missing() {
-    let text = format!(r#"{{{UP}, "admin": {{"token": "${{KAIROS_TEST_TOKEN}}"}}, "routes": [{{"path": "/a", "upstream": "${{UPSTREAM_NAME}}"}}]}}"#);
+    let text = format!(
+        r#"{{{UP}, "admin": {{"token": "${{KAIROS_TEST_TOKEN}}"}}, "routes": [{{"path": "/a", "upstream": "${{UPSTREAM_NAME}}"}}]}}"#
+    );
     let errs = errors_env(&text, &[("UPSTREAM_NAME", "users")]);
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert_eq!(errs[0].path, "admin.token");
-    assert_eq!(errs[0].message, "environment variable `KAIROS_TEST_TOKEN` is not set");
+    assert_eq!(
+        errs[0].message,
+        "environment variable `KAIROS_TEST_TOKEN` is not set"
+    );
 
     let lookup = |k: &str| match k {
         "KAIROS_TEST_TOKEN" => Some("0123456789abcdef0123".to_string()),
@@ -181,9 +232,17 @@ fn features_not_built_yet_are_refused_not_ignored() {
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, vec!["jwt_validation", "routes[0].auth"], "{errs:#?}");
     assert!(errs[0].message.contains("not supported by this version"));
-    let e = one(r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}], "load_balancing": {"strategy": "least_connections"}}}}"#);
-    assert!(e.message.contains("not supported by this version"), "{}", e.message);
-    let e = one(r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}], "load_balancing": {"strategy": "round_robbin"}}}}"#);
+    let e = one(
+        r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}], "load_balancing": {"strategy": "least_connections"}}}}"#,
+    );
+    assert!(
+        e.message.contains("not supported by this version"),
+        "{}",
+        e.message
+    );
+    let e = one(
+        r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}], "load_balancing": {"strategy": "round_robbin"}}}}"#,
+    );
     assert_eq!(e.hint.as_deref(), Some("did you mean `round_robin`?"));
 }
 
@@ -204,6 +263,7 @@ fn sizes_durations_versions_and_tls_files() {
 
 #[test]
 fn the_shipped_configs_are_valid() {
-    let demo = kairos_rs::config::load_str(kairos_rs::config::DEMO_CONFIG, "demo", Path::new(".")).unwrap();
+    let demo = kairos_rs::config::load_str(kairos_rs::config::DEMO_CONFIG, "demo", Path::new("."))
+        .unwrap();
     assert!(!demo.routes.is_empty());
 }

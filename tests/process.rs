@@ -26,26 +26,49 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits() {
     let up = Upstream::start(|_| Reply::ok("finished").delay(Duration::from_millis(1500)));
-    let mut gw = GatewayProcess::start(&cfg(&up, r#","shutdown_timeout":"10s""#, r#"{"access_log":false}"#));
+    let mut gw = GatewayProcess::start(&cfg(
+        &up,
+        r#","shutdown_timeout":"10s""#,
+        r#"{"access_log":false}"#,
+    ));
     let url = gw.url("/slow");
     let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
-    wait_until("the request to reach the upstream", Duration::from_secs(10), || up.count() == 1);
+    wait_until(
+        "the request to reach the upstream",
+        Duration::from_secs(10),
+        || up.count() == 1,
+    );
 
     gw.signal("TERM");
     // New connections are refused while the in-flight request finishes.
     let addr = gw.addr;
-    wait_until("the listener to close", Duration::from_secs(5), || std::net::TcpStream::connect(addr).is_err());
-    assert_eq!(inflight.await.unwrap().expect("in-flight request completed"), 200);
+    wait_until("the listener to close", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_err()
+    });
+    assert_eq!(
+        inflight
+            .await
+            .unwrap()
+            .expect("in-flight request completed"),
+        200
+    );
     let start = Instant::now();
     let status = loop {
         if let Some(s) = gw.child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "gateway did not exit after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "gateway did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}");
-    assert!(gw.logs().iter().any(|l| l.contains("shutting down")), "{:?}", gw.logs());
+    assert!(
+        gw.logs().iter().any(|l| l.contains("shutting down")),
+        "{:?}",
+        gw.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,9 +77,19 @@ async fn sigint_is_graceful_too() {
     let mut gw = GatewayProcess::start(&cfg(&up, "", r#"{"access_log":false}"#));
     let url = gw.url("/slow");
     let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
-    wait_until("the request to reach the upstream", Duration::from_secs(10), || up.count() == 1);
+    wait_until(
+        "the request to reach the upstream",
+        Duration::from_secs(10),
+        || up.count() == 1,
+    );
     gw.signal("INT");
-    assert_eq!(inflight.await.unwrap().expect("in-flight request completed"), 200);
+    assert_eq!(
+        inflight
+            .await
+            .unwrap()
+            .expect("in-flight request completed"),
+        200
+    );
     assert!(gw.child.wait().unwrap().success());
 }
 
@@ -84,15 +117,33 @@ async fn rss_during<F: std::future::Future<Output = ()>>(pid: u32, work: F) -> (
 async fn one_gigabyte_each_way_with_bounded_memory() {
     let up = Upstream::start(|r| {
         if r.method == "GET" {
-            Reply { status: 200, headers: vec![], body: ReplyBody::Zeros { n: GIB, sized: true }, delay: Duration::ZERO }
+            Reply {
+                status: 200,
+                headers: vec![],
+                body: ReplyBody::Zeros {
+                    n: GIB,
+                    sized: true,
+                },
+                delay: Duration::ZERO,
+            }
         } else {
             Reply::ok(&r.body_len.to_string())
         }
     });
-    let gw = GatewayProcess::start(&cfg(&up, r#","max_body_size":"2GB""#, r#"{"access_log":false}"#));
+    let gw = GatewayProcess::start(&cfg(
+        &up,
+        r#","max_body_size":"2GB""#,
+        r#"{"access_log":false}"#,
+    ));
     let c = client();
     // Warm up: the first request allocates the connection pool and buffers.
-    c.get(gw.url("/warm")).send().await.unwrap().bytes().await.unwrap();
+    c.get(gw.url("/warm"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     c.put(gw.url("/warm")).body("x").send().await.unwrap();
 
     let url = gw.url("/download");
@@ -114,8 +165,15 @@ async fn one_gigabyte_each_way_with_bounded_memory() {
     let url = gw.url("/upload");
     let (base, peak) = rss_during(gw.pid(), async {
         let chunk = bytes::Bytes::from(vec![7u8; 256 * 1024]);
-        let chunks = futures_util::stream::iter((0..GIB / chunk.len() as u64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-        let res = c.put(&url).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+        let chunks = futures_util::stream::iter(
+            (0..GIB / chunk.len() as u64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+        );
+        let res = c
+            .put(&url)
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(res.text().await.unwrap(), GIB.to_string());
     })
@@ -131,9 +189,15 @@ async fn access_log_has_one_line_per_request_and_can_be_turned_off() {
     let up = Upstream::start_ok();
     let gw = GatewayProcess::start(&cfg(&up, "", r#"{"access_log":true,"level":"info"}"#));
     let c = client();
-    c.get(gw.url("/a?q=1")).header("x-request-id", "log-test-1").send().await.unwrap();
+    c.get(gw.url("/a?q=1"))
+        .header("x-request-id", "log-test-1")
+        .send()
+        .await
+        .unwrap();
     c.post(gw.url("/_kairos/nope")).send().await.unwrap();
-    wait_until("the access log line", Duration::from_secs(5), || gw.logs().iter().any(|l| l.contains("log-test-1")));
+    wait_until("the access log line", Duration::from_secs(5), || {
+        gw.logs().iter().any(|l| l.contains("log-test-1"))
+    });
     let lines: Vec<serde_json::Value> = gw
         .logs()
         .iter()
@@ -158,5 +222,10 @@ async fn access_log_has_one_line_per_request_and_can_be_turned_off() {
     c.get(quiet.url("/_kairos/health")).send().await.unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let after = quiet.logs();
-    assert_eq!(after.len(), before, "per-request lines at info with access_log off: {:?}", &after[before..]);
+    assert_eq!(
+        after.len(),
+        before,
+        "per-request lines at info with access_log off: {:?}",
+        &after[before..]
+    );
 }

@@ -20,7 +20,12 @@ async fn every_method_reaches_the_upstream_with_its_body() {
     let c = client();
     for m in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PURGE"] {
         let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
-        let res = c.request(method, gw.url("/any/thing")).body(format!("body of {m}")).send().await.unwrap();
+        let res = c
+            .request(method, gw.url("/any/thing"))
+            .body(format!("body of {m}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200, "{m}");
         assert_eq!(res.text().await.unwrap(), "ok");
         let seen = up.last();
@@ -35,13 +40,20 @@ async fn params_rewrite_and_query_string() {
     let up = Upstream::start_ok();
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
     let c = client();
-    let res = c.get(gw.url("/api/users/42?expand=team&x=a%20b")).send().await.unwrap();
+    let res = c
+        .get(gw.url("/api/users/42?expand=team&x=a%20b"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(up.last().target, "/users/42?expand=team&x=a%20b");
 
     c.delete(gw.url("/api/users/7")).send().await.unwrap();
     let seen = up.last();
-    assert_eq!((seen.method.as_str(), seen.target.as_str()), ("DELETE", "/users/7"));
+    assert_eq!(
+        (seen.method.as_str(), seen.target.as_str()),
+        ("DELETE", "/users/7")
+    );
 
     c.get(gw.url("/files/a/b/c.txt?v=1")).send().await.unwrap();
     assert_eq!(up.last().target, "/storage/a/b/c.txt?v=1");
@@ -89,11 +101,21 @@ async fn request_id_is_kept_when_sane_and_replaced_otherwise() {
     let up = Upstream::start_ok();
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
     let c = client();
-    let res = c.get(gw.url("/any/1")).header("x-request-id", "client-abc.123").send().await.unwrap();
+    let res = c
+        .get(gw.url("/any/1"))
+        .header("x-request-id", "client-abc.123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["x-request-id"], "client-abc.123");
     assert_eq!(up.last().header_all("x-request-id"), vec!["client-abc.123"]);
 
-    let res = c.get(gw.url("/any/1")).header("x-request-id", "bad id; rm -rf").send().await.unwrap();
+    let res = c
+        .get(gw.url("/any/1"))
+        .header("x-request-id", "bad id; rm -rf")
+        .send()
+        .await
+        .unwrap();
     let rid = res.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(rid.len(), 32);
     assert!(rid.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -108,15 +130,26 @@ async fn request_id_is_kept_when_sane_and_replaced_otherwise() {
 #[tokio::test]
 async fn repeated_response_headers_stay_repeated_and_nothing_is_invented() {
     let up = Upstream::start(|_| {
-        Reply::ok("{}").header("set-cookie", "a=1; Path=/").header("set-cookie", "b=2; Path=/").header("x-up", "yes")
+        Reply::ok("{}")
+            .header("set-cookie", "a=1; Path=/")
+            .header("set-cookie", "b=2; Path=/")
+            .header("x-up", "yes")
     });
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
     let res = client().get(gw.url("/any/c")).send().await.unwrap();
-    let cookies: Vec<_> = res.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    let cookies: Vec<_> = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
     assert_eq!(cookies, vec!["a=1; Path=/", "b=2; Path=/"]);
     assert_eq!(res.headers()["x-up"], "yes");
     assert_eq!(res.headers()["content-length"], "2");
-    assert!(res.headers().get("content-type").is_none(), "no content-type invented");
+    assert!(
+        res.headers().get("content-type").is_none(),
+        "no content-type invented"
+    );
     assert!(res.headers().get("transfer-encoding").is_none());
 }
 
@@ -125,17 +158,32 @@ fn sized_response_keeps_content_length_and_chunked_stays_chunked() {
     let up = Upstream::start(|r| Reply {
         status: 200,
         headers: vec![],
-        body: ReplyBody::Zeros { n: 300_000, sized: r.target.contains("sized") },
+        body: ReplyBody::Zeros {
+            n: 300_000,
+            sized: r.target.contains("sized"),
+        },
         delay: Duration::ZERO,
     });
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
-    let sized = raw_exchange(gw.addr, b"GET /any/sized HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(10));
+    let sized = raw_exchange(
+        gw.addr,
+        b"GET /any/sized HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
     let head = sized.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
     assert!(head.contains("content-length: 300000"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
     assert!(!head.contains("content-type"), "{head}");
-    let chunked = raw_exchange(gw.addr, b"GET /any/stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(10));
-    let head = chunked.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    let chunked = raw_exchange(
+        gw.addr,
+        b"GET /any/stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let head = chunked
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert!(!head.contains("content-length"), "{head}");
 }
@@ -148,8 +196,20 @@ fn hop_by_hop_request_headers_are_removed() {
     let res = raw_exchange(gw.addr, req, Duration::from_millis(1500));
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
     let seen = up.last();
-    for h in ["connection", "x-secret-hop", "keep-alive", "te", "proxy-authorization", "proxy-connection", "upgrade"] {
-        assert!(seen.header(h).is_none(), "{h} reached the upstream: {:?}", seen.headers);
+    for h in [
+        "connection",
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(
+            seen.header(h).is_none(),
+            "{h} reached the upstream: {:?}",
+            seen.headers
+        );
     }
     assert_eq!(seen.header("x-end-to-end"), Some("kept"));
     assert_eq!(seen.header("accept"), Some("*/*"));
@@ -191,12 +251,21 @@ async fn forwarded_headers_replace_untrusted_and_extend_trusted() {
     let seen = up.last();
     assert_eq!(seen.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
-    assert_eq!(seen.header("x-forwarded-host"), Some(untrusted.addr.to_string().as_str()));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(untrusted.addr.to_string().as_str())
+    );
 
-    let trusted = Gateway::start(&config(&up.url(), ROUTES, "").replace(r#""workers":1"#, r#""workers":1,"trusted_proxies":["127.0.0.0/8"]"#));
+    let trusted = Gateway::start(&config(&up.url(), ROUTES, "").replace(
+        r#""workers":1"#,
+        r#""workers":1,"trusted_proxies":["127.0.0.0/8"]"#,
+    ));
     send(&trusted).await.unwrap();
     let seen = up.last();
-    assert_eq!(seen.header_all("x-forwarded-for"), vec!["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(
+        seen.header_all("x-forwarded-for"),
+        vec!["203.0.113.9, 127.0.0.1"]
+    );
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
     assert_eq!(seen.header("x-forwarded-host"), Some("public.example"));
 }
@@ -204,12 +273,21 @@ async fn forwarded_headers_replace_untrusted_and_extend_trusted() {
 #[tokio::test]
 async fn host_is_the_upstreams_unless_preserved() {
     let up = Upstream::start_ok();
-    let routes = r#"[{"path":"/a","upstream":"u"},{"path":"/b","upstream":"u","preserve_host":true}]"#;
+    let routes =
+        r#"[{"path":"/a","upstream":"u"},{"path":"/b","upstream":"u","preserve_host":true}]"#;
     let gw = Gateway::start(&config(&up.url(), routes, ""));
     let c = client();
-    c.get(gw.url("/a")).header("host", "client.example").send().await.unwrap();
+    c.get(gw.url("/a"))
+        .header("host", "client.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(up.last().header_all("host"), vec![up.addr.to_string()]);
-    c.get(gw.url("/b")).header("host", "client.example").send().await.unwrap();
+    c.get(gw.url("/b"))
+        .header("host", "client.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(up.last().header_all("host"), vec!["client.example"]);
 }
 
@@ -226,9 +304,28 @@ async fn routes_can_match_on_host() {
     let gw = Gateway::start(&cfg);
     let c = client();
     let get = |host: &'static str| c.get(gw.url("/x")).header("host", host).send();
-    assert_eq!(get("api.example.com").await.unwrap().text().await.unwrap(), "a");
-    assert_eq!(get("api.example.com:8080").await.unwrap().text().await.unwrap(), "a");
-    assert_eq!(get("other.example.com").await.unwrap().text().await.unwrap(), "b");
+    assert_eq!(
+        get("api.example.com").await.unwrap().text().await.unwrap(),
+        "a"
+    );
+    assert_eq!(
+        get("api.example.com:8080")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "a"
+    );
+    assert_eq!(
+        get("other.example.com")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "b"
+    );
 }
 
 #[tokio::test]
@@ -248,7 +345,15 @@ async fn round_robin_and_weighted_round_robin_spread_requests() {
         let gw = Gateway::start(&mk(strategy));
         let mut got = String::new();
         for _ in 0..8 {
-            got.push_str(&c.get(gw.url("/x")).send().await.unwrap().text().await.unwrap());
+            got.push_str(
+                &c.get(gw.url("/x"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap(),
+            );
         }
         assert_eq!(got, want.repeat(2), "{strategy}");
     }
@@ -257,14 +362,20 @@ async fn round_robin_and_weighted_round_robin_spread_requests() {
 #[tokio::test]
 async fn connect_failure_is_502_and_slow_upstream_is_504() {
     // A port that was free a moment ago: nothing listens there.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let gw = Gateway::start(&config(&format!("http://{dead}"), ROUTES, ""));
     let res = client().get(gw.url("/any/x")).send().await.unwrap();
     assert_eq!(res.status(), 502);
     assert!(res.headers().contains_key("x-request-id"));
     let text = res.text().await.unwrap();
     assert!(text.contains("upstream_connect_failed"), "{text}");
-    assert!(!text.contains(&dead.port().to_string()), "upstream address leaked: {text}");
+    assert!(
+        !text.contains(&dead.port().to_string()),
+        "upstream address leaked: {text}"
+    );
 
     let slow = Upstream::start(|_| Reply::ok("late").delay(Duration::from_secs(3)));
     let routes = r#"[{"path":"/slow","upstream":"u","timeout":"300ms"}]"#;
@@ -289,7 +400,11 @@ fn upstream_garbage_is_502() {
         }
     });
     let gw = Gateway::start(&config(&format!("http://{addr}"), ROUTES, ""));
-    let res = raw_exchange(gw.addr, b"GET /any/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(5));
+    let res = raw_exchange(
+        gw.addr,
+        b"GET /any/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
     assert!(res.starts_with("HTTP/1.1 502"), "{res}");
     assert!(res.contains("upstream_protocol_error"), "{res}");
 }
@@ -297,25 +412,43 @@ fn upstream_garbage_is_502() {
 #[tokio::test]
 async fn body_over_the_limit_is_413_by_length_and_while_streaming() {
     let up = Upstream::start_ok();
-    let cfg = config(&up.url(), ROUTES, "").replace(r#""workers":1"#, r#""workers":1,"max_body_size":"100KB""#);
+    let cfg = config(&up.url(), ROUTES, "")
+        .replace(r#""workers":1"#, r#""workers":1,"max_body_size":"100KB""#);
     let gw = Gateway::start(&cfg);
     let c = client();
 
     // Declared too large: refused before anything is read or forwarded.
-    let res = c.post(gw.url("/any/up")).body(vec![b'x'; 200 * 1024]).send().await.unwrap();
+    let res = c
+        .post(gw.url("/any/up"))
+        .body(vec![b'x'; 200 * 1024])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 413);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
     assert_eq!(up.count(), 0);
 
     // Chunked, no length: caught while streaming, the upstream never gets the whole body.
-    let chunks = futures_util::stream::iter((0..50).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'y'; 8 * 1024]))));
-    let res = c.post(gw.url("/any/up")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let chunks = futures_util::stream::iter(
+        (0..50).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'y'; 8 * 1024]))),
+    );
+    let res = c
+        .post(gw.url("/any/up"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 413);
     assert!(up.requests().iter().all(|r| r.body_len < 400 * 1024));
 
     // Just under the limit passes.
-    let res = c.post(gw.url("/any/up")).body(vec![b'z'; 100 * 1024]).send().await.unwrap();
+    let res = c
+        .post(gw.url("/any/up"))
+        .body(vec![b'z'; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(up.last().body_len, 100 * 1024);
 }
@@ -324,8 +457,15 @@ async fn body_over_the_limit_is_413_by_length_and_while_streaming() {
 async fn chunked_request_body_is_streamed_through() {
     let up = Upstream::start_ok();
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
-    let chunks = futures_util::stream::iter((0..40).map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![i as u8; 10_000]))));
-    let res = client().put(gw.url("/any/upload")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let chunks = futures_util::stream::iter(
+        (0..40).map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![i as u8; 10_000]))),
+    );
+    let res = client()
+        .put(gw.url("/any/upload"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let seen = up.last();
     assert_eq!(seen.body_len, 400_000);
@@ -338,13 +478,22 @@ async fn chunked_request_body_is_streamed_through() {
 async fn status_codes_and_empty_bodies_pass_through() {
     let up = Upstream::start(|r| {
         let code: u16 = r.target.trim_start_matches("/any/").parse().unwrap_or(200);
-        Reply { status: code, headers: vec![], body: ReplyBody::Bytes(vec![]), delay: Duration::ZERO }
+        Reply {
+            status: code,
+            headers: vec![],
+            body: ReplyBody::Bytes(vec![]),
+            delay: Duration::ZERO,
+        }
     });
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
     let c = client();
     for code in [201u16, 204, 301, 304, 404, 418, 500, 503] {
         let res = c.get(gw.url(&format!("/any/{code}"))).send().await.unwrap();
-        assert_eq!(res.status().as_u16(), code, "redirects are not followed and statuses pass through");
+        assert_eq!(
+            res.status().as_u16(),
+            code,
+            "redirects are not followed and statuses pass through"
+        );
     }
 }
 
@@ -352,17 +501,38 @@ async fn status_codes_and_empty_bodies_pass_through() {
 async fn kairos_scope_health_ready_and_token_guard() {
     let up = Upstream::start_ok();
     let token = "0123456789abcdef0123456789abcdef";
-    let gw = Gateway::start(&config(&up.url(), ROUTES, &format!(r#""admin":{{"token":"{token}"}}"#)));
+    let gw = Gateway::start(&config(
+        &up.url(),
+        ROUTES,
+        &format!(r#""admin":{{"token":"{token}"}}"#),
+    ));
     let c = client();
-    assert_eq!(c.get(gw.url("/_kairos/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(gw.url("/_kairos/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let ready = c.get(gw.url("/_kairos/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let res = c.get(gw.url("/_kairos/anything")).send().await.unwrap();
     assert_eq!(res.status(), 401);
     assert!(res.headers().contains_key("www-authenticate"));
-    let res = c.get(gw.url("/_kairos/anything")).bearer_auth("wrong-token-wrong-token-wrong-tok").send().await.unwrap();
+    let res = c
+        .get(gw.url("/_kairos/anything"))
+        .bearer_auth("wrong-token-wrong-token-wrong-tok")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 401);
-    let res = c.get(gw.url("/_kairos/anything")).bearer_auth(token).send().await.unwrap();
+    let res = c
+        .get(gw.url("/_kairos/anything"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(up.count(), 0);
 }

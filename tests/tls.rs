@@ -38,15 +38,32 @@ async fn tls_listener_speaks_http2_by_alpn_and_http1() {
     let gw = Gateway::start_in(&cfg, c.dir.path());
     let url = format!("https://localhost:{}/x", gw.addr.port());
 
-    let res = tls_client(&c, &gw).build().unwrap().get(&url).send().await.unwrap();
+    let res = tls_client(&c, &gw)
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_2);
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "ok");
     let seen = up.last();
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
-    assert_eq!(seen.version, http::Version::HTTP_11, "upstream leg is HTTP/1.1");
+    assert_eq!(
+        seen.version,
+        http::Version::HTTP_11,
+        "upstream leg is HTTP/1.1"
+    );
 
-    let res = tls_client(&c, &gw).http1_only().build().unwrap().get(&url).send().await.unwrap();
+    let res = tls_client(&c, &gw)
+        .http1_only()
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_11);
     assert_eq!(res.status(), 200);
 }
@@ -55,36 +72,50 @@ async fn tls_listener_speaks_http2_by_alpn_and_http1() {
 async fn plaintext_listener_accepts_h2c_prior_knowledge() {
     let up = Upstream::start_ok();
     let gw = Gateway::start(&config(&up.url(), r#"[{"path":"/x","upstream":"u"}]"#, ""));
-    let c = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let res = c.post(gw.url("/x")).body("over h2c").send().await.unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_2);
     assert_eq!(res.status(), 200);
     let seen = up.last();
     assert_eq!(seen.body, b"over h2c");
     assert_eq!(seen.header("host"), Some(up.addr.to_string().as_str()));
-    assert_eq!(seen.header("x-forwarded-host"), Some(gw.addr.to_string().as_str()));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(gw.addr.to_string().as_str())
+    );
 
     // An HTTP/2 request without a body arrives without one (no chunked empty body).
     c.get(gw.url("/x")).send().await.unwrap();
     let seen = up.last();
     assert_eq!(seen.body_len, 0);
-    assert!(seen.header("transfer-encoding").is_none(), "{:?}", seen.headers);
+    assert!(
+        seen.header("transfer-encoding").is_none(),
+        "{:?}",
+        seen.headers
+    );
 }
 
 /// An https upstream: hyper behind tokio-rustls with a certificate for "localhost".
 fn https_upstream(c: &Certs) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     use rustls::pki_types::pem::PemObject;
-    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(c.dir.path().join("server.pem"))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(c.dir.path().join("server.key")).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+    let certs: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_file_iter(c.dir.path().join("server.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_file(c.dir.path().join("server.key")).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -92,19 +123,32 @@ fn https_upstream(c: &Certs) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<
     let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let seen2 = seen.clone();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((s, _)) = l.accept().await {
                 let acceptor = acceptor.clone();
                 let seen = seen2.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(s).await else { return };
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        seen.lock().unwrap().push(req.uri().to_string());
-                        async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"secure")))) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            seen.lock().unwrap().push(req.uri().to_string());
+                            async {
+                                Ok::<_, std::convert::Infallible>(http::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(b"secure")),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
                 });
             }
         });

@@ -76,7 +76,10 @@ impl fmt::Display for ConfigErrors {
 
 /// Suggests the closest candidate to `word`, for "did you mean" hints: the smallest edit
 /// distance (transpositions count once), if it is small for the word's length.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()

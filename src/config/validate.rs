@@ -441,16 +441,24 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
                 "connect_timeout must be more than 0s",
             );
         }
-        let tls_roots = u.tls.as_ref().and_then(|t| t.ca_file.as_ref()).and_then(|f| {
-            let path = if Path::new(f).is_absolute() { Path::new(f).to_path_buf() } else { base_dir.join(f) };
-            match read_ca_file(&path) {
-                Ok(certs) => Some(certs),
-                Err(e) => {
-                    v.err(format!("{p}.tls.ca_file"), e);
-                    None
+        let tls_roots = u
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca_file.as_ref())
+            .and_then(|f| {
+                let path = if Path::new(f).is_absolute() {
+                    Path::new(f).to_path_buf()
+                } else {
+                    base_dir.join(f)
+                };
+                match read_ca_file(&path) {
+                    Ok(certs) => Some(certs),
+                    Err(e) => {
+                        v.err(format!("{p}.tls.ca_file"), e);
+                        None
+                    }
                 }
-            }
-        });
+            });
         upstream_index.insert(name.as_str(), upstreams.len());
         upstreams.push(UpstreamConfig {
             name: name.clone(),

@@ -1,6 +1,11 @@
 //! Route matching on a radix tree (matchit): the cost of a lookup grows with the path's length,
 //! not with the number of routes. Routes are grouped by host; a host-specific route wins over
 //! one without a host. Routes that share a path shape but not methods share one tree entry.
+//!
+//! matchit cannot hold a parameter and a catch-all at the same position (`/v1/{id}` and
+//! `/v1/{*rest}`), although such routes are easily told apart. A route that conflicts that way
+//! goes into a further tree; a lookup then asks every tree (almost always just one) and the
+//! most specific match wins, segment by segment: literal, then parameter, then catch-all.
 
 use crate::config::model::{MethodSet, RouteConfig};
 use crate::config::validate::parse_path_template;
@@ -8,8 +13,8 @@ use crate::config::ConfigError;
 use std::collections::HashMap;
 
 pub struct Router {
-    by_host: HashMap<String, matchit::Router<usize>>,
-    any: matchit::Router<usize>,
+    by_host: HashMap<String, Trees>,
+    any: Trees,
     entries: Vec<Entry>,
 }
 
@@ -17,6 +22,64 @@ pub struct Router {
 struct Entry {
     routes: Vec<(MethodSet, usize)>,
     allow: String,
+    /// Specificity per segment: 2 literal, 1 parameter, 0 catch-all; higher wins.
+    rank: Vec<u8>,
+}
+
+/// At most this many trees per host; more means the config is pathological.
+const MAX_TREES: usize = 8;
+
+#[derive(Default)]
+struct Trees(Vec<matchit::Router<usize>>);
+
+impl Trees {
+    fn insert(&mut self, template: &str, entry: usize) -> Result<(), matchit::InsertError> {
+        let mut last = None;
+        for tree in &mut self.0 {
+            match tree.insert(template, entry) {
+                Ok(()) => return Ok(()),
+                Err(e @ matchit::InsertError::Conflict { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if let (Some(e), true) = (last.take(), self.0.len() >= MAX_TREES) {
+            return Err(e);
+        }
+        let mut tree = matchit::Router::new();
+        tree.insert(template, entry)?;
+        self.0.push(tree);
+        Ok(())
+    }
+
+    fn at<'r, 'p>(
+        &'r self,
+        path: &'p str,
+        entries: &[Entry],
+    ) -> Option<matchit::Match<'r, 'p, &'r usize>> {
+        match self.0.as_slice() {
+            [] => None,
+            [one] => one.at(path).ok(),
+            many => many
+                .iter()
+                .filter_map(|t| t.at(path).ok())
+                .max_by(|a, b| rank(entries, *a.value).cmp(rank(entries, *b.value))),
+        }
+    }
+}
+
+fn rank(entries: &[Entry], i: usize) -> &[u8] {
+    entries.get(i).map_or(&[], |e| e.rank.as_slice())
+}
+
+fn template_rank(path: &str) -> Vec<u8> {
+    path.split('/')
+        .skip(1)
+        .map(|seg| match seg.strip_prefix('{') {
+            Some(p) if p.starts_with('*') => 0,
+            Some(_) => 1,
+            None => 2,
+        })
+        .collect()
 }
 
 /// The outcome of a lookup.
@@ -36,8 +99,8 @@ impl Router {
     /// Builds the router; errors name the route (`routes[i].path`) that could not be added.
     pub fn build(routes: &[RouteConfig]) -> Result<Router, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let mut by_host: HashMap<String, matchit::Router<usize>> = HashMap::new();
-        let mut any = matchit::Router::new();
+        let mut by_host: HashMap<String, Trees> = HashMap::new();
+        let mut any = Trees::default();
         let mut entries: Vec<Entry> = Vec::new();
         let mut slots: HashMap<(Option<&str>, String), usize> = HashMap::new();
         for (i, r) in routes.iter().enumerate() {
@@ -57,10 +120,14 @@ impl Router {
                 Some(h) => by_host.entry(h.clone()).or_default(),
                 None => &mut any,
             };
-            match tree.insert(template.normalized.clone(), entries.len()) {
+            match tree.insert(&template.normalized, entries.len()) {
                 Ok(()) => {
                     slots.insert(key, entries.len());
-                    entries.push(Entry { routes: vec![(r.methods, i)], allow: String::new() });
+                    entries.push(Entry {
+                        routes: vec![(r.methods, i)],
+                        allow: String::new(),
+                        rank: template_rank(&template.normalized),
+                    });
                 }
                 Err(e) => errors.push(
                     ConfigError::new(format!("routes[{i}].path"), format!("path \"{}\" cannot be routed: {}", r.path, denormalize(&e.to_string(), &template.params)))
@@ -118,11 +185,11 @@ impl Router {
 
     fn in_tree<'r, 'p>(
         &'r self,
-        tree: &'r matchit::Router<usize>,
+        trees: &'r Trees,
         path: &'p str,
         method: &str,
     ) -> Lookup<'r, 'p> {
-        let Ok(m) = tree.at(path) else {
+        let Some(m) = trees.at(path, &self.entries) else {
             return Lookup::NotFound;
         };
         let Some(entry) = self.entries.get(*m.value) else {

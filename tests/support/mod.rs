@@ -29,10 +29,17 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -48,12 +55,20 @@ pub struct Reply {
 pub enum ReplyBody {
     Bytes(Vec<u8>),
     /// `n` zero bytes in 64 KiB chunks; `sized` sends a Content-Length, otherwise chunked.
-    Zeros { n: u64, sized: bool },
+    Zeros {
+        n: u64,
+        sized: bool,
+    },
 }
 
 impl Reply {
     pub fn ok(body: &str) -> Reply {
-        Reply { status: 200, headers: vec![], body: ReplyBody::Bytes(body.as_bytes().to_vec()), delay: Duration::ZERO }
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: ReplyBody::Bytes(body.as_bytes().to_vec()),
+            delay: Duration::ZERO,
+        }
     }
     pub fn status(mut self, s: u16) -> Self {
         self.status = s;
@@ -86,10 +101,16 @@ impl Upstream {
     }
 
     pub fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Upstream {
-        Self::start_on(std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream"), handler)
+        Self::start_on(
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream"),
+            handler,
+        )
     }
 
-    pub fn start_on(listener: std::net::TcpListener, handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Upstream {
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
@@ -97,7 +118,10 @@ impl Upstream {
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let seen2 = seen.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 loop {
@@ -108,18 +132,28 @@ impl Upstream {
                     let seen = seen2.clone();
                     let handler = handler.clone();
                     tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                            let seen = seen.clone();
-                            let handler = handler.clone();
-                            async move { Ok::<_, Infallible>(serve_one(req, &seen, &*handler).await) }
-                        });
+                        let svc =
+                            hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                                let seen = seen.clone();
+                                let handler = handler.clone();
+                                async move {
+                                    Ok::<_, Infallible>(serve_one(req, &seen, &*handler).await)
+                                }
+                            });
                         let io = hyper_util::rt::TokioIo::new(stream);
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
                     });
                 }
             });
         });
-        Upstream { addr, seen, stop: Some(stop_tx), thread: Some(thread) }
+        Upstream {
+            addr,
+            seen,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -131,7 +165,9 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Recorded {
-        self.requests().pop().expect("the upstream received no request")
+        self.requests()
+            .pop()
+            .expect("the upstream received no request")
     }
 
     pub fn count(&self) -> usize {
@@ -150,16 +186,29 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve_one(req: http::Request<Incoming>, seen: &Mutex<Vec<Recorded>>, handler: &Handler) -> http::Response<BoxBody> {
+async fn serve_one(
+    req: http::Request<Incoming>,
+    seen: &Mutex<Vec<Recorded>>,
+    handler: &Handler,
+) -> http::Response<BoxBody> {
     let (parts, mut body) = req.into_parts();
     let mut rec = Recorded {
         method: parts.method.to_string(),
-        target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        target: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         version: parts.version,
         headers: parts
             .headers
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body_len: 0,
         body: Vec::new(),
@@ -169,7 +218,8 @@ async fn serve_one(req: http::Request<Incoming>, seen: &Mutex<Vec<Recorded>>, ha
         if let Ok(data) = frame.into_data() {
             rec.body_len += data.len() as u64;
             if rec.body.len() < (1 << 20) {
-                rec.body.extend_from_slice(&data[..data.len().min((1 << 20) - rec.body.len())]);
+                rec.body
+                    .extend_from_slice(&data[..data.len().min((1 << 20) - rec.body.len())]);
             }
         }
     }
@@ -183,7 +233,9 @@ async fn serve_one(req: http::Request<Incoming>, seen: &Mutex<Vec<Recorded>>, ha
         builder = builder.header(k, v);
     }
     let body: BoxBody = match reply.body {
-        ReplyBody::Bytes(b) => Full::new(Bytes::from(b)).map_err(|e: Infallible| match e {}).boxed_unsync(),
+        ReplyBody::Bytes(b) => Full::new(Bytes::from(b))
+            .map_err(|e: Infallible| match e {})
+            .boxed_unsync(),
         ReplyBody::Zeros { n, sized } => {
             if sized {
                 builder = builder.header("content-length", n.to_string());
@@ -196,7 +248,10 @@ async fn serve_one(req: http::Request<Incoming>, seen: &Mutex<Vec<Recorded>>, ha
                         return None;
                     }
                     let take = left.min(chunk.len() as u64);
-                    Some((Ok::<_, std::io::Error>(Frame::data(chunk.slice(..take as usize))), left - take))
+                    Some((
+                        Ok::<_, std::io::Error>(Frame::data(chunk.slice(..take as usize))),
+                        left - take,
+                    ))
                 }
             });
             StreamBody::new(stream).boxed_unsync()
@@ -220,7 +275,8 @@ impl Gateway {
     }
 
     pub fn start_in(config: &str, base: &std::path::Path) -> Gateway {
-        let cfg = kairos_rs::config::load_str(config, "test-config", base).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = kairos_rs::config::load_str(config, "test-config", base)
+            .unwrap_or_else(|e| panic!("{e}"));
         let runtime = kairos_rs::state::Runtime::build(cfg).unwrap_or_else(|e| panic!("{e}"));
         let state = Arc::new(kairos_rs::state::SharedState::new(runtime));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind gateway");
@@ -228,12 +284,17 @@ impl Gateway {
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let bound = kairos_rs::server::bind(state, Some(listener)).expect("gateway bind");
-                tx.send((bound.addr, bound.server.handle())).expect("send addr");
+                tx.send((bound.addr, bound.server.handle()))
+                    .expect("send addr");
                 let _ = bound.server.await;
             });
         });
         let (addr, handle) = rx.recv().expect("gateway started");
-        Gateway { addr, handle, thread: Some(thread) }
+        Gateway {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -252,13 +313,21 @@ impl Drop for Gateway {
 }
 
 fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt").block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt")
+        .block_on(f)
 }
 
 /// A config with one upstream `u` at `upstream_url`, the given routes (JSON array text) and
 /// extra top-level keys (JSON object members, may be empty).
 pub fn config(upstream_url: &str, routes: &str, extra: &str) -> String {
-    let extra = if extra.is_empty() { String::new() } else { format!(",{extra}") };
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(",{extra}")
+    };
     format!(
         r#"{{"version":1,"server":{{"workers":1}},"upstreams":{{"u":{{"servers":[{{"url":"{upstream_url}"}}]}}}},"routes":{routes},"logging":{{"access_log":false,"level":"error"}}{extra}}}"#
     )
@@ -266,7 +335,10 @@ pub fn config(upstream_url: &str, routes: &str, extra: &str) -> String {
 
 /// A plain HTTP client that does not follow redirects.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
 }
 
 /// Sends raw bytes on a new connection and returns everything read until the server closes
@@ -337,7 +409,10 @@ impl GatewayProcess {
         std::thread::spawn(move || {
             use std::io::BufRead;
             let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if line.contains("kairos-rs listening") {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(line.clone());
@@ -346,10 +421,21 @@ impl GatewayProcess {
                 lines2.lock().expect("lock").push(line);
             }
         });
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("gateway did not start listening");
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway did not start listening");
         let parsed: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-        let addr = parsed["addr"].as_str().expect("addr field").parse().expect("socket addr");
-        GatewayProcess { child, addr, stderr_lines: lines, _dir: dir }
+        let addr = parsed["addr"]
+            .as_str()
+            .expect("addr field")
+            .parse()
+            .expect("socket addr");
+        GatewayProcess {
+            child,
+            addr,
+            stderr_lines: lines,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -361,7 +447,11 @@ impl GatewayProcess {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
         assert!(ok.success());
     }
 
