@@ -191,6 +191,8 @@ fn read_ca_file(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'st
     Ok(certs)
 }
 
+type RoutesOnShape = Vec<(usize, MethodSet)>;
+
 const STRATEGIES: [&str; 7] = [
     "round_robin",
     "weighted_round_robin",
@@ -472,7 +474,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
     // routes
     let mut routes: Vec<RouteConfig> = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
-    let mut shapes: HashMap<(Option<String>, String), Vec<(usize, MethodSet)>> = HashMap::new();
+    // (host, normalised path) -> the routes on it with their methods.
+    let mut shapes: HashMap<(Option<String>, String), RoutesOnShape> = HashMap::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
         let template = match parse_path_template(&r.path) {

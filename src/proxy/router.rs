@@ -183,12 +183,7 @@ impl Router {
         }
     }
 
-    fn in_tree<'r, 'p>(
-        &'r self,
-        trees: &'r Trees,
-        path: &'p str,
-        method: &str,
-    ) -> Lookup<'r, 'p> {
+    fn in_tree<'r, 'p>(&'r self, trees: &'r Trees, path: &'p str, method: &str) -> Lookup<'r, 'p> {
         let Some(m) = trees.at(path, &self.entries) else {
             return Lookup::NotFound;
         };
