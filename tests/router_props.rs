@@ -164,7 +164,11 @@ fn parameter_and_catch_all_at_the_same_position_are_told_apart() {
         vec![Seg::Param, Seg::Lit("b".into()), Seg::Lit("c".into())],
         vec![Seg::Lit("a".into()), Seg::CatchAll],
     ];
-    let routes: Vec<RouteConfig> = shapes.iter().enumerate().map(|(i, s)| route(i, s)).collect();
+    let routes: Vec<RouteConfig> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| route(i, s))
+        .collect();
     let router = Router::build(&routes).unwrap();
     let hit = |p: &str| match router.lookup(None, p, "GET") {
         Lookup::Found { route, .. } => Some(route),
@@ -173,7 +177,11 @@ fn parameter_and_catch_all_at_the_same_position_are_told_apart() {
     assert_eq!(hit("/v1/42"), Some(0));
     assert_eq!(hit("/v1/42/items"), Some(1));
     assert_eq!(hit("/v1/health"), Some(2));
-    assert_eq!(hit("/a/b/c"), Some(4), "literal first segment beats a parameter");
+    assert_eq!(
+        hit("/a/b/c"),
+        Some(4),
+        "literal first segment beats a parameter"
+    );
     assert_eq!(hit("/z/b/c"), Some(3));
     assert_eq!(hit("/v1"), None);
 }
