@@ -46,9 +46,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Some(Command::Routes(RoutesCommand::List { format })) => {
             let path = cli.config.context("routes list needs --config FILE")?;
-            let cfg = config::load_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            print!("{}", kairos_rs::cli::render_routes(&cfg, format));
-            Ok(ExitCode::SUCCESS)
+            match config::load_file(&path) {
+                Ok(cfg) => {
+                    print!("{}", kairos_rs::cli::render_routes(&cfg, format));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprint!("{errors}");
+                    Ok(ExitCode::from(2))
+                }
+            }
         }
         Some(Command::Echo { listen }) => {
             actix_web::rt::System::new().block_on(async move {

@@ -20,7 +20,7 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     let cfg = &rt.config.server;
     let listener = match listener {
         Some(l) => l,
-        None => TcpListener::bind((cfg.host.as_str(), cfg.port)).map_err(|e| {
+        None => listen(&cfg.host, cfg.port).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port),
@@ -47,6 +47,28 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     let server = http.run();
     state.set_ready(true);
     Ok(Bound { server, addr })
+}
+
+/// Connections the kernel may queue before the gateway accepts them (std's default is 128,
+/// which drops connections under a burst; NGINX uses 511, actix 2048).
+const BACKLOG: i32 = 2048;
+
+/// A listening socket with SO_REUSEADDR and a deep accept backlog.
+fn listen(host: &str, port: u16) -> io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Runs until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish

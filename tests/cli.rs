@@ -31,11 +31,18 @@ fn committed_schema_matches_the_binary() {
     let committed =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/schema.json"))
             .unwrap();
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        committed,
-        "config/schema.json is stale: run `cargo run -- config schema > config/schema.json`"
-    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    if printed != committed {
+        let first = printed
+            .lines()
+            .zip(committed.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        panic!(
+            "config/schema.json is stale (first difference at line {}): run `cargo run -- config schema > config/schema.json`",
+            first + 1
+        );
+    }
     let schema: serde_json::Value = serde_json::from_str(&committed).unwrap();
     assert_eq!(schema["additionalProperties"], false);
     assert!(schema["properties"]["routes"].is_object());

@@ -215,8 +215,13 @@ async fn access_log_has_one_line_per_request_and_can_be_turned_off() {
     assert_eq!(l["level"], "INFO");
 
     let quiet = GatewayProcess::start(&cfg(&up, "", r#"{"access_log":false,"level":"info"}"#));
+    // Let the startup lines (some arrive after "listening") settle first.
+    wait_until("startup logs", Duration::from_secs(5), || {
+        quiet.logs().iter().any(|l| l.contains("starting service"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
     let before = quiet.logs().len();
-    for _ in 0..5 {
+    for _ in 0..20 {
         c.get(quiet.url("/a")).send().await.unwrap();
     }
     c.get(quiet.url("/_kairos/health")).send().await.unwrap();

@@ -137,6 +137,10 @@ fn substitute_env(
         }
         Value::Object(map) => {
             for (k, item) in map.iter_mut() {
+                // Sections this build refuses anyway: their variables do not matter yet.
+                if raw::UNSUPPORTED_KEYS.contains(&k.as_str()) {
+                    continue;
+                }
                 substitute_env(item, position::join_key(&path, k), env, errors);
             }
         }
@@ -151,6 +155,7 @@ fn deserialize_collecting(
     errors: &mut Vec<ConfigError>,
 ) -> Option<raw::RawConfig> {
     let mut removed: Vec<String> = Vec::new();
+    let mut suggested: Vec<String> = Vec::new();
     for _ in 0..64 {
         let err = match serde_path_to_error::deserialize::<_, raw::RawConfig>(&value) {
             Ok(raw) => return Some(raw),
@@ -160,11 +165,17 @@ fn deserialize_collecting(
         let path = if path == "." { String::new() } else { path };
         let msg = err.inner().to_string();
         let (message, hint) = describe_serde_error(&msg);
-        // A missing field after we removed a bad value of the same name is not news.
+        // A missing field is not news after we removed a bad value of the same name, or
+        // after an unknown field whose hint already names it (`upstrem` -> `upstream`).
+        let missing = missing_field_path(&path, &msg);
         let echo = message.starts_with("missing field")
-            && removed
-                .iter()
-                .any(|r| Some(r.as_str()) == missing_field_path(&path, &msg).as_deref());
+            && missing.as_deref().is_some_and(|m| {
+                removed.iter().any(|r| r == m) || suggested.iter().any(|s| s == m)
+            });
+        if let Some(field) = hint.as_deref().and_then(|h| h.split('`').nth(1)) {
+            let parent = path.rfind(['.', '[']).map_or("", |i| &path[..i]);
+            suggested.push(position::join_key(parent, field));
+        }
         if !echo {
             let mut e = ConfigError::new(path.clone(), message);
             e.hint = hint;

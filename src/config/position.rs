@@ -227,14 +227,14 @@ mod tests {
             idx.value("routes[0].upstream"),
             Some(Pos {
                 line: 3,
-                column: 32
+                column: 31
             })
         );
         assert_eq!(
             idx.key("routes[0].upstream"),
             Some(Pos {
                 line: 3,
-                column: 20
+                column: 19
             })
         );
         assert_eq!(idx.value("routes[1]"), Some(Pos { line: 4, column: 5 }));

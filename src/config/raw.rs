@@ -14,10 +14,26 @@ pub type SizeStr = String;
 /// say so, instead of calling a documented key unknown; they are never silently accepted.
 pub type Unsupported = serde_json::Value;
 
+/// Keys (at any depth) of sections this build refuses; `${ENV}` is not expanded inside them.
+pub const UNSUPPORTED_KEYS: [&str; 9] = [
+    "jwt_validation",
+    "api_keys",
+    "rate_limiting",
+    "cors",
+    "tracing",
+    "health_check",
+    "circuit_breaker",
+    "retries",
+    "rate_limit",
+];
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "Kairos gateway configuration, version 1")]
 pub struct RawConfig {
+    /// Editors may point this at config/schema.json; the gateway ignores it.
+    #[serde(default, rename = "$schema")]
+    pub schema: Option<String>,
     /// Config format version; must be 1.
     #[serde(default)]
     pub version: Option<u32>,
@@ -86,8 +102,8 @@ pub struct RawTls {
 pub struct RawAdmin {
     /// Bearer token for /_kairos/* (except health and ready). Use "${ENV_VAR}".
     pub token: Option<String>,
-    /// Serve /_kairos/metrics without the token.
-    pub public_metrics: Option<bool>,
+    /// Not implemented yet (there is no metrics endpoint): rejected with a clear error.
+    pub public_metrics: Option<Unsupported>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

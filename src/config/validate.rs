@@ -353,6 +353,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
     let admin = match &raw.admin {
         None => AdminConfig::default(),
         Some(a) => {
+            v.unsupported("admin.public_metrics", &a.public_metrics);
             if let Some(t) = &a.token {
                 if t.len() < 16 {
                     v.err_hint("admin.token", "admin token is shorter than 16 characters", "generate one with `openssl rand -hex 32` and pass it as \"${KAIROS_ADMIN_TOKEN}\"");
@@ -360,7 +361,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             }
             AdminConfig {
                 token: a.token.clone(),
-                public_metrics: a.public_metrics.unwrap_or(false),
+                public_metrics: false,
             }
         }
     };
@@ -590,7 +591,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         let name = r.name.clone().unwrap_or_else(|| {
             let target = format!("{}{}", host.as_deref().unwrap_or(""), r.path);
             match &r.methods {
-                Some(m) => format!("{} {target}", m.join(",")),
+                Some(m) => format!("{} {target}", m.join(",").to_ascii_uppercase()),
                 None => target,
             }
         });
