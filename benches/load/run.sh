@@ -323,12 +323,30 @@ to_ms() { # "338.00us" / "1.23ms" / "1.01s" -> milliseconds
     }'
 }
 
+# Runs a command in the background and waits for it: unlike a foreground command, `wait`
+# returns as soon as a signal arrives, so Ctrl-C/SIGTERM clean up at once, not after wrk ends.
+in_bg() {
+    "$@" &
+    local pid=$! rc=0
+    PIDS+=("$pid")
+    wait "$pid" || rc=$?
+    forget "$pid"
+    return "$rc"
+}
+# Drops a reaped pid from PIDS, so that cleanup never signals a recycled pid.
+forget() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
 declare -A RPS P50 P99 CPU
 BAD=0
 run_one() { # target, round
-    local t=$1 r=$2 url=${URL_OF[$1]} pid=${PID_OF[$1]} out=$TMP/wrk-$1-$2.txt sampler c0 c1
-    "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+    local t=$1 r=$2 url=${URL_OF[$1]} pid=${PID_OF[$1]} out=$TMP/wrk-$1-$2.txt sampler c0 c1 t0 t1
+    in_bg "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
     c0=$(cpu_ticks "$pid")
+    t0=$(date +%s.%N)
     # Sample the RSS of the proxy every 0.5 s while wrk runs; keep the maximum.
     (
         max=0
@@ -340,10 +358,12 @@ run_one() { # target, round
     ) &
     sampler=$!
     PIDS+=("$sampler")
-    "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$out"
+    in_bg "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$out"
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
+    forget "$sampler"
     c1=$(cpu_ticks "$pid")
+    t1=$(date +%s.%N)
     local rps p50 p99 rss cpu
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
@@ -359,7 +379,7 @@ $(cat "$out")"
     RPS[$t]+="$rps "
     P50[$t]+="$p50 "
     P99[$t]+="$p99 "
-    cpu=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN { printf "%.0f", 100 * d / hz / s }')
+    cpu=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", 100 * d / hz / (t1 - t0) }')
     CPU[$t]+="$cpu "
     log "round $r $(printf '%-10s' "$t") rps $(printf '%9s' "$rps")  p50 ${p50}ms  p99 ${p99}ms  proxy cpu ${cpu}%"
 }
