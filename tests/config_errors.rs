@@ -270,18 +270,23 @@ fn the_shipped_configs_are_valid() {
 
 #[test]
 fn a_typo_is_one_error_not_two() {
-    let errs = errors(r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}]}}, "routes": [{"path": "/a", "upstrem": "u"}]}"#);
+    let errs = errors(
+        r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}]}}, "routes": [{"path": "/a", "upstrem": "u"}]}"#,
+    );
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert_eq!(errs[0].hint.as_deref(), Some("did you mean `upstream`?"));
     // A field that is simply missing is still reported.
-    let errs = errors(r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}]}}, "routes": [{"path": "/a"}]}"#);
+    let errs = errors(
+        r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}]}}, "routes": [{"path": "/a"}]}"#,
+    );
     assert_eq!(errs[0].message, "missing field `upstream`");
     assert_eq!(errs[0].path, "routes[0]");
 }
 
 #[test]
 fn schema_key_is_allowed_and_unsupported_sections_do_not_need_their_variables() {
-    let ok = r#"{"$schema": "./schema.json", "upstreams": {"u": {"servers": [{"url": "http://h:1"}]}}}"#;
+    let ok =
+        r#"{"$schema": "./schema.json", "upstreams": {"u": {"servers": [{"url": "http://h:1"}]}}}"#;
     assert!(kairos_rs::config::load_str(ok, "t", Path::new(".")).is_ok());
     let e = one(r#"{"jwt_validation": {"secret": "${KAIROS_SURELY_UNSET_SECRET}"}}"#);
     assert_eq!(e.path, "jwt_validation");

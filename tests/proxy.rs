@@ -536,3 +536,54 @@ async fn kairos_scope_health_ready_and_token_guard() {
     assert_eq!(res.status(), 404);
     assert_eq!(up.count(), 0);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    let c = client();
+    for i in 0..30 {
+        let res = c.get(gw.url(&format!("/any/{i}"))).send().await.unwrap();
+        assert_eq!(res.text().await.unwrap(), "ok");
+    }
+    let peers: std::collections::HashSet<_> = up.requests().iter().map(|r| r.peer).collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "sequential requests through one worker share one upstream connection"
+    );
+}
+
+#[test]
+fn upstream_closing_idle_connections_causes_no_errors() {
+    use std::io::{Read, Write};
+    // Answers one request per connection with keep-alive framing, then hangs up, as an
+    // upstream with a short keep-alive timeout does.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served2 = served.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 4096];
+            if s.read(&mut buf).unwrap_or(0) > 0 {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                served2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            drop(s);
+        }
+    });
+    let gw = Gateway::start(&config(&format!("http://{addr}"), ROUTES, ""));
+    for i in 0..20 {
+        let res = raw_exchange(
+            gw.addr,
+            format!("GET /any/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        );
+        assert!(res.starts_with("HTTP/1.1 200"), "request {i}: {res}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 20);
+}

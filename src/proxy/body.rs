@@ -131,21 +131,41 @@ pub fn stream(
     ProxyBody::Stream { rx, len }
 }
 
-/// The upstream's response body, handed to actix as is.
+/// The upstream's response body, handed to actix as is. When it ends, the upstream connection
+/// goes back to the pool; if it is dropped early, the connection is closed.
 pub struct UpstreamBody {
     body: hyper::body::Incoming,
     size: BodySize,
+    lease: Option<super::forward::Lease>,
 }
 
 impl UpstreamBody {
     /// `len` is the upstream's Content-Length, if it sent one.
-    pub fn new(body: hyper::body::Incoming, len: Option<u64>) -> Self {
+    pub fn new(
+        body: hyper::body::Incoming,
+        len: Option<u64>,
+        lease: super::forward::Lease,
+    ) -> Self {
         let size = match len {
             Some(n) => BodySize::Sized(n),
             None if body.is_end_stream() => BodySize::Sized(0),
             None => BodySize::Stream,
         };
-        UpstreamBody { body, size }
+        let mut this = UpstreamBody {
+            body,
+            size,
+            lease: Some(lease),
+        };
+        if this.body.is_end_stream() {
+            this.release();
+        }
+        this
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
     }
 }
 
@@ -164,12 +184,24 @@ impl MessageBody for UpstreamBody {
             return match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if data.is_empty() => continue,
-                    Ok(data) => Poll::Ready(Some(Ok(data))),
+                    Ok(data) => {
+                        if self.body.is_end_stream() {
+                            self.release();
+                        }
+                        Poll::Ready(Some(Ok(data)))
+                    }
                     // Trailers are not forwarded over HTTP/1.1.
                     Err(_) => continue,
                 },
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => {
+                    // A broken body leaves the connection unusable: drop it.
+                    self.lease = None;
+                    Poll::Ready(Some(Err(e)))
+                }
+                Poll::Ready(None) => {
+                    self.release();
+                    Poll::Ready(None)
+                }
                 Poll::Pending => Poll::Pending,
             };
         }

@@ -108,12 +108,11 @@ pub fn request_headers(
     }
     dst.insert(hh::HOST, host);
     if let Some(ip) = client.peer {
-        let mut acc = xff.unwrap_or_default();
+        let mut acc = xff.unwrap_or_else(|| Vec::with_capacity(16));
         if !acc.is_empty() {
             acc.extend_from_slice(b", ");
         }
-        let mut buf = itoa_ip(ip);
-        acc.append(&mut buf);
+        push_ip(&mut acc, ip);
         if let Ok(v) = HeaderValue::from_bytes(&acc) {
             dst.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
@@ -128,15 +127,33 @@ pub fn request_headers(
     dst.insert(HeaderName::from_static("x-request-id"), request_id.clone());
 }
 
-fn itoa_ip(ip: std::net::IpAddr) -> Vec<u8> {
+/// Appends the client address as X-Forwarded-For writes it (IPv4-mapped IPv6 as IPv4). IPv4,
+/// the common case, is written by hand: `fmt` costs about 1k instructions per request here.
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     use std::io::Write;
-    let mut v = Vec::with_capacity(40);
     let ip = match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     };
-    let _ = write!(v, "{ip}");
-    v
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + (octet / 10) % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        v6 => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Copies the upstream's response headers to the client, minus hop-by-hop headers and the
@@ -159,6 +176,29 @@ pub fn response_headers(src: &hh::HeaderMap, dst: &mut ax::HeaderMap) {
             ax::HeaderValue::from_bytes(value.as_bytes()),
         ) {
             dst.append(an, av);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ip_formatting_matches_std() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.10.9",
+            "::1",
+            "2001:db8::7",
+            "::ffff:192.0.2.1",
+        ] {
+            let addr: std::net::IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            super::push_ip(&mut out, addr);
+            let want = ip.trim_start_matches("::ffff:");
+            assert_eq!(String::from_utf8(out).unwrap(), want);
         }
     }
 }

@@ -133,25 +133,18 @@ async fn proxy<'a>(
 
     // Phase 3: pick a server.
     let upstream: &'a Upstream = &rt.upstreams[route.upstream];
+    let server_idx = upstream.balancer.pick();
     let server = upstream
         .config
         .servers
-        .get(upstream.balancer.pick())
+        .get(server_idx)
         .ok_or(GatewayError::NoHealthyUpstream)?;
     outcome.upstream = Some(&server.url);
 
     // Phase 4: the upstream request.
     let path_and_query = upstream_path(req, route, &params)?;
-    let uri = http::Uri::builder()
-        .scheme(if server.https {
-            http::uri::Scheme::HTTPS
-        } else {
-            http::uri::Scheme::HTTP
-        })
-        .authority(server.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
+    // Origin-form on the wire (`GET /path?query HTTP/1.1`); the server is chosen by the pool.
+    let uri = http::Uri::from(path_and_query);
     let mut up = http::Request::new(upstream_body);
     *up.method_mut() = http::Method::from_bytes(method.as_str().as_bytes())
         .map_err(|_| GatewayError::BadRequest("invalid method"))?;
@@ -184,8 +177,15 @@ async fn proxy<'a>(
     );
 
     // Phase 5: forward, bounded by the route's timeout until the response head arrives.
-    let sent = forward::send(up, upstream.config.connect_timeout, &upstream.tls);
-    let response = match tokio::time::timeout(route.timeout, sent).await {
+    let target = forward::Target {
+        pool_key: upstream.pool_keys[server_idx],
+        https: server.https,
+        authority: &server.authority,
+        connect_timeout: upstream.config.connect_timeout,
+        tls: &upstream.tls,
+    };
+    let sent = forward::send(up, &target);
+    let (response, lease) = match tokio::time::timeout(route.timeout, sent).await {
         Err(_) => return Err(GatewayError::UpstreamTimeout),
         Ok(Err(e)) => {
             if too_large.get() {
@@ -201,7 +201,7 @@ async fn proxy<'a>(
                 forward::ForwardError::Protocol(_) => GatewayError::UpstreamProtocol,
             });
         }
-        Ok(Ok(r)) => r,
+        Ok(Ok(exchange)) => exchange,
     };
 
     // Phase 6: the response.
@@ -209,7 +209,7 @@ async fn proxy<'a>(
     let status = actix_web::http::StatusCode::from_u16(parts.status.as_u16())
         .map_err(|_| GatewayError::UpstreamProtocol)?;
     let len = headers::content_length(&parts.headers);
-    let mut res = HttpResponse::with_body(status, UpstreamBody::new(incoming, len));
+    let mut res = HttpResponse::with_body(status, UpstreamBody::new(incoming, len, lease));
     headers::response_headers(&parts.headers, res.headers_mut());
     res.headers_mut()
         .insert(ax::HeaderName::from_static(request_id::HEADER), rid.clone());

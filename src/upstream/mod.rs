@@ -13,15 +13,23 @@ pub struct Upstream {
     pub balancer: Balancer,
     /// TLS settings used for `https://` servers of this upstream.
     pub tls: Arc<rustls::ClientConfig>,
+    /// Connection-pool key of each server, in server order.
+    pub pool_keys: Vec<u64>,
 }
 
 impl Upstream {
     pub fn new(config: UpstreamConfig, tls: Arc<rustls::ClientConfig>) -> Self {
         let balancer = Balancer::new(&config);
+        let pool_keys = config
+            .servers
+            .iter()
+            .map(|s| crate::proxy::forward::pool_key(s.https, &s.authority, &tls))
+            .collect();
         Upstream {
             config,
             balancer,
             tls,
+            pool_keys,
         }
     }
 }

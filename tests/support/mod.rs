@@ -23,6 +23,8 @@ pub struct Recorded {
     /// Headers in the order received; repeated headers appear repeatedly.
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
+    /// The gateway's end of the connection the request came on.
+    pub peer: SocketAddr,
     /// The body, kept only up to 1 MiB.
     pub body: Vec<u8>,
 }
@@ -125,7 +127,7 @@ impl Upstream {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 loop {
-                    let (stream, _) = tokio::select! {
+                    let (stream, peer) = tokio::select! {
                         r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
                         _ = &mut stop_rx => break,
                     };
@@ -137,7 +139,9 @@ impl Upstream {
                                 let seen = seen.clone();
                                 let handler = handler.clone();
                                 async move {
-                                    Ok::<_, Infallible>(serve_one(req, &seen, &*handler).await)
+                                    Ok::<_, Infallible>(
+                                        serve_one(req, peer, &seen, &*handler).await,
+                                    )
                                 }
                             });
                         let io = hyper_util::rt::TokioIo::new(stream);
@@ -188,17 +192,15 @@ impl Drop for Upstream {
 
 async fn serve_one(
     req: http::Request<Incoming>,
+    peer: SocketAddr,
     seen: &Mutex<Vec<Recorded>>,
     handler: &Handler,
 ) -> http::Response<BoxBody> {
     let (parts, mut body) = req.into_parts();
     let mut rec = Recorded {
         method: parts.method.to_string(),
-        target: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
+        // As on the request line: origin-form unless the gateway sent something else.
+        target: parts.uri.to_string(),
         version: parts.version,
         headers: parts
             .headers
@@ -211,6 +213,7 @@ async fn serve_one(
             })
             .collect(),
         body_len: 0,
+        peer,
         body: Vec::new(),
     };
     while let Some(frame) = body.frame().await {
