@@ -14,6 +14,8 @@
 #   PROXY_CPU    CPU for the proxy under test (default 0)
 #   AUX_CPU      CPU for wrk and the upstream nginx (default 1)
 #   KAIROS_BIN   use this kairos-rs binary instead of building one
+#   KAIROS_BIN_B a second kairos-rs binary, run as target `kairos-b` (10 routes) for an A/B
+#                comparison in the same rounds, e.g. a build without mimalloc
 #   KEEP_TMP     1 keeps the temp dir (configs, logs, raw wrk output) for inspection
 #
 # Targets (all on 127.0.0.1, free ports picked at start):
@@ -159,6 +161,7 @@ UP_PORT=$(free_port)
 NGX_PORT=$(free_port)
 K10_PORT=$(free_port)
 K10K_PORT=$(free_port)
+KB_PORT=$(free_port)
 
 # ---------------------------------------------------------------- configs
 # nginx as root would switch its worker to "nobody", which cannot write into our temp dir.
@@ -288,6 +291,15 @@ PIDS+=("$K10K_PID")
 # kairos-10 is checked first so that it reaches idle before its RSS is read.
 wait_ready kairos-10 "http://127.0.0.1:$K10_PORT$HIT_PATH" "$K10_PID"
 wait_ready kairos-10k "http://127.0.0.1:$K10K_PORT$HIT_PATH" "$K10K_PID"
+TARGETS=(nginx kairos kairos-10k)
+if [[ -n ${KAIROS_BIN_B:-} ]]; then
+    kairos_conf "$TMP/kairos-b.json" "$KB_PORT" 10
+    "${ON_PROXY[@]}" "$KAIROS_BIN_B" --config "$TMP/kairos-b.json" >"$TMP/kairos-b.log" 2>&1 &
+    KB_PID=$!
+    PIDS+=("$KB_PID")
+    wait_ready kairos-b "http://127.0.0.1:$KB_PORT$HIT_PATH" "$KB_PID"
+    TARGETS+=(kairos-b)
+fi
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { # utime + stime of all threads of a process
@@ -296,14 +308,15 @@ cpu_ticks() { # utime + stime of all threads of a process
 CLK_TCK=$(getconf CLK_TCK)
 
 sleep 1
-declare -A PID_OF=([nginx]=$NGX_WORKER [kairos]=$K10_PID [kairos-10k]=$K10K_PID)
+declare -A PID_OF=([nginx]=$NGX_WORKER [kairos]=$K10_PID [kairos-10k]=$K10K_PID [kairos-b]=${KB_PID:-0})
 declare -A URL_OF=(
     [nginx]="http://127.0.0.1:$NGX_PORT$HIT_PATH"
     [kairos]="http://127.0.0.1:$K10_PORT$HIT_PATH"
     [kairos-10k]="http://127.0.0.1:$K10K_PORT$HIT_PATH"
+    [kairos-b]="http://127.0.0.1:$KB_PORT$HIT_PATH"
 )
 declare -A RSS_IDLE RSS_LOAD
-for t in nginx kairos kairos-10k; do
+for t in "${TARGETS[@]}"; do
     RSS_IDLE[$t]=$(rss_kb "${PID_OF[$t]}")
     RSS_LOAD[$t]=0
 done
@@ -384,11 +397,11 @@ $(cat "$out")"
     log "round $r $(printf '%-10s' "$t") rps $(printf '%9s' "$rps")  p50 ${p50}ms  p99 ${p99}ms  proxy cpu ${cpu}%"
 }
 
-TARGETS=(nginx kairos kairos-10k)
+NT=${#TARGETS[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
     # Rotate the order each round so that no target always runs first or last.
-    for ((k = 0; k < 3; k++)); do
-        run_one "${TARGETS[$(((k + r - 1) % 3))]}" "$r"
+    for ((k = 0; k < NT; k++)); do
+        run_one "${TARGETS[$(((k + r - 1) % NT))]}" "$r"
     done
 done
 
@@ -421,9 +434,14 @@ printf '%-40s %s\n' "kairos p99 / nginx p99:" "$(ratio "${M_P99[kairos]}" "${M_P
 printf '%-40s %s\n' "kairos 10k routes / 10 routes req/s:" "$(ratio "${M_RPS[kairos-10k]}" "${M_RPS[kairos]}")"
 printf '%-40s %s MB idle, %s MB under load\n' "kairos RSS (10 routes):" "$(mb "${RSS_IDLE[kairos]}")" "$(mb "${RSS_LOAD[kairos]}")"
 printf '%-40s %s MB idle, %s MB under load\n' "kairos RSS (10k routes):" "$(mb "${RSS_IDLE[kairos-10k]}")" "$(mb "${RSS_LOAD[kairos-10k]}")"
+if [[ -n ${KB_PID:-} ]]; then
+    printf '%-40s %s\n' "kairos-b / kairos req/s:" "$(ratio "${M_RPS[kairos-b]}" "${M_RPS[kairos]}")"
+    printf '%-40s %s\n' "kairos-b / nginx req/s:" "$(ratio "${M_RPS[kairos-b]}" "${M_RPS[nginx]}")"
+    printf '%-40s %s MB idle, %s MB under load\n' "kairos-b RSS (10 routes):" "$(mb "${RSS_IDLE[kairos-b]}")" "$(mb "${RSS_LOAD[kairos-b]}")"
+fi
 printf '%-40s %s MB idle, %s MB under load\n' "nginx proxy worker RSS:" "$(mb "${RSS_IDLE[nginx]}")" "$(mb "${RSS_LOAD[nginx]}")"
 
-for t in kairos kairos-10k; do
+for t in "${TARGETS[@]:1}"; do
     kill -0 "${PID_OF[$t]}" 2>/dev/null || { log "$t died during the run"; BAD=1; }
 done
 if [[ $BAD == 1 ]]; then
