@@ -23,8 +23,9 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_in_flight_requests_then_exits() {
+/// Sends `signal` while a request is in flight: the listener closes at once, the request
+/// still completes, and the process exits cleanly.
+async fn stops_gracefully_on(signal: &str, name: &str) {
     let up = Upstream::start(|_| Reply::ok("finished").delay(Duration::from_millis(1500)));
     let mut gw = GatewayProcess::start(&cfg(
         &up,
@@ -39,58 +40,45 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
         || up.count() == 1,
     );
 
-    gw.signal("TERM");
+    gw.signal(signal);
     // New connections are refused while the in-flight request finishes.
     let addr = gw.addr;
     wait_until("the listener to close", Duration::from_secs(5), || {
         std::net::TcpStream::connect(addr).is_err()
     });
-    assert_eq!(
-        inflight
-            .await
-            .unwrap()
-            .expect("in-flight request completed"),
-        200
-    );
+    let status = inflight
+        .await
+        .unwrap()
+        .expect("in-flight request completed");
+    assert_eq!(status, 200);
     let start = Instant::now();
-    let status = loop {
+    let exit = loop {
         if let Some(s) = gw.child.try_wait().unwrap() {
             break s;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "gateway did not exit after SIGTERM"
+            "gateway did not exit after {name}"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(status.success(), "exit status {status}");
+    assert!(exit.success(), "exit status {exit}");
+    let logs = gw.logs();
     assert!(
-        gw.logs().iter().any(|l| l.contains("shutting down")),
-        "{:?}",
-        gw.logs()
+        logs.iter()
+            .any(|l| l.contains("shutting down") && l.contains(name)),
+        "{logs:?}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_then_exits() {
+    stops_gracefully_on("TERM", "SIGTERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_is_graceful_too() {
-    let up = Upstream::start(|_| Reply::ok("finished").delay(Duration::from_millis(800)));
-    let mut gw = GatewayProcess::start(&cfg(&up, "", r#"{"access_log":false}"#));
-    let url = gw.url("/slow");
-    let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
-    wait_until(
-        "the request to reach the upstream",
-        Duration::from_secs(10),
-        || up.count() == 1,
-    );
-    gw.signal("INT");
-    assert_eq!(
-        inflight
-            .await
-            .unwrap()
-            .expect("in-flight request completed"),
-        200
-    );
-    assert!(gw.child.wait().unwrap().success());
+    stops_gracefully_on("INT", "SIGINT").await;
 }
 
 const GIB: u64 = 1 << 30;

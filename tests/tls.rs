@@ -38,13 +38,12 @@ async fn tls_listener_speaks_http2_by_alpn_and_http1() {
     let gw = Gateway::start_in(&cfg, c.dir.path());
     let url = format!("https://localhost:{}/x", gw.addr.port());
 
-    let res = tls_client(&c, &gw)
-        .build()
-        .unwrap()
-        .get(&url)
-        .send()
-        .await
-        .unwrap();
+    let get = |http1: bool| {
+        let b = tls_client(&c, &gw);
+        let b = if http1 { b.http1_only() } else { b };
+        b.build().unwrap().get(&url).send()
+    };
+    let res = get(false).await.unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_2);
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "ok");
@@ -56,14 +55,7 @@ async fn tls_listener_speaks_http2_by_alpn_and_http1() {
         "upstream leg is HTTP/1.1"
     );
 
-    let res = tls_client(&c, &gw)
-        .http1_only()
-        .build()
-        .unwrap()
-        .get(&url)
-        .send()
-        .await
-        .unwrap();
+    let res = get(true).await.unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_11);
     assert_eq!(res.status(), 200);
 }

@@ -180,6 +180,16 @@ pub fn response_headers(src: &hh::HeaderMap, dst: &mut ax::HeaderMap) {
     }
 }
 
+/// The Content-Length of an upstream response, if present and valid.
+pub fn content_length(h: &hh::HeaderMap) -> Option<u64> {
+    let mut it = h.get_all(hh::CONTENT_LENGTH).iter();
+    let v = it.next()?;
+    if it.next().is_some() {
+        return None;
+    }
+    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -201,14 +211,4 @@ mod tests {
             assert_eq!(String::from_utf8(out).unwrap(), want);
         }
     }
-}
-
-/// The Content-Length of an upstream response, if present and valid.
-pub fn content_length(h: &hh::HeaderMap) -> Option<u64> {
-    let mut it = h.get_all(hh::CONTENT_LENGTH).iter();
-    let v = it.next()?;
-    if it.next().is_some() {
-        return None;
-    }
-    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
