@@ -587,3 +587,193 @@ fn upstream_closing_idle_connections_causes_no_errors() {
     }
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 20);
 }
+
+/// An upstream on raw sockets that answers every request with `response` (bytes as given),
+/// then keeps the connection open for `linger`.
+fn raw_upstream(response: &'static [u8], linger: Duration) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(response).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(linger);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn not_modified_with_content_length_keeps_the_connection_usable() {
+    let addr = raw_upstream(
+        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 1234\r\netag: \"v1\"\r\n\r\n",
+        Duration::ZERO,
+    );
+    let gw = Gateway::start(&config(&format!("http://{addr}"), ROUTES, ""));
+    let two = b"GET /any/a HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"v1\"\r\n\r\nGET /any/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let res = raw_exchange(gw.addr, two, Duration::from_secs(5));
+    assert_eq!(res.matches("HTTP/1.1 304 Not Modified").count(), 2, "{res}");
+    assert!(
+        res.to_ascii_lowercase().contains("content-length: 1234"),
+        "{res}"
+    );
+}
+
+#[tokio::test]
+async fn dot_segments_are_refused_not_forwarded() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    for path in [
+        "/files/../admin",
+        "/files/%2e%2E/admin",
+        "/files/..%2Fadmin",
+        "/files/a/./b",
+        "/any/x/..%5cy",
+    ] {
+        let res = raw_exchange(
+            gw.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        );
+        assert!(res.starts_with("HTTP/1.1 400"), "{path}: {res}");
+    }
+    assert_eq!(up.count(), 0);
+    // Dots inside a segment are fine.
+    let res = client()
+        .get(gw.url("/files/v1.2/..hidden/a.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(up.last().target, "/storage/v1.2/..hidden/a.txt");
+}
+
+#[test]
+fn odd_host_headers_do_not_break_host_routing() {
+    let up = Upstream::start(|_| Reply::ok("host route"));
+    let routes = r#"[{"path":"/h","host":"api.example.com","upstream":"u"}]"#;
+    let gw = Gateway::start(&config(&up.url(), routes, ""));
+    for host in [
+        "[",
+        "[::1",
+        "api.example.com.",
+        "user@api.example.com",
+        "API.EXAMPLE.COM:80",
+    ] {
+        let res = raw_exchange(
+            gw.addr,
+            format!("GET /h HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        );
+        assert!(res.starts_with("HTTP/1.1 "), "{host}: no response");
+        let routed = res.contains("host route");
+        assert_eq!(routed, !host.starts_with('['), "{host}: {res}");
+    }
+}
+
+#[tokio::test]
+async fn untrusted_client_address_headers_are_dropped_and_cookies_joined() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    c.get(gw.url("/any/x"))
+        .header("forwarded", "for=203.0.113.9")
+        .header("x-real-ip", "203.0.113.9")
+        .header("x-forwarded-port", "443")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
+    let seen = up.last();
+    for h in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+        assert!(
+            seen.header(h).is_none(),
+            "{h} passed through from an untrusted client"
+        );
+    }
+    assert_eq!(seen.header_all("cookie"), vec!["a=1; b=2"]);
+}
+
+#[test]
+fn get_with_a_chunked_body_keeps_its_body() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    let req = b"GET /any/search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let res = raw_exchange(gw.addr, req, Duration::from_secs(5));
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    assert_eq!(up.last().body, b"hello");
+}
+
+#[test]
+fn a_stalled_request_body_gets_408_and_a_moving_one_is_not_cut_off() {
+    use std::io::{Read, Write};
+    let up = Upstream::start(|r| Reply::ok(&r.body_len.to_string()));
+    let routes = r#"[{"path":"/any/{*rest}","upstream":"u","timeout":"300ms"}]"#;
+    let gw = Gateway::start(&config(&up.url(), routes, ""));
+
+    // Declares 1000 bytes, sends 10, then stalls.
+    let res = raw_exchange(
+        gw.addr,
+        b"POST /any/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
+        Duration::from_secs(5),
+    );
+    assert!(res.starts_with("HTTP/1.1 408"), "{res}");
+    assert!(res.contains("request_timeout"), "{res}");
+
+    // A chunked upload taking three times the route timeout, always moving: accepted whole.
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /any/up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").unwrap();
+    for _ in 0..9 {
+        s.write_all(b"a\r\n0123456789\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("90"), "{out}");
+}
+
+#[test]
+fn an_upstream_that_stalls_mid_body_does_not_hang_the_client() {
+    use std::io::{Read, Write};
+    // Promises 100 bytes, sends 10, then goes quiet for longer than the route timeout.
+    let addr = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
+        Duration::from_secs(10),
+    );
+    let routes = r#"[{"path":"/any/{*rest}","upstream":"u","timeout":"300ms"}]"#;
+    let gw = Gateway::start(&config(&format!("http://{addr}"), routes, ""));
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /any/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&out);
+    assert!(closed, "the gateway kept the client waiting: {text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("0123456789"),
+        "{text}"
+    );
+}

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body::{Body, Frame, SizeHint};
 use std::cell::Cell;
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -75,6 +76,10 @@ impl Body for ProxyBody {
 /// Set by the body pump when the client sent more than `max_body_size`.
 pub type TooLargeFlag = Rc<Cell<bool>>;
 
+/// When the body pump last moved data: a request whose body is still arriving is not timed
+/// out (the route timeout counts from the last progress, like NGINX's send/read timeouts).
+pub type Progress = Rc<Cell<Option<tokio::time::Instant>>>;
+
 /// Reads a small body of known length whole. `Err(true)` means it was larger than `max`.
 pub async fn read_small(
     payload: &mut actix_web::web::Payload,
@@ -89,6 +94,10 @@ pub async fn read_small(
         }
         buf.extend_from_slice(&chunk);
     }
+    // HTTP/2 does not tie the body to content-length as HTTP/1.1 framing does.
+    if buf.len() as u64 != len {
+        return Err(Err("request body does not match its Content-Length".into()));
+    }
     Ok(buf.freeze())
 }
 
@@ -99,6 +108,7 @@ pub fn stream(
     len: Option<u64>,
     max: u64,
     too_large: TooLargeFlag,
+    progress: Progress,
 ) -> ProxyBody {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     actix_web::rt::spawn(async move {
@@ -109,7 +119,15 @@ pub fn stream(
                 Some(i) => Some(i),
                 None => payload.next().await,
             };
-            let Some(item) = item else { break };
+            let Some(item) = item else {
+                if len.is_some_and(|n| n != seen) {
+                    let short =
+                        RequestBodyError::Client("body shorter than its Content-Length".into());
+                    let _ = tx.send(Err(short)).await;
+                }
+                break;
+            };
+            progress.set(Some(tokio::time::Instant::now()));
             let msg = match item {
                 Ok(chunk) => {
                     seen += chunk.len() as u64;
@@ -137,17 +155,41 @@ pub struct UpstreamBody {
     body: hyper::body::Incoming,
     size: BodySize,
     lease: Option<super::forward::Lease>,
+    /// Longest wait for the next piece of the body.
+    idle_timeout: std::time::Duration,
+    /// Armed the first time the body is not ready, so fast responses never touch the timer.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the last poll returned Pending: the idle timer measures one continuous wait
+    /// for the upstream, never time the client spent not reading.
+    waiting: bool,
+}
+
+/// The upstream stopped sending its body for longer than the route timeout.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    #[error("upstream sent no body data for {0:?}")]
+    Idle(std::time::Duration),
 }
 
 impl UpstreamBody {
-    /// `len` is the upstream's Content-Length, if it sent one.
+    /// `len` is the upstream's Content-Length, if it sent one; `status` and `head` decide
+    /// whether the response can have a body at all.
     pub fn new(
         body: hyper::body::Incoming,
         len: Option<u64>,
+        status: u16,
+        head: bool,
         lease: super::forward::Lease,
+        idle_timeout: std::time::Duration,
     ) -> Self {
         let size = match len {
+            // No body by definition (RFC 9110 6.4.1); a 304's Content-Length is set by hand.
+            _ if status < 200 || status == 204 || status == 304 => BodySize::None,
             Some(n) => BodySize::Sized(n),
+            // A HEAD response without a length describes a chunked GET response.
+            None if head => BodySize::Stream,
             None if body.is_end_stream() => BodySize::Sized(0),
             None => BodySize::Stream,
         };
@@ -155,6 +197,9 @@ impl UpstreamBody {
             body,
             size,
             lease: Some(lease),
+            idle_timeout,
+            idle: None,
+            waiting: false,
         };
         if this.body.is_end_stream() {
             this.release();
@@ -170,7 +215,7 @@ impl UpstreamBody {
 }
 
 impl MessageBody for UpstreamBody {
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn size(&self) -> BodySize {
         self.size
@@ -188,6 +233,7 @@ impl MessageBody for UpstreamBody {
                         if self.body.is_end_stream() {
                             self.release();
                         }
+                        self.waiting = false;
                         Poll::Ready(Some(Ok(data)))
                     }
                     // Trailers are not forwarded over HTTP/1.1.
@@ -196,13 +242,31 @@ impl MessageBody for UpstreamBody {
                 Poll::Ready(Some(Err(e))) => {
                     // A broken body leaves the connection unusable: drop it.
                     self.lease = None;
-                    Poll::Ready(Some(Err(e)))
+                    Poll::Ready(Some(Err(e.into())))
                 }
                 Poll::Ready(None) => {
                     self.release();
                     Poll::Ready(None)
                 }
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    let timeout = self.idle_timeout;
+                    let fresh_wait = !std::mem::replace(&mut self.waiting, true);
+                    let idle = self
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if fresh_wait {
+                        idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                    }
+                    match idle.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            // Give up on a stalled upstream: drop its connection, end the
+                            // client's response with an error (actix closes the connection).
+                            self.lease = None;
+                            Poll::Ready(Some(Err(UpstreamBodyError::Idle(timeout))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
             };
         }
     }

@@ -14,6 +14,7 @@ pub enum GatewayError {
     NotFound,
     MethodNotAllowed { allow: String },
     PayloadTooLarge,
+    RequestTimeout,
     UpstreamConnect,
     UpstreamProtocol,
     NoHealthyUpstream,
@@ -28,6 +29,7 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => {
                 StatusCode::BAD_GATEWAY
             }
@@ -44,6 +46,7 @@ impl GatewayError {
             GatewayError::NotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::RequestTimeout => "request_timeout",
             GatewayError::UpstreamConnect => "upstream_connect_failed",
             GatewayError::UpstreamProtocol => "upstream_protocol_error",
             GatewayError::NoHealthyUpstream => "no_healthy_upstream",
@@ -58,6 +61,7 @@ impl GatewayError {
             GatewayError::NotFound => "no route matches this request",
             GatewayError::MethodNotAllowed { .. } => "method not allowed on this path",
             GatewayError::PayloadTooLarge => "request body is larger than the gateway accepts",
+            GatewayError::RequestTimeout => "the request body did not arrive in time",
             GatewayError::UpstreamConnect => "the upstream service could not be reached",
             GatewayError::UpstreamProtocol => "the upstream service sent an invalid response",
             GatewayError::NoHealthyUpstream => "no healthy upstream server is available",
@@ -90,7 +94,9 @@ impl GatewayError {
                     HeaderValue::from_static("Bearer realm=\"kairos\""),
                 ));
             }
-            GatewayError::PayloadTooLarge | GatewayError::BadRequest(_) => {
+            GatewayError::PayloadTooLarge
+            | GatewayError::RequestTimeout
+            | GatewayError::BadRequest(_) => {
                 // The unread body makes the connection unusable.
                 res.insert_header((header::CONNECTION, HeaderValue::from_static("close")));
             }

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 const POOL_IDLE_PER_SERVER: usize = 1024;
 /// An idle connection older than this is closed instead of reused.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Read buffer of an upstream connection.
+const READ_BUF: usize = 64 * 1024;
 /// Attempts on pooled connections that turn out closed before the request was written.
 const STALE_RETRIES: usize = 3;
 
@@ -217,7 +219,10 @@ async fn handshake_http1<T>(io: T) -> Result<SendRequest<ProxyBody>, ForwardErro
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
+    // A fixed read buffer per connection: hyper's adaptive one (up to 400 KB) grows and
+    // shrinks during a large download, and the mix of sizes fragments the allocator.
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .read_buf_exact_size(Some(READ_BUF))
         .handshake(io)
         .await
         .map_err(|e| ForwardError::Protocol(chain(&e)))?;

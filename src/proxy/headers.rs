@@ -61,11 +61,23 @@ pub fn request_headers(
     let mut xff: Option<Vec<u8>> = None;
     let mut xfp: Option<HeaderValue> = None;
     let mut xfh: Option<HeaderValue> = None;
+    let mut cookies: Vec<&[u8]> = Vec::new();
     dst.reserve(src.len() + 4);
     for (name, value) in src.iter() {
         let n = name.as_str();
         match n {
             "host" | "content-length" | "expect" | "x-request-id" => continue,
+            // Other client-address headers are only believed from a trusted proxy.
+            "forwarded" | "x-real-ip" | "x-forwarded-port" | "x-forwarded-prefix"
+                if !client.trusted =>
+            {
+                continue
+            }
+            // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+            "cookie" => {
+                cookies.push(value.as_bytes());
+                continue;
+            }
             "x-forwarded-for" => {
                 if client.trusted {
                     let acc = xff.get_or_insert_with(Vec::new);
@@ -104,6 +116,11 @@ pub fn request_headers(
     if let Some(len) = src.get(ax::CONTENT_LENGTH) {
         if let Ok(v) = HeaderValue::from_bytes(len.as_bytes()) {
             dst.insert(hh::CONTENT_LENGTH, v);
+        }
+    }
+    if !cookies.is_empty() {
+        if let Ok(v) = HeaderValue::from_bytes(&cookies.join(&b"; "[..])) {
+            dst.insert(hh::COOKIE, v);
         }
     }
     dst.insert(hh::HOST, host);

@@ -72,9 +72,13 @@ async fn proxy<'a>(
     let method = req.method();
     let host = request_host(req);
 
-    // Phase 1: route.
+    // Phase 1: route. A path with dot segments could match one route and, once the upstream
+    // resolves them, reach another route's resource: refused, never forwarded.
+    if has_dot_segment(req.path()) {
+        return Err(GatewayError::BadRequest("path contains dot segments"));
+    }
     let host_key = match (rt.router.uses_hosts(), host) {
-        (true, Some(h)) => Some(strip_port(h).to_ascii_lowercase()),
+        (true, Some(h)) => Some(host_name(h).to_ascii_lowercase()),
         _ => None,
     };
     let (route_idx, params) =
@@ -108,22 +112,44 @@ async fn proxy<'a>(
         return Err(GatewayError::PayloadTooLarge);
     }
     let too_large = body::TooLargeFlag::default();
+    let progress = body::Progress::default();
+    let read_timeout = route.timeout;
     let upstream_body = match declared_len {
         Some(0) => ProxyBody::Empty,
-        Some(n) if n <= body::BUFFER_LIMIT => match body::read_small(&mut payload, n, max).await {
-            Ok(b) => ProxyBody::Full(Some(b)),
-            Err(Ok(())) => return Err(GatewayError::PayloadTooLarge),
-            Err(Err(_)) => return Err(GatewayError::BadRequest("could not read the request body")),
-        },
-        Some(n) => body::stream(payload, None, Some(n), max, too_large.clone()),
+        Some(n) if n <= body::BUFFER_LIMIT => {
+            match tokio::time::timeout(read_timeout, body::read_small(&mut payload, n, max)).await {
+                Err(_) => return Err(GatewayError::RequestTimeout),
+                Ok(Ok(b)) => ProxyBody::Full(Some(b)),
+                Ok(Err(Ok(()))) => return Err(GatewayError::PayloadTooLarge),
+                Ok(Err(Err(_))) => {
+                    return Err(GatewayError::BadRequest("could not read the request body"))
+                }
+            }
+        }
+        Some(n) => body::stream(
+            payload,
+            None,
+            Some(n),
+            max,
+            too_large.clone(),
+            progress.clone(),
+        ),
         None if req.version() >= actix_web::http::Version::HTTP_2
             || req.headers().contains_key(ax::TRANSFER_ENCODING) =>
         {
             use futures_util::StreamExt;
-            match payload.next().await {
-                None => ProxyBody::Empty,
-                Some(Ok(first)) => body::stream(payload, Some(first), None, max, too_large.clone()),
-                Some(Err(_)) => {
+            match tokio::time::timeout(read_timeout, payload.next()).await {
+                Err(_) => return Err(GatewayError::RequestTimeout),
+                Ok(None) => ProxyBody::Empty,
+                Ok(Some(Ok(first))) => body::stream(
+                    payload,
+                    Some(first),
+                    None,
+                    max,
+                    too_large.clone(),
+                    progress.clone(),
+                ),
+                Ok(Some(Err(_))) => {
                     return Err(GatewayError::BadRequest("could not read the request body"))
                 }
             }
@@ -175,6 +201,13 @@ async fn proxy<'a>(
         upstream_host,
         &rid_up,
     );
+    if matches!(up.body(), ProxyBody::Stream { len: None, .. }) {
+        // Say so explicitly: for GET and HEAD hyper would otherwise assume no body.
+        up.headers_mut().insert(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
+    }
 
     // Phase 5: forward, bounded by the route's timeout until the response head arrives.
     let target = forward::Target {
@@ -185,9 +218,9 @@ async fn proxy<'a>(
         tls: &upstream.tls,
     };
     let sent = forward::send(up, &target);
-    let (response, lease) = match tokio::time::timeout(route.timeout, sent).await {
-        Err(_) => return Err(GatewayError::UpstreamTimeout),
-        Ok(Err(e)) => {
+    let (response, lease) = match with_progress_timeout(sent, route.timeout, &progress).await {
+        None => return Err(GatewayError::UpstreamTimeout),
+        Some(Err(e)) => {
             if too_large.get() {
                 return Err(GatewayError::PayloadTooLarge);
             }
@@ -201,7 +234,7 @@ async fn proxy<'a>(
                 forward::ForwardError::Protocol(_) => GatewayError::UpstreamProtocol,
             });
         }
-        Ok(Ok(exchange)) => exchange,
+        Some(Ok(exchange)) => exchange,
     };
 
     // Phase 6: the response.
@@ -209,8 +242,17 @@ async fn proxy<'a>(
     let status = actix_web::http::StatusCode::from_u16(parts.status.as_u16())
         .map_err(|_| GatewayError::UpstreamProtocol)?;
     let len = headers::content_length(&parts.headers);
-    let mut res = HttpResponse::with_body(status, UpstreamBody::new(incoming, len, lease));
+    let head = method == actix_web::http::Method::HEAD;
+    let body = UpstreamBody::new(incoming, len, status.as_u16(), head, lease, route.timeout);
+    let mut res = HttpResponse::with_body(status, body);
     headers::response_headers(&parts.headers, res.headers_mut());
+    if status == actix_web::http::StatusCode::NOT_MODIFIED {
+        // The length of the representation a 304 stands for; actix keeps it as set.
+        if let Some(n) = len {
+            res.headers_mut()
+                .insert(ax::CONTENT_LENGTH, ax::HeaderValue::from(n));
+        }
+    }
     res.headers_mut()
         .insert(ax::HeaderName::from_static(request_id::HEADER), rid.clone());
     Ok(res.map_into_boxed_body())
@@ -224,14 +266,69 @@ fn request_host(req: &HttpRequest) -> Option<&str> {
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .split(']')
-            .next()
-            .map_or(host, |h| &host[..h.len() + 1]);
+/// The host name of a Host header or authority: no userinfo, port or trailing dot.
+fn host_name(host: &str) -> &str {
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let name = if host.starts_with('[') {
+        match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+/// Whether a raw request path has a `.` or `..` segment, also when the dots or the slashes
+/// around them are percent-encoded (`%2e%2e`, `..%2f`, `..\`).
+fn has_dot_segment(path: &str) -> bool {
+    if !path.contains('.') && !path.contains('%') {
+        return false;
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    let mut decoded = Vec::with_capacity(path.len());
+    let b = path.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            match (b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()) {
+                (b'2', b'e') => decoded.push(b'.'),
+                (b'2', b'f') | (b'5', b'c') => decoded.push(b'/'),
+                _ => decoded.extend_from_slice(&b[i..i + 3]),
+            }
+            i += 3;
+        } else {
+            decoded.push(if b[i] == b'\\' { b'/' } else { b[i] });
+            i += 1;
+        }
+    }
+    decoded
+        .split(|&c| c == b'/')
+        .any(|seg| seg == b"." || seg == b"..")
+}
+
+/// Waits for `fut` for at most `timeout`, counted from the later of the start and the last
+/// progress of a streamed request body: an upload that keeps moving is never cut off.
+async fn with_progress_timeout<F: std::future::Future>(
+    fut: F,
+    timeout: std::time::Duration,
+    progress: &body::Progress,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let sleep = tokio::time::sleep(timeout);
+    let mut sleep = std::pin::pin!(sleep);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            () = &mut sleep => match progress.get() {
+                Some(last) if last + timeout > tokio::time::Instant::now() => {
+                    sleep.as_mut().reset(last + timeout);
+                }
+                _ => return None,
+            },
+        }
+    }
 }
 
 /// The path and query sent upstream: the route's rewrite with parameters substituted, or the
