@@ -23,7 +23,7 @@ const POOL_IDLE_PER_SERVER: usize = 1024;
 /// An idle connection older than this is closed instead of reused.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Read buffer of an upstream connection.
-const READ_BUF: usize = 64 * 1024;
+const READ_BUF: usize = 16 * 1024;
 /// Attempts on pooled connections that turn out closed before the request was written.
 const STALE_RETRIES: usize = 3;
 
