@@ -107,7 +107,8 @@ pub fn stream(
     first: Option<Bytes>,
     len: Option<u64>,
     max: u64,
-    (too_large, progress): (TooLargeFlag, Progress),
+    too_large: TooLargeFlag,
+    progress: Progress,
 ) -> ProxyBody {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     actix_web::rt::spawn(async move {

@@ -111,13 +111,8 @@ async fn proxy<'a>(
     if declared_len.is_some_and(|n| n > max) {
         return Err(GatewayError::PayloadTooLarge);
     }
-    // Shared with the body pump of a streamed request; allocated only when streaming.
-    let mut streamed: Option<(body::TooLargeFlag, body::Progress)> = None;
-    let mut stream_state = || {
-        let state = (body::TooLargeFlag::default(), body::Progress::default());
-        streamed = Some(state.clone());
-        state
-    };
+    let too_large = body::TooLargeFlag::default();
+    let progress = body::Progress::default();
     let read_timeout = route.timeout;
     let upstream_body = match declared_len {
         Some(0) => ProxyBody::Empty,
@@ -131,7 +126,14 @@ async fn proxy<'a>(
                 }
             }
         }
-        Some(n) => body::stream(payload, None, Some(n), max, stream_state()),
+        Some(n) => body::stream(
+            payload,
+            None,
+            Some(n),
+            max,
+            too_large.clone(),
+            progress.clone(),
+        ),
         None if req.version() >= actix_web::http::Version::HTTP_2
             || req.headers().contains_key(ax::TRANSFER_ENCODING) =>
         {
@@ -139,9 +141,14 @@ async fn proxy<'a>(
             match tokio::time::timeout(read_timeout, payload.next()).await {
                 Err(_) => return Err(GatewayError::RequestTimeout),
                 Ok(None) => ProxyBody::Empty,
-                Ok(Some(Ok(first))) => {
-                    body::stream(payload, Some(first), None, max, stream_state())
-                }
+                Ok(Some(Ok(first))) => body::stream(
+                    payload,
+                    Some(first),
+                    None,
+                    max,
+                    too_large.clone(),
+                    progress.clone(),
+                ),
                 Ok(Some(Err(_))) => {
                     return Err(GatewayError::BadRequest("could not read the request body"))
                 }
@@ -211,14 +218,10 @@ async fn proxy<'a>(
         tls: &upstream.tls,
     };
     let sent = forward::send(up, &target);
-    let progress = streamed.as_ref().map(|(_, p)| p);
-    let (response, lease) = match with_progress_timeout(sent, route.timeout, progress).await {
+    let (response, lease) = match with_progress_timeout(sent, route.timeout, &progress).await {
         None => return Err(GatewayError::UpstreamTimeout),
         Some(Err(e)) => {
-            if streamed
-                .as_ref()
-                .is_some_and(|(too_large, _)| too_large.get())
-            {
+            if too_large.get() {
                 return Err(GatewayError::PayloadTooLarge);
             }
             tracing::warn!(request_id = rid.to_str().unwrap_or_default(), upstream = %upstream.config.name, server = %server.url, error = %e, "upstream request failed");
@@ -309,7 +312,7 @@ fn has_dot_segment(path: &str) -> bool {
 async fn with_progress_timeout<F: std::future::Future>(
     fut: F,
     timeout: std::time::Duration,
-    progress: Option<&body::Progress>,
+    progress: &body::Progress,
 ) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     let sleep = tokio::time::sleep(timeout);
@@ -318,7 +321,7 @@ async fn with_progress_timeout<F: std::future::Future>(
         tokio::select! {
             biased;
             out = &mut fut => return Some(out),
-            () = &mut sleep => match progress.and_then(|p| p.get()) {
+            () = &mut sleep => match progress.get() {
                 Some(last) if last + timeout > tokio::time::Instant::now() => {
                     sleep.as_mut().reset(last + timeout);
                 }
