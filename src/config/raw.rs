@@ -75,7 +75,8 @@ pub struct RawServer {
     pub workers: Option<usize>,
     /// Largest request body accepted (default "10MB"); larger bodies get 413.
     pub max_body_size: Option<SizeStr>,
-    /// Time allowed for the upstream to answer with its response head (default "30s").
+    /// Longest wait for the request body, the upstream's response head, and each piece of
+    /// the response body (default "30s").
     pub request_timeout: Option<DurationStr>,
     /// Peers (CIDR) whose X-Forwarded-* headers are trusted and extended, not replaced.
     pub trusted_proxies: Option<Vec<String>>,
@@ -161,7 +162,7 @@ pub struct RawRoute {
     pub upstream: String,
     /// Upstream path template using the route's parameters, e.g. "/users/{id}".
     pub rewrite: Option<String>,
-    /// Time allowed for the upstream response head on this route (overrides server.request_timeout).
+    /// Overrides server.request_timeout for this route.
     pub timeout: Option<DurationStr>,
     /// Send the client's Host header upstream instead of the upstream server's authority.
     pub preserve_host: Option<bool>,
