@@ -241,6 +241,14 @@ async fn proxy<'a>(
     let (parts, incoming) = response.into_parts();
     let status = actix_web::http::StatusCode::from_u16(parts.status.as_u16())
         .map_err(|_| GatewayError::UpstreamProtocol)?;
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && parts.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        // Ambiguous framing (RFC 9112 6.3): refuse it, and drop the connection with the lease.
+        tracing::warn!(request_id = rid.to_str().unwrap_or_default(), upstream = %upstream.config.name, server = %server.url, "upstream response has both Transfer-Encoding and Content-Length");
+        drop(lease);
+        return Err(GatewayError::UpstreamProtocol);
+    }
     let len = headers::content_length(&parts.headers);
     let head = method == actix_web::http::Method::HEAD;
     let body = UpstreamBody::new(incoming, len, status.as_u16(), head, lease, route.timeout);

@@ -1,0 +1,97 @@
+//! Request smuggling (issue 8, first part): ambiguous or malformed framing is refused with 400
+//! and the connection closed, and nothing of it reaches the upstream. Exact bytes over raw
+//! sockets.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+const ROUTES: &str = r#"[{"path":"/{*rest}","upstream":"u"}]"#;
+
+fn refused(gw: &Gateway, up: &Upstream, raw: &str) {
+    let before = up.count();
+    let res = raw_exchange(gw.addr, raw.as_bytes(), Duration::from_secs(3));
+    assert!(
+        res.starts_with("HTTP/1.1 400"),
+        "not refused with 400:\n{raw:?}\n---\n{res}"
+    );
+    // Exactly one response, then the connection is closed (raw_exchange read to EOF).
+    assert_eq!(res.matches("HTTP/1.1 ").count(), 1, "{raw:?}\n---\n{res}");
+    assert_eq!(
+        up.count(),
+        before,
+        "something reached the upstream for {raw:?}: {:?}",
+        up.requests().last()
+    );
+}
+
+#[test]
+fn ambiguous_or_malformed_framing_is_refused() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases = [
+        // CL.TE / TE.CL
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\n{smuggled}0\r\n\r\n"),
+        // Conflicting or invalid Content-Length
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello{smuggled}"),
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello{smuggled}"),
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5a\r\n\r\nhello{smuggled}"),
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{smuggled}"),
+        // Transfer-Encoding whose last coding is not chunked, or is malformed
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"),
+        // Whitespace before the colon
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello{smuggled}"),
+        // Bare CR inside a header line
+        format!("GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n{smuggled}"),
+    ];
+    for raw in &cases {
+        refused(&gw, &up, raw);
+    }
+}
+
+#[test]
+fn an_upstream_response_with_bad_framing_is_502_and_not_reused() {
+    use std::io::{Read, Write};
+    // First response has both Content-Length and Transfer-Encoding; a well-formed one follows.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let conns2 = conns.clone();
+    std::thread::spawn(move || {
+        for (i, s) in l.incoming().flatten().enumerate() {
+            conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut s = s;
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let reply: &[u8] = if i == 0 {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            };
+            let _ = s.write_all(reply);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let gw = Gateway::start(&config(&format!("http://{addr}"), ROUTES, ""));
+    let first = raw_exchange(
+        gw.addr,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert!(first.starts_with("HTTP/1.1 502"), "{first}");
+    let second = raw_exchange(
+        gw.addr,
+        b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert_eq!(
+        conns.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the broken connection was reused"
+    );
+}
