@@ -45,6 +45,11 @@ fn ambiguous_or_malformed_framing_is_refused() {
         format!("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"),
         // Whitespace before the colon
         format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello{smuggled}"),
+        // obs-fold (a header continued on the next line)
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 5\r\n\r\nhello{smuggled}"),
+        format!("GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n{smuggled}"),
+        // A chunked coding with trailing whitespace or tab
+        format!("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\nContent-Length: 5\r\n\r\nhello{smuggled}"),
         // Bare CR inside a header line
         format!("GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n{smuggled}"),
     ];
