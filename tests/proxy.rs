@@ -165,20 +165,12 @@ fn sized_response_keeps_content_length_and_chunked_stays_chunked() {
         delay: Duration::ZERO,
     });
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
-    let sized = raw_exchange(
-        gw.addr,
-        b"GET /any/sized HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(10),
-    );
+    let sized = raw_get(gw.addr, "/any/sized", "x");
     let head = sized.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
     assert!(head.contains("content-length: 300000"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
     assert!(!head.contains("content-type"), "{head}");
-    let chunked = raw_exchange(
-        gw.addr,
-        b"GET /any/stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(10),
-    );
+    let chunked = raw_get(gw.addr, "/any/stream", "x");
     let head = chunked
         .split("\r\n\r\n")
         .next()
@@ -400,11 +392,7 @@ fn upstream_garbage_is_502() {
         }
     });
     let gw = Gateway::start(&config(&format!("http://{addr}"), ROUTES, ""));
-    let res = raw_exchange(
-        gw.addr,
-        b"GET /any/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
-    );
+    let res = raw_get(gw.addr, "/any/x", "x");
     assert!(res.starts_with("HTTP/1.1 502"), "{res}");
     assert!(res.contains("upstream_protocol_error"), "{res}");
 }
@@ -638,11 +626,7 @@ async fn dot_segments_are_refused_not_forwarded() {
         "/files/a/./b",
         "/any/x/..%5cy",
     ] {
-        let res = raw_exchange(
-            gw.addr,
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            Duration::from_secs(5),
-        );
+        let res = raw_get(gw.addr, path, "x");
         assert!(res.starts_with("HTTP/1.1 400"), "{path}: {res}");
     }
     assert_eq!(up.count(), 0);
@@ -668,11 +652,7 @@ fn odd_host_headers_do_not_break_host_routing() {
         "user@api.example.com",
         "API.EXAMPLE.COM:80",
     ] {
-        let res = raw_exchange(
-            gw.addr,
-            format!("GET /h HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-            Duration::from_secs(5),
-        );
+        let res = raw_get(gw.addr, "/h", host);
         assert!(res.starts_with("HTTP/1.1 "), "{host}: no response");
         let routed = res.contains("host route");
         assert_eq!(routed, !host.starts_with('['), "{host}: {res}");

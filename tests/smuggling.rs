@@ -82,17 +82,9 @@ fn an_upstream_response_with_bad_framing_is_502_and_not_reused() {
         }
     });
     let gw = Gateway::start(&config(&format!("http://{addr}"), ROUTES, ""));
-    let first = raw_exchange(
-        gw.addr,
-        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(3),
-    );
+    let first = raw_get(gw.addr, "/a", "x");
     assert!(first.starts_with("HTTP/1.1 502"), "{first}");
-    let second = raw_exchange(
-        gw.addr,
-        b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(3),
-    );
+    let second = raw_get(gw.addr, "/b", "x");
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
     assert_eq!(
         conns.load(std::sync::atomic::Ordering::SeqCst),

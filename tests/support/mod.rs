@@ -362,6 +362,12 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Stri
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `GET target` with the given Host on a new connection (closed after the response).
+pub fn raw_get(addr: SocketAddr, target: &str, host: &str) -> String {
+    let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    raw_exchange(addr, req.as_bytes(), Duration::from_secs(5))
+}
+
 /// Resident memory of a process in KiB (VmRSS) and its peak (VmHWM).
 pub fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
