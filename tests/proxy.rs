@@ -757,3 +757,38 @@ fn an_upstream_that_stalls_mid_body_does_not_hang_the_client() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn long_uris_get_414_and_large_headers_431() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    let c = client();
+    let long = format!("/any/{}", "a".repeat(9 * 1024));
+    let res = c.get(gw.url(&long)).send().await.unwrap();
+    assert_eq!(res.status(), 414);
+    assert!(res.headers().contains_key("x-request-id"));
+    let res = c
+        .get(gw.url("/any/x"))
+        .header("x-big", "b".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 431);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "headers_too_large");
+    assert_eq!(up.count(), 0);
+
+    let roomy = config(&up.url(), ROUTES, "").replace(
+        r#""workers":1"#,
+        r#""workers":1,"max_uri_length":"16KB","max_header_size":"64KB""#,
+    );
+    let gw = Gateway::start(&roomy);
+    assert_eq!(c.get(gw.url(&long)).send().await.unwrap().status(), 200);
+    let res = c
+        .get(gw.url("/any/x"))
+        .header("x-big", "b".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

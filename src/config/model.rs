@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub h2c: bool,
     pub shutdown_timeout: Duration,
     pub keep_alive: Duration,
+    pub max_uri_length: u64,
+    pub max_header_size: u64,
 }
 
 impl ServerConfig {

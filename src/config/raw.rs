@@ -87,6 +87,11 @@ pub struct RawServer {
     pub shutdown_timeout: Option<DurationStr>,
     /// Idle time before a client keep-alive connection is closed (default "75s").
     pub keep_alive: Option<DurationStr>,
+    /// Longest request target (path and query) accepted (default "8KB"); longer gets 414.
+    pub max_uri_length: Option<SizeStr>,
+    /// Largest total size of the request's header names and values (default "32KB"); larger
+    /// gets 431. actix-web also refuses more than 96 header fields with 431.
+    pub max_header_size: Option<SizeStr>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

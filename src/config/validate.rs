@@ -229,6 +229,15 @@ impl V {
             }),
         }
     }
+    fn size(&mut self, path: &str, v: &Option<String>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(s) => parse_size(s).unwrap_or_else(|e| {
+                self.err(path, e);
+                default
+            }),
+        }
+    }
     fn unsupported(&mut self, path: &str, v: &Option<serde_json::Value>) {
         if v.is_some() {
             self.err_hint(
@@ -341,6 +350,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             Duration::from_secs(30),
         ),
         keep_alive: v.duration("server.keep_alive", &s.keep_alive, Duration::from_secs(75)),
+        max_uri_length: v.size("server.max_uri_length", &s.max_uri_length, 8 << 10),
+        max_header_size: v.size("server.max_header_size", &s.max_header_size, 32 << 10),
     };
     if server.request_timeout.is_zero() {
         v.err(

@@ -14,6 +14,8 @@ pub enum GatewayError {
     NotFound,
     MethodNotAllowed { allow: String },
     PayloadTooLarge,
+    UriTooLong,
+    HeadersTooLarge,
     RequestTimeout,
     UpstreamConnect,
     UpstreamProtocol,
@@ -29,6 +31,8 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => {
                 StatusCode::BAD_GATEWAY
@@ -46,6 +50,8 @@ impl GatewayError {
             GatewayError::NotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::UriTooLong => "uri_too_long",
+            GatewayError::HeadersTooLarge => "headers_too_large",
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::UpstreamConnect => "upstream_connect_failed",
             GatewayError::UpstreamProtocol => "upstream_protocol_error",
@@ -61,6 +67,8 @@ impl GatewayError {
             GatewayError::NotFound => "no route matches this request",
             GatewayError::MethodNotAllowed { .. } => "method not allowed on this path",
             GatewayError::PayloadTooLarge => "request body is larger than the gateway accepts",
+            GatewayError::UriTooLong => "request target is longer than the gateway accepts",
+            GatewayError::HeadersTooLarge => "request headers are larger than the gateway accepts",
             GatewayError::RequestTimeout => "the request body did not arrive in time",
             GatewayError::UpstreamConnect => "the upstream service could not be reached",
             GatewayError::UpstreamProtocol => "the upstream service sent an invalid response",
@@ -95,6 +103,8 @@ impl GatewayError {
                 ));
             }
             GatewayError::PayloadTooLarge
+            | GatewayError::UriTooLong
+            | GatewayError::HeadersTooLarge
             | GatewayError::RequestTimeout
             | GatewayError::BadRequest(_) => {
                 // The unread body makes the connection unusable.

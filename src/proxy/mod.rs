@@ -72,6 +72,20 @@ async fn proxy<'a>(
     let method = req.method();
     let host = request_host(req);
 
+    // Phase 0: limits on the request head.
+    let limits = &rt.config.server;
+    if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) as u64 > limits.max_uri_length {
+        return Err(GatewayError::UriTooLong);
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes as u64 > limits.max_header_size {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+
     // Phase 1: route. A path with dot segments could match one route and, once the upstream
     // resolves them, reach another route's resource: refused, never forwarded.
     if has_dot_segment(req.path()) {
