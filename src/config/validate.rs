@@ -220,23 +220,28 @@ impl V {
         self.errors
             .push(ConfigError::new(path, msg).with_hint(hint));
     }
-    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
-        match v {
+    /// Parses an optional value, recording the error (and using the default) if it is bad.
+    fn parsed<T>(
+        &mut self,
+        path: &str,
+        v: &Option<String>,
+        default: T,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> T {
+        match v.as_deref().map(parse) {
             None => default,
-            Some(s) => parse_duration(s).unwrap_or_else(|e| {
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
                 self.err(path, e);
                 default
-            }),
+            }
         }
     }
+    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        self.parsed(path, v, default, parse_duration)
+    }
     fn size(&mut self, path: &str, v: &Option<String>, default: u64) -> u64 {
-        match v {
-            None => default,
-            Some(s) => parse_size(s).unwrap_or_else(|e| {
-                self.err(path, e);
-                default
-            }),
-        }
+        self.parsed(path, v, default, parse_size)
     }
     fn unsupported(&mut self, path: &str, v: &Option<serde_json::Value>) {
         if v.is_some() {
@@ -286,13 +291,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             .map(|n| n.get())
             .unwrap_or(1),
     };
-    let max_body_size = match &s.max_body_size {
-        None => 10 << 20,
-        Some(t) => parse_size(t).unwrap_or_else(|e| {
-            v.err("server.max_body_size", e);
-            0
-        }),
-    };
+    let max_body_size = v.size("server.max_body_size", &s.max_body_size, 10 << 20);
     let mut trusted = Vec::new();
     for (i, t) in s.trusted_proxies.iter().flatten().enumerate() {
         match parse_net(t) {
