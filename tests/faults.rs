@@ -9,29 +9,22 @@ use support::*;
 
 const ROUTES: &str = r#"[{"path":"/{*rest}","upstream":"u","timeout":"2s"}]"#;
 
-/// An upstream on raw sockets: for the n-th connection (from 0), `script(n)` gives the bytes
-/// to send after reading the request, and whether to reset (RST) instead of closing.
+/// A raw upstream sending `bytes` on the n-th connection, then resetting or closing.
 fn scripted_upstream(
     script: impl Fn(usize) -> (&'static [u8], bool) + Send + 'static,
 ) -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for (n, s) in l.incoming().flatten().enumerate() {
-            let (bytes, reset) = script(n);
-            let mut s = s;
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(bytes);
+    RawUpstream::start(move |n| {
+        let (bytes, reset) = script(n);
+        (
+            bytes,
             if reset {
-                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                Then::Reset
             } else {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            drop(s);
-        }
-    });
-    addr
+                Then::Close(Duration::from_millis(100))
+            },
+        )
+    })
+    .addr
 }
 
 /// Reads a response until EOF (or 5 s); returns (bytes, closed by the peer).

@@ -380,18 +380,8 @@ async fn connect_failure_is_502_and_slow_upstream_is_504() {
 
 #[test]
 fn upstream_garbage_is_502() {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let mut s = s;
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"THIS IS NOT HTTP\r\n\r\n");
-        }
-    });
-    let gw = Gateway::start(&config(&format!("http://{addr}"), ROUTES, ""));
+    let up = RawUpstream::start(|_| (b"THIS IS NOT HTTP\r\n\r\n", Then::Close(Duration::ZERO)));
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
     let res = raw_get(gw.addr, "/any/x", "x");
     assert!(res.starts_with("HTTP/1.1 502"), "{res}");
     assert!(res.contains("upstream_protocol_error"), "{res}");
@@ -544,26 +534,15 @@ async fn upstream_connections_are_reused() {
 
 #[test]
 fn upstream_closing_idle_connections_causes_no_errors() {
-    use std::io::{Read, Write};
     // Answers one request per connection with keep-alive framing, then hangs up, as an
     // upstream with a short keep-alive timeout does.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let served2 = served.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let mut s = s;
-            let mut buf = [0u8; 4096];
-            if s.read(&mut buf).unwrap_or(0) > 0 {
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
-                served2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-            drop(s);
-        }
+    let up = RawUpstream::start(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Then::Close(Duration::from_millis(5)),
+        )
     });
-    let gw = Gateway::start(&config(&format!("http://{addr}"), ROUTES, ""));
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
     for i in 0..20 {
         let res = raw_exchange(
             gw.addr,
@@ -573,39 +552,17 @@ fn upstream_closing_idle_connections_causes_no_errors() {
         assert!(res.starts_with("HTTP/1.1 200"), "request {i}: {res}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 20);
-}
-
-/// An upstream on raw sockets that answers every request with `response` (bytes as given),
-/// then keeps the connection open for `linger`.
-fn raw_upstream(response: &'static [u8], linger: Duration) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(response).is_err() {
-                        break;
-                    }
-                    std::thread::sleep(linger);
-                }
-            });
-        }
-    });
-    addr
+    assert_eq!(up.answered.load(std::sync::atomic::Ordering::SeqCst), 20);
 }
 
 #[test]
 fn not_modified_with_content_length_keeps_the_connection_usable() {
-    let addr = raw_upstream(
-        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 1234\r\netag: \"v1\"\r\n\r\n",
-        Duration::ZERO,
-    );
-    let gw = Gateway::start(&config(&format!("http://{addr}"), ROUTES, ""));
+    let up = RawUpstream::start(|_| {
+        let reply: &[u8] =
+            b"HTTP/1.1 304 Not Modified\r\ncontent-length: 1234\r\netag: \"v1\"\r\n\r\n";
+        (reply, Then::KeepServing(Duration::ZERO))
+    });
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
     let two = b"GET /any/a HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"v1\"\r\n\r\nGET /any/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let res = raw_exchange(gw.addr, two, Duration::from_secs(5));
     assert_eq!(res.matches("HTTP/1.1 304 Not Modified").count(), 2, "{res}");
@@ -731,12 +688,12 @@ fn a_stalled_request_body_gets_408_and_a_moving_one_is_not_cut_off() {
 fn an_upstream_that_stalls_mid_body_does_not_hang_the_client() {
     use std::io::{Read, Write};
     // Promises 100 bytes, sends 10, then goes quiet for longer than the route timeout.
-    let addr = raw_upstream(
-        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
-        Duration::from_secs(10),
-    );
+    let up = RawUpstream::start(|_| {
+        let reply: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789";
+        (reply, Then::KeepServing(Duration::from_secs(10)))
+    });
     let routes = r#"[{"path":"/any/{*rest}","upstream":"u","timeout":"300ms"}]"#;
-    let gw = Gateway::start(&config(&format!("http://{addr}"), routes, ""));
+    let gw = Gateway::start(&config(&up.url(), routes, ""));
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET /any/x HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -60,34 +60,22 @@ fn ambiguous_or_malformed_framing_is_refused() {
 
 #[test]
 fn an_upstream_response_with_bad_framing_is_502_and_not_reused() {
-    use std::io::{Read, Write};
     // First response has both Content-Length and Transfer-Encoding; a well-formed one follows.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let conns2 = conns.clone();
-    std::thread::spawn(move || {
-        for (i, s) in l.incoming().flatten().enumerate() {
-            conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut s = s;
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let reply: &[u8] = if i == 0 {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-            } else {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-            };
-            let _ = s.write_all(reply);
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    let up = RawUpstream::start(|n| {
+        let reply: &[u8] = if n == 0 {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        (reply, Then::Close(Duration::from_millis(200)))
     });
-    let gw = Gateway::start(&config(&format!("http://{addr}"), ROUTES, ""));
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
     let first = raw_get(gw.addr, "/a", "x");
     assert!(first.starts_with("HTTP/1.1 502"), "{first}");
     let second = raw_get(gw.addr, "/b", "x");
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
     assert_eq!(
-        conns.load(std::sync::atomic::Ordering::SeqCst),
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
         2,
         "the broken connection was reused"
     );

@@ -362,6 +362,80 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Stri
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// How a [`RawUpstream`] ends a connection after answering.
+#[derive(Clone, Copy)]
+pub enum Then {
+    /// Wait, then close.
+    Close(Duration),
+    /// Reset the connection (RST) at once.
+    Reset,
+    /// Keep the connection and answer every further request the same way, pausing this
+    /// long after each answer.
+    KeepServing(Duration),
+}
+
+/// An upstream on raw sockets, for framing and faults no real server would produce: on its
+/// n-th connection (from 0) it reads a request, writes `script(n).0` byte for byte, then does
+/// `script(n).1`.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    /// Connections accepted.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests answered (a read with data followed by a complete write).
+    pub answered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawUpstream {
+    pub fn start(script: impl Fn(usize) -> (&'static [u8], Then) + Send + 'static) -> RawUpstream {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering::SeqCst;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind raw upstream");
+        let addr = l.local_addr().expect("addr");
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let answered: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (conns, ans) = (connections.clone(), answered.clone());
+        std::thread::spawn(move || {
+            for (n, s) in l.incoming().flatten().enumerate() {
+                conns.fetch_add(1, SeqCst);
+                let (reply, then) = script(n);
+                let ans = ans.clone();
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        if !matches!(s.read(&mut buf), Ok(n) if n > 0)
+                            || s.write_all(reply).is_err()
+                        {
+                            return;
+                        }
+                        ans.fetch_add(1, SeqCst);
+                        match then {
+                            Then::Close(wait) => {
+                                std::thread::sleep(wait);
+                                return;
+                            }
+                            Then::Reset => {
+                                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                                return;
+                            }
+                            Then::KeepServing(pause) => std::thread::sleep(pause),
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream {
+            addr,
+            connections,
+            answered,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 /// `GET target` with the given Host on a new connection (closed after the response).
 pub fn raw_get(addr: SocketAddr, target: &str, host: &str) -> String {
     let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
