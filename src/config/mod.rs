@@ -73,7 +73,15 @@ pub fn load_str_with_env(
     if let Some(raw) = raw {
         if errors.is_empty() {
             match validate::validate(raw, base_dir) {
-                Ok(cfg) => return Ok(cfg),
+                Ok(mut cfg) => {
+                    for w in &mut cfg.warnings {
+                        if let Some(p) = index.key(&w.path) {
+                            w.line = Some(p.line);
+                            w.column = Some(p.column);
+                        }
+                    }
+                    return Ok(cfg);
+                }
                 Err(errs) => errors.extend(errs),
             }
         }

@@ -14,6 +14,10 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub logging: LoggingConfig,
+    /// `None` when tracing is off.
+    pub tracing: Option<TracingConfig>,
+    /// Things that work but deserve the operator's attention (deprecated keys); logged at start.
+    pub warnings: Vec<crate::config::ConfigError>,
 }
 
 #[derive(Debug, Clone)]
@@ -167,4 +171,14 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     pub level: String,
     pub access_log: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// The full OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: String,
+    /// 0.0..=1.0, for traces this gateway starts.
+    pub sampling_rate: f64,
+    pub service_name: String,
+    pub export_timeout: Duration,
 }

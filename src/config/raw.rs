@@ -15,12 +15,11 @@ pub type SizeStr = String;
 pub type Unsupported = serde_json::Value;
 
 /// Keys (at any depth) of sections this build refuses; `${ENV}` is not expanded inside them.
-pub const UNSUPPORTED_KEYS: [&str; 9] = [
+pub const UNSUPPORTED_KEYS: [&str; 8] = [
     "jwt_validation",
     "api_keys",
     "rate_limiting",
     "cors",
-    "tracing",
     "health_check",
     "circuit_breaker",
     "retries",
@@ -59,9 +58,30 @@ pub struct RawConfig {
     /// Not implemented yet: rejected with a clear error.
     #[serde(default)]
     pub cors: Option<Unsupported>,
-    /// Not implemented yet: rejected with a clear error.
     #[serde(default)]
-    pub tracing: Option<Unsupported>,
+    pub tracing: Option<RawTracing>,
+}
+
+/// OpenTelemetry tracing, exported over OTLP/HTTP (Jaeger, Tempo and the OpenTelemetry
+/// Collector all take it).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// Record and export spans (default true when this section is present).
+    pub enabled: Option<bool>,
+    /// OTLP/HTTP endpoint: a base URL such as "http://127.0.0.1:4318" ("/v1/traces" is
+    /// appended) or the full traces URL (default "http://127.0.0.1:4318").
+    pub endpoint: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0 (default 0.1). A request that arrives with a
+    /// W3C traceparent follows its caller's sampled flag (parent-based).
+    pub sampling_rate: Option<f64>,
+    /// The service.name of exported spans (default "kairos-rs").
+    pub service_name: Option<String>,
+    /// Deprecated: the endpoint of Jaeger's own collector protocol. Accepted with a warning;
+    /// spans go to OTLP/HTTP on the same host, port 4318, unless `endpoint` is set.
+    pub jaeger_endpoint: Option<String>,
+    /// Longest time one export may take, retries included (default "10s").
+    pub export_timeout: Option<DurationStr>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -108,8 +128,8 @@ pub struct RawTls {
 pub struct RawAdmin {
     /// Bearer token for /_kairos/* (except health and ready). Use "${ENV_VAR}".
     pub token: Option<String>,
-    /// Not implemented yet (there is no metrics endpoint): rejected with a clear error.
-    pub public_metrics: Option<Unsupported>,
+    /// Serve /_kairos/metrics without the token (default false).
+    pub public_metrics: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -205,6 +205,7 @@ const STRATEGIES: [&str; 7] = [
 
 struct V {
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl V {
@@ -259,7 +260,10 @@ impl V {
 
 /// Validates a raw config. `base_dir` resolves relative file paths.
 pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigError>> {
-    let mut v = V { errors: Vec::new() };
+    let mut v = V {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
 
     if let Some(ver) = raw.version {
         if ver != 1 {
@@ -274,7 +278,6 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         ("api_keys", &raw.api_keys),
         ("rate_limiting", &raw.rate_limiting),
         ("cors", &raw.cors),
-        ("tracing", &raw.tracing),
     ] {
         v.unsupported(key, val);
     }
@@ -363,7 +366,6 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
     let admin = match &raw.admin {
         None => AdminConfig::default(),
         Some(a) => {
-            v.unsupported("admin.public_metrics", &a.public_metrics);
             if let Some(t) = &a.token {
                 if t.len() < 16 {
                     v.err_hint("admin.token", "admin token is shorter than 16 characters", "generate one with `openssl rand -hex 32` and pass it as \"${KAIROS_ADMIN_TOKEN}\"");
@@ -371,7 +373,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             }
             AdminConfig {
                 token: a.token.clone(),
-                public_metrics: false,
+                public_metrics: a.public_metrics.unwrap_or(false),
             }
         }
     };
@@ -673,6 +675,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         access_log: l.access_log.unwrap_or(true),
     };
 
+    let tracing = raw.tracing.as_ref().and_then(|t| tracing_config(&mut v, t));
+
     if v.errors.is_empty() {
         if let Err(errs) = crate::proxy::router::Router::build(&routes) {
             v.errors.extend(errs);
@@ -685,10 +689,129 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             upstreams,
             routes,
             logging,
+            tracing,
+            warnings: v.warnings,
         })
     } else {
         Err(v.errors)
     }
+}
+
+/// The OTLP/HTTP port of Jaeger, Tempo and the OpenTelemetry Collector.
+const OTLP_HTTP_PORT: u16 = 4318;
+
+fn tracing_config(v: &mut V, t: &crate::config::raw::RawTracing) -> Option<TracingConfig> {
+    let endpoint = match (&t.endpoint, &t.jaeger_endpoint) {
+        (Some(e), jaeger) => {
+            if jaeger.is_some() {
+                v.warnings.push(
+                    ConfigError::new(
+                        "tracing.jaeger_endpoint",
+                        "`jaeger_endpoint` is deprecated and ignored because `endpoint` is set",
+                    )
+                    .with_hint("remove `jaeger_endpoint`"),
+                );
+            }
+            match parse_otlp_endpoint(e) {
+                Ok(url) => url,
+                Err(msg) => {
+                    v.err_hint(
+                        "tracing.endpoint",
+                        msg,
+                        "write e.g. \"http://127.0.0.1:4318\"",
+                    );
+                    return None;
+                }
+            }
+        }
+        (None, Some(j)) => match jaeger_to_otlp(j) {
+            Ok(url) => {
+                v.warnings.push(
+                    ConfigError::new(
+                        "tracing.jaeger_endpoint",
+                        format!(
+                            "`jaeger_endpoint` is deprecated; Jaeger takes OTLP, so spans go to {url}"
+                        ),
+                    )
+                    .with_hint(format!(
+                        "replace it with \"endpoint\": \"{}\"",
+                        url.trim_end_matches("/v1/traces")
+                    )),
+                );
+                url
+            }
+            Err(msg) => {
+                v.err_hint(
+                    "tracing.jaeger_endpoint",
+                    msg,
+                    "use \"endpoint\": \"http://<jaeger-host>:4318\" instead",
+                );
+                return None;
+            }
+        },
+        (None, None) => format!("http://127.0.0.1:{OTLP_HTTP_PORT}/v1/traces"),
+    };
+    let sampling_rate = t.sampling_rate.unwrap_or(0.1);
+    if !(0.0..=1.0).contains(&sampling_rate) {
+        v.err_hint(
+            "tracing.sampling_rate",
+            format!("sampling_rate {sampling_rate} is outside 0.0..=1.0"),
+            "0.1 records one new trace in ten; 1.0 records all",
+        );
+    }
+    let service_name = t.service_name.clone().unwrap_or_else(|| "kairos-rs".into());
+    if service_name.trim().is_empty() {
+        v.err("tracing.service_name", "service_name must not be empty");
+    }
+    let export_timeout = v.duration(
+        "tracing.export_timeout",
+        &t.export_timeout,
+        Duration::from_secs(10),
+    );
+    if !t.enabled.unwrap_or(true) {
+        return None;
+    }
+    Some(TracingConfig {
+        endpoint,
+        sampling_rate,
+        service_name,
+        export_timeout,
+    })
+}
+
+/// An OTLP/HTTP traces URL: a base URL gets `/v1/traces`, a URL with a path is kept.
+pub fn parse_otlp_endpoint(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("\"{text}\" is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("\"{text}\" must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("\"{text}\" has no host"));
+    }
+    let base = text.trim_end_matches('/');
+    Ok(match uri.path() {
+        "" | "/" => format!("{base}/v1/traces"),
+        _ => text.to_string(),
+    })
+}
+
+/// The OTLP/HTTP endpoint on the host of an old Jaeger collector URL
+/// (`http://jaeger:14268/api/traces` -> `http://jaeger:4318/v1/traces`).
+fn jaeger_to_otlp(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("\"{text}\" is not a URL: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("\"{text}\" has no host"))?;
+    let scheme = match uri.scheme_str() {
+        Some("https") => "https",
+        _ => "http",
+    };
+    Ok(format!("{scheme}://{host}:{OTLP_HTTP_PORT}/v1/traces"))
 }
 
 #[cfg(test)]

@@ -76,9 +76,17 @@ impl Body for ProxyBody {
 /// Set by the body pump when the client sent more than `max_body_size`.
 pub type TooLargeFlag = Rc<Cell<bool>>;
 
-/// When the body pump last moved data: a request whose body is still arriving is not timed
-/// out (the route timeout counts from the last progress, like NGINX's send/read timeouts).
-pub type Progress = Rc<Cell<Option<tokio::time::Instant>>>;
+/// What the body pump has moved so far.
+#[derive(Default)]
+pub struct ProgressState {
+    /// When data last arrived: a request whose body is still arriving is not timed out (the
+    /// route timeout counts from the last progress, like NGINX's send/read timeouts).
+    pub last: Cell<Option<tokio::time::Instant>>,
+    /// Body bytes received from the client.
+    pub bytes: Cell<u64>,
+}
+
+pub type Progress = Rc<ProgressState>;
 
 /// Reads a small body of known length whole. `Err(true)` means it was larger than `max`.
 pub async fn read_small(
@@ -127,10 +135,11 @@ pub fn stream(
                 }
                 break;
             };
-            progress.set(Some(tokio::time::Instant::now()));
+            progress.last.set(Some(tokio::time::Instant::now()));
             let msg = match item {
                 Ok(chunk) => {
                     seen += chunk.len() as u64;
+                    progress.bytes.set(seen);
                     if seen > max {
                         too_large.set(true);
                         let _ = tx.send(Err(RequestBodyError::TooLarge)).await;
@@ -162,6 +171,8 @@ pub struct UpstreamBody {
     /// Whether the last poll returned Pending: the idle timer measures one continuous wait
     /// for the upstream, never time the client spent not reading.
     waiting: bool,
+    /// Records the request's metrics and ends its spans when the body is done or dropped.
+    completion: Option<super::completion::Completion>,
 }
 
 /// The upstream stopped sending its body for longer than the route timeout.
@@ -200,6 +211,7 @@ impl UpstreamBody {
             idle_timeout,
             idle: None,
             waiting: false,
+            completion: None,
         };
         if this.body.is_end_stream() {
             this.release();
@@ -207,10 +219,18 @@ impl UpstreamBody {
         this
     }
 
+    /// Hands over what must happen when the response is over.
+    pub fn with_completion(mut self, completion: super::completion::Completion) -> Self {
+        self.completion = Some(completion);
+        self
+    }
+
+    /// The body is complete: the connection goes back to the pool, the request is recorded.
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.release();
         }
+        self.completion = None;
     }
 }
 
@@ -230,6 +250,9 @@ impl MessageBody for UpstreamBody {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if data.is_empty() => continue,
                     Ok(data) => {
+                        if let Some(c) = &mut self.completion {
+                            c.response_bytes += data.len() as u64;
+                        }
                         if self.body.is_end_stream() {
                             self.release();
                         }

@@ -3,26 +3,33 @@
 //! handler behind every path outside `/_kairos`.
 
 pub mod body;
+pub mod completion;
 pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod router;
 
 use crate::config::model::{RewritePart, RouteConfig};
+use crate::observability::metrics::{self, UpstreamErrorKind};
 use crate::observability::request_id;
+use crate::observability::trace::{self, RequestTrace};
 use crate::state::{Runtime, SharedState};
 use crate::upstream::Upstream;
+use actix_web::body::MessageBody;
 use actix_web::http::header as ax;
 use actix_web::{web, HttpRequest, HttpResponse};
 use body::{ProxyBody, UpstreamBody};
+use completion::Completion;
 use error::GatewayError;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What the access log records about a proxied request.
+/// What the phases learned, for the access log, the metrics and the trace.
 struct Outcome<'a> {
-    route: Option<&'a str>,
+    route: Option<(usize, &'a str)>,
     upstream: Option<&'a str>,
+    request_bytes: u64,
+    streamed: Option<body::Progress>,
 }
 
 /// The actix handler for every proxied request.
@@ -33,31 +40,77 @@ pub async fn handle(
 ) -> HttpResponse {
     let start = Instant::now();
     let rt: Arc<Runtime> = state.load();
+    let metrics = &state.metrics;
+    metrics.inflight.inc();
     let rid = request_id::for_request(req.headers());
+    let rid_str = rid.to_str().unwrap_or_default();
+    let mut trace = rt.tracing.as_ref().map(|t| t.start(&req, rid_str));
     let mut outcome = Outcome {
         route: None,
         upstream: None,
+        request_bytes: 0,
+        streamed: None,
     };
-    let res = match proxy(&req, payload, &rt, &rid, &mut outcome).await {
-        Ok(res) => res,
+    let res = match proxy(&req, payload, &rt, &rid, &mut outcome, trace.as_mut()).await {
+        Ok(res) => Ok(res),
         Err(e) => {
             if e.status().is_server_error() {
-                tracing::debug!(request_id = rid.to_str().unwrap_or_default(), error = ?e, "request failed");
+                tracing::debug!(request_id = rid_str, error = ?e, "request failed");
             }
-            e.to_response(&rid)
+            Err(e.to_response(&rid))
         }
     };
+    let status = match &res {
+        Ok(r) => r.status(),
+        Err(r) => r.status(),
+    };
+    let ids = trace.as_ref().map(|t| (t.trace_id_hex(), t.span_id_hex()));
     if rt.config.logging.access_log {
         tracing::info!(
             target: "kairos::access",
             method = req.method().as_str(),
             path = req.path(),
-            route = outcome.route.unwrap_or("unmatched"),
-            status = res.status().as_u16(),
+            route = outcome.route.map_or(metrics::UNMATCHED, |(_, name)| name),
+            status = status.as_u16(),
             latency_ms = start.elapsed().as_secs_f64() * 1000.0,
             upstream = outcome.upstream.unwrap_or("-"),
-            request_id = rid.to_str().unwrap_or_default(),
+            request_id = rid_str,
+            trace_id = ids.as_ref().map(|(t, _)| t.as_str()),
+            span_id = ids.as_ref().map(|(_, s)| s.as_str()),
         );
+    }
+    let series = metrics.series(
+        rt.generation,
+        outcome.route,
+        req.method().as_str(),
+        status.as_u16(),
+    );
+    let mut done = Completion::new(
+        series,
+        start,
+        status.as_u16(),
+        outcome.request_bytes,
+        outcome.streamed.take(),
+        metrics.inflight.clone(),
+        trace,
+    );
+    let mut res = match res {
+        Ok(res) => res
+            .map_body(|_, body| body.with_completion(done))
+            .map_into_boxed_body(),
+        Err(res) => {
+            if let actix_web::body::BodySize::Sized(n) = res.body().size() {
+                done.response_bytes = n;
+            }
+            drop(done);
+            res
+        }
+    };
+    if let Some((trace_id, _)) = ids {
+        if let Ok(v) = ax::HeaderValue::from_str(&trace_id) {
+            res.headers_mut()
+                .insert(ax::HeaderName::from_static(trace::TRACE_ID_HEADER), v);
+        }
     }
     res
 }
@@ -68,7 +121,8 @@ async fn proxy<'a>(
     rt: &'a Runtime,
     rid: &ax::HeaderValue,
     outcome: &mut Outcome<'a>,
-) -> Result<HttpResponse, GatewayError> {
+    mut trace: Option<&mut RequestTrace>,
+) -> Result<HttpResponse<UpstreamBody>, GatewayError> {
     let method = req.method();
     let host = request_host(req);
 
@@ -109,7 +163,10 @@ async fn proxy<'a>(
             router::Lookup::NotFound => return Err(GatewayError::NotFound),
         };
     let route: &'a RouteConfig = &rt.config.routes[route_idx];
-    outcome.route = Some(&route.name);
+    outcome.route = Some((route_idx, &route.name));
+    if let Some(t) = trace.as_deref() {
+        t.routed(method.as_str(), &route.path, &route.name);
+    }
 
     // Phase 2: check the request and prepare its body.
     let max = rt.config.server.max_body_size;
@@ -128,6 +185,7 @@ async fn proxy<'a>(
     let too_large = body::TooLargeFlag::default();
     let progress = body::Progress::default();
     let read_timeout = route.timeout;
+    outcome.request_bytes = declared_len.unwrap_or(0);
     let upstream_body = match declared_len {
         Some(0) => ProxyBody::Empty,
         Some(n) if n <= body::BUFFER_LIMIT => {
@@ -140,14 +198,17 @@ async fn proxy<'a>(
                 }
             }
         }
-        Some(n) => body::stream(
-            payload,
-            None,
-            Some(n),
-            max,
-            too_large.clone(),
-            progress.clone(),
-        ),
+        Some(n) => {
+            outcome.streamed = Some(progress.clone());
+            body::stream(
+                payload,
+                None,
+                Some(n),
+                max,
+                too_large.clone(),
+                progress.clone(),
+            )
+        }
         None if req.version() >= actix_web::http::Version::HTTP_2
             || req.headers().contains_key(ax::TRANSFER_ENCODING) =>
         {
@@ -155,14 +216,17 @@ async fn proxy<'a>(
             match tokio::time::timeout(read_timeout, payload.next()).await {
                 Err(_) => return Err(GatewayError::RequestTimeout),
                 Ok(None) => ProxyBody::Empty,
-                Ok(Some(Ok(first))) => body::stream(
-                    payload,
-                    Some(first),
-                    None,
-                    max,
-                    too_large.clone(),
-                    progress.clone(),
-                ),
+                Ok(Some(Ok(first))) => {
+                    outcome.streamed = Some(progress.clone());
+                    body::stream(
+                        payload,
+                        Some(first),
+                        None,
+                        max,
+                        too_large.clone(),
+                        progress.clone(),
+                    )
+                }
                 Ok(Some(Err(_))) => {
                     return Err(GatewayError::BadRequest("could not read the request body"))
                 }
@@ -223,6 +287,28 @@ async fn proxy<'a>(
         );
     }
 
+    if let (Some(t), Some(tracing)) = (trace.as_deref_mut(), &rt.tracing) {
+        let url = if t.is_recording() {
+            format!(
+                "{}://{}{}",
+                if server.https { "https" } else { "http" },
+                server.authority,
+                up.uri()
+            )
+        } else {
+            String::new()
+        };
+        let tp = t.start_attempt(
+            tracing,
+            method.as_str(),
+            &url,
+            &server.authority,
+            &upstream.config.name,
+        );
+        up.headers_mut()
+            .insert(http::header::HeaderName::from_static("traceparent"), tp);
+    }
+
     // Phase 5: forward, bounded by the route's timeout until the response head arrives.
     let target = forward::Target {
         pool_key: upstream.pool_keys[server_idx],
@@ -231,37 +317,71 @@ async fn proxy<'a>(
         connect_timeout: upstream.config.connect_timeout,
         tls: &upstream.tls,
     };
+    let sent_at = Instant::now();
     let sent = forward::send(up, &target);
+    let failed = |kind: UpstreamErrorKind, trace: Option<&mut RequestTrace>| {
+        upstream.metrics.error(kind);
+        if let Some(t) = trace {
+            t.attempt_result(None, Some(kind.as_str()));
+        }
+    };
     let (response, lease) = match with_progress_timeout(sent, route.timeout, &progress).await {
-        None => return Err(GatewayError::UpstreamTimeout),
+        None => {
+            failed(UpstreamErrorKind::Timeout, trace);
+            return Err(GatewayError::UpstreamTimeout);
+        }
         Some(Err(e)) => {
             if too_large.get() {
                 return Err(GatewayError::PayloadTooLarge);
             }
             tracing::warn!(request_id = rid.to_str().unwrap_or_default(), upstream = %upstream.config.name, server = %server.url, error = %e, "upstream request failed");
-            return Err(match e {
-                forward::ForwardError::Connect(_) => GatewayError::UpstreamConnect,
-                forward::ForwardError::ConnectTimeout => GatewayError::UpstreamTimeout,
-                forward::ForwardError::Body(_) => {
-                    GatewayError::BadRequest("could not read the request body")
+            let (kind, err) = match e {
+                forward::ForwardError::Connect(_) => {
+                    (UpstreamErrorKind::Connect, GatewayError::UpstreamConnect)
                 }
-                forward::ForwardError::Protocol(_) => GatewayError::UpstreamProtocol,
-            });
+                forward::ForwardError::ConnectTimeout => {
+                    (UpstreamErrorKind::Timeout, GatewayError::UpstreamTimeout)
+                }
+                forward::ForwardError::Body(_) => {
+                    return Err(GatewayError::BadRequest("could not read the request body"))
+                }
+                forward::ForwardError::Protocol(_) => {
+                    (UpstreamErrorKind::Protocol, GatewayError::UpstreamProtocol)
+                }
+            };
+            failed(kind, trace);
+            return Err(err);
         }
         Some(Ok(exchange)) => exchange,
     };
+    upstream
+        .metrics
+        .duration
+        .observe(sent_at.elapsed().as_secs_f64());
 
     // Phase 6: the response.
     let (parts, incoming) = response.into_parts();
-    let status = actix_web::http::StatusCode::from_u16(parts.status.as_u16())
-        .map_err(|_| GatewayError::UpstreamProtocol)?;
+    let status = match actix_web::http::StatusCode::from_u16(parts.status.as_u16()) {
+        Ok(s) => s,
+        Err(_) => {
+            failed(UpstreamErrorKind::Protocol, trace);
+            return Err(GatewayError::UpstreamProtocol);
+        }
+    };
     if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
         && parts.headers.contains_key(http::header::CONTENT_LENGTH)
     {
+        failed(UpstreamErrorKind::Protocol, trace);
         // Ambiguous framing (RFC 9112 6.3): refuse it, and drop the connection with the lease.
         tracing::warn!(request_id = rid.to_str().unwrap_or_default(), upstream = %upstream.config.name, server = %server.url, "upstream response has both Transfer-Encoding and Content-Length");
         drop(lease);
         return Err(GatewayError::UpstreamProtocol);
+    }
+    if status.is_server_error() {
+        upstream.metrics.error(UpstreamErrorKind::Status5xx);
+    }
+    if let Some(t) = trace {
+        t.attempt_result(Some(status.as_u16()), None);
     }
     let len = headers::content_length(&parts.headers);
     let head = method == actix_web::http::Method::HEAD;
@@ -277,7 +397,7 @@ async fn proxy<'a>(
     }
     res.headers_mut()
         .insert(ax::HeaderName::from_static(request_id::HEADER), rid.clone());
-    Ok(res.map_into_boxed_body())
+    Ok(res)
 }
 
 /// The Host the client asked for: the Host header, or the authority of an HTTP/2 request.
@@ -343,7 +463,7 @@ async fn with_progress_timeout<F: std::future::Future>(
         tokio::select! {
             biased;
             out = &mut fut => return Some(out),
-            () = &mut sleep => match progress.get() {
+            () = &mut sleep => match progress.last.get() {
                 Some(last) if last + timeout > tokio::time::Instant::now() => {
                     sleep.as_mut().reset(last + timeout);
                 }

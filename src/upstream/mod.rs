@@ -4,6 +4,7 @@
 pub mod balancer;
 
 use crate::config::model::UpstreamConfig;
+use crate::observability::metrics::UpstreamSeries;
 use balancer::Balancer;
 use std::sync::Arc;
 
@@ -15,10 +16,15 @@ pub struct Upstream {
     pub tls: Arc<rustls::ClientConfig>,
     /// Connection-pool key of each server, in server order.
     pub pool_keys: Vec<u64>,
+    pub metrics: UpstreamSeries,
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig, tls: Arc<rustls::ClientConfig>) -> Self {
+    pub fn new(
+        config: UpstreamConfig,
+        tls: Arc<rustls::ClientConfig>,
+        metrics: UpstreamSeries,
+    ) -> Self {
         let balancer = Balancer::new(&config);
         let pool_keys = config
             .servers
@@ -30,6 +36,7 @@ impl Upstream {
             balancer,
             tls,
             pool_keys,
+            metrics,
         }
     }
 }

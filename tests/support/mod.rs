@@ -280,8 +280,8 @@ impl Gateway {
     pub fn start_in(config: &str, base: &std::path::Path) -> Gateway {
         let cfg = kairos_rs::config::load_str(config, "test-config", base)
             .unwrap_or_else(|e| panic!("{e}"));
-        let runtime = kairos_rs::state::Runtime::build(cfg).unwrap_or_else(|e| panic!("{e}"));
-        let state = Arc::new(kairos_rs::state::SharedState::new(runtime));
+        let state =
+            Arc::new(kairos_rs::state::SharedState::new(cfg).unwrap_or_else(|e| panic!("{e}")));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind gateway");
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -338,10 +338,59 @@ pub fn config(upstream_url: &str, routes: &str, extra: &str) -> String {
 
 /// A plain HTTP client that does not follow redirects.
 pub fn client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")
+}
+
+/// reqwest is built without a TLS crypto provider of its own: it uses the process default.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The value of one sample in Prometheus text exposition: `name` with exactly these labels
+/// (in any order). `None` if the series is absent.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let mut got: Vec<(String, String)> = Vec::new();
+            for pair in rest.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once("=\"")?;
+                got.push((k.to_string(), v.trim_end_matches('"').to_string()));
+            }
+            let mut want: Vec<(String, String)> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            got.sort();
+            want.sort();
+            (got == want).then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes; returns the last result.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Sends raw bytes on a new connection and returns everything read until the server closes
@@ -467,6 +516,11 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Writes `config` (port forced to 0, JSON logs) to a temp file and runs the binary on it.
     pub fn start(config: &str) -> GatewayProcess {
+        Self::start_with_env(config, &[])
+    }
+
+    /// As [`GatewayProcess::start`], with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> GatewayProcess {
         let mut v: serde_json::Value = serde_json::from_str(config).expect("config json");
         v["server"]["port"] = 0.into();
         v["server"]["host"] = "127.0.0.1".into();
@@ -481,6 +535,7 @@ impl GatewayProcess {
             .arg("--config")
             .arg(&path)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -536,6 +591,22 @@ impl GatewayProcess {
             .status()
             .expect("kill");
         assert!(ok.success());
+    }
+
+    /// SIGTERM, then waits (up to 20 s) for the process to exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn logs(&self) -> Vec<String> {

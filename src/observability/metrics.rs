@@ -1,0 +1,351 @@
+//! Every Prometheus metric the gateway exports, declared here and nowhere else.
+//!
+//! Cardinality is bounded by construction: `route` is a route's configured name (or
+//! `unmatched`), never a raw path; `method` is one of the nine standard methods or `OTHER`;
+//! `status` is a three-digit code; `upstream` is a configured upstream name.
+//!
+//! The hot path takes no lock. Per-request series are resolved once per worker thread and
+//! kept in a thread-local table ([`Metrics::series`]); after that a request costs a hash
+//! lookup and a few relaxed atomic adds. Upstream series are resolved when the runtime is
+//! built ([`UpstreamSeries`]). Later features add their metrics to [`Metrics`] the same way.
+
+use crate::config::model::MethodSet;
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use rustc_hash::FxHashMap;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Request latency buckets (seconds): 100 µs to 30 s, about three per decade.
+pub const LATENCY_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// The `route` label of requests that matched no route.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Why an upstream attempt failed: the `kind` label of `kairos_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect = 0,
+    Timeout = 1,
+    Protocol = 2,
+    Status5xx = 3,
+}
+
+impl UpstreamErrorKind {
+    pub const ALL: [UpstreamErrorKind; 4] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Protocol,
+        UpstreamErrorKind::Status5xx,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::Status5xx => "status_5xx",
+        }
+    }
+}
+
+/// The registry and every metric in it. One per gateway process (tests build several).
+pub struct Metrics {
+    registry: Registry,
+    /// A process-unique id, so thread-local series of one `Metrics` never serve another.
+    id: u64,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub request_bytes: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub active_connections: IntGauge,
+    pub inflight: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub spans_exported: IntCounter,
+    pub spans_dropped: IntCounterVec,
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric definition")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let m = Metrics {
+            registry: Registry::new(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            requests: counter_vec(
+                "kairos_requests_total",
+                "Requests answered, by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            request_duration: histogram_vec(
+                "kairos_request_duration_seconds",
+                "Time from the request's arrival to the last byte of the response.",
+                &["route", "method"],
+            ),
+            request_bytes: counter_vec(
+                "kairos_request_bytes_total",
+                "Request body bytes received from clients.",
+                &["route"],
+            ),
+            response_bytes: counter_vec(
+                "kairos_response_bytes_total",
+                "Response body bytes sent to clients.",
+                &["route"],
+            ),
+            upstream_duration: histogram_vec(
+                "kairos_upstream_request_duration_seconds",
+                "Time from sending a request upstream to its response head.",
+                &["upstream"],
+            ),
+            upstream_errors: counter_vec(
+                "kairos_upstream_errors_total",
+                "Failed upstream attempts: connect, timeout, protocol or status_5xx.",
+                &["upstream", "kind"],
+            ),
+            active_connections: IntGauge::new(
+                "kairos_active_connections",
+                "Open client connections.",
+            )
+            .expect("valid metric definition"),
+            inflight: IntGauge::new(
+                "kairos_inflight_requests",
+                "Requests received whose response has not finished.",
+            )
+            .expect("valid metric definition"),
+            config_reloads: counter_vec(
+                "kairos_config_reloads_total",
+                "Config reloads, by result (success or failure).",
+                &["result"],
+            ),
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "kairos_build_info",
+                    "Always 1; the version is in the label.",
+                ),
+                &["version"],
+            )
+            .expect("valid metric definition"),
+            spans_exported: IntCounter::new(
+                "kairos_tracing_spans_exported_total",
+                "Spans the OTLP collector accepted.",
+            )
+            .expect("valid metric definition"),
+            spans_dropped: counter_vec(
+                "kairos_tracing_spans_dropped_total",
+                "Spans lost: queue_full (export too slow) or export_failed (collector down).",
+                &["reason"],
+            ),
+        };
+        let collectors: [Box<dyn Collector>; 12] = [
+            Box::new(m.requests.clone()),
+            Box::new(m.request_duration.clone()),
+            Box::new(m.request_bytes.clone()),
+            Box::new(m.response_bytes.clone()),
+            Box::new(m.upstream_duration.clone()),
+            Box::new(m.upstream_errors.clone()),
+            Box::new(m.active_connections.clone()),
+            Box::new(m.inflight.clone()),
+            Box::new(m.config_reloads.clone()),
+            Box::new(m.build_info.clone()),
+            Box::new(m.spans_exported.clone()),
+            Box::new(m.spans_dropped.clone()),
+        ];
+        for c in collectors {
+            m.register(c);
+        }
+        #[cfg(target_os = "linux")]
+        m.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Series that should read 0 before the first event, so rate() and alerts see them.
+        for result in ["success", "failure"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        for reason in ["queue_full", "export_failed"] {
+            m.spans_dropped.with_label_values(&[reason]);
+        }
+        m
+    }
+
+    /// Adds a collector to the registry (the seam later features use for their own metrics).
+    pub fn register(&self, c: Box<dyn Collector>) {
+        if let Err(e) = self.registry.register(c) {
+            tracing::error!(error = %e, "metric registration failed");
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metric encoding failed");
+        }
+        out
+    }
+
+    /// The series of one request outcome. `generation` identifies the runtime whose route
+    /// indexes these are; `route` is `None` for unmatched requests.
+    ///
+    /// The first call for a combination on a thread creates the labelled series (that takes
+    /// the registry's lock once); later calls are a thread-local lookup.
+    pub fn series(
+        &self,
+        generation: u64,
+        route: Option<(usize, &str)>,
+        method: &str,
+        status: u16,
+    ) -> Rc<RequestSeries> {
+        let method_idx = method_index(method);
+        let route_idx = route.map_or(u32::MAX, |(i, _)| i as u32);
+        let key = (route_idx, method_idx, status);
+        SERIES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.owner != (self.id, generation) {
+                cache.owner = (self.id, generation);
+                cache.map.clear();
+            }
+            cache
+                .map
+                .entry(key)
+                .or_insert_with(|| {
+                    let route = route.map_or(UNMATCHED, |(_, name)| name);
+                    let method = METHOD_LABELS[method_idx as usize];
+                    let status = status.to_string();
+                    Rc::new(RequestSeries {
+                        requests: self.requests.with_label_values(&[route, method, &status]),
+                        duration: self.request_duration.with_label_values(&[route, method]),
+                        request_bytes: self.request_bytes.with_label_values(&[route]),
+                        response_bytes: self.response_bytes.with_label_values(&[route]),
+                    })
+                })
+                .clone()
+        })
+    }
+
+    /// The series of one upstream, resolved when the runtime is built.
+    pub fn upstream(&self, name: &str) -> UpstreamSeries {
+        UpstreamSeries {
+            duration: self.upstream_duration.with_label_values(&[name]),
+            errors: UpstreamErrorKind::ALL
+                .map(|k| self.upstream_errors.with_label_values(&[name, k.as_str()])),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The standard methods by index, and `OTHER` for extension methods (bounded cardinality).
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER",
+];
+
+fn method_index(m: &str) -> u8 {
+    MethodSet::NAMES
+        .iter()
+        .position(|n| *n == m)
+        .map_or(9, |i| i as u8)
+}
+
+/// The series one request outcome updates.
+pub struct RequestSeries {
+    pub requests: IntCounter,
+    pub duration: Histogram,
+    pub request_bytes: IntCounter,
+    pub response_bytes: IntCounter,
+}
+
+impl RequestSeries {
+    pub fn record(&self, seconds: f64, request_bytes: u64, response_bytes: u64) {
+        self.requests.inc();
+        self.duration.observe(seconds);
+        if request_bytes > 0 {
+            self.request_bytes.inc_by(request_bytes);
+        }
+        if response_bytes > 0 {
+            self.response_bytes.inc_by(response_bytes);
+        }
+    }
+}
+
+/// One upstream's series.
+#[derive(Clone)]
+pub struct UpstreamSeries {
+    pub duration: Histogram,
+    errors: [IntCounter; 4],
+}
+
+impl UpstreamSeries {
+    pub fn error(&self, kind: UpstreamErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+}
+
+struct SeriesCache {
+    owner: (u64, u64),
+    map: FxHashMap<(u32, u8, u16), Rc<RequestSeries>>,
+}
+
+thread_local! {
+    static SERIES: RefCell<SeriesCache> = RefCell::new(SeriesCache {
+        owner: (0, 0),
+        map: FxHashMap::default(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_cached_per_thread_and_labelled() {
+        let m = Metrics::new();
+        let a = m.series(1, Some((0, "users")), "GET", 200);
+        let b = m.series(1, Some((0, "users")), "GET", 200);
+        assert!(Rc::ptr_eq(&a, &b));
+        a.record(0.002, 10, 20);
+        m.series(1, None, "PURGE", 404).record(0.0001, 0, 0);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(r#"kairos_requests_total{method="GET",route="users",status="200"} 1"#)
+        );
+        assert!(text
+            .contains(r#"kairos_requests_total{method="OTHER",route="unmatched",status="404"} 1"#));
+        assert!(text.contains(r#"kairos_request_bytes_total{route="users"} 10"#));
+        assert!(text.contains(r#"kairos_response_bytes_total{route="users"} 20"#));
+        // A new runtime generation must not reuse index 0's series for another route.
+        m.series(2, Some((0, "orders")), "GET", 200)
+            .record(0.1, 0, 0);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(r#"kairos_requests_total{method="GET",route="orders",status="200"} 1"#)
+        );
+        assert!(text.contains(r#"kairos_build_info{version=""#));
+    }
+}

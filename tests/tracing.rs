@@ -1,0 +1,373 @@
+//! OpenTelemetry tracing end to end: the real binary exports OTLP/HTTP to a receiver on
+//! loopback, which decodes the spans with opentelemetry-proto; the upstream records the
+//! `traceparent` it was sent.
+
+mod support;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use std::collections::HashMap;
+use std::time::Duration;
+use support::*;
+
+const TOKEN: &str = "tracing-test-token-0123456789";
+const PARENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN: &str = "00f067aa0ba902b7";
+
+fn config(up: &str, tracing: &str) -> String {
+    format!(
+        r#"{{"version":1,"server":{{"workers":1}},
+        "admin":{{"token":"{TOKEN}"}},
+        "upstreams":{{"users":{{"servers":[{{"url":"{up}"}}]}}}},
+        "routes":[{{"name":"get-user","path":"/users/{{id}}","upstream":"users"}}],
+        "logging":{{"access_log":true}},
+        "tracing":{tracing}}}"#
+    )
+}
+
+/// An OTLP/HTTP collector: a recording upstream that answers 200 with an empty export
+/// response (a valid protobuf message).
+fn collector() -> Upstream {
+    Upstream::start(|_| Reply::ok("").header("content-type", "application/x-protobuf"))
+}
+
+/// Every span the collector received, with its resource's service.name.
+fn spans(collector: &Upstream) -> Vec<(String, Span)> {
+    let mut out = Vec::new();
+    for req in collector.requests() {
+        assert_eq!(req.target, "/v1/traces");
+        assert_eq!(req.header("content-type"), Some("application/x-protobuf"));
+        let export = ExportTraceServiceRequest::decode(req.body.as_ref()).expect("OTLP protobuf");
+        for rs in export.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+                .map(|v| match v {
+                    Value::StringValue(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    out.push((service.clone(), span));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn attrs(span: &Span) -> HashMap<String, String> {
+    span.attributes
+        .iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                Some(Value::IntValue(i)) => i.to_string(),
+                Some(other) => format!("{other:?}"),
+                None => String::new(),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// (version, trace id, parent id, flags) of a traceparent header.
+fn split_traceparent(v: &str) -> (String, String, String, String) {
+    let p: Vec<&str> = v.split('-').collect();
+    assert_eq!(p.len(), 4, "{v}");
+    (p[0].into(), p[1].into(), p[2].into(), p[3].into())
+}
+
+#[tokio::test]
+async fn spans_are_exported_linked_and_propagated() {
+    let col = collector();
+    let up = Upstream::start_ok();
+    let mut gw = GatewayProcess::start(&config(
+        &up.url(),
+        &format!(
+            r#"{{"endpoint":"{}","sampling_rate":1.0,"service_name":"edge-gw"}}"#,
+            col.url()
+        ),
+    ));
+    let c = client();
+
+    // 1. A caller that sampled its trace: we continue it.
+    let res = c
+        .get(gw.url("/users/42?x=1"))
+        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
+        .header("tracestate", "vendor=abc")
+        .header("x-request-id", "req-traced-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-trace-id"], PARENT_TRACE);
+    let seen = up.last();
+    let (ver, trace, parent, flags) = split_traceparent(seen.header("traceparent").unwrap());
+    assert_eq!(
+        (ver.as_str(), trace.as_str(), flags.as_str()),
+        ("00", PARENT_TRACE, "01")
+    );
+    assert_ne!(
+        parent, PARENT_SPAN,
+        "the upstream's parent is our client span"
+    );
+    assert_eq!(seen.header("tracestate"), Some("vendor=abc"));
+    let client_span_id = parent;
+
+    // 2. No traceparent: a new trace, recorded (sampling_rate 1.0).
+    let res = c.get(gw.url("/users/7")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let new_trace = res.headers()["x-trace-id"].to_str().unwrap().to_string();
+    assert_eq!(new_trace.len(), 32);
+    let (_, trace, _, flags) = split_traceparent(up.last().header("traceparent").unwrap());
+    assert_eq!((trace.as_str(), flags.as_str()), (new_trace.as_str(), "01"));
+
+    // 3. A caller that did not sample: nothing recorded, the decision and trace id go on.
+    let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    let res = c
+        .get(gw.url("/users/8"))
+        .header(
+            "traceparent",
+            format!("00-{unsampled_trace}-b7ad6b7169203331-00"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-trace-id"], unsampled_trace);
+    let (_, trace, _, flags) = split_traceparent(up.last().header("traceparent").unwrap());
+    assert_eq!((trace.as_str(), flags.as_str()), (unsampled_trace, "00"));
+
+    // 4. No route: a server span with the 404, no client span.
+    let res = c
+        .get(gw.url("/nowhere"))
+        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.headers()["x-trace-id"], PARENT_TRACE);
+
+    // A clean stop exports what is queued.
+    assert!(gw.stop());
+    let spans = spans(&col);
+    assert!(spans.iter().all(|(svc, _)| svc == "edge-gw"));
+    let of_trace = |t: &str| -> Vec<&Span> {
+        spans
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| hex(&s.trace_id) == t)
+            .collect()
+    };
+    assert!(
+        of_trace(unsampled_trace).is_empty(),
+        "an unsampled trace was exported"
+    );
+
+    let traced = of_trace(PARENT_TRACE);
+    let server: Vec<&&Span> = traced
+        .iter()
+        .filter(|s| s.kind == SpanKind::Server as i32)
+        .collect();
+    let client_spans: Vec<&&Span> = traced
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    assert_eq!(server.len(), 2, "{traced:#?}");
+    assert_eq!(client_spans.len(), 1, "{traced:#?}");
+    let routed = server
+        .iter()
+        .find(|s| attrs(s).contains_key("http.route"))
+        .expect("routed server span");
+    assert_eq!(routed.name, "GET /users/{id}");
+    assert_eq!(hex(&routed.parent_span_id), PARENT_SPAN);
+    let a = attrs(routed);
+    for (k, v) in [
+        ("http.request.method", "GET"),
+        ("url.path", "/users/42"),
+        ("url.query", "x=1"),
+        ("url.scheme", "http"),
+        ("http.route", "/users/{id}"),
+        ("http.response.status_code", "200"),
+        ("kairos.route", "get-user"),
+        ("kairos.upstream", "users"),
+        ("kairos.request_id", "req-traced-1"),
+        ("client.address", "127.0.0.1"),
+    ] {
+        assert_eq!(a.get(k).map(String::as_str), Some(v), "{k} in {a:?}");
+    }
+    let cs = client_spans[0];
+    assert_eq!(cs.name, "GET");
+    assert_eq!(hex(&cs.span_id), client_span_id);
+    assert_eq!(
+        cs.parent_span_id, routed.span_id,
+        "client span is the server span's child"
+    );
+    let a = attrs(cs);
+    assert_eq!(a["http.response.status_code"], "200");
+    assert_eq!(a["server.address"], "127.0.0.1");
+    assert_eq!(a["url.full"], format!("{}/users/42?x=1", up.url()));
+    assert!(cs.start_time_unix_nano >= routed.start_time_unix_nano);
+    assert!(cs.end_time_unix_nano <= routed.end_time_unix_nano);
+    let unrouted = server
+        .iter()
+        .find(|s| !attrs(s).contains_key("http.route"))
+        .unwrap();
+    assert_eq!(attrs(unrouted)["http.response.status_code"], "404");
+
+    let fresh = of_trace(&new_trace);
+    assert_eq!(fresh.len(), 2);
+    let root = fresh
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert!(
+        root.parent_span_id.is_empty(),
+        "a new trace's server span is a root"
+    );
+
+    // Logs carry the same ids.
+    let logs = gw.logs();
+    let access = logs
+        .iter()
+        .filter(|l| l.contains("kairos::access"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["request_id"] == "req-traced-1")
+        .expect("access log line");
+    assert_eq!(access["trace_id"], PARENT_TRACE);
+    assert_eq!(access["span_id"].as_str().unwrap(), hex(&routed.span_id));
+}
+
+#[tokio::test]
+async fn sampling_zero_records_nothing_but_still_propagates() {
+    let col = collector();
+    let up = Upstream::start_ok();
+    let mut gw = GatewayProcess::start(&config(
+        &up.url(),
+        &format!(r#"{{"endpoint":"{}","sampling_rate":0.0}}"#, col.url()),
+    ));
+    let c = client();
+    for _ in 0..20 {
+        let res = c.get(gw.url("/users/1")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let trace = res.headers()["x-trace-id"].to_str().unwrap().to_string();
+        let (_, t, _, flags) = split_traceparent(up.last().header("traceparent").unwrap());
+        assert_eq!((t.as_str(), flags.as_str()), (trace.as_str(), "00"));
+    }
+    assert!(gw.stop());
+    assert!(spans(&col).is_empty());
+}
+
+#[tokio::test]
+async fn sampling_rate_is_honoured_for_new_traces() {
+    let col = collector();
+    let up = Upstream::start_ok();
+    let mut gw = GatewayProcess::start(&config(
+        &up.url(),
+        &format!(r#"{{"endpoint":"{}","sampling_rate":0.25}}"#, col.url()),
+    ));
+    let c = client();
+    let mut sampled = 0;
+    for _ in 0..400 {
+        c.get(gw.url("/users/1")).send().await.unwrap();
+        let (_, _, _, flags) = split_traceparent(up.last().header("traceparent").unwrap());
+        sampled += usize::from(flags == "01");
+    }
+    assert!(gw.stop());
+    // Binomial(400, 0.25): mean 100, sd ~8.7; 60..140 is more than 4 sd either way.
+    assert!((60..=140).contains(&sampled), "sampled {sampled} of 400");
+    let servers = spans(&col)
+        .iter()
+        .filter(|(_, s)| s.kind == SpanKind::Server as i32)
+        .count();
+    assert_eq!(servers, sampled);
+}
+
+#[tokio::test]
+async fn collector_down_never_fails_requests_and_drops_are_counted() {
+    // A port with nothing listening: every export fails at once.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let up = Upstream::start_ok();
+    let gw = GatewayProcess::start_with_env(
+        &config(
+            &up.url(),
+            &format!(r#"{{"endpoint":"{dead_url}","sampling_rate":1.0,"export_timeout":"1s"}}"#),
+        ),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+    );
+    let c = client();
+    for i in 0..50 {
+        let res = c
+            .get(gw.url(&format!("/users/{i}")))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let mut last = String::new();
+    let counted = wait_until(Duration::from_secs(20), || {
+        let addr = gw.addr;
+        last = std::thread::spawn(move || {
+            let req = format!(
+                "GET /_kairos/metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+            );
+            raw_exchange(addr, req.as_bytes(), Duration::from_secs(5))
+        })
+        .join()
+        .unwrap();
+        metric(
+            &last,
+            "kairos_tracing_spans_dropped_total",
+            &[("reason", "export_failed")],
+        ) == Some(100.0)
+    });
+    assert!(counted, "dropped spans not counted:\n{last}");
+    assert_eq!(
+        metric(&last, "kairos_tracing_spans_exported_total", &[]),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn old_jaeger_endpoint_is_accepted_with_a_warning() {
+    let text = r#"{"version":1,"upstreams":{"u":{"servers":[{"url":"http://127.0.0.1:9"}]}},
+      "routes":[{"path":"/","upstream":"u"}],
+      "tracing":{"jaeger_endpoint":"http://jaeger.internal:14268/api/traces"}}"#;
+    let cfg = kairos_rs::config::load_str(text, "test.json", std::path::Path::new(".")).unwrap();
+    let t = cfg.tracing.expect("tracing on");
+    assert_eq!(t.endpoint, "http://jaeger.internal:4318/v1/traces");
+    assert_eq!(cfg.warnings.len(), 1);
+    let w = cfg.warnings[0].to_string();
+    assert!(w.starts_with("3:18: tracing.jaeger_endpoint: "), "{w}");
+    assert!(w.contains("deprecated"), "{w}");
+    assert!(
+        w.contains(r#""endpoint": "http://jaeger.internal:4318""#),
+        "{w}"
+    );
+
+    let bad = text.replace(
+        r#""jaeger_endpoint""#,
+        r#""sampling_rate":2,"jaeger_endpoint""#,
+    );
+    let err = kairos_rs::config::load_str(&bad, "test.json", std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tracing.sampling_rate: sampling_rate 2 is outside 0.0..=1.0"),
+        "{err}"
+    );
+}
