@@ -17,12 +17,16 @@
 #   KAIROS_BIN_B a second kairos-rs binary, run as target `kairos-b` (10 routes) for an A/B
 #                comparison in the same rounds, e.g. a build without mimalloc
 #   KEEP_TMP     1 keeps the temp dir (configs, logs, raw wrk output) for inspection
+#   TRACING      1 (default) also runs the tracing variants below; 0 skips them
 #
 # Targets (all on 127.0.0.1, free ports picked at start):
 #   upstream     nginx, 1 worker, `return 200 "ok"`           (what every proxy forwards to)
 #   nginx        nginx reverse proxy, 1 worker, keepalive 64 to the upstream
 #   kairos       kairos-rs, workers 1, 10 routes (the hit route among them)
 #   kairos-10k   kairos-rs, workers 1, 10,000 routes (the same hit route among them)
+#   kairos-t0    kairos with 10 routes and OpenTelemetry tracing at sampling_rate 0 (ids are
+#   kairos-t0.1  still propagated), 0.1 and 1.0, exporting OTLP/HTTP to a sink (a second
+#   kairos-t1    server of the upstream nginx that answers 200). Metrics are always on.
 #
 # CPU pinning (PIN=1, needs >= 2 CPUs): the proxy under test (nginx worker, or kairos-rs with
 # all its threads) runs alone on PROXY_CPU; wrk and the upstream nginx share AUX_CPU. A proxy
@@ -62,6 +66,7 @@ PIN=${PIN:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 AUX_CPU=${AUX_CPU:-1}
 KEEP_TMP=${KEEP_TMP:-0}
+TRACING=${TRACING:-1}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HIT_PATH=/api/items/42          # the request every wrk run sends
@@ -162,6 +167,9 @@ NGX_PORT=$(free_port)
 K10_PORT=$(free_port)
 K10K_PORT=$(free_port)
 KB_PORT=$(free_port)
+SINK_PORT=$(free_port)
+declare -A TRACE_PORT=([kairos-t0]=$(free_port) [kairos-t0.1]=$(free_port) [kairos-t1]=$(free_port))
+declare -A TRACE_RATE=([kairos-t0]=0 [kairos-t0.1]=0.1 [kairos-t1]=1.0)
 
 # ---------------------------------------------------------------- configs
 # nginx as root would switch its worker to "nobody", which cannot write into our temp dir.
@@ -195,6 +203,10 @@ nginx_conf upstream "
     server {
         listen 127.0.0.1:$UP_PORT;
         location / { default_type text/plain; return 200 \"ok\"; }
+    }
+    server {
+        listen 127.0.0.1:$SINK_PORT;
+        location / { return 200; }
     }"
 
 nginx_conf nginx-proxy "
@@ -214,10 +226,13 @@ nginx_conf nginx-proxy "
 
 # kairos configs: the hit route plus N-1 generated routes of three shapes (static, parameter,
 # catch-all), all distinct, so the only difference between the two instances is the count.
-kairos_conf() { # file, port, route count
-    local file=$1 port=$2 n=$3
+kairos_conf() { # file, port, route count[, tracing sampling rate]
+    local file=$1 port=$2 n=$3 rate=${4:-}
     {
         printf '{\n  "version": 1,\n'
+        if [[ -n $rate ]]; then
+            printf '  "tracing": { "endpoint": "http://127.0.0.1:%s", "sampling_rate": %s },\n' "$SINK_PORT" "$rate"
+        fi
         printf '  "server": { "host": "127.0.0.1", "port": %s, "workers": 1, "shutdown_timeout": "1s" },\n' "$port"
         printf '  "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:%s" }] } },\n' "$UP_PORT"
         printf '  "logging": { "level": "warn", "access_log": false },\n'
@@ -300,6 +315,17 @@ if [[ -n ${KAIROS_BIN_B:-} ]]; then
     wait_ready kairos-b "http://127.0.0.1:$KB_PORT$HIT_PATH" "$KB_PID"
     TARGETS+=(kairos-b)
 fi
+declare -A TRACE_PID
+if [[ $TRACING == 1 ]]; then
+    for t in kairos-t0 kairos-t0.1 kairos-t1; do
+        kairos_conf "$TMP/$t.json" "${TRACE_PORT[$t]}" 10 "${TRACE_RATE[$t]}"
+        "${ON_PROXY[@]}" "$KAIROS_BIN" --config "$TMP/$t.json" >"$TMP/$t.log" 2>&1 &
+        TRACE_PID[$t]=$!
+        PIDS+=("${TRACE_PID[$t]}")
+        wait_ready "$t" "http://127.0.0.1:${TRACE_PORT[$t]}$HIT_PATH" "${TRACE_PID[$t]}"
+        TARGETS+=("$t")
+    done
+fi
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { # utime + stime of all threads of a process
@@ -315,6 +341,10 @@ declare -A URL_OF=(
     [kairos-10k]="http://127.0.0.1:$K10K_PORT$HIT_PATH"
     [kairos-b]="http://127.0.0.1:$KB_PORT$HIT_PATH"
 )
+for t in "${!TRACE_PID[@]}"; do
+    PID_OF[$t]=${TRACE_PID[$t]}
+    URL_OF[$t]="http://127.0.0.1:${TRACE_PORT[$t]}$HIT_PATH"
+done
 declare -A RSS_IDLE RSS_LOAD
 for t in "${TARGETS[@]}"; do
     RSS_IDLE[$t]=$(rss_kb "${PID_OF[$t]}")
@@ -323,7 +353,7 @@ done
 
 log "ports: upstream $UP_PORT, nginx $NGX_PORT, kairos $K10_PORT, kairos-10k $K10K_PORT"
 log "pinning: $PIN_DESC"
-log "runs: $ROUNDS round(s) x 3 targets x (${WARMUP}s warm-up + ${DURATION}s), wrk -t1 -c$CONNECTIONS"
+log "runs: $ROUNDS round(s) x ${#TARGETS[@]} targets x (${WARMUP}s warm-up + ${DURATION}s), wrk -t1 -c$CONNECTIONS"
 
 # ---------------------------------------------------------------- measure
 to_ms() { # "338.00us" / "1.23ms" / "1.01s" -> milliseconds
@@ -439,6 +469,10 @@ if [[ -n ${KB_PID:-} ]]; then
     printf '%-40s %s\n' "kairos-b / nginx req/s:" "$(ratio "${M_RPS[kairos-b]}" "${M_RPS[nginx]}")"
     printf '%-40s %s MB idle, %s MB under load\n' "kairos-b RSS (10 routes):" "$(mb "${RSS_IDLE[kairos-b]}")" "$(mb "${RSS_LOAD[kairos-b]}")"
 fi
+for t in kairos-t0 kairos-t0.1 kairos-t1; do
+    [[ -n ${TRACE_PID[$t]:-} ]] || continue
+    printf '%-40s %s\n' "$t (sampling ${TRACE_RATE[$t]}) / kairos req/s:" "$(ratio "${M_RPS[$t]}" "${M_RPS[kairos]}")"
+done
 printf '%-40s %s MB idle, %s MB under load\n' "nginx proxy worker RSS:" "$(mb "${RSS_IDLE[nginx]}")" "$(mb "${RSS_LOAD[nginx]}")"
 
 for t in "${TARGETS[@]:1}"; do

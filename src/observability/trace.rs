@@ -38,7 +38,10 @@ use std::time::Duration;
 const MAX_PENDING_SPANS: usize = 4096;
 
 /// The response header that carries the trace id to the client.
-pub const TRACE_ID_HEADER: &str = "x-trace-id";
+pub const TRACE_ID_HEADER: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static("x-trace-id");
+/// W3C trace context, sent upstream.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// The tracer of one runtime.
 pub struct Tracing {
@@ -139,14 +142,6 @@ impl Tracing {
                 },
             ),
             KeyValue::new("kairos.request_id", request_id.to_string()),
-            KeyValue::new(
-                "network.protocol.version",
-                match req.version() {
-                    actix_web::http::Version::HTTP_2 => "2",
-                    actix_web::http::Version::HTTP_10 => "1.0",
-                    _ => "1.1",
-                },
-            ),
         ];
         if !req.query_string().is_empty() {
             attributes.push(KeyValue::new("url.query", req.query_string().to_string()));
@@ -200,7 +195,8 @@ pub struct RequestTrace {
     pub span_id: SpanId,
     /// The server span, when recording.
     server: Option<Context>,
-    client: Option<opentelemetry_sdk::trace::Span>,
+    /// Boxed: an SDK span is ~300 bytes, and this struct lives in every request's future.
+    client: Option<Box<opentelemetry_sdk::trace::Span>>,
 }
 
 impl RequestTrace {
@@ -237,7 +233,6 @@ impl RequestTrace {
             KeyValue::new("http.request.method", method.to_string()),
             KeyValue::new("server.address", authority.host().to_string()),
             KeyValue::new("url.full", url.to_string()),
-            KeyValue::new("kairos.upstream", upstream.to_string()),
         ];
         if let Some(port) = authority.port_u16() {
             attributes.push(KeyValue::new("server.port", i64::from(port)));
@@ -252,7 +247,7 @@ impl RequestTrace {
         );
         use opentelemetry::trace::Span as _;
         let value = traceparent(self.trace_id, span.span_context().span_id(), true);
-        if let Some(mut old) = self.client.replace(span) {
+        if let Some(mut old) = self.client.replace(Box::new(span)) {
             old.end();
         }
         value
@@ -295,13 +290,20 @@ impl RequestTrace {
         }
     }
 
-    /// The trace id as 32 lower-case hex digits.
-    pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+    /// The trace id and our span id in lower-case hex, for logs.
+    pub fn ids_hex(&self) -> ([u8; 32], [u8; 16]) {
+        let mut t = [0u8; 32];
+        let mut s = [0u8; 16];
+        hex_into(&self.trace_id.to_bytes(), &mut t);
+        hex_into(&self.span_id.to_bytes(), &mut s);
+        (t, s)
     }
 
-    pub fn span_id_hex(&self) -> String {
-        format!("{:016x}", self.span_id)
+    /// The `X-Trace-Id` response header value.
+    pub fn trace_id_header(&self) -> Option<actix_web::http::header::HeaderValue> {
+        let mut t = [0u8; 32];
+        hex_into(&self.trace_id.to_bytes(), &mut t);
+        actix_web::http::header::HeaderValue::from_bytes(&t).ok()
     }
 }
 
@@ -322,20 +324,22 @@ fn random_span_id() -> SpanId {
     SpanId::from_bytes(fastrand::u64(1..).to_be_bytes())
 }
 
+/// Writes `bytes` as lower-case hex into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 15) as usize];
+    }
+}
+
 /// A W3C `traceparent` header: `00-<trace id>-<parent id>-<flags>`.
 pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> http::HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [b'-'; 55];
     buf[0] = b'0';
     buf[1] = b'0';
-    for (i, b) in trace_id.to_bytes().iter().enumerate() {
-        buf[3 + 2 * i] = HEX[(b >> 4) as usize];
-        buf[4 + 2 * i] = HEX[(b & 15) as usize];
-    }
-    for (i, b) in span_id.to_bytes().iter().enumerate() {
-        buf[36 + 2 * i] = HEX[(b >> 4) as usize];
-        buf[37 + 2 * i] = HEX[(b & 15) as usize];
-    }
+    hex_into(&trace_id.to_bytes(), &mut buf[3..35]);
+    hex_into(&span_id.to_bytes(), &mut buf[36..52]);
     buf[53] = b'0';
     buf[54] = if sampled { b'1' } else { b'0' };
     http::HeaderValue::from_bytes(&buf).unwrap_or_else(|_| http::HeaderValue::from_static(""))

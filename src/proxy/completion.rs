@@ -9,7 +9,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 pub struct Completion {
-    series: Rc<RequestSeries>,
+    /// Known once the response status is.
+    series: Option<Rc<RequestSeries>>,
     start: Instant,
     status: u16,
     request_bytes: u64,
@@ -17,30 +18,41 @@ pub struct Completion {
     streamed: Option<Progress>,
     pub response_bytes: u64,
     inflight: prometheus::IntGauge,
-    trace: Option<RequestTrace>,
+    pub trace: Option<RequestTrace>,
 }
 
 impl Completion {
-    /// `inflight` was incremented when the request arrived; it is decremented here.
-    pub fn new(
-        series: Rc<RequestSeries>,
+    /// A request arrived: it counts as in flight until this is dropped.
+    pub fn begin(
         start: Instant,
+        inflight: &prometheus::IntGauge,
+        trace: Option<RequestTrace>,
+    ) -> Self {
+        inflight.inc();
+        Completion {
+            series: None,
+            start,
+            status: 0,
+            request_bytes: 0,
+            streamed: None,
+            response_bytes: 0,
+            inflight: inflight.clone(),
+            trace,
+        }
+    }
+
+    /// The response is decided: what to record when it is over.
+    pub fn set_outcome(
+        &mut self,
+        series: Rc<RequestSeries>,
         status: u16,
         request_bytes: u64,
         streamed: Option<Progress>,
-        inflight: prometheus::IntGauge,
-        trace: Option<RequestTrace>,
-    ) -> Self {
-        Completion {
-            series,
-            start,
-            status,
-            request_bytes,
-            streamed,
-            response_bytes: 0,
-            inflight,
-            trace,
-        }
+    ) {
+        self.series = Some(series);
+        self.status = status;
+        self.request_bytes = request_bytes;
+        self.streamed = streamed;
     }
 }
 
@@ -50,14 +62,18 @@ impl Drop for Completion {
             Some(p) => p.bytes.get(),
             None => self.request_bytes,
         };
-        self.series.record(
-            self.start.elapsed().as_secs_f64(),
-            request_bytes,
-            self.response_bytes,
-        );
+        if let Some(series) = &self.series {
+            series.record(
+                self.start.elapsed().as_secs_f64(),
+                request_bytes,
+                self.response_bytes,
+            );
+        }
         self.inflight.dec();
         if let Some(t) = &mut self.trace {
-            t.finish(self.status);
+            // A request dropped before a response was decided: the client went away.
+            let status = if self.status == 0 { 499 } else { self.status };
+            t.finish(status);
         }
     }
 }

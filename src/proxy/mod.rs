@@ -10,7 +10,7 @@ pub mod headers;
 pub mod router;
 
 use crate::config::model::{RewritePart, RouteConfig};
-use crate::observability::metrics::{self, UpstreamErrorKind};
+use crate::observability::metrics::{self, Metrics, UpstreamErrorKind};
 use crate::observability::request_id;
 use crate::observability::trace::{self, RequestTrace};
 use crate::state::{Runtime, SharedState};
@@ -30,6 +30,32 @@ struct Outcome<'a> {
     upstream: Option<&'a str>,
     request_bytes: u64,
     streamed: Option<body::Progress>,
+    /// Taken by whoever builds the response: into a proxied body, or dropped at once.
+    done: Option<Completion>,
+}
+
+impl Outcome<'_> {
+    fn trace(&mut self) -> Option<&mut RequestTrace> {
+        self.done.as_mut().and_then(|d| d.trace.as_mut())
+    }
+
+    /// The completion, with what it needs to record a response of this status.
+    fn complete(
+        &mut self,
+        rt: &Runtime,
+        metrics: &Metrics,
+        method: &str,
+        status: u16,
+    ) -> Option<Completion> {
+        let mut done = self.done.take()?;
+        done.set_outcome(
+            metrics.series(rt.generation, self.route, method, status),
+            status,
+            self.request_bytes,
+            self.streamed.take(),
+        );
+        Some(done)
+    }
 }
 
 /// The actix handler for every proxied request.
@@ -41,76 +67,55 @@ pub async fn handle(
     let start = Instant::now();
     let rt: Arc<Runtime> = state.load();
     let metrics = &state.metrics;
-    metrics.inflight.inc();
     let rid = request_id::for_request(req.headers());
-    let rid_str = rid.to_str().unwrap_or_default();
-    let mut trace = rt.tracing.as_ref().map(|t| t.start(&req, rid_str));
+    // Validated lazily: most requests never need the id as text.
+    let rid_str = || rid.to_str().unwrap_or_default();
+    let trace = rt.tracing.as_ref().map(|t| t.start(&req, rid_str()));
+    let trace_header = trace.as_ref().and_then(|t| t.trace_id_header());
+    let ids = match (&trace, rt.config.logging.access_log) {
+        (Some(t), true) => Some(t.ids_hex()),
+        _ => None,
+    };
     let mut outcome = Outcome {
         route: None,
         upstream: None,
         request_bytes: 0,
         streamed: None,
+        done: Some(Completion::begin(start, &metrics.inflight, trace)),
     };
-    let res = match proxy(&req, payload, &rt, &rid, &mut outcome, trace.as_mut()).await {
-        Ok(res) => Ok(res),
+    let mut res = match proxy(&req, payload, &rt, metrics, &rid, &mut outcome).await {
+        Ok(res) => res,
         Err(e) => {
             if e.status().is_server_error() {
-                tracing::debug!(request_id = rid_str, error = ?e, "request failed");
+                tracing::debug!(request_id = rid_str(), error = ?e, "request failed");
             }
-            Err(e.to_response(&rid))
+            let res = e.to_response(&rid);
+            if let Some(mut done) =
+                outcome.complete(&rt, metrics, req.method().as_str(), res.status().as_u16())
+            {
+                if let actix_web::body::BodySize::Sized(n) = res.body().size() {
+                    done.response_bytes = n;
+                }
+            }
+            res
         }
     };
-    let status = match &res {
-        Ok(r) => r.status(),
-        Err(r) => r.status(),
-    };
-    let ids = trace.as_ref().map(|t| (t.trace_id_hex(), t.span_id_hex()));
     if rt.config.logging.access_log {
         tracing::info!(
             target: "kairos::access",
             method = req.method().as_str(),
             path = req.path(),
             route = outcome.route.map_or(metrics::UNMATCHED, |(_, name)| name),
-            status = status.as_u16(),
+            status = res.status().as_u16(),
             latency_ms = start.elapsed().as_secs_f64() * 1000.0,
             upstream = outcome.upstream.unwrap_or("-"),
-            request_id = rid_str,
-            trace_id = ids.as_ref().map(|(t, _)| t.as_str()),
-            span_id = ids.as_ref().map(|(_, s)| s.as_str()),
+            request_id = rid_str(),
+            trace_id = ids.as_ref().and_then(|(t, _)| std::str::from_utf8(t).ok()),
+            span_id = ids.as_ref().and_then(|(_, s)| std::str::from_utf8(s).ok()),
         );
     }
-    let series = metrics.series(
-        rt.generation,
-        outcome.route,
-        req.method().as_str(),
-        status.as_u16(),
-    );
-    let mut done = Completion::new(
-        series,
-        start,
-        status.as_u16(),
-        outcome.request_bytes,
-        outcome.streamed.take(),
-        metrics.inflight.clone(),
-        trace,
-    );
-    let mut res = match res {
-        Ok(res) => res
-            .map_body(|_, body| body.with_completion(done))
-            .map_into_boxed_body(),
-        Err(res) => {
-            if let actix_web::body::BodySize::Sized(n) = res.body().size() {
-                done.response_bytes = n;
-            }
-            drop(done);
-            res
-        }
-    };
-    if let Some((trace_id, _)) = ids {
-        if let Ok(v) = ax::HeaderValue::from_str(&trace_id) {
-            res.headers_mut()
-                .insert(ax::HeaderName::from_static(trace::TRACE_ID_HEADER), v);
-        }
+    if let Some(v) = trace_header {
+        res.headers_mut().insert(trace::TRACE_ID_HEADER, v);
     }
     res
 }
@@ -119,10 +124,10 @@ async fn proxy<'a>(
     req: &HttpRequest,
     mut payload: web::Payload,
     rt: &'a Runtime,
+    metrics: &Metrics,
     rid: &ax::HeaderValue,
     outcome: &mut Outcome<'a>,
-    mut trace: Option<&mut RequestTrace>,
-) -> Result<HttpResponse<UpstreamBody>, GatewayError> {
+) -> Result<HttpResponse, GatewayError> {
     let method = req.method();
     let host = request_host(req);
 
@@ -164,7 +169,7 @@ async fn proxy<'a>(
         };
     let route: &'a RouteConfig = &rt.config.routes[route_idx];
     outcome.route = Some((route_idx, &route.name));
-    if let Some(t) = trace.as_deref() {
+    if let Some(t) = outcome.trace() {
         t.routed(method.as_str(), &route.path, &route.name);
     }
 
@@ -287,7 +292,7 @@ async fn proxy<'a>(
         );
     }
 
-    if let (Some(t), Some(tracing)) = (trace.as_deref_mut(), &rt.tracing) {
+    if let (Some(t), Some(tracing)) = (outcome.trace(), &rt.tracing) {
         let url = if t.is_recording() {
             format!(
                 "{}://{}{}",
@@ -305,8 +310,7 @@ async fn proxy<'a>(
             &server.authority,
             &upstream.config.name,
         );
-        up.headers_mut()
-            .insert(http::header::HeaderName::from_static("traceparent"), tp);
+        up.headers_mut().insert(trace::TRACEPARENT, tp);
     }
 
     // Phase 5: forward, bounded by the route's timeout until the response head arrives.
@@ -319,15 +323,15 @@ async fn proxy<'a>(
     };
     let sent_at = Instant::now();
     let sent = forward::send(up, &target);
-    let failed = |kind: UpstreamErrorKind, trace: Option<&mut RequestTrace>| {
+    let failed = |kind: UpstreamErrorKind, outcome: &mut Outcome| {
         upstream.metrics.error(kind);
-        if let Some(t) = trace {
+        if let Some(t) = outcome.trace() {
             t.attempt_result(None, Some(kind.as_str()));
         }
     };
     let (response, lease) = match with_progress_timeout(sent, route.timeout, &progress).await {
         None => {
-            failed(UpstreamErrorKind::Timeout, trace);
+            failed(UpstreamErrorKind::Timeout, outcome);
             return Err(GatewayError::UpstreamTimeout);
         }
         Some(Err(e)) => {
@@ -349,7 +353,7 @@ async fn proxy<'a>(
                     (UpstreamErrorKind::Protocol, GatewayError::UpstreamProtocol)
                 }
             };
-            failed(kind, trace);
+            failed(kind, outcome);
             return Err(err);
         }
         Some(Ok(exchange)) => exchange,
@@ -364,14 +368,14 @@ async fn proxy<'a>(
     let status = match actix_web::http::StatusCode::from_u16(parts.status.as_u16()) {
         Ok(s) => s,
         Err(_) => {
-            failed(UpstreamErrorKind::Protocol, trace);
+            failed(UpstreamErrorKind::Protocol, outcome);
             return Err(GatewayError::UpstreamProtocol);
         }
     };
     if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
         && parts.headers.contains_key(http::header::CONTENT_LENGTH)
     {
-        failed(UpstreamErrorKind::Protocol, trace);
+        failed(UpstreamErrorKind::Protocol, outcome);
         // Ambiguous framing (RFC 9112 6.3): refuse it, and drop the connection with the lease.
         tracing::warn!(request_id = rid.to_str().unwrap_or_default(), upstream = %upstream.config.name, server = %server.url, "upstream response has both Transfer-Encoding and Content-Length");
         drop(lease);
@@ -380,12 +384,15 @@ async fn proxy<'a>(
     if status.is_server_error() {
         upstream.metrics.error(UpstreamErrorKind::Status5xx);
     }
-    if let Some(t) = trace {
+    if let Some(t) = outcome.trace() {
         t.attempt_result(Some(status.as_u16()), None);
     }
     let len = headers::content_length(&parts.headers);
     let head = method == actix_web::http::Method::HEAD;
-    let body = UpstreamBody::new(incoming, len, status.as_u16(), head, lease, route.timeout);
+    let mut body = UpstreamBody::new(incoming, len, status.as_u16(), head, lease, route.timeout);
+    if let Some(done) = outcome.complete(rt, metrics, method.as_str(), status.as_u16()) {
+        body = body.with_completion(done);
+    }
     let mut res = HttpResponse::with_body(status, body);
     headers::response_headers(&parts.headers, res.headers_mut());
     if status == actix_web::http::StatusCode::NOT_MODIFIED {
@@ -397,7 +404,7 @@ async fn proxy<'a>(
     }
     res.headers_mut()
         .insert(ax::HeaderName::from_static(request_id::HEADER), rid.clone());
-    Ok(res)
+    Ok(res.map_into_boxed_body())
 }
 
 /// The Host the client asked for: the Host header, or the authority of an HTTP/2 request.
