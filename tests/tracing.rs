@@ -192,6 +192,8 @@ async fn spans_are_exported_linked_and_propagated() {
         .expect("routed server span");
     assert_eq!(routed.name, "GET /users/{id}");
     assert_eq!(hex(&routed.parent_span_id), PARENT_SPAN);
+    // OTLP span flags: sampled, and whether the parent is remote (the caller) or local.
+    assert_eq!(routed.flags, 0x301);
     let a = attrs(routed);
     for (k, v) in [
         ("http.request.method", "GET"),

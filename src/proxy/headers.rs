@@ -146,7 +146,7 @@ pub fn request_headers(
 
 /// Appends the client address as X-Forwarded-For writes it (IPv4-mapped IPv6 as IPv4). IPv4,
 /// the common case, is written by hand: `fmt` costs about 1k instructions per request here.
-fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     use std::io::Write;
     let ip = match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),

@@ -292,21 +292,11 @@ async fn proxy<'a>(
         );
     }
 
-    if let (Some(t), Some(tracing)) = (outcome.trace(), &rt.tracing) {
-        let url = if t.is_recording() {
-            format!(
-                "{}://{}{}",
-                if server.https { "https" } else { "http" },
-                server.authority,
-                up.uri()
-            )
-        } else {
-            String::new()
-        };
+    if let Some(t) = outcome.trace() {
         let tp = t.start_attempt(
-            tracing,
             method.as_str(),
-            &url,
+            server.https,
+            up.uri().path_and_query().map_or("/", |pq| pq.as_str()),
             &server.authority,
             &upstream.config.name,
         );
