@@ -21,8 +21,10 @@ fn config(up: &str, tracing: &str) -> String {
     format!(
         r#"{{"version":1,"server":{{"workers":1}},
         "admin":{{"token":"{TOKEN}"}},
-        "upstreams":{{"users":{{"servers":[{{"url":"{up}"}}]}}}},
-        "routes":[{{"name":"get-user","path":"/users/{{id}}","upstream":"users"}}],
+        "upstreams":{{"users":{{"servers":[{{"url":"{up}"}}]}},
+                     "dead":{{"servers":[{{"url":"http://127.0.0.1:9"}}]}}}},
+        "routes":[{{"name":"get-user","path":"/users/{{id}}","upstream":"users"}},
+                  {{"name":"gone","path":"/gone","upstream":"dead"}}],
         "logging":{{"access_log":true}},
         "tracing":{tracing}}}"#
     )
@@ -159,6 +161,16 @@ async fn spans_are_exported_linked_and_propagated() {
     assert_eq!(res.status(), 404);
     assert_eq!(res.headers()["x-trace-id"], PARENT_TRACE);
 
+    // 5. An upstream that refuses connections: 502, the client span says why.
+    let failed_trace = "11111111111111111111111111111111";
+    let res = c
+        .get(gw.url("/gone"))
+        .header("traceparent", format!("00-{failed_trace}-{PARENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+
     // A clean stop exports what is queued.
     assert!(gw.stop());
     let spans = spans(&col);
@@ -239,8 +251,28 @@ async fn spans_are_exported_linked_and_propagated() {
         "a new trace's server span is a root"
     );
 
+    let failed = of_trace(failed_trace);
+    let failed_client = failed
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32)
+        .expect("client span of the failed attempt");
+    assert_eq!(attrs(failed_client)["error.type"], "connect");
+    assert_eq!(failed_client.status.as_ref().map(|s| s.code), Some(2));
+    let failed_server = failed
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(attrs(failed_server)["http.response.status_code"], "502");
+    assert_eq!(failed_server.status.as_ref().map(|s| s.code), Some(2));
+
     // Logs carry the same ids.
     let logs = gw.logs();
+    let warning = logs
+        .iter()
+        .find(|l| l.contains("upstream request failed"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .expect("warning for the failed upstream attempt");
+    assert_eq!(warning["trace_id"], failed_trace);
     let access = logs
         .iter()
         .filter(|l| l.contains("kairos::access"))

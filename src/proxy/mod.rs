@@ -328,7 +328,16 @@ async fn proxy<'a>(
             if too_large.get() {
                 return Err(GatewayError::PayloadTooLarge);
             }
-            tracing::warn!(request_id = rid.to_str().unwrap_or_default(), upstream = %upstream.config.name, server = %server.url, error = %e, "upstream request failed");
+            let ids = outcome.trace().map(|t| t.ids_hex());
+            tracing::warn!(
+                request_id = rid.to_str().unwrap_or_default(),
+                trace_id = ids.as_ref().and_then(|(t, _)| std::str::from_utf8(t).ok()),
+                span_id = ids.as_ref().and_then(|(_, s)| std::str::from_utf8(s).ok()),
+                upstream = %upstream.config.name,
+                server = %server.url,
+                error = %e,
+                "upstream request failed"
+            );
             let (kind, err) = match e {
                 forward::ForwardError::Connect(_) => {
                     (UpstreamErrorKind::Connect, GatewayError::UpstreamConnect)
@@ -367,7 +376,15 @@ async fn proxy<'a>(
     {
         failed(UpstreamErrorKind::Protocol, outcome);
         // Ambiguous framing (RFC 9112 6.3): refuse it, and drop the connection with the lease.
-        tracing::warn!(request_id = rid.to_str().unwrap_or_default(), upstream = %upstream.config.name, server = %server.url, "upstream response has both Transfer-Encoding and Content-Length");
+        let ids = outcome.trace().map(|t| t.ids_hex());
+        tracing::warn!(
+            request_id = rid.to_str().unwrap_or_default(),
+            trace_id = ids.as_ref().and_then(|(t, _)| std::str::from_utf8(t).ok()),
+            span_id = ids.as_ref().and_then(|(_, s)| std::str::from_utf8(s).ok()),
+            upstream = %upstream.config.name,
+            server = %server.url,
+            "upstream response has both Transfer-Encoding and Content-Length"
+        );
         drop(lease);
         return Err(GatewayError::UpstreamProtocol);
     }
