@@ -38,6 +38,9 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     })
     .workers(cfg.workers)
     .keep_alive(cfg.keep_alive)
+    // Per worker; at the cap a worker stops accepting and connections queue in the backlog.
+    .max_connections(cfg.max_connections.div_ceil(cfg.workers))
+    .client_request_timeout(cfg.client_header_timeout)
     .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
     .on_connect(move |_, ext| {
         // Lives in the connection's extensions, so it is dropped when the connection closes.

@@ -259,6 +259,22 @@ fn sizes_durations_versions_and_tls_files() {
     assert!(errs[0].message.contains("does not exist"));
     let e = one(r#"{"admin": {"token": "short"}}"#);
     assert!(e.message.contains("shorter than 16"));
+    let e = one(r#"{"server": {"workers": 4, "max_connections": 2}}"#);
+    assert_eq!(e.path, "server.max_connections");
+    assert!(
+        e.message.contains("less than one connection per worker"),
+        "{}",
+        e.message
+    );
+    let e = one(r#"{"server": {"client_header_timeout": "0s"}}"#);
+    assert_eq!(e.path, "server.client_header_timeout");
+    let e = one(r#"{"tracing": {"endpoint": "ftp://collector:4318"}}"#);
+    assert_eq!(e.path, "tracing.endpoint");
+    assert!(
+        e.message.contains("must start with http:// or https://"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]

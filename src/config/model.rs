@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     pub max_uri_length: u64,
     pub max_header_size: u64,
+    pub max_connections: usize,
+    pub client_header_timeout: Duration,
 }
 
 impl ServerConfig {

@@ -112,6 +112,13 @@ pub struct RawServer {
     /// Largest total size of the request's header names and values (default "32KB"); larger
     /// gets 431. actix-web also refuses more than 96 header fields with 431.
     pub max_header_size: Option<SizeStr>,
+    /// Most client connections open at once, shared evenly by the workers (default 25000).
+    /// At the cap the gateway stops accepting: new connections wait in the kernel's accept
+    /// queue (backpressure) instead of being refused or exhausting memory.
+    pub max_connections: Option<usize>,
+    /// Longest time a client may take to send a request head, from the connection's start or
+    /// the previous response (default "10s"); a slower client gets 408 and is disconnected.
+    pub client_header_timeout: Option<DurationStr>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -354,7 +354,29 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         keep_alive: v.duration("server.keep_alive", &s.keep_alive, Duration::from_secs(75)),
         max_uri_length: v.size("server.max_uri_length", &s.max_uri_length, 8 << 10),
         max_header_size: v.size("server.max_header_size", &s.max_header_size, 32 << 10),
+        max_connections: s.max_connections.unwrap_or(25_000),
+        client_header_timeout: v.duration(
+            "server.client_header_timeout",
+            &s.client_header_timeout,
+            Duration::from_secs(10),
+        ),
     };
+    if server.max_connections < server.workers {
+        v.err_hint(
+            "server.max_connections",
+            format!(
+                "max_connections {} is less than one connection per worker ({} workers)",
+                server.max_connections, server.workers
+            ),
+            "raise it, or lower server.workers",
+        );
+    }
+    if server.client_header_timeout.is_zero() {
+        v.err(
+            "server.client_header_timeout",
+            "client_header_timeout must be more than 0s",
+        );
+    }
     if server.request_timeout.is_zero() {
         v.err(
             "server.request_timeout",
