@@ -620,10 +620,7 @@ fn odd_host_headers_do_not_break_host_routing() {
 async fn untrusted_client_address_headers_are_dropped_and_cookies_joined() {
     let up = Upstream::start_ok();
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
-    let c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let c = client_builder().http2_prior_knowledge().build().unwrap();
     c.get(gw.url("/any/x"))
         .header("forwarded", "for=203.0.113.9")
         .header("x-real-ip", "203.0.113.9")

@@ -20,7 +20,7 @@ fn certs() -> Certs {
 }
 
 fn tls_client(certs: &Certs, gw: &Gateway) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+    client_builder()
         .add_root_certificate(reqwest::Certificate::from_pem(certs.cert_pem.as_bytes()).unwrap())
         .resolve("localhost", gw.addr)
 }
@@ -64,10 +64,7 @@ async fn tls_listener_speaks_http2_by_alpn_and_http1() {
 async fn plaintext_listener_accepts_h2c_prior_knowledge() {
     let up = Upstream::start_ok();
     let gw = Gateway::start(&config(&up.url(), r#"[{"path":"/x","upstream":"u"}]"#, ""));
-    let c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let c = client_builder().http2_prior_knowledge().build().unwrap();
     let res = c.post(gw.url("/x")).body("over h2c").send().await.unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_2);
     assert_eq!(res.status(), 200);

@@ -338,11 +338,14 @@ pub fn config(upstream_url: &str, routes: &str, extra: &str) -> String {
 
 /// A plain HTTP client that does not follow redirects.
 pub fn client() -> reqwest::Client {
+    client_builder().build().expect("client")
+}
+
+/// The builder of [`client`], for tests that need more settings. Always use this (not
+/// `reqwest::Client::builder()`): it installs the TLS crypto provider reqwest needs.
+pub fn client_builder() -> reqwest::ClientBuilder {
     install_crypto_provider();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
 }
 
 /// reqwest is built without a TLS crypto provider of its own: it uses the process default.
