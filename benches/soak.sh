@@ -61,17 +61,26 @@ if [[ -z ${KAIROS_BIN:-} ]]; then
 fi
 [[ -x $KAIROS_BIN ]] || die "no kairos-rs binary at $KAIROS_BIN"
 
+# free_port VAR: sets VAR to a port nothing uses (not via $(...): the list of ports handed
+# out must live in this shell). Below the kernel's ephemeral range (32768 and up), so no
+# outgoing connection holds it either.
+USED=" "
 free_port() {
-    local p
+    local in_use p
+    in_use=" $(ss -Htan 2>/dev/null | awk '{n=split($4,a,":"); printf "%s ", a[n]}') "
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
-        ss -Htln | awk '{print $4}' | grep -q ":$p\$" || { echo "$p"; return; }
+        p=$((10000 + RANDOM % 22000))
+        if [[ $in_use != *" $p "* && $USED != *" $p "* ]]; then
+            USED+="$p "
+            printf -v "$1" '%s' "$p"
+            return
+        fi
     done
     die "no free port"
 }
-UP_PORT=$(free_port)
-SINK_PORT=$(free_port)
-GW_PORT=$(free_port)
+free_port UP_PORT
+free_port SINK_PORT
+free_port GW_PORT
 NGX_USER=""
 [[ $EUID -eq 0 ]] && NGX_USER="user root;"
 mkdir -p "$TMP/up/tmp"

@@ -10,6 +10,8 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod observability;
 pub mod proxy;
 pub mod server;

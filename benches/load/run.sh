@@ -148,27 +148,34 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/kairos-load.XXXXXX")
 chmod 755 "$TMP"
 
 # ---------------------------------------------------------------- free ports
+# free_port VAR: sets VAR to a port nothing uses (not via $(...): the list of ports handed
+# out must live in this shell). Below the kernel's ephemeral range (32768 and up), so no
+# outgoing connection holds it either.
 USED_PORTS=" "
 free_port() {
-    local listening p
-    listening=" $(ss -Htln 2>/dev/null | awk '{n=split($4,a,":"); printf "%s ", a[n]}') "
+    local in_use p
+    in_use=" $(ss -Htan 2>/dev/null | awk '{n=split($4,a,":"); printf "%s ", a[n]}') "
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
-        if [[ $listening != *" $p "* && $USED_PORTS != *" $p "* ]]; then
+        p=$((10000 + RANDOM % 22000))
+        if [[ $in_use != *" $p "* && $USED_PORTS != *" $p "* ]]; then
             USED_PORTS+="$p "
-            echo "$p"
+            printf -v "$1" '%s' "$p"
             return
         fi
     done
     die "no free port found"
 }
-UP_PORT=$(free_port)
-NGX_PORT=$(free_port)
-K10_PORT=$(free_port)
-K10K_PORT=$(free_port)
-KB_PORT=$(free_port)
-SINK_PORT=$(free_port)
-declare -A TRACE_PORT=([kairos-t0]=$(free_port) [kairos-t0.1]=$(free_port) [kairos-t1]=$(free_port))
+free_port UP_PORT
+free_port NGX_PORT
+free_port K10_PORT
+free_port K10K_PORT
+free_port KB_PORT
+free_port SINK_PORT
+declare -A TRACE_PORT
+for t in kairos-t0 kairos-t0.1 kairos-t1; do
+    free_port port
+    TRACE_PORT[$t]=$port
+done
 declare -A TRACE_RATE=([kairos-t0]=0 [kairos-t0.1]=0.1 [kairos-t1]=1.0)
 
 # ---------------------------------------------------------------- configs

@@ -423,7 +423,7 @@ fn request_host(req: &HttpRequest) -> Option<&str> {
 }
 
 /// The host name of a Host header or authority: no userinfo, port or trailing dot.
-fn host_name(host: &str) -> &str {
+pub fn host_name(host: &str) -> &str {
     let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
     let name = if host.starts_with('[') {
         match host.find(']') {
@@ -438,7 +438,7 @@ fn host_name(host: &str) -> &str {
 
 /// Whether a raw request path has a `.` or `..` segment, also when the dots or the slashes
 /// around them are percent-encoded (`%2e%2e`, `..%2f`, `..\`).
-fn has_dot_segment(path: &str) -> bool {
+pub fn has_dot_segment(path: &str) -> bool {
     if !path.contains('.') && !path.contains('%') {
         return false;
     }

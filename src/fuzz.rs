@@ -1,0 +1,109 @@
+//! Entry points of the fuzz targets (fuzz/, run with `cargo fuzz`), kept in the library so
+//! that `tests/fuzz_corpus.rs` replays the committed corpus on every test run with the stable
+//! toolchain. Each takes arbitrary bytes and must never panic; each also checks properties
+//! that must hold for any input.
+
+use crate::config::{load_str_with_env, model::MethodSet};
+
+/// Config text through the whole pipeline: parse, `${ENV}`, deserialise, validate, build the
+/// router. Errors are fine; panics are not, and every error must name a location or a path.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match load_str_with_env(text, "fuzz.json", std::path::Path::new("."), &|_| {
+        Some("x".repeat(16))
+    }) {
+        Ok(cfg) => {
+            let router = crate::proxy::router::Router::build(&cfg.routes);
+            assert!(router.is_ok(), "a validated config must build its router");
+        }
+        Err(e) => {
+            assert!(!e.errors.is_empty());
+            for err in &e.errors {
+                assert!(!err.message.is_empty());
+            }
+        }
+    }
+}
+
+/// Route templates and request paths: the input's lines before an empty line are route paths
+/// (each becomes a route), the lines after it are looked up with every method. A match must
+/// name a route whose method set contains the method, with one value per template parameter.
+pub fn router(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (templates, requests) = text.split_once("\n\n").unwrap_or((text, ""));
+    let routes: Vec<serde_json::Value> = templates
+        .lines()
+        .take(64)
+        .enumerate()
+        .map(|(i, path)| {
+            let methods: Vec<&str> = MethodSet::NAMES
+                .iter()
+                .enumerate()
+                .filter(|(m, _)| (i + m) % 3 != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            serde_json::json!({ "name": format!("r{i}"), "path": path, "methods": methods, "upstream": "u" })
+        })
+        .collect();
+    let config = serde_json::json!({
+        "upstreams": { "u": { "servers": [{ "url": "http://127.0.0.1:9" }] } },
+        "routes": routes,
+    });
+    let Ok(cfg) = crate::config::load_str(&config.to_string(), "fuzz", std::path::Path::new("."))
+    else {
+        return;
+    };
+    let Ok(router) = crate::proxy::router::Router::build(&cfg.routes) else {
+        panic!("a validated config must build its router");
+    };
+    for path in requests.lines().take(64) {
+        for method in MethodSet::NAMES.iter().chain(&["PURGE"]) {
+            match router.lookup(None, path, method) {
+                crate::proxy::router::Lookup::Found { route, params } => {
+                    let r = &cfg.routes[route];
+                    assert!(r.methods.contains(method), "{method} {path} -> {}", r.path);
+                    let expected = r.path.matches('{').count();
+                    assert_eq!(params.len(), expected, "{path} -> {}", r.path);
+                }
+                crate::proxy::router::Lookup::MethodNotAllowed { allow } => {
+                    assert!(!allow.is_empty());
+                }
+                crate::proxy::router::Lookup::NotFound => {}
+            }
+        }
+    }
+}
+
+/// What the gateway parses from request headers: `traceparent`, the Host, the path's dot
+/// segments, X-Request-Id. Properties: a parsed traceparent formats back to itself (version
+/// 00); a kept request id is one the client sent.
+pub fn headers(data: &[u8]) {
+    use crate::observability::trace::{parse_traceparent, traceparent};
+    if let Some(p) = parse_traceparent(data) {
+        if data.len() == 55 && data.starts_with(b"00-") {
+            let again = traceparent(&p.trace_id, &p.span_id, p.sampled);
+            let flags_match = data[53..] == again.as_bytes()[53..];
+            // Flags other than "sampled" are not kept; everything else round-trips.
+            assert_eq!(&data[..53], &again.as_bytes()[..53]);
+            assert!(flags_match || (data[53..] != *b"00" && data[53..] != *b"01"));
+        }
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        let name = crate::proxy::host_name(s);
+        assert!(s.contains(name.trim_end_matches('.')) || name.is_empty());
+        let _ = crate::proxy::has_dot_segment(s);
+    }
+    let mut headers = actix_web::http::header::HeaderMap::new();
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_bytes(data) {
+        headers.insert(
+            actix_web::http::header::HeaderName::from_static("x-request-id"),
+            v.clone(),
+        );
+        let id = crate::observability::request_id::for_request(&headers);
+        assert!(id == v || id.len() == 32);
+    }
+}
