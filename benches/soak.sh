@@ -21,36 +21,11 @@ TRACING=${TRACING:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-log() { printf '[soak] %s\n' "$*" >&2; }
-die() { printf '[soak] error: %s\n' "$*" >&2; exit 1; }
-
-PIDS=()
+LOG_TAG=soak
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kairos-soak.XXXXXX")
 chmod 755 "$TMP"
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ $KEEP_TMP == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-need=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if ((${#need[@]})); then
-    SUDO=()
-    [[ $EUID -eq 0 ]] || SUDO=(sudo)
-    log "installing ${need[*]} with apt-get"
-    "${SUDO[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [[ -z ${KAIROS_BIN:-} ]]; then
     log "cargo build --release"
@@ -61,23 +36,6 @@ if [[ -z ${KAIROS_BIN:-} ]]; then
 fi
 [[ -x $KAIROS_BIN ]] || die "no kairos-rs binary at $KAIROS_BIN"
 
-# free_port VAR: sets VAR to a port nothing uses (not via $(...): the list of ports handed
-# out must live in this shell). Below the kernel's ephemeral range (32768 and up), so no
-# outgoing connection holds it either.
-USED=" "
-free_port() {
-    local in_use p
-    in_use=" $(ss -Htan 2>/dev/null | awk '{n=split($4,a,":"); printf "%s ", a[n]}') "
-    for _ in $(seq 200); do
-        p=$((10000 + RANDOM % 22000))
-        if [[ $in_use != *" $p "* && $USED != *" $p "* ]]; then
-            USED+="$p "
-            printf -v "$1" '%s' "$p"
-            return
-        fi
-    done
-    die "no free port"
-}
 free_port UP_PORT
 free_port SINK_PORT
 free_port GW_PORT

@@ -32,6 +32,16 @@ fn config_with(up: &str, failing: &str, routes: &str, admin: &str) -> String {
     )
 }
 
+/// A gateway with the admin token, the three upstreams and ROUTES.
+fn gateway(up: &str, failing: &str) -> Gateway {
+    Gateway::start(&config_with(
+        up,
+        failing,
+        ROUTES,
+        &format!(r#"{{"token":"{TOKEN}"}}"#),
+    ))
+}
+
 const ROUTES: &str = r#"[
   {"name":"get-user","path":"/users/{id}","methods":["GET","POST"],"upstream":"users"},
   {"name":"broken","path":"/broken","upstream":"failing"},
@@ -41,12 +51,7 @@ const ROUTES: &str = r#"[
 #[tokio::test]
 async fn metrics_need_the_token_unless_public() {
     let up = Upstream::start_ok();
-    let gw = Gateway::start(&config_with(
-        &up.url(),
-        &up.url(),
-        ROUTES,
-        &format!(r#"{{"token":"{TOKEN}"}}"#),
-    ));
+    let gw = gateway(&up.url(), &up.url());
     let res = client()
         .get(gw.url("/_kairos/metrics"))
         .send()
@@ -88,12 +93,7 @@ async fn metrics_need_the_token_unless_public() {
 async fn counters_match_known_traffic_and_promtool_accepts_the_output() {
     let up = Upstream::start(|_| Reply::ok("hello"));
     let failing = Upstream::start(|_| Reply::ok("oops").status(503));
-    let gw = Gateway::start(&config_with(
-        &up.url(),
-        &failing.url(),
-        ROUTES,
-        &format!(r#"{{"token":"{TOKEN}"}}"#),
-    ));
+    let gw = gateway(&up.url(), &failing.url());
     let c = client();
     for i in 0..5 {
         let res = c.get(gw.url(&format!("/users/{i}"))).send().await.unwrap();
@@ -265,12 +265,7 @@ fn series_count(text: &str, name: &str) -> usize {
 #[tokio::test]
 async fn ten_thousand_distinct_paths_do_not_grow_the_series() {
     let up = Upstream::start_ok();
-    let gw = Gateway::start(&config_with(
-        &up.url(),
-        &up.url(),
-        ROUTES,
-        &format!(r#"{{"token":"{TOKEN}"}}"#),
-    ));
+    let gw = gateway(&up.url(), &up.url());
     let c = client();
     let send = |i: usize| {
         let c = c.clone();
@@ -320,12 +315,7 @@ async fn ten_thousand_distinct_paths_do_not_grow_the_series() {
 #[tokio::test]
 async fn active_connections_follow_open_connections() {
     let up = Upstream::start_ok();
-    let gw = Gateway::start(&config_with(
-        &up.url(),
-        &up.url(),
-        ROUTES,
-        &format!(r#"{{"token":"{TOKEN}"}}"#),
-    ));
+    let gw = gateway(&up.url(), &up.url());
     let gauge = || {
         let addr = gw.addr;
         std::thread::spawn(move || {

@@ -72,53 +72,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HIT_PATH=/api/items/42          # the request every wrk run sends
 HIT_ROUTE=/api/items/{id}       # the kairos route that matches it
 
-log() { printf '[load] %s\n' "$*" >&2; }
-die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
-
-# ---------------------------------------------------------------- cleanup of what we started
-PIDS=()
-TMP=""
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -n $TMP && -d $TMP ]]; then
-        if [[ $KEEP_TMP == 1 ]]; then
-            log "kept $TMP"
-        else
-            rm -rf "$TMP"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------- tools
-need=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if ((${#need[@]})); then
-    SUDO=()
-    [[ $EUID -eq 0 ]] || SUDO=(sudo)
-    log "installing ${need[*]} with apt-get"
-    "${SUDO[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-for t in wrk curl ss awk; do command -v "$t" >/dev/null 2>&1 || die "$t not found"; done
+LOG_TAG=load
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
 
 if [[ $PIN == 1 ]] && command -v taskset >/dev/null 2>&1 && (($(nproc) >= 2)); then
     ON_PROXY=(taskset -c "$PROXY_CPU")
@@ -148,23 +104,6 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/kairos-load.XXXXXX")
 chmod 755 "$TMP"
 
 # ---------------------------------------------------------------- free ports
-# free_port VAR: sets VAR to a port nothing uses (not via $(...): the list of ports handed
-# out must live in this shell). Below the kernel's ephemeral range (32768 and up), so no
-# outgoing connection holds it either.
-USED_PORTS=" "
-free_port() {
-    local in_use p
-    in_use=" $(ss -Htan 2>/dev/null | awk '{n=split($4,a,":"); printf "%s ", a[n]}') "
-    for _ in $(seq 200); do
-        p=$((10000 + RANDOM % 22000))
-        if [[ $in_use != *" $p "* && $USED_PORTS != *" $p "* ]]; then
-            USED_PORTS+="$p "
-            printf -v "$1" '%s' "$p"
-            return
-        fi
-    done
-    die "no free port found"
-}
 free_port UP_PORT
 free_port NGX_PORT
 free_port K10_PORT

@@ -328,15 +328,13 @@ async fn proxy<'a>(
             if too_large.get() {
                 return Err(GatewayError::PayloadTooLarge);
             }
-            let ids = outcome.trace().map(|t| t.ids_hex());
-            tracing::warn!(
-                request_id = rid.to_str().unwrap_or_default(),
-                trace_id = ids.as_ref().and_then(|(t, _)| std::str::from_utf8(t).ok()),
-                span_id = ids.as_ref().and_then(|(_, s)| std::str::from_utf8(s).ok()),
-                upstream = %upstream.config.name,
-                server = %server.url,
-                error = %e,
-                "upstream request failed"
+            warn_upstream(
+                outcome,
+                rid,
+                &upstream.config.name,
+                &server.url,
+                &e,
+                "upstream request failed",
             );
             let (kind, err) = match e {
                 forward::ForwardError::Connect(_) => {
@@ -376,14 +374,13 @@ async fn proxy<'a>(
     {
         failed(UpstreamErrorKind::Protocol, outcome);
         // Ambiguous framing (RFC 9112 6.3): refuse it, and drop the connection with the lease.
-        let ids = outcome.trace().map(|t| t.ids_hex());
-        tracing::warn!(
-            request_id = rid.to_str().unwrap_or_default(),
-            trace_id = ids.as_ref().and_then(|(t, _)| std::str::from_utf8(t).ok()),
-            span_id = ids.as_ref().and_then(|(_, s)| std::str::from_utf8(s).ok()),
-            upstream = %upstream.config.name,
-            server = %server.url,
-            "upstream response has both Transfer-Encoding and Content-Length"
+        warn_upstream(
+            outcome,
+            rid,
+            &upstream.config.name,
+            &server.url,
+            &"both Transfer-Encoding and Content-Length",
+            "upstream response has ambiguous framing",
         );
         drop(lease);
         return Err(GatewayError::UpstreamProtocol);
@@ -412,6 +409,27 @@ async fn proxy<'a>(
     res.headers_mut()
         .insert(ax::HeaderName::from_static(request_id::HEADER), rid.clone());
     Ok(res.map_into_boxed_body())
+}
+
+/// A warning about an upstream, with the ids that tie it to the request and its trace.
+fn warn_upstream(
+    outcome: &mut Outcome<'_>,
+    rid: &ax::HeaderValue,
+    upstream: &str,
+    server: &str,
+    error: &dyn std::fmt::Display,
+    message: &str,
+) {
+    let ids = outcome.trace().map(|t| t.ids_hex());
+    tracing::warn!(
+        request_id = rid.to_str().unwrap_or_default(),
+        trace_id = ids.as_ref().and_then(|(t, _)| std::str::from_utf8(t).ok()),
+        span_id = ids.as_ref().and_then(|(_, s)| std::str::from_utf8(s).ok()),
+        upstream,
+        server,
+        error = %error,
+        "{message}"
+    );
 }
 
 /// The Host the client asked for: the Host header, or the authority of an HTTP/2 request.

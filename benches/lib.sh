@@ -1,0 +1,69 @@
+# Shared by benches/load/run.sh and benches/soak.sh (sourced, not run): logging, cleanup of
+# every process started, tool installation, free ports. The caller sets LOG_TAG and KEEP_TMP
+# first, appends the pids it starts to PIDS and may set TMP to a directory to remove.
+
+log() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }
+die() { printf '[%s] error: %s\n' "$LOG_TAG" "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- cleanup of what we started
+PIDS=()
+TMP=""
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $KEEP_TMP == 1 ]]; then
+            log "kept $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if ((${#need[@]})); then
+    SUDO=()
+    [[ $EUID -eq 0 ]] || SUDO=(sudo)
+    log "installing ${need[*]} with apt-get"
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+for t in wrk curl ss awk; do command -v "$t" >/dev/null 2>&1 || die "$t not found"; done
+
+# free_port VAR: sets VAR to a port nothing uses (not via $(...): the list of ports handed
+# out must live in this shell). Below the kernel's ephemeral range (32768 and up), so no
+# outgoing connection holds it either.
+USED_PORTS=" "
+free_port() {
+    local in_use p
+    in_use=" $(ss -Htan 2>/dev/null | awk '{n=split($4,a,":"); printf "%s ", a[n]}') "
+    for _ in $(seq 200); do
+        p=$((10000 + RANDOM % 22000))
+        if [[ $in_use != *" $p "* && $USED_PORTS != *" $p "* ]]; then
+            USED_PORTS+="$p "
+            printf -v "$1" '%s' "$p"
+            return
+        fi
+    done
+    die "no free port found"
+}
