@@ -31,6 +31,12 @@ cleanup() {
     fi
     exit "$rc"
 }
+# Drops a reaped pid from PIDS, so that cleanup never signals a recycled pid.
+forget() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM

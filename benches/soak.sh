@@ -73,11 +73,13 @@ EOF
 "$KAIROS_BIN" --config "$TMP/kairos.json" >"$TMP/kairos.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
+ready=0
 for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$GW_PORT/api/items/1" >/dev/null 2>&1 && break
+    curl -fsS "http://127.0.0.1:$GW_PORT/api/items/1" >/dev/null 2>&1 && ready=1 && break
     kill -0 "$GW_PID" 2>/dev/null || die "kairos-rs exited: $(tail -5 "$TMP/kairos.log")"
     sleep 0.1
 done
+((ready)) || die "kairos-rs not ready after 10 s: $(tail -5 "$TMP/kairos.log")"
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 log "kairos-rs $KAIROS_BIN on :$GW_PORT; ${WARMUP}s warm-up, then ${DURATION}s at wrk -t1 -c$CONNECTIONS"
@@ -96,6 +98,8 @@ while kill -0 "$WRK" 2>/dev/null; do
     sleep 10
 done
 wait "$WRK" || true
+forget "$WRK"
+kill -0 "$GW_PID" 2>/dev/null || die "kairos-rs died during the soak: $(tail -5 "$TMP/kairos.log")"
 END=$(rss_kb "$GW_PID")
 METRICS=$(curl -fsS "http://127.0.0.1:$GW_PORT/_kairos/metrics")
 
@@ -108,6 +112,9 @@ echo "RSS samples (s, KiB): $(awk '{ printf "%s:%s ", $1, $2 }' "$SAMPLES")"
 echo "$METRICS" | grep -E '^kairos_(inflight_requests|active_connections) ' || true
 if grep -q 'Non-2xx' "$TMP/wrk.txt"; then
     die "non-2xx responses during the soak"
+fi
+if grep -q 'Socket errors' "$TMP/wrk.txt"; then
+    die "socket errors (connect, read, write or timeout) during the soak"
 fi
 growth=$((END - START))
 if ((growth > GROWTH_LIMIT_MB * 1024)); then

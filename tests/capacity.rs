@@ -62,7 +62,7 @@ fn ten_thousand_idle_connections_and_a_thousand_slow_requests_in_bounded_memory(
     // connection when it opens and keeps them while it idles (NGINX: about 1-2 KB). Bounded,
     // not small; the bound catches a leak or a per-connection allocation that grows.
     assert!(
-        per_conn < 24.0 * 1024.0,
+        per_conn < 32.0 * 1024.0,
         "an idle connection costs {per_conn:.0} bytes ({:.1} MiB for 10,000)",
         mib(idle_10k)
     );
@@ -83,18 +83,14 @@ fn ten_thousand_idle_connections_and_a_thousand_slow_requests_in_bounded_memory(
                 .unwrap()
         })
         .collect();
-    // Sample the gateway's memory while the requests wait on the upstream.
-    let mut peak = 0;
-    while started.elapsed() < Duration::from_millis(1800) {
-        peak = peak.max(rss_kib(gw.pid()).0);
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let mut ok = 0;
     for h in handles {
         let out = h.join().unwrap();
         ok += usize::from(out.starts_with("HTTP/1.1 200") && out.ends_with("slow"));
     }
     let elapsed = started.elapsed();
+    // The kernel's high-water mark of the gateway's resident memory over the whole part.
+    let (_, peak) = rss_kib(gw.pid());
     eprintln!(
         "1,000 concurrent 2 s requests: all done in {:.1} s; RSS {:.1} MiB -> peak {:.1} MiB",
         elapsed.as_secs_f64(),

@@ -266,6 +266,10 @@ fn sizes_durations_versions_and_tls_files() {
         "{}",
         e.message
     );
+    let e = one(&format!(
+        r#"{{{UP}, "routes": [{{"name": "unmatched", "path": "/a", "upstream": "users"}}]}}"#
+    ));
+    assert!(e.message.contains("reserved"), "{}", e.message);
     let e = one(r#"{"server": {"client_header_timeout": "0s"}}"#);
     assert_eq!(e.path, "server.client_header_timeout");
     let e = one(r#"{"tracing": {"endpoint": "ftp://collector:4318"}}"#);

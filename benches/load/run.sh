@@ -322,12 +322,6 @@ in_bg() {
     forget "$pid"
     return "$rc"
 }
-# Drops a reaped pid from PIDS, so that cleanup never signals a recycled pid.
-forget() {
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
 
 declare -A RPS P50 P99 CPU
 BAD=0

@@ -35,9 +35,14 @@ async fn metrics(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespons
     if !rt.config.admin.public_metrics && !authorized(&req, rt.config.admin.token.as_deref()) {
         return GatewayError::Unauthorized.to_response(&request_id::for_request(req.headers()));
     }
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+    // Off the worker: the process collector reads /proc/self/fd, one entry per connection.
+    let metrics = state.metrics.clone();
+    match web::block(move || metrics.render()).await {
+        Ok(body) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(body),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
 }
 
 /// Any other `/_kairos` path: 401 without a valid token, 404 with one.

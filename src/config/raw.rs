@@ -116,8 +116,9 @@ pub struct RawServer {
     /// At the cap the gateway stops accepting: new connections wait in the kernel's accept
     /// queue (backpressure) instead of being refused or exhausting memory.
     pub max_connections: Option<usize>,
-    /// Longest time a client may take to send a request head, from the connection's start or
-    /// the previous response (default "10s"); a slower client gets 408 and is disconnected.
+    /// Longest time a client may take to send the first request head on a connection
+    /// (default "10s"); a slower client gets 408 and is disconnected. Later requests on a
+    /// keep-alive connection are bounded by `keep_alive` until their first byte only.
     pub client_header_timeout: Option<DurationStr>,
 }
 

@@ -632,6 +632,13 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         if name.is_empty() {
             v.err(format!("{p}.name"), "route name must not be empty");
         }
+        if name == crate::observability::metrics::UNMATCHED {
+            v.err_hint(
+                format!("{p}.name"),
+                "route name `unmatched` is reserved: metrics label requests that match no route with it",
+                "choose another name",
+            );
+        }
         if let Some(prev) = names.insert(name.clone(), i) {
             v.err_hint(
                 format!("{p}.name"),

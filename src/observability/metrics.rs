@@ -220,11 +220,13 @@ impl Metrics {
     ) -> Rc<RequestSeries> {
         let method_idx = method_index(method);
         let route_idx = route.map_or(u32::MAX, |(i, _)| i as u32);
-        let key = (route_idx, method_idx, status);
+        // The generation is part of the key: after a reload, requests of the old and the new
+        // runtime interleave on a thread without evicting each other.
+        let key = (generation, route_idx, method_idx, status);
         SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();
-            if cache.owner != (self.id, generation) {
-                cache.owner = (self.id, generation);
+            if cache.owner != self.id || cache.map.len() >= MAX_CACHED_SERIES {
+                cache.owner = self.id;
                 cache.map.clear();
             }
             cache
@@ -307,14 +309,17 @@ impl UpstreamSeries {
     }
 }
 
+/// Entries a thread keeps before starting over (stale generations pile up across reloads).
+const MAX_CACHED_SERIES: usize = 16_384;
+
 struct SeriesCache {
-    owner: (u64, u64),
-    map: FxHashMap<(u32, u8, u16), Rc<RequestSeries>>,
+    owner: u64,
+    map: FxHashMap<(u64, u32, u8, u16), Rc<RequestSeries>>,
 }
 
 thread_local! {
     static SERIES: RefCell<SeriesCache> = RefCell::new(SeriesCache {
-        owner: (0, 0),
+        owner: 0,
         map: FxHashMap::default(),
     });
 }

@@ -52,14 +52,17 @@ struct Sink {
 
 impl Sink {
     fn submit(&self, span: Box<SpanRecord>) {
+        // Counted before it is queued, so the exporter never subtracts a span not yet counted.
+        let queued = self.queued.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         match self.tx.try_send(span) {
             Ok(()) => {
-                if self.queued.fetch_add(1, Ordering::Relaxed) + 1 == MAX_BATCH {
+                if queued == MAX_BATCH {
                     self.exporter.unpark();
                 }
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.queue_full.inc()
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.queue_full.inc();
             }
         }
     }
@@ -101,11 +104,14 @@ impl Tracing {
             resource: encode_resource(&cfg.service_name),
             exported: metrics.spans_exported.clone(),
             failed: metrics.spans_dropped.with_label_values(&["export_failed"]),
-            // The SDK's variable, honoured for compatibility: milliseconds between exports.
+            // The SDK's variable, honoured for compatibility: milliseconds between exports
+            // (at least 10, so that a 0 cannot make the thread spin).
             delay: std::env::var("OTEL_BSP_SCHEDULE_DELAY")
                 .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(Duration::from_secs(5), Duration::from_millis),
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(Duration::from_secs(5), |ms| {
+                    Duration::from_millis(ms.max(10))
+                }),
         };
         let thread = std::thread::Builder::new()
             .name("kairos-otlp".into())
@@ -200,13 +206,9 @@ impl Tracing {
     }
 }
 
-impl Drop for Tracing {
-    fn drop(&mut self) {
-        // Never wait here: the last holder may be a worker finishing a request after a reload.
-        self.sink.stop.store(true, Ordering::Release);
-        self.sink.exporter.unpark();
-    }
-}
+// No Drop that stops the exporter: requests still streaming their responses hold the sink
+// after the runtime is replaced. The export thread ends by itself, after a last export, once
+// the last holder is gone (the queue reports `Disconnected`).
 
 /// The tracing state of one request.
 pub struct RequestTrace {
@@ -494,12 +496,16 @@ impl Exporter {
         let mut failing = false;
         loop {
             // Checked before draining, so that nothing submitted before the stop is left.
-            let stop = self.stop.load(Ordering::Acquire);
+            let mut stop = self.stop.load(Ordering::Acquire);
             loop {
                 while batch.len() < MAX_BATCH {
                     match self.rx.try_recv() {
                         Ok(span) => batch.push(*span),
-                        Err(_) => break,
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            stop = true;
+                            break;
+                        }
                     }
                 }
                 if batch.is_empty() {
