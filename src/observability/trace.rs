@@ -330,13 +330,6 @@ impl RequestTrace {
         hex_into(&self.span_id, &mut s);
         (t, s)
     }
-
-    /// The `X-Trace-Id` response header value.
-    pub fn trace_id_header(&self) -> Option<actix_web::http::header::HeaderValue> {
-        let mut t = [0u8; 32];
-        hex_into(&self.trace_id, &mut t);
-        actix_web::http::header::HeaderValue::from_bytes(&t).ok()
-    }
 }
 
 impl Drop for RequestTrace {

@@ -71,11 +71,11 @@ pub async fn handle(
     // Validated lazily: most requests never need the id as text.
     let rid_str = || rid.to_str().unwrap_or_default();
     let trace = rt.tracing.as_ref().map(|t| t.start(&req, rid_str()));
-    let trace_header = trace.as_ref().and_then(|t| t.trace_id_header());
-    let ids = match (&trace, rt.config.logging.access_log) {
-        (Some(t), true) => Some(t.ids_hex()),
-        _ => None,
-    };
+    // Hex-encoded once: for X-Trace-Id and for the access log.
+    let ids = trace.as_ref().map(|t| t.ids_hex());
+    let trace_header = ids
+        .as_ref()
+        .and_then(|(t, _)| ax::HeaderValue::from_bytes(t).ok());
     let mut outcome = Outcome {
         route: None,
         upstream: None,
