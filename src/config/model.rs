@@ -65,14 +65,38 @@ pub struct AdminConfig {
 pub enum Strategy {
     RoundRobin,
     WeightedRoundRobin,
+    LeastConnections,
+    IpHash,
+    Random,
+    HealthBased,
+    P2cEwma,
 }
 
 impl Strategy {
+    pub const ALL: [Strategy; 7] = [
+        Strategy::RoundRobin,
+        Strategy::WeightedRoundRobin,
+        Strategy::LeastConnections,
+        Strategy::IpHash,
+        Strategy::Random,
+        Strategy::HealthBased,
+        Strategy::P2cEwma,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::RoundRobin => "round_robin",
             Strategy::WeightedRoundRobin => "weighted_round_robin",
+            Strategy::LeastConnections => "least_connections",
+            Strategy::IpHash => "ip_hash",
+            Strategy::Random => "random",
+            Strategy::HealthBased => "health_based",
+            Strategy::P2cEwma => "p2c_ewma",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<Strategy> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 }
 

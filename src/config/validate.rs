@@ -443,26 +443,17 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             .as_ref()
             .and_then(|l| l.strategy.as_deref())
         {
-            None | Some("round_robin") => Strategy::RoundRobin,
-            Some("weighted_round_robin") => Strategy::WeightedRoundRobin,
-            Some(other) if STRATEGIES.contains(&other) => {
-                v.err_hint(
-                    format!("{p}.load_balancing.strategy"),
-                    format!("strategy `{other}` is not supported by this version of kairos-rs yet"),
-                    "use round_robin or weighted_round_robin",
-                );
-                Strategy::RoundRobin
-            }
-            Some(other) => {
-                let hint = did_you_mean(other, STRATEGIES)
+            None => Strategy::RoundRobin,
+            Some(name) => Strategy::parse(name).unwrap_or_else(|| {
+                let hint = did_you_mean(name, STRATEGIES)
                     .unwrap_or_else(|| format!("expected one of {}", STRATEGIES.join(", ")));
                 v.err_hint(
                     format!("{p}.load_balancing.strategy"),
-                    format!("unknown strategy `{other}`"),
+                    format!("unknown strategy `{name}`"),
                     hint,
                 );
                 Strategy::RoundRobin
-            }
+            }),
         };
         v.unsupported(&format!("{p}.health_check"), &u.health_check);
         v.unsupported(&format!("{p}.circuit_breaker"), &u.circuit_breaker);

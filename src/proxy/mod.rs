@@ -242,7 +242,11 @@ async fn proxy<'a>(
 
     // Phase 3: pick a server.
     let upstream: &'a Upstream = &rt.upstreams[route.upstream];
-    let server_idx = upstream.balancer.pick();
+    let server_idx = upstream
+        .balancer
+        .candidates(&upstream.servers, 0, 0)
+        .next()
+        .ok_or(GatewayError::NoHealthyUpstream)?;
     let server = upstream
         .config
         .servers

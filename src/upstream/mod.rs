@@ -2,16 +2,20 @@
 //! Health checks, the circuit breaker and discovery will live beside the balancer here.
 
 pub mod balancer;
+pub mod server;
 
 use crate::config::model::UpstreamConfig;
 use crate::observability::metrics::UpstreamSeries;
-use balancer::Balancer;
+use balancer::{Balancer, ServerSpec};
+use server::ServerState;
 use std::sync::Arc;
 
 /// One upstream as the request path sees it.
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub balancer: Balancer,
+    /// Live state of each server, in server order.
+    pub servers: Vec<std::sync::Arc<ServerState>>,
     /// TLS settings used for `https://` servers of this upstream.
     pub tls: Arc<rustls::ClientConfig>,
     /// Connection-pool key of each server, in server order.
@@ -25,7 +29,16 @@ impl Upstream {
         tls: Arc<rustls::ClientConfig>,
         metrics: UpstreamSeries,
     ) -> Self {
-        let balancer = Balancer::new(&config);
+        let specs: Vec<ServerSpec<'_>> = config
+            .servers
+            .iter()
+            .map(|s| ServerSpec {
+                id: &s.url,
+                weight: s.weight,
+            })
+            .collect();
+        let balancer = Balancer::new(config.strategy, &specs);
+        let servers = config.servers.iter().map(|_| Arc::default()).collect();
         let pool_keys = config
             .servers
             .iter()
@@ -34,6 +47,7 @@ impl Upstream {
         Upstream {
             config,
             balancer,
+            servers,
             tls,
             pool_keys,
             metrics,
