@@ -50,7 +50,10 @@ impl Runtime {
                         Arc::new(crate::proxy::forward::tls_config_with_roots(roots))
                     }
                 };
-                Upstream::new(u.clone(), tls, metrics.upstream(&u.name))
+                {
+                    let urls: Vec<&str> = u.servers.iter().map(|s| s.url.as_str()).collect();
+                    Upstream::new(u.clone(), tls, metrics.upstream(&u.name, &urls))
+                }
             })
             .collect();
         Ok(Runtime {
@@ -60,6 +63,25 @@ impl Runtime {
             tracing,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         })
+    }
+}
+
+impl Runtime {
+    /// Starts what a serving runtime runs in the background (health checks) and points the
+    /// per-server gauges at its servers.
+    pub fn start(&self, metrics: &Metrics) {
+        let mut watched = Vec::new();
+        for u in &self.upstreams {
+            u.start_health_checks();
+            for (entry, state) in u.config.servers.iter().zip(&u.servers) {
+                watched.push(crate::observability::metrics::WatchedServer {
+                    upstream: u.config.name.clone(),
+                    server: entry.url.clone(),
+                    state: state.clone(),
+                });
+            }
+        }
+        metrics.watch_servers(watched);
     }
 }
 
@@ -76,6 +98,7 @@ impl SharedState {
     pub fn new(config: Config) -> Result<Self, ConfigErrors> {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::build(config, &metrics)?;
+        runtime.start(&metrics);
         Ok(SharedState {
             live: ArcSwap::from_pointee(runtime),
             ready: AtomicBool::new(false),
@@ -90,6 +113,7 @@ impl SharedState {
 
     /// Replaces the runtime; requests already running keep the old one.
     pub fn swap(&self, runtime: Runtime) {
+        runtime.start(&self.metrics);
         self.live.store(Arc::new(runtime));
     }
 

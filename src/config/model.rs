@@ -108,6 +108,80 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// CA certificates (DER) to trust for https servers; `None` means the Mozilla root set.
     pub tls_roots: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// `None`: each attempt may take what is left of the route's timeout.
+    pub attempt_timeout: Option<Duration>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub circuit_breaker: Option<crate::upstream::breaker::BreakerConfig>,
+    pub outlier: Option<OutlierConfig>,
+    pub retries: RetryConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// Path and query, starting with `/`.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub expected_status: std::ops::RangeInclusive<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    /// 0 = off.
+    pub consecutive_gateway_failures: u32,
+    /// 0 = off.
+    pub consecutive_5xx: u32,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Retries after the first attempt; 0 = off.
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub on_connect_error: bool,
+    pub on_reset: bool,
+    pub on_timeout: bool,
+    /// Response statuses retried (each 100..=599).
+    pub on_status: Vec<u16>,
+    /// Methods retried once the request was sent.
+    pub methods: MethodSet,
+    /// Retries per request allowed over time (0.2 = 20%).
+    pub budget_ratio: f64,
+    pub min_retries_per_second: u32,
+}
+
+impl RetryConfig {
+    /// GET HEAD PUT DELETE OPTIONS TRACE (RFC 9110 9.2.2).
+    pub const IDEMPOTENT: MethodSet = MethodSet(0b1101_1011);
+
+    /// Whether anything but a connect error can be retried (the request must then be kept
+    /// for a replay).
+    pub fn after_send(&self) -> bool {
+        self.attempts > 0 && (self.on_reset || self.on_timeout || !self.on_status.is_empty())
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 1,
+            backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_secs(1),
+            on_connect_error: true,
+            on_reset: true,
+            on_timeout: false,
+            on_status: Vec::new(),
+            methods: Self::IDEMPOTENT,
+            budget_ratio: 0.2,
+            min_retries_per_second: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -15,14 +15,11 @@ pub type SizeStr = String;
 pub type Unsupported = serde_json::Value;
 
 /// Keys (at any depth) of sections this build refuses; `${ENV}` is not expanded inside them.
-pub const UNSUPPORTED_KEYS: [&str; 8] = [
+pub const UNSUPPORTED_KEYS: [&str; 5] = [
     "jwt_validation",
     "api_keys",
     "rate_limiting",
     "cors",
-    "health_check",
-    "circuit_breaker",
-    "retries",
     "rate_limit",
 ];
 
@@ -149,12 +146,92 @@ pub struct RawUpstream {
     pub connect_timeout: Option<DurationStr>,
     /// TLS settings for https:// servers.
     pub tls: Option<RawUpstreamTls>,
-    /// Not implemented yet: rejected with a clear error.
-    pub health_check: Option<Unsupported>,
-    /// Not implemented yet: rejected with a clear error.
-    pub circuit_breaker: Option<Unsupported>,
-    /// Not implemented yet: rejected with a clear error.
-    pub retries: Option<Unsupported>,
+    /// Longest wait for one attempt's response head (default: the route's timeout, which
+    /// also bounds all attempts together).
+    pub attempt_timeout: Option<DurationStr>,
+    /// Active health checks: one GET per server every interval, from one task per server.
+    pub health_check: Option<RawHealthCheck>,
+    /// Per-server circuit breaker (off unless this section is present).
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Passive ejection of servers that fail live requests in a row (on by default for
+    /// connect errors, timeouts and resets).
+    pub outlier_detection: Option<RawOutlierDetection>,
+    /// Retries to the next server (default: one retry after a connect error or a reset).
+    pub retries: Option<RawRetries>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path (and query) requested with GET on each server (default "/health").
+    pub path: Option<String>,
+    /// Time between checks of one server, with +-10% jitter (default "10s").
+    pub interval: Option<DurationStr>,
+    /// Longest a check may take (default "2s").
+    pub timeout: Option<DurationStr>,
+    /// Consecutive passing checks that make an unhealthy server healthy (default 2).
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failing checks that make a healthy server unhealthy (default 3).
+    pub unhealthy_threshold: Option<u32>,
+    /// Statuses that pass: "200-399" (default), or one status such as "200".
+    pub expected_status: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    /// Consecutive failures (connect error, timeout, reset, 5xx) that open the circuit
+    /// (default 5).
+    pub failure_threshold: Option<u32>,
+    /// How long an open circuit fails fast before letting probes through (default "30s").
+    pub recovery_timeout: Option<DurationStr>,
+    /// Requests the rolling window needs before the error percentage counts (default 10).
+    pub minimum_throughput: Option<u32>,
+    /// Failure percentage over the rolling window that opens the circuit (default 50.0).
+    pub error_percentage_threshold: Option<f64>,
+    /// Length of the rolling window (default "10s").
+    pub window: Option<DurationStr>,
+    /// Probes let through when half-open; all must succeed to close (default 1).
+    pub half_open_requests: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    /// Set false to turn passive ejection off (default true).
+    pub enabled: Option<bool>,
+    /// Connect errors, timeouts and resets in a row that eject a server (default 5; 0 = off).
+    pub consecutive_gateway_failures: Option<u32>,
+    /// Failed attempts (5xx responses included) in a row that eject a server (default 0 = off).
+    pub consecutive_5xx: Option<u32>,
+    /// First ejection's length; the n-th lasts n times this (default "30s").
+    pub base_ejection_time: Option<DurationStr>,
+    /// Longest ejection (default "300s").
+    pub max_ejection_time: Option<DurationStr>,
+    /// Most servers of the upstream ejected at once, in percent, rounded down (default 50).
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Retries after the first attempt, each to the next server (default 1; 0 = off).
+    pub attempts: Option<u32>,
+    /// Base of the exponential backoff between retries, with jitter (default "25ms").
+    pub backoff: Option<DurationStr>,
+    /// Longest backoff (default "1s").
+    pub max_backoff: Option<DurationStr>,
+    /// Conditions: "connect_error", "reset", "timeout", "5xx", or a status such as "503"
+    /// (default ["connect_error", "reset", "502", "503", "504"]). A connect error is retried
+    /// for every method (nothing was sent); the others only for `methods`.
+    pub on: Option<Vec<String>>,
+    /// Methods retried after the request was sent (default: the idempotent ones, GET HEAD
+    /// OPTIONS TRACE PUT DELETE).
+    pub methods: Option<Vec<String>>,
+    /// Retries allowed as a share of requests, in percent (default 20).
+    pub budget_percent: Option<f64>,
+    /// Retries allowed per second regardless of traffic (default 10).
+    pub min_retries_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -177,7 +254,8 @@ pub struct RawServerEntry {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLoadBalancing {
-    /// round_robin (default) or weighted_round_robin.
+    /// round_robin (default), weighted_round_robin, least_connections, ip_hash, random,
+    /// health_based or p2c_ewma.
     pub strategy: Option<String>,
 }
 

@@ -5,6 +5,7 @@ use super::error::{did_you_mean, ConfigError};
 use super::model::*;
 use super::raw::*;
 use super::units::{parse_duration, parse_size};
+use crate::upstream::breaker::BreakerConfig;
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::path::Path;
@@ -455,9 +456,36 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
                 Strategy::RoundRobin
             }),
         };
-        v.unsupported(&format!("{p}.health_check"), &u.health_check);
-        v.unsupported(&format!("{p}.circuit_breaker"), &u.circuit_breaker);
-        v.unsupported(&format!("{p}.retries"), &u.retries);
+        let attempt_timeout = u.attempt_timeout.as_ref().map(|_| {
+            v.duration(
+                &format!("{p}.attempt_timeout"),
+                &u.attempt_timeout,
+                Duration::from_secs(30),
+            )
+        });
+        if attempt_timeout.is_some_and(|d| d.is_zero()) {
+            v.err(
+                format!("{p}.attempt_timeout"),
+                "attempt_timeout must be more than 0s",
+            );
+        }
+        let health_check = u
+            .health_check
+            .as_ref()
+            .map(|h| health_check(&mut v, &format!("{p}.health_check"), h));
+        let circuit_breaker = u
+            .circuit_breaker
+            .as_ref()
+            .map(|b| circuit_breaker(&mut v, &format!("{p}.circuit_breaker"), b));
+        let outlier = outlier_detection(
+            &mut v,
+            &format!("{p}.outlier_detection"),
+            u.outlier_detection.as_ref(),
+        );
+        let retries = match &u.retries {
+            None => RetryConfig::default(),
+            Some(r) => retries(&mut v, &format!("{p}.retries"), r),
+        };
         let connect_timeout = v.duration(
             &format!("{p}.connect_timeout"),
             &u.connect_timeout,
@@ -494,6 +522,11 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             strategy,
             connect_timeout,
             tls_roots,
+            attempt_timeout,
+            health_check,
+            circuit_breaker,
+            outlier,
+            retries,
         });
     }
 
@@ -719,6 +752,272 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
 
 /// The OTLP/HTTP port of Jaeger, Tempo and the OpenTelemetry Collector.
 const OTLP_HTTP_PORT: u16 = 4318;
+
+fn positive(v: &mut V, path: String, value: Option<u32>, default: u32) -> u32 {
+    match value {
+        Some(0) => {
+            v.err(path, "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    }
+}
+
+fn nonzero_duration(
+    v: &mut V,
+    path: String,
+    value: &Option<String>,
+    default: Duration,
+) -> Duration {
+    let d = v.duration(&path, value, default);
+    if d.is_zero() {
+        v.err(path, "must be more than 0s");
+        return default;
+    }
+    d
+}
+
+fn health_check(v: &mut V, p: &str, h: &RawHealthCheck) -> HealthCheckConfig {
+    let path = h.path.clone().unwrap_or_else(|| "/health".into());
+    if !path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+        v.err_hint(
+            format!("{p}.path"),
+            format!("`{path}` is not a request path"),
+            "write a path starting with /, such as \"/health\"",
+        );
+    }
+    let interval = nonzero_duration(
+        v,
+        format!("{p}.interval"),
+        &h.interval,
+        Duration::from_secs(10),
+    );
+    let timeout = nonzero_duration(
+        v,
+        format!("{p}.timeout"),
+        &h.timeout,
+        Duration::from_secs(2),
+    );
+    if timeout > interval {
+        v.err_hint(
+            format!("{p}.timeout"),
+            "timeout is longer than interval",
+            "a check must end before the next one starts; lower the timeout",
+        );
+    }
+    let expected_status = match h.expected_status.as_deref() {
+        None => 200..=399,
+        Some(text) => match parse_status_range(text) {
+            Ok(r) => r,
+            Err(e) => {
+                v.err_hint(
+                    format!("{p}.expected_status"),
+                    e,
+                    "write \"200-399\" or \"204\"",
+                );
+                200..=399
+            }
+        },
+    };
+    HealthCheckConfig {
+        path,
+        interval,
+        timeout,
+        healthy_threshold: positive(v, format!("{p}.healthy_threshold"), h.healthy_threshold, 2),
+        unhealthy_threshold: positive(
+            v,
+            format!("{p}.unhealthy_threshold"),
+            h.unhealthy_threshold,
+            3,
+        ),
+        expected_status,
+    }
+}
+
+/// "200-399" or "204": statuses from 100 to 599.
+pub fn parse_status_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let status = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (100..=599).contains(n))
+            .ok_or_else(|| format!("`{}` is not an HTTP status (100-599)", s.trim()))
+    };
+    let (lo, hi) = match text.split_once('-') {
+        Some((a, b)) => (status(a)?, status(b)?),
+        None => {
+            let s = status(text)?;
+            (s, s)
+        }
+    };
+    if lo > hi {
+        return Err(format!("`{text}` is an empty range"));
+    }
+    Ok(lo..=hi)
+}
+
+fn circuit_breaker(v: &mut V, p: &str, b: &RawCircuitBreaker) -> BreakerConfig {
+    let d = BreakerConfig::default();
+    let pct = b
+        .error_percentage_threshold
+        .unwrap_or(d.error_percentage_threshold);
+    if !(pct > 0.0 && pct <= 100.0) {
+        v.err(
+            format!("{p}.error_percentage_threshold"),
+            format!("{pct} is not a percentage from above 0 to 100"),
+        );
+    }
+    BreakerConfig {
+        failure_threshold: positive(
+            v,
+            format!("{p}.failure_threshold"),
+            b.failure_threshold,
+            d.failure_threshold,
+        ),
+        recovery_timeout: nonzero_duration(
+            v,
+            format!("{p}.recovery_timeout"),
+            &b.recovery_timeout,
+            d.recovery_timeout,
+        ),
+        minimum_throughput: positive(
+            v,
+            format!("{p}.minimum_throughput"),
+            b.minimum_throughput,
+            d.minimum_throughput,
+        ),
+        error_percentage_threshold: pct.clamp(0.0, 100.0),
+        window: nonzero_duration(v, format!("{p}.window"), &b.window, d.window),
+        half_open_requests: positive(
+            v,
+            format!("{p}.half_open_requests"),
+            b.half_open_requests,
+            d.half_open_requests,
+        ),
+    }
+}
+
+fn outlier_detection(v: &mut V, p: &str, o: Option<&RawOutlierDetection>) -> Option<OutlierConfig> {
+    let Some(o) = o else {
+        return Some(OutlierConfig {
+            consecutive_gateway_failures: 5,
+            consecutive_5xx: 0,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        });
+    };
+    let base = nonzero_duration(
+        v,
+        format!("{p}.base_ejection_time"),
+        &o.base_ejection_time,
+        Duration::from_secs(30),
+    );
+    let max = nonzero_duration(
+        v,
+        format!("{p}.max_ejection_time"),
+        &o.max_ejection_time,
+        Duration::from_secs(300),
+    );
+    if max < base {
+        v.err(
+            format!("{p}.max_ejection_time"),
+            "max_ejection_time is shorter than base_ejection_time",
+        );
+    }
+    let pct = o.max_ejection_percent.unwrap_or(50);
+    if pct > 100 {
+        v.err(
+            format!("{p}.max_ejection_percent"),
+            format!("{pct} is more than 100 percent"),
+        );
+    }
+    let cfg = OutlierConfig {
+        consecutive_gateway_failures: o.consecutive_gateway_failures.unwrap_or(5),
+        consecutive_5xx: o.consecutive_5xx.unwrap_or(0),
+        base_ejection_time: base,
+        max_ejection_time: max,
+        max_ejection_percent: pct.min(100),
+    };
+    let off = cfg.consecutive_gateway_failures == 0 && cfg.consecutive_5xx == 0;
+    (o.enabled != Some(false) && !off).then_some(cfg)
+}
+
+const RETRY_CONDITIONS: [&str; 4] = ["connect_error", "reset", "timeout", "5xx"];
+
+fn retries(v: &mut V, p: &str, r: &RawRetries) -> RetryConfig {
+    let d = RetryConfig::default();
+    let mut cfg = RetryConfig {
+        attempts: r.attempts.unwrap_or(d.attempts),
+        backoff: v.duration(&format!("{p}.backoff"), &r.backoff, d.backoff),
+        max_backoff: v.duration(&format!("{p}.max_backoff"), &r.max_backoff, d.max_backoff),
+        ..d
+    };
+    if cfg.attempts > 10 {
+        v.err_hint(
+            format!("{p}.attempts"),
+            format!("{} retries per request is too many", cfg.attempts),
+            "use at most 10; the retry budget limits retries across requests anyway",
+        );
+    }
+    if cfg.max_backoff < cfg.backoff {
+        v.err(
+            format!("{p}.max_backoff"),
+            "max_backoff is shorter than backoff",
+        );
+    }
+    if let Some(on) = &r.on {
+        cfg.on_connect_error = false;
+        cfg.on_reset = false;
+        for (i, c) in on.iter().enumerate() {
+            match c.as_str() {
+                "connect_error" => cfg.on_connect_error = true,
+                "reset" => cfg.on_reset = true,
+                "timeout" => cfg.on_timeout = true,
+                "5xx" => cfg.on_status.extend(500..=599),
+                other => match other.parse::<u16>() {
+                    Ok(n) if (400..=599).contains(&n) => cfg.on_status.push(n),
+                    _ => {
+                        let hint = did_you_mean(other, RETRY_CONDITIONS).unwrap_or_else(|| {
+                            "use connect_error, reset, timeout, 5xx or a status from 400 to 599"
+                                .into()
+                        });
+                        v.err_hint(
+                            format!("{p}.on[{i}]"),
+                            format!("unknown retry condition `{other}`"),
+                            hint,
+                        );
+                    }
+                },
+            }
+        }
+        cfg.on_status.sort_unstable();
+        cfg.on_status.dedup();
+    } else {
+        cfg.on_status = vec![502, 503, 504];
+    }
+    if let Some(methods) = &r.methods {
+        let mut set = 0u16;
+        for (i, m) in methods.iter().enumerate() {
+            match MethodSet::bit(&m.to_ascii_uppercase()) {
+                Some(b) => set |= b,
+                None => v.err(format!("{p}.methods[{i}]"), format!("unknown method `{m}`")),
+            }
+        }
+        cfg.methods = MethodSet(set);
+    }
+    let pct = r.budget_percent.unwrap_or(20.0);
+    if !(0.0..=100.0).contains(&pct) {
+        v.err(
+            format!("{p}.budget_percent"),
+            format!("{pct} is not a percentage from 0 to 100"),
+        );
+    }
+    cfg.budget_ratio = pct.clamp(0.0, 100.0) / 100.0;
+    cfg.min_retries_per_second = r.min_retries_per_second.unwrap_or(d.min_retries_per_second);
+    cfg
+}
 
 fn tracing_config(v: &mut V, t: &crate::config::raw::RawTracing) -> Option<TracingConfig> {
     let endpoint = match (&t.endpoint, &t.jaeger_endpoint) {

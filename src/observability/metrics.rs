@@ -10,6 +10,7 @@
 //! built ([`UpstreamSeries`]). Later features add their metrics to [`Metrics`] the same way.
 
 use crate::config::model::MethodSet;
+use crate::upstream::server::ServerState;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -18,6 +19,7 @@ use prometheus::{
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 /// Request latency buckets (seconds): 100 µs to 30 s, about three per decade.
 pub const LATENCY_BUCKETS: [f64; 17] = [
@@ -72,6 +74,9 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub spans_exported: IntCounter,
     pub spans_dropped: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub upstream_ejections: IntCounterVec,
+    servers: Arc<ServerGauges>,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -155,8 +160,19 @@ impl Metrics {
                 "Spans lost: queue_full (export too slow) or export_failed (collector down).",
                 &["reason"],
             ),
+            upstream_retries: counter_vec(
+                "kairos_upstream_retries_total",
+                "Retries sent to another upstream server after a failed attempt.",
+                &["upstream"],
+            ),
+            upstream_ejections: counter_vec(
+                "kairos_upstream_ejections_total",
+                "Times outlier detection took a server out after consecutive failures.",
+                &["upstream", "server"],
+            ),
+            servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 12] = [
+        let collectors: [Box<dyn Collector>; 15] = [
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
             Box::new(m.request_bytes.clone()),
@@ -169,6 +185,9 @@ impl Metrics {
             Box::new(m.build_info.clone()),
             Box::new(m.spans_exported.clone()),
             Box::new(m.spans_dropped.clone()),
+            Box::new(m.upstream_retries.clone()),
+            Box::new(m.upstream_ejections.clone()),
+            Box::new(ServerGaugesCollector(m.servers.clone())),
         ];
         for c in collectors {
             m.register(c);
@@ -248,12 +267,24 @@ impl Metrics {
     }
 
     /// The series of one upstream, resolved when the runtime is built.
-    pub fn upstream(&self, name: &str) -> UpstreamSeries {
+    pub fn upstream(&self, name: &str, servers: &[&str]) -> UpstreamSeries {
         UpstreamSeries {
             duration: self.upstream_duration.with_label_values(&[name]),
             errors: UpstreamErrorKind::ALL
                 .map(|k| self.upstream_errors.with_label_values(&[name, k.as_str()])),
+            retries: self.upstream_retries.with_label_values(&[name]),
+            ejections: servers
+                .iter()
+                .map(|s| self.upstream_ejections.with_label_values(&[name, s]))
+                .collect(),
         }
+    }
+
+    /// The servers whose live state the per-server gauges show (health, circuit, ejection,
+    /// in-flight), read at scrape time. Replaced whole on reload, so servers that are gone
+    /// leave no stale series.
+    pub fn watch_servers(&self, servers: Vec<WatchedServer>) {
+        *self.servers.list.lock().unwrap_or_else(|e| e.into_inner()) = servers;
     }
 }
 
@@ -301,11 +332,105 @@ impl RequestSeries {
 pub struct UpstreamSeries {
     pub duration: Histogram,
     errors: [IntCounter; 4],
+    pub retries: IntCounter,
+    /// Per server, in server order.
+    ejections: Vec<IntCounter>,
 }
 
 impl UpstreamSeries {
     pub fn error(&self, kind: UpstreamErrorKind) {
         self.errors[kind as usize].inc();
+    }
+
+    pub fn ejection(&self, server: usize) {
+        if let Some(c) = self.ejections.get(server) {
+            c.inc();
+        }
+    }
+}
+
+/// One server the per-server gauges report.
+pub struct WatchedServer {
+    pub upstream: String,
+    pub server: String,
+    pub state: Arc<ServerState>,
+}
+
+/// Gauges computed from the servers' live state when Prometheus scrapes.
+struct ServerGauges {
+    list: Mutex<Vec<WatchedServer>>,
+    health: IntGaugeVec,
+    circuit: IntGaugeVec,
+    ejected: IntGaugeVec,
+    inflight: IntGaugeVec,
+}
+
+impl ServerGauges {
+    fn new() -> Self {
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["upstream", "server"])
+                .expect("valid metric definition")
+        };
+        ServerGauges {
+            list: Mutex::new(Vec::new()),
+            health: gauge(
+                "kairos_upstream_health",
+                "Active health check verdict: 1 healthy (or not checked), 0 unhealthy.",
+            ),
+            circuit: gauge(
+                "kairos_circuit_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            ),
+            ejected: gauge(
+                "kairos_upstream_ejected",
+                "1 while outlier detection keeps the server out.",
+            ),
+            inflight: gauge(
+                "kairos_upstream_inflight_requests",
+                "Requests in flight to the server, response bodies included.",
+            ),
+        }
+    }
+}
+
+struct ServerGaugesCollector(Arc<ServerGauges>);
+
+impl Collector for ServerGaugesCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let g = &self.0;
+        [&g.health, &g.circuit, &g.ejected, &g.inflight]
+            .into_iter()
+            .flat_map(|v| v.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use crate::upstream::balancer::ServerLoad;
+        let g = &self.0;
+        // One scrape at a time: the gauges are rebuilt from scratch on each.
+        let list = g.list.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::upstream::now_ms();
+        for v in [&g.health, &g.circuit, &g.ejected, &g.inflight] {
+            v.reset();
+        }
+        for w in list.iter() {
+            let labels = [w.upstream.as_str(), w.server.as_str()];
+            let healthy = w.state.health() != crate::upstream::server::Health::Unhealthy;
+            g.health.with_label_values(&labels).set(i64::from(healthy));
+            g.circuit
+                .with_label_values(&labels)
+                .set(w.state.circuit() as i64);
+            g.ejected
+                .with_label_values(&labels)
+                .set(i64::from(w.state.ejected(now)));
+            g.inflight
+                .with_label_values(&labels)
+                .set(i64::from(w.state.inflight()));
+        }
+        [&g.health, &g.circuit, &g.ejected, &g.inflight]
+            .into_iter()
+            .flat_map(|v| v.collect())
+            .collect()
     }
 }
 

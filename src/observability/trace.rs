@@ -248,14 +248,23 @@ impl RequestTrace {
         path_and_query: &str,
         authority: &http::uri::Authority,
         upstream: &str,
+        resend_count: u32,
     ) -> http::HeaderValue {
         let Some(server) = &mut self.server else {
             return traceparent(&self.trace_id, &self.span_id, false);
         };
-        server
-            .attrs
-            .push(("kairos.upstream", Val::Str(upstream.to_string())));
-        let mut attrs = Vec::with_capacity(6);
+        if resend_count == 0 {
+            server
+                .attrs
+                .push(("kairos.upstream", Val::Str(upstream.to_string())));
+        }
+        let mut attrs = Vec::with_capacity(7);
+        if resend_count > 0 {
+            attrs.push((
+                "http.request.resend_count",
+                Val::Int(i64::from(resend_count)),
+            ));
+        }
         attrs.push(("http.request.method", method_value(method)));
         attrs.push(("server.address", Val::Str(authority.host().to_string())));
         if let Some(port) = authority.port_u16() {

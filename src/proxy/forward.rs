@@ -50,17 +50,45 @@ pub enum ForwardError {
     Protocol(String),
 }
 
+/// A failed exchange, with the request when it was never written: it can then be sent
+/// elsewhere whatever its method or body.
+pub struct SendError {
+    pub error: ForwardError,
+    pub unsent: Option<http::Request<ProxyBody>>,
+}
+
+impl From<ForwardError> for SendError {
+    fn from(error: ForwardError) -> Self {
+        SendError {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// A connection in use; return it with [`Lease::release`] once the response body has ended.
 pub struct Lease {
     key: u64,
     sender: SendRequest<ProxyBody>,
+    /// Counts the request as in flight to its server until the body ends.
+    guard: Option<crate::upstream::server::AttemptGuard>,
 }
 
 impl Lease {
+    /// Holds `guard` (the server's in-flight count) until the lease ends.
+    pub fn hold(&mut self, guard: crate::upstream::server::AttemptGuard) {
+        self.guard = Some(guard);
+    }
+
     /// Puts the connection back in this worker's pool. A connection still busy (the request
     /// body may still be streaming after an early response) goes back once it is ready.
     pub fn release(self) {
-        let Lease { key, mut sender } = self;
+        let Lease {
+            key,
+            mut sender,
+            guard,
+        } = self;
+        drop(guard);
         if sender.is_ready() {
             POOL.with(|p| p.borrow_mut().put(key, sender));
         } else if !sender.is_closed() {
@@ -127,7 +155,7 @@ thread_local! {
 pub async fn send(
     mut req: http::Request<ProxyBody>,
     target: &Target<'_>,
-) -> Result<(http::Response<Incoming>, Lease), ForwardError> {
+) -> Result<(http::Response<Incoming>, Lease), SendError> {
     for attempt in 0..=STALE_RETRIES {
         let pooled = if attempt < STALE_RETRIES {
             POOL.with(|p| p.borrow_mut().checkout(target.pool_key))
@@ -137,7 +165,15 @@ pub async fn send(
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(s) => s,
-            None => connect(target).await?,
+            None => match connect(target).await {
+                Ok(s) => s,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        unsent: Some(req),
+                    })
+                }
+            },
         };
         match sender.try_send_request(req).await {
             Ok(res) => {
@@ -146,17 +182,23 @@ pub async fn send(
                     Lease {
                         key: target.pool_key,
                         sender,
+                        guard: None,
                     },
                 ))
             }
             Err(mut e) => match e.take_message() {
                 // The pooled connection closed before the request was written: try another.
                 Some(r) if reused => req = r,
-                _ => return Err(classify(e.into_error())),
+                unsent => {
+                    return Err(SendError {
+                        error: classify(e.into_error()),
+                        unsent,
+                    })
+                }
             },
         }
     }
-    Err(ForwardError::Protocol("no usable connection".into()))
+    Err(ForwardError::Protocol("no usable connection".into()).into())
 }
 
 async fn connect(t: &Target<'_>) -> Result<SendRequest<ProxyBody>, ForwardError> {

@@ -9,12 +9,13 @@ pub mod forward;
 pub mod headers;
 pub mod router;
 
-use crate::config::model::{RewritePart, RouteConfig};
+use crate::config::model::{RewritePart, RouteConfig, ServerConfig, Strategy};
 use crate::observability::metrics::{self, Metrics, UpstreamErrorKind};
 use crate::observability::request_id;
 use crate::observability::trace::{self, RequestTrace};
 use crate::state::{Runtime, SharedState};
-use crate::upstream::Upstream;
+use crate::upstream::server::AttemptResult;
+use crate::upstream::{balancer, Upstream};
 use actix_web::body::MessageBody;
 use actix_web::http::header as ax;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -240,34 +241,13 @@ async fn proxy<'a>(
         None => ProxyBody::Empty,
     };
 
-    // Phase 3: pick a server.
+    // Phase 3: the upstream request, built once; a retry rebuilds it from the client's
+    // request (only bodies kept whole can be sent twice).
     let upstream: &'a Upstream = &rt.upstreams[route.upstream];
-    let server_idx = upstream
-        .balancer
-        .candidates(&upstream.servers, 0, 0)
-        .next()
-        .ok_or(GatewayError::NoHealthyUpstream)?;
-    let server = upstream
-        .config
-        .servers
-        .get(server_idx)
-        .ok_or(GatewayError::NoHealthyUpstream)?;
-    outcome.upstream = Some(&server.url);
-
-    // Phase 4: the upstream request.
+    let policy = &upstream.config.retries;
     let path_and_query = upstream_path(req, route, &params)?;
-    // Origin-form on the wire (`GET /path?query HTTP/1.1`); the server is chosen by the pool.
-    let uri = http::Uri::from(path_and_query);
-    let mut up = http::Request::new(upstream_body);
-    *up.method_mut() = http::Method::from_bytes(method.as_str().as_bytes())
+    let up_method = http::Method::from_bytes(method.as_str().as_bytes())
         .map_err(|_| GatewayError::BadRequest("invalid method"))?;
-    *up.uri_mut() = uri;
-    let upstream_host = match (route.preserve_host, host) {
-        (true, Some(h)) => {
-            http::HeaderValue::from_str(h).unwrap_or_else(|_| server.host_header.clone())
-        }
-        _ => server.host_header.clone(),
-    };
     let peer = req.peer_addr().map(|a| a.ip());
     let client = headers::ClientInfo {
         peer,
@@ -281,120 +261,246 @@ async fn proxy<'a>(
     };
     let rid_up = http::HeaderValue::from_bytes(rid.as_bytes())
         .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
-    headers::request_headers(
-        req.headers(),
-        up.headers_mut(),
-        &client,
-        upstream_host,
-        &rid_up,
-    );
-    if matches!(up.body(), ProxyBody::Stream { len: None, .. }) {
-        // Say so explicitly: for GET and HEAD hyper would otherwise assume no body.
-        up.headers_mut().insert(
-            http::header::TRANSFER_ENCODING,
-            http::HeaderValue::from_static("chunked"),
-        );
-    }
-
-    if let Some(t) = outcome.trace() {
-        let tp = t.start_attempt(
-            method.as_str(),
-            server.https,
-            up.uri().path_and_query().map_or("/", |pq| pq.as_str()),
-            &server.authority,
-            &upstream.config.name,
-        );
-        up.headers_mut().insert(trace::TRACEPARENT, tp);
-    }
-
-    // Phase 5: forward, bounded by the route's timeout until the response head arrives.
-    let target = forward::Target {
-        pool_key: upstream.pool_keys[server_idx],
-        https: server.https,
-        authority: &server.authority,
-        connect_timeout: upstream.config.connect_timeout,
-        tls: &upstream.tls,
+    let replayable = match &upstream_body {
+        ProxyBody::Empty => Some(None),
+        ProxyBody::Full(Some(b)) => Some(Some(b.clone())),
+        _ => None,
     };
-    let sent_at = Instant::now();
-    let sent = forward::send(up, &target);
-    let failed = |kind: UpstreamErrorKind, outcome: &mut Outcome| {
-        upstream.metrics.error(kind);
-        if let Some(t) = outcome.trace() {
-            t.attempt_result(None, Some(kind.as_str()));
-        }
-    };
-    let (response, lease) = match with_progress_timeout(sent, route.timeout, &progress).await {
-        None => {
-            failed(UpstreamErrorKind::Timeout, outcome);
-            return Err(GatewayError::UpstreamTimeout);
-        }
-        Some(Err(e)) => {
-            if too_large.get() {
-                return Err(GatewayError::PayloadTooLarge);
-            }
-            warn_upstream(
-                outcome,
-                rid,
-                &upstream.config.name,
-                &server.url,
-                &e,
-                "upstream request failed",
+    let replay_after_send =
+        replayable.is_some() && policy.after_send() && policy.methods.contains(method.as_str());
+    let build = |body: ProxyBody| {
+        let mut up = http::Request::new(body);
+        *up.method_mut() = up_method.clone();
+        // Origin-form on the wire (`GET /path?query HTTP/1.1`); the pool picks the server.
+        *up.uri_mut() = http::Uri::from(path_and_query.clone());
+        headers::request_headers(
+            req.headers(),
+            up.headers_mut(),
+            &client,
+            http::HeaderValue::from_static(""),
+            &rid_up,
+        );
+        if matches!(up.body(), ProxyBody::Stream { len: None, .. }) {
+            // Say so explicitly: for GET and HEAD hyper would otherwise assume no body.
+            up.headers_mut().insert(
+                http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("chunked"),
             );
-            let (kind, err) = match e {
-                forward::ForwardError::Connect(_) => {
-                    (UpstreamErrorKind::Connect, GatewayError::UpstreamConnect)
-                }
-                forward::ForwardError::ConnectTimeout => {
-                    (UpstreamErrorKind::Timeout, GatewayError::UpstreamTimeout)
-                }
-                forward::ForwardError::Body(_) => {
-                    return Err(GatewayError::BadRequest("could not read the request body"))
-                }
-                forward::ForwardError::Protocol(_) => {
-                    (UpstreamErrorKind::Protocol, GatewayError::UpstreamProtocol)
-                }
-            };
-            failed(kind, outcome);
-            return Err(err);
         }
-        Some(Ok(exchange)) => exchange,
+        up
     };
-    upstream
-        .metrics
-        .duration
-        .observe(sent_at.elapsed().as_secs_f64());
+    let mut pending = Some(build(upstream_body));
 
-    // Phase 6: the response.
-    let (parts, incoming) = response.into_parts();
-    let status = match actix_web::http::StatusCode::from_u16(parts.status.as_u16()) {
-        Ok(s) => s,
-        Err(_) => {
-            failed(UpstreamErrorKind::Protocol, outcome);
-            return Err(GatewayError::UpstreamProtocol);
-        }
+    // Phase 4: pick a server and forward, bounded by the route's timeout until a response
+    // head arrives; a failed attempt may be retried on the next candidate.
+    let first_now = crate::upstream::now_ms();
+    if policy.attempts > 0 {
+        upstream.budget.deposit();
+    }
+    let key = match upstream.balancer.strategy() {
+        Strategy::IpHash => client_hash(req, &rt.config.server),
+        _ => 0,
     };
-    if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && parts.headers.contains_key(http::header::CONTENT_LENGTH)
-    {
-        failed(UpstreamErrorKind::Protocol, outcome);
-        // Ambiguous framing (RFC 9112 6.3): refuse it, and drop the connection with the lease.
-        warn_upstream(
-            outcome,
-            rid,
-            &upstream.config.name,
-            &server.url,
-            &"both Transfer-Encoding and Content-Length",
-            "upstream response has ambiguous framing",
-        );
-        drop(lease);
-        return Err(GatewayError::UpstreamProtocol);
-    }
-    if status.is_server_error() {
-        upstream.metrics.error(UpstreamErrorKind::Status5xx);
-    }
-    if let Some(t) = outcome.trace() {
-        t.attempt_result(Some(status.as_u16()), None);
-    }
+    let mut candidates = upstream
+        .balancer
+        .candidates(&upstream.servers, first_now, key);
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let mut retries = 0u32;
+    let mut last_error = GatewayError::NoHealthyUpstream;
+    // The next candidate whose breaker admits an attempt.
+    let admit = |candidates: &mut balancer::Candidates<'a, _>| {
+        let now = crate::upstream::now_ms();
+        candidates
+            .by_ref()
+            .find_map(|i| upstream.servers[i].admit(now).map(|g| (i, g)))
+    };
+    // Whether a retry may go ahead: attempts left, another server, budget and time.
+    let retry = |candidates: &mut balancer::Candidates<'a, _>, retries: u32| {
+        if retries > policy.attempts {
+            return None;
+        }
+        let pause = crate::upstream::retry::backoff(policy, retries);
+        if tokio::time::Instant::now() + pause >= deadline {
+            return None;
+        }
+        let next = admit(candidates)?;
+        if !upstream.budget.withdraw(crate::upstream::now_ms()) {
+            tracing::debug!(upstream = upstream.config.name, "retry budget spent");
+            return None;
+        }
+        upstream.metrics.retries.inc();
+        Some((next, pause))
+    };
+    let mut next = admit(&mut candidates);
+    let (parts, incoming, lease) = loop {
+        let Some((server_idx, guard)) = next.take() else {
+            return Err(last_error);
+        };
+        let server = &upstream.config.servers[server_idx];
+        outcome.upstream = Some(&server.url);
+        let mut up = match pending.take() {
+            Some(up) => up,
+            None => match &replayable {
+                Some(Some(b)) => build(ProxyBody::Full(Some(b.clone()))),
+                Some(None) => build(ProxyBody::Empty),
+                None => return Err(last_error),
+            },
+        };
+        let upstream_host = match (route.preserve_host, host) {
+            (true, Some(h)) => {
+                http::HeaderValue::from_str(h).unwrap_or_else(|_| server.host_header.clone())
+            }
+            _ => server.host_header.clone(),
+        };
+        up.headers_mut().insert(http::header::HOST, upstream_host);
+        if let Some(t) = outcome.trace() {
+            let tp = t.start_attempt(
+                method.as_str(),
+                server.https,
+                up.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+                &server.authority,
+                &upstream.config.name,
+                retries,
+            );
+            up.headers_mut().insert(trace::TRACEPARENT, tp);
+        }
+
+        let target = forward::Target {
+            pool_key: upstream.pool_keys[server_idx],
+            https: server.https,
+            authority: &server.authority,
+            connect_timeout: upstream.config.connect_timeout,
+            tls: &upstream.tls,
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt_timeout = upstream
+            .config
+            .attempt_timeout
+            .map_or(remaining, |t| t.min(remaining));
+        let sent_at = Instant::now();
+        let result =
+            with_progress_timeout(forward::send(up, &target), attempt_timeout, &progress).await;
+        let latency = sent_at.elapsed();
+        let record = |result: AttemptResult| {
+            upstream.record(
+                server_idx,
+                crate::upstream::now_ms(),
+                guard.admission,
+                result,
+                latency.as_nanos() as u64,
+            )
+        };
+        retries += 1;
+        // Whether this failure's condition allows a retry at all.
+        let retryable = match result {
+            None => {
+                record(AttemptResult::GatewayFailure);
+                attempt_failed(outcome, upstream, UpstreamErrorKind::Timeout);
+                last_error = GatewayError::UpstreamTimeout;
+                policy.on_timeout && replay_after_send
+            }
+            Some(Err(forward::SendError { error, unsent })) => {
+                if too_large.get() {
+                    return Err(GatewayError::PayloadTooLarge);
+                }
+                if let forward::ForwardError::Body(_) = error {
+                    // The client's body failed: not the server's fault, nothing to retry.
+                    return Err(GatewayError::BadRequest("could not read the request body"));
+                }
+                record(AttemptResult::GatewayFailure);
+                warn_upstream(
+                    outcome,
+                    rid,
+                    &upstream.config.name,
+                    &server.url,
+                    &error,
+                    "upstream request failed",
+                );
+                let (kind, err, on) = match error {
+                    forward::ForwardError::Connect(_) => (
+                        UpstreamErrorKind::Connect,
+                        GatewayError::UpstreamConnect,
+                        policy.on_connect_error,
+                    ),
+                    forward::ForwardError::ConnectTimeout => (
+                        UpstreamErrorKind::Timeout,
+                        GatewayError::UpstreamTimeout,
+                        policy.on_connect_error,
+                    ),
+                    _ => (
+                        UpstreamErrorKind::Protocol,
+                        GatewayError::UpstreamProtocol,
+                        policy.on_reset,
+                    ),
+                };
+                attempt_failed(outcome, upstream, kind);
+                last_error = err;
+                // A request that was never written may go anywhere, whatever its method.
+                let ok = on && (unsent.is_some() || replay_after_send);
+                pending = unsent;
+                ok
+            }
+            Some(Ok((response, mut lease))) => {
+                let (parts, incoming) = response.into_parts();
+                match response_problem(&parts) {
+                    Some(problem) => {
+                        // Drop the connection with the lease: its framing is not trusted.
+                        drop(lease);
+                        record(AttemptResult::GatewayFailure);
+                        attempt_failed(outcome, upstream, UpstreamErrorKind::Protocol);
+                        warn_upstream(
+                            outcome,
+                            rid,
+                            &upstream.config.name,
+                            &server.url,
+                            &problem,
+                            "upstream response refused",
+                        );
+                        last_error = GatewayError::UpstreamProtocol;
+                        policy.on_reset && replay_after_send
+                    }
+                    None => {
+                        let status = parts.status.as_u16();
+                        if status >= 500 {
+                            record(AttemptResult::Status5xx);
+                            upstream.metrics.error(UpstreamErrorKind::Status5xx);
+                        } else {
+                            record(AttemptResult::Success);
+                        }
+                        upstream.metrics.duration.observe(latency.as_secs_f64());
+                        if let Some(t) = outcome.trace() {
+                            t.attempt_result(Some(status), None);
+                        }
+                        if replay_after_send && policy.on_status.binary_search(&status).is_ok() {
+                            if let Some((n, pause)) = retry(&mut candidates, retries) {
+                                // Dropping the unread response closes its connection.
+                                drop((parts, incoming, lease, guard));
+                                next = Some(n);
+                                tokio::time::sleep(pause).await;
+                                continue;
+                            }
+                        }
+                        // The last word is the upstream's own response, 5xx or not.
+                        lease.hold(guard);
+                        break (parts, incoming, lease);
+                    }
+                }
+            }
+        };
+        drop(guard);
+        if !retryable {
+            return Err(last_error);
+        }
+        let Some((n, pause)) = retry(&mut candidates, retries) else {
+            return Err(last_error);
+        };
+        next = Some(n);
+        tokio::time::sleep(pause).await;
+    };
+
+    // Phase 5: the response.
+    let status = actix_web::http::StatusCode::from_u16(parts.status.as_u16())
+        .map_err(|_| GatewayError::UpstreamProtocol)?;
     let len = headers::content_length(&parts.headers);
     let head = method == actix_web::http::Method::HEAD;
     let mut body = UpstreamBody::new(incoming, len, status.as_u16(), head, lease, route.timeout);
@@ -413,6 +519,59 @@ async fn proxy<'a>(
     res.headers_mut()
         .insert(ax::HeaderName::from_static(request_id::HEADER), rid.clone());
     Ok(res.map_into_boxed_body())
+}
+
+/// Counts a failed attempt and marks it on the attempt's span.
+fn attempt_failed(outcome: &mut Outcome<'_>, upstream: &Upstream, kind: UpstreamErrorKind) {
+    upstream.metrics.error(kind);
+    if let Some(t) = outcome.trace() {
+        t.attempt_result(None, Some(kind.as_str()));
+    }
+}
+
+/// Why a response head cannot be passed on, if it cannot.
+fn response_problem(parts: &http::response::Parts) -> Option<&'static str> {
+    if actix_web::http::StatusCode::from_u16(parts.status.as_u16()).is_err() {
+        return Some("invalid status code");
+    }
+    // Ambiguous framing (RFC 9112 6.3): refused, never guessed.
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && parts.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    None
+}
+
+/// The hash ip_hash balances on: the client address, taken from X-Forwarded-For when the
+/// peer is a trusted proxy (the rightmost address that is not itself a trusted proxy).
+fn client_hash(req: &HttpRequest, server: &ServerConfig) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(client_ip(req, server))
+}
+
+/// The client's address as the gateway believes it (see [`client_hash`]).
+pub fn client_ip(req: &HttpRequest, server: &ServerConfig) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr().map(|a| a.ip())?;
+    if !server.is_trusted(peer) {
+        return Some(peer);
+    }
+    let mut ip = peer;
+    for value in req.headers().get_all("x-forwarded-for").rev() {
+        let Ok(text) = value.to_str() else { break };
+        for item in text.rsplit(',') {
+            match item.trim().parse::<std::net::IpAddr>() {
+                Ok(addr) => {
+                    ip = addr;
+                    if !server.is_trusted(addr) {
+                        return Some(ip);
+                    }
+                }
+                Err(_) => return Some(ip),
+            }
+        }
+    }
+    Some(ip)
 }
 
 /// A warning about an upstream, with the ids that tie it to the request and its trace.

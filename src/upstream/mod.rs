@@ -1,26 +1,40 @@
-//! Upstreams at run time: each configured upstream with its servers and its balancer.
-//! Health checks, the circuit breaker and discovery will live beside the balancer here.
+//! Upstreams at run time: each configured upstream with its servers' live state, its
+//! balancer, health checkers, outlier detection, circuit breakers and retry budget.
 
 pub mod balancer;
+pub mod breaker;
+pub mod health;
+pub mod retry;
 pub mod server;
 
 use crate::config::model::UpstreamConfig;
 use crate::observability::metrics::UpstreamSeries;
 use balancer::{Balancer, ServerSpec};
-use server::ServerState;
-use std::sync::Arc;
+use breaker::Admission;
+use server::{AttemptResult, ServerState};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Milliseconds on the gateway's monotonic clock (never 0, so 0 can mean "never").
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    epoch.elapsed().as_millis() as u64 + 1
+}
 
 /// One upstream as the request path sees it.
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub balancer: Balancer,
     /// Live state of each server, in server order.
-    pub servers: Vec<std::sync::Arc<ServerState>>,
+    pub servers: Vec<Arc<ServerState>>,
+    pub budget: retry::RetryBudget,
     /// TLS settings used for `https://` servers of this upstream.
     pub tls: Arc<rustls::ClientConfig>,
     /// Connection-pool key of each server, in server order.
     pub pool_keys: Vec<u64>,
     pub metrics: UpstreamSeries,
+    checkers: OnceLock<health::Checkers>,
 }
 
 impl Upstream {
@@ -38,19 +52,92 @@ impl Upstream {
             })
             .collect();
         let balancer = Balancer::new(config.strategy, &specs);
-        let servers = config.servers.iter().map(|_| Arc::default()).collect();
+        let servers = config
+            .servers
+            .iter()
+            .map(|_| Arc::new(ServerState::new(config.circuit_breaker.clone())))
+            .collect();
         let pool_keys = config
             .servers
             .iter()
             .map(|s| crate::proxy::forward::pool_key(s.https, &s.authority, &tls))
             .collect();
         Upstream {
+            budget: retry::RetryBudget::new(&config.retries),
             config,
             balancer,
             servers,
             tls,
             pool_keys,
             metrics,
+            checkers: OnceLock::new(),
         }
+    }
+
+    /// Starts the active health checks (once; a runtime that is only validated never does).
+    pub fn start_health_checks(&self) {
+        if let Some(cfg) = &self.config.health_check {
+            self.checkers.get_or_init(|| {
+                health::start(
+                    &self.config.name,
+                    cfg,
+                    &self.config.servers,
+                    &self.servers,
+                    &self.tls,
+                )
+            });
+        }
+    }
+
+    /// Records one attempt's result on server `idx`: averages, breaker, and the outlier
+    /// detector, which may eject the server.
+    pub fn record(
+        &self,
+        idx: usize,
+        now: u64,
+        admission: Admission,
+        result: AttemptResult,
+        latency_ns: u64,
+    ) {
+        let Some(server) = self.servers.get(idx) else {
+            return;
+        };
+        let limits = self.config.outlier.as_ref().map_or((0, 0), |o| {
+            (o.consecutive_gateway_failures, o.consecutive_5xx)
+        });
+        if server.record(now, admission, result, latency_ns, limits) {
+            self.maybe_eject(idx, now);
+        }
+    }
+
+    /// Ejects server `idx` unless that would take out more than the allowed share.
+    fn maybe_eject(&self, idx: usize, now: u64) {
+        let Some(o) = &self.config.outlier else {
+            return;
+        };
+        let server = &self.servers[idx];
+        if server.ejected(now) {
+            return;
+        }
+        let max = self.servers.len() * o.max_ejection_percent as usize / 100;
+        let ejected = self.servers.iter().filter(|s| s.ejected(now)).count();
+        if ejected >= max {
+            return;
+        }
+        let base = o.base_ejection_time.as_millis() as u64;
+        // A server that stayed in for the longest ejection since its last one starts over.
+        if server.ejected_until() + o.max_ejection_time.as_millis() as u64 <= now {
+            server.reset_ejections();
+        }
+        let factor = u64::from(server.ejections()) + 1;
+        let length = (base * factor).min(o.max_ejection_time.as_millis() as u64);
+        server.eject(now + length);
+        tracing::warn!(
+            upstream = self.config.name,
+            server = self.config.servers[idx].url,
+            ejected_for_ms = length,
+            "upstream server ejected after consecutive failures"
+        );
+        self.metrics.ejection(idx);
     }
 }

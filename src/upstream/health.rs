@@ -1,0 +1,317 @@
+//! Active health checks: one task per server (not per worker), on one background thread
+//! shared by every upstream. A check is an HTTP GET with a timeout; its result goes through
+//! [`Tracker`] (thresholds) into the server's shared state, where the balancer reads it.
+//!
+//! While a server is on its way to a transition (an unhealthy server passed a check, or a
+//! healthy one failed one), the next checks come `threshold` times faster, so the whole
+//! transition takes about one interval whatever the thresholds are.
+
+use super::server::{CheckRecord, Health, ServerState};
+use crate::config::model::{HealthCheckConfig, ServerEntry};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Health thresholds as a pure state machine.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    healthy_threshold: u32,
+    unhealthy_threshold: u32,
+    state: Health,
+    /// Consecutive results against the current state.
+    streak: u32,
+}
+
+impl Tracker {
+    pub fn new(healthy_threshold: u32, unhealthy_threshold: u32) -> Self {
+        Tracker {
+            healthy_threshold: healthy_threshold.max(1),
+            unhealthy_threshold: unhealthy_threshold.max(1),
+            state: Health::Unknown,
+            streak: 0,
+        }
+    }
+
+    pub fn state(&self) -> Health {
+        self.state
+    }
+
+    /// Feeds one check result; returns the (possibly new) state. The first result decides an
+    /// unknown server at once: a gateway that just started should neither wait three
+    /// intervals to stop sending to a dead server nor to trust a live one.
+    pub fn observe(&mut self, ok: bool) -> Health {
+        let (target, threshold) = match (self.state, ok) {
+            (Health::Unknown, true) => (Health::Healthy, 1),
+            (Health::Unknown, false) => (Health::Unhealthy, 1),
+            (Health::Healthy, true) | (Health::Unhealthy, false) => {
+                self.streak = 0;
+                return self.state;
+            }
+            (Health::Unhealthy, true) => (Health::Healthy, self.healthy_threshold),
+            (Health::Healthy, false) => (Health::Unhealthy, self.unhealthy_threshold),
+        };
+        self.streak += 1;
+        if self.streak >= threshold {
+            self.state = target;
+            self.streak = 0;
+        }
+        self.state
+    }
+
+    /// Whether the last results lean towards a transition that has not happened yet.
+    pub fn pending(&self) -> bool {
+        self.streak > 0
+    }
+
+    /// The threshold of the transition in progress.
+    fn pending_threshold(&self) -> u32 {
+        match self.state {
+            Health::Unhealthy => self.healthy_threshold,
+            _ => self.unhealthy_threshold,
+        }
+    }
+}
+
+/// The delay before the next check: the interval with +-10% jitter, divided by the pending
+/// transition's threshold.
+pub fn next_delay(cfg: &HealthCheckConfig, tracker: &Tracker) -> Duration {
+    let base = if tracker.pending() {
+        cfg.interval / tracker.pending_threshold()
+    } else {
+        cfg.interval
+    };
+    base.mul_f64(0.9 + 0.2 * fastrand::f64())
+}
+
+/// The background runtime every checker runs on, started on first use.
+fn runtime() -> Option<&'static tokio::runtime::Handle> {
+    static HANDLE: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("kairos-health".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "health check runtime failed to start");
+                            let _ = tx.send(None);
+                            return;
+                        }
+                    };
+                    let _ = tx.send(Some(rt.handle().clone()));
+                    rt.block_on(std::future::pending::<()>());
+                });
+            match spawned {
+                Ok(_) => rx.recv().ok().flatten(),
+                Err(e) => {
+                    tracing::error!(error = %e, "health check thread failed to start");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Keeps an upstream's checkers running; they stop at their next wake-up once it is dropped.
+pub struct Checkers {
+    _alive: Arc<()>,
+}
+
+/// Starts one checker per server of an upstream.
+pub fn start(
+    upstream: &str,
+    cfg: &HealthCheckConfig,
+    servers: &[ServerEntry],
+    states: &[Arc<ServerState>],
+    tls: &Arc<rustls::ClientConfig>,
+) -> Checkers {
+    let alive = Arc::new(());
+    let Some(rt) = runtime() else {
+        return Checkers { _alive: alive };
+    };
+    let client = {
+        let _guard = rt.enter();
+        reqwest::Client::builder()
+            .use_preconfigured_tls((**tls).clone())
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .user_agent(concat!(
+                "kairos-rs/",
+                env!("CARGO_PKG_VERSION"),
+                " health-check"
+            ))
+            .build()
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(upstream, error = %e, "health checks disabled: HTTP client failed");
+            return Checkers { _alive: alive };
+        }
+    };
+    for (server, state) in servers.iter().zip(states) {
+        let scheme = if server.https { "https" } else { "http" };
+        let check = Check {
+            upstream: upstream.to_string(),
+            server: server.url.clone(),
+            url: format!("{scheme}://{}{}", server.authority, cfg.path),
+            cfg: cfg.clone(),
+            client: client.clone(),
+            state: Arc::downgrade(state),
+            alive: Arc::downgrade(&alive),
+        };
+        rt.spawn(check.run());
+    }
+    Checkers { _alive: alive }
+}
+
+struct Check {
+    upstream: String,
+    server: String,
+    url: String,
+    cfg: HealthCheckConfig,
+    client: reqwest::Client,
+    state: Weak<ServerState>,
+    alive: Weak<()>,
+}
+
+impl Check {
+    async fn run(self) {
+        let mut tracker = Tracker::new(self.cfg.healthy_threshold, self.cfg.unhealthy_threshold);
+        // Spread the first checks of many servers over a moment instead of one burst.
+        let first = self.cfg.interval.min(Duration::from_millis(200));
+        tokio::time::sleep(first.mul_f64(fastrand::f64())).await;
+        loop {
+            if self.alive.strong_count() == 0 {
+                return;
+            }
+            let Some(state) = self.state.upgrade() else {
+                return;
+            };
+            let started = Instant::now();
+            let result = self.probe().await;
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let ok = result.is_ok();
+            state.set_last_check(CheckRecord {
+                at: SystemTime::now(),
+                latency_ms,
+                ok,
+            });
+            let before = state.health();
+            let now = tracker.observe(ok);
+            state.set_health(now);
+            if ok {
+                if let Some(b) = &state.breaker {
+                    b.health_check_passed(super::now_ms());
+                }
+            }
+            if now != before {
+                match (&result, now) {
+                    (Err(reason), _) => tracing::warn!(
+                        upstream = self.upstream,
+                        server = self.server,
+                        reason = reason.as_str(),
+                        "upstream server is unhealthy"
+                    ),
+                    (Ok(()), Health::Healthy) => {
+                        // Envoy's default: a passing active check ends a passive ejection.
+                        state.uneject();
+                        tracing::info!(
+                            upstream = self.upstream,
+                            server = self.server,
+                            "upstream server is healthy"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            drop(state);
+            tokio::time::sleep(next_delay(&self.cfg, &tracker)).await;
+        }
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let res = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = res.status().as_u16();
+        // Read (a bounded amount of) the body so the connection can be reused.
+        let _ = res.bytes().await;
+        if self.cfg.expected_status.contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_result_decides_then_thresholds_apply() {
+        let mut t = Tracker::new(2, 3);
+        assert_eq!(t.observe(true), Health::Healthy);
+        assert_eq!(t.observe(false), Health::Healthy);
+        assert_eq!(t.observe(false), Health::Healthy);
+        assert_eq!(t.observe(true), Health::Healthy, "a pass resets the streak");
+        assert_eq!(t.observe(false), Health::Healthy);
+        assert_eq!(t.observe(false), Health::Healthy);
+        assert_eq!(t.observe(false), Health::Unhealthy);
+        assert_eq!(t.observe(true), Health::Unhealthy);
+        assert!(t.pending());
+        assert_eq!(t.observe(true), Health::Healthy);
+        assert!(!t.pending());
+
+        let mut t = Tracker::new(2, 3);
+        assert_eq!(t.observe(false), Health::Unhealthy);
+    }
+
+    #[test]
+    fn pending_transitions_check_faster() {
+        let cfg = HealthCheckConfig {
+            path: "/health".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 5,
+            expected_status: 200..=399,
+        };
+        let mut t = Tracker::new(2, 5);
+        t.observe(true);
+        let d = next_delay(&cfg, &t);
+        assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11));
+        t.observe(false);
+        let d = next_delay(&cfg, &t);
+        assert!(d >= Duration::from_millis(1800) && d <= Duration::from_millis(2200));
+        for _ in 0..4 {
+            t.observe(false);
+        }
+        assert_eq!(t.state(), Health::Unhealthy);
+        t.observe(true);
+        let d = next_delay(&cfg, &t);
+        assert!(d >= Duration::from_millis(4500) && d <= Duration::from_millis(5500));
+    }
+}
