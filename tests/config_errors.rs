@@ -304,3 +304,61 @@ fn schema_key_is_allowed_and_unsupported_sections_do_not_need_their_variables() 
     assert_eq!(e.path, "jwt_validation");
     assert!(e.message.contains("not supported"), "{}", e.message);
 }
+
+#[test]
+fn resilience_sections_are_validated_with_their_paths() {
+    // The contract's own example is accepted as written.
+    let contract = r#"{"upstreams": {"user-service": {
+      "servers": [{"url": "http://127.0.0.1:9001", "weight": 100}, {"url": "http://127.0.0.1:9002", "weight": 200}],
+      "load_balancing": {"strategy": "weighted_round_robin"},
+      "health_check": {"path": "/health", "interval": "10s", "timeout": "2s", "healthy_threshold": 2, "unhealthy_threshold": 3},
+      "circuit_breaker": {"failure_threshold": 5, "recovery_timeout": "30s", "minimum_throughput": 10, "error_percentage_threshold": 50.0},
+      "connect_timeout": "2s",
+      "retries": {"attempts": 2, "backoff": "50ms", "on": ["connect_error", "502", "503", "504"]}}},
+      "routes": [{"path": "/", "upstream": "user-service"}]}"#;
+    let cfg = kairos_rs::config::load_str(contract, "t.json", Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let u = &cfg.upstreams[0];
+    assert_eq!(u.retries.attempts, 2);
+    assert_eq!(u.retries.on_status, vec![502, 503, 504]);
+    assert!(u.retries.on_connect_error && !u.retries.on_reset);
+    assert_eq!(u.health_check.as_ref().unwrap().expected_status, 200..=399);
+    assert!(u.outlier.is_some(), "outlier detection is on by default");
+
+    let up = |body: &str| {
+        format!(r#"{{"upstreams": {{"u": {{"servers": [{{"url": "http://h:1"}}], {body}}}}}}}"#)
+    };
+    let e = one(&up(r#""health_check": {"path": "health"}"#));
+    assert_eq!(e.path, "upstreams.u.health_check.path");
+    let e = one(&up(r#""health_check": {"expected_status": "200-600"}"#));
+    assert_eq!(e.path, "upstreams.u.health_check.expected_status");
+    assert!(e.message.contains("600"), "{}", e.message);
+    let e = one(&up(
+        r#""health_check": {"interval": "1s", "timeout": "5s"}"#,
+    ));
+    assert_eq!(e.path, "upstreams.u.health_check.timeout");
+    let e = one(&up(r#""health_check": {"healthy_threshold": 0}"#));
+    assert_eq!(e.path, "upstreams.u.health_check.healthy_threshold");
+    let e = one(&up(
+        r#""circuit_breaker": {"error_percentage_threshold": 0}"#,
+    ));
+    assert_eq!(
+        e.path,
+        "upstreams.u.circuit_breaker.error_percentage_threshold"
+    );
+    let e = one(&up(r#""circuit_breaker": {"recovery_timeout": "0s"}"#));
+    assert_eq!(e.path, "upstreams.u.circuit_breaker.recovery_timeout");
+    let e = one(&up(r#""outlier_detection": {"max_ejection_percent": 150}"#));
+    assert_eq!(e.path, "upstreams.u.outlier_detection.max_ejection_percent");
+    let e = one(&up(r#""retries": {"on": ["connect_eror"]}"#));
+    assert_eq!(e.path, "upstreams.u.retries.on[0]");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `connect_error`?"));
+    let e = one(&up(r#""retries": {"methods": ["GET", "FETCH"]}"#));
+    assert_eq!(e.path, "upstreams.u.retries.methods[1]");
+    let e = one(&up(r#""retries": {"attempts": 50}"#));
+    assert_eq!(e.path, "upstreams.u.retries.attempts");
+    let e = one(&up(r#""attempt_timeout": "0ms""#));
+    assert_eq!(e.path, "upstreams.u.attempt_timeout");
+    let e = one(&up(r#""retries": {"backof": "1s"}"#));
+    assert_eq!(e.hint.as_deref(), Some("did you mean `backoff`?"));
+}
