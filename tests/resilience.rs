@@ -552,3 +552,27 @@ async fn every_server_out_means_503_at_once() {
     let r = c.get(gw.url("/_kairos/upstreams")).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn the_retry_budget_stops_a_retry_storm() {
+    // Both servers always fail: without a budget every request would be sent twice.
+    let a = named("a", Arc::new(AtomicBool::new(true)));
+    let b = named("b", Arc::new(AtomicBool::new(true)));
+    let gw = Gateway::start(&cfg(
+        &[a.url(), b.url()],
+        r#""outlier_detection":{"enabled":false},
+           "retries":{"attempts":1,"backoff":"1ms","on":["500"],
+                      "budget_percent":20,"min_retries_per_second":0}"#,
+    ));
+    let c = client();
+    for _ in 0..200 {
+        assert_eq!(get(&c, &gw.url("/storm")).await.0, 500);
+    }
+    let m = metrics(&gw).await;
+    let retries = metric(&m, "kairos_upstream_retries_total", &[("upstream", "u")]).unwrap();
+    assert!(
+        (35.0..=40.0).contains(&retries),
+        "20% of 200 requests, less the deposits still short of a whole retry: {retries}"
+    );
+    assert_eq!(a.count() + b.count(), 200 + retries as usize);
+}
