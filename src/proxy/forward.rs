@@ -165,7 +165,9 @@ pub async fn send(
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(s) => s,
-            None => match connect(target).await {
+            // Boxed: connecting (TLS handshake included) is a large future, and rare next to
+            // reusing a pooled connection; inline it would grow every request's future by ~2.5 KB.
+            None => match Box::pin(connect(target)).await {
                 Ok(s) => s,
                 Err(error) => {
                     return Err(SendError {

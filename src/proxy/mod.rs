@@ -378,8 +378,12 @@ async fn proxy<'a>(
             .attempt_timeout
             .map_or(remaining, |t| t.min(remaining));
         let sent_at = Instant::now();
-        let result =
-            with_progress_timeout(forward::send(up, &target), attempt_timeout, &progress).await;
+        let result = with_progress_timeout(
+            std::pin::pin!(forward::send(up, &target)),
+            attempt_timeout,
+            &progress,
+        )
+        .await;
         let latency = sent_at.elapsed();
         let record = |result: AttemptResult| {
             upstream.record(
@@ -647,11 +651,10 @@ pub fn has_dot_segment(path: &str) -> bool {
 /// Waits for `fut` for at most `timeout`, counted from the later of the start and the last
 /// progress of a streamed request body: an upload that keeps moving is never cut off.
 async fn with_progress_timeout<F: std::future::Future>(
-    fut: F,
+    mut fut: std::pin::Pin<&mut F>,
     timeout: std::time::Duration,
     progress: &body::Progress,
 ) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
     let sleep = tokio::time::sleep(timeout);
     let mut sleep = std::pin::pin!(sleep);
     loop {
