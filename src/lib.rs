@@ -7,6 +7,7 @@
 //! the one live state both read is [`state::SharedState`].
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -1,0 +1,1 @@
+//! CORS policy (see the module docs once implemented).

@@ -1,0 +1,1 @@
+//! A jsonwebtoken CryptoProvider backed by ring.
