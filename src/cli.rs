@@ -28,6 +28,9 @@ pub enum Command {
     /// Inspect routes.
     #[command(subcommand)]
     Routes(RoutesCommand),
+    /// Create, hash and list API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Run the built-in echo upstream alone.
     Echo {
         /// Address to listen on.
@@ -42,6 +45,73 @@ pub enum ConfigCommand {
     Validate { file: PathBuf },
     /// Print the JSON Schema of the config file.
     Schema,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new random key: prints the key once (hand it to the client) and the config
+    /// entry holding only its hash.
+    Generate {
+        /// The key's name: the caller's identity in logs and metrics.
+        #[arg(long)]
+        name: String,
+        /// Permissions to put in the entry (repeat the flag for several).
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+    },
+    /// Print the `key_hash` of a key read from standard input (kept out of the shell history
+    /// and the process list).
+    Hash,
+    /// List the keys of a config file: name, permissions, rate limit (never a hash).
+    List,
+}
+
+/// The `keys generate` output: the key, and the entry for `api_keys.keys`.
+pub fn generate_key(name: &str, permissions: &[String]) -> Result<String, String> {
+    let key = crate::auth::api_key::generate()?;
+    let entry = serde_json::json!({
+        name: {
+            "key_hash": crate::auth::api_key::format_hash(&crate::auth::api_key::hash(&key)),
+            "permissions": permissions,
+        }
+    });
+    let entry = serde_json::to_string_pretty(&entry).unwrap_or_default();
+    Ok(format!(
+        "API key for `{name}` (shown once; the gateway stores only its hash):\n\n  {key}\n\n\
+         Add this to \"api_keys\".\"keys\" in the config:\n\n{entry}\n"
+    ))
+}
+
+/// The `keys list` table.
+pub fn render_keys(cfg: &crate::config::Config) -> String {
+    let Some(keys) = &cfg.api_keys else {
+        return "no api_keys section\n".into();
+    };
+    let rows: Vec<[String; 3]> = keys
+        .keys
+        .iter()
+        .map(|k| {
+            [
+                k.name.clone(),
+                if k.permissions.is_empty() {
+                    "-".into()
+                } else {
+                    k.permissions.join(",")
+                },
+                k.rate_limit
+                    .map(|r| format!("{} rps, burst {}", r.rps, r.burst))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0).max(4);
+    let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0).max(11);
+    let mut out = String::new();
+    out.push_str(&format!("{:<w0$}  {:<w1$}  RATE LIMIT\n", "NAME", "PERMISSIONS"));
+    for r in rows {
+        out.push_str(&format!("{:<w0$}  {:<w1$}  {}\n", r[0], r[1], r[2]));
+    }
+    out
 }
 
 #[derive(Debug, Subcommand)]

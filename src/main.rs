@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use kairos_rs::cli::{Cli, Command, ConfigCommand, RoutesCommand};
+use kairos_rs::cli::{Cli, Command, ConfigCommand, RoutesCommand, KeysCommand};
 use kairos_rs::{config, demo, observability, server, state};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,6 +49,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match config::load_file(&path) {
                 Ok(cfg) => {
                     print!("{}", kairos_rs::cli::render_routes(&cfg, format));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprint!("{errors}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Some(Command::Keys(KeysCommand::Generate { name, permissions })) => {
+            match kairos_rs::cli::generate_key(&name, &permissions) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => anyhow::bail!(e),
+            }
+        }
+        Some(Command::Keys(KeysCommand::Hash)) => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_line(&mut key)
+                .context("reading the key from standard input")?;
+            let key = key.trim_end_matches(['\n', '\r']);
+            if key.is_empty() {
+                eprintln!("no key on standard input (try: printf %s \"$KEY\" | kairos-rs keys hash)");
+                return Ok(ExitCode::from(2));
+            }
+            println!(
+                "{}",
+                kairos_rs::auth::api_key::format_hash(&kairos_rs::auth::api_key::hash(key))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Keys(KeysCommand::List)) => {
+            let path = cli.config.context("keys list needs --config FILE")?;
+            match config::load_file(&path) {
+                Ok(cfg) => {
+                    print!("{}", kairos_rs::cli::render_keys(&cfg));
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(errors) => {

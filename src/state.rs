@@ -18,6 +18,7 @@ pub struct Runtime {
     pub upstreams: Vec<Upstream>,
     /// Present when tracing is on.
     pub tracing: Option<Tracing>,
+    pub auth: crate::auth::Auth,
     /// Unique per runtime in the process: route indexes are only meaningful within one.
     pub generation: u64,
 }
@@ -37,6 +38,10 @@ impl Runtime {
                 errors: vec![ConfigError::new("tracing.endpoint", e)],
             })?),
         };
+        let auth = crate::auth::Auth::build(&config).map_err(|e| ConfigErrors {
+            source_name: "auth".into(),
+            errors: vec![ConfigError::new("jwt_validation", e)],
+        })?;
         let default_tls = crate::proxy::forward::default_tls_config();
         let upstreams = config
             .upstreams
@@ -61,6 +66,7 @@ impl Runtime {
             router,
             upstreams,
             tracing,
+            auth,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -70,6 +76,7 @@ impl Runtime {
     /// Starts what a serving runtime runs in the background (health checks) and points the
     /// per-server gauges at its servers.
     pub fn start(&self, metrics: &Metrics) {
+        self.auth.start();
         let mut watched = Vec::new();
         for u in &self.upstreams {
             u.start_health_checks();

@@ -226,11 +226,11 @@ fn environment_variables_are_substituted_or_named_when_missing() {
 #[test]
 fn features_not_built_yet_are_refused_not_ignored() {
     let text = format!(
-        r#"{{{UP}, "jwt_validation": {{"secret": "s"}}, "routes": [{{"path": "/a", "upstream": "users", "auth": "jwt"}}]}}"#
+        r#"{{{UP}, "rate_limiting": {{"backend": "memory"}}, "routes": [{{"path": "/a", "upstream": "users", "rate_limit": {{}}}}]}}"#
     );
     let errs = errors(&text);
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, vec!["jwt_validation", "routes[0].auth"], "{errs:#?}");
+    assert_eq!(paths, vec!["rate_limiting", "routes[0].rate_limit"], "{errs:#?}");
     assert!(errs[0].message.contains("not supported by this version"));
     let e = one(
         r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}], "load_balancing": {"strategy": "round_robbin"}}}}"#,
@@ -300,8 +300,8 @@ fn schema_key_is_allowed_and_unsupported_sections_do_not_need_their_variables() 
     let ok =
         r#"{"$schema": "./schema.json", "upstreams": {"u": {"servers": [{"url": "http://h:1"}]}}}"#;
     assert!(kairos_rs::config::load_str(ok, "t", Path::new(".")).is_ok());
-    let e = one(r#"{"jwt_validation": {"secret": "${KAIROS_SURELY_UNSET_SECRET}"}}"#);
-    assert_eq!(e.path, "jwt_validation");
+    let e = one(r#"{"rate_limiting": {"redis_url": "${KAIROS_SURELY_UNSET_URL}"}}"#);
+    assert_eq!(e.path, "rate_limiting");
     assert!(e.message.contains("not supported"), "{}", e.message);
 }
 

@@ -2,5 +2,264 @@
 //! preflight carries no credentials), then authentication by JWT or API key, then the
 //! route's permissions.
 
+pub mod api_key;
 pub mod cors;
 pub mod crypto;
+pub mod jwt;
+
+use crate::config::model::{AuthMode, Config, RateConfig, RouteConfig};
+use crate::observability::metrics::Metrics;
+use crate::proxy::error::GatewayError;
+use actix_web::http::header as ax;
+use std::sync::Arc;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Jwt,
+    ApiKey,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Jwt => "jwt",
+            Scheme::ApiKey => "api_key",
+        }
+    }
+}
+
+/// The authenticated caller, for the later phases (rate limiting per user or key, the access
+/// and audit logs) and the forwarded headers.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub scheme: Scheme,
+    /// The API key's name, or the JWT's `sub` (`-` when it has none).
+    pub name: String,
+    pub permissions: Vec<String>,
+    /// The key's own rate limit (API keys only).
+    pub rate_limit: Option<RateConfig>,
+    /// The verified token (JWT only).
+    pub token: Option<Arc<jwt::Verified>>,
+    /// The API key came in the query string (it is removed before forwarding).
+    pub key_in_query: bool,
+}
+
+/// The edge-security state of one runtime.
+pub struct Auth {
+    pub jwt: Option<jwt::JwtAuth>,
+    pub keys: Option<api_key::KeyStore>,
+    /// Per route (its own policy or the top-level one), and the top-level one for requests
+    /// that match no route.
+    pub route_cors: Vec<Option<Arc<cors::CorsPolicy>>>,
+    pub cors: Option<Arc<cors::CorsPolicy>>,
+}
+
+impl Auth {
+    pub fn build(config: &Config) -> Result<Auth, String> {
+        let compile = |c: &cors::CorsConfig| {
+            cors::CorsPolicy::compile(c)
+                .map(Arc::new)
+                .map_err(|e| format!("cors: {e:?}"))
+        };
+        let cors = config.cors.as_ref().map(compile).transpose()?;
+        let route_cors = config
+            .routes
+            .iter()
+            .map(|r| match &r.cors {
+                Some(c) => compile(c).map(Some),
+                None => Ok(cors.clone()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Auth {
+            jwt: config.jwt.as_ref().map(jwt::JwtAuth::new).transpose()?,
+            keys: config.api_keys.clone().map(api_key::KeyStore::new),
+            route_cors,
+            cors,
+        })
+    }
+
+    /// Starts background work (JWKS fetches).
+    pub fn start(&self) {
+        if let Some(j) = &self.jwt {
+            j.start();
+        }
+    }
+
+    /// Authenticates a request for `route`: `Ok(None)` for an open route, the caller's
+    /// identity, or the 401/403 to answer. Failures are counted and logged with their reason
+    /// (never the credential itself).
+    pub async fn authenticate(
+        &self,
+        route: &RouteConfig,
+        req: &actix_web::HttpRequest,
+        metrics: &Metrics,
+        request_id: &str,
+    ) -> Result<Option<Identity>, GatewayError> {
+        let mode = route.auth;
+        if mode.is_open() {
+            return Ok(None);
+        }
+        let result = self.identify(mode, req).await;
+        let identity = match result {
+            Ok(id) => id,
+            Err((scheme, reason)) => {
+                let scheme = scheme.map_or(accepted(mode), Scheme::as_str);
+                metrics
+                    .auth_failures
+                    .with_label_values(&[route.name.as_str(), scheme, reason])
+                    .inc();
+                tracing::info!(
+                    target: "kairos::audit",
+                    route = route.name.as_str(),
+                    scheme,
+                    decision = "deny",
+                    reason,
+                    request_id,
+                    "authentication failed"
+                );
+                let challenge = match (mode.jwt, reason) {
+                    (true, "missing" | "wrong_scheme") => "Bearer realm=\"kairos\"",
+                    (true, _) => "Bearer realm=\"kairos\", error=\"invalid_token\"",
+                    (false, _) => "ApiKey realm=\"kairos\"",
+                };
+                return Err(GatewayError::AuthRequired { challenge });
+            }
+        };
+        let missing = route
+            .permissions
+            .iter()
+            .find(|p| !identity.permissions.iter().any(|h| h == *p));
+        let decision = if missing.is_some() { "deny" } else { "allow" };
+        tracing::info!(
+            target: "kairos::audit",
+            route = route.name.as_str(),
+            scheme = identity.scheme.as_str(),
+            identity = identity.name.as_str(),
+            decision,
+            missing_permission = missing.map(String::as_str),
+            request_id,
+            "authenticated request"
+        );
+        if missing.is_some() {
+            metrics
+                .auth_failures
+                .with_label_values(&[route.name.as_str(), identity.scheme.as_str(), "permission"])
+                .inc();
+            return Err(GatewayError::Forbidden);
+        }
+        Ok(Some(identity))
+    }
+
+    async fn identify(
+        &self,
+        mode: AuthMode,
+        req: &actix_web::HttpRequest,
+    ) -> Result<Identity, (Option<Scheme>, &'static str)> {
+        let headers = req.headers();
+        if mode.api_key {
+            if let Some(store) = &self.keys {
+                let in_header = headers.contains_key(store.config.header_name.as_str());
+                if let Some(presented) = store.presented(headers, req.query_string()) {
+                    let Some(entry) = store.lookup(&presented) else {
+                        return Err((Some(Scheme::ApiKey), "invalid_key"));
+                    };
+                    return Ok(Identity {
+                        scheme: Scheme::ApiKey,
+                        name: entry.name.clone(),
+                        permissions: entry.permissions.clone(),
+                        rate_limit: entry.rate_limit,
+                        token: None,
+                        key_in_query: !in_header,
+                    });
+                }
+            }
+        }
+        if mode.jwt {
+            if let Some(auth) = &self.jwt {
+                let Some(value) = headers.get(ax::AUTHORIZATION) else {
+                    return Err((None, "missing"));
+                };
+                let value = value
+                    .to_str()
+                    .map_err(|_| (Some(Scheme::Jwt), "malformed"))?;
+                let token = jwt::bearer(value).map_err(|r| (Some(Scheme::Jwt), r.as_str()))?;
+                let verified = auth
+                    .verify(token)
+                    .await
+                    .map_err(|r| (Some(Scheme::Jwt), r.as_str()))?;
+                return Ok(Identity {
+                    scheme: Scheme::Jwt,
+                    name: verified.subject.clone().unwrap_or_else(|| "-".into()),
+                    permissions: verified.permissions.clone(),
+                    rate_limit: None,
+                    token: Some(verified),
+                    key_in_query: false,
+                });
+            }
+        }
+        Err((None, "missing"))
+    }
+}
+
+/// Changes to the upstream request's headers that follow from authentication.
+#[derive(Default)]
+pub struct HeaderEdits {
+    remove: Vec<http::HeaderName>,
+    add: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl HeaderEdits {
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.add {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+impl Auth {
+    /// The header edits for a request: forwarded-claim headers sent by the client are always
+    /// removed (an upstream must be able to trust them); a JWT's claims are set in their
+    /// place; Authorization is removed when configured; an API key never goes upstream.
+    pub fn header_edits(&self, identity: Option<&Identity>) -> HeaderEdits {
+        let mut edits = HeaderEdits::default();
+        if let Some(jwt) = &self.jwt {
+            edits
+                .remove
+                .extend(jwt.forward_claims.iter().map(|(_, h)| h.clone()));
+            if let Some(token) = identity.and_then(|i| i.token.as_ref()) {
+                for (claim, header) in &jwt.forward_claims {
+                    let value = match token.claims.get(claim) {
+                        None | Some(serde_json::Value::Null) => continue,
+                        Some(serde_json::Value::String(s)) => http::HeaderValue::from_str(s),
+                        Some(other) => http::HeaderValue::from_str(&other.to_string()),
+                    };
+                    if let Ok(v) = value {
+                        edits.add.push((header.clone(), v));
+                    }
+                }
+                if jwt.strip_authorization {
+                    edits.remove.push(http::header::AUTHORIZATION);
+                }
+            }
+        }
+        if let (Some(id), Some(keys)) = (identity, &self.keys) {
+            if id.scheme == Scheme::ApiKey {
+                edits.remove.push(keys.config.header_name.clone());
+            }
+        }
+        edits
+    }
+}
+
+/// The `method` label of a failure before any credential was seen.
+fn accepted(mode: AuthMode) -> &'static str {
+    match (mode.jwt, mode.api_key) {
+        (true, true) => "jwt_or_api_key",
+        (true, false) => "jwt",
+        _ => "api_key",
+    }
+}

@@ -67,6 +67,7 @@ pub fn load_str_with_env(
         .map(|(path, _)| ConfigError::new(path.clone(), "key appears twice; only one may be given"))
         .collect();
 
+    plaintext_keys_from_env(&value, &mut errors);
     substitute_env(&mut value, String::new(), env, &mut errors);
     let raw = deserialize_collecting(value, &mut errors);
 
@@ -99,6 +100,36 @@ pub fn load_str_with_env(
     }
     errors.sort_by_key(|e| (e.line, e.column));
     Err(fail(errors))
+}
+
+/// An API key written in the file itself would sit in every copy and backup of the config:
+/// `api_keys.keys.*.key` must be exactly a `${ENV}` reference (or use `key_hash`).
+fn plaintext_keys_from_env(root: &Value, errors: &mut Vec<ConfigError>) {
+    let Some(keys) = root
+        .get("api_keys")
+        .and_then(|k| k.get("keys"))
+        .and_then(Value::as_object)
+    else {
+        return;
+    };
+    for (name, entry) in keys {
+        if let Some(Value::String(s)) = entry.get("key") {
+            let is_ref = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')).is_some_and(
+                |n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            );
+            if !is_ref {
+                errors.push(
+                    ConfigError::new(
+                        format!("api_keys.keys.{name}.key"),
+                        "a plaintext key may only come from the environment",
+                    )
+                    .with_hint(
+                        "write \"key\": \"${MY_KEY}\", or store the hash: `kairos-rs keys hash` prints \"key_hash\"",
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Replaces `${NAME}` in every string value with the environment variable NAME.

@@ -16,6 +16,10 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// `None` when tracing is off.
     pub tracing: Option<TracingConfig>,
+    pub jwt: Option<JwtConfig>,
+    pub api_keys: Option<ApiKeysConfig>,
+    /// The top-level CORS policy; a route's own replaces it.
+    pub cors: Option<crate::auth::cors::CorsConfig>,
     /// Things that work but deserve the operator's attention (deprecated keys); logged at start.
     pub warnings: Vec<crate::config::ConfigError>,
 }
@@ -244,6 +248,85 @@ pub struct RouteConfig {
     pub rewrite: Option<Rewrite>,
     pub timeout: Duration,
     pub preserve_host: bool,
+    pub auth: AuthMode,
+    /// Every one must be held by the caller.
+    pub permissions: Vec<String>,
+    /// This route's CORS policy, replacing the top-level one.
+    pub cors: Option<crate::auth::cors::CorsConfig>,
+}
+
+/// Which credentials a route accepts; neither means the route is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuthMode {
+    pub jwt: bool,
+    pub api_key: bool,
+}
+
+impl AuthMode {
+    pub fn is_open(self) -> bool {
+        !self.jwt && !self.api_key
+    }
+}
+
+/// A value that must never be printed (secrets, key material).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub providers: Vec<JwtProviderConfig>,
+    /// Claim name -> upstream header.
+    pub forward_claims: Vec<(String, http::HeaderName)>,
+    pub strip_authorization: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtProviderConfig {
+    /// The one algorithm this provider's keys are used with.
+    pub algorithm: jsonwebtoken::Algorithm,
+    pub key: JwtKeySource,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Claims that must be present (exp included unless `require_exp` is off).
+    pub required_claims: Vec<String>,
+    pub require_exp: bool,
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum JwtKeySource {
+    Secret(Secret),
+    /// PEM text of a public key.
+    PublicKey(String),
+    Jwks { url: String, refresh: Duration },
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeysConfig {
+    pub header_name: http::HeaderName,
+    pub query_param: Option<String>,
+    pub keys: Vec<ApiKeyEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyEntry {
+    pub name: String,
+    /// SHA-256 of the key.
+    pub hash: [u8; 32],
+    pub permissions: Vec<String>,
+    pub rate_limit: Option<RateConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateConfig {
+    pub rps: f64,
+    pub burst: u32,
 }
 
 /// A compiled rewrite template: literal pieces and the positions of route parameters.

@@ -15,13 +15,7 @@ pub type SizeStr = String;
 pub type Unsupported = serde_json::Value;
 
 /// Keys (at any depth) of sections this build refuses; `${ENV}` is not expanded inside them.
-pub const UNSUPPORTED_KEYS: [&str; 5] = [
-    "jwt_validation",
-    "api_keys",
-    "rate_limiting",
-    "cors",
-    "rate_limit",
-];
+pub const UNSUPPORTED_KEYS: [&str; 2] = ["rate_limiting", "rate_limit"];
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -43,18 +37,18 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub logging: RawLogging,
-    /// Not implemented yet: rejected with a clear error.
+    /// JWT validation for routes with `"auth": "jwt"`.
     #[serde(default)]
-    pub jwt_validation: Option<Unsupported>,
-    /// Not implemented yet: rejected with a clear error.
+    pub jwt_validation: Option<RawJwt>,
+    /// API keys for routes with `"auth": "api_key"`.
     #[serde(default)]
-    pub api_keys: Option<Unsupported>,
+    pub api_keys: Option<RawApiKeys>,
     /// Not implemented yet: rejected with a clear error.
     #[serde(default)]
     pub rate_limiting: Option<Unsupported>,
-    /// Not implemented yet: rejected with a clear error.
+    /// CORS for every route (a route's own `cors` replaces it).
     #[serde(default)]
-    pub cors: Option<Unsupported>,
+    pub cors: Option<RawCors>,
     #[serde(default)]
     pub tracing: Option<RawTracing>,
 }
@@ -277,14 +271,126 @@ pub struct RawRoute {
     pub timeout: Option<DurationStr>,
     /// Send the client's Host header upstream instead of the upstream server's authority.
     pub preserve_host: Option<bool>,
-    /// Only "none" is implemented yet.
-    pub auth: Option<Unsupported>,
-    /// Not implemented yet: rejected with a clear error when non-empty.
+    /// "none" (default), "jwt", "api_key", or ["jwt", "api_key"] (either is enough).
+    pub auth: Option<RawAuth>,
+    /// Permissions the caller must hold, every one: an API key's `permissions`, or a JWT's
+    /// `scope` (space-separated) or `permissions` claim.
     pub permissions: Option<Vec<String>>,
     /// Not implemented yet: rejected with a clear error.
     pub rate_limit: Option<Unsupported>,
-    /// Not implemented yet: rejected with a clear error.
-    pub cors: Option<Unsupported>,
+    /// CORS for this route, replacing the top-level `cors`.
+    pub cors: Option<RawCors>,
+}
+
+/// One scheme or a list of schemes.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawAuth {
+    One(String),
+    Any(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Exact origins ("https://app.example.com"), patterns ("https://*.example.com": any
+    /// subdomain, not the bare domain), or "*" (not with allow_credentials).
+    pub allowed_origins: Vec<String>,
+    /// Methods a preflight may ask for (default GET, HEAD, POST, PUT, PATCH, DELETE).
+    pub allowed_methods: Option<Vec<String>>,
+    /// Request headers a preflight may ask for (default Content-Type, Authorization).
+    pub allowed_headers: Option<Vec<String>>,
+    /// Response headers scripts may read (default none besides the safelisted ones).
+    pub expose_headers: Option<Vec<String>>,
+    /// Allow cookies and Authorization (default false); needs explicit origins.
+    pub allow_credentials: Option<bool>,
+    /// Seconds a browser may cache a preflight answer.
+    pub max_age: Option<u64>,
+}
+
+/// JWT validation: one provider here, more under `providers`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    /// HMAC secret for HS256/HS384/HS512. Use "${ENV_VAR}".
+    pub secret: Option<String>,
+    /// The one algorithm this provider's key is used with (default HS256 with `secret`,
+    /// RS256 with `public_key` or `jwks_url`). Tokens with any other `alg` are rejected.
+    pub algorithm: Option<String>,
+    /// PEM public key (the text itself) for RS*, PS*, ES* or EdDSA.
+    pub public_key: Option<String>,
+    /// JWKS endpoint: keys fetched at start, refreshed in the background, chosen by `kid`.
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is refetched (default "5m").
+    pub jwks_refresh: Option<DurationStr>,
+    /// Expected `iss`.
+    pub issuer: Option<String>,
+    /// Expected `aud` (one of them when the token has several).
+    pub audience: Option<String>,
+    /// Claims every token must carry (default ["exp"]).
+    pub required_claims: Option<Vec<String>>,
+    /// Tokens without `exp` are accepted when false (default true).
+    pub require_exp: Option<bool>,
+    /// Clock skew allowed for exp and nbf (default "30s").
+    pub leeway: Option<DurationStr>,
+    /// Claim -> upstream request header, e.g. {"sub": "X-User-Id"}. The same headers sent by
+    /// the client are removed first.
+    pub forward_claims: Option<BTreeMap<String, String>>,
+    /// Remove the Authorization header before forwarding (default false).
+    pub strip_authorization: Option<bool>,
+    /// Further providers (another issuer or key); a token is checked against the provider
+    /// whose `issuer` matches its `iss`, else against each provider whose algorithm matches.
+    pub providers: Option<Vec<RawJwtProvider>>,
+}
+
+/// One more JWT provider: the key fields of `jwt_validation`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtProvider {
+    pub secret: Option<String>,
+    pub algorithm: Option<String>,
+    pub public_key: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Option<DurationStr>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub required_claims: Option<Vec<String>>,
+    pub require_exp: Option<bool>,
+    pub leeway: Option<DurationStr>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeys {
+    /// Request header carrying the key (default "X-API-Key").
+    pub header_name: Option<String>,
+    /// Query parameter carrying the key (default: none; keys in URLs end up in logs). It is
+    /// removed before the request is forwarded.
+    pub query_param: Option<String>,
+    /// Keys by name. The name is the caller's identity in logs and to later middlewares.
+    pub keys: BTreeMap<String, RawApiKey>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    /// "sha256:<64 hex digits>" of the key (`kairos-rs keys hash` prints it).
+    pub key_hash: Option<String>,
+    /// The key itself, only as "${ENV_VAR}" (never written in the file).
+    pub key: Option<String>,
+    /// Permissions this key holds.
+    pub permissions: Option<Vec<String>>,
+    /// This key's own rate limit (applied by the rate limiter).
+    pub rate_limit: Option<RawRate>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    /// Requests per second, sustained.
+    pub rps: f64,
+    /// Requests allowed at once above the sustained rate (default: rps).
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -274,14 +274,10 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             );
         }
     }
-    for (key, val) in [
-        ("jwt_validation", &raw.jwt_validation),
-        ("api_keys", &raw.api_keys),
-        ("rate_limiting", &raw.rate_limiting),
-        ("cors", &raw.cors),
-    ] {
-        v.unsupported(key, val);
-    }
+    v.unsupported("rate_limiting", &raw.rate_limiting);
+    let jwt = raw.jwt_validation.as_ref().map(|j| jwt_config(&mut v, j));
+    let api_keys = raw.api_keys.as_ref().map(|k| api_keys_config(&mut v, k));
+    let cors = raw.cors.as_ref().map(|c| cors_config(&mut v, "cors", c));
 
     // server
     let s = &raw.server;
@@ -624,24 +620,37 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             },
             _ => None,
         };
-        match &r.auth {
-            None => {}
-            Some(serde_json::Value::String(s)) if s == "none" => {}
-            Some(_) => v.err_hint(
-                format!("{p}.auth"),
-                "authentication is not supported by this version of kairos-rs yet",
-                "remove `auth` or set it to \"none\"",
-            ),
-        }
-        if r.permissions.as_ref().is_some_and(|p| !p.is_empty()) {
+        let auth = match &r.auth {
+            None => AuthMode::default(),
+            Some(a) => auth_mode(&mut v, &format!("{p}.auth"), a),
+        };
+        if auth.jwt && jwt.is_none() {
             v.err_hint(
-                format!("{p}.permissions"),
-                "permissions are not supported by this version of kairos-rs yet",
-                "remove `permissions`",
+                format!("{p}.auth"),
+                "route uses jwt but there is no `jwt_validation` section",
+                "add a top-level \"jwt_validation\" with a secret, public_key or jwks_url",
             );
         }
+        if auth.api_key && api_keys.is_none() {
+            v.err_hint(
+                format!("{p}.auth"),
+                "route uses api_key but there is no `api_keys` section",
+                "add a top-level \"api_keys\" with at least one key",
+            );
+        }
+        let permissions = r.permissions.clone().unwrap_or_default();
+        if !permissions.is_empty() && auth.is_open() {
+            v.err_hint(
+                format!("{p}.permissions"),
+                "permissions need an authenticated caller, but this route has no `auth`",
+                "set \"auth\": \"jwt\" or \"api_key\", or remove `permissions`",
+            );
+        }
+        let route_cors = r
+            .cors
+            .as_ref()
+            .map(|c| cors_config(&mut v, &format!("{p}.cors"), c));
         v.unsupported(&format!("{p}.rate_limit"), &r.rate_limit);
-        v.unsupported(&format!("{p}.cors"), &r.cors);
         let timeout = v.duration(&format!("{p}.timeout"), &r.timeout, server.request_timeout);
         if timeout.is_zero() {
             v.err(format!("{p}.timeout"), "timeout must be more than 0s");
@@ -694,6 +703,9 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             rewrite,
             timeout,
             preserve_host: r.preserve_host.unwrap_or(false),
+            auth,
+            permissions,
+            cors: route_cors,
         });
     }
 
@@ -743,6 +755,9 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             routes,
             logging,
             tracing,
+            jwt,
+            api_keys,
+            cors,
             warnings: v.warnings,
         })
     } else {
@@ -752,6 +767,340 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
 
 /// The OTLP/HTTP port of Jaeger, Tempo and the OpenTelemetry Collector.
 const OTLP_HTTP_PORT: u16 = 4318;
+
+fn auth_mode(v: &mut V, p: &str, a: &RawAuth) -> AuthMode {
+    let names: Vec<&str> = match a {
+        RawAuth::One(s) => vec![s.as_str()],
+        RawAuth::Any(list) => list.iter().map(String::as_str).collect(),
+    };
+    let mut mode = AuthMode::default();
+    for (i, name) in names.iter().enumerate() {
+        let path = match a {
+            RawAuth::One(_) => p.to_string(),
+            RawAuth::Any(_) => format!("{p}[{i}]"),
+        };
+        match *name {
+            "none" if names.len() == 1 => {}
+            "jwt" => mode.jwt = true,
+            "api_key" => mode.api_key = true,
+            other => {
+                let hint = did_you_mean(other, ["none", "jwt", "api_key"])
+                    .unwrap_or_else(|| "use \"none\", \"jwt\", \"api_key\" or [\"jwt\", \"api_key\"]".into());
+                v.err_hint(path, format!("unknown auth scheme `{other}`"), hint);
+            }
+        }
+    }
+    mode
+}
+
+const JWT_ALGORITHMS: [&str; 12] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+/// One provider's fields, shared by `jwt_validation` and its `providers` entries.
+struct ProviderFields<'a> {
+    secret: &'a Option<String>,
+    algorithm: &'a Option<String>,
+    public_key: &'a Option<String>,
+    jwks_url: &'a Option<String>,
+    jwks_refresh: &'a Option<String>,
+    issuer: &'a Option<String>,
+    audience: &'a Option<String>,
+    required_claims: &'a Option<Vec<String>>,
+    require_exp: Option<bool>,
+    leeway: &'a Option<String>,
+}
+
+fn jwt_provider(v: &mut V, p: &str, f: ProviderFields<'_>) -> Option<JwtProviderConfig> {
+    use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+    let sources = [f.secret.is_some(), f.public_key.is_some(), f.jwks_url.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if sources != 1 {
+        v.err_hint(
+            p.to_string(),
+            if sources == 0 {
+                "no key: give `secret`, `public_key` or `jwks_url`"
+            } else {
+                "give only one of `secret`, `public_key` and `jwks_url`"
+            },
+            "one provider has one key source; add more under `providers`",
+        );
+        return None;
+    }
+    let default_alg = if f.secret.is_some() { "HS256" } else { "RS256" };
+    let alg_name = f.algorithm.as_deref().unwrap_or(default_alg);
+    let algorithm = match alg_name.parse::<Algorithm>() {
+        Ok(a) if JWT_ALGORITHMS.contains(&alg_name) => a,
+        _ => {
+            let hint = did_you_mean(alg_name, JWT_ALGORITHMS)
+                .unwrap_or_else(|| format!("use one of {}", JWT_ALGORITHMS.join(", ")));
+            v.err_hint(
+                format!("{p}.algorithm"),
+                format!("unknown or refused algorithm `{alg_name}`"),
+                hint,
+            );
+            return None;
+        }
+    };
+    let family = algorithm.family();
+    let key = if let Some(secret) = f.secret {
+        if family != AlgorithmFamily::Hmac {
+            v.err_hint(
+                format!("{p}.secret"),
+                format!("a secret is for HS256/HS384/HS512, not {alg_name}"),
+                "use `public_key` or `jwks_url` for asymmetric algorithms",
+            );
+            return None;
+        }
+        // RFC 7518 3.2: the key must be at least as long as the hash output.
+        let min = match algorithm {
+            Algorithm::HS384 => 48,
+            Algorithm::HS512 => 64,
+            _ => 32,
+        };
+        if secret.len() < min {
+            v.err_hint(
+                format!("{p}.secret"),
+                format!("the secret is {} bytes; {alg_name} needs at least {min}", secret.len()),
+                "generate one with `openssl rand -base64 48` and pass it as \"${JWT_SECRET}\"",
+            );
+        }
+        JwtKeySource::Secret(Secret(secret.as_bytes().to_vec()))
+    } else if let Some(pem) = f.public_key {
+        let parsed = match family {
+            AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem.as_bytes()).map(|_| ()),
+            AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem.as_bytes()).map(|_| ()),
+            AlgorithmFamily::Ed => DecodingKey::from_ed_pem(pem.as_bytes()).map(|_| ()),
+            AlgorithmFamily::Hmac => {
+                v.err_hint(
+                    format!("{p}.public_key"),
+                    format!("{alg_name} uses a `secret`, not a public key"),
+                    "set `algorithm` to the key's algorithm, e.g. RS256 or ES256",
+                );
+                return None;
+            }
+        };
+        if let Err(e) = parsed {
+            v.err_hint(
+                format!("{p}.public_key"),
+                format!("not a PEM public key for {alg_name}: {e}"),
+                "paste the PEM text (-----BEGIN PUBLIC KEY----- ...) or use \"${JWT_PUBLIC_KEY}\"",
+            );
+        }
+        JwtKeySource::PublicKey(pem.clone())
+    } else {
+        let url = f.jwks_url.clone().unwrap_or_default();
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || reqwest::Url::parse(&url).is_err()
+        {
+            v.err(
+                format!("{p}.jwks_url"),
+                format!("`{url}` is not an http(s) URL"),
+            );
+        }
+        if family == AlgorithmFamily::Hmac {
+            v.err_hint(
+                format!("{p}.algorithm"),
+                "a JWKS holds public keys; HMAC algorithms use a `secret`",
+                "set `algorithm` to the keys' algorithm, e.g. RS256",
+            );
+        }
+        let refresh = nonzero_duration(
+            v,
+            format!("{p}.jwks_refresh"),
+            f.jwks_refresh,
+            Duration::from_secs(300),
+        );
+        JwtKeySource::Jwks { url, refresh }
+    };
+    let require_exp = f.require_exp.unwrap_or(true);
+    let mut required_claims = f.required_claims.clone().unwrap_or_default();
+    if require_exp && !required_claims.iter().any(|c| c == "exp") {
+        required_claims.push("exp".into());
+    }
+    Some(JwtProviderConfig {
+        algorithm,
+        key,
+        issuer: f.issuer.clone(),
+        audience: f.audience.clone(),
+        required_claims,
+        require_exp,
+        leeway: v.duration(&format!("{p}.leeway"), f.leeway, Duration::from_secs(30)),
+    })
+}
+
+fn jwt_config(v: &mut V, j: &RawJwt) -> JwtConfig {
+    let mut providers = Vec::new();
+    let has_own_key = j.secret.is_some() || j.public_key.is_some() || j.jwks_url.is_some();
+    if has_own_key || j.providers.as_ref().is_none_or(|p| p.is_empty()) {
+        providers.extend(jwt_provider(
+            v,
+            "jwt_validation",
+            ProviderFields {
+                secret: &j.secret,
+                algorithm: &j.algorithm,
+                public_key: &j.public_key,
+                jwks_url: &j.jwks_url,
+                jwks_refresh: &j.jwks_refresh,
+                issuer: &j.issuer,
+                audience: &j.audience,
+                required_claims: &j.required_claims,
+                require_exp: j.require_exp,
+                leeway: &j.leeway,
+            },
+        ));
+    }
+    for (i, pr) in j.providers.iter().flatten().enumerate() {
+        providers.extend(jwt_provider(
+            v,
+            &format!("jwt_validation.providers[{i}]"),
+            ProviderFields {
+                secret: &pr.secret,
+                algorithm: &pr.algorithm,
+                public_key: &pr.public_key,
+                jwks_url: &pr.jwks_url,
+                jwks_refresh: &pr.jwks_refresh,
+                issuer: &pr.issuer,
+                audience: &pr.audience,
+                required_claims: &pr.required_claims,
+                require_exp: pr.require_exp,
+                leeway: &pr.leeway,
+            },
+        ));
+    }
+    let mut forward_claims = Vec::new();
+    for (claim, header) in j.forward_claims.iter().flatten() {
+        match http::HeaderName::from_bytes(header.as_bytes()) {
+            Ok(h) => forward_claims.push((claim.clone(), h)),
+            Err(_) => v.err(
+                format!("jwt_validation.forward_claims.{claim}"),
+                format!("`{header}` is not a valid header name"),
+            ),
+        }
+    }
+    JwtConfig {
+        providers,
+        forward_claims,
+        strip_authorization: j.strip_authorization.unwrap_or(false),
+    }
+}
+
+fn api_keys_config(v: &mut V, k: &RawApiKeys) -> ApiKeysConfig {
+    let header_name = match http::HeaderName::from_bytes(
+        k.header_name.as_deref().unwrap_or("X-API-Key").as_bytes(),
+    ) {
+        Ok(h) => h,
+        Err(_) => {
+            v.err("api_keys.header_name", "not a valid header name");
+            http::HeaderName::from_static("x-api-key")
+        }
+    };
+    if k.keys.is_empty() {
+        v.err_hint(
+            "api_keys.keys",
+            "no keys",
+            "add one: `kairos-rs keys generate --name NAME` prints the entry",
+        );
+    }
+    let mut keys: Vec<ApiKeyEntry> = Vec::new();
+    for (name, key) in &k.keys {
+        let p = format!("api_keys.keys.{name}");
+        let hash = match (&key.key_hash, &key.key) {
+            (Some(h), None) => match crate::auth::api_key::parse_hash(h) {
+                Ok(hash) => hash,
+                Err(e) => {
+                    v.err_hint(
+                        format!("{p}.key_hash"),
+                        e,
+                        "write \"sha256:\" and 64 hex digits; `kairos-rs keys hash` prints it",
+                    );
+                    continue;
+                }
+            },
+            (None, Some(plain)) => {
+                if plain.len() < 16 {
+                    v.err(
+                        format!("{p}.key"),
+                        "the key is shorter than 16 characters; use `kairos-rs keys generate`",
+                    );
+                }
+                crate::auth::api_key::hash(plain)
+            }
+            _ => {
+                v.err_hint(
+                    p.clone(),
+                    "give exactly one of `key_hash` and `key`",
+                    "prefer key_hash; `key` must be \"${ENV_VAR}\"",
+                );
+                continue;
+            }
+        };
+        if let Some(other) = keys.iter().find(|e| e.hash == hash) {
+            v.err(p.clone(), format!("same key as `{}`", other.name));
+        }
+        let rate_limit = key.rate_limit.as_ref().and_then(|r| {
+            if !(r.rps > 0.0 && r.rps.is_finite()) {
+                v.err(format!("{p}.rate_limit.rps"), "rps must be more than 0");
+                return None;
+            }
+            Some(RateConfig {
+                rps: r.rps,
+                burst: r.burst.unwrap_or(r.rps.ceil().max(1.0) as u32).max(1),
+            })
+        });
+        keys.push(ApiKeyEntry {
+            name: name.clone(),
+            hash,
+            permissions: key.permissions.clone().unwrap_or_default(),
+            rate_limit,
+        });
+    }
+    if let Some(q) = &k.query_param {
+        if q.is_empty() || q.contains(['&', '=', '#', ' ']) {
+            v.err("api_keys.query_param", format!("`{q}` is not a query parameter name"));
+        }
+    }
+    ApiKeysConfig {
+        header_name,
+        query_param: k.query_param.clone(),
+        keys,
+    }
+}
+
+fn cors_config(v: &mut V, p: &str, c: &RawCors) -> crate::auth::cors::CorsConfig {
+    let strings = |x: &Option<Vec<String>>, d: &[&str]| {
+        x.clone()
+            .unwrap_or_else(|| d.iter().map(|s| s.to_string()).collect())
+    };
+    let cfg = crate::auth::cors::CorsConfig {
+        allowed_origins: c.allowed_origins.clone(),
+        allowed_methods: strings(
+            &c.allowed_methods,
+            &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+        ),
+        allowed_headers: strings(&c.allowed_headers, &["Content-Type", "Authorization"]),
+        expose_headers: strings(&c.expose_headers, &[]),
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        max_age: c.max_age,
+    };
+    if let Err(errors) = crate::auth::cors::CorsPolicy::compile(&cfg) {
+        for (sub, msg, hint) in errors {
+            let path = if sub.is_empty() {
+                p.to_string()
+            } else {
+                format!("{p}.{sub}")
+            };
+            match hint {
+                Some(h) => v.err_hint(path, msg, h),
+                None => v.err(path, msg),
+            }
+        }
+    }
+    cfg
+}
 
 fn positive(v: &mut V, path: String, value: Option<u32>, default: u32) -> u32 {
     match value {

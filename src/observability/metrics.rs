@@ -76,6 +76,7 @@ pub struct Metrics {
     pub spans_dropped: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub upstream_ejections: IntCounterVec,
+    pub auth_failures: IntCounterVec,
     servers: Arc<ServerGauges>,
 }
 
@@ -170,9 +171,15 @@ impl Metrics {
                 "Times outlier detection took a server out after consecutive failures.",
                 &["upstream", "server"],
             ),
+            auth_failures: counter_vec(
+                "kairos_auth_failures_total",
+                "Requests refused by authentication or permissions, by route, method (jwt, \
+                 api_key; jwt_or_api_key when no credential was sent) and reason.",
+                &["route", "method", "reason"],
+            ),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 15] = [
+        let collectors: [Box<dyn Collector>; 16] = [
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
             Box::new(m.request_bytes.clone()),
@@ -187,6 +194,7 @@ impl Metrics {
             Box::new(m.spans_dropped.clone()),
             Box::new(m.upstream_retries.clone()),
             Box::new(m.upstream_ejections.clone()),
+            Box::new(m.auth_failures.clone()),
             Box::new(ServerGaugesCollector(m.servers.clone())),
         ];
         for c in collectors {

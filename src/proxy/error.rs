@@ -11,6 +11,10 @@ use actix_web::HttpResponse;
 pub enum GatewayError {
     BadRequest(&'static str),
     Unauthorized,
+    /// Route credentials missing or invalid; the challenge goes in WWW-Authenticate.
+    AuthRequired { challenge: &'static str },
+    Forbidden,
+    CorsRejected,
     NotFound,
     MethodNotAllowed { allow: String },
     PayloadTooLarge,
@@ -27,7 +31,10 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
+            GatewayError::Unauthorized | GatewayError::AuthRequired { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            GatewayError::Forbidden | GatewayError::CorsRejected => StatusCode::FORBIDDEN,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -46,7 +53,9 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::BadRequest(_) => "bad_request",
-            GatewayError::Unauthorized => "unauthorized",
+            GatewayError::Unauthorized | GatewayError::AuthRequired { .. } => "unauthorized",
+            GatewayError::Forbidden => "forbidden",
+            GatewayError::CorsRejected => "cors_rejected",
             GatewayError::NotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge => "payload_too_large",
@@ -63,7 +72,11 @@ impl GatewayError {
     fn message(&self) -> &'static str {
         match self {
             GatewayError::BadRequest(m) => m,
-            GatewayError::Unauthorized => "missing or invalid credentials",
+            GatewayError::Unauthorized | GatewayError::AuthRequired { .. } => {
+                "missing or invalid credentials"
+            }
+            GatewayError::Forbidden => "the credentials do not grant access to this route",
+            GatewayError::CorsRejected => "cross-origin request not allowed from this origin",
             GatewayError::NotFound => "no route matches this request",
             GatewayError::MethodNotAllowed { .. } => "method not allowed on this path",
             GatewayError::PayloadTooLarge => "request body is larger than the gateway accepts",
@@ -102,6 +115,9 @@ impl GatewayError {
                     HeaderValue::from_static("Bearer realm=\"kairos\""),
                 ));
             }
+            GatewayError::AuthRequired { challenge } => {
+                res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge)));
+            }
             GatewayError::PayloadTooLarge
             | GatewayError::UriTooLong
             | GatewayError::HeadersTooLarge
@@ -111,6 +127,8 @@ impl GatewayError {
                 res.insert_header((header::CONNECTION, HeaderValue::from_static("close")));
             }
             GatewayError::NotFound
+            | GatewayError::Forbidden
+            | GatewayError::CorsRejected
             | GatewayError::UpstreamConnect
             | GatewayError::UpstreamProtocol
             | GatewayError::NoHealthyUpstream

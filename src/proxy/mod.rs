@@ -9,6 +9,7 @@ pub mod forward;
 pub mod headers;
 pub mod router;
 
+use crate::auth::cors::CorsPolicy;
 use crate::config::model::{RewritePart, RouteConfig, ServerConfig, Strategy};
 use crate::observability::metrics::{self, Metrics, UpstreamErrorKind};
 use crate::observability::request_id;
@@ -118,6 +119,19 @@ pub async fn handle(
     if let Some(v) = trace_header {
         res.headers_mut().insert(trace::TRACE_ID_HEADER, v);
     }
+    // CORS headers on every response of a CORS route, errors included, so a browser script
+    // can read a 401 or a 429.
+    let cors = match outcome.route {
+        Some((i, _)) => rt.auth.route_cors.get(i).and_then(Option::as_ref),
+        None => rt.auth.cors.as_ref(),
+    };
+    if let Some(policy) = cors {
+        if !(res.status() == actix_web::http::StatusCode::NO_CONTENT
+            && CorsPolicy::is_preflight(req.method(), req.headers()))
+        {
+            policy.apply(req.headers(), res.headers_mut());
+        }
+    }
     res
 }
 
@@ -155,10 +169,21 @@ async fn proxy<'a>(
         (true, Some(h)) => Some(host_name(h).to_ascii_lowercase()),
         _ => None,
     };
+    // A CORS preflight asks about the method the real request will use: match on that.
+    let preflight = (rt.auth.cors.is_some() || rt.auth.route_cors.iter().any(Option::is_some))
+        && CorsPolicy::is_preflight(method, req.headers());
+    let lookup_method = match preflight {
+        true => req
+            .headers()
+            .get("access-control-request-method")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("OPTIONS"),
+        false => method.as_str(),
+    };
     let (route_idx, params) =
         match rt
             .router
-            .lookup(host_key.as_deref(), req.path(), method.as_str())
+            .lookup(host_key.as_deref(), req.path(), lookup_method)
         {
             router::Lookup::Found { route, params } => (route, params),
             router::Lookup::MethodNotAllowed { allow } => {
@@ -174,7 +199,35 @@ async fn proxy<'a>(
         t.routed(method.as_str(), &route.path, &route.name);
     }
 
-    // Phase 2: check the request and prepare its body.
+    // Phase 2: the edge-security chain, in order. CORS first: a browser's preflight carries no
+    // credentials, so it is answered before authentication (and never forwarded). Then
+    // authentication and permissions. Rate limiting, caching and transforms follow here.
+    if preflight {
+        if let Some(policy) = &rt.auth.route_cors[route_idx] {
+            return match policy.preflight(req.headers()) {
+                Ok(headers) => {
+                    let mut res = HttpResponse::NoContent().finish();
+                    for (k, v) in headers {
+                        res.headers_mut().append(k, v);
+                    }
+                    res.headers_mut()
+                        .insert(ax::HeaderName::from_static(request_id::HEADER), rid.clone());
+                    drop(outcome.complete(rt, metrics, method.as_str(), 204));
+                    Ok(res)
+                }
+                Err(reason) => {
+                    tracing::debug!(route = route.name.as_str(), reason, "CORS preflight refused");
+                    Err(GatewayError::CorsRejected)
+                }
+            };
+        }
+    }
+    let identity = rt
+        .auth
+        .authenticate(route, req, metrics, rid.to_str().unwrap_or_default())
+        .await?;
+
+    // Phase 3: check the request and prepare its body.
     let max = rt.config.server.max_body_size;
     let declared_len = match req.headers().get(ax::CONTENT_LENGTH) {
         Some(v) => Some(
@@ -241,11 +294,29 @@ async fn proxy<'a>(
         None => ProxyBody::Empty,
     };
 
-    // Phase 3: the upstream request, built once; a retry rebuilds it from the client's
+    // Phase 4: the upstream request, built once; a retry rebuilds it from the client's
     // request (only bodies kept whole can be sent twice).
     let upstream: &'a Upstream = &rt.upstreams[route.upstream];
     let policy = &upstream.config.retries;
-    let path_and_query = upstream_path(req, route, &params)?;
+    let mut path_and_query = upstream_path(req, route, &params)?;
+    let edits = rt.auth.header_edits(identity.as_ref());
+    if let (Some(id), Some(keys)) = (&identity, &rt.auth.keys) {
+        // A key in the URL is removed before forwarding (and before upstream access logs).
+        if let (true, Some(q), Some(name)) = (
+            id.key_in_query,
+            path_and_query.query(),
+            keys.config.query_param.as_deref(),
+        ) {
+            if let Some(rest) = crate::auth::api_key::strip_query_param(q, name) {
+                let pq = match rest.is_empty() {
+                    true => path_and_query.path().to_string(),
+                    false => format!("{}?{rest}", path_and_query.path()),
+                };
+                path_and_query = http::uri::PathAndQuery::try_from(pq)
+                    .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
+            }
+        }
+    }
     let up_method = http::Method::from_bytes(method.as_str().as_bytes())
         .map_err(|_| GatewayError::BadRequest("invalid method"))?;
     let peer = req.peer_addr().map(|a| a.ip());
@@ -280,6 +351,7 @@ async fn proxy<'a>(
             http::HeaderValue::from_static(""),
             &rid_up,
         );
+        edits.apply(up.headers_mut());
         if matches!(up.body(), ProxyBody::Stream { len: None, .. }) {
             // Say so explicitly: for GET and HEAD hyper would otherwise assume no body.
             up.headers_mut().insert(
@@ -291,7 +363,7 @@ async fn proxy<'a>(
     };
     let mut pending = Some(build(upstream_body));
 
-    // Phase 4: pick a server and forward, bounded by the route's timeout until a response
+    // Phase 5: pick a server and forward, bounded by the route's timeout until a response
     // head arrives; a failed attempt may be retried on the next candidate.
     let first_now = crate::upstream::now_ms();
     if policy.attempts > 0 {
@@ -502,7 +574,7 @@ async fn proxy<'a>(
         tokio::time::sleep(pause).await;
     };
 
-    // Phase 5: the response.
+    // Phase 6: the response.
     let status = actix_web::http::StatusCode::from_u16(parts.status.as_u16())
         .map_err(|_| GatewayError::UpstreamProtocol)?;
     let len = headers::content_length(&parts.headers);

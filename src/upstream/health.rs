@@ -82,8 +82,9 @@ pub fn next_delay(cfg: &HealthCheckConfig, tracker: &Tracker) -> Duration {
     base.mul_f64(0.9 + 0.2 * fastrand::f64())
 }
 
-/// The background runtime every checker runs on, started on first use.
-fn runtime() -> Option<&'static tokio::runtime::Handle> {
+/// The background runtime for the gateway's own outbound work (health checks, JWKS fetches),
+/// one thread, started on first use.
+pub fn background() -> Option<&'static tokio::runtime::Handle> {
     static HANDLE: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -130,7 +131,7 @@ pub fn start(
     tls: &Arc<rustls::ClientConfig>,
 ) -> Checkers {
     let alive = Arc::new(());
-    let Some(rt) = runtime() else {
+    let Some(rt) = background() else {
         return Checkers { _alive: alive };
     };
     let client = {

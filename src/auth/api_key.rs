@@ -1,0 +1,202 @@
+//! API keys: looked up by their SHA-256 (the config holds hashes, never keys), compared in
+//! constant time, taken from a header or (when configured) a query parameter.
+
+use crate::config::model::{ApiKeyEntry, ApiKeysConfig};
+use ring::digest;
+use rustc_hash::FxHashMap;
+
+/// SHA-256 of a key.
+pub fn hash(key: &str) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, key.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The config form of a hash: `sha256:` and 64 lower-case hex digits.
+pub fn format_hash(hash: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(71);
+    s.push_str("sha256:");
+    for b in hash {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Parses `sha256:<64 hex>`.
+pub fn parse_hash(text: &str) -> Result<[u8; 32], String> {
+    let Some(hex) = text.strip_prefix("sha256:") else {
+        return Err(format!("`{}` does not start with \"sha256:\"", abbreviate(text)));
+    };
+    if hex.len() != 64 {
+        return Err(format!(
+            "a SHA-256 hash has 64 hex digits, this one has {}",
+            hex.len()
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).map_err(|_| "not hex".to_string())?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| format!("`{s}` is not hex"))?;
+    }
+    Ok(out)
+}
+
+fn abbreviate(s: &str) -> String {
+    s.chars().take(12).collect::<String>() + if s.chars().count() > 12 { "..." } else { "" }
+}
+
+/// A new random key: 32 bytes from the system's CSPRNG, base64url, with a prefix that makes
+/// leaked keys easy to find with secret scanners.
+pub fn generate() -> Result<String, String> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "the system random generator failed".to_string())?;
+    Ok(format!(
+        "kairos_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// The keys of a runtime, by hash.
+pub struct KeyStore {
+    pub config: ApiKeysConfig,
+    by_hash: FxHashMap<[u8; 32], usize>,
+}
+
+impl KeyStore {
+    pub fn new(config: ApiKeysConfig) -> Self {
+        let by_hash = config
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.hash, i))
+            .collect();
+        KeyStore { config, by_hash }
+    }
+
+    /// The key entry for a presented key, if it is one of ours.
+    pub fn lookup(&self, presented: &str) -> Option<&ApiKeyEntry> {
+        let h = hash(presented);
+        let entry = &self.config.keys[*self.by_hash.get(&h)?];
+        // The map lookup only tells hashes apart; the final comparison takes the same time
+        // whatever the bytes.
+        constant_time_eq(&entry.hash, &h).then_some(entry)
+    }
+
+    /// The key a request presents, from the header or the query string.
+    pub fn presented<'a>(
+        &self,
+        headers: &'a actix_web::http::header::HeaderMap,
+        query: &'a str,
+    ) -> Option<std::borrow::Cow<'a, str>> {
+        if let Some(v) = headers.get(self.config.header_name.as_str()) {
+            return v.to_str().ok().map(|s| std::borrow::Cow::Borrowed(s.trim()));
+        }
+        let name = self.config.query_param.as_deref()?;
+        query_value(query, name)
+    }
+}
+
+/// Compares two byte strings in time that depends on their length only.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keep the optimiser from turning the fold into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
+/// The value of query parameter `name`, percent-decoded.
+pub fn query_value<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+/// The query string without parameter `name` (None when it is not there).
+pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
+    let mut found = false;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            let hit = k == name;
+            found |= hit;
+            !hit
+        })
+        .collect();
+    found.then(|| kept.join("&"))
+}
+
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(x) => {
+                        out.push(x);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_round_trip() {
+        let h = hash("test");
+        let text = format_hash(&h);
+        assert_eq!(
+            text,
+            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+        assert_eq!(parse_hash(&text).unwrap(), h);
+        assert!(parse_hash("md5:abc").is_err());
+        assert!(parse_hash("sha256:abc").is_err());
+        assert!(parse_hash(&format!("sha256:{}", "zz".repeat(32))).is_err());
+    }
+
+    #[test]
+    fn generated_keys_are_distinct_and_long() {
+        let a = generate().unwrap();
+        let b = generate().unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("kairos_") && a.len() == 7 + 43, "{a}");
+    }
+
+    #[test]
+    fn query_parameters() {
+        assert_eq!(query_value("a=1&api_key=k%2By&b", "api_key").as_deref(), Some("k+y"));
+        assert_eq!(query_value("a=1", "api_key"), None);
+        assert_eq!(strip_query_param("a=1&api_key=x&b=2", "api_key").as_deref(), Some("a=1&b=2"));
+        assert_eq!(strip_query_param("api_key=x", "api_key").as_deref(), Some(""));
+        assert_eq!(strip_query_param("a=1", "api_key"), None);
+        assert_eq!(percent_decode("a%zz%4"), "a%zz%4");
+    }
+}
