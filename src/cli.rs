@@ -107,7 +107,10 @@ pub fn render_keys(cfg: &crate::config::Config) -> String {
     let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0).max(4);
     let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0).max(11);
     let mut out = String::new();
-    out.push_str(&format!("{:<w0$}  {:<w1$}  RATE LIMIT\n", "NAME", "PERMISSIONS"));
+    out.push_str(&format!(
+        "{:<w0$}  {:<w1$}  RATE LIMIT\n",
+        "NAME", "PERMISSIONS"
+    ));
     for r in rows {
         out.push_str(&format!("{:<w0$}  {:<w1$}  {}\n", r[0], r[1], r[2]));
     }

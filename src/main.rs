@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use kairos_rs::cli::{Cli, Command, ConfigCommand, RoutesCommand, KeysCommand};
+use kairos_rs::cli::{Cli, Command, ConfigCommand, KeysCommand, RoutesCommand};
 use kairos_rs::{config, demo, observability, server, state};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -73,7 +73,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("reading the key from standard input")?;
             let key = key.trim_end_matches(['\n', '\r']);
             if key.is_empty() {
-                eprintln!("no key on standard input (try: printf %s \"$KEY\" | kairos-rs keys hash)");
+                eprintln!(
+                    "no key on standard input (try: printf %s \"$KEY\" | kairos-rs keys hash)"
+                );
                 return Ok(ExitCode::from(2));
             }
             println!(

@@ -50,3 +50,9 @@ pub fn server_config(tls: &TlsConfig) -> io::Result<rustls::ServerConfig> {
             )
         })
 }
+
+/// Makes ring the process's default rustls provider (reqwest, built without a provider of its
+/// own, needs one before any client is built). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -230,7 +230,11 @@ fn features_not_built_yet_are_refused_not_ignored() {
     );
     let errs = errors(&text);
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, vec!["rate_limiting", "routes[0].rate_limit"], "{errs:#?}");
+    assert_eq!(
+        paths,
+        vec!["rate_limiting", "routes[0].rate_limit"],
+        "{errs:#?}"
+    );
     assert!(errs[0].message.contains("not supported by this version"));
     let e = one(
         r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}], "load_balancing": {"strategy": "round_robbin"}}}}"#,

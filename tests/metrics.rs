@@ -269,7 +269,7 @@ async fn ten_thousand_distinct_paths_do_not_grow_the_series() {
     let c = client();
     let send = |i: usize| {
         let c = c.clone();
-        let url = if i % 2 == 0 {
+        let url = if i.is_multiple_of(2) {
             gw.url(&format!("/users/{i}"))
         } else {
             gw.url(&format!("/random/{i}/path"))

@@ -276,7 +276,7 @@ async fn error_percentage_over_the_window_opens_the_circuit() {
     let n = Arc::new(AtomicUsize::new(0));
     let n2 = n.clone();
     let up = Upstream::start(move |_| {
-        if n2.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+        if n2.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
             Reply::ok("x").status(503)
         } else {
             Reply::ok("ok")

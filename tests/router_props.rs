@@ -92,6 +92,9 @@ fn route(i: usize, segs: &[Seg]) -> RouteConfig {
         rewrite: None,
         timeout: Duration::from_secs(1),
         preserve_host: false,
+        auth: Default::default(),
+        permissions: Vec::new(),
+        cors: None,
     }
 }
 

@@ -26,7 +26,10 @@ pub fn format_hash(hash: &[u8; 32]) -> String {
 /// Parses `sha256:<64 hex>`.
 pub fn parse_hash(text: &str) -> Result<[u8; 32], String> {
     let Some(hex) = text.strip_prefix("sha256:") else {
-        return Err(format!("`{}` does not start with \"sha256:\"", abbreviate(text)));
+        return Err(format!(
+            "`{}` does not start with \"sha256:\"",
+            abbreviate(text)
+        ));
     };
     if hex.len() != 64 {
         return Err(format!(
@@ -94,7 +97,10 @@ impl KeyStore {
         query: &'a str,
     ) -> Option<std::borrow::Cow<'a, str>> {
         if let Some(v) = headers.get(self.config.header_name.as_str()) {
-            return v.to_str().ok().map(|s| std::borrow::Cow::Borrowed(s.trim()));
+            return v
+                .to_str()
+                .ok()
+                .map(|s| std::borrow::Cow::Borrowed(s.trim()));
         }
         let name = self.config.query_param.as_deref()?;
         query_value(query, name)
@@ -192,10 +198,19 @@ mod tests {
 
     #[test]
     fn query_parameters() {
-        assert_eq!(query_value("a=1&api_key=k%2By&b", "api_key").as_deref(), Some("k+y"));
+        assert_eq!(
+            query_value("a=1&api_key=k%2By&b", "api_key").as_deref(),
+            Some("k+y")
+        );
         assert_eq!(query_value("a=1", "api_key"), None);
-        assert_eq!(strip_query_param("a=1&api_key=x&b=2", "api_key").as_deref(), Some("a=1&b=2"));
-        assert_eq!(strip_query_param("api_key=x", "api_key").as_deref(), Some(""));
+        assert_eq!(
+            strip_query_param("a=1&api_key=x&b=2", "api_key").as_deref(),
+            Some("a=1&b=2")
+        );
+        assert_eq!(
+            strip_query_param("api_key=x", "api_key").as_deref(),
+            Some("")
+        );
         assert_eq!(strip_query_param("a=1", "api_key"), None);
         assert_eq!(percent_decode("a%zz%4"), "a%zz%4");
     }

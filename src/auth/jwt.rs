@@ -70,8 +70,11 @@ pub struct Verified {
 
 impl Verified {
     fn still_valid(&self, now: u64) -> bool {
-        self.exp.is_none_or(|exp| now < exp.saturating_add(self.leeway))
-            && self.nbf.is_none_or(|nbf| now.saturating_add(self.leeway) >= nbf)
+        self.exp
+            .is_none_or(|exp| now < exp.saturating_add(self.leeway))
+            && self
+                .nbf
+                .is_none_or(|nbf| now.saturating_add(self.leeway) >= nbf)
     }
 }
 
@@ -147,9 +150,11 @@ impl JwtAuth {
             .iter()
             .any(|p| p.issuer.is_some() && p.issuer.as_deref() == iss);
         let mut last = Reason::Algorithm;
-        for p in self.providers.iter().filter(|p| {
-            (!by_issuer || p.issuer.as_deref() == iss) && p.alg_name == alg
-        }) {
+        for p in self
+            .providers
+            .iter()
+            .filter(|p| (!by_issuer || p.issuer.as_deref() == iss) && p.alg_name == alg)
+        {
             match self.verify_with(p, token, kid).await {
                 Ok(v) => {
                     let v = Arc::new(v);
@@ -229,9 +234,9 @@ fn provider(cfg: &JwtProviderConfig) -> Result<Provider, String> {
         None => validation.validate_aud = false,
     }
     let keys = match &cfg.key {
-        JwtKeySource::Secret(s) => Keys::Static(
-            DecodingKey::from_secret(&s.0).map_err(|e| format!("secret: {e}"))?,
-        ),
+        JwtKeySource::Secret(s) => {
+            Keys::Static(DecodingKey::from_secret(&s.0).map_err(|e| format!("secret: {e}"))?)
+        }
         JwtKeySource::PublicKey(pem) => {
             let pem = pem.as_bytes();
             let key = match algorithm.family() {
@@ -284,13 +289,16 @@ fn alg_name(a: Algorithm) -> &'static str {
 
 /// The header and payload of a token, decoded but not verified (to choose the provider and
 /// key; nothing in them is trusted before the signature is checked).
-fn peek(token: &str) -> Result<(Map<String, Value>, Map<String, Value>), Reason> {
+type Json = Map<String, Value>;
+
+fn peek(token: &str) -> Result<(Json, Json), Reason> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(Reason::Malformed);
     };
-    let json = |seg: &str| -> Result<Map<String, Value>, Reason> {
+    let json = |seg: &str| -> Result<Json, Reason> {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(seg)
             .map_err(|_| Reason::Malformed)?;
@@ -365,6 +373,7 @@ pub struct Jwks {
 
 impl Jwks {
     fn new(url: String, refresh: Duration, algorithm: Algorithm) -> Result<Self, String> {
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
@@ -419,8 +428,8 @@ impl Jwks {
     async fn refetch_and_wait(self: &Arc<Self>) {
         let mut rx = self.fetched.subscribe();
         let now = crate::upstream::now_ms();
-        let recent =
-            now.saturating_sub(self.last_fetch_ms.load(Ordering::Relaxed)) < REFETCH_MIN_INTERVAL_MS;
+        let recent = now.saturating_sub(self.last_fetch_ms.load(Ordering::Relaxed))
+            < REFETCH_MIN_INTERVAL_MS;
         if !self.fetching.load(Ordering::Acquire) {
             if recent {
                 return;

@@ -114,9 +114,12 @@ fn plaintext_keys_from_env(root: &Value, errors: &mut Vec<ConfigError>) {
     };
     for (name, entry) in keys {
         if let Some(Value::String(s)) = entry.get("key") {
-            let is_ref = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')).is_some_and(
-                |n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            );
+            let is_ref = s
+                .strip_prefix("${")
+                .and_then(|r| r.strip_suffix('}'))
+                .is_some_and(|n| {
+                    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
             if !is_ref {
                 errors.push(
                     ConfigError::new(

@@ -304,7 +304,10 @@ pub enum JwtKeySource {
     Secret(Secret),
     /// PEM text of a public key.
     PublicKey(String),
-    Jwks { url: String, refresh: Duration },
+    Jwks {
+        url: String,
+        refresh: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]

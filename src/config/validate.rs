@@ -784,8 +784,9 @@ fn auth_mode(v: &mut V, p: &str, a: &RawAuth) -> AuthMode {
             "jwt" => mode.jwt = true,
             "api_key" => mode.api_key = true,
             other => {
-                let hint = did_you_mean(other, ["none", "jwt", "api_key"])
-                    .unwrap_or_else(|| "use \"none\", \"jwt\", \"api_key\" or [\"jwt\", \"api_key\"]".into());
+                let hint = did_you_mean(other, ["none", "jwt", "api_key"]).unwrap_or_else(|| {
+                    "use \"none\", \"jwt\", \"api_key\" or [\"jwt\", \"api_key\"]".into()
+                });
                 v.err_hint(path, format!("unknown auth scheme `{other}`"), hint);
             }
         }
@@ -814,10 +815,14 @@ struct ProviderFields<'a> {
 
 fn jwt_provider(v: &mut V, p: &str, f: ProviderFields<'_>) -> Option<JwtProviderConfig> {
     use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
-    let sources = [f.secret.is_some(), f.public_key.is_some(), f.jwks_url.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let sources = [
+        f.secret.is_some(),
+        f.public_key.is_some(),
+        f.jwks_url.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if sources != 1 {
         v.err_hint(
             p.to_string(),
@@ -864,7 +869,10 @@ fn jwt_provider(v: &mut V, p: &str, f: ProviderFields<'_>) -> Option<JwtProvider
         if secret.len() < min {
             v.err_hint(
                 format!("{p}.secret"),
-                format!("the secret is {} bytes; {alg_name} needs at least {min}", secret.len()),
+                format!(
+                    "the secret is {} bytes; {alg_name} needs at least {min}",
+                    secret.len()
+                ),
                 "generate one with `openssl rand -base64 48` and pass it as \"${JWT_SECRET}\"",
             );
         }
@@ -1060,7 +1068,10 @@ fn api_keys_config(v: &mut V, k: &RawApiKeys) -> ApiKeysConfig {
     }
     if let Some(q) = &k.query_param {
         if q.is_empty() || q.contains(['&', '=', '#', ' ']) {
-            v.err("api_keys.query_param", format!("`{q}` is not a query parameter name"));
+            v.err(
+                "api_keys.query_param",
+                format!("`{q}` is not a query parameter name"),
+            );
         }
     }
     ApiKeysConfig {

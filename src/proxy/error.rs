@@ -12,11 +12,15 @@ pub enum GatewayError {
     BadRequest(&'static str),
     Unauthorized,
     /// Route credentials missing or invalid; the challenge goes in WWW-Authenticate.
-    AuthRequired { challenge: &'static str },
+    AuthRequired {
+        challenge: &'static str,
+    },
     Forbidden,
     CorsRejected,
     NotFound,
-    MethodNotAllowed { allow: String },
+    MethodNotAllowed {
+        allow: String,
+    },
     PayloadTooLarge,
     UriTooLong,
     HeadersTooLarge,
@@ -116,7 +120,10 @@ impl GatewayError {
                 ));
             }
             GatewayError::AuthRequired { challenge } => {
-                res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge)));
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                ));
             }
             GatewayError::PayloadTooLarge
             | GatewayError::UriTooLong

@@ -180,19 +180,18 @@ async fn proxy<'a>(
             .unwrap_or("OPTIONS"),
         false => method.as_str(),
     };
-    let (route_idx, params) =
-        match rt
-            .router
-            .lookup(host_key.as_deref(), req.path(), lookup_method)
-        {
-            router::Lookup::Found { route, params } => (route, params),
-            router::Lookup::MethodNotAllowed { allow } => {
-                return Err(GatewayError::MethodNotAllowed {
-                    allow: allow.to_string(),
-                })
-            }
-            router::Lookup::NotFound => return Err(GatewayError::NotFound),
-        };
+    let (route_idx, params) = match rt
+        .router
+        .lookup(host_key.as_deref(), req.path(), lookup_method)
+    {
+        router::Lookup::Found { route, params } => (route, params),
+        router::Lookup::MethodNotAllowed { allow } => {
+            return Err(GatewayError::MethodNotAllowed {
+                allow: allow.to_string(),
+            })
+        }
+        router::Lookup::NotFound => return Err(GatewayError::NotFound),
+    };
     let route: &'a RouteConfig = &rt.config.routes[route_idx];
     outcome.route = Some((route_idx, &route.name));
     if let Some(t) = outcome.trace() {
@@ -216,7 +215,11 @@ async fn proxy<'a>(
                     Ok(res)
                 }
                 Err(reason) => {
-                    tracing::debug!(route = route.name.as_str(), reason, "CORS preflight refused");
+                    tracing::debug!(
+                        route = route.name.as_str(),
+                        reason,
+                        "CORS preflight refused"
+                    );
                     Err(GatewayError::CorsRejected)
                 }
             };

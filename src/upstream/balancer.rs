@@ -646,7 +646,7 @@ fn is_prime(m: usize) -> bool {
     }
     let mut d = 2;
     while d * d <= m {
-        if m % d == 0 {
+        if m.is_multiple_of(d) {
             return false;
         }
         d += 1;

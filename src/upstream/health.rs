@@ -134,6 +134,7 @@ pub fn start(
     let Some(rt) = background() else {
         return Checkers { _alive: alive };
     };
+    crate::tls::install_crypto_provider();
     let client = {
         let _guard = rt.enter();
         reqwest::Client::builder()
