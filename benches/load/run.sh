@@ -18,6 +18,7 @@
 #                comparison in the same rounds, e.g. a build without mimalloc
 #   KEEP_TMP     1 keeps the temp dir (configs, logs, raw wrk output) for inspection
 #   TRACING      1 (default) also runs the tracing variants below; 0 skips them
+#   AUTH         1 (default) also runs the JWT variants below; 0 skips them
 #
 # Targets (all on 127.0.0.1, free ports picked at start):
 #   upstream     nginx, 1 worker, `return 200 "ok"`           (what every proxy forwards to)
@@ -27,6 +28,9 @@
 #   kairos-t0    kairos with 10 routes and OpenTelemetry tracing at sampling_rate 0 (ids are
 #   kairos-t0.1  still propagated), 0.1 and 1.0, exporting OTLP/HTTP to a sink (a second
 #   kairos-t1    server of the upstream nginx that answers 200). Metrics are always on.
+#   kairos-hs256 kairos with 10 routes and `"auth": "jwt"` on the hit route, HS256 (secret) or
+#   kairos-rs256 RS256 (a 2048-bit key made by openssl); wrk sends one valid bearer token, as a
+#                client reusing its token does.
 #
 # CPU pinning (PIN=1, needs >= 2 CPUs): the proxy under test (nginx worker, or kairos-rs with
 # all its threads) runs alone on PROXY_CPU; wrk and the upstream nginx share AUX_CPU. A proxy
@@ -67,6 +71,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 AUX_CPU=${AUX_CPU:-1}
 KEEP_TMP=${KEEP_TMP:-0}
 TRACING=${TRACING:-1}
+AUTH=${AUTH:-1}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HIT_PATH=/api/items/42          # the request every wrk run sends
@@ -116,6 +121,11 @@ for t in kairos-t0 kairos-t0.1 kairos-t1; do
     TRACE_PORT[$t]=$port
 done
 declare -A TRACE_RATE=([kairos-t0]=0 [kairos-t0.1]=0.1 [kairos-t1]=1.0)
+declare -A AUTH_PORT
+for t in kairos-hs256 kairos-rs256; do
+    free_port port
+    AUTH_PORT[$t]=$port
+done
 
 # ---------------------------------------------------------------- configs
 # nginx as root would switch its worker to "nobody", which cannot write into our temp dir.
@@ -172,28 +182,32 @@ nginx_conf nginx-proxy "
 
 # kairos configs: the hit route plus N-1 generated routes of three shapes (static, parameter,
 # catch-all), all distinct, so the only difference between the two instances is the count.
-kairos_conf() { # file, port, route count[, tracing sampling rate]
-    local file=$1 port=$2 n=$3 rate=${4:-}
+kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validation JSON]]
+    local file=$1 port=$2 n=$3 rate=${4:-} jwt=${5:-} hit_auth=""
+    [[ -n $jwt ]] && hit_auth=', "auth": "jwt"'
     {
         printf '{\n  "version": 1,\n'
         if [[ -n $rate ]]; then
             printf '  "tracing": { "endpoint": "http://127.0.0.1:%s", "sampling_rate": %s },\n' "$SINK_PORT" "$rate"
         fi
+        if [[ -n $jwt ]]; then
+            printf '  "jwt_validation": %s,\n' "$jwt"
+        fi
         printf '  "server": { "host": "127.0.0.1", "port": %s, "workers": 1, "shutdown_timeout": "1s" },\n' "$port"
         printf '  "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:%s" }] } },\n' "$UP_PORT"
         printf '  "logging": { "level": "warn", "access_log": false },\n'
         printf '  "routes": [\n'
-        awk -v n="$n" -v hit="$HIT_ROUTE" 'BEGIN {
+        awk -v n="$n" -v hit="$HIT_ROUTE" -v auth="$hit_auth" 'BEGIN {
             half = int((n - 1) / 2)
             for (i = 0; i < n - 1; i++) {
-                if (i == half) printf "    { \"name\": \"hit\", \"path\": \"%s\", \"upstream\": \"up\" },\n", hit
+                if (i == half) printf "    { \"name\": \"hit\", \"path\": \"%s\", \"upstream\": \"up\"%s },\n", hit, auth
                 k = i % 3
                 if (k == 0) p = sprintf("/static%d/health", i)
                 else if (k == 1) p = sprintf("/svc%d/items/{id}", i)
                 else p = sprintf("/files%d/{*rest}", i)
                 printf "    { \"name\": \"r%d\", \"path\": \"%s\", \"upstream\": \"up\" }%s\n", i, p, (i < n - 2 ? "," : "")
             }
-            if (n == 1) printf "    { \"name\": \"hit\", \"path\": \"%s\", \"upstream\": \"up\" }\n", hit
+            if (n == 1) printf "    { \"name\": \"hit\", \"path\": \"%s\", \"upstream\": \"up\"%s }\n", hit, auth
         }'
         printf '  ]\n}\n'
     } >"$file"
@@ -214,12 +228,14 @@ start_nginx() { # name, cpu prefix...; sets STARTED to the master's pid
     PIDS+=("$STARTED")
 }
 
-wait_ready() { # name, url, pid
-    local name=$1 url=$2 pid=$3 body
+wait_ready() { # name, url, pid[, request header]
+    local name=$1 url=$2 pid=$3 hdr=${4:-} body
+    local extra=()
+    [[ -n $hdr ]] && extra=(-H "$hdr")
     for _ in $(seq 300); do
         kill -0 "$pid" 2>/dev/null || die "$name exited during startup (see logs below)
 $(tail -n 20 "$TMP"/"$name"*.log "$TMP/$name"/*.log 2>/dev/null || true)"
-        if body=$(curl -fsS --max-time 2 "$url" 2>/dev/null); then
+        if body=$(curl -fsS --max-time 2 "${extra[@]}" "$url" 2>/dev/null); then
             [[ $body == ok ]] || die "$name answered \"$body\" instead of \"ok\" on $url"
             return
         fi
@@ -272,6 +288,38 @@ if [[ $TRACING == 1 ]]; then
         TARGETS+=("$t")
     done
 fi
+declare -A AUTH_PID HDR_OF
+if [[ $AUTH == 1 ]]; then
+    command -v openssl >/dev/null || die "openssl is needed for the JWT variants (AUTH=0 skips them)"
+    b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+    jwt_token() { # alg, signing command...
+        local alg=$1 h p
+        shift
+        h=$(printf '{"alg":"%s","typ":"JWT"}' "$alg" | b64url)
+        p=$(printf '{"sub":"bench","exp":%s}' "$(($(date +%s) + 86400))" | b64url)
+        printf '%s.%s.%s' "$h" "$p" "$(printf '%s.%s' "$h" "$p" | "$@" | b64url)"
+    }
+    HS_SECRET=$(openssl rand -hex 32)
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rs.pem" 2>/dev/null
+    RS_PUB=$(openssl pkey -in "$TMP/rs.pem" -pubout | awk '{ printf "%s\\n", $0 }')
+    declare -A JWT_CONF=(
+        [kairos-hs256]="{ \"secret\": \"$HS_SECRET\", \"algorithm\": \"HS256\" }"
+        [kairos-rs256]="{ \"public_key\": \"$RS_PUB\", \"algorithm\": \"RS256\" }"
+    )
+    HDR_OF[kairos-hs256]="Authorization: Bearer $(jwt_token HS256 openssl dgst -sha256 -hmac "$HS_SECRET" -binary)"
+    HDR_OF[kairos-rs256]="Authorization: Bearer $(jwt_token RS256 openssl dgst -sha256 -sign "$TMP/rs.pem" -binary)"
+    for t in kairos-hs256 kairos-rs256; do
+        kairos_conf "$TMP/$t.json" "${AUTH_PORT[$t]}" 10 "" "${JWT_CONF[$t]}"
+        "$KAIROS_BIN" config validate "$TMP/$t.json" >&2 || die "kairos config ($t) rejected"
+        "${ON_PROXY[@]}" "$KAIROS_BIN" --config "$TMP/$t.json" >"$TMP/$t.log" 2>&1 &
+        AUTH_PID[$t]=$!
+        PIDS+=("${AUTH_PID[$t]}")
+        wait_ready "$t" "http://127.0.0.1:${AUTH_PORT[$t]}$HIT_PATH" "${AUTH_PID[$t]}" "${HDR_OF[$t]}"
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${AUTH_PORT[$t]}$HIT_PATH")
+        [[ $code == 401 ]] || die "$t answered $code without a token, not 401"
+        TARGETS+=("$t")
+    done
+fi
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { # utime + stime of all threads of a process
@@ -290,6 +338,10 @@ declare -A URL_OF=(
 for t in "${!TRACE_PID[@]}"; do
     PID_OF[$t]=${TRACE_PID[$t]}
     URL_OF[$t]="http://127.0.0.1:${TRACE_PORT[$t]}$HIT_PATH"
+done
+for t in "${!AUTH_PID[@]}"; do
+    PID_OF[$t]=${AUTH_PID[$t]}
+    URL_OF[$t]="http://127.0.0.1:${AUTH_PORT[$t]}$HIT_PATH"
 done
 declare -A RSS_IDLE RSS_LOAD
 for t in "${TARGETS[@]}"; do
@@ -327,7 +379,9 @@ declare -A RPS P50 P99 CPU
 BAD=0
 run_one() { # target, round
     local t=$1 r=$2 url=${URL_OF[$1]} pid=${PID_OF[$1]} out=$TMP/wrk-$1-$2.txt sampler c0 c1 t0 t1
-    in_bg "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+    local hdr=()
+    [[ -n ${HDR_OF[$t]:-} ]] && hdr=(-H "${HDR_OF[$t]}")
+    in_bg "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${hdr[@]}" "$url" >/dev/null
     c0=$(cpu_ticks "$pid")
     t0=$(date +%s.%N)
     # Sample the RSS of the proxy every 0.5 s while wrk runs; keep the maximum.
@@ -341,7 +395,7 @@ run_one() { # target, round
     ) &
     sampler=$!
     PIDS+=("$sampler")
-    in_bg "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$out"
+    in_bg "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${hdr[@]}" "$url" >"$out"
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
     forget "$sampler"
@@ -412,6 +466,10 @@ fi
 for t in kairos-t0 kairos-t0.1 kairos-t1; do
     [[ -n ${TRACE_PID[$t]:-} ]] || continue
     printf '%-40s %s\n' "$t (sampling ${TRACE_RATE[$t]}) / kairos req/s:" "$(ratio "${M_RPS[$t]}" "${M_RPS[kairos]}")"
+done
+for t in kairos-hs256 kairos-rs256; do
+    [[ -n ${AUTH_PID[$t]:-} ]] || continue
+    printf '%-40s %s\n' "$t (JWT on the route) / kairos req/s:" "$(ratio "${M_RPS[$t]}" "${M_RPS[kairos]}")"
 done
 printf '%-40s %s MB idle, %s MB under load\n' "nginx proxy worker RSS:" "$(mb "${RSS_IDLE[nginx]}")" "$(mb "${RSS_LOAD[nginx]}")"
 
