@@ -1,49 +1,1428 @@
-//! CORS policy. Placeholder until the policy lands: every `cors` section is refused.
+//! CORS: which browser origins may read a route's responses. A [`CorsConfig`] (top level or per
+//! route) is compiled once into a [`CorsPolicy`] that answers preflights itself (they carry no
+//! credentials, so this runs before authentication) and adds the `Access-Control-*` headers to
+//! actual responses, error responses included.
+//!
+//! Decisions where the Fetch standard leaves the server a choice:
+//! - Origins: an exact origin (`https://app.example.com`, scheme and host compared
+//!   case-insensitively, a default port written out equals none), a pattern
+//!   `scheme://*.domain[:port]` that matches one or more labels in front of `.domain` with the
+//!   same scheme and port but NOT the bare domain (list `https://example.com` separately), `"*"`
+//!   for any origin (not allowed together with `allow_credentials`), or the literal `"null"`,
+//!   which only an exact `"null"` entry allows (`"*"` does not). An empty list allows no origin:
+//!   a route can switch off the top-level CORS that way.
+//! - Methods: an empty `allowed_methods` means [`DEFAULT_METHODS`]. Names are upper-cased;
+//!   a preflight's requested method is compared exactly, as browsers compare it. `"*"` allows any
+//!   method (answered `*`, or the requested method when credentials are allowed).
+//! - Request headers: compared case-insensitively. `Accept`, `Accept-Language` and
+//!   `Content-Language` need not be listed (a browser only asks for them when a value is unusual).
+//!   `Content-Type` must be listed to accept JSON and other non-form bodies: that is the opt-in
+//!   the preflight exists for. `"*"` allows any header; the answer then echoes the requested
+//!   names, because browsers never let `*` cover `Authorization` and ignore it with credentials.
+//! - The gateway's policy replaces any `Access-Control-Allow-Origin`, `-Allow-Credentials` and
+//!   `-Expose-Headers` an upstream sent: two answers would make browsers refuse the response.
+//! - A request with more than one `Origin` header is treated as coming from no allowed origin.
+
+use actix_web::http::header::{
+    HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
+    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
+    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN,
+    VARY,
+};
+use actix_web::http::Method;
+
+/// The methods allowed when `allowed_methods` is empty.
+pub const DEFAULT_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Request headers a preflight may ask for without them being listed.
+const ALWAYS_ALLOWED_HEADERS: &[&str] = &["accept", "accept-language", "content-language"];
+
+const PREFLIGHT_VARY: &str =
+    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
 
 /// The validated `cors` config (top level or per route).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CorsConfig {
+    /// Exact origins, `scheme://*.domain[:port]` patterns, `"null"`, or `"*"`.
     pub allowed_origins: Vec<String>,
+    /// Empty means [`DEFAULT_METHODS`]; `"*"` allows any method.
     pub allowed_methods: Vec<String>,
+    /// Request headers a preflight may ask for; `"*"` allows any.
     pub allowed_headers: Vec<String>,
+    /// Response headers a page may read besides the safelisted ones; `"*"` (without
+    /// credentials) exposes all.
     pub expose_headers: Vec<String>,
     pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer, in seconds (browsers cap it: Chromium at
+    /// 7200, Firefox at 86400).
     pub max_age: Option<u64>,
 }
 
-pub struct CorsPolicy;
+/// A config error: the path relative to the `cors` object (such as `allowed_origins[2]`), the
+/// message and an optional hint.
+pub type CorsError = (String, String, Option<String>);
 
-impl CorsPolicy {
-    pub fn compile(_cfg: &CorsConfig) -> Result<CorsPolicy, Vec<(String, String, Option<String>)>> {
-        Err(vec![(
-            String::new(),
-            "`cors` is not supported by this version of kairos-rs yet".into(),
-            None,
-        )])
+/// A compiled [`CorsConfig`]: normalised origins and patterns, and every constant header value
+/// built once.
+#[derive(Debug, Clone)]
+pub struct CorsPolicy {
+    any_origin: bool,
+    allow_null: bool,
+    exact: Vec<OriginParts>,
+    patterns: Vec<OriginPattern>,
+    any_method: bool,
+    /// Upper-case.
+    methods: Vec<Box<str>>,
+    any_header: bool,
+    /// Lower-case.
+    headers: Vec<Box<str>>,
+    credentials: bool,
+    allow_methods: HeaderValue,
+    /// The configured list as written; `None` when empty or `"*"`.
+    allow_headers: Option<HeaderValue>,
+    expose_headers: Option<HeaderValue>,
+    max_age: Option<HeaderValue>,
+}
+
+/// An origin as configured: lower-case scheme and host, and the port with the scheme's default
+/// filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OriginParts {
+    scheme: Box<str>,
+    host: Box<str>,
+    port: Option<u16>,
+}
+
+/// `scheme://*.domain[:port]`; `suffix` is `.domain`, lower-case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OriginPattern {
+    scheme: Box<str>,
+    suffix: Box<str>,
+    port: Option<u16>,
+}
+
+/// An origin split into its parts, borrowing the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Origin<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    /// Explicit, or the scheme's default.
+    port: Option<u16>,
+}
+
+/// Why a string is not an origin, with the hint for a config error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OriginError {
+    NoScheme,
+    BadScheme,
+    HasPath,
+    UserInfo,
+    BadHost,
+    BadPort,
+}
+
+impl OriginError {
+    fn message(self) -> &'static str {
+        match self {
+            OriginError::NoScheme => "an origin needs a scheme",
+            OriginError::BadScheme => "the scheme is not valid",
+            OriginError::HasPath => "an origin has no path, query or fragment",
+            OriginError::UserInfo => "an origin has no user name or password",
+            OriginError::BadHost => "the host is not a valid host name or IP address",
+            OriginError::BadPort => "the port is not a number from 1 to 65535",
+        }
     }
 }
 
+fn default_port(scheme: &str) -> Option<u16> {
+    if scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss") {
+        Some(443)
+    } else if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("ws") {
+        Some(80)
+    } else {
+        None
+    }
+}
+
+/// Splits `scheme://host[:port]`, rejecting anything a browser would not send as an origin.
+/// No allocation: it runs for every request with an `Origin`.
+fn parse_origin(s: &str) -> Result<Origin<'_>, OriginError> {
+    let (scheme, rest) = s.split_once("://").ok_or(OriginError::NoScheme)?;
+    let mut sb = scheme.bytes();
+    if !sb.next().is_some_and(|b| b.is_ascii_alphabetic())
+        || !sb.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    {
+        return Err(OriginError::BadScheme);
+    }
+    if rest.contains(['/', '?', '#']) {
+        return Err(OriginError::HasPath);
+    }
+    if rest.contains('@') {
+        return Err(OriginError::UserInfo);
+    }
+    let (host, port) = if rest.starts_with('[') {
+        let end = rest.find(']').ok_or(OriginError::BadHost)?;
+        let inner = &rest[1..end];
+        if inner.is_empty()
+            || !inner.contains(':')
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return Err(OriginError::BadHost);
+        }
+        let after = &rest[end + 1..];
+        match after.strip_prefix(':') {
+            Some(p) => (&rest[..=end], Some(p)),
+            None if after.is_empty() => (&rest[..=end], None),
+            None => return Err(OriginError::BadHost),
+        }
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    if !host.starts_with('[')
+        && (host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')))
+    {
+        return Err(OriginError::BadHost);
+    }
+    let port = match port {
+        None => default_port(scheme),
+        Some(p) => {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(OriginError::BadPort);
+            }
+            match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(OriginError::BadPort),
+                Ok(n) => Some(n),
+            }
+        }
+    };
+    Ok(Origin { scheme, host, port })
+}
+
+/// Whether `s` is one or more non-empty dot-separated labels.
+fn is_labels(s: &str) -> bool {
+    !s.is_empty() && s.split('.').all(|l| !l.is_empty())
+}
+
+/// An RFC 9110 token (a method or header name).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// The fix for a malformed origin entry, where one is obvious.
+fn hint_for_origin(entry: &str, e: OriginError) -> Option<String> {
+    match e {
+        OriginError::NoScheme => Some(format!(
+            "write the scheme too, e.g. \"https://{}\"",
+            entry.trim_start_matches('/')
+        )),
+        OriginError::HasPath => {
+            let (scheme, rest) = entry.split_once("://")?;
+            let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+            Some(format!(
+                "an origin is scheme://host[:port], as the browser sends it: write \"{scheme}://{host}\""
+            ))
+        }
+        OriginError::UserInfo => Some("remove the `user@` part".into()),
+        OriginError::BadScheme => Some("write it as \"https://app.example.com\"".into()),
+        OriginError::BadHost | OriginError::BadPort => None,
+    }
+}
+
+fn join(items: &[&str]) -> Option<HeaderValue> {
+    if items.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&items.join(", ")).ok()
+}
+
 impl CorsPolicy {
-    pub fn is_preflight(
-        method: &actix_web::http::Method,
-        headers: &actix_web::http::header::HeaderMap,
-    ) -> bool {
-        method == actix_web::http::Method::OPTIONS
-            && headers.contains_key("origin")
-            && headers.contains_key("access-control-request-method")
+    /// Validates and compiles `cfg`, collecting every error.
+    pub fn compile(cfg: &CorsConfig) -> Result<CorsPolicy, Vec<CorsError>> {
+        let mut errors: Vec<CorsError> = Vec::new();
+        let mut err = |path: String, msg: &str, hint: Option<String>| {
+            errors.push((path, msg.to_string(), hint));
+        };
+
+        let mut any_origin = false;
+        let mut allow_null = false;
+        let mut exact: Vec<OriginParts> = Vec::new();
+        let mut patterns: Vec<OriginPattern> = Vec::new();
+        for (i, entry) in cfg.allowed_origins.iter().enumerate() {
+            let path = format!("allowed_origins[{i}]");
+            if entry.is_empty() {
+                err(path, "an origin cannot be empty", None);
+                continue;
+            }
+            if entry.trim() != entry {
+                err(
+                    path,
+                    "an origin cannot start or end with spaces",
+                    Some(format!("write \"{}\"", entry.trim())),
+                );
+                continue;
+            }
+            if entry == "*" {
+                if cfg.allow_credentials {
+                    err(
+                        path,
+                        "\"*\" cannot be combined with allow_credentials: browsers refuse credentialed responses to any origin",
+                        Some("list the origins that may send credentials, e.g. \"https://app.example.com\"".into()),
+                    );
+                }
+                any_origin = true;
+                continue;
+            }
+            if entry.eq_ignore_ascii_case("null") {
+                allow_null = true;
+                continue;
+            }
+            if entry.contains('*') {
+                match compile_pattern(entry) {
+                    Ok(p) => {
+                        if !patterns.contains(&p) {
+                            patterns.push(p);
+                        }
+                    }
+                    Err((msg, hint)) => err(path, msg, hint),
+                }
+                continue;
+            }
+            match parse_origin(entry) {
+                Ok(o) => {
+                    let parts = OriginParts {
+                        scheme: o.scheme.to_ascii_lowercase().into(),
+                        host: o.host.to_ascii_lowercase().into(),
+                        port: o.port,
+                    };
+                    if !exact.contains(&parts) {
+                        exact.push(parts);
+                    }
+                }
+                Err(e) => err(path, e.message(), hint_for_origin(entry, e)),
+            }
+        }
+
+        let mut any_method = false;
+        let mut methods: Vec<Box<str>> = Vec::new();
+        let mut method_names: Vec<&str> = Vec::new();
+        if cfg.allowed_methods.is_empty() {
+            methods.extend(DEFAULT_METHODS.iter().map(|m| Box::<str>::from(*m)));
+        }
+        for (i, m) in cfg.allowed_methods.iter().enumerate() {
+            if m == "*" {
+                any_method = true;
+            } else if !is_token(m) {
+                err(
+                    format!("allowed_methods[{i}]"),
+                    "not a valid HTTP method name",
+                    Some("write method names such as \"GET\" or \"DELETE\"".into()),
+                );
+            } else {
+                let upper = m.to_ascii_uppercase();
+                if !methods.iter().any(|x| **x == *upper) {
+                    methods.push(upper.into());
+                }
+            }
+        }
+        method_names.extend(methods.iter().map(|m| &**m));
+        let allow_methods = if any_method && !cfg.allow_credentials {
+            HeaderValue::from_static("*")
+        } else {
+            join(&method_names).unwrap_or_else(|| HeaderValue::from_static(""))
+        };
+
+        let mut any_header = false;
+        let mut headers: Vec<Box<str>> = Vec::new();
+        let mut header_names: Vec<&str> = Vec::new();
+        for (i, h) in cfg.allowed_headers.iter().enumerate() {
+            if h == "*" {
+                any_header = true;
+            } else if !is_token(h) {
+                err(
+                    format!("allowed_headers[{i}]"),
+                    "not a valid header name",
+                    None,
+                );
+            } else {
+                let lower = h.to_ascii_lowercase();
+                if !headers.iter().any(|x| **x == *lower) {
+                    headers.push(lower.into());
+                    header_names.push(h);
+                }
+            }
+        }
+        let allow_headers = if any_header {
+            None
+        } else {
+            join(&header_names)
+        };
+
+        let mut expose_names: Vec<&str> = Vec::new();
+        for (i, h) in cfg.expose_headers.iter().enumerate() {
+            let path = format!("expose_headers[{i}]");
+            if h == "*" && cfg.allow_credentials {
+                err(
+                    path,
+                    "\"*\" exposes every header only without credentials; with allow_credentials it would expose a header named `*`",
+                    Some("list the response headers the page may read, e.g. \"X-Request-Id\"".into()),
+                );
+            } else if !is_token(h) {
+                err(path, "not a valid header name", None);
+            } else if !expose_names.iter().any(|x| x.eq_ignore_ascii_case(h)) {
+                expose_names.push(h);
+            }
+        }
+        let expose_headers = join(&expose_names);
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(CorsPolicy {
+            any_origin,
+            allow_null,
+            exact,
+            patterns,
+            any_method,
+            methods,
+            any_header,
+            headers,
+            credentials: cfg.allow_credentials,
+            allow_methods,
+            allow_headers,
+            expose_headers,
+            max_age: cfg.max_age.map(HeaderValue::from),
+        })
     }
 
-    pub fn preflight(
-        &self,
-        _headers: &actix_web::http::header::HeaderMap,
-    ) -> Result<actix_web::http::header::HeaderMap, &'static str> {
-        Err("not supported")
+    /// OPTIONS with `Origin` and `Access-Control-Request-Method`: a preflight.
+    pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+        method == Method::OPTIONS
+            && headers.contains_key(ORIGIN)
+            && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
     }
 
-    pub fn apply(
-        &self,
-        _request: &actix_web::http::header::HeaderMap,
-        _response: &mut actix_web::http::header::HeaderMap,
-    ) {
+    /// Whether a request with this `Origin` value may read responses.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        if origin.eq_ignore_ascii_case("null") {
+            return self.allow_null;
+        }
+        if self.any_origin {
+            return true;
+        }
+        let Ok(o) = parse_origin(origin) else {
+            return false;
+        };
+        self.exact.iter().any(|e| {
+            e.port == o.port
+                && e.scheme.eq_ignore_ascii_case(o.scheme)
+                && e.host.eq_ignore_ascii_case(o.host)
+        }) || self.patterns.iter().any(|p| p.matches(&o))
+    }
+
+    /// The `Access-Control-Allow-Origin` value for a request with these headers, if its origin
+    /// is allowed.
+    fn allow_origin(&self, request_headers: &HeaderMap) -> Option<HeaderValue> {
+        let mut all = request_headers.get_all(ORIGIN);
+        let origin = all.next()?;
+        if all.next().is_some() {
+            return None;
+        }
+        let text = origin.to_str().ok()?;
+        if !self.allows_origin(text) {
+            return None;
+        }
+        if self.any_origin && !self.credentials && !text.eq_ignore_ascii_case("null") {
+            Some(HeaderValue::from_static("*"))
+        } else {
+            Some(origin.clone())
+        }
+    }
+
+    /// The answer to a preflight: `Ok(headers)` for a 204, or `Err(reason)` when the origin, the
+    /// method or one of the requested headers is not allowed (the reason is for the log, not
+    /// for the client).
+    pub fn preflight(&self, headers: &HeaderMap) -> Result<HeaderMap, &'static str> {
+        let allow_origin = self.allow_origin(headers).ok_or("origin not allowed")?;
+
+        let mut acrm = headers.get_all(ACCESS_CONTROL_REQUEST_METHOD);
+        let method = match (acrm.next(), acrm.next()) {
+            (Some(m), None) => m.to_str().ok().filter(|m| is_token(m)),
+            _ => None,
+        }
+        .ok_or("malformed Access-Control-Request-Method")?;
+        if !self.any_method && !self.methods.iter().any(|m| **m == *method) {
+            return Err("method not allowed");
+        }
+
+        // Requested header names, checked; kept only when the answer has to name them.
+        let mut echo: Vec<&str> = Vec::new();
+        for value in headers.get_all(ACCESS_CONTROL_REQUEST_HEADERS) {
+            let list = value
+                .to_str()
+                .map_err(|_| "malformed Access-Control-Request-Headers")?;
+            for name in list.split(',').map(|n| n.trim_matches([' ', '\t'])) {
+                if name.is_empty() {
+                    continue;
+                }
+                if !is_token(name) {
+                    return Err("malformed Access-Control-Request-Headers");
+                }
+                if self.any_header {
+                    echo.push(name);
+                } else if self.headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                    // Named by the configured list.
+                } else if ALWAYS_ALLOWED_HEADERS
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(name))
+                {
+                    echo.push(name);
+                } else {
+                    return Err("request header not allowed");
+                }
+            }
+        }
+
+        let mut out = HeaderMap::with_capacity(7);
+        out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+        if self.credentials {
+            out.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        let allow_methods = if self.any_method && self.credentials {
+            HeaderValue::from_str(method).map_err(|_| "malformed Access-Control-Request-Method")?
+        } else {
+            self.allow_methods.clone()
+        };
+        out.insert(ACCESS_CONTROL_ALLOW_METHODS, allow_methods);
+        let allow_headers = match (&self.allow_headers, echo.is_empty()) {
+            (base, true) => base.clone(),
+            (None, false) => HeaderValue::from_str(&echo.join(", ")).ok(),
+            (Some(base), false) => {
+                let base = base.to_str().unwrap_or_default();
+                HeaderValue::from_str(&format!("{base}, {}", echo.join(", "))).ok()
+            }
+        };
+        if let Some(v) = allow_headers {
+            out.insert(ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
+        if let Some(v) = &self.max_age {
+            out.insert(ACCESS_CONTROL_MAX_AGE, v.clone());
+        }
+        out.insert(VARY, HeaderValue::from_static(PREFLIGHT_VARY));
+        Ok(out)
+    }
+
+    /// Adds the CORS headers to an actual response (error responses too: 401, 429, 5xx, so the
+    /// page can read them), replacing any the upstream sent. Always adds `Vary: Origin`, merged
+    /// into an existing `Vary`.
+    pub fn apply(&self, request_headers: &HeaderMap, response_headers: &mut HeaderMap) {
+        add_vary_origin(response_headers);
+        response_headers.remove(ACCESS_CONTROL_ALLOW_ORIGIN);
+        response_headers.remove(ACCESS_CONTROL_ALLOW_CREDENTIALS);
+        response_headers.remove(ACCESS_CONTROL_EXPOSE_HEADERS);
+        let Some(allow_origin) = self.allow_origin(request_headers) else {
+            return;
+        };
+        response_headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+        if self.credentials {
+            response_headers.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        if let Some(v) = &self.expose_headers {
+            response_headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+        }
+    }
+}
+
+/// `Vary: Origin`, unless the response already varies on Origin (or on everything). An
+/// existing `Vary` is merged into one line, for clients that read only the first.
+fn add_vary_origin(headers: &mut HeaderMap) {
+    let mut existing: Vec<&str> = Vec::new();
+    for v in headers.get_all(VARY) {
+        let Ok(s) = v.to_str() else { continue };
+        if s.split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t.eq_ignore_ascii_case("origin"))
+        {
+            return;
+        }
+        let s = s.trim();
+        if !s.is_empty() {
+            existing.push(s);
+        }
+    }
+    let value = if existing.is_empty() {
+        HeaderValue::from_static("Origin")
+    } else {
+        existing.push("Origin");
+        match HeaderValue::from_str(&existing.join(", ")) {
+            Ok(v) => v,
+            Err(_) => HeaderValue::from_static("Origin"),
+        }
+    };
+    headers.insert(VARY, value);
+}
+
+/// Parses `scheme://*.domain[:port]`.
+fn compile_pattern(entry: &str) -> Result<OriginPattern, (&'static str, Option<String>)> {
+    let example = Some("write it as \"https://*.example.com\" (and list \"https://example.com\" separately if the bare domain is wanted too)".to_string());
+    let Some((scheme, rest)) = entry.split_once("://") else {
+        return Err(("a wildcard origin needs a scheme", example));
+    };
+    if scheme.contains('*') {
+        return Err((
+            "the scheme cannot be a wildcard",
+            Some("list \"http://...\" and \"https://...\" separately".into()),
+        ));
+    }
+    if entry.matches('*').count() > 1 {
+        return Err(("an origin pattern has exactly one `*`", example));
+    }
+    let Some(after) = rest.strip_prefix("*.") else {
+        let msg = if rest == "*" || rest.starts_with("*:") {
+            "a wildcard needs a domain after it"
+        } else {
+            "`*` must be the whole leftmost label(s) of the host"
+        };
+        return Err((msg, example));
+    };
+    // Validate the rest as an origin with a stand-in label where the `*` was.
+    let stand_in = format!("{scheme}://x.{after}");
+    let o = match parse_origin(&stand_in) {
+        Ok(o) => o,
+        Err(e) => {
+            let hint = hint_for_origin(entry, e).or(example);
+            return Err((e.message(), hint));
+        }
+    };
+    let domain = &o.host[2..];
+    if domain.starts_with('[') || !is_labels(domain) {
+        return Err(("a wildcard needs a domain name after `*.`", example));
+    }
+    let labels_ok = domain.split('.').all(|l| {
+        l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    });
+    if !labels_ok {
+        return Err(("the domain after `*.` is not a valid host name", example));
+    }
+    let last = domain.rsplit('.').next().unwrap_or(domain);
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err((
+            "a wildcard cannot stand for part of an IP address",
+            Some("list each IP origin exactly".into()),
+        ));
+    }
+    if !domain.contains('.') && !domain.eq_ignore_ascii_case("localhost") {
+        return Err((
+            "a wildcard in front of a top-level domain would allow every site under it",
+            example,
+        ));
+    }
+    Ok(OriginPattern {
+        scheme: scheme.to_ascii_lowercase().into(),
+        suffix: format!(".{}", domain.to_ascii_lowercase()).into(),
+        port: o.port,
+    })
+}
+
+impl OriginPattern {
+    fn matches(&self, o: &Origin<'_>) -> bool {
+        if o.port != self.port || !self.scheme.eq_ignore_ascii_case(o.scheme) {
+            return false;
+        }
+        let (host, suffix) = (o.host.as_bytes(), self.suffix.as_bytes());
+        if host.len() <= suffix.len() {
+            return false;
+        }
+        let split = host.len() - suffix.len();
+        host[split..].eq_ignore_ascii_case(suffix) && is_labels(&o.host[..split])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderName;
+
+    fn cfg(origins: &[&str]) -> CorsConfig {
+        CorsConfig {
+            allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
+            ..CorsConfig::default()
+        }
+    }
+
+    fn policy(c: &CorsConfig) -> CorsPolicy {
+        CorsPolicy::compile(c).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn compile_errors(c: &CorsConfig) -> Vec<CorsError> {
+        match CorsPolicy::compile(c) {
+            Ok(_) => panic!("{c:?} compiled"),
+            Err(e) => e,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        h.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// The example from the config contract.
+    fn api_config() -> CorsConfig {
+        CorsConfig {
+            allowed_origins: vec![
+                "https://app.example.com".into(),
+                "https://*.example.com".into(),
+            ],
+            allowed_methods: vec!["GET".into(), "POST".into(), "PUT".into(), "DELETE".into()],
+            allowed_headers: vec!["Content-Type".into(), "Authorization".into()],
+            expose_headers: vec!["X-Request-Id".into()],
+            allow_credentials: false,
+            max_age: Some(3600),
+        }
+    }
+
+    #[test]
+    fn exact_origins_compare_scheme_host_and_port() {
+        let p = policy(&cfg(&[
+            "https://app.example.com",
+            "http://localhost:3000",
+            "https://[::1]:8443",
+        ]));
+        assert!(p.allows_origin("https://app.example.com"));
+        assert!(p.allows_origin("HTTPS://App.Example.COM"));
+        assert!(p.allows_origin("https://app.example.com:443"));
+        assert!(p.allows_origin("http://localhost:3000"));
+        assert!(p.allows_origin("https://[::1]:8443"));
+        for o in [
+            "http://app.example.com",
+            "https://app.example.com:8443",
+            "https://app.example.co",
+            "https://xapp.example.com",
+            "https://app.example.com.evil.com",
+            "http://localhost",
+            "http://localhost:30000",
+            "https://[::1]",
+            "https://app.example.com/",
+            "https://evil.com#https://app.example.com",
+            "https://app.example.com@evil.com",
+            "app.example.com",
+            "",
+            "null",
+        ] {
+            assert!(!p.allows_origin(o), "{o} allowed");
+        }
+    }
+
+    #[test]
+    fn a_default_port_in_the_config_equals_none() {
+        let p = policy(&cfg(&[
+            "https://a.com:443",
+            "http://b.com:80",
+            "https://c.com",
+        ]));
+        assert!(p.allows_origin("https://a.com"));
+        assert!(p.allows_origin("http://b.com"));
+        assert!(p.allows_origin("https://c.com:443"));
+        assert!(!p.allows_origin("http://a.com"));
+        assert!(!p.allows_origin("https://b.com"));
+        assert!(!p.allows_origin("https://c.com:80"));
+    }
+
+    #[test]
+    fn patterns_match_subdomains_only() {
+        let p = policy(&cfg(&["https://*.example.com"]));
+        assert!(p.allows_origin("https://a.example.com"));
+        assert!(p.allows_origin("https://a.b.example.com"));
+        assert!(p.allows_origin("https://A.EXAMPLE.com"));
+        assert!(p.allows_origin("https://a.example.com:443"));
+        for o in [
+            // The bare domain is listed separately by design.
+            "https://example.com",
+            "https://example.com.evil.com",
+            "https://a.example.com.evil.com",
+            "https://evilexample.com",
+            "https://a.evilexample.com",
+            "http://a.example.com",
+            "https://a.example.com:8443",
+            "https://.example.com",
+            "https://a..example.com",
+            "https://a.example.com.",
+            "https://a.example.com/",
+            "https://evil.com/.example.com",
+            "https://evil.com?.example.com",
+            "https://evil.com#.example.com",
+            "https://evil.com@a.example.com",
+            "https://a.example.com@evil.com",
+            "wss://a.example.com",
+            "null",
+        ] {
+            assert!(!p.allows_origin(o), "{o} allowed");
+        }
+    }
+
+    #[test]
+    fn patterns_keep_their_port() {
+        let p = policy(&cfg(&["http://*.localhost:8080"]));
+        assert!(p.allows_origin("http://app.localhost:8080"));
+        assert!(!p.allows_origin("http://app.localhost"));
+        assert!(!p.allows_origin("http://app.localhost:8081"));
+        assert!(!p.allows_origin("http://localhost:8080"));
+        let p = policy(&cfg(&["https://*.example.com:443"]));
+        assert!(p.allows_origin("https://a.example.com"));
+    }
+
+    #[test]
+    fn malformed_patterns_are_config_errors_with_hints() {
+        for (entry, wanted) in [
+            ("https://api.*.example.com", "whole leftmost label"),
+            ("https://a*.example.com", "whole leftmost label"),
+            ("https://*example.com", "whole leftmost label"),
+            ("https://*", "needs a domain"),
+            ("https://*:443", "needs a domain"),
+            ("*.example.com", "needs a scheme"),
+            ("//*.example.com", "needs a scheme"),
+            ("*://app.example.com", "scheme cannot be a wildcard"),
+            ("https://*.*.example.com", "exactly one `*`"),
+            ("https://*.example.com/", "no path"),
+            ("https://*.example.com/api", "no path"),
+            ("https://*.example.com:0", "port"),
+            ("https://*.example.com:99999", "port"),
+            ("https://*.com", "top-level domain"),
+            ("https://*.", "domain name"),
+            ("https://*..com", "domain name"),
+            ("https://*.-a.com", "not a valid host name"),
+            ("http://*.0.0.1", "IP address"),
+            ("https://*.[::1]", "host"),
+        ] {
+            let errs = compile_errors(&cfg(&["https://ok.example.com", entry]));
+            assert_eq!(errs.len(), 1, "{entry}: {errs:?}");
+            let (path, msg, hint) = &errs[0];
+            assert_eq!(path, "allowed_origins[1]");
+            assert!(msg.contains(wanted), "{entry}: {msg}");
+            if entry.contains("*.") && entry.contains("://") && !entry.starts_with('*') {
+                assert!(hint.is_some(), "{entry}: no hint");
+            }
+        }
+        let hint = &compile_errors(&cfg(&["https://*.example.com/"]))[0].2;
+        assert!(
+            hint.as_deref()
+                .unwrap()
+                .contains("\"https://*.example.com\""),
+            "{hint:?}"
+        );
+        // A local development wildcard is fine.
+        policy(&cfg(&["http://*.localhost"]));
+    }
+
+    #[test]
+    fn malformed_exact_origins_are_config_errors() {
+        let errs = compile_errors(&cfg(&[
+            "https://app.example.com/",
+            "app.example.com",
+            "https://user@app.example.com",
+            "https://app.example.com:abc",
+            "https://app example.com",
+            " https://app.example.com",
+            "",
+            "ht tp://a.com",
+            "https://",
+        ]));
+        let paths: Vec<&str> = errs.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            (0..9)
+                .map(|i| format!("allowed_origins[{i}]"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            errs[0].2.as_deref(),
+            Some("an origin is scheme://host[:port], as the browser sends it: write \"https://app.example.com\"")
+        );
+        assert_eq!(
+            errs[1].2.as_deref(),
+            Some("write the scheme too, e.g. \"https://app.example.com\"")
+        );
+        assert_eq!(
+            errs[5].2.as_deref(),
+            Some("write \"https://app.example.com\"")
+        );
+    }
+
+    #[test]
+    fn star_allows_any_origin_but_not_null_and_not_with_credentials() {
+        let p = policy(&cfg(&["*"]));
+        assert!(p.allows_origin("https://anything.test"));
+        assert!(!p.allows_origin("null"));
+        let mut res = HeaderMap::new();
+        p.apply(&headers(&[("origin", "https://x.test")]), &mut res);
+        assert_eq!(get(&res, "access-control-allow-origin"), Some("*"));
+        assert_eq!(get(&res, "access-control-allow-credentials"), None);
+
+        let mut c = cfg(&["https://a.com", "*"]);
+        c.allow_credentials = true;
+        let errs = compile_errors(&c);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].0, "allowed_origins[1]");
+        assert!(errs[0].1.contains("allow_credentials"));
+        assert!(errs[0].2.is_some());
+    }
+
+    #[test]
+    fn null_is_allowed_only_when_listed() {
+        let p = policy(&cfg(&["null"]));
+        assert!(p.allows_origin("null"));
+        assert!(!p.allows_origin("https://a.com"));
+        let p = policy(&cfg(&["*", "null"]));
+        let mut res = HeaderMap::new();
+        p.apply(&headers(&[("origin", "null")]), &mut res);
+        assert_eq!(get(&res, "access-control-allow-origin"), Some("null"));
+        let p = policy(&cfg(&["https://a.com"]));
+        let mut res = HeaderMap::new();
+        p.apply(&headers(&[("origin", "null")]), &mut res);
+        assert_eq!(get(&res, "access-control-allow-origin"), None);
+    }
+
+    #[test]
+    fn an_empty_origin_list_allows_nothing() {
+        let p = policy(&cfg(&[]));
+        let mut res = HeaderMap::new();
+        p.apply(&headers(&[("origin", "https://a.com")]), &mut res);
+        assert_eq!(get(&res, "access-control-allow-origin"), None);
+        assert_eq!(get(&res, "vary"), Some("Origin"));
+        assert_eq!(
+            p.preflight(&headers(&[
+                ("origin", "https://a.com"),
+                ("access-control-request-method", "GET")
+            ]))
+            .unwrap_err(),
+            "origin not allowed"
+        );
+    }
+
+    #[test]
+    fn apply_echoes_an_allowed_origin_with_exposed_headers() {
+        let p = policy(&api_config());
+        let mut res = headers(&[("content-type", "application/json")]);
+        p.apply(&headers(&[("origin", "https://app.example.com")]), &mut res);
+        assert_eq!(
+            get(&res, "access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            get(&res, "access-control-expose-headers"),
+            Some("X-Request-Id")
+        );
+        assert_eq!(get(&res, "access-control-allow-credentials"), None);
+        assert_eq!(get(&res, "vary"), Some("Origin"));
+        // Preflight-only headers never go on actual responses.
+        assert_eq!(get(&res, "access-control-allow-methods"), None);
+        assert_eq!(get(&res, "access-control-max-age"), None);
+        // The origin is echoed as the browser sent it.
+        let mut res = HeaderMap::new();
+        p.apply(&headers(&[("origin", "https://Api.Example.com")]), &mut res);
+        assert_eq!(
+            get(&res, "access-control-allow-origin"),
+            Some("https://Api.Example.com")
+        );
+    }
+
+    #[test]
+    fn apply_adds_nothing_but_vary_for_other_origins_and_strips_upstream_cors() {
+        let p = policy(&api_config());
+        for req in [
+            headers(&[]),
+            headers(&[("origin", "https://evil.com")]),
+            headers(&[("origin", "https://example.com.evil.com")]),
+            headers(&[
+                ("origin", "https://app.example.com"),
+                ("origin", "https://evil.com"),
+            ]),
+        ] {
+            let mut res = headers(&[
+                ("access-control-allow-origin", "*"),
+                ("access-control-allow-credentials", "true"),
+                ("access-control-expose-headers", "X-Secret"),
+                ("x-other", "1"),
+            ]);
+            p.apply(&req, &mut res);
+            assert_eq!(get(&res, "access-control-allow-origin"), None, "{req:?}");
+            assert_eq!(get(&res, "access-control-allow-credentials"), None);
+            assert_eq!(get(&res, "access-control-expose-headers"), None);
+            assert_eq!(get(&res, "x-other"), Some("1"));
+            assert_eq!(get(&res, "vary"), Some("Origin"));
+        }
+        // An upstream's own answer is replaced, not duplicated.
+        let mut res = headers(&[("access-control-allow-origin", "*")]);
+        p.apply(&headers(&[("origin", "https://app.example.com")]), &mut res);
+        let all: Vec<_> = res.get_all("access-control-allow-origin").collect();
+        assert_eq!(all, ["https://app.example.com"]);
+    }
+
+    #[test]
+    fn apply_on_error_responses_too() {
+        let p = policy(&api_config());
+        let mut res = headers(&[
+            ("www-authenticate", "Bearer"),
+            ("content-type", "application/json"),
+        ]);
+        p.apply(&headers(&[("origin", "https://app.example.com")]), &mut res);
+        assert_eq!(
+            get(&res, "access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
+    }
+
+    #[test]
+    fn vary_is_merged_not_duplicated() {
+        let p = policy(&api_config());
+        let req = headers(&[("origin", "https://app.example.com")]);
+        let mut res = headers(&[("vary", "Accept-Encoding")]);
+        p.apply(&req, &mut res);
+        assert_eq!(get(&res, "vary"), Some("Accept-Encoding, Origin"));
+        let mut res = headers(&[("vary", "Accept-Encoding"), ("vary", "Accept")]);
+        p.apply(&req, &mut res);
+        let all: Vec<_> = res.get_all("vary").collect();
+        assert_eq!(all, ["Accept-Encoding, Accept, Origin"]);
+        let mut res = headers(&[("vary", "accept-encoding, origin")]);
+        p.apply(&req, &mut res);
+        assert_eq!(get(&res, "vary"), Some("accept-encoding, origin"));
+        let mut res = headers(&[("vary", "*")]);
+        p.apply(&req, &mut res);
+        assert_eq!(get(&res, "vary"), Some("*"));
+        let mut res = HeaderMap::new();
+        p.apply(&headers(&[]), &mut res);
+        assert_eq!(get(&res, "vary"), Some("Origin"));
+    }
+
+    #[test]
+    fn credentials_echo_the_origin() {
+        let mut c = cfg(&["https://app.example.com", "https://*.example.org"]);
+        c.allow_credentials = true;
+        c.expose_headers = vec!["X-Request-Id".into()];
+        let p = policy(&c);
+        let mut res = HeaderMap::new();
+        p.apply(&headers(&[("origin", "https://x.example.org")]), &mut res);
+        assert_eq!(
+            get(&res, "access-control-allow-origin"),
+            Some("https://x.example.org")
+        );
+        assert_eq!(get(&res, "access-control-allow-credentials"), Some("true"));
+        let pre = p
+            .preflight(&headers(&[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "PUT"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            get(&pre, "access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
+        assert_eq!(get(&pre, "access-control-allow-credentials"), Some("true"));
+    }
+
+    #[test]
+    fn is_preflight_needs_options_origin_and_request_method() {
+        let full = headers(&[
+            ("origin", "https://a.com"),
+            ("access-control-request-method", "PUT"),
+        ]);
+        assert!(CorsPolicy::is_preflight(&Method::OPTIONS, &full));
+        assert!(!CorsPolicy::is_preflight(&Method::GET, &full));
+        assert!(!CorsPolicy::is_preflight(
+            &Method::OPTIONS,
+            &headers(&[("origin", "https://a.com")])
+        ));
+        assert!(!CorsPolicy::is_preflight(
+            &Method::OPTIONS,
+            &headers(&[("access-control-request-method", "PUT")])
+        ));
+    }
+
+    #[test]
+    fn preflight_answers_with_the_configured_lists() {
+        let p = policy(&api_config());
+        let pre = p
+            .preflight(&headers(&[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "DELETE"),
+                (
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                ),
+            ]))
+            .unwrap();
+        assert_eq!(
+            get(&pre, "access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            get(&pre, "access-control-allow-methods"),
+            Some("GET, POST, PUT, DELETE")
+        );
+        assert_eq!(
+            get(&pre, "access-control-allow-headers"),
+            Some("Content-Type, Authorization")
+        );
+        assert_eq!(get(&pre, "access-control-max-age"), Some("3600"));
+        assert_eq!(get(&pre, "access-control-allow-credentials"), None);
+        assert_eq!(get(&pre, "access-control-expose-headers"), None);
+        assert_eq!(
+            get(&pre, "vary"),
+            Some("Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
+        );
+    }
+
+    #[test]
+    fn preflight_refusals() {
+        let p = policy(&api_config());
+        let ask = |pairs: &[(&str, &str)]| p.preflight(&headers(pairs)).map(|_| ());
+        let o = ("origin", "https://app.example.com");
+        let get_ = ("access-control-request-method", "GET");
+        assert_eq!(
+            ask(&[("origin", "https://example.com.evil.com"), get_]),
+            Err("origin not allowed")
+        );
+        assert_eq!(
+            ask(&[("origin", "https://evilexample.com"), get_]),
+            Err("origin not allowed")
+        );
+        assert_eq!(ask(&[("origin", "null"), get_]), Err("origin not allowed"));
+        assert_eq!(
+            ask(&[get_]),
+            Err("origin not allowed"),
+            "not a preflight at all"
+        );
+        assert_eq!(
+            ask(&[o, ("access-control-request-method", "PATCH")]),
+            Err("method not allowed")
+        );
+        // Methods compare exactly, as browsers compare them.
+        assert_eq!(
+            ask(&[o, ("access-control-request-method", "delete")]),
+            Err("method not allowed")
+        );
+        assert_eq!(ask(&[o]), Err("malformed Access-Control-Request-Method"));
+        assert_eq!(
+            ask(&[o, ("access-control-request-method", "GE T")]),
+            Err("malformed Access-Control-Request-Method")
+        );
+        assert_eq!(
+            ask(&[o, get_, ("access-control-request-method", "PUT")]),
+            Err("malformed Access-Control-Request-Method")
+        );
+        assert_eq!(
+            ask(&[o, get_, ("access-control-request-headers", "x-custom")]),
+            Err("request header not allowed")
+        );
+        assert_eq!(
+            ask(&[
+                o,
+                get_,
+                ("access-control-request-headers", "authorization, x-custom")
+            ]),
+            Err("request header not allowed")
+        );
+        assert_eq!(
+            ask(&[o, get_, ("access-control-request-headers", "bad header")]),
+            Err("malformed Access-Control-Request-Headers")
+        );
+        // A range request needs Range listed, like any other header.
+        assert_eq!(
+            ask(&[o, get_, ("access-control-request-headers", "range")]),
+            Err("request header not allowed")
+        );
+    }
+
+    #[test]
+    fn preflight_header_lists_are_lenient_about_case_and_spaces() {
+        let p = policy(&api_config());
+        for list in [
+            "AUTHORIZATION",
+            "authorization ,\tcontent-type",
+            " Content-Type , , Authorization ",
+            "",
+        ] {
+            let pre = p.preflight(&headers(&[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", list),
+            ]));
+            assert!(pre.is_ok(), "{list:?}: {pre:?}");
+        }
+        // Several header lines form one list.
+        assert!(p
+            .preflight(&headers(&[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "authorization"),
+                ("access-control-request-headers", "content-type"),
+            ]))
+            .is_ok());
+    }
+
+    #[test]
+    fn safelisted_headers_need_not_be_listed_but_are_named_in_the_answer() {
+        let p = policy(&api_config());
+        let pre = p
+            .preflight(&headers(&[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "accept,authorization"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            get(&pre, "access-control-allow-headers"),
+            Some("Content-Type, Authorization, accept")
+        );
+        let p = policy(&cfg(&["https://a.com"]));
+        let pre = p
+            .preflight(&headers(&[
+                ("origin", "https://a.com"),
+                ("access-control-request-method", "GET"),
+                (
+                    "access-control-request-headers",
+                    "accept-language,content-language",
+                ),
+            ]))
+            .unwrap();
+        assert_eq!(
+            get(&pre, "access-control-allow-headers"),
+            Some("accept-language, content-language")
+        );
+        // Content-Type (JSON bodies) is the opt-in a preflight exists for: it must be listed.
+        assert_eq!(
+            p.preflight(&headers(&[
+                ("origin", "https://a.com"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ]))
+            .unwrap_err(),
+            "request header not allowed"
+        );
+    }
+
+    #[test]
+    fn default_methods_when_none_are_listed() {
+        let p = policy(&cfg(&["https://a.com"]));
+        for m in DEFAULT_METHODS {
+            let pre = p
+                .preflight(&headers(&[
+                    ("origin", "https://a.com"),
+                    ("access-control-request-method", m),
+                ]))
+                .unwrap();
+            assert_eq!(
+                get(&pre, "access-control-allow-methods"),
+                Some("GET, HEAD, POST, PUT, PATCH, DELETE")
+            );
+            // Nothing configured, nothing asked: no Allow-Headers.
+            assert_eq!(get(&pre, "access-control-allow-headers"), None);
+            assert_eq!(get(&pre, "access-control-max-age"), None);
+        }
+        assert_eq!(
+            p.preflight(&headers(&[
+                ("origin", "https://a.com"),
+                ("access-control-request-method", "PURGE"),
+            ]))
+            .unwrap_err(),
+            "method not allowed"
+        );
+    }
+
+    #[test]
+    fn methods_are_upper_cased_and_validated() {
+        let mut c = cfg(&["https://a.com"]);
+        c.allowed_methods = vec!["get".into(), "Purge".into(), "GET".into()];
+        let p = policy(&c);
+        let pre = p
+            .preflight(&headers(&[
+                ("origin", "https://a.com"),
+                ("access-control-request-method", "PURGE"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            get(&pre, "access-control-allow-methods"),
+            Some("GET, PURGE")
+        );
+        c.allowed_methods = vec!["GET".into(), "G T".into(), "".into()];
+        let errs = compile_errors(&c);
+        let paths: Vec<&str> = errs.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(paths, ["allowed_methods[1]", "allowed_methods[2]"]);
+    }
+
+    #[test]
+    fn wildcard_methods_and_headers() {
+        let mut c = cfg(&["https://a.com"]);
+        c.allowed_methods = vec!["*".into()];
+        c.allowed_headers = vec!["*".into()];
+        let p = policy(&c);
+        let req = headers(&[
+            ("origin", "https://a.com"),
+            ("access-control-request-method", "PURGE"),
+            ("access-control-request-headers", "authorization,x-anything"),
+        ]);
+        let pre = p.preflight(&req).unwrap();
+        assert_eq!(get(&pre, "access-control-allow-methods"), Some("*"));
+        // `*` never covers Authorization in browsers: the names are echoed.
+        assert_eq!(
+            get(&pre, "access-control-allow-headers"),
+            Some("authorization, x-anything")
+        );
+        // With credentials `*` is no wildcard to a browser: echo the method too.
+        c.allow_credentials = true;
+        let pre = policy(&c).preflight(&req).unwrap();
+        assert_eq!(get(&pre, "access-control-allow-methods"), Some("PURGE"));
+        assert_eq!(
+            get(&pre, "access-control-allow-headers"),
+            Some("authorization, x-anything")
+        );
+        // Nothing asked: nothing to name.
+        let pre = policy(&c)
+            .preflight(&headers(&[
+                ("origin", "https://a.com"),
+                ("access-control-request-method", "GET"),
+            ]))
+            .unwrap();
+        assert_eq!(get(&pre, "access-control-allow-headers"), None);
+    }
+
+    #[test]
+    fn expose_headers_validation_and_wildcard() {
+        let mut c = cfg(&["*"]);
+        c.expose_headers = vec!["*".into()];
+        let p = policy(&c);
+        let mut res = HeaderMap::new();
+        p.apply(&headers(&[("origin", "https://a.com")]), &mut res);
+        assert_eq!(get(&res, "access-control-expose-headers"), Some("*"));
+
+        let mut c = cfg(&["https://a.com"]);
+        c.allow_credentials = true;
+        c.expose_headers = vec!["X-Ok".into(), "*".into(), "bad name".into()];
+        c.allowed_headers = vec!["x:y".into()];
+        let errs = compile_errors(&c);
+        let paths: Vec<&str> = errs.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "allowed_headers[0]",
+                "expose_headers[1]",
+                "expose_headers[2]"
+            ]
+        );
+        assert!(errs[1].2.is_some());
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let c = CorsConfig {
+            allowed_origins: vec!["*".into(), "https://a.*.com".into(), "a.com".into()],
+            allowed_methods: vec!["G T".into()],
+            allowed_headers: vec!["".into()],
+            expose_headers: vec!["*".into()],
+            allow_credentials: true,
+            max_age: None,
+        };
+        let errs = compile_errors(&c);
+        let paths: Vec<&str> = errs.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "allowed_origins[0]",
+                "allowed_origins[1]",
+                "allowed_origins[2]",
+                "allowed_methods[0]",
+                "allowed_headers[0]",
+                "expose_headers[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn header_values_are_built_once() {
+        let p = policy(&api_config());
+        assert_eq!(p.allow_methods, "GET, POST, PUT, DELETE");
+        assert_eq!(
+            p.allow_headers.as_ref().unwrap(),
+            "Content-Type, Authorization"
+        );
+        assert_eq!(p.expose_headers.as_ref().unwrap(), "X-Request-Id");
+        assert_eq!(p.max_age.as_ref().unwrap(), "3600");
+    }
+
+    proptest::proptest! {
+        /// Whatever the Origin text, a pattern allows nothing but https subdomains of its
+        /// domain on the default port.
+        #[test]
+        fn a_pattern_allows_only_its_subdomains(origin in "(?i)(https?|wss)://[a-z0-9.@:/#?_-]{0,12}(\\.?example\\.com)?(\\.[a-z]{1,4})?(:[0-9]{1,4})?/?") {
+            let p = policy(&cfg(&["https://*.example.com"]));
+            if p.allows_origin(&origin) {
+                let lower = origin.to_ascii_lowercase();
+                let host = lower.strip_prefix("https://").expect("https").trim_end_matches(":443");
+                proptest::prop_assert!(host.ends_with(".example.com"), "{}", origin);
+                let sub = &host[..host.len() - ".example.com".len()];
+                proptest::prop_assert!(!sub.is_empty() && sub.split('.').all(|l| !l.is_empty()), "{}", origin);
+                proptest::prop_assert!(sub.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_'), "{}", origin);
+            }
+        }
+    }
+
+    #[test]
+    fn non_utf8_origins_are_not_allowed() {
+        let p = policy(&cfg(&["*"]));
+        let mut req = HeaderMap::new();
+        req.insert(
+            ORIGIN,
+            HeaderValue::from_bytes(b"https://\xffa.com").unwrap(),
+        );
+        let mut res = HeaderMap::new();
+        p.apply(&req, &mut res);
+        assert_eq!(get(&res, "access-control-allow-origin"), None);
     }
 }
