@@ -184,7 +184,9 @@ fn api_key_lookup(c: &mut Criterion) {
     use kairos_rs::config::model::{ApiKeyEntry, ApiKeysConfig};
     let mut group = c.benchmark_group("api_key_lookup");
     for n in [10usize, 10_000] {
-        let keys: Vec<String> = (0..n).map(|i| format!("kairos_bench_key_{i:08}_padding_to_43")).collect();
+        let keys: Vec<String> = (0..n)
+            .map(|i| format!("kairos_bench_key_{i:08}_padding_to_43"))
+            .collect();
         let store = KeyStore::new(ApiKeysConfig {
             header_name: http::HeaderName::from_static("x-api-key"),
             query_param: None,

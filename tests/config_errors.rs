@@ -366,3 +366,105 @@ fn resilience_sections_are_validated_with_their_paths() {
     let e = one(&up(r#""retries": {"backof": "1s"}"#));
     assert_eq!(e.hint.as_deref(), Some("did you mean `backoff`?"));
 }
+
+#[test]
+fn edge_security_sections_are_validated_with_their_paths() {
+    let secret = "s".repeat(32);
+    let with = |extra: &str, route: &str| {
+        format!(r#"{{{UP}, {extra}, "routes": [{{"path": "/a", "upstream": "users"{route}}}]}}"#)
+    };
+    // The contract's own shapes are accepted.
+    let ok = with(
+        &format!(
+            r#""jwt_validation": {{"secret": "{secret}", "algorithm": "HS256", "required_claims": ["sub", "exp"],
+               "issuer": "kairos-rs", "audience": "my-api", "leeway": "30s", "public_key": null, "jwks_url": null,
+               "forward_claims": {{"sub": "X-User-Id"}}}},
+               "api_keys": {{"header_name": "X-API-Key", "query_param": "api_key", "keys": {{"partner-a":
+                 {{"key_hash": "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                   "permissions": ["users:read"], "rate_limit": {{"rps": 100, "burst": 200}}}}}}}},
+               "cors": {{"allowed_origins": ["https://app.example.com", "https://*.example.com"],
+                 "allowed_methods": ["GET", "POST", "PUT", "DELETE"], "allowed_headers": ["Content-Type", "Authorization"],
+                 "expose_headers": ["X-Request-Id"], "allow_credentials": false, "max_age": 3600}}"#
+        ),
+        r#", "auth": ["jwt", "api_key"], "permissions": ["users:read"]"#,
+    );
+    let cfg = kairos_rs::config::load_str(&ok, "t.json", Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.routes[0].auth.jwt && cfg.routes[0].auth.api_key);
+    assert_eq!(
+        cfg.api_keys.as_ref().unwrap().keys[0]
+            .rate_limit
+            .unwrap()
+            .burst,
+        200
+    );
+
+    let e = one(&with(
+        r#""jwt_validation": {"secret": "short"}"#,
+        r#", "auth": "jwt""#,
+    ));
+    assert_eq!(e.path, "jwt_validation.secret");
+    assert!(e.message.contains("at least 32"), "{}", e.message);
+    let e = one(&with(
+        &format!(r#""jwt_validation": {{"secret": "{secret}", "algorithm": "none"}}"#),
+        "",
+    ));
+    assert_eq!(e.path, "jwt_validation.algorithm");
+    let e = one(&with(
+        &format!(r#""jwt_validation": {{"secret": "{secret}", "algorithm": "RS256"}}"#),
+        "",
+    ));
+    assert_eq!(e.path, "jwt_validation.secret");
+    let e = one(&with(
+        r#""jwt_validation": {"algorithm": "RS256", "public_key": "not a pem"}"#,
+        "",
+    ));
+    assert_eq!(e.path, "jwt_validation.public_key");
+    let e = one(&with(r#""jwt_validation": {"issuer": "x"}"#, ""));
+    assert_eq!(e.path, "jwt_validation");
+    assert!(e.message.contains("no key"), "{}", e.message);
+    let e = one(&with(
+        r#""jwt_validation": {"jwks_url": "ftp://idp/keys"}"#,
+        "",
+    ));
+    assert_eq!(e.path, "jwt_validation.jwks_url");
+    let e = one(&with(
+        r#""cors": {"allowed_origins": []}"#,
+        r#", "auth": "jwtt""#,
+    ));
+    assert_eq!(e.path, "routes[0].auth");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `jwt`?"));
+    let e = one(&with(
+        r#""cors": {"allowed_origins": []}"#,
+        r#", "auth": "jwt""#,
+    ));
+    assert!(e.message.contains("no `jwt_validation`"), "{}", e.message);
+    let e = one(&with(
+        r#""cors": {"allowed_origins": []}"#,
+        r#", "permissions": ["a"]"#,
+    ));
+    assert_eq!(e.path, "routes[0].permissions");
+    let e = one(&with(
+        r#""api_keys": {"keys": {"a": {"key_hash": "md5:00"}}}"#,
+        "",
+    ));
+    assert_eq!(e.path, "api_keys.keys.a.key_hash");
+    let e = one(&with(r#""api_keys": {"keys": {"a": {}}}"#, ""));
+    assert_eq!(e.path, "api_keys.keys.a");
+    let e = one(&with(
+        r#""cors": {"allowed_origins": ["https://ok.example.com", "https://exa*mple.com"]}"#,
+        "",
+    ));
+    assert_eq!(e.path, "cors.allowed_origins[1]");
+    let e = one(&with(
+        r#""cors": {"allowed_origins": ["*"], "allow_credentials": true}"#,
+        "",
+    ));
+    assert!(e.path.starts_with("cors"), "{}", e.path);
+    assert!(e.message.contains("credentials"), "{}", e.message);
+    let e = one(&with(
+        r#""cors": {"allowed_origins": []}"#,
+        r#", "cors": {"allowed_origins": ["app.example.com"]}"#,
+    ));
+    assert_eq!(e.path, "routes[0].cors.allowed_origins[0]");
+}

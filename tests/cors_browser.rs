@@ -23,10 +23,11 @@ const SECRET: &str = "cors-browser-test-secret-with-32-bytes!";
 /// takes a few seconds).
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Installs the process-wide jsonwebtoken crypto provider that signs the test's token. The
-/// gateway's ring-backed provider (`kairos_rs::auth::crypto::install()`) is called here once
-/// the crypto module provides it; `jsonwebtoken::encode` cannot sign without one.
-fn install_jwt_crypto() {}
+/// Installs the process-wide jsonwebtoken crypto provider (the gateway's ring-backed one) that
+/// signs the test's token; `jsonwebtoken::encode` cannot sign without one.
+fn install_jwt_crypto() {
+    kairos_rs::auth::crypto::install();
+}
 
 /// A valid HS256 token for the gateway's `jwt_validation`, signed with `jsonwebtoken`.
 fn token() -> String {

@@ -1088,10 +1088,7 @@ fn cors_config(v: &mut V, p: &str, c: &RawCors) -> crate::auth::cors::CorsConfig
     };
     let cfg = crate::auth::cors::CorsConfig {
         allowed_origins: c.allowed_origins.clone(),
-        allowed_methods: strings(
-            &c.allowed_methods,
-            &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
-        ),
+        allowed_methods: strings(&c.allowed_methods, crate::auth::cors::DEFAULT_METHODS),
         allowed_headers: strings(&c.allowed_headers, &["Content-Type", "Authorization"]),
         expose_headers: strings(&c.expose_headers, &[]),
         allow_credentials: c.allow_credentials.unwrap_or(false),

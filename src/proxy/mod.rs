@@ -225,10 +225,18 @@ async fn proxy<'a>(
             };
         }
     }
-    let identity = rt
-        .auth
-        .authenticate(route, req, metrics, rid.to_str().unwrap_or_default())
-        .await?;
+    let identity = match route.auth.is_open() {
+        true => None,
+        // Boxed: kept inline, the authentication future (JWKS refetch included) would grow
+        // every request's future, open routes too.
+        false => {
+            Box::pin(
+                rt.auth
+                    .authenticate(route, req, metrics, rid.to_str().unwrap_or_default()),
+            )
+            .await?
+        }
+    };
 
     // Phase 3: check the request and prepare its body.
     let max = rt.config.server.max_body_size;
