@@ -225,17 +225,12 @@ async fn proxy<'a>(
             };
         }
     }
-    let identity = match route.auth.is_open() {
-        true => None,
-        // Boxed: kept inline, the authentication future (JWKS refetch included) would grow
-        // every request's future, open routes too.
-        false => {
-            Box::pin(
-                rt.auth
-                    .authenticate(route, req, metrics, rid.to_str().unwrap_or_default()),
-            )
-            .await?
-        }
+    let rid_text = || rid.to_str().unwrap_or_default();
+    let identity = match rt.auth.authenticate_now(route, req, metrics, rid_text()) {
+        Some(decided) => decided?,
+        // A token to verify. Boxed: kept inline, that future (a JWKS refetch included) would
+        // grow every request's future, open routes too.
+        None => Box::pin(rt.auth.authenticate(route, req, metrics, rid_text())).await?,
     };
 
     // Phase 3: check the request and prepare its body.
