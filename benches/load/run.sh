@@ -30,7 +30,9 @@
 #   kairos-t1    server of the upstream nginx that answers 200). Metrics are always on.
 #   kairos-hs256 kairos with 10 routes and `"auth": "jwt"` on the hit route, HS256 (secret) or
 #   kairos-rs256 RS256 (a 2048-bit key made by openssl); wrk sends one valid bearer token, as a
-#                client reusing its token does.
+#                client reusing its token does. kairos-*-noauth send the same token to the
+#                plain kairos target (no auth on its route): the ratio to these isolates the
+#                cost of checking the token from the cost of carrying the header.
 #
 # CPU pinning (PIN=1, needs >= 2 CPUs): the proxy under test (nginx worker, or kairos-rs with
 # all its threads) runs alone on PROXY_CPU; wrk and the upstream nginx share AUX_CPU. A proxy
@@ -319,6 +321,11 @@ if [[ $AUTH == 1 ]]; then
         [[ $code == 401 ]] || die "$t answered $code without a token, not 401"
         TARGETS+=("$t")
     done
+    # The same requests, token included, to the plain kairos route (no auth): the baseline
+    # that isolates what checking the token costs from what carrying the header costs.
+    TARGETS+=(kairos-hs256-noauth kairos-rs256-noauth)
+    HDR_OF[kairos-hs256-noauth]=${HDR_OF[kairos-hs256]}
+    HDR_OF[kairos-rs256-noauth]=${HDR_OF[kairos-rs256]}
 fi
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -343,6 +350,12 @@ for t in "${!AUTH_PID[@]}"; do
     PID_OF[$t]=${AUTH_PID[$t]}
     URL_OF[$t]="http://127.0.0.1:${AUTH_PORT[$t]}$HIT_PATH"
 done
+if [[ $AUTH == 1 ]]; then
+    for t in kairos-hs256-noauth kairos-rs256-noauth; do
+        PID_OF[$t]=$K10_PID
+        URL_OF[$t]=${URL_OF[kairos]}
+    done
+fi
 declare -A RSS_IDLE RSS_LOAD
 for t in "${TARGETS[@]}"; do
     RSS_IDLE[$t]=$(rss_kb "${PID_OF[$t]}")
@@ -469,7 +482,8 @@ for t in kairos-t0 kairos-t0.1 kairos-t1; do
 done
 for t in kairos-hs256 kairos-rs256; do
     [[ -n ${AUTH_PID[$t]:-} ]] || continue
-    printf '%-40s %s\n' "$t (JWT on the route) / kairos req/s:" "$(ratio "${M_RPS[$t]}" "${M_RPS[kairos]}")"
+    printf '%-40s %s\n' "$t / same request, route without auth:" "$(ratio "${M_RPS[$t]}" "${M_RPS[$t-noauth]}")"
+    printf '%-40s %s\n' "$t / kairos (no token sent):" "$(ratio "${M_RPS[$t]}" "${M_RPS[kairos]}")"
 done
 printf '%-40s %s MB idle, %s MB under load\n' "nginx proxy worker RSS:" "$(mb "${RSS_IDLE[nginx]}")" "$(mb "${RSS_LOAD[nginx]}")"
 
