@@ -33,10 +33,21 @@ impl Runtime {
         })?;
         let tracing = match &config.tracing {
             None => None,
-            Some(t) => Some(Tracing::new(t, metrics).map_err(|e| ConfigErrors {
-                source_name: "tracing".into(),
-                errors: vec![ConfigError::new("tracing.endpoint", e)],
-            })?),
+            Some(t) => Some(
+                Tracing::new(t, metrics)
+                    .map(|t| {
+                        t.redact_query_param(
+                            config
+                                .api_keys
+                                .as_ref()
+                                .and_then(|k| k.query_param.as_deref()),
+                        )
+                    })
+                    .map_err(|e| ConfigErrors {
+                        source_name: "tracing".into(),
+                        errors: vec![ConfigError::new("tracing.endpoint", e)],
+                    })?,
+            ),
         };
         let auth = crate::auth::Auth::build(&config).map_err(|e| ConfigErrors {
             source_name: "auth".into(),

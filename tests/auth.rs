@@ -586,3 +586,89 @@ fn keys_never_reach_the_logs_and_plaintext_keys_come_from_the_environment() {
     assert!(e.message.contains("environment"), "{}", e.message);
     assert!(!err.to_string().contains(key), "the error repeats the key");
 }
+
+#[tokio::test]
+async fn review_cases_expiry_presence_duplicates_and_stray_credentials() {
+    let s = setup();
+    let gw = &s.gw;
+    // A configured iss/aud must be present, not only correct when present.
+    let no_iss = hs(json!({"sub": "a", "aud": "my-api", "exp": now() + 600}));
+    assert_eq!(status(gw, "/api/a", &no_iss).await, 401);
+    let no_aud = hs(json!({"iss": "hs-issuer", "sub": "a", "exp": now() + 600}));
+    assert_eq!(status(gw, "/api/a", &no_aud).await, 401);
+    // An iss that is not a string cannot dodge the choice of provider.
+    let arr_iss =
+        hs(json!({"iss": ["hs-issuer"], "sub": "a", "aud": "my-api", "exp": now() + 600}));
+    assert_eq!(status(gw, "/api/a", &arr_iss).await, 401);
+    // Two Authorization headers: one would be verified and both forwarded.
+    let good = hs(claims("hs-issuer", "alice"));
+    let res = client()
+        .get(gw.url("/api/a"))
+        .header("authorization", format!("Bearer {good}"))
+        .header("authorization", "Bearer forged.token.here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // Authenticated by API key, a bearer token alongside is not passed on unverified.
+    let res = client()
+        .get(gw.url("/either/x"))
+        .header("x-api-key", API_KEY)
+        .header("authorization", "Bearer forged.token.here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(s.up.last().header("authorization"), None);
+    // Stray credentials never go upstream, and X_User_Id cannot stand in for X-User-Id.
+    let res = client()
+        .get(gw.url(&format!("/open/x?a=1&api_key={API_KEY}")))
+        .header("x-api-key", API_KEY)
+        .header("x_user_id", "admin")
+        .header("x_other", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = s.up.last();
+    assert_eq!(seen.target, "/open/x?a=1");
+    assert_eq!(seen.header("x-api-key"), None);
+    assert_eq!(seen.header("x_user_id"), None);
+    assert_eq!(seen.header("x_other"), Some("kept"));
+
+    // Expiry with no leeway: a fractional exp is honoured by the verified-token cache too,
+    // and `require_exp: false` makes exp optional, never ignored.
+    let up = Upstream::start_ok();
+    let cfg = |require_exp: bool| {
+        format!(
+            r#"{{"version":1,"server":{{"workers":1}},"upstreams":{{"u":{{"servers":[{{"url":"{}"}}]}}}},
+            "routes":[{{"path":"/{{*r}}","upstream":"u","auth":"jwt"}}],
+            "jwt_validation":{{"secret":"{HS_SECRET}","leeway":"0s","require_exp":{require_exp}}},
+            "logging":{{"access_log":false,"level":"error"}}}}"#,
+            up.url()
+        )
+    };
+    let strict = Gateway::start(&cfg(true));
+    let soon = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 1.2;
+    let t = hs(json!({"sub": "a", "exp": soon}));
+    assert_eq!(status(&strict, "/x", &t).await, 200);
+    // Timestamps are whole seconds: 2 s past exp is expired however the fraction rounds.
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    assert_eq!(
+        status(&strict, "/x", &t).await,
+        401,
+        "a cached token outlived its exp"
+    );
+    let lax = Gateway::start(&cfg(false));
+    assert_eq!(status(&lax, "/x", &hs(json!({"sub": "a"}))).await, 200);
+    let expired = hs(json!({"sub": "a", "exp": now() - 10}));
+    assert_eq!(
+        status(&lax, "/x", &expired).await,
+        401,
+        "exp optional, never ignored"
+    );
+}

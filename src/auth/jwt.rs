@@ -79,11 +79,10 @@ impl Verified {
 }
 
 struct Provider {
-    algorithm: Algorithm,
     alg_name: &'static str,
     issuer: Option<String>,
     validation: Validation,
-    /// Required claims jsonwebtoken does not check itself.
+    /// Claims that must be present.
     custom_required: Vec<String>,
     leeway: u64,
     keys: Keys,
@@ -148,7 +147,12 @@ impl JwtAuth {
         let (header, payload) = peek(token)?;
         let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
         let kid = header.get("kid").and_then(Value::as_str);
-        let iss = payload.get("iss").and_then(Value::as_str);
+        let iss = match payload.get("iss") {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            // An array or object iss would dodge the choice of provider by issuer.
+            Some(_) => return Err(Reason::Malformed),
+        };
         // The provider for this issuer if one claims it, else every provider; then only those
         // whose pinned algorithm is the token's.
         let by_issuer = self
@@ -206,9 +210,24 @@ impl JwtAuth {
         if let Some(Value::Array(items)) = data.get("permissions") {
             permissions.extend(items.iter().filter_map(Value::as_str).map(str::to_string));
         }
+        // jsonwebtoken accepts fractional timestamps; the cache must read them the same way
+        // (rounded towards the stricter side) or a token could outlive its exp here.
+        let time = |name: &str, up: bool| -> Result<Option<u64>, Reason> {
+            match data.get(name) {
+                None => Ok(None),
+                Some(v) => match (v.as_u64(), v.as_f64()) {
+                    (Some(n), _) => Ok(Some(n)),
+                    (None, Some(f)) if f >= 0.0 => {
+                        Ok(Some(if up { f.ceil() } else { f.floor() } as u64))
+                    }
+                    _ => Err(Reason::Malformed),
+                },
+            }
+        };
+        let (exp, nbf) = (time("exp", false)?, time("nbf", true)?);
         Ok(Verified {
-            exp: data.get("exp").and_then(Value::as_u64),
-            nbf: data.get("nbf").and_then(Value::as_u64),
+            exp,
+            nbf,
             leeway: p.leeway,
             claims: data,
             subject,
@@ -222,14 +241,23 @@ fn provider(cfg: &JwtProviderConfig) -> Result<Provider, String> {
     let algorithm = cfg.algorithm;
     let mut validation = Validation::new(algorithm);
     validation.leeway = cfg.leeway.as_secs();
-    validation.validate_exp = cfg.require_exp;
+    // `require_exp: false` makes exp optional, never ignored: a present exp is always checked.
+    validation.validate_exp = true;
     validation.validate_nbf = true;
-    let spec: Vec<&str> = cfg
+    // Configured iss/aud must be present, not just correct when present (jsonwebtoken skips
+    // the check of an absent claim unless it is required).
+    let mut spec: Vec<&str> = cfg
         .required_claims
         .iter()
         .map(String::as_str)
         .filter(|c| SPEC_CLAIMS.contains(c))
         .collect();
+    if cfg.issuer.is_some() {
+        spec.push("iss");
+    }
+    if cfg.audience.is_some() {
+        spec.push("aud");
+    }
     validation.set_required_spec_claims(&spec);
     match &cfg.issuer {
         Some(iss) => validation.set_issuer(&[iss]),
@@ -260,15 +288,11 @@ fn provider(cfg: &JwtProviderConfig) -> Result<Provider, String> {
         }
     };
     Ok(Provider {
-        algorithm,
         alg_name: alg_name(algorithm),
         issuer: cfg.issuer.clone(),
-        custom_required: cfg
-            .required_claims
-            .iter()
-            .filter(|c| !SPEC_CLAIMS.contains(&c.as_str()))
-            .cloned()
-            .collect(),
+        // Every required claim is checked for presence here too: jsonwebtoken ignores some
+        // (iat) even when asked to require them.
+        custom_required: cfg.required_claims.clone(),
         validation,
         leeway: cfg.leeway.as_secs(),
         keys,
@@ -361,6 +385,8 @@ fn cache_put(token: &str, v: Arc<Verified>) {
 /// Shortest time between two fetches caused by unknown `kid`s: a stream of tokens with random
 /// kids must not turn into a stream of requests to the identity provider.
 const REFETCH_MIN_INTERVAL_MS: u64 = 2_000;
+/// Largest JWKS document accepted (real ones are a few KB).
+const MAX_JWKS_BYTES: u64 = 1 << 20;
 /// Longest a request waits for a JWKS fetch it triggered.
 const REFETCH_WAIT: Duration = Duration::from_secs(3);
 
@@ -478,7 +504,13 @@ impl Jwks {
         if !res.status().is_success() {
             return Err(format!("status {}", res.status()));
         }
+        if res.content_length().is_some_and(|n| n > MAX_JWKS_BYTES) {
+            return Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"));
+        }
         let body = res.bytes().await.map_err(|e| e.to_string())?;
+        if body.len() as u64 > MAX_JWKS_BYTES {
+            return Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"));
+        }
         let set: jsonwebtoken::jwk::JwkSet =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?;
         let want = alg_name(self.algorithm);
@@ -518,13 +550,6 @@ pub fn bearer(value: &str) -> Result<&str, Reason> {
         return Err(Reason::Missing);
     }
     Ok(token)
-}
-
-impl JwtAuth {
-    /// The algorithms of its providers, for the log and the tests.
-    pub fn algorithms(&self) -> Vec<Algorithm> {
-        self.providers.iter().map(|p| p.algorithm).collect()
-    }
 }
 
 #[cfg(test)]

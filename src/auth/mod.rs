@@ -231,9 +231,14 @@ impl Auth {
         }
         if mode.jwt {
             if let Some(auth) = &self.jwt {
-                let Some(value) = headers.get(ax::AUTHORIZATION) else {
+                let mut values = headers.get_all(ax::AUTHORIZATION);
+                let Some(value) = values.next() else {
                     return Credential::Done(Err((None, "missing")));
                 };
+                if values.next().is_some() {
+                    // Verifying one and forwarding both would hand the upstream an unchecked one.
+                    return Credential::Done(Err((Some(Scheme::Jwt), "malformed")));
+                }
                 // from_utf8 has a word-at-a-time ASCII path; HeaderValue::to_str checks byte
                 // by byte (~9 instructions each; a 400-byte RS256 token made that 3.8k).
                 let Ok(value) = std::str::from_utf8(value.as_bytes()) else {
@@ -270,12 +275,34 @@ fn jwt_identity(verified: Arc<jwt::Verified>) -> Identity {
 pub struct HeaderEdits {
     remove: Vec<http::HeaderName>,
     add: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Forwarded-claim header names: a client's `X_User_Id` is removed too, since CGI-style
+    /// stacks (WSGI, PHP, nginx variables) read it as `X-User-Id`.
+    underscored: Vec<http::HeaderName>,
 }
 
 impl HeaderEdits {
     pub fn apply(&self, headers: &mut http::HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
+        }
+        if !self.underscored.is_empty() && headers.keys().any(|k| k.as_str().contains('_')) {
+            let doomed: Vec<http::HeaderName> = headers
+                .keys()
+                .filter(|k| {
+                    k.as_str().contains('_')
+                        && self.underscored.iter().any(|f| {
+                            f.as_str().len() == k.as_str().len()
+                                && f.as_str()
+                                    .bytes()
+                                    .zip(k.as_str().bytes())
+                                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+                        })
+                })
+                .cloned()
+                .collect();
+            for name in doomed {
+                headers.remove(name);
+            }
         }
         for (name, value) in &self.add {
             headers.insert(name.clone(), value.clone());
@@ -293,6 +320,9 @@ impl Auth {
             edits
                 .remove
                 .extend(jwt.forward_claims.iter().map(|(_, h)| h.clone()));
+            edits
+                .underscored
+                .extend(jwt.forward_claims.iter().map(|(_, h)| h.clone()));
             if let Some(token) = identity.and_then(|i| i.token.as_ref()) {
                 for (claim, header) in &jwt.forward_claims {
                     let value = match token.claims.get(claim) {
@@ -309,10 +339,14 @@ impl Auth {
                 }
             }
         }
-        if let (Some(id), Some(keys)) = (identity, &self.keys) {
-            if id.scheme == Scheme::ApiKey {
-                edits.remove.push(keys.config.header_name.clone());
-            }
+        if let Some(keys) = &self.keys {
+            // An API key never goes upstream, whether or not it authenticated this request.
+            edits.remove.push(keys.config.header_name.clone());
+        }
+        if identity.is_some_and(|id| id.scheme == Scheme::ApiKey) {
+            // Authenticated by key: a bearer token alongside was never verified, and an
+            // upstream that decodes it unverified ("the gateway checked it") would be fooled.
+            edits.remove.push(http::header::AUTHORIZATION);
         }
         edits
     }

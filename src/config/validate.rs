@@ -774,6 +774,13 @@ fn auth_mode(v: &mut V, p: &str, a: &RawAuth) -> AuthMode {
         RawAuth::Any(list) => list.iter().map(String::as_str).collect(),
     };
     let mut mode = AuthMode::default();
+    if names.is_empty() {
+        v.err_hint(
+            p.to_string(),
+            "an empty list accepts no credential",
+            "write \"none\" for an open route, or list \"jwt\" and/or \"api_key\"",
+        );
+    }
     for (i, name) in names.iter().enumerate() {
         let path = match a {
             RawAuth::One(_) => p.to_string(),
@@ -922,6 +929,12 @@ fn jwt_provider(v: &mut V, p: &str, f: ProviderFields<'_>) -> Option<JwtProvider
             f.jwks_refresh,
             Duration::from_secs(300),
         );
+        if url.starts_with("http://") {
+            v.warnings.push(ConfigError::new(
+                format!("{p}.jwks_url"),
+                "the JWKS is fetched over plain http: anyone on the path can hand the gateway keys; use https",
+            ));
+        }
         JwtKeySource::Jwks { url, refresh }
     };
     let require_exp = f.require_exp.unwrap_or(true);
@@ -943,6 +956,27 @@ fn jwt_provider(v: &mut V, p: &str, f: ProviderFields<'_>) -> Option<JwtProvider
 fn jwt_config(v: &mut V, j: &RawJwt) -> JwtConfig {
     let mut providers = Vec::new();
     let has_own_key = j.secret.is_some() || j.public_key.is_some() || j.jwks_url.is_some();
+    if !has_own_key && j.providers.as_ref().is_some_and(|p| !p.is_empty()) {
+        // Without a key of its own the top-level object is no provider: settings there would
+        // protect nothing. Never ignore them silently.
+        for (key, set) in [
+            ("algorithm", j.algorithm.is_some()),
+            ("issuer", j.issuer.is_some()),
+            ("audience", j.audience.is_some()),
+            ("required_claims", j.required_claims.is_some()),
+            ("require_exp", j.require_exp.is_some()),
+            ("leeway", j.leeway.is_some()),
+            ("jwks_refresh", j.jwks_refresh.is_some()),
+        ] {
+            if set {
+                v.err_hint(
+                    format!("jwt_validation.{key}"),
+                    "applies to the top-level provider, which has no key",
+                    "set it on each entry of `providers`, or give the top level a key",
+                );
+            }
+        }
+    }
     if has_own_key || j.providers.as_ref().is_none_or(|p| p.is_empty()) {
         providers.extend(jwt_provider(
             v,

@@ -73,8 +73,30 @@ pub struct Tracing {
     sink: Arc<Sink>,
     sampling_rate: f64,
     export_timeout: Duration,
+    /// A query parameter whose value is never exported (the API-key parameter).
+    redact_param: Option<String>,
     /// Signalled by the export thread when it has exported everything and stopped.
     stopped: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Tracing {
+    /// Never exports the value of query parameter `name` (an API key travels there).
+    pub fn redact_query_param(mut self, name: Option<&str>) -> Self {
+        self.redact_param = name.map(str::to_string);
+        self
+    }
+}
+
+/// `query` with the value of every `name=` parameter replaced by `REDACTED`.
+pub fn redact_query(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k == name => format!("{k}=REDACTED"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 impl std::fmt::Debug for Tracing {
@@ -126,6 +148,7 @@ impl Tracing {
                 queue_full: metrics.spans_dropped.with_label_values(&["queue_full"]),
             }),
             sampling_rate: cfg.sampling_rate,
+            redact_param: None,
             export_timeout: cfg.export_timeout,
             stopped: Mutex::new(stopped_rx),
         })
@@ -165,7 +188,11 @@ impl Tracing {
             }),
         ));
         if !req.query_string().is_empty() {
-            attrs.push(("url.query", Val::Str(req.query_string().to_string())));
+            let query = match &self.redact_param {
+                Some(name) => redact_query(req.query_string(), name),
+                None => req.query_string().to_string(),
+            };
+            attrs.push(("url.query", Val::Str(query)));
         }
         if let Some(peer) = req.peer_addr() {
             let mut ip = Vec::with_capacity(39);

@@ -180,10 +180,21 @@ async fn proxy<'a>(
             .unwrap_or("OPTIONS"),
         false => method.as_str(),
     };
-    let (route_idx, params) = match rt
+    let mut lookup = rt
         .router
-        .lookup(host_key.as_deref(), req.path(), lookup_method)
+        .lookup(host_key.as_deref(), req.path(), lookup_method);
+    let mut preflight = preflight;
+    if preflight
+        && !matches!(lookup, router::Lookup::Found { route, .. } if rt.auth.route_cors[route].is_some())
     {
+        // The route the preflight asks about has no CORS policy: this is an ordinary OPTIONS
+        // request, routed (and authenticated) by its own method.
+        preflight = false;
+        lookup = rt
+            .router
+            .lookup(host_key.as_deref(), req.path(), method.as_str());
+    }
+    let (route_idx, params) = match lookup {
         router::Lookup::Found { route, params } => (route, params),
         router::Lookup::MethodNotAllowed { allow } => {
             return Err(GatewayError::MethodNotAllowed {
@@ -306,21 +317,24 @@ async fn proxy<'a>(
     let policy = &upstream.config.retries;
     let mut path_and_query = upstream_path(req, route, &params)?;
     let edits = rt.auth.header_edits(identity.as_ref());
-    if let (Some(id), Some(keys)) = (&identity, &rt.auth.keys) {
-        // A key in the URL is removed before forwarding (and before upstream access logs).
-        if let (true, Some(q), Some(name)) = (
-            id.key_in_query,
-            path_and_query.query(),
-            keys.config.query_param.as_deref(),
-        ) {
-            if let Some(rest) = crate::auth::api_key::strip_query_param(q, name) {
-                let pq = match rest.is_empty() {
-                    true => path_and_query.path().to_string(),
-                    false => format!("{}?{rest}", path_and_query.path()),
-                };
-                path_and_query = http::uri::PathAndQuery::try_from(pq)
-                    .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
-            }
+    if let Some(name) = rt
+        .auth
+        .keys
+        .as_ref()
+        .and_then(|k| k.config.query_param.as_deref())
+    {
+        // An API key in the URL never goes upstream (nor into upstream access logs), whether
+        // or not it is what authenticated this request.
+        if let Some(rest) = path_and_query
+            .query()
+            .and_then(|q| crate::auth::api_key::strip_query_param(q, name))
+        {
+            let pq = match rest.is_empty() {
+                true => path_and_query.path().to_string(),
+                false => format!("{}?{rest}", path_and_query.path()),
+            };
+            path_and_query = http::uri::PathAndQuery::try_from(pq)
+                .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
         }
     }
     let up_method = http::Method::from_bytes(method.as_str().as_bytes())
