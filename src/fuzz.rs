@@ -107,3 +107,50 @@ pub fn headers(data: &[u8]) {
         assert!(id == v || id.len() == 32);
     }
 }
+
+/// An Authorization header value through the JWT path (bearer parsing, header and payload
+/// decoding, provider choice, signature and claim checks), and a query string through the
+/// API-key helpers. Nothing here may panic; a token the fuzzer made up must never verify (it
+/// cannot know the secret); stripping the key parameter must leave no such parameter.
+pub fn auth(data: &[u8]) {
+    use futures_util::FutureExt;
+    use std::sync::OnceLock;
+    static JWT: OnceLock<crate::auth::jwt::JwtAuth> = OnceLock::new();
+    let jwt = JWT.get_or_init(|| {
+        let cfg = crate::config::model::JwtConfig {
+            providers: vec![crate::config::model::JwtProviderConfig {
+                algorithm: jsonwebtoken::Algorithm::HS256,
+                key: crate::config::model::JwtKeySource::Secret(crate::config::model::Secret(
+                    b"fuzzing-secret-that-is-thirty-two-bytes-long".to_vec(),
+                )),
+                issuer: Some("fuzz".into()),
+                audience: None,
+                required_claims: vec!["exp".into()],
+                require_exp: true,
+                leeway: std::time::Duration::from_secs(30),
+            }],
+            forward_claims: Vec::new(),
+            strip_authorization: false,
+        };
+        crate::auth::jwt::JwtAuth::new(&cfg).expect("fuzz JWT config")
+    });
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(token) = crate::auth::jwt::bearer(text) {
+        // Static keys never wait: the future completes on its first poll.
+        if let Some(result) = jwt.verify(token).now_or_never() {
+            assert!(result.is_err(), "a made-up token verified: {token}");
+        }
+    }
+    let name = "api_key";
+    let _ = crate::auth::api_key::query_value(text, name);
+    if let Some(rest) = crate::auth::api_key::strip_query_param(text, name) {
+        assert!(
+            !rest
+                .split('&')
+                .any(|p| p.split_once('=').map_or(p, |(k, _)| k) == name),
+            "strip_query_param left the parameter in {rest}"
+        );
+    }
+}

@@ -34,3 +34,8 @@ fn router_corpus() {
 fn headers_corpus() {
     replay("headers", kairos_rs::fuzz::headers);
 }
+
+#[test]
+fn auth_corpus() {
+    replay("auth", kairos_rs::fuzz::auth);
+}
