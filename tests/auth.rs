@@ -548,6 +548,7 @@ fn keys_never_reach_the_logs_and_plaintext_keys_come_from_the_environment() {
         up.url()
     );
     let mut gw = GatewayProcess::start_with_env(&config, &[("PARTNER_KEY", key)]);
+    install_crypto_provider();
     let c = reqwest::blocking::Client::new();
     let ok = c
         .get(gw.url("/p/a"))
@@ -571,6 +572,12 @@ fn keys_never_reach_the_logs_and_plaintext_keys_come_from_the_environment() {
     assert!(
         logs.contains("env-key"),
         "the audit log names the key: {logs}"
+    );
+    assert!(
+        gw.logs()
+            .iter()
+            .any(|l| l.contains("kairos::access") && l.contains(r#""identity":"env-key""#)),
+        "the access log names the caller: {logs}"
     );
     assert!(!logs.contains(key), "a key leaked into the log");
     assert!(

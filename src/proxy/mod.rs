@@ -30,6 +30,8 @@ use std::time::Instant;
 struct Outcome<'a> {
     route: Option<(usize, &'a str)>,
     upstream: Option<&'a str>,
+    /// The authenticated caller (API key name or JWT subject), for the access log.
+    identity: Option<String>,
     request_bytes: u64,
     streamed: Option<body::Progress>,
     /// Taken by whoever builds the response: into a proxied body, or dropped at once.
@@ -81,6 +83,7 @@ pub async fn handle(
     let mut outcome = Outcome {
         route: None,
         upstream: None,
+        identity: None,
         request_bytes: 0,
         streamed: None,
         done: Some(Completion::begin(start, &metrics.inflight, trace)),
@@ -111,6 +114,7 @@ pub async fn handle(
             status = res.status().as_u16(),
             latency_ms = start.elapsed().as_secs_f64() * 1000.0,
             upstream = outcome.upstream.unwrap_or("-"),
+            identity = outcome.identity.as_deref().unwrap_or("-"),
             request_id = rid_str(),
             trace_id = ids.as_ref().and_then(|(t, _)| std::str::from_utf8(t).ok()),
             span_id = ids.as_ref().and_then(|(_, s)| std::str::from_utf8(s).ok()),
@@ -243,6 +247,9 @@ async fn proxy<'a>(
         // grow every request's future, open routes too.
         None => Box::pin(rt.auth.authenticate(route, req, metrics, rid_text())).await?,
     };
+    if rt.config.logging.access_log {
+        outcome.identity = identity.as_ref().map(|i| i.name.clone());
+    }
 
     // Phase 3: check the request and prepare its body.
     let max = rt.config.server.max_body_size;
