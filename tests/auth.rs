@@ -188,18 +188,6 @@ async fn status(gw: &Gateway, path: &str, token: &str) -> u16 {
         .as_u16()
 }
 
-async fn metrics_text(gw: &Gateway) -> String {
-    client()
-        .get(gw.url("/_kairos/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn b64(v: &serde_json::Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
 }
@@ -352,7 +340,7 @@ async fn every_attack_is_refused_with_401_and_counted_by_reason() {
     // Valid, but without the route's permission: 403.
     assert_eq!(status(gw, "/admin/x", &good).await, 403);
 
-    let m = metrics_text(gw).await;
+    let m = scrape_metrics(gw, TOKEN).await;
     for (what, _, reason) in &cases {
         let n = metric(
             &m,
@@ -445,7 +433,7 @@ async fn jwks_keys_rotate_and_the_gateway_follows() {
         claims("jwks-issuer", "u4"),
     );
     assert_eq!(status(&s.gw, "/api/j", &bogus).await, 401);
-    let m = metrics_text(&s.gw).await;
+    let m = scrape_metrics(&s.gw, TOKEN).await;
     assert!(metric(
         &m,
         "kairos_auth_failures_total",

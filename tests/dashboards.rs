@@ -202,15 +202,7 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     let up_now = prom.query(&c, "up{job=\"kairos\"}").await;
     assert_eq!(up_now[0]["value"][1], "1", "scrape failing: {up_now:?}");
 
-    let exported = client()
-        .get(gw.url("/_kairos/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exported = scrape_metrics(&gw, TOKEN).await;
     let mut checked = 0;
     for file in dashboards() {
         let json: serde_json::Value =

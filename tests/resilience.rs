@@ -69,18 +69,6 @@ async fn admin_json(gw: &Gateway, path: &str) -> serde_json::Value {
         .unwrap()
 }
 
-async fn metrics(gw: &Gateway) -> String {
-    client()
-        .get(gw.url("/_kairos/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The `/_kairos/upstreams` entry of server `url`.
 async fn server_state(gw: &Gateway, url: &str) -> serde_json::Value {
     let v = admin_json(gw, "/_kairos/upstreams").await;
@@ -147,7 +135,7 @@ async fn get_is_retried_on_the_next_server_and_post_is_not_duplicated() {
     assert_eq!(a.count() - a0, 2, "each POST sent exactly once");
     assert_eq!(b.count() - b0, 2);
 
-    let m = metrics(&gw).await;
+    let m = scrape_metrics(&gw, TOKEN).await;
     assert_eq!(
         metric(&m, "kairos_upstream_retries_total", &[("upstream", "u")]),
         Some(3.0)
@@ -227,7 +215,7 @@ async fn circuit_opens_fails_fast_half_opens_and_closes() {
         assert_eq!(get(&c, &gw.url("/c")).await.0, 500);
     }
     assert_eq!(server_state(&gw, &up.url()).await["circuit"], "open");
-    let m = metrics(&gw).await;
+    let m = scrape_metrics(&gw, TOKEN).await;
     let url = up.url();
     let labels = [("upstream", "u"), ("server", url.as_str())];
     assert_eq!(metric(&m, "kairos_circuit_state", &labels), Some(1.0));
@@ -266,7 +254,7 @@ async fn circuit_opens_fails_fast_half_opens_and_closes() {
     for _ in 0..5 {
         assert_eq!(get(&c, &gw.url("/c")).await.0, 200);
     }
-    let m = metrics(&gw).await;
+    let m = scrape_metrics(&gw, TOKEN).await;
     assert_eq!(metric(&m, "kairos_circuit_state", &labels), Some(0.0));
 }
 
@@ -329,7 +317,7 @@ async fn outlier_detection_ejects_a_failing_server_but_never_too_many() {
         get(&c, &gw.url("/o")).await;
     }
     assert_eq!(bad.count(), before, "an ejected server gets no traffic");
-    let m = metrics(&gw).await;
+    let m = scrape_metrics(&gw, TOKEN).await;
     let url = bad.url();
     let labels = [("upstream", "u"), ("server", url.as_str())];
     assert_eq!(
@@ -370,7 +358,7 @@ async fn a_dead_server_is_taken_out_by_the_checker_and_back_within_an_interval()
     for _ in 0..20 {
         assert_eq!(get(&c, &gw.url("/h")).await, (200, "a".into()));
     }
-    let m = metrics(&gw).await;
+    let m = scrape_metrics(&gw, TOKEN).await;
     let labels = [("upstream", "u"), ("server", url_b.as_str())];
     assert_eq!(metric(&m, "kairos_upstream_health", &labels), Some(0.0));
     let state = server_state(&gw, &url_b).await;
@@ -568,7 +556,7 @@ async fn the_retry_budget_stops_a_retry_storm() {
     for _ in 0..200 {
         assert_eq!(get(&c, &gw.url("/storm")).await.0, 500);
     }
-    let m = metrics(&gw).await;
+    let m = scrape_metrics(&gw, TOKEN).await;
     let retries = metric(&m, "kairos_upstream_retries_total", &[("upstream", "u")]).unwrap();
     assert!(
         (35.0..=40.0).contains(&retries),

@@ -140,14 +140,7 @@ pub fn authorized(req: &HttpRequest, token: Option<&str>) -> bool {
     else {
         return false;
     };
-    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::auth::api_key::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
 #[cfg(test)]

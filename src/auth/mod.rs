@@ -53,6 +53,9 @@ pub struct Auth {
     /// that match no route.
     pub route_cors: Vec<Option<Arc<cors::CorsPolicy>>>,
     pub cors: Option<Arc<cors::CorsPolicy>>,
+    /// Some route (or the top level) has a CORS policy: preflights need looking at.
+    pub any_cors: bool,
+    always_removed: AlwaysRemoved,
 }
 
 impl Auth {
@@ -71,9 +74,13 @@ impl Auth {
                 None => Ok(cors.clone()),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let jwt = config.jwt.as_ref().map(jwt::JwtAuth::new).transpose()?;
+        let keys = config.api_keys.clone().map(api_key::KeyStore::new);
         Ok(Auth {
-            jwt: config.jwt.as_ref().map(jwt::JwtAuth::new).transpose()?,
-            keys: config.api_keys.clone().map(api_key::KeyStore::new),
+            any_cors: route_cors.iter().any(Option::is_some) || cors.is_some(),
+            always_removed: AlwaysRemoved::new(jwt.as_ref(), keys.as_ref()),
+            jwt,
+            keys,
             route_cors,
             cors,
         })
@@ -270,27 +277,52 @@ fn jwt_identity(verified: Arc<jwt::Verified>) -> Identity {
     }
 }
 
-/// Changes to the upstream request's headers that follow from authentication.
-#[derive(Default)]
-pub struct HeaderEdits {
-    remove: Vec<http::HeaderName>,
-    add: Vec<(http::HeaderName, http::HeaderValue)>,
+/// Headers removed from every forwarded request, whatever the route: the forwarded-claim
+/// headers (an upstream must be able to trust them) and the API-key header (a key never goes
+/// upstream). Built once per runtime.
+struct AlwaysRemoved {
+    names: Vec<http::HeaderName>,
     /// Forwarded-claim header names: a client's `X_User_Id` is removed too, since CGI-style
     /// stacks (WSGI, PHP, nginx variables) read it as `X-User-Id`.
     underscored: Vec<http::HeaderName>,
 }
 
-impl HeaderEdits {
+impl AlwaysRemoved {
+    fn new(jwt: Option<&jwt::JwtAuth>, keys: Option<&api_key::KeyStore>) -> Self {
+        let claims: Vec<http::HeaderName> = jwt
+            .map(|j| j.forward_claims.iter().map(|(_, h)| h.clone()).collect())
+            .unwrap_or_default();
+        let mut names = claims.clone();
+        names.extend(keys.map(|k| k.config.header_name.clone()));
+        AlwaysRemoved {
+            names,
+            underscored: claims,
+        }
+    }
+}
+
+/// Changes to the upstream request's headers that follow from authentication.
+pub struct HeaderEdits<'a> {
+    always: &'a AlwaysRemoved,
+    remove_authorization: bool,
+    add: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl HeaderEdits<'_> {
     pub fn apply(&self, headers: &mut http::HeaderMap) {
-        for name in &self.remove {
+        for name in &self.always.names {
             headers.remove(name);
         }
-        if !self.underscored.is_empty() && headers.keys().any(|k| k.as_str().contains('_')) {
+        if self.remove_authorization {
+            headers.remove(http::header::AUTHORIZATION);
+        }
+        let underscored = &self.always.underscored;
+        if !underscored.is_empty() && headers.keys().any(|k| k.as_str().contains('_')) {
             let doomed: Vec<http::HeaderName> = headers
                 .keys()
                 .filter(|k| {
                     k.as_str().contains('_')
-                        && self.underscored.iter().any(|f| {
+                        && underscored.iter().any(|f| {
                             f.as_str().len() == k.as_str().len()
                                 && f.as_str()
                                     .bytes()
@@ -311,42 +343,28 @@ impl HeaderEdits {
 }
 
 impl Auth {
-    /// The header edits for a request: forwarded-claim headers sent by the client are always
-    /// removed (an upstream must be able to trust them); a JWT's claims are set in their
-    /// place; Authorization is removed when configured; an API key never goes upstream.
-    pub fn header_edits(&self, identity: Option<&Identity>) -> HeaderEdits {
-        let mut edits = HeaderEdits::default();
-        if let Some(jwt) = &self.jwt {
-            edits
-                .remove
-                .extend(jwt.forward_claims.iter().map(|(_, h)| h.clone()));
-            edits
-                .underscored
-                .extend(jwt.forward_claims.iter().map(|(_, h)| h.clone()));
-            if let Some(token) = identity.and_then(|i| i.token.as_ref()) {
-                for (claim, header) in &jwt.forward_claims {
-                    let value = match token.claims.get(claim) {
-                        None | Some(serde_json::Value::Null) => continue,
-                        Some(serde_json::Value::String(s)) => http::HeaderValue::from_str(s),
-                        Some(other) => http::HeaderValue::from_str(&other.to_string()),
-                    };
-                    if let Ok(v) = value {
-                        edits.add.push((header.clone(), v));
-                    }
-                }
-                if jwt.strip_authorization {
-                    edits.remove.push(http::header::AUTHORIZATION);
+    /// The header edits for a request: the headers always removed, a JWT's claims set in
+    /// place of the client's copies, and Authorization removed when configured or when an API
+    /// key authenticated the request (a bearer token alongside was never verified, and an
+    /// upstream that decodes it unverified would be fooled). Allocates only to add claims.
+    pub fn header_edits(&self, identity: Option<&Identity>) -> HeaderEdits<'_> {
+        let mut edits = HeaderEdits {
+            always: &self.always_removed,
+            remove_authorization: identity.is_some_and(|id| id.scheme == Scheme::ApiKey),
+            add: Vec::new(),
+        };
+        if let (Some(jwt), Some(token)) = (&self.jwt, identity.and_then(|i| i.token.as_ref())) {
+            for (claim, header) in &jwt.forward_claims {
+                let value = match token.claims.get(claim) {
+                    None | Some(serde_json::Value::Null) => continue,
+                    Some(serde_json::Value::String(s)) => http::HeaderValue::from_str(s),
+                    Some(other) => http::HeaderValue::from_str(&other.to_string()),
+                };
+                if let Ok(v) = value {
+                    edits.add.push((header.clone(), v));
                 }
             }
-        }
-        if let Some(keys) = &self.keys {
-            // An API key never goes upstream, whether or not it authenticated this request.
-            edits.remove.push(keys.config.header_name.clone());
-        }
-        if identity.is_some_and(|id| id.scheme == Scheme::ApiKey) {
-            // Authenticated by key: a bearer token alongside was never verified, and an
-            // upstream that decodes it unverified ("the gateway checked it") would be fooled.
-            edits.remove.push(http::header::AUTHORIZATION);
+            edits.remove_authorization |= jwt.strip_authorization;
         }
         edits
     }

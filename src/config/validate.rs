@@ -806,21 +806,23 @@ const JWT_ALGORITHMS: [&str; 12] = [
     "ES384", "EdDSA",
 ];
 
-/// One provider's fields, shared by `jwt_validation` and its `providers` entries.
-struct ProviderFields<'a> {
-    secret: &'a Option<String>,
-    algorithm: &'a Option<String>,
-    public_key: &'a Option<String>,
-    jwks_url: &'a Option<String>,
-    jwks_refresh: &'a Option<String>,
-    issuer: &'a Option<String>,
-    audience: &'a Option<String>,
-    required_claims: &'a Option<Vec<String>>,
-    require_exp: Option<bool>,
-    leeway: &'a Option<String>,
+/// The top level of `jwt_validation` as a provider of its own.
+fn own_provider(j: &RawJwt) -> RawJwtProvider {
+    RawJwtProvider {
+        secret: j.secret.clone(),
+        algorithm: j.algorithm.clone(),
+        public_key: j.public_key.clone(),
+        jwks_url: j.jwks_url.clone(),
+        jwks_refresh: j.jwks_refresh.clone(),
+        issuer: j.issuer.clone(),
+        audience: j.audience.clone(),
+        required_claims: j.required_claims.clone(),
+        require_exp: j.require_exp,
+        leeway: j.leeway.clone(),
+    }
 }
 
-fn jwt_provider(v: &mut V, p: &str, f: ProviderFields<'_>) -> Option<JwtProviderConfig> {
+fn jwt_provider(v: &mut V, p: &str, f: &RawJwtProvider) -> Option<JwtProviderConfig> {
     use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
     let sources = [
         f.secret.is_some(),
@@ -858,7 +860,7 @@ fn jwt_provider(v: &mut V, p: &str, f: ProviderFields<'_>) -> Option<JwtProvider
         }
     };
     let family = algorithm.family();
-    let key = if let Some(secret) = f.secret {
+    let key = if let Some(secret) = &f.secret {
         if family != AlgorithmFamily::Hmac {
             v.err_hint(
                 format!("{p}.secret"),
@@ -884,7 +886,7 @@ fn jwt_provider(v: &mut V, p: &str, f: ProviderFields<'_>) -> Option<JwtProvider
             );
         }
         JwtKeySource::Secret(Secret(secret.as_bytes().to_vec()))
-    } else if let Some(pem) = f.public_key {
+    } else if let Some(pem) = &f.public_key {
         let parsed = match family {
             AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem.as_bytes()).map(|_| ()),
             AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem.as_bytes()).map(|_| ()),
@@ -926,7 +928,7 @@ fn jwt_provider(v: &mut V, p: &str, f: ProviderFields<'_>) -> Option<JwtProvider
         let refresh = nonzero_duration(
             v,
             format!("{p}.jwks_refresh"),
-            f.jwks_refresh,
+            &f.jwks_refresh,
             Duration::from_secs(300),
         );
         if url.starts_with("http://") {
@@ -949,7 +951,7 @@ fn jwt_provider(v: &mut V, p: &str, f: ProviderFields<'_>) -> Option<JwtProvider
         audience: f.audience.clone(),
         required_claims,
         require_exp,
-        leeway: v.duration(&format!("{p}.leeway"), f.leeway, Duration::from_secs(30)),
+        leeway: v.duration(&format!("{p}.leeway"), &f.leeway, Duration::from_secs(30)),
     })
 }
 
@@ -978,39 +980,13 @@ fn jwt_config(v: &mut V, j: &RawJwt) -> JwtConfig {
         }
     }
     if has_own_key || j.providers.as_ref().is_none_or(|p| p.is_empty()) {
-        providers.extend(jwt_provider(
-            v,
-            "jwt_validation",
-            ProviderFields {
-                secret: &j.secret,
-                algorithm: &j.algorithm,
-                public_key: &j.public_key,
-                jwks_url: &j.jwks_url,
-                jwks_refresh: &j.jwks_refresh,
-                issuer: &j.issuer,
-                audience: &j.audience,
-                required_claims: &j.required_claims,
-                require_exp: j.require_exp,
-                leeway: &j.leeway,
-            },
-        ));
+        providers.extend(jwt_provider(v, "jwt_validation", &own_provider(j)));
     }
     for (i, pr) in j.providers.iter().flatten().enumerate() {
         providers.extend(jwt_provider(
             v,
             &format!("jwt_validation.providers[{i}]"),
-            ProviderFields {
-                secret: &pr.secret,
-                algorithm: &pr.algorithm,
-                public_key: &pr.public_key,
-                jwks_url: &pr.jwks_url,
-                jwks_refresh: &pr.jwks_refresh,
-                issuer: &pr.issuer,
-                audience: &pr.audience,
-                required_claims: &pr.required_claims,
-                require_exp: pr.require_exp,
-                leeway: &pr.leeway,
-            },
+            pr,
         ));
     }
     let mut forward_claims = Vec::new();

@@ -290,7 +290,8 @@ fn classify(e: hyper::Error) -> ForwardError {
     ForwardError::Protocol(chain(&e))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, `outer: inner: innermost`.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(x) = src {

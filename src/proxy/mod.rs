@@ -174,8 +174,7 @@ async fn proxy<'a>(
         _ => None,
     };
     // A CORS preflight asks about the method the real request will use: match on that.
-    let preflight = (rt.auth.cors.is_some() || rt.auth.route_cors.iter().any(Option::is_some))
-        && CorsPolicy::is_preflight(method, req.headers());
+    let preflight = rt.auth.any_cors && CorsPolicy::is_preflight(method, req.headers());
     let lookup_method = match preflight {
         true => req
             .headers()

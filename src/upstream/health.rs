@@ -245,7 +245,7 @@ impl Check {
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| crate::proxy::forward::chain(&e))?;
         let status = res.status().as_u16();
         // Read (a bounded amount of) the body so the connection can be reused.
         let _ = res.bytes().await;
@@ -255,17 +255,6 @@ impl Check {
             Err(format!("status {status}"))
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 #[cfg(test)]

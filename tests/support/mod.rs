@@ -336,6 +336,19 @@ pub fn config(upstream_url: &str, routes: &str, extra: &str) -> String {
     )
 }
 
+/// The Prometheus text of `/_kairos/metrics`, fetched with the admin token.
+pub async fn scrape_metrics(gw: &Gateway, token: &str) -> String {
+    client()
+        .get(gw.url("/_kairos/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// A plain HTTP client that does not follow redirects.
 pub fn client() -> reqwest::Client {
     client_builder().build().expect("client")
