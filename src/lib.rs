@@ -15,6 +15,7 @@ pub mod demo;
 pub mod fuzz;
 pub mod observability;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -19,6 +19,8 @@ pub struct Runtime {
     /// Present when tracing is on.
     pub tracing: Option<Tracing>,
     pub auth: crate::auth::Auth,
+    /// Present when anything is rate limited.
+    pub ratelimit: Option<crate::ratelimit::RateLimiter>,
     /// Unique per runtime in the process: route indexes are only meaningful within one.
     pub generation: u64,
 }
@@ -53,6 +55,13 @@ impl Runtime {
             source_name: "auth".into(),
             errors: vec![ConfigError::new("jwt_validation", e)],
         })?;
+        let ratelimit =
+            crate::ratelimit::RateLimiter::build(&config, metrics, None).map_err(|e| {
+                ConfigErrors {
+                    source_name: "rate_limiting".into(),
+                    errors: vec![ConfigError::new("rate_limiting", e)],
+                }
+            })?;
         let default_tls = crate::proxy::forward::default_tls_config();
         let upstreams = config
             .upstreams
@@ -78,6 +87,7 @@ impl Runtime {
             upstreams,
             tracing,
             auth,
+            ratelimit,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         })
     }

@@ -95,6 +95,7 @@ fn route(i: usize, segs: &[Seg]) -> RouteConfig {
         auth: Default::default(),
         permissions: Vec::new(),
         cors: None,
+        rate_limit: None,
     }
 }
 

@@ -179,10 +179,6 @@ fn substitute_env(
         }
         Value::Object(map) => {
             for (k, item) in map.iter_mut() {
-                // Sections this build refuses anyway: their variables do not matter yet.
-                if raw::UNSUPPORTED_KEYS.contains(&k.as_str()) {
-                    continue;
-                }
                 substitute_env(item, position::join_key(&path, k), env, errors);
             }
         }

@@ -20,6 +20,8 @@ pub struct Config {
     pub api_keys: Option<ApiKeysConfig>,
     /// The top-level CORS policy; a route's own replaces it.
     pub cors: Option<crate::auth::cors::CorsConfig>,
+    /// Present when any limit is configured (top-level, a route's or an API key's own).
+    pub rate_limiting: Option<RateLimitConfig>,
     /// Things that work but deserve the operator's attention (deprecated keys); logged at start.
     pub warnings: Vec<crate::config::ConfigError>,
 }
@@ -253,6 +255,8 @@ pub struct RouteConfig {
     pub permissions: Vec<String>,
     /// This route's CORS policy, replacing the top-level one.
     pub cors: Option<crate::auth::cors::CorsConfig>,
+    /// This route's own limits.
+    pub rate_limit: Option<RouteRateLimit>,
 }
 
 /// Which credentials a route accepts; neither means the route is open.
@@ -330,6 +334,75 @@ pub struct ApiKeyEntry {
 pub struct RateConfig {
     pub rps: f64,
     pub burst: u32,
+}
+
+/// Limits by scope; `None` where a scope is not limited.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ScopeLimits {
+    pub global: Option<RateConfig>,
+    pub per_ip: Option<RateConfig>,
+    pub per_api_key: Option<RateConfig>,
+    pub per_user: Option<RateConfig>,
+}
+
+impl ScopeLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == ScopeLimits::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteRateLimit {
+    pub limits: ScopeLimits,
+    /// The top-level limits of scopes this route does not set apply too.
+    pub inherit: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendError {
+    /// Decide with a per-instance limiter until the backend is back.
+    Allow,
+    /// Refuse limited requests (503) until the backend is back.
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateBackend {
+    Memory,
+    Redis {
+        /// May carry a password: never logged or shown.
+        url: Secret,
+        timeout: Duration,
+        key_prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub backend: RateBackend,
+    pub on_backend_error: OnBackendError,
+    /// Clients one limit keeps in memory at most.
+    pub max_keys: u64,
+    pub headers: bool,
+    pub ietf_headers: bool,
+    pub limits: ScopeLimits,
+}
+
+impl RateLimitConfig {
+    pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            backend: RateBackend::Memory,
+            on_backend_error: OnBackendError::Allow,
+            max_keys: Self::DEFAULT_MAX_KEYS,
+            headers: true,
+            ietf_headers: false,
+            limits: ScopeLimits::default(),
+        }
+    }
 }
 
 /// A compiled rewrite template: literal pieces and the positions of route parameters.

@@ -10,12 +10,6 @@ use std::collections::BTreeMap;
 pub type DurationStr = String;
 /// A size such as "512KB" or "10MB" (1 MB = 1024 KB).
 pub type SizeStr = String;
-/// Keys of features this build does not implement yet. They are parsed so that the error can
-/// say so, instead of calling a documented key unknown; they are never silently accepted.
-pub type Unsupported = serde_json::Value;
-
-/// Keys (at any depth) of sections this build refuses; `${ENV}` is not expanded inside them.
-pub const UNSUPPORTED_KEYS: [&str; 2] = ["rate_limiting", "rate_limit"];
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -43,9 +37,10 @@ pub struct RawConfig {
     /// API keys for routes with `"auth": "api_key"`.
     #[serde(default)]
     pub api_keys: Option<RawApiKeys>,
-    /// Not implemented yet: rejected with a clear error.
+    /// Rate limits for every route (a route's own `rate_limit` replaces them scope by scope),
+    /// and the backend that keeps the counts.
     #[serde(default)]
-    pub rate_limiting: Option<Unsupported>,
+    pub rate_limiting: Option<RawRateLimiting>,
     /// CORS for every route (a route's own `cors` replaces it).
     #[serde(default)]
     pub cors: Option<RawCors>,
@@ -276,8 +271,8 @@ pub struct RawRoute {
     /// Permissions the caller must hold, every one: an API key's `permissions`, or a JWT's
     /// `scope` (space-separated) or `permissions` claim.
     pub permissions: Option<Vec<String>>,
-    /// Not implemented yet: rejected with a clear error.
-    pub rate_limit: Option<Unsupported>,
+    /// This route's limits: each scope set here replaces the top-level one for this route.
+    pub rate_limit: Option<RawRouteRateLimit>,
     /// CORS for this route, replacing the top-level `cors`.
     pub cors: Option<RawCors>,
 }
@@ -382,6 +377,56 @@ pub struct RawApiKey {
     pub permissions: Option<Vec<String>>,
     /// This key's own rate limit (applied by the rate limiter).
     pub rate_limit: Option<RawRate>,
+}
+
+/// Rate limiting: GCRA (a token bucket without fixed-window edges) per scope.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimiting {
+    /// "memory" (default: counts kept in this instance) or "redis" (shared by every instance
+    /// pointing at the same Redis).
+    pub backend: Option<String>,
+    /// redis://[user:password@]host:port[/db], for the redis backend. Use "${REDIS_URL}" when
+    /// it carries a password.
+    pub redis_url: Option<String>,
+    /// What happens while Redis cannot be reached: "allow" (default: the same limits are
+    /// enforced per instance by a local fallback limiter) or "deny" (503).
+    pub on_backend_error: Option<String>,
+    /// Longest wait for one Redis decision before the request goes on per
+    /// `on_backend_error` (default "50ms").
+    pub redis_timeout: Option<DurationStr>,
+    /// Prefix of every Redis key the limiter writes (default "kairos:rl:").
+    pub key_prefix: Option<String>,
+    /// Most clients (IPs, users, keys) whose counts one limit keeps in memory (default
+    /// 1000000); the least used are forgotten first, idle ones expire.
+    pub max_keys: Option<u64>,
+    /// X-RateLimit-Limit, -Remaining and -Reset on every response of a limited route (default
+    /// true).
+    pub headers: Option<bool>,
+    /// The IETF draft's RateLimit-Policy and RateLimit fields (default false).
+    pub ietf_headers: Option<bool>,
+    /// One budget for all requests together.
+    pub global: Option<RawRate>,
+    /// Per client address (resolved through `server.trusted_proxies`).
+    pub per_ip: Option<RawRate>,
+    /// Per API key; a key's own `rate_limit` replaces this one.
+    pub per_api_key: Option<RawRate>,
+    /// Per JWT subject (`sub`).
+    pub per_user: Option<RawRate>,
+}
+
+/// A route's own limits: budgets of this route alone, replacing the top-level limit of the
+/// same scope.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteRateLimit {
+    /// Apply the top-level limits of the scopes this route does not set (default true);
+    /// false exempts the route from them.
+    pub inherit: Option<bool>,
+    pub global: Option<RawRate>,
+    pub per_ip: Option<RawRate>,
+    pub per_api_key: Option<RawRate>,
+    pub per_user: Option<RawRate>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

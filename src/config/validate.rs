@@ -245,18 +245,6 @@ impl V {
     fn size(&mut self, path: &str, v: &Option<String>, default: u64) -> u64 {
         self.parsed(path, v, default, parse_size)
     }
-    fn unsupported(&mut self, path: &str, v: &Option<serde_json::Value>) {
-        if v.is_some() {
-            self.err_hint(
-                path,
-                format!(
-                    "`{}` is not supported by this version of kairos-rs yet",
-                    path.rsplit('.').next().unwrap_or(path)
-                ),
-                "remove it; ROADMAP.md lists when it lands",
-            );
-        }
-    }
 }
 
 /// Validates a raw config. `base_dir` resolves relative file paths.
@@ -274,7 +262,10 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             );
         }
     }
-    v.unsupported("rate_limiting", &raw.rate_limiting);
+    let top_limits = raw
+        .rate_limiting
+        .as_ref()
+        .map(|r| rate_limiting_config(&mut v, r));
     let jwt = raw.jwt_validation.as_ref().map(|j| jwt_config(&mut v, j));
     let api_keys = raw.api_keys.as_ref().map(|k| api_keys_config(&mut v, k));
     let cors = raw.cors.as_ref().map(|c| cors_config(&mut v, "cors", c));
@@ -650,7 +641,10 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             .cors
             .as_ref()
             .map(|c| cors_config(&mut v, &format!("{p}.cors"), c));
-        v.unsupported(&format!("{p}.rate_limit"), &r.rate_limit);
+        let rate_limit = r
+            .rate_limit
+            .as_ref()
+            .map(|rl| route_rate_limit(&mut v, &format!("{p}.rate_limit"), rl, auth));
         let timeout = v.duration(&format!("{p}.timeout"), &r.timeout, server.request_timeout);
         if timeout.is_zero() {
             v.err(format!("{p}.timeout"), "timeout must be more than 0s");
@@ -706,6 +700,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             auth,
             permissions,
             cors: route_cors,
+            rate_limit,
         });
     }
 
@@ -742,6 +737,19 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
 
     let tracing = raw.tracing.as_ref().and_then(|t| tracing_config(&mut v, t));
 
+    // Rate limiting is on when anything is limited: the top level, a route or an API key.
+    let any_key_limit = api_keys
+        .as_ref()
+        .is_some_and(|k| k.keys.iter().any(|e| e.rate_limit.is_some()));
+    let any_route_limit = routes
+        .iter()
+        .any(|r| r.rate_limit.is_some_and(|rl| !rl.limits.is_empty()));
+    let rate_limiting = match top_limits {
+        Some(rl) => Some(rl),
+        None if any_key_limit || any_route_limit => Some(RateLimitConfig::default()),
+        None => None,
+    };
+
     if v.errors.is_empty() {
         if let Err(errs) = crate::proxy::router::Router::build(&routes) {
             v.errors.extend(errs);
@@ -758,10 +766,177 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             jwt,
             api_keys,
             cors,
+            rate_limiting,
             warnings: v.warnings,
         })
     } else {
         Err(v.errors)
+    }
+}
+
+/// Highest `rps`: the memory limiter counts in nanoseconds, Redis in microseconds.
+const MAX_RPS: f64 = 1_000_000.0;
+
+fn rate(v: &mut V, p: &str, r: &RawRate) -> Option<RateConfig> {
+    if !(r.rps > 0.0 && r.rps <= MAX_RPS) {
+        v.err_hint(
+            format!("{p}.rps"),
+            format!("rps must be more than 0 and at most {MAX_RPS}, found {}", r.rps),
+            "for a quota such as 1000 a day, write the rate per second (0.0116) and the quota as `burst`",
+        );
+        return None;
+    }
+    let burst = match r.burst {
+        Some(0) => {
+            v.err(format!("{p}.burst"), "burst must be at least 1");
+            return None;
+        }
+        Some(b) => b,
+        None => r.rps.ceil() as u32,
+    };
+    Some(RateConfig { rps: r.rps, burst })
+}
+
+fn scope_limits(
+    v: &mut V,
+    p: &str,
+    global: &Option<RawRate>,
+    per_ip: &Option<RawRate>,
+    per_api_key: &Option<RawRate>,
+    per_user: &Option<RawRate>,
+) -> ScopeLimits {
+    let mut one = |name: &str, r: &Option<RawRate>| {
+        r.as_ref().and_then(|r| rate(v, &format!("{p}.{name}"), r))
+    };
+    ScopeLimits {
+        global: one("global", global),
+        per_ip: one("per_ip", per_ip),
+        per_api_key: one("per_api_key", per_api_key),
+        per_user: one("per_user", per_user),
+    }
+}
+
+fn rate_limiting_config(v: &mut V, r: &RawRateLimiting) -> RateLimitConfig {
+    let limits = scope_limits(
+        v,
+        "rate_limiting",
+        &r.global,
+        &r.per_ip,
+        &r.per_api_key,
+        &r.per_user,
+    );
+    let on_backend_error = match r.on_backend_error.as_deref() {
+        None | Some("allow") => OnBackendError::Allow,
+        Some("deny") => OnBackendError::Deny,
+        Some(other) => {
+            v.err_hint(
+                "rate_limiting.on_backend_error",
+                format!("unknown value `{other}`"),
+                "use \"allow\" (a local limiter decides while Redis is down) or \"deny\" (503)",
+            );
+            OnBackendError::Allow
+        }
+    };
+    let backend = match r.backend.as_deref() {
+        None | Some("memory") => {
+            if r.redis_url.is_some() {
+                v.warnings.push(
+                    ConfigError::new(
+                        "rate_limiting.redis_url",
+                        "`redis_url` is ignored: the backend is memory",
+                    )
+                    .with_hint("set \"backend\": \"redis\" to share limits through Redis"),
+                );
+            }
+            RateBackend::Memory
+        }
+        Some("redis") => {
+            let timeout = v.duration(
+                "rate_limiting.redis_timeout",
+                &r.redis_timeout,
+                Duration::from_millis(50),
+            );
+            if timeout.is_zero() {
+                v.err(
+                    "rate_limiting.redis_timeout",
+                    "redis_timeout must be more than 0s",
+                );
+            }
+            let url = match &r.redis_url {
+                None => {
+                    v.err_hint(
+                        "rate_limiting.redis_url",
+                        "the redis backend needs `redis_url`",
+                        "add \"redis_url\": \"redis://127.0.0.1:6379\" (or \"${REDIS_URL}\")",
+                    );
+                    String::new()
+                }
+                Some(u) => {
+                    if let Err(e) = crate::ratelimit::redis::check_url(u) {
+                        v.err_hint(
+                            "rate_limiting.redis_url",
+                            e,
+                            "write redis://[user:password@]host:port[/db]",
+                        );
+                    }
+                    u.clone()
+                }
+            };
+            RateBackend::Redis {
+                url: Secret(url.into_bytes()),
+                timeout,
+                key_prefix: r.key_prefix.clone().unwrap_or_else(|| "kairos:rl:".into()),
+            }
+        }
+        Some(other) => {
+            let hint = did_you_mean(other, ["memory", "redis"])
+                .unwrap_or_else(|| "use \"memory\" or \"redis\"".into());
+            v.err_hint(
+                "rate_limiting.backend",
+                format!("unknown backend `{other}`"),
+                hint,
+            );
+            RateBackend::Memory
+        }
+    };
+    let max_keys = match r.max_keys {
+        Some(0) => {
+            v.err("rate_limiting.max_keys", "max_keys must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => RateLimitConfig::DEFAULT_MAX_KEYS,
+    };
+    RateLimitConfig {
+        backend,
+        on_backend_error,
+        max_keys,
+        headers: r.headers.unwrap_or(true),
+        ietf_headers: r.ietf_headers.unwrap_or(false),
+        limits,
+    }
+}
+
+fn route_rate_limit(v: &mut V, p: &str, r: &RawRouteRateLimit, auth: AuthMode) -> RouteRateLimit {
+    let limits = scope_limits(v, p, &r.global, &r.per_ip, &r.per_api_key, &r.per_user);
+    // A limit that can never apply is a mistake worth saying so.
+    if limits.per_user.is_some() && !auth.jwt {
+        v.err_hint(
+            format!("{p}.per_user"),
+            "per_user limits JWT subjects, but this route does not accept JWTs",
+            "set the route's \"auth\" to \"jwt\", or use per_ip",
+        );
+    }
+    if limits.per_api_key.is_some() && !auth.api_key {
+        v.err_hint(
+            format!("{p}.per_api_key"),
+            "per_api_key limits API keys, but this route does not accept API keys",
+            "set the route's \"auth\" to \"api_key\", or use per_ip",
+        );
+    }
+    RouteRateLimit {
+        limits,
+        inherit: r.inherit.unwrap_or(true),
     }
 }
 
@@ -1059,16 +1234,10 @@ fn api_keys_config(v: &mut V, k: &RawApiKeys) -> ApiKeysConfig {
         if let Some(other) = keys.iter().find(|e| e.hash == hash) {
             v.err(p.clone(), format!("same key as `{}`", other.name));
         }
-        let rate_limit = key.rate_limit.as_ref().and_then(|r| {
-            if !(r.rps > 0.0 && r.rps.is_finite()) {
-                v.err(format!("{p}.rate_limit.rps"), "rps must be more than 0");
-                return None;
-            }
-            Some(RateConfig {
-                rps: r.rps,
-                burst: r.burst.unwrap_or(r.rps.ceil().max(1.0) as u32).max(1),
-            })
-        });
+        let rate_limit = key
+            .rate_limit
+            .as_ref()
+            .and_then(|r| rate(v, &format!("{p}.rate_limit"), r));
         keys.push(ApiKeyEntry {
             name: name.clone(),
             hash,

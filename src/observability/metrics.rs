@@ -27,6 +27,13 @@ pub const LATENCY_BUCKETS: [f64; 17] = [
     5.0, 10.0, 30.0,
 ];
 
+/// Rate-limit decision buckets (seconds): 1 µs to 250 ms; a memory decision takes well under
+/// a microsecond, a Redis one a round trip.
+pub const DECISION_BUCKETS: [f64; 16] = [
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025, 0.005, 0.01, 0.025, 0.05, 0.25,
+];
+
 /// The `route` label of requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
 
@@ -77,6 +84,10 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub upstream_ejections: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub ratelimited: IntCounterVec,
+    pub ratelimit_decision_duration: HistogramVec,
+    pub ratelimit_backend_errors: IntCounterVec,
+    pub ratelimit_backend_up: IntGaugeVec,
     servers: Arc<ServerGauges>,
 }
 
@@ -177,9 +188,38 @@ impl Metrics {
                  api_key; jwt_or_api_key when no credential was sent) and reason.",
                 &["route", "method", "reason"],
             ),
+            ratelimited: counter_vec(
+                "kairos_ratelimited_total",
+                "Requests refused with 429, by route and the scope of the limit that refused \
+                 (global, per_ip, per_user, per_api_key).",
+                &["route", "scope"],
+            ),
+            ratelimit_decision_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "kairos_ratelimit_decision_duration_seconds",
+                    "Time one rate-limit decision took, by backend (memory, redis, or fallback \
+                     while Redis is unreachable).",
+                )
+                .buckets(DECISION_BUCKETS.to_vec()),
+                &["backend"],
+            )
+            .expect("valid metric definition"),
+            ratelimit_backend_errors: counter_vec(
+                "kairos_ratelimit_backend_errors_total",
+                "Rate-limit decisions the backend failed (unreachable, timed out, or an error).",
+                &["backend"],
+            ),
+            ratelimit_backend_up: IntGaugeVec::new(
+                Opts::new(
+                    "kairos_ratelimit_backend_up",
+                    "1 while the rate-limit backend answers, 0 during an outage.",
+                ),
+                &["backend"],
+            )
+            .expect("valid metric definition"),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 16] = [
+        let collectors: [Box<dyn Collector>; 20] = [
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
             Box::new(m.request_bytes.clone()),
@@ -195,6 +235,10 @@ impl Metrics {
             Box::new(m.upstream_retries.clone()),
             Box::new(m.upstream_ejections.clone()),
             Box::new(m.auth_failures.clone()),
+            Box::new(m.ratelimited.clone()),
+            Box::new(m.ratelimit_decision_duration.clone()),
+            Box::new(m.ratelimit_backend_errors.clone()),
+            Box::new(m.ratelimit_backend_up.clone()),
             Box::new(ServerGaugesCollector(m.servers.clone())),
         ];
         for c in collectors {

@@ -22,6 +22,12 @@ pub enum GatewayError {
         allow: String,
     },
     PayloadTooLarge,
+    /// Seconds until the limits that refused admit again.
+    RateLimited {
+        retry_after: u64,
+    },
+    /// The shared rate-limit backend is down and `on_backend_error` is deny.
+    RateLimiterUnavailable,
     UriTooLong,
     HeadersTooLarge,
     RequestTimeout,
@@ -42,13 +48,16 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => {
                 StatusCode::BAD_GATEWAY
             }
-            GatewayError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::NoHealthyUpstream | GatewayError::RateLimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -63,6 +72,8 @@ impl GatewayError {
             GatewayError::NotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::UriTooLong => "uri_too_long",
             GatewayError::HeadersTooLarge => "headers_too_large",
             GatewayError::RequestTimeout => "request_timeout",
@@ -84,6 +95,12 @@ impl GatewayError {
             GatewayError::NotFound => "no route matches this request",
             GatewayError::MethodNotAllowed { .. } => "method not allowed on this path",
             GatewayError::PayloadTooLarge => "request body is larger than the gateway accepts",
+            GatewayError::RateLimited { .. } => {
+                "rate limit exceeded; retry after the seconds in Retry-After"
+            }
+            GatewayError::RateLimiterUnavailable => {
+                "the rate limiter is unavailable; retry after the seconds in Retry-After"
+            }
             GatewayError::UriTooLong => "request target is longer than the gateway accepts",
             GatewayError::HeadersTooLarge => "request headers are larger than the gateway accepts",
             GatewayError::RequestTimeout => "the request body did not arrive in time",
@@ -124,6 +141,12 @@ impl GatewayError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(challenge),
                 ));
+            }
+            GatewayError::RateLimited { retry_after } => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
+            }
+            GatewayError::RateLimiterUnavailable => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             GatewayError::PayloadTooLarge
             | GatewayError::UriTooLong

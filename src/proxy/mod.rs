@@ -14,6 +14,7 @@ use crate::config::model::{RewritePart, RouteConfig, ServerConfig, Strategy};
 use crate::observability::metrics::{self, Metrics, UpstreamErrorKind};
 use crate::observability::request_id;
 use crate::observability::trace::{self, RequestTrace};
+use crate::ratelimit;
 use crate::state::{Runtime, SharedState};
 use crate::upstream::server::AttemptResult;
 use crate::upstream::{balancer, Upstream};
@@ -32,6 +33,8 @@ struct Outcome<'a> {
     upstream: Option<&'a str>,
     /// The authenticated caller (API key name or JWT subject), for the access log.
     identity: Option<String>,
+    /// Where the route's rate limits stand, for the response headers.
+    ratelimit: Option<ratelimit::Report>,
     request_bytes: u64,
     streamed: Option<body::Progress>,
     /// Taken by whoever builds the response: into a proxied body, or dropped at once.
@@ -84,6 +87,7 @@ pub async fn handle(
         route: None,
         upstream: None,
         identity: None,
+        ratelimit: None,
         request_bytes: 0,
         streamed: None,
         done: Some(Completion::begin(start, &metrics.inflight, trace)),
@@ -122,6 +126,9 @@ pub async fn handle(
     }
     if let Some(v) = trace_header {
         res.headers_mut().insert(trace::TRACE_ID_HEADER, v);
+    }
+    if let (Some(report), Some(rl)) = (&outcome.ratelimit, &rt.ratelimit) {
+        rl.apply_headers(report, res.headers_mut());
     }
     // CORS headers on every response of a CORS route, errors included, so a browser script
     // can read a 401 or a 429.
@@ -248,6 +255,34 @@ async fn proxy<'a>(
     };
     if rt.config.logging.access_log {
         outcome.identity = identity.as_ref().map(|i| i.name.clone());
+    }
+    // Rate limits, once the caller is known: every one that applies must admit the request.
+    if let Some(rl) = rt
+        .ratelimit
+        .as_ref()
+        .filter(|rl| rl.limits_route(route_idx))
+    {
+        let ip = client_ip(req, &rt.config.server);
+        let decision = match rl.decide(rl.applicable(route_idx, ip, identity.as_ref())) {
+            ratelimit::Pending::Ready(d) => d,
+            ratelimit::Pending::Remote(f) => f.await,
+        };
+        match decision {
+            ratelimit::Decision::Admitted(report) => outcome.ratelimit = Some(report),
+            ratelimit::Decision::Limited(report) => {
+                let scope = report
+                    .refused_by()
+                    .map_or("global", |i| rl.scope(i).as_str());
+                metrics
+                    .ratelimited
+                    .with_label_values(&[route.name.as_str(), scope])
+                    .inc();
+                let retry_after = report.retry_after_s();
+                outcome.ratelimit = Some(report);
+                return Err(GatewayError::RateLimited { retry_after });
+            }
+            ratelimit::Decision::Unavailable => return Err(GatewayError::RateLimiterUnavailable),
+        }
     }
 
     // Phase 3: check the request and prepare its body.

@@ -1,0 +1,275 @@
+//! The Redis backend: every decision is one atomic Lua script (EVALSHA, loaded on NOSCRIPT),
+//! so several gateways pointing at one Redis share each limit exactly. The script reads
+//! Redis' own clock (TIME), so the gateways' clocks may drift, and gives every key a TTL of
+//! the time its bucket takes to refill.
+//!
+//! Each worker thread keeps its own multiplexed connection (its driver runs on that worker's
+//! runtime: no cross-thread hop per request). A failed or slow call marks the backend down
+//! for every worker at once: one warning, then decisions go to the fallback while a probe on
+//! the background thread reconnects; the first successful probe brings Redis back.
+
+use super::gcra::Rate;
+use prometheus::{IntCounter, IntGauge};
+use redis::aio::MultiplexedConnection;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Microseconds: Lua numbers are doubles, exact to 2^53 (285 years of microseconds).
+pub const UNITS_PER_SECOND: f64 = 1e6;
+
+/// KEYS: one bucket per limit. ARGV: interval and tolerance (µs) of each, in KEYS order.
+/// Returns {admitted (1 or 0), now, the TAT of each bucket}: the new TAT when the request is
+/// admitted (all buckets advance together), else the unchanged one (none does).
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {1, now}
+local cur, nxt = {}, {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i])) or 0
+  cur[i] = tat
+  local base = tat
+  if base < now then base = now end
+  nxt[i] = base + interval
+  if nxt[i] - now > tolerance then out[1] = 0 end
+end
+for i = 1, #KEYS do
+  if out[1] == 1 then
+    local ttl = math.ceil((nxt[i] - now) / 1000) + 1
+    redis.call('SET', KEYS[i], string.format('%.0f', nxt[i]), 'PX', string.format('%.0f', ttl))
+    out[i + 2] = nxt[i]
+  else
+    out[i + 2] = cur[i]
+  end
+end
+return out
+"#;
+
+/// Checks a `redis_url` without connecting.
+pub fn check_url(url: &str) -> Result<(), String> {
+    match redis::Client::open(url) {
+        Ok(_) if url.starts_with("redis://") || url.starts_with("unix://") => Ok(()),
+        _ => Err("`redis_url` is not a redis:// URL this build can use".into()),
+    }
+}
+
+/// Redis did not decide (down, failed or too slow): the caller falls back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// What Redis decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub admitted: bool,
+    /// Redis' clock, µs.
+    pub now: u64,
+    /// The TAT of each bucket, in the order asked.
+    pub tats: Vec<u64>,
+}
+
+struct Shared {
+    client: redis::Client,
+    timeout: Duration,
+    up: AtomicBool,
+    /// When the current outage began.
+    down_since: Mutex<Option<Instant>>,
+    errors: IntCounter,
+    up_gauge: IntGauge,
+    /// What happens meanwhile, for the warning.
+    meanwhile: &'static str,
+}
+
+thread_local! {
+    /// This worker's connection to each Redis backend alive in the process.
+    static CONNECTIONS: RefCell<Vec<(Weak<Shared>, MultiplexedConnection)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// A handle on one Redis backend; clones share its connections and outage state.
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    script: redis::Script,
+}
+
+impl RedisStore {
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        errors: IntCounter,
+        up_gauge: IntGauge,
+        meanwhile: &'static str,
+    ) -> Result<RedisStore, String> {
+        check_url(url)?;
+        let client = redis::Client::open(url).map_err(|_| "invalid redis_url".to_string())?;
+        up_gauge.set(1);
+        Ok(RedisStore {
+            shared: Arc::new(Shared {
+                client,
+                timeout,
+                up: AtomicBool::new(true),
+                down_since: Mutex::new(None),
+                errors,
+                up_gauge,
+                meanwhile,
+            }),
+            script: redis::Script::new(SCRIPT),
+        })
+    }
+
+    /// Whether decisions go to Redis (false during an outage).
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Acquire)
+    }
+
+    /// One decision over `buckets` (key, rate in µs); `Err` when Redis failed or is down
+    /// (the caller falls back).
+    pub async fn decide(&self, buckets: &[(String, Rate)]) -> Result<Verdict, Unavailable> {
+        if !self.is_up() {
+            return Err(Unavailable);
+        }
+        let mut conn = match self.cached() {
+            Some(c) => c,
+            None => match tokio::time::timeout(self.shared.timeout, self.connect()).await {
+                Ok(Ok(c)) => {
+                    self.keep(c.clone());
+                    c
+                }
+                Ok(Err(e)) => return Err(self.failed(&e.to_string())),
+                Err(_) => return Err(self.failed("connect timed out")),
+            },
+        };
+        let mut call = self.script.prepare_invoke();
+        for (key, _) in buckets {
+            call.key(key.as_str());
+        }
+        for (_, rate) in buckets {
+            call.arg(rate.interval).arg(rate.tolerance);
+        }
+        let out = tokio::time::timeout(
+            self.shared.timeout,
+            call.invoke_async::<Vec<i64>>(&mut conn),
+        )
+        .await;
+        match out {
+            Ok(Ok(v)) if v.len() == buckets.len() + 2 => Ok(Verdict {
+                admitted: v[0] == 1,
+                now: v[1].max(0) as u64,
+                tats: v[2..].iter().map(|&t| t.max(0) as u64).collect(),
+            }),
+            Ok(Ok(v)) => Err(self.failed(&format!("script returned {} values", v.len()))),
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    self.forget();
+                }
+                Err(self.failed(&e.to_string()))
+            }
+            Err(_) => Err(self.failed("no answer within redis_timeout")),
+        }
+    }
+
+    async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.shared.timeout))
+            .set_response_timeout(Some(self.shared.timeout));
+        self.shared
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+    }
+
+    fn cached(&self) -> Option<MultiplexedConnection> {
+        CONNECTIONS.with(|c| {
+            c.borrow()
+                .iter()
+                .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.shared)))
+                .map(|(_, conn)| conn.clone())
+        })
+    }
+
+    fn keep(&self, conn: MultiplexedConnection) {
+        CONNECTIONS.with(|c| {
+            let mut c = c.borrow_mut();
+            // Connections of backends that are gone (replaced by a reload) are dropped here.
+            c.retain(|(w, _)| w.strong_count() > 0);
+            c.push((Arc::downgrade(&self.shared), conn));
+        });
+    }
+
+    fn forget(&self) {
+        CONNECTIONS.with(|c| {
+            c.borrow_mut()
+                .retain(|(w, _)| !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.shared)))
+        });
+    }
+
+    /// Counts a failure; the first of an outage warns once and starts the probe.
+    fn failed(&self, error: &str) -> Unavailable {
+        let s = &self.shared;
+        s.errors.inc();
+        if s.up.swap(false, Ordering::AcqRel) {
+            s.up_gauge.set(0);
+            *s.down_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            tracing::warn!(
+                backend = "redis",
+                error,
+                "rate limit backend unreachable; {} until it is back",
+                s.meanwhile
+            );
+            self.probe();
+        }
+        Unavailable
+    }
+
+    /// Reconnects in the background, 100 ms after the failure and then backing off to 2 s.
+    fn probe(&self) {
+        let Some(rt) = crate::upstream::health::background() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let script = self.script.clone();
+        rt.spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(pause).await;
+                if Arc::strong_count(&shared) == 1 {
+                    return; // the limiter is gone
+                }
+                let cfg = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(shared.timeout))
+                    .set_response_timeout(Some(shared.timeout));
+                let check = async {
+                    let mut conn = shared
+                        .client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await?;
+                    // Loads the script too, so the first decision after the outage is one
+                    // round trip.
+                    script.load_async(&mut conn).await
+                };
+                match tokio::time::timeout(shared.timeout * 4, check).await {
+                    Ok(Ok(_)) => {
+                        let since = shared
+                            .down_since
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take();
+                        shared.up_gauge.set(1);
+                        shared.up.store(true, Ordering::Release);
+                        tracing::info!(
+                            backend = "redis",
+                            outage_s = since.map(|t| t.elapsed().as_secs_f64()),
+                            "rate limit backend reachable again"
+                        );
+                        return;
+                    }
+                    _ => pause = (pause * 2).min(Duration::from_secs(2)),
+                }
+            }
+        });
+    }
+}
