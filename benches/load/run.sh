@@ -19,6 +19,7 @@
 #   KEEP_TMP     1 keeps the temp dir (configs, logs, raw wrk output) for inspection
 #   TRACING      1 (default) also runs the tracing variants below; 0 skips them
 #   AUTH         1 (default) also runs the JWT variants below; 0 skips them
+#   RATELIMIT    1 (default) also runs the rate-limit variants below; 0 skips them
 #
 # Targets (all on 127.0.0.1, free ports picked at start):
 #   upstream     nginx, 1 worker, `return 200 "ok"`           (what every proxy forwards to)
@@ -33,6 +34,10 @@
 #                client reusing its token does. kairos-*-noauth send the same token to the
 #                plain kairos target (no auth on its route): the ratio to these isolates the
 #                cost of checking the token from the cost of carrying the header.
+#   kairos-rl-memory  kairos with 10 routes and a per-IP limit on the hit route that never
+#   kairos-rl-redis   binds (1,000,000 rps): every request pays for a decision, none is refused.
+#                The memory backend, or the redis backend against a redis-server the script
+#                starts (Debian's, on AUX_CPU, nothing persisted). Compare with `kairos`.
 #
 # CPU pinning (PIN=1, needs >= 2 CPUs): the proxy under test (nginx worker, or kairos-rs with
 # all its threads) runs alone on PROXY_CPU; wrk and the upstream nginx share AUX_CPU. A proxy
@@ -74,6 +79,7 @@ AUX_CPU=${AUX_CPU:-1}
 KEEP_TMP=${KEEP_TMP:-0}
 TRACING=${TRACING:-1}
 AUTH=${AUTH:-1}
+RATELIMIT=${RATELIMIT:-1}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HIT_PATH=/api/items/42          # the request every wrk run sends
@@ -128,6 +134,12 @@ for t in kairos-hs256 kairos-rs256; do
     free_port port
     AUTH_PORT[$t]=$port
 done
+declare -A RL_PORT
+for t in kairos-rl-memory kairos-rl-redis; do
+    free_port port
+    RL_PORT[$t]=$port
+done
+free_port REDIS_PORT
 
 # ---------------------------------------------------------------- configs
 # nginx as root would switch its worker to "nobody", which cannot write into our temp dir.
@@ -184,11 +196,15 @@ nginx_conf nginx-proxy "
 
 # kairos configs: the hit route plus N-1 generated routes of three shapes (static, parameter,
 # catch-all), all distinct, so the only difference between the two instances is the count.
-kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validation JSON]]
-    local file=$1 port=$2 n=$3 rate=${4:-} jwt=${5:-} hit_auth=""
+kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validation JSON[, rate_limiting JSON]]]
+    local file=$1 port=$2 n=$3 rate=${4:-} jwt=${5:-} rl=${6:-} hit_auth=""
     [[ -n $jwt ]] && hit_auth=', "auth": "jwt"'
+    [[ -n $rl ]] && hit_auth+=', "rate_limit": { "per_ip": { "rps": 1000000, "burst": 1000000 } }'
     {
         printf '{\n  "version": 1,\n'
+        if [[ -n $rl ]]; then
+            printf '  "rate_limiting": %s,\n' "$rl"
+        fi
         if [[ -n $rate ]]; then
             printf '  "tracing": { "endpoint": "http://127.0.0.1:%s", "sampling_rate": %s },\n' "$SINK_PORT" "$rate"
         fi
@@ -328,6 +344,34 @@ if [[ $AUTH == 1 ]]; then
     HDR_OF[kairos-rs256-noauth]=${HDR_OF[kairos-rs256]}
 fi
 
+declare -A RL_PID
+if [[ $RATELIMIT == 1 ]]; then
+    command -v redis-server >/dev/null || die "redis-server is needed for the rate-limit variants (apt-get install redis-server; RATELIMIT=0 skips them)"
+    "${ON_AUX[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 100); do
+        redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
+        sleep 0.1
+    done
+    redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG || die "redis-server did not start (see $TMP/redis.log)"
+    declare -A RL_CONF=(
+        [kairos-rl-memory]='{ "backend": "memory" }'
+        [kairos-rl-redis]="{ \"backend\": \"redis\", \"redis_url\": \"redis://127.0.0.1:$REDIS_PORT\" }"
+    )
+    for t in kairos-rl-memory kairos-rl-redis; do
+        kairos_conf "$TMP/$t.json" "${RL_PORT[$t]}" 10 "" "" "${RL_CONF[$t]}"
+        "$KAIROS_BIN" config validate "$TMP/$t.json" >&2 || die "kairos config ($t) rejected"
+        "${ON_PROXY[@]}" "$KAIROS_BIN" --config "$TMP/$t.json" >"$TMP/$t.log" 2>&1 &
+        RL_PID[$t]=$!
+        PIDS+=("${RL_PID[$t]}")
+        wait_ready "$t" "http://127.0.0.1:${RL_PORT[$t]}$HIT_PATH" "${RL_PID[$t]}"
+        curl -fsS -D - -o /dev/null "http://127.0.0.1:${RL_PORT[$t]}$HIT_PATH" | grep -qi '^x-ratelimit-remaining' ||
+            die "$t answered without rate-limit headers"
+        TARGETS+=("$t")
+    done
+fi
+
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { # utime + stime of all threads of a process
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
@@ -349,6 +393,10 @@ done
 for t in "${!AUTH_PID[@]}"; do
     PID_OF[$t]=${AUTH_PID[$t]}
     URL_OF[$t]="http://127.0.0.1:${AUTH_PORT[$t]}$HIT_PATH"
+done
+for t in "${!RL_PID[@]}"; do
+    PID_OF[$t]=${RL_PID[$t]}
+    URL_OF[$t]="http://127.0.0.1:${RL_PORT[$t]}$HIT_PATH"
 done
 if [[ $AUTH == 1 ]]; then
     for t in kairos-hs256-noauth kairos-rs256-noauth; do
@@ -431,7 +479,7 @@ $(cat "$out")"
     P99[$t]+="$p99 "
     cpu=$(awk -v d="$((c1 - c0))" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", 100 * d / hz / (t1 - t0) }')
     CPU[$t]+="$cpu "
-    log "round $r $(printf '%-10s' "$t") rps $(printf '%9s' "$rps")  p50 ${p50}ms  p99 ${p99}ms  proxy cpu ${cpu}%"
+    log "round $r $(printf '%-18s' "$t") rps $(printf '%9s' "$rps")  p50 ${p50}ms  p99 ${p99}ms  proxy cpu ${cpu}%"
 }
 
 NT=${#TARGETS[@]}
@@ -460,9 +508,9 @@ echo "kairos-rs vs nginx reverse proxy: loopback, wrk -t1 -c$CONNECTIONS, ${DURA
 echo "upstream: nginx 1 worker, return 200 \"ok\"; pinning: $PIN_DESC"
 echo "medians over rounds; RSS idle = before load, under load = max sampled during the runs"
 echo
-printf '%-12s %12s %10s %10s %9s %10s %10s  %s\n' target "req/s" "p50 ms" "p99 ms" "cpu %" "RSS idle" "RSS load" "all req/s"
+printf '%-18s %12s %10s %10s %9s %10s %10s  %s\n' target "req/s" "p50 ms" "p99 ms" "cpu %" "RSS idle" "RSS load" "all req/s"
 for t in "${TARGETS[@]}"; do
-    printf '%-12s %12.0f %10.3f %10.3f %9s %9sM %9sM  %s\n' "$t" "${M_RPS[$t]}" "${M_P50[$t]}" \
+    printf '%-18s %12.0f %10.3f %10.3f %9s %9sM %9sM  %s\n' "$t" "${M_RPS[$t]}" "${M_P50[$t]}" \
         "${M_P99[$t]}" "${M_CPU[$t]}" "$(mb "${RSS_IDLE[$t]}")" "$(mb "${RSS_LOAD[$t]}")" "${RPS[$t]% }"
 done
 echo
@@ -484,6 +532,10 @@ for t in kairos-hs256 kairos-rs256; do
     [[ -n ${AUTH_PID[$t]:-} ]] || continue
     printf '%-40s %s\n' "$t / same request, route without auth:" "$(ratio "${M_RPS[$t]}" "${M_RPS[$t-noauth]}")"
     printf '%-40s %s\n' "$t / kairos (no token sent):" "$(ratio "${M_RPS[$t]}" "${M_RPS[kairos]}")"
+done
+for t in kairos-rl-memory kairos-rl-redis; do
+    [[ -n ${RL_PID[$t]:-} ]] || continue
+    printf '%-40s %s\n' "$t / kairos req/s:" "$(ratio "${M_RPS[$t]}" "${M_RPS[kairos]}")"
 done
 printf '%-40s %s MB idle, %s MB under load\n' "nginx proxy worker RSS:" "$(mb "${RSS_IDLE[nginx]}")" "$(mb "${RSS_LOAD[nginx]}")"
 

@@ -389,7 +389,7 @@ pub struct RateLimitConfig {
 }
 
 impl RateLimitConfig {
-    pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
+    pub const DEFAULT_MAX_KEYS: u64 = 100_000;
 }
 
 impl Default for RateLimitConfig {

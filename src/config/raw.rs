@@ -398,7 +398,7 @@ pub struct RawRateLimiting {
     /// Prefix of every Redis key the limiter writes (default "kairos:rl:").
     pub key_prefix: Option<String>,
     /// Most clients (IPs, users, keys) whose counts one limit keeps in memory (default
-    /// 1000000); the least used are forgotten first, idle ones expire.
+    /// 100000, about 40 MB); the least used are forgotten first, idle ones expire.
     pub max_keys: Option<u64>,
     /// X-RateLimit-Limit, -Remaining and -Reset on every response of a limited route (default
     /// true).

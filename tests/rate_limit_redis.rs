@@ -1,0 +1,324 @@
+//! Rate limiting through a real redis-server started by the test on a free loopback port:
+//! several gateways sharing one limit under steady load, Redis killed and stalled mid-test
+//! (per `on_backend_error`), and recovery when it returns.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+fn cfg(up: &Upstream, redis: &RedisServer, limits: &str, on_error: &str) -> String {
+    config(
+        &up.url(),
+        r#"[{"name":"api","path":"/api","upstream":"u"}]"#,
+        &format!(
+            r#""admin":{{"token":"{ADMIN}"}},
+               "rate_limiting":{{"backend":"redis","redis_url":"{}","on_backend_error":"{on_error}",{limits}}}"#,
+            redis.url()
+        ),
+    )
+}
+
+async fn get(url: &str) -> (u16, Duration) {
+    let start = Instant::now();
+    let res = client().get(url).send().await.expect("request");
+    (res.status().as_u16(), start.elapsed())
+}
+
+async fn statuses(url: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(get(url).await.0);
+    }
+    out
+}
+
+fn repeat(status: u16, n: usize) -> Vec<u16> {
+    vec![status; n]
+}
+
+async fn metrics_of(url: &str) -> String {
+    client()
+        .get(format!("{url}/_kairos/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+async fn backend_up(base: &str) -> Option<f64> {
+    metric(
+        &metrics_of(base).await,
+        "kairos_ratelimit_backend_up",
+        &[("backend", "redis")],
+    )
+}
+
+/// Waits until the gateway at `base` reports Redis reachable again.
+async fn wait_backend_up(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while backend_up(base).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "Redis never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_share_one_limit_under_steady_load() {
+    let redis = RedisServer::start();
+    let up = Upstream::start_ok();
+    // 100 requests/s for all gateways together, 10 at once.
+    let config = cfg(&up, &redis, r#""global":{"rps":100,"burst":10}"#, "allow");
+    let gateways: Vec<Gateway> = (0..3).map(|_| Gateway::start(&config)).collect();
+    // Connect each gateway's worker to Redis before the clock starts (one request each would
+    // spend budget, so the warm-up goes to a path with no route).
+    for gw in &gateways {
+        get(&gw.url("/warm")).await;
+    }
+
+    // Each gateway is offered 100 requests/s: three times the limit, steadily, for 4 s.
+    let window = Duration::from_secs(4);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for gw in &gateways {
+        let url = gw.url("/api");
+        tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(10));
+            let mut inflight = Vec::new();
+            while start.elapsed() < window {
+                ticks.tick().await;
+                let url = url.clone();
+                inflight.push(tokio::spawn(async move { get(&url).await.0 }));
+            }
+            let mut statuses = Vec::new();
+            for t in inflight {
+                statuses.push(t.await.expect("request task"));
+            }
+            statuses
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client task"));
+    }
+    let elapsed = start.elapsed().min(window).as_secs_f64();
+    let admitted = all.iter().filter(|&&s| s == 200).count() as f64;
+    let refused = all.iter().filter(|&&s| s == 429).count();
+    assert_eq!(
+        admitted as usize + refused,
+        all.len(),
+        "every answer is 200 or 429"
+    );
+    let expected = 10.0 + 100.0 * elapsed;
+    let ratio = admitted / expected;
+    println!(
+        "offered {} over {elapsed:.2} s, admitted {admitted}, expected {expected:.0} ({ratio:.3})",
+        all.len()
+    );
+    assert!(
+        (0.95..=1.05).contains(&ratio),
+        "admitted {admitted}, expected {expected:.0} ± 5% (ratio {ratio:.3})"
+    );
+    assert_eq!(up.count(), admitted as usize);
+
+    // Every gateway decided through Redis, and none had to fall back.
+    for gw in &gateways {
+        let text = metrics_of(&gw.url("")).await;
+        let redis_decisions = metric(
+            &text,
+            "kairos_ratelimit_decision_duration_seconds_count",
+            &[("backend", "redis")],
+        )
+        .unwrap_or(0.0);
+        assert!(redis_decisions > 300.0, "{redis_decisions} decisions");
+        assert_eq!(
+            metric(
+                &text,
+                "kairos_ratelimit_backend_errors_total",
+                &[("backend", "redis")]
+            ),
+            Some(0.0)
+        );
+    }
+
+    // The bucket lives in Redis with a TTL (it refills within 0.1 s, so give or take).
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("kairos:rl:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(keys, ["kairos:rl:global:"]);
+    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).unwrap();
+    assert!((1..=1000).contains(&ttl), "PTTL {ttl}");
+}
+
+#[test]
+fn redis_killed_falls_back_to_local_limits_warns_once_and_recovers() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start_ok();
+    // Info level: the test reads the warning and the recovery from the log.
+    let gw = GatewayProcess::start(
+        &cfg(&up, &redis, r#""global":{"rps":0.01,"burst":5}"#, "allow")
+            .replace(r#""level":"error""#, r#""level":"info""#),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = gw.url("/api");
+    let base = gw.url("");
+    rt.block_on(async {
+        let mut want = repeat(200, 5);
+        want.push(429);
+        assert_eq!(statuses(&url, 6).await, want, "the shared limit, in Redis");
+    });
+
+    redis.kill();
+    rt.block_on(async {
+        // The local fallback limiter enforces the same limit in this instance alone.
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            let (status, took) = get(&url).await;
+            assert!(took < Duration::from_secs(2), "a request took {took:?}");
+            got.push(status);
+        }
+        let mut want = repeat(200, 5);
+        want.extend(repeat(429, 15));
+        assert_eq!(got, want);
+        let text = metrics_of(&base).await;
+        assert_eq!(
+            metric(
+                &text,
+                "kairos_ratelimit_backend_up",
+                &[("backend", "redis")]
+            ),
+            Some(0.0)
+        );
+        assert!(
+            metric(
+                &text,
+                "kairos_ratelimit_backend_errors_total",
+                &[("backend", "redis")]
+            ) >= Some(1.0)
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "kairos_ratelimit_decision_duration_seconds_count",
+                &[("backend", "fallback")]
+            ),
+            Some(20.0)
+        );
+    });
+    let warnings = |text: &str| gw.logs().iter().filter(|l| l.contains(text)).count();
+    assert_eq!(
+        warnings("rate limit backend unreachable"),
+        1,
+        "{:#?}",
+        gw.logs()
+    );
+    assert!(
+        !gw.logs().iter().any(|l| l.contains("redis://")),
+        "the Redis URL is never logged"
+    );
+
+    redis.restart();
+    rt.block_on(async {
+        wait_backend_up(&base).await;
+        // A fresh Redis: the shared bucket starts full again.
+        let mut want = repeat(200, 5);
+        want.push(429);
+        assert_eq!(statuses(&url, 6).await, want);
+    });
+    assert_eq!(warnings("rate limit backend reachable again"), 1);
+    assert_eq!(warnings("rate limit backend unreachable"), 1);
+}
+
+#[tokio::test]
+async fn redis_down_with_deny_answers_503_then_recovers() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&cfg(
+        &up,
+        &redis,
+        r#""per_ip":{"rps":100,"burst":100}"#,
+        "deny",
+    ));
+    let url = gw.url("/api");
+    assert_eq!(get(&url).await.0, 200);
+    redis.kill();
+    let res = client().get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limiter_unavailable");
+    assert_eq!(statuses(&url, 3).await, repeat(503, 3));
+    assert_eq!(up.count(), 1);
+
+    redis.restart();
+    wait_backend_up(&gw.url("")).await;
+    assert_eq!(statuses(&url, 3).await, repeat(200, 3));
+}
+
+#[tokio::test]
+async fn a_stalled_redis_costs_at_most_the_timeout() {
+    let redis = RedisServer::start();
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&cfg(
+        &up,
+        &redis,
+        r#""redis_timeout":"100ms","per_ip":{"rps":100,"burst":100}"#,
+        "allow",
+    ));
+    let url = gw.url("/api");
+    assert_eq!(get(&url).await.0, 200);
+    redis.pause();
+    for _ in 0..10 {
+        let (status, took) = get(&url).await;
+        assert_eq!(status, 200);
+        // The first waits for the timeout (100 ms); the rest go straight to the fallback.
+        assert!(took < Duration::from_secs(1), "a request took {took:?}");
+    }
+    let text = metrics_of(&gw.url("")).await;
+    assert_eq!(
+        metric(
+            &text,
+            "kairos_ratelimit_backend_up",
+            &[("backend", "redis")]
+        ),
+        Some(0.0)
+    );
+    redis.resume();
+    wait_backend_up(&gw.url("")).await;
+    assert_eq!(get(&url).await.0, 200);
+    let text = metrics_of(&gw.url("")).await;
+    let redis_decisions = metric(
+        &text,
+        "kairos_ratelimit_decision_duration_seconds_count",
+        &[("backend", "redis")],
+    );
+    assert_eq!(redis_decisions, Some(2.0));
+}
+
+#[tokio::test]
+async fn a_gateway_started_while_redis_is_down_serves_and_picks_it_up_later() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&cfg(
+        &up,
+        &redis,
+        r#""per_ip":{"rps":0.01,"burst":2}"#,
+        "allow",
+    ));
+    let url = gw.url("/api");
+    assert_eq!(statuses(&url, 3).await, [200, 200, 429]);
+    redis.restart();
+    wait_backend_up(&gw.url("")).await;
+    assert_eq!(statuses(&url, 3).await, [200, 200, 429]);
+}
