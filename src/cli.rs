@@ -31,6 +31,12 @@ pub enum Command {
     /// Create, hash and list API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check a running gateway's upstreams.
+    #[command(subcommand)]
+    Health(HealthCommand),
+    /// Read a running gateway's metrics.
+    #[command(subcommand)]
+    Metrics(MetricsCommand),
     /// Run the built-in echo upstream alone.
     Echo {
         /// Address to listen on.
@@ -43,6 +49,13 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Validate a config file; prints every error with its location.
     Validate { file: PathBuf },
+    /// Validate a config file here, then apply it on a running gateway (PUT /_kairos/config:
+    /// validated again, persisted, applied).
+    Deploy {
+        file: PathBuf,
+        #[command(flatten)]
+        remote: crate::remote::RemoteArgs,
+    },
     /// Print the JSON Schema of the config file.
     Schema,
 }
@@ -119,10 +132,35 @@ pub fn render_keys(cfg: &crate::config::Config) -> String {
 
 #[derive(Debug, Subcommand)]
 pub enum RoutesCommand {
-    /// List the routes of a config file.
+    /// List the routes of a config file (--config), or of a running gateway (--gateway or
+    /// --environment).
     List {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        #[command(flatten)]
+        remote: crate::remote::RemoteArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HealthCommand {
+    /// The live state of an upstream's servers; exits 1 unless every one is available.
+    Check {
+        #[arg(long)]
+        upstream: String,
+        #[command(flatten)]
+        remote: crate::remote::RemoteArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MetricsCommand {
+    /// Print the gateway's metrics: the Prometheus text, or its samples as JSON.
+    Export {
+        #[arg(long, value_enum, default_value_t = crate::remote::MetricsFormat::Prometheus)]
+        format: crate::remote::MetricsFormat,
+        #[command(flatten)]
+        remote: crate::remote::RemoteArgs,
     },
 }
 
@@ -176,26 +214,31 @@ pub fn render_routes(cfg: &crate::config::Config, format: Format) -> String {
             s.push('\n');
             s
         }
-        Format::Table => {
-            let header =
-                ["NAME", "METHODS", "HOST", "PATH", "UPSTREAM", "REWRITE"].map(String::from);
-            let mut widths = header.clone().map(|h| h.len());
-            for r in &rows {
-                for (w, c) in widths.iter_mut().zip(r) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            let mut out = String::new();
-            for r in std::iter::once(&header).chain(&rows) {
-                let line: Vec<String> = r
-                    .iter()
-                    .zip(widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect();
-                out.push_str(line.join("  ").trim_end());
-                out.push('\n');
-            }
-            out
+        Format::Table => render_table(
+            ["NAME", "METHODS", "HOST", "PATH", "UPSTREAM", "REWRITE"],
+            &rows,
+        ),
+    }
+}
+
+/// Rows under a header, columns padded to their widest cell.
+pub fn render_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let header = header.map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
         }
     }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(rows) {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }

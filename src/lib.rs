@@ -16,6 +16,8 @@ pub mod fuzz;
 pub mod observability;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
+pub mod remote;
 pub mod server;
 pub mod state;
 pub mod tls;

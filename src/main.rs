@@ -2,7 +2,10 @@
 
 use anyhow::Context;
 use clap::Parser;
-use kairos_rs::cli::{Cli, Command, ConfigCommand, KeysCommand, RoutesCommand};
+use kairos_rs::cli::{
+    Cli, Command, ConfigCommand, HealthCommand, KeysCommand, MetricsCommand, RoutesCommand,
+};
+use kairos_rs::remote::{self, RemoteError};
 use kairos_rs::{config, demo, observability, server, state};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,8 +47,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
-        Some(Command::Routes(RoutesCommand::List { format })) => {
-            let path = cli.config.context("routes list needs --config FILE")?;
+        Some(Command::Config(ConfigCommand::Deploy { file, remote })) => {
+            remote_run(&remote, |gw| remote::deploy(gw, &file))
+        }
+        Some(Command::Health(HealthCommand::Check { upstream, remote })) => {
+            let gw = match remote::Gateway::resolve(&remote) {
+                Ok(gw) => gw,
+                Err(e) => return Ok(remote_failed(&e)),
+            };
+            match remote::health_check(&gw, &upstream) {
+                Ok((text, all)) => {
+                    print!("{text}");
+                    if !all {
+                        eprintln!("upstream `{upstream}`: not every server is available");
+                    }
+                    Ok(ExitCode::from(if all { 0 } else { 1 }))
+                }
+                Err(e) => Ok(remote_failed(&e)),
+            }
+        }
+        Some(Command::Metrics(MetricsCommand::Export { format, remote })) => {
+            remote_run(&remote, |gw| remote::metrics_export(gw, format))
+        }
+        Some(Command::Routes(RoutesCommand::List { format, remote })) if remote.is_set() => {
+            remote_run(&remote, |gw| remote::routes_list(gw, format))
+        }
+        Some(Command::Routes(RoutesCommand::List { format, .. })) => {
+            let path = cli.config.context(
+                "routes list needs --config FILE, or --gateway URL / --environment NAME",
+            )?;
             match config::load_file(&path) {
                 Ok(cfg) => {
                     print!("{}", kairos_rs::cli::render_routes(&cfg, format));
@@ -109,15 +139,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Runs a command against a gateway: its output on stdout, or the error and its exit code.
+fn remote_run(
+    args: &remote::RemoteArgs,
+    f: impl FnOnce(&remote::Gateway) -> Result<String, RemoteError>,
+) -> anyhow::Result<ExitCode> {
+    let result = remote::Gateway::resolve(args).and_then(|gw| f(&gw));
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(remote_failed(&e)),
+    }
+}
+
+fn remote_failed(e: &RemoteError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(e.exit_code())
+}
+
 fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
-    let (cfg, demo_mode) = match &path {
-        Some(p) => match config::load_file(p) {
-            Ok(cfg) => (cfg, false),
-            Err(errors) => {
-                eprint!("{errors}");
-                return Ok(ExitCode::from(2));
+    let (cfg, text, demo_mode) = match &path {
+        Some(p) => {
+            let loaded = std::fs::read_to_string(p)
+                .map_err(|e| format!("{}: cannot read config file: {e}", p.display()))
+                .and_then(|text| {
+                    let base = p.parent().unwrap_or(std::path::Path::new("."));
+                    config::load_str(&text, &p.display().to_string(), base)
+                        .map(|cfg| (cfg, text))
+                        .map_err(|e| e.to_string())
+                });
+            match loaded {
+                Ok((cfg, text)) => (cfg, text, false),
+                Err(errors) => {
+                    eprint!("{errors}");
+                    if !errors.ends_with('\n') {
+                        eprintln!();
+                    }
+                    return Ok(ExitCode::from(2));
+                }
             }
-        },
+        }
         None => {
             let cfg = config::load_str(
                 config::DEMO_CONFIG,
@@ -125,9 +188,10 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
                 std::path::Path::new("."),
             )
             .map_err(|e| anyhow::anyhow!("embedded demo config is invalid: {e}"))?;
-            (cfg, true)
+            (cfg, config::DEMO_CONFIG.to_string(), true)
         }
     };
+    let watch = cfg.admin.watch_config;
     observability::logging::init(&cfg.logging);
     for w in &cfg.warnings {
         tracing::warn!("config warning: {w}");
@@ -139,6 +203,12 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    shared.set_config_file(path.clone(), &text);
+    if let (Some(p), true) = (&path, watch) {
+        if let Err(e) = kairos_rs::reload::watch(shared.clone(), p.clone()) {
+            tracing::warn!("{e}; reload with SIGHUP or POST /_kairos/config/reload");
+        }
+    }
     let flush = shared.clone();
     actix_web::rt::System::new().block_on(async move {
         if demo_mode {

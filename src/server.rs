@@ -90,12 +90,13 @@ fn listen(host: &str, port: u16) -> io::Result<TcpListener> {
 }
 
 /// Runs until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
-/// (bounded by `server.shutdown_timeout`).
+/// (bounded by `server.shutdown_timeout`). SIGHUP reloads the config file.
 pub async fn run_until_signal(
     server: actix_web::dev::Server,
     state: Arc<SharedState>,
 ) -> io::Result<()> {
     let handle = server.handle();
+    let state_for_reload = state.clone();
     let signals = async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -117,5 +118,18 @@ pub async fn run_until_signal(
         handle.stop(true).await;
     };
     actix_web::rt::spawn(signals);
+    let reloader = state_for_reload;
+    actix_web::rt::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler; reload with the admin API");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let state = reloader.clone();
+            // Off this thread: building a large config's runtime takes milliseconds.
+            let _ = tokio::task::spawn_blocking(move || state.reload_file("sighup")).await;
+        }
+    });
     server.await
 }

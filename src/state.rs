@@ -8,8 +8,9 @@ use crate::observability::trace::Tracing;
 use crate::proxy::router::Router;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Everything one request needs, built from one config.
 pub struct Runtime {
@@ -28,6 +29,18 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime for a validated config.
     pub fn build(config: Config, metrics: &Metrics) -> Result<Self, ConfigErrors> {
+        Self::build_from(config, metrics, None)
+    }
+
+    /// Builds the runtime for a validated config, carrying over from `previous` what keeps
+    /// its identity: servers' live state (same upstream, URL and breaker settings), TLS client
+    /// settings (and so the pooled connections keyed by them), rate-limit buckets (same
+    /// scope, route and rate) and the Redis connection.
+    pub fn build_from(
+        config: Config,
+        metrics: &Metrics,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, ConfigErrors> {
         static GENERATION: AtomicU64 = AtomicU64::new(1);
         let router = Router::build(&config.routes).map_err(|errors| ConfigErrors {
             source_name: "routes".into(),
@@ -55,21 +68,28 @@ impl Runtime {
             source_name: "auth".into(),
             errors: vec![ConfigError::new("jwt_validation", e)],
         })?;
-        let ratelimit =
-            crate::ratelimit::RateLimiter::build(&config, metrics, None).map_err(|e| {
-                ConfigErrors {
-                    source_name: "rate_limiting".into(),
-                    errors: vec![ConfigError::new("rate_limiting", e)],
-                }
-            })?;
+        let ratelimit = crate::ratelimit::RateLimiter::build(
+            &config,
+            metrics,
+            previous.and_then(|p| p.ratelimit.as_ref()),
+        )
+        .map_err(|e| ConfigErrors {
+            source_name: "rate_limiting".into(),
+            errors: vec![ConfigError::new("rate_limiting", e)],
+        })?;
         let default_tls = crate::proxy::forward::default_tls_config();
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| {
-                let tls = match &u.tls_roots {
-                    None => default_tls.clone(),
-                    Some(certs) => {
+                let prev =
+                    previous.and_then(|p| p.upstreams.iter().find(|x| x.config.name == u.name));
+                let tls = match (&u.tls_roots, prev) {
+                    (None, _) => default_tls.clone(),
+                    (Some(certs), Some(p)) if p.config.tls_roots.as_ref() == Some(certs) => {
+                        p.tls.clone()
+                    }
+                    (Some(certs), _) => {
                         let mut roots = rustls::RootCertStore::empty();
                         roots.add_parsable_certificates(certs.iter().cloned());
                         Arc::new(crate::proxy::forward::tls_config_with_roots(roots))
@@ -77,7 +97,7 @@ impl Runtime {
                 };
                 {
                     let urls: Vec<&str> = u.servers.iter().map(|s| s.url.as_str()).collect();
-                    Upstream::new(u.clone(), tls, metrics.upstream(&u.name, &urls))
+                    Upstream::new_from(u.clone(), tls, metrics.upstream(&u.name, &urls), prev)
                 }
             })
             .collect();
@@ -119,6 +139,14 @@ pub struct SharedState {
     ready: AtomicBool,
     /// Outlives every runtime: counters keep counting across reloads.
     pub metrics: Arc<Metrics>,
+    /// Held for the whole of a reload: reloads are serialized.
+    reloading: Mutex<()>,
+    /// The file the config came from (none in demo mode and for in-process tests).
+    config_path: Mutex<Option<PathBuf>>,
+    /// The config text in effect and its SHA-256.
+    config_text: Mutex<(Arc<str>, String)>,
+    last_reload: Mutex<Option<crate::reload::LastReload>>,
+    pub started: std::time::SystemTime,
 }
 
 impl SharedState {
@@ -127,11 +155,56 @@ impl SharedState {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::build(config, &metrics)?;
         runtime.start(&metrics);
+        metrics.config_last_success.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         Ok(SharedState {
             live: ArcSwap::from_pointee(runtime),
             ready: AtomicBool::new(false),
             metrics,
+            reloading: Mutex::new(()),
+            config_path: Mutex::new(None),
+            config_text: Mutex::new((Arc::from(""), String::new())),
+            last_reload: Mutex::new(None),
+            started: std::time::SystemTime::now(),
         })
+    }
+
+    /// Records the file the running config came from (what reloads read), if any, and its text.
+    pub fn set_config_file(&self, path: Option<PathBuf>, text: &str) {
+        *lock(&self.config_path) = path;
+        self.set_config_text(text, crate::reload::hash_text(text));
+    }
+
+    pub fn config_path(&self) -> Option<PathBuf> {
+        lock(&self.config_path).clone()
+    }
+
+    pub fn config_hash(&self) -> String {
+        lock(&self.config_text).1.clone()
+    }
+
+    /// The config text in effect, as written (with its `${ENV}` references).
+    pub fn config_text(&self) -> Arc<str> {
+        lock(&self.config_text).0.clone()
+    }
+
+    pub(crate) fn set_config_text(&self, text: &str, hash: String) {
+        *lock(&self.config_text) = (Arc::from(text), hash);
+    }
+
+    pub(crate) fn reload_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.reloading)
+    }
+
+    pub fn last_reload(&self) -> Option<crate::reload::LastReload> {
+        lock(&self.last_reload).clone()
+    }
+
+    pub(crate) fn set_last_reload(&self, r: crate::reload::LastReload) {
+        *lock(&self.last_reload) = Some(r);
     }
 
     /// The current runtime; hold it for the whole request.
@@ -152,4 +225,9 @@ impl SharedState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data is plain.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

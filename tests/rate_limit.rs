@@ -139,7 +139,7 @@ async fn refused_requests_use_up_no_other_limit() {
         &up,
         r#"[{"name":"api","path":"/api","upstream":"u"}]"#,
         &with_admin(
-            r#""rate_limiting":{"per_ip":{"rps":0.01,"burst":2},"global":{"rps":0.01,"burst":5}}"#,
+            r#""rate_limiting":{"ietf_headers":true,"per_ip":{"rps":0.01,"burst":2},"global":{"rps":0.01,"burst":5}}"#,
         ),
     ));
     assert_eq!(
@@ -157,6 +157,10 @@ async fn refused_requests_use_up_no_other_limit() {
     // A global refusal says so; the Retry-After is the global bucket's (100 s per request).
     let retry: u64 = header(&res, "retry-after").unwrap().parse().unwrap();
     assert!((90..=100).contains(&retry), "Retry-After {retry}");
+    // Its per-IP bucket, taken before global refused, was given back: still 2 of 2.
+    let state = header(&res, "ratelimit").unwrap();
+    assert!(state.starts_with(r#""per_ip";r=2;"#), "{state}");
+    assert!(state.contains(r#""global";r=0;"#), "{state}");
     let text = scrape_metrics(&gw, ADMIN).await;
     let limited = |scope| {
         metric(
@@ -220,7 +224,11 @@ async fn per_user_counts_jwt_subjects_whatever_their_address() {
 #[tokio::test]
 async fn per_api_key_default_and_a_keys_own_limit() {
     let up = Upstream::start_ok();
-    let (std_key, gold_key) = ("standard-key-0123456789", "gold-key-0123456789abc");
+    let (std_key, gold_key, silver_key) = (
+        "standard-key-0123456789",
+        "gold-key-0123456789abc",
+        "silver-key-0123456789ab",
+    );
     let gw = Gateway::start(&cfg(
         &up,
         r#"[{"path":"/k","upstream":"u","auth":"api_key"},
@@ -229,10 +237,12 @@ async fn per_api_key_default_and_a_keys_own_limit() {
         &format!(
             r#""api_keys":{{"keys":{{
                  "standard":{{"key_hash":"{}"}},
-                 "gold":{{"key_hash":"{}","rate_limit":{{"rps":0.01,"burst":4}}}}}}}},
+                 "gold":{{"key_hash":"{}","rate_limit":{{"rps":0.01,"burst":4}}}},
+                 "silver":{{"key_hash":"{}","rate_limit":{{"rps":0.01,"burst":10}}}}}}}},
                "rate_limiting":{{"per_api_key":{{"rps":0.01,"burst":2}}}}"#,
             api_key::format_hash(&api_key::hash(std_key)),
-            api_key::format_hash(&api_key::hash(gold_key))
+            api_key::format_hash(&api_key::hash(gold_key)),
+            api_key::format_hash(&api_key::hash(silver_key))
         ),
     ));
     let c = client();

@@ -1,7 +1,8 @@
 //! The `/_kairos` scope: liveness and readiness are open; everything else needs
 //! `Authorization: Bearer <admin.token>` (compared in constant time). Metrics take the token
-//! too unless `admin.public_metrics` is set. Later issues add config reload and the admin API
-//! behind the same guard.
+//! too unless `admin.public_metrics` is set. The admin API (config reload, read, validate and
+//! replace; routes; status) sits behind the same guard; its OpenAPI document is
+//! `src/admin/openapi.json`, served at `/_kairos/openapi.json`.
 
 use crate::observability::request_id;
 use crate::proxy::error::GatewayError;
@@ -15,6 +16,15 @@ pub fn scope() -> actix_web::Scope {
         .route("/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics))
         .route("/upstreams", web::get().to(upstreams))
+        .route("/config/reload", web::post().to(config_reload))
+        .route("/config/validate", web::post().to(config_validate))
+        .route("/config", web::get().to(config_get))
+        .route("/config", web::put().to(config_put))
+        .route("/routes", web::get().to(routes))
+        .route("/status", web::get().to(status))
+        .route("/openapi.json", web::get().to(openapi))
+        // A 10,000-route config is about 1 MB.
+        .app_data(web::PayloadConfig::new(16 << 20))
         .default_service(web::to(guarded_fallback))
 }
 
@@ -117,6 +127,265 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
         rem % 60,
         d.subsec_millis()
     )
+}
+
+/// The 401 for a request without the admin token; `None` when it carries it.
+fn refuse(req: &HttpRequest, state: &SharedState) -> Option<HttpResponse> {
+    let rt = state.load();
+    match authorized(req, rt.config.admin.token.as_deref()) {
+        true => None,
+        false => {
+            Some(GatewayError::Unauthorized.to_response(&request_id::for_request(req.headers())))
+        }
+    }
+}
+
+/// An admin API error in the gateway's JSON format, with config errors listed when there are.
+fn api_error(
+    req: &HttpRequest,
+    status: actix_web::http::StatusCode,
+    code: &str,
+    message: &str,
+    errors: Option<&crate::config::ConfigErrors>,
+) -> HttpResponse {
+    let rid = request_id::for_request(req.headers());
+    let mut body = serde_json::json!({
+        "error": { "code": code, "message": message, "request_id": rid.to_str().unwrap_or_default() }
+    });
+    if let Some(e) = errors {
+        body["errors"] = serde_json::to_value(&e.errors).unwrap_or_default();
+        body["source"] = e.source_name.clone().into();
+    }
+    HttpResponse::build(status)
+        .insert_header((header::HeaderName::from_static(request_id::HEADER), rid))
+        .json(body)
+}
+
+fn invalid_config(req: &HttpRequest, e: &crate::config::ConfigErrors) -> HttpResponse {
+    let n = e.errors.len();
+    let message = format!(
+        "{n} error{} in config; nothing was changed",
+        if n == 1 { "" } else { "s" }
+    );
+    api_error(
+        req,
+        actix_web::http::StatusCode::BAD_REQUEST,
+        "config_invalid",
+        &message,
+        Some(e),
+    )
+}
+
+/// `POST /_kairos/config/reload`: reread the config file.
+async fn config_reload(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
+    if let Some(res) = refuse(&req, &state) {
+        return res;
+    }
+    if state.config_path().is_none() {
+        return api_error(
+            &req,
+            actix_web::http::StatusCode::CONFLICT,
+            "no_config_file",
+            "the gateway runs without a config file (no --config): nothing to reload",
+            None,
+        );
+    }
+    let st = state.clone();
+    match web::block(move || st.reload_file("api")).await {
+        Ok(Ok(applied)) => {
+            HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
+        }
+        Ok(Err(e)) => invalid_config(&req, &e),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
+}
+
+/// `POST /_kairos/config/validate`: a dry run of the config in the body: its errors, or
+/// what applying it would change.
+async fn config_validate(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<SharedState>,
+) -> HttpResponse {
+    if let Some(res) = refuse(&req, &state) {
+        return res;
+    }
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        return api_error(
+            &req,
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the config is not UTF-8",
+            None,
+        );
+    };
+    let path = state
+        .config_path()
+        .unwrap_or_else(|| "request-body.json".into());
+    let st = state.clone();
+    match web::block(move || st.dry_run(&text, &path)).await {
+        Ok(Ok(diff)) => HttpResponse::Ok().json(serde_json::json!({ "valid": true, "diff": diff })),
+        Ok(Err(e)) => invalid_config(&req, &e),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
+}
+
+/// `PUT /_kairos/config`: validate, persist (atomically, the old file kept as `.bak`), apply.
+async fn config_put(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<SharedState>,
+) -> HttpResponse {
+    if let Some(res) = refuse(&req, &state) {
+        return res;
+    }
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        return api_error(
+            &req,
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the config is not UTF-8",
+            None,
+        );
+    };
+    let Some(path) = state.config_path() else {
+        return api_error(
+            &req,
+            actix_web::http::StatusCode::CONFLICT,
+            "no_config_file",
+            "the gateway runs without a config file (no --config): there is nowhere to persist",
+            None,
+        );
+    };
+    let st = state.clone();
+    let result = web::block(move || {
+        let write = || crate::reload::persist(&path, &text);
+        st.apply_text(&text, &path, "api", Some(&write))
+    })
+    .await;
+    match result {
+        Ok(Ok(applied)) => {
+            HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
+        }
+        Ok(Err(e))
+            if e.errors.len() == 1
+                && e.errors[0].path.is_empty()
+                && e.errors[0].message.starts_with("cannot persist") =>
+        {
+            api_error(
+                &req,
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "config_persist_failed",
+                &e.errors[0].message,
+                None,
+            )
+        }
+        Ok(Err(e)) => invalid_config(&req, &e),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
+}
+
+/// `GET /_kairos/config`: the config in effect as written, secrets redacted.
+async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
+    if let Some(res) = refuse(&req, &state) {
+        return res;
+    }
+    match serde_json::from_str::<serde_json::Value>(&state.config_text()) {
+        Ok(mut v) => {
+            redact(&mut v);
+            HttpResponse::Ok().json(v)
+        }
+        Err(_) => api_error(
+            &req,
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the config in effect is not JSON",
+            None,
+        ),
+    }
+}
+
+/// Replaces secrets with `<redacted>`: JWT secrets, the admin token, API keys and their
+/// hashes, passwords (and the userinfo of `redis_url`). `${ENV}` references are kept: they
+/// name where a secret comes from, not the secret.
+pub fn redact(v: &mut serde_json::Value) {
+    const SECRET_KEYS: [&str; 5] = ["secret", "token", "key_hash", "key", "password"];
+    let is_reference = |s: &str| {
+        s.strip_prefix("${")
+            .and_then(|r| r.strip_suffix('}'))
+            .is_some_and(|name| !name.is_empty() && !name.contains(['{', '}']))
+    };
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                match item {
+                    serde_json::Value::String(s) if SECRET_KEYS.contains(&k.as_str()) => {
+                        if !is_reference(s) {
+                            *s = "<redacted>".into();
+                        }
+                    }
+                    serde_json::Value::String(s) if k == "redis_url" => {
+                        if let Some((scheme, rest)) = s.split_once("://") {
+                            if let Some((_, host)) = rest.rsplit_once('@') {
+                                *s = format!("{scheme}://<redacted>@{host}");
+                            }
+                        }
+                    }
+                    _ => redact(item),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// `GET /_kairos/routes`: the routes in effect.
+async fn routes(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
+    if let Some(res) = refuse(&req, &state) {
+        return res;
+    }
+    let rt = state.load();
+    let text = crate::cli::render_routes(&rt.config, crate::cli::Format::Json);
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(text)
+}
+
+/// `GET /_kairos/status`: version, uptime, the config in effect and the last reload.
+async fn status(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
+    if let Some(res) = refuse(&req, &state) {
+        return res;
+    }
+    let rt = state.load();
+    let uptime = std::time::SystemTime::now()
+        .duration_since(state.started)
+        .unwrap_or_default();
+    HttpResponse::Ok().json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": rfc3339(state.started),
+        "uptime_seconds": uptime.as_secs(),
+        "ready": state.is_ready(),
+        "config": {
+            "path": state.config_path().map(|p| p.display().to_string()),
+            "sha256": state.config_hash(),
+            "routes": rt.config.routes.len(),
+            "upstreams": rt.config.upstreams.len(),
+        },
+        "last_reload": state.last_reload(),
+    }))
+}
+
+/// The OpenAPI 3.1 document of the admin API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
+    if let Some(res) = refuse(&req, &state) {
+        return res;
+    }
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// Any other `/_kairos` path: 401 without a valid token, 404 with one.

@@ -65,6 +65,7 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     pub token: Option<String>,
     pub public_metrics: bool,
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

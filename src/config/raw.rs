@@ -124,6 +124,9 @@ pub struct RawAdmin {
     pub token: Option<String>,
     /// Serve /_kairos/metrics without the token (default false).
     pub public_metrics: Option<bool>,
+    /// Reload when the config file changes (default true). SIGHUP and
+    /// `POST /_kairos/config/reload` always reload.
+    pub watch_config: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -374,7 +374,10 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
 
     // admin
     let admin = match &raw.admin {
-        None => AdminConfig::default(),
+        None => AdminConfig {
+            watch_config: true,
+            ..AdminConfig::default()
+        },
         Some(a) => {
             if let Some(t) = &a.token {
                 if t.len() < 16 {
@@ -384,6 +387,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             AdminConfig {
                 token: a.token.clone(),
                 public_metrics: a.public_metrics.unwrap_or(false),
+                watch_config: a.watch_config.unwrap_or(true),
             }
         }
     };
@@ -794,6 +798,20 @@ fn rate(v: &mut V, p: &str, r: &RawRate) -> Option<RateConfig> {
         Some(b) => b,
         None => r.rps.ceil() as u32,
     };
+    // A bucket that takes longer than this to refill is a misconfiguration (and its clock
+    // arithmetic would leave the range the limiter counts in).
+    const MAX_REFILL_DAYS: f64 = 366.0;
+    if f64::from(burst) / r.rps > MAX_REFILL_DAYS * 86_400.0 {
+        v.err_hint(
+            format!("{p}.rps"),
+            format!(
+                "a bucket of {burst} at {} requests/s takes more than a year to refill",
+                r.rps
+            ),
+            "limits refill within a year: raise rps or lower burst",
+        );
+        return None;
+    }
     Some(RateConfig { rps: r.rps, burst })
 }
 

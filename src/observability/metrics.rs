@@ -78,6 +78,7 @@ pub struct Metrics {
     pub active_connections: IntGauge,
     pub inflight: IntGauge,
     pub config_reloads: IntCounterVec,
+    pub config_last_success: prometheus::Gauge,
     pub build_info: IntGaugeVec,
     pub spans_exported: IntCounter,
     pub spans_dropped: IntCounterVec,
@@ -154,6 +155,11 @@ impl Metrics {
                 "Config reloads, by result (success or failure).",
                 &["result"],
             ),
+            config_last_success: prometheus::Gauge::new(
+                "kairos_config_last_reload_success_timestamp_seconds",
+                "When the config in effect was loaded (start or last successful reload), Unix time.",
+            )
+            .expect("valid metric definition"),
             build_info: IntGaugeVec::new(
                 Opts::new(
                     "kairos_build_info",
@@ -219,7 +225,8 @@ impl Metrics {
             .expect("valid metric definition"),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 20] = [
+        let collectors: [Box<dyn Collector>; 21] = [
+            Box::new(m.config_last_success.clone()),
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
             Box::new(m.request_bytes.clone()),

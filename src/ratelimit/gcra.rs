@@ -60,7 +60,9 @@ impl Rate {
         let remaining = (self.tolerance.saturating_sub(ahead) / self.interval)
             .min(u64::from(self.burst)) as u32;
         // The next request is admitted once TAT + interval - tolerance has passed.
-        let retry_after = (tat.max(now) + self.interval)
+        let retry_after = tat
+            .max(now)
+            .saturating_add(self.interval)
             .saturating_sub(self.tolerance)
             .saturating_sub(now);
         Status {

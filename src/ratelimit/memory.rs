@@ -1,7 +1,9 @@
 //! The in-memory backend: one GCRA cell (an atomic TAT) per client, shared by every worker.
-//! Cells live in a moka cache bounded by entry count (TinyLFU admission, so a flood of
-//! one-off addresses cannot push out the clients that keep coming) and expire once idle
-//! long enough to be full again, when forgetting them changes nothing.
+//! Cells live in a moka cache bounded by entry count and expire once idle long enough to be
+//! full again, when forgetting them changes nothing. Eviction is LRU, as NGINX's
+//! limit_req zones do: every new client is admitted (TinyLFU, moka's default, may refuse to
+//! keep a newcomer when the cache is full, and a client whose bucket is never kept would get a
+//! full bucket on every request: the limit would fail open).
 
 use super::gcra::Rate;
 use std::net::IpAddr;
@@ -41,6 +43,7 @@ impl Store {
         Store::Keyed(
             moka::sync::Cache::builder()
                 .max_capacity(max_keys)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_idle(idle)
                 .build_with_hasher(rustc_hash::FxBuildHasher),
         )
@@ -61,6 +64,16 @@ impl Store {
         }
     }
 
+    /// The cell of `key` if it exists, without creating one (for a request already refused:
+    /// a flood of refused requests must not churn the store).
+    pub fn peek(&self, key: Option<&Key>) -> Option<Arc<AtomicU64>> {
+        match (self, key) {
+            (Store::Single(c), _) => Some(c.clone()),
+            (Store::Keyed(cache), Some(k)) => cache.get(k),
+            (Store::Keyed(_), None) => None,
+        }
+    }
+
     /// Clients currently kept (after pending evictions are applied).
     pub fn len(&self) -> u64 {
         match self {
@@ -77,23 +90,48 @@ impl Store {
     }
 }
 
-/// Admits one request against `cell` at `now`: the new TAT, or the current one if refused.
-pub fn acquire(cell: &AtomicU64, rate: &Rate, now: u64) -> Result<u64, u64> {
+/// What [`acquire`] changed, so that [`refund`] can undo it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    pub before: u64,
+    pub after: u64,
+}
+
+/// Admits one request against `cell` at `now`: the TAT before and after, or the current TAT
+/// if refused.
+pub fn acquire(cell: &AtomicU64, rate: &Rate, now: u64) -> Result<Taken, u64> {
     let mut current = cell.load(Ordering::Acquire);
     loop {
         let next = rate.acquire(current, now)?;
         match cell.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return Ok(next),
+            Ok(_) => {
+                return Ok(Taken {
+                    before: current,
+                    after: next,
+                })
+            }
             Err(actual) => current = actual,
         }
     }
 }
 
-/// Gives back what [`acquire`] took, when another limit refused the same request.
-pub fn refund(cell: &AtomicU64, rate: &Rate) {
-    let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-        Some(t.saturating_sub(rate.interval))
-    });
+/// Gives back what [`acquire`] took, when another limit refused the same request: the cell
+/// goes back to where it was if nobody moved it since, else it loses one interval (what this
+/// request added, whatever came after).
+pub fn refund(cell: &AtomicU64, rate: &Rate, taken: Taken) {
+    if cell
+        .compare_exchange(
+            taken.after,
+            taken.before,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+            Some(t.saturating_sub(rate.interval).max(taken.before))
+        });
+    }
 }
 
 #[cfg(test)]
@@ -138,9 +176,41 @@ mod tests {
         let t1 = acquire(&cell, &rate, now).unwrap();
         let t2 = acquire(&cell, &rate, now).unwrap();
         assert!(acquire(&cell, &rate, now).is_err());
-        refund(&cell, &rate);
-        assert_eq!(cell.load(Ordering::Relaxed), t1);
+        refund(&cell, &rate, t2);
+        assert_eq!(cell.load(Ordering::Relaxed), t1.after);
         assert_eq!(acquire(&cell, &rate, now), Ok(t2));
+        // A later request moved the cell meanwhile: only this request's interval comes off.
+        let cell = AtomicU64::new(0);
+        let mine = acquire(&cell, &rate, now).unwrap();
+        let theirs = acquire(&cell, &rate, now + 10).unwrap();
+        refund(&cell, &rate, mine);
+        assert_eq!(cell.load(Ordering::Relaxed), theirs.after - rate.interval);
+    }
+
+    #[test]
+    fn a_newcomer_to_a_full_store_is_still_limited() {
+        // Fill the store with clients that came often, then a new one keeps coming: its bucket
+        // must be kept (and drain), not recreated full on every request.
+        let rate = Rate::new(
+            RateConfig {
+                rps: 0.001,
+                burst: 2,
+            },
+            1e9,
+        );
+        let store = Store::keyed(&rate, 100);
+        let now = now_ns();
+        for round in 0..5 {
+            for i in 0..100u32 {
+                let key = Key::Ip(IpAddr::from(i.to_be_bytes()));
+                let _ = acquire(&store.cell(Some(&key)), &rate, now + round);
+            }
+        }
+        let newcomer = Key::Ip([198, 51, 100, 1].into());
+        let admitted = (0..10)
+            .filter(|_| acquire(&store.cell(Some(&newcomer)), &rate, now).is_ok())
+            .count();
+        assert_eq!(admitted, 2);
     }
 
     #[test]

@@ -191,7 +191,7 @@ pub struct RateLimiter {
     own: FxHashMap<Box<str>, u32>,
     redis: Option<redis::RedisStore>,
     /// Identity of the Redis settings, for handing the connection over on reload.
-    redis_id: Option<(Vec<u8>, std::time::Duration)>,
+    redis_id: Option<(Vec<u8>, std::time::Duration, String)>,
     on_error: OnBackendError,
     max_keys: u64,
     pub headers: bool,
@@ -246,8 +246,7 @@ impl RateLimiter {
                 timeout,
                 key_prefix,
             } => {
-                let _ = key_prefix; // part of each limit's keys
-                let id = (url.0.clone(), *timeout);
+                let id = (url.0.clone(), *timeout, key_prefix.clone());
                 let reused = previous.and_then(|p| match (&p.redis, &p.redis_id) {
                     (Some(r), Some(pid)) if *pid == id => Some(r.clone()),
                     _ => None,
@@ -260,6 +259,7 @@ impl RateLimiter {
                         redis::RedisStore::new(
                             url,
                             *timeout,
+                            key_prefix,
                             metrics
                                 .ratelimit_backend_errors
                                 .with_label_values(&["redis"]),
@@ -356,6 +356,11 @@ impl RateLimiter {
 
     /// Decides one request: at once in memory, or through Redis.
     pub fn decide<'a>(&'a self, req: Applicable) -> Pending<'a> {
+        if req.iter().next().is_none() {
+            // Nothing applies to this caller (say, a JWT caller on a route limited per API
+            // key): admitted, and no reason to ask Redis or to refuse while it is down.
+            return Pending::Ready(Decision::Admitted(Report::default()));
+        }
         match &self.redis {
             None => Pending::Ready(self.decide_memory(&req, &self.metrics.memory)),
             Some(r) if !r.is_up() => Pending::Ready(self.fallback(&req)),
@@ -416,25 +421,32 @@ impl RateLimiter {
         use std::sync::atomic::{AtomicU64, Ordering};
         let start = Instant::now();
         let now = memory::now_ns();
-        let mut taken: [Option<(&Limit, Arc<AtomicU64>)>; MAX_APPLICABLE] = Default::default();
+        let mut taken: [Option<(&Limit, Arc<AtomicU64>, memory::Taken)>; MAX_APPLICABLE] =
+            Default::default();
         let mut report = Report::default();
         let mut any_refused = false;
         for (j, (i, key)) in req.iter().enumerate() {
             let l = &self.limits[*i as usize];
-            let cell = l.store.cell(key.as_ref());
             let (tat, refused) = match any_refused {
-                // Already refused: only see whether this limit would refuse too.
+                // Already refused: only see whether this limit would refuse too, without
+                // creating a bucket.
                 true => {
-                    let cur = cell.load(Ordering::Acquire);
+                    let cur = l
+                        .store
+                        .peek(key.as_ref())
+                        .map_or(0, |c| c.load(Ordering::Acquire));
                     (cur, l.rate_ns.acquire(cur, now).is_err())
                 }
-                false => match memory::acquire(&cell, &l.rate_ns, now) {
-                    Ok(t) => {
-                        taken[j] = Some((l, cell));
-                        (t, false)
+                false => {
+                    let cell = l.store.cell(key.as_ref());
+                    match memory::acquire(&cell, &l.rate_ns, now) {
+                        Ok(t) => {
+                            taken[j] = Some((l, cell, t));
+                            (t.after, false)
+                        }
+                        Err(t) => (t, true),
                     }
-                    Err(t) => (t, true),
-                },
+                }
             };
             any_refused |= refused;
             report.push(status(*i, &l.rate_ns, tat, now, refused, 1e9));
@@ -442,8 +454,8 @@ impl RateLimiter {
         if any_refused {
             // Give back what the limits that admitted it took, and report them as they are.
             for (j, t) in taken.iter().enumerate() {
-                if let Some((l, cell)) = t {
-                    memory::refund(cell, &l.rate_ns);
+                if let Some((l, cell, taken)) = t {
+                    memory::refund(cell, &l.rate_ns, *taken);
                     let cur = cell.load(Ordering::Acquire);
                     let idx = report.items[j].limit_idx;
                     report.items[j] = status(idx, &l.rate_ns, cur, now, false, 1e9);
@@ -582,9 +594,11 @@ impl Builder<'_> {
             RateBackend::Redis { key_prefix, .. } => key_prefix.as_str(),
             RateBackend::Memory => "",
         };
+        // Route and key names are free text: length-prefixed, so no two limits' keys can
+        // collide whatever the names contain.
         let redis_prefix = match (route, own_key) {
-            (_, Some(k)) => format!("{prefix}key:{k}"),
-            (Some(r), None) => format!("{prefix}route:{r}:{}:", scope.as_str()),
+            (_, Some(k)) => format!("{prefix}key:{}:{k}", k.len()),
+            (Some(r), None) => format!("{prefix}route:{}:{r}:{}:", r.len(), scope.as_str()),
             (None, None) => format!("{prefix}{}:", scope.as_str()),
         };
         let policy = match route {

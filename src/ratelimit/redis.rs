@@ -12,7 +12,7 @@ use super::gcra::Rate;
 use prometheus::{IntCounter, IntGauge};
 use redis::aio::MultiplexedConnection;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,12 @@ struct Shared {
     client: redis::Client,
     timeout: Duration,
     up: AtomicBool,
+    /// Bumped at each recovery: a call that started before it cannot start a new outage.
+    recoveries: AtomicU64,
+    /// When an error answer (not an outage) was last logged, to log at most one a minute.
+    last_error_log: Mutex<Option<Instant>>,
+    /// Where the probe runs the real script.
+    probe_key: String,
     /// When the current outage began.
     down_since: Mutex<Option<Instant>>,
     errors: IntCounter,
@@ -100,6 +106,7 @@ impl RedisStore {
     pub fn new(
         url: &str,
         timeout: Duration,
+        key_prefix: &str,
         errors: IntCounter,
         up_gauge: IntGauge,
         meanwhile: &'static str,
@@ -112,6 +119,9 @@ impl RedisStore {
                 client,
                 timeout,
                 up: AtomicBool::new(true),
+                recoveries: AtomicU64::new(0),
+                last_error_log: Mutex::new(None),
+                probe_key: format!("{key_prefix}probe"),
                 down_since: Mutex::new(None),
                 errors,
                 up_gauge,
@@ -132,15 +142,15 @@ impl RedisStore {
         if !self.is_up() {
             return Err(Unavailable);
         }
+        let epoch = self.shared.recoveries.load(Ordering::Acquire);
         let mut conn = match self.cached() {
             Some(c) => c,
             None => match tokio::time::timeout(self.shared.timeout, self.connect()).await {
-                Ok(Ok(c)) => {
-                    self.keep(c.clone());
-                    c
-                }
-                Ok(Err(e)) => return Err(self.failed(&e.to_string())),
-                Err(_) => return Err(self.failed("connect timed out")),
+                // Several requests may have connected at once: one connection is kept and
+                // used by all, the others are dropped here.
+                Ok(Ok(c)) => self.keep(c),
+                Ok(Err(e)) => return Err(self.failed(epoch, &e.to_string())),
+                Err(_) => return Err(self.failed(epoch, "connect timed out")),
             },
         };
         let mut call = self.script.prepare_invoke();
@@ -161,15 +171,43 @@ impl RedisStore {
                 now: v[1].max(0) as u64,
                 tats: v[2..].iter().map(|&t| t.max(0) as u64).collect(),
             }),
-            Ok(Ok(v)) => Err(self.failed(&format!("script returned {} values", v.len()))),
-            Ok(Err(e)) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-                    self.forget();
-                }
-                Err(self.failed(&e.to_string()))
+            Ok(Ok(v)) => Err(self.error_answer(&format!("script returned {} values", v.len()))),
+            Ok(Err(e))
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_unrecoverable_error()
+                    || e.is_timeout() =>
+            {
+                self.forget();
+                Err(self.failed(epoch, &e.to_string()))
             }
-            Err(_) => Err(self.failed("no answer within redis_timeout")),
+            // Redis answered, with an error (a key of the wrong type, OOM, READONLY): this
+            // request falls back; Redis is not down.
+            Ok(Err(e)) => Err(self.error_answer(&e.to_string())),
+            Err(_) => {
+                // The connection may be dead without an error (a peer gone silent): the next
+                // request connects afresh.
+                self.forget();
+                Err(self.failed(epoch, "no answer within redis_timeout"))
+            }
         }
+    }
+
+    /// Counts an error answer and logs it at most once a minute.
+    fn error_answer(&self, error: &str) -> Unavailable {
+        let s = &self.shared;
+        s.errors.inc();
+        let mut last = s.last_error_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                backend = "redis",
+                error,
+                "rate limit backend answered with an error; {} for such requests (logged at most once a minute)",
+                s.meanwhile
+            );
+        }
+        Unavailable
     }
 
     async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
@@ -191,26 +229,38 @@ impl RedisStore {
         })
     }
 
-    fn keep(&self, conn: MultiplexedConnection) {
+    /// Keeps `conn` as this worker's connection, unless another request stored one first:
+    /// the connection to use.
+    fn keep(&self, conn: MultiplexedConnection) -> MultiplexedConnection {
+        if let Some(existing) = self.cached() {
+            return existing;
+        }
         CONNECTIONS.with(|c| {
             let mut c = c.borrow_mut();
             // Connections of backends that are gone (replaced by a reload) are dropped here.
             c.retain(|(w, _)| w.strong_count() > 0);
-            c.push((Arc::downgrade(&self.shared), conn));
+            c.push((Arc::downgrade(&self.shared), conn.clone()));
         });
+        conn
     }
 
     fn forget(&self) {
         CONNECTIONS.with(|c| {
-            c.borrow_mut()
-                .retain(|(w, _)| !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.shared)))
+            c.borrow_mut().retain(|(w, _)| {
+                w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.shared))
+            })
         });
     }
 
-    /// Counts a failure; the first of an outage warns once and starts the probe.
-    fn failed(&self, error: &str) -> Unavailable {
+    /// Counts a failure of a call that started in recovery epoch `epoch`; the first of an
+    /// outage warns once and starts the probe. A call that started before the last recovery
+    /// (it failed against the Redis that was down) starts no new outage.
+    fn failed(&self, epoch: u64, error: &str) -> Unavailable {
         let s = &self.shared;
         s.errors.inc();
+        if s.recoveries.load(Ordering::Acquire) != epoch {
+            return Unavailable;
+        }
         if s.up.swap(false, Ordering::AcqRel) {
             s.up_gauge.set(0);
             *s.down_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -228,6 +278,7 @@ impl RedisStore {
     /// Reconnects in the background, 100 ms after the failure and then backing off to 2 s.
     fn probe(&self) {
         let Some(rt) = crate::upstream::health::background() else {
+            tracing::error!("no background runtime: the rate limit backend will not be probed");
             return;
         };
         let shared = self.shared.clone();
@@ -247,9 +298,15 @@ impl RedisStore {
                         .client
                         .get_multiplexed_async_connection_with_config(&cfg)
                         .await?;
-                    // Loads the script too, so the first decision after the outage is one
-                    // round trip.
-                    script.load_async(&mut conn).await
+                    // The real script on a key of its own: Redis is back when decisions work
+                    // (not merely when it accepts connections: a replica answers READONLY),
+                    // and the script is loaded for the first decision after the outage.
+                    script
+                        .key(shared.probe_key.as_str())
+                        .arg(1_000_000u64)
+                        .arg(1_000_000_000u64)
+                        .invoke_async::<Vec<i64>>(&mut conn)
+                        .await
                 };
                 match tokio::time::timeout(shared.timeout * 4, check).await {
                     Ok(Ok(_)) => {
@@ -259,6 +316,7 @@ impl RedisStore {
                             .unwrap_or_else(|e| e.into_inner())
                             .take();
                         shared.up_gauge.set(1);
+                        shared.recoveries.fetch_add(1, Ordering::AcqRel);
                         shared.up.store(true, Ordering::Release);
                         tracing::info!(
                             backend = "redis",

@@ -43,6 +43,18 @@ impl Upstream {
         tls: Arc<rustls::ClientConfig>,
         metrics: UpstreamSeries,
     ) -> Self {
+        Self::new_from(config, tls, metrics, None)
+    }
+
+    /// As [`Upstream::new`], keeping the live state (health, circuit, ejection, latency) of
+    /// every server `previous` had under the same URL and breaker settings: a reload does not
+    /// forget what the gateway learned about a server that did not change.
+    pub fn new_from(
+        config: UpstreamConfig,
+        tls: Arc<rustls::ClientConfig>,
+        metrics: UpstreamSeries,
+        previous: Option<&Upstream>,
+    ) -> Self {
         let specs: Vec<ServerSpec<'_>> = config
             .servers
             .iter()
@@ -55,7 +67,15 @@ impl Upstream {
         let servers = config
             .servers
             .iter()
-            .map(|_| Arc::new(ServerState::new(config.circuit_breaker.clone())))
+            .map(|entry| {
+                previous
+                    .filter(|p| p.config.circuit_breaker == config.circuit_breaker)
+                    .and_then(|p| {
+                        let i = p.config.servers.iter().position(|s| s.url == entry.url)?;
+                        p.servers.get(i).cloned()
+                    })
+                    .unwrap_or_else(|| Arc::new(ServerState::new(config.circuit_breaker.clone())))
+            })
             .collect();
         let pool_keys = config
             .servers

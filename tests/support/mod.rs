@@ -596,6 +596,11 @@ impl GatewayProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The config file the gateway was started with.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("config.json")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
