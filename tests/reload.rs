@@ -16,7 +16,7 @@ const TOKEN: &str = "reload-admin-token-0123456789";
 /// rewritten to `/gen<gen>`; every version also has `/keep`. Written as GatewayProcess
 /// writes its file (loopback, port 0, JSON logs), so nothing but the routes differs.
 fn version(gen: u32, a: &Upstream, b: &Upstream) -> String {
-    let target = if gen % 2 == 0 { "a" } else { "b" };
+    let target = if gen.is_multiple_of(2) { "a" } else { "b" };
     serde_json::json!({
         "version": 1,
         "server": {"host": "127.0.0.1", "port": 0, "workers": 2},
@@ -113,7 +113,7 @@ fn fifty_reloads_under_traffic_fail_no_request_and_never_mix_configs() {
                                 .split_once(":/gen")
                                 .and_then(|(name, gen)| Some((name, gen.parse::<u64>().ok()?)))
                                 .is_some_and(|(name, gen)| {
-                                    let want = if gen % 2 == 0 { "a" } else { "b" };
+                                    let want = if gen.is_multiple_of(2) { "a" } else { "b" };
                                     name == want && gen <= newest.load(Ordering::Acquire)
                                 });
                             if !ok {
