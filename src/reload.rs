@@ -218,6 +218,14 @@ impl SharedState {
                 }
                 self.swap(runtime);
                 self.set_config_text(text, hash.clone());
+                let servers: Vec<(String, String)> = diff
+                    .servers_removed
+                    .iter()
+                    .filter_map(|s| s.split_once(' '))
+                    .map(|(u, s)| (u.to_string(), s.to_string()))
+                    .collect();
+                self.metrics
+                    .forget(&diff.routes_removed, &diff.upstreams_removed, &servers);
                 let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
                 self.metrics
                     .config_reloads

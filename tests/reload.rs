@@ -260,6 +260,9 @@ fn fifty_reloads_under_traffic_fail_no_request_and_never_mix_configs() {
             &[("result", "failure")]
         ) >= Some(2.0)
     );
+    // Routes a reload removed leave no series behind; the live ones are there.
+    assert!(!metrics.contains(r#"route="extra-1""#), "stale series of a removed route");
+    assert!(metrics.contains(r#"route="extra-50""#));
     let logs = gw.logs();
     assert!(logs.iter().any(|l| l.contains("config reloaded")
         && l.contains("routes_added")

@@ -339,11 +339,62 @@ impl Metrics {
         }
     }
 
+    /// Removes the series of routes, upstreams and servers (`(upstream, url)`) a reload took
+    /// away, so that they neither linger on dashboards at their last value nor grow the
+    /// exposition reload after reload.
+    pub fn forget(&self, routes: &[String], upstreams: &[String], servers: &[(String, String)]) {
+        if routes.is_empty() && upstreams.is_empty() && servers.is_empty() {
+            return;
+        }
+        let gone = |names: &[&str], values: &[&str]| {
+            let get = |k: &str| names.iter().position(|n| *n == k).map(|i| values[i]);
+            get("route").is_some_and(|r| routes.iter().any(|x| x == r))
+                || get("upstream").is_some_and(|u| upstreams.iter().any(|x| x == u))
+                || matches!((get("upstream"), get("server")), (Some(u), Some(s))
+                    if servers.iter().any(|(xu, xs)| xu == u && xs == s))
+        };
+        prune(&self.requests, &["route", "method", "status"], &gone);
+        prune(&self.request_duration, &["route", "method"], &gone);
+        prune(&self.request_bytes, &["route"], &gone);
+        prune(&self.response_bytes, &["route"], &gone);
+        prune(&self.auth_failures, &["route", "method", "reason"], &gone);
+        prune(&self.ratelimited, &["route", "scope"], &gone);
+        prune(&self.upstream_duration, &["upstream"], &gone);
+        prune(&self.upstream_errors, &["upstream", "kind"], &gone);
+        prune(&self.upstream_retries, &["upstream"], &gone);
+        prune(&self.upstream_ejections, &["upstream", "server"], &gone);
+    }
+
     /// The servers whose live state the per-server gauges show (health, circuit, ejection,
     /// in-flight), read at scrape time. Replaced whole on reload, so servers that are gone
     /// leave no stale series.
     pub fn watch_servers(&self, servers: Vec<WatchedServer>) {
         *self.servers.list.lock().unwrap_or_else(|e| e.into_inner()) = servers;
+    }
+}
+
+/// Removes every series of `vec` whose labels (named `names`, in the vec's order) `gone`
+/// matches.
+fn prune<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    names: &[&str],
+    gone: &dyn Fn(&[&str], &[&str]) -> bool,
+) {
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let values: Vec<&str> = names
+                .iter()
+                .map(|n| {
+                    m.get_label()
+                        .iter()
+                        .find(|p| p.name() == *n)
+                        .map_or("", |p| p.value())
+                })
+                .collect();
+            if gone(names, &values) {
+                let _ = vec.remove_label_values(&values);
+            }
+        }
     }
 }
 
