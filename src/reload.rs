@@ -29,23 +29,29 @@ pub struct Diff {
 impl Diff {
     pub fn between(old: &Config, new: &Config) -> Diff {
         let mut d = Diff::default();
-        let route_key = |c: &Config, r: &RouteConfig| {
-            let mut r = r.clone();
-            let upstream = c.upstreams[r.upstream].name.clone();
-            r.upstream = 0;
-            format!("{r:?} -> {upstream}")
+        // By name: 10,000 routes are compared in linear time.
+        let old_routes: std::collections::HashMap<&str, &RouteConfig> =
+            old.routes.iter().map(|r| (r.name.as_str(), r)).collect();
+        let new_names: std::collections::HashSet<&str> =
+            new.routes.iter().map(|r| r.name.as_str()).collect();
+        // The same route: equal in everything, its upstream compared by name (indexes shift
+        // when upstreams are added or removed).
+        let same = |o: &RouteConfig, r: &RouteConfig| {
+            old.upstreams[o.upstream].name == new.upstreams[r.upstream].name
+                && RouteConfig {
+                    upstream: r.upstream,
+                    ..o.clone()
+                } == *r
         };
         for r in &new.routes {
-            match old.routes.iter().find(|o| o.name == r.name) {
+            match old_routes.get(r.name.as_str()) {
                 None => d.routes_added.push(r.name.clone()),
-                Some(o) if route_key(old, o) != route_key(new, r) => {
-                    d.routes_changed.push(r.name.clone())
-                }
+                Some(o) if !same(o, r) => d.routes_changed.push(r.name.clone()),
                 Some(_) => {}
             }
         }
         for o in &old.routes {
-            if !new.routes.iter().any(|r| r.name == o.name) {
+            if !new_names.contains(o.name.as_str()) {
                 d.routes_removed.push(o.name.clone());
             }
         }

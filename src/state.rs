@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Everything one request needs, built from one config.
 pub struct Runtime {
     pub config: Config,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub upstreams: Vec<Upstream>,
     /// Present when tracing is on.
     pub tracing: Option<Tracing>,
@@ -42,10 +42,15 @@ impl Runtime {
         previous: Option<&Runtime>,
     ) -> Result<Self, ConfigErrors> {
         static GENERATION: AtomicU64 = AtomicU64::new(1);
-        let router = Router::build(&config.routes).map_err(|errors| ConfigErrors {
-            source_name: "routes".into(),
-            errors,
-        })?;
+        let router = match &config.compiled_routes {
+            Some(r) => r.clone(),
+            None => Arc::new(
+                Router::build(&config.routes).map_err(|errors| ConfigErrors {
+                    source_name: "routes".into(),
+                    errors,
+                })?,
+            ),
+        };
         let tracing = match &config.tracing {
             None => None,
             Some(t) => Some(

@@ -261,7 +261,10 @@ fn fifty_reloads_under_traffic_fail_no_request_and_never_mix_configs() {
         ) >= Some(2.0)
     );
     // Routes a reload removed leave no series behind; the live ones are there.
-    assert!(!metrics.contains(r#"route="extra-1""#), "stale series of a removed route");
+    assert!(
+        !metrics.contains(r#"route="extra-1""#),
+        "stale series of a removed route"
+    );
     assert!(metrics.contains(r#"route="extra-50""#));
     let logs = gw.logs();
     assert!(logs.iter().any(|l| l.contains("config reloaded")
@@ -592,7 +595,10 @@ fn the_cli_deploys_checks_exports_and_lists_against_a_gateway() {
     // Metrics, as Prometheus text and as JSON samples.
     let (code, out, _) = cli(&["metrics", "export", "--gateway", &url], TOKEN);
     assert_eq!(code, 0);
-    assert!(out.contains("# TYPE kairos_config_reloads_total counter"), "{out}");
+    assert!(
+        out.contains("# TYPE kairos_config_reloads_total counter"),
+        "{out}"
+    );
     let (code, out, _) = cli(
         &["metrics", "export", "--format", "json", "--gateway", &url],
         TOKEN,

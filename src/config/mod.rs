@@ -60,21 +60,25 @@ pub fn load_str_with_env(
         err.column = Some(e.column());
         fail(vec![err])
     })?;
-    let index = PositionIndex::build(text);
-    let mut errors: Vec<ConfigError> = index
+    let dups = PositionIndex::duplicates_only(text);
+    let mut errors: Vec<ConfigError> = dups
         .duplicates
         .iter()
         .map(|(path, _)| ConfigError::new(path.clone(), "key appears twice; only one may be given"))
         .collect();
 
     plaintext_keys_from_env(&value, &mut errors);
-    substitute_env(&mut value, String::new(), env, &mut errors);
+    substitute_env(&mut value, &mut String::new(), env, &mut errors);
     let raw = deserialize_collecting(value, &mut errors);
 
     if let Some(raw) = raw {
         if errors.is_empty() {
             match validate::validate(raw, base_dir) {
                 Ok(mut cfg) => {
+                    if cfg.warnings.is_empty() {
+                        return Ok(cfg);
+                    }
+                    let index = PositionIndex::build(text);
                     for w in &mut cfg.warnings {
                         if let Some(p) = index.key(&w.path) {
                             w.line = Some(p.line);
@@ -87,6 +91,7 @@ pub fn load_str_with_env(
             }
         }
     }
+    let index = PositionIndex::build(text);
     for e in &mut errors {
         let pos = if e.message.starts_with("unknown field") || e.message.contains("appears twice") {
             index.key(&e.path)
@@ -136,9 +141,11 @@ fn plaintext_keys_from_env(root: &Value, errors: &mut Vec<ConfigError>) {
 }
 
 /// Replaces `${NAME}` in every string value with the environment variable NAME.
+///
+/// `path` is the value's JSON path, grown and truncated on the way down (no string per value).
 fn substitute_env(
     v: &mut Value,
-    path: String,
+    path: &mut String,
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut Vec<ConfigError>,
 ) {
@@ -173,13 +180,23 @@ fn substitute_env(
             *s = out;
         }
         Value::Array(items) => {
+            use std::fmt::Write;
+            let len = path.len();
             for (i, item) in items.iter_mut().enumerate() {
-                substitute_env(item, format!("{path}[{i}]"), env, errors);
+                let _ = write!(path, "[{i}]");
+                substitute_env(item, path, env, errors);
+                path.truncate(len);
             }
         }
         Value::Object(map) => {
+            let len = path.len();
             for (k, item) in map.iter_mut() {
-                substitute_env(item, position::join_key(&path, k), env, errors);
+                if len > 0 {
+                    path.push('.');
+                }
+                path.push_str(k);
+                substitute_env(item, path, env, errors);
+                path.truncate(len);
             }
         }
         _ => {}

@@ -22,6 +22,9 @@ pub struct Config {
     pub cors: Option<crate::auth::cors::CorsConfig>,
     /// Present when any limit is configured (top-level, a route's or an API key's own).
     pub rate_limiting: Option<RateLimitConfig>,
+    /// The route table compiled while validating (validation needs it to find routes that
+    /// cannot be told apart); the runtime uses it as is, so a reload compiles it once.
+    pub compiled_routes: Option<std::sync::Arc<crate::proxy::router::Router>>,
     /// Things that work but deserve the operator's attention (deprecated keys); logged at start.
     pub warnings: Vec<crate::config::ConfigError>,
 }
@@ -239,7 +242,7 @@ impl MethodSet {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     pub name: String,
     /// The path template as written.

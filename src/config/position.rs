@@ -23,15 +23,28 @@ impl PositionIndex {
     /// Indexes `text`. Text that is not valid JSON yields a partial index (the parser reports
     /// syntax errors itself).
     pub fn build(text: &str) -> Self {
+        Self::scan(text, true)
+    }
+
+    /// Only the duplicate keys: what every load needs, at a fraction of the cost of the full
+    /// index (which is built only when there is an error to place).
+    pub fn duplicates_only(text: &str) -> Self {
+        Self::scan(text, false)
+    }
+
+    fn scan(text: &str, record: bool) -> Self {
         let mut s = Scanner {
+            text,
             b: text.as_bytes(),
             i: 0,
             line: 1,
             col: 1,
             idx: PositionIndex::default(),
+            path: String::new(),
+            record,
         };
         s.ws();
-        s.value(String::new());
+        s.value();
         s.idx
     }
 
@@ -69,14 +82,19 @@ pub fn join_key(parent: &str, key: &str) -> String {
 }
 
 struct Scanner<'a> {
+    text: &'a str,
     b: &'a [u8],
     i: usize,
     line: usize,
     col: usize,
     idx: PositionIndex,
+    /// The path of the value being scanned, grown and truncated as the scan descends.
+    path: String,
+    /// Index every key and value (else only find duplicates).
+    record: bool,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
     fn pos(&self) -> Pos {
         Pos {
             line: self.line,
@@ -106,23 +124,18 @@ impl Scanner<'_> {
         }
     }
 
-    fn value(&mut self, path: String) {
+    fn value(&mut self) {
         let start = self.pos();
+        if self.record && self.peek().is_some() {
+            self.idx.values.insert(self.path.clone(), start);
+        }
         match self.peek() {
-            Some(b'{') => {
-                self.idx.values.insert(path.clone(), start);
-                self.object(&path);
-            }
-            Some(b'[') => {
-                self.idx.values.insert(path.clone(), start);
-                self.array(&path);
-            }
+            Some(b'{') => self.object(),
+            Some(b'[') => self.array(),
             Some(b'"') => {
-                self.idx.values.insert(path, start);
                 self.string();
             }
             Some(_) => {
-                self.idx.values.insert(path, start);
                 while matches!(self.peek(), Some(c) if !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
                 {
                     self.bump();
@@ -132,7 +145,8 @@ impl Scanner<'_> {
         }
     }
 
-    fn string(&mut self) -> String {
+    /// Skips a string; its raw text between the quotes.
+    fn string(&mut self) -> &'a str {
         let start = self.i + 1;
         self.bump();
         while let Some(c) = self.peek() {
@@ -142,18 +156,17 @@ impl Scanner<'_> {
                     self.bump();
                 }
                 b'"' => {
-                    let raw = &self.b[start..self.i];
+                    let raw = self.text.get(start..self.i).unwrap_or("");
                     self.bump();
-                    return serde_json::from_slice::<String>(&[b"\"", raw, b"\""].concat())
-                        .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned());
+                    return raw;
                 }
                 _ => self.bump(),
             }
         }
-        String::new()
+        ""
     }
 
-    fn object(&mut self, path: &str) {
+    fn object(&mut self) {
         self.bump();
         let mut seen = std::collections::HashSet::new();
         loop {
@@ -161,18 +174,32 @@ impl Scanner<'_> {
             match self.peek() {
                 Some(b'"') => {
                     let kpos = self.pos();
-                    let key = self.string();
-                    let child = join_key(path, &key);
-                    if !seen.insert(key) {
-                        self.idx.duplicates.push((child.clone(), kpos));
+                    let raw = self.string();
+                    let parent_len = self.path.len();
+                    if !self.path.is_empty() {
+                        self.path.push('.');
                     }
-                    self.idx.keys.insert(child.clone(), kpos);
+                    if raw.contains('\\') {
+                        // An escaped key: its path uses the decoded name.
+                        let decoded = serde_json::from_str::<String>(&format!("\"{raw}\""))
+                            .unwrap_or_else(|_| raw.to_string());
+                        self.path.push_str(&decoded);
+                    } else {
+                        self.path.push_str(raw);
+                    }
+                    if !seen.insert(raw) {
+                        self.idx.duplicates.push((self.path.clone(), kpos));
+                    }
+                    if self.record {
+                        self.idx.keys.insert(self.path.clone(), kpos);
+                    }
                     self.ws();
                     if self.peek() == Some(b':') {
                         self.bump();
                     }
                     self.ws();
-                    self.value(child);
+                    self.value();
+                    self.path.truncate(parent_len);
                     self.ws();
                     if self.peek() == Some(b',') {
                         self.bump();
@@ -187,7 +214,8 @@ impl Scanner<'_> {
         }
     }
 
-    fn array(&mut self, path: &str) {
+    fn array(&mut self) {
+        use std::fmt::Write;
         self.bump();
         let mut n = 0usize;
         loop {
@@ -200,7 +228,10 @@ impl Scanner<'_> {
                 None => return,
                 Some(_) => {
                     let before = self.i;
-                    self.value(format!("{path}[{n}]"));
+                    let parent_len = self.path.len();
+                    let _ = write!(self.path, "[{n}]");
+                    self.value();
+                    self.path.truncate(parent_len);
                     n += 1;
                     self.ws();
                     if self.peek() == Some(b',') {
@@ -244,5 +275,10 @@ mod tests {
         );
         assert_eq!(idx.duplicates.len(), 1);
         assert_eq!(idx.duplicates[0].0, "routes[1].name");
+        let dups = PositionIndex::duplicates_only(text);
+        assert_eq!(dups.duplicates, idx.duplicates);
+        assert!(dups.value("routes[0]").is_none(), "nothing else is indexed");
+        let escaped = PositionIndex::build(r#"{"a\u0062": {"x": 1, "x": 2}}"#);
+        assert_eq!(escaped.duplicates[0].0, "ab.x");
     }
 }

@@ -754,13 +754,16 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         None => None,
     };
 
+    let mut compiled = None;
     if v.errors.is_empty() {
-        if let Err(errs) = crate::proxy::router::Router::build(&routes) {
-            v.errors.extend(errs);
+        match crate::proxy::router::Router::build(&routes) {
+            Ok(router) => compiled = Some(std::sync::Arc::new(router)),
+            Err(errs) => v.errors.extend(errs),
         }
     }
     if v.errors.is_empty() {
         Ok(Config {
+            compiled_routes: compiled,
             server,
             admin,
             upstreams,

@@ -18,6 +18,15 @@ pub struct Router {
     entries: Vec<Entry>,
 }
 
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("shapes", &self.entries.len())
+            .field("hosts", &self.by_host.len())
+            .finish()
+    }
+}
+
 /// All routes on one (host, path shape), in config order.
 struct Entry {
     routes: Vec<(MethodSet, usize)>,
