@@ -146,6 +146,57 @@ pub struct Applied {
     pub unchanged: bool,
 }
 
+/// Runs `f` on the reload thread: one thread for all reload work (validation, building the
+/// new runtime, persisting), so reloads are serialized, never run on a worker, and run at a
+/// lower CPU priority (nice 10) than the workers: on a busy machine, config work yields to
+/// traffic instead of taking time slices from it.
+pub fn on_reload_thread<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<R> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static JOBS: std::sync::OnceLock<Option<std::sync::Mutex<std::sync::mpsc::Sender<Job>>>> =
+        std::sync::OnceLock::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    let sender = JOBS.get_or_init(|| {
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("kairos-reload".into())
+            .spawn(move || {
+                lower_priority();
+                while let Ok(job) = jobs_rx.recv() {
+                    job();
+                }
+            })
+            .ok()
+            .map(|_| std::sync::Mutex::new(jobs_tx))
+    });
+    match sender {
+        Some(s) => {
+            if let Err(e) = s.lock().unwrap_or_else(|e| e.into_inner()).send(job) {
+                // The thread is gone: run here rather than never.
+                (e.0)();
+            }
+        }
+        None => job(),
+    }
+    rx
+}
+
+/// Nice 10 for the calling thread (Linux applies setpriority to one thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread; no memory is shared.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0 {
+            tracing::debug!("could not lower the reload thread's priority");
+        }
+    }
+}
+
 /// SHA-256 of config text, hex.
 pub fn hash_text(text: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
@@ -383,7 +434,9 @@ pub fn watch(state: std::sync::Arc<SharedState>, path: PathBuf) -> Result<(), St
             while rx.recv().is_ok() {
                 // Debounce: until 200 ms pass without another event.
                 while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
-                let _ = state.reload_file("file");
+                let st = state.clone();
+                let done = on_reload_thread(move || st.reload_file("file").is_ok());
+                let _ = done.blocking_recv();
             }
         })
         .map_err(|e| format!("cannot start the config watcher: {e}"))?;

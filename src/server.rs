@@ -127,8 +127,8 @@ pub async fn run_until_signal(
         };
         while hup.recv().await.is_some() {
             let state = reloader.clone();
-            // Off this thread: building a large config's runtime takes milliseconds.
-            let _ = tokio::task::spawn_blocking(move || state.reload_file("sighup")).await;
+            let _ =
+                crate::reload::on_reload_thread(move || state.reload_file("sighup").is_ok()).await;
         }
     });
     server.await

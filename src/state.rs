@@ -152,6 +152,9 @@ pub struct SharedState {
     config_text: Mutex<(Arc<str>, String)>,
     last_reload: Mutex<Option<crate::reload::LastReload>>,
     pub started: std::time::SystemTime,
+    /// Replaced runtimes that requests still hold.
+    retired: Arc<Mutex<Vec<Arc<Runtime>>>>,
+    sweeping: Arc<AtomicBool>,
 }
 
 impl SharedState {
@@ -174,6 +177,8 @@ impl SharedState {
             config_text: Mutex::new((Arc::from(""), String::new())),
             last_reload: Mutex::new(None),
             started: std::time::SystemTime::now(),
+            retired: Arc::default(),
+            sweeping: Arc::default(),
         })
     }
 
@@ -217,10 +222,35 @@ impl SharedState {
         self.live.load_full()
     }
 
-    /// Replaces the runtime; requests already running keep the old one.
+    /// Replaces the runtime; requests already running keep the old one. The old one is
+    /// freed here or by a sweep on the background thread once its last request is done, never
+    /// by a worker (freeing a large config takes milliseconds).
     pub fn swap(&self, runtime: Runtime) {
         runtime.start(&self.metrics);
-        self.live.store(Arc::new(runtime));
+        let old = self.live.swap(Arc::new(runtime));
+        let mut retired = lock(&self.retired);
+        retired.push(old);
+        retired.retain(|r| Arc::strong_count(r) > 1);
+        if !retired.is_empty() && !self.sweeping.swap(true, Ordering::AcqRel) {
+            let (list, flag) = (self.retired.clone(), self.sweeping.clone());
+            let sweep = async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    let mut l = lock(&list);
+                    l.retain(|r| Arc::strong_count(r) > 1);
+                    if l.is_empty() {
+                        flag.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            };
+            match crate::upstream::health::background() {
+                Some(rt) => {
+                    rt.spawn(sweep);
+                }
+                None => self.sweeping.store(false, Ordering::Release),
+            }
+        }
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -499,15 +499,16 @@ fn the_admin_api_guards_redacts_dry_runs_and_persists() {
         .unwrap();
     assert!(openapi["paths"]["/_kairos/config"]["put"].is_object());
 
-    // Restart on the persisted file: the renamed route is there.
-    let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_kairos-rs"))
-        .args(["routes", "list", "--format", "json", "--config"])
-        .arg(gw.config_path())
-        .env("RELOAD_TEST_TOKEN", TOKEN)
-        .output()
+    // Restart on the persisted file: the renamed route is in effect.
+    let restarted = GatewayProcess::start_in_dir(gw.into_dir(), &[("RELOAD_TEST_TOKEN", TOKEN)]);
+    let routes: serde_json::Value = c
+        .get(restarted.url("/_kairos/routes"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
         .unwrap();
-    assert!(restarted.status.success());
-    assert!(String::from_utf8_lossy(&restarted.stdout).contains("\"renamed\""));
+    assert_eq!(routes[0]["name"], "renamed");
 }
 
 #[test]

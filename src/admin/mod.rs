@@ -191,7 +191,7 @@ async fn config_reload(req: HttpRequest, state: web::Data<SharedState>) -> HttpR
         );
     }
     let st = state.clone();
-    match web::block(move || st.reload_file("api")).await {
+    match crate::reload::on_reload_thread(move || st.reload_file("api")).await {
         Ok(Ok(applied)) => {
             HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
         }
@@ -223,7 +223,7 @@ async fn config_validate(
         .config_path()
         .unwrap_or_else(|| "request-body.json".into());
     let st = state.clone();
-    match web::block(move || st.dry_run(&text, &path)).await {
+    match crate::reload::on_reload_thread(move || st.dry_run(&text, &path)).await {
         Ok(Ok(diff)) => HttpResponse::Ok().json(serde_json::json!({ "valid": true, "diff": diff })),
         Ok(Err(e)) => invalid_config(&req, &e),
         Err(_) => HttpResponse::ServiceUnavailable().finish(),
@@ -258,7 +258,7 @@ async fn config_put(
         );
     };
     let st = state.clone();
-    let result = web::block(move || {
+    let result = crate::reload::on_reload_thread(move || {
         let write = || crate::reload::persist(&path, &text);
         st.apply_text(&text, &path, "api", Some(&write))
     })

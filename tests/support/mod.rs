@@ -547,6 +547,13 @@ impl GatewayProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("config.json");
         std::fs::write(&path, v.to_string()).expect("write config");
+        Self::start_in_dir(dir, env)
+    }
+
+    /// Runs the binary on `dir/config.json` as it is (say, a config an earlier gateway
+    /// persisted); the directory is removed with the process.
+    pub fn start_in_dir(dir: tempfile::TempDir, env: &[(&str, &str)]) -> GatewayProcess {
+        let path = dir.path().join("config.json");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kairos-rs"))
             .arg("--config")
             .arg(&path)
@@ -599,6 +606,13 @@ impl GatewayProcess {
     /// The config file the gateway was started with.
     pub fn config_path(&self) -> std::path::PathBuf {
         self._dir.path().join("config.json")
+    }
+
+    /// Stops the gateway and hands over its directory (config file included).
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"))
     }
 
     pub fn pid(&self) -> u32 {
