@@ -73,3 +73,21 @@ free_port() {
     done
     die "no free port found"
 }
+
+# upstream_nginx_conf DIR PORT [SINK_PORT]: writes DIR/nginx.conf for a one-worker nginx that
+# answers 200 "ok" on PORT (and an empty 200 on SINK_PORT, an OTLP sink, when given); start it
+# with: "$NGINX" -e DIR/error.log -p DIR -c DIR/nginx.conf -g 'daemon off;' &
+upstream_nginx_conf() {
+    local dir=$1 port=$2 sink=${3:-} user=""
+    # As root nginx would switch its worker to "nobody", which cannot write into our temp dir.
+    [[ $EUID -eq 0 ]] && user="user root;"
+    mkdir -p "$dir/tmp"
+    {
+        printf '%s\nworker_processes 1;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\n' "$user" "$dir" "$dir"
+        printf 'events { worker_connections 4096; }\nhttp {\n    access_log off;\n'
+        printf '    client_body_temp_path %s/tmp;\n    keepalive_requests 1000000;\n' "$dir"
+        printf '    server { listen 127.0.0.1:%s; location / { default_type text/plain; return 200 "ok"; } }\n' "$port"
+        [[ -n $sink ]] && printf '    server { listen 127.0.0.1:%s; location / { return 200; } }\n' "$sink"
+        printf '}\n'
+    } >"$dir/nginx.conf"
+}

@@ -48,22 +48,7 @@ fi
 
 free_port UP_PORT
 free_port GW_PORT
-NGX_USER=""
-[[ $EUID -eq 0 ]] && NGX_USER="user root;"
-mkdir -p "$TMP/up/tmp"
-cat >"$TMP/up/nginx.conf" <<EOF
-$NGX_USER
-worker_processes 1;
-pid $TMP/up/nginx.pid;
-error_log $TMP/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/up/tmp;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UP_PORT; location / { default_type text/plain; return 200 "ok"; } }
-}
-EOF
+upstream_nginx_conf "$TMP/up" "$UP_PORT"
 "${ON_AUX[@]}" "$NGINX" -e "$TMP/up/error.log" -p "$TMP/up" -c "$TMP/up/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 

@@ -48,14 +48,35 @@ fn blocking_client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
-fn status_hash(c: &reqwest::blocking::Client, gw: &GatewayProcess) -> String {
-    let v: serde_json::Value = c
-        .get(gw.url("/_kairos/status"))
+/// An admin GET with the token, as JSON.
+fn admin_json(c: &reqwest::blocking::Client, gw: &GatewayProcess, path: &str) -> serde_json::Value {
+    c.get(gw.url(path))
         .bearer_auth(TOKEN)
         .send()
         .unwrap()
         .json()
+        .unwrap()
+}
+
+/// An admin call with the token and a body: status and JSON answer.
+fn admin_send(
+    c: &reqwest::blocking::Client,
+    method: reqwest::Method,
+    url: String,
+    body: String,
+) -> (u16, serde_json::Value) {
+    let res = c
+        .request(method, url)
+        .bearer_auth(TOKEN)
+        .body(body)
+        .send()
         .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().unwrap_or_default())
+}
+
+fn status_hash(c: &reqwest::blocking::Client, gw: &GatewayProcess) -> String {
+    let v: serde_json::Value = admin_json(c, gw, "/_kairos/status");
     v["config"]["sha256"]
         .as_str()
         .unwrap_or_default()
@@ -307,13 +328,7 @@ fn servers_keep_their_health_and_circuit_across_a_reload() {
     let gw = GatewayProcess::start(&config(false));
     let c = blocking_client();
     let server = |c: &reqwest::blocking::Client, upstream: &str, i: usize| -> serde_json::Value {
-        let v: serde_json::Value = c
-            .get(gw.url("/_kairos/upstreams"))
-            .bearer_auth(TOKEN)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let v: serde_json::Value = admin_json(c, &gw, "/_kairos/upstreams");
         let u = v["upstreams"]
             .as_array()
             .unwrap()
@@ -415,99 +430,67 @@ fn the_admin_api_guards_redacts_dry_runs_and_persists() {
 
     // Dry run: the diff, and nothing applied.
     let next = text.replace(r#""name":"r""#, r#""name":"renamed""#);
-    let res = c
-        .post(gw.url("/_kairos/config/validate"))
-        .bearer_auth(TOKEN)
-        .body(next.clone())
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let dry: serde_json::Value = res.json().unwrap();
+    let (status, dry) = admin_send(
+        &c,
+        reqwest::Method::POST,
+        gw.url("/_kairos/config/validate"),
+        next.clone(),
+    );
+    assert_eq!(status, 200);
     assert_eq!(dry["diff"]["routes_added"], serde_json::json!(["renamed"]));
     assert_eq!(dry["diff"]["routes_removed"], serde_json::json!(["r"]));
-    let res = c
-        .post(gw.url("/_kairos/config/validate"))
-        .bearer_auth(TOKEN)
-        .body(r#"{"routes": [{"path": "/x", "upstream": "nope"}]}"#)
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), 400);
-    let routes: serde_json::Value = c
-        .get(gw.url("/_kairos/routes"))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let (status, _) = admin_send(
+        &c,
+        reqwest::Method::POST,
+        gw.url("/_kairos/config/validate"),
+        r#"{"routes": [{"path": "/x", "upstream": "nope"}]}"#.into(),
+    );
+    assert_eq!(status, 400);
+    let routes: serde_json::Value = admin_json(&c, &gw, "/_kairos/routes");
     assert_eq!(routes[0]["name"], "r", "a dry run applies nothing");
 
     // A persist that fails (its temp file cannot be created) changes nothing.
     let dir = gw.config_path().parent().unwrap().to_path_buf();
     let blocker = dir.join(format!(".config.json.tmp-{}", gw.pid()));
     std::fs::create_dir(&blocker).unwrap();
-    let res = c
-        .put(gw.url("/_kairos/config"))
-        .bearer_auth(TOKEN)
-        .body(next.clone())
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), 500);
-    let err: serde_json::Value = res.json().unwrap();
+    let (status, err) = admin_send(
+        &c,
+        reqwest::Method::PUT,
+        gw.url("/_kairos/config"),
+        next.clone(),
+    );
+    assert_eq!(status, 500);
     assert_eq!(err["error"]["code"], "config_persist_failed");
     assert_eq!(std::fs::read_to_string(gw.config_path()).unwrap(), text);
-    let routes: serde_json::Value = c
-        .get(gw.url("/_kairos/routes"))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let routes: serde_json::Value = admin_json(&c, &gw, "/_kairos/routes");
     assert_eq!(routes[0]["name"], "r", "a failed persist applies nothing");
     std::fs::remove_dir(&blocker).unwrap();
 
     // PUT: applied, persisted (the old file kept as .bak), and in effect after a restart.
     let old_file = std::fs::read_to_string(gw.config_path()).unwrap();
-    let res = c
-        .put(gw.url("/_kairos/config"))
-        .bearer_auth(TOKEN)
-        .body(next.clone())
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let (status, _) = admin_send(
+        &c,
+        reqwest::Method::PUT,
+        gw.url("/_kairos/config"),
+        next.clone(),
+    );
+    assert_eq!(status, 200);
     assert_eq!(std::fs::read_to_string(gw.config_path()).unwrap(), next);
     assert_eq!(
         std::fs::read_to_string(dir.join("config.json.bak")).unwrap(),
         old_file
     );
-    let status: serde_json::Value = c
-        .get(gw.url("/_kairos/status"))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let status: serde_json::Value = admin_json(&c, &gw, "/_kairos/status");
     assert_eq!(status["last_reload"]["result"], "success");
     assert_eq!(status["last_reload"]["trigger"], "api");
     assert_eq!(status["config"]["sha256"], sha256(&next));
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
-    let openapi: serde_json::Value = c
-        .get(gw.url("/_kairos/openapi.json"))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let openapi: serde_json::Value = admin_json(&c, &gw, "/_kairos/openapi.json");
     assert!(openapi["paths"]["/_kairos/config"]["put"].is_object());
 
     // Restart on the persisted file: the renamed route is in effect.
     let restarted = GatewayProcess::start_in_dir(gw.into_dir(), &[("RELOAD_TEST_TOKEN", TOKEN)]);
-    let routes: serde_json::Value = c
-        .get(restarted.url("/_kairos/routes"))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let routes: serde_json::Value = admin_json(&c, &restarted, "/_kairos/routes");
     assert_eq!(routes[0]["name"], "renamed");
 }
 

@@ -200,6 +200,27 @@ async fn config_reload(req: HttpRequest, state: web::Data<SharedState>) -> HttpR
     }
 }
 
+/// The config text of an admin request, or the response refusing it (no token, not UTF-8).
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per call
+fn config_body(
+    req: &HttpRequest,
+    state: &SharedState,
+    body: &[u8],
+) -> Result<String, HttpResponse> {
+    if let Some(res) = refuse(req, state) {
+        return Err(res);
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| {
+        api_error(
+            req,
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the config is not UTF-8",
+            None,
+        )
+    })
+}
+
 /// `POST /_kairos/config/validate`: a dry run of the config in the body: its errors, or
 /// what applying it would change.
 async fn config_validate(
@@ -207,17 +228,9 @@ async fn config_validate(
     body: web::Bytes,
     state: web::Data<SharedState>,
 ) -> HttpResponse {
-    if let Some(res) = refuse(&req, &state) {
-        return res;
-    }
-    let Ok(text) = String::from_utf8(body.to_vec()) else {
-        return api_error(
-            &req,
-            actix_web::http::StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the config is not UTF-8",
-            None,
-        );
+    let text = match config_body(&req, &state, &body) {
+        Ok(text) => text,
+        Err(res) => return res,
     };
     let path = state
         .config_path()
@@ -236,17 +249,9 @@ async fn config_put(
     body: web::Bytes,
     state: web::Data<SharedState>,
 ) -> HttpResponse {
-    if let Some(res) = refuse(&req, &state) {
-        return res;
-    }
-    let Ok(text) = String::from_utf8(body.to_vec()) else {
-        return api_error(
-            &req,
-            actix_web::http::StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the config is not UTF-8",
-            None,
-        );
+    let text = match config_body(&req, &state, &body) {
+        Ok(text) => text,
+        Err(res) => return res,
     };
     let Some(path) = state.config_path() else {
         return api_error(
