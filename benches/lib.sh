@@ -91,3 +91,17 @@ upstream_nginx_conf() {
         printf '}\n'
     } >"$dir/nginx.conf"
 }
+
+# ensure_kairos_bin: sets KAIROS_BIN to a release build of the repo (cargo build --release)
+# unless it is set already; dies if there is no executable there.
+ensure_kairos_bin() {
+    if [[ -z ${KAIROS_BIN:-} ]]; then
+        log "cargo build --release"
+        (cd "$REPO" && cargo build --release --quiet)
+        local target_dir
+        target_dir=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
+            sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+        KAIROS_BIN=${target_dir:-$REPO/target}/release/kairos-rs
+    fi
+    [[ -x $KAIROS_BIN ]] || die "no kairos-rs binary at $KAIROS_BIN"
+}

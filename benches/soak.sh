@@ -27,14 +27,7 @@ LOG_TAG=soak
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kairos-soak.XXXXXX")
 chmod 755 "$TMP"
 
-if [[ -z ${KAIROS_BIN:-} ]]; then
-    log "cargo build --release"
-    (cd "$REPO" && cargo build --release --quiet)
-    target_dir=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    KAIROS_BIN=${target_dir:-$REPO/target}/release/kairos-rs
-fi
-[[ -x $KAIROS_BIN ]] || die "no kairos-rs binary at $KAIROS_BIN"
+ensure_kairos_bin
 
 free_port UP_PORT
 free_port SINK_PORT

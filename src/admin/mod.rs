@@ -161,6 +161,17 @@ fn api_error(
         .json(body)
 }
 
+/// 409: the gateway was started without a config file (demo mode).
+fn no_config_file(req: &HttpRequest, consequence: &str) -> HttpResponse {
+    api_error(
+        req,
+        actix_web::http::StatusCode::CONFLICT,
+        "no_config_file",
+        &format!("the gateway runs without a config file (no --config): {consequence}"),
+        None,
+    )
+}
+
 fn invalid_config(req: &HttpRequest, e: &crate::config::ConfigErrors) -> HttpResponse {
     let n = e.errors.len();
     let message = format!(
@@ -182,13 +193,7 @@ async fn config_reload(req: HttpRequest, state: web::Data<SharedState>) -> HttpR
         return res;
     }
     if state.config_path().is_none() {
-        return api_error(
-            &req,
-            actix_web::http::StatusCode::CONFLICT,
-            "no_config_file",
-            "the gateway runs without a config file (no --config): nothing to reload",
-            None,
-        );
+        return no_config_file(&req, "nothing to reload");
     }
     let st = state.clone();
     match crate::reload::on_reload_thread(move || st.reload_file("api")).await {
@@ -254,13 +259,7 @@ async fn config_put(
         Err(res) => return res,
     };
     let Some(path) = state.config_path() else {
-        return api_error(
-            &req,
-            actix_web::http::StatusCode::CONFLICT,
-            "no_config_file",
-            "the gateway runs without a config file (no --config): there is nowhere to persist",
-            None,
-        );
+        return no_config_file(&req, "there is nowhere to persist");
     };
     let st = state.clone();
     let result = crate::reload::on_reload_thread(move || {
