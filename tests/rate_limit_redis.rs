@@ -120,7 +120,10 @@ async fn three_gateways_share_one_limit_under_steady_load() {
     for t in tasks {
         all.extend(t.await.expect("client task"));
     }
-    let elapsed = start.elapsed().min(window).as_secs_f64();
+    // Decisions were made while requests were sent (the 4 s window) and, on a busy machine,
+    // for a while after as late ones arrived: the limit allows burst + rate × that span.
+    let sent_for = window.as_secs_f64();
+    let decided_for = start.elapsed().as_secs_f64();
     let admitted = all.iter().filter(|&&s| s == 200).count() as f64;
     let refused = all.iter().filter(|&&s| s == 429).count();
     assert_eq!(
@@ -128,15 +131,17 @@ async fn three_gateways_share_one_limit_under_steady_load() {
         all.len(),
         "every answer is 200 or 429"
     );
-    let expected = 50.0 + 100.0 * elapsed;
-    let ratio = admitted / expected;
+    let expected = 50.0 + 100.0 * sent_for;
+    let most = 50.0 + 100.0 * decided_for;
     println!(
-        "offered {} over {elapsed:.2} s, admitted {admitted}, expected {expected:.0} ({ratio:.3})",
-        all.len()
+        "offered {} over {sent_for:.2} s (last answer at {decided_for:.2} s), admitted {admitted}, \
+         expected {expected:.0} ({:.3})",
+        all.len(),
+        admitted / expected
     );
     assert!(
-        (0.95..=1.05).contains(&ratio),
-        "admitted {admitted}, expected {expected:.0} ± 5% (ratio {ratio:.3})"
+        admitted >= 0.95 * expected && admitted <= 1.05 * most,
+        "admitted {admitted}, expected {expected:.0} (at most {most:.0}) ± 5%"
     );
     // Only admitted requests (and the three warm-ups) reached the upstream.
     assert_eq!(up.count(), admitted as usize + 3);
