@@ -127,6 +127,9 @@ log "wrk ${DURATION}s without reloads"
 "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d2s "$URL" >/dev/null
 run_wrk "$TMP/base.txt"
 log "wrk ${DURATION}s with $RATE reloads/s"
+# The loop (awk writing the config, curl) runs on the wrk/upstream CPU, so that what the
+# gateway's CPU loses is the reload itself.
+[[ ${#ON_AUX[@]} -gt 0 ]] && taskset -p -c 1 $$ >/dev/null
 (
     n=1000
     end=$(($(date +%s) + DURATION))
@@ -139,6 +142,7 @@ log "wrk ${DURATION}s with $RATE reloads/s"
 ) &
 LOOP=$!
 PIDS+=("$LOOP")
+[[ ${#ON_AUX[@]} -gt 0 ]] && taskset -p -c 0-"$(($(nproc) - 1))" $$ >/dev/null
 run_wrk "$TMP/dip.txt"
 wait "$LOOP" || die "a reload failed during the load"
 forget "$LOOP"
