@@ -490,7 +490,7 @@ impl RateLimiter {
                     ("x-ratelimit-remaining", u64::from(t.remaining)),
                     ("x-ratelimit-reset", t.reset_s),
                 ] {
-                    headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+                    headers.insert(HeaderName::from_static(name), number(value));
                 }
             }
         }
@@ -524,6 +524,23 @@ impl RateLimiter {
         }
         (policy, state)
     }
+}
+
+/// A number as a header value. Those below 4096 (most limits, counts and resets) come from a
+/// table of static values, whose clones neither allocate nor format.
+fn number(n: u64) -> actix_web::http::header::HeaderValue {
+    use actix_web::http::header::HeaderValue;
+    const CACHED: u64 = 4096;
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    if n >= CACHED {
+        return HeaderValue::from(n);
+    }
+    let table = SMALL.get_or_init(|| {
+        (0..CACHED)
+            .map(|i| HeaderValue::from_static(Box::leak(i.to_string().into_boxed_str())))
+            .collect()
+    });
+    table[n as usize].clone()
 }
 
 fn status(idx: u32, rate: &Rate, tat: u64, now: u64, refused: bool, per_s: f64) -> LimitStatus {
@@ -639,6 +656,16 @@ impl Builder<'_> {
             key: key.filter(|_| r.auth.api_key),
             key_is_default,
             own_keys: inherit && r.auth.api_key,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn header_numbers_from_the_table_and_beyond() {
+        for n in [0u64, 1, 42, 4095, 4096, 1_000_000] {
+            assert_eq!(super::number(n).to_str().unwrap(), n.to_string());
         }
     }
 }
