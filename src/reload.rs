@@ -22,6 +22,9 @@ pub struct Diff {
     /// `upstream url`.
     pub servers_added: Vec<String>,
     pub servers_removed: Vec<String>,
+    /// Sections whose settings changed: jwt_validation, api_keys, rate_limiting, cors,
+    /// tracing, admin.
+    pub settings_changed: Vec<String>,
     /// Settings that only take effect on restart (listener, workers, logging).
     pub needs_restart: Vec<String>,
 }
@@ -110,7 +113,38 @@ impl Diff {
                 "logging",
                 format!("{:?}", old.logging) != format!("{:?}", new.logging),
             ),
+            (
+                "admin.watch_config",
+                old.admin.watch_config != new.admin.watch_config,
+            ),
         ];
+        // Compared through Debug (secrets print as redacted or as hashes; nothing of it is
+        // shown, only the section names).
+        let sections = [
+            (
+                "jwt_validation",
+                format!("{:?}", old.jwt) != format!("{:?}", new.jwt),
+            ),
+            (
+                "api_keys",
+                format!("{:?}", old.api_keys) != format!("{:?}", new.api_keys),
+            ),
+            ("rate_limiting", old.rate_limiting != new.rate_limiting),
+            ("cors", old.cors != new.cors),
+            (
+                "tracing",
+                format!("{:?}", old.tracing) != format!("{:?}", new.tracing),
+            ),
+            (
+                "admin",
+                format!("{:?}", old.admin) != format!("{:?}", new.admin),
+            ),
+        ];
+        d.settings_changed = sections
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(k, _)| k.to_string())
+            .collect();
         d.needs_restart = restart
             .iter()
             .filter(|(_, changed)| *changed)
@@ -161,7 +195,11 @@ pub fn on_reload_thread<R: Send + 'static>(
         std::sync::OnceLock::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = tx.send(f());
+        // A panic in one reload must not take the reload thread with it; the caller sees
+        // the dropped answer.
+        if let Ok(out) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            let _ = tx.send(out);
+        }
     });
     let sender = JOBS.get_or_init(|| {
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
@@ -200,6 +238,15 @@ fn lower_priority() {
     }
 }
 
+/// Why a reload did not take effect (either way nothing changed).
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The config is invalid.
+    Invalid(ConfigErrors),
+    /// The config is valid but could not be written to the config file.
+    Persist(String),
+}
+
 /// SHA-256 of config text, hex.
 pub fn hash_text(text: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
@@ -226,9 +273,21 @@ impl SharedState {
             )],
         });
         match text {
-            Ok(text) => self.apply_text(&text, &path, trigger, None),
+            Ok(text) => self
+                .apply_text(&text, &path, trigger, None)
+                .map_err(|e| match e {
+                    ReloadError::Invalid(e) => e,
+                    ReloadError::Persist(m) => ConfigErrors {
+                        source_name: path.display().to_string(),
+                        errors: vec![ConfigError::new("", m)],
+                    },
+                }),
             Err(e) => {
-                self.record_failure(trigger, Instant::now(), &e);
+                self.record_failure(trigger, Instant::now(), &e.to_string());
+                tracing::error!(
+                    trigger,
+                    "config reload failed; the running config stays in effect:\n{e}"
+                );
                 Err(e)
             }
         }
@@ -243,12 +302,20 @@ impl SharedState {
         path: &Path,
         trigger: &'static str,
         persist: Option<&dyn Fn() -> Result<(), String>>,
-    ) -> Result<Applied, ConfigErrors> {
+    ) -> Result<Applied, ReloadError> {
         let _serial = self.reload_lock();
         let start = Instant::now();
         let hash = hash_text(text);
-        if hash == self.config_hash() {
-            // An editor's second write, or our own persist seen by the watcher.
+        // The text in effect again: the watcher seeing an editor's second write or our own
+        // persist has nothing to do, and a PUT only writes the file (it may differ on disk).
+        // An operator's SIGHUP or POST reload rebuilds anyway: files the config names (CA
+        // bundles) may have changed.
+        if hash == self.config_hash() && (trigger == "file" || persist.is_some()) {
+            if let Some(Err(e)) = persist.map(|p| p()) {
+                self.record_failure(trigger, start, &e);
+                tracing::error!(trigger, error = e, "config not persisted");
+                return Err(ReloadError::Persist(e));
+            }
             return Ok(Applied {
                 diff: Diff::default(),
                 duration_ms: 0.0,
@@ -264,11 +331,9 @@ impl SharedState {
                 let diff = Diff::between(&old.config, &config);
                 Runtime::build_from(config, &self.metrics, Some(&old)).map(|rt| (rt, diff))
             })
+            .map_err(ReloadError::Invalid)
             .and_then(|built| match persist.map(|p| p()) {
-                Some(Err(e)) => Err(ConfigErrors {
-                    source_name: source.clone(),
-                    errors: vec![ConfigError::new("", e)],
-                }),
+                Some(Err(e)) => Err(ReloadError::Persist(e)),
                 _ => Ok(built),
             });
         match built {
@@ -276,8 +341,10 @@ impl SharedState {
                 for w in &runtime.config.warnings {
                     tracing::warn!("config warning: {w}");
                 }
-                self.swap(runtime);
+                // The text first: /status and GET /config never show the old text with the
+                // new runtime in effect.
                 self.set_config_text(text, hash.clone());
+                self.swap(runtime);
                 let servers: Vec<(String, String)> = diff
                     .servers_removed
                     .iter()
@@ -310,8 +377,14 @@ impl SharedState {
                     upstreams_changed = ?diff.upstreams_changed,
                     servers_added = ?diff.servers_added,
                     servers_removed = ?diff.servers_removed,
+                    settings_changed = ?diff.settings_changed,
                     "config reloaded"
                 );
+                if diff.settings_changed.iter().any(|s| s == "admin") {
+                    tracing::warn!(
+                        "admin settings changed: admin API clients may need the new token"
+                    );
+                }
                 if !diff.needs_restart.is_empty() {
                     tracing::warn!(
                         settings = ?diff.needs_restart,
@@ -325,9 +398,20 @@ impl SharedState {
                     unchanged: false,
                 })
             }
-            Err(e) => {
-                self.record_failure(trigger, start, &e);
-                Err(e)
+            Err(ReloadError::Invalid(e)) => {
+                let first = e.errors.first().map(|x| x.to_string()).unwrap_or_default();
+                self.record_failure(trigger, start, &format!("{}: {first}", e.source_name));
+                tracing::error!(
+                    trigger,
+                    errors = e.errors.len(),
+                    "config reload failed; the running config stays in effect:\n{e}"
+                );
+                Err(ReloadError::Invalid(e))
+            }
+            Err(ReloadError::Persist(m)) => {
+                self.record_failure(trigger, start, &m);
+                tracing::error!(trigger, error = m, "config not persisted; nothing changed");
+                Err(ReloadError::Persist(m))
             }
         }
     }
@@ -337,31 +421,23 @@ impl SharedState {
         let base = path.parent().unwrap_or(Path::new("."));
         let config = crate::config::load_str(text, &path.display().to_string(), base)?;
         let old = self.load();
-        let diff = Diff::between(&old.config, &config);
-        // Everything the runtime build checks too (e.g. the tracing endpoint), without
-        // starting anything.
-        Runtime::build(config, &crate::observability::metrics::Metrics::new())?;
-        Ok(diff)
+        // Validation covers what the runtime build would check; building one here would start
+        // its background parts (the span exporter) for nothing.
+        Ok(Diff::between(&old.config, &config))
     }
 
-    fn record_failure(&self, trigger: &'static str, start: Instant, e: &ConfigErrors) {
+    fn record_failure(&self, trigger: &'static str, start: Instant, error: &str) {
         self.metrics
             .config_reloads
             .with_label_values(&["failure"])
             .inc();
-        let first = e.errors.first().map(|x| x.to_string()).unwrap_or_default();
         self.set_last_reload(LastReload {
             at: crate::admin::rfc3339(SystemTime::now()),
             result: "failure",
             trigger,
             duration_ms: start.elapsed().as_secs_f64() * 1000.0,
-            error: Some(format!("{}: {first}", e.source_name)),
+            error: Some(error.to_string()),
         });
-        tracing::error!(
-            trigger,
-            errors = e.errors.len(),
-            "config reload failed; the running config stays in effect:\n{e}"
-        );
     }
 }
 
@@ -376,33 +452,59 @@ fn unix_now() -> f64 {
 /// file is untouched.
 pub fn persist(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+    // Through a symlink, the file it points to is replaced (the link stays a link).
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = match real.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
     };
-    let name = path
+    let name = real
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "config.json".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        if path.exists() {
-            std::fs::copy(path, dir.join(format!("{name}.bak")))?;
-        }
-        std::fs::rename(&tmp, path)?;
-        // The rename itself is durable once the directory is synced.
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+    let old = std::fs::metadata(&real).ok();
+    let fail = |e: std::io::Error| {
         format!(
             "cannot persist the config to {}: {e}; the file and the running config are unchanged",
             path.display()
         )
-    })
+    };
+    let write = || -> std::io::Result<()> {
+        // A temp file left by a crash is ours to replace; anything else there fails below.
+        let _ = std::fs::remove_file(&tmp);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+            // The old file's mode (a config with secrets is often 0600), else owner-only.
+            opts.mode(old.as_ref().map_or(0o600, |m| m.mode() & 0o7777));
+        }
+        let mut f = opts.open(&tmp)?;
+        #[cfg(unix)]
+        if let Some(m) = &old {
+            use std::os::unix::fs::MetadataExt;
+            // Keep the owner too (possible as root; otherwise the file is already ours).
+            let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        if old.is_some() {
+            std::fs::copy(&real, dir.join(format!("{name}.bak")))?;
+        }
+        std::fs::rename(&tmp, &real)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    // The rename is done: the new file is what a restart reads. Syncing the directory makes
+    // the rename itself durable; if that fails the file is still right, so it is only said.
+    if let Err(e) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(error = %e, dir = %dir.display(), "config written, but its directory could not be synced");
+    }
+    Ok(())
 }
 
 /// Watches the config file and reloads when it changes. Editors that write a temp file and

@@ -259,13 +259,22 @@ fn describe_error(body: &str) -> String {
     out
 }
 
-/// `config deploy FILE`: validates locally, then PUTs it; prints what changed.
+/// `config deploy FILE`: checks its syntax here, then PUTs it (the gateway validates it
+/// fully); prints what changed.
 pub fn deploy(gw: &Gateway, file: &Path) -> Result<String, RemoteError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| RemoteError::Usage(format!("cannot read {}: {e}", file.display())))?;
-    let base = file.parent().unwrap_or(Path::new("."));
-    crate::config::load_str(&text, &file.display().to_string(), base)
-        .map_err(|e| RemoteError::Invalid(format!("not deployed: {e}")))?;
+    // Only the syntax is checked here: `${ENV}` references and file paths in the config are
+    // the gateway's, not this machine's. The gateway validates fully (and answers 400 with
+    // every error) before anything changes.
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {
+        return Err(RemoteError::Invalid(format!(
+            "not deployed: {}:{}:{}: invalid JSON: {e}",
+            file.display(),
+            e.line(),
+            e.column()
+        )));
+    }
     let body = gw.call(reqwest::Method::PUT, "/_kairos/config", Some(text))?;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let applied = &v["applied"];

@@ -543,3 +543,29 @@ fn edge_security_sections_are_validated_with_their_paths() {
     ));
     assert_eq!(e.path, "routes[0].cors.allowed_origins[0]");
 }
+
+#[test]
+fn errors_never_echo_a_value_from_the_environment() {
+    let secret = "s3cr3t-value-from-env-9f8e7d";
+    let errs = errors_env(
+        &format!(
+            r#"{{{UP}, "server": {{"port": "${{JWT_SECRET}}"}}, "logging": {{"level": "${{LEVEL}}"}}}}"#
+        ),
+        &[("JWT_SECRET", secret), ("LEVEL", "verbose-and-secret")],
+    );
+    assert!(!errs.is_empty());
+    for e in &errs {
+        let shown = format!("{e} {:?}", e.hint);
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(!shown.contains("verbose-and-secret"), "{shown}");
+    }
+    let port = errs
+        .iter()
+        .find(|e| e.path == "server.port")
+        .expect("port error");
+    assert!(
+        port.message.contains("<value of ${JWT_SECRET}>"),
+        "{}",
+        port.message
+    );
+}

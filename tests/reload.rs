@@ -466,7 +466,10 @@ fn the_admin_api_guards_redacts_dry_runs_and_persists() {
     assert_eq!(routes[0]["name"], "r", "a failed persist applies nothing");
     std::fs::remove_dir(&blocker).unwrap();
 
-    // PUT: applied, persisted (the old file kept as .bak), and in effect after a restart.
+    // PUT: applied, persisted (the old file kept as .bak, the mode kept), and in effect after
+    // a restart.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(gw.config_path(), std::fs::Permissions::from_mode(0o640)).unwrap();
     let old_file = std::fs::read_to_string(gw.config_path()).unwrap();
     let (status, _) = admin_send(
         &c,
@@ -476,6 +479,12 @@ fn the_admin_api_guards_redacts_dry_runs_and_persists() {
     );
     assert_eq!(status, 200);
     assert_eq!(std::fs::read_to_string(gw.config_path()).unwrap(), next);
+    let mode = std::fs::metadata(gw.config_path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o640, "the persisted file keeps the old file's mode");
     assert_eq!(
         std::fs::read_to_string(dir.join("config.json.bak")).unwrap(),
         old_file
@@ -497,18 +506,19 @@ fn the_admin_api_guards_redacts_dry_runs_and_persists() {
 #[test]
 fn the_cli_deploys_checks_exports_and_lists_against_a_gateway() {
     let up = Upstream::start_ok();
+    // The token comes from the gateway's environment: the CLI's machine does not have it.
     let base = |route: &str| {
         serde_json::json!({
             "version": 1,
             "server": {"host": "127.0.0.1", "port": 0, "workers": 1},
-            "admin": {"token": TOKEN, "watch_config": false},
+            "admin": {"token": "${CLI_TEST_ADMIN_TOKEN}", "watch_config": false},
             "upstreams": {"u": {"servers": [{"url": up.url()}]}},
             "routes": [{"name": route, "path": "/r", "upstream": "u"}],
             "logging": {"format": "json", "level": "info", "access_log": false}
         })
         .to_string()
     };
-    let gw = GatewayProcess::start(&base("first"));
+    let gw = GatewayProcess::start_with_env(&base("first"), &[("CLI_TEST_ADMIN_TOKEN", TOKEN)]);
     let dir = tempfile::tempdir().unwrap();
     let cli = |args: &[&str], token: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_kairos-rs"))
@@ -516,6 +526,7 @@ fn the_cli_deploys_checks_exports_and_lists_against_a_gateway() {
             .env("KAIROS_ADMIN_TOKEN", token)
             .env("STAGING_TOKEN", TOKEN)
             .env_remove("KAIROS_CONFIG")
+            .env_remove("CLI_TEST_ADMIN_TOKEN")
             .output()
             .unwrap();
         (

@@ -23,8 +23,6 @@ pub fn scope() -> actix_web::Scope {
         .route("/routes", web::get().to(routes))
         .route("/status", web::get().to(status))
         .route("/openapi.json", web::get().to(openapi))
-        // A 10,000-route config is about 1 MB.
-        .app_data(web::PayloadConfig::new(16 << 20))
         .default_service(web::to(guarded_fallback))
 }
 
@@ -201,27 +199,49 @@ async fn config_reload(req: HttpRequest, state: web::Data<SharedState>) -> HttpR
             HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
         }
         Ok(Err(e)) => invalid_config(&req, &e),
-        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+        Err(_) => reload_crashed(&req),
     }
 }
 
-/// The config text of an admin request, or the response refusing it (no token, not UTF-8).
-#[allow(clippy::result_large_err)] // the error is the response itself, built once per call
-fn config_body(
+/// Largest config an admin request may send (a 10,000-route config is about 1 MB).
+const MAX_CONFIG_BYTES: usize = 16 << 20;
+
+/// The config text of an admin request, or the response refusing it. The token is checked
+/// before a byte of the body is read: an unauthenticated client cannot make the gateway buffer
+/// anything.
+async fn config_body(
     req: &HttpRequest,
     state: &SharedState,
-    body: &[u8],
+    mut payload: web::Payload,
 ) -> Result<String, HttpResponse> {
+    use futures_util::StreamExt;
     if let Some(res) = refuse(req, state) {
         return Err(res);
     }
+    let bad = |status, code, message| api_error(req, status, code, message, None);
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(bad(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "bad_request",
+                "could not read the request body",
+            ));
+        };
+        if body.len() + chunk.len() > MAX_CONFIG_BYTES {
+            return Err(bad(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "a config of more than 16 MB",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
     String::from_utf8(body.to_vec()).map_err(|_| {
-        api_error(
-            req,
+        bad(
             actix_web::http::StatusCode::BAD_REQUEST,
             "bad_request",
             "the config is not UTF-8",
-            None,
         )
     })
 }
@@ -230,10 +250,10 @@ fn config_body(
 /// what applying it would change.
 async fn config_validate(
     req: HttpRequest,
-    body: web::Bytes,
+    body: web::Payload,
     state: web::Data<SharedState>,
 ) -> HttpResponse {
-    let text = match config_body(&req, &state, &body) {
+    let text = match config_body(&req, &state, body).await {
         Ok(text) => text,
         Err(res) => return res,
     };
@@ -244,17 +264,17 @@ async fn config_validate(
     match crate::reload::on_reload_thread(move || st.dry_run(&text, &path)).await {
         Ok(Ok(diff)) => HttpResponse::Ok().json(serde_json::json!({ "valid": true, "diff": diff })),
         Ok(Err(e)) => invalid_config(&req, &e),
-        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+        Err(_) => reload_crashed(&req),
     }
 }
 
 /// `PUT /_kairos/config`: validate, persist (atomically, the old file kept as `.bak`), apply.
 async fn config_put(
     req: HttpRequest,
-    body: web::Bytes,
+    body: web::Payload,
     state: web::Data<SharedState>,
 ) -> HttpResponse {
-    let text = match config_body(&req, &state, &body) {
+    let text = match config_body(&req, &state, body).await {
         Ok(text) => text,
         Err(res) => return res,
     };
@@ -271,22 +291,27 @@ async fn config_put(
         Ok(Ok(applied)) => {
             HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
         }
-        Ok(Err(e))
-            if e.errors.len() == 1
-                && e.errors[0].path.is_empty()
-                && e.errors[0].message.starts_with("cannot persist") =>
-        {
-            api_error(
-                &req,
-                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "config_persist_failed",
-                &e.errors[0].message,
-                None,
-            )
-        }
-        Ok(Err(e)) => invalid_config(&req, &e),
-        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+        Ok(Err(crate::reload::ReloadError::Persist(message))) => api_error(
+            &req,
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "config_persist_failed",
+            &message,
+            None,
+        ),
+        Ok(Err(crate::reload::ReloadError::Invalid(e))) => invalid_config(&req, &e),
+        Err(_) => reload_crashed(&req),
     }
+}
+
+/// The reload job died (a bug): 500, and the running config is unchanged.
+fn reload_crashed(req: &HttpRequest) -> HttpResponse {
+    api_error(
+        req,
+        actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "reload_failed",
+        "the reload failed unexpectedly; the running config is unchanged (see the log)",
+        None,
+    )
 }
 
 /// `GET /_kairos/config`: the config in effect as written, secrets redacted.
@@ -328,10 +353,13 @@ pub fn redact(v: &mut serde_json::Value) {
                             *s = "<redacted>".into();
                         }
                     }
-                    serde_json::Value::String(s) if k == "redis_url" => {
+                    serde_json::Value::String(s) if s.contains("://") => {
+                        // Any URL (redis_url, a JWKS or OTLP endpoint) may carry credentials
+                        // in its userinfo.
                         if let Some((scheme, rest)) = s.split_once("://") {
-                            if let Some((_, host)) = rest.rsplit_once('@') {
-                                *s = format!("{scheme}://<redacted>@{host}");
+                            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                            if let Some(at) = rest[..authority_end].rfind('@') {
+                                *s = format!("{scheme}://<redacted>@{}", &rest[at + 1..]);
                             }
                         }
                     }
@@ -413,7 +441,9 @@ pub fn authorized(req: &HttpRequest, token: Option<&str>) -> bool {
     else {
         return false;
     };
-    crate::auth::api_key::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    // Digests of equal length: the comparison says nothing about the token's length either.
+    let digest = |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+    crate::auth::api_key::constant_time_eq(digest(given.trim()).as_ref(), digest(token).as_ref())
 }
 
 #[cfg(test)]

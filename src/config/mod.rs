@@ -68,13 +68,35 @@ pub fn load_str_with_env(
         .collect();
 
     plaintext_keys_from_env(&value, &mut errors);
-    substitute_env(&mut value, &mut String::new(), env, &mut errors);
+    let mut filled = Vec::new();
+    substitute_env(
+        &mut value,
+        &mut String::new(),
+        env,
+        &mut errors,
+        &mut filled,
+    );
+    // Longest first, so that a value containing another is replaced whole.
+    filled.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    let hide = |text: &mut String| {
+        for (name, val) in &filled {
+            if !val.is_empty() && text.contains(val.as_str()) {
+                *text = text.replace(val.as_str(), &format!("<value of ${{{name}}}>"));
+            }
+        }
+    };
     let raw = deserialize_collecting(value, &mut errors);
 
     if let Some(raw) = raw {
         if errors.is_empty() {
             match validate::validate(raw, base_dir) {
                 Ok(mut cfg) => {
+                    for w in &mut cfg.warnings {
+                        hide(&mut w.message);
+                        if let Some(h) = &mut w.hint {
+                            hide(h);
+                        }
+                    }
                     if cfg.warnings.is_empty() {
                         return Ok(cfg);
                     }
@@ -93,6 +115,10 @@ pub fn load_str_with_env(
     }
     let index = PositionIndex::build(text);
     for e in &mut errors {
+        hide(&mut e.message);
+        if let Some(h) = &mut e.hint {
+            hide(h);
+        }
         let pos = if e.message.starts_with("unknown field") || e.message.contains("appears twice") {
             index.key(&e.path)
         } else {
@@ -143,11 +169,14 @@ fn plaintext_keys_from_env(root: &Value, errors: &mut Vec<ConfigError>) {
 /// Replaces `${NAME}` in every string value with the environment variable NAME.
 ///
 /// `path` is the value's JSON path, grown and truncated on the way down (no string per value).
+/// `filled` collects (name, value) of every substitution, so that no error message can echo
+/// a value that came from the environment (a secret, often).
 fn substitute_env(
     v: &mut Value,
     path: &mut String,
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut Vec<ConfigError>,
+    filled: &mut Vec<(String, String)>,
 ) {
     match v {
         Value::String(s) if s.contains("${") => {
@@ -165,7 +194,10 @@ fn substitute_env(
                 };
                 let name = &after[..end];
                 match env(name) {
-                    Some(val) => out.push_str(&val),
+                    Some(val) => {
+                        out.push_str(&val);
+                        filled.push((name.to_string(), val));
+                    }
                     None => errors.push(
                         ConfigError::new(
                             path.clone(),
@@ -184,7 +216,7 @@ fn substitute_env(
             let len = path.len();
             for (i, item) in items.iter_mut().enumerate() {
                 let _ = write!(path, "[{i}]");
-                substitute_env(item, path, env, errors);
+                substitute_env(item, path, env, errors, filled);
                 path.truncate(len);
             }
         }
@@ -195,7 +227,7 @@ fn substitute_env(
                     path.push('.');
                 }
                 path.push_str(k);
-                substitute_env(item, path, env, errors);
+                substitute_env(item, path, env, errors, filled);
                 path.truncate(len);
             }
         }

@@ -47,8 +47,8 @@ impl Upstream {
     }
 
     /// As [`Upstream::new`], keeping the live state (health, circuit, ejection, latency) of
-    /// every server `previous` had under the same URL and breaker settings: a reload does not
-    /// forget what the gateway learned about a server that did not change.
+    /// every server `previous` had under the same URL, breaker and health-check settings: a
+    /// reload does not forget what the gateway learned about a server that did not change.
     pub fn new_from(
         config: UpstreamConfig,
         tls: Arc<rustls::ClientConfig>,
@@ -68,8 +68,13 @@ impl Upstream {
             .servers
             .iter()
             .map(|entry| {
+                // Health is only kept while the same checks keep it current: a server marked
+                // down by a check that a reload removes would stay down for good.
                 previous
-                    .filter(|p| p.config.circuit_breaker == config.circuit_breaker)
+                    .filter(|p| {
+                        p.config.circuit_breaker == config.circuit_breaker
+                            && p.config.health_check == config.health_check
+                    })
                     .and_then(|p| {
                         let i = p.config.servers.iter().position(|s| s.url == entry.url)?;
                         p.servers.get(i).cloned()
