@@ -18,7 +18,7 @@ pub struct Runtime {
     pub router: Arc<Router>,
     pub upstreams: Vec<Upstream>,
     /// Present when tracing is on.
-    pub tracing: Option<Tracing>,
+    pub tracing: Option<Arc<Tracing>>,
     pub auth: crate::auth::Auth,
     /// Present when anything is rate limited.
     pub ratelimit: Option<crate::ratelimit::RateLimiter>,
@@ -33,9 +33,10 @@ impl Runtime {
     }
 
     /// Builds the runtime for a validated config, carrying over from `previous` what keeps
-    /// its identity: servers' live state (same upstream, URL and breaker settings), TLS client
-    /// settings (and so the pooled connections keyed by them), rate-limit buckets (same
-    /// scope, route and rate) and the Redis connection.
+    /// its identity: servers' live state (same upstream, URL, breaker and health-check
+    /// settings), TLS client settings (and so the pooled connections keyed by them),
+    /// rate-limit buckets (same scope, route and rate), the Redis connection, the JWT verifier
+    /// (its JWKS and verified-token cache) and the span exporter.
     pub fn build_from(
         config: Config,
         metrics: &Metrics,
@@ -51,9 +52,17 @@ impl Runtime {
                 })?,
             ),
         };
-        let tracing = match &config.tracing {
-            None => None,
-            Some(t) => Some(
+        let query_param = |c: &Config| c.api_keys.as_ref().and_then(|k| k.query_param.clone());
+        // The same tracing settings keep their exporter (a thread and its HTTP client).
+        let kept_tracing = previous
+            .filter(|p| {
+                p.config.tracing == config.tracing && query_param(&p.config) == query_param(&config)
+            })
+            .and_then(|p| p.tracing.clone());
+        let tracing = match (&config.tracing, kept_tracing) {
+            (None, _) => None,
+            (Some(_), Some(kept)) => Some(kept),
+            (Some(t), None) => Some(Arc::new(
                 Tracing::new(t, metrics)
                     .map(|t| {
                         t.redact_query_param(
@@ -67,9 +76,12 @@ impl Runtime {
                         source_name: "tracing".into(),
                         errors: vec![ConfigError::new("tracing.endpoint", e)],
                     })?,
-            ),
+            )),
         };
-        let auth = crate::auth::Auth::build(&config).map_err(|e| ConfigErrors {
+        let kept_jwt = previous
+            .filter(|p| p.config.jwt == config.jwt)
+            .and_then(|p| p.auth.jwt.clone());
+        let auth = crate::auth::Auth::build(&config, kept_jwt).map_err(|e| ConfigErrors {
             source_name: "auth".into(),
             errors: vec![ConfigError::new("jwt_validation", e)],
         })?;

@@ -633,3 +633,48 @@ fn the_cli_deploys_checks_exports_and_lists_against_a_gateway() {
     assert_eq!(code, 3);
     assert!(err.contains("cannot reach the gateway"), "{err}");
 }
+
+#[test]
+fn what_keeps_its_identity_is_carried_over_and_what_changed_is_not() {
+    use kairos_rs::observability::metrics::Metrics;
+    use kairos_rs::state::Runtime;
+    kairos_rs::auth::crypto::install();
+    let config = |secret: &str, health: bool, sampling: f64| {
+        let mut u = serde_json::json!({"servers": [{"url": "http://127.0.0.1:9"}]});
+        if health {
+            u["health_check"] = serde_json::json!({"path": "/", "interval": "10s"});
+        }
+        let text = serde_json::json!({
+            "version": 1,
+            "upstreams": {"u": u},
+            "routes": [{"path": "/a", "upstream": "u", "auth": "jwt"}],
+            "jwt_validation": {"secret": secret},
+            "tracing": {"endpoint": "http://127.0.0.1:9", "sampling_rate": sampling}
+        })
+        .to_string();
+        kairos_rs::config::load_str(&text, "t.json", std::path::Path::new(".")).unwrap()
+    };
+    let secret = "a-jwt-secret-of-thirty-two-bytes-or-more!";
+    let metrics = Metrics::new();
+    let first = Runtime::build(config(secret, true, 0.5), &metrics).unwrap();
+    let same = Runtime::build_from(config(secret, true, 0.5), &metrics, Some(&first)).unwrap();
+    let jwt = |r: &Runtime| r.auth.jwt.clone().unwrap();
+    assert!(Arc::ptr_eq(&jwt(&first), &jwt(&same)), "the JWT verifier is kept");
+    assert!(Arc::ptr_eq(
+        first.tracing.as_ref().unwrap(),
+        same.tracing.as_ref().unwrap()
+    ));
+    assert!(Arc::ptr_eq(&first.upstreams[0].servers[0], &same.upstreams[0].servers[0]));
+
+    let other_secret = format!("{secret}-rotated");
+    let changed =
+        Runtime::build_from(config(&other_secret, false, 0.1), &metrics, Some(&same)).unwrap();
+    assert!(!Arc::ptr_eq(&jwt(&same), &jwt(&changed)), "a new secret, a new verifier");
+    assert!(!Arc::ptr_eq(
+        same.tracing.as_ref().unwrap(),
+        changed.tracing.as_ref().unwrap()
+    ));
+    // Without its health check a server starts afresh: a check that no longer runs could
+    // never clear an "unhealthy" it left behind.
+    assert!(!Arc::ptr_eq(&same.upstreams[0].servers[0], &changed.upstreams[0].servers[0]));
+}

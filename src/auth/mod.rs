@@ -47,7 +47,7 @@ pub struct Identity {
 
 /// The edge-security state of one runtime.
 pub struct Auth {
-    pub jwt: Option<jwt::JwtAuth>,
+    pub jwt: Option<Arc<jwt::JwtAuth>>,
     pub keys: Option<api_key::KeyStore>,
     /// Per route (its own policy or the top-level one), and the top-level one for requests
     /// that match no route.
@@ -59,7 +59,10 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn build(config: &Config) -> Result<Auth, String> {
+    /// The edge security of `config`. `jwt` is a verifier to keep (the previous runtime's,
+    /// when its settings did not change): its fetched JWKS and verified-token cache stay
+    /// warm across a reload.
+    pub fn build(config: &Config, jwt: Option<Arc<jwt::JwtAuth>>) -> Result<Auth, String> {
         let compile = |c: &cors::CorsConfig| {
             cors::CorsPolicy::compile(c)
                 .map(Arc::new)
@@ -74,11 +77,15 @@ impl Auth {
                 None => Ok(cors.clone()),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let jwt = config.jwt.as_ref().map(jwt::JwtAuth::new).transpose()?;
+        let jwt = match (jwt, &config.jwt) {
+            (Some(kept), Some(_)) => Some(kept),
+            (_, Some(cfg)) => Some(Arc::new(jwt::JwtAuth::new(cfg)?)),
+            (_, None) => None,
+        };
         let keys = config.api_keys.clone().map(api_key::KeyStore::new);
         Ok(Auth {
             any_cors: route_cors.iter().any(Option::is_some) || cors.is_some(),
-            always_removed: AlwaysRemoved::new(jwt.as_ref(), keys.as_ref()),
+            always_removed: AlwaysRemoved::new(jwt.as_deref(), keys.as_ref()),
             jwt,
             keys,
             route_cors,

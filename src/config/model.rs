@@ -286,7 +286,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtConfig {
     pub providers: Vec<JwtProviderConfig>,
     /// Claim name -> upstream header.
@@ -294,7 +294,7 @@ pub struct JwtConfig {
     pub strip_authorization: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtProviderConfig {
     /// The one algorithm this provider's keys are used with.
     pub algorithm: jsonwebtoken::Algorithm,
@@ -307,7 +307,7 @@ pub struct JwtProviderConfig {
     pub leeway: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum JwtKeySource {
     Secret(Secret),
     /// PEM text of a public key.
@@ -436,7 +436,7 @@ pub struct LoggingConfig {
     pub access_log: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TracingConfig {
     /// The full OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
     pub endpoint: String,
