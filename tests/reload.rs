@@ -659,22 +659,34 @@ fn what_keeps_its_identity_is_carried_over_and_what_changed_is_not() {
     let first = Runtime::build(config(secret, true, 0.5), &metrics).unwrap();
     let same = Runtime::build_from(config(secret, true, 0.5), &metrics, Some(&first)).unwrap();
     let jwt = |r: &Runtime| r.auth.jwt.clone().unwrap();
-    assert!(Arc::ptr_eq(&jwt(&first), &jwt(&same)), "the JWT verifier is kept");
+    assert!(
+        Arc::ptr_eq(&jwt(&first), &jwt(&same)),
+        "the JWT verifier is kept"
+    );
     assert!(Arc::ptr_eq(
         first.tracing.as_ref().unwrap(),
         same.tracing.as_ref().unwrap()
     ));
-    assert!(Arc::ptr_eq(&first.upstreams[0].servers[0], &same.upstreams[0].servers[0]));
+    assert!(Arc::ptr_eq(
+        &first.upstreams[0].servers[0],
+        &same.upstreams[0].servers[0]
+    ));
 
     let other_secret = format!("{secret}-rotated");
     let changed =
         Runtime::build_from(config(&other_secret, false, 0.1), &metrics, Some(&same)).unwrap();
-    assert!(!Arc::ptr_eq(&jwt(&same), &jwt(&changed)), "a new secret, a new verifier");
+    assert!(
+        !Arc::ptr_eq(&jwt(&same), &jwt(&changed)),
+        "a new secret, a new verifier"
+    );
     assert!(!Arc::ptr_eq(
         same.tracing.as_ref().unwrap(),
         changed.tracing.as_ref().unwrap()
     ));
     // Without its health check a server starts afresh: a check that no longer runs could
     // never clear an "unhealthy" it left behind.
-    assert!(!Arc::ptr_eq(&same.upstreams[0].servers[0], &changed.upstreams[0].servers[0]));
+    assert!(!Arc::ptr_eq(
+        &same.upstreams[0].servers[0],
+        &changed.upstreams[0].servers[0]
+    ));
 }
