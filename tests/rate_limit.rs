@@ -42,6 +42,15 @@ fn header(res: &Response, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `kairos_ratelimited_total` of `route` and `scope`.
+fn ratelimited(metrics: &str, route: &str, scope: &str) -> Option<f64> {
+    metric(
+        metrics,
+        "kairos_ratelimited_total",
+        &[("route", route), ("scope", scope)],
+    )
+}
+
 /// Statuses of `n` requests in a row.
 async fn statuses(gw: &Gateway, path: &str, ip: &str, n: usize) -> Vec<u16> {
     let mut out = Vec::new();
@@ -94,13 +103,7 @@ async fn per_ip_admits_the_burst_then_429_with_headers_and_json() {
     );
 
     let text = scrape_metrics(&gw, ADMIN).await;
-    let limited = |scope| {
-        metric(
-            &text,
-            "kairos_ratelimited_total",
-            &[("route", "api"), ("scope", scope)],
-        )
-    };
+    let limited = |scope| ratelimited(&text, "api", scope);
     assert_eq!(limited("per_ip"), Some(1.0));
     let decisions = metric(
         &text,
@@ -162,13 +165,7 @@ async fn refused_requests_use_up_no_other_limit() {
     assert!(state.starts_with(r#""per_ip";r=2;"#), "{state}");
     assert!(state.contains(r#""global";r=0;"#), "{state}");
     let text = scrape_metrics(&gw, ADMIN).await;
-    let limited = |scope| {
-        metric(
-            &text,
-            "kairos_ratelimited_total",
-            &[("route", "api"), ("scope", scope)],
-        )
-    };
+    let limited = |scope| ratelimited(&text, "api", scope);
     assert_eq!(limited("per_ip"), Some(4.0));
     assert_eq!(limited("global"), Some(1.0));
     assert_eq!(up.count(), 5);
