@@ -434,9 +434,9 @@ fn random_span_id() -> [u8; 8] {
 /// Writes `bytes` as lower-case hex into `out` (twice as long).
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[(b >> 4) as usize];
-        out[2 * i + 1] = HEX[(b & 15) as usize];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
 }
 
@@ -449,7 +449,9 @@ pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> htt
     hex_into(span_id, &mut buf[36..52]);
     buf[53] = b'0';
     buf[54] = if sampled { b'1' } else { b'0' };
-    http::HeaderValue::from_bytes(&buf).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    // SAFETY: the buffer is digits, lower-case hex and dashes: visible ASCII, a valid header
+    // value (checking it byte by byte cost a fifth of the unsampled tracing overhead).
+    unsafe { http::HeaderValue::from_maybe_shared_unchecked(bytes::Bytes::copy_from_slice(&buf)) }
 }
 
 /// A parsed `traceparent`.
