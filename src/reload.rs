@@ -441,7 +441,8 @@ impl SharedState {
     }
 }
 
-fn unix_now() -> f64 {
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

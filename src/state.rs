@@ -175,11 +175,7 @@ impl SharedState {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::build(config, &metrics)?;
         runtime.start(&metrics);
-        metrics.config_last_success.set(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        );
+        metrics.config_last_success.set(crate::reload::unix_now());
         Ok(SharedState {
             live: ArcSwap::from_pointee(runtime),
             ready: AtomicBool::new(false),

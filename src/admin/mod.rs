@@ -339,17 +339,12 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
 /// name where a secret comes from, not the secret.
 pub fn redact(v: &mut serde_json::Value) {
     const SECRET_KEYS: [&str; 5] = ["secret", "token", "key_hash", "key", "password"];
-    let is_reference = |s: &str| {
-        s.strip_prefix("${")
-            .and_then(|r| r.strip_suffix('}'))
-            .is_some_and(|name| !name.is_empty() && !name.contains(['{', '}']))
-    };
     match v {
         serde_json::Value::Object(map) => {
             for (k, item) in map.iter_mut() {
                 match item {
                     serde_json::Value::String(s) if SECRET_KEYS.contains(&k.as_str()) => {
-                        if !is_reference(s) {
+                        if !crate::config::is_env_reference(s) {
                             *s = "<redacted>".into();
                         }
                     }

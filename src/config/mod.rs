@@ -133,6 +133,13 @@ pub fn load_str_with_env(
     Err(fail(errors))
 }
 
+/// Whether `s` is exactly one `${NAME}` reference (letters, digits, `_`).
+pub fn is_env_reference(s: &str) -> bool {
+    s.strip_prefix("${")
+        .and_then(|r| r.strip_suffix('}'))
+        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+}
+
 /// An API key written in the file itself would sit in every copy and backup of the config:
 /// `api_keys.keys.*.key` must be exactly a `${ENV}` reference (or use `key_hash`).
 fn plaintext_keys_from_env(root: &Value, errors: &mut Vec<ConfigError>) {
@@ -145,13 +152,7 @@ fn plaintext_keys_from_env(root: &Value, errors: &mut Vec<ConfigError>) {
     };
     for (name, entry) in keys {
         if let Some(Value::String(s)) = entry.get("key") {
-            let is_ref = s
-                .strip_prefix("${")
-                .and_then(|r| r.strip_suffix('}'))
-                .is_some_and(|n| {
-                    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                });
-            if !is_ref {
+            if !is_env_reference(s) {
                 errors.push(
                     ConfigError::new(
                         format!("api_keys.keys.{name}.key"),

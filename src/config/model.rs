@@ -47,13 +47,17 @@ pub struct ServerConfig {
     pub client_header_timeout: Duration,
 }
 
+/// An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d: the IPv4 address it is.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 impl ServerConfig {
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = canonical_ip(ip);
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 }

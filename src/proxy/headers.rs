@@ -148,11 +148,7 @@ pub fn request_headers(
 /// the common case, is written by hand: `fmt` costs about 1k instructions per request here.
 pub(crate) fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     use std::io::Write;
-    let ip = match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    match ip {
+    match crate::config::model::canonical_ip(ip) {
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {

@@ -346,7 +346,7 @@ impl RateLimiter {
             }
         }
         if let (Some(i), Some(ip)) = (plan.ip, ip) {
-            add((i, Some(Key::Ip(canonical_ip(ip)))));
+            add((i, Some(Key::Ip(crate::config::model::canonical_ip(ip)))));
         }
         if let Some(i) = plan.global {
             add((i, None));
@@ -419,7 +419,7 @@ impl RateLimiter {
 
     fn decide_memory(&self, req: &Applicable, histogram: &prometheus::Histogram) -> Decision {
         use std::sync::atomic::{AtomicU64, Ordering};
-        let start = Instant::now();
+        // One clock for the buckets and the latency histogram.
         let now = memory::now_ns();
         let mut taken: [Option<(&Limit, Arc<AtomicU64>, memory::Taken)>; MAX_APPLICABLE] =
             Default::default();
@@ -462,7 +462,7 @@ impl RateLimiter {
                 }
             }
         }
-        histogram.observe(start.elapsed().as_secs_f64());
+        histogram.observe(memory::now_ns().saturating_sub(now) as f64 / 1e9);
         match any_refused {
             false => Decision::Admitted(report),
             true => Decision::Limited(report),
@@ -556,14 +556,6 @@ fn status(idx: u32, rate: &Rate, tat: u64, now: u64, refused: bool, per_s: f64) 
             0
         },
         refused,
-    }
-}
-
-/// An IPv4 client on a dual-stack socket counts as the IPv4 address it is.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
