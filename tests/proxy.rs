@@ -597,6 +597,25 @@ async fn dot_segments_are_refused_not_forwarded() {
     assert_eq!(up.last().target, "/storage/v1.2/..hidden/a.txt");
 }
 
+/// Runs of slashes are merged before routing and the merged path goes upstream, so `//files`
+/// cannot miss the files route and reach another route's upstream path.
+#[tokio::test]
+async fn repeated_slashes_are_merged_before_routing() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    for (path, upstream_target) in [
+        ("//files//a.txt", "/storage/a.txt"),
+        ("/files///dir//b.txt?x=1", "/storage/dir/b.txt?x=1"),
+        ("//any//x", "/any/x"),
+        ("/any//x?q=a//b", "/any/x?q=a//b"),
+        ("///api//users//7", "/users/7"),
+    ] {
+        let res = raw_get(gw.addr, path, "x");
+        assert!(res.starts_with("HTTP/1.1 200"), "{path}: {res}");
+        assert_eq!(up.last().target, upstream_target, "{path}");
+    }
+}
+
 #[test]
 fn odd_host_headers_do_not_break_host_routing() {
     let up = Upstream::start(|_| Reply::ok("host route"));

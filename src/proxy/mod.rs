@@ -178,6 +178,11 @@ async fn proxy<'a>(
     if has_dot_segment(req.path()) {
         return Err(GatewayError::BadRequest("path contains dot segments"));
     }
+    // Runs of slashes are merged before routing, and the merged path is what goes upstream
+    // (NGINX's merge_slashes): `//admin/x` must not miss an `/admin/` route, land on a
+    // catch-all, and reach /admin/x on an upstream that merges slashes itself.
+    let merged = merge_slashes(req.path());
+    let path = merged.as_deref().unwrap_or(req.path());
     let host_key = match (rt.router.uses_hosts(), host) {
         (true, Some(h)) => Some(host_name(h).to_ascii_lowercase()),
         _ => None,
@@ -192,9 +197,7 @@ async fn proxy<'a>(
             .unwrap_or("OPTIONS"),
         false => method.as_str(),
     };
-    let mut lookup = rt
-        .router
-        .lookup(host_key.as_deref(), req.path(), lookup_method);
+    let mut lookup = rt.router.lookup(host_key.as_deref(), path, lookup_method);
     let mut preflight = preflight;
     if preflight
         && !matches!(lookup, router::Lookup::Found { route, .. } if rt.auth.route_cors[route].is_some())
@@ -202,9 +205,7 @@ async fn proxy<'a>(
         // The route the preflight asks about has no CORS policy: this is an ordinary OPTIONS
         // request, routed (and authenticated) by its own method.
         preflight = false;
-        lookup = rt
-            .router
-            .lookup(host_key.as_deref(), req.path(), method.as_str());
+        lookup = rt.router.lookup(host_key.as_deref(), path, method.as_str());
     }
     let (route_idx, params) = match lookup {
         router::Lookup::Found { route, params } => (route, params),
@@ -358,7 +359,7 @@ async fn proxy<'a>(
     // request (only bodies kept whole can be sent twice).
     let upstream: &'a Upstream = &rt.upstreams[route.upstream];
     let policy = &upstream.config.retries;
-    let mut path_and_query = upstream_path(req, route, &params)?;
+    let mut path_and_query = upstream_path(req, merged.as_deref(), route, &params)?;
     let edits = rt.auth.header_edits(identity.as_ref());
     if let Some(name) = rt
         .auth
@@ -783,6 +784,23 @@ pub fn has_dot_segment(path: &str) -> bool {
         .any(|seg| seg == b"." || seg == b"..")
 }
 
+/// The path with every run of slashes merged into one, or `None` when it has none (the common
+/// case, which allocates nothing).
+pub fn merge_slashes(path: &str) -> Option<String> {
+    if !path.contains("//") {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut prev_slash = false;
+    for c in path.chars() {
+        if !(c == '/' && prev_slash) {
+            out.push(c);
+        }
+        prev_slash = c == '/';
+    }
+    Some(out)
+}
+
 /// Waits for `fut` for at most `timeout`, counted from the later of the start and the last
 /// progress of a streamed request body: an upload that keeps moving is never cut off.
 async fn with_progress_timeout<F: std::future::Future>(
@@ -810,15 +828,24 @@ async fn with_progress_timeout<F: std::future::Future>(
 /// client's path unchanged. The query string always goes along.
 fn upstream_path(
     req: &HttpRequest,
+    merged_path: Option<&str>,
     route: &RouteConfig,
     params: &matchit::Params<'_, '_>,
 ) -> Result<http::uri::PathAndQuery, GatewayError> {
     let bad = |_| GatewayError::BadRequest("invalid request target");
-    let Some(rw) = &route.rewrite else {
-        let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        return http::uri::PathAndQuery::try_from(pq).map_err(bad);
-    };
     let query = req.query_string();
+    let Some(rw) = &route.rewrite else {
+        return match merged_path {
+            None => {
+                let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                http::uri::PathAndQuery::try_from(pq).map_err(bad)
+            }
+            Some(path) if query.is_empty() => {
+                http::uri::PathAndQuery::try_from(path.to_string()).map_err(bad)
+            }
+            Some(path) => http::uri::PathAndQuery::try_from(format!("{path}?{query}")).map_err(bad),
+        };
+    };
     let mut out = String::with_capacity(rw.template.len() + 32 + query.len());
     for part in &rw.parts {
         match part {
