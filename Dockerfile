@@ -13,6 +13,7 @@ WORKDIR /src
 # Dependencies first. With only the manifests and stub sources, this layer is rebuilt only when
 # Cargo.toml or Cargo.lock change. Every target Cargo.toml declares needs a stub here.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \

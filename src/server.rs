@@ -29,7 +29,10 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     };
     let addr = listener.local_addr()?;
     let data = web::Data::from(state.clone());
-    let connections = state.metrics.active_connections.clone();
+    // The 400/408/431 that actix-http's parser sends before any service sees a request get the
+    // gateway's JSON error, a request id, a metric and an access-log line (vendor/README.md).
+    actix_http::protocol_error::set_responder(protocol_error_response);
+    let conn_state = state.clone();
     let http = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -44,8 +47,7 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
     .on_connect(move |_, ext| {
         // Lives in the connection's extensions, so it is dropped when the connection closes.
-        connections.inc();
-        ext.insert(ConnectionGuard(connections.clone()));
+        ext.insert(Connection::open(conn_state.clone()));
     })
     .disable_signals();
     let http = match &cfg.tls {
@@ -58,13 +60,55 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     Ok(Bound { server, addr })
 }
 
-/// Counts an open client connection in `kairos_active_connections` while it lives.
-struct ConnectionGuard(prometheus::IntGauge);
+/// A client connection's data: counted in `kairos_active_connections` while it lives, and the
+/// way back to the gateway's state for the errors actix-http answers on its own.
+struct Connection(Arc<SharedState>);
 
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.dec();
+impl Connection {
+    fn open(state: Arc<SharedState>) -> Self {
+        state.metrics.active_connections.inc();
+        Connection(state)
     }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.metrics.active_connections.dec();
+    }
+}
+
+/// Answers a request head actix-http refused (malformed: 400, too large: 431, too slow: 408)
+/// like any other gateway error: JSON body, fresh `X-Request-Id`, counted in
+/// `kairos_http_protocol_errors_total{status}` and `kairos_requests_total{route="unmatched"}`,
+/// and an access-log line. The connection is closed after it.
+fn protocol_error_response(
+    err: &actix_http::protocol_error::ProtocolError<'_>,
+) -> (actix_http::Response<()>, actix_web::body::BoxBody) {
+    use crate::observability::{metrics, request_id};
+    use crate::proxy::error::GatewayError;
+    let error = match err.status.as_u16() {
+        408 => GatewayError::HeadTimeout,
+        431 => GatewayError::HeadersTooLarge,
+        _ => GatewayError::BadRequest("malformed request"),
+    };
+    let rid = request_id::generate();
+    let status = err.status.as_u16();
+    if let Some(Connection(state)) = err.conn_data.and_then(|d| d.get::<Connection>()) {
+        state.metrics.protocol_error(status);
+        if state.load().config.logging.access_log {
+            tracing::info!(
+                target: "kairos::access",
+                route = metrics::UNMATCHED,
+                status,
+                error = error.code(),
+                client = err.peer_addr.map(|a| a.ip().to_string()),
+                request_id = rid.to_str().unwrap_or_default(),
+                "request refused before routing",
+            );
+        }
+    }
+    let (res, body) = error.to_response(&rid).into_parts();
+    (res.into(), body)
 }
 
 /// Connections the kernel may queue before the gateway accepts them (std's default is 128,

@@ -71,6 +71,114 @@ async fn slowloris_connections_do_not_starve_normal_clients() {
     }
 }
 
+/// Reads one response (head and `Content-Length` body) from a keep-alive connection.
+fn read_response(s: &mut std::net::TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The header timeout covers every request on a keep-alive connection, not only the first
+/// (actix-http alone times only the first; vendor/README.md): a client that starts a later
+/// request and stalls gets 408 with the JSON error and is disconnected. Idle time between
+/// requests is the keep-alive timeout's business and does not count.
+#[test]
+fn a_stalled_later_request_head_times_out() {
+    let up = Upstream::start_ok();
+    let token = "slow-clients-token-0123456789";
+    let cfg = config(
+        &up.url(),
+        ROUTES,
+        &format!(r#""admin":{{"token":"{token}"}}"#),
+    )
+    .replace(
+        r#""workers":1"#,
+        r#""workers":1,"client_header_timeout":"1s","keep_alive":"30s""#,
+    );
+    let gw = Gateway::start(&cfg);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    // Idle for longer than the header timeout: still a good keep-alive connection.
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    // A third request's head starts and stalls.
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /three HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    let res = read_response(&mut s);
+    let waited = started.elapsed();
+    assert!(res.starts_with("HTTP/1.1 408"), "{res}");
+    assert!(res.contains(r#""code":"request_timeout""#), "{res}");
+    assert!(res.to_ascii_lowercase().contains("x-request-id: "), "{res}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "408 after {waited:?}"
+    );
+    assert!(
+        closed_within(&mut s, Duration::from_secs(3)),
+        "the stalled connection was kept open"
+    );
+    assert_eq!(up.count(), 2, "the stalled request reached the upstream");
+    let m = block_on(scrape_metrics(&gw, token));
+    assert_eq!(
+        metric(
+            &m,
+            "kairos_http_protocol_errors_total",
+            &[("status", "408")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+/// Pipelined requests: the part of a next head that arrived with the previous request is timed
+/// too, from the moment nothing else is in flight.
+#[test]
+fn a_stalled_pipelined_head_times_out() {
+    let up = Upstream::start_ok();
+    let cfg = config(&up.url(), ROUTES, "").replace(
+        r#""workers":1"#,
+        r#""workers":1,"client_header_timeout":"1s","keep_alive":"30s""#,
+    );
+    let gw = Gateway::start(&cfg);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    let res = read_response(&mut s);
+    assert!(res.starts_with("HTTP/1.1 408"), "{res}");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(3)),
+        "the stalled connection was kept open"
+    );
+    assert_eq!(up.count(), 1);
+}
+
 #[test]
 fn idle_keep_alive_connections_are_closed() {
     let up = Upstream::start_ok();

@@ -8,6 +8,31 @@ use std::time::Duration;
 use support::*;
 
 const ROUTES: &str = r#"[{"path":"/{*rest}","upstream":"u"}]"#;
+const TOKEN: &str = "smuggling-test-token-0123456789";
+
+fn gateway(up: &Upstream) -> Gateway {
+    Gateway::start(&config(
+        &up.url(),
+        ROUTES,
+        &format!(r#""admin":{{"token":"{TOKEN}"}}"#),
+    ))
+}
+
+/// A refusal actix-http's parser sends itself is still the gateway's error: JSON body with
+/// the code and a request id, which the `X-Request-Id` header repeats.
+fn assert_gateway_error(res: &str, code: &str) {
+    let (head, body) = res.split_once("\r\n\r\n").expect("a response head");
+    let head = head.to_ascii_lowercase();
+    let rid = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no X-Request-Id:\n{res}"));
+    assert!(head.contains("content-type: application/json"), "{res}");
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {res}"));
+    assert_eq!(json["error"]["code"], code, "{res}");
+    assert_eq!(json["error"]["request_id"], rid, "{res}");
+}
 
 fn refused(gw: &Gateway, up: &Upstream, raw: &str) {
     let before = up.count();
@@ -18,6 +43,7 @@ fn refused(gw: &Gateway, up: &Upstream, raw: &str) {
     );
     // Exactly one response, then the connection is closed (raw_exchange read to EOF).
     assert_eq!(res.matches("HTTP/1.1 ").count(), 1, "{raw:?}\n---\n{res}");
+    assert_gateway_error(&res, "bad_request");
     assert_eq!(
         up.count(),
         before,
@@ -29,7 +55,7 @@ fn refused(gw: &Gateway, up: &Upstream, raw: &str) {
 #[test]
 fn ambiguous_or_malformed_framing_is_refused() {
     let up = Upstream::start_ok();
-    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    let gw = gateway(&up);
     let smuggled = "GET /admin HTTP/1.1\r\nHost: x\r\n\r\n";
     let cases = [
         // CL.TE / TE.CL
@@ -56,6 +82,60 @@ fn ambiguous_or_malformed_framing_is_refused() {
     for raw in &cases {
         refused(&gw, &up, raw);
     }
+    let m = block_on(scrape_metrics(&gw, TOKEN));
+    let refused = |status| {
+        metric(
+            &m,
+            "kairos_http_protocol_errors_total",
+            &[("status", status)],
+        )
+    };
+    assert_eq!(refused("400"), Some(cases.len() as f64), "{m}");
+    assert_eq!(refused("431"), Some(0.0));
+    assert_eq!(
+        metric(
+            &m,
+            "kairos_requests_total",
+            &[
+                ("route", "unmatched"),
+                ("method", "OTHER"),
+                ("status", "400")
+            ]
+        ),
+        Some(cases.len() as f64)
+    );
+}
+
+/// Heads the parser cannot hold (more than its 96 header fields, or more bytes than its
+/// buffer) get 431 with the gateway's JSON error, and the connection is closed.
+#[test]
+fn oversized_heads_get_431_with_the_json_error() {
+    let up = Upstream::start_ok();
+    let gw = gateway(&up);
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let huge = format!("X-Big: {}\r\n", "a".repeat(200 * 1024));
+    for extra in [many, huge] {
+        let raw = format!("GET /a HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        let res = raw_exchange(gw.addr, raw.as_bytes(), Duration::from_secs(5));
+        assert!(
+            res.starts_with("HTTP/1.1 431"),
+            "{}",
+            &res[..res.len().min(300)]
+        );
+        assert_eq!(res.matches("HTTP/1.1 ").count(), 1, "{res}");
+        assert_gateway_error(&res, "headers_too_large");
+    }
+    assert_eq!(up.count(), 0);
+    let m = block_on(scrape_metrics(&gw, TOKEN));
+    assert_eq!(
+        metric(
+            &m,
+            "kairos_http_protocol_errors_total",
+            &[("status", "431")]
+        ),
+        Some(2.0),
+        "{m}"
+    );
 }
 
 #[test]

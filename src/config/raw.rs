@@ -102,9 +102,10 @@ pub struct RawServer {
     /// At the cap the gateway stops accepting: new connections wait in the kernel's accept
     /// queue (backpressure) instead of being refused or exhausting memory.
     pub max_connections: Option<usize>,
-    /// Longest time a client may take to send the first request head on a connection
-    /// (default "10s"); a slower client gets 408 and is disconnected. Later requests on a
-    /// keep-alive connection are bounded by `keep_alive` until their first byte only.
+    /// Longest time a client may take to send a request head (default "10s"), timed from
+    /// the connection's start for the first request and from the first byte for later ones
+    /// on a keep-alive connection (the idle time between requests is `keep_alive`'s). A
+    /// slower client gets 408 and is disconnected.
     pub client_header_timeout: Option<DurationStr>,
 }
 

@@ -89,6 +89,7 @@ pub struct Metrics {
     pub ratelimit_decision_duration: HistogramVec,
     pub ratelimit_backend_errors: IntCounterVec,
     pub ratelimit_backend_up: IntGaugeVec,
+    pub protocol_errors: IntCounterVec,
     servers: Arc<ServerGauges>,
 }
 
@@ -223,9 +224,15 @@ impl Metrics {
                 &["backend"],
             )
             .expect("valid metric definition"),
+            protocol_errors: counter_vec(
+                "kairos_http_protocol_errors_total",
+                "Request heads refused before routing: malformed (400), too slow (408), \
+                 too large (431).",
+                &["status"],
+            ),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 21] = [
+        let collectors: [Box<dyn Collector>; 22] = [
             Box::new(m.config_last_success.clone()),
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
@@ -246,6 +253,7 @@ impl Metrics {
             Box::new(m.ratelimit_decision_duration.clone()),
             Box::new(m.ratelimit_backend_errors.clone()),
             Box::new(m.ratelimit_backend_up.clone()),
+            Box::new(m.protocol_errors.clone()),
             Box::new(ServerGaugesCollector(m.servers.clone())),
         ];
         for c in collectors {
@@ -265,7 +273,25 @@ impl Metrics {
         for reason in ["queue_full", "export_failed"] {
             m.spans_dropped.with_label_values(&[reason]);
         }
+        for status in ["400", "408", "431"] {
+            m.protocol_errors.with_label_values(&[status]);
+        }
         m
+    }
+
+    /// A request head actix-http refused before routing (400, 408 or 431). Rare, so the
+    /// label lookup is not cached.
+    pub fn protocol_error(&self, status: u16) {
+        let code = match status {
+            400 => "400",
+            408 => "408",
+            431 => "431",
+            _ => "other",
+        };
+        self.protocol_errors.with_label_values(&[code]).inc();
+        self.requests
+            .with_label_values(&[UNMATCHED, "OTHER", code])
+            .inc();
     }
 
     /// Adds a collector to the registry (the seam later features use for their own metrics).

@@ -31,6 +31,8 @@ pub enum GatewayError {
     UriTooLong,
     HeadersTooLarge,
     RequestTimeout,
+    /// The request head did not arrive within `server.client_header_timeout`.
+    HeadTimeout,
     UpstreamConnect,
     UpstreamProtocol,
     NoHealthyUpstream,
@@ -51,7 +53,7 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::RequestTimeout | GatewayError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamConnect | GatewayError::UpstreamProtocol => {
                 StatusCode::BAD_GATEWAY
             }
@@ -76,7 +78,7 @@ impl GatewayError {
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::UriTooLong => "uri_too_long",
             GatewayError::HeadersTooLarge => "headers_too_large",
-            GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::RequestTimeout | GatewayError::HeadTimeout => "request_timeout",
             GatewayError::UpstreamConnect => "upstream_connect_failed",
             GatewayError::UpstreamProtocol => "upstream_protocol_error",
             GatewayError::NoHealthyUpstream => "no_healthy_upstream",
@@ -104,6 +106,7 @@ impl GatewayError {
             GatewayError::UriTooLong => "request target is longer than the gateway accepts",
             GatewayError::HeadersTooLarge => "request headers are larger than the gateway accepts",
             GatewayError::RequestTimeout => "the request body did not arrive in time",
+            GatewayError::HeadTimeout => "the request head did not arrive in time",
             GatewayError::UpstreamConnect => "the upstream service could not be reached",
             GatewayError::UpstreamProtocol => "the upstream service sent an invalid response",
             GatewayError::NoHealthyUpstream => "no healthy upstream server is available",
@@ -152,8 +155,9 @@ impl GatewayError {
             | GatewayError::UriTooLong
             | GatewayError::HeadersTooLarge
             | GatewayError::RequestTimeout
+            | GatewayError::HeadTimeout
             | GatewayError::BadRequest(_) => {
-                // The unread body makes the connection unusable.
+                // The unread body (or head) makes the connection unusable.
                 res.insert_header((header::CONNECTION, HeaderValue::from_static("close")));
             }
             GatewayError::NotFound

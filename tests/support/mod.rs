@@ -308,14 +308,15 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         let h = self.handle.clone();
-        let _ = std::thread::spawn(move || futures_executor_block_on(h.stop(false))).join();
+        let _ = std::thread::spawn(move || block_on(h.stop(false))).join();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// Runs a future to completion on a fresh current-thread runtime (for sync tests).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

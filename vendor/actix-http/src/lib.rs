@@ -50,6 +50,7 @@ mod message;
 #[cfg(test)]
 mod notify_on_drop;
 mod payload;
+pub mod protocol_error;
 mod requests;
 mod responses;
 mod service;

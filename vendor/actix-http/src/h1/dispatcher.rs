@@ -199,7 +199,7 @@ pin_project! {
 enum DispatcherMessage {
     Item(Request),
     Upgrade(Request),
-    Error(Response<()>),
+    Error(Response<()>, BoxBody),
 }
 
 pin_project! {
@@ -630,11 +630,11 @@ where
                     }
 
                     // handle error message
-                    Some(DispatcherMessage::Error(res)) => {
+                    Some(DispatcherMessage::Error(res, body)) => {
                         // send_response would update InnerDispatcher state to SendPayload or None
                         // (If response body is empty)
                         // continue loop to poll it
-                        self.as_mut().send_error_response(res, BoxBody::new(()))?;
+                        self.as_mut().send_error_response(res, body)?;
                     }
 
                     // return with upgrade request and poll it exclusively
@@ -984,6 +984,7 @@ where
                                 this.flags.insert(Flags::READ_DISCONNECT);
                                 this.messages.push_back(DispatcherMessage::Error(
                                     Response::internal_server_error().drop_body(),
+                                    BoxBody::new(()),
                                 ));
                                 *this.error = Some(DispatchError::InternalError);
                                 break;
@@ -999,6 +1000,7 @@ where
                                 this.flags.insert(Flags::READ_DISCONNECT);
                                 this.messages.push_back(DispatcherMessage::Error(
                                     Response::internal_server_error().drop_body(),
+                                    BoxBody::new(()),
                                 ));
                                 *this.error = Some(DispatchError::InternalError);
                                 break;
@@ -1027,11 +1029,13 @@ where
                     }
 
                     // request heads that overflow buffer size return a 431 error
-                    this.messages
-                        .push_back(DispatcherMessage::Error(Response::with_body(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            (),
-                        )));
+                    // (Kairos patch: shaped by the application's protocol_error responder)
+                    let (res, body) = crate::protocol_error::respond(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        *this.peer_addr,
+                        this.conn_data.as_deref(),
+                    );
+                    this.messages.push_back(DispatcherMessage::Error(res, body));
 
                     this.flags.insert(Flags::READ_DISCONNECT);
                     *this.error = Some(ParseError::TooLarge.into());
@@ -1047,9 +1051,13 @@ where
                     }
 
                     // malformed requests should be responded with 400
-                    this.messages.push_back(DispatcherMessage::Error(
-                        Response::bad_request().drop_body(),
-                    ));
+                    // (Kairos patch: shaped by the application's protocol_error responder)
+                    let (res, body) = crate::protocol_error::respond(
+                        StatusCode::BAD_REQUEST,
+                        *this.peer_addr,
+                        this.conn_data.as_deref(),
+                    );
+                    this.messages.push_back(DispatcherMessage::Error(res, body));
 
                     this.flags.insert(Flags::READ_DISCONNECT);
                     *this.error = Some(err.into());
@@ -1069,16 +1077,28 @@ where
 
         if let TimerState::Active { timer } = this.head_timer {
             if timer.as_mut().poll(cx).is_ready() {
-                // timeout on first request (slow request) return 408
+                // timeout on a request head (slow request) return 408
 
                 trace!("timed out on slow request; replying with 408 and closing connection");
 
-                let _ = self.as_mut().send_error_response(
-                    Response::with_body(StatusCode::REQUEST_TIMEOUT, ()),
-                    BoxBody::new(()),
+                // Kairos patch: the response is shaped by the application's protocol_error
+                // responder and may have a body, so it is queued like the parser's 400 and
+                // written by the normal path, which then closes the connection (upstream sent
+                // an empty 408 and shut down at once). Nothing is in flight when this timer
+                // runs: it is armed only while a head is awaited, and cleared when one is
+                // decoded.
+                this.head_timer.clear(line!());
+                if this.ka_timer.is_enabled() {
+                    this.ka_timer.clear(line!());
+                }
+                this.flags.remove(Flags::KEEP_ALIVE);
+                let (res, body) = crate::protocol_error::respond(
+                    StatusCode::REQUEST_TIMEOUT,
+                    *this.peer_addr,
+                    this.conn_data.as_deref(),
                 );
-
-                self.project().flags.insert(Flags::SHUTDOWN);
+                this.messages.push_back(DispatcherMessage::Error(res, body));
+                this.flags.insert(Flags::READ_DISCONNECT);
             }
         };
 
@@ -1480,6 +1500,31 @@ where
                         // disconnect if shutdown
                         if inner_p.flags.contains(Flags::SHUTDOWN) {
                             return self.poll(cx);
+                        }
+                    }
+
+                    // Kairos patch: a later request's head has started (bytes wait in the read
+                    // buffer while nothing is in flight), and it gets the same deadline as the
+                    // first one. Upstream times only the first head, so a client could finish
+                    // one request, start the next and stall forever, holding the connection.
+                    if state_is_none
+                        && inner_p.messages.is_empty()
+                        && inner_p.payload.is_none()
+                        && !inner_p.read_buf.is_empty()
+                        && !matches!(inner_p.head_timer, TimerState::Active { .. })
+                    {
+                        if let Some(deadline) = inner_p.config.client_request_deadline() {
+                            // The connection is not idle: the head timer replaces the
+                            // keep-alive timer.
+                            if inner_p.ka_timer.is_enabled() {
+                                inner_p.ka_timer.clear(line!());
+                            }
+                            inner_p.flags.remove(Flags::KEEP_ALIVE);
+                            inner_p.head_timer.set_and_init(
+                                cx,
+                                sleep_until(deadline.into()),
+                                line!(),
+                            );
                         }
                     }
 
