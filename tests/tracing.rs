@@ -239,6 +239,10 @@ async fn spans_are_exported_linked_and_propagated() {
         .find(|s| !attrs(s).contains_key("http.route"))
         .unwrap();
     assert_eq!(attrs(unrouted)["http.response.status_code"], "404");
+    assert_eq!(
+        unrouted.name, "GET",
+        "a span never routed is named after its method"
+    );
 
     let fresh = of_trace(&new_trace);
     assert_eq!(fresh.len(), 2);

@@ -4,6 +4,9 @@
 use actix_web::http::header::{HeaderMap, HeaderValue};
 
 pub const HEADER: &str = "x-request-id";
+/// The same, for lookups (a `&str` key is parsed, and allocated, on every lookup).
+const HEADER_NAME: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static(HEADER);
 
 fn sane(v: &[u8]) -> bool {
     !v.is_empty()
@@ -15,7 +18,7 @@ fn sane(v: &[u8]) -> bool {
 
 /// The request id for a request with these headers.
 pub fn for_request(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(HEADER) {
+    if let Some(v) = headers.get(&HEADER_NAME) {
         if sane(v.as_bytes()) {
             return v.clone();
         }

@@ -77,14 +77,13 @@ pub async fn handle(
     let rid = request_id::for_request(req.headers());
     // Validated lazily: most requests never need the id as text.
     let rid_str = || rid.to_str().unwrap_or_default();
-    let trace = rt.tracing.as_ref().map(|t| t.start(&req, rid_str()));
-    // Hex-encoded once: for X-Trace-Id and for the access log.
-    let ids = trace.as_ref().map(|t| t.ids_hex());
-    let trace_header = ids.as_ref().map(|(t, _)| {
-        // SAFETY: lower-case hex digits are visible ASCII, a valid header value; the checked
-        // constructor's byte-by-byte scan was the largest single cost of unsampled tracing.
-        unsafe { ax::HeaderValue::from_maybe_shared_unchecked(bytes::Bytes::copy_from_slice(t)) }
-    });
+    let trace = rt.tracing.as_ref().map(|t| t.start(&req, &rid));
+    let trace_header = trace.as_ref().map(RequestTrace::trace_id_header);
+    // Hex-encoded only for the access log.
+    let ids = match rt.config.logging.access_log {
+        true => trace.as_ref().map(RequestTrace::ids_hex),
+        false => None,
+    };
     let mut outcome = Outcome {
         route: None,
         upstream: None,
