@@ -205,6 +205,9 @@ pub struct ServerEntry {
     pub https: bool,
     /// `host:port` as it goes into the request URI.
     pub authority: http::uri::Authority,
+    /// The authority's host and port, split once (trace spans name them on every attempt).
+    pub host: String,
+    pub port: u16,
     /// The Host header value sent upstream (port omitted when it is the scheme's default).
     pub host_header: http::HeaderValue,
     pub weight: u32,

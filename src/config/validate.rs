@@ -422,6 +422,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
                     servers.push(ServerEntry {
                         url,
                         https,
+                        host: authority.host().to_string(),
+                        port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
                         authority,
                         host_header,
                         weight: weight.clamp(1, 1000),

@@ -491,9 +491,8 @@ async fn proxy<'a>(
         if let Some(t) = outcome.trace() {
             let tp = t.start_attempt(
                 method.as_str(),
-                server.https,
                 up.uri().path_and_query().map_or("/", |pq| pq.as_str()),
-                &server.authority,
+                server,
                 &upstream.config.name,
                 retries,
             );
