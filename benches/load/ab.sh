@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# A/B of two kairos-rs configs that differ in one setting, for effects of a few percent that a
+# run of every target (run.sh) cannot resolve on a noisy machine: the two gateways run one
+# after the other, PAIRS times, each pair back to back; every run reports req/s and the proxy's
+# CPU time per request (user + system, from /proc/PID/stat), which does not depend on how
+# busy the rest of the machine was as much as req/s does.
+#
+#   benches/load/ab.sh                                   # tracing off vs sampling 0.1
+#   B_EXTRA=', "tracing": {"sampling_rate": 1.0, "endpoint": "http://127.0.0.1:SINK"}' benches/load/ab.sh
+#
+# Environment: A_EXTRA, B_EXTRA (top-level JSON members appended to the config; SINK is
+# replaced by the port of an OTLP sink that answers 200), PAIRS (default 5), DURATION (s per
+# run, default 6), WARMUP (default 2), CONNECTIONS (default 50), KAIROS_BIN, KEEP_TMP=1.
+# The gateway runs on CPU 0, wrk and the upstream nginx on CPU 1. Not part of CI.
+
+set -euo pipefail
+
+A_EXTRA=${A_EXTRA:-}
+B_EXTRA=${B_EXTRA:-', "tracing": {"sampling_rate": 0.1, "endpoint": "http://127.0.0.1:SINK"}'}
+PAIRS=${PAIRS:-5}
+DURATION=${DURATION:-6}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-50}
+KEEP_TMP=${KEEP_TMP:-0}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+LOG_TAG=ab
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/kairos-ab.XXXXXX")
+chmod 755 "$TMP"
+ensure_kairos_bin
+(($(nproc) >= 2)) || die "needs two CPUs (the gateway on one, wrk and the upstream on the other)"
+
+free_port UP_PORT
+free_port SINK_PORT
+free_port GW_PORT
+upstream_nginx_conf "$TMP/up" "$UP_PORT" "$SINK_PORT"
+taskset -c 1 "$NGINX" -e "$TMP/up/error.log" -p "$TMP/up" -c "$TMP/up/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+
+for v in A B; do
+    extra=A_EXTRA
+    [[ $v == B ]] && extra=B_EXTRA
+    cat >"$TMP/$v.json" <<EOF
+{ "version": 1,
+  "server": { "host": "127.0.0.1", "port": $GW_PORT, "workers": 1, "shutdown_timeout": "1s" },
+  "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:$UP_PORT" }] } },
+  "routes": [{ "name": "hit", "path": "/api/items/{id}", "upstream": "up" }],
+  "logging": { "level": "warn", "access_log": false } ${!extra//SINK/$SINK_PORT} }
+EOF
+    "$KAIROS_BIN" config validate "$TMP/$v.json" >/dev/null || die "config $v is invalid"
+done
+
+URL="http://127.0.0.1:$GW_PORT/api/items/42"
+# run VARIANT: prints "req/s cpu-µs-per-request"
+run() {
+    local pid u1 s1 u2 s2 rps hz
+    taskset -c 0 "$KAIROS_BIN" --config "$TMP/$1.json" >"$TMP/$1.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 100); do curl -fsS "$URL" >/dev/null 2>&1 && break; sleep 0.1; done
+    taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$URL" >/dev/null
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    rps=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$URL" | awk '/Requests\/sec/ {print $2}')
+    read -r u2 s2 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+    forget "$pid"
+    hz=$(getconf CLK_TCK)
+    awk -v r="$rps" -v t=$((u2 - u1 + s2 - s1)) -v d="$DURATION" -v hz="$hz" \
+        'BEGIN { printf "%.0f %.2f\n", r, t / hz * 1e6 / (r * d) }'
+}
+
+log "A: ${A_EXTRA:-(as is)}"
+log "B: $B_EXTRA"
+log "$PAIRS pairs of ${DURATION}s runs, wrk -t1 -c$CONNECTIONS"
+printf '%-5s %10s %10s %12s %12s %8s %8s\n' pair "A req/s" "B req/s" "A cpu µs/req" "B cpu µs/req" "B/A rps" "A/B cpu"
+RPS_RATIOS=()
+CPU_RATIOS=()
+for i in $(seq "$PAIRS"); do
+    read -r ra ca < <(run A)
+    read -r rb cb < <(run B)
+    r=$(awk -v a="$ra" -v b="$rb" 'BEGIN { printf "%.3f", b / a }')
+    c=$(awk -v a="$ca" -v b="$cb" 'BEGIN { printf "%.3f", a / b }')
+    printf '%-5s %10s %10s %12s %12s %8s %8s\n' "$i" "$ra" "$rb" "$ca" "$cb" "$r" "$c"
+    RPS_RATIOS+=("$r")
+    CPU_RATIOS+=("$c")
+done
+# median and mean of a list of numbers (one pair hit by a noisy neighbour moves the mean)
+stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1; s += $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "median %.3f, mean %.3f", m, s / NR }'; }
+echo "B/A req/s:                                   $(stats "${RPS_RATIOS[@]}")"
+echo "A/B CPU per request (B's throughput per CPU): $(stats "${CPU_RATIOS[@]}")"
