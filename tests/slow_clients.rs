@@ -121,7 +121,9 @@ fn a_stalled_later_request_head_times_out() {
     s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
-    // Idle for longer than the header timeout: still a good keep-alive connection.
+    // Idle for longer than the header timeout, with a stray CRLF (which RFC 9112 says to
+    // ignore): still a good keep-alive connection.
+    s.write_all(b"\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     s.write_all(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -135,6 +137,10 @@ fn a_stalled_later_request_head_times_out() {
     assert!(res.starts_with("HTTP/1.1 408"), "{res}");
     assert!(res.contains(r#""code":"request_timeout""#), "{res}");
     assert!(res.to_ascii_lowercase().contains("x-request-id: "), "{res}");
+    assert!(
+        res.to_ascii_lowercase().contains("connection: close"),
+        "the 408 must announce the close: {res}"
+    );
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
         "408 after {waited:?}"
@@ -152,6 +158,43 @@ fn a_stalled_later_request_head_times_out() {
             &[("status", "408")]
         ),
         Some(1.0),
+        "{m}"
+    );
+}
+
+/// A connection that never sends a byte (a preconnect, a TCP health check) is closed after the
+/// header timeout without an answer, and is not counted as a failed request.
+#[test]
+fn a_connection_that_sends_nothing_is_closed_silently() {
+    let up = Upstream::start_ok();
+    let token = "slow-clients-token-0123456789";
+    let cfg = config(
+        &up.url(),
+        ROUTES,
+        &format!(r#""admin":{{"token":"{token}"}}"#),
+    )
+    .replace(
+        r#""workers":1"#,
+        r#""workers":1,"client_header_timeout":"500ms""#,
+    );
+    let gw = Gateway::start(&cfg);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    let closed = match s.read_to_end(&mut buf) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the silent connection was kept open");
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    let m = block_on(scrape_metrics(&gw, token));
+    assert_eq!(
+        metric(
+            &m,
+            "kairos_http_protocol_errors_total",
+            &[("status", "408")]
+        ),
+        Some(0.0),
         "{m}"
     );
 }

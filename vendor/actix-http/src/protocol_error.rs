@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::OnceLock};
 
 use http::StatusCode;
 
-use crate::{body::BoxBody, Extensions, Response};
+use crate::{body::BoxBody, ConnectionType, Extensions, Response};
 
 /// What the dispatcher knows when it has to answer by itself.
 #[derive(Debug)]
@@ -39,12 +39,16 @@ pub(crate) fn respond(
     peer_addr: Option<SocketAddr>,
     conn_data: Option<&Extensions>,
 ) -> (Response<()>, BoxBody) {
-    match RESPONDER.get() {
+    let (mut res, body) = match RESPONDER.get() {
         Some(responder) => responder(&ProtocolError {
             status,
             peer_addr,
             conn_data,
         }),
         None => (Response::with_body(status, ()), BoxBody::new(())),
-    }
+    };
+    // The connection is closed after this response: say so (the encoder drops a `Connection`
+    // header the responder sets and would otherwise repeat the last request's keep-alive).
+    res.head_mut().set_connection_type(ConnectionType::Close);
+    (res, body)
 }

@@ -1036,6 +1036,7 @@ where
                         this.conn_data.as_deref(),
                     );
                     this.messages.push_back(DispatcherMessage::Error(res, body));
+                    this.head_timer.clear(line!());
 
                     this.flags.insert(Flags::READ_DISCONNECT);
                     *this.error = Some(ParseError::TooLarge.into());
@@ -1058,6 +1059,7 @@ where
                         this.conn_data.as_deref(),
                     );
                     this.messages.push_back(DispatcherMessage::Error(res, body));
+                    this.head_timer.clear(line!());
 
                     this.flags.insert(Flags::READ_DISCONNECT);
                     *this.error = Some(err.into());
@@ -1092,6 +1094,20 @@ where
                     this.ka_timer.clear(line!());
                 }
                 this.flags.remove(Flags::KEEP_ALIVE);
+                if this.read_buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+                    // Not a byte of a request arrived (a preconnect, a TCP health check):
+                    // close without an answer, as NGINX does, instead of a 408 nobody asked
+                    // for that would count as a failed request.
+                    trace!("no request on the connection; closing it");
+                    this.flags.insert(Flags::SHUTDOWN);
+                    if let Some(deadline) = this.config.client_disconnect_deadline() {
+                        this.shutdown_timer
+                            .set_and_init(cx, sleep_until(deadline.into()), line!());
+                    } else {
+                        this.flags.insert(Flags::WRITE_DISCONNECT);
+                    }
+                    return Ok(());
+                }
                 let (res, body) = crate::protocol_error::respond(
                     StatusCode::REQUEST_TIMEOUT,
                     *this.peer_addr,
@@ -1416,7 +1432,10 @@ where
                             PollResponse::DoNothing => {
                                 // KEEP_ALIVE is set in send_response_inner if client allows it
                                 // FINISHED is set after writing last chunk of response
-                                if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED) {
+                                // (Kairos patch: not while a started head is being timed.)
+                                if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED)
+                                    && !matches!(inner.head_timer, TimerState::Active { .. })
+                                {
                                     if let Some(timer) = inner.config.keep_alive_deadline() {
                                         inner.as_mut().project().ka_timer.set_and_init(
                                             cx,
@@ -1507,11 +1526,19 @@ where
                     // buffer while nothing is in flight), and it gets the same deadline as the
                     // first one. Upstream times only the first head, so a client could finish
                     // one request, start the next and stall forever, holding the connection.
+                    // Stray CRLFs before a request line are ignored (RFC 9112 2.2), so they do
+                    // not count as a started head.
                     if state_is_none
                         && inner_p.messages.is_empty()
                         && inner_p.payload.is_none()
-                        && !inner_p.read_buf.is_empty()
+                        && !inner_p.flags.intersects(
+                            Flags::READ_DISCONNECT
+                                | Flags::SHUTDOWN
+                                | Flags::LINGER
+                                | Flags::DRAINING,
+                        )
                         && !matches!(inner_p.head_timer, TimerState::Active { .. })
+                        && inner_p.read_buf.iter().any(|b| !matches!(b, b'\r' | b'\n'))
                     {
                         if let Some(deadline) = inner_p.config.client_request_deadline() {
                             // The connection is not idle: the head timer replaces the
