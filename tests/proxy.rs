@@ -597,10 +597,12 @@ async fn dot_segments_are_refused_not_forwarded() {
     assert_eq!(up.last().target, "/storage/v1.2/..hidden/a.txt");
 }
 
-/// Runs of slashes are merged before routing and the merged path goes upstream, so `//files`
-/// cannot miss the files route and reach another route's upstream path.
+/// Paths are normalised before routing and the normalised path goes upstream: runs of slashes
+/// merged, escaped unreserved characters decoded; encoded slashes and backslashes refused. So
+/// `//files`, `/%66iles` or `/files%2F..` cannot miss the files route and reach another
+/// route's upstream path.
 #[tokio::test]
-async fn repeated_slashes_are_merged_before_routing() {
+async fn paths_are_normalised_before_routing() {
     let up = Upstream::start_ok();
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
     for (path, upstream_target) in [
@@ -609,11 +611,27 @@ async fn repeated_slashes_are_merged_before_routing() {
         ("//any//x", "/any/x"),
         ("/any//x?q=a//b", "/any/x?q=a//b"),
         ("///api//users//7", "/users/7"),
+        ("/%66iles/%61.txt", "/storage/a.txt"),
+        ("/any/a%20b%3f", "/any/a%20b%3F"),
+        ("/%61ny/x%7e", "/any/x~"),
     ] {
         let res = raw_get(gw.addr, path, "x");
         assert!(res.starts_with("HTTP/1.1 200"), "{path}: {res}");
         assert_eq!(up.last().target, upstream_target, "{path}");
     }
+    let forwarded = up.count();
+    for path in [
+        "/%2Ffiles/a",
+        "/files%2fa",
+        "/%5Cfiles/a",
+        "/any/a\\b",
+        "/any/a%zz",
+        "/any/a%4",
+    ] {
+        let res = raw_get(gw.addr, path, "x");
+        assert!(res.starts_with("HTTP/1.1 400"), "{path}: {res}");
+    }
+    assert_eq!(up.count(), forwarded, "a refused path reached the upstream");
 }
 
 #[test]

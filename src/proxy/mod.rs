@@ -172,16 +172,16 @@ async fn proxy<'a>(
         return Err(GatewayError::HeadersTooLarge);
     }
 
-    // Phase 1: route. A path with dot segments could match one route and, once the upstream
-    // resolves them, reach another route's resource: refused, never forwarded.
-    if has_dot_segment(req.path()) {
+    // Phase 1: route, on the normalised path, which is also what goes upstream: a path must
+    // never match one route and, once an upstream decodes or resolves it, reach another
+    // route's resource. Encoded slashes and backslashes and dot segments are refused;
+    // escaped unreserved characters are decoded and runs of slashes merged (see
+    // `normalize_path`).
+    let normalized = normalize_path(req.path()).map_err(GatewayError::BadRequest)?;
+    let path = normalized.as_deref().unwrap_or(req.path());
+    if has_dot_segment(path) {
         return Err(GatewayError::BadRequest("path contains dot segments"));
     }
-    // Runs of slashes are merged before routing, and the merged path is what goes upstream
-    // (NGINX's merge_slashes): `//admin/x` must not miss an `/admin/` route, land on a
-    // catch-all, and reach /admin/x on an upstream that merges slashes itself.
-    let merged = merge_slashes(req.path());
-    let path = merged.as_deref().unwrap_or(req.path());
     let host_key = match (rt.router.uses_hosts(), host) {
         (true, Some(h)) => Some(host_name(h).to_ascii_lowercase()),
         _ => None,
@@ -358,7 +358,7 @@ async fn proxy<'a>(
     // request (only bodies kept whole can be sent twice).
     let upstream: &'a Upstream = &rt.upstreams[route.upstream];
     let policy = &upstream.config.retries;
-    let mut path_and_query = upstream_path(req, merged.as_deref(), route, &params)?;
+    let mut path_and_query = upstream_path(req, normalized.as_deref(), route, &params)?;
     let edits = rt.auth.header_edits(identity.as_ref());
     if let Some(name) = rt
         .auth
@@ -782,21 +782,71 @@ pub fn has_dot_segment(path: &str) -> bool {
         .any(|seg| seg == b"." || seg == b"..")
 }
 
-/// The path with every run of slashes merged into one, or `None` when it has none (the common
-/// case, which allocates nothing).
-pub fn merge_slashes(path: &str) -> Option<String> {
-    if !path.contains("//") {
-        return None;
+/// The path as it is routed and forwarded, or `None` when it is already normal (the common
+/// case, which allocates nothing); an error message for a path that is refused.
+///
+/// - `%2F` and `%5C` (an encoded slash or backslash) and a raw `\` are refused: an upstream
+///   that decodes them sees other segments than the router did (Envoy's
+///   `path_with_escaped_slashes_action: REJECT_REQUEST`).
+/// - An escaped unreserved character (`%61` for `a`) is decoded (RFC 3986 6.2.2.2), so
+///   `/%61dmin` routes as `/admin`; other escapes are kept, with upper-case hex digits.
+/// - A `%` not followed by two hex digits is refused.
+/// - Runs of slashes are merged (NGINX's `merge_slashes`): `//admin/x` must not miss an
+///   `/admin/` route and land on a catch-all.
+pub fn normalize_path(path: &str) -> Result<Option<String>, &'static str> {
+    let b = path.as_bytes();
+    let mut prev = 0u8;
+    if !b.iter().any(|&c| {
+        let odd = c == b'%' || c == b'\\' || (c == b'/' && prev == b'/');
+        prev = c;
+        odd
+    }) {
+        return Ok(None);
     }
-    let mut out = String::with_capacity(path.len());
-    let mut prev_slash = false;
-    for c in path.chars() {
-        if !(c == '/' && prev_slash) {
-            out.push(c);
+    fn hex(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
         }
-        prev_slash = c == '/';
     }
-    Some(out)
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => return Err("path contains a backslash"),
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err("path contains an invalid percent-encoding");
+                };
+                match (hi << 4) | lo {
+                    b'/' | b'\\' => return Err("path contains an encoded slash or backslash"),
+                    c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
+                        out.push(c)
+                    }
+                    c => out.extend_from_slice(&[
+                        b'%',
+                        HEX[usize::from(c >> 4)],
+                        HEX[usize::from(c & 15)],
+                    ]),
+                }
+                i += 3;
+                continue;
+            }
+            b'/' if out.last() == Some(&b'/') => {}
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    // Only ASCII bytes were replaced or added, so the text stays UTF-8.
+    String::from_utf8(out)
+        .map(Some)
+        .map_err(|_| "path is not UTF-8")
 }
 
 /// Waits for `fut` for at most `timeout`, counted from the later of the start and the last
