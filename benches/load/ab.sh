@@ -14,10 +14,12 @@
 # The gateway runs on CPU 0, wrk and the upstream nginx on CPU 1. Not part of CI.
 
 set -euo pipefail
+export LC_ALL=C
 
 A_EXTRA=${A_EXTRA:-}
 B_EXTRA=${B_EXTRA:-', "tracing": {"sampling_rate": 0.1, "endpoint": "http://127.0.0.1:SINK"}'}
 PAIRS=${PAIRS:-5}
+((PAIRS >= 1)) || { echo "PAIRS must be at least 1" >&2; exit 1; }
 DURATION=${DURATION:-6}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-50}
@@ -53,23 +55,31 @@ EOF
 done
 
 URL="http://127.0.0.1:$GW_PORT/api/items/42"
-# run VARIANT: prints "req/s cpu-µs-per-request"
+HZ=$(getconf CLK_TCK)
+# run VARIANT: sets RPS and CPU_US (the proxy's CPU time per request, µs). Runs in this shell
+# (not in $(...)), so the gateway's pid is in PIDS for the cleanup on any exit.
 run() {
-    local pid u1 s1 u2 s2 rps hz
+    local pid u1 s1 u2 s2 out ok=0
     taskset -c 0 "$KAIROS_BIN" --config "$TMP/$1.json" >"$TMP/$1.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    for _ in $(seq 100); do curl -fsS "$URL" >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 100); do
+        if curl -fsS "$URL" >/dev/null 2>&1; then ok=1; break; fi
+        sleep 0.1
+    done
+    ((ok)) || die "gateway $1 did not answer 2xx (see $TMP/$1.log; KEEP_TMP=1 keeps it)"
     taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$URL" >/dev/null
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-    rps=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$URL" | awk '/Requests\/sec/ {print $2}')
+    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$URL")
     read -r u2 s2 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     forget "$pid"
-    hz=$(getconf CLK_TCK)
-    awk -v r="$rps" -v t=$((u2 - u1 + s2 - s1)) -v d="$DURATION" -v hz="$hz" \
-        'BEGIN { printf "%.0f %.2f\n", r, t / hz * 1e6 / (r * d) }'
+    [[ $out != *"Non-2xx"* ]] || die "gateway $1 answered non-2xx under load: $out"
+    RPS=$(awk '/Requests\/sec/ { printf "%.0f", $2 }' <<<"$out")
+    [[ -n $RPS && $RPS -gt 0 ]] || die "no throughput from wrk: $out"
+    CPU_US=$(awk -v r="$RPS" -v t=$((u2 - u1 + s2 - s1)) -v d="$DURATION" -v hz="$HZ" \
+        'BEGIN { printf "%.2f", t / hz * 1e6 / (r * d) }')
 }
 
 log "A: ${A_EXTRA:-(as is)}"
@@ -79,8 +89,10 @@ printf '%-5s %10s %10s %12s %12s %8s %8s\n' pair "A req/s" "B req/s" "A cpu µs/
 RPS_RATIOS=()
 CPU_RATIOS=()
 for i in $(seq "$PAIRS"); do
-    read -r ra ca < <(run A)
-    read -r rb cb < <(run B)
+    run A
+    ra=$RPS ca=$CPU_US
+    run B
+    rb=$RPS cb=$CPU_US
     r=$(awk -v a="$ra" -v b="$rb" 'BEGIN { printf "%.3f", b / a }')
     c=$(awk -v a="$ca" -v b="$cb" 'BEGIN { printf "%.3f", a / b }')
     printf '%-5s %10s %10s %12s %12s %8s %8s\n' "$i" "$ra" "$rb" "$ca" "$cb" "$r" "$c"

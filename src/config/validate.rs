@@ -422,7 +422,12 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
                     servers.push(ServerEntry {
                         url,
                         https,
-                        host: authority.host().to_string(),
+                        // Without an IPv6 address's brackets (as `server.address` wants it).
+                        host: authority
+                            .host()
+                            .trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_string(),
                         port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
                         authority,
                         host_header,

@@ -294,6 +294,11 @@ impl RequestTrace {
     /// Names the server span after the matched route.
     pub fn routed(&mut self, method: &str, template: &str, route_name: &str) {
         if let Some(s) = &mut self.server {
+            // The semantic conventions name a span of an extension method "HTTP {route}".
+            let method = match s.default_name {
+                Some("HTTP") => "HTTP",
+                _ => method,
+            };
             let b = &mut s.body;
             put_len_prefix(b, SPAN_NAME, method.len() + 1 + template.len());
             b.extend_from_slice(method.as_bytes());
