@@ -95,7 +95,14 @@ pub fn headers(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
         let name = crate::proxy::host_name(s);
         assert!(s.contains(name.trim_end_matches('.')) || name.is_empty());
-        let _ = crate::proxy::has_dot_segment(s);
+        if let Ok(normalized) = crate::proxy::normalize_path(s) {
+            let path = normalized.as_deref().unwrap_or(s);
+            // What is routed and forwarded has no escaped or back slash and no run of slashes.
+            let lower = path.to_ascii_lowercase();
+            assert!(!path.contains("//") && !path.contains('\\'), "{path}");
+            assert!(!lower.contains("%2f") && !lower.contains("%5c"), "{path}");
+            let _ = crate::proxy::has_dot_segment(path);
+        }
     }
     let mut headers = actix_web::http::header::HeaderMap::new();
     if let Ok(v) = actix_web::http::header::HeaderValue::from_bytes(data) {

@@ -572,6 +572,12 @@ fn not_modified_with_content_length_keeps_the_connection_usable() {
     );
 }
 
+/// `path` gets 400 from the gateway.
+fn assert_refused(gw: &Gateway, path: &str) {
+    let res = raw_get(gw.addr, path, "x");
+    assert!(res.starts_with("HTTP/1.1 400"), "{path}: {res}");
+}
+
 #[tokio::test]
 async fn dot_segments_are_refused_not_forwarded() {
     let up = Upstream::start_ok();
@@ -583,8 +589,7 @@ async fn dot_segments_are_refused_not_forwarded() {
         "/files/a/./b",
         "/any/x/..%5cy",
     ] {
-        let res = raw_get(gw.addr, path, "x");
-        assert!(res.starts_with("HTTP/1.1 400"), "{path}: {res}");
+        assert_refused(&gw, path);
     }
     assert_eq!(up.count(), 0);
     // Dots inside a segment are fine.
@@ -628,8 +633,7 @@ async fn paths_are_normalised_before_routing() {
         "/any/a%zz",
         "/any/a%4",
     ] {
-        let res = raw_get(gw.addr, path, "x");
-        assert!(res.starts_with("HTTP/1.1 400"), "{path}: {res}");
+        assert_refused(&gw, path);
     }
     assert_eq!(up.count(), forwarded, "a refused path reached the upstream");
 }

@@ -71,6 +71,29 @@ async fn slowloris_connections_do_not_starve_normal_clients() {
     }
 }
 
+const TOKEN: &str = "slow-clients-token-0123456789";
+
+/// A gateway in front of `up` with these `server` settings and the admin token `TOKEN`.
+fn gateway_with(up: &Upstream, server: &str) -> Gateway {
+    let cfg = config(
+        &up.url(),
+        ROUTES,
+        &format!(r#""admin":{{"token":"{TOKEN}"}}"#),
+    )
+    .replace(r#""workers":1"#, &format!(r#""workers":1,{server}"#));
+    Gateway::start(&cfg)
+}
+
+/// `kairos_http_protocol_errors_total{status="408"}` as the gateway reports it.
+fn head_timeouts(gw: &Gateway) -> Option<f64> {
+    let m = block_on(scrape_metrics(gw, TOKEN));
+    metric(
+        &m,
+        "kairos_http_protocol_errors_total",
+        &[("status", "408")],
+    )
+}
+
 /// Reads one response (head and `Content-Length` body) from a keep-alive connection.
 fn read_response(s: &mut std::net::TcpStream) -> String {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -106,17 +129,7 @@ fn read_response(s: &mut std::net::TcpStream) -> String {
 #[test]
 fn a_stalled_later_request_head_times_out() {
     let up = Upstream::start_ok();
-    let token = "slow-clients-token-0123456789";
-    let cfg = config(
-        &up.url(),
-        ROUTES,
-        &format!(r#""admin":{{"token":"{token}"}}"#),
-    )
-    .replace(
-        r#""workers":1"#,
-        r#""workers":1,"client_header_timeout":"1s","keep_alive":"30s""#,
-    );
-    let gw = Gateway::start(&cfg);
+    let gw = gateway_with(&up, r#""client_header_timeout":"1s","keep_alive":"30s""#);
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -150,16 +163,7 @@ fn a_stalled_later_request_head_times_out() {
         "the stalled connection was kept open"
     );
     assert_eq!(up.count(), 2, "the stalled request reached the upstream");
-    let m = block_on(scrape_metrics(&gw, token));
-    assert_eq!(
-        metric(
-            &m,
-            "kairos_http_protocol_errors_total",
-            &[("status", "408")]
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(head_timeouts(&gw), Some(1.0));
 }
 
 /// A connection that never sends a byte (a preconnect, a TCP health check) is closed after the
@@ -167,17 +171,7 @@ fn a_stalled_later_request_head_times_out() {
 #[test]
 fn a_connection_that_sends_nothing_is_closed_silently() {
     let up = Upstream::start_ok();
-    let token = "slow-clients-token-0123456789";
-    let cfg = config(
-        &up.url(),
-        ROUTES,
-        &format!(r#""admin":{{"token":"{token}"}}"#),
-    )
-    .replace(
-        r#""workers":1"#,
-        r#""workers":1,"client_header_timeout":"500ms""#,
-    );
-    let gw = Gateway::start(&cfg);
+    let gw = gateway_with(&up, r#""client_header_timeout":"500ms""#);
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = Vec::new();
@@ -187,16 +181,7 @@ fn a_connection_that_sends_nothing_is_closed_silently() {
     };
     assert!(closed, "the silent connection was kept open");
     assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
-    let m = block_on(scrape_metrics(&gw, token));
-    assert_eq!(
-        metric(
-            &m,
-            "kairos_http_protocol_errors_total",
-            &[("status", "408")]
-        ),
-        Some(0.0),
-        "{m}"
-    );
+    assert_eq!(head_timeouts(&gw), Some(0.0));
 }
 
 /// Pipelined requests: the part of a next head that arrived with the previous request is timed
@@ -204,11 +189,7 @@ fn a_connection_that_sends_nothing_is_closed_silently() {
 #[test]
 fn a_stalled_pipelined_head_times_out() {
     let up = Upstream::start_ok();
-    let cfg = config(&up.url(), ROUTES, "").replace(
-        r#""workers":1"#,
-        r#""workers":1,"client_header_timeout":"1s","keep_alive":"30s""#,
-    );
-    let gw = Gateway::start(&cfg);
+    let gw = gateway_with(&up, r#""client_header_timeout":"1s","keep_alive":"30s""#);
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .unwrap();

@@ -730,11 +730,15 @@ fn put_len_prefix(buf: &mut Vec<u8>, field: u32, len: usize) {
 /// `Resource`) whose value is a string of `len` bytes the caller writes next
 /// (`AnyValue { string string_value = 1; }`).
 fn put_attr_prefix_in(buf: &mut Vec<u8>, field: u32, key: &str, len: usize) {
-    let any_len = field_len(len);
+    put_key_value_head(buf, field, key, field_len(len));
+    put_len_prefix(buf, 1, len);
+}
+
+/// A `KeyValue` up to its `AnyValue`'s body, which is `any_len` bytes the caller writes next.
+fn put_key_value_head(buf: &mut Vec<u8>, field: u32, key: &str, any_len: usize) {
     put_len_prefix(buf, field, field_len(key.len()) + field_len(any_len));
     put_bytes(buf, 1, key.as_bytes());
     put_len_prefix(buf, 2, any_len);
-    put_len_prefix(buf, 1, len);
 }
 
 fn put_attr_prefix(buf: &mut Vec<u8>, key: &str, len: usize) {
@@ -762,14 +766,7 @@ fn put_attr_str(buf: &mut Vec<u8>, key: &str, value: &[u8]) {
 
 /// An integer attribute (`AnyValue { int64 int_value = 3; }`).
 fn put_attr_int(buf: &mut Vec<u8>, key: &str, value: i64) {
-    let any_len = 1 + varint_len(value as u64);
-    put_len_prefix(
-        buf,
-        SPAN_ATTRIBUTE,
-        field_len(key.len()) + field_len(any_len),
-    );
-    put_bytes(buf, 1, key.as_bytes());
-    put_len_prefix(buf, 2, any_len);
+    put_key_value_head(buf, SPAN_ATTRIBUTE, key, 1 + varint_len(value as u64));
     put_tag(buf, 3, 0);
     put_varint(buf, value as u64);
 }

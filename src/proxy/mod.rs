@@ -174,9 +174,9 @@ async fn proxy<'a>(
 
     // Phase 1: route, on the normalised path, which is also what goes upstream: a path must
     // never match one route and, once an upstream decodes or resolves it, reach another
-    // route's resource. Encoded slashes and backslashes and dot segments are refused;
-    // escaped unreserved characters are decoded and runs of slashes merged (see
-    // `normalize_path`).
+    // route's resource. Encoded slashes and backslashes and dot segments (also encoded ones,
+    // decoded by `normalize_path`) are refused; escaped unreserved characters are decoded
+    // and runs of slashes merged.
     let normalized = normalize_path(req.path()).map_err(GatewayError::BadRequest)?;
     let path = normalized.as_deref().unwrap_or(req.path());
     if has_dot_segment(path) {
@@ -755,31 +755,11 @@ pub fn host_name(host: &str) -> &str {
     name.strip_suffix('.').unwrap_or(name)
 }
 
-/// Whether a raw request path has a `.` or `..` segment, also when the dots or the slashes
-/// around them are percent-encoded (`%2e%2e`, `..%2f`, `..\`).
+/// Whether a path that [`normalize_path`] accepted has a `.` or `..` segment. Encoded dots
+/// were decoded there and encoded or back slashes refused, so only literal segments are left
+/// to look at (and most paths have no dot at all: one scan, no allocation).
 pub fn has_dot_segment(path: &str) -> bool {
-    if !path.contains('.') && !path.contains('%') {
-        return false;
-    }
-    let mut decoded = Vec::with_capacity(path.len());
-    let b = path.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            match (b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()) {
-                (b'2', b'e') => decoded.push(b'.'),
-                (b'2', b'f') | (b'5', b'c') => decoded.push(b'/'),
-                _ => decoded.extend_from_slice(&b[i..i + 3]),
-            }
-            i += 3;
-        } else {
-            decoded.push(if b[i] == b'\\' { b'/' } else { b[i] });
-            i += 1;
-        }
-    }
-    decoded
-        .split(|&c| c == b'/')
-        .any(|seg| seg == b"." || seg == b"..")
+    path.contains('.') && path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// The path as it is routed and forwarded, or `None` when it is already normal (the common
