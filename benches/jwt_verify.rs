@@ -1,5 +1,5 @@
 //! JWT verification cost: `jsonwebtoken::decode` of a small token (sub, exp, iss, aud) with the
-//! ring-backed `CryptoProvider` (`kairos_rs::auth::crypto`), for HS256, RS256 and PS256 (RSA
+//! ring-backed `CryptoProvider` (`kairos_rs::edge::auth::crypto`), for HS256, RS256 and PS256 (RSA
 //! 2048), ES256 (P-256) and EdDSA (Ed25519), plus RS256 with the key given as JWK n/e (the
 //! JWKS path). Each iteration is what the gateway does per request: split and base64-decode
 //! the token, build the verifier from the `DecodingKey`, check the signature, then parse and
@@ -140,7 +140,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn jwt_verify(c: &mut Criterion) {
-    kairos_rs::auth::crypto::install();
+    kairos_rs::edge::auth::crypto::install();
     let claims = Claims {
         sub: "user-1234".to_owned(),
         exp: get_current_timestamp() + 24 * 3600,
@@ -180,8 +180,8 @@ fn jwt_verify(c: &mut Criterion) {
 /// API-key lookup: SHA-256 of the presented key, a hash-map probe and a constant-time compare,
 /// with 10 and 10,000 configured keys; a miss costs the same as a hit.
 fn api_key_lookup(c: &mut Criterion) {
-    use kairos_rs::auth::api_key::{hash, KeyStore};
     use kairos_rs::config::model::{ApiKeyEntry, ApiKeysConfig};
+    use kairos_rs::edge::auth::api_key::{hash, KeyStore};
     let mut group = c.benchmark_group("api_key_lookup");
     for n in [10usize, 10_000] {
         let keys: Vec<String> = (0..n)

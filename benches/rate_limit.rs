@@ -9,8 +9,8 @@
 //! Run: `cargo bench --bench rate_limit` (add `-- --quick` for a short run).
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use kairos_rs::edge::ratelimit::{Decision, Pending, RateLimiter};
 use kairos_rs::observability::metrics::Metrics;
-use kairos_rs::ratelimit::{Decision, Pending, RateLimiter};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 

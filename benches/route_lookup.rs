@@ -14,7 +14,7 @@
 //! thousands of siblings on the same prefix (`/static`, `/svc`, `/files`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use kairos_rs::proxy::router::{Lookup, Router};
+use kairos_rs::config::router::{Lookup, Router};
 use std::hint::black_box;
 use std::time::Duration;
 

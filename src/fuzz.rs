@@ -15,7 +15,7 @@ pub fn config(data: &[u8]) {
         Some("x".repeat(16))
     }) {
         Ok(cfg) => {
-            let router = crate::proxy::router::Router::build(&cfg.routes);
+            let router = crate::config::router::Router::build(&cfg.routes);
             assert!(router.is_ok(), "a validated config must build its router");
         }
         Err(e) => {
@@ -57,22 +57,22 @@ pub fn router(data: &[u8]) {
     else {
         return;
     };
-    let Ok(router) = crate::proxy::router::Router::build(&cfg.routes) else {
+    let Ok(router) = crate::config::router::Router::build(&cfg.routes) else {
         panic!("a validated config must build its router");
     };
     for path in requests.lines().take(64) {
         for method in MethodSet::NAMES.iter().chain(&["PURGE"]) {
             match router.lookup(None, path, method) {
-                crate::proxy::router::Lookup::Found { route, params } => {
+                crate::config::router::Lookup::Found { route, params } => {
                     let r = &cfg.routes[route];
                     assert!(r.methods.contains(method), "{method} {path} -> {}", r.path);
                     let expected = r.path.matches('{').count();
                     assert_eq!(params.len(), expected, "{path} -> {}", r.path);
                 }
-                crate::proxy::router::Lookup::MethodNotAllowed { allow } => {
+                crate::config::router::Lookup::MethodNotAllowed { allow } => {
                     assert!(!allow.is_empty());
                 }
-                crate::proxy::router::Lookup::NotFound => {}
+                crate::config::router::Lookup::NotFound => {}
             }
         }
     }
@@ -122,7 +122,7 @@ pub fn headers(data: &[u8]) {
 pub fn auth(data: &[u8]) {
     use futures_util::FutureExt;
     use std::sync::OnceLock;
-    static JWT: OnceLock<crate::auth::jwt::JwtAuth> = OnceLock::new();
+    static JWT: OnceLock<crate::edge::auth::jwt::JwtAuth> = OnceLock::new();
     let jwt = JWT.get_or_init(|| {
         let cfg = crate::config::model::JwtConfig {
             providers: vec![crate::config::model::JwtProviderConfig {
@@ -139,20 +139,20 @@ pub fn auth(data: &[u8]) {
             forward_claims: Vec::new(),
             strip_authorization: false,
         };
-        crate::auth::jwt::JwtAuth::new(&cfg).expect("fuzz JWT config")
+        crate::edge::auth::jwt::JwtAuth::new(&cfg).expect("fuzz JWT config")
     });
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(token) = crate::auth::jwt::bearer(text) {
+    if let Ok(token) = crate::edge::auth::jwt::bearer(text) {
         // Static keys never wait: the future completes on its first poll.
         if let Some(result) = jwt.verify(token).now_or_never() {
             assert!(result.is_err(), "a made-up token verified: {token}");
         }
     }
     let name = "api_key";
-    let _ = crate::auth::api_key::query_value(text, name);
-    if let Some(rest) = crate::auth::api_key::strip_query_param(text, name) {
+    let _ = crate::edge::auth::api_key::query_value(text, name);
+    if let Some(rest) = crate::edge::auth::api_key::strip_query_param(text, name) {
         assert!(
             !rest
                 .split('&')

@@ -2,11 +2,12 @@
 
 use anyhow::Context;
 use clap::Parser;
+use kairos_rs::cli::demo;
+use kairos_rs::cli::remote::{self, RemoteError};
 use kairos_rs::cli::{
     Cli, Command, ConfigCommand, HealthCommand, KeysCommand, MetricsCommand, RoutesCommand,
 };
-use kairos_rs::remote::{self, RemoteError};
-use kairos_rs::{config, demo, observability, server, state};
+use kairos_rs::{config, observability, runtime as state, server};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -123,7 +124,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!(
                 "{}",
-                kairos_rs::auth::api_key::format_hash(&kairos_rs::auth::api_key::hash(key))
+                kairos_rs::edge::auth::api_key::format_hash(&kairos_rs::edge::auth::api_key::hash(
+                    key
+                ))
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -218,7 +221,7 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
     };
     shared.set_config_file(path.clone(), &text);
     if let (Some(p), true) = (&path, watch) {
-        if let Err(e) = kairos_rs::reload::watch(shared.clone(), p.clone()) {
+        if let Err(e) = kairos_rs::runtime::reload::watch(shared.clone(), p.clone()) {
             tracing::warn!("{e}; reload with SIGHUP or POST /_kairos/config/reload");
         }
     }

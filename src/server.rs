@@ -1,7 +1,7 @@
 //! The listener: builds the actix server from the live state (plaintext HTTP/1.1 + h2c, or
 //! TLS with HTTP/2 via ALPN), and stops it gracefully on SIGTERM/SIGINT.
 
-use crate::state::SharedState;
+use crate::runtime::SharedState;
 use crate::{admin, proxy};
 use actix_web::{web, App, HttpServer};
 use std::io;
@@ -51,7 +51,7 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     })
     .disable_signals();
     let http = match &cfg.tls {
-        Some(tls) => http.listen_rustls_0_23(listener, crate::tls::server_config(tls)?)?,
+        Some(tls) => http.listen_rustls_0_23(listener, crate::base::tls::server_config(tls)?)?,
         None if cfg.h2c => http.listen_auto_h2c(listener)?,
         None => http.listen(listener)?,
     };
@@ -84,8 +84,8 @@ impl Drop for Connection {
 fn protocol_error_response(
     err: &actix_http::protocol_error::ProtocolError<'_>,
 ) -> (actix_http::Response<()>, actix_web::body::BoxBody) {
+    use crate::base::error::GatewayError;
     use crate::observability::{metrics, request_id};
-    use crate::proxy::error::GatewayError;
     let error = match err.status.as_u16() {
         408 => GatewayError::HeadTimeout,
         431 => GatewayError::HeadersTooLarge,
@@ -171,8 +171,10 @@ pub async fn run_until_signal(
         };
         while hup.recv().await.is_some() {
             let state = reloader.clone();
-            let _ =
-                crate::reload::on_reload_thread(move || state.reload_file("sighup").is_ok()).await;
+            let _ = crate::runtime::reload::on_reload_thread(move || {
+                state.reload_file("sighup").is_ok()
+            })
+            .await;
         }
     });
     server.await

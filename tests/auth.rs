@@ -63,7 +63,7 @@ struct Keys {
 }
 
 fn keys() -> Keys {
-    kairos_rs::auth::crypto::install();
+    kairos_rs::edge::auth::crypto::install();
     let dir = tempfile::tempdir().unwrap();
     let rsa_args = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
     Keys {
@@ -162,7 +162,7 @@ fn setup() -> Setup {
         json_str(&keys.ec.1),
         json_str(&keys.ed.1),
         jwks_server.url(),
-        kairos_rs::auth::api_key::format_hash(&kairos_rs::auth::api_key::hash(API_KEY)),
+        kairos_rs::edge::auth::api_key::format_hash(&kairos_rs::edge::auth::api_key::hash(API_KEY)),
     );
     Setup {
         gw: Gateway::start(&config),

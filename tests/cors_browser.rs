@@ -26,7 +26,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Installs the process-wide jsonwebtoken crypto provider (the gateway's ring-backed one) that
 /// signs the test's token; `jsonwebtoken::encode` cannot sign without one.
 fn install_jwt_crypto() {
-    kairos_rs::auth::crypto::install();
+    kairos_rs::edge::auth::crypto::install();
 }
 
 /// A valid HS256 token for the gateway's `jwt_validation`, signed with `jsonwebtoken`.

@@ -5,7 +5,7 @@
 mod support;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use kairos_rs::auth::api_key;
+use kairos_rs::edge::auth::api_key;
 use reqwest::Response;
 use serde_json::json;
 use support::*;
@@ -176,7 +176,7 @@ fn token(sub: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    kairos_rs::auth::crypto::install();
+    kairos_rs::edge::auth::crypto::install();
     encode(
         &Header::new(Algorithm::HS256),
         &json!({"sub": sub, "exp": now + 600}),

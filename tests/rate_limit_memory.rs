@@ -2,8 +2,8 @@
 //! `max_keys` and the process' memory stops growing once that many are held. A test binary of
 //! its own, so no other test's allocations move the RSS it reads.
 
+use kairos_rs::edge::ratelimit::{Decision, Pending, RateLimiter};
 use kairos_rs::observability::metrics::Metrics;
-use kairos_rs::ratelimit::{Decision, Pending, RateLimiter};
 use std::net::{IpAddr, Ipv4Addr};
 
 fn rss_kib() -> u64 {

@@ -84,7 +84,7 @@ fn status_hash(c: &reqwest::blocking::Client, gw: &GatewayProcess) -> String {
 }
 
 fn sha256(text: &str) -> String {
-    kairos_rs::reload::hash_text(text)
+    kairos_rs::runtime::reload::hash_text(text)
 }
 
 /// Writes `text` as an editor would: to a temp file renamed over the config (`atomic`), or
@@ -637,8 +637,8 @@ fn the_cli_deploys_checks_exports_and_lists_against_a_gateway() {
 #[test]
 fn what_keeps_its_identity_is_carried_over_and_what_changed_is_not() {
     use kairos_rs::observability::metrics::Metrics;
-    use kairos_rs::state::Runtime;
-    kairos_rs::auth::crypto::install();
+    use kairos_rs::runtime::Runtime;
+    kairos_rs::edge::auth::crypto::install();
     let config = |secret: &str, health: bool, sampling: f64| {
         let mut u = serde_json::json!({"servers": [{"url": "http://127.0.0.1:9"}]});
         if health {

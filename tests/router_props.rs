@@ -2,7 +2,7 @@
 //! route and ranks matches segment by segment (static beats parameter beats catch-all).
 
 use kairos_rs::config::model::{MethodSet, RouteConfig};
-use kairos_rs::proxy::router::{Lookup, Router};
+use kairos_rs::config::router::{Lookup, Router};
 use proptest::prelude::*;
 use std::time::Duration;
 

@@ -4,9 +4,9 @@
 //! replace; routes; status) sits behind the same guard; its OpenAPI document is
 //! `src/admin/openapi.json`, served at `/_kairos/openapi.json`.
 
+use crate::base::error::GatewayError;
 use crate::observability::request_id;
-use crate::proxy::error::GatewayError;
-use crate::state::SharedState;
+use crate::runtime::SharedState;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -194,7 +194,7 @@ async fn config_reload(req: HttpRequest, state: web::Data<SharedState>) -> HttpR
         return no_config_file(&req, "nothing to reload");
     }
     let st = state.clone();
-    match crate::reload::on_reload_thread(move || st.reload_file("api")).await {
+    match crate::runtime::reload::on_reload_thread(move || st.reload_file("api")).await {
         Ok(Ok(applied)) => {
             HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
         }
@@ -261,7 +261,7 @@ async fn config_validate(
         .config_path()
         .unwrap_or_else(|| "request-body.json".into());
     let st = state.clone();
-    match crate::reload::on_reload_thread(move || st.dry_run(&text, &path)).await {
+    match crate::runtime::reload::on_reload_thread(move || st.dry_run(&text, &path)).await {
         Ok(Ok(diff)) => HttpResponse::Ok().json(serde_json::json!({ "valid": true, "diff": diff })),
         Ok(Err(e)) => invalid_config(&req, &e),
         Err(_) => reload_crashed(&req),
@@ -282,8 +282,8 @@ async fn config_put(
         return no_config_file(&req, "there is nowhere to persist");
     };
     let st = state.clone();
-    let result = crate::reload::on_reload_thread(move || {
-        let write = || crate::reload::persist(&path, &text);
+    let result = crate::runtime::reload::on_reload_thread(move || {
+        let write = || crate::runtime::reload::persist(&path, &text);
         st.apply_text(&text, &path, "api", Some(&write))
     })
     .await;
@@ -291,14 +291,14 @@ async fn config_put(
         Ok(Ok(applied)) => {
             HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
         }
-        Ok(Err(crate::reload::ReloadError::Persist(message))) => api_error(
+        Ok(Err(crate::runtime::reload::ReloadError::Persist(message))) => api_error(
             &req,
             actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
             "config_persist_failed",
             &message,
             None,
         ),
-        Ok(Err(crate::reload::ReloadError::Invalid(e))) => invalid_config(&req, &e),
+        Ok(Err(crate::runtime::reload::ReloadError::Invalid(e))) => invalid_config(&req, &e),
         Err(_) => reload_crashed(&req),
     }
 }
@@ -438,7 +438,10 @@ pub fn authorized(req: &HttpRequest, token: Option<&str>) -> bool {
     };
     // Digests of equal length: the comparison says nothing about the token's length either.
     let digest = |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
-    crate::auth::api_key::constant_time_eq(digest(given.trim()).as_ref(), digest(token).as_ref())
+    crate::edge::auth::api_key::constant_time_eq(
+        digest(given.trim()).as_ref(),
+        digest(token).as_ref(),
+    )
 }
 
 #[cfg(test)]

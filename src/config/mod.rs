@@ -8,6 +8,7 @@ pub mod error;
 pub mod model;
 pub mod position;
 pub mod raw;
+pub mod router;
 pub mod units;
 pub mod validate;
 

@@ -19,12 +19,12 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     pub api_keys: Option<ApiKeysConfig>,
     /// The top-level CORS policy; a route's own replaces it.
-    pub cors: Option<crate::auth::cors::CorsConfig>,
+    pub cors: Option<crate::edge::cors::CorsConfig>,
     /// Present when any limit is configured (top-level, a route's or an API key's own).
     pub rate_limiting: Option<RateLimitConfig>,
     /// The route table compiled while validating (validation needs it to find routes that
     /// cannot be told apart); the runtime uses it as is, so a reload compiles it once.
-    pub compiled_routes: Option<std::sync::Arc<crate::proxy::router::Router>>,
+    pub compiled_routes: Option<std::sync::Arc<crate::config::router::Router>>,
     /// Things that work but deserve the operator's attention (deprecated keys); logged at start.
     pub warnings: Vec<crate::config::ConfigError>,
 }
@@ -265,7 +265,7 @@ pub struct RouteConfig {
     /// Every one must be held by the caller.
     pub permissions: Vec<String>,
     /// This route's CORS policy, replacing the top-level one.
-    pub cors: Option<crate::auth::cors::CorsConfig>,
+    pub cors: Option<crate::edge::cors::CorsConfig>,
     /// This route's own limits.
     pub rate_limit: Option<RouteRateLimit>,
 }

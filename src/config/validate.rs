@@ -763,7 +763,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
 
     let mut compiled = None;
     if v.errors.is_empty() {
-        match crate::proxy::router::Router::build(&routes) {
+        match crate::config::router::Router::build(&routes) {
             Ok(router) => compiled = Some(std::sync::Arc::new(router)),
             Err(errs) => v.errors.extend(errs),
         }
@@ -900,7 +900,7 @@ fn rate_limiting_config(v: &mut V, r: &RawRateLimiting) -> RateLimitConfig {
                     String::new()
                 }
                 Some(u) => {
-                    if let Err(e) = crate::ratelimit::redis::check_url(u) {
+                    if let Err(e) = crate::edge::ratelimit::redis::check_url(u) {
                         v.err_hint(
                             "rate_limiting.redis_url",
                             e,
@@ -1230,7 +1230,7 @@ fn api_keys_config(v: &mut V, k: &RawApiKeys) -> ApiKeysConfig {
     for (name, key) in &k.keys {
         let p = format!("api_keys.keys.{name}");
         let hash = match (&key.key_hash, &key.key) {
-            (Some(h), None) => match crate::auth::api_key::parse_hash(h) {
+            (Some(h), None) => match crate::edge::auth::api_key::parse_hash(h) {
                 Ok(hash) => hash,
                 Err(e) => {
                     v.err_hint(
@@ -1248,7 +1248,7 @@ fn api_keys_config(v: &mut V, k: &RawApiKeys) -> ApiKeysConfig {
                         "the key is shorter than 16 characters; use `kairos-rs keys generate`",
                     );
                 }
-                crate::auth::api_key::hash(plain)
+                crate::edge::auth::api_key::hash(plain)
             }
             _ => {
                 v.err_hint(
@@ -1288,20 +1288,20 @@ fn api_keys_config(v: &mut V, k: &RawApiKeys) -> ApiKeysConfig {
     }
 }
 
-fn cors_config(v: &mut V, p: &str, c: &RawCors) -> crate::auth::cors::CorsConfig {
+fn cors_config(v: &mut V, p: &str, c: &RawCors) -> crate::edge::cors::CorsConfig {
     let strings = |x: &Option<Vec<String>>, d: &[&str]| {
         x.clone()
             .unwrap_or_else(|| d.iter().map(|s| s.to_string()).collect())
     };
-    let cfg = crate::auth::cors::CorsConfig {
+    let cfg = crate::edge::cors::CorsConfig {
         allowed_origins: c.allowed_origins.clone(),
-        allowed_methods: strings(&c.allowed_methods, crate::auth::cors::DEFAULT_METHODS),
+        allowed_methods: strings(&c.allowed_methods, crate::edge::cors::DEFAULT_METHODS),
         allowed_headers: strings(&c.allowed_headers, &["Content-Type", "Authorization"]),
         expose_headers: strings(&c.expose_headers, &[]),
         allow_credentials: c.allow_credentials.unwrap_or(false),
         max_age: c.max_age,
     };
-    if let Err(errors) = crate::auth::cors::CorsPolicy::compile(&cfg) {
+    if let Err(errors) = crate::edge::cors::CorsPolicy::compile(&cfg) {
         for (sub, msg, hint) in errors {
             let path = if sub.is_empty() {
                 p.to_string()

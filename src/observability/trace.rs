@@ -121,7 +121,7 @@ impl Tracing {
     /// Starts the export thread.
     pub fn new(cfg: &TracingConfig, metrics: &Metrics) -> Result<Self, String> {
         // The exporter's HTTP client (reqwest) takes the process's default TLS provider.
-        crate::tls::install_crypto_provider();
+        crate::base::tls::install_crypto_provider();
         let (tx, rx) = mpsc::sync_channel(MAX_PENDING_SPANS);
         let (stopped_tx, stopped_rx) = mpsc::sync_channel(1);
         let queued = Arc::new(AtomicUsize::new(0));

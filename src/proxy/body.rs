@@ -4,10 +4,11 @@
 //! Responses: the upstream's body polled directly by actix, with its length kept so a sized
 //! response is not re-chunked.
 
+pub use crate::upstream::body::{ProxyBody, RequestBodyError};
 use actix_web::body::{BodySize, MessageBody};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -20,58 +21,6 @@ pub const BUFFER_LIMIT: u64 = 64 * 1024;
 /// Chunks in flight between the client reader and the upstream writer: bounds memory per
 /// streamed request to a few chunks (actix reads up to 64 KiB per chunk).
 const CHANNEL_CHUNKS: usize = 4;
-
-/// Why a request body stream ended early.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestBodyError {
-    #[error("request body larger than the allowed maximum")]
-    TooLarge,
-    #[error("client request body failed: {0}")]
-    Client(String),
-}
-
-/// The body sent upstream.
-pub enum ProxyBody {
-    Empty,
-    Full(Option<Bytes>),
-    Stream {
-        rx: mpsc::Receiver<Result<Bytes, RequestBodyError>>,
-        len: Option<u64>,
-    },
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = RequestBodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match &mut *self {
-            ProxyBody::Empty => Poll::Ready(None),
-            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Stream { rx, .. } => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Empty => true,
-            ProxyBody::Full(b) => b.is_none(),
-            ProxyBody::Stream { .. } => false,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Empty => SizeHint::with_exact(0),
-            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ProxyBody::Stream { len: Some(n), .. } => SizeHint::with_exact(*n),
-            ProxyBody::Stream { len: None, .. } => SizeHint::default(),
-        }
-    }
-}
 
 /// Set by the body pump when the client sent more than `max_body_size`.
 pub type TooLargeFlag = Rc<Cell<bool>>;

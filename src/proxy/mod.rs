@@ -4,18 +4,18 @@
 
 pub mod body;
 pub mod completion;
-pub mod error;
-pub mod forward;
 pub mod headers;
-pub mod router;
 
-use crate::auth::cors::CorsPolicy;
+use crate::base::error::GatewayError;
 use crate::config::model::{RewritePart, RouteConfig, ServerConfig, Strategy};
+use crate::config::router;
+use crate::edge::cors::CorsPolicy;
+use crate::edge::ratelimit;
 use crate::observability::metrics::{self, Metrics, UpstreamErrorKind};
 use crate::observability::request_id;
 use crate::observability::trace::{self, RequestTrace};
-use crate::ratelimit;
-use crate::state::{Runtime, SharedState};
+use crate::runtime::{Runtime, SharedState};
+use crate::upstream::client as forward;
 use crate::upstream::server::AttemptResult;
 use crate::upstream::{balancer, Upstream};
 use actix_web::body::MessageBody;
@@ -23,7 +23,6 @@ use actix_web::http::header as ax;
 use actix_web::{web, HttpRequest, HttpResponse};
 use body::{ProxyBody, UpstreamBody};
 use completion::Completion;
-use error::GatewayError;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -370,7 +369,7 @@ async fn proxy<'a>(
         // or not it is what authenticated this request.
         if let Some(rest) = path_and_query
             .query()
-            .and_then(|q| crate::auth::api_key::strip_query_param(q, name))
+            .and_then(|q| crate::edge::auth::api_key::strip_query_param(q, name))
         {
             let pq = match rest.is_empty() {
                 true => path_and_query.path().to_string(),

@@ -134,7 +134,7 @@ pub fn start(
     let Some(rt) = background() else {
         return Checkers { _alive: alive };
     };
-    crate::tls::install_crypto_provider();
+    crate::base::tls::install_crypto_provider();
     let client = {
         let _guard = rt.enter();
         reqwest::Client::builder()
@@ -245,7 +245,7 @@ impl Check {
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| crate::proxy::forward::chain(&e))?;
+            .map_err(|e| crate::upstream::client::chain(&e))?;
         let status = res.status().as_u16();
         // Read (a bounded amount of) the body so the connection can be reused.
         let _ = res.bytes().await;

@@ -2,7 +2,9 @@
 //! balancer, health checkers, outlier detection, circuit breakers and retry budget.
 
 pub mod balancer;
+pub mod body;
 pub mod breaker;
+pub mod client;
 pub mod health;
 pub mod retry;
 pub mod server;
@@ -85,7 +87,7 @@ impl Upstream {
         let pool_keys = config
             .servers
             .iter()
-            .map(|s| crate::proxy::forward::pool_key(s.https, &s.authority, &tls))
+            .map(|s| crate::upstream::client::pool_key(s.https, &s.authority, &tls))
             .collect();
         Upstream {
             budget: retry::RetryBudget::new(&config.retries),

@@ -281,7 +281,7 @@ impl Gateway {
         let cfg = kairos_rs::config::load_str(config, "test-config", base)
             .unwrap_or_else(|e| panic!("{e}"));
         let state =
-            Arc::new(kairos_rs::state::SharedState::new(cfg).unwrap_or_else(|e| panic!("{e}")));
+            Arc::new(kairos_rs::runtime::SharedState::new(cfg).unwrap_or_else(|e| panic!("{e}")));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind gateway");
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {

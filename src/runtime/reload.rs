@@ -5,7 +5,7 @@
 
 use crate::config::model::{Config, RouteConfig};
 use crate::config::{ConfigError, ConfigErrors};
-use crate::state::{Runtime, SharedState};
+use crate::runtime::{Runtime, SharedState};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};

@@ -1,6 +1,9 @@
 //! The command line: `kairos-rs [--config FILE]` serves; subcommands validate and inspect
 //! configs. main.rs runs what is parsed here.
 
+pub mod demo;
+pub mod remote;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -40,7 +43,7 @@ pub enum Command {
     /// Run the built-in echo upstream alone.
     Echo {
         /// Address to listen on.
-        #[arg(long, default_value = crate::demo::DEMO_ECHO_ADDR)]
+        #[arg(long, default_value = crate::cli::demo::DEMO_ECHO_ADDR)]
         listen: String,
     },
 }
@@ -54,7 +57,7 @@ pub enum ConfigCommand {
     Deploy {
         file: PathBuf,
         #[command(flatten)]
-        remote: crate::remote::RemoteArgs,
+        remote: crate::cli::remote::RemoteArgs,
     },
     /// Print the JSON Schema of the config file.
     Schema,
@@ -81,10 +84,10 @@ pub enum KeysCommand {
 
 /// The `keys generate` output: the key, and the entry for `api_keys.keys`.
 pub fn generate_key(name: &str, permissions: &[String]) -> Result<String, String> {
-    let key = crate::auth::api_key::generate()?;
+    let key = crate::edge::auth::api_key::generate()?;
     let entry = serde_json::json!({
         name: {
-            "key_hash": crate::auth::api_key::format_hash(&crate::auth::api_key::hash(&key)),
+            "key_hash": crate::edge::auth::api_key::format_hash(&crate::edge::auth::api_key::hash(&key)),
             "permissions": permissions,
         }
     });
@@ -138,7 +141,7 @@ pub enum RoutesCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
         #[command(flatten)]
-        remote: crate::remote::RemoteArgs,
+        remote: crate::cli::remote::RemoteArgs,
     },
 }
 
@@ -149,7 +152,7 @@ pub enum HealthCommand {
         #[arg(long)]
         upstream: String,
         #[command(flatten)]
-        remote: crate::remote::RemoteArgs,
+        remote: crate::cli::remote::RemoteArgs,
     },
 }
 
@@ -157,10 +160,10 @@ pub enum HealthCommand {
 pub enum MetricsCommand {
     /// Print the gateway's metrics: the Prometheus text, or its samples as JSON.
     Export {
-        #[arg(long, value_enum, default_value_t = crate::remote::MetricsFormat::Prometheus)]
-        format: crate::remote::MetricsFormat,
+        #[arg(long, value_enum, default_value_t = crate::cli::remote::MetricsFormat::Prometheus)]
+        format: crate::cli::remote::MetricsFormat,
         #[command(flatten)]
-        remote: crate::remote::RemoteArgs,
+        remote: crate::cli::remote::RemoteArgs,
     },
 }
 

@@ -119,7 +119,7 @@ impl Gateway {
                 "gateway URL `{url}` must start with http:// or https://"
             )));
         }
-        crate::tls::install_crypto_provider();
+        crate::base::tls::install_crypto_provider();
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
@@ -155,7 +155,7 @@ impl Gateway {
             RemoteError::Unreachable(format!(
                 "cannot reach the gateway at {}: {}",
                 self.url,
-                crate::proxy::forward::chain(&e)
+                crate::upstream::client::chain(&e)
             ))
         })?;
         let status = res.status().as_u16();

@@ -405,7 +405,7 @@ pub struct Jwks {
 
 impl Jwks {
     fn new(url: String, refresh: Duration, algorithm: Algorithm) -> Result<Self, String> {
-        crate::tls::install_crypto_provider();
+        crate::base::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())

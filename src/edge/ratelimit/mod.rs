@@ -11,10 +11,10 @@ pub mod gcra;
 pub mod memory;
 pub mod redis;
 
-use crate::auth::{Identity, Scheme};
 use crate::config::model::{
     Config, OnBackendError, RateBackend, RateConfig, RateLimitConfig, RouteConfig, ScopeLimits,
 };
+use crate::edge::auth::{Identity, Scheme};
 use crate::observability::metrics::Metrics;
 use gcra::Rate;
 use memory::{Key, Store};

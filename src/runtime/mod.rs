@@ -2,10 +2,12 @@
 //! the admin endpoints read the same state; a reload builds a new one and swaps it whole, so a
 //! request in flight finishes on the state it started with.
 
+pub mod reload;
+
+use crate::config::router::Router;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::observability::metrics::Metrics;
 use crate::observability::trace::Tracing;
-use crate::proxy::router::Router;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
@@ -19,9 +21,9 @@ pub struct Runtime {
     pub upstreams: Vec<Upstream>,
     /// Present when tracing is on.
     pub tracing: Option<Arc<Tracing>>,
-    pub auth: crate::auth::Auth,
+    pub auth: crate::edge::auth::Auth,
     /// Present when anything is rate limited.
-    pub ratelimit: Option<crate::ratelimit::RateLimiter>,
+    pub ratelimit: Option<crate::edge::ratelimit::RateLimiter>,
     /// Unique per runtime in the process: route indexes are only meaningful within one.
     pub generation: u64,
 }
@@ -81,11 +83,11 @@ impl Runtime {
         let kept_jwt = previous
             .filter(|p| p.config.jwt == config.jwt)
             .and_then(|p| p.auth.jwt.clone());
-        let auth = crate::auth::Auth::build(&config, kept_jwt).map_err(|e| ConfigErrors {
+        let auth = crate::edge::auth::Auth::build(&config, kept_jwt).map_err(|e| ConfigErrors {
             source_name: "auth".into(),
             errors: vec![ConfigError::new("jwt_validation", e)],
         })?;
-        let ratelimit = crate::ratelimit::RateLimiter::build(
+        let ratelimit = crate::edge::ratelimit::RateLimiter::build(
             &config,
             metrics,
             previous.and_then(|p| p.ratelimit.as_ref()),
@@ -94,7 +96,7 @@ impl Runtime {
             source_name: "rate_limiting".into(),
             errors: vec![ConfigError::new("rate_limiting", e)],
         })?;
-        let default_tls = crate::proxy::forward::default_tls_config();
+        let default_tls = crate::upstream::client::default_tls_config();
         let upstreams = config
             .upstreams
             .iter()
@@ -109,7 +111,7 @@ impl Runtime {
                     (Some(certs), _) => {
                         let mut roots = rustls::RootCertStore::empty();
                         roots.add_parsable_certificates(certs.iter().cloned());
-                        Arc::new(crate::proxy::forward::tls_config_with_roots(roots))
+                        Arc::new(crate::upstream::client::tls_config_with_roots(roots))
                     }
                 };
                 {
@@ -162,7 +164,7 @@ pub struct SharedState {
     config_path: Mutex<Option<PathBuf>>,
     /// The config text in effect and its SHA-256.
     config_text: Mutex<(Arc<str>, String)>,
-    last_reload: Mutex<Option<crate::reload::LastReload>>,
+    last_reload: Mutex<Option<crate::runtime::reload::LastReload>>,
     pub started: std::time::SystemTime,
     /// Replaced runtimes that requests still hold.
     retired: Arc<Mutex<Vec<Arc<Runtime>>>>,
@@ -175,7 +177,9 @@ impl SharedState {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::build(config, &metrics)?;
         runtime.start(&metrics);
-        metrics.config_last_success.set(crate::reload::unix_now());
+        metrics
+            .config_last_success
+            .set(crate::runtime::reload::unix_now());
         Ok(SharedState {
             live: ArcSwap::from_pointee(runtime),
             ready: AtomicBool::new(false),
@@ -193,7 +197,7 @@ impl SharedState {
     /// Records the file the running config came from (what reloads read), if any, and its text.
     pub fn set_config_file(&self, path: Option<PathBuf>, text: &str) {
         *lock(&self.config_path) = path;
-        self.set_config_text(text, crate::reload::hash_text(text));
+        self.set_config_text(text, crate::runtime::reload::hash_text(text));
     }
 
     pub fn config_path(&self) -> Option<PathBuf> {
@@ -217,11 +221,11 @@ impl SharedState {
         lock(&self.reloading)
     }
 
-    pub fn last_reload(&self) -> Option<crate::reload::LastReload> {
+    pub fn last_reload(&self) -> Option<crate::runtime::reload::LastReload> {
         lock(&self.last_reload).clone()
     }
 
-    pub(crate) fn set_last_reload(&self, r: crate::reload::LastReload) {
+    pub(crate) fn set_last_reload(&self, r: crate::runtime::reload::LastReload) {
         *lock(&self.last_reload) = Some(r);
     }
 

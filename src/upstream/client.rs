@@ -8,7 +8,7 @@
 //! which cost about 10k instructions per request more here (SipHash pool keys, a spawned task
 //! per request to return the connection, large boxed futures).
 
-use super::body::ProxyBody;
+use crate::upstream::body::ProxyBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -282,7 +282,7 @@ fn classify(e: hyper::Error) -> ForwardError {
     use std::error::Error;
     let mut source = e.source();
     while let Some(s) = source {
-        if let Some(b) = s.downcast_ref::<super::body::RequestBodyError>() {
+        if let Some(b) = s.downcast_ref::<crate::upstream::body::RequestBodyError>() {
             return ForwardError::Body(b.to_string());
         }
         source = s.source();

@@ -3,13 +3,13 @@
 //! route's permissions.
 
 pub mod api_key;
-pub mod cors;
 pub mod crypto;
 pub mod jwt;
 
+use crate::base::error::GatewayError;
 use crate::config::model::{AuthMode, Config, RateConfig, RouteConfig};
+use crate::edge::cors;
 use crate::observability::metrics::Metrics;
-use crate::proxy::error::GatewayError;
 use actix_web::http::header as ax;
 use std::sync::Arc;
 

@@ -1,0 +1,60 @@
+//! The request body as the upstream client sends it: none, one buffer, or chunks from a bounded
+//! channel fed by the proxy's body pump.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+/// Why a request body stream ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body larger than the allowed maximum")]
+    TooLarge,
+    #[error("client request body failed: {0}")]
+    Client(String),
+}
+
+/// The body sent upstream.
+pub enum ProxyBody {
+    Empty,
+    Full(Option<Bytes>),
+    Stream {
+        rx: mpsc::Receiver<Result<Bytes, RequestBodyError>>,
+        len: Option<u64>,
+    },
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut *self {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Stream { rx, .. } => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Stream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Stream { len: Some(n), .. } => SizeHint::with_exact(*n),
+            ProxyBody::Stream { len: None, .. } => SizeHint::default(),
+        }
+    }
+}
