@@ -180,8 +180,9 @@ fn jwt_verify(c: &mut Criterion) {
 /// API-key lookup: SHA-256 of the presented key, a hash-map probe and a constant-time compare,
 /// with 10 and 10,000 configured keys; a miss costs the same as a hit.
 fn api_key_lookup(c: &mut Criterion) {
+    use kairos_rs::base::hash::hash;
     use kairos_rs::config::model::{ApiKeyEntry, ApiKeysConfig};
-    use kairos_rs::edge::auth::api_key::{hash, KeyStore};
+    use kairos_rs::edge::auth::api_key::KeyStore;
     let mut group = c.benchmark_group("api_key_lookup");
     for n in [10usize, 10_000] {
         let keys: Vec<String> = (0..n)

@@ -93,7 +93,7 @@ pub fn headers(data: &[u8]) {
         }
     }
     if let Ok(s) = std::str::from_utf8(data) {
-        let name = crate::proxy::host_name(s);
+        let name = crate::base::net::host_name(s);
         assert!(s.contains(name.trim_end_matches('.')) || name.is_empty());
         if let Ok(normalized) = crate::proxy::normalize_path(s) {
             let path = normalized.as_deref().unwrap_or(s);

@@ -124,9 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!(
                 "{}",
-                kairos_rs::edge::auth::api_key::format_hash(&kairos_rs::edge::auth::api_key::hash(
-                    key
-                ))
+                kairos_rs::base::hash::format_hash(&kairos_rs::base::hash::hash(key))
             );
             Ok(ExitCode::SUCCESS)
         }

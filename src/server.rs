@@ -51,7 +51,10 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     })
     .disable_signals();
     let http = match &cfg.tls {
-        Some(tls) => http.listen_rustls_0_23(listener, crate::base::tls::server_config(tls)?)?,
+        Some(tls) => http.listen_rustls_0_23(
+            listener,
+            crate::base::tls::server_config(&tls.cert, &tls.key)?,
+        )?,
         None if cfg.h2c => http.listen_auto_h2c(listener)?,
         None => http.listen(listener)?,
     };

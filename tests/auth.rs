@@ -162,7 +162,7 @@ fn setup() -> Setup {
         json_str(&keys.ec.1),
         json_str(&keys.ed.1),
         jwks_server.url(),
-        kairos_rs::edge::auth::api_key::format_hash(&kairos_rs::edge::auth::api_key::hash(API_KEY)),
+        kairos_rs::base::hash::format_hash(&kairos_rs::base::hash::hash(API_KEY)),
     );
     Setup {
         gw: Gateway::start(&config),

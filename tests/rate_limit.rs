@@ -5,7 +5,7 @@
 mod support;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use kairos_rs::edge::auth::api_key;
+use kairos_rs::base::hash as api_key;
 use reqwest::Response;
 use serde_json::json;
 use support::*;

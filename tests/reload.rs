@@ -84,7 +84,7 @@ fn status_hash(c: &reqwest::blocking::Client, gw: &GatewayProcess) -> String {
 }
 
 fn sha256(text: &str) -> String {
-    kairos_rs::runtime::reload::hash_text(text)
+    kairos_rs::base::hash::hash_text(text)
 }
 
 /// Writes `text` as an editor would: to a temp file renamed over the config (`atomic`), or

@@ -4,6 +4,9 @@
 //! replace; routes; status) sits behind the same guard; its OpenAPI document is
 //! `src/admin/openapi.json`, served at `/_kairos/openapi.json`.
 
+pub mod render;
+
+use crate::base::clock::rfc3339;
 use crate::base::error::GatewayError;
 use crate::observability::request_id;
 use crate::runtime::SharedState;
@@ -61,7 +64,7 @@ async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespo
         return GatewayError::Unauthorized.to_response(&request_id::for_request(req.headers()));
     }
     use crate::upstream::balancer::ServerLoad;
-    let now = crate::upstream::now_ms();
+    let now = crate::base::clock::now_ms();
     let list: Vec<serde_json::Value> = rt
         .upstreams
         .iter()
@@ -101,30 +104,6 @@ async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespo
         })
         .collect();
     HttpResponse::Ok().json(serde_json::json!({ "upstreams": list }))
-}
-
-/// A UTC timestamp as RFC 3339 with milliseconds: `2026-11-30T16:28:55.123Z`.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
 }
 
 /// The 401 for a request without the admin token; `None` when it carries it.
@@ -373,7 +352,7 @@ async fn routes(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse
         return res;
     }
     let rt = state.load();
-    let text = crate::cli::render_routes(&rt.config, crate::cli::Format::Json);
+    let text = render::render_routes(&rt.config, render::Format::Json);
     HttpResponse::Ok()
         .content_type("application/json")
         .body(text)
@@ -438,22 +417,5 @@ pub fn authorized(req: &HttpRequest, token: Option<&str>) -> bool {
     };
     // Digests of equal length: the comparison says nothing about the token's length either.
     let digest = |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
-    crate::edge::auth::api_key::constant_time_eq(
-        digest(given.trim()).as_ref(),
-        digest(token).as_ref(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(super::rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_796_056_135_123);
-        assert_eq!(super::rfc3339(t), "2026-11-30T16:28:55.123Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(super::rfc3339(leap), "2000-02-29T00:00:00.000Z");
-    }
+    crate::base::hash::constant_time_eq(digest(given.trim()).as_ref(), digest(token).as_ref())
 }

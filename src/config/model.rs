@@ -6,6 +6,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The route label of requests that matched no route; no route may take this name.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
@@ -19,7 +22,7 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     pub api_keys: Option<ApiKeysConfig>,
     /// The top-level CORS policy; a route's own replaces it.
-    pub cors: Option<crate::edge::cors::CorsConfig>,
+    pub cors: Option<crate::config::cors::CorsConfig>,
     /// Present when any limit is configured (top-level, a route's or an API key's own).
     pub rate_limiting: Option<RateLimitConfig>,
     /// The route table compiled while validating (validation needs it to find routes that
@@ -47,17 +50,9 @@ pub struct ServerConfig {
     pub client_header_timeout: Duration,
 }
 
-/// An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d: the IPv4 address it is.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 impl ServerConfig {
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = canonical_ip(ip);
+        let ip = crate::base::net::canonical_ip(ip);
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 }
@@ -125,7 +120,7 @@ pub struct UpstreamConfig {
     /// `None`: each attempt may take what is left of the route's timeout.
     pub attempt_timeout: Option<Duration>,
     pub health_check: Option<HealthCheckConfig>,
-    pub circuit_breaker: Option<crate::upstream::breaker::BreakerConfig>,
+    pub circuit_breaker: Option<BreakerConfig>,
     pub outlier: Option<OutlierConfig>,
     pub retries: RetryConfig,
 }
@@ -265,7 +260,7 @@ pub struct RouteConfig {
     /// Every one must be held by the caller.
     pub permissions: Vec<String>,
     /// This route's CORS policy, replacing the top-level one.
-    pub cors: Option<crate::edge::cors::CorsConfig>,
+    pub cors: Option<crate::config::cors::CorsConfig>,
     /// This route's own limits.
     pub rate_limit: Option<RouteRateLimit>,
 }
@@ -451,4 +446,34 @@ pub struct TracingConfig {
     pub sampling_rate: f64,
     pub service_name: String,
     pub export_timeout: Duration,
+}
+
+/// A server's circuit breaker (`upstreams.*.circuit_breaker`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before letting probes through.
+    pub recovery_timeout: Duration,
+    /// Requests the rolling window needs before the error percentage can open the circuit.
+    pub minimum_throughput: u32,
+    /// Failure share (0..=100) over the rolling window that opens the circuit.
+    pub error_percentage_threshold: f64,
+    /// Length of the rolling window.
+    pub window: Duration,
+    /// Probes let through while half-open; all must succeed to close.
+    pub half_open_requests: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            recovery_timeout: Duration::from_secs(30),
+            minimum_throughput: 10,
+            error_percentage_threshold: 50.0,
+            window: Duration::from_secs(10),
+            half_open_requests: 1,
+        }
+    }
 }

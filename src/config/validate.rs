@@ -5,7 +5,6 @@ use super::error::{did_you_mean, ConfigError};
 use super::model::*;
 use super::raw::*;
 use super::units::{parse_duration, parse_size};
-use crate::upstream::breaker::BreakerConfig;
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::path::Path;
@@ -670,7 +669,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         if name.is_empty() {
             v.err(format!("{p}.name"), "route name must not be empty");
         }
-        if name == crate::observability::metrics::UNMATCHED {
+        if name == UNMATCHED_ROUTE {
             v.err_hint(
                 format!("{p}.name"),
                 "route name `unmatched` is reserved: metrics label requests that match no route with it",
@@ -900,7 +899,7 @@ fn rate_limiting_config(v: &mut V, r: &RawRateLimiting) -> RateLimitConfig {
                     String::new()
                 }
                 Some(u) => {
-                    if let Err(e) = crate::edge::ratelimit::redis::check_url(u) {
+                    if let Err(e) = check_redis_url(u) {
                         v.err_hint(
                             "rate_limiting.redis_url",
                             e,
@@ -1230,12 +1229,12 @@ fn api_keys_config(v: &mut V, k: &RawApiKeys) -> ApiKeysConfig {
     for (name, key) in &k.keys {
         let p = format!("api_keys.keys.{name}");
         let hash = match (&key.key_hash, &key.key) {
-            (Some(h), None) => match crate::edge::auth::api_key::parse_hash(h) {
+            (Some(h), None) => match crate::base::hash::parse_hash(h) {
                 Ok(hash) => hash,
                 Err(e) => {
                     v.err_hint(
                         format!("{p}.key_hash"),
-                        e,
+                        e.to_string(),
                         "write \"sha256:\" and 64 hex digits; `kairos-rs keys hash` prints it",
                     );
                     continue;
@@ -1248,7 +1247,7 @@ fn api_keys_config(v: &mut V, k: &RawApiKeys) -> ApiKeysConfig {
                         "the key is shorter than 16 characters; use `kairos-rs keys generate`",
                     );
                 }
-                crate::edge::auth::api_key::hash(plain)
+                crate::base::hash::hash(plain)
             }
             _ => {
                 v.err_hint(
@@ -1288,20 +1287,20 @@ fn api_keys_config(v: &mut V, k: &RawApiKeys) -> ApiKeysConfig {
     }
 }
 
-fn cors_config(v: &mut V, p: &str, c: &RawCors) -> crate::edge::cors::CorsConfig {
+fn cors_config(v: &mut V, p: &str, c: &RawCors) -> crate::config::cors::CorsConfig {
     let strings = |x: &Option<Vec<String>>, d: &[&str]| {
         x.clone()
             .unwrap_or_else(|| d.iter().map(|s| s.to_string()).collect())
     };
-    let cfg = crate::edge::cors::CorsConfig {
+    let cfg = crate::config::cors::CorsConfig {
         allowed_origins: c.allowed_origins.clone(),
-        allowed_methods: strings(&c.allowed_methods, crate::edge::cors::DEFAULT_METHODS),
+        allowed_methods: strings(&c.allowed_methods, crate::config::cors::DEFAULT_METHODS),
         allowed_headers: strings(&c.allowed_headers, &["Content-Type", "Authorization"]),
         expose_headers: strings(&c.expose_headers, &[]),
         allow_credentials: c.allow_credentials.unwrap_or(false),
         max_age: c.max_age,
     };
-    if let Err(errors) = crate::edge::cors::CorsPolicy::compile(&cfg) {
+    if let Err(errors) = crate::config::cors::CorsPolicy::compile(&cfg) {
         for (sub, msg, hint) in errors {
             let path = if sub.is_empty() {
                 p.to_string()
@@ -1695,6 +1694,14 @@ fn jaeger_to_otlp(text: &str) -> Result<String, String> {
         _ => "http",
     };
     Ok(format!("{scheme}://{host}:{OTLP_HTTP_PORT}/v1/traces"))
+}
+
+/// Checks a `redis_url` without connecting.
+fn check_redis_url(url: &str) -> Result<(), &'static str> {
+    match redis::Client::open(url) {
+        Ok(_) if url.starts_with("redis://") || url.starts_with("unix://") => Ok(()),
+        _ => Err("`redis_url` is not a redis:// URL this build can use"),
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 //! built ([`UpstreamSeries`]). Later features add their metrics to [`Metrics`] the same way.
 
 use crate::config::model::MethodSet;
-use crate::upstream::server::ServerState;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -35,7 +34,7 @@ pub const DECISION_BUCKETS: [f64; 16] = [
 ];
 
 /// The `route` label of requests that matched no route.
-pub const UNMATCHED: &str = "unmatched";
+pub const UNMATCHED: &str = crate::config::model::UNMATCHED_ROUTE;
 
 /// Why an upstream attempt failed: the `kind` label of `kairos_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -489,7 +488,17 @@ impl UpstreamSeries {
 pub struct WatchedServer {
     pub upstream: String,
     pub server: String,
-    pub state: Arc<ServerState>,
+    pub state: Arc<dyn ServerProbe>,
+}
+
+/// What the per-server gauges read from a server's live state when Prometheus scrapes
+/// (implemented by the upstream's server state; metrics know nothing of upstreams).
+pub trait ServerProbe: Send + Sync {
+    fn healthy(&self) -> bool;
+    /// 0 closed, 1 open, 2 half-open.
+    fn circuit_code(&self) -> i64;
+    fn ejected_at(&self, now_ms: u64) -> bool;
+    fn requests_in_flight(&self) -> u32;
 }
 
 /// Gauges computed from the servers' live state when Prometheus scrapes.
@@ -541,27 +550,27 @@ impl Collector for ServerGaugesCollector {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        use crate::upstream::balancer::ServerLoad;
         let g = &self.0;
         // One scrape at a time: the gauges are rebuilt from scratch on each.
         let list = g.list.lock().unwrap_or_else(|e| e.into_inner());
-        let now = crate::upstream::now_ms();
+        let now = crate::base::clock::now_ms();
         for v in [&g.health, &g.circuit, &g.ejected, &g.inflight] {
             v.reset();
         }
         for w in list.iter() {
             let labels = [w.upstream.as_str(), w.server.as_str()];
-            let healthy = w.state.health() != crate::upstream::server::Health::Unhealthy;
-            g.health.with_label_values(&labels).set(i64::from(healthy));
+            g.health
+                .with_label_values(&labels)
+                .set(i64::from(w.state.healthy()));
             g.circuit
                 .with_label_values(&labels)
-                .set(w.state.circuit() as i64);
+                .set(w.state.circuit_code());
             g.ejected
                 .with_label_values(&labels)
-                .set(i64::from(w.state.ejected(now)));
+                .set(i64::from(w.state.ejected_at(now)));
             g.inflight
                 .with_label_values(&labels)
-                .set(i64::from(w.state.inflight()));
+                .set(i64::from(w.state.requests_in_flight()));
         }
         [&g.health, &g.circuit, &g.ejected, &g.inflight]
             .into_iter()

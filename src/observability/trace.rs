@@ -26,7 +26,7 @@ use crate::observability::metrics::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Spans waiting for export before new ones are dropped.
 const MAX_PENDING_SPANS: usize = 4096;
@@ -230,7 +230,7 @@ impl Tracing {
         }
         if let Some(peer) = req.peer_addr() {
             let mut ip = Vec::with_capacity(39);
-            crate::proxy::headers::push_ip(&mut ip, peer.ip());
+            crate::base::net::push_ip(&mut ip, peer.ip());
             put_attr_str(b, "client.address", &ip);
         }
         // An OTLP string must be UTF-8. A request id is ASCII by construction (the client's
@@ -390,7 +390,7 @@ impl RequestTrace {
     }
 
     fn submit(&self, mut span: SpanRecord) {
-        span.end = now_nanos();
+        span.end = crate::base::clock::unix_nanos();
         if let Some(sink) = &self.sink {
             sink.submit(span);
         }
@@ -454,19 +454,13 @@ impl SpanRecord {
             parent,
             remote_parent,
             kind,
-            start: now_nanos(),
+            start: crate::base::clock::unix_nanos(),
             end: 0,
             error: false,
             default_name: None,
             body: Vec::with_capacity(capacity),
         }
     }
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The bound [`ratio_sampled`] compares with: `rate` of 2^63 (a rate of 1 or more samples

@@ -129,7 +129,7 @@ pub fn request_headers(
         if !acc.is_empty() {
             acc.extend_from_slice(b", ");
         }
-        push_ip(&mut acc, ip);
+        crate::base::net::push_ip(&mut acc, ip);
         if let Ok(v) = HeaderValue::from_bytes(&acc) {
             dst.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
@@ -142,31 +142,6 @@ pub fn request_headers(
         dst.insert(HeaderName::from_static("x-forwarded-host"), v);
     }
     dst.insert(HeaderName::from_static("x-request-id"), request_id.clone());
-}
-
-/// Appends the client address as X-Forwarded-For writes it (IPv4-mapped IPv6 as IPv4). IPv4,
-/// the common case, is written by hand: `fmt` costs about 1k instructions per request here.
-pub(crate) fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
-    use std::io::Write;
-    match crate::config::model::canonical_ip(ip) {
-        std::net::IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if octet >= 100 {
-                    out.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    out.push(b'0' + (octet / 10) % 10);
-                }
-                out.push(b'0' + octet % 10);
-            }
-        }
-        v6 => {
-            let _ = write!(out, "{v6}");
-        }
-    }
 }
 
 /// Copies the upstream's response headers to the client, minus hop-by-hop headers and the
@@ -219,7 +194,7 @@ mod tests {
         ] {
             let addr: std::net::IpAddr = ip.parse().unwrap();
             let mut out = Vec::new();
-            super::push_ip(&mut out, addr);
+            crate::base::net::push_ip(&mut out, addr);
             let want = ip.trim_start_matches("::ffff:");
             assert_eq!(String::from_utf8(out).unwrap(), want);
         }

@@ -182,7 +182,7 @@ async fn proxy<'a>(
         return Err(GatewayError::BadRequest("path contains dot segments"));
     }
     let host_key = match (rt.router.uses_hosts(), host) {
-        (true, Some(h)) => Some(host_name(h).to_ascii_lowercase()),
+        (true, Some(h)) => Some(crate::base::net::host_name(h).to_ascii_lowercase()),
         _ => None,
     };
     // A CORS preflight asks about the method the real request will use: match on that.
@@ -427,7 +427,7 @@ async fn proxy<'a>(
 
     // Phase 5: pick a server and forward, bounded by the route's timeout until a response
     // head arrives; a failed attempt may be retried on the next candidate.
-    let first_now = crate::upstream::now_ms();
+    let first_now = crate::base::clock::now_ms();
     if policy.attempts > 0 {
         upstream.budget.deposit();
     }
@@ -443,7 +443,7 @@ async fn proxy<'a>(
     let mut last_error = GatewayError::NoHealthyUpstream;
     // The next candidate whose breaker admits an attempt.
     let admit = |candidates: &mut balancer::Candidates<'a, _>| {
-        let now = crate::upstream::now_ms();
+        let now = crate::base::clock::now_ms();
         candidates
             .by_ref()
             .find_map(|i| upstream.servers[i].admit(now).map(|g| (i, g)))
@@ -458,7 +458,7 @@ async fn proxy<'a>(
             return None;
         }
         let next = admit(candidates)?;
-        if !upstream.budget.withdraw(crate::upstream::now_ms()) {
+        if !upstream.budget.withdraw(crate::base::clock::now_ms()) {
             tracing::debug!(upstream = upstream.config.name, "retry budget spent");
             return None;
         }
@@ -521,7 +521,7 @@ async fn proxy<'a>(
         let record = |result: AttemptResult| {
             upstream.record(
                 server_idx,
-                crate::upstream::now_ms(),
+                crate::base::clock::now_ms(),
                 guard.admission,
                 result,
                 latency.as_nanos() as u64,
@@ -687,30 +687,6 @@ fn client_hash(req: &HttpRequest, server: &ServerConfig) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(client_ip(req, server))
 }
 
-/// The client's address as the gateway believes it (see [`client_hash`]).
-pub fn client_ip(req: &HttpRequest, server: &ServerConfig) -> Option<std::net::IpAddr> {
-    let peer = req.peer_addr().map(|a| a.ip())?;
-    if !server.is_trusted(peer) {
-        return Some(peer);
-    }
-    let mut ip = peer;
-    for value in req.headers().get_all("x-forwarded-for").rev() {
-        let Ok(text) = value.to_str() else { break };
-        for item in text.rsplit(',') {
-            match item.trim().parse::<std::net::IpAddr>() {
-                Ok(addr) => {
-                    ip = addr;
-                    if !server.is_trusted(addr) {
-                        return Some(ip);
-                    }
-                }
-                Err(_) => return Some(ip),
-            }
-        }
-    }
-    Some(ip)
-}
-
 /// A warning about an upstream, with the ids that tie it to the request and its trace.
 fn warn_upstream(
     outcome: &mut Outcome<'_>,
@@ -738,20 +714,6 @@ fn request_host(req: &HttpRequest) -> Option<&str> {
         .get(ax::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
-}
-
-/// The host name of a Host header or authority: no userinfo, port or trailing dot.
-pub fn host_name(host: &str) -> &str {
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let name = if host.starts_with('[') {
-        match host.find(']') {
-            Some(i) => &host[..=i],
-            None => host,
-        }
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    name.strip_suffix('.').unwrap_or(name)
 }
 
 /// Whether a path that [`normalize_path`] accepted has a `.` or `..` segment. Encoded dots
@@ -889,4 +851,12 @@ fn upstream_path(
         out.push_str(query);
     }
     http::uri::PathAndQuery::try_from(out).map_err(bad)
+}
+
+/// The client's address as the gateway believes it (see [`crate::base::net::client_ip`]).
+pub fn client_ip(req: &HttpRequest, server: &ServerConfig) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    Some(crate::base::net::client_ip(peer, req.headers(), |ip| {
+        server.is_trusted(ip)
+    }))
 }

@@ -179,7 +179,7 @@ impl SharedState {
         runtime.start(&metrics);
         metrics
             .config_last_success
-            .set(crate::runtime::reload::unix_now());
+            .set(crate::base::clock::unix_now());
         Ok(SharedState {
             live: ArcSwap::from_pointee(runtime),
             ready: AtomicBool::new(false),
@@ -197,7 +197,7 @@ impl SharedState {
     /// Records the file the running config came from (what reloads read), if any, and its text.
     pub fn set_config_file(&self, path: Option<PathBuf>, text: &str) {
         *lock(&self.config_path) = path;
-        self.set_config_text(text, crate::runtime::reload::hash_text(text));
+        self.set_config_text(text, crate::base::hash::hash_text(text));
     }
 
     pub fn config_path(&self) -> Option<PathBuf> {
@@ -256,7 +256,7 @@ impl SharedState {
                     }
                 }
             };
-            match crate::upstream::health::background() {
+            match crate::base::background::background() {
                 Some(rt) => {
                     rt.spawn(sweep);
                 }

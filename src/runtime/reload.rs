@@ -247,12 +247,6 @@ pub enum ReloadError {
     Persist(String),
 }
 
-/// SHA-256 of config text, hex.
-pub fn hash_text(text: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl SharedState {
     /// Reads, validates and applies the config file. `trigger` names the cause in logs.
     pub fn reload_file(&self, trigger: &'static str) -> Result<Applied, ConfigErrors> {
@@ -305,7 +299,7 @@ impl SharedState {
     ) -> Result<Applied, ReloadError> {
         let _serial = self.reload_lock();
         let start = Instant::now();
-        let hash = hash_text(text);
+        let hash = crate::base::hash::hash_text(text);
         // The text in effect again: the watcher seeing an editor's second write or our own
         // persist has nothing to do, and a PUT only writes the file (it may differ on disk).
         // An operator's SIGHUP or POST reload rebuilds anyway: files the config names (CA
@@ -358,9 +352,11 @@ impl SharedState {
                     .config_reloads
                     .with_label_values(&["success"])
                     .inc();
-                self.metrics.config_last_success.set(unix_now());
+                self.metrics
+                    .config_last_success
+                    .set(crate::base::clock::unix_now());
                 self.set_last_reload(LastReload {
-                    at: crate::admin::rfc3339(SystemTime::now()),
+                    at: crate::base::clock::rfc3339(SystemTime::now()),
                     result: "success",
                     trigger,
                     duration_ms,
@@ -432,20 +428,13 @@ impl SharedState {
             .with_label_values(&["failure"])
             .inc();
         self.set_last_reload(LastReload {
-            at: crate::admin::rfc3339(SystemTime::now()),
+            at: crate::base::clock::rfc3339(SystemTime::now()),
             result: "failure",
             trigger,
             duration_ms: start.elapsed().as_secs_f64() * 1000.0,
             error: Some(error.to_string()),
         });
     }
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Writes `text` to `path` atomically: a temp file in the same directory, fsync, then rename

@@ -13,36 +13,8 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    /// Consecutive failures that open the circuit.
-    pub failure_threshold: u32,
-    /// How long the circuit stays open before letting probes through.
-    pub recovery_timeout: Duration,
-    /// Requests the rolling window needs before the error percentage can open the circuit.
-    pub minimum_throughput: u32,
-    /// Failure share (0..=100) over the rolling window that opens the circuit.
-    pub error_percentage_threshold: f64,
-    /// Length of the rolling window.
-    pub window: Duration,
-    /// Probes let through while half-open; all must succeed to close.
-    pub half_open_requests: u32,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            failure_threshold: 5,
-            recovery_timeout: Duration::from_secs(30),
-            minimum_throughput: 10,
-            error_percentage_threshold: 50.0,
-            window: Duration::from_secs(10),
-            half_open_requests: 1,
-        }
-    }
-}
+pub use crate::config::model::BreakerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
@@ -318,6 +290,7 @@ impl CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn cfg() -> BreakerConfig {
         BreakerConfig {

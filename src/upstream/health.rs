@@ -8,7 +8,7 @@
 
 use super::server::{CheckRecord, Health, ServerState};
 use crate::config::model::{HealthCheckConfig, ServerEntry};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Health thresholds as a pure state machine.
@@ -82,41 +82,6 @@ pub fn next_delay(cfg: &HealthCheckConfig, tracker: &Tracker) -> Duration {
     base.mul_f64(0.9 + 0.2 * fastrand::f64())
 }
 
-/// The background runtime for the gateway's own outbound work (health checks, JWKS fetches),
-/// one thread, started on first use.
-pub fn background() -> Option<&'static tokio::runtime::Handle> {
-    static HANDLE: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let spawned = std::thread::Builder::new()
-                .name("kairos-health".into())
-                .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, "health check runtime failed to start");
-                            let _ = tx.send(None);
-                            return;
-                        }
-                    };
-                    let _ = tx.send(Some(rt.handle().clone()));
-                    rt.block_on(std::future::pending::<()>());
-                });
-            match spawned {
-                Ok(_) => rx.recv().ok().flatten(),
-                Err(e) => {
-                    tracing::error!(error = %e, "health check thread failed to start");
-                    None
-                }
-            }
-        })
-        .as_ref()
-}
-
 /// Keeps an upstream's checkers running; they stop at their next wake-up once it is dropped.
 pub struct Checkers {
     _alive: Arc<()>,
@@ -131,7 +96,7 @@ pub fn start(
     tls: &Arc<rustls::ClientConfig>,
 ) -> Checkers {
     let alive = Arc::new(());
-    let Some(rt) = background() else {
+    let Some(rt) = crate::base::background::background() else {
         return Checkers { _alive: alive };
     };
     crate::base::tls::install_crypto_provider();
@@ -211,7 +176,7 @@ impl Check {
             state.set_health(now);
             if ok {
                 if let Some(b) = &state.breaker {
-                    b.health_check_passed(super::now_ms());
+                    b.health_check_passed(crate::base::clock::now_ms());
                 }
             }
             if now != before {

@@ -15,14 +15,6 @@ use balancer::{Balancer, ServerSpec};
 use breaker::Admission;
 use server::{AttemptResult, ServerState};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
-
-/// Milliseconds on the gateway's monotonic clock (never 0, so 0 can mean "never").
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    epoch.elapsed().as_millis() as u64 + 1
-}
 
 /// One upstream as the request path sees it.
 pub struct Upstream {

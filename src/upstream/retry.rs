@@ -27,7 +27,7 @@ impl RetryBudget {
         let cap = per_second * 10 + 100 * TOKEN;
         RetryBudget {
             balance: AtomicI64::new(per_second * 10),
-            refilled_at: AtomicU64::new(super::now_ms()),
+            refilled_at: AtomicU64::new(crate::base::clock::now_ms()),
             deposit: (cfg.budget_ratio * TOKEN as f64) as i64,
             per_second,
             cap,

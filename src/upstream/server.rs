@@ -250,6 +250,24 @@ impl Drop for AttemptGuard {
     }
 }
 
+impl crate::observability::metrics::ServerProbe for ServerState {
+    fn healthy(&self) -> bool {
+        self.health() != Health::Unhealthy
+    }
+
+    fn circuit_code(&self) -> i64 {
+        self.circuit() as i64
+    }
+
+    fn ejected_at(&self, now_ms: u64) -> bool {
+        self.ejected(now_ms)
+    }
+
+    fn requests_in_flight(&self) -> u32 {
+        ServerLoad::inflight(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,47 +2,9 @@
 //! timing depends on the hash of the presented key, which tells an attacker nothing about a
 //! real key; taken from a header or (when configured) a query parameter.
 
+use crate::base::hash::{constant_time_eq, hash};
 use crate::config::model::{ApiKeyEntry, ApiKeysConfig};
-use ring::digest;
 use rustc_hash::FxHashMap;
-
-/// SHA-256 of a key.
-pub fn hash(key: &str) -> [u8; 32] {
-    let d = digest::digest(&digest::SHA256, key.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// The config form of a hash: `sha256:` and 64 lower-case hex digits.
-pub fn format_hash(hash: &[u8; 32]) -> String {
-    let mut s = String::with_capacity(71);
-    s.push_str("sha256:");
-    for b in hash {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-/// Parses `sha256:<64 hex>`.
-pub fn parse_hash(text: &str) -> Result<[u8; 32], String> {
-    let Some(hex) = text.strip_prefix("sha256:") else {
-        // Not echoed: it may be a plaintext key pasted in the wrong field.
-        return Err("the value does not start with \"sha256:\"".into());
-    };
-    if hex.len() != 64 {
-        return Err(format!(
-            "a SHA-256 hash has 64 hex digits, this one has {}",
-            hex.len()
-        ));
-    }
-    let mut out = [0u8; 32];
-    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-        let s = std::str::from_utf8(chunk).map_err(|_| "not hex".to_string())?;
-        out[i] = u8::from_str_radix(s, 16).map_err(|_| format!("`{s}` is not hex"))?;
-    }
-    Ok(out)
-}
 
 /// A new random key: 32 bytes from the system's CSPRNG, base64url, with a prefix that makes
 /// leaked keys easy to find with secret scanners.
@@ -102,16 +64,6 @@ impl KeyStore {
     }
 }
 
-/// Compares two byte strings in time that depends on their length only.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    // Keep the optimiser from turning the fold into an early exit.
-    std::hint::black_box(diff) == 0
-}
-
 /// The value of query parameter `name`, percent-decoded.
 pub fn query_value<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
     query.split('&').find_map(|pair| {
@@ -168,20 +120,6 @@ fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hashes_round_trip() {
-        let h = hash("test");
-        let text = format_hash(&h);
-        assert_eq!(
-            text,
-            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-        );
-        assert_eq!(parse_hash(&text).unwrap(), h);
-        assert!(parse_hash("md5:abc").is_err());
-        assert!(parse_hash("sha256:abc").is_err());
-        assert!(parse_hash(&format!("sha256:{}", "zz".repeat(32))).is_err());
-    }
 
     #[test]
     fn generated_keys_are_distinct_and_long() {

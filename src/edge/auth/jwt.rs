@@ -437,7 +437,7 @@ impl Jwks {
 
     fn start(self: &Arc<Self>, alive: Weak<()>) {
         self.started.call_once(|| {
-            let Some(rt) = crate::upstream::health::background() else {
+            let Some(rt) = crate::base::background::background() else {
                 return;
             };
             let me = Arc::downgrade(self);
@@ -459,14 +459,14 @@ impl Jwks {
     /// Fetches unless a fetch is running (then waits for it) or the last one was too recent.
     async fn refetch_and_wait(self: &Arc<Self>) {
         let mut rx = self.fetched.subscribe();
-        let now = crate::upstream::now_ms();
+        let now = crate::base::clock::now_ms();
         let recent = now.saturating_sub(self.last_fetch_ms.load(Ordering::Relaxed))
             < REFETCH_MIN_INTERVAL_MS;
         if !self.fetching.load(Ordering::Acquire) {
             if recent {
                 return;
             }
-            let Some(rt) = crate::upstream::health::background() else {
+            let Some(rt) = crate::base::background::background() else {
                 return;
             };
             let me = self.clone();
@@ -480,7 +480,7 @@ impl Jwks {
             return;
         }
         self.last_fetch_ms
-            .store(crate::upstream::now_ms(), Ordering::Relaxed);
+            .store(crate::base::clock::now_ms(), Ordering::Relaxed);
         match self.fetch().await {
             Ok(keys) => {
                 tracing::debug!(url = self.url, keys = keys.len(), "JWKS fetched");

@@ -63,7 +63,7 @@ impl Auth {
     /// when its settings did not change): its fetched JWKS and verified-token cache stay
     /// warm across a reload.
     pub fn build(config: &Config, jwt: Option<Arc<jwt::JwtAuth>>) -> Result<Auth, String> {
-        let compile = |c: &cors::CorsConfig| {
+        let compile = |c: &crate::config::cors::CorsConfig| {
             cors::CorsPolicy::compile(c)
                 .map(Arc::new)
                 .map_err(|e| format!("cors: {e:?}"))

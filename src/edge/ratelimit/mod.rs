@@ -346,7 +346,7 @@ impl RateLimiter {
             }
         }
         if let (Some(i), Some(ip)) = (plan.ip, ip) {
-            add((i, Some(Key::Ip(crate::config::model::canonical_ip(ip)))));
+            add((i, Some(Key::Ip(crate::base::net::canonical_ip(ip)))));
         }
         if let Some(i) = plan.global {
             add((i, None));

@@ -49,14 +49,6 @@ end
 return out
 "#;
 
-/// Checks a `redis_url` without connecting.
-pub fn check_url(url: &str) -> Result<(), String> {
-    match redis::Client::open(url) {
-        Ok(_) if url.starts_with("redis://") || url.starts_with("unix://") => Ok(()),
-        _ => Err("`redis_url` is not a redis:// URL this build can use".into()),
-    }
-}
-
 /// Redis did not decide (down, failed or too slow): the caller falls back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;
@@ -111,7 +103,6 @@ impl RedisStore {
         up_gauge: IntGauge,
         meanwhile: &'static str,
     ) -> Result<RedisStore, String> {
-        check_url(url)?;
         let client = redis::Client::open(url).map_err(|_| "invalid redis_url".to_string())?;
         up_gauge.set(1);
         Ok(RedisStore {
@@ -277,7 +268,7 @@ impl RedisStore {
 
     /// Reconnects in the background, 100 ms after the failure and then backing off to 2 s.
     fn probe(&self) {
-        let Some(rt) = crate::upstream::health::background() else {
+        let Some(rt) = crate::base::background::background() else {
             tracing::error!("no background runtime: the rate limit backend will not be probed");
             return;
         };

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: one gateway worker, N sequential
+# keep-alive requests (curl -K), minus a run with no requests (start-up and shutdown). Stable
+# from run to run on a noisy machine, unlike requests per second. The recipe, explained, is in
+# benches/load/README.md ("Instructions per request").
+#
+# Usage: benches/load/callgrind.sh [BIN] [N]
+#   BIN  the gateway binary (default: target/release/kairos-rs)
+#   N    requests (default 20000)
+# Environment: EXTRA=', "tracing": {...}' adds top-level config keys; PORT_BASE (default 19001)
+# picks the three loopback ports (upstream, gateway, OTLP sink).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BIN="${1:-$ROOT/target/release/kairos-rs}"
+N="${2:-20000}"
+P="${PORT_BASE:-19001}"
+UP=$P; GW=$((P + 1)); SINK=$((P + 2))
+for tool in valgrind nginx curl ss taskset; do
+    command -v "$tool" >/dev/null || { echo "callgrind.sh needs $tool" >&2; exit 1; }
+done
+[ -x "$BIN" ] || { echo "no gateway binary at $BIN (cargo build --release)" >&2; exit 1; }
+W=$(mktemp -d)
+cleanup() {
+    [ -f "$W/up.pid" ] && kill "$(cat "$W/up.pid")" 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+cat > "$W/up.conf" <<CONF
+user root;
+worker_processes 1;
+pid $W/up.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } }
+    server { listen 127.0.0.1:$SINK; location / { return 200; } }
+}
+CONF
+taskset -c 1 nginx -e "$W/up-error.log" -p "$W" -c "$W/up.conf"
+until ss -Htln | grep -q ":$UP "; do sleep 0.1; done
+
+cat > "$W/kairos.json" <<CONF
+{ "version": 1,
+  "server": { "host": "127.0.0.1", "port": $GW, "workers": 1, "shutdown_timeout": "1s" },
+  "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:$UP" }] } },
+  "routes": [{ "name": "all", "path": "/{*rest}", "upstream": "up" }],
+  "logging": { "level": "warn", "access_log": false } ${EXTRA:-} }
+CONF
+yes "url = \"http://127.0.0.1:$GW/api/items/42\"" | head -n "$N" > "$W/urls.txt"
+
+# One callgrind run; $1 = number of requests (0 = start, wait for the port, stop).
+run() {
+    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$W/kairos-$1.out" \
+        "$BIN" --config "$W/kairos.json" 2>"$W/kairos-$1.vg.log" &
+    local vg=$!
+    until ss -Htln | grep -q ":$GW "; do kill -0 $vg || { cat "$W/kairos-$1.vg.log" >&2; return 1; }; sleep 0.2; done
+    if [ "$1" -gt 0 ]; then taskset -c 1 curl -sf -K <(head -n "$1" "$W/urls.txt") >/dev/null; fi
+    sleep 1; kill -TERM $vg; wait $vg || true
+}
+ir() { awk '/^totals:/ { print $2 }' "$1"; }
+run 0
+run "$N"
+echo "$(( ($(ir "$W/kairos-$N.out") - $(ir "$W/kairos-0.out")) / N )) instructions per request ($N requests, $(basename "$BIN"))"
