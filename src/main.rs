@@ -176,14 +176,9 @@ fn remote_failed(e: &RemoteError) -> ExitCode {
 fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
     let (cfg, text, demo_mode) = match &path {
         Some(p) => {
-            let loaded = std::fs::read_to_string(p)
-                .map_err(|e| format!("{}: cannot read config file: {e}", p.display()))
-                .and_then(|text| {
-                    let base = p.parent().unwrap_or(std::path::Path::new("."));
-                    config::load_str(&text, &p.display().to_string(), base)
-                        .map(|cfg| (cfg, text))
-                        .map_err(|e| e.to_string())
-                });
+            let loaded = config::read_file(p)
+                .and_then(|text| config::load_text(&text, p).map(|cfg| (cfg, text)))
+                .map_err(|e| e.to_string());
             match loaded {
                 Ok((cfg, text)) => (cfg, text, false),
                 Err(errors) => {

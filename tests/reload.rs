@@ -658,7 +658,7 @@ fn what_keeps_its_identity_is_carried_over_and_what_changed_is_not() {
     let metrics = Metrics::new();
     let first = Runtime::build(config(secret, true, 0.5), &metrics).unwrap();
     let same = Runtime::build_from(config(secret, true, 0.5), &metrics, Some(&first)).unwrap();
-    let jwt = |r: &Runtime| r.auth.jwt.clone().unwrap();
+    let jwt = |r: &Runtime| r.edge.auth.jwt.clone().unwrap();
     assert!(
         Arc::ptr_eq(&jwt(&first), &jwt(&same)),
         "the JWT verifier is kept"

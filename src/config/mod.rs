@@ -24,18 +24,28 @@ use std::path::Path;
 /// The demo config baked into the binary: used when no `--config` is given.
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.json");
 
-/// Reads, validates and builds the config at `path`.
-pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        source_name: name.clone(),
+/// Reads the config file at `path`: the one place the gateway reads its config file (at start,
+/// and on every reload).
+pub fn read_file(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source_name: path.display().to_string(),
         errors: vec![ConfigError::new(
             "",
             format!("cannot read config file: {e}"),
         )],
-    })?;
+    })
+}
+
+/// Validates the text of the config file at `path` (relative paths in it are relative to the
+/// file's folder).
+pub fn load_text(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let base = path.parent().unwrap_or(Path::new("."));
-    load_str(&text, &name, base)
+    load_str(text, &path.display().to_string(), base)
+}
+
+/// Reads, validates and builds the config at `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    load_text(&read_file(path)?, path)
 }
 
 /// Validates config text. `source_name` names it in errors; `base_dir` resolves relative paths.

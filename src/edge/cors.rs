@@ -3,8 +3,10 @@
 //! authentication) and adds the `Access-Control-*` headers to actual responses, error responses
 //! included.
 
-use crate::config::cors::is_token;
+use crate::base::error::GatewayError;
 pub use crate::config::cors::CorsPolicy;
+use crate::config::cors::{is_token, CorsConfig, CorsError};
+use crate::config::model::{Config, RouteConfig};
 use actix_web::http::header::{
     HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
     ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
@@ -12,6 +14,9 @@ use actix_web::http::header::{
     VARY,
 };
 use actix_web::http::Method;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use std::sync::Arc;
 
 const ALWAYS_ALLOWED_HEADERS: &[&str] = &["accept", "accept-language", "content-language"];
 
@@ -174,10 +179,109 @@ fn add_vary_origin(headers: &mut HeaderMap) {
     headers.insert(VARY, value);
 }
 
+/// The CORS policies of one runtime: each route's (its own or the top-level one) and the
+/// top-level one for requests that match no route. Every CORS decision of a request is made
+/// here: which method a preflight is routed by, the preflight's answer, and the headers of the
+/// actual response.
+pub struct CorsTable {
+    per_route: Vec<Option<Arc<CorsPolicy>>>,
+    global: Option<Arc<CorsPolicy>>,
+    /// Some route (or the top level) has a policy: preflights need looking at.
+    any: bool,
+}
+
+impl CorsTable {
+    /// Compiles the policies of `config` (validated already, so compiling does not fail in
+    /// practice; the errors are those of [`CorsPolicy::compile`]).
+    pub fn build(config: &Config) -> Result<CorsTable, Vec<CorsError>> {
+        let compile = |c: &CorsConfig| CorsPolicy::compile(c).map(Arc::new);
+        let global = config.cors.as_ref().map(compile).transpose()?;
+        let per_route = config
+            .routes
+            .iter()
+            .map(|r| match &r.cors {
+                Some(c) => compile(c).map(Some),
+                None => Ok(global.clone()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CorsTable {
+            any: per_route.iter().any(Option::is_some) || global.is_some(),
+            per_route,
+            global,
+        })
+    }
+
+    /// The method a CORS preflight asks about (`Access-Control-Request-Method`), which it is
+    /// routed by; `None` when the request is no preflight or no policy exists.
+    pub fn preflight_method<'r>(&self, method: &Method, headers: &'r HeaderMap) -> Option<&'r str> {
+        if !(self.any && CorsPolicy::is_preflight(method, headers)) {
+            return None;
+        }
+        Some(
+            headers
+                .get(ACCESS_CONTROL_REQUEST_METHOD)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("OPTIONS"),
+        )
+    }
+
+    /// Whether route `route` has a policy (else a preflight for it is an ordinary OPTIONS).
+    pub fn route_has_policy(&self, route: usize) -> bool {
+        self.per_route.get(route).is_some_and(Option::is_some)
+    }
+
+    /// The answer to a preflight for route `route`: a 204 with the policy's headers, or a
+    /// refusal (403).
+    pub fn answer_preflight(
+        &self,
+        route: &RouteConfig,
+        route_idx: usize,
+        headers: &HeaderMap,
+    ) -> Result<HttpResponse, GatewayError> {
+        let Some(policy) = self.per_route.get(route_idx).and_then(Option::as_ref) else {
+            return Err(GatewayError::CorsRejected);
+        };
+        match policy.preflight(headers) {
+            Ok(allowed) => {
+                let mut res = HttpResponse::NoContent().finish();
+                for (k, v) in allowed {
+                    res.headers_mut().append(k, v);
+                }
+                Ok(res)
+            }
+            Err(reason) => {
+                tracing::debug!(
+                    route = route.name.as_str(),
+                    reason,
+                    "CORS preflight refused"
+                );
+                Err(GatewayError::CorsRejected)
+            }
+        }
+    }
+
+    /// Adds the CORS headers to a response on `route` (or to one that matched no route),
+    /// errors included, so a browser script can read a 401 or a 429. A preflight's own 204
+    /// already has them.
+    pub fn respond(&self, route: Option<usize>, req: &HttpRequest, res: &mut HttpResponse) {
+        let policy = match route {
+            Some(i) => self.per_route.get(i).and_then(Option::as_ref),
+            None => self.global.as_ref(),
+        };
+        if let Some(policy) = policy {
+            if !(res.status() == StatusCode::NO_CONTENT
+                && CorsPolicy::is_preflight(req.method(), req.headers()))
+            {
+                policy.apply(req.headers(), res.headers_mut());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::cors::{CorsConfig, CorsError, DEFAULT_METHODS};
+    use crate::config::cors::DEFAULT_METHODS;
     use actix_web::http::header::HeaderName;
 
     fn cfg(origins: &[&str]) -> CorsConfig {

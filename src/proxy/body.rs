@@ -1,11 +1,14 @@
-//! Bodies in both directions. Requests: no body, a small body read whole (no task, no channel),
+//! The request-body phase ([`read`]) and the bodies it and the response phase hand on. Requests: no body, a small body read whole (no task, no channel),
 //! or a large/unknown-length body streamed through a bounded channel fed by a task on the
 //! worker (actix's payload cannot leave its thread; hyper's connection task needs `Send`).
 //! Responses: the upstream's body polled directly by actix, with its length kept so a sized
 //! response is not re-chunked.
 
+use super::context::Ctx;
+use crate::base::error::GatewayError;
 pub use crate::upstream::body::{ProxyBody, RequestBodyError};
 use actix_web::body::{BodySize, MessageBody};
+use actix_web::http::header as ax;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body::Body;
@@ -37,23 +40,34 @@ pub struct ProgressState {
 
 pub type Progress = Rc<ProgressState>;
 
-/// Reads a small body of known length whole. `Err(true)` means it was larger than `max`.
+/// Why a small body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("request body larger than the allowed maximum")]
+    TooLarge,
+    #[error("client request body failed: {0}")]
+    Client(String),
+    #[error("request body does not match its Content-Length")]
+    LengthMismatch,
+}
+
+/// Reads a small body of known length whole.
 pub async fn read_small(
     payload: &mut actix_web::web::Payload,
     len: u64,
     max: u64,
-) -> Result<Bytes, Result<(), String>> {
+) -> Result<Bytes, ReadError> {
     let mut buf = bytes::BytesMut::with_capacity(len as usize);
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Err(e.to_string()))?;
+        let chunk = chunk.map_err(|e| ReadError::Client(e.to_string()))?;
         if (buf.len() + chunk.len()) as u64 > max {
-            return Err(Ok(()));
+            return Err(ReadError::TooLarge);
         }
         buf.extend_from_slice(&chunk);
     }
     // HTTP/2 does not tie the body to content-length as HTTP/1.1 framing does.
     if buf.len() as u64 != len {
-        return Err(Err("request body does not match its Content-Length".into()));
+        return Err(ReadError::LengthMismatch);
     }
     Ok(buf.freeze())
 }
@@ -107,12 +121,100 @@ pub fn stream(
     ProxyBody::Stream { rx, len }
 }
 
+/// What the body pump reports back while a streamed body goes upstream.
+pub struct BodyWatch {
+    /// Set when a streamed body turned out larger than `max_body_size`.
+    pub too_large: TooLargeFlag,
+    /// The streamed body's progress (the route timeout counts from its last chunk).
+    pub progress: Progress,
+}
+
+/// The request-body phase: checks the declared length and prepares the body. Small bodies of
+/// known length are read whole (they can be replayed on a retry), larger or chunked ones are
+/// streamed; the wait for a body's first bytes is bounded by the route's timeout.
+pub async fn read(
+    ctx: &mut Ctx<'_>,
+    mut payload: actix_web::web::Payload,
+    read_timeout: std::time::Duration,
+) -> Result<(ProxyBody, BodyWatch), GatewayError> {
+    let req = ctx.req;
+    let max = ctx.rt.config.server.max_body_size;
+    let declared_len = match req.headers().get(ax::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or(GatewayError::BadRequest("invalid Content-Length"))?,
+        ),
+        None => None,
+    };
+    if declared_len.is_some_and(|n| n > max) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    let too_large = TooLargeFlag::default();
+    let progress = Progress::default();
+    ctx.request_bytes = declared_len.unwrap_or(0);
+    let unreadable = GatewayError::BadRequest("could not read the request body");
+    let body = match declared_len {
+        Some(0) => ProxyBody::Empty,
+        Some(n) if n <= BUFFER_LIMIT => {
+            match tokio::time::timeout(read_timeout, read_small(&mut payload, n, max)).await {
+                Err(_) => return Err(GatewayError::RequestTimeout),
+                Ok(Ok(b)) => ProxyBody::Full(Some(b)),
+                Ok(Err(ReadError::TooLarge)) => return Err(GatewayError::PayloadTooLarge),
+                Ok(Err(ReadError::Client(_) | ReadError::LengthMismatch)) => {
+                    return Err(unreadable)
+                }
+            }
+        }
+        Some(n) => {
+            ctx.streamed = Some(progress.clone());
+            stream(
+                payload,
+                None,
+                Some(n),
+                max,
+                too_large.clone(),
+                progress.clone(),
+            )
+        }
+        None if req.version() >= actix_web::http::Version::HTTP_2
+            || req.headers().contains_key(ax::TRANSFER_ENCODING) =>
+        {
+            match tokio::time::timeout(read_timeout, payload.next()).await {
+                Err(_) => return Err(GatewayError::RequestTimeout),
+                Ok(None) => ProxyBody::Empty,
+                Ok(Some(Ok(first))) => {
+                    ctx.streamed = Some(progress.clone());
+                    stream(
+                        payload,
+                        Some(first),
+                        None,
+                        max,
+                        too_large.clone(),
+                        progress.clone(),
+                    )
+                }
+                Ok(Some(Err(_))) => return Err(unreadable),
+            }
+        }
+        None => ProxyBody::Empty,
+    };
+    Ok((
+        body,
+        BodyWatch {
+            too_large,
+            progress,
+        },
+    ))
+}
+
 /// The upstream's response body, handed to actix as is. When it ends, the upstream connection
 /// goes back to the pool; if it is dropped early, the connection is closed.
 pub struct UpstreamBody {
     body: hyper::body::Incoming,
     size: BodySize,
-    lease: Option<super::forward::Lease>,
+    lease: Option<crate::upstream::client::Lease>,
     /// Longest wait for the next piece of the body.
     idle_timeout: std::time::Duration,
     /// Armed the first time the body is not ready, so fast responses never touch the timer.
@@ -141,7 +243,7 @@ impl UpstreamBody {
         len: Option<u64>,
         status: u16,
         head: bool,
-        lease: super::forward::Lease,
+        lease: crate::upstream::client::Lease,
         idle_timeout: std::time::Duration,
     ) -> Self {
         let size = match len {

@@ -1,6 +1,5 @@
-//! Edge security: who gets in. CORS (answered before anything else, since a browser's
-//! preflight carries no credentials), then authentication by JWT or API key, then the
-//! route's permissions.
+//! Authentication: who the caller is (a JWT or an API key) and whether the route's permissions
+//! let them in. Where it runs in the edge chain is [`crate::edge`]'s.
 
 pub mod api_key;
 pub mod crypto;
@@ -8,7 +7,6 @@ pub mod jwt;
 
 use crate::base::error::GatewayError;
 use crate::config::model::{AuthMode, Config, RateConfig, RouteConfig};
-use crate::edge::cors;
 use crate::observability::metrics::Metrics;
 use actix_web::http::header as ax;
 use std::sync::Arc;
@@ -49,12 +47,6 @@ pub struct Identity {
 pub struct Auth {
     pub jwt: Option<Arc<jwt::JwtAuth>>,
     pub keys: Option<api_key::KeyStore>,
-    /// Per route (its own policy or the top-level one), and the top-level one for requests
-    /// that match no route.
-    pub route_cors: Vec<Option<Arc<cors::CorsPolicy>>>,
-    pub cors: Option<Arc<cors::CorsPolicy>>,
-    /// Some route (or the top level) has a CORS policy: preflights need looking at.
-    pub any_cors: bool,
     always_removed: AlwaysRemoved,
 }
 
@@ -63,20 +55,6 @@ impl Auth {
     /// when its settings did not change): its fetched JWKS and verified-token cache stay
     /// warm across a reload.
     pub fn build(config: &Config, jwt: Option<Arc<jwt::JwtAuth>>) -> Result<Auth, String> {
-        let compile = |c: &crate::config::cors::CorsConfig| {
-            cors::CorsPolicy::compile(c)
-                .map(Arc::new)
-                .map_err(|e| format!("cors: {e:?}"))
-        };
-        let cors = config.cors.as_ref().map(compile).transpose()?;
-        let route_cors = config
-            .routes
-            .iter()
-            .map(|r| match &r.cors {
-                Some(c) => compile(c).map(Some),
-                None => Ok(cors.clone()),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let jwt = match (jwt, &config.jwt) {
             (Some(kept), Some(_)) => Some(kept),
             (_, Some(cfg)) => Some(Arc::new(jwt::JwtAuth::new(cfg)?)),
@@ -84,12 +62,9 @@ impl Auth {
         };
         let keys = config.api_keys.clone().map(api_key::KeyStore::new);
         Ok(Auth {
-            any_cors: route_cors.iter().any(Option::is_some) || cors.is_some(),
             always_removed: AlwaysRemoved::new(jwt.as_deref(), keys.as_ref()),
             jwt,
             keys,
-            route_cors,
-            cors,
         })
     }
 

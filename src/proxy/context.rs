@@ -1,0 +1,90 @@
+//! The request context: what every phase reads (the request, the runtime it runs on, its id)
+//! and what the phases learn on the way, for the response, the access log, the metrics and
+//! the trace.
+
+use super::body::Progress;
+use super::completion::Completion;
+use crate::edge::Admission;
+use crate::observability::metrics::Metrics;
+use crate::observability::request_id;
+use crate::observability::trace::RequestTrace;
+use crate::runtime::Runtime;
+use actix_web::http::header::HeaderValue;
+use actix_web::HttpRequest;
+use std::time::Instant;
+
+pub struct Ctx<'a> {
+    pub req: &'a HttpRequest,
+    pub rt: &'a Runtime,
+    pub metrics: &'a Metrics,
+    pub start: Instant,
+    /// The request's id: the client's `X-Request-Id` when valid, else a new one.
+    pub rid: HeaderValue,
+    /// The matched route: its index and name.
+    pub route: Option<(usize, &'a str)>,
+    /// The server of the last attempt.
+    pub upstream: Option<&'a str>,
+    /// What the edge chain learned: the caller, where the rate limits stand.
+    pub admission: Admission,
+    pub request_bytes: u64,
+    pub streamed: Option<Progress>,
+    /// Taken by whoever builds the response: into a proxied body, or dropped at once.
+    pub done: Option<Completion>,
+    /// The `X-Trace-Id` response header, when the request is traced.
+    pub trace_header: Option<HeaderValue>,
+    /// The trace and span ids, hex-encoded, for the access log (only when it is on).
+    pub log_ids: Option<([u8; 32], [u8; 16])>,
+}
+
+impl<'a> Ctx<'a> {
+    /// A request arrives: its id, its trace, and its count among the requests in flight.
+    pub fn new(req: &'a HttpRequest, rt: &'a Runtime, metrics: &'a Metrics) -> Self {
+        let start = Instant::now();
+        let rid = request_id::for_request(req.headers());
+        let trace = rt.tracing.as_ref().map(|t| t.start(req, &rid));
+        Ctx {
+            req,
+            rt,
+            metrics,
+            start,
+            trace_header: trace.as_ref().map(RequestTrace::trace_id_header),
+            log_ids: match rt.config.logging.access_log {
+                true => trace.as_ref().map(RequestTrace::ids_hex),
+                false => None,
+            },
+            rid,
+            route: None,
+            upstream: None,
+            admission: Admission::default(),
+            request_bytes: 0,
+            streamed: None,
+            done: Some(Completion::begin(start, &metrics.inflight, trace)),
+        }
+    }
+
+    /// The request id as text (validated lazily: most requests never need it).
+    pub fn rid_str(&self) -> &str {
+        self.rid.to_str().unwrap_or_default()
+    }
+
+    pub fn trace(&mut self) -> Option<&mut RequestTrace> {
+        self.done.as_mut().and_then(|d| d.trace.as_mut())
+    }
+
+    /// The completion, with what it needs to record a response of this status.
+    pub fn complete(&mut self, status: u16) -> Option<Completion> {
+        let mut done = self.done.take()?;
+        done.set_outcome(
+            self.metrics.series(
+                self.rt.generation,
+                self.route,
+                self.req.method().as_str(),
+                status,
+            ),
+            status,
+            self.request_bytes,
+            self.streamed.take(),
+        );
+        Some(done)
+    }
+}

@@ -1,0 +1,390 @@
+//! The forward phase: pick a server (balancer, breaker, health), send, and on a failure that
+//! the route's retry policy allows, try the next candidate, all bounded by the route's timeout
+//! until a response head arrives.
+
+use super::body::{BodyWatch, Progress};
+use super::context::Ctx;
+use super::upstream_request::UpstreamRequest;
+use crate::base::error::GatewayError;
+use crate::config::model::{RetryConfig, RouteConfig, ServerEntry, Strategy};
+use crate::observability::metrics::UpstreamErrorKind;
+use crate::observability::trace;
+use crate::upstream::body::ProxyBody;
+use crate::upstream::client::{self, ForwardError, Lease, SendError};
+use crate::upstream::server::{AttemptGuard, AttemptResult};
+use crate::upstream::{balancer, Upstream};
+use hyper::body::Incoming;
+use std::time::{Duration, Instant};
+use tokio::time::Instant as Deadline;
+
+/// The upstream's answer: its response head, its body still to stream, and the connection.
+pub struct Answer {
+    pub parts: http::response::Parts,
+    pub body: Incoming,
+    pub lease: Lease,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// A response to pass on, unless its status asks for a retry.
+    Response(Answer, bool),
+    /// A failure; `true` when its condition allows a retry.
+    Failed(GatewayError, bool),
+}
+
+/// The forward phase. `host` is the Host the client asked for (kept with `preserve_host`).
+pub async fn forward<'a>(
+    ctx: &mut Ctx<'a>,
+    route: &'a RouteConfig,
+    host: Option<&str>,
+    mut up: UpstreamRequest<'_>,
+    body: &BodyWatch,
+) -> Result<Answer, GatewayError> {
+    let rt = ctx.rt;
+    let upstream: &'a Upstream = &rt.upstreams[route.upstream];
+    let policy = &upstream.config.retries;
+    let method = ctx.req.method().as_str();
+    let replay_after_send =
+        up.replayable.is_some() && policy.after_send() && policy.methods.contains(method);
+    if policy.attempts > 0 {
+        upstream.budget.deposit();
+    }
+    let key = match upstream.balancer.strategy() {
+        Strategy::IpHash => client_hash(ctx),
+        _ => 0,
+    };
+    let mut candidates =
+        upstream
+            .balancer
+            .candidates(&upstream.servers, crate::base::clock::now_ms(), key);
+    let deadline = Deadline::now() + route.timeout;
+    let mut retries = 0u32;
+    let mut last_error = GatewayError::NoHealthyUpstream;
+    let mut next = admit(upstream, &mut candidates);
+    loop {
+        let Some((server_idx, guard)) = next.take() else {
+            return Err(last_error);
+        };
+        let server = &upstream.config.servers[server_idx];
+        ctx.upstream = Some(&server.url);
+        let Some(mut req) = up.next_attempt() else {
+            return Err(last_error);
+        };
+        let upstream_host = match (route.preserve_host, host) {
+            (true, Some(h)) => {
+                http::HeaderValue::from_str(h).unwrap_or_else(|_| server.host_header.clone())
+            }
+            _ => server.host_header.clone(),
+        };
+        req.headers_mut().insert(http::header::HOST, upstream_host);
+        if let Some(t) = ctx.trace() {
+            let tp = t.start_attempt(
+                method,
+                req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+                server,
+                &upstream.config.name,
+                retries,
+            );
+            req.headers_mut().insert(trace::TRACEPARENT, tp);
+        }
+        let sent_at = Instant::now();
+        let result = send(req, upstream, server_idx, deadline, &body.progress).await;
+        let latency = sent_at.elapsed();
+        retries += 1;
+        let record = |result: AttemptResult| {
+            upstream.record(
+                server_idx,
+                crate::base::clock::now_ms(),
+                guard.admission,
+                result,
+                latency.as_nanos() as u64,
+            )
+        };
+        let attempt = match result {
+            None => {
+                record(AttemptResult::GatewayFailure);
+                attempt_failed(ctx, upstream, UpstreamErrorKind::Timeout);
+                Attempt::Failed(
+                    GatewayError::UpstreamTimeout,
+                    policy.on_timeout && replay_after_send,
+                )
+            }
+            Some(Err(e)) => {
+                let (err, retryable, unsent) =
+                    send_failed(ctx, upstream, server, policy, e, body, replay_after_send)?;
+                record(AttemptResult::GatewayFailure);
+                up.first = unsent;
+                Attempt::Failed(err, retryable)
+            }
+            Some(Ok((response, lease))) => {
+                let (parts, body) = response.into_parts();
+                received(ctx, upstream, server, parts, body, lease, latency, record).map_or_else(
+                    |err| Attempt::Failed(err, policy.on_reset && replay_after_send),
+                    |(answer, status)| {
+                        let again =
+                            replay_after_send && policy.on_status.binary_search(&status).is_ok();
+                        Attempt::Response(answer, again)
+                    },
+                )
+            }
+        };
+        match attempt {
+            Attempt::Response(mut answer, again) => {
+                if again {
+                    if let Some((n, pause)) =
+                        retry(upstream, policy, &mut candidates, retries, deadline)
+                    {
+                        // Dropping the unread response closes its connection.
+                        drop((answer, guard));
+                        next = Some(n);
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                }
+                // The last word is the upstream's own response, 5xx or not.
+                answer.lease.hold(guard);
+                return Ok(answer);
+            }
+            Attempt::Failed(err, retryable) => {
+                drop(guard);
+                last_error = err;
+                if !retryable {
+                    return Err(last_error);
+                }
+                let Some((n, pause)) = retry(upstream, policy, &mut candidates, retries, deadline)
+                else {
+                    return Err(last_error);
+                };
+                next = Some(n);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// The next candidate whose breaker admits an attempt.
+fn admit<S: balancer::ServerLoad>(
+    upstream: &Upstream,
+    candidates: &mut balancer::Candidates<'_, S>,
+) -> Option<(usize, AttemptGuard)> {
+    let now = crate::base::clock::now_ms();
+    candidates
+        .by_ref()
+        .find_map(|i| upstream.servers[i].admit(now).map(|g| (i, g)))
+}
+
+/// Whether a retry may go ahead: attempts left, another server, budget and time.
+fn retry<S: balancer::ServerLoad>(
+    upstream: &Upstream,
+    policy: &RetryConfig,
+    candidates: &mut balancer::Candidates<'_, S>,
+    retries: u32,
+    deadline: Deadline,
+) -> Option<((usize, AttemptGuard), Duration)> {
+    if retries > policy.attempts {
+        return None;
+    }
+    let pause = crate::upstream::retry::backoff(policy, retries);
+    if Deadline::now() + pause >= deadline {
+        return None;
+    }
+    let next = admit(upstream, candidates)?;
+    if !upstream.budget.withdraw(crate::base::clock::now_ms()) {
+        tracing::debug!(upstream = upstream.config.name, "retry budget spent");
+        return None;
+    }
+    upstream.metrics.retries.inc();
+    Some((next, pause))
+}
+
+/// One send to server `idx`, bounded by the time left before `deadline` (and the upstream's
+/// `attempt_timeout`), counted from a streamed body's last progress; `None` on timeout.
+async fn send(
+    req: http::Request<ProxyBody>,
+    upstream: &Upstream,
+    idx: usize,
+    deadline: Deadline,
+    progress: &Progress,
+) -> Option<Result<(http::Response<Incoming>, Lease), SendError>> {
+    let server = &upstream.config.servers[idx];
+    let target = client::Target {
+        pool_key: upstream.pool_keys[idx],
+        https: server.https,
+        authority: &server.authority,
+        connect_timeout: upstream.config.connect_timeout,
+        tls: &upstream.tls,
+    };
+    let remaining = deadline.saturating_duration_since(Deadline::now());
+    let attempt_timeout = upstream
+        .config
+        .attempt_timeout
+        .map_or(remaining, |t| t.min(remaining));
+    let out = with_progress_timeout(
+        std::pin::pin!(client::send(req, &target)),
+        attempt_timeout,
+        progress,
+    )
+    .await;
+    out
+}
+
+/// A send that failed: the client's fault (its body) ends the request at once; otherwise the
+/// error to answer, whether the policy allows a retry, and the request when it was never
+/// written (it may go anywhere, whatever its method).
+#[allow(clippy::type_complexity)]
+fn send_failed(
+    ctx: &mut Ctx<'_>,
+    upstream: &Upstream,
+    server: &ServerEntry,
+    policy: &RetryConfig,
+    e: SendError,
+    body: &BodyWatch,
+    replay_after_send: bool,
+) -> Result<(GatewayError, bool, Option<http::Request<ProxyBody>>), GatewayError> {
+    let SendError { error, unsent } = e;
+    if body.too_large.get() {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    if let ForwardError::Body(_) = error {
+        // The client's body failed: not the server's fault, nothing to retry.
+        return Err(GatewayError::BadRequest("could not read the request body"));
+    }
+    warn_upstream(
+        ctx,
+        &upstream.config.name,
+        &server.url,
+        &error,
+        "upstream request failed",
+    );
+    let (kind, err, on) = match error {
+        ForwardError::Connect(_) => (
+            UpstreamErrorKind::Connect,
+            GatewayError::UpstreamConnect,
+            policy.on_connect_error,
+        ),
+        ForwardError::ConnectTimeout => (
+            UpstreamErrorKind::Timeout,
+            GatewayError::UpstreamTimeout,
+            policy.on_connect_error,
+        ),
+        _ => (
+            UpstreamErrorKind::Protocol,
+            GatewayError::UpstreamProtocol,
+            policy.on_reset,
+        ),
+    };
+    attempt_failed(ctx, upstream, kind);
+    let retryable = on && (unsent.is_some() || replay_after_send);
+    Ok((err, retryable, unsent))
+}
+
+/// A response head arrived: recorded (5xx against the server), or refused when it cannot be
+/// passed on (its connection is dropped with the lease: its framing is not trusted).
+#[allow(clippy::too_many_arguments)]
+fn received(
+    ctx: &mut Ctx<'_>,
+    upstream: &Upstream,
+    server: &ServerEntry,
+    parts: http::response::Parts,
+    body: Incoming,
+    lease: Lease,
+    latency: Duration,
+    record: impl Fn(AttemptResult),
+) -> Result<(Answer, u16), GatewayError> {
+    if let Some(problem) = response_problem(&parts) {
+        drop(lease);
+        record(AttemptResult::GatewayFailure);
+        attempt_failed(ctx, upstream, UpstreamErrorKind::Protocol);
+        warn_upstream(
+            ctx,
+            &upstream.config.name,
+            &server.url,
+            &problem,
+            "upstream response refused",
+        );
+        return Err(GatewayError::UpstreamProtocol);
+    }
+    let status = parts.status.as_u16();
+    if status >= 500 {
+        record(AttemptResult::Status5xx);
+        upstream.metrics.error(UpstreamErrorKind::Status5xx);
+    } else {
+        record(AttemptResult::Success);
+    }
+    upstream.metrics.duration.observe(latency.as_secs_f64());
+    if let Some(t) = ctx.trace() {
+        t.attempt_result(Some(status), None);
+    }
+    Ok((Answer { parts, body, lease }, status))
+}
+
+/// Counts a failed attempt and marks it on the attempt's span.
+fn attempt_failed(ctx: &mut Ctx<'_>, upstream: &Upstream, kind: UpstreamErrorKind) {
+    upstream.metrics.error(kind);
+    if let Some(t) = ctx.trace() {
+        t.attempt_result(None, Some(kind.as_str()));
+    }
+}
+
+/// Why a response head cannot be passed on, if it cannot.
+fn response_problem(parts: &http::response::Parts) -> Option<&'static str> {
+    if actix_web::http::StatusCode::from_u16(parts.status.as_u16()).is_err() {
+        return Some("invalid status code");
+    }
+    // Ambiguous framing (RFC 9112 6.3): refused, never guessed.
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && parts.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    None
+}
+
+/// The hash ip_hash balances on: the client's address (see [`super::client_ip`]).
+fn client_hash(ctx: &Ctx<'_>) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(super::client_ip(ctx.req, &ctx.rt.config.server))
+}
+
+/// A warning about an upstream, with the ids that tie it to the request and its trace.
+fn warn_upstream(
+    ctx: &mut Ctx<'_>,
+    upstream: &str,
+    server: &str,
+    error: &dyn std::fmt::Display,
+    message: &str,
+) {
+    let ids = ctx.trace().map(|t| t.ids_hex());
+    tracing::warn!(
+        request_id = ctx.rid_str(),
+        trace_id = ids.as_ref().and_then(|(t, _)| std::str::from_utf8(t).ok()),
+        span_id = ids.as_ref().and_then(|(_, s)| std::str::from_utf8(s).ok()),
+        upstream,
+        server,
+        error = %error,
+        "{message}"
+    );
+}
+
+/// Waits for `fut` for at most `timeout`, counted from the later of the start and the last
+/// progress of a streamed request body: an upload that keeps moving is never cut off.
+async fn with_progress_timeout<F: std::future::Future>(
+    mut fut: std::pin::Pin<&mut F>,
+    timeout: std::time::Duration,
+    progress: &Progress,
+) -> Option<F::Output> {
+    let sleep = tokio::time::sleep(timeout);
+    let mut sleep = std::pin::pin!(sleep);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            () = &mut sleep => match progress.last.get() {
+                Some(last) if last + timeout > tokio::time::Instant::now() => {
+                    sleep.as_mut().reset(last + timeout);
+                }
+                _ => return None,
+            },
+        }
+    }
+}

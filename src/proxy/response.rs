@@ -1,0 +1,83 @@
+//! The response phases: the upstream's response head turned into the client's response
+//! ([`upstream`]), an error turned into the gateway's own answer ([`error`]), and the
+//! response filter every response passes ([`filter`]).
+
+use super::body::UpstreamBody;
+use super::context::Ctx;
+use super::forward::Answer;
+use super::headers;
+use crate::base::error::GatewayError;
+use crate::config::model::RouteConfig;
+use crate::observability::{request_id, trace};
+use actix_web::body::MessageBody;
+use actix_web::http::header as ax;
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+
+/// The client's response from the upstream's: its status and end-to-end headers, the body
+/// streamed as it comes (with the request's completion inside, recorded when it ends).
+pub fn upstream(
+    ctx: &mut Ctx<'_>,
+    route: &RouteConfig,
+    answer: Answer,
+) -> Result<HttpResponse, GatewayError> {
+    let Answer { parts, body, lease } = answer;
+    let status =
+        StatusCode::from_u16(parts.status.as_u16()).map_err(|_| GatewayError::UpstreamProtocol)?;
+    let len = headers::content_length(&parts.headers);
+    let head = ctx.req.method() == actix_web::http::Method::HEAD;
+    let mut body = UpstreamBody::new(body, len, status.as_u16(), head, lease, route.timeout);
+    if let Some(done) = ctx.complete(status.as_u16()) {
+        body = body.with_completion(done);
+    }
+    let mut res = HttpResponse::with_body(status, body);
+    headers::response_headers(&parts.headers, res.headers_mut());
+    if status == StatusCode::NOT_MODIFIED {
+        // The length of the representation a 304 stands for; actix keeps it as set.
+        if let Some(n) = len {
+            res.headers_mut()
+                .insert(ax::CONTENT_LENGTH, ax::HeaderValue::from(n));
+        }
+    }
+    Ok(with_request_id(ctx, res.map_into_boxed_body()))
+}
+
+/// A response the gateway answers itself (a preflight's 204): recorded at once.
+pub fn local(ctx: &mut Ctx<'_>, res: HttpResponse) -> HttpResponse {
+    drop(ctx.complete(res.status().as_u16()));
+    with_request_id(ctx, res)
+}
+
+/// The gateway's answer to an error: the status and JSON body of [`GatewayError`], recorded at
+/// once.
+pub fn error(ctx: &mut Ctx<'_>, e: GatewayError) -> HttpResponse {
+    if e.status().is_server_error() {
+        tracing::debug!(request_id = ctx.rid_str(), error = ?e, "request failed");
+    }
+    let res = e.to_response(&ctx.rid);
+    if let Some(mut done) = ctx.complete(res.status().as_u16()) {
+        if let actix_web::body::BodySize::Sized(n) = res.body().size() {
+            done.response_bytes = n;
+        }
+    }
+    res
+}
+
+/// The response filter: what every response carries, proxied or not: the trace id, and the
+/// edge chain's headers (rate limits, CORS).
+pub fn filter(ctx: &mut Ctx<'_>, res: &mut HttpResponse) {
+    if let Some(v) = ctx.trace_header.take() {
+        res.headers_mut().insert(trace::TRACE_ID_HEADER, v);
+    }
+    ctx.rt
+        .edge
+        .respond(ctx.route.map(|(i, _)| i), &ctx.admission, ctx.req, res);
+}
+
+fn with_request_id(ctx: &Ctx<'_>, mut res: HttpResponse) -> HttpResponse {
+    res.headers_mut().insert(
+        ax::HeaderName::from_static(request_id::HEADER),
+        ctx.rid.clone(),
+    );
+    res
+}

@@ -1,0 +1,65 @@
+//! The route phase: the request's host, path and method matched against the route table. A
+//! CORS preflight is routed by the method it asks about.
+
+use super::context::Ctx;
+use crate::base::error::GatewayError;
+use crate::config::model::RouteConfig;
+use crate::config::router::Lookup;
+
+/// A matched route.
+pub struct Routed<'a, 'p> {
+    pub idx: usize,
+    pub route: &'a RouteConfig,
+    pub params: matchit::Params<'a, 'p>,
+    /// A CORS preflight for a route with a policy: the edge chain answers it.
+    pub preflight: bool,
+}
+
+/// Matches `path` (normalised by the request filter) and the request's host and method; 404
+/// or 405 (with `Allow`) when nothing matches.
+pub fn route<'a, 'p>(
+    ctx: &mut Ctx<'a>,
+    host: Option<&str>,
+    path: &'p str,
+) -> Result<Routed<'a, 'p>, GatewayError> {
+    let (rt, req) = (ctx.rt, ctx.req);
+    let method = req.method();
+    let host_key = match (rt.router.uses_hosts(), host) {
+        (true, Some(h)) => Some(crate::base::net::host_name(h).to_ascii_lowercase()),
+        _ => None,
+    };
+    let cors = &rt.edge.cors;
+    let preflight_method = cors.preflight_method(method, req.headers());
+    let mut lookup = rt.router.lookup(
+        host_key.as_deref(),
+        path,
+        preflight_method.unwrap_or(method.as_str()),
+    );
+    let mut preflight = preflight_method.is_some();
+    if preflight && !matches!(lookup, Lookup::Found { route, .. } if cors.route_has_policy(route)) {
+        // The route the preflight asks about has no CORS policy: this is an ordinary OPTIONS
+        // request, routed (and authenticated) by its own method.
+        preflight = false;
+        lookup = rt.router.lookup(host_key.as_deref(), path, method.as_str());
+    }
+    let (idx, params) = match lookup {
+        Lookup::Found { route, params } => (route, params),
+        Lookup::MethodNotAllowed { allow } => {
+            return Err(GatewayError::MethodNotAllowed {
+                allow: allow.to_string(),
+            })
+        }
+        Lookup::NotFound => return Err(GatewayError::NotFound),
+    };
+    let route: &'a RouteConfig = &rt.config.routes[idx];
+    ctx.route = Some((idx, &route.name));
+    if let Some(t) = ctx.trace() {
+        t.routed(method.as_str(), &route.path, &route.name);
+    }
+    Ok(Routed {
+        idx,
+        route,
+        params,
+        preflight,
+    })
+}

@@ -1,0 +1,173 @@
+//! The upstream-request phase: the request sent upstream, built once from the client's
+//! request (the route's rewrite, the API key stripped from the query, hop-by-hop headers
+//! removed, X-Forwarded-* set, the edge chain's header edits applied). A retry rebuilds it
+//! from the same template; only bodies kept whole can be sent twice.
+
+use super::body::ProxyBody;
+use super::context::Ctx;
+use super::headers;
+use super::route::Routed;
+use crate::base::error::GatewayError;
+use crate::config::model::{RewritePart, RouteConfig};
+use crate::edge::auth::HeaderEdits;
+use actix_web::HttpRequest;
+use bytes::Bytes;
+
+/// Everything an attempt's request is built from.
+pub struct UpstreamRequest<'a> {
+    req: &'a HttpRequest,
+    method: http::Method,
+    path_and_query: http::uri::PathAndQuery,
+    client: headers::ClientInfo<'a>,
+    request_id: http::HeaderValue,
+    edits: HeaderEdits<'a>,
+    /// The body again for a retry: `Some(None)` for no body, `Some(Some(bytes))` for one read
+    /// whole; `None` for a streamed body, which cannot be sent twice.
+    pub replayable: Option<Option<Bytes>>,
+    /// The first attempt's request.
+    pub first: Option<http::Request<ProxyBody>>,
+}
+
+/// The upstream-request phase. `normalized` is the request filter's path, `host` the Host the
+/// client asked for.
+pub fn build<'a>(
+    ctx: &Ctx<'a>,
+    routed: &Routed<'_, '_>,
+    normalized: Option<&str>,
+    host: Option<&'a str>,
+    body: ProxyBody,
+) -> Result<UpstreamRequest<'a>, GatewayError> {
+    let (req, rt) = (ctx.req, ctx.rt);
+    let mut path_and_query = upstream_path(req, normalized, routed.route, &routed.params)?;
+    if let Some(name) = rt
+        .edge
+        .auth
+        .keys
+        .as_ref()
+        .and_then(|k| k.config.query_param.as_deref())
+    {
+        // An API key in the URL never goes upstream (nor into upstream access logs), whether
+        // or not it is what authenticated this request.
+        if let Some(rest) = path_and_query
+            .query()
+            .and_then(|q| crate::edge::auth::api_key::strip_query_param(q, name))
+        {
+            let pq = match rest.is_empty() {
+                true => path_and_query.path().to_string(),
+                false => format!("{}?{rest}", path_and_query.path()),
+            };
+            path_and_query = http::uri::PathAndQuery::try_from(pq)
+                .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
+        }
+    }
+    let method = http::Method::from_bytes(req.method().as_str().as_bytes())
+        .map_err(|_| GatewayError::BadRequest("invalid method"))?;
+    let peer = req.peer_addr().map(|a| a.ip());
+    let client = headers::ClientInfo {
+        peer,
+        trusted: peer.is_some_and(|ip| rt.config.server.is_trusted(ip)),
+        scheme: if req.app_config().secure() {
+            "https"
+        } else {
+            "http"
+        },
+        host: host.map(str::as_bytes),
+    };
+    let request_id = http::HeaderValue::from_bytes(ctx.rid.as_bytes())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
+    let replayable = match &body {
+        ProxyBody::Empty => Some(None),
+        ProxyBody::Full(Some(b)) => Some(Some(b.clone())),
+        _ => None,
+    };
+    let mut out = UpstreamRequest {
+        req,
+        method,
+        path_and_query,
+        client,
+        request_id,
+        edits: rt.edge.auth.header_edits(ctx.admission.identity.as_ref()),
+        replayable,
+        first: None,
+    };
+    out.first = Some(out.with_body(body));
+    Ok(out)
+}
+
+impl UpstreamRequest<'_> {
+    /// The request for an attempt: the first attempt's, or a rebuilt one when the body can be
+    /// sent again.
+    pub fn next_attempt(&mut self) -> Option<http::Request<ProxyBody>> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        match &self.replayable {
+            Some(Some(b)) => Some(self.with_body(ProxyBody::Full(Some(b.clone())))),
+            Some(None) => Some(self.with_body(ProxyBody::Empty)),
+            None => None,
+        }
+    }
+
+    fn with_body(&self, body: ProxyBody) -> http::Request<ProxyBody> {
+        let mut up = http::Request::new(body);
+        *up.method_mut() = self.method.clone();
+        // Origin-form on the wire (`GET /path?query HTTP/1.1`); the pool picks the server.
+        *up.uri_mut() = http::Uri::from(self.path_and_query.clone());
+        headers::request_headers(
+            self.req.headers(),
+            up.headers_mut(),
+            &self.client,
+            http::HeaderValue::from_static(""),
+            &self.request_id,
+        );
+        self.edits.apply(up.headers_mut());
+        if matches!(up.body(), ProxyBody::Stream { len: None, .. }) {
+            // Say so explicitly: for GET and HEAD hyper would otherwise assume no body.
+            up.headers_mut().insert(
+                http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("chunked"),
+            );
+        }
+        up
+    }
+}
+
+/// The path and query sent upstream: the route's rewrite with parameters substituted, or the
+/// client's path unchanged. The query string always goes along.
+fn upstream_path(
+    req: &HttpRequest,
+    merged_path: Option<&str>,
+    route: &RouteConfig,
+    params: &matchit::Params<'_, '_>,
+) -> Result<http::uri::PathAndQuery, GatewayError> {
+    let bad = |_| GatewayError::BadRequest("invalid request target");
+    let query = req.query_string();
+    let Some(rw) = &route.rewrite else {
+        return match merged_path {
+            None => {
+                let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                http::uri::PathAndQuery::try_from(pq).map_err(bad)
+            }
+            Some(path) if query.is_empty() => {
+                http::uri::PathAndQuery::try_from(path.to_string()).map_err(bad)
+            }
+            Some(path) => http::uri::PathAndQuery::try_from(format!("{path}?{query}")).map_err(bad),
+        };
+    };
+    let mut out = String::with_capacity(rw.template.len() + 32 + query.len());
+    for part in &rw.parts {
+        match part {
+            RewritePart::Literal(s) => out.push_str(s),
+            RewritePart::Param(i) => {
+                if let Some((_, v)) = params.iter().nth(*i) {
+                    out.push_str(v);
+                }
+            }
+        }
+    }
+    if !query.is_empty() {
+        out.push('?');
+        out.push_str(query);
+    }
+    http::uri::PathAndQuery::try_from(out).map_err(bad)
+}
