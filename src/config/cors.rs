@@ -299,7 +299,7 @@ impl CorsPolicy {
                             patterns.push(p);
                         }
                     }
-                    Err((msg, hint)) => err(path, msg, hint),
+                    Err(e) => err(path, e.message, e.hint),
                 }
                 continue;
             }
@@ -429,20 +429,40 @@ impl CorsPolicy {
     }
 }
 
+/// Why a wildcard origin entry is not a usable pattern: the message and, where one is
+/// obvious, the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PatternError {
+    message: &'static str,
+    hint: Option<String>,
+}
+
+impl PatternError {
+    fn new(message: &'static str, hint: Option<String>) -> Self {
+        PatternError { message, hint }
+    }
+}
+
 /// Parses `scheme://*.domain[:port]`.
-fn compile_pattern(entry: &str) -> Result<OriginPattern, (&'static str, Option<String>)> {
+fn compile_pattern(entry: &str) -> Result<OriginPattern, PatternError> {
     let example = Some("write it as \"https://*.example.com\" (and list \"https://example.com\" separately if the bare domain is wanted too)".to_string());
     let Some((scheme, rest)) = entry.split_once("://") else {
-        return Err(("a wildcard origin needs a scheme", example));
+        return Err(PatternError::new(
+            "a wildcard origin needs a scheme",
+            example,
+        ));
     };
     if scheme.contains('*') {
-        return Err((
+        return Err(PatternError::new(
             "the scheme cannot be a wildcard",
             Some("list \"http://...\" and \"https://...\" separately".into()),
         ));
     }
     if entry.matches('*').count() > 1 {
-        return Err(("an origin pattern has exactly one `*`", example));
+        return Err(PatternError::new(
+            "an origin pattern has exactly one `*`",
+            example,
+        ));
     }
     let Some(after) = rest.strip_prefix("*.") else {
         let msg = if rest == "*" || rest.starts_with("*:") {
@@ -450,7 +470,7 @@ fn compile_pattern(entry: &str) -> Result<OriginPattern, (&'static str, Option<S
         } else {
             "`*` must be the whole leftmost label(s) of the host"
         };
-        return Err((msg, example));
+        return Err(PatternError::new(msg, example));
     };
     // Validate the rest as an origin with a stand-in label where the `*` was.
     let stand_in = format!("{scheme}://x.{after}");
@@ -458,12 +478,15 @@ fn compile_pattern(entry: &str) -> Result<OriginPattern, (&'static str, Option<S
         Ok(o) => o,
         Err(e) => {
             let hint = hint_for_origin(entry, e).or(example);
-            return Err((e.message(), hint));
+            return Err(PatternError::new(e.message(), hint));
         }
     };
     let domain = &o.host[2..];
     if domain.starts_with('[') || !is_labels(domain) {
-        return Err(("a wildcard needs a domain name after `*.`", example));
+        return Err(PatternError::new(
+            "a wildcard needs a domain name after `*.`",
+            example,
+        ));
     }
     let labels_ok = domain.split('.').all(|l| {
         l.len() <= 63
@@ -473,17 +496,20 @@ fn compile_pattern(entry: &str) -> Result<OriginPattern, (&'static str, Option<S
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
     });
     if !labels_ok {
-        return Err(("the domain after `*.` is not a valid host name", example));
+        return Err(PatternError::new(
+            "the domain after `*.` is not a valid host name",
+            example,
+        ));
     }
     let last = domain.rsplit('.').next().unwrap_or(domain);
     if last.bytes().all(|b| b.is_ascii_digit()) {
-        return Err((
+        return Err(PatternError::new(
             "a wildcard cannot stand for part of an IP address",
             Some("list each IP origin exactly".into()),
         ));
     }
     if !domain.contains('.') && !domain.eq_ignore_ascii_case("localhost") {
-        return Err((
+        return Err(PatternError::new(
             "a wildcard in front of a top-level domain would allow every site under it",
             example,
         ));

@@ -1,5 +1,5 @@
 //! The config file as written: serde structs only, no logic. Every struct denies unknown fields;
-//! `validate.rs` turns these into the runtime model. The JSON Schema printed by
+//! `validate/` turns these into the runtime model. The JSON Schema printed by
 //! `kairos-rs config schema` is derived from these types.
 
 use schemars::JsonSchema;

@@ -116,7 +116,7 @@ impl Router {
             let template = match parse_path_template(&r.path) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(ConfigError::new(format!("routes[{i}].path"), e));
+                    errors.push(ConfigError::new(format!("routes[{i}].path"), e.to_string()));
                     continue;
                 }
             };

@@ -3,13 +3,40 @@
 
 use std::time::Duration;
 
+/// Why a text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("expected a duration such as \"250ms\", \"5s\" or \"1h\", found an empty string")]
+    Empty,
+    #[error("expected a duration such as \"250ms\", \"5s\" or \"1h\", found \"{text}\"")]
+    NotADuration { text: String },
+    #[error("number too large in duration \"{text}\"")]
+    TooLarge { text: String },
+    #[error("duration \"{text}\" has no unit: write \"{n}s\" or \"{n}ms\"")]
+    NoUnit { text: String, n: u64 },
+    #[error("unknown unit \"{unit}\" in duration \"{text}\" (use ms, s, m, h or d)")]
+    UnknownUnit { unit: String, text: String },
+}
+
+/// Why a text is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("expected a size such as \"10MB\" or \"512KB\", found \"{text}\"")]
+    NotASize { text: String },
+    #[error("number too large in size \"{text}\"")]
+    NumberTooLarge { text: String },
+    #[error("unknown unit \"{unit}\" in size \"{text}\" (use B, KB, MB or GB)")]
+    UnknownUnit { unit: String, text: String },
+    #[error("size \"{text}\" is too large")]
+    TooLarge { text: String },
+}
+
 /// Parses `"250ms"`, `"5s"`, `"1h"`, `"1m30s"`, `"0s"`. Units: `us`, `ms`, `s`, `m`, `h`, `d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let owned = || text.to_string();
     let s = text.trim();
     if s.is_empty() {
-        return Err(
-            "expected a duration such as \"250ms\", \"5s\" or \"1h\", found an empty string".into(),
-        );
+        return Err(DurationError::Empty);
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -18,13 +45,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
-                "expected a duration such as \"250ms\", \"5s\" or \"1h\", found \"{text}\""
-            ));
+            return Err(DurationError::NotADuration { text: owned() });
         }
         let n: u64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("number too large in duration \"{text}\""))?;
+            .map_err(|_| DurationError::TooLarge { text: owned() })?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -38,15 +63,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
-            "" => {
-                return Err(format!(
-                    "duration \"{text}\" has no unit: write \"{n}s\" or \"{n}ms\""
-                ))
-            }
+            "" => return Err(DurationError::NoUnit { text: owned(), n }),
             other => {
-                return Err(format!(
-                    "unknown unit \"{other}\" in duration \"{text}\" (use ms, s, m, h or d)"
-                ))
+                return Err(DurationError::UnknownUnit {
+                    unit: other.to_string(),
+                    text: owned(),
+                })
             }
         };
         total = total.saturating_add(part);
@@ -72,30 +94,30 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Parses `"10MB"`, `"512KB"`, `"1GB"`, `"100B"`, `"64KiB"` or a bare number of bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let owned = || text.to_string();
     let s = text.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits == 0 {
-        return Err(format!(
-            "expected a size such as \"10MB\" or \"512KB\", found \"{text}\""
-        ));
+        return Err(SizeError::NotASize { text: owned() });
     }
     let n: u64 = s[..digits]
         .parse()
-        .map_err(|_| format!("number too large in size \"{text}\""))?;
+        .map_err(|_| SizeError::NumberTooLarge { text: owned() })?;
     let mult: u64 = match s[digits..].trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "K" | "KB" | "KIB" => 1 << 10,
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
         other => {
-            return Err(format!(
-                "unknown unit \"{other}\" in size \"{text}\" (use B, KB, MB or GB)"
-            ))
+            return Err(SizeError::UnknownUnit {
+                unit: other.to_string(),
+                text: owned(),
+            })
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("size \"{text}\" is too large"))
+        .ok_or_else(|| SizeError::TooLarge { text: owned() })
 }
 
 #[cfg(test)]
@@ -108,10 +130,14 @@ mod tests {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5 sec")
-            .unwrap_err()
-            .contains("unknown unit"));
+        assert_eq!(
+            parse_duration("5").unwrap_err().to_string(),
+            "duration \"5\" has no unit: write \"5s\" or \"5ms\""
+        );
+        assert!(matches!(
+            parse_duration("5 sec"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("fast").is_err());
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
