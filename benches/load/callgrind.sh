@@ -48,7 +48,8 @@ cat > "$W/kairos.json" <<CONF
   "routes": [{ "name": "all", "path": "/{*rest}", "upstream": "up" }],
   "logging": { "level": "warn", "access_log": false } ${EXTRA:-} }
 CONF
-yes "url = \"http://127.0.0.1:$GW/api/items/42\"" | head -n "$N" > "$W/urls.txt"
+awk -v n="$N" -v u="http://127.0.0.1:$GW/api/items/42" \
+    'BEGIN { for (i = 0; i < n; i++) printf "url = \"%s\"\n", u }' > "$W/urls.txt"
 
 # One callgrind run; $1 = number of requests (0 = start, wait for the port, stop).
 run() {
