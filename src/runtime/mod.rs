@@ -94,7 +94,7 @@ impl Runtime {
         )
         .map_err(|e| ConfigErrors {
             source_name: "rate_limiting".into(),
-            errors: vec![ConfigError::new("rate_limiting", e)],
+            errors: vec![ConfigError::new("rate_limiting", e.to_string())],
         })?;
         let default_tls = crate::upstream::client::default_tls_config();
         let upstreams = config
