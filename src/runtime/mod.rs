@@ -85,7 +85,7 @@ impl Runtime {
             .and_then(|p| p.auth.jwt.clone());
         let auth = crate::edge::auth::Auth::build(&config, kept_jwt).map_err(|e| ConfigErrors {
             source_name: "auth".into(),
-            errors: vec![ConfigError::new("jwt_validation", e)],
+            errors: vec![ConfigError::new("jwt_validation", e.to_string())],
         })?;
         let ratelimit = crate::edge::ratelimit::RateLimiter::build(
             &config,

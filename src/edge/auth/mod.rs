@@ -4,7 +4,10 @@
 
 pub mod api_key;
 pub mod crypto;
+mod error;
 pub mod jwt;
+
+pub use error::AuthBuildError;
 
 use crate::base::error::GatewayError;
 use crate::config::model::{AuthMode, Config, RateConfig, RouteConfig};
@@ -62,11 +65,11 @@ impl Auth {
     /// The edge security of `config`. `jwt` is a verifier to keep (the previous runtime's,
     /// when its settings did not change): its fetched JWKS and verified-token cache stay
     /// warm across a reload.
-    pub fn build(config: &Config, jwt: Option<Arc<jwt::JwtAuth>>) -> Result<Auth, String> {
+    pub fn build(config: &Config, jwt: Option<Arc<jwt::JwtAuth>>) -> Result<Auth, AuthBuildError> {
         let compile = |c: &crate::config::cors::CorsConfig| {
             cors::CorsPolicy::compile(c)
                 .map(Arc::new)
-                .map_err(|e| format!("cors: {e:?}"))
+                .map_err(AuthBuildError::Cors)
         };
         let cors = config.cors.as_ref().map(compile).transpose()?;
         let route_cors = config
