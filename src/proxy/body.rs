@@ -37,23 +37,37 @@ pub struct ProgressState {
 
 pub type Progress = Rc<ProgressState>;
 
-/// Reads a small body of known length whole. `Err(true)` means it was larger than `max`.
+/// Why a small body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The body was larger than the allowed maximum.
+    #[error("request body larger than the allowed maximum")]
+    TooLarge,
+    /// Reading from the client failed.
+    #[error("{0}")]
+    Client(actix_web::error::PayloadError),
+    /// The body's length was not its Content-Length.
+    #[error("request body does not match its Content-Length")]
+    LengthMismatch,
+}
+
+/// Reads a small body of known length whole.
 pub async fn read_small(
     payload: &mut actix_web::web::Payload,
     len: u64,
     max: u64,
-) -> Result<Bytes, Result<(), String>> {
+) -> Result<Bytes, ReadError> {
     let mut buf = bytes::BytesMut::with_capacity(len as usize);
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Err(e.to_string()))?;
+        let chunk = chunk.map_err(ReadError::Client)?;
         if (buf.len() + chunk.len()) as u64 > max {
-            return Err(Ok(()));
+            return Err(ReadError::TooLarge);
         }
         buf.extend_from_slice(&chunk);
     }
     // HTTP/2 does not tie the body to content-length as HTTP/1.1 framing does.
     if buf.len() as u64 != len {
-        return Err(Err("request body does not match its Content-Length".into()));
+        return Err(ReadError::LengthMismatch);
     }
     Ok(buf.freeze())
 }

@@ -310,8 +310,8 @@ async fn proxy<'a>(
             match tokio::time::timeout(read_timeout, body::read_small(&mut payload, n, max)).await {
                 Err(_) => return Err(GatewayError::RequestTimeout),
                 Ok(Ok(b)) => ProxyBody::Full(Some(b)),
-                Ok(Err(Ok(()))) => return Err(GatewayError::PayloadTooLarge),
-                Ok(Err(Err(_))) => {
+                Ok(Err(body::ReadError::TooLarge)) => return Err(GatewayError::PayloadTooLarge),
+                Ok(Err(_)) => {
                     return Err(GatewayError::BadRequest("could not read the request body"))
                 }
             }
