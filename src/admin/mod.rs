@@ -274,7 +274,7 @@ async fn config_put(
             &req,
             actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
             "config_persist_failed",
-            &message,
+            &message.to_string(),
             None,
         ),
         Ok(Err(crate::runtime::reload::ReloadError::Invalid(e))) => invalid_config(&req, &e),

@@ -244,7 +244,31 @@ pub enum ReloadError {
     /// The config is invalid.
     Invalid(ConfigErrors),
     /// The config is valid but could not be written to the config file.
-    Persist(String),
+    Persist(PersistError),
+}
+
+/// The config could not be written to its file; the file and the running config are
+/// unchanged.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot persist the config to {}: {error}; the file and the running config are unchanged",
+    path.display()
+)]
+pub struct PersistError {
+    /// The config file as given (not the file a symlink points to).
+    pub path: PathBuf,
+    pub error: std::io::Error,
+}
+
+/// The config file could not be watched (reloads still come from SIGHUP and the admin API).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch the config file: {0}")]
+    Watcher(notify::Error),
+    #[error("cannot watch {}: {error}", dir.display())]
+    Dir { dir: PathBuf, error: notify::Error },
+    #[error("cannot start the config watcher: {0}")]
+    Thread(std::io::Error),
 }
 
 impl SharedState {
@@ -273,7 +297,7 @@ impl SharedState {
                     ReloadError::Invalid(e) => e,
                     ReloadError::Persist(m) => ConfigErrors {
                         source_name: path.display().to_string(),
-                        errors: vec![ConfigError::new("", m)],
+                        errors: vec![ConfigError::new("", m.to_string())],
                     },
                 }),
             Err(e) => {
@@ -295,7 +319,7 @@ impl SharedState {
         text: &str,
         path: &Path,
         trigger: &'static str,
-        persist: Option<&dyn Fn() -> Result<(), String>>,
+        persist: Option<&dyn Fn() -> Result<(), PersistError>>,
     ) -> Result<Applied, ReloadError> {
         let _serial = self.reload_lock();
         let start = Instant::now();
@@ -306,8 +330,12 @@ impl SharedState {
         // bundles) may have changed.
         if hash == self.config_hash() && (trigger == "file" || persist.is_some()) {
             if let Some(Err(e)) = persist.map(|p| p()) {
-                self.record_failure(trigger, start, &e);
-                tracing::error!(trigger, error = e, "config not persisted");
+                self.record_failure(trigger, start, &e.to_string());
+                tracing::error!(
+                    trigger,
+                    error = e.to_string().as_str(),
+                    "config not persisted"
+                );
                 return Err(ReloadError::Persist(e));
             }
             return Ok(Applied {
@@ -405,8 +433,12 @@ impl SharedState {
                 Err(ReloadError::Invalid(e))
             }
             Err(ReloadError::Persist(m)) => {
-                self.record_failure(trigger, start, &m);
-                tracing::error!(trigger, error = m, "config not persisted; nothing changed");
+                self.record_failure(trigger, start, &m.to_string());
+                tracing::error!(
+                    trigger,
+                    error = m.to_string().as_str(),
+                    "config not persisted; nothing changed"
+                );
                 Err(ReloadError::Persist(m))
             }
         }
@@ -440,7 +472,7 @@ impl SharedState {
 /// Writes `text` to `path` atomically: a temp file in the same directory, fsync, then rename
 /// over the old file, whose previous content is kept as `<path>.bak`. On any failure the old
 /// file is untouched.
-pub fn persist(path: &Path, text: &str) -> Result<(), String> {
+pub fn persist(path: &Path, text: &str) -> Result<(), PersistError> {
     use std::io::Write;
     // Through a symlink, the file it points to is replaced (the link stays a link).
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -454,11 +486,9 @@ pub fn persist(path: &Path, text: &str) -> Result<(), String> {
         .unwrap_or_else(|| "config.json".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let old = std::fs::metadata(&real).ok();
-    let fail = |e: std::io::Error| {
-        format!(
-            "cannot persist the config to {}: {e}; the file and the running config are unchanged",
-            path.display()
-        )
+    let fail = |error: std::io::Error| PersistError {
+        path: path.to_path_buf(),
+        error,
     };
     let write = || -> std::io::Result<()> {
         // A temp file left by a crash is ours to replace; anything else there fails below.
@@ -501,7 +531,7 @@ pub fn persist(path: &Path, text: &str) -> Result<(), String> {
 /// rename it, or write in several steps, are handled by watching the directory and waiting
 /// for 200 ms without events; a half-written file fails validation and changes nothing, and
 /// the write that completes it triggers again.
-pub fn watch(state: std::sync::Arc<SharedState>, path: PathBuf) -> Result<(), String> {
+pub fn watch(state: std::sync::Arc<SharedState>, path: PathBuf) -> Result<(), WatchError> {
     use notify::Watcher;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -518,10 +548,13 @@ pub fn watch(state: std::sync::Arc<SharedState>, path: PathBuf) -> Result<(), St
             }
         }
     })
-    .map_err(|e| format!("cannot watch the config file: {e}"))?;
+    .map_err(WatchError::Watcher)?;
     watcher
         .watch(&dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        .map_err(|error| WatchError::Dir {
+            dir: dir.clone(),
+            error,
+        })?;
     std::thread::Builder::new()
         .name("kairos-config-watch".into())
         .spawn(move || {
@@ -534,6 +567,26 @@ pub fn watch(state: std::sync::Arc<SharedState>, path: PathBuf) -> Result<(), St
                 let _ = done.blocking_recv();
             }
         })
-        .map_err(|e| format!("cannot start the config watcher: {e}"))?;
+        .map_err(WatchError::Thread)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_texts() {
+        let e = PersistError {
+            path: "conf/gw.json".into(),
+            error: std::io::Error::other("disk full"),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot persist the config to conf/gw.json: disk full; the file and the running \
+             config are unchanged"
+        );
+        let e = WatchError::Thread(std::io::Error::other("no threads"));
+        assert_eq!(e.to_string(), "cannot start the config watcher: no threads");
+    }
 }
