@@ -205,16 +205,15 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
     for w in &cfg.warnings {
         tracing::warn!("config warning: {w}");
     }
-    let shared = match state::SharedState::new(cfg) {
+    let shared = match state::SharedState::with_source(cfg, path.clone(), &text) {
         Ok(s) => Arc::new(s),
         Err(errors) => {
             eprint!("{errors}");
             return Ok(ExitCode::from(2));
         }
     };
-    shared.set_config_file(path.clone(), &text);
     if let (Some(p), true) = (&path, watch) {
-        if let Err(e) = kairos_rs::runtime::reload::watch(shared.clone(), p.clone()) {
+        if let Err(e) = kairos_rs::runtime::watch(shared.clone(), p.clone()) {
             tracing::warn!("{e}; reload with SIGHUP or POST /_kairos/config/reload");
         }
     }

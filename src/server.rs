@@ -174,8 +174,8 @@ pub async fn run_until_signal(
         };
         while hup.recv().await.is_some() {
             let state = reloader.clone();
-            let _ = crate::runtime::reload::on_reload_thread(move || {
-                state.reload_file("sighup").is_ok()
+            let _ = crate::runtime::on_reload_thread(move || {
+                crate::runtime::reload::from_file(&state, "sighup").is_ok()
             })
             .await;
         }

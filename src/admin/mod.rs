@@ -9,7 +9,7 @@ pub mod render;
 use crate::base::clock::rfc3339;
 use crate::base::error::GatewayError;
 use crate::observability::request_id;
-use crate::runtime::SharedState;
+use crate::runtime::{reload, SharedState};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -173,7 +173,7 @@ async fn config_reload(req: HttpRequest, state: web::Data<SharedState>) -> HttpR
         return no_config_file(&req, "nothing to reload");
     }
     let st = state.clone();
-    match crate::runtime::reload::on_reload_thread(move || st.reload_file("api")).await {
+    match crate::runtime::on_reload_thread(move || reload::from_file(&st, "api")).await {
         Ok(Ok(applied)) => {
             HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
         }
@@ -240,7 +240,7 @@ async fn config_validate(
         .config_path()
         .unwrap_or_else(|| "request-body.json".into());
     let st = state.clone();
-    match crate::runtime::reload::on_reload_thread(move || st.dry_run(&text, &path)).await {
+    match crate::runtime::on_reload_thread(move || reload::dry_run(&st, &text, &path)).await {
         Ok(Ok(diff)) => HttpResponse::Ok().json(serde_json::json!({ "valid": true, "diff": diff })),
         Ok(Err(e)) => invalid_config(&req, &e),
         Err(_) => reload_crashed(&req),
@@ -261,23 +261,23 @@ async fn config_put(
         return no_config_file(&req, "there is nowhere to persist");
     };
     let st = state.clone();
-    let result = crate::runtime::reload::on_reload_thread(move || {
-        let write = || crate::runtime::reload::persist(&path, &text);
-        st.apply_text(&text, &path, "api", Some(&write))
+    let result = crate::runtime::on_reload_thread(move || {
+        let write = || crate::runtime::persist(&path, &text);
+        reload::apply(&st, &text, &path, "api", Some(&write))
     })
     .await;
     match result {
         Ok(Ok(applied)) => {
             HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
         }
-        Ok(Err(crate::runtime::reload::ReloadError::Persist(message))) => api_error(
+        Ok(Err(reload::ReloadError::Persist(message))) => api_error(
             &req,
             actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
             "config_persist_failed",
-            &message,
+            &message.to_string(),
             None,
         ),
-        Ok(Err(crate::runtime::reload::ReloadError::Invalid(e))) => invalid_config(&req, &e),
+        Ok(Err(reload::ReloadError::Invalid(e))) => invalid_config(&req, &e),
         Err(_) => reload_crashed(&req),
     }
 }

@@ -85,7 +85,10 @@ pub enum KeysCommand {
 }
 
 /// The `keys generate` output: the key, and the entry for `api_keys.keys`.
-pub fn generate_key(name: &str, permissions: &[String]) -> Result<String, String> {
+pub fn generate_key(
+    name: &str,
+    permissions: &[String],
+) -> Result<String, crate::edge::auth::api_key::RandomFailed> {
     let key = crate::edge::auth::api_key::generate()?;
     let entry = serde_json::json!({
         name: {

@@ -61,13 +61,12 @@ impl Edge {
         let previous = previous.map(|(_, p)| p);
         Ok(Edge {
             cors: cors::CorsTable::build(config).map_err(EdgeError::Cors)?,
-            auth: auth::Auth::build(config, kept_jwt).map_err(EdgeError::Auth)?,
+            auth: auth::Auth::build(config, kept_jwt)?,
             ratelimit: ratelimit::RateLimiter::build(
                 config,
                 metrics,
                 previous.and_then(|p| p.ratelimit.as_ref()),
-            )
-            .map_err(EdgeError::RateLimit)?,
+            )?,
         })
     }
 
@@ -165,10 +164,10 @@ impl Edge {
 pub enum EdgeError {
     #[error("cors: {0:?}")]
     Cors(Vec<crate::config::cors::CorsError>),
-    #[error("{0}")]
-    Auth(String),
-    #[error("{0}")]
-    RateLimit(String),
+    #[error(transparent)]
+    Jwt(#[from] auth::jwt::JwtError),
+    #[error(transparent)]
+    RateLimit(#[from] ratelimit::RateLimitBuildError),
 }
 
 impl EdgeError {
@@ -176,7 +175,7 @@ impl EdgeError {
     pub fn section(&self) -> &'static str {
         match self {
             EdgeError::Cors(_) => "cors",
-            EdgeError::Auth(_) => "jwt_validation",
+            EdgeError::Jwt(_) => "jwt_validation",
             EdgeError::RateLimit(_) => "rate_limiting",
         }
     }

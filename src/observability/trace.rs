@@ -109,6 +109,13 @@ pub fn redact_query(query: &str, name: &str) -> String {
         .join("&")
 }
 
+/// Why tracing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TracingError {
+    #[error("cannot start the span export thread: {0}")]
+    ExportThread(std::io::Error),
+}
+
 impl std::fmt::Debug for Tracing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracing")
@@ -119,7 +126,7 @@ impl std::fmt::Debug for Tracing {
 
 impl Tracing {
     /// Starts the export thread.
-    pub fn new(cfg: &TracingConfig, metrics: &Metrics) -> Result<Self, String> {
+    pub fn new(cfg: &TracingConfig, metrics: &Metrics) -> Result<Self, TracingError> {
         // The exporter's HTTP client (reqwest) takes the process's default TLS provider.
         crate::base::tls::install_crypto_provider();
         let (tx, rx) = mpsc::sync_channel(MAX_PENDING_SPANS);
@@ -148,7 +155,7 @@ impl Tracing {
         let thread = std::thread::Builder::new()
             .name("kairos-otlp".into())
             .spawn(move || exporter.run())
-            .map_err(|e| format!("cannot start the span export thread: {e}"))?;
+            .map_err(TracingError::ExportThread)?;
         Ok(Tracing {
             sink: Arc::new(Sink {
                 tx,

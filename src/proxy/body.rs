@@ -43,10 +43,13 @@ pub type Progress = Rc<ProgressState>;
 /// Why a small body could not be read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The body was larger than the allowed maximum.
     #[error("request body larger than the allowed maximum")]
     TooLarge,
-    #[error("client request body failed: {0}")]
-    Client(String),
+    /// Reading from the client failed.
+    #[error("{0}")]
+    Client(actix_web::error::PayloadError),
+    /// The body's length was not its Content-Length.
     #[error("request body does not match its Content-Length")]
     LengthMismatch,
 }
@@ -59,7 +62,7 @@ pub async fn read_small(
 ) -> Result<Bytes, ReadError> {
     let mut buf = bytes::BytesMut::with_capacity(len as usize);
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ReadError::Client(e.to_string()))?;
+        let chunk = chunk.map_err(ReadError::Client)?;
         if (buf.len() + chunk.len()) as u64 > max {
             return Err(ReadError::TooLarge);
         }

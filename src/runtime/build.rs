@@ -71,7 +71,7 @@ impl Runtime {
                     })
                     .map_err(|e| ConfigErrors {
                         source_name: "tracing".into(),
-                        errors: vec![ConfigError::new("tracing.endpoint", e)],
+                        errors: vec![ConfigError::new("tracing.endpoint", e.to_string())],
                     })?,
             )),
         };

@@ -3,9 +3,17 @@
 //! request in flight finishes on the state it started with.
 
 mod build;
+pub mod diff;
+pub mod persist;
 pub mod reload;
+pub mod watch;
+pub mod worker;
 
 pub use build::Runtime;
+pub use diff::Diff;
+pub use persist::{persist, PersistError};
+pub use watch::{watch, WatchError};
+pub use worker::on_reload_thread;
 
 use crate::config::{Config, ConfigErrors};
 use crate::observability::metrics::Metrics;
@@ -23,7 +31,7 @@ pub struct SharedState {
     /// Held for the whole of a reload: reloads are serialized.
     reloading: Mutex<()>,
     /// The file the config came from (none in demo mode and for in-process tests).
-    config_path: Mutex<Option<PathBuf>>,
+    config_path: Option<PathBuf>,
     /// The config text in effect and its SHA-256.
     config_text: Mutex<(Arc<str>, String)>,
     last_reload: Mutex<Option<crate::runtime::reload::LastReload>>,
@@ -36,6 +44,16 @@ pub struct SharedState {
 impl SharedState {
     /// Builds the first runtime from a validated config.
     pub fn new(config: Config) -> Result<Self, ConfigErrors> {
+        Self::with_source(config, None, "")
+    }
+
+    /// Builds the first runtime from a validated config read from `path` (none in demo mode),
+    /// whose text was `text`: what reloads read and what the admin API shows.
+    pub fn with_source(
+        config: Config,
+        path: Option<PathBuf>,
+        text: &str,
+    ) -> Result<Self, ConfigErrors> {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::build(config, &metrics)?;
         runtime.start(&metrics);
@@ -47,8 +65,8 @@ impl SharedState {
             ready: AtomicBool::new(false),
             metrics,
             reloading: Mutex::new(()),
-            config_path: Mutex::new(None),
-            config_text: Mutex::new((Arc::from(""), String::new())),
+            config_path: path,
+            config_text: Mutex::new((Arc::from(text), crate::base::hash::hash_text(text))),
             last_reload: Mutex::new(None),
             started: std::time::SystemTime::now(),
             retired: Arc::default(),
@@ -56,14 +74,9 @@ impl SharedState {
         })
     }
 
-    /// Records the file the running config came from (what reloads read), if any, and its text.
-    pub fn set_config_file(&self, path: Option<PathBuf>, text: &str) {
-        *lock(&self.config_path) = path;
-        self.set_config_text(text, crate::base::hash::hash_text(text));
-    }
-
+    /// The file the config came from, if any.
     pub fn config_path(&self) -> Option<PathBuf> {
-        lock(&self.config_path).clone()
+        self.config_path.clone()
     }
 
     pub fn config_hash(&self) -> String {

@@ -11,6 +11,17 @@ use crate::config::model::{HealthCheckConfig, ServerEntry};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+/// Why a health check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The request failed; shown with its sources, `outer: inner: innermost`.
+    #[error("{}", crate::upstream::client::chain(.0))]
+    Request(reqwest::Error),
+    /// The server answered with a status outside `expected_status`.
+    #[error("status {0}")]
+    Status(u16),
+}
+
 /// Health thresholds as a pure state machine.
 #[derive(Debug, Clone)]
 pub struct Tracker {
@@ -184,7 +195,7 @@ impl Check {
                     (Err(reason), _) => tracing::warn!(
                         upstream = self.upstream,
                         server = self.server,
-                        reason = reason.as_str(),
+                        reason = reason.to_string().as_str(),
                         "upstream server is unhealthy"
                     ),
                     (Ok(()), Health::Healthy) => {
@@ -204,20 +215,20 @@ impl Check {
         }
     }
 
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), ProbeError> {
         let res = self
             .client
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| crate::upstream::client::chain(&e))?;
+            .map_err(ProbeError::Request)?;
         let status = res.status().as_u16();
         // Read (a bounded amount of) the body so the connection can be reused.
         let _ = res.bytes().await;
         if self.cfg.expected_status.contains(&status) {
             Ok(())
         } else {
-            Err(format!("status {status}"))
+            Err(ProbeError::Status(status))
         }
     }
 }
@@ -225,6 +236,11 @@ impl Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_error_text() {
+        assert_eq!(ProbeError::Status(503).to_string(), "status 503");
+    }
 
     #[test]
     fn first_result_decides_then_thresholds_apply() {

@@ -6,15 +6,20 @@ use crate::base::hash::{constant_time_eq, hash};
 use crate::config::model::{ApiKeyEntry, ApiKeysConfig};
 use rustc_hash::FxHashMap;
 
+/// The system's random generator failed, so no key could be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the system random generator failed")]
+pub struct RandomFailed;
+
 /// A new random key: 32 bytes from the system's CSPRNG, base64url, with a prefix that makes
 /// leaked keys easy to find with secret scanners.
-pub fn generate() -> Result<String, String> {
+pub fn generate() -> Result<String, RandomFailed> {
     use base64::Engine;
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 32];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| "the system random generator failed".to_string())?;
+        .map_err(|_| RandomFailed)?;
     Ok(format!(
         "kairos_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

@@ -53,6 +53,34 @@ impl Reason {
     }
 }
 
+/// Why a JWT validator could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error("secret: {0}")]
+    Secret(jsonwebtoken::errors::Error),
+    #[error("public key: {0}")]
+    PublicKey(jsonwebtoken::errors::Error),
+    #[error("an HMAC algorithm needs a secret")]
+    HmacNeedsSecret,
+    #[error("JWKS client: {0}")]
+    JwksClient(reqwest::Error),
+}
+
+/// Why a JWKS fetch failed (the keys already fetched stay in use).
+#[derive(Debug, thiserror::Error)]
+pub enum JwksFetchError {
+    #[error("{0}")]
+    Request(reqwest::Error),
+    #[error("status {0}")]
+    Status(reqwest::StatusCode),
+    #[error("JWKS larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+    #[error("{0}")]
+    Body(reqwest::Error),
+    #[error("not a JWKS: {0}")]
+    NotJwks(serde_json::Error),
+}
+
 /// A token that passed, with what later phases need from it.
 #[derive(Debug)]
 pub struct Verified {
@@ -106,7 +134,7 @@ pub struct JwtAuth {
 const SPEC_CLAIMS: [&str; 6] = ["exp", "nbf", "aud", "iss", "sub", "iat"];
 
 impl JwtAuth {
-    pub fn new(cfg: &JwtConfig) -> Result<Self, String> {
+    pub fn new(cfg: &JwtConfig) -> Result<Self, JwtError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         super::crypto::install();
         let providers = cfg
@@ -237,7 +265,7 @@ impl JwtAuth {
     }
 }
 
-fn provider(cfg: &JwtProviderConfig) -> Result<Provider, String> {
+fn provider(cfg: &JwtProviderConfig) -> Result<Provider, JwtError> {
     let algorithm = cfg.algorithm;
     let mut validation = Validation::new(algorithm);
     validation.leeway = cfg.leeway.as_secs();
@@ -269,7 +297,7 @@ fn provider(cfg: &JwtProviderConfig) -> Result<Provider, String> {
     }
     let keys = match &cfg.key {
         JwtKeySource::Secret(s) => {
-            Keys::Static(DecodingKey::from_secret(&s.0).map_err(|e| format!("secret: {e}"))?)
+            Keys::Static(DecodingKey::from_secret(&s.0).map_err(JwtError::Secret)?)
         }
         JwtKeySource::PublicKey(pem) => {
             let pem = pem.as_bytes();
@@ -277,11 +305,9 @@ fn provider(cfg: &JwtProviderConfig) -> Result<Provider, String> {
                 jsonwebtoken::AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem),
                 jsonwebtoken::AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem),
                 jsonwebtoken::AlgorithmFamily::Ed => DecodingKey::from_ed_pem(pem),
-                jsonwebtoken::AlgorithmFamily::Hmac => {
-                    return Err("an HMAC algorithm needs a secret".into())
-                }
+                jsonwebtoken::AlgorithmFamily::Hmac => return Err(JwtError::HmacNeedsSecret),
             };
-            Keys::Static(key.map_err(|e| format!("public key: {e}"))?)
+            Keys::Static(key.map_err(JwtError::PublicKey)?)
         }
         JwtKeySource::Jwks { url, refresh } => {
             Keys::Jwks(Arc::new(Jwks::new(url.clone(), *refresh, algorithm)?))
@@ -404,14 +430,14 @@ pub struct Jwks {
 }
 
 impl Jwks {
-    fn new(url: String, refresh: Duration, algorithm: Algorithm) -> Result<Self, String> {
+    fn new(url: String, refresh: Duration, algorithm: Algorithm) -> Result<Self, JwtError> {
         crate::base::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("kairos-rs/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("JWKS client: {e}"))?;
+            .map_err(JwtError::JwksClient)?;
         Ok(Jwks {
             url,
             refresh,
@@ -488,31 +514,35 @@ impl Jwks {
             }
             // The keys we have stay in use: an identity provider's hiccup must not log
             // everyone out.
-            Err(e) => tracing::warn!(url = self.url, error = e, "JWKS fetch failed"),
+            Err(e) => tracing::warn!(
+                url = self.url,
+                error = e.to_string().as_str(),
+                "JWKS fetch failed"
+            ),
         }
         self.fetching.store(false, Ordering::Release);
         self.fetched.send_modify(|n| *n += 1);
     }
 
-    async fn fetch(&self) -> Result<FxHashMap<String, DecodingKey>, String> {
+    async fn fetch(&self) -> Result<FxHashMap<String, DecodingKey>, JwksFetchError> {
         let res = self
             .client
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(JwksFetchError::Request)?;
         if !res.status().is_success() {
-            return Err(format!("status {}", res.status()));
+            return Err(JwksFetchError::Status(res.status()));
         }
         if res.content_length().is_some_and(|n| n > MAX_JWKS_BYTES) {
-            return Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"));
+            return Err(JwksFetchError::TooLarge);
         }
-        let body = res.bytes().await.map_err(|e| e.to_string())?;
+        let body = res.bytes().await.map_err(JwksFetchError::Body)?;
         if body.len() as u64 > MAX_JWKS_BYTES {
-            return Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"));
+            return Err(JwksFetchError::TooLarge);
         }
         let set: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?;
+            serde_json::from_slice(&body).map_err(JwksFetchError::NotJwks)?;
         let want = alg_name(self.algorithm);
         let mut keys = FxHashMap::default();
         for jwk in &set.keys {
@@ -555,6 +585,22 @@ pub fn bearer(value: &str) -> Result<&str, Reason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_texts() {
+        assert_eq!(
+            JwtError::HmacNeedsSecret.to_string(),
+            "an HMAC algorithm needs a secret"
+        );
+        assert_eq!(
+            JwksFetchError::Status(reqwest::StatusCode::NOT_FOUND).to_string(),
+            "status 404 Not Found"
+        );
+        assert_eq!(
+            JwksFetchError::TooLarge.to_string(),
+            "JWKS larger than 1048576 bytes"
+        );
+    }
 
     #[test]
     fn bearer_tokens() {

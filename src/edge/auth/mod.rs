@@ -54,7 +54,7 @@ impl Auth {
     /// The edge security of `config`. `jwt` is a verifier to keep (the previous runtime's,
     /// when its settings did not change): its fetched JWKS and verified-token cache stay
     /// warm across a reload.
-    pub fn build(config: &Config, jwt: Option<Arc<jwt::JwtAuth>>) -> Result<Auth, String> {
+    pub fn build(config: &Config, jwt: Option<Arc<jwt::JwtAuth>>) -> Result<Auth, jwt::JwtError> {
         let jwt = match (jwt, &config.jwt) {
             (Some(kept), Some(_)) => Some(kept),
             (_, Some(cfg)) => Some(Arc::new(jwt::JwtAuth::new(cfg)?)),

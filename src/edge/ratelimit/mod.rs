@@ -204,6 +204,15 @@ fn ceil_s(units: u64, per_second: f64) -> u64 {
     (units as f64 / per_second).ceil() as u64
 }
 
+/// Why a rate limiter could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateLimitBuildError {
+    #[error("redis_url is not UTF-8")]
+    RedisUrlNotUtf8,
+    #[error(transparent)]
+    RedisUrl(#[from] redis::InvalidRedisUrl),
+}
+
 impl RateLimiter {
     /// The limiter for `config`, or `None` when nothing is limited. Buckets of limits that
     /// `previous` already had (same scope, route, key and rate) carry over, and so does its
@@ -212,7 +221,7 @@ impl RateLimiter {
         config: &Config,
         metrics: &Metrics,
         previous: Option<&RateLimiter>,
-    ) -> Result<Option<RateLimiter>, String> {
+    ) -> Result<Option<RateLimiter>, RateLimitBuildError> {
         let Some(rl) = &config.rate_limiting else {
             return Ok(None);
         };
@@ -255,7 +264,7 @@ impl RateLimiter {
                     Some(s) => s,
                     None => {
                         let url = std::str::from_utf8(&url.0)
-                            .map_err(|_| "redis_url is not UTF-8".to_string())?;
+                            .map_err(|_| RateLimitBuildError::RedisUrlNotUtf8)?;
                         redis::RedisStore::new(
                             url,
                             *timeout,
@@ -654,6 +663,16 @@ impl Builder<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn build_error_text() {
+        use super::RateLimitBuildError as E;
+        assert_eq!(E::RedisUrlNotUtf8.to_string(), "redis_url is not UTF-8");
+        assert_eq!(
+            E::from(super::redis::InvalidRedisUrl).to_string(),
+            "invalid redis_url"
+        );
+    }
+
     #[test]
     fn header_numbers_from_the_table_and_beyond() {
         for n in [0u64, 1, 42, 4095, 4096, 1_000_000] {

@@ -87,6 +87,11 @@ thread_local! {
         const { RefCell::new(Vec::new()) };
 }
 
+/// The Redis URL could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid redis_url")]
+pub struct InvalidRedisUrl;
+
 /// A handle on one Redis backend; clones share its connections and outage state.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -102,8 +107,8 @@ impl RedisStore {
         errors: IntCounter,
         up_gauge: IntGauge,
         meanwhile: &'static str,
-    ) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|_| "invalid redis_url".to_string())?;
+    ) -> Result<RedisStore, InvalidRedisUrl> {
+        let client = redis::Client::open(url).map_err(|_| InvalidRedisUrl)?;
         up_gauge.set(1);
         Ok(RedisStore {
             shared: Arc::new(Shared {
