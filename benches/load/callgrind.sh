@@ -8,7 +8,8 @@
 #   BIN  the gateway binary (default: target/release/kairos-rs)
 #   N    requests (default 20000)
 # Environment: EXTRA=', "tracing": {...}' adds top-level config keys; PORT_BASE (default 19001)
-# picks the three loopback ports (upstream, gateway, OTLP sink).
+# picks the three loopback ports (upstream, gateway, OTLP sink); CG_OUT=FILE keeps the callgrind
+# profile of the measured run (for callgrind_annotate).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${1:-$ROOT/target/release/kairos-rs}"
@@ -63,4 +64,5 @@ run() {
 ir() { awk '/^totals:/ { print $2 }' "$1"; }
 run 0
 run "$N"
+if [ -n "${CG_OUT:-}" ]; then cp "$W/kairos-$N.out" "$CG_OUT"; fi
 echo "$(( ($(ir "$W/kairos-$N.out") - $(ir "$W/kairos-0.out")) / N )) instructions per request ($N requests, $(basename "$BIN"))"

@@ -259,64 +259,7 @@ impl CorsPolicy {
             errors.push((path, msg.to_string(), hint));
         };
 
-        let mut any_origin = false;
-        let mut allow_null = false;
-        let mut exact: Vec<OriginParts> = Vec::new();
-        let mut patterns: Vec<OriginPattern> = Vec::new();
-        for (i, entry) in cfg.allowed_origins.iter().enumerate() {
-            let path = format!("allowed_origins[{i}]");
-            if entry.is_empty() {
-                err(path, "an origin cannot be empty", None);
-                continue;
-            }
-            if entry.trim() != entry {
-                err(
-                    path,
-                    "an origin cannot start or end with spaces",
-                    Some(format!("write \"{}\"", entry.trim())),
-                );
-                continue;
-            }
-            if entry == "*" {
-                if cfg.allow_credentials {
-                    err(
-                        path,
-                        "\"*\" cannot be combined with allow_credentials: browsers refuse credentialed responses to any origin",
-                        Some("list the origins that may send credentials, e.g. \"https://app.example.com\"".into()),
-                    );
-                }
-                any_origin = true;
-                continue;
-            }
-            if entry.eq_ignore_ascii_case("null") {
-                allow_null = true;
-                continue;
-            }
-            if entry.contains('*') {
-                match compile_pattern(entry) {
-                    Ok(p) => {
-                        if !patterns.contains(&p) {
-                            patterns.push(p);
-                        }
-                    }
-                    Err(e) => err(path, e.message, e.hint),
-                }
-                continue;
-            }
-            match parse_origin(entry) {
-                Ok(o) => {
-                    let parts = OriginParts {
-                        scheme: o.scheme.to_ascii_lowercase().into(),
-                        host: o.host.to_ascii_lowercase().into(),
-                        port: o.port,
-                    };
-                    if !exact.contains(&parts) {
-                        exact.push(parts);
-                    }
-                }
-                Err(e) => err(path, e.message(), hint_for_origin(entry, e)),
-            }
-        }
+        let origins = compile_origins(cfg, &mut err);
 
         let mut any_method = false;
         let mut methods: Vec<Box<str>> = Vec::new();
@@ -394,10 +337,10 @@ impl CorsPolicy {
             return Err(errors);
         }
         Ok(CorsPolicy {
-            any_origin,
-            allow_null,
-            exact,
-            patterns,
+            any_origin: origins.any,
+            allow_null: origins.null,
+            exact: origins.exact,
+            patterns: origins.patterns,
             any_method,
             methods,
             any_header,
@@ -440,6 +383,85 @@ struct PatternError {
 impl PatternError {
     fn new(message: &'static str, hint: Option<String>) -> Self {
         PatternError { message, hint }
+    }
+}
+
+/// The `allowed_origins` of a policy, compiled.
+struct Origins {
+    any: bool,
+    null: bool,
+    exact: Vec<OriginParts>,
+    patterns: Vec<OriginPattern>,
+}
+
+/// Compiles `allowed_origins`; each bad entry is reported through `err`.
+fn compile_origins(
+    cfg: &CorsConfig,
+    err: &mut impl FnMut(String, &str, Option<String>),
+) -> Origins {
+    let mut any_origin = false;
+    let mut allow_null = false;
+    let mut exact: Vec<OriginParts> = Vec::new();
+    let mut patterns: Vec<OriginPattern> = Vec::new();
+    for (i, entry) in cfg.allowed_origins.iter().enumerate() {
+        let path = format!("allowed_origins[{i}]");
+        if entry.is_empty() {
+            err(path, "an origin cannot be empty", None);
+            continue;
+        }
+        if entry.trim() != entry {
+            err(
+                path,
+                "an origin cannot start or end with spaces",
+                Some(format!("write \"{}\"", entry.trim())),
+            );
+            continue;
+        }
+        if entry == "*" {
+            if cfg.allow_credentials {
+                err(
+                    path,
+                    "\"*\" cannot be combined with allow_credentials: browsers refuse credentialed responses to any origin",
+                    Some("list the origins that may send credentials, e.g. \"https://app.example.com\"".into()),
+                );
+            }
+            any_origin = true;
+            continue;
+        }
+        if entry.eq_ignore_ascii_case("null") {
+            allow_null = true;
+            continue;
+        }
+        if entry.contains('*') {
+            match compile_pattern(entry) {
+                Ok(p) => {
+                    if !patterns.contains(&p) {
+                        patterns.push(p);
+                    }
+                }
+                Err(e) => err(path, e.message, e.hint),
+            }
+            continue;
+        }
+        match parse_origin(entry) {
+            Ok(o) => {
+                let parts = OriginParts {
+                    scheme: o.scheme.to_ascii_lowercase().into(),
+                    host: o.host.to_ascii_lowercase().into(),
+                    port: o.port,
+                };
+                if !exact.contains(&parts) {
+                    exact.push(parts);
+                }
+            }
+            Err(e) => err(path, e.message(), hint_for_origin(entry, e)),
+        }
+    }
+    Origins {
+        any: any_origin,
+        null: allow_null,
+        exact,
+        patterns,
     }
 }
 

@@ -28,12 +28,18 @@ pub struct Edge {
     pub ratelimit: Option<ratelimit::RateLimiter>,
 }
 
-/// What the chain learned about a request, for the later phases (the caller's identity for the
-/// forwarded headers and the access log) and for the response (where the limits stand).
+/// What the chain owes the response: where the rate limits stand (a 429 carries them too).
 #[derive(Default)]
 pub struct Admission {
-    pub identity: Option<auth::Identity>,
     pub ratelimit: Option<ratelimit::Report>,
+}
+
+/// The chain's verdict on a request it did not refuse.
+pub enum Verdict {
+    /// Go on, as this caller (`None` on an open route).
+    Pass(Option<auth::Identity>),
+    /// The chain answered itself (a preflight's 204).
+    Answer(HttpResponse),
 }
 
 /// A request as the chain sees it: matched to a route already.
@@ -75,23 +81,23 @@ impl Edge {
         self.auth.start();
     }
 
-    /// Runs the chain. `Ok(Some(response))` is an answer the chain gave itself (a preflight's
-    /// 204); `Ok(None)` lets the request go on. `client_ip` is asked only when a per-IP limit
-    /// needs it. What was learned is left in `admission`, also when the request is refused
-    /// (a 429 carries the rate-limit headers).
+    /// Runs the chain: a [`Verdict`], or the error that refuses the request. `client_ip` is
+    /// asked only when a per-IP limit needs it. What the response owes is left in
+    /// `admission`, also when the request is refused (a 429 carries the rate-limit headers).
+    #[inline(always)]
     pub async fn admit(
         &self,
         r: &EdgeRequest<'_>,
         client_ip: impl FnOnce() -> Option<IpAddr>,
         metrics: &Metrics,
         admission: &mut Admission,
-    ) -> Result<Option<HttpResponse>, GatewayError> {
+    ) -> Result<Verdict, GatewayError> {
         // 1. CORS preflight.
         if r.preflight {
             return self
                 .cors
                 .answer_preflight(r.route, r.route_idx, r.req.headers())
-                .map(Some);
+                .map(Verdict::Answer);
         }
         // 2. Authentication.
         let identity = match self
@@ -109,14 +115,13 @@ impl Edge {
                 .await?
             }
         };
-        admission.identity = identity;
         // 3. Rate limits.
         if let Some(rl) = self
             .ratelimit
             .as_ref()
             .filter(|rl| rl.limits_route(r.route_idx))
         {
-            let applicable = rl.applicable(r.route_idx, client_ip(), admission.identity.as_ref());
+            let applicable = rl.applicable(r.route_idx, client_ip(), identity.as_ref());
             let decision = match rl.decide(applicable) {
                 ratelimit::Pending::Ready(d) => d,
                 ratelimit::Pending::Remote(f) => f.await,
@@ -140,7 +145,7 @@ impl Edge {
                 }
             }
         }
-        Ok(None)
+        Ok(Verdict::Pass(identity))
     }
 
     /// The chain's part of every response: rate-limit headers where limits were consulted,

@@ -135,6 +135,7 @@ pub struct BodyWatch {
 /// The request-body phase: checks the declared length and prepares the body. Small bodies of
 /// known length are read whole (they can be replayed on a retry), larger or chunked ones are
 /// streamed; the wait for a body's first bytes is bounded by the route's timeout.
+#[inline(always)]
 pub async fn read(
     ctx: &mut Ctx<'_>,
     mut payload: actix_web::web::Payload,
@@ -240,7 +241,8 @@ pub enum UpstreamBodyError {
 
 impl UpstreamBody {
     /// `len` is the upstream's Content-Length, if it sent one; `status` and `head` decide
-    /// whether the response can have a body at all.
+    /// whether the response can have a body at all; `completion` is what must happen when the
+    /// response is over.
     pub fn new(
         body: hyper::body::Incoming,
         len: Option<u64>,
@@ -248,6 +250,7 @@ impl UpstreamBody {
         head: bool,
         lease: crate::upstream::client::Lease,
         idle_timeout: std::time::Duration,
+        completion: Option<super::completion::Completion>,
     ) -> Self {
         let size = match len {
             // No body by definition (RFC 9110 6.4.1); a 304's Content-Length is set by hand.
@@ -270,13 +273,9 @@ impl UpstreamBody {
         if this.body.is_end_stream() {
             this.release();
         }
+        // Recorded when the response is over, also for a body that ended already.
+        this.completion = completion;
         this
-    }
-
-    /// Hands over what must happen when the response is over.
-    pub fn with_completion(mut self, completion: super::completion::Completion) -> Self {
-        self.completion = Some(completion);
-        self
     }
 
     /// The body is complete: the connection goes back to the pool, the request is recorded.

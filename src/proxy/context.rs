@@ -24,8 +24,10 @@ pub struct Ctx<'a> {
     pub route: Option<(usize, &'a str)>,
     /// The server of the last attempt.
     pub upstream: Option<&'a str>,
-    /// What the edge chain learned: the caller, where the rate limits stand.
+    /// What the edge chain owes the response: where the rate limits stand.
     pub admission: Admission,
+    /// The authenticated caller's name, for the access log (only when it is on).
+    pub identity: Option<String>,
     pub request_bytes: u64,
     pub streamed: Option<Progress>,
     /// Taken by whoever builds the response: into a proxied body, or dropped at once.
@@ -38,6 +40,7 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     /// A request arrives: its id, its trace, and its count among the requests in flight.
+    #[inline(always)]
     pub fn new(req: &'a HttpRequest, rt: &'a Runtime, metrics: &'a Metrics) -> Self {
         let start = Instant::now();
         let rid = request_id::for_request(req.headers());
@@ -56,6 +59,7 @@ impl<'a> Ctx<'a> {
             route: None,
             upstream: None,
             admission: Admission::default(),
+            identity: None,
             request_bytes: 0,
             streamed: None,
             done: Some(Completion::begin(start, &metrics.inflight, trace)),

@@ -24,20 +24,13 @@ pub struct Answer {
     pub lease: Lease,
 }
 
-/// What one attempt came to.
-enum Attempt {
-    /// A response to pass on, unless its status asks for a retry.
-    Response(Answer, bool),
-    /// A failure; `true` when its condition allows a retry.
-    Failed(GatewayError, bool),
-}
-
 /// The forward phase. `host` is the Host the client asked for (kept with `preserve_host`).
+#[inline(always)]
 pub async fn forward<'a>(
     ctx: &mut Ctx<'a>,
     route: &'a RouteConfig,
     host: Option<&str>,
-    mut up: UpstreamRequest<'_>,
+    up: &mut UpstreamRequest<'_>,
     body: &BodyWatch,
 ) -> Result<Answer, GatewayError> {
     let rt = ctx.rt;
@@ -53,14 +46,14 @@ pub async fn forward<'a>(
         Strategy::IpHash => client_hash(ctx),
         _ => 0,
     };
-    let mut candidates =
-        upstream
-            .balancer
-            .candidates(&upstream.servers, crate::base::clock::now_ms(), key);
-    let deadline = Deadline::now() + route.timeout;
+    // One clock read for the balancer, the first admission and the deadline.
+    let started = Instant::now();
+    let now = crate::base::clock::ms_at(started);
+    let mut candidates = upstream.balancer.candidates(&upstream.servers, now, key);
+    let deadline = Deadline::from_std(started) + route.timeout;
     let mut retries = 0u32;
     let mut last_error = GatewayError::NoHealthyUpstream;
-    let mut next = admit(upstream, &mut candidates);
+    let mut next = admit(upstream, &mut candidates, now);
     loop {
         let Some((server_idx, guard)) = next.take() else {
             return Err(last_error);
@@ -88,86 +81,92 @@ pub async fn forward<'a>(
             req.headers_mut().insert(trace::TRACEPARENT, tp);
         }
         let sent_at = Instant::now();
-        let result = send(req, upstream, server_idx, deadline, &body.progress).await;
+        let result = send(req, upstream, server_idx, sent_at, deadline, &body.progress).await;
         let latency = sent_at.elapsed();
         retries += 1;
         let record = |result: AttemptResult| {
             upstream.record(
                 server_idx,
-                crate::base::clock::now_ms(),
+                crate::base::clock::ms_at(sent_at + latency),
                 guard.admission,
                 result,
                 latency.as_nanos() as u64,
             )
         };
-        let attempt = match result {
+        // Whether this failure's condition allows a retry at all.
+        let retryable = match result {
             None => {
                 record(AttemptResult::GatewayFailure);
                 attempt_failed(ctx, upstream, UpstreamErrorKind::Timeout);
-                Attempt::Failed(
-                    GatewayError::UpstreamTimeout,
-                    policy.on_timeout && replay_after_send,
-                )
+                last_error = GatewayError::UpstreamTimeout;
+                policy.on_timeout && replay_after_send
             }
-            Some(Err(e)) => {
-                let (err, retryable, unsent) =
-                    send_failed(ctx, upstream, server, policy, e, body, replay_after_send)?;
+            Some(Err(SendError { error, unsent })) => {
+                if body.too_large.get() {
+                    return Err(GatewayError::PayloadTooLarge);
+                }
+                if let ForwardError::Body(_) = error {
+                    // The client's body failed: not the server's fault, nothing to retry.
+                    return Err(GatewayError::BadRequest("could not read the request body"));
+                }
                 record(AttemptResult::GatewayFailure);
-                up.first = unsent;
-                Attempt::Failed(err, retryable)
+                let (err, on) = send_failed(ctx, upstream, server, policy, &error);
+                last_error = err;
+                // A request that was never written may go anywhere, whatever its method.
+                let ok = on && (unsent.is_some() || replay_after_send);
+                up.unsent = unsent;
+                ok
             }
-            Some(Ok((response, lease))) => {
-                let (parts, body) = response.into_parts();
-                received(ctx, upstream, server, parts, body, lease, latency, record).map_or_else(
-                    |err| Attempt::Failed(err, policy.on_reset && replay_after_send),
-                    |(answer, status)| {
-                        let again =
-                            replay_after_send && policy.on_status.binary_search(&status).is_ok();
-                        Attempt::Response(answer, again)
-                    },
-                )
-            }
-        };
-        match attempt {
-            Attempt::Response(mut answer, again) => {
-                if again {
-                    if let Some((n, pause)) =
-                        retry(upstream, policy, &mut candidates, retries, deadline)
-                    {
-                        // Dropping the unread response closes its connection.
-                        drop((answer, guard));
-                        next = Some(n);
-                        tokio::time::sleep(pause).await;
-                        continue;
+            Some(Ok((response, mut lease))) => {
+                let (parts, incoming) = response.into_parts();
+                match received(ctx, upstream, server, &parts, latency, record) {
+                    Err(err) => {
+                        // Drop the connection with the lease: its framing is not trusted.
+                        drop(lease);
+                        last_error = err;
+                        policy.on_reset && replay_after_send
+                    }
+                    Ok(status) => {
+                        if replay_after_send && policy.on_status.binary_search(&status).is_ok() {
+                            if let Some((n, pause)) =
+                                retry(upstream, policy, &mut candidates, retries, deadline)
+                            {
+                                // Dropping the unread response closes its connection.
+                                drop((parts, incoming, lease, guard));
+                                next = Some(n);
+                                tokio::time::sleep(pause).await;
+                                continue;
+                            }
+                        }
+                        // The last word is the upstream's own response, 5xx or not.
+                        lease.hold(guard);
+                        return Ok(Answer {
+                            parts,
+                            body: incoming,
+                            lease,
+                        });
                     }
                 }
-                // The last word is the upstream's own response, 5xx or not.
-                answer.lease.hold(guard);
-                return Ok(answer);
             }
-            Attempt::Failed(err, retryable) => {
-                drop(guard);
-                last_error = err;
-                if !retryable {
-                    return Err(last_error);
-                }
-                let Some((n, pause)) = retry(upstream, policy, &mut candidates, retries, deadline)
-                else {
-                    return Err(last_error);
-                };
-                next = Some(n);
-                tokio::time::sleep(pause).await;
-            }
+        };
+        drop(guard);
+        if !retryable {
+            return Err(last_error);
         }
+        let Some((n, pause)) = retry(upstream, policy, &mut candidates, retries, deadline) else {
+            return Err(last_error);
+        };
+        next = Some(n);
+        tokio::time::sleep(pause).await;
     }
 }
 
-/// The next candidate whose breaker admits an attempt.
+/// The next candidate whose breaker admits an attempt at `now` (gateway clock, ms).
 fn admit<S: balancer::ServerLoad>(
     upstream: &Upstream,
     candidates: &mut balancer::Candidates<'_, S>,
+    now: u64,
 ) -> Option<(usize, AttemptGuard)> {
-    let now = crate::base::clock::now_ms();
     candidates
         .by_ref()
         .find_map(|i| upstream.servers[i].admit(now).map(|g| (i, g)))
@@ -188,7 +187,7 @@ fn retry<S: balancer::ServerLoad>(
     if Deadline::now() + pause >= deadline {
         return None;
     }
-    let next = admit(upstream, candidates)?;
+    let next = admit(upstream, candidates, crate::base::clock::now_ms())?;
     if !upstream.budget.withdraw(crate::base::clock::now_ms()) {
         tracing::debug!(upstream = upstream.config.name, "retry budget spent");
         return None;
@@ -197,12 +196,14 @@ fn retry<S: balancer::ServerLoad>(
     Some((next, pause))
 }
 
-/// One send to server `idx`, bounded by the time left before `deadline` (and the upstream's
-/// `attempt_timeout`), counted from a streamed body's last progress; `None` on timeout.
+/// One send to server `idx` at `sent_at`, bounded by the time left before `deadline` (and the
+/// upstream's `attempt_timeout`), counted from a streamed body's last progress; `None` on
+/// timeout.
 async fn send(
     req: http::Request<ProxyBody>,
     upstream: &Upstream,
     idx: usize,
+    sent_at: Instant,
     deadline: Deadline,
     progress: &Progress,
 ) -> Option<Result<(http::Response<Incoming>, Lease), SendError>> {
@@ -214,13 +215,14 @@ async fn send(
         connect_timeout: upstream.config.connect_timeout,
         tls: &upstream.tls,
     };
-    let remaining = deadline.saturating_duration_since(Deadline::now());
+    let remaining = deadline.saturating_duration_since(Deadline::from_std(sent_at));
     let attempt_timeout = upstream
         .config
         .attempt_timeout
         .map_or(remaining, |t| t.min(remaining));
     let out = with_progress_timeout(
         std::pin::pin!(client::send(req, &target)),
+        Deadline::from_std(sent_at),
         attempt_timeout,
         progress,
     )
@@ -228,32 +230,20 @@ async fn send(
     out
 }
 
-/// A send that failed: the client's fault (its body) ends the request at once; otherwise the
-/// error to answer, whether the policy allows a retry, and the request when it was never
-/// written (it may go anywhere, whatever its method).
-#[allow(clippy::type_complexity)]
+/// A send that failed on the server's side: logged and counted; the error to answer and
+/// whether the retry policy covers this kind of failure.
 fn send_failed(
     ctx: &mut Ctx<'_>,
     upstream: &Upstream,
     server: &ServerEntry,
     policy: &RetryConfig,
-    e: SendError,
-    body: &BodyWatch,
-    replay_after_send: bool,
-) -> Result<(GatewayError, bool, Option<http::Request<ProxyBody>>), GatewayError> {
-    let SendError { error, unsent } = e;
-    if body.too_large.get() {
-        return Err(GatewayError::PayloadTooLarge);
-    }
-    if let ForwardError::Body(_) = error {
-        // The client's body failed: not the server's fault, nothing to retry.
-        return Err(GatewayError::BadRequest("could not read the request body"));
-    }
+    error: &ForwardError,
+) -> (GatewayError, bool) {
     warn_upstream(
         ctx,
         &upstream.config.name,
         &server.url,
-        &error,
+        error,
         "upstream request failed",
     );
     let (kind, err, on) = match error {
@@ -274,25 +264,20 @@ fn send_failed(
         ),
     };
     attempt_failed(ctx, upstream, kind);
-    let retryable = on && (unsent.is_some() || replay_after_send);
-    Ok((err, retryable, unsent))
+    (err, on)
 }
 
-/// A response head arrived: recorded (5xx against the server), or refused when it cannot be
-/// passed on (its connection is dropped with the lease: its framing is not trusted).
-#[allow(clippy::too_many_arguments)]
+/// A response head arrived: its status, recorded (5xx against the server), or the error when
+/// it cannot be passed on.
 fn received(
     ctx: &mut Ctx<'_>,
     upstream: &Upstream,
     server: &ServerEntry,
-    parts: http::response::Parts,
-    body: Incoming,
-    lease: Lease,
+    parts: &http::response::Parts,
     latency: Duration,
     record: impl Fn(AttemptResult),
-) -> Result<(Answer, u16), GatewayError> {
-    if let Some(problem) = response_problem(&parts) {
-        drop(lease);
+) -> Result<u16, GatewayError> {
+    if let Some(problem) = response_problem(parts) {
         record(AttemptResult::GatewayFailure);
         attempt_failed(ctx, upstream, UpstreamErrorKind::Protocol);
         warn_upstream(
@@ -315,7 +300,7 @@ fn received(
     if let Some(t) = ctx.trace() {
         t.attempt_result(Some(status), None);
     }
-    Ok((Answer { parts, body, lease }, status))
+    Ok(status)
 }
 
 /// Counts a failed attempt and marks it on the attempt's span.
@@ -366,14 +351,15 @@ fn warn_upstream(
     );
 }
 
-/// Waits for `fut` for at most `timeout`, counted from the later of the start and the last
+/// Waits for `fut` for at most `timeout`, counted from the later of `started` and the last
 /// progress of a streamed request body: an upload that keeps moving is never cut off.
 async fn with_progress_timeout<F: std::future::Future>(
     mut fut: std::pin::Pin<&mut F>,
+    started: Deadline,
     timeout: std::time::Duration,
     progress: &Progress,
 ) -> Option<F::Output> {
-    let sleep = tokio::time::sleep(timeout);
+    let sleep = tokio::time::sleep_until(started + timeout);
     let mut sleep = std::pin::pin!(sleep);
     loop {
         tokio::select! {

@@ -12,6 +12,7 @@ use actix_web::HttpRequest;
 /// resource: encoded slashes and backslashes and dot segments (also encoded ones, decoded by
 /// [`normalize_path`]) are refused; escaped unreserved characters are decoded and runs of
 /// slashes merged.
+#[inline(always)]
 pub fn filter(ctx: &Ctx<'_>) -> Result<Option<String>, GatewayError> {
     let req = ctx.req;
     let limits = &ctx.rt.config.server;

@@ -16,6 +16,7 @@ use actix_web::HttpResponse;
 
 /// The client's response from the upstream's: its status and end-to-end headers, the body
 /// streamed as it comes (with the request's completion inside, recorded when it ends).
+#[inline(always)]
 pub fn upstream(
     ctx: &mut Ctx<'_>,
     route: &RouteConfig,
@@ -26,10 +27,8 @@ pub fn upstream(
         StatusCode::from_u16(parts.status.as_u16()).map_err(|_| GatewayError::UpstreamProtocol)?;
     let len = headers::content_length(&parts.headers);
     let head = ctx.req.method() == actix_web::http::Method::HEAD;
-    let mut body = UpstreamBody::new(body, len, status.as_u16(), head, lease, route.timeout);
-    if let Some(done) = ctx.complete(status.as_u16()) {
-        body = body.with_completion(done);
-    }
+    let done = ctx.complete(status.as_u16());
+    let body = UpstreamBody::new(body, len, status.as_u16(), head, lease, route.timeout, done);
     let mut res = HttpResponse::with_body(status, body);
     headers::response_headers(&parts.headers, res.headers_mut());
     if status == StatusCode::NOT_MODIFIED {
@@ -39,17 +38,22 @@ pub fn upstream(
                 .insert(ax::CONTENT_LENGTH, ax::HeaderValue::from(n));
         }
     }
-    Ok(with_request_id(ctx, res.map_into_boxed_body()))
+    let mut res = res.map_into_boxed_body();
+    set_request_id(ctx, &mut res);
+    Ok(res)
 }
 
 /// A response the gateway answers itself (a preflight's 204): recorded at once.
-pub fn local(ctx: &mut Ctx<'_>, res: HttpResponse) -> HttpResponse {
+#[inline(always)]
+pub fn local(ctx: &mut Ctx<'_>, mut res: HttpResponse) -> HttpResponse {
     drop(ctx.complete(res.status().as_u16()));
-    with_request_id(ctx, res)
+    set_request_id(ctx, &mut res);
+    res
 }
 
 /// The gateway's answer to an error: the status and JSON body of [`GatewayError`], recorded at
 /// once.
+#[inline(always)]
 pub fn error(ctx: &mut Ctx<'_>, e: GatewayError) -> HttpResponse {
     if e.status().is_server_error() {
         tracing::debug!(request_id = ctx.rid_str(), error = ?e, "request failed");
@@ -65,6 +69,7 @@ pub fn error(ctx: &mut Ctx<'_>, e: GatewayError) -> HttpResponse {
 
 /// The response filter: what every response carries, proxied or not: the trace id, and the
 /// edge chain's headers (rate limits, CORS).
+#[inline(always)]
 pub fn filter(ctx: &mut Ctx<'_>, res: &mut HttpResponse) {
     if let Some(v) = ctx.trace_header.take() {
         res.headers_mut().insert(trace::TRACE_ID_HEADER, v);
@@ -74,10 +79,9 @@ pub fn filter(ctx: &mut Ctx<'_>, res: &mut HttpResponse) {
         .respond(ctx.route.map(|(i, _)| i), &ctx.admission, ctx.req, res);
 }
 
-fn with_request_id(ctx: &Ctx<'_>, mut res: HttpResponse) -> HttpResponse {
+fn set_request_id(ctx: &Ctx<'_>, res: &mut HttpResponse) {
     res.headers_mut().insert(
         ax::HeaderName::from_static(request_id::HEADER),
         ctx.rid.clone(),
     );
-    res
 }

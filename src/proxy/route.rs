@@ -17,6 +17,7 @@ pub struct Routed<'a, 'p> {
 
 /// Matches `path` (normalised by the request filter) and the request's host and method; 404
 /// or 405 (with `Allow`) when nothing matches.
+#[inline(always)]
 pub fn route<'a, 'p>(
     ctx: &mut Ctx<'a>,
     host: Option<&str>,

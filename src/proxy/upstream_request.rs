@@ -9,7 +9,7 @@ use super::headers;
 use super::route::Routed;
 use crate::base::error::GatewayError;
 use crate::config::model::{RewritePart, RouteConfig};
-use crate::edge::auth::HeaderEdits;
+use crate::edge::auth::{HeaderEdits, Identity};
 use actix_web::HttpRequest;
 use bytes::Bytes;
 
@@ -24,17 +24,23 @@ pub struct UpstreamRequest<'a> {
     /// The body again for a retry: `Some(None)` for no body, `Some(Some(bytes))` for one read
     /// whole; `None` for a streamed body, which cannot be sent twice.
     pub replayable: Option<Option<Bytes>>,
-    /// The first attempt's request.
-    pub first: Option<http::Request<ProxyBody>>,
+    /// The first attempt's body, until it is sent.
+    first: Option<ProxyBody>,
+    /// A request that was never written (its connection failed first): the next attempt sends
+    /// it as it is, whatever its body.
+    pub unsent: Option<http::Request<ProxyBody>>,
 }
 
 /// The upstream-request phase. `normalized` is the request filter's path, `host` the Host the
-/// client asked for.
+/// client asked for, `identity` the caller the edge chain authenticated. The request itself is
+/// built for each attempt ([`UpstreamRequest::next_attempt`]).
+#[inline(always)]
 pub fn build<'a>(
     ctx: &Ctx<'a>,
     routed: &Routed<'_, '_>,
     normalized: Option<&str>,
     host: Option<&'a str>,
+    identity: Option<&Identity>,
     body: ProxyBody,
 ) -> Result<UpstreamRequest<'a>, GatewayError> {
     let (req, rt) = (ctx.req, ctx.rt);
@@ -80,26 +86,28 @@ pub fn build<'a>(
         ProxyBody::Full(Some(b)) => Some(Some(b.clone())),
         _ => None,
     };
-    let mut out = UpstreamRequest {
+    Ok(UpstreamRequest {
         req,
         method,
         path_and_query,
         client,
         request_id,
-        edits: rt.edge.auth.header_edits(ctx.admission.identity.as_ref()),
+        edits: rt.edge.auth.header_edits(identity),
         replayable,
-        first: None,
-    };
-    out.first = Some(out.with_body(body));
-    Ok(out)
+        first: Some(body),
+        unsent: None,
+    })
 }
 
 impl UpstreamRequest<'_> {
-    /// The request for an attempt: the first attempt's, or a rebuilt one when the body can be
-    /// sent again.
+    /// The request for an attempt: one never written, the first, or a rebuilt one when the
+    /// body can be sent again.
     pub fn next_attempt(&mut self) -> Option<http::Request<ProxyBody>> {
-        if let Some(first) = self.first.take() {
-            return Some(first);
+        if let Some(unsent) = self.unsent.take() {
+            return Some(unsent);
+        }
+        if let Some(body) = self.first.take() {
+            return Some(self.with_body(body));
         }
         match &self.replayable {
             Some(Some(b)) => Some(self.with_body(ProxyBody::Full(Some(b.clone())))),
