@@ -4,15 +4,17 @@
 //! the time its bucket takes to refill.
 //!
 //! Each worker thread keeps its own multiplexed connection (its driver runs on that worker's
-//! runtime: no cross-thread hop per request). A failed or slow call marks the backend down
-//! for every worker at once: one warning, then decisions go to the fallback while a probe on
-//! the background thread reconnects; the first successful probe brings Redis back.
+//! runtime: no cross-thread hop per request). A failed or slow call sends its own request to
+//! the fallback; [`OUTAGE_AFTER`] failures in a row (see [`FailureStreak`]) mark the backend
+//! down for every worker at once: one warning, then decisions go to the fallback without
+//! asking Redis while a probe on the background thread reconnects; the first successful probe
+//! brings Redis back.
 
 use super::gcra::Rate;
 use prometheus::{IntCounter, IntGauge};
 use redis::aio::MultiplexedConnection;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,42 @@ end
 return out
 "#;
 
+/// Failures in a row (each call started after the previous one was seen) that mark the
+/// backend down. One slow answer on a busy machine is not an outage; three fresh attempts
+/// that all fail are.
+pub const OUTAGE_AFTER: u32 = 3;
+
+/// The count of consecutive failed calls that decides when Redis is down. A failure counts
+/// only if its call started after the last counted failure: the calls in flight during one
+/// stall all time out together and count once. Any answer from Redis ends the streak.
+#[derive(Debug, Default)]
+pub struct FailureStreak {
+    count: u32,
+    /// When the last counted failure was seen.
+    last: Option<Instant>,
+}
+
+impl FailureStreak {
+    /// A call that started at `started` failed at `now`: whether the backend is now down.
+    pub fn failed(&mut self, started: Instant, now: Instant) -> bool {
+        if self.last.is_none_or(|last| started >= last) {
+            self.count += 1;
+            self.last = Some(now);
+        }
+        self.count >= OUTAGE_AFTER
+    }
+
+    /// Redis answered: the streak is over.
+    pub fn answered(&mut self) {
+        *self = FailureStreak::default();
+    }
+
+    /// The failures counted so far.
+    pub fn failures(&self) -> u32 {
+        self.count
+    }
+}
+
 /// Redis did not decide (down, failed or too slow): the caller falls back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;
@@ -67,6 +105,9 @@ struct Shared {
     client: redis::Client,
     timeout: Duration,
     up: AtomicBool,
+    /// Failed calls in a row while up; `streak_len` mirrors its length for the hot path.
+    streak: Mutex<FailureStreak>,
+    streak_len: AtomicU32,
     /// Bumped at each recovery: a call that started before it cannot start a new outage.
     recoveries: AtomicU64,
     /// When an error answer (not an outage) was last logged, to log at most one a minute.
@@ -115,6 +156,8 @@ impl RedisStore {
                 client,
                 timeout,
                 up: AtomicBool::new(true),
+                streak: Mutex::new(FailureStreak::default()),
+                streak_len: AtomicU32::new(0),
                 recoveries: AtomicU64::new(0),
                 last_error_log: Mutex::new(None),
                 probe_key: format!("{key_prefix}probe"),
@@ -139,14 +182,15 @@ impl RedisStore {
             return Err(Unavailable);
         }
         let epoch = self.shared.recoveries.load(Ordering::Acquire);
+        let started = Instant::now();
         let mut conn = match self.cached() {
             Some(c) => c,
             None => match tokio::time::timeout(self.shared.timeout, self.connect()).await {
                 // Several requests may have connected at once: one connection is kept and
                 // used by all, the others are dropped here.
                 Ok(Ok(c)) => self.keep(c),
-                Ok(Err(e)) => return Err(self.failed(epoch, &e.to_string())),
-                Err(_) => return Err(self.failed(epoch, "connect timed out")),
+                Ok(Err(e)) => return Err(self.failed(epoch, started, &e.to_string())),
+                Err(_) => return Err(self.failed(epoch, started, "connect timed out")),
             },
         };
         let mut call = self.script.prepare_invoke();
@@ -162,12 +206,18 @@ impl RedisStore {
         )
         .await;
         match out {
-            Ok(Ok(v)) if v.len() == buckets.len() + 2 => Ok(Verdict {
-                admitted: v[0] == 1,
-                now: v[1].max(0) as u64,
-                tats: v[2..].iter().map(|&t| t.max(0) as u64).collect(),
-            }),
-            Ok(Ok(v)) => Err(self.error_answer(&format!("script returned {} values", v.len()))),
+            Ok(Ok(v)) if v.len() == buckets.len() + 2 => {
+                self.answered();
+                Ok(Verdict {
+                    admitted: v[0] == 1,
+                    now: v[1].max(0) as u64,
+                    tats: v[2..].iter().map(|&t| t.max(0) as u64).collect(),
+                })
+            }
+            Ok(Ok(v)) => {
+                self.answered();
+                Err(self.error_answer(&format!("script returned {} values", v.len())))
+            }
             Ok(Err(e))
                 if e.is_io_error()
                     || e.is_connection_dropped()
@@ -175,16 +225,19 @@ impl RedisStore {
                     || e.is_timeout() =>
             {
                 self.forget();
-                Err(self.failed(epoch, &e.to_string()))
+                Err(self.failed(epoch, started, &e.to_string()))
             }
             // Redis answered, with an error (a key of the wrong type, OOM, READONLY): this
             // request falls back; Redis is not down.
-            Ok(Err(e)) => Err(self.error_answer(&e.to_string())),
+            Ok(Err(e)) => {
+                self.answered();
+                Err(self.error_answer(&e.to_string()))
+            }
             Err(_) => {
                 // The connection may be dead without an error (a peer gone silent): the next
                 // request connects afresh.
                 self.forget();
-                Err(self.failed(epoch, "no answer within redis_timeout"))
+                Err(self.failed(epoch, started, "no answer within redis_timeout"))
             }
         }
     }
@@ -248,13 +301,41 @@ impl RedisStore {
         });
     }
 
-    /// Counts a failure of a call that started in recovery epoch `epoch`; the first of an
-    /// outage warns once and starts the probe. A call that started before the last recovery
-    /// (it failed against the Redis that was down) starts no new outage.
-    fn failed(&self, epoch: u64, error: &str) -> Unavailable {
+    /// Redis answered (a verdict or an error answer): ends a streak of failures.
+    fn answered(&self) {
+        let s = &self.shared;
+        if s.streak_len.load(Ordering::Relaxed) != 0 {
+            let mut streak = s.streak.lock().unwrap_or_else(|e| e.into_inner());
+            streak.answered();
+            s.streak_len.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failure of a call that started at `started` in recovery epoch `epoch`. The
+    /// [`OUTAGE_AFTER`]th in a row marks the backend down, warns once and starts the probe;
+    /// the ones before send only their own request to the fallback. A call that started
+    /// before the last recovery (it failed against the Redis that was down) starts no new
+    /// outage.
+    fn failed(&self, epoch: u64, started: Instant, error: &str) -> Unavailable {
         let s = &self.shared;
         s.errors.inc();
         if s.recoveries.load(Ordering::Acquire) != epoch {
+            return Unavailable;
+        }
+        let (down, len) = {
+            let mut streak = s.streak.lock().unwrap_or_else(|e| e.into_inner());
+            let down = streak.failed(started, Instant::now());
+            s.streak_len.store(streak.failures(), Ordering::Relaxed);
+            (down, streak.failures())
+        };
+        if !down {
+            tracing::debug!(
+                backend = "redis",
+                error,
+                failures_in_a_row = len,
+                "rate limit backend call failed; this request falls back (the backend is \
+                 marked down after {OUTAGE_AFTER} in a row)"
+            );
             return Unavailable;
         }
         if s.up.swap(false, Ordering::AcqRel) {
@@ -312,6 +393,12 @@ impl RedisStore {
                             .unwrap_or_else(|e| e.into_inner())
                             .take();
                         shared.up_gauge.set(1);
+                        {
+                            let mut streak =
+                                shared.streak.lock().unwrap_or_else(|e| e.into_inner());
+                            streak.answered();
+                            shared.streak_len.store(0, Ordering::Relaxed);
+                        }
                         shared.recoveries.fetch_add(1, Ordering::AcqRel);
                         shared.up.store(true, Ordering::Release);
                         tracing::info!(
@@ -325,5 +412,66 @@ impl RedisStore {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        // A fixed origin: only differences matter.
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *ORIGIN.get_or_init(Instant::now) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn one_slow_answer_is_not_an_outage() {
+        let mut s = FailureStreak::default();
+        assert!(!s.failed(at(0), at(50)));
+        assert_eq!(s.failures(), 1);
+    }
+
+    #[test]
+    fn three_failures_in_a_row_are() {
+        let mut s = FailureStreak::default();
+        assert!(!s.failed(at(0), at(50)));
+        assert!(!s.failed(at(60), at(110)));
+        assert!(s.failed(at(120), at(170)));
+    }
+
+    #[test]
+    fn an_answer_ends_the_streak() {
+        let mut s = FailureStreak::default();
+        assert!(!s.failed(at(0), at(50)));
+        assert!(!s.failed(at(60), at(110)));
+        s.answered();
+        assert_eq!(s.failures(), 0);
+        assert!(!s.failed(at(120), at(170)));
+        assert!(!s.failed(at(180), at(230)));
+        assert!(s.failed(at(240), at(290)));
+    }
+
+    #[test]
+    fn calls_in_flight_during_one_stall_count_once() {
+        let mut s = FailureStreak::default();
+        // Five calls started before the stall was seen, all timing out together.
+        for started in [0, 5, 10, 15, 20] {
+            assert!(!s.failed(at(started), at(started + 50)));
+        }
+        assert_eq!(s.failures(), 1);
+        // Fresh attempts after it: the second and third failures in a row.
+        assert!(!s.failed(at(100), at(150)));
+        assert_eq!(s.failures(), 2);
+        assert!(s.failed(at(160), at(210)));
+    }
+
+    #[test]
+    fn refused_connections_are_seen_at_once() {
+        // Redis gone: each fresh attempt fails within a millisecond.
+        let mut s = FailureStreak::default();
+        assert!(!s.failed(at(0), at(0)));
+        assert!(!s.failed(at(0), at(1)));
+        assert!(s.failed(at(1), at(1)));
     }
 }
