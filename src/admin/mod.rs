@@ -236,6 +236,9 @@ async fn config_validate(
         Ok(text) => text,
         Err(res) => return res,
     };
+    if let Some(res) = env_not_allowed(&req, &state, &text) {
+        return res;
+    }
     let path = state
         .config_path()
         .unwrap_or_else(|| "request-body.json".into());
@@ -257,13 +260,29 @@ async fn config_put(
         Ok(text) => text,
         Err(res) => return res,
     };
+    if would_lock_out(&text) {
+        return api_error(
+            &req,
+            actix_web::http::StatusCode::CONFLICT,
+            "admin_lockout",
+            "this config has no admin.token: it would leave the admin API without a token; nothing was changed",
+            None,
+        );
+    }
     let Some(path) = state.config_path() else {
         return no_config_file(&req, "there is nowhere to persist");
+    };
+    if let Some(res) = env_not_allowed(&req, &state, &text) {
+        return res;
+    }
+    let if_match = match if_match(&req) {
+        Ok(tags) => tags,
+        Err(res) => return res,
     };
     let st = state.clone();
     let result = crate::runtime::on_reload_thread(move || {
         let write = || crate::runtime::persist(&path, &text);
-        reload::apply(&st, &text, &path, "api", Some(&write))
+        reload::apply(&st, &text, &path, "api", Some(&write), if_match.as_deref())
     })
     .await;
     match result {
@@ -278,8 +297,97 @@ async fn config_put(
             None,
         ),
         Ok(Err(reload::ReloadError::Invalid(e))) => invalid_config(&req, &e),
+        Ok(Err(reload::ReloadError::Stale(current))) => {
+            let mut res = api_error(
+                &req,
+                actix_web::http::StatusCode::PRECONDITION_FAILED,
+                "config_changed",
+                "the config changed since it was read (If-Match does not match its ETag); nothing was changed: read it again",
+                None,
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&etag(&current)) {
+                res.headers_mut().insert(header::ETAG, v);
+            }
+            res
+        }
         Err(_) => reload_crashed(&req),
     }
+}
+
+/// The ETag of the config whose hash is `hash`.
+fn etag(hash: &str) -> String {
+    format!("\"{hash}\"")
+}
+
+/// The config hashes an `If-Match` accepts: `None` when absent or `*` (any), or the 400 for a
+/// header that is not a list of entity tags.
+fn if_match(req: &HttpRequest) -> Result<Option<Vec<String>>, HttpResponse> {
+    let mut tags = Vec::new();
+    for value in req.headers().get_all(header::IF_MATCH) {
+        let bad = || {
+            api_error(
+                req,
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "bad_request",
+                "If-Match must be \"*\" or a list of quoted ETags",
+                None,
+            )
+        };
+        let value = value.to_str().map_err(|_| bad())?;
+        for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if tag == "*" {
+                return Ok(None);
+            }
+            // If-Match compares strongly: a weak tag matches nothing.
+            let inner = tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .ok_or_else(bad)?;
+            tags.push(inner.to_string());
+        }
+    }
+    let present = req.headers().contains_key(header::IF_MATCH);
+    Ok(present.then_some(tags))
+}
+
+/// Whether a config would leave the admin API without a token (no `admin.token`, or an empty
+/// one). Text that is not a JSON object is left to validation.
+fn would_lock_out(text: &str) -> bool {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(root)) => !root
+            .get("admin")
+            .and_then(|a| a.get("token"))
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|t| !t.trim().is_empty()),
+        _ => false,
+    }
+}
+
+/// The 400 for a config sent to the admin API that references a `${NAME}` it may not: only the
+/// variables the file the gateway started from references, and `admin.allowed_env`. The
+/// answer names the variable, never its value.
+fn env_not_allowed(req: &HttpRequest, state: &SharedState, text: &str) -> Option<HttpResponse> {
+    let errors: Vec<crate::config::ConfigError> = crate::config::env_references(text)
+        .into_iter()
+        .filter(|(_, name)| !state.admin_may_reference(name))
+        .map(|(path, name)| {
+            crate::config::ConfigError::new(
+                path,
+                format!("environment variable `{name}` may not be referenced by a config sent to the admin API"),
+            )
+            .with_hint("use only the variables the gateway's config file references, or list it in admin.allowed_env there")
+        })
+        .collect();
+    if errors.is_empty() {
+        return None;
+    }
+    Some(invalid_config(
+        req,
+        &crate::config::ConfigErrors {
+            source_name: "request body".into(),
+            errors,
+        },
+    ))
 }
 
 /// The reload job died (a bug): 500, and the running config is unchanged.
@@ -298,10 +406,13 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    match serde_json::from_str::<serde_json::Value>(&state.config_text()) {
+    let (text, hash) = state.config_text_and_hash();
+    match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(mut v) => {
             redact(&mut v);
-            HttpResponse::Ok().json(v)
+            HttpResponse::Ok()
+                .insert_header((header::ETAG, etag(&hash)))
+                .json(v)
         }
         Err(_) => api_error(
             &req,
@@ -394,14 +505,41 @@ async fn openapi(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespons
         .body(OPENAPI)
 }
 
-/// Any other `/_kairos` path: 401 without a valid token, 404 with one.
+/// The methods each `/_kairos` path serves (as [`scope`] routes them), for the `Allow` of a
+/// 405.
+const ALLOWED_METHODS: [(&str, &str); 10] = [
+    ("/_kairos/health", "GET"),
+    ("/_kairos/ready", "GET"),
+    ("/_kairos/metrics", "GET"),
+    ("/_kairos/upstreams", "GET"),
+    ("/_kairos/config/reload", "POST"),
+    ("/_kairos/config/validate", "POST"),
+    ("/_kairos/config", "GET, PUT"),
+    ("/_kairos/routes", "GET"),
+    ("/_kairos/status", "GET"),
+    ("/_kairos/openapi.json", "GET"),
+];
+
+/// Any other `/_kairos` request. A path served with other methods: 405 with `Allow` (the open
+/// paths, and metrics when public, answer it to anyone; the others only with the token).
+/// Any other path: 401 without a valid token, 404 with one.
 async fn guarded_fallback(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
     let rid = request_id::for_request(req.headers());
     let rt = state.load();
-    if !authorized(&req, rt.config.admin.token.as_deref()) {
+    let path = req.path();
+    let allow = ALLOWED_METHODS.iter().find(|(p, _)| *p == path);
+    let open = matches!(path, "/_kairos/health" | "/_kairos/ready")
+        || (path == "/_kairos/metrics" && rt.config.admin.public_metrics);
+    if !open && !authorized(&req, rt.config.admin.token.as_deref()) {
         return GatewayError::Unauthorized.to_response(&rid);
     }
-    GatewayError::NotFound.to_response(&rid)
+    match allow {
+        Some((_, methods)) => GatewayError::MethodNotAllowed {
+            allow: methods.to_string(),
+        }
+        .to_response(&rid),
+        None => GatewayError::NotFound.to_response(&rid),
+    }
 }
 
 /// Whether the request carries the admin token. With no token configured nothing is authorized.
