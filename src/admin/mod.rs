@@ -33,12 +33,61 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
+/// `GET /_kairos/ready`: 200 when the gateway can serve, 503 with the reasons when it cannot:
+/// still starting or shutting down, a JWKS never fetched (its tokens cannot be verified),
+/// the rate-limit backend down while `on_backend_error` is deny (limited routes answer 503),
+/// or no server of any upstream available.
 async fn ready(state: web::Data<SharedState>) -> HttpResponse {
-    if state.is_ready() {
+    if !state.is_ready() {
+        return HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "starting",
+            "reasons": [{"check": "listener", "message": "not accepting traffic (starting or shutting down)"}],
+        }));
+    }
+    let reasons = not_ready(&state).await;
+    if reasons.is_empty() {
         HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
     } else {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "starting" }))
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "not_ready", "reasons": reasons }))
     }
+}
+
+/// What keeps a started gateway from serving, as `{"check", "message"}` (nothing that could
+/// hold a value from the environment: no URL, no address).
+async fn not_ready(state: &SharedState) -> Vec<serde_json::Value> {
+    let rt = state.load();
+    let mut reasons = Vec::new();
+    let reason =
+        |check: &str, message: String| serde_json::json!({"check": check, "message": message});
+    if let Some(jwt) = &rt.edge.auth.jwt {
+        let n = jwt.jwks_without_keys();
+        if n > 0 {
+            reasons.push(reason(
+                "jwks",
+                format!("{n} JWT provider(s) have no key from their JWKS yet (never fetched)"),
+            ));
+        }
+    }
+    if let Some(rl) = &rt.edge.ratelimit {
+        if !rl.can_decide().await {
+            reasons.push(reason(
+                "rate_limit_backend",
+                "Redis does not answer and on_backend_error is deny: limited routes answer 503"
+                    .into(),
+            ));
+        }
+    }
+    use crate::upstream::balancer::ServerLoad;
+    let now = crate::base::clock::now_ms();
+    let servers = rt.upstreams.iter().flat_map(|u| &u.servers);
+    if servers.clone().next().is_some() && servers.clone().all(|s| !s.available(now)) {
+        reasons.push(reason(
+            "upstreams",
+            "no server of any upstream is available (unhealthy, circuit open or ejected)".into(),
+        ));
+    }
+    reasons
 }
 
 /// Prometheus text exposition of every metric.
