@@ -324,9 +324,14 @@ async fn config_put(
     if let Some(res) = env_not_allowed(&req, &state, &text) {
         return res;
     }
-    let if_match = match if_match(&req) {
-        Ok(tags) => tags,
-        Err(res) => return res,
+    let Ok(if_match) = if_match(&req) else {
+        return api_error(
+            &req,
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            "If-Match must be \"*\" or a list of quoted ETags",
+            None,
+        );
     };
     let st = state.clone();
     let result = crate::runtime::on_reload_thread(move || {
@@ -368,21 +373,12 @@ fn etag(hash: &str) -> String {
     format!("\"{hash}\"")
 }
 
-/// The config hashes an `If-Match` accepts: `None` when absent or `*` (any), or the 400 for a
+/// The config hashes an `If-Match` accepts: `None` when absent or `*` (any); `Err` for a
 /// header that is not a list of entity tags.
-fn if_match(req: &HttpRequest) -> Result<Option<Vec<String>>, HttpResponse> {
+fn if_match(req: &HttpRequest) -> Result<Option<Vec<String>>, ()> {
     let mut tags = Vec::new();
     for value in req.headers().get_all(header::IF_MATCH) {
-        let bad = || {
-            api_error(
-                req,
-                actix_web::http::StatusCode::BAD_REQUEST,
-                "bad_request",
-                "If-Match must be \"*\" or a list of quoted ETags",
-                None,
-            )
-        };
-        let value = value.to_str().map_err(|_| bad())?;
+        let value = value.to_str().map_err(|_| ())?;
         for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             if tag == "*" {
                 return Ok(None);
@@ -391,7 +387,7 @@ fn if_match(req: &HttpRequest) -> Result<Option<Vec<String>>, HttpResponse> {
             let inner = tag
                 .strip_prefix('"')
                 .and_then(|t| t.strip_suffix('"'))
-                .ok_or_else(bad)?;
+                .ok_or(())?;
             tags.push(inner.to_string());
         }
     }
@@ -403,11 +399,11 @@ fn if_match(req: &HttpRequest) -> Result<Option<Vec<String>>, HttpResponse> {
 /// one). Text that is not a JSON object is left to validation.
 fn would_lock_out(text: &str) -> bool {
     match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(root)) => !root
+        Ok(serde_json::Value::Object(root)) => root
             .get("admin")
             .and_then(|a| a.get("token"))
             .and_then(serde_json::Value::as_str)
-            .is_some_and(|t| !t.trim().is_empty()),
+            .is_none_or(|t| t.trim().is_empty()),
         _ => false,
     }
 }
