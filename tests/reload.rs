@@ -606,7 +606,12 @@ fn the_cli_deploys_checks_exports_and_lists_against_a_gateway() {
 
     // The errors an operator meets, each with its own exit code and message.
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, r#"{"routes": [{"path": "/r", "upstream": "nope"}]}"#).unwrap();
+    // (With the admin token: a config without one is refused before anything else, 409.)
+    std::fs::write(
+        &bad,
+        r#"{"admin": {"token": "${CLI_TEST_ADMIN_TOKEN}"}, "routes": [{"path": "/r", "upstream": "nope"}]}"#,
+    )
+    .unwrap();
     let (code, _, err) = cli(
         &["config", "deploy", bad.to_str().unwrap(), "--gateway", &url],
         TOKEN,

@@ -33,12 +33,61 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
+/// `GET /_kairos/ready`: 200 when the gateway can serve, 503 with the reasons when it cannot:
+/// still starting or shutting down, a JWKS never fetched (its tokens cannot be verified),
+/// the rate-limit backend down while `on_backend_error` is deny (limited routes answer 503),
+/// or no server of any upstream available.
 async fn ready(state: web::Data<SharedState>) -> HttpResponse {
-    if state.is_ready() {
+    if !state.is_ready() {
+        return HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "starting",
+            "reasons": [{"check": "listener", "message": "not accepting traffic (starting or shutting down)"}],
+        }));
+    }
+    let reasons = not_ready(&state).await;
+    if reasons.is_empty() {
         HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
     } else {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "starting" }))
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "not_ready", "reasons": reasons }))
     }
+}
+
+/// What keeps a started gateway from serving, as `{"check", "message"}` (nothing that could
+/// hold a value from the environment: no URL, no address).
+async fn not_ready(state: &SharedState) -> Vec<serde_json::Value> {
+    let rt = state.load();
+    let mut reasons = Vec::new();
+    let reason =
+        |check: &str, message: String| serde_json::json!({"check": check, "message": message});
+    if let Some(jwt) = &rt.edge.auth.jwt {
+        let n = jwt.jwks_without_keys();
+        if n > 0 {
+            reasons.push(reason(
+                "jwks",
+                format!("{n} JWT provider(s) have no key from their JWKS yet (never fetched)"),
+            ));
+        }
+    }
+    if let Some(rl) = &rt.edge.ratelimit {
+        if !rl.can_decide().await {
+            reasons.push(reason(
+                "rate_limit_backend",
+                "Redis does not answer and on_backend_error is deny: limited routes answer 503"
+                    .into(),
+            ));
+        }
+    }
+    use crate::upstream::balancer::ServerLoad;
+    let now = crate::base::clock::now_ms();
+    let servers = rt.upstreams.iter().flat_map(|u| &u.servers);
+    if servers.clone().next().is_some() && servers.clone().all(|s| !s.available(now)) {
+        reasons.push(reason(
+            "upstreams",
+            "no server of any upstream is available (unhealthy, circuit open or ejected)".into(),
+        ));
+    }
+    reasons
 }
 
 /// Prometheus text exposition of every metric.
@@ -236,6 +285,9 @@ async fn config_validate(
         Ok(text) => text,
         Err(res) => return res,
     };
+    if let Some(res) = env_not_allowed(&req, &state, &text) {
+        return res;
+    }
     let path = state
         .config_path()
         .unwrap_or_else(|| "request-body.json".into());
@@ -257,13 +309,34 @@ async fn config_put(
         Ok(text) => text,
         Err(res) => return res,
     };
+    if would_lock_out(&text) {
+        return api_error(
+            &req,
+            actix_web::http::StatusCode::CONFLICT,
+            "admin_lockout",
+            "this config has no admin.token: it would leave the admin API without a token; nothing was changed",
+            None,
+        );
+    }
     let Some(path) = state.config_path() else {
         return no_config_file(&req, "there is nowhere to persist");
+    };
+    if let Some(res) = env_not_allowed(&req, &state, &text) {
+        return res;
+    }
+    let Ok(if_match) = if_match(&req) else {
+        return api_error(
+            &req,
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            "If-Match must be \"*\" or a list of quoted ETags",
+            None,
+        );
     };
     let st = state.clone();
     let result = crate::runtime::on_reload_thread(move || {
         let write = || crate::runtime::persist(&path, &text);
-        reload::apply(&st, &text, &path, "api", Some(&write))
+        reload::apply(&st, &text, &path, "api", Some(&write), if_match.as_deref())
     })
     .await;
     match result {
@@ -278,8 +351,88 @@ async fn config_put(
             None,
         ),
         Ok(Err(reload::ReloadError::Invalid(e))) => invalid_config(&req, &e),
+        Ok(Err(reload::ReloadError::Stale(current))) => {
+            let mut res = api_error(
+                &req,
+                actix_web::http::StatusCode::PRECONDITION_FAILED,
+                "config_changed",
+                "the config changed since it was read (If-Match does not match its ETag); nothing was changed: read it again",
+                None,
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&etag(&current)) {
+                res.headers_mut().insert(header::ETAG, v);
+            }
+            res
+        }
         Err(_) => reload_crashed(&req),
     }
+}
+
+/// The ETag of the config whose hash is `hash`.
+fn etag(hash: &str) -> String {
+    format!("\"{hash}\"")
+}
+
+/// The config hashes an `If-Match` accepts: `None` when absent or `*` (any); `Err` for a
+/// header that is not a list of entity tags.
+fn if_match(req: &HttpRequest) -> Result<Option<Vec<String>>, ()> {
+    let mut tags = Vec::new();
+    for value in req.headers().get_all(header::IF_MATCH) {
+        let value = value.to_str().map_err(|_| ())?;
+        for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if tag == "*" {
+                return Ok(None);
+            }
+            // If-Match compares strongly: a weak tag matches nothing.
+            let inner = tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .ok_or(())?;
+            tags.push(inner.to_string());
+        }
+    }
+    let present = req.headers().contains_key(header::IF_MATCH);
+    Ok(present.then_some(tags))
+}
+
+/// Whether a config would leave the admin API without a token (no `admin.token`, or an empty
+/// one). Text that is not a JSON object is left to validation.
+fn would_lock_out(text: &str) -> bool {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(root)) => root
+            .get("admin")
+            .and_then(|a| a.get("token"))
+            .and_then(serde_json::Value::as_str)
+            .is_none_or(|t| t.trim().is_empty()),
+        _ => false,
+    }
+}
+
+/// The 400 for a config sent to the admin API that references a `${NAME}` it may not: only the
+/// variables the file the gateway started from references, and `admin.allowed_env`. The
+/// answer names the variable, never its value.
+fn env_not_allowed(req: &HttpRequest, state: &SharedState, text: &str) -> Option<HttpResponse> {
+    let errors: Vec<crate::config::ConfigError> = crate::config::env_references(text)
+        .into_iter()
+        .filter(|(_, name)| !state.admin_may_reference(name))
+        .map(|(path, name)| {
+            crate::config::ConfigError::new(
+                path,
+                format!("environment variable `{name}` may not be referenced by a config sent to the admin API"),
+            )
+            .with_hint("use only the variables the gateway's config file references, or list it in admin.allowed_env there")
+        })
+        .collect();
+    if errors.is_empty() {
+        return None;
+    }
+    Some(invalid_config(
+        req,
+        &crate::config::ConfigErrors {
+            source_name: "request body".into(),
+            errors,
+        },
+    ))
 }
 
 /// The reload job died (a bug): 500, and the running config is unchanged.
@@ -298,10 +451,13 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    match serde_json::from_str::<serde_json::Value>(&state.config_text()) {
+    let (text, hash) = state.config_text_and_hash();
+    match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(mut v) => {
             redact(&mut v);
-            HttpResponse::Ok().json(v)
+            HttpResponse::Ok()
+                .insert_header((header::ETAG, etag(&hash)))
+                .json(v)
         }
         Err(_) => api_error(
             &req,
@@ -394,14 +550,41 @@ async fn openapi(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespons
         .body(OPENAPI)
 }
 
-/// Any other `/_kairos` path: 401 without a valid token, 404 with one.
+/// The methods each `/_kairos` path serves (as [`scope`] routes them), for the `Allow` of a
+/// 405.
+const ALLOWED_METHODS: [(&str, &str); 10] = [
+    ("/_kairos/health", "GET"),
+    ("/_kairos/ready", "GET"),
+    ("/_kairos/metrics", "GET"),
+    ("/_kairos/upstreams", "GET"),
+    ("/_kairos/config/reload", "POST"),
+    ("/_kairos/config/validate", "POST"),
+    ("/_kairos/config", "GET, PUT"),
+    ("/_kairos/routes", "GET"),
+    ("/_kairos/status", "GET"),
+    ("/_kairos/openapi.json", "GET"),
+];
+
+/// Any other `/_kairos` request. A path served with other methods: 405 with `Allow` (the open
+/// paths, and metrics when public, answer it to anyone; the others only with the token).
+/// Any other path: 401 without a valid token, 404 with one.
 async fn guarded_fallback(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
     let rid = request_id::for_request(req.headers());
     let rt = state.load();
-    if !authorized(&req, rt.config.admin.token.as_deref()) {
+    let path = req.path();
+    let allow = ALLOWED_METHODS.iter().find(|(p, _)| *p == path);
+    let open = matches!(path, "/_kairos/health" | "/_kairos/ready")
+        || (path == "/_kairos/metrics" && rt.config.admin.public_metrics);
+    if !open && !authorized(&req, rt.config.admin.token.as_deref()) {
         return GatewayError::Unauthorized.to_response(&rid);
     }
-    GatewayError::NotFound.to_response(&rid)
+    match allow {
+        Some((_, methods)) => GatewayError::MethodNotAllowed {
+            allow: methods.to_string(),
+        }
+        .to_response(&rid),
+        None => GatewayError::NotFound.to_response(&rid),
+    }
 }
 
 /// Whether the request carries the admin token. With no token configured nothing is authorized.

@@ -11,28 +11,28 @@ pub enum Format {
 
 /// Renders the routes of a config as a table or JSON.
 pub fn render_routes(cfg: &crate::config::Config, format: Format) -> String {
-    let rows: Vec<[String; 6]> = cfg
+    // Values that came from the environment are shown as written (`${HOST}`), never expanded.
+    let shown = |i: usize, field: &str, value: &str| {
+        cfg.shown(&format!("routes[{i}].{field}"), value)
+            .to_string()
+    };
+    let rows: Vec<[Option<String>; 6]> = cfg
         .routes
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let methods = if r.methods == crate::config::model::MethodSet::ALL {
                 "*".to_string()
             } else {
                 r.methods.names().join(",")
             };
             [
-                r.name.clone(),
-                methods,
-                r.host.clone().unwrap_or_else(|| "*".into()),
-                r.path.clone(),
-                cfg.upstreams
-                    .get(r.upstream)
-                    .map(|u| u.name.clone())
-                    .unwrap_or_default(),
-                r.rewrite
-                    .as_ref()
-                    .map(|w| w.template.clone())
-                    .unwrap_or_else(|| "-".into()),
+                Some(r.name.clone()),
+                Some(methods),
+                r.host.as_deref().map(|h| shown(i, "host", h)),
+                Some(shown(i, "path", &r.path)),
+                cfg.upstreams.get(r.upstream).map(|u| u.name.clone()),
+                r.rewrite.as_ref().map(|w| shown(i, "rewrite", &w.template)),
             ]
         })
         .collect();
@@ -43,8 +43,8 @@ pub fn render_routes(cfg: &crate::config::Config, format: Format) -> String {
                 .zip(&cfg.routes)
                 .map(|(r, rc)| {
                     serde_json::json!({
-                        "name": r[0], "methods": r[1], "host": rc.host, "path": r[3],
-                        "upstream": r[4], "rewrite": rc.rewrite.as_ref().map(|w| &w.template),
+                        "name": r[0], "methods": r[1], "host": r[2], "path": r[3],
+                        "upstream": r[4].clone().unwrap_or_default(), "rewrite": r[5],
                         "timeout": crate::config::units::format_duration(rc.timeout),
                     })
                 })
@@ -53,10 +53,26 @@ pub fn render_routes(cfg: &crate::config::Config, format: Format) -> String {
             s.push('\n');
             s
         }
-        Format::Table => render_table(
-            ["NAME", "METHODS", "HOST", "PATH", "UPSTREAM", "REWRITE"],
-            &rows,
-        ),
+        Format::Table => {
+            let rows: Vec<[String; 6]> = rows
+                .into_iter()
+                .map(|r| {
+                    let [name, methods, host, path, upstream, rewrite] = r;
+                    [
+                        name.unwrap_or_default(),
+                        methods.unwrap_or_default(),
+                        host.unwrap_or_else(|| "*".into()),
+                        path.unwrap_or_default(),
+                        upstream.unwrap_or_default(),
+                        rewrite.unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            render_table(
+                ["NAME", "METHODS", "HOST", "PATH", "UPSTREAM", "REWRITE"],
+                &rows,
+            )
+        }
     }
 }
 

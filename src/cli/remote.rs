@@ -140,6 +140,17 @@ impl Gateway {
         path: &str,
         body: Option<String>,
     ) -> Result<String, RemoteError> {
+        self.send(method, path, body, None).map(|(text, _)| text)
+    }
+
+    /// As [`Gateway::call`], with an `If-Match` sent when given; the answer's `ETag` too.
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+        if_match: Option<&str>,
+    ) -> Result<(String, Option<String>), RemoteError> {
         let Some(token) = &self.token else {
             return Err(RemoteError::Unauthorized(format!(
                 "no admin token: set {} (the gateway's admin.token)",
@@ -151,6 +162,9 @@ impl Gateway {
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
+        if let Some(tag) = if_match {
+            req = req.header("if-match", tag);
+        }
         let res = req.send().map_err(|e| {
             RemoteError::Unreachable(format!(
                 "cannot reach the gateway at {}: {}",
@@ -159,14 +173,22 @@ impl Gateway {
             ))
         })?;
         let status = res.status().as_u16();
+        let etag = res
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = res.text().unwrap_or_default();
         match status {
-            200..=299 => Ok(text),
+            200..=299 => Ok((text, etag)),
             401 => Err(RemoteError::Unauthorized(format!(
                 "the gateway at {} refused the admin token (from {})",
                 self.url, self.token_env
             ))),
             400 => Err(RemoteError::Invalid(describe_error(&text))),
+            412 => Err(RemoteError::Failed(format!(
+                "{url}: the gateway's config changed while deploying (another operator?); nothing was changed: try again"
+            ))),
             404 => Err(RemoteError::NotFound(format!(
                 "{url}: not found (is this a kairos-rs gateway of this version?)"
             ))),
@@ -275,7 +297,15 @@ pub fn deploy(gw: &Gateway, file: &Path) -> Result<String, RemoteError> {
             e.column()
         )));
     }
-    let body = gw.call(reqwest::Method::PUT, "/_kairos/config", Some(text))?;
+    // The ETag of the config in effect now, sent back as If-Match: should another operator
+    // deploy in between, the gateway answers 412 and nothing is overwritten unknowingly.
+    let (_, etag) = gw.send(reqwest::Method::GET, "/_kairos/config", None, None)?;
+    let (body, _) = gw.send(
+        reqwest::Method::PUT,
+        "/_kairos/config",
+        Some(text),
+        etag.as_deref(),
+    )?;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let applied = &v["applied"];
     if applied["unchanged"].as_bool() == Some(true) {

@@ -80,13 +80,15 @@ pub fn load_str_with_env(
         .collect();
 
     plaintext_keys_from_env(&value, &mut errors);
+    names_not_from_env(&value, &mut errors);
     let mut filled = Vec::new();
+    let mut written = Vec::new();
     substitute_env(
         &mut value,
         &mut String::new(),
         env,
         &mut errors,
-        &mut filled,
+        &mut (&mut filled, &mut written),
     );
     // Longest first, so that a value containing another is replaced whole.
     filled.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
@@ -103,6 +105,7 @@ pub fn load_str_with_env(
         if errors.is_empty() {
             match validate::validate(raw, base_dir) {
                 Ok(mut cfg) => {
+                    show_as_written(&mut cfg, written);
                     for w in &mut cfg.warnings {
                         hide(&mut w.message);
                         if let Some(h) = &mut w.hint {
@@ -152,6 +155,94 @@ pub fn is_env_reference(s: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
+/// Every `${NAME}` the string values of a config text reference, with each value's JSON
+/// path (none when the text is not JSON).
+pub fn env_references(text: &str) -> Vec<(String, String)> {
+    fn walk(v: &Value, path: &mut String, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::String(s) => {
+                let mut rest = s.as_str();
+                while let Some(start) = rest.find("${") {
+                    let after = &rest[start + 2..];
+                    let Some(end) = after.find('}') else { return };
+                    out.push((path.clone(), after[..end].to_string()));
+                    rest = &after[end + 1..];
+                }
+            }
+            Value::Array(items) => {
+                use std::fmt::Write;
+                let len = path.len();
+                for (i, item) in items.iter().enumerate() {
+                    let _ = write!(path, "[{i}]");
+                    walk(item, path, out);
+                    path.truncate(len);
+                }
+            }
+            Value::Object(map) => {
+                let len = path.len();
+                for (k, item) in map {
+                    if len > 0 {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    walk(item, path, out);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        walk(&v, &mut String::new(), &mut out);
+    }
+    out
+}
+
+/// Names are shown everywhere (listings, diffs, logs, metric labels): a route's name, the
+/// upstream it names and an upstream's own name may not come from the environment, whose
+/// values are never shown.
+fn names_not_from_env(root: &Value, errors: &mut Vec<ConfigError>) {
+    let refuse = |path: String, errors: &mut Vec<ConfigError>| {
+        errors.push(
+            ConfigError::new(path, "a name may not contain \"${\"")
+                .with_hint("names are shown in listings, diffs and metric labels; values from the environment never are"),
+        );
+    };
+    if let Some(routes) = root.get("routes").and_then(Value::as_array) {
+        for (i, r) in routes.iter().enumerate() {
+            for field in ["name", "upstream"] {
+                if r.get(field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.contains("${"))
+                {
+                    refuse(format!("routes[{i}].{field}"), errors);
+                }
+            }
+        }
+    }
+    if let Some(ups) = root.get("upstreams").and_then(Value::as_object) {
+        for name in ups.keys().filter(|k| k.contains("${")) {
+            refuse(format!("upstreams.{name}"), errors);
+        }
+    }
+}
+
+/// Keeps, for display, the text as written of values that came from the environment: a
+/// server's `url` shows `http://${BACKEND}:9001` in listings, diffs, logs and metric labels,
+/// and the route listing's host, path and rewrite read [`Config::written`].
+fn show_as_written(cfg: &mut Config, written: Vec<(String, String)>) {
+    let written: std::collections::HashMap<String, String> = written.into_iter().collect();
+    for u in &mut cfg.upstreams {
+        for (i, s) in u.servers.iter_mut().enumerate() {
+            if let Some(w) = written.get(&format!("upstreams.{}.servers[{i}].url", u.name)) {
+                s.url = w.clone();
+            }
+        }
+    }
+    cfg.written = std::sync::Arc::new(written);
+}
+
 /// An API key written in the file itself would sit in every copy and backup of the config:
 /// `api_keys.keys.*.key` must be exactly a `${ENV}` reference (or use `key_hash`).
 fn plaintext_keys_from_env(root: &Value, errors: &mut Vec<ConfigError>) {
@@ -182,17 +273,22 @@ fn plaintext_keys_from_env(root: &Value, errors: &mut Vec<ConfigError>) {
 /// Replaces `${NAME}` in every string value with the environment variable NAME.
 ///
 /// `path` is the value's JSON path, grown and truncated on the way down (no string per value).
-/// `filled` collects (name, value) of every substitution, so that no error message can echo
-/// a value that came from the environment (a secret, often).
+/// `seen.0` collects (name, value) of every substitution, so that no error message can echo
+/// a value that came from the environment (a secret, often); `seen.1` (path, text as written)
+/// of every string substituted.
+type Substituted<'a> = (&'a mut Vec<(String, String)>, &'a mut Vec<(String, String)>);
+
 fn substitute_env(
     v: &mut Value,
     path: &mut String,
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut Vec<ConfigError>,
-    filled: &mut Vec<(String, String)>,
+    seen: &mut Substituted<'_>,
 ) {
     match v {
         Value::String(s) if s.contains("${") => {
+            seen.1.push((path.clone(), s.clone()));
+            let filled = &mut *seen.0;
             let mut out = String::with_capacity(s.len());
             let mut rest = s.as_str();
             while let Some(start) = rest.find("${") {
@@ -229,7 +325,7 @@ fn substitute_env(
             let len = path.len();
             for (i, item) in items.iter_mut().enumerate() {
                 let _ = write!(path, "[{i}]");
-                substitute_env(item, path, env, errors, filled);
+                substitute_env(item, path, env, errors, seen);
                 path.truncate(len);
             }
         }
@@ -240,7 +336,7 @@ fn substitute_env(
                     path.push('.');
                 }
                 path.push_str(k);
-                substitute_env(item, path, env, errors, filled);
+                substitute_env(item, path, env, errors, seen);
                 path.truncate(len);
             }
         }

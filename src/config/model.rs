@@ -30,6 +30,16 @@ pub struct Config {
     pub compiled_routes: Option<std::sync::Arc<crate::config::router::Router>>,
     /// Things that work but deserve the operator's attention (deprecated keys); logged at start.
     pub warnings: Vec<crate::config::ConfigError>,
+    /// The text as written (`${ENV}` references unexpanded) of every string value that came
+    /// from the environment, by JSON path (`routes[2].host`): what listings show instead.
+    pub written: std::sync::Arc<std::collections::HashMap<String, String>>,
+}
+
+impl Config {
+    /// The value at `path` for display: as written when it came from the environment.
+    pub fn shown<'a>(&'a self, path: &str, value: &'a str) -> &'a str {
+        self.written.get(path).map_or(value, String::as_str)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +78,8 @@ pub struct AdminConfig {
     pub token: Option<String>,
     pub public_metrics: bool,
     pub watch_config: bool,
+    /// Variables an admin API body may reference besides the start file's own.
+    pub allowed_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

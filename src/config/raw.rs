@@ -128,6 +128,10 @@ pub struct RawAdmin {
     /// Reload when the config file changes (default true). SIGHUP and
     /// `POST /_kairos/config/reload` always reload.
     pub watch_config: Option<bool>,
+    /// Environment variables a config sent to the admin API (`PUT /_kairos/config`,
+    /// `POST /_kairos/config/validate`) may reference as `${NAME}`, besides those the file the
+    /// gateway started from references. Read from the file the gateway started from.
+    pub allowed_env: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -35,6 +35,9 @@ pub struct SharedState {
     /// The config text in effect and its SHA-256.
     config_text: Mutex<(Arc<str>, String)>,
     last_reload: Mutex<Option<crate::runtime::reload::LastReload>>,
+    /// The `${NAME}`s a config sent to the admin API may reference: those of the text the
+    /// gateway started from, and its `admin.allowed_env`.
+    admin_env: std::collections::HashSet<String>,
     pub started: std::time::SystemTime,
     /// Replaced runtimes that requests still hold.
     retired: Arc<Mutex<Vec<Arc<Runtime>>>>,
@@ -55,6 +58,11 @@ impl SharedState {
         text: &str,
     ) -> Result<Self, ConfigErrors> {
         let metrics = Arc::new(Metrics::new());
+        let admin_env = crate::config::env_references(text)
+            .into_iter()
+            .map(|(_, name)| name)
+            .chain(config.admin.allowed_env.iter().cloned())
+            .collect();
         let runtime = Runtime::build(config, &metrics)?;
         runtime.start(&metrics);
         metrics
@@ -68,10 +76,16 @@ impl SharedState {
             config_path: path,
             config_text: Mutex::new((Arc::from(text), crate::base::hash::hash_text(text))),
             last_reload: Mutex::new(None),
+            admin_env,
             started: std::time::SystemTime::now(),
             retired: Arc::default(),
             sweeping: Arc::default(),
         })
+    }
+
+    /// Whether a config sent to the admin API may reference `${name}`.
+    pub fn admin_may_reference(&self, name: &str) -> bool {
+        self.admin_env.contains(name)
     }
 
     /// The file the config came from, if any.
@@ -86,6 +100,11 @@ impl SharedState {
     /// The config text in effect, as written (with its `${ENV}` references).
     pub fn config_text(&self) -> Arc<str> {
         lock(&self.config_text).0.clone()
+    }
+
+    /// The config text in effect and its SHA-256, read together.
+    pub fn config_text_and_hash(&self) -> (Arc<str>, String) {
+        lock(&self.config_text).clone()
     }
 
     pub(crate) fn set_config_text(&self, text: &str, hash: String) {

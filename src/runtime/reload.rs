@@ -40,6 +40,8 @@ pub enum ReloadError {
     Invalid(ConfigErrors),
     /// The config is valid but could not be written to the config file.
     Persist(PersistError),
+    /// The config in effect is no longer the one the caller read (`If-Match`): its hash.
+    Stale(String),
 }
 
 /// Reads, validates and applies the config file. `trigger` names the cause in logs.
@@ -55,11 +57,16 @@ pub fn from_file(state: &SharedState, trigger: &'static str) -> Result<Applied, 
     };
     let text = crate::config::read_file(&path);
     match text {
-        Ok(text) => apply(state, &text, &path, trigger, None).map_err(|e| match e {
+        Ok(text) => apply(state, &text, &path, trigger, None, None).map_err(|e| match e {
             ReloadError::Invalid(e) => e,
             ReloadError::Persist(m) => ConfigErrors {
                 source_name: path.display().to_string(),
                 errors: vec![ConfigError::new("", m.to_string())],
+            },
+            // A file reload sends no If-Match.
+            ReloadError::Stale(h) => ConfigErrors {
+                source_name: path.display().to_string(),
+                errors: vec![ConfigError::new("", format!("the config changed to {h}"))],
             },
         }),
         Err(e) => {
@@ -75,16 +82,25 @@ pub fn from_file(state: &SharedState, trigger: &'static str) -> Result<Applied, 
 
 /// Validates `text` (as if it were the file at `path`) and applies it. `persist`, when
 /// given, runs after the new runtime is built and before it is swapped in; its failure
-/// (say, a full disk) leaves everything as it was.
+/// (say, a full disk) leaves everything as it was. `if_match`, when given, lists the config
+/// hashes the caller accepts as the one in effect (checked under the reload lock, so two
+/// writers cannot both pass it).
 pub fn apply(
     state: &SharedState,
     text: &str,
     path: &Path,
     trigger: &'static str,
     persist: Option<&dyn Fn() -> Result<(), PersistError>>,
+    if_match: Option<&[String]>,
 ) -> Result<Applied, ReloadError> {
     let _serial = state.reload_lock();
     let start = Instant::now();
+    if let Some(accepted) = if_match {
+        let current = state.config_hash();
+        if !accepted.contains(&current) {
+            return Err(ReloadError::Stale(current));
+        }
+    }
     let hash = crate::base::hash::hash_text(text);
     // The text in effect again: the watcher seeing an editor's second write or our own
     // persist has nothing to do, and a PUT only writes the file (it may differ on disk).
@@ -137,6 +153,7 @@ pub fn apply(
             );
             Err(ReloadError::Invalid(e))
         }
+        Err(e @ ReloadError::Stale(_)) => Err(e),
         Err(ReloadError::Persist(m)) => {
             record_failure(state, trigger, start, &m.to_string());
             tracing::error!(

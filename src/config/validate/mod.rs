@@ -123,6 +123,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             cors,
             rate_limiting,
             warnings: v.warnings,
+            written: Default::default(),
         })
     } else {
         Err(v.errors)

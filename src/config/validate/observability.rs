@@ -41,6 +41,7 @@ pub(super) fn admin_config(v: &mut V, admin: Option<&RawAdmin>) -> AdminConfig {
                 token: a.token.clone(),
                 public_metrics: a.public_metrics.unwrap_or(false),
                 watch_config: a.watch_config.unwrap_or(true),
+                allowed_env: a.allowed_env.clone().unwrap_or_default(),
             }
         }
     }

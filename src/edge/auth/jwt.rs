@@ -151,6 +151,15 @@ impl JwtAuth {
         })
     }
 
+    /// How many providers take their keys from a JWKS that has no key yet (never fetched, or
+    /// fetched empty): tokens they sign cannot be verified.
+    pub fn jwks_without_keys(&self) -> usize {
+        self.providers
+            .iter()
+            .filter(|p| matches!(&p.keys, Keys::Jwks(j) if j.keys.load().is_empty()))
+            .count()
+    }
+
     /// Starts fetching the JWKS of every provider that has one (once per runtime).
     pub fn start(&self) {
         for p in &self.providers {

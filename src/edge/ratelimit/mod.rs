@@ -483,6 +483,15 @@ impl RateLimiter {
         self.limits.iter().map(|l| l.store.len()).sum()
     }
 
+    /// For readiness: `false` when limited routes would answer 503 because the backend
+    /// (Redis, with `on_backend_error: deny`) does not answer now; `true` otherwise.
+    pub async fn can_decide(&self) -> bool {
+        match (&self.redis, self.on_error) {
+            (Some(r), OnBackendError::Deny) => r.check().await,
+            _ => true,
+        }
+    }
+
     /// Whether decisions currently go to Redis.
     pub fn backend_up(&self) -> Option<bool> {
         self.redis.as_ref().map(redis::RedisStore::is_up)
