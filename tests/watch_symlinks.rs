@@ -22,6 +22,7 @@ fn config(upstream: &str, name: &str) -> String {
 }
 
 fn status(gw: &GatewayProcess, path: &str) -> u16 {
+    support::install_crypto_provider();
     reqwest::blocking::Client::new()
         .get(gw.url(path))
         .timeout(Duration::from_secs(5))
@@ -59,7 +60,10 @@ fn a_configmap_swap_and_an_edit_of_the_link_target_are_reloaded() {
     symlink("..2026_12_07_02", path.join("..data_tmp")).unwrap();
     std::fs::rename(path.join("..data_tmp"), path.join("..data")).unwrap();
     std::fs::remove_dir_all(path.join("..2026_12_07_01")).unwrap();
-    assert!(served(&gw, "/second"), "the ConfigMap swap was not reloaded");
+    assert!(
+        served(&gw, "/second"),
+        "the ConfigMap swap was not reloaded"
+    );
     assert_eq!(status(&gw, "/first"), 404);
 
     // The file the links point to, edited in place.
@@ -68,7 +72,10 @@ fn a_configmap_swap_and_an_edit_of_the_link_target_are_reloaded() {
         config(&up.url(), "third"),
     )
     .unwrap();
-    assert!(served(&gw, "/third"), "an edit of the link's target was not reloaded");
+    assert!(
+        served(&gw, "/third"),
+        "an edit of the link's target was not reloaded"
+    );
     assert_eq!(status(&gw, "/second"), 404);
 }
 
@@ -87,6 +94,9 @@ fn a_link_to_a_file_in_another_directory_is_followed() {
     let tmp = elsewhere.path().join(".gateway.json.swp");
     std::fs::write(&tmp, config(&up.url(), "after")).unwrap();
     std::fs::rename(&tmp, &real).unwrap();
-    assert!(served(&gw, "/after"), "an edit of the linked file was not reloaded");
+    assert!(
+        served(&gw, "/after"),
+        "an edit of the linked file was not reloaded"
+    );
     assert_eq!(status(&gw, "/before"), 404);
 }

@@ -242,23 +242,25 @@ impl RedisStore {
         }
     }
 
-    /// Whether Redis answers a PING now (for readiness): a failure marks the backend down
-    /// as a failed decision does (one warning, the background probe brings it back).
+    /// Whether Redis answers a PING now (for readiness): a failure counts toward marking the
+    /// backend down as a failed decision does (three in a row; one warning, the background
+    /// probe brings it back).
     pub async fn check(&self) -> bool {
         if !self.is_up() {
             return false;
         }
         let epoch = self.shared.recoveries.load(Ordering::Acquire);
+        let started = Instant::now();
         let mut conn = match self.cached() {
             Some(c) => c,
             None => match tokio::time::timeout(self.shared.timeout, self.connect()).await {
                 Ok(Ok(c)) => self.keep(c),
                 Ok(Err(e)) => {
-                    self.failed(epoch, &e.to_string());
+                    self.failed(epoch, started, &e.to_string());
                     return false;
                 }
                 Err(_) => {
-                    self.failed(epoch, "connect timed out");
+                    self.failed(epoch, started, "connect timed out");
                     return false;
                 }
             },
@@ -266,15 +268,18 @@ impl RedisStore {
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(self.shared.timeout, ping).await {
-            Ok(Ok(_)) => true,
+            Ok(Ok(_)) => {
+                self.answered();
+                true
+            }
             Ok(Err(e)) => {
                 self.forget();
-                self.failed(epoch, &e.to_string());
+                self.failed(epoch, started, &e.to_string());
                 false
             }
             Err(_) => {
                 self.forget();
-                self.failed(epoch, "no answer within redis_timeout");
+                self.failed(epoch, started, "no answer within redis_timeout");
                 false
             }
         }
