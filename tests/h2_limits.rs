@@ -101,7 +101,13 @@ impl H2 {
             .expect("write frame");
     }
 
-    fn try_send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> std::io::Result<()> {
+    fn try_send(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
         let len = payload.len() as u32;
         let mut buf = Vec::with_capacity(9 + payload.len());
         buf.extend_from_slice(&len.to_be_bytes()[1..]);
@@ -114,7 +120,12 @@ impl H2 {
 
     /// A complete GET for `path` that ends the stream.
     fn get(&mut self, stream: u32, path: &str) {
-        self.send(HEADERS, END_HEADERS | END_STREAM, stream, &request_block(path));
+        self.send(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            stream,
+            &request_block(path),
+        );
     }
 
     fn next(&mut self, timeout: Duration) -> Next {
@@ -141,7 +152,11 @@ impl H2 {
 
     /// Reads frames (answering PINGs) until `until` returns true or `limit` passes; returns
     /// whether it did, and whether the gateway closed the connection meanwhile.
-    fn read_until(&mut self, limit: Duration, mut until: impl FnMut(&Frame) -> bool) -> (bool, bool) {
+    fn read_until(
+        &mut self,
+        limit: Duration,
+        mut until: impl FnMut(&Frame) -> bool,
+    ) -> (bool, bool) {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -225,7 +240,10 @@ fn max_concurrent_streams_is_advertised_and_enforced() {
         f.kind == RST_STREAM && f.stream == last && error_code(&f.payload, 0) == REFUSED_STREAM
     });
     assert!(refused, "the 129th concurrent stream was not refused");
-    assert!(early.is_empty(), "streams within the limit were reset: {early:?}");
+    assert!(
+        early.is_empty(),
+        "streams within the limit were reset: {early:?}"
+    );
 }
 
 #[test]
@@ -254,7 +272,10 @@ fn idle_connection_is_closed_after_keep_alive_although_it_answers_pings() {
         false
     });
     let after = idle.elapsed();
-    assert!(goaway && closed, "idle connection not closed with GOAWAY (goaway {goaway}, closed {closed})");
+    assert!(
+        goaway && closed,
+        "idle connection not closed with GOAWAY (goaway {goaway}, closed {closed})"
+    );
     assert!(
         after >= Duration::from_millis(800) && after < Duration::from_secs(4),
         "closed after {after:?}, expected about keep_alive (1s)"
@@ -269,7 +290,11 @@ fn connection_without_a_request_is_closed_after_client_header_timeout() {
     let mut h2 = H2::connect(gw.addr);
     let (_, closed) = h2.read_until(Duration::from_secs(6), |_| false);
     assert!(closed, "a connection that sent no request was held open");
-    assert!(start.elapsed() < Duration::from_secs(4), "closed after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -295,7 +320,9 @@ fn oversized_header_block_is_refused_while_it_is_read() {
         sent += 1024;
     }
     let (refused, closed) = h2.read_until(Duration::from_secs(3), |f| {
-        f.kind == GOAWAY || (f.kind == RST_STREAM && f.stream == 1) || (f.kind == HEADERS && f.stream == 1)
+        f.kind == GOAWAY
+            || (f.kind == RST_STREAM && f.stream == 1)
+            || (f.kind == HEADERS && f.stream == 1)
     });
     assert!(
         refused || closed,
@@ -327,7 +354,10 @@ fn rapid_reset_is_disconnected_with_goaway() {
             goaway = calmed;
             break;
         }
-        if h2.try_send(RST_STREAM, 0, id, &CANCEL.to_be_bytes()).is_err() {
+        if h2
+            .try_send(RST_STREAM, 0, id, &CANCEL.to_be_bytes())
+            .is_err()
+        {
             break;
         }
         opened += 1;
@@ -335,6 +365,9 @@ fn rapid_reset_is_disconnected_with_goaway() {
     if !goaway {
         goaway = h2.read_until(Duration::from_secs(3), calm).0;
     }
-    assert!(goaway, "no GOAWAY(ENHANCE_YOUR_CALM) after {opened} open-and-reset streams");
+    assert!(
+        goaway,
+        "no GOAWAY(ENHANCE_YOUR_CALM) after {opened} open-and-reset streams"
+    );
     assert!(opened < 200, "GOAWAY only after {opened} resets");
 }

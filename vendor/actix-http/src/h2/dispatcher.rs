@@ -157,7 +157,11 @@ impl Idle {
     fn expired(&mut self, streams: &Streams, cx: &mut Context<'_>) -> bool {
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let limit = if self.served { self.keep_alive } else { self.head };
+            let limit = if self.served {
+                self.keep_alive
+            } else {
+                self.head
+            };
             let deadline = match streams.open.get() {
                 0 => streams.idle_since.get() + limit,
                 _ => now + limit,
@@ -301,9 +305,11 @@ where
                 }
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
 
-                Poll::Pending if this.idle.as_mut().is_some_and(|idle| {
-                    idle.expired(&this.streams, cx)
-                }) =>
+                Poll::Pending
+                    if this
+                        .idle
+                        .as_mut()
+                        .is_some_and(|idle| idle.expired(&this.streams, cx)) =>
                 {
                     // No open stream for the keep-alive time (PINGs do not count), or no
                     // request at all: GOAWAY, as for an idle HTTP/1 keep-alive connection.
