@@ -46,6 +46,8 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     .client_request_timeout(cfg.client_header_timeout)
     .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
     .on_connect(move |_, ext| {
+        // Read per connection, so a reload applies to new connections.
+        ext.insert(h2_limits(&conn_state.load().config.server));
         // Lives in the connection's extensions, so it is dropped when the connection closes.
         ext.insert(Connection::open(conn_state.clone()));
     })
@@ -61,6 +63,32 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     let server = http.run();
     state.set_ready(true);
     Ok(Bound { server, addr })
+}
+
+/// Streams an HTTP/2 client may reset before they are accepted (h2's default, set explicitly).
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the gateway may reset for a client's protocol errors before GOAWAY.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// Streams a client may cancel before their response, plus one for every two answered, before
+/// GOAWAY(ENHANCE_YOUR_CALM): rapid reset (CVE-2023-44487).
+const H2_MAX_CLIENT_RESETS: usize = 100;
+/// Header fields a request may have (actix's HTTP/1 parser refuses more with 431).
+const MAX_HEADER_FIELDS: u64 = 100;
+
+/// The HTTP/2 limits for one connection (vendor/README.md): the same bounds as HTTP/1.
+/// The header list is bounded while it is read; RFC 9113 counts 32 bytes per field on top of
+/// names and values, and the pseudo-headers (`:path`), so the bound allows for them and the
+/// exact `max_header_size` is still checked once the head is decoded.
+fn h2_limits(cfg: &crate::config::model::ServerConfig) -> actix_http::h2::Limits {
+    let list = cfg.max_header_size + cfg.max_uri_length + 32 * (MAX_HEADER_FIELDS + 4);
+    actix_http::h2::Limits {
+        max_concurrent_streams: Some(cfg.h2_max_concurrent_streams),
+        max_header_list_size: Some(u32::try_from(list).unwrap_or(u32::MAX)),
+        max_pending_accept_reset_streams: Some(H2_MAX_PENDING_ACCEPT_RESETS),
+        max_local_error_reset_streams: Some(H2_MAX_LOCAL_ERROR_RESETS),
+        max_client_resets: Some(H2_MAX_CLIENT_RESETS),
+        close_idle: true,
+    }
 }
 
 /// A client connection's data: counted in `kairos_active_connections` while it lives, and the

@@ -346,6 +346,8 @@ fn sizes_durations_versions_and_tls_files() {
     assert!(e.message.contains("reserved"), "{}", e.message);
     let e = one(r#"{"server": {"client_header_timeout": "0s"}}"#);
     assert_eq!(e.path, "server.client_header_timeout");
+    let e = one(r#"{"server": {"h2_max_concurrent_streams": 0}}"#);
+    assert_eq!(e.path, "server.h2_max_concurrent_streams");
     let e = one(r#"{"tracing": {"endpoint": "ftp://collector:4318"}}"#);
     assert_eq!(e.path, "tracing.endpoint");
     assert!(

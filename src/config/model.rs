@@ -58,6 +58,7 @@ pub struct ServerConfig {
     pub max_header_size: u64,
     pub max_connections: usize,
     pub client_header_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl ServerConfig {

@@ -107,6 +107,10 @@ pub struct RawServer {
     /// on a keep-alive connection (the idle time between requests is `keep_alive`'s). A
     /// slower client gets 408 and is disconnected.
     pub client_header_timeout: Option<DurationStr>,
+    /// Most streams (requests) an HTTP/2 client may have open at once on one connection
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS, default 128); one more is refused with
+    /// RST_STREAM(REFUSED_STREAM).
+    pub h2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -64,6 +64,17 @@ pub(super) fn server_config(v: &mut V, s: &RawServer, base_dir: &Path) -> Server
             &s.client_header_timeout,
             Duration::from_secs(10),
         ),
+        h2_max_concurrent_streams: match s.h2_max_concurrent_streams {
+            Some(0) => {
+                v.err(
+                    "server.h2_max_concurrent_streams",
+                    "h2_max_concurrent_streams must be at least 1",
+                );
+                1
+            }
+            Some(n) => n,
+            None => 128,
+        },
     };
     check_limits(v, &server);
     server

@@ -275,6 +275,11 @@ impl ServiceConfig {
     /// Creates a time object representing the deadline for the client to finish sending the head of
     /// its first request.
     ///
+    /// The client request (head) timeout; zero means none (kairos patch, h2 idle close).
+    pub(crate) fn client_request_timeout(&self) -> Duration {
+        self.0.client_request_timeout
+    }
+
     /// Returns `None` if this `ServiceConfig was` constructed with `client_request_timeout: 0`.
     pub fn client_request_deadline(&self) -> Option<Instant> {
         let timeout = self.0.client_request_timeout;

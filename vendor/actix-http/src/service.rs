@@ -978,7 +978,7 @@ where
             Protocol::Http2 => HttpServiceHandlerResponse {
                 state: State::H2Handshake {
                     handshake: Some((
-                        crate::h2::handshake_with_timeout(io, &self.cfg),
+                        crate::h2::handshake_with_timeout(io, &self.cfg, &conn_data),
                         self.cfg.clone(),
                         Rc::clone(&self.flow),
                         conn_data,

@@ -1,4 +1,5 @@
 use std::{
+    cell::{Cell, RefCell},
     cmp,
     error::Error as StdError,
     future::Future,
@@ -6,7 +7,8 @@ use std::{
     net,
     pin::{pin, Pin},
     rc::Rc,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use actix_codec::{AsyncRead, AsyncWrite};
@@ -16,14 +18,15 @@ use bytes::{Bytes, BytesMut};
 use futures_core::ready;
 use h2::{
     server::{Connection, SendResponse},
-    Ping, PingPong,
+    Ping, PingPong, Reason,
 };
 use pin_project_lite::pin_project;
-use tokio::time::{sleep, Sleep};
+use tokio::time::{sleep, Instant, Sleep};
 
 use crate::{
     body::{BodySize, BoxBody, MessageBody},
     config::ServiceConfig,
+    h2::Limits,
     header::{
         HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING, UPGRADE,
     },
@@ -42,8 +45,52 @@ pin_project! {
         config: ServiceConfig,
         peer_addr: Option<net::SocketAddr>,
         ping_pong: Option<H2PingPong>,
+        limits: Limits,
+        streams: Rc<Streams>,
+        idle: Option<Idle>,
         _phantom: PhantomData<B>
     }
+}
+
+/// The connection's streams, shared with their tasks (kairos patch: idle close, reset cap).
+struct Streams {
+    /// Streams accepted and not yet answered (their task is running).
+    open: Cell<usize>,
+    /// When `open` last became zero (or the connection started).
+    idle_since: Cell<Instant>,
+    /// Streams answered completely, and streams the client reset before that.
+    answered: Cell<usize>,
+    resets: Cell<usize>,
+    /// The dispatcher, woken when the reset cap is passed.
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Streams {
+    fn over_reset_cap(&self, cap: usize) -> bool {
+        self.resets.get() > cap.saturating_add(self.answered.get() / 2)
+    }
+}
+
+/// Decrements the open streams when a stream's task ends, however it ends.
+struct OpenStream(Rc<Streams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let open = self.0.open.get() - 1;
+        self.0.open.set(open);
+        if open == 0 {
+            self.0.idle_since.set(Instant::now());
+        }
+    }
+}
+
+/// The idle timer: a connection with no open stream is closed after `keep_alive`, or after
+/// `head` while it has not received a request.
+struct Idle {
+    timer: Pin<Box<Sleep>>,
+    keep_alive: Duration,
+    head: Duration,
+    served: bool,
 }
 
 impl<T, S, B, X, U> Dispatcher<T, S, B, X, U>
@@ -70,6 +117,19 @@ where
             ping_pong: conn.ping_pong().unwrap(),
         });
 
+        let limits = Limits::of(&conn_data);
+        let now = Instant::now();
+        let head = config.client_request_timeout();
+        let idle = match (limits.close_idle, config.keep_alive().duration()) {
+            (true, Some(keep_alive)) if !head.is_zero() => Some(Idle {
+                timer: Box::pin(tokio::time::sleep_until(now + head.min(keep_alive))),
+                keep_alive,
+                head,
+                served: false,
+            }),
+            _ => None,
+        };
+
         Self {
             flow,
             config,
@@ -77,8 +137,41 @@ where
             connection: conn,
             conn_data: conn_data.0.map(Rc::new),
             ping_pong,
+            limits,
+            streams: Rc::new(Streams {
+                open: Cell::new(0),
+                idle_since: Cell::new(now),
+                answered: Cell::new(0),
+                resets: Cell::new(0),
+                waker: RefCell::new(None),
+            }),
+            idle,
             _phantom: PhantomData,
         }
+    }
+}
+
+impl Idle {
+    /// Whether the connection has been idle too long; otherwise arms the timer for the next
+    /// check (the stream tasks do not wake the dispatcher: the timer re-checks).
+    fn expired(&mut self, streams: &Streams, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let limit = if self.served {
+                self.keep_alive
+            } else {
+                self.head
+            };
+            let deadline = match streams.open.get() {
+                0 => streams.idle_since.get() + limit,
+                _ => now + limit,
+            };
+            if deadline <= now {
+                return true;
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        false
     }
 }
 
@@ -110,6 +203,22 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
 
+        if let Some(cap) = this.limits.max_client_resets {
+            if this.streams.over_reset_cap(cap) {
+                // CVE-2023-44487 (rapid reset): the client cancels streams faster than it lets
+                // them finish; stop reading new ones.
+                tracing::debug!("h2: too many streams reset by the client; GOAWAY");
+                this.connection.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                this.limits.max_client_resets = None;
+                this.idle = None;
+            } else {
+                let mut waker = this.streams.waker.borrow_mut();
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+            }
+        }
+
         loop {
             match Pin::new(&mut this.connection).poll_accept(cx)? {
                 Poll::Ready(Some((req, tx))) => {
@@ -131,16 +240,52 @@ where
                     let fut = this.flow.service.call(req);
                     let config = this.config.clone();
 
+                    if let Some(idle) = this.idle.as_mut() {
+                        idle.served = true;
+                    }
+                    let streams = Rc::clone(&this.streams);
+                    streams.open.set(streams.open.get() + 1);
+                    let open = OpenStream(Rc::clone(&streams));
+                    let reset_cap = this.limits.max_client_resets;
+
                     // multiplex request handling with spawn task
                     tokio::task::spawn_local(async move {
-                        // resolve service call and send response.
-                        let res = match fut.await {
+                        let _open = open;
+                        let mut tx = tx;
+                        let mut fut = pin!(fut);
+
+                        // resolve service call (unless the client resets the stream first).
+                        let out = poll_fn(|cx| {
+                            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                                return Poll::Ready(Some(out));
+                            }
+                            match reset_cap {
+                                Some(_) => tx.poll_reset(cx).map(|_| None),
+                                None => Poll::Pending,
+                            }
+                        })
+                        .await;
+                        let Some(out) = out else {
+                            streams.resets.set(streams.resets.get() + 1);
+                            if reset_cap.is_some_and(|cap| streams.over_reset_cap(cap)) {
+                                if let Some(waker) = streams.waker.borrow_mut().take() {
+                                    waker.wake();
+                                }
+                            }
+                            return;
+                        };
+
+                        // send response.
+                        let res = match out {
                             Ok(res) => handle_response(res.into(), tx, config, head_req).await,
                             Err(err) => {
                                 let res: Response<BoxBody> = err.into();
                                 handle_response(res, tx, config, head_req).await
                             }
                         };
+                        if res.is_ok() {
+                            streams.answered.set(streams.answered.get() + 1);
+                        }
 
                         // log error.
                         if let Err(err) = res {
@@ -159,6 +304,19 @@ where
                     });
                 }
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
+
+                Poll::Pending
+                    if this
+                        .idle
+                        .as_mut()
+                        .is_some_and(|idle| idle.expired(&this.streams, cx)) =>
+                {
+                    // No open stream for the keep-alive time (PINGs do not count), or no
+                    // request at all: GOAWAY, as for an idle HTTP/1 keep-alive connection.
+                    tracing::trace!("h2: idle connection; GOAWAY");
+                    this.connection.abrupt_shutdown(Reason::NO_ERROR);
+                    this.idle = None;
+                }
 
                 Poll::Pending => match this.ping_pong.as_mut() {
                     Some(ping_pong) => loop {

@@ -18,6 +18,7 @@ use tokio::time::{sleep_until, Sleep};
 use crate::{
     config::ServiceConfig,
     error::{DispatchError, PayloadError},
+    OnConnectData,
 };
 
 mod dispatcher;
@@ -57,7 +58,48 @@ impl Stream for Payload {
     }
 }
 
-pub(crate) fn handshake_with_timeout<T>(io: T, config: &ServiceConfig) -> HandshakeWithTimeout<T>
+/// HTTP/2 limits for one connection (kairos patch, see vendor/README.md).
+///
+/// Insert one into the connection's extensions from the `on_connect` callback. Without it the
+/// connection behaves as upstream actix-http: h2's defaults, and keep-alive is only a PING
+/// interval.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (h2's default: unlimited); a stream over it is refused
+    /// with RST_STREAM(REFUSED_STREAM).
+    pub max_concurrent_streams: Option<u32>,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE, enforced while the header block is read (h2's default
+    /// 16 MiB): an oversized block gets 431, or GOAWAY if the client keeps sending it.
+    pub max_header_list_size: Option<u32>,
+    /// Streams the client may reset before they are accepted (h2's default 20).
+    pub max_pending_accept_reset_streams: Option<usize>,
+    /// Streams the server may reset for the client's protocol errors (h2's default 1024).
+    pub max_local_error_reset_streams: Option<usize>,
+    /// Streams the client may reset before their response is complete, plus one for every two
+    /// streams answered; one more closes the connection with GOAWAY(ENHANCE_YOUR_CALM). With a
+    /// value set, a reset stream's service future is dropped (the work it started is cancelled).
+    pub max_client_resets: Option<usize>,
+    /// Close (GOAWAY) a connection with no open stream after the keep-alive time (PINGs are
+    /// not activity), or after the client request timeout if it never completed a request head.
+    pub close_idle: bool,
+}
+
+impl Limits {
+    pub(crate) fn of(conn_data: &OnConnectData) -> Self {
+        conn_data
+            .0
+            .as_ref()
+            .and_then(|ext| ext.get::<Limits>())
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) fn handshake_with_timeout<T>(
+    io: T,
+    config: &ServiceConfig,
+    conn_data: &OnConnectData,
+) -> HandshakeWithTimeout<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -65,6 +107,19 @@ where
     builder
         .initial_window_size(config.h2_initial_window_size())
         .initial_connection_window_size(config.h2_initial_connection_window_size());
+    let limits = Limits::of(conn_data);
+    if let Some(max) = limits.max_concurrent_streams {
+        builder.max_concurrent_streams(max);
+    }
+    if let Some(max) = limits.max_header_list_size {
+        builder.max_header_list_size(max);
+    }
+    if let Some(max) = limits.max_pending_accept_reset_streams {
+        builder.max_pending_accept_reset_streams(max);
+    }
+    if limits.max_local_error_reset_streams.is_some() {
+        builder.max_local_error_reset_streams(limits.max_local_error_reset_streams);
+    }
 
     HandshakeWithTimeout {
         handshake: builder.handshake(io),

@@ -464,6 +464,7 @@ where
 
     fn call(&self, (io, addr): (T, Option<net::SocketAddr>)) -> Self::Future {
         let on_connect_data = OnConnectData::from_io(&io, self.on_connect_ext.as_deref());
+        let handshake = handshake_with_timeout(io, &self.cfg, &on_connect_data);
 
         H2ServiceHandlerResponse {
             state: State::Handshake(
@@ -471,7 +472,7 @@ where
                 Some(self.cfg.clone()),
                 addr,
                 on_connect_data,
-                handshake_with_timeout(io, &self.cfg),
+                handshake,
             ),
         }
     }
