@@ -203,9 +203,9 @@ fn wrong_types_are_named() {
 #[test]
 fn environment_variables_are_substituted_or_named_when_missing() {
     let text = format!(
-        r#"{{{UP}, "admin": {{"token": "${{KAIROS_TEST_TOKEN}}"}}, "routes": [{{"path": "/a", "upstream": "${{UPSTREAM_NAME}}"}}]}}"#
+        r#"{{{UP}, "admin": {{"token": "${{KAIROS_TEST_TOKEN}}"}}, "routes": [{{"path": "${{ROUTE_PREFIX}}/a", "upstream": "users"}}]}}"#
     );
-    let errs = errors_env(&text, &[("UPSTREAM_NAME", "users")]);
+    let errs = errors_env(&text, &[("ROUTE_PREFIX", "/api")]);
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert_eq!(errs[0].path, "admin.token");
     assert_eq!(
@@ -215,12 +215,12 @@ fn environment_variables_are_substituted_or_named_when_missing() {
 
     let lookup = |k: &str| match k {
         "KAIROS_TEST_TOKEN" => Some("0123456789abcdef0123".to_string()),
-        "UPSTREAM_NAME" => Some("users".to_string()),
+        "ROUTE_PREFIX" => Some("/api".to_string()),
         _ => None,
     };
     let cfg = load_str_with_env(&text, "t.json", Path::new("."), &lookup).unwrap();
     assert_eq!(cfg.admin.token.as_deref(), Some("0123456789abcdef0123"));
-    assert_eq!(cfg.routes[0].upstream, 0);
+    assert_eq!(cfg.routes[0].path, "/api/a");
 }
 
 #[test]
