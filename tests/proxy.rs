@@ -588,6 +588,13 @@ async fn dot_segments_are_refused_not_forwarded() {
         "/files/..%2Fadmin",
         "/files/a/./b",
         "/any/x/..%5cy",
+        // A `;`-parameter on a dot segment: Tomcat-style upstreams strip it and resolve `..`.
+        "/files/..;/admin",
+        "/files/%2e%2e;/admin",
+        "/files/..;x=1/admin",
+        "/files/.;x/admin",
+        "/files/..%3B/admin",
+        "/files/a/..;",
     ] {
         assert_refused(&gw, path);
     }
@@ -600,6 +607,14 @@ async fn dot_segments_are_refused_not_forwarded() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(up.last().target, "/storage/v1.2/..hidden/a.txt");
+    // So are parameters on other segments.
+    let res = client()
+        .get(gw.url("/files/a;v=1/..x;y/b.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(up.last().target, "/storage/a;v=1/..x;y/b.txt");
 }
 
 /// Paths are normalised before routing and the normalised path goes upstream: runs of slashes
