@@ -239,7 +239,7 @@ async fn connect(t: &Target<'_>) -> Result<SendRequest<ProxyBody>, ForwardError>
             };
         let _ = tcp.set_nodelay(true);
         return if t.https {
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            let name = server_name(host)
                 .map_err(|e| ForwardError::Connect(format!("TLS server name {host}: {e}")))?;
             let handshake = tokio_rustls::TlsConnector::from(t.tls.clone()).connect(name, tcp);
             let tls = match tokio::time::timeout(t.connect_timeout, handshake).await {
@@ -257,6 +257,18 @@ async fn connect(t: &Target<'_>) -> Result<SendRequest<ProxyBody>, ForwardError>
         };
     }
     Err(last)
+}
+
+/// The TLS server name of an upstream host: an IP address for an IP literal (an IPv6 one
+/// without the URL's brackets, and no SNI is sent for it), a DNS name otherwise.
+fn server_name(
+    host: &str,
+) -> Result<rustls::pki_types::ServerName<'static>, rustls::pki_types::InvalidDnsNameError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(rustls::pki_types::ServerName::IpAddress(ip.into())),
+        Err(_) => rustls::pki_types::ServerName::try_from(host.to_string()),
+    }
 }
 
 async fn handshake_http1<T>(io: T) -> Result<SendRequest<ProxyBody>, ForwardError>
@@ -325,4 +337,29 @@ pub fn tls_config_with_roots(roots: rustls::RootCertStore) -> rustls::ClientConf
     .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+
+    #[test]
+    fn server_names_of_ip_literals_have_no_brackets() {
+        let v6: std::net::IpAddr = "::1".parse().unwrap();
+        assert_eq!(
+            server_name("[::1]").unwrap(),
+            ServerName::IpAddress(v6.into())
+        );
+        let v4: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            server_name("10.0.0.1").unwrap(),
+            ServerName::IpAddress(v4.into())
+        );
+        assert_eq!(
+            server_name("api.example.com").unwrap(),
+            ServerName::try_from("api.example.com").unwrap()
+        );
+        assert!(server_name("bad name").is_err());
+    }
 }
