@@ -622,3 +622,41 @@ async fn stalled_uploads_are_the_clients_fault_not_the_servers() {
     assert_eq!(errors, 0.0, "upstream errors counted for client stalls");
     assert_eq!(get(&client(), &gw.url("/after")).await, (200, "ok".into()));
 }
+
+/// A server whose `/health` answers 200 with a chunked body that never ends (and `/x` the
+/// same): the health probe reads a bounded part of it and finishes, so the server is marked.
+fn endless_body_server() -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head);
+                let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+                while s.write_all(chunk.as_bytes()).is_ok() {}
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_health_endpoint_with_an_endless_body_is_still_checked() {
+    let url = endless_body_server();
+    let gw = Gateway::start(&cfg(
+        &[url.clone()],
+        r#""health_check":{"path":"/health","interval":"20s","timeout":"10s"}"#,
+    ));
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            server_state(&gw, &url).await["health"] == "healthy"
+        })
+        .await,
+        "{}",
+        server_state(&gw, &url).await
+    );
+}
