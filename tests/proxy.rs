@@ -802,3 +802,36 @@ async fn long_uris_get_414_and_large_headers_431() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// Response heads up to `upstreams.*.max_response_header_size` (default 64 KB) pass: a
+/// 40 KiB Set-Cookie reaches the client whole; a head over the limit is 502.
+#[tokio::test]
+async fn large_upstream_response_heads_pass_up_to_the_limit() {
+    let up = Upstream::start(|r| {
+        let kib = r
+            .target
+            .trim_start_matches("/any/")
+            .parse::<usize>()
+            .unwrap_or(1);
+        Reply::ok("big head").header("set-cookie", &format!("s={}", "c".repeat(kib << 10)))
+    });
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    let c = client();
+    let res = c.get(gw.url("/any/40")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let cookie = res.headers()["set-cookie"].len();
+    assert_eq!(cookie, 2 + (40 << 10));
+    assert_eq!(res.text().await.unwrap(), "big head");
+    let res = c.get(gw.url("/any/100")).send().await.unwrap();
+    assert_eq!(res.status(), 502);
+
+    // A lower limit of its own.
+    let cfg = format!(
+        r#"{{"version":1,"server":{{"workers":1}},"upstreams":{{"u":{{"servers":[{{"url":"{}"}}],
+            "max_response_header_size":"32KB"}}}},"routes":{ROUTES},"logging":{{"access_log":false}}}}"#,
+        up.url()
+    );
+    let gw = Gateway::start(&cfg);
+    assert_eq!(c.get(gw.url("/any/16")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(gw.url("/any/40")).send().await.unwrap().status(), 502);
+}

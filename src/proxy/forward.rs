@@ -236,6 +236,7 @@ async fn send(
         authority: &server.authority,
         connect_timeout: upstream.config.connect_timeout,
         tls: &upstream.tls,
+        max_header_size: upstream.config.max_response_header_size,
     };
     let remaining = deadline.saturating_duration_since(Deadline::from_std(sent_at));
     let attempt_timeout = upstream
