@@ -835,3 +835,45 @@ async fn large_upstream_response_heads_pass_up_to_the_limit() {
     assert_eq!(c.get(gw.url("/any/16")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(gw.url("/any/40")).send().await.unwrap().status(), 502);
 }
+
+/// An error answered before the request body was read closes the connection, with
+/// `Connection: close` on the wire: the unread body must never be parsed as the next request
+/// (nor drained first, for a chunked one).
+#[test]
+fn errors_before_the_body_is_read_close_the_connection() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    let cases: [(&str, &[u8]); 3] = [
+        // 413 from the declared length; the body (and a smuggled request) follow.
+        (
+            "413",
+            b"POST /any/x HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\nGET /any/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        // 405 on a matched path, with a chunked body that has not ended.
+        (
+            "405",
+            b"POST /api/users/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ),
+        // 404 with a body of known length not yet sent.
+        (
+            "404",
+            b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+        ),
+    ];
+    for (status, req) in cases {
+        let started = std::time::Instant::now();
+        let res = raw_exchange(gw.addr, req, Duration::from_secs(4));
+        assert!(res.starts_with(&format!("HTTP/1.1 {status}")), "{res}");
+        assert!(
+            res.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{res}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{status}: the connection stayed open: {res}"
+        );
+        assert_eq!(res.matches("HTTP/1.1").count(), 1, "{res}");
+    }
+    assert_eq!(up.count(), 0);
+}

@@ -212,6 +212,7 @@ pub async fn read(
         }
         None => ProxyBody::Empty,
     };
+    ctx.body_read = matches!(body, ProxyBody::Empty | ProxyBody::Full(_));
     Ok((
         body,
         BodyWatch {
