@@ -648,7 +648,7 @@ fn endless_body_server() -> String {
 async fn a_health_endpoint_with_an_endless_body_is_still_checked() {
     let url = endless_body_server();
     let gw = Gateway::start(&cfg(
-        &[url.clone()],
+        std::slice::from_ref(&url),
         r#""health_check":{"path":"/health","interval":"20s","timeout":"10s"}"#,
     ));
     assert!(
