@@ -571,3 +571,16 @@ fn errors_never_echo_a_value_from_the_environment() {
         port.message
     );
 }
+
+#[test]
+fn max_response_header_size_is_a_size_of_at_least_8kb() {
+    let e = one(
+        r#"{"upstreams":{"u":{"servers":[{"url":"http://h:1"}],"max_response_header_size":"4KB"}}}"#,
+    );
+    assert_eq!(e.path, "upstreams.u.max_response_header_size");
+    assert!(e.message.contains("8KB"), "{}", e.message);
+    let e = one(
+        r#"{"upstreams":{"u":{"servers":[{"url":"http://h:1"}],"max_response_header_size":"lots"}}}"#,
+    );
+    assert_eq!(e.path, "upstreams.u.max_response_header_size");
+}

@@ -588,6 +588,13 @@ async fn dot_segments_are_refused_not_forwarded() {
         "/files/..%2Fadmin",
         "/files/a/./b",
         "/any/x/..%5cy",
+        // A `;`-parameter on a dot segment: Tomcat-style upstreams strip it and resolve `..`.
+        "/files/..;/admin",
+        "/files/%2e%2e;/admin",
+        "/files/..;x=1/admin",
+        "/files/.;x/admin",
+        "/files/..%3B/admin",
+        "/files/a/..;",
     ] {
         assert_refused(&gw, path);
     }
@@ -600,6 +607,14 @@ async fn dot_segments_are_refused_not_forwarded() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(up.last().target, "/storage/v1.2/..hidden/a.txt");
+    // So are parameters on other segments.
+    let res = client()
+        .get(gw.url("/files/a;v=1/..x;y/b.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(up.last().target, "/storage/a;v=1/..x;y/b.txt");
 }
 
 /// Paths are normalised before routing and the normalised path goes upstream: runs of slashes
@@ -786,4 +801,79 @@ async fn long_uris_get_414_and_large_headers_431() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+}
+
+/// Response heads up to `upstreams.*.max_response_header_size` (default 64 KB) pass: a
+/// 40 KiB Set-Cookie reaches the client whole; a head over the limit is 502.
+#[tokio::test]
+async fn large_upstream_response_heads_pass_up_to_the_limit() {
+    let up = Upstream::start(|r| {
+        let kib = r
+            .target
+            .trim_start_matches("/any/")
+            .parse::<usize>()
+            .unwrap_or(1);
+        Reply::ok("big head").header("set-cookie", &format!("s={}", "c".repeat(kib << 10)))
+    });
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    let c = client();
+    let res = c.get(gw.url("/any/40")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let cookie = res.headers()["set-cookie"].len();
+    assert_eq!(cookie, 2 + (40 << 10));
+    assert_eq!(res.text().await.unwrap(), "big head");
+    let res = c.get(gw.url("/any/100")).send().await.unwrap();
+    assert_eq!(res.status(), 502);
+
+    // A lower limit of its own.
+    let cfg = format!(
+        r#"{{"version":1,"server":{{"workers":1}},"upstreams":{{"u":{{"servers":[{{"url":"{}"}}],
+            "max_response_header_size":"32KB"}}}},"routes":{ROUTES},"logging":{{"access_log":false}}}}"#,
+        up.url()
+    );
+    let gw = Gateway::start(&cfg);
+    assert_eq!(c.get(gw.url("/any/16")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(gw.url("/any/40")).send().await.unwrap().status(), 502);
+}
+
+/// An error answered before the request body was read closes the connection, with
+/// `Connection: close` on the wire: the unread body must never be parsed as the next request
+/// (nor drained first, for a chunked one).
+#[test]
+fn errors_before_the_body_is_read_close_the_connection() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
+    let cases: [(&str, &[u8]); 3] = [
+        // 413 from the declared length; the body (and a smuggled request) follow.
+        (
+            "413",
+            b"POST /any/x HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\nGET /any/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        // 405 on a matched path, with a chunked body that has not ended.
+        (
+            "405",
+            b"POST /api/users/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ),
+        // 404 with a body of known length not yet sent.
+        (
+            "404",
+            b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+        ),
+    ];
+    for (status, req) in cases {
+        let started = std::time::Instant::now();
+        let res = raw_exchange(gw.addr, req, Duration::from_secs(4));
+        assert!(res.starts_with(&format!("HTTP/1.1 {status}")), "{res}");
+        assert!(
+            res.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{res}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{status}: the connection stayed open: {res}"
+        );
+        assert_eq!(res.matches("HTTP/1.1").count(), 1, "{res}");
+    }
+    assert_eq!(up.count(), 0);
 }

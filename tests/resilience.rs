@@ -564,3 +564,99 @@ async fn the_retry_budget_stops_a_retry_storm() {
     );
     assert_eq!(a.count() + b.count(), 200 + retries as usize);
 }
+
+/// Clients that stop sending a streamed (chunked) request body are answered 408 once the
+/// route's timeout has passed since their last chunk, and nothing is held against the server:
+/// its circuit stays closed, it is not ejected, no upstream error is counted, and the next
+/// normal request succeeds.
+#[tokio::test]
+async fn stalled_uploads_are_the_clients_fault_not_the_servers() {
+    use std::io::{Read, Write};
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&format!(
+        r#"{{"version":1,"server":{{"workers":2}},"admin":{{"token":"{TOKEN}"}},
+        "upstreams":{{"u":{{"servers":[{{"url":"{}"}}],"retries":{{"attempts":0}},
+            "circuit_breaker":{{"failure_threshold":2,"recovery_timeout":"30s"}},
+            "outlier_detection":{{"consecutive_gateway_failures":2,"base_ejection_time":"30s",
+                                  "max_ejection_percent":100}}}}}},
+        "routes":[{{"name":"all","path":"/{{*rest}}","upstream":"u","timeout":"300ms"}}],
+        "logging":{{"access_log":false,"level":"error"}}}}"#,
+        up.url()
+    ));
+    let addr = gw.addr;
+    let stalled: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(
+                    b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                )
+                .unwrap();
+                // ... and nothing more.
+                let mut out = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => out.extend_from_slice(&buf[..n]),
+                    }
+                }
+                String::from_utf8_lossy(&out).into_owned()
+            })
+        })
+        .collect();
+    for t in stalled {
+        let res = t.join().unwrap();
+        assert!(res.starts_with("HTTP/1.1 408"), "{res}");
+    }
+    let state = server_state(&gw, &up.url()).await;
+    assert_eq!(state["circuit"], "closed", "{state}");
+    assert_eq!(state["ejected"], false, "{state}");
+    let m = scrape_metrics(&gw, TOKEN).await;
+    let errors: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("kairos_upstream_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(errors, 0.0, "upstream errors counted for client stalls");
+    assert_eq!(get(&client(), &gw.url("/after")).await, (200, "ok".into()));
+}
+
+/// A server whose `/health` answers 200 with a chunked body that never ends (and `/x` the
+/// same): the health probe reads a bounded part of it and finishes, so the server is marked.
+fn endless_body_server() -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head);
+                let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+                while s.write_all(chunk.as_bytes()).is_ok() {}
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_health_endpoint_with_an_endless_body_is_still_checked() {
+    let url = endless_body_server();
+    let gw = Gateway::start(&cfg(
+        std::slice::from_ref(&url),
+        r#""health_check":{"path":"/health","interval":"20s","timeout":"10s"}"#,
+    ));
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            server_state(&gw, &url).await["health"] == "healthy"
+        })
+        .await,
+        "{}",
+        server_state(&gw, &url).await
+    );
+}

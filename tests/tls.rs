@@ -11,7 +11,13 @@ struct Certs {
 }
 
 fn certs() -> Certs {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    certs_for(&["localhost"])
+}
+
+/// A self-signed certificate for `names` (an IP address becomes an IP address SAN).
+fn certs_for(names: &[&str]) -> Certs {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cert_pem = ck.cert.pem();
     std::fs::write(dir.path().join("server.pem"), &cert_pem).unwrap();
@@ -89,6 +95,14 @@ async fn plaintext_listener_accepts_h2c_prior_knowledge() {
 
 /// An https upstream: hyper behind tokio-rustls with a certificate for "localhost".
 fn https_upstream(c: &Certs) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    https_upstream_on(c, "127.0.0.1:0")
+}
+
+/// An https upstream listening on `bind`.
+fn https_upstream_on(
+    c: &Certs,
+    bind: &str,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     use rustls::pki_types::pem::PemObject;
     let certs: Vec<_> =
         rustls::pki_types::CertificateDer::pem_file_iter(c.dir.path().join("server.pem"))
@@ -106,7 +120,7 @@ fn https_upstream(c: &Certs) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<
     .with_single_cert(certs, key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = std::net::TcpListener::bind(bind).unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
@@ -168,4 +182,27 @@ async fn https_upstream_with_a_private_ca() {
     let res = client().get(gw.url("/s")).send().await.unwrap();
     assert_eq!(res.status(), 502);
     assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// An https upstream given as an IPv6 literal: the TLS server name is the address itself
+/// (an IP address, without the URL's brackets), checked against the certificate's IP SAN.
+#[tokio::test]
+async fn https_upstream_on_an_ipv6_literal() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let c = certs_for(&["::1"]);
+    let (addr, seen) = https_upstream_on(&c, "[::1]:0");
+    let cfg = format!(
+        r#"{{"server":{{"workers":1}},"upstreams":{{"u":{{"servers":[{{"url":"https://[::1]:{}"}}],
+            "tls":{{"ca_file":"server.pem"}}}}}},
+            "routes":[{{"path":"/s","upstream":"u"}}],"logging":{{"access_log":false}}}}"#,
+        addr.port()
+    );
+    let gw = Gateway::start_in(&cfg, c.dir.path());
+    let res = client().get(gw.url("/s")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "secure");
+    assert_eq!(seen.lock().unwrap().as_slice(), ["/s"]);
 }

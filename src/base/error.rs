@@ -157,8 +157,10 @@ impl GatewayError {
             | GatewayError::RequestTimeout
             | GatewayError::HeadTimeout
             | GatewayError::BadRequest(_) => {
-                // The unread body (or head) makes the connection unusable.
-                res.insert_header((header::CONNECTION, HeaderValue::from_static("close")));
+                // The unread body (or head) makes the connection unusable. The connection
+                // type, not a `Connection` header: actix's encoder drops that header and would
+                // keep the connection alive.
+                res.force_close();
             }
             GatewayError::NotFound
             | GatewayError::Forbidden

@@ -136,6 +136,8 @@ pub struct UpstreamConfig {
     pub circuit_breaker: Option<BreakerConfig>,
     pub outlier: Option<OutlierConfig>,
     pub retries: RetryConfig,
+    /// Largest response head accepted from a server, in bytes.
+    pub max_response_header_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -159,6 +159,9 @@ pub struct RawUpstream {
     pub outlier_detection: Option<RawOutlierDetection>,
     /// Retries to the next server (default: one retry after a connect error or a reset).
     pub retries: Option<RawRetries>,
+    /// Largest response head (status line and headers) accepted from a server (default
+    /// "64KB", at least "8KB"); a larger one is answered 502.
+    pub max_response_header_size: Option<SizeStr>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -36,6 +36,9 @@ pub struct ProgressState {
     pub last: Cell<Option<tokio::time::Instant>>,
     /// Body bytes received from the client.
     pub bytes: Cell<u64>,
+    /// Whether the pump is waiting for the client's next chunk (not for the upstream to take
+    /// the last one): a wait that times out then is the client's stall, not the upstream's.
+    pub reading: Cell<bool>,
 }
 
 pub type Progress = Rc<ProgressState>;
@@ -91,7 +94,12 @@ pub fn stream(
         loop {
             let item = match next.take() {
                 Some(i) => Some(i),
-                None => payload.next().await,
+                None => {
+                    progress.reading.set(true);
+                    let item = payload.next().await;
+                    progress.reading.set(false);
+                    item
+                }
             };
             let Some(item) = item else {
                 if len.is_some_and(|n| n != seen) {
@@ -204,6 +212,7 @@ pub async fn read(
         }
         None => ProxyBody::Empty,
     };
+    ctx.body_read = matches!(body, ProxyBody::Empty | ProxyBody::Full(_));
     Ok((
         body,
         BodyWatch {

@@ -29,6 +29,9 @@ pub struct Ctx<'a> {
     /// The authenticated caller's name, for the access log (only when it is on).
     pub identity: Option<String>,
     pub request_bytes: u64,
+    /// The request body was read whole, or there was none: an answer now leaves the
+    /// connection reusable.
+    pub body_read: bool,
     pub streamed: Option<Progress>,
     /// Taken by whoever builds the response: into a proxied body, or dropped at once.
     pub done: Option<Completion>,
@@ -61,6 +64,7 @@ impl<'a> Ctx<'a> {
             admission: Admission::default(),
             identity: None,
             request_bytes: 0,
+            body_read: false,
             streamed: None,
             done: Some(Completion::begin(start, &metrics.inflight, trace)),
         }

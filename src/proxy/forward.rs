@@ -81,7 +81,28 @@ pub async fn forward<'a>(
             req.headers_mut().insert(trace::TRACEPARENT, tp);
         }
         let sent_at = Instant::now();
-        let result = send(req, upstream, server_idx, sent_at, deadline, &body.progress).await;
+        let result = match send(
+            req,
+            upstream,
+            server_idx,
+            sent_at,
+            deadline,
+            route.timeout,
+            body,
+        )
+        .await
+        {
+            Waited::Done(out) => Some(out),
+            Waited::TimedOut => None,
+            Waited::ClientStalled => {
+                // The client stopped sending its body: its stall, not the server's. Nothing is
+                // recorded against the server (breaker, outlier streak, error metrics).
+                if let Some(t) = ctx.trace() {
+                    t.attempt_result(None, Some("request_timeout"));
+                }
+                return Err(GatewayError::RequestTimeout);
+            }
+        };
         let latency = sent_at.elapsed();
         retries += 1;
         let record = |result: AttemptResult| {
@@ -197,16 +218,17 @@ fn retry<S: balancer::ServerLoad>(
 }
 
 /// One send to server `idx` at `sent_at`, bounded by the time left before `deadline` (and the
-/// upstream's `attempt_timeout`), counted from a streamed body's last progress; `None` on
-/// timeout.
+/// upstream's `attempt_timeout`), counted from a streamed body's last progress; a client that
+/// stops sending its body is given the route's `timeout` from its last progress.
 async fn send(
     req: http::Request<ProxyBody>,
     upstream: &Upstream,
     idx: usize,
     sent_at: Instant,
     deadline: Deadline,
-    progress: &Progress,
-) -> Option<Result<(http::Response<Incoming>, Lease), SendError>> {
+    client_timeout: Duration,
+    body: &BodyWatch,
+) -> Waited<Result<(http::Response<Incoming>, Lease), SendError>> {
     let server = &upstream.config.servers[idx];
     let target = client::Target {
         pool_key: upstream.pool_keys[idx],
@@ -214,6 +236,7 @@ async fn send(
         authority: &server.authority,
         connect_timeout: upstream.config.connect_timeout,
         tls: &upstream.tls,
+        max_header_size: upstream.config.max_response_header_size,
     };
     let remaining = deadline.saturating_duration_since(Deadline::from_std(sent_at));
     let attempt_timeout = upstream
@@ -224,7 +247,8 @@ async fn send(
         std::pin::pin!(client::send(req, &target)),
         Deadline::from_std(sent_at),
         attempt_timeout,
-        progress,
+        client_timeout,
+        &body.progress,
     )
     .await;
     out
@@ -351,26 +375,46 @@ fn warn_upstream(
     );
 }
 
+/// How a wait bounded by [`with_progress_timeout`] ended.
+enum Waited<T> {
+    Done(T),
+    /// The upstream took longer than the timeout (counted from the body's last progress).
+    TimedOut,
+    /// The client sent no body data for `client_timeout`: its stall, not the upstream's.
+    ClientStalled,
+}
+
 /// Waits for `fut` for at most `timeout`, counted from the later of `started` and the last
-/// progress of a streamed request body: an upload that keeps moving is never cut off.
+/// progress of a streamed request body: an upload that keeps moving is never cut off. While
+/// the body waits for the client (not for the upstream to take a chunk), the wait is the
+/// client's: it ends as [`Waited::ClientStalled`] once `client_timeout` has passed since the
+/// last progress (the upstream's shorter `attempt_timeout` does not apply to it).
 async fn with_progress_timeout<F: std::future::Future>(
     mut fut: std::pin::Pin<&mut F>,
     started: Deadline,
-    timeout: std::time::Duration,
+    timeout: Duration,
+    client_timeout: Duration,
     progress: &Progress,
-) -> Option<F::Output> {
+) -> Waited<F::Output> {
     let sleep = tokio::time::sleep_until(started + timeout);
     let mut sleep = std::pin::pin!(sleep);
     loop {
         tokio::select! {
             biased;
-            out = &mut fut => return Some(out),
-            () = &mut sleep => match progress.last.get() {
-                Some(last) if last + timeout > tokio::time::Instant::now() => {
-                    sleep.as_mut().reset(last + timeout);
+            out = &mut fut => return Waited::Done(out),
+            () = &mut sleep => {
+                let now = Deadline::now();
+                let from = progress.last.get().map_or(started, |last| last.max(started));
+                if from + timeout > now {
+                    sleep.as_mut().reset(from + timeout);
+                } else if !progress.reading.get() {
+                    return Waited::TimedOut;
+                } else if from + client_timeout > now {
+                    sleep.as_mut().reset(from + client_timeout);
+                } else {
+                    return Waited::ClientStalled;
                 }
-                _ => return None,
-            },
+            }
         }
     }
 }

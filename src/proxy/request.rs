@@ -42,11 +42,27 @@ pub fn request_host(req: &HttpRequest) -> Option<&str> {
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
-/// Whether a path that [`normalize_path`] accepted has a `.` or `..` segment. Encoded dots
-/// were decoded there and encoded or back slashes refused, so only literal segments are left
-/// to look at (and most paths have no dot at all: one scan, no allocation).
+/// Whether a path that [`normalize_path`] accepted has a `.` or `..` segment, also one with
+/// `;`-parameters (`..;x`, `.;`, `..%3B`): servlet containers such as Tomcat strip a segment's
+/// parameters before resolving dot segments, so `/public/..;/admin` reaches `/admin` there.
+/// Encoded dots were decoded by [`normalize_path`] and encoded or back slashes refused, so
+/// only literal segments are left to look at (and most paths have no dot at all: one scan, no
+/// allocation).
 pub fn has_dot_segment(path: &str) -> bool {
-    path.contains('.') && path.split('/').any(|seg| seg == "." || seg == "..")
+    path.contains('.')
+        && path.split('/').any(|seg| {
+            // The segment up to its parameters: `;`, or `%3B` left encoded by normalize_path.
+            let b = seg.as_bytes();
+            let end = (0..b.len())
+                .find(|&i| {
+                    b[i] == b';'
+                        || (b[i] == b'%'
+                            && b.get(i + 1) == Some(&b'3')
+                            && b.get(i + 2).is_some_and(|c| c.eq_ignore_ascii_case(&b'b')))
+                })
+                .unwrap_or(b.len());
+            matches!(&b[..end], b"." | b"..")
+        })
 }
 
 /// The path as it is routed and forwarded, or `None` when it is already normal (the common

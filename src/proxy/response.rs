@@ -46,9 +46,30 @@ pub fn upstream(
 /// A response the gateway answers itself (a preflight's 204): recorded at once.
 #[inline(always)]
 pub fn local(ctx: &mut Ctx<'_>, mut res: HttpResponse) -> HttpResponse {
+    close_if_body_unread(ctx, &mut res);
     drop(ctx.complete(res.status().as_u16()));
     set_request_id(ctx, &mut res);
     res
+}
+
+/// An answer the gateway gives while an HTTP/1 request's body is still unread (a 413 from the
+/// declared length, a 401, 403, 404, 405 or 429 before the body phase, a streamed body cut
+/// short) closes the connection: the rest of the body would otherwise be parsed as the next
+/// request, or drained first. Requests without a body keep their connection.
+fn close_if_body_unread(ctx: &Ctx<'_>, res: &mut HttpResponse) {
+    let req = ctx.req;
+    if ctx.body_read || req.version() >= actix_web::http::Version::HTTP_2 {
+        return;
+    }
+    let headers = req.headers();
+    let has_body = headers.contains_key(ax::TRANSFER_ENCODING)
+        || headers
+            .get(ax::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().iter().any(|&b| b != b'0'));
+    if has_body {
+        res.head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
 }
 
 /// The gateway's answer to an error: the status and JSON body of [`GatewayError`], recorded at
@@ -58,7 +79,8 @@ pub fn error(ctx: &mut Ctx<'_>, e: GatewayError) -> HttpResponse {
     if e.status().is_server_error() {
         tracing::debug!(request_id = ctx.rid_str(), error = ?e, "request failed");
     }
-    let res = e.to_response(&ctx.rid);
+    let mut res = e.to_response(&ctx.rid);
+    close_if_body_unread(ctx, &mut res);
     if let Some(mut done) = ctx.complete(res.status().as_u16()) {
         if let actix_web::body::BodySize::Sized(n) = res.body().size() {
             done.response_bytes = n;

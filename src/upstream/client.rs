@@ -22,8 +22,6 @@ use std::time::{Duration, Instant};
 const POOL_IDLE_PER_SERVER: usize = 1024;
 /// An idle connection older than this is closed instead of reused.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Read buffer of an upstream connection.
-const READ_BUF: usize = 16 * 1024;
 /// Attempts on pooled connections that turn out closed before the request was written.
 const STALE_RETRIES: usize = 3;
 
@@ -35,6 +33,8 @@ pub struct Target<'a> {
     pub authority: &'a http::uri::Authority,
     pub connect_timeout: Duration,
     pub tls: &'a Arc<rustls::ClientConfig>,
+    /// Largest response head accepted, in bytes (at least 8 KiB).
+    pub max_header_size: usize,
 }
 
 /// Why an upstream exchange failed before a response head arrived.
@@ -101,15 +101,18 @@ impl Lease {
     }
 }
 
-/// The pool key of a server: its scheme and authority, and the TLS settings used for it.
+/// The pool key of a server: its scheme and authority, and the settings its connections were
+/// made with (TLS, the response head limit).
 pub fn pool_key(
     https: bool,
     authority: &http::uri::Authority,
     tls: &Arc<rustls::ClientConfig>,
+    max_header_size: usize,
 ) -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
     let mut h = rustc_hash::FxBuildHasher.build_hasher();
     https.hash(&mut h);
+    max_header_size.hash(&mut h);
     authority.as_str().to_ascii_lowercase().hash(&mut h);
     if https {
         (Arc::as_ptr(tls) as usize).hash(&mut h);
@@ -239,7 +242,7 @@ async fn connect(t: &Target<'_>) -> Result<SendRequest<ProxyBody>, ForwardError>
             };
         let _ = tcp.set_nodelay(true);
         return if t.https {
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            let name = server_name(host)
                 .map_err(|e| ForwardError::Connect(format!("TLS server name {host}: {e}")))?;
             let handshake = tokio_rustls::TlsConnector::from(t.tls.clone()).connect(name, tcp);
             let tls = match tokio::time::timeout(t.connect_timeout, handshake).await {
@@ -251,22 +254,39 @@ async fn connect(t: &Target<'_>) -> Result<SendRequest<ProxyBody>, ForwardError>
                 }
                 Err(_) => return Err(ForwardError::ConnectTimeout),
             };
-            handshake_http1(TokioIo::new(tls)).await
+            handshake_http1(TokioIo::new(tls), t.max_header_size).await
         } else {
-            handshake_http1(TokioIo::new(tcp)).await
+            handshake_http1(TokioIo::new(tcp), t.max_header_size).await
         };
     }
     Err(last)
 }
 
-async fn handshake_http1<T>(io: T) -> Result<SendRequest<ProxyBody>, ForwardError>
+/// The TLS server name of an upstream host: an IP address for an IP literal (an IPv6 one
+/// without the URL's brackets, and no SNI is sent for it), a DNS name otherwise.
+fn server_name(
+    host: &str,
+) -> Result<rustls::pki_types::ServerName<'static>, rustls::pki_types::InvalidDnsNameError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(rustls::pki_types::ServerName::IpAddress(ip.into())),
+        Err(_) => rustls::pki_types::ServerName::try_from(host.to_string()),
+    }
+}
+
+/// An HTTP/1.1 connection over `io`, accepting response heads up to `max_header_size` bytes.
+async fn handshake_http1<T>(
+    io: T,
+    max_header_size: usize,
+) -> Result<SendRequest<ProxyBody>, ForwardError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
-    // A fixed read buffer per connection: hyper's adaptive one (up to 400 KB) grows and
-    // shrinks during a large download, and the mix of sizes fragments the allocator.
+    // hyper's read buffer must hold a whole response head, so its ceiling is the head limit
+    // (64 KiB by default, not hyper's 400 KB: a large download's buffer grows and shrinks
+    // within that, which keeps the mix of sizes the allocator sees small).
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .read_buf_exact_size(Some(READ_BUF))
+        .max_buf_size(max_header_size.max(8 << 10))
         .handshake(io)
         .await
         .map_err(|e| ForwardError::Protocol(chain(&e)))?;
@@ -325,4 +345,29 @@ pub fn tls_config_with_roots(roots: rustls::RootCertStore) -> rustls::ClientConf
     .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+
+    #[test]
+    fn server_names_of_ip_literals_have_no_brackets() {
+        let v6: std::net::IpAddr = "::1".parse().unwrap();
+        assert_eq!(
+            server_name("[::1]").unwrap(),
+            ServerName::IpAddress(v6.into())
+        );
+        let v4: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            server_name("10.0.0.1").unwrap(),
+            ServerName::IpAddress(v4.into())
+        );
+        assert_eq!(
+            server_name("api.example.com").unwrap(),
+            ServerName::try_from("api.example.com").unwrap()
+        );
+        assert!(server_name("bad name").is_err());
+    }
 }

@@ -11,6 +11,9 @@ use crate::config::model::{HealthCheckConfig, ServerEntry};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+/// The most of a health check's response body that is read (then the connection is dropped).
+const MAX_PROBE_BODY: usize = 64 * 1024;
+
 /// Why a health check failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -216,15 +219,22 @@ impl Check {
     }
 
     async fn probe(&self) -> Result<(), ProbeError> {
-        let res = self
+        let mut res = self
             .client
             .get(&self.url)
             .send()
             .await
             .map_err(ProbeError::Request)?;
         let status = res.status().as_u16();
-        // Read (a bounded amount of) the body so the connection can be reused.
-        let _ = res.bytes().await;
+        // Read a short body so the connection can be reused; a longer one (or one that never
+        // ends) is dropped after MAX_PROBE_BODY bytes, closing its connection.
+        let mut read = 0;
+        while read <= MAX_PROBE_BODY {
+            match res.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) | Err(_) => break,
+            }
+        }
         if self.cfg.expected_status.contains(&status) {
             Ok(())
         } else {

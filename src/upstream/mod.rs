@@ -79,7 +79,14 @@ impl Upstream {
         let pool_keys = config
             .servers
             .iter()
-            .map(|s| crate::upstream::client::pool_key(s.https, &s.authority, &tls))
+            .map(|s| {
+                crate::upstream::client::pool_key(
+                    s.https,
+                    &s.authority,
+                    &tls,
+                    config.max_response_header_size,
+                )
+            })
             .collect();
         Upstream {
             budget: retry::RetryBudget::new(&config.retries),

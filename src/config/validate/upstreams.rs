@@ -26,6 +26,9 @@ const STRATEGIES: [&str; 7] = [
     "p2c_ewma",
 ];
 
+/// The smallest `max_response_header_size` (the HTTP/1 client's smallest buffer).
+const MIN_RESPONSE_HEADER_SIZE: u64 = 8 << 10;
+
 const RETRY_CONDITIONS: [&str; 4] = ["connect_error", "reset", "timeout", "5xx"];
 
 /// Why an upstream server URL cannot be used.
@@ -154,6 +157,17 @@ fn upstream(v: &mut V, name: &str, u: &RawUpstream, base_dir: &Path) -> Upstream
         );
     }
     let tls_roots = tls_roots(v, &p, u, base_dir);
+    let max_response_header_size = v.size(
+        &format!("{p}.max_response_header_size"),
+        &u.max_response_header_size,
+        64 << 10,
+    );
+    if max_response_header_size < MIN_RESPONSE_HEADER_SIZE {
+        v.err(
+            format!("{p}.max_response_header_size"),
+            "max_response_header_size must be at least \"8KB\"",
+        );
+    }
     UpstreamConfig {
         name: name.to_string(),
         servers,
@@ -165,6 +179,9 @@ fn upstream(v: &mut V, name: &str, u: &RawUpstream, base_dir: &Path) -> Upstream
         circuit_breaker,
         outlier,
         retries,
+        max_response_header_size: usize::try_from(max_response_header_size)
+            .unwrap_or(usize::MAX)
+            .max(MIN_RESPONSE_HEADER_SIZE as usize),
     }
 }
 

@@ -534,7 +534,7 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<FxHashMap<String, DecodingKey>, JwksFetchError> {
-        let res = self
+        let mut res = self
             .client
             .get(&self.url)
             .send()
@@ -546,9 +546,14 @@ impl Jwks {
         if res.content_length().is_some_and(|n| n > MAX_JWKS_BYTES) {
             return Err(JwksFetchError::TooLarge);
         }
-        let body = res.bytes().await.map_err(JwksFetchError::Body)?;
-        if body.len() as u64 > MAX_JWKS_BYTES {
-            return Err(JwksFetchError::TooLarge);
+        // Read piece by piece: a body without a Content-Length is refused as soon as it passes
+        // the limit, never buffered whole.
+        let mut body = Vec::with_capacity(res.content_length().unwrap_or(0) as usize);
+        while let Some(chunk) = res.chunk().await.map_err(JwksFetchError::Body)? {
+            if (body.len() + chunk.len()) as u64 > MAX_JWKS_BYTES {
+                return Err(JwksFetchError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
         }
         let set: jsonwebtoken::jwk::JwkSet =
             serde_json::from_slice(&body).map_err(JwksFetchError::NotJwks)?;
@@ -609,6 +614,48 @@ mod tests {
             JwksFetchError::TooLarge.to_string(),
             "JWKS larger than 1048576 bytes"
         );
+    }
+
+    /// A JWKS endpoint answering with an endless chunked body: the fetch stops at the limit
+    /// instead of buffering the body (it took the client's 5 s timeout, and all it sent).
+    #[tokio::test]
+    async fn a_chunked_jwks_over_the_limit_is_refused_without_reading_it_all() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let sent = Arc::new(AtomicU64::new(0));
+        let sent2 = sent.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = s.read(&mut head).await;
+            let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            out.extend_from_slice(b"1\r\n[\r\n");
+            let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
+            loop {
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+                sent2.fetch_add(out.len() as u64, Ordering::Relaxed);
+                out = chunk.clone().into_bytes();
+            }
+        });
+        crate::base::tls::install_crypto_provider();
+        let jwks = Jwks::new(url, Duration::from_secs(60), Algorithm::RS256).unwrap();
+        let started = std::time::Instant::now();
+        let res = jwks.fetch().await;
+        assert!(
+            matches!(res, Err(JwksFetchError::TooLarge)),
+            "{:?}",
+            res.err()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let sent = sent.load(Ordering::Relaxed);
+        assert!(sent < 64 << 20, "the server sent {sent} bytes");
     }
 
     #[test]

@@ -502,7 +502,10 @@ where
                 !is_upgrade
                     && should_close_for_unread_payload(
                         this.payload.as_ref(),
-                        *this.payload_drainable,
+                        // Kairos patch: a response that closes the connection does not drain
+                        // the unread body first.
+                        *this.payload_drainable
+                            && res.head().conn_type() != Some(ConnectionType::Close),
                     ),
             )
         };
@@ -552,7 +555,10 @@ where
                 !is_upgrade
                     && should_close_for_unread_payload(
                         this.payload.as_ref(),
-                        *this.payload_drainable,
+                        // Kairos patch: a response that closes the connection does not drain
+                        // the unread body first.
+                        *this.payload_drainable
+                            && res.head().conn_type() != Some(ConnectionType::Close),
                     ),
             )
         };
@@ -699,7 +705,8 @@ where
                                 // yet, and if not, shutdown the connection.
                                 let close_for_unread_payload = should_close_for_unread_payload(
                                     this.payload.as_ref(),
-                                    *this.payload_drainable,
+                                    // Kairos patch: not drained when the response closes.
+                                    *this.payload_drainable && this.codec.keep_alive(),
                                 );
                                 let not_pipelined = this.messages.is_empty();
 
@@ -757,7 +764,8 @@ where
                                 // yet, and if not, shutdown the connection.
                                 let close_for_unread_payload = should_close_for_unread_payload(
                                     this.payload.as_ref(),
-                                    *this.payload_drainable,
+                                    // Kairos patch: not drained when the response closes.
+                                    *this.payload_drainable && this.codec.keep_alive(),
                                 );
                                 let not_pipelined = this.messages.is_empty();
 
