@@ -348,3 +348,41 @@ async fn ipv4_clients_on_a_dual_stack_socket_share_their_bucket() {
     assert_eq!(statuses(&gw, "/a", "192.0.2.77", 1).await, [200]);
     assert_eq!(statuses(&gw, "/a", "::ffff:192.0.2.77", 1).await, [429]);
 }
+
+#[tokio::test]
+async fn ipv6_clients_share_a_bucket_per_prefix() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&cfg(
+        &up,
+        r#"[{"path":"/api","upstream":"u"}]"#,
+        r#""rate_limiting":{"per_ip":{"rps":0.01,"burst":2}}"#,
+    ));
+    // Two addresses of one /64 (the default prefix): one client, one bucket.
+    assert_eq!(
+        statuses(&gw, "/api", "2001:db8:1:2::a", 2).await,
+        [200, 200]
+    );
+    assert_eq!(
+        statuses(&gw, "/api", "2001:db8:1:2:ffff:1:2:3", 1).await,
+        [429],
+        "a rotated address in the same /64 is the same client"
+    );
+    // The next /64 is another client.
+    assert_eq!(
+        statuses(&gw, "/api", "2001:db8:1:3::a", 2).await,
+        [200, 200]
+    );
+
+    // A wider prefix counts a whole /48 as one client.
+    let gw = Gateway::start(&cfg(
+        &up,
+        r#"[{"path":"/api","upstream":"u"}]"#,
+        r#""rate_limiting":{"ipv6_prefix":48,"per_ip":{"rps":0.01,"burst":2}}"#,
+    ));
+    assert_eq!(statuses(&gw, "/api", "2001:db8:1:2::a", 1).await, [200]);
+    assert_eq!(
+        statuses(&gw, "/api", "2001:db8:1:3::a", 2).await,
+        [200, 429]
+    );
+    assert_eq!(statuses(&gw, "/api", "2001:db8:2::a", 1).await, [200]);
+}

@@ -392,10 +392,13 @@ pub struct RateLimitConfig {
     pub headers: bool,
     pub ietf_headers: bool,
     pub limits: ScopeLimits,
+    /// Bits of an IPv6 client address that make one client (1-128).
+    pub ipv6_prefix: u8,
 }
 
 impl RateLimitConfig {
     pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+    pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 }
 
 impl Default for RateLimitConfig {
@@ -407,6 +410,7 @@ impl Default for RateLimitConfig {
             headers: true,
             ietf_headers: false,
             limits: ScopeLimits::default(),
+            ipv6_prefix: Self::DEFAULT_IPV6_PREFIX,
         }
     }
 }

@@ -417,6 +417,11 @@ pub struct RawRateLimiting {
     pub per_api_key: Option<RawRate>,
     /// Per JWT subject (`sub`).
     pub per_user: Option<RawRate>,
+    /// How much of an IPv6 client address counts as one client, in bits (default 64: one
+    /// network, as a single host usually holds a whole /64; 1-128). IPv4 addresses count
+    /// whole.
+    #[schemars(range(min = 1, max = 128))]
+    pub ipv6_prefix: Option<u32>,
 }
 
 /// A route's own limits: budgets of this route alone, replacing the top-level limit of the

@@ -97,7 +97,20 @@ pub(super) fn rate_limiting_config(v: &mut V, r: &RawRateLimiting) -> RateLimitC
         Some(n) => n,
         None => RateLimitConfig::DEFAULT_MAX_KEYS,
     };
+    let ipv6_prefix = match r.ipv6_prefix {
+        None => RateLimitConfig::DEFAULT_IPV6_PREFIX,
+        Some(n @ 1..=128) => n as u8,
+        Some(n) => {
+            v.err_hint(
+                "rate_limiting.ipv6_prefix",
+                format!("ipv6_prefix must be from 1 to 128, found {n}"),
+                "64 counts one IPv6 network (a host usually holds a whole /64) as one client",
+            );
+            RateLimitConfig::DEFAULT_IPV6_PREFIX
+        }
+    };
     RateLimitConfig {
+        ipv6_prefix,
         backend,
         on_backend_error,
         max_keys,

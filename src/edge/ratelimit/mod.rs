@@ -194,6 +194,8 @@ pub struct RateLimiter {
     redis_id: Option<(Vec<u8>, std::time::Duration, String)>,
     on_error: OnBackendError,
     max_keys: u64,
+    /// Bits of an IPv6 address that key a per-IP limit.
+    ipv6_prefix: u8,
     pub headers: bool,
     pub ietf_headers: bool,
     metrics: LimiterMetrics,
@@ -298,6 +300,7 @@ impl RateLimiter {
             redis_id,
             on_error: rl.on_backend_error,
             max_keys: rl.max_keys,
+            ipv6_prefix: rl.ipv6_prefix,
             headers: rl.headers,
             ietf_headers: rl.ietf_headers,
             metrics: LimiterMetrics {
@@ -355,7 +358,8 @@ impl RateLimiter {
             }
         }
         if let (Some(i), Some(ip)) = (plan.ip, ip) {
-            add((i, Some(Key::Ip(crate::base::net::canonical_ip(ip)))));
+            let key = crate::base::net::client_key(ip, self.ipv6_prefix);
+            add((i, Some(Key::Ip(key))));
         }
         if let Some(i) = plan.global {
             add((i, None));
@@ -384,7 +388,10 @@ impl RateLimiter {
                             None => {}
                             Some(Key::Ip(ip)) => {
                                 use std::fmt::Write;
-                                let _ = write!(k, "{ip}");
+                                let _ = match ip {
+                                    IpAddr::V4(_) => write!(k, "{ip}"),
+                                    IpAddr::V6(_) => write!(k, "{ip}/{}", self.ipv6_prefix),
+                                };
                             }
                             Some(Key::Name(name)) => k.push_str(name),
                         }
@@ -599,7 +606,7 @@ impl Builder<'_> {
         let keyed = own_key.is_none() && scope != Scope::Global;
         let store = self
             .previous
-            .filter(|p| p.max_keys == self.rl.max_keys)
+            .filter(|p| p.max_keys == self.rl.max_keys && p.ipv6_prefix == self.rl.ipv6_prefix)
             .and_then(|p| p.limits.iter().find(|l| l.id == id))
             .map(|l| l.store.clone())
             .unwrap_or_else(|| {
