@@ -43,9 +43,10 @@ async fn ready(state: web::Data<SharedState>) -> HttpResponse {
 
 /// Prometheus text exposition of every metric.
 async fn metrics(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
-    let rt = state.load();
-    if !rt.config.admin.public_metrics && !authorized(&req, rt.config.admin.token.as_deref()) {
-        return GatewayError::Unauthorized.to_response(&request_id::for_request(req.headers()));
+    if !state.load().config.admin.public_metrics {
+        if let Some(res) = refuse(&req, &state) {
+            return res;
+        }
     }
     // Off the worker: the process collector reads /proc/self/fd, one entry per connection.
     let metrics = state.metrics.clone();
@@ -59,10 +60,10 @@ async fn metrics(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespons
 
 /// Every upstream with its servers' live state: health, circuit, ejection, in-flight.
 async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
-    let rt = state.load();
-    if !authorized(&req, rt.config.admin.token.as_deref()) {
-        return GatewayError::Unauthorized.to_response(&request_id::for_request(req.headers()));
+    if let Some(res) = refuse(&req, &state) {
+        return res;
     }
+    let rt = state.load();
     use crate::upstream::balancer::ServerLoad;
     let now = crate::base::clock::now_ms();
     let list: Vec<serde_json::Value> = rt
@@ -106,13 +107,28 @@ async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespo
     HttpResponse::Ok().json(serde_json::json!({ "upstreams": list }))
 }
 
-/// The 401 for a request without the admin token; `None` when it carries it.
+/// The 401 for a request without the admin token, or the 429 for a client whose wrong
+/// tokens used up its failure budget (`rate_limiting.auth_failures`, shared with the routes:
+/// checked before the token is); `None` when it carries the token.
 fn refuse(req: &HttpRequest, state: &SharedState) -> Option<HttpResponse> {
     let rt = state.load();
+    let ip = req.peer_addr().map(|peer| {
+        crate::base::net::client_ip(peer.ip(), req.headers(), |ip| {
+            rt.config.server.is_trusted(ip)
+        })
+    });
+    let failures = &rt.edge.auth_failures;
+    let rid = || request_id::for_request(req.headers());
+    if let Some(retry_after) = ip.and_then(|ip| failures.blocked(ip)) {
+        return Some(GatewayError::RateLimited { retry_after }.to_response(&rid()));
+    }
     match authorized(req, rt.config.admin.token.as_deref()) {
         true => None,
         false => {
-            Some(GatewayError::Unauthorized.to_response(&request_id::for_request(req.headers())))
+            if let Some(ip) = ip {
+                failures.record(ip);
+            }
+            Some(GatewayError::Unauthorized.to_response(&rid()))
         }
     }
 }
@@ -396,12 +412,10 @@ async fn openapi(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespons
 
 /// Any other `/_kairos` path: 401 without a valid token, 404 with one.
 async fn guarded_fallback(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
-    let rid = request_id::for_request(req.headers());
-    let rt = state.load();
-    if !authorized(&req, rt.config.admin.token.as_deref()) {
-        return GatewayError::Unauthorized.to_response(&rid);
+    if let Some(res) = refuse(&req, &state) {
+        return res;
     }
-    GatewayError::NotFound.to_response(&rid)
+    GatewayError::NotFound.to_response(&request_id::for_request(req.headers()))
 }
 
 /// Whether the request carries the admin token. With no token configured nothing is authorized.

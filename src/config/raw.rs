@@ -422,6 +422,11 @@ pub struct RawRateLimiting {
     /// whole.
     #[schemars(range(min = 1, max = 128))]
     pub ipv6_prefix: Option<u32>,
+    /// Failed authentications (401s of routes and of the admin API) allowed per client
+    /// address; past it the client gets 429 before any credential is checked (default
+    /// `{"rps": 0.1667, "burst": 20}`: 20 at once, then 10 a minute). Applies also when no
+    /// other limit is configured.
+    pub auth_failures: Option<RawRate>,
 }
 
 /// A route's own limits: budgets of this route alone, replacing the top-level limit of the

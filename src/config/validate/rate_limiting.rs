@@ -5,8 +5,8 @@
 use super::V;
 use crate::config::error::{did_you_mean, ConfigError};
 use crate::config::model::{
-    ApiKeysConfig, AuthMode, OnBackendError, RateBackend, RateConfig, RateLimitConfig, RouteConfig,
-    RouteRateLimit, ScopeLimits, Secret,
+    ApiKeysConfig, AuthFailureLimit, AuthMode, OnBackendError, RateBackend, RateConfig,
+    RateLimitConfig, RouteConfig, RouteRateLimit, ScopeLimits, Secret,
 };
 use crate::config::raw::{RawRate, RawRateLimiting, RawRouteRateLimit};
 use std::time::Duration;
@@ -221,6 +221,22 @@ pub(super) fn route_rate_limit(
     RouteRateLimit {
         limits,
         inherit: r.inherit.unwrap_or(true),
+    }
+}
+
+/// The throttle on failed authentications: `rate_limiting.auth_failures`, or the default.
+pub(super) fn auth_failures(
+    v: &mut V,
+    raw: Option<&RawRateLimiting>,
+    top: Option<&RateLimitConfig>,
+) -> AuthFailureLimit {
+    let default = AuthFailureLimit::default();
+    AuthFailureLimit {
+        rate: raw
+            .and_then(|r| r.auth_failures.as_ref())
+            .and_then(|r| rate(v, "rate_limiting.auth_failures", r))
+            .unwrap_or(default.rate),
+        ipv6_prefix: top.map_or(default.ipv6_prefix, |t| t.ipv6_prefix),
     }
 }
 

@@ -7,6 +7,7 @@
 //! own `rate_limit` replaces the top-level `per_api_key`; a route's `per_api_key` is a further
 //! budget per key on that route.
 
+pub mod failures;
 pub mod gcra;
 pub mod memory;
 pub mod redis;
@@ -130,6 +131,13 @@ impl Report {
         if (self.n as usize) < MAX_APPLICABLE {
             self.items[self.n as usize] = s;
             self.n += 1;
+        }
+    }
+
+    /// Adds the statuses of a later decision on the same request.
+    pub fn merge(&mut self, later: &Report) {
+        for s in later.statuses() {
+            self.push(*s);
         }
     }
 
@@ -323,13 +331,31 @@ impl RateLimiter {
         self.limits[idx as usize].id.scope
     }
 
-    /// The limits a request on `route` from `ip` by `identity` meets.
-    pub fn applicable(
-        &self,
-        route: usize,
-        ip: Option<IpAddr>,
-        identity: Option<&Identity>,
-    ) -> Applicable {
+    /// The identity-free limits (per IP, global) a request on `route` from `ip` meets:
+    /// decided before authentication, so that requests failing it are counted too.
+    pub fn applicable_anonymous(&self, route: usize, ip: Option<IpAddr>) -> Applicable {
+        let mut items: [Option<(u32, Option<Key>)>; MAX_APPLICABLE] = Default::default();
+        let mut n = 0;
+        let mut add = |item: (u32, Option<Key>)| {
+            items[n] = Some(item);
+            n += 1;
+        };
+        let Some(plan) = self.routes.get(route) else {
+            return Applicable { items };
+        };
+        if let (Some(i), Some(ip)) = (plan.ip, ip) {
+            let key = crate::base::net::client_key(ip, self.ipv6_prefix);
+            add((i, Some(Key::Ip(key))));
+        }
+        if let Some(i) = plan.global {
+            add((i, None));
+        }
+        Applicable { items }
+    }
+
+    /// The identity-bound limits (a key's own, per key, per user) a request on `route` by
+    /// `identity` meets: decided once authentication has said who the caller is.
+    pub fn applicable_identified(&self, route: usize, identity: Option<&Identity>) -> Applicable {
         let mut items: [Option<(u32, Option<Key>)>; MAX_APPLICABLE] = Default::default();
         let mut n = 0;
         let mut add = |item: (u32, Option<Key>)| {
@@ -356,13 +382,6 @@ impl RateLimiter {
             if id.scheme == Scheme::Jwt && id.name != "-" {
                 add((i, Some(Key::Name(id.name.as_str().into()))));
             }
-        }
-        if let (Some(i), Some(ip)) = (plan.ip, ip) {
-            let key = crate::base::net::client_key(ip, self.ipv6_prefix);
-            add((i, Some(Key::Ip(key))));
-        }
-        if let Some(i) = plan.global {
-            add((i, None));
         }
         Applicable { items }
     }
