@@ -30,7 +30,7 @@ fn limiter(limits: &str, max_keys: u64) -> RateLimiter {
 }
 
 fn decide(l: &RateLimiter, ip: IpAddr) -> bool {
-    match l.decide(l.applicable(0, Some(ip), None)) {
+    match l.decide(l.applicable_anonymous(0, Some(ip))) {
         Pending::Ready(d) => matches!(d, Decision::Admitted(_)),
         Pending::Remote(_) => unreachable!("memory backend"),
     }

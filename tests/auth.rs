@@ -667,3 +667,84 @@ async fn review_cases_expiry_presence_duplicates_and_stray_credentials() {
         "exp optional, never ignored"
     );
 }
+
+#[tokio::test]
+async fn underscore_variants_of_the_api_key_header_never_go_upstream() {
+    let s = setup();
+    let c = client();
+    // Authenticated by the real header, a stray X_API_Key alongside is not passed on.
+    let res = c
+        .get(s.gw.url("/partner/orders"))
+        .header("x-api-key", API_KEY)
+        .header("X_API_Key", "kairos_other_key_0123456789")
+        .header("x_api-key", "mixed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = s.up.last();
+    assert_eq!(seen.header("x_api_key"), None);
+    assert_eq!(seen.header("x_api-key"), None);
+    // On an open route too, where nothing reads it: an upstream behind a CGI-style stack
+    // would read it as X-API-Key.
+    let res = c
+        .get(s.gw.url("/open/x"))
+        .header("X_API_Key", API_KEY)
+        .header("x_api_keys", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = s.up.last();
+    assert_eq!(seen.header("x_api_key"), None);
+    assert_eq!(seen.header("x_api_keys"), Some("kept"));
+}
+
+#[tokio::test]
+async fn query_keys_are_form_decoded() {
+    let up = Upstream::start_ok();
+    let hash = |k: &str| kairos_rs::base::hash::format_hash(&kairos_rs::base::hash::hash(k));
+    let config = format!(
+        r#"{{"version":1,"server":{{"workers":1}},"upstreams":{{"u":{{"servers":[{{"url":"{}"}}]}}}},
+        "routes":[{{"path":"/{{*r}}","upstream":"u","auth":"api_key"}}],
+        "api_keys":{{"query_param":"api_key","keys":{{
+          "plus":{{"key_hash":"{}"}},
+          "control":{{"key_hash":"{}"}}
+        }}}},
+        "logging":{{"access_log":false,"level":"error"}}}}"#,
+        up.url(),
+        hash("kairos+plus_key_0123456789"),
+        hash("kairos\u{1}control_key_0123456789"),
+    );
+    let gw = Gateway::start(&config);
+    let get = |q: &str| client().get(gw.url(&format!("/x?api_key={q}"))).send();
+    assert_eq!(
+        get("kairos%2Bplus_key_0123456789").await.unwrap().status(),
+        200,
+        "%2B is +"
+    );
+    assert_eq!(
+        get("kairos%2bplus_key_0123456789").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        get("kairos+plus_key_0123456789").await.unwrap().status(),
+        401,
+        "+ is a space"
+    );
+    assert_eq!(
+        get("kairos%01control_key_0123456789")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        get("kairos%+1control_key_0123456789")
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "%+1 is not an escape of byte 1"
+    );
+}

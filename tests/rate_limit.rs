@@ -348,3 +348,133 @@ async fn ipv4_clients_on_a_dual_stack_socket_share_their_bucket() {
     assert_eq!(statuses(&gw, "/a", "192.0.2.77", 1).await, [200]);
     assert_eq!(statuses(&gw, "/a", "::ffff:192.0.2.77", 1).await, [429]);
 }
+
+#[tokio::test]
+async fn ipv6_clients_share_a_bucket_per_prefix() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&cfg(
+        &up,
+        r#"[{"path":"/api","upstream":"u"}]"#,
+        r#""rate_limiting":{"per_ip":{"rps":0.01,"burst":2}}"#,
+    ));
+    // Two addresses of one /64 (the default prefix): one client, one bucket.
+    assert_eq!(
+        statuses(&gw, "/api", "2001:db8:1:2::a", 2).await,
+        [200, 200]
+    );
+    assert_eq!(
+        statuses(&gw, "/api", "2001:db8:1:2:ffff:1:2:3", 1).await,
+        [429],
+        "a rotated address in the same /64 is the same client"
+    );
+    // The next /64 is another client.
+    assert_eq!(
+        statuses(&gw, "/api", "2001:db8:1:3::a", 2).await,
+        [200, 200]
+    );
+
+    // A wider prefix counts a whole /48 as one client.
+    let gw = Gateway::start(&cfg(
+        &up,
+        r#"[{"path":"/api","upstream":"u"}]"#,
+        r#""rate_limiting":{"ipv6_prefix":48,"per_ip":{"rps":0.01,"burst":2}}"#,
+    ));
+    assert_eq!(statuses(&gw, "/api", "2001:db8:1:2::a", 1).await, [200]);
+    assert_eq!(
+        statuses(&gw, "/api", "2001:db8:1:3::a", 2).await,
+        [200, 429]
+    );
+    assert_eq!(statuses(&gw, "/api", "2001:db8:2::a", 1).await, [200]);
+}
+
+#[tokio::test]
+async fn failed_authentications_are_throttled_per_client_before_any_credential_check() {
+    let up = Upstream::start_ok();
+    let good = "kairos_good_key_for_the_throttle_test_0123";
+    let gw = Gateway::start(&cfg(
+        &up,
+        r#"[{"name":"keyed","path":"/keyed","upstream":"u","auth":"api_key"}]"#,
+        &with_admin(&format!(
+            r#""api_keys":{{"keys":{{"k":{{"key_hash":"{}"}}}}}},
+               "rate_limiting":{{"auth_failures":{{"rps":0.01,"burst":3}}}}"#,
+            api_key::format_hash(&api_key::hash(good))
+        )),
+    ));
+    let keyed = |ip: &'static str, key: &'static str| {
+        client()
+            .get(gw.url("/keyed"))
+            .header("x-forwarded-for", ip)
+            .header("x-api-key", key)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(keyed("203.0.113.9", "guess").await.unwrap().status(), 401);
+    }
+    let res = keyed("203.0.113.9", "guess").await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(header(&res, "retry-after").is_some());
+    // Refused before the credential is looked at: the right key does not help now.
+    assert_eq!(keyed("203.0.113.9", good).await.unwrap().status(), 429);
+    // Another client is not affected.
+    assert_eq!(keyed("203.0.113.10", good).await.unwrap().status(), 200);
+    assert_eq!(up.count(), 1);
+
+    // Wrong admin tokens count the same way.
+    let admin = |token: &'static str| {
+        client()
+            .get(gw.url("/_kairos/routes"))
+            .header("x-forwarded-for", "203.0.113.11")
+            .bearer_auth(token)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(admin("wrong-token").await.unwrap().status(), 401);
+    }
+    assert_eq!(admin("wrong-token").await.unwrap().status(), 429);
+    assert_eq!(admin(ADMIN).await.unwrap().status(), 429);
+    let text = scrape_metrics(&gw, ADMIN).await;
+    assert_eq!(ratelimited(&text, "keyed", "auth_failures"), Some(2.0));
+}
+
+#[tokio::test]
+async fn identity_free_limits_count_requests_that_fail_authentication() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(&cfg(
+        &up,
+        r#"[{"path":"/keyed","upstream":"u","auth":"api_key"}]"#,
+        r#""api_keys":{"keys":{"k":{"key_hash":"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}},
+           "rate_limiting":{"per_ip":{"rps":0.01,"burst":2}}"#,
+    ));
+    assert_eq!(
+        statuses(&gw, "/keyed", "198.51.100.20", 3).await,
+        [401, 401, 429]
+    );
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_maximum_gets_413_and_uses_up_no_token() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(
+        &cfg(
+            &up,
+            r#"[{"path":"/api","upstream":"u"}]"#,
+            r#""rate_limiting":{"per_ip":{"rps":0.01,"burst":1}}"#,
+        )
+        .replace(r#""workers":2,"#, r#""workers":2,"max_body_size":"1KB","#),
+    );
+    let res = client()
+        .post(gw.url("/api"))
+        .header("x-forwarded-for", "198.51.100.30")
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert!(header(&res, "x-ratelimit-remaining").is_none());
+    assert_eq!(
+        statuses(&gw, "/api", "198.51.100.30", 2).await,
+        [200, 429],
+        "the 413 used up no token"
+    );
+    assert_eq!(up.count(), 1);
+}

@@ -34,7 +34,7 @@ fn a_million_clients_keep_memory_bounded() {
     let mut admitted = 0u64;
     let mut decide = |i: u32| {
         let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
-        let Pending::Ready(d) = limiter.decide(limiter.applicable(0, Some(ip), None)) else {
+        let Pending::Ready(d) = limiter.decide(limiter.applicable_anonymous(0, Some(ip))) else {
             panic!("the memory backend decides at once");
         };
         if matches!(d, Decision::Admitted(_)) {

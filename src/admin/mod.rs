@@ -92,9 +92,10 @@ async fn not_ready(state: &SharedState) -> Vec<serde_json::Value> {
 
 /// Prometheus text exposition of every metric.
 async fn metrics(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
-    let rt = state.load();
-    if !rt.config.admin.public_metrics && !authorized(&req, rt.config.admin.token.as_deref()) {
-        return GatewayError::Unauthorized.to_response(&request_id::for_request(req.headers()));
+    if !state.load().config.admin.public_metrics {
+        if let Some(res) = refuse(&req, &state) {
+            return res;
+        }
     }
     // Off the worker: the process collector reads /proc/self/fd, one entry per connection.
     let metrics = state.metrics.clone();
@@ -108,10 +109,10 @@ async fn metrics(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespons
 
 /// Every upstream with its servers' live state: health, circuit, ejection, in-flight.
 async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
-    let rt = state.load();
-    if !authorized(&req, rt.config.admin.token.as_deref()) {
-        return GatewayError::Unauthorized.to_response(&request_id::for_request(req.headers()));
+    if let Some(res) = refuse(&req, &state) {
+        return res;
     }
+    let rt = state.load();
     use crate::upstream::balancer::ServerLoad;
     let now = crate::base::clock::now_ms();
     let list: Vec<serde_json::Value> = rt
@@ -155,13 +156,28 @@ async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespo
     HttpResponse::Ok().json(serde_json::json!({ "upstreams": list }))
 }
 
-/// The 401 for a request without the admin token; `None` when it carries it.
+/// The 401 for a request without the admin token, or the 429 for a client whose wrong
+/// tokens used up its failure budget (`rate_limiting.auth_failures`, shared with the routes:
+/// checked before the token is); `None` when it carries the token.
 fn refuse(req: &HttpRequest, state: &SharedState) -> Option<HttpResponse> {
     let rt = state.load();
+    let ip = req.peer_addr().map(|peer| {
+        crate::base::net::client_ip(peer.ip(), req.headers(), |ip| {
+            rt.config.server.is_trusted(ip)
+        })
+    });
+    let failures = &rt.edge.auth_failures;
+    let rid = || request_id::for_request(req.headers());
+    if let Some(retry_after) = ip.and_then(|ip| failures.blocked(ip)) {
+        return Some(GatewayError::RateLimited { retry_after }.to_response(&rid()));
+    }
     match authorized(req, rt.config.admin.token.as_deref()) {
         true => None,
         false => {
-            Some(GatewayError::Unauthorized.to_response(&request_id::for_request(req.headers())))
+            if let Some(ip) = ip {
+                failures.record(ip);
+            }
+            Some(GatewayError::Unauthorized.to_response(&rid()))
         }
     }
 }
@@ -575,8 +591,11 @@ async fn guarded_fallback(req: HttpRequest, state: web::Data<SharedState>) -> Ht
     let allow = ALLOWED_METHODS.iter().find(|(p, _)| *p == path);
     let open = matches!(path, "/_kairos/health" | "/_kairos/ready")
         || (path == "/_kairos/metrics" && rt.config.admin.public_metrics);
-    if !open && !authorized(&req, rt.config.admin.token.as_deref()) {
-        return GatewayError::Unauthorized.to_response(&rid);
+    if !open {
+        // The token check, throttled per client like every admin token check.
+        if let Some(res) = refuse(&req, &state) {
+            return res;
+        }
     }
     match allow {
         Some((_, methods)) => GatewayError::MethodNotAllowed {

@@ -12,6 +12,21 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The address a per-client limit counts: the canonical address for IPv4, its first
+/// `v6_prefix` bits for IPv6 (the rest zeroed). A single IPv6 client usually holds a whole
+/// /64 (SLAAC, privacy addresses), so counting full addresses lets it rotate past any limit.
+pub fn client_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) if v6_prefix < 128 => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6_prefix))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        other => other,
+    }
+}
+
 /// The client's address as the gateway believes it: the peer, or, when the peer is a trusted
 /// proxy, the rightmost X-Forwarded-For address that is not itself a trusted proxy.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, is_trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
@@ -73,4 +88,30 @@ pub fn host_name(host: &str) -> &str {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
     name.strip_suffix('.').unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_key;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:a:b:c:d"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:a:b:c:d"), 48),
+            ip("2001:db8:1::")
+        );
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:a:b:c:d"), 128),
+            ip("2001:db8:1:2:a:b:c:d")
+        );
+        assert_eq!(client_key(ip("ffff::1"), 1), ip("8000::"));
+        assert_eq!(client_key(ip("::ffff:192.0.2.7"), 64), ip("192.0.2.7"));
+        assert_eq!(client_key(ip("192.0.2.7"), 1), ip("192.0.2.7"));
+    }
 }

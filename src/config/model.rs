@@ -25,6 +25,8 @@ pub struct Config {
     pub cors: Option<crate::config::cors::CorsConfig>,
     /// Present when any limit is configured (top-level, a route's or an API key's own).
     pub rate_limiting: Option<RateLimitConfig>,
+    /// The throttle on failed authentications, always on.
+    pub auth_failures: AuthFailureLimit,
     /// The route table compiled while validating (validation needs it to find routes that
     /// cannot be told apart); the runtime uses it as is, so a reload compiles it once.
     pub compiled_routes: Option<std::sync::Arc<crate::config::router::Router>>,
@@ -407,10 +409,33 @@ pub struct RateLimitConfig {
     pub headers: bool,
     pub ietf_headers: bool,
     pub limits: ScopeLimits,
+    /// Bits of an IPv6 client address that make one client (1-128).
+    pub ipv6_prefix: u8,
+}
+
+/// Failed authentications allowed per client address (keyed like `per_ip`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AuthFailureLimit {
+    pub rate: RateConfig,
+    pub ipv6_prefix: u8,
+}
+
+impl Default for AuthFailureLimit {
+    /// 20 at once, then 10 a minute.
+    fn default() -> Self {
+        AuthFailureLimit {
+            rate: RateConfig {
+                rps: 10.0 / 60.0,
+                burst: 20,
+            },
+            ipv6_prefix: RateLimitConfig::DEFAULT_IPV6_PREFIX,
+        }
+    }
 }
 
 impl RateLimitConfig {
     pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+    pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 }
 
 impl Default for RateLimitConfig {
@@ -422,6 +447,7 @@ impl Default for RateLimitConfig {
             headers: true,
             ietf_headers: false,
             limits: ScopeLimits::default(),
+            ipv6_prefix: Self::DEFAULT_IPV6_PREFIX,
         }
     }
 }

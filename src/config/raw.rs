@@ -428,6 +428,16 @@ pub struct RawRateLimiting {
     pub per_api_key: Option<RawRate>,
     /// Per JWT subject (`sub`).
     pub per_user: Option<RawRate>,
+    /// How much of an IPv6 client address counts as one client, in bits (default 64: one
+    /// network, as a single host usually holds a whole /64; 1-128). IPv4 addresses count
+    /// whole.
+    #[schemars(range(min = 1, max = 128))]
+    pub ipv6_prefix: Option<u32>,
+    /// Failed authentications (401s of routes and of the admin API) allowed per client
+    /// address; past it the client gets 429 before any credential is checked (default
+    /// `{"rps": 0.1667, "burst": 20}`: 20 at once, then 10 a minute). Applies also when no
+    /// other limit is configured.
+    pub auth_failures: Option<RawRate>,
 }
 
 /// A route's own limits: budgets of this route alone, replacing the top-level limit of the

@@ -3,9 +3,15 @@
 //!
 //! 1. CORS preflight ([`cors`]): a browser's preflight carries no credentials, so it is
 //!    answered here, before authentication, and never forwarded.
-//! 2. Authentication and the route's permissions ([`auth`]): JWT or API key.
-//! 3. Rate limiting ([`ratelimit`]), once the caller is known: every limit that applies must
-//!    admit the request.
+//! 2. The identity-free rate limits ([`ratelimit`]: global, per IP), before any credential
+//!    is looked at, so requests that fail authentication are counted too.
+//! 3. The throttle on failed authentications ([`ratelimit::failures`]): a client whose
+//!    authentications kept failing gets 429 before its credentials are checked.
+//! 4. Authentication and the route's permissions ([`auth`]): JWT or API key; a 401 counts
+//!    against the client's failure budget.
+//! 5. The identity-bound rate limits (a key's own, per API key, per user), once the caller is
+//!    known. Every limit that applies must admit the request; one refused at this step has
+//!    used its identity-free tokens (it did reach the gateway).
 //!
 //! On the way back, [`Edge::respond`] adds what the chain owes every response of the route,
 //! errors included: the rate-limit headers and the CORS headers.
@@ -26,6 +32,8 @@ pub struct Edge {
     pub auth: auth::Auth,
     /// Present when anything is rate limited.
     pub ratelimit: Option<ratelimit::RateLimiter>,
+    /// Failed authentications per client address (routes and the admin API), always on.
+    pub auth_failures: ratelimit::failures::AuthFailures,
 }
 
 /// What the chain owes the response: where the rate limits stand (a 429 carries them too).
@@ -73,6 +81,10 @@ impl Edge {
                 metrics,
                 previous.and_then(|p| p.ratelimit.as_ref()),
             )?,
+            auth_failures: ratelimit::failures::AuthFailures::build(
+                config.auth_failures,
+                previous.map(|p| &p.auth_failures),
+            ),
         })
     }
 
@@ -82,7 +94,7 @@ impl Edge {
     }
 
     /// Runs the chain: a [`Verdict`], or the error that refuses the request. `client_ip` is
-    /// asked only when a per-IP limit needs it. What the response owes is left in
+    /// asked only on a limited route or one that authenticates. What the response owes is left in
     /// `admission`, also when the request is refused (a 429 carries the rate-limit headers).
     #[inline(always)]
     pub async fn admit(
@@ -99,51 +111,59 @@ impl Edge {
                 .answer_preflight(r.route, r.route_idx, r.req.headers())
                 .map(Verdict::Answer);
         }
-        // 2. Authentication.
-        let identity = match self
-            .auth
-            .authenticate_now(r.route, r.req, metrics, r.request_id)
-        {
-            Some(decided) => decided?,
-            // A token to verify. Boxed: kept inline, that future (a JWKS refetch included)
-            // would grow every request's future, open routes too.
-            None => {
-                Box::pin(
-                    self.auth
-                        .authenticate(r.route, r.req, metrics, r.request_id),
-                )
-                .await?
-            }
-        };
-        // 3. Rate limits.
-        if let Some(rl) = self
+        let rl = self
             .ratelimit
             .as_ref()
-            .filter(|rl| rl.limits_route(r.route_idx))
-        {
-            let applicable = rl.applicable(r.route_idx, client_ip(), identity.as_ref());
-            let decision = match rl.decide(applicable) {
-                ratelimit::Pending::Ready(d) => d,
-                ratelimit::Pending::Remote(f) => f.await,
-            };
-            match decision {
-                ratelimit::Decision::Admitted(report) => admission.ratelimit = Some(report),
-                ratelimit::Decision::Limited(report) => {
-                    let scope = report
-                        .refused_by()
-                        .map_or("global", |i| rl.scope(i).as_str());
+            .filter(|rl| rl.limits_route(r.route_idx));
+        let needs_auth = !r.route.auth.is_open();
+        let ip = match rl.is_some() || needs_auth {
+            true => client_ip(),
+            false => None,
+        };
+        // 2. The identity-free rate limits (global, per IP): requests that will fail
+        //    authentication count too.
+        if let Some(rl) = rl {
+            let applicable = rl.applicable_anonymous(r.route_idx, ip);
+            limit(rl, applicable, r.route, metrics, admission).await?;
+        }
+        let identity = match needs_auth {
+            false => None,
+            true => {
+                // 3. A client whose authentications kept failing is refused before any
+                //    credential is looked at.
+                if let Some(retry_after) = ip.and_then(|ip| self.auth_failures.blocked(ip)) {
                     metrics
                         .ratelimited
-                        .with_label_values(&[r.route.name.as_str(), scope])
+                        .with_label_values(&[r.route.name.as_str(), "auth_failures"])
                         .inc();
-                    let retry_after = report.retry_after_s();
-                    admission.ratelimit = Some(report);
                     return Err(GatewayError::RateLimited { retry_after });
                 }
-                ratelimit::Decision::Unavailable => {
-                    return Err(GatewayError::RateLimiterUnavailable)
+                // 4. Authentication and permissions; a 401 counts against the client.
+                let result = match self
+                    .auth
+                    .authenticate_now(r.route, r.req, metrics, r.request_id)
+                {
+                    Some(decided) => decided,
+                    // A token to verify. Boxed: kept inline, that future (a JWKS refetch
+                    // included) would grow every request's future, open routes too.
+                    None => {
+                        Box::pin(
+                            self.auth
+                                .authenticate(r.route, r.req, metrics, r.request_id),
+                        )
+                        .await
+                    }
+                };
+                if let (Err(GatewayError::AuthRequired { .. }), Some(ip)) = (&result, ip) {
+                    self.auth_failures.record(ip);
                 }
+                result?
             }
+        };
+        // 5. The identity-bound rate limits (a key's own, per key, per user).
+        if let (Some(rl), Some(id)) = (rl, identity.as_ref()) {
+            let applicable = rl.applicable_identified(r.route_idx, Some(id));
+            limit(rl, applicable, r.route, metrics, admission).await?;
         }
         Ok(Verdict::Pass(identity))
     }
@@ -161,6 +181,45 @@ impl Edge {
             rl.apply_headers(report, res.headers_mut());
         }
         self.cors.respond(route, req, res);
+    }
+}
+
+/// One rate-limit decision of the chain: its report joins the response's, a refusal is the 429
+/// (or the 503 while Redis is down and `on_backend_error` is deny).
+#[inline(always)]
+async fn limit(
+    rl: &ratelimit::RateLimiter,
+    applicable: ratelimit::Applicable,
+    route: &RouteConfig,
+    metrics: &Metrics,
+    admission: &mut Admission,
+) -> Result<(), GatewayError> {
+    let decision = match rl.decide(applicable) {
+        ratelimit::Pending::Ready(d) => d,
+        ratelimit::Pending::Remote(f) => f.await,
+    };
+    let (report, refused) = match decision {
+        ratelimit::Decision::Admitted(report) => (report, false),
+        ratelimit::Decision::Limited(report) => (report, true),
+        ratelimit::Decision::Unavailable => return Err(GatewayError::RateLimiterUnavailable),
+    };
+    let retry_after = report.retry_after_s();
+    if refused {
+        let scope = report
+            .refused_by()
+            .map_or("global", |i| rl.scope(i).as_str());
+        metrics
+            .ratelimited
+            .with_label_values(&[route.name.as_str(), scope])
+            .inc();
+    }
+    match &mut admission.ratelimit {
+        Some(earlier) => earlier.merge(&report),
+        None => admission.ratelimit = Some(report),
+    }
+    match refused {
+        true => Err(GatewayError::RateLimited { retry_after }),
+        false => Ok(()),
     }
 }
 

@@ -140,7 +140,8 @@ pub struct BodyWatch {
     pub progress: Progress,
 }
 
-/// The request-body phase: checks the declared length and prepares the body. Small bodies of
+/// The request-body phase: prepares the body (the request filter refused a declared length
+/// over the maximum; the bytes are counted here as they arrive). Small bodies of
 /// known length are read whole (they can be replayed on a retry), larger or chunked ones are
 /// streamed; the wait for a body's first bytes is bounded by the route's timeout.
 #[inline(always)]
@@ -151,18 +152,8 @@ pub async fn read(
 ) -> Result<(ProxyBody, BodyWatch), GatewayError> {
     let req = ctx.req;
     let max = ctx.rt.config.server.max_body_size;
-    let declared_len = match req.headers().get(ax::CONTENT_LENGTH) {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or(GatewayError::BadRequest("invalid Content-Length"))?,
-        ),
-        None => None,
-    };
-    if declared_len.is_some_and(|n| n > max) {
-        return Err(GatewayError::PayloadTooLarge);
-    }
+    // Checked against `max_body_size` by the request filter already.
+    let declared_len = super::request::declared_length(req)?;
     let too_large = TooLargeFlag::default();
     let progress = Progress::default();
     ctx.request_bytes = declared_len.unwrap_or(0);

@@ -4,10 +4,10 @@
 //!
 //! | phase              | where                                   | what                                  |
 //! |--------------------|-----------------------------------------|---------------------------------------|
-//! | request filter     | [`request::filter`]                     | URI and header limits, path normalised |
+//! | request filter     | [`request::filter`]                     | URI, header and declared body limits, path normalised |
 //! | route              | [`route::route`]                        | host, path and method matched         |
-//! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, authentication, rate limit |
-//! | request body       | [`body::read`]                          | length checked, read whole or streamed |
+//! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication |
+//! | request body       | [`body::read`]                          | read whole or streamed, bytes counted |
 //! | upstream request   | [`upstream_request::build`]             | rewrite, headers, the edge's edits    |
 //! | forward            | [`forward::forward`]                    | balancer, breaker, retries, timeout   |
 //! | response           | [`response::upstream`] / [`response::error`] | the client's response            |

@@ -27,11 +27,30 @@ pub fn filter(ctx: &Ctx<'_>) -> Result<Option<String>, GatewayError> {
     if header_bytes as u64 > limits.max_header_size {
         return Err(GatewayError::HeadersTooLarge);
     }
+    // A body declared too large is refused before the edge chain: it must use up no rate
+    // limit and cost no credential check. The body phase checks the bytes as they arrive.
+    if declared_length(req)?.is_some_and(|n| n > limits.max_body_size) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
     let normalized = normalize_path(req.path()).map_err(GatewayError::BadRequest)?;
     if has_dot_segment(normalized.as_deref().unwrap_or(req.path())) {
         return Err(GatewayError::BadRequest("path contains dot segments"));
     }
     Ok(normalized)
+}
+
+/// The request's `Content-Length`, if it has one (400 when it is not a number).
+#[inline(always)]
+pub fn declared_length(req: &HttpRequest) -> Result<Option<u64>, GatewayError> {
+    match req.headers().get(ax::CONTENT_LENGTH) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or(GatewayError::BadRequest("invalid Content-Length")),
+        None => Ok(None),
+    }
 }
 
 /// The Host the client asked for: the Host header, or the authority of an HTTP/2 request.

@@ -106,6 +106,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         .tracing
         .as_ref()
         .and_then(|t| observability::tracing_config(&mut v, t));
+    let auth_failures =
+        rate_limiting::auth_failures(&mut v, raw.rate_limiting.as_ref(), top_limits.as_ref());
     let rate_limiting = rate_limiting::effective(top_limits, api_keys.as_ref(), &routes);
     let compiled = routes::compile(&mut v, &routes);
 
@@ -122,6 +124,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             api_keys,
             cors,
             rate_limiting,
+            auth_failures,
             warnings: v.warnings,
             written: Default::default(),
         })

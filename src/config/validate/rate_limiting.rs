@@ -5,8 +5,8 @@
 use super::V;
 use crate::config::error::{did_you_mean, ConfigError};
 use crate::config::model::{
-    ApiKeysConfig, AuthMode, OnBackendError, RateBackend, RateConfig, RateLimitConfig, RouteConfig,
-    RouteRateLimit, ScopeLimits, Secret,
+    ApiKeysConfig, AuthFailureLimit, AuthMode, OnBackendError, RateBackend, RateConfig,
+    RateLimitConfig, RouteConfig, RouteRateLimit, ScopeLimits, Secret,
 };
 use crate::config::raw::{RawRate, RawRateLimiting, RawRouteRateLimit};
 use std::time::Duration;
@@ -97,7 +97,20 @@ pub(super) fn rate_limiting_config(v: &mut V, r: &RawRateLimiting) -> RateLimitC
         Some(n) => n,
         None => RateLimitConfig::DEFAULT_MAX_KEYS,
     };
+    let ipv6_prefix = match r.ipv6_prefix {
+        None => RateLimitConfig::DEFAULT_IPV6_PREFIX,
+        Some(n @ 1..=128) => n as u8,
+        Some(n) => {
+            v.err_hint(
+                "rate_limiting.ipv6_prefix",
+                format!("ipv6_prefix must be from 1 to 128, found {n}"),
+                "64 counts one IPv6 network (a host usually holds a whole /64) as one client",
+            );
+            RateLimitConfig::DEFAULT_IPV6_PREFIX
+        }
+    };
     RateLimitConfig {
+        ipv6_prefix,
         backend,
         on_backend_error,
         max_keys,
@@ -208,6 +221,22 @@ pub(super) fn route_rate_limit(
     RouteRateLimit {
         limits,
         inherit: r.inherit.unwrap_or(true),
+    }
+}
+
+/// The throttle on failed authentications: `rate_limiting.auth_failures`, or the default.
+pub(super) fn auth_failures(
+    v: &mut V,
+    raw: Option<&RawRateLimiting>,
+    top: Option<&RateLimitConfig>,
+) -> AuthFailureLimit {
+    let default = AuthFailureLimit::default();
+    AuthFailureLimit {
+        rate: raw
+            .and_then(|r| r.auth_failures.as_ref())
+            .and_then(|r| rate(v, "rate_limiting.auth_failures", r))
+            .unwrap_or(default.rate),
+        ipv6_prefix: top.map_or(default.ipv6_prefix, |t| t.ipv6_prefix),
     }
 }
 

@@ -69,11 +69,20 @@ impl KeyStore {
     }
 }
 
-/// The value of query parameter `name`, percent-decoded.
+/// The value of query parameter `name`, decoded as `application/x-www-form-urlencoded`
+/// (`+` is a space, `%XX` a byte, anything else literal). The name is compared as sent, so
+/// that [`strip_query_param`] removes exactly the parameter that was read.
 pub fn query_value<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
     query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
+        let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if k != name {
+            return None;
+        }
+        Some(
+            form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .map_or(std::borrow::Cow::Borrowed(""), |(_, v)| v),
+        )
     })
 }
 
@@ -90,36 +99,6 @@ pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
         })
         .collect();
     found.then(|| kept.join("&"))
-}
-
-fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(x) => {
-                        out.push(x);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -150,6 +129,10 @@ mod tests {
             Some("")
         );
         assert_eq!(strip_query_param("a=1", "api_key"), None);
-        assert_eq!(percent_decode("a%zz%4"), "a%zz%4");
+        assert_eq!(query_value("k=a%zz%4", "k").as_deref(), Some("a%zz%4"));
+        // `%+1` is no escape (u8::from_str_radix would take "+1" for 1).
+        assert_eq!(query_value("k=a%+1", "k").as_deref(), Some("a% 1"));
+        assert_eq!(query_value("k=a%2B%2b+b", "k").as_deref(), Some("a++ b"));
+        assert_eq!(query_value("k", "k").as_deref(), Some(""));
     }
 }

@@ -264,22 +264,23 @@ fn jwt_identity(verified: Arc<jwt::Verified>) -> Identity {
 /// upstream). Built once per runtime.
 struct AlwaysRemoved {
     names: Vec<http::HeaderName>,
-    /// Forwarded-claim header names: a client's `X_User_Id` is removed too, since CGI-style
-    /// stacks (WSGI, PHP, nginx variables) read it as `X-User-Id`.
+    /// The same names with a `-`: a client's `X_User_Id` or `X_API_Key` is removed too, since
+    /// CGI-style stacks (WSGI, PHP, nginx variables) read it as `X-User-Id` or `X-API-Key`.
     underscored: Vec<http::HeaderName>,
 }
 
 impl AlwaysRemoved {
     fn new(jwt: Option<&jwt::JwtAuth>, keys: Option<&api_key::KeyStore>) -> Self {
-        let claims: Vec<http::HeaderName> = jwt
+        let mut names: Vec<http::HeaderName> = jwt
             .map(|j| j.forward_claims.iter().map(|(_, h)| h.clone()).collect())
             .unwrap_or_default();
-        let mut names = claims.clone();
         names.extend(keys.map(|k| k.config.header_name.clone()));
-        AlwaysRemoved {
-            names,
-            underscored: claims,
-        }
+        let underscored = names
+            .iter()
+            .filter(|n| n.as_str().contains('-'))
+            .cloned()
+            .collect();
+        AlwaysRemoved { names, underscored }
     }
 }
 

@@ -7,6 +7,7 @@
 //! own `rate_limit` replaces the top-level `per_api_key`; a route's `per_api_key` is a further
 //! budget per key on that route.
 
+pub mod failures;
 pub mod gcra;
 pub mod memory;
 pub mod redis;
@@ -133,6 +134,13 @@ impl Report {
         }
     }
 
+    /// Adds the statuses of a later decision on the same request.
+    pub fn merge(&mut self, later: &Report) {
+        for s in later.statuses() {
+            self.push(*s);
+        }
+    }
+
     pub fn statuses(&self) -> &[LimitStatus] {
         &self.items[..self.n as usize]
     }
@@ -194,6 +202,8 @@ pub struct RateLimiter {
     redis_id: Option<(Vec<u8>, std::time::Duration, String)>,
     on_error: OnBackendError,
     max_keys: u64,
+    /// Bits of an IPv6 address that key a per-IP limit.
+    ipv6_prefix: u8,
     pub headers: bool,
     pub ietf_headers: bool,
     metrics: LimiterMetrics,
@@ -298,6 +308,7 @@ impl RateLimiter {
             redis_id,
             on_error: rl.on_backend_error,
             max_keys: rl.max_keys,
+            ipv6_prefix: rl.ipv6_prefix,
             headers: rl.headers,
             ietf_headers: rl.ietf_headers,
             metrics: LimiterMetrics {
@@ -320,13 +331,31 @@ impl RateLimiter {
         self.limits[idx as usize].id.scope
     }
 
-    /// The limits a request on `route` from `ip` by `identity` meets.
-    pub fn applicable(
-        &self,
-        route: usize,
-        ip: Option<IpAddr>,
-        identity: Option<&Identity>,
-    ) -> Applicable {
+    /// The identity-free limits (per IP, global) a request on `route` from `ip` meets:
+    /// decided before authentication, so that requests failing it are counted too.
+    pub fn applicable_anonymous(&self, route: usize, ip: Option<IpAddr>) -> Applicable {
+        let mut items: [Option<(u32, Option<Key>)>; MAX_APPLICABLE] = Default::default();
+        let mut n = 0;
+        let mut add = |item: (u32, Option<Key>)| {
+            items[n] = Some(item);
+            n += 1;
+        };
+        let Some(plan) = self.routes.get(route) else {
+            return Applicable { items };
+        };
+        if let (Some(i), Some(ip)) = (plan.ip, ip) {
+            let key = crate::base::net::client_key(ip, self.ipv6_prefix);
+            add((i, Some(Key::Ip(key))));
+        }
+        if let Some(i) = plan.global {
+            add((i, None));
+        }
+        Applicable { items }
+    }
+
+    /// The identity-bound limits (a key's own, per key, per user) a request on `route` by
+    /// `identity` meets: decided once authentication has said who the caller is.
+    pub fn applicable_identified(&self, route: usize, identity: Option<&Identity>) -> Applicable {
         let mut items: [Option<(u32, Option<Key>)>; MAX_APPLICABLE] = Default::default();
         let mut n = 0;
         let mut add = |item: (u32, Option<Key>)| {
@@ -354,12 +383,6 @@ impl RateLimiter {
                 add((i, Some(Key::Name(id.name.as_str().into()))));
             }
         }
-        if let (Some(i), Some(ip)) = (plan.ip, ip) {
-            add((i, Some(Key::Ip(crate::base::net::canonical_ip(ip)))));
-        }
-        if let Some(i) = plan.global {
-            add((i, None));
-        }
         Applicable { items }
     }
 
@@ -384,7 +407,10 @@ impl RateLimiter {
                             None => {}
                             Some(Key::Ip(ip)) => {
                                 use std::fmt::Write;
-                                let _ = write!(k, "{ip}");
+                                let _ = match ip {
+                                    IpAddr::V4(_) => write!(k, "{ip}"),
+                                    IpAddr::V6(_) => write!(k, "{ip}/{}", self.ipv6_prefix),
+                                };
                             }
                             Some(Key::Name(name)) => k.push_str(name),
                         }
@@ -608,7 +634,7 @@ impl Builder<'_> {
         let keyed = own_key.is_none() && scope != Scope::Global;
         let store = self
             .previous
-            .filter(|p| p.max_keys == self.rl.max_keys)
+            .filter(|p| p.max_keys == self.rl.max_keys && p.ipv6_prefix == self.rl.ipv6_prefix)
             .and_then(|p| p.limits.iter().find(|l| l.id == id))
             .map(|l| l.store.clone())
             .unwrap_or_else(|| {
