@@ -21,6 +21,7 @@
 //! it is full the span is dropped, and when the collector fails the batch is dropped; both
 //! are counted in `kairos_tracing_spans_dropped_total`.
 
+use crate::base::redact::{redact_path_and_query, redact_query, url_for_log};
 use crate::config::model::TracingConfig;
 use crate::observability::metrics::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -83,30 +84,8 @@ pub struct Tracing {
     /// A new trace is recorded when the low 63 bits of its id's last 8 bytes are below this.
     sample_below: u64,
     export_timeout: Duration,
-    /// A query parameter whose value is never exported (the API-key parameter).
-    redact_param: Option<String>,
     /// Signalled by the export thread when it has exported everything and stopped.
     stopped: Mutex<mpsc::Receiver<()>>,
-}
-
-impl Tracing {
-    /// Never exports the value of query parameter `name` (an API key travels there).
-    pub fn redact_query_param(mut self, name: Option<&str>) -> Self {
-        self.redact_param = name.map(str::to_string);
-        self
-    }
-}
-
-/// `query` with the value of every `name=` parameter replaced by `REDACTED`.
-pub fn redact_query(query: &str, name: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k == name => format!("{k}=REDACTED"),
-            _ => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 /// Why tracing could not start.
@@ -139,6 +118,7 @@ impl Tracing {
             stop: stop.clone(),
             stopped: stopped_tx,
             endpoint: cfg.endpoint.clone(),
+            endpoint_log: url_for_log(&cfg.endpoint),
             timeout: cfg.export_timeout,
             resource: encode_resource(&cfg.service_name),
             exported: metrics.spans_exported.clone(),
@@ -166,7 +146,6 @@ impl Tracing {
             }),
             sampling_rate: cfg.sampling_rate,
             sample_below: ratio_bound(cfg.sampling_rate),
-            redact_param: None,
             export_timeout: cfg.export_timeout,
             stopped: Mutex::new(stopped_rx),
         })
@@ -226,14 +205,8 @@ impl Tracing {
         };
         put_attr_str(b, "url.scheme", scheme);
         if !req.query_string().is_empty() {
-            match &self.redact_param {
-                Some(name) => put_attr_str(
-                    b,
-                    "url.query",
-                    redact_query(req.query_string(), name).as_bytes(),
-                ),
-                None => put_attr_str(b, "url.query", req.query_string().as_bytes()),
-            }
+            // Names only: a value may be a token or an API key (base::redact).
+            put_attr_str(b, "url.query", redact_query(req.query_string()).as_bytes());
         }
         if let Some(peer) = req.peer_addr() {
             let mut ip = Vec::with_capacity(39);
@@ -349,6 +322,7 @@ impl RequestTrace {
         put_attr_str(b, "http.request.method", method.as_bytes());
         put_attr_str(b, "server.address", server.host.as_bytes());
         put_attr_int(b, "server.port", i64::from(server.port));
+        let path_and_query = redact_path_and_query(path_and_query);
         let authority = server.authority.as_str();
         let scheme: &[u8] = if server.https {
             b"https://"
@@ -591,6 +565,8 @@ struct Exporter {
     stop: Arc<AtomicBool>,
     stopped: SyncSender<()>,
     endpoint: String,
+    /// `endpoint` as the log shows it: no userinfo, no query.
+    endpoint_log: String,
     timeout: Duration,
     /// The encoded `Resource` message (service.name and friends), the same in every request.
     resource: Vec<u8>,
@@ -660,7 +636,8 @@ impl Exporter {
                 .header("content-type", "application/x-protobuf")
                 .body(body)
                 .send()
-                .map_err(|e| e.to_string())
+                // Without the URL: it may carry credentials (logged as `endpoint_log`).
+                .map_err(|e| e.without_url().to_string())
                 .and_then(|res| {
                     if res.status().is_success() {
                         Ok(())
@@ -673,14 +650,14 @@ impl Exporter {
             Ok(()) => {
                 self.exported.inc_by(n);
                 if std::mem::replace(failing, false) {
-                    tracing::info!(endpoint = %self.endpoint, "span export recovered");
+                    tracing::info!(endpoint = %self.endpoint_log, "span export recovered");
                 }
             }
             Err(e) => {
                 self.failed.inc_by(n);
                 // Once per outage, not once per batch.
                 if !std::mem::replace(failing, true) {
-                    tracing::warn!(endpoint = %self.endpoint, error = %e, "span export failed; spans are dropped until the collector answers (see kairos_tracing_spans_dropped_total)");
+                    tracing::warn!(endpoint = %self.endpoint_log, error = %e, "span export failed; spans are dropped until the collector answers (see kairos_tracing_spans_dropped_total)");
                 }
             }
         }

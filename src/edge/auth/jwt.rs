@@ -419,6 +419,8 @@ const REFETCH_WAIT: Duration = Duration::from_secs(3);
 /// One provider's JWKS: keys by `kid`, replaced whole on each successful fetch.
 pub struct Jwks {
     url: String,
+    /// `url` as logs show it: `scheme://host[:port]/path` (no userinfo, no query).
+    url_log: String,
     refresh: Duration,
     algorithm: Algorithm,
     client: reqwest::Client,
@@ -439,6 +441,7 @@ impl Jwks {
             .build()
             .map_err(JwtError::JwksClient)?;
         Ok(Jwks {
+            url_log: crate::base::redact::url_for_log(&url),
             url,
             refresh,
             algorithm,
@@ -509,13 +512,13 @@ impl Jwks {
             .store(crate::base::clock::now_ms(), Ordering::Relaxed);
         match self.fetch().await {
             Ok(keys) => {
-                tracing::debug!(url = self.url, keys = keys.len(), "JWKS fetched");
+                tracing::debug!(url = self.url_log, keys = keys.len(), "JWKS fetched");
                 self.keys.store(Arc::new(keys));
             }
             // The keys we have stay in use: an identity provider's hiccup must not log
             // everyone out.
             Err(e) => tracing::warn!(
-                url = self.url,
+                url = self.url_log,
                 error = e.to_string().as_str(),
                 "JWKS fetch failed"
             ),
@@ -530,14 +533,18 @@ impl Jwks {
             .get(&self.url)
             .send()
             .await
-            .map_err(JwksFetchError::Request)?;
+            // Without the URL: it may carry credentials (the log shows `url_for_log`).
+            .map_err(|e| JwksFetchError::Request(e.without_url()))?;
         if !res.status().is_success() {
             return Err(JwksFetchError::Status(res.status()));
         }
         if res.content_length().is_some_and(|n| n > MAX_JWKS_BYTES) {
             return Err(JwksFetchError::TooLarge);
         }
-        let body = res.bytes().await.map_err(JwksFetchError::Body)?;
+        let body = res
+            .bytes()
+            .await
+            .map_err(|e| JwksFetchError::Body(e.without_url()))?;
         if body.len() as u64 > MAX_JWKS_BYTES {
             return Err(JwksFetchError::TooLarge);
         }
@@ -562,7 +569,7 @@ impl Jwks {
                 Ok(k) => {
                     keys.insert(jwk.common.key_id.clone().unwrap_or_default(), k);
                 }
-                Err(e) => tracing::warn!(url = self.url, error = %e, "JWKS key skipped"),
+                Err(e) => tracing::warn!(url = self.url_log, error = %e, "JWKS key skipped"),
             }
         }
         Ok(keys)
