@@ -446,6 +446,17 @@ pub struct TracingConfig {
     pub sampling_rate: f64,
     pub service_name: String,
     pub export_timeout: Duration,
+    pub trust_incoming: TraceTrust,
+}
+
+/// Whose incoming `traceparent` is continued (`tracing.trust_incoming`); anyone else's request
+/// starts a new trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceTrust {
+    /// Peers in `server.trusted_proxies` (the default).
+    TrustedProxies,
+    All,
+    None,
 }
 
 /// A server's circuit breaker (`upstreams.*.circuit_breaker`).

@@ -3,7 +3,11 @@
 //! in batches from one background thread.
 //!
 //! The sampling decision is made before anything is recorded: a request with a W3C
-//! `traceparent` follows its caller's sampled flag (parent-based); a new trace is recorded
+//! `traceparent` from a caller `tracing.trust_incoming` trusts (by default a peer in
+//! `server.trusted_proxies`) follows its caller's sampled flag (parent-based); anyone else's
+//! context is not continued (else any client could force 100% sampling and choose trace ids):
+//! the request starts a new trace, and a recorded span keeps the caller's context as an OTLP
+//! span link (and its `tracestate` is not sent upstream). A new trace is recorded
 //! with probability `tracing.sampling_rate`, decided from its (random) trace id the way the
 //! OpenTelemetry SDKs' TraceIdRatioBased sampler does. Recorded or not, the trace id goes upstream in
 //! `traceparent` (with our span id as the parent id and the decision in its flags, so services
@@ -22,7 +26,7 @@
 //! are counted in `kairos_tracing_spans_dropped_total`.
 
 use crate::base::redact::{redact_path_and_query, redact_query, url_for_log};
-use crate::config::model::TracingConfig;
+use crate::config::model::{TraceTrust, TracingConfig};
 use crate::observability::metrics::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -39,6 +43,8 @@ pub const TRACE_ID_HEADER: actix_web::http::header::HeaderName =
     actix_web::http::header::HeaderName::from_static("x-trace-id");
 /// W3C trace context, sent upstream.
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// W3C trace context's vendor part; dropped when the caller's trace is not continued.
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 /// The same name for looking it up in the client's request (a `&str` key would be parsed,
 /// and allocated, on every lookup).
 const TRACEPARENT_IN: actix_web::http::header::HeaderName =
@@ -81,6 +87,7 @@ impl Sink {
 pub struct Tracing {
     sink: Arc<Sink>,
     sampling_rate: f64,
+    trust: TraceTrust,
     /// A new trace is recorded when the low 63 bits of its id's last 8 bytes are below this.
     sample_below: u64,
     export_timeout: Duration,
@@ -145,6 +152,7 @@ impl Tracing {
                 queue_full: metrics.spans_dropped.with_label_values(&["queue_full"]),
             }),
             sampling_rate: cfg.sampling_rate,
+            trust: cfg.trust_incoming,
             sample_below: ratio_bound(cfg.sampling_rate),
             export_timeout: cfg.export_timeout,
             stopped: Mutex::new(stopped_rx),
@@ -152,15 +160,22 @@ impl Tracing {
     }
 
     /// Decides whether to record this request and, if so, starts its server span.
+    /// `trusted_proxy` says whether a peer address is in `server.trusted_proxies`.
     pub fn start(
         &self,
         req: &actix_web::HttpRequest,
         request_id: &actix_web::http::header::HeaderValue,
+        trusted_proxy: impl FnOnce(std::net::IpAddr) -> bool,
     ) -> RequestTrace {
-        let parent = req
+        let incoming = req
             .headers()
             .get(&TRACEPARENT_IN)
             .and_then(|v| parse_traceparent(v.as_bytes()));
+        // An untrusted caller's context becomes a link of a new trace, never its parent.
+        let (parent, link) = match incoming {
+            Some(p) if self.trusts(req, trusted_proxy) => (Some(p), None),
+            other => (None, other),
+        };
         let trace_id = parent.as_ref().map_or_else(random_trace_id, |p| p.trace_id);
         let sampled = match &parent {
             Some(p) => p.sampled,
@@ -174,6 +189,7 @@ impl Tracing {
                 trace_id,
                 span_id,
                 trace_hex,
+                continued: parent.is_some(),
                 server: None,
                 client: None,
                 sink: None,
@@ -196,6 +212,12 @@ impl Tracing {
                 .unwrap_or("HTTP"),
         );
         let b = &mut server.body;
+        if let Some(l) = &link {
+            // Span.links (13): Link { bytes trace_id = 1; bytes span_id = 2; }
+            put_len_prefix(b, SPAN_LINK, field_len(16) + field_len(8));
+            put_bytes(b, 1, &l.trace_id);
+            put_bytes(b, 2, &l.span_id);
+        }
         put_attr_str(b, "http.request.method", method.as_bytes());
         put_attr_str(b, "url.path", req.path().as_bytes());
         let scheme: &[u8] = if req.app_config().secure() {
@@ -223,9 +245,23 @@ impl Tracing {
             trace_id,
             span_id,
             trace_hex,
+            continued: parent.is_some(),
             server: Some(Box::new(server)),
             client: None,
             sink: Some(self.sink.clone()),
+        }
+    }
+
+    /// Whether this request's incoming trace context may be continued.
+    fn trusts(
+        &self,
+        req: &actix_web::HttpRequest,
+        trusted_proxy: impl FnOnce(std::net::IpAddr) -> bool,
+    ) -> bool {
+        match self.trust {
+            TraceTrust::All => true,
+            TraceTrust::None => false,
+            TraceTrust::TrustedProxies => req.peer_addr().is_some_and(|a| trusted_proxy(a.ip())),
         }
     }
 
@@ -250,6 +286,8 @@ pub struct RequestTrace {
     pub span_id: [u8; 8],
     /// `trace_id` in lower-case hex, for X-Trace-Id, `traceparent` and logs.
     trace_hex: [u8; 32],
+    /// The trace is the caller's (a trusted `traceparent`), so its `tracestate` goes along.
+    continued: bool,
     server: Option<Box<SpanRecord>>,
     client: Option<Box<SpanRecord>>,
     sink: Option<Arc<Sink>>,
@@ -258,6 +296,12 @@ pub struct RequestTrace {
 impl RequestTrace {
     pub fn is_recording(&self) -> bool {
         self.server.is_some()
+    }
+
+    /// Whether the request continues its caller's trace; if not, the caller's `tracestate`
+    /// belongs to another trace and must not go upstream.
+    pub fn continues_caller(&self) -> bool {
+        self.continued
     }
 
     /// The X-Trace-Id value for the client.
@@ -697,6 +741,8 @@ fn field_len(len: usize) -> usize {
 /// `Span.name` (field 5) and `Span.attributes` (field 9), length-delimited: their tags.
 const SPAN_NAME: u32 = 5;
 const SPAN_ATTRIBUTE: u32 = 9;
+/// `Span.links` (field 13).
+const SPAN_LINK: u32 = 13;
 
 /// Tag and length of a length-delimited field whose `len` bytes the caller writes next.
 fn put_len_prefix(buf: &mut Vec<u8>, field: u32, len: usize) {

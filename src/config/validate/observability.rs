@@ -4,7 +4,7 @@
 
 use super::V;
 use crate::config::error::{did_you_mean, ConfigError};
-use crate::config::model::{AdminConfig, LogFormat, LoggingConfig, TracingConfig};
+use crate::config::model::{AdminConfig, LogFormat, LoggingConfig, TraceTrust, TracingConfig};
 use crate::config::raw::{RawAdmin, RawLogging, RawTracing};
 use std::time::Duration;
 
@@ -96,6 +96,22 @@ pub(super) fn tracing_config(v: &mut V, t: &RawTracing) -> Option<TracingConfig>
         &t.export_timeout,
         Duration::from_secs(10),
     );
+    let trust_incoming = match t.trust_incoming.as_deref() {
+        None | Some("trusted_proxies") => TraceTrust::TrustedProxies,
+        Some("all") => TraceTrust::All,
+        Some("none") => TraceTrust::None,
+        Some(other) => {
+            const TRUST: [&str; 3] = ["trusted_proxies", "all", "none"];
+            let hint = did_you_mean(other, TRUST)
+                .unwrap_or_else(|| "use \"trusted_proxies\", \"all\" or \"none\"".into());
+            v.err_hint(
+                "tracing.trust_incoming",
+                format!("unknown trust_incoming `{other}`"),
+                hint,
+            );
+            TraceTrust::TrustedProxies
+        }
+    };
     if !t.enabled.unwrap_or(true) {
         return None;
     }
@@ -104,6 +120,7 @@ pub(super) fn tracing_config(v: &mut V, t: &RawTracing) -> Option<TracingConfig>
         sampling_rate,
         service_name,
         export_timeout,
+        trust_incoming,
     })
 }
 
