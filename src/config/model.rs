@@ -436,6 +436,8 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     pub level: String,
     pub access_log: bool,
+    /// Log to this file instead of stderr (reopened on SIGUSR1).
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

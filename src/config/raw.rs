@@ -456,4 +456,7 @@ pub struct RawLogging {
     pub level: Option<String>,
     /// One line per request at info level (default true).
     pub access_log: Option<bool>,
+    /// Write logs to this file (appended; relative to the config file's folder) instead of
+    /// stderr. SIGUSR1 reopens it at this path (after logrotate moved it).
+    pub file: Option<String>,
 }

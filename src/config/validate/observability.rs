@@ -6,6 +6,7 @@ use super::V;
 use crate::config::error::{did_you_mean, ConfigError};
 use crate::config::model::{AdminConfig, LogFormat, LoggingConfig, TraceTrust, TracingConfig};
 use crate::config::raw::{RawAdmin, RawLogging, RawTracing};
+use std::path::Path;
 use std::time::Duration;
 
 /// The OTLP/HTTP port of Jaeger, Tempo and the OpenTelemetry Collector.
@@ -46,7 +47,7 @@ pub(super) fn admin_config(v: &mut V, admin: Option<&RawAdmin>) -> AdminConfig {
     }
 }
 
-pub(super) fn logging_config(v: &mut V, l: &RawLogging) -> LoggingConfig {
+pub(super) fn logging_config(v: &mut V, l: &RawLogging, base_dir: &Path) -> LoggingConfig {
     let format = match l.format.as_deref() {
         None | Some("json") => LogFormat::Json,
         Some("pretty") => LogFormat::Pretty,
@@ -70,10 +71,33 @@ pub(super) fn logging_config(v: &mut V, l: &RawLogging) -> LoggingConfig {
             hint,
         );
     }
+    let file = l.file.as_deref().and_then(|f| {
+        if f.trim().is_empty() {
+            v.err_hint(
+                "logging.file",
+                "the log file path is empty",
+                "remove `file` to log to stderr",
+            );
+            return None;
+        }
+        let path = super::resolve_path(base_dir, f);
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                v.err_hint(
+                    "logging.file",
+                    format!("the folder {} does not exist", dir.display()),
+                    "create it, or point `file` into an existing folder",
+                );
+                None
+            }
+            _ => Some(path),
+        }
+    });
     LoggingConfig {
         format,
         level,
         access_log: l.access_log.unwrap_or(true),
+        file,
     }
 }
 
