@@ -333,3 +333,43 @@ async fn the_log_file_is_reopened_on_sigusr1() {
         gw.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_malformed_header_is_not_a_gateway_error() {
+    let up = Upstream::start_ok();
+    let gw = GatewayProcess::start(&cfg_with_metrics(
+        &up,
+        r#"{"access_log":true,"level":"info"}"#,
+    ));
+    let addr = gw.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            addr,
+            b"GET /a HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let text = client()
+        .get(gw.url("/_kairos/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&text, "kairos_http_protocol_errors_total", &[("status", "400")]),
+        Some(1.0)
+    );
+    // Let any line about it arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    let errors: Vec<String> = gw
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("\"ERROR\"") || l.contains(" ERROR "))
+        .collect();
+    assert!(errors.is_empty(), "a client's fault logged as an error: {errors:?}");
+}
