@@ -361,7 +361,11 @@ async fn a_clients_malformed_header_is_not_a_gateway_error() {
         .await
         .unwrap();
     assert_eq!(
-        metric(&text, "kairos_http_protocol_errors_total", &[("status", "400")]),
+        metric(
+            &text,
+            "kairos_http_protocol_errors_total",
+            &[("status", "400")]
+        ),
         Some(1.0)
     );
     // Let any line about it arrive.
@@ -371,5 +375,8 @@ async fn a_clients_malformed_header_is_not_a_gateway_error() {
         .into_iter()
         .filter(|l| l.contains("\"ERROR\"") || l.contains(" ERROR "))
         .collect();
-    assert!(errors.is_empty(), "a client's fault logged as an error: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "a client's fault logged as an error: {errors:?}"
+    );
 }
