@@ -201,7 +201,14 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
         }
     };
     let watch = cfg.admin.watch_config;
-    observability::logging::init(&cfg.logging);
+    // Held to the end of serve(): dropping it writes out the lines still queued.
+    let _log_guard = match observability::logging::init(&cfg.logging) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     for w in &cfg.warnings {
         tracing::warn!("config warning: {w}");
     }
@@ -219,6 +226,18 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
     }
     let flush = shared.clone();
     actix_web::rt::System::new().block_on(async move {
+        // SIGUSR1 reopens logging.file (logrotate); installed before anything is logged as
+        // listening, so a rotation never meets the default action (exit).
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+            Ok(mut usr1) => {
+                actix_web::rt::spawn(async move {
+                    while usr1.recv().await.is_some() {
+                        observability::logging::reopen();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot install the SIGUSR1 handler; the log file is not reopened"),
+        }
         if demo_mode {
             let echo = demo::start(demo::DEMO_ECHO_ADDR)
                 .with_context(|| format!("demo echo upstream cannot listen on {}", demo::DEMO_ECHO_ADDR))?;

@@ -222,3 +222,161 @@ async fn access_log_has_one_line_per_request_and_can_be_turned_off() {
         &after[before..]
     );
 }
+
+/// A config whose metrics need no token, for tests that read them.
+fn cfg_with_metrics(up: &Upstream, logging: &str) -> String {
+    format!(
+        r#"{{"server":{{"workers":1}},"admin":{{"token":"process-test-token-0123456789","public_metrics":true}},
+            "upstreams":{{"u":{{"servers":[{{"url":"{}"}}]}}}},
+            "routes":[{{"name":"all","path":"/{{*rest}}","upstream":"u"}}],"logging":{logging}}}"#,
+        up.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_reader_that_stalls_never_stalls_requests() {
+    let up = Upstream::start_ok();
+    // stderr is a pipe nobody reads after startup: it fills after ~64 KiB of lines.
+    let gw = GatewayProcess::start_unread_stderr(&cfg_with_metrics(
+        &up,
+        r#"{"access_log":true,"level":"info"}"#,
+    ));
+    let c = client();
+    let mut dropped = 0.0;
+    // Each request logs one access line: the pipe and the writer's queue (8192 lines) fill
+    // within a few rounds; every request must still be answered.
+    for round in 0..40 {
+        let answers: Vec<_> = futures_util::stream::iter(0..500)
+            .map(|i| {
+                let req = c
+                    .get(gw.url(&format!("/r/{round}/{i}")))
+                    .timeout(Duration::from_secs(10));
+                async move { req.send().await }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        for res in answers {
+            let res = res.expect("answered while nobody reads the log");
+            assert_eq!(res.status(), 200);
+        }
+        let text = c
+            .get(gw.url("/_kairos/metrics"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("metrics answered")
+            .text()
+            .await
+            .unwrap();
+        dropped = metric(&text, "kairos_log_dropped_total", &[]).expect("kairos_log_dropped_total");
+        if dropped > 0.0 {
+            break;
+        }
+    }
+    assert!(dropped > 0.0, "no dropped log line counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_file_is_reopened_on_sigusr1() {
+    let up = Upstream::start_ok();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("kairos.log");
+    let logging = format!(
+        r#"{{"access_log":true,"level":"info","file":{}}}"#,
+        serde_json::to_string(log.to_str().unwrap()).unwrap()
+    );
+    let mut gw = GatewayProcess::start_logging_to(&cfg(&up, "", &logging), &log);
+    let c = client();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    c.get(gw.url("/a"))
+        .header("x-request-id", "before-rotation")
+        .send()
+        .await
+        .unwrap();
+    wait_until("the first access line", Duration::from_secs(10), || {
+        read(&log).contains("before-rotation")
+    });
+
+    // logrotate: move the file away, then SIGUSR1.
+    let rotated = logs.path().join("kairos.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    gw.signal("USR1");
+    // The signal is handled asynchronously: a line or two may still reach the old file.
+    let start = Instant::now();
+    for n in 0.. {
+        c.get(gw.url("/b"))
+            .header("x-request-id", format!("after-rotation-{n}"))
+            .send()
+            .await
+            .unwrap();
+        if read(&log).contains("after-rotation") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no line in a new file at {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = read(&log);
+    assert!(!fresh.contains("before-rotation"), "{fresh}");
+    assert!(read(&rotated).contains("before-rotation"));
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "SIGUSR1 ended the gateway"
+    );
+    assert!(
+        gw.logs().iter().all(|l| !l.contains("kairos::access")),
+        "access lines went to stderr too: {:?}",
+        gw.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_malformed_header_is_not_a_gateway_error() {
+    let up = Upstream::start_ok();
+    let gw = GatewayProcess::start(&cfg_with_metrics(
+        &up,
+        r#"{"access_log":true,"level":"info"}"#,
+    ));
+    let addr = gw.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            addr,
+            b"GET /a HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let text = client()
+        .get(gw.url("/_kairos/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "kairos_http_protocol_errors_total",
+            &[("status", "400")]
+        ),
+        Some(1.0)
+    );
+    // Let any line about it arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    let errors: Vec<String> = gw
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("\"ERROR\"") || l.contains(" ERROR "))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "a client's fault logged as an error: {errors:?}"
+    );
+}

@@ -17,9 +17,14 @@ const TOKEN: &str = "tracing-test-token-0123456789";
 const PARENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN: &str = "00f067aa0ba902b7";
 
+/// A gateway whose callers on loopback are trusted proxies (their trace context is continued).
 fn config(up: &str, tracing: &str) -> String {
+    config_in(up, tracing, r#","trusted_proxies":["127.0.0.1/32"]"#)
+}
+
+fn config_in(up: &str, tracing: &str, server_extra: &str) -> String {
     format!(
-        r#"{{"version":1,"server":{{"workers":1}},
+        r#"{{"version":1,"server":{{"workers":1{server_extra}}},
         "admin":{{"token":"{TOKEN}"}},
         "upstreams":{{"users":{{"servers":[{{"url":"{up}"}}]}},
                      "dead":{{"servers":[{{"url":"http://127.0.0.1:9"}}]}}}},
@@ -106,7 +111,7 @@ async fn spans_are_exported_linked_and_propagated() {
 
     // 1. A caller that sampled its trace: we continue it.
     let res = c
-        .get(gw.url("/users/42?x=1"))
+        .get(gw.url("/users/42?x=1&token=s3cret-value&flag"))
         .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
         .header("tracestate", "vendor=abc")
         .header("x-request-id", "req-traced-1")
@@ -210,7 +215,8 @@ async fn spans_are_exported_linked_and_propagated() {
     for (k, v) in [
         ("http.request.method", "GET"),
         ("url.path", "/users/42"),
-        ("url.query", "x=1"),
+        // Names only (base::redact): a query value may be a credential.
+        ("url.query", "x=REDACTED&token=REDACTED&flag"),
         ("url.scheme", "http"),
         ("http.route", "/users/{id}"),
         ("http.response.status_code", "200"),
@@ -231,7 +237,22 @@ async fn spans_are_exported_linked_and_propagated() {
     let a = attrs(cs);
     assert_eq!(a["http.response.status_code"], "200");
     assert_eq!(a["server.address"], "127.0.0.1");
-    assert_eq!(a["url.full"], format!("{}/users/42?x=1", up.url()));
+    assert_eq!(
+        a["url.full"],
+        format!("{}/users/42?x=REDACTED&token=REDACTED&flag", up.url())
+    );
+    // The upstream itself still got the query as sent.
+    assert!(up
+        .requests()
+        .iter()
+        .any(|r| r.target == "/users/42?x=1&token=s3cret-value&flag"));
+    // No query value anywhere in what was exported.
+    for req in col.requests() {
+        assert!(
+            !String::from_utf8_lossy(&req.body).contains("s3cret-value"),
+            "a query value was exported"
+        );
+    }
     assert!(cs.start_time_unix_nano >= routed.start_time_unix_nano);
     assert!(cs.end_time_unix_nano <= routed.end_time_unix_nano);
     let unrouted = server
@@ -305,6 +326,88 @@ async fn sampling_zero_records_nothing_but_still_propagates() {
     }
     assert!(gw.stop());
     assert!(spans(&col).is_empty());
+}
+
+#[tokio::test]
+async fn only_trusted_callers_continue_a_trace_or_force_sampling() {
+    let up = Upstream::start_ok();
+    let forced = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let send = |gw: &GatewayProcess| {
+        let url = gw.url("/users/1");
+        async move {
+            let res = client()
+                .get(url)
+                .header("traceparent", format!("00-{forced}-{PARENT_SPAN}-01"))
+                .header("tracestate", "vendor=abc")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.headers()["x-trace-id"].to_str().unwrap().to_string()
+        }
+    };
+
+    // 1. An untrusted client's sampled traceparent at sampling 0: a new trace, not recorded;
+    // its tracestate (of the other trace) is not sent upstream.
+    let col = collector();
+    let sampling_zero = format!(r#"{{"endpoint":"{}","sampling_rate":0.0}}"#, col.url());
+    let mut gw = GatewayProcess::start(&config_in(&up.url(), &sampling_zero, ""));
+    let own = send(&gw).await;
+    assert_ne!(own, forced, "an untrusted client chose the trace id");
+    let seen = up.last();
+    let (_, t, _, flags) = split_traceparent(seen.header("traceparent").unwrap());
+    assert_eq!((t.as_str(), flags.as_str()), (own.as_str(), "00"));
+    assert_eq!(seen.header("tracestate"), None);
+    assert!(gw.stop());
+    assert!(spans(&col).is_empty(), "an untrusted client forced a span");
+
+    // 2. The same request from a trusted proxy: continued and recorded.
+    let col = collector();
+    let sampling_zero = format!(r#"{{"endpoint":"{}","sampling_rate":0.0}}"#, col.url());
+    let mut gw = GatewayProcess::start(&config(&up.url(), &sampling_zero));
+    assert_eq!(send(&gw).await, forced);
+    assert_eq!(up.last().header("tracestate"), Some("vendor=abc"));
+    assert!(gw.stop());
+    let recorded = spans(&col);
+    let server = recorded
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .expect("the trusted proxy's sampled trace is recorded");
+    assert_eq!(hex(&server.trace_id), forced);
+    assert_eq!(hex(&server.parent_span_id), PARENT_SPAN);
+    assert!(server.links.is_empty());
+
+    // 3. trust_incoming "none" (even from a trusted proxy), sampling 1.0: a new root trace
+    // that keeps the caller's context as a span link.
+    let col = collector();
+    let none = format!(
+        r#"{{"endpoint":"{}","sampling_rate":1.0,"trust_incoming":"none"}}"#,
+        col.url()
+    );
+    let mut gw = GatewayProcess::start(&config(&up.url(), &none));
+    let own = send(&gw).await;
+    assert_ne!(own, forced);
+    assert!(gw.stop());
+    let recorded = spans(&col);
+    let server = recorded
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .expect("sampling 1.0 records the new trace");
+    assert_eq!(hex(&server.trace_id), own);
+    assert!(server.parent_span_id.is_empty(), "a new trace's root");
+    assert_eq!(server.links.len(), 1, "{server:#?}");
+    assert_eq!(hex(&server.links[0].trace_id), forced);
+    assert_eq!(hex(&server.links[0].span_id), PARENT_SPAN);
+
+    // 4. A bad value is a config error with a hint.
+    let bad = config(&up.url(), r#"{"trust_incoming":"trusted-proxies"}"#);
+    let err = kairos_rs::config::load_str(&bad, "t.json", std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tracing.trust_incoming"), "{err}");
+    assert!(err.contains("trusted_proxies"), "{err}");
 }
 
 #[tokio::test]

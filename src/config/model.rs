@@ -477,6 +477,8 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     pub level: String,
     pub access_log: bool,
+    /// Log to this file instead of stderr (reopened on SIGUSR1).
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -487,6 +489,17 @@ pub struct TracingConfig {
     pub sampling_rate: f64,
     pub service_name: String,
     pub export_timeout: Duration,
+    pub trust_incoming: TraceTrust,
+}
+
+/// Whose incoming `traceparent` is continued (`tracing.trust_incoming`); anyone else's request
+/// starts a new trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceTrust {
+    /// Peers in `server.trusted_proxies` (the default).
+    TrustedProxies,
+    All,
+    None,
 }
 
 /// A server's circuit breaker (`upstreams.*.circuit_breaker`).

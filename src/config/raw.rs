@@ -59,8 +59,13 @@ pub struct RawTracing {
     /// appended) or the full traces URL (default "http://127.0.0.1:4318").
     pub endpoint: Option<String>,
     /// Share of new traces recorded, 0.0 to 1.0 (default 0.1). A request that arrives with a
-    /// W3C traceparent follows its caller's sampled flag (parent-based).
+    /// W3C traceparent from a peer `trust_incoming` trusts follows its caller's sampled flag
+    /// (parent-based).
     pub sampling_rate: Option<f64>,
+    /// Whose W3C traceparent (trace id and sampled flag) is continued: "trusted_proxies"
+    /// (default: peers in server.trusted_proxies), "all" or "none". Any other caller's request
+    /// starts a new trace, sampled by sampling_rate, with the caller's context as a span link.
+    pub trust_incoming: Option<String>,
     /// The service.name of exported spans (default "kairos-rs").
     pub service_name: Option<String>,
     /// Deprecated: the endpoint of Jaeger's own collector protocol. Accepted with a warning;
@@ -472,4 +477,7 @@ pub struct RawLogging {
     pub level: Option<String>,
     /// One line per request at info level (default true).
     pub access_log: Option<bool>,
+    /// Write logs to this file (appended; relative to the config file's folder) instead of
+    /// stderr. SIGUSR1 reopens it at this path (after logrotate moved it).
+    pub file: Option<String>,
 }

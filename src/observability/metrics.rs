@@ -89,6 +89,8 @@ pub struct Metrics {
     pub ratelimit_backend_errors: IntCounterVec,
     pub ratelimit_backend_up: IntGaugeVec,
     pub protocol_errors: IntCounterVec,
+    /// Brought up to the log writer's own count at each scrape ([`Metrics::render`]).
+    pub log_dropped: IntCounter,
     servers: Arc<ServerGauges>,
 }
 
@@ -229,9 +231,15 @@ impl Metrics {
                  too large (431).",
                 &["status"],
             ),
+            log_dropped: IntCounter::new(
+                "kairos_log_dropped_total",
+                "Log lines dropped because the log writer's queue was full (a slow or stalled \
+                 reader of stderr, a slow disk).",
+            )
+            .expect("valid metric definition"),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 22] = [
+        let collectors: [Box<dyn Collector>; 23] = [
             Box::new(m.config_last_success.clone()),
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
@@ -253,6 +261,7 @@ impl Metrics {
             Box::new(m.ratelimit_backend_errors.clone()),
             Box::new(m.ratelimit_backend_up.clone()),
             Box::new(m.protocol_errors.clone()),
+            Box::new(m.log_dropped.clone()),
             Box::new(ServerGaugesCollector(m.servers.clone())),
         ];
         for c in collectors {
@@ -302,6 +311,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        let dropped = crate::observability::logging::dropped_lines();
+        let seen = self.log_dropped.get();
+        if dropped > seen {
+            self.log_dropped.inc_by(dropped - seen);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "metric encoding failed");

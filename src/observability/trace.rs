@@ -3,7 +3,11 @@
 //! in batches from one background thread.
 //!
 //! The sampling decision is made before anything is recorded: a request with a W3C
-//! `traceparent` follows its caller's sampled flag (parent-based); a new trace is recorded
+//! `traceparent` from a caller `tracing.trust_incoming` trusts (by default a peer in
+//! `server.trusted_proxies`) follows its caller's sampled flag (parent-based); anyone else's
+//! context is not continued (else any client could force 100% sampling and choose trace ids):
+//! the request starts a new trace, and a recorded span keeps the caller's context as an OTLP
+//! span link (and its `tracestate` is not sent upstream). A new trace is recorded
 //! with probability `tracing.sampling_rate`, decided from its (random) trace id the way the
 //! OpenTelemetry SDKs' TraceIdRatioBased sampler does. Recorded or not, the trace id goes upstream in
 //! `traceparent` (with our span id as the parent id and the decision in its flags, so services
@@ -21,7 +25,8 @@
 //! it is full the span is dropped, and when the collector fails the batch is dropped; both
 //! are counted in `kairos_tracing_spans_dropped_total`.
 
-use crate::config::model::TracingConfig;
+use crate::base::redact::{redact_path_and_query, redact_query, url_for_log};
+use crate::config::model::{TraceTrust, TracingConfig};
 use crate::observability::metrics::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -38,6 +43,8 @@ pub const TRACE_ID_HEADER: actix_web::http::header::HeaderName =
     actix_web::http::header::HeaderName::from_static("x-trace-id");
 /// W3C trace context, sent upstream.
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// W3C trace context's vendor part; dropped when the caller's trace is not continued.
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 /// The same name for looking it up in the client's request (a `&str` key would be parsed,
 /// and allocated, on every lookup).
 const TRACEPARENT_IN: actix_web::http::header::HeaderName =
@@ -80,33 +87,12 @@ impl Sink {
 pub struct Tracing {
     sink: Arc<Sink>,
     sampling_rate: f64,
+    trust: TraceTrust,
     /// A new trace is recorded when the low 63 bits of its id's last 8 bytes are below this.
     sample_below: u64,
     export_timeout: Duration,
-    /// A query parameter whose value is never exported (the API-key parameter).
-    redact_param: Option<String>,
     /// Signalled by the export thread when it has exported everything and stopped.
     stopped: Mutex<mpsc::Receiver<()>>,
-}
-
-impl Tracing {
-    /// Never exports the value of query parameter `name` (an API key travels there).
-    pub fn redact_query_param(mut self, name: Option<&str>) -> Self {
-        self.redact_param = name.map(str::to_string);
-        self
-    }
-}
-
-/// `query` with the value of every `name=` parameter replaced by `REDACTED`.
-pub fn redact_query(query: &str, name: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k == name => format!("{k}=REDACTED"),
-            _ => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 /// Why tracing could not start.
@@ -139,6 +125,7 @@ impl Tracing {
             stop: stop.clone(),
             stopped: stopped_tx,
             endpoint: cfg.endpoint.clone(),
+            endpoint_log: url_for_log(&cfg.endpoint),
             timeout: cfg.export_timeout,
             resource: encode_resource(&cfg.service_name),
             exported: metrics.spans_exported.clone(),
@@ -165,23 +152,30 @@ impl Tracing {
                 queue_full: metrics.spans_dropped.with_label_values(&["queue_full"]),
             }),
             sampling_rate: cfg.sampling_rate,
+            trust: cfg.trust_incoming,
             sample_below: ratio_bound(cfg.sampling_rate),
-            redact_param: None,
             export_timeout: cfg.export_timeout,
             stopped: Mutex::new(stopped_rx),
         })
     }
 
     /// Decides whether to record this request and, if so, starts its server span.
+    /// `trusted_proxy` says whether a peer address is in `server.trusted_proxies`.
     pub fn start(
         &self,
         req: &actix_web::HttpRequest,
         request_id: &actix_web::http::header::HeaderValue,
+        trusted_proxy: impl FnOnce(std::net::IpAddr) -> bool,
     ) -> RequestTrace {
-        let parent = req
+        let incoming = req
             .headers()
             .get(&TRACEPARENT_IN)
             .and_then(|v| parse_traceparent(v.as_bytes()));
+        // An untrusted caller's context becomes a link of a new trace, never its parent.
+        let (parent, link) = match incoming {
+            Some(p) if self.trusts(req, trusted_proxy) => (Some(p), None),
+            other => (None, other),
+        };
         let trace_id = parent.as_ref().map_or_else(random_trace_id, |p| p.trace_id);
         let sampled = match &parent {
             Some(p) => p.sampled,
@@ -195,6 +189,7 @@ impl Tracing {
                 trace_id,
                 span_id,
                 trace_hex,
+                continued: parent.is_some(),
                 server: None,
                 client: None,
                 sink: None,
@@ -217,6 +212,12 @@ impl Tracing {
                 .unwrap_or("HTTP"),
         );
         let b = &mut server.body;
+        if let Some(l) = &link {
+            // Span.links (13): Link { bytes trace_id = 1; bytes span_id = 2; }
+            put_len_prefix(b, SPAN_LINK, field_len(16) + field_len(8));
+            put_bytes(b, 1, &l.trace_id);
+            put_bytes(b, 2, &l.span_id);
+        }
         put_attr_str(b, "http.request.method", method.as_bytes());
         put_attr_str(b, "url.path", req.path().as_bytes());
         let scheme: &[u8] = if req.app_config().secure() {
@@ -226,14 +227,8 @@ impl Tracing {
         };
         put_attr_str(b, "url.scheme", scheme);
         if !req.query_string().is_empty() {
-            match &self.redact_param {
-                Some(name) => put_attr_str(
-                    b,
-                    "url.query",
-                    redact_query(req.query_string(), name).as_bytes(),
-                ),
-                None => put_attr_str(b, "url.query", req.query_string().as_bytes()),
-            }
+            // Names only: a value may be a token or an API key (base::redact).
+            put_attr_str(b, "url.query", redact_query(req.query_string()).as_bytes());
         }
         if let Some(peer) = req.peer_addr() {
             let mut ip = Vec::with_capacity(39);
@@ -250,9 +245,23 @@ impl Tracing {
             trace_id,
             span_id,
             trace_hex,
+            continued: parent.is_some(),
             server: Some(Box::new(server)),
             client: None,
             sink: Some(self.sink.clone()),
+        }
+    }
+
+    /// Whether this request's incoming trace context may be continued.
+    fn trusts(
+        &self,
+        req: &actix_web::HttpRequest,
+        trusted_proxy: impl FnOnce(std::net::IpAddr) -> bool,
+    ) -> bool {
+        match self.trust {
+            TraceTrust::All => true,
+            TraceTrust::None => false,
+            TraceTrust::TrustedProxies => req.peer_addr().is_some_and(|a| trusted_proxy(a.ip())),
         }
     }
 
@@ -277,6 +286,8 @@ pub struct RequestTrace {
     pub span_id: [u8; 8],
     /// `trace_id` in lower-case hex, for X-Trace-Id, `traceparent` and logs.
     trace_hex: [u8; 32],
+    /// The trace is the caller's (a trusted `traceparent`), so its `tracestate` goes along.
+    continued: bool,
     server: Option<Box<SpanRecord>>,
     client: Option<Box<SpanRecord>>,
     sink: Option<Arc<Sink>>,
@@ -285,6 +296,12 @@ pub struct RequestTrace {
 impl RequestTrace {
     pub fn is_recording(&self) -> bool {
         self.server.is_some()
+    }
+
+    /// Whether the request continues its caller's trace; if not, the caller's `tracestate`
+    /// belongs to another trace and must not go upstream.
+    pub fn continues_caller(&self) -> bool {
+        self.continued
     }
 
     /// The X-Trace-Id value for the client.
@@ -349,6 +366,7 @@ impl RequestTrace {
         put_attr_str(b, "http.request.method", method.as_bytes());
         put_attr_str(b, "server.address", server.host.as_bytes());
         put_attr_int(b, "server.port", i64::from(server.port));
+        let path_and_query = redact_path_and_query(path_and_query);
         let authority = server.authority.as_str();
         let scheme: &[u8] = if server.https {
             b"https://"
@@ -591,6 +609,8 @@ struct Exporter {
     stop: Arc<AtomicBool>,
     stopped: SyncSender<()>,
     endpoint: String,
+    /// `endpoint` as the log shows it: no userinfo, no query.
+    endpoint_log: String,
     timeout: Duration,
     /// The encoded `Resource` message (service.name and friends), the same in every request.
     resource: Vec<u8>,
@@ -660,7 +680,8 @@ impl Exporter {
                 .header("content-type", "application/x-protobuf")
                 .body(body)
                 .send()
-                .map_err(|e| e.to_string())
+                // Without the URL: it may carry credentials (logged as `endpoint_log`).
+                .map_err(|e| e.without_url().to_string())
                 .and_then(|res| {
                     if res.status().is_success() {
                         Ok(())
@@ -673,14 +694,14 @@ impl Exporter {
             Ok(()) => {
                 self.exported.inc_by(n);
                 if std::mem::replace(failing, false) {
-                    tracing::info!(endpoint = %self.endpoint, "span export recovered");
+                    tracing::info!(endpoint = %self.endpoint_log, "span export recovered");
                 }
             }
             Err(e) => {
                 self.failed.inc_by(n);
                 // Once per outage, not once per batch.
                 if !std::mem::replace(failing, true) {
-                    tracing::warn!(endpoint = %self.endpoint, error = %e, "span export failed; spans are dropped until the collector answers (see kairos_tracing_spans_dropped_total)");
+                    tracing::warn!(endpoint = %self.endpoint_log, error = %e, "span export failed; spans are dropped until the collector answers (see kairos_tracing_spans_dropped_total)");
                 }
             }
         }
@@ -720,6 +741,8 @@ fn field_len(len: usize) -> usize {
 /// `Span.name` (field 5) and `Span.attributes` (field 9), length-delimited: their tags.
 const SPAN_NAME: u32 = 5;
 const SPAN_ATTRIBUTE: u32 = 9;
+/// `Span.links` (field 13).
+const SPAN_LINK: u32 = 13;
 
 /// Tag and length of a length-delimited field whose `len` bytes the caller writes next.
 fn put_len_prefix(buf: &mut Vec<u8>, field: u32, len: usize) {

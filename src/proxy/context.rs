@@ -47,7 +47,10 @@ impl<'a> Ctx<'a> {
     pub fn new(req: &'a HttpRequest, rt: &'a Runtime, metrics: &'a Metrics) -> Self {
         let start = Instant::now();
         let rid = request_id::for_request(req.headers());
-        let trace = rt.tracing.as_ref().map(|t| t.start(req, &rid));
+        let trace = rt
+            .tracing
+            .as_ref()
+            .map(|t| t.start(req, &rid, |ip| rt.config.server.is_trusted(ip)));
         Ctx {
             req,
             rt,

@@ -79,6 +79,9 @@ pub async fn forward<'a>(
                 retries,
             );
             req.headers_mut().insert(trace::TRACEPARENT, tp);
+            if !t.continues_caller() {
+                req.headers_mut().remove(trace::TRACESTATE);
+            }
         }
         let sent_at = Instant::now();
         let result = match send(

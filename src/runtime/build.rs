@@ -49,31 +49,19 @@ impl Runtime {
                 })?,
             ),
         };
-        let query_param = |c: &Config| c.api_keys.as_ref().and_then(|k| k.query_param.clone());
         // The same tracing settings keep their exporter (a thread and its HTTP client).
         let kept_tracing = previous
-            .filter(|p| {
-                p.config.tracing == config.tracing && query_param(&p.config) == query_param(&config)
-            })
+            .filter(|p| p.config.tracing == config.tracing)
             .and_then(|p| p.tracing.clone());
         let tracing = match (&config.tracing, kept_tracing) {
             (None, _) => None,
             (Some(_), Some(kept)) => Some(kept),
-            (Some(t), None) => Some(Arc::new(
-                Tracing::new(t, metrics)
-                    .map(|t| {
-                        t.redact_query_param(
-                            config
-                                .api_keys
-                                .as_ref()
-                                .and_then(|k| k.query_param.as_deref()),
-                        )
-                    })
-                    .map_err(|e| ConfigErrors {
-                        source_name: "tracing".into(),
-                        errors: vec![ConfigError::new("tracing.endpoint", e.to_string())],
-                    })?,
-            )),
+            (Some(t), None) => Some(Arc::new(Tracing::new(t, metrics).map_err(|e| {
+                ConfigErrors {
+                    source_name: "tracing".into(),
+                    errors: vec![ConfigError::new("tracing.endpoint", e.to_string())],
+                }
+            })?)),
         };
         let edge =
             Edge::build(&config, metrics, previous.map(|p| (&p.config, &p.edge))).map_err(|e| {

@@ -527,6 +527,8 @@ pub struct GatewayProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub stderr_lines: Arc<Mutex<Vec<String>>>,
+    /// Dropped with the process: lets a reader that stopped reading close the pipe.
+    _stop_reading: Option<std::sync::mpsc::Sender<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -537,7 +539,27 @@ impl GatewayProcess {
     }
 
     /// As [`GatewayProcess::start`], with extra environment variables.
+    /// As [`GatewayProcess::start`], but nobody reads stderr after the "listening" line: the
+    /// pipe stays open and fills up, as with a stalled log consumer.
+    pub fn start_unread_stderr(config: &str) -> GatewayProcess {
+        let dir = Self::write_config(config);
+        Self::spawn(dir, &[], false, None)
+    }
+
+    /// As [`GatewayProcess::start`] for a config whose `logging.file` is `log`: the
+    /// "listening" line is looked for there.
+    pub fn start_logging_to(config: &str, log: &std::path::Path) -> GatewayProcess {
+        let dir = Self::write_config(config);
+        Self::spawn(dir, &[], true, Some(log))
+    }
+
+    /// As [`GatewayProcess::start`], with extra environment variables.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        let dir = Self::write_config(config);
+        Self::start_in_dir(dir, env)
+    }
+
+    fn write_config(config: &str) -> tempfile::TempDir {
         let mut v: serde_json::Value = serde_json::from_str(config).expect("config json");
         v["server"]["port"] = 0.into();
         v["server"]["host"] = "127.0.0.1".into();
@@ -548,12 +570,21 @@ impl GatewayProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("config.json");
         std::fs::write(&path, v.to_string()).expect("write config");
-        Self::start_in_dir(dir, env)
+        dir
     }
 
     /// Runs the binary on `dir/config.json` as it is (say, a config an earlier gateway
     /// persisted); the directory is removed with the process.
     pub fn start_in_dir(dir: tempfile::TempDir, env: &[(&str, &str)]) -> GatewayProcess {
+        Self::spawn(dir, env, true, None)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        read_all: bool,
+        log_file: Option<&std::path::Path>,
+    ) -> GatewayProcess {
         let path = dir.path().join("config.json");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kairos-rs"))
             .arg("--config")
@@ -568,24 +599,51 @@ impl GatewayProcess {
         let lines: Arc<Mutex<Vec<String>>> = Arc::default();
         let (tx, rx) = std::sync::mpsc::channel();
         let lines2 = lines.clone();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             use std::io::BufRead;
             let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains("kairos-rs listening") {
+            let mut reader = std::io::BufReader::new(stderr);
+            let mut line = String::new();
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                let text = line.trim_end_matches('\n').to_string();
+                line.clear();
+                let listening = text.contains("kairos-rs listening");
+                if listening {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(line.clone());
+                        let _ = tx.send(text.clone());
                     }
                 }
-                lines2.lock().expect("lock").push(line);
+                lines2.lock().expect("lock").push(text);
+                if listening && !read_all {
+                    // Hold the pipe open, unread, until the process is dropped.
+                    let _ = stop_rx.recv();
+                    return;
+                }
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway did not start listening");
+        let line = match log_file {
+            None => rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("gateway did not start listening"),
+            Some(log) => {
+                let mut found = None;
+                let listening = wait_until(Duration::from_secs(20), || {
+                    found = std::fs::read_to_string(log).ok().and_then(|text| {
+                        text.lines()
+                            .find(|l| l.contains("kairos-rs listening"))
+                            .map(str::to_string)
+                    });
+                    found.is_some()
+                });
+                assert!(
+                    listening,
+                    "gateway did not log listening to {}",
+                    log.display()
+                );
+                found.expect("listening line")
+            }
+        };
         let parsed: serde_json::Value = serde_json::from_str(&line).expect("json log line");
         let addr = parsed["addr"]
             .as_str()
@@ -596,6 +654,7 @@ impl GatewayProcess {
             child,
             addr,
             stderr_lines: lines,
+            _stop_reading: Some(stop_tx),
             _dir: dir,
         }
     }

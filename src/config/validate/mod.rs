@@ -101,7 +101,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         default_timeout: server.request_timeout,
     };
     let routes = routes::routes_config(&mut v, &raw.routes, &context);
-    let logging = observability::logging_config(&mut v, &raw.logging);
+    let logging = observability::logging_config(&mut v, &raw.logging, base_dir);
     let tracing = raw
         .tracing
         .as_ref()

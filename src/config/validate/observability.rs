@@ -4,8 +4,9 @@
 
 use super::V;
 use crate::config::error::{did_you_mean, ConfigError};
-use crate::config::model::{AdminConfig, LogFormat, LoggingConfig, TracingConfig};
+use crate::config::model::{AdminConfig, LogFormat, LoggingConfig, TraceTrust, TracingConfig};
 use crate::config::raw::{RawAdmin, RawLogging, RawTracing};
+use std::path::Path;
 use std::time::Duration;
 
 /// The OTLP/HTTP port of Jaeger, Tempo and the OpenTelemetry Collector.
@@ -47,7 +48,7 @@ pub(super) fn admin_config(v: &mut V, admin: Option<&RawAdmin>) -> AdminConfig {
     }
 }
 
-pub(super) fn logging_config(v: &mut V, l: &RawLogging) -> LoggingConfig {
+pub(super) fn logging_config(v: &mut V, l: &RawLogging, base_dir: &Path) -> LoggingConfig {
     let format = match l.format.as_deref() {
         None | Some("json") => LogFormat::Json,
         Some("pretty") => LogFormat::Pretty,
@@ -71,10 +72,33 @@ pub(super) fn logging_config(v: &mut V, l: &RawLogging) -> LoggingConfig {
             hint,
         );
     }
+    let file = l.file.as_deref().and_then(|f| {
+        if f.trim().is_empty() {
+            v.err_hint(
+                "logging.file",
+                "the log file path is empty",
+                "remove `file` to log to stderr",
+            );
+            return None;
+        }
+        let path = super::resolve_path(base_dir, f);
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                v.err_hint(
+                    "logging.file",
+                    format!("the folder {} does not exist", dir.display()),
+                    "create it, or point `file` into an existing folder",
+                );
+                None
+            }
+            _ => Some(path),
+        }
+    });
     LoggingConfig {
         format,
         level,
         access_log: l.access_log.unwrap_or(true),
+        file,
     }
 }
 
@@ -97,6 +121,22 @@ pub(super) fn tracing_config(v: &mut V, t: &RawTracing) -> Option<TracingConfig>
         &t.export_timeout,
         Duration::from_secs(10),
     );
+    let trust_incoming = match t.trust_incoming.as_deref() {
+        None | Some("trusted_proxies") => TraceTrust::TrustedProxies,
+        Some("all") => TraceTrust::All,
+        Some("none") => TraceTrust::None,
+        Some(other) => {
+            const TRUST: [&str; 3] = ["trusted_proxies", "all", "none"];
+            let hint = did_you_mean(other, TRUST)
+                .unwrap_or_else(|| "use \"trusted_proxies\", \"all\" or \"none\"".into());
+            v.err_hint(
+                "tracing.trust_incoming",
+                format!("unknown trust_incoming `{other}`"),
+                hint,
+            );
+            TraceTrust::TrustedProxies
+        }
+    };
     if !t.enabled.unwrap_or(true) {
         return None;
     }
@@ -105,6 +145,7 @@ pub(super) fn tracing_config(v: &mut V, t: &RawTracing) -> Option<TracingConfig>
         sampling_rate,
         service_name,
         export_timeout,
+        trust_incoming,
     })
 }
 

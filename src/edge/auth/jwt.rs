@@ -428,6 +428,8 @@ const REFETCH_WAIT: Duration = Duration::from_secs(3);
 /// One provider's JWKS: keys by `kid`, replaced whole on each successful fetch.
 pub struct Jwks {
     url: String,
+    /// `url` as logs show it: `scheme://host[:port]/path` (no userinfo, no query).
+    url_log: String,
     refresh: Duration,
     algorithm: Algorithm,
     client: reqwest::Client,
@@ -448,6 +450,7 @@ impl Jwks {
             .build()
             .map_err(JwtError::JwksClient)?;
         Ok(Jwks {
+            url_log: crate::base::redact::url_for_log(&url),
             url,
             refresh,
             algorithm,
@@ -518,13 +521,13 @@ impl Jwks {
             .store(crate::base::clock::now_ms(), Ordering::Relaxed);
         match self.fetch().await {
             Ok(keys) => {
-                tracing::debug!(url = self.url, keys = keys.len(), "JWKS fetched");
+                tracing::debug!(url = self.url_log, keys = keys.len(), "JWKS fetched");
                 self.keys.store(Arc::new(keys));
             }
             // The keys we have stay in use: an identity provider's hiccup must not log
             // everyone out.
             Err(e) => tracing::warn!(
-                url = self.url,
+                url = self.url_log,
                 error = e.to_string().as_str(),
                 "JWKS fetch failed"
             ),
@@ -539,7 +542,8 @@ impl Jwks {
             .get(&self.url)
             .send()
             .await
-            .map_err(JwksFetchError::Request)?;
+            // Without the URL: it may carry credentials (the log shows `url_for_log`).
+            .map_err(|e| JwksFetchError::Request(e.without_url()))?;
         if !res.status().is_success() {
             return Err(JwksFetchError::Status(res.status()));
         }
@@ -549,7 +553,11 @@ impl Jwks {
         // Read piece by piece: a body without a Content-Length is refused as soon as it passes
         // the limit, never buffered whole.
         let mut body = Vec::with_capacity(res.content_length().unwrap_or(0) as usize);
-        while let Some(chunk) = res.chunk().await.map_err(JwksFetchError::Body)? {
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(|e| JwksFetchError::Body(e.without_url()))?
+        {
             if (body.len() + chunk.len()) as u64 > MAX_JWKS_BYTES {
                 return Err(JwksFetchError::TooLarge);
             }
@@ -576,7 +584,7 @@ impl Jwks {
                 Ok(k) => {
                     keys.insert(jwk.common.key_id.clone().unwrap_or_default(), k);
                 }
-                Err(e) => tracing::warn!(url = self.url, error = %e, "JWKS key skipped"),
+                Err(e) => tracing::warn!(url = self.url_log, error = %e, "JWKS key skipped"),
             }
         }
         Ok(keys)

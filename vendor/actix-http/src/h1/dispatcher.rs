@@ -1510,7 +1510,13 @@ where
                     // keep-alive and stream errors
                     if state_is_none && inner_p.write_buf.is_empty() {
                         if let Some(err) = inner_p.error.take() {
-                            error!("stream error: {}", &err);
+                            // A head the client got wrong (already answered 400 or 431) is
+                            // the client's fault, not the server's: debug, not error.
+                            if let DispatchError::Parse(_) = &err {
+                                tracing::debug!("stream error: {}", &err);
+                            } else {
+                                error!("stream error: {}", &err);
+                            }
                             return Poll::Ready(Err(err));
                         }
 
