@@ -584,3 +584,24 @@ fn max_response_header_size_is_a_size_of_at_least_8kb() {
     );
     assert_eq!(e.path, "upstreams.u.max_response_header_size");
 }
+
+#[test]
+fn ipv6_prefix_and_the_auth_failure_throttle_are_checked() {
+    let e = one(&format!(
+        r#"{{{UP}, "rate_limiting": {{"ipv6_prefix": 0}}, "routes": [{{"path": "/a", "upstream": "users"}}]}}"#
+    ));
+    assert_eq!(e.path, "rate_limiting.ipv6_prefix");
+    assert!(e.message.contains("from 1 to 128"), "{}", e.message);
+    let e = one(&format!(
+        r#"{{{UP}, "rate_limiting": {{"ipv6_prefix": 129}}, "routes": [{{"path": "/a", "upstream": "users"}}]}}"#
+    ));
+    assert_eq!(e.path, "rate_limiting.ipv6_prefix");
+    let errs = errors(&format!(
+        r#"{{{UP}, "rate_limiting": {{"auth_failures": {{"rps": 0}}}}, "routes": [{{"path": "/a", "upstream": "users"}}]}}"#
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.path.starts_with("rate_limiting.auth_failures")),
+        "{errs:#?}"
+    );
+}

@@ -70,7 +70,12 @@ impl Upstream {
                             && p.config.health_check == config.health_check
                     })
                     .and_then(|p| {
-                        let i = p.config.servers.iter().position(|s| s.url == entry.url)?;
+                        // The URL as written and the address it resolved to: the same server.
+                        let i = p.config.servers.iter().position(|s| {
+                            s.url == entry.url
+                                && s.authority == entry.authority
+                                && s.https == entry.https
+                        })?;
                         p.servers.get(i).cloned()
                     })
                     .unwrap_or_else(|| Arc::new(ServerState::new(config.circuit_breaker.clone())))
