@@ -5,18 +5,13 @@
 
 mod support;
 
-use std::time::Duration;
 use support::*;
 
 const TOKEN: &str = "admin-api-test-token-0123456789";
 const SECRET: &str = "jwt-secret-from-the-environment-0123456789";
 
 fn client() -> reqwest::blocking::Client {
-    install_crypto_provider();
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    blocking_client()
 }
 
 /// A config whose admin token comes from `${ADMIN_API_TOKEN}`, with the given routes (JSON)

@@ -11,11 +11,7 @@ use support::*;
 const TOKEN: &str = "readiness-admin-token-0123456789";
 
 fn client() -> reqwest::blocking::Client {
-    install_crypto_provider();
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    blocking_client()
 }
 
 /// Status and JSON of `/_kairos/ready`.

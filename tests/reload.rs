@@ -40,14 +40,6 @@ fn named(name: &'static str) -> Upstream {
     Upstream::start(move |r| Reply::ok(&format!("{name}:{}", r.target)))
 }
 
-fn blocking_client() -> reqwest::blocking::Client {
-    install_crypto_provider();
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 /// An admin GET with the token, as JSON.
 fn admin_json(c: &reqwest::blocking::Client, gw: &GatewayProcess, path: &str) -> serde_json::Value {
     c.get(gw.url(path))

@@ -816,3 +816,12 @@ pub fn redis_ping(port: u16) -> bool {
     let mut buf = [0u8; 16];
     matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
+
+/// A blocking HTTP client with a 10 s timeout (the crypto provider installed first).
+pub fn blocking_client() -> reqwest::blocking::Client {
+    install_crypto_provider();
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}

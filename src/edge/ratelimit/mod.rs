@@ -97,6 +97,7 @@ impl RoutePlan {
 }
 
 /// The limits one request meets, with whom each counts.
+#[derive(Default)]
 pub struct Applicable {
     items: [Option<(u32, Option<Key>)>; MAX_APPLICABLE],
 }
@@ -104,6 +105,13 @@ pub struct Applicable {
 impl Applicable {
     fn iter(&self) -> impl Iterator<Item = &(u32, Option<Key>)> {
         self.items.iter().map_while(Option::as_ref)
+    }
+
+    /// Adds limit `item` (a request meets at most MAX_APPLICABLE limits).
+    fn add(&mut self, item: (u32, Option<Key>)) {
+        if let Some(slot) = self.items.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(item);
+        }
     }
 }
 
@@ -334,36 +342,26 @@ impl RateLimiter {
     /// The identity-free limits (per IP, global) a request on `route` from `ip` meets:
     /// decided before authentication, so that requests failing it are counted too.
     pub fn applicable_anonymous(&self, route: usize, ip: Option<IpAddr>) -> Applicable {
-        let mut items: [Option<(u32, Option<Key>)>; MAX_APPLICABLE] = Default::default();
-        let mut n = 0;
-        let mut add = |item: (u32, Option<Key>)| {
-            items[n] = Some(item);
-            n += 1;
-        };
+        let mut out = Applicable::default();
         let Some(plan) = self.routes.get(route) else {
-            return Applicable { items };
+            return out;
         };
         if let (Some(i), Some(ip)) = (plan.ip, ip) {
             let key = crate::base::net::client_key(ip, self.ipv6_prefix);
-            add((i, Some(Key::Ip(key))));
+            out.add((i, Some(Key::Ip(key))));
         }
         if let Some(i) = plan.global {
-            add((i, None));
+            out.add((i, None));
         }
-        Applicable { items }
+        out
     }
 
     /// The identity-bound limits (a key's own, per key, per user) a request on `route` by
     /// `identity` meets: decided once authentication has said who the caller is.
     pub fn applicable_identified(&self, route: usize, identity: Option<&Identity>) -> Applicable {
-        let mut items: [Option<(u32, Option<Key>)>; MAX_APPLICABLE] = Default::default();
-        let mut n = 0;
-        let mut add = |item: (u32, Option<Key>)| {
-            items[n] = Some(item);
-            n += 1;
-        };
+        let mut out = Applicable::default();
         let Some(plan) = self.routes.get(route) else {
-            return Applicable { items };
+            return out;
         };
         if let Some(id) = identity.filter(|i| i.scheme == Scheme::ApiKey) {
             let own = match plan.own_keys {
@@ -371,19 +369,19 @@ impl RateLimiter {
                 false => None,
             };
             if let Some(i) = own {
-                add((i, None));
+                out.add((i, None));
             }
             if let Some(i) = plan.key.filter(|_| own.is_none() || !plan.key_is_default) {
-                add((i, Some(Key::Name(id.name.as_str().into()))));
+                out.add((i, Some(Key::Name(id.name.as_str().into()))));
             }
         }
         if let (Some(i), Some(id)) = (plan.user, identity) {
             // A token without `sub` has no user to count.
             if id.scheme == Scheme::Jwt && id.name != "-" {
-                add((i, Some(Key::Name(id.name.as_str().into()))));
+                out.add((i, Some(Key::Name(id.name.as_str().into()))));
             }
         }
-        Applicable { items }
+        out
     }
 
     /// Decides one request: at once in memory, or through Redis.
