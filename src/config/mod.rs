@@ -10,6 +10,7 @@ pub mod model;
 pub mod position;
 pub mod raw;
 pub mod router;
+pub mod transform;
 pub mod units;
 pub mod validate;
 

@@ -280,6 +280,8 @@ pub struct RouteConfig {
     pub cors: Option<crate::config::cors::CorsConfig>,
     /// This route's own limits.
     pub rate_limit: Option<RouteRateLimit>,
+    /// The top-level `transformations`, then the route's own, compiled.
+    pub transforms: std::sync::Arc<crate::config::transform::Transforms>,
 }
 
 /// Which credentials a route accepts; neither means the route is open.

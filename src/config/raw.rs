@@ -46,6 +46,9 @@ pub struct RawConfig {
     pub cors: Option<RawCors>,
     #[serde(default)]
     pub tracing: Option<RawTracing>,
+    /// Steps applied to every route's requests and responses, before the route's own.
+    #[serde(default)]
+    pub transformations: Vec<RawTransform>,
 }
 
 /// OpenTelemetry tracing, exported over OTLP/HTTP (Jaeger, Tempo and the OpenTelemetry
@@ -295,6 +298,8 @@ pub struct RawRoute {
     pub rate_limit: Option<RawRouteRateLimit>,
     /// CORS for this route, replacing the top-level `cors`.
     pub cors: Option<RawCors>,
+    /// Steps applied to this route's requests and responses, after the top-level ones.
+    pub transformations: Option<Vec<RawTransform>>,
 }
 
 /// One scheme or a list of schemes.
@@ -480,4 +485,93 @@ pub struct RawLogging {
     /// Write logs to this file (appended; relative to the config file's folder) instead of
     /// stderr. SIGUSR1 reopens it at this path (after logrotate moved it).
     pub file: Option<String>,
+}
+
+/// One transformation step. Values may use `{request_id}`, `{client_ip}`, `{route}`,
+/// `{path.NAME}`, `{header.NAME}`, `{query.NAME}`, `{jwt.CLAIM}` and `{api_key}` (the key's
+/// name); `{{` is a literal `{`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RawTransform {
+    /// Appends a value to each header, keeping existing ones.
+    HeaderAdd(RawHeaderValues),
+    /// Replaces each header's values.
+    HeaderSet(RawHeaderValues),
+    HeaderRemove(RawHeaderNames),
+    /// Renames headers: `{"X-Old": "X-New"}`.
+    HeaderRename(RawHeaderValues),
+    /// Sets query parameters, replacing every existing value.
+    QuerySet(RawParamValues),
+    QueryRemove(RawParamNames),
+    /// Renames query parameters: `{"old": "new"}`.
+    QueryRename(RawParamValues),
+    /// Rewrites the path (not the query, which goes along) with a regular expression.
+    PathRewrite(RawPathRewrite),
+    /// Replaces one upstream status with another (response phase only).
+    StatusMap(RawStatusMap),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderValues {
+    pub headers: BTreeMap<String, String>,
+    /// "request" (default) or "response".
+    pub phase: Option<String>,
+    /// "fail" (default: 400 for a request step, 502 for a response step) or "skip".
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderNames {
+    pub headers: Vec<String>,
+    /// "request" (default) or "response".
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParamValues {
+    pub params: BTreeMap<String, String>,
+    /// "request" (the only phase with a query).
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParamNames {
+    pub params: Vec<String>,
+    /// "request" (the only phase with a query).
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathRewrite {
+    /// A regular expression (Rust `regex` syntax), matched anywhere in the path unless
+    /// anchored with `^...$`; the first match is replaced.
+    pub pattern: String,
+    /// The replacement: `$1` or `$name` for a capture, `$$` for a literal `$`.
+    pub replacement: String,
+    /// "request" (the only phase with a path).
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatusMap {
+    pub from: u16,
+    pub to: u16,
+    /// "response" (default; the only phase with a status).
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
 }

@@ -9,7 +9,9 @@
 //! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication |
 //! | request body       | [`body::read`]                          | read whole or streamed, bytes counted |
 //! | upstream request   | [`upstream_request::build`]             | rewrite, headers, the edge's edits    |
+//! | request transform  | [`transform::request`]                  | `transformations`: path, query, headers |
 //! | forward            | [`forward::forward`]                    | balancer, breaker, retries, timeout   |
+//! | response transform | [`transform::response`]                 | `transformations`: headers, status    |
 //! | response           | [`response::upstream`] / [`response::error`] | the client's response            |
 //! | response filter    | [`response::filter`]                    | trace id, rate-limit and CORS headers |
 //! | log                | [`log::access`]                         | the access-log line                   |
@@ -30,6 +32,7 @@ pub mod log;
 pub mod request;
 pub mod response;
 pub mod route;
+pub mod transform;
 pub mod upstream_request;
 
 pub use request::{has_dot_segment, normalize_path};
@@ -99,8 +102,10 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
         identity.as_ref(),
         body,
     )?;
+    let after = transform::request(ctx, &routed, identity.as_ref(), &mut up)?;
     drop(identity);
-    let answer = forward::forward(ctx, routed.route, host, &mut up, &watch).await?;
+    let mut answer = forward::forward(ctx, routed.route, host, &mut up, &watch).await?;
+    transform::response(ctx, routed.route, after, &mut answer.parts)?;
     response::upstream(ctx, routed.route, answer)
 }
 

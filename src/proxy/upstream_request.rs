@@ -17,10 +17,13 @@ use bytes::Bytes;
 pub struct UpstreamRequest<'a> {
     req: &'a HttpRequest,
     method: http::Method,
-    path_and_query: http::uri::PathAndQuery,
+    /// The path and query sent upstream (the request-transform phase may change them).
+    pub(super) path_and_query: http::uri::PathAndQuery,
     client: headers::ClientInfo<'a>,
     request_id: http::HeaderValue,
     edits: HeaderEdits<'a>,
+    /// The request-transform phase's header edits, applied after the edge chain's.
+    pub(super) transformed: Vec<super::transform::HeaderOp>,
     /// The body again for a retry: `Some(None)` for no body, `Some(Some(bytes))` for one read
     /// whole; `None` for a streamed body, which cannot be sent twice.
     pub replayable: Option<Option<Bytes>>,
@@ -93,6 +96,7 @@ pub fn build<'a>(
         client,
         request_id,
         edits: rt.edge.auth.header_edits(identity),
+        transformed: Vec::new(),
         replayable,
         first: Some(body),
         unsent: None,
@@ -129,6 +133,9 @@ impl UpstreamRequest<'_> {
             &self.request_id,
         );
         self.edits.apply(up.headers_mut());
+        for op in &self.transformed {
+            op.apply(up.headers_mut());
+        }
         if matches!(up.body(), ProxyBody::Stream { len: None, .. }) {
             // Say so explicitly: for GET and HEAD hyper would otherwise assume no body.
             up.headers_mut().insert(
