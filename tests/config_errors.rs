@@ -666,3 +666,25 @@ fn an_unknown_transformation_type_is_a_type_error_at_its_path() {
     );
     assert_eq!(e.line, Some(2));
 }
+
+#[test]
+fn body_json_pointers_must_start_with_a_slash() {
+    let errs = transform_errors(
+        r#"[{"type": "body_json", "ops": [
+              {"op": "set", "path": "gateway", "value": 1},
+              {"op": "rename", "from": "/a", "to": "b"}]}]"#,
+        "[]",
+    );
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].transformations[0].ops[0].path",
+            "routes[0].transformations[0].ops[1].to"
+        ]
+    );
+    assert_eq!(
+        errs[0].message,
+        "`gateway` is not a JSON Pointer below the document"
+    );
+}

@@ -390,3 +390,163 @@ async fn the_readme_versioning_recipe_works() {
     assert_eq!(seen.target, "/users/gone");
     assert_eq!(seen.header("x-api-version"), Some("2"));
 }
+
+fn json_reply(body: &str) -> Reply {
+    Reply::ok(body).header("content-type", "application/json")
+}
+
+#[tokio::test]
+async fn body_json_edits_a_request_body_and_fixes_its_length() {
+    let up = Upstream::start_ok();
+    let gw = gateway(
+        &up,
+        r#"[{"name":"bj","path":"/bj","upstream":"u","transformations":[
+          {"type":"body_json","ops":[
+            {"op":"remove","path":"/internal"},
+            {"op":"rename","from":"/user_name","to":"/userName"},
+            {"op":"copy","from":"/userName","to":"/meta/copied"},
+            {"op":"set","path":"/gateway","value":"kairos"}]}]}]"#,
+        "",
+    );
+    let res = client()
+        .post(gw.url("/bj"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"internal":true,"user_name":"ann","keep":[1,2]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = up.last();
+    let got: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(
+        got,
+        serde_json::json!({"userName":"ann","keep":[1,2],"meta":{"copied":"ann"},"gateway":"kairos"})
+    );
+    assert_eq!(
+        seen.header("content-length"),
+        Some(seen.body.len().to_string().as_str())
+    );
+    // A body that is not declared JSON passes untouched.
+    client()
+        .post(gw.url("/bj"))
+        .header("content-type", "text/plain")
+        .body(r#"{"internal":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.last().body, br#"{"internal":true}"#);
+}
+
+#[tokio::test]
+async fn body_json_on_a_request_fails_on_invalid_json_and_a_streamed_body_per_on_error() {
+    let up = Upstream::start_ok();
+    let gw = gateway(
+        &up,
+        r#"[{"name":"strict","path":"/strict","upstream":"u","transformations":[
+          {"type":"body_json","ops":[{"op":"remove","path":"/a"}]}]},
+         {"name":"lenient","path":"/lenient","upstream":"u","transformations":[
+          {"type":"body_json","on_error":"skip","ops":[{"op":"remove","path":"/a"}]}]}]"#,
+        "",
+    );
+    let post = |path: &str, body: Vec<u8>| {
+        client()
+            .post(gw.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let res = post("/strict", b"{not json".to_vec()).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "transform_failed");
+    assert_eq!(up.count(), 0);
+
+    // Over 64 KiB the body phase streams the body: it cannot be edited.
+    let big = format!(r#"{{"a":1,"pad":"{}"}}"#, "x".repeat(100_000)).into_bytes();
+    let res = post("/strict", big.clone()).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let res = post("/lenient", big.clone()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(up.last().body, big);
+}
+
+#[tokio::test]
+async fn body_json_edits_a_response_body_and_fixes_its_length() {
+    let up = Upstream::start(|r| match r.target.as_str() {
+        "/rb/text" => Reply::ok(r#"{"internal":1}"#).header("content-type", "text/plain"),
+        _ => json_reply(r#"{"internal":{"x":1},"user_name":"ann","n":[1]}"#),
+    });
+    let gw = gateway(
+        &up,
+        r#"[{"name":"rb","path":"/rb/{*rest}","upstream":"u","transformations":[
+          {"type":"header_remove","phase":"response","headers":["Server"]},
+          {"type":"body_json","phase":"response","ops":[
+            {"op":"remove","path":"/internal"},
+            {"op":"rename","from":"/user_name","to":"/userName"},
+            {"op":"set","path":"/n/-","value":2},
+            {"op":"set","path":"/gateway","value":"kairos"}]}]}]"#,
+        "",
+    );
+    let res = client().get(gw.url("/rb/json")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let len: usize = res.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = res.bytes().await.unwrap();
+    assert_eq!(bytes.len(), len);
+    let got: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        got,
+        serde_json::json!({"userName":"ann","n":[1,2],"gateway":"kairos"})
+    );
+    let res = client().get(gw.url("/rb/text")).send().await.unwrap();
+    assert_eq!(res.text().await.unwrap(), r#"{"internal":1}"#);
+}
+
+#[tokio::test]
+async fn a_response_body_over_max_transform_body_streams_untouched_or_fails() {
+    let up = Upstream::start(|r| {
+        let mut reply = Reply::ok("").header("content-type", "application/json");
+        reply.body = support::ReplyBody::Zeros {
+            n: 300_000,
+            sized: r.target.ends_with("sized"),
+        };
+        reply
+    });
+    let cfg = config(
+        &up.url(),
+        r#"[{"name":"skip","path":"/skip/{*rest}","upstream":"u","transformations":[
+          {"type":"body_json","phase":"response","on_error":"skip","ops":[{"op":"remove","path":"/a"}]}]},
+         {"name":"fail","path":"/fail/{*rest}","upstream":"u","transformations":[
+          {"type":"body_json","phase":"response","ops":[{"op":"remove","path":"/a"}]}]}]"#,
+        &format!(r#""admin":{{"token":"{TOKEN}"}}"#),
+    )
+    .replace(
+        r#""server":{"workers":1}"#,
+        r#""server":{"workers":1,"max_transform_body":"64KB"}"#,
+    );
+    let gw = Gateway::start(&cfg);
+    for path in ["/skip/chunked", "/skip/sized"] {
+        let res = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let bytes = res.bytes().await.unwrap();
+        assert_eq!(bytes.len(), 300_000, "{path}");
+        assert!(bytes.iter().all(|&b| b == 0), "{path}");
+    }
+    for path in ["/fail/chunked", "/fail/sized"] {
+        let res = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 502, "{path}");
+    }
+    let text = scrape_metrics(&gw, TOKEN).await;
+    let count = |route| {
+        metric(
+            &text,
+            "kairos_transform_errors_total",
+            &[("route", route), ("step", "0")],
+        )
+    };
+    assert_eq!(count("skip"), Some(2.0));
+    assert_eq!(count("fail"), Some(2.0));
+}

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub port: u16,
     pub workers: usize,
     pub max_body_size: u64,
+    /// The largest response body a `body_json` step buffers.
+    pub max_transform_body: u64,
     pub request_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub tls: Option<TlsConfig>,

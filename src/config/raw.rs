@@ -89,6 +89,9 @@ pub struct RawServer {
     pub workers: Option<usize>,
     /// Largest request body accepted (default "10MB"); larger bodies get 413.
     pub max_body_size: Option<SizeStr>,
+    /// Largest response body a `body_json` step buffers (default "1MB"); a larger one is
+    /// handled per the step's `on_error`.
+    pub max_transform_body: Option<SizeStr>,
     /// Longest wait for the request body, the upstream's response head, and each piece of
     /// the response body (default "30s").
     pub request_timeout: Option<DurationStr>,
@@ -509,6 +512,35 @@ pub enum RawTransform {
     PathRewrite(RawPathRewrite),
     /// Replaces one upstream status with another (response phase only).
     StatusMap(RawStatusMap),
+    /// Edits a JSON body with JSON Pointer operations, in order.
+    BodyJson(RawBodyJson),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBodyJson {
+    pub ops: Vec<RawJsonOp>,
+    /// "request" (default) or "response".
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
+}
+
+/// One JSON Pointer (RFC 6901) operation.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawJsonOp {
+    /// Sets the value at `path`, creating missing objects on the way.
+    Set {
+        path: String,
+        value: serde_json::Value,
+    },
+    /// Removes the value at `path` (nothing if it is missing).
+    Remove { path: String },
+    /// Moves the value at `from` to `to` (nothing if `from` is missing).
+    Rename { from: String, to: String },
+    /// Copies the value at `from` to `to` (nothing if `from` is missing).
+    Copy { from: String, to: String },
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -49,6 +49,16 @@ pub enum Op {
     QueryRename(Vec<(String, String)>),
     PathRewrite(PathRewrite),
     StatusMap { from: u16, to: u16 },
+    BodyJson(Vec<JsonOp>),
+}
+
+/// A `body_json` operation; pointers are RFC 6901 JSON Pointers, checked at load.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonOp {
+    Set(String, serde_json::Value),
+    Remove(String),
+    Rename(String, String),
+    Copy(String, String),
 }
 
 /// A `path_rewrite`: the first match of `regex` in the path is replaced.

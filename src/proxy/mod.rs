@@ -11,7 +11,7 @@
 //! | upstream request   | [`upstream_request::build`]             | rewrite, headers, the edge's edits    |
 //! | request transform  | [`transform::request`]                  | `transformations`: path, query, headers |
 //! | forward            | [`forward::forward`]                    | balancer, breaker, retries, timeout   |
-//! | response transform | [`transform::response`]                 | `transformations`: headers, status    |
+//! | response transform | [`transform::response`], [`transform::response_body`] | `transformations`: headers, status; a JSON body |
 //! | response           | [`response::upstream`] / [`response::error`] | the client's response            |
 //! | response filter    | [`response::filter`]                    | trace id, rate-limit and CORS headers |
 //! | log                | [`log::access`]                         | the access-log line                   |
@@ -24,6 +24,7 @@
 //! reads shared (callgrind, benches/load/callgrind.sh).
 
 pub mod body;
+pub mod body_json;
 pub mod completion;
 pub mod context;
 pub mod forward;
@@ -105,8 +106,9 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
     let after = transform::request(ctx, &routed, identity.as_ref(), &mut up)?;
     drop(identity);
     let mut answer = forward::forward(ctx, routed.route, host, &mut up, &watch).await?;
-    transform::response(ctx, routed.route, after, &mut answer.parts)?;
-    response::upstream(ctx, routed.route, answer)
+    let body_steps = transform::response(ctx, routed.route, after, &mut answer.parts)?;
+    let read = transform::response_body(ctx, routed.route, body_steps, &mut answer).await?;
+    response::upstream(ctx, routed.route, answer, read)
 }
 
 /// The client's address as the gateway believes it (see [`crate::base::net::client_ip`]).

@@ -1,7 +1,12 @@
 //! The transform phases: the compiled `transformations` of the route
 //! ([`crate::config::transform`]) applied to the upstream request (path, query, headers) once
 //! the edge chain has named the caller, and to the upstream's response head (headers,
-//! status). Bodies pass untouched and unbuffered.
+//! status). Bodies pass untouched and unbuffered, except through a `body_json` step: a
+//! request body the body phase read whole, or a response body buffered up to
+//! `server.max_transform_body` ([`response_body`]). Only JSON bodies (`application/json`,
+//! `*+json`) without a `Content-Encoding` are edited; other bodies pass untouched. A streamed
+//! request body, an encoded body or one over the limit fails the step (and, with `skip`,
+//! passes unchanged).
 //!
 //! Templates read the client's request as it arrived (its headers, its query), the route's
 //! path parameters and the caller's identity; they are evaluated once, here, for both phases,
@@ -9,12 +14,17 @@
 //! with no value (an absent header, no JWT) fails its step.
 
 use super::context::Ctx;
+use super::forward::Answer;
 use super::route::Routed;
 use super::upstream_request::UpstreamRequest;
 use crate::base::error::GatewayError;
 use crate::config::model::RouteConfig;
-use crate::config::transform::{OnError, Op, ReplacementPart, Step, Template, TemplatePart};
+use crate::config::transform::{
+    JsonOp, OnError, Op, ReplacementPart, Step, Template, TemplatePart,
+};
 use crate::edge::auth::{Identity, Scheme};
+use crate::upstream::body::ProxyBody;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// One header edit with its value evaluated.
@@ -57,7 +67,24 @@ pub struct ResponseSteps(Vec<(usize, OnError, Result<Resolved, &'static str>)>);
 
 pub enum Resolved {
     Headers(Vec<HeaderOp>),
-    Status { from: u16, to: u16 },
+    Status {
+        from: u16,
+        to: u16,
+    },
+    /// A `body_json` step, left to [`response_body`].
+    Body,
+}
+
+/// The response steps that edit the body (their positions among the route's response steps),
+/// for [`response_body`].
+pub struct BodySteps(Vec<usize>);
+
+/// What [`response_body`] read of the upstream's body.
+pub enum Buffered {
+    /// The whole body, rewritten.
+    Whole(Bytes),
+    /// The start of a body too large to edit: the rest follows from the upstream.
+    Prefix(Bytes),
 }
 
 /// What templates read.
@@ -105,6 +132,7 @@ pub fn request(
                     edited = true;
                 })
             }
+            Op::BodyJson(ops) => request_body(ctx, up, ops),
             _ => headers(&step.op, &vars).map(|ops| up.transformed.extend(ops)),
         };
         if let Err(reason) = done {
@@ -145,6 +173,7 @@ pub fn request(
                     from: *from,
                     to: *to,
                 }),
+                Op::BodyJson(_) => Ok(Resolved::Body),
                 op => headers(op, &vars).map(Resolved::Headers),
             };
             (s.index, s.on_error, r)
@@ -153,16 +182,19 @@ pub fn request(
     Ok(ResponseSteps(steps))
 }
 
-/// The response-transform phase: the response steps applied to the upstream's response head.
+/// The response-transform phase: the response steps applied to the upstream's response head;
+/// the steps that edit the body are left to [`response_body`].
 #[inline(always)]
 pub fn response(
     ctx: &Ctx<'_>,
     route: &RouteConfig,
     steps: ResponseSteps,
     head: &mut http::response::Parts,
-) -> Result<(), GatewayError> {
+) -> Result<BodySteps, GatewayError> {
+    let mut body = Vec::new();
     for (k, (_, _, r)) in steps.0.iter().enumerate() {
         match r {
+            Ok(Resolved::Body) => body.push(k),
             Ok(Resolved::Headers(ops)) => ops.iter().for_each(|op| op.apply(&mut head.headers)),
             Ok(Resolved::Status { from, to }) => {
                 if head.status.as_u16() == *from {
@@ -174,7 +206,142 @@ pub fn response(
             Err(reason) => failed(ctx, route, &route.transforms.response[k], reason, true)?,
         }
     }
-    Ok(())
+    Ok(BodySteps(body))
+}
+
+/// The response-transform phase's `body_json` steps: the upstream's JSON body read whole (up
+/// to `server.max_transform_body`, within the route's timeout), edited, and its
+/// Content-Length set. `None` when there is nothing to edit: the body streams as it comes.
+pub async fn response_body(
+    ctx: &Ctx<'_>,
+    route: &RouteConfig,
+    steps: BodySteps,
+    answer: &mut Answer,
+) -> Result<Option<Buffered>, GatewayError> {
+    if steps.0.is_empty() {
+        return Ok(None);
+    }
+    let status = answer.parts.status.as_u16();
+    let bodiless = status < 200 || status == 204 || status == 304;
+    if bodiless
+        || ctx.req.method() == actix_web::http::Method::HEAD
+        || !is_json(&answer.parts.headers)
+    {
+        return Ok(None);
+    }
+    let all = |reason: &'static str| -> Result<(), GatewayError> {
+        for &k in &steps.0 {
+            failed(ctx, route, &route.transforms.response[k], reason, true)?;
+        }
+        Ok(())
+    };
+    if answer
+        .parts
+        .headers
+        .contains_key(http::header::CONTENT_ENCODING)
+    {
+        all("the body is encoded (Content-Encoding)")?;
+        return Ok(None);
+    }
+    let limit = ctx.rt.config.server.max_transform_body;
+    if super::headers::content_length(&answer.parts.headers).is_some_and(|n| n > limit) {
+        all("the body is larger than server.max_transform_body")?;
+        return Ok(None);
+    }
+    let mut buf = bytes::BytesMut::new();
+    let read = async {
+        use hyper::body::Body;
+        loop {
+            let frame =
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut answer.body).poll_frame(cx))
+                    .await;
+            match frame {
+                None => return Ok(true),
+                Some(Err(_)) => return Err(GatewayError::UpstreamProtocol),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                        if buf.len() as u64 > limit {
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let whole = tokio::time::timeout(route.timeout, read)
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout)??;
+    if !whole {
+        all("the body is larger than server.max_transform_body")?;
+        return Ok(Some(Buffered::Prefix(buf.freeze())));
+    }
+    let mut body = buf.freeze();
+    for &k in &steps.0 {
+        let step = &route.transforms.response[k];
+        let Op::BodyJson(ops) = &step.op else {
+            continue;
+        };
+        match super::body_json::apply(&body, ops) {
+            Ok(b) => body = b,
+            Err(reason) => failed(ctx, route, step, reason, true)?,
+        }
+    }
+    answer.parts.headers.insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from(body.len() as u64),
+    );
+    Ok(Some(Buffered::Whole(body)))
+}
+
+/// A `body_json` step on the request: the body the body phase read whole, edited.
+fn request_body(
+    ctx: &Ctx<'_>,
+    up: &mut UpstreamRequest<'_>,
+    ops: &[JsonOp],
+) -> Result<(), &'static str> {
+    let headers = ctx.req.headers();
+    let json = headers
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(json_type);
+    if !json {
+        return Ok(());
+    }
+    if headers.contains_key(actix_web::http::header::CONTENT_ENCODING) {
+        return Err("the body is encoded (Content-Encoding)");
+    }
+    match &up.first {
+        Some(ProxyBody::Full(Some(b))) => {
+            let edited = super::body_json::apply(b, ops)?;
+            up.body_len = Some(edited.len() as u64);
+            up.replayable = Some(Some(edited.clone()));
+            up.first = Some(ProxyBody::Full(Some(edited)));
+            Ok(())
+        }
+        Some(ProxyBody::Stream { .. }) => {
+            Err("the body is streamed (larger than the gateway reads whole)")
+        }
+        Some(ProxyBody::Empty) | Some(ProxyBody::Full(None)) | None => Ok(()),
+    }
+}
+
+fn is_json(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(json_type)
+}
+
+/// `application/json`, or any `+json` type, parameters aside.
+fn json_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// A step failed: counted and logged; an error when its `on_error` is `fail`.
@@ -231,7 +398,8 @@ fn headers(op: &Op, vars: &Vars<'_, '_>) -> Result<Vec<HeaderOp>, &'static str> 
         | Op::QueryRemove(_)
         | Op::QueryRename(_)
         | Op::PathRewrite(_)
-        | Op::StatusMap { .. } => Vec::new(),
+        | Op::StatusMap { .. }
+        | Op::BodyJson(_) => Vec::new(),
     })
 }
 

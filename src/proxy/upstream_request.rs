@@ -28,7 +28,9 @@ pub struct UpstreamRequest<'a> {
     /// whole; `None` for a streamed body, which cannot be sent twice.
     pub replayable: Option<Option<Bytes>>,
     /// The first attempt's body, until it is sent.
-    first: Option<ProxyBody>,
+    pub(super) first: Option<ProxyBody>,
+    /// The body's length after a `body_json` step rewrote it (sent as Content-Length).
+    pub(super) body_len: Option<u64>,
     /// A request that was never written (its connection failed first): the next attempt sends
     /// it as it is, whatever its body.
     pub unsent: Option<http::Request<ProxyBody>>,
@@ -99,6 +101,7 @@ pub fn build<'a>(
         transformed: Vec::new(),
         replayable,
         first: Some(body),
+        body_len: None,
         unsent: None,
     })
 }
@@ -135,6 +138,10 @@ impl UpstreamRequest<'_> {
         self.edits.apply(up.headers_mut());
         for op in &self.transformed {
             op.apply(up.headers_mut());
+        }
+        if let Some(n) = self.body_len {
+            up.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
         }
         if matches!(up.body(), ProxyBody::Stream { len: None, .. }) {
             // Say so explicitly: for GET and HEAD hyper would otherwise assume no body.

@@ -2,12 +2,13 @@
 //! templates and header names checked and compiled once ([`crate::config::transform`]).
 
 use super::V;
+use crate::config::raw::{RawBodyJson, RawJsonOp};
 use crate::config::raw::{
     RawHeaderNames, RawHeaderValues, RawParamNames, RawParamValues, RawPathRewrite, RawStatusMap,
     RawTransform,
 };
 use crate::config::transform::{
-    OnError, Op, PathRewrite, ReplacementPart, Step, Template, TemplatePart, Transforms,
+    JsonOp, OnError, Op, PathRewrite, ReplacementPart, Step, Template, TemplatePart, Transforms,
 };
 use http::{HeaderName, HeaderValue};
 use std::sync::Arc;
@@ -115,6 +116,7 @@ fn step(v: &mut V, cx: &StepCx<'_>, r: &RawTransform) -> Option<(bool, OnError, 
         RawTransform::QueryRemove(q) => query_remove(v, cx, q),
         RawTransform::PathRewrite(pr) => path_rewrite(v, cx, pr),
         RawTransform::StatusMap(s) => status_map(v, cx, s),
+        RawTransform::BodyJson(b) => body_json(v, cx, b),
     };
     Some((phase? == Phase::Response, on_error?, op?))
 }
@@ -361,6 +363,43 @@ fn status_map(v: &mut V, cx: &StepCx<'_>, s: &RawStatusMap) -> Parsed {
         to: s.to,
     });
     (phase, on_error, op)
+}
+
+fn body_json(v: &mut V, cx: &StepCx<'_>, b: &RawBodyJson) -> Parsed {
+    let p = cx.p;
+    let phase = phase(v, p, b.phase.as_deref(), Phase::Request);
+    let on_error = on_error(v, p, b.on_error.as_deref());
+    let mut ok = true;
+    let mut pointer = |v: &mut V, field: String, ptr: &str| {
+        if !ptr.starts_with('/') {
+            v.err_hint(
+                field,
+                format!("`{ptr}` is not a JSON Pointer below the document"),
+                "a pointer starts with `/`, such as \"/user/name\" (`~1` for `/`, `~0` for `~` in a key)",
+            );
+            ok = false;
+        }
+        ptr.to_string()
+    };
+    let mut ops = Vec::with_capacity(b.ops.len());
+    for (k, op) in b.ops.iter().enumerate() {
+        let q = format!("{p}.ops[{k}]");
+        ops.push(match op {
+            RawJsonOp::Set { path, value } => {
+                JsonOp::Set(pointer(v, format!("{q}.path"), path), value.clone())
+            }
+            RawJsonOp::Remove { path } => JsonOp::Remove(pointer(v, format!("{q}.path"), path)),
+            RawJsonOp::Rename { from, to } => JsonOp::Rename(
+                pointer(v, format!("{q}.from"), from),
+                pointer(v, format!("{q}.to"), to),
+            ),
+            RawJsonOp::Copy { from, to } => JsonOp::Copy(
+                pointer(v, format!("{q}.from"), from),
+                pointer(v, format!("{q}.to"), to),
+            ),
+        });
+    }
+    (phase, on_error, ok.then_some(Op::BodyJson(ops)))
 }
 
 /// Parses a `path_rewrite` replacement: `$1`, `$name` (letters, digits, `_`, not starting
