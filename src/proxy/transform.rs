@@ -18,12 +18,13 @@ use super::forward::Answer;
 use super::route::Routed;
 use super::upstream_request::UpstreamRequest;
 use crate::base::error::GatewayError;
-use crate::config::model::RouteConfig;
+use crate::config::model::{RouteConfig, ServerConfig};
 use crate::config::transform::{
     JsonOp, OnError, Op, ReplacementPart, Step, Template, TemplatePart,
 };
 use crate::edge::auth::{Identity, Scheme};
 use crate::upstream::body::ProxyBody;
+use actix_web::HttpRequest;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -87,16 +88,30 @@ pub enum Buffered {
     Prefix(Bytes),
 }
 
-/// What templates read.
-struct Vars<'r, 'a> {
-    ctx: &'r Ctx<'a>,
-    route: &'r RouteConfig,
-    params: &'r matchit::Params<'r, 'r>,
-    identity: Option<&'r Identity>,
+/// What templates read: the client's request as it arrived, the route and its path
+/// parameters, and the caller.
+pub struct Vars<'r> {
+    pub req: &'r HttpRequest,
+    pub request_id: &'r str,
+    /// For `{client_ip}` (the client's address behind trusted proxies).
+    pub server: &'r ServerConfig,
+    /// The route's name.
+    pub route: &'r str,
+    pub params: &'r matchit::Params<'r, 'r>,
+    pub identity: Option<&'r Identity>,
 }
 
-/// The request-transform phase: the route's request steps applied to `up` (its path, query
-/// and header edits), its response steps evaluated for [`response`].
+/// The request steps' edits of the upstream request.
+#[derive(Debug, Default)]
+pub struct RequestEdits {
+    /// The new path and query, when a step changed them.
+    pub target: Option<http::uri::PathAndQuery>,
+    /// Header edits, in order, applied after the edge chain's.
+    pub headers: Vec<HeaderOp>,
+}
+
+/// The request-transform phase: the route's request steps applied to `up` (its path, query,
+/// header edits and a body read whole), its response steps evaluated for [`response`].
 #[inline(always)]
 pub fn request(
     ctx: &Ctx<'_>,
@@ -109,60 +124,26 @@ pub fn request(
         return Ok(ResponseSteps::default());
     }
     let vars = Vars {
-        ctx,
-        route: routed.route,
+        req: ctx.req,
+        request_id: ctx.rid_str(),
+        server: &ctx.rt.config.server,
+        route: &routed.route.name,
         params: &routed.params,
         identity,
     };
-    let pq = up.path_and_query.clone();
-    let mut path = pq.path().to_string();
-    let mut query = pq.query().map(str::to_string);
-    let mut edited = false;
-    for step in &t.request {
-        let done = match &step.op {
-            Op::PathRewrite(rw) => rewrite_path(&path, rw).map(|p| {
-                if let Some(p) = p {
-                    path = p;
-                    edited = true;
-                }
-            }),
-            Op::QuerySet(_) | Op::QueryRemove(_) | Op::QueryRename(_) => {
-                edit_query(query.as_deref().unwrap_or(""), &step.op, &vars).map(|q| {
-                    query = (!q.is_empty()).then_some(q);
-                    edited = true;
-                })
-            }
-            Op::BodyJson(ops) => request_body(ctx, up, ops),
-            _ => headers(&step.op, &vars).map(|ops| up.transformed.extend(ops)),
-        };
-        if let Err(reason) = done {
-            failed(ctx, routed.route, step, reason, false)?;
+    if !t.request.is_empty() {
+        let pq = up.path_and_query.clone();
+        let edits = request_edits(
+            &t.request,
+            &vars,
+            &pq,
+            &mut |ops| request_body(ctx, up, ops),
+            &mut |step, reason| failed(ctx, routed.route, step, reason, false),
+        )?;
+        if let Some(pq) = edits.target {
+            up.path_and_query = pq;
         }
-    }
-    if edited {
-        let target = match &query {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        up.path_and_query = match http::uri::PathAndQuery::try_from(target) {
-            Ok(pq) if pq.path().starts_with('/') => pq,
-            _ => {
-                // No one step is to blame alone: the last path or query step takes it.
-                let last = t.request.iter().rev().find(|s| {
-                    matches!(
-                        s.op,
-                        Op::PathRewrite(_)
-                            | Op::QuerySet(_)
-                            | Op::QueryRemove(_)
-                            | Op::QueryRename(_)
-                    )
-                });
-                if let Some(step) = last {
-                    failed(ctx, routed.route, step, "not a valid request target", false)?;
-                }
-                pq
-            }
-        };
+        up.transformed = edits.headers;
     }
     let steps = t
         .response
@@ -180,6 +161,70 @@ pub fn request(
         })
         .collect();
     Ok(ResponseSteps(steps))
+}
+
+/// Request steps evaluated against `pq`, the path and query the upstream would get: the
+/// edits to make. `body` runs a `body_json` step; `fail` decides what a failed step does (an
+/// error stops here).
+pub fn request_edits<E>(
+    steps: &[Step],
+    vars: &Vars<'_>,
+    pq: &http::uri::PathAndQuery,
+    body: &mut dyn FnMut(&[JsonOp]) -> Result<(), &'static str>,
+    fail: &mut dyn FnMut(&Step, &'static str) -> Result<(), E>,
+) -> Result<RequestEdits, E> {
+    let mut out = RequestEdits::default();
+    let mut path: Option<String> = None;
+    let mut query: Option<Option<String>> = None;
+    for step in steps {
+        let done = match &step.op {
+            Op::PathRewrite(rw) => {
+                rewrite_path(path.as_deref().unwrap_or(pq.path()), rw).map(|p| {
+                    if p.is_some() {
+                        path = p;
+                    }
+                })
+            }
+            Op::QuerySet(_) | Op::QueryRemove(_) | Op::QueryRename(_) => {
+                let current = match &query {
+                    Some(q) => q.as_deref(),
+                    None => pq.query(),
+                };
+                edit_query(current.unwrap_or(""), &step.op, vars).map(|q| {
+                    query = Some((!q.is_empty()).then_some(q));
+                })
+            }
+            Op::BodyJson(ops) => body(ops),
+            _ => headers(&step.op, vars).map(|ops| out.headers.extend(ops)),
+        };
+        if let Err(reason) = done {
+            fail(step, reason)?;
+        }
+    }
+    if path.is_none() && query.is_none() {
+        return Ok(out);
+    }
+    let path = path.as_deref().unwrap_or(pq.path());
+    let target = match query.unwrap_or_else(|| pq.query().map(str::to_string)) {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    match http::uri::PathAndQuery::try_from(target) {
+        Ok(new) if new.path().starts_with('/') => out.target = Some(new),
+        _ => {
+            // No one step is to blame alone: the last path or query step takes it.
+            let last = steps.iter().rev().find(|s| {
+                matches!(
+                    s.op,
+                    Op::PathRewrite(_) | Op::QuerySet(_) | Op::QueryRemove(_) | Op::QueryRename(_)
+                )
+            });
+            if let Some(step) = last {
+                fail(step, "not a valid request target")?;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The response-transform phase: the response steps applied to the upstream's response head;
@@ -375,7 +420,7 @@ fn failed(
 }
 
 /// A header step's edits, values evaluated.
-fn headers(op: &Op, vars: &Vars<'_, '_>) -> Result<Vec<HeaderOp>, &'static str> {
+fn headers(op: &Op, vars: &Vars<'_>) -> Result<Vec<HeaderOp>, &'static str> {
     let value = |t: &Template| {
         let s = render(t, vars)?;
         HeaderValue::try_from(s).map_err(|_| "a value holds characters a header may not carry")
@@ -404,22 +449,21 @@ fn headers(op: &Op, vars: &Vars<'_, '_>) -> Result<Vec<HeaderOp>, &'static str> 
 }
 
 /// A template's value; an error when a variable has none.
-fn render(t: &Template, vars: &Vars<'_, '_>) -> Result<String, &'static str> {
+fn render(t: &Template, vars: &Vars<'_>) -> Result<String, &'static str> {
     if let Some(s) = t.literal() {
         return Ok(s.to_string());
     }
-    let req = vars.ctx.req;
+    let req = vars.req;
     let mut out = String::new();
     for part in &t.parts {
         match part {
             TemplatePart::Literal(s) => out.push_str(s),
-            TemplatePart::RequestId => out.push_str(vars.ctx.rid_str()),
+            TemplatePart::RequestId => out.push_str(vars.request_id),
             TemplatePart::ClientIp => {
-                let ip = super::client_ip(req, &vars.ctx.rt.config.server)
-                    .ok_or("{client_ip} has no value")?;
+                let ip = super::client_ip(req, vars.server).ok_or("{client_ip} has no value")?;
                 out.push_str(&ip.to_string());
             }
-            TemplatePart::Route => out.push_str(&vars.route.name),
+            TemplatePart::Route => out.push_str(vars.route),
             TemplatePart::Path { index, .. } => {
                 let (_, v) = index
                     .and_then(|i| vars.params.iter().nth(i))
@@ -487,7 +531,7 @@ fn rewrite_path(
 }
 
 /// The query after a `query_*` step. Untouched parameters keep their bytes as sent.
-fn edit_query(query: &str, op: &Op, vars: &Vars<'_, '_>) -> Result<String, &'static str> {
+fn edit_query(query: &str, op: &Op, vars: &Vars<'_>) -> Result<String, &'static str> {
     let key_of = |pair: &str| -> String {
         form_urlencoded::parse(pair.as_bytes())
             .next()
