@@ -550,3 +550,62 @@ async fn a_response_body_over_max_transform_body_streams_untouched_or_fails() {
     assert_eq!(count("skip"), Some(2.0));
     assert_eq!(count("fail"), Some(2.0));
 }
+
+#[tokio::test]
+async fn the_config_md_example_works_as_written() {
+    let up = Upstream::start(|_| {
+        json_reply(r#"{"internal":{"db":"x"},"user_name":"ann","id":7}"#)
+            .header("server", "upstream/1.0")
+            .header("x-powered-by", "php")
+    });
+    let gw = gateway(
+        &up,
+        r#"[{"name":"users","path":"/v1/users/{*rest}","upstream":"u"}]"#,
+        r#""transformations": [
+  { "type": "header_add", "headers": { "X-API-Version": "v2" } },
+  { "type": "path_rewrite", "pattern": "/v1/users/(.*)", "replacement": "/users/$1" },
+  { "type": "header_remove", "phase": "response", "headers": ["Server", "X-Powered-By"] },
+  { "type": "body_json", "phase": "response", "ops": [
+      { "op": "remove", "path": "/internal" },
+      { "op": "rename", "from": "/user_name", "to": "/userName" },
+      { "op": "set", "path": "/gateway", "value": "kairos" } ] }
+]"#,
+    );
+    let res = client()
+        .get(gw.url("/v1/users/7?full=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("server").is_none());
+    assert!(res.headers().get("x-powered-by").is_none());
+    let got: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        got,
+        serde_json::json!({"userName":"ann","id":7,"gateway":"kairos"})
+    );
+    let seen = up.last();
+    assert_eq!(seen.target, "/users/7?full=1");
+    assert_eq!(seen.header("x-api-version"), Some("v2"));
+}
+
+#[tokio::test]
+async fn a_top_level_path_variable_reads_each_routes_own_parameter() {
+    let up = Upstream::start_ok();
+    let gw = gateway(
+        &up,
+        r#"[{"name":"a","path":"/a/{id}","upstream":"u"},
+            {"name":"b","path":"/b/{x}/{id}","upstream":"u"},
+            {"name":"c","path":"/c","upstream":"u"}]"#,
+        r#""transformations":[
+          {"type":"header_set","headers":{"X-Id":"{path.id}"},"on_error":"skip"}]"#,
+    );
+    client().get(gw.url("/a/1")).send().await.unwrap();
+    assert_eq!(up.last().header("x-id"), Some("1"));
+    client().get(gw.url("/b/9/2")).send().await.unwrap();
+    assert_eq!(up.last().header("x-id"), Some("2"));
+    // A route without the parameter: the step fails, and `skip` lets the request through.
+    let res = client().get(gw.url("/c")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(up.last().header("x-id"), None);
+}
