@@ -652,19 +652,28 @@ fn transformation_errors_name_the_step_and_suggest_the_fix() {
 }
 
 #[test]
-fn an_unknown_transformation_type_is_a_type_error_at_its_path() {
+fn an_unknown_transformation_type_is_named_with_a_suggestion() {
     let errs = transform_errors(r#"[{"type": "header_sett", "headers": {}}]"#, "[]");
     let e = errs
         .iter()
         .find(|e| e.path == "routes[0].transformations[0].type")
         .unwrap_or_else(|| panic!("{errs:#?}"));
+    assert_eq!(e.message, "unknown value `header_sett`");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `header_set`?"));
+    assert_eq!(e.line, Some(2));
+    let errs = transform_errors(r#"[{"type": "gzip", "level": 5}]"#, "[]");
+    let e = errs
+        .iter()
+        .find(|e| e.path == "routes[0].transformations[0].type")
+        .unwrap_or_else(|| panic!("{errs:#?}"));
+    assert_eq!(e.message, "unknown value `gzip`");
     assert!(
-        e.message.starts_with(
-            "unknown variant `header_sett`, expected one of `header_add`, `header_set`"
-        ),
+        e.hint
+            .as_deref()
+            .unwrap()
+            .starts_with("expected one of header_add, header_set,"),
         "{e}"
     );
-    assert_eq!(e.line, Some(2));
 }
 
 #[test]
