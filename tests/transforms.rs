@@ -609,3 +609,25 @@ async fn a_top_level_path_variable_reads_each_routes_own_parameter() {
     assert_eq!(res.status(), 200);
     assert_eq!(up.last().header("x-id"), None);
 }
+
+#[test]
+fn a_reload_that_changes_transformations_changes_the_routes_they_apply_to() {
+    let load = |top: &str, own: &str| {
+        let text = config(
+            "http://127.0.0.1:9",
+            &format!(
+                r#"[{{"name":"a","path":"/a","upstream":"u","transformations":{own}}},
+                    {{"name":"b","path":"/b","upstream":"u"}}]"#
+            ),
+            &format!(r#""transformations":{top}"#),
+        );
+        kairos_rs::config::load_str(&text, "t", std::path::Path::new(".")).unwrap()
+    };
+    let step = r#"[{"type":"header_set","headers":{"X-A":"1"}}]"#;
+    let other = r#"[{"type":"header_set","headers":{"X-A":"2"}}]"#;
+    let diff = kairos_rs::runtime::diff::Diff::between;
+    let base = load("[]", step);
+    assert!(diff(&base, &load("[]", step)).routes_changed.is_empty());
+    assert_eq!(diff(&base, &load("[]", other)).routes_changed, ["a"]);
+    assert_eq!(diff(&base, &load(other, step)).routes_changed, ["a", "b"]);
+}
