@@ -697,3 +697,17 @@ fn body_json_pointers_must_start_with_a_slash() {
         "`gateway` is not a JSON Pointer below the document"
     );
 }
+
+#[test]
+fn a_path_replacement_may_not_carry_a_query() {
+    let errs = transform_errors(
+        r#"[{"type": "path_rewrite", "pattern": "^/users/(.*)$", "replacement": "/u/$1?v=2"}]"#,
+        "[]",
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].path, "routes[0].transformations[0].replacement");
+    assert_eq!(
+        errs[0].message,
+        "a path replacement may not contain `?` or `#`"
+    );
+}

@@ -322,6 +322,14 @@ fn path_rewrite(v: &mut V, cx: &StepCx<'_>, pr: &RawPathRewrite) -> Parsed {
             None
         }
     };
+    if pr.replacement.contains(['?', '#']) {
+        v.err_hint(
+            format!("{p}.replacement"),
+            "a path replacement may not contain `?` or `#`",
+            "the query goes along unchanged; edit it with query_set, query_remove or query_rename",
+        );
+        return (phase, on_error, None);
+    }
     let op = regex.and_then(|regex| match replacement(&pr.replacement, &regex) {
         Ok(replacement) => Some(Op::PathRewrite(PathRewrite { regex, replacement })),
         Err((msg, hint)) => {
