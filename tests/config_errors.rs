@@ -711,3 +711,35 @@ fn a_path_replacement_may_not_carry_a_query() {
         "a path replacement may not contain `?` or `#`"
     );
 }
+
+#[test]
+fn a_template_may_not_read_the_api_key() {
+    let text = format!(
+        r#"{{{UP},
+          "api_keys": {{"header_name": "X-Partner-Key", "query_param": "key",
+                        "keys": {{"a": {{"key_hash": "sha256:{}"}}}}}},
+          "transformations": [{{"type": "header_set", "headers": {{"X-K": "{{header.x-partner-key}}"}}}}],
+          "routes": [{{"path": "/a", "upstream": "users", "transformations": [
+            {{"type": "query_set", "params": {{"k": "{{query.key}}"}}}},
+            {{"type": "header_set", "headers": {{"X-Name": "{{api_key}}"}}}}]}}]}}"#,
+        "0".repeat(64)
+    );
+    let errs = errors(&text);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "transformations[0].headers.X-K",
+            "routes[0].transformations[0].params.k"
+        ],
+        "{errs:#?}"
+    );
+    assert_eq!(
+        errs[0].message,
+        "a template may not read the API key: the gateway never forwards it"
+    );
+    assert_eq!(
+        errs[0].hint.as_deref(),
+        Some("use {api_key} for the name of the caller's key")
+    );
+}

@@ -181,6 +181,8 @@ pub(super) struct RouteContext<'a> {
     pub(super) default_timeout: Duration,
     /// The compiled top-level `transformations`, with their phase (true: response).
     pub(super) top_transforms: &'a [(bool, crate::config::transform::Step)],
+    /// Where API keys come from (no template may read them).
+    pub(super) key_sources: super::transformations::KeySources<'a>,
 }
 
 type RoutesOnShape = Vec<(usize, MethodSet)>;
@@ -256,7 +258,10 @@ fn route(v: &mut V, i: usize, r: &RawRoute, cx: &RouteContext, seen: &mut Seen) 
             v,
             &format!("{p}.transformations"),
             list,
-            template.as_ref().map(|t| t.params.as_slice()),
+            (
+                template.as_ref().map(|t| t.params.as_slice()),
+                cx.key_sources,
+            ),
             cx.top_transforms.len(),
         ),
         None => Vec::new(),

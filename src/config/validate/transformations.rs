@@ -35,6 +35,13 @@ enum Phase {
     Response,
 }
 
+/// Where API keys come from: the gateway never forwards them, so no template may read them.
+#[derive(Clone, Copy, Default)]
+pub(super) struct KeySources<'a> {
+    pub(super) header: Option<&'a HeaderName>,
+    pub(super) query: Option<&'a str>,
+}
+
 /// Compiles the steps at `path` (`transformations` or `routes[i].transformations`). `params`
 /// are the route's path parameters (`None` at the top level, where any route may apply);
 /// `first` is the index of the first step in the route's list.
@@ -42,13 +49,17 @@ pub(super) fn steps(
     v: &mut V,
     path: &str,
     raw: &[RawTransform],
-    params: Option<&[String]>,
+    (params, keys): (Option<&[String]>, KeySources<'_>),
     first: usize,
 ) -> Vec<(bool, Step)> {
     let mut out = Vec::with_capacity(raw.len());
     for (j, r) in raw.iter().enumerate() {
         let p = format!("{path}[{j}]");
-        let cx = StepCx { p: &p, params };
+        let cx = StepCx {
+            p: &p,
+            params,
+            keys,
+        };
         if let Some((response, on_error, op)) = step(v, &cx, r) {
             out.push((
                 response,
@@ -103,6 +114,7 @@ fn resolve_path_params(op: &mut Op, params: &[String]) {
 struct StepCx<'a> {
     p: &'a str,
     params: Option<&'a [String]>,
+    keys: KeySources<'a>,
 }
 
 fn step(v: &mut V, cx: &StepCx<'_>, r: &RawTransform) -> Option<(bool, OnError, Op)> {
@@ -198,7 +210,7 @@ fn header_values(
     for (name, value) in &h.headers {
         let hp = format!("{p}.headers.{name}");
         let n = header_name(v, &hp, name);
-        let t = template(v, &hp, value, cx.params);
+        let t = template(v, &hp, value, cx);
         if let Some(t) = &t {
             for part in &t.parts {
                 if let TemplatePart::Literal(s) = part {
@@ -266,7 +278,7 @@ fn query_values(v: &mut V, cx: &StepCx<'_>, q: &RawParamValues, set: bool) -> Pa
             continue;
         }
         if set {
-            match template(v, &pp, value, cx.params) {
+            match template(v, &pp, value, cx) {
                 Some(t) => sets.push((name.clone(), t)),
                 None => ok = false,
             }
@@ -474,9 +486,26 @@ pub fn replacement(
     Ok(parts)
 }
 
-fn template(v: &mut V, p: &str, s: &str, params: Option<&[String]>) -> Option<Template> {
-    match parse_template(s, params) {
-        Ok(t) => Some(t),
+fn template(v: &mut V, p: &str, s: &str, cx: &StepCx<'_>) -> Option<Template> {
+    match parse_template(s, cx.params) {
+        Ok(t) => {
+            for part in &t.parts {
+                let key = match part {
+                    TemplatePart::Header(h) => cx.keys.header == Some(h),
+                    TemplatePart::Query(q) => cx.keys.query == Some(q.as_str()),
+                    _ => false,
+                };
+                if key {
+                    v.err_hint(
+                        p,
+                        "a template may not read the API key: the gateway never forwards it",
+                        "use {api_key} for the name of the caller's key",
+                    );
+                    return None;
+                }
+            }
+            Some(t)
+        }
         Err((msg, hint)) => {
             v.err_hint(p, msg, hint);
             None
