@@ -109,7 +109,8 @@ async fn response_steps_edit_headers_and_map_the_status_body_untouched() {
         _ => Reply::ok("fine")
             .header("server", "upstream/1.0")
             .header("x-powered-by", "php")
-            .header("x-internal", "v"),
+            .header("x-internal", "v")
+            .header("set-cookie", "up=1"),
     });
     let gw = gateway(
         &up,
@@ -117,6 +118,7 @@ async fn response_steps_edit_headers_and_map_the_status_body_untouched() {
           {"type":"header_remove","phase":"response","headers":["Server","X-Powered-By"]},
           {"type":"header_rename","phase":"response","headers":{"X-Internal":"X-Public"}},
           {"type":"header_set","phase":"response","headers":{"X-Served-By":"kairos {route}"}},
+          {"type":"header_add","phase":"response","headers":{"Set-Cookie":"gw=1"}},
           {"type":"status_map","from":404,"to":410}
         ]}]"#,
         "",
@@ -128,6 +130,13 @@ async fn response_steps_edit_headers_and_map_the_status_body_untouched() {
     assert!(res.headers().get("x-internal").is_none());
     assert_eq!(res.headers()["x-public"], "v");
     assert_eq!(res.headers()["x-served-by"], "kairos r");
+    let cookies: Vec<&str> = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies, ["up=1", "gw=1"]);
     assert_eq!(res.text().await.unwrap(), "fine");
 
     let res = client().get(gw.url("/r/missing")).send().await.unwrap();
