@@ -62,10 +62,12 @@ impl HeaderOp {
     }
 }
 
-/// The route's response steps, their values evaluated (or the reason they could not be).
+/// The route's response steps, in order, their values evaluated (or the reason they could
+/// not be).
 #[derive(Default)]
-pub struct ResponseSteps(Vec<(usize, OnError, Result<Resolved, &'static str>)>);
+pub struct ResponseSteps(Vec<Result<Resolved, &'static str>>);
 
+/// A response step ready to apply.
 pub enum Resolved {
     Headers(Vec<HeaderOp>),
     Status {
@@ -148,16 +150,13 @@ pub fn request(
     let steps = t
         .response
         .iter()
-        .map(|s| {
-            let r = match &s.op {
-                Op::StatusMap { from, to } => Ok(Resolved::Status {
-                    from: *from,
-                    to: *to,
-                }),
-                Op::BodyJson(_) => Ok(Resolved::Body),
-                op => headers(op, &vars).map(Resolved::Headers),
-            };
-            (s.index, s.on_error, r)
+        .map(|s| match &s.op {
+            Op::StatusMap { from, to } => Ok(Resolved::Status {
+                from: *from,
+                to: *to,
+            }),
+            Op::BodyJson(_) => Ok(Resolved::Body),
+            op => headers(op, &vars).map(Resolved::Headers),
         })
         .collect();
     Ok(ResponseSteps(steps))
@@ -237,7 +236,7 @@ pub fn response(
     head: &mut http::response::Parts,
 ) -> Result<BodySteps, GatewayError> {
     let mut body = Vec::new();
-    for (k, (_, _, r)) in steps.0.iter().enumerate() {
+    for (k, r) in steps.0.iter().enumerate() {
         match r {
             Ok(Resolved::Body) => body.push(k),
             Ok(Resolved::Headers(ops)) => ops.iter().for_each(|op| op.apply(&mut head.headers)),
