@@ -605,3 +605,162 @@ fn ipv6_prefix_and_the_auth_failure_throttle_are_checked() {
         "{errs:#?}"
     );
 }
+
+fn transform_errors(route_steps: &str, top_steps: &str) -> Vec<ConfigError> {
+    errors(&format!(
+        r#"{{{UP}, "transformations": {top_steps}, "routes": [
+          {{"path": "/users/{{id}}", "upstream": "users", "transformations": {route_steps}}}]}}"#
+    ))
+}
+
+#[test]
+fn transformation_errors_name_the_step_and_suggest_the_fix() {
+    let errs = transform_errors(
+        r#"[
+          {"type": "path_rewrite", "pattern": "/v1/(users", "replacement": "/$1"},
+          {"type": "path_rewrite", "pattern": "/v1/(.*)", "replacement": "/$2"},
+          {"type": "path_rewrite", "pattern": "/v1/(.*)", "replacement": "/$name"},
+          {"type": "header_set", "headers": {"X-A": "{user.id}"}},
+          {"type": "header_set", "headers": {"X-B": "{path.user_id}"}},
+          {"type": "header_add", "headers": {"Content-Length": "1"}},
+          {"type": "query_set", "phase": "response", "params": {"a": "1"}},
+          {"type": "header_set", "headers": {"X-C": "{unclosed"}}
+        ]"#,
+        r#"[{"type": "status_map", "phase": "request", "from": 404, "to": 410},
+            {"type": "status_map", "from": 200, "to": 204, "on_error": "ignore"}]"#,
+    );
+    let find = |path: &str| {
+        errs.iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no error at {path}: {errs:#?}"))
+    };
+    let p = "routes[0].transformations";
+    let e = find(&format!("{p}[0].pattern"));
+    assert_eq!(e.message, "invalid regular expression: unclosed group");
+    let e = find(&format!("{p}[1].replacement"));
+    assert_eq!(e.message, "`$2` names a capture the pattern lacks");
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("the pattern has 1 capture group(s); `$0` is the whole match")
+    );
+    let e = find(&format!("{p}[2].replacement"));
+    assert_eq!(e.message, "`$name` names a capture the pattern lacks");
+    let e = find(&format!("{p}[3].headers.X-A"));
+    assert_eq!(e.message, "unknown template variable `{user.id}`");
+    assert!(e.hint.as_deref().unwrap().contains("{path.NAME}"), "{e}");
+    let e = find(&format!("{p}[4].headers.X-B"));
+    assert_eq!(
+        e.message,
+        "`{path.user_id}` is not a parameter of the route's path"
+    );
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("the route's path parameters are: id")
+    );
+    let e = find(&format!("{p}[5].headers.Content-Length"));
+    assert!(e.message.contains("managed by the gateway"), "{e}");
+    let e = find(&format!("{p}[6].phase"));
+    assert!(e.message.starts_with("a response has no query"), "{e}");
+    let e = find(&format!("{p}[7].headers.X-C"));
+    assert_eq!(e.hint.as_deref(), Some("write `{{` for a literal `{`"));
+    let e = find("transformations[0].phase");
+    assert_eq!(e.message, "status_map applies to responses only");
+    let e = find("transformations[1].to");
+    assert_eq!(e.message, "204 cannot be mapped");
+    let e = find("transformations[1].on_error");
+    assert_eq!(e.hint.as_deref(), Some("use \"fail\" or \"skip\""));
+    assert_eq!(errs.len(), 11, "{errs:#?}");
+}
+
+#[test]
+fn an_unknown_transformation_type_is_named_with_a_suggestion() {
+    let errs = transform_errors(r#"[{"type": "header_sett", "headers": {}}]"#, "[]");
+    let e = errs
+        .iter()
+        .find(|e| e.path == "routes[0].transformations[0].type")
+        .unwrap_or_else(|| panic!("{errs:#?}"));
+    assert_eq!(e.message, "unknown value `header_sett`");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `header_set`?"));
+    assert_eq!(e.line, Some(2));
+    let errs = transform_errors(r#"[{"type": "gzip", "level": 5}]"#, "[]");
+    let e = errs
+        .iter()
+        .find(|e| e.path == "routes[0].transformations[0].type")
+        .unwrap_or_else(|| panic!("{errs:#?}"));
+    assert_eq!(e.message, "unknown value `gzip`");
+    assert!(
+        e.hint
+            .as_deref()
+            .unwrap()
+            .starts_with("expected one of header_add, header_set,"),
+        "{e}"
+    );
+}
+
+#[test]
+fn body_json_pointers_must_start_with_a_slash() {
+    let errs = transform_errors(
+        r#"[{"type": "body_json", "ops": [
+              {"op": "set", "path": "gateway", "value": 1},
+              {"op": "rename", "from": "/a", "to": "b"}]}]"#,
+        "[]",
+    );
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].transformations[0].ops[0].path",
+            "routes[0].transformations[0].ops[1].to"
+        ]
+    );
+    assert_eq!(
+        errs[0].message,
+        "`gateway` is not a JSON Pointer below the document"
+    );
+}
+
+#[test]
+fn a_path_replacement_may_not_carry_a_query() {
+    let errs = transform_errors(
+        r#"[{"type": "path_rewrite", "pattern": "^/users/(.*)$", "replacement": "/u/$1?v=2"}]"#,
+        "[]",
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].path, "routes[0].transformations[0].replacement");
+    assert_eq!(
+        errs[0].message,
+        "a path replacement may not contain `?` or `#`"
+    );
+}
+
+#[test]
+fn a_template_may_not_read_the_api_key() {
+    let text = format!(
+        r#"{{{UP},
+          "api_keys": {{"header_name": "X-Partner-Key", "query_param": "key",
+                        "keys": {{"a": {{"key_hash": "sha256:{}"}}}}}},
+          "transformations": [{{"type": "header_set", "headers": {{"X-K": "{{header.x-partner-key}}"}}}}],
+          "routes": [{{"path": "/a", "upstream": "users", "transformations": [
+            {{"type": "query_set", "params": {{"k": "{{query.key}}"}}}},
+            {{"type": "header_set", "headers": {{"X-Name": "{{api_key}}"}}}}]}}]}}"#,
+        "0".repeat(64)
+    );
+    let errs = errors(&text);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "transformations[0].headers.X-K",
+            "routes[0].transformations[0].params.k"
+        ],
+        "{errs:#?}"
+    );
+    assert_eq!(
+        errs[0].message,
+        "a template may not read the API key: the gateway never forwards it"
+    );
+    assert_eq!(
+        errs[0].hint.as_deref(),
+        Some("use {api_key} for the name of the caller's key")
+    );
+}

@@ -96,6 +96,7 @@ fn route(i: usize, segs: &[Seg]) -> RouteConfig {
         permissions: Vec::new(),
         cors: None,
         rate_limit: None,
+        transforms: Default::default(),
     }
 }
 

@@ -37,6 +37,13 @@ pub enum GatewayError {
     UpstreamProtocol,
     NoHealthyUpstream,
     UpstreamTimeout,
+    /// A transformation step failed with `on_error: fail`: 400 for a request step, 502 for a
+    /// response step.
+    TransformFailed {
+        route: String,
+        step: usize,
+        response: bool,
+    },
 }
 
 impl GatewayError {
@@ -61,6 +68,10 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::TransformFailed {
+                response: false, ..
+            } => StatusCode::BAD_REQUEST,
+            GatewayError::TransformFailed { response: true, .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -83,11 +94,15 @@ impl GatewayError {
             GatewayError::UpstreamProtocol => "upstream_protocol_error",
             GatewayError::NoHealthyUpstream => "no_healthy_upstream",
             GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::TransformFailed { .. } => "transform_failed",
         }
     }
 
-    fn message(&self) -> &'static str {
-        match self {
+    fn message(&self) -> std::borrow::Cow<'static, str> {
+        let text = match self {
+            GatewayError::TransformFailed { route, step, .. } => {
+                return format!("transformation step {step} of route `{route}` failed").into();
+            }
             GatewayError::BadRequest(m) => m,
             GatewayError::Unauthorized | GatewayError::AuthRequired { .. } => {
                 "missing or invalid credentials"
@@ -111,7 +126,8 @@ impl GatewayError {
             GatewayError::UpstreamProtocol => "the upstream service sent an invalid response",
             GatewayError::NoHealthyUpstream => "no healthy upstream server is available",
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
-        }
+        };
+        text.into()
     }
 
     /// The response the client sees.
@@ -168,7 +184,8 @@ impl GatewayError {
             | GatewayError::UpstreamConnect
             | GatewayError::UpstreamProtocol
             | GatewayError::NoHealthyUpstream
-            | GatewayError::UpstreamTimeout => {}
+            | GatewayError::UpstreamTimeout
+            | GatewayError::TransformFailed { .. } => {}
         }
         res.body(body.to_string())
     }

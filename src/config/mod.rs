@@ -10,6 +10,7 @@ pub mod model;
 pub mod position;
 pub mod raw;
 pub mod router;
+pub mod transform;
 pub mod units;
 pub mod validate;
 
@@ -399,6 +400,14 @@ fn describe_serde_error(msg: &str) -> (String, Option<String>) {
             (!expected.is_empty()).then(|| format!("expected one of {}", expected.join(", ")))
         });
         return (format!("unknown field `{field}`"), hint);
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant `") {
+        let variant = rest.split('`').next().unwrap_or_default();
+        let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
+        let hint = did_you_mean(variant, expected.iter().copied()).or_else(|| {
+            (!expected.is_empty()).then(|| format!("expected one of {}", expected.join(", ")))
+        });
+        return (format!("unknown value `{variant}`"), hint);
     }
     if let Some(rest) = msg.strip_prefix("invalid type: ") {
         return (format!("wrong type: {rest}"), None);

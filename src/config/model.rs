@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub port: u16,
     pub workers: usize,
     pub max_body_size: u64,
+    /// The largest response body a `body_json` step buffers.
+    pub max_transform_body: u64,
     pub request_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub tls: Option<TlsConfig>,
@@ -280,6 +282,8 @@ pub struct RouteConfig {
     pub cors: Option<crate::config::cors::CorsConfig>,
     /// This route's own limits.
     pub rate_limit: Option<RouteRateLimit>,
+    /// The top-level `transformations`, then the route's own, compiled.
+    pub transforms: std::sync::Arc<crate::config::transform::Transforms>,
 }
 
 /// Which credentials a route accepts; neither means the route is open.

@@ -46,6 +46,9 @@ pub struct RawConfig {
     pub cors: Option<RawCors>,
     #[serde(default)]
     pub tracing: Option<RawTracing>,
+    /// Steps applied to every route's requests and responses, before the route's own.
+    #[serde(default)]
+    pub transformations: Vec<RawTransform>,
 }
 
 /// OpenTelemetry tracing, exported over OTLP/HTTP (Jaeger, Tempo and the OpenTelemetry
@@ -86,6 +89,9 @@ pub struct RawServer {
     pub workers: Option<usize>,
     /// Largest request body accepted (default "10MB"); larger bodies get 413.
     pub max_body_size: Option<SizeStr>,
+    /// Largest response body a `body_json` step buffers (default "1MB"); a larger one is
+    /// handled per the step's `on_error`.
+    pub max_transform_body: Option<SizeStr>,
     /// Longest wait for the request body, the upstream's response head, and each piece of
     /// the response body (default "30s").
     pub request_timeout: Option<DurationStr>,
@@ -295,6 +301,8 @@ pub struct RawRoute {
     pub rate_limit: Option<RawRouteRateLimit>,
     /// CORS for this route, replacing the top-level `cors`.
     pub cors: Option<RawCors>,
+    /// Steps applied to this route's requests and responses, after the top-level ones.
+    pub transformations: Option<Vec<RawTransform>>,
 }
 
 /// One scheme or a list of schemes.
@@ -480,4 +488,122 @@ pub struct RawLogging {
     /// Write logs to this file (appended; relative to the config file's folder) instead of
     /// stderr. SIGUSR1 reopens it at this path (after logrotate moved it).
     pub file: Option<String>,
+}
+
+/// One transformation step. Values may use `{request_id}`, `{client_ip}`, `{route}`,
+/// `{path.NAME}`, `{header.NAME}`, `{query.NAME}`, `{jwt.CLAIM}` and `{api_key}` (the key's
+/// name); `{{` is a literal `{`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RawTransform {
+    /// Appends a value to each header, keeping existing ones.
+    HeaderAdd(RawHeaderValues),
+    /// Replaces each header's values.
+    HeaderSet(RawHeaderValues),
+    HeaderRemove(RawHeaderNames),
+    /// Renames headers: `{"X-Old": "X-New"}`.
+    HeaderRename(RawHeaderValues),
+    /// Sets query parameters, replacing every existing value.
+    QuerySet(RawParamValues),
+    QueryRemove(RawParamNames),
+    /// Renames query parameters: `{"old": "new"}`.
+    QueryRename(RawParamValues),
+    /// Rewrites the path (not the query, which goes along) with a regular expression.
+    PathRewrite(RawPathRewrite),
+    /// Replaces one upstream status with another (response phase only).
+    StatusMap(RawStatusMap),
+    /// Edits a JSON body with JSON Pointer operations, in order.
+    BodyJson(RawBodyJson),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBodyJson {
+    pub ops: Vec<RawJsonOp>,
+    /// "request" (default) or "response".
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
+}
+
+/// One JSON Pointer (RFC 6901) operation.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawJsonOp {
+    /// Sets the value at `path`, creating missing objects on the way.
+    Set {
+        path: String,
+        value: serde_json::Value,
+    },
+    /// Removes the value at `path` (nothing if it is missing).
+    Remove { path: String },
+    /// Moves the value at `from` to `to` (nothing if `from` is missing).
+    Rename { from: String, to: String },
+    /// Copies the value at `from` to `to` (nothing if `from` is missing).
+    Copy { from: String, to: String },
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderValues {
+    pub headers: BTreeMap<String, String>,
+    /// "request" (default) or "response".
+    pub phase: Option<String>,
+    /// "fail" (default: 400 for a request step, 502 for a response step) or "skip".
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderNames {
+    pub headers: Vec<String>,
+    /// "request" (default) or "response".
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParamValues {
+    pub params: BTreeMap<String, String>,
+    /// "request" (the only phase with a query).
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParamNames {
+    pub params: Vec<String>,
+    /// "request" (the only phase with a query).
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathRewrite {
+    /// A regular expression (Rust `regex` syntax), matched anywhere in the path unless
+    /// anchored with `^...$`; the first match is replaced.
+    pub pattern: String,
+    /// The replacement: `$1` or `$name` for a capture, `$$` for a literal `$`.
+    pub replacement: String,
+    /// "request" (the only phase with a path).
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatusMap {
+    pub from: u16,
+    pub to: u16,
+    /// "response" (default; the only phase with a status).
+    pub phase: Option<String>,
+    /// "fail" (default) or "skip".
+    pub on_error: Option<String>,
 }

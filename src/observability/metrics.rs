@@ -89,6 +89,8 @@ pub struct Metrics {
     pub ratelimit_backend_errors: IntCounterVec,
     pub ratelimit_backend_up: IntGaugeVec,
     pub protocol_errors: IntCounterVec,
+    /// Transformation steps that failed, by route and step index (skipped or refused).
+    pub transform_errors: IntCounterVec,
     /// Brought up to the log writer's own count at each scrape ([`Metrics::render`]).
     pub log_dropped: IntCounter,
     servers: Arc<ServerGauges>,
@@ -225,6 +227,12 @@ impl Metrics {
                 &["backend"],
             )
             .expect("valid metric definition"),
+            transform_errors: counter_vec(
+                "kairos_transform_errors_total",
+                "Transformation steps that failed (the message refused, or passed on without \
+                 the step when its on_error is skip), by route and step index.",
+                &["route", "step"],
+            ),
             protocol_errors: counter_vec(
                 "kairos_http_protocol_errors_total",
                 "Request heads refused before routing: malformed (400), too slow (408), \
@@ -239,7 +247,7 @@ impl Metrics {
             .expect("valid metric definition"),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 23] = [
+        let collectors: [Box<dyn Collector>; 24] = [
             Box::new(m.config_last_success.clone()),
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
@@ -261,6 +269,7 @@ impl Metrics {
             Box::new(m.ratelimit_backend_errors.clone()),
             Box::new(m.ratelimit_backend_up.clone()),
             Box::new(m.protocol_errors.clone()),
+            Box::new(m.transform_errors.clone()),
             Box::new(m.log_dropped.clone()),
             Box::new(ServerGaugesCollector(m.servers.clone())),
         ];
@@ -397,6 +406,7 @@ impl Metrics {
         prune(&self.request_bytes, &["route"], &gone);
         prune(&self.response_bytes, &["route"], &gone);
         prune(&self.auth_failures, &["route", "method", "reason"], &gone);
+        prune(&self.transform_errors, &["route", "step"], &gone);
         prune(&self.ratelimited, &["route", "scope"], &gone);
         prune(&self.upstream_duration, &["upstream"], &gone);
         prune(&self.upstream_errors, &["upstream", "kind"], &gone);

@@ -228,6 +228,10 @@ pub struct UpstreamBody {
     waiting: bool,
     /// Records the request's metrics and ends its spans when the body is done or dropped.
     completion: Option<super::completion::Completion>,
+    /// Bytes a response transformation read first: sent before the rest of `body`, or
+    /// instead of it when `rest` is false (the body was read whole and rewritten).
+    prefix: Option<Bytes>,
+    rest: bool,
 }
 
 /// The upstream stopped sending its body for longer than the route timeout.
@@ -269,6 +273,8 @@ impl UpstreamBody {
             idle: None,
             waiting: false,
             completion: None,
+            prefix: None,
+            rest: true,
         };
         if this.body.is_end_stream() {
             this.release();
@@ -276,6 +282,14 @@ impl UpstreamBody {
         // Recorded when the response is over, also for a body that ended already.
         this.completion = completion;
         this
+    }
+
+    /// Sends `prefix` first; then the rest of the upstream's body, or nothing more when `rest`
+    /// is false (the upstream's body was read to its end already).
+    pub fn with_prefix(mut self, prefix: Bytes, rest: bool) -> Self {
+        self.prefix = (!prefix.is_empty()).then_some(prefix);
+        self.rest = rest;
+        self
     }
 
     /// The body is complete: the connection goes back to the pool, the request is recorded.
@@ -298,6 +312,16 @@ impl MessageBody for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        if let Some(data) = self.prefix.take() {
+            if let Some(c) = &mut self.completion {
+                c.response_bytes += data.len() as u64;
+            }
+            return Poll::Ready(Some(Ok(data)));
+        }
+        if !self.rest {
+            self.release();
+            return Poll::Ready(None);
+        }
         loop {
             return match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {

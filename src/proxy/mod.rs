@@ -9,7 +9,9 @@
 //! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication |
 //! | request body       | [`body::read`]                          | read whole or streamed, bytes counted |
 //! | upstream request   | [`upstream_request::build`]             | rewrite, headers, the edge's edits    |
+//! | request transform  | [`transform::request`]                  | `transformations`: path, query, headers |
 //! | forward            | [`forward::forward`]                    | balancer, breaker, retries, timeout   |
+//! | response transform | [`transform::response`], [`transform::response_body`] | `transformations`: headers, status; a JSON body |
 //! | response           | [`response::upstream`] / [`response::error`] | the client's response            |
 //! | response filter    | [`response::filter`]                    | trace id, rate-limit and CORS headers |
 //! | log                | [`log::access`]                         | the access-log line                   |
@@ -22,6 +24,7 @@
 //! reads shared (callgrind, benches/load/callgrind.sh).
 
 pub mod body;
+pub mod body_json;
 pub mod completion;
 pub mod context;
 pub mod forward;
@@ -30,6 +33,7 @@ pub mod log;
 pub mod request;
 pub mod response;
 pub mod route;
+pub mod transform;
 pub mod upstream_request;
 
 pub use request::{has_dot_segment, normalize_path};
@@ -99,9 +103,12 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
         identity.as_ref(),
         body,
     )?;
+    let after = transform::request(ctx, &routed, identity.as_ref(), &mut up)?;
     drop(identity);
-    let answer = forward::forward(ctx, routed.route, host, &mut up, &watch).await?;
-    response::upstream(ctx, routed.route, answer)
+    let mut answer = forward::forward(ctx, routed.route, host, &mut up, &watch).await?;
+    let body_steps = transform::response(ctx, routed.route, after, &mut answer.parts)?;
+    let read = transform::response_body(ctx, routed.route, body_steps, &mut answer).await?;
+    response::upstream(ctx, routed.route, answer, read)
 }
 
 /// The client's address as the gateway believes it (see [`crate::base::net::client_ip`]).

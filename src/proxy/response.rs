@@ -21,6 +21,7 @@ pub fn upstream(
     ctx: &mut Ctx<'_>,
     route: &RouteConfig,
     answer: Answer,
+    read: Option<super::transform::Buffered>,
 ) -> Result<HttpResponse, GatewayError> {
     let Answer { parts, body, lease } = answer;
     let status =
@@ -29,6 +30,11 @@ pub fn upstream(
     let head = ctx.req.method() == actix_web::http::Method::HEAD;
     let done = ctx.complete(status.as_u16());
     let body = UpstreamBody::new(body, len, status.as_u16(), head, lease, route.timeout, done);
+    let body = match read {
+        None => body,
+        Some(super::transform::Buffered::Whole(b)) => body.with_prefix(b, false),
+        Some(super::transform::Buffered::Prefix(b)) => body.with_prefix(b, true),
+    };
     let mut res = HttpResponse::with_body(status, body);
     headers::response_headers(&parts.headers, res.headers_mut());
     if status == StatusCode::NOT_MODIFIED {

@@ -17,15 +17,20 @@ use bytes::Bytes;
 pub struct UpstreamRequest<'a> {
     req: &'a HttpRequest,
     method: http::Method,
-    path_and_query: http::uri::PathAndQuery,
+    /// The path and query sent upstream (the request-transform phase may change them).
+    pub(super) path_and_query: http::uri::PathAndQuery,
     client: headers::ClientInfo<'a>,
     request_id: http::HeaderValue,
     edits: HeaderEdits<'a>,
+    /// The request-transform phase's header edits, applied after the edge chain's.
+    pub(super) transformed: Vec<super::transform::HeaderOp>,
     /// The body again for a retry: `Some(None)` for no body, `Some(Some(bytes))` for one read
     /// whole; `None` for a streamed body, which cannot be sent twice.
     pub replayable: Option<Option<Bytes>>,
     /// The first attempt's body, until it is sent.
-    first: Option<ProxyBody>,
+    pub(super) first: Option<ProxyBody>,
+    /// The body's length after a `body_json` step rewrote it (sent as Content-Length).
+    pub(super) body_len: Option<u64>,
     /// A request that was never written (its connection failed first): the next attempt sends
     /// it as it is, whatever its body.
     pub unsent: Option<http::Request<ProxyBody>>,
@@ -93,8 +98,10 @@ pub fn build<'a>(
         client,
         request_id,
         edits: rt.edge.auth.header_edits(identity),
+        transformed: Vec::new(),
         replayable,
         first: Some(body),
+        body_len: None,
         unsent: None,
     })
 }
@@ -129,6 +136,13 @@ impl UpstreamRequest<'_> {
             &self.request_id,
         );
         self.edits.apply(up.headers_mut());
+        for op in &self.transformed {
+            op.apply(up.headers_mut());
+        }
+        if let Some(n) = self.body_len {
+            up.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        }
         if matches!(up.body(), ProxyBody::Stream { len: None, .. }) {
             // Say so explicitly: for GET and HEAD hyper would otherwise assume no body.
             up.headers_mut().insert(

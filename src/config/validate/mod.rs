@@ -9,12 +9,14 @@ mod observability;
 mod rate_limiting;
 mod routes;
 mod server;
+mod transformations;
 mod upstreams;
 
 pub use observability::{parse_otlp_endpoint, EndpointError};
 pub use routes::{
     parse_path_template, parse_rewrite, PathTemplate, PathTemplateError, RewriteError,
 };
+pub use transformations::{parse_template, replacement};
 pub use upstreams::{parse_server_url, parse_status_range, ServerUrlError, StatusRangeError};
 
 use super::error::ConfigError;
@@ -94,7 +96,20 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
     let server = server::server_config(&mut v, &raw.server, base_dir);
     let admin = observability::admin_config(&mut v, raw.admin.as_ref());
     let (upstreams, upstream_index) = upstreams::upstreams_config(&mut v, &raw.upstreams, base_dir);
+    let key_sources = transformations::KeySources {
+        header: api_keys.as_ref().map(|k| &k.header_name),
+        query: api_keys.as_ref().and_then(|k| k.query_param.as_deref()),
+    };
+    let top_transforms = transformations::steps(
+        &mut v,
+        "transformations",
+        &raw.transformations,
+        (None, key_sources),
+        0,
+    );
     let context = routes::RouteContext {
+        top_transforms: &top_transforms,
+        key_sources,
         upstreams: &upstream_index,
         has_jwt: jwt.is_some(),
         has_api_keys: api_keys.is_some(),

@@ -179,6 +179,10 @@ pub(super) struct RouteContext<'a> {
     pub(super) has_api_keys: bool,
     /// `server.request_timeout`, the default of a route's `timeout`.
     pub(super) default_timeout: Duration,
+    /// The compiled top-level `transformations`, with their phase (true: response).
+    pub(super) top_transforms: &'a [(bool, crate::config::transform::Step)],
+    /// Where API keys come from (no template may read them).
+    pub(super) key_sources: super::transformations::KeySources<'a>,
 }
 
 type RoutesOnShape = Vec<(usize, MethodSet)>;
@@ -249,6 +253,21 @@ fn route(v: &mut V, i: usize, r: &RawRoute, cx: &RouteContext, seen: &mut Seen) 
     if timeout.is_zero() {
         v.err(format!("{p}.timeout"), "timeout must be more than 0s");
     }
+    let own = match &r.transformations {
+        Some(list) => super::transformations::steps(
+            v,
+            &format!("{p}.transformations"),
+            list,
+            (
+                template.as_ref().map(|t| t.params.as_slice()),
+                cx.key_sources,
+            ),
+            cx.top_transforms.len(),
+        ),
+        None => Vec::new(),
+    };
+    let params = template.as_ref().map_or(&[][..], |t| t.params.as_slice());
+    let transforms = super::transformations::merge(cx.top_transforms, own, params);
     let name = name(v, &p, i, r, host.as_deref(), seen);
     if let Some(t) = &template {
         check_shape(v, &p, i, &name, (&host, t, methods), seen);
@@ -266,6 +285,7 @@ fn route(v: &mut V, i: usize, r: &RawRoute, cx: &RouteContext, seen: &mut Seen) 
         permissions,
         cors: route_cors,
         rate_limit,
+        transforms,
     }
 }
 

@@ -42,6 +42,7 @@ pub(super) fn server_config(v: &mut V, s: &RawServer, base_dir: &Path) -> Server
         port: s.port.unwrap_or(8080),
         workers,
         max_body_size,
+        max_transform_body: v.size("server.max_transform_body", &s.max_transform_body, 1 << 20),
         request_timeout: v.duration(
             "server.request_timeout",
             &s.request_timeout,

@@ -1,0 +1,121 @@
+//! The compiled form of `transformations`: each step's regex, templates and header names
+//! parsed once at load, split by phase, top-level steps before the route's. The proxy's
+//! transform phases only evaluate these.
+
+use http::HeaderName;
+use std::sync::Arc;
+
+/// One route's steps, top-level first, split by phase (each keeps its order).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Transforms {
+    pub request: Vec<Step>,
+    pub response: Vec<Step>,
+}
+
+impl Transforms {
+    pub fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+}
+
+/// A compiled step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The step's position in the route's list (top-level steps first): the `step` label of
+    /// `kairos_transform_errors_total` and the index error messages name.
+    pub index: usize,
+    /// Where it was written, e.g. `routes[2].transformations[0]`.
+    pub source: Arc<str>,
+    pub on_error: OnError,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Refuse the message: 400 `transform_failed` for a request step, 502 for a response step.
+    Fail,
+    /// Pass the message on without this step, and count it.
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    HeaderAdd(Vec<(HeaderName, Template)>),
+    HeaderSet(Vec<(HeaderName, Template)>),
+    HeaderRemove(Vec<HeaderName>),
+    HeaderRename(Vec<(HeaderName, HeaderName)>),
+    QuerySet(Vec<(String, Template)>),
+    QueryRemove(Vec<String>),
+    QueryRename(Vec<(String, String)>),
+    PathRewrite(PathRewrite),
+    StatusMap { from: u16, to: u16 },
+    BodyJson(Vec<JsonOp>),
+}
+
+/// A `body_json` operation; pointers are RFC 6901 JSON Pointers, checked at load.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonOp {
+    Set(String, serde_json::Value),
+    Remove(String),
+    Rename(String, String),
+    Copy(String, String),
+}
+
+/// A `path_rewrite`: the first match of `regex` in the path is replaced.
+#[derive(Debug, Clone)]
+pub struct PathRewrite {
+    pub regex: regex::Regex,
+    pub replacement: Vec<ReplacementPart>,
+}
+
+impl PartialEq for PathRewrite {
+    fn eq(&self, other: &Self) -> bool {
+        self.regex.as_str() == other.regex.as_str() && self.replacement == other.replacement
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplacementPart {
+    Literal(String),
+    /// A capture group by number (names are resolved to numbers at load).
+    Group(usize),
+}
+
+/// A value with variables, parsed into parts once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    RequestId,
+    ClientIp,
+    Route,
+    /// A route path parameter: its name, and its position among the route's parameters
+    /// (`None` when the route has no such parameter: a top-level step on another route).
+    Path {
+        name: String,
+        index: Option<usize>,
+    },
+    /// A request header (its first value).
+    Header(HeaderName),
+    /// A query parameter of the client's request (its first value, decoded).
+    Query(String),
+    /// A claim of the caller's verified JWT.
+    Jwt(String),
+    /// The name of the caller's API key (never the key).
+    ApiKey,
+}
+
+impl Template {
+    /// The template is a constant.
+    pub fn literal(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [TemplatePart::Literal(s)] => Some(s),
+            _ => None,
+        }
+    }
+}
