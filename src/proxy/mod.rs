@@ -103,11 +103,33 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
         identity.as_ref(),
         body,
     )?;
-    let after = transform::request(ctx, &routed, identity.as_ref(), &mut up)?;
+    // A route without transformations skips both transform phases (and their state).
+    let transforms = !routed.route.transforms.is_empty();
+    let after = match transforms {
+        true => Some(transform::request(
+            ctx,
+            &routed,
+            identity.as_ref(),
+            &mut up,
+        )?),
+        false => None,
+    };
     drop(identity);
     let mut answer = forward::forward(ctx, routed.route, host, &mut up, &watch).await?;
-    let body_steps = transform::response(ctx, routed.route, after, &mut answer.parts)?;
-    let read = transform::response_body(ctx, routed.route, body_steps, &mut answer).await?;
+    let read = match after {
+        None => None,
+        Some(steps) => {
+            let body_steps = transform::response(ctx, routed.route, steps, &mut answer.parts)?;
+            // Boxed: kept inline, the body-buffering future would grow every request's future.
+            Box::pin(transform::response_body(
+                ctx,
+                routed.route,
+                body_steps,
+                &mut answer,
+            ))
+            .await?
+        }
+    };
     response::upstream(ctx, routed.route, answer, read)
 }
 
