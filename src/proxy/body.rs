@@ -228,8 +228,14 @@ pub struct UpstreamBody {
     waiting: bool,
     /// Records the request's metrics and ends its spans when the body is done or dropped.
     completion: Option<super::completion::Completion>,
-    /// Bytes a response transformation read first: sent before the rest of `body`, or
-    /// instead of it when `rest` is false (the body was read whole and rewritten).
+    /// What a response transformation read first (boxed: most responses have none, and a
+    /// smaller body is cheaper to move).
+    transformed: Option<Box<Transformed>>,
+}
+
+/// Bytes a response transformation read first: sent before the rest of the upstream's body,
+/// or instead of it when `rest` is false (the body was read whole and rewritten).
+struct Transformed {
     prefix: Option<Bytes>,
     rest: bool,
 }
@@ -273,8 +279,7 @@ impl UpstreamBody {
             idle: None,
             waiting: false,
             completion: None,
-            prefix: None,
-            rest: true,
+            transformed: None,
         };
         if this.body.is_end_stream() {
             this.release();
@@ -286,10 +291,11 @@ impl UpstreamBody {
 
     /// Sends `prefix` first; then the rest of the upstream's body, or nothing more when `rest`
     /// is false (the upstream's body was read to its end already).
-    pub fn with_prefix(mut self, prefix: Bytes, rest: bool) -> Self {
-        self.prefix = (!prefix.is_empty()).then_some(prefix);
-        self.rest = rest;
-        self
+    pub fn set_prefix(&mut self, prefix: Bytes, rest: bool) {
+        self.transformed = Some(Box::new(Transformed {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            rest,
+        }));
     }
 
     /// The body is complete: the connection goes back to the pool, the request is recorded.
@@ -312,15 +318,17 @@ impl MessageBody for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        if let Some(data) = self.prefix.take() {
-            if let Some(c) = &mut self.completion {
-                c.response_bytes += data.len() as u64;
+        if let Some(t) = &mut self.transformed {
+            if let Some(data) = t.prefix.take() {
+                if let Some(c) = &mut self.completion {
+                    c.response_bytes += data.len() as u64;
+                }
+                return Poll::Ready(Some(Ok(data)));
             }
-            return Poll::Ready(Some(Ok(data)));
-        }
-        if !self.rest {
-            self.release();
-            return Poll::Ready(None);
+            if !t.rest {
+                self.release();
+                return Poll::Ready(None);
+            }
         }
         loop {
             return match Pin::new(&mut self.body).poll_frame(cx) {

@@ -29,12 +29,12 @@ pub fn upstream(
     let len = headers::content_length(&parts.headers);
     let head = ctx.req.method() == actix_web::http::Method::HEAD;
     let done = ctx.complete(status.as_u16());
-    let body = UpstreamBody::new(body, len, status.as_u16(), head, lease, route.timeout, done);
-    let body = match read {
-        None => body,
-        Some(super::transform::Buffered::Whole(b)) => body.with_prefix(b, false),
-        Some(super::transform::Buffered::Prefix(b)) => body.with_prefix(b, true),
-    };
+    let mut body = UpstreamBody::new(body, len, status.as_u16(), head, lease, route.timeout, done);
+    match read {
+        None => {}
+        Some(super::transform::Buffered::Whole(b)) => body.set_prefix(b, false),
+        Some(super::transform::Buffered::Prefix(b)) => body.set_prefix(b, true),
+    }
     let mut res = HttpResponse::with_body(status, body);
     headers::response_headers(&parts.headers, res.headers_mut());
     if status == StatusCode::NOT_MODIFIED {
