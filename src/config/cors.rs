@@ -1,6 +1,6 @@
 //! The `cors` config (top level or per route) and its compiled form: origins parsed and
 //! normalised, wildcard patterns checked, every constant header value built once. How a
-//! compiled policy answers requests is [`crate::edge::cors`]'s.
+//! compiled policy answers requests belongs to the edge layer (`src/edge/cors.rs`).
 //!
 //! Decisions where the Fetch standard leaves the server a choice:
 //! - Origins: an exact origin (`https://app.example.com`, scheme and host compared
