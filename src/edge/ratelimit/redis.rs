@@ -183,16 +183,7 @@ impl RedisStore {
         }
         let epoch = self.shared.recoveries.load(Ordering::Acquire);
         let started = Instant::now();
-        let mut conn = match self.cached() {
-            Some(c) => c,
-            None => match tokio::time::timeout(self.shared.timeout, self.connect()).await {
-                // Several requests may have connected at once: one connection is kept and
-                // used by all, the others are dropped here.
-                Ok(Ok(c)) => self.keep(c),
-                Ok(Err(e)) => return Err(self.failed(epoch, started, &e.to_string())),
-                Err(_) => return Err(self.failed(epoch, started, "connect timed out")),
-            },
-        };
+        let mut conn = self.connection(epoch, started).await?;
         let mut call = self.script.prepare_invoke();
         for (key, _) in buckets {
             call.key(key.as_str());
@@ -242,6 +233,25 @@ impl RedisStore {
         }
     }
 
+    /// The shared connection, or a new one within `redis_timeout`; a failure counts toward
+    /// marking the backend down.
+    async fn connection(
+        &self,
+        epoch: u64,
+        started: Instant,
+    ) -> Result<MultiplexedConnection, Unavailable> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        match tokio::time::timeout(self.shared.timeout, self.connect()).await {
+            // Several requests may have connected at once: one connection is kept and used by
+            // all, the others are dropped here.
+            Ok(Ok(c)) => Ok(self.keep(c)),
+            Ok(Err(e)) => Err(self.failed(epoch, started, &e.to_string())),
+            Err(_) => Err(self.failed(epoch, started, "connect timed out")),
+        }
+    }
+
     /// Whether Redis answers a PING now (for readiness): a failure counts toward marking the
     /// backend down as a failed decision does (three in a row; one warning, the background
     /// probe brings it back).
@@ -251,19 +261,8 @@ impl RedisStore {
         }
         let epoch = self.shared.recoveries.load(Ordering::Acquire);
         let started = Instant::now();
-        let mut conn = match self.cached() {
-            Some(c) => c,
-            None => match tokio::time::timeout(self.shared.timeout, self.connect()).await {
-                Ok(Ok(c)) => self.keep(c),
-                Ok(Err(e)) => {
-                    self.failed(epoch, started, &e.to_string());
-                    return false;
-                }
-                Err(_) => {
-                    self.failed(epoch, started, "connect timed out");
-                    return false;
-                }
-            },
+        let Ok(mut conn) = self.connection(epoch, started).await else {
+            return false;
         };
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
