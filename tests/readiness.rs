@@ -39,21 +39,28 @@ fn live(c: &reqwest::blocking::Client, gw: &GatewayProcess) -> u16 {
         .as_u16()
 }
 
-#[test]
-fn redis_down_with_deny_makes_the_gateway_not_ready_until_it_is_back() {
+/// A gateway whose per-IP limit lives in a real redis-server, with `on_backend_error` as
+/// given; the upstream and Redis are returned to keep them running.
+fn behind_redis(on_backend_error: &str) -> (Upstream, RedisServer, GatewayProcess) {
     let up = Upstream::start_ok();
-    let mut redis = RedisServer::start();
+    let redis = RedisServer::start();
     let text = config(
         &up.url(),
         r#"[{"name":"api","path":"/api","upstream":"u"}]"#,
         &format!(
             r#""admin":{{"token":"{TOKEN}"}},
-               "rate_limiting":{{"backend":"redis","redis_url":"{}","on_backend_error":"deny",
+               "rate_limiting":{{"backend":"redis","redis_url":"{}","on_backend_error":"{on_backend_error}",
                                  "redis_timeout":"200ms","per_ip":{{"rps":100,"burst":100}}}}"#,
             redis.url()
         ),
     );
     let gw = GatewayProcess::start(&text.replace(r#""level":"error""#, r#""level":"info""#));
+    (up, redis, gw)
+}
+
+#[test]
+fn redis_down_with_deny_makes_the_gateway_not_ready_until_it_is_back() {
+    let (_up, mut redis, gw) = behind_redis("deny");
     let c = client();
     let (status, v) = ready(&c, &gw);
     assert_eq!(status, 200, "{v}");
@@ -79,19 +86,7 @@ fn redis_down_with_deny_makes_the_gateway_not_ready_until_it_is_back() {
 
 #[test]
 fn redis_down_with_allow_keeps_the_gateway_ready() {
-    let up = Upstream::start_ok();
-    let mut redis = RedisServer::start();
-    let text = config(
-        &up.url(),
-        r#"[{"name":"api","path":"/api","upstream":"u"}]"#,
-        &format!(
-            r#""admin":{{"token":"{TOKEN}"}},
-               "rate_limiting":{{"backend":"redis","redis_url":"{}","on_backend_error":"allow",
-                                 "redis_timeout":"200ms","per_ip":{{"rps":100,"burst":100}}}}"#,
-            redis.url()
-        ),
-    );
-    let gw = GatewayProcess::start(&text.replace(r#""level":"error""#, r#""level":"info""#));
+    let (_up, mut redis, gw) = behind_redis("allow");
     let c = client();
     redis.kill();
     let (status, v) = ready(&c, &gw);
