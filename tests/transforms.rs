@@ -5,6 +5,7 @@
 mod support;
 
 use proptest::prelude::*;
+use std::time::Duration;
 use support::*;
 
 const TOKEN: &str = "transforms-test-token-0123456789";
@@ -696,4 +697,221 @@ fn query_remove_keeps_every_other_parameter_byte_for_byte() {
             Ok(())
         })
         .unwrap();
+}
+
+const BIG: usize = 10 << 20;
+
+/// A gateway process with one route whose steps touch only headers, in front of `upstream`.
+fn header_only_process(upstream: &str) -> GatewayProcess {
+    let admin = format!(r#""admin":{{"token":"{TOKEN}"}}"#);
+    // The "listening" line the harness waits for is logged at info.
+    GatewayProcess::start(
+        &config(
+            upstream,
+            r#"[{"name":"b","path":"/b","upstream":"u","transformations":[
+              {"type":"header_set","headers":{"X-A":"1"}},
+              {"type":"header_set","phase":"response","headers":{"X-C":"3"}}]}]"#,
+            &admin,
+        )
+        .replace(r#""level":"error""#, r#""level":"info""#),
+    )
+}
+
+/// One connection of a raw upstream: the request head and any body bytes read with it.
+fn read_head(s: &mut std::net::TcpStream) -> (String, Vec<u8>) {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let n = s.read(&mut chunk).unwrap_or(0);
+        assert!(n > 0, "connection closed before the request head ended");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return (String::from_utf8_lossy(&buf).into_owned(), rest);
+        }
+    }
+}
+
+/// A 10 MiB upload through a route whose steps touch only headers reaches the upstream while
+/// the client is still sending: the first MiB arrives upstream before the client sends the
+/// other nine, so the gateway did not hold the body back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_megabyte_upload_streams_through_header_steps() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let got = std::sync::Arc::new(AtomicU64::new(0));
+    let got2 = got.clone();
+    let upstream = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let (head, first) = read_head(&mut s);
+        got2.fetch_add(first.len() as u64, SeqCst);
+        let mut chunk = vec![0u8; 65536];
+        while got2.load(SeqCst) < BIG as u64 {
+            match s.read(&mut chunk) {
+                Ok(n) if n > 0 => got2.fetch_add(n as u64, SeqCst),
+                _ => break,
+            };
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        head
+    });
+    let gw = header_only_process(&format!("http://{addr}"));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
+    let send = tokio::spawn(
+        client()
+            .post(gw.url("/b"))
+            .header("content-length", BIG)
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(vec![1u8; 1 << 20])).await.unwrap();
+    let streamed = tokio::task::spawn_blocking({
+        let got = got.clone();
+        move || wait_until(Duration::from_secs(20), || got.load(SeqCst) >= 1 << 20)
+    })
+    .await
+    .unwrap();
+    assert!(
+        streamed,
+        "the upstream had {} bytes of the first MiB; the gateway holds the body back",
+        got.load(SeqCst)
+    );
+    for _ in 0..9 {
+        tx.send(Ok(vec![2u8; 1 << 20])).await.unwrap();
+    }
+    drop(tx);
+    let res = send.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-c"], "3");
+    assert_eq!(res.text().await.unwrap(), "ok");
+    let head = upstream.join().unwrap().to_ascii_lowercase();
+    assert!(head.contains("\r\nx-a: 1\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("\r\ncontent-length: {BIG}\r\n")),
+        "{head}"
+    );
+    assert_eq!(got.load(SeqCst), BIG as u64);
+}
+
+/// A 10 MiB response through a route whose steps touch only headers reaches the client while
+/// the upstream is still sending: the client reads the first MiB before the upstream sends
+/// the other nine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_megabyte_response_streams_through_header_steps() {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let upstream = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        read_head(&mut s);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: {BIG}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&vec![1u8; 1 << 20]).unwrap();
+        // The rest only once the client has the first MiB (or never, if it does not come).
+        let go = released.recv_timeout(Duration::from_secs(30)).is_ok();
+        if go {
+            s.write_all(&vec![2u8; BIG - (1 << 20)]).unwrap();
+        }
+        go
+    });
+    let gw = header_only_process(&format!("http://{addr}"));
+    let mut res = client().get(gw.url("/b")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-c"], "3");
+    let mut seen = 0usize;
+    let mut ones = true;
+    while seen < 1 << 20 {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), res.chunk())
+            .await
+            .expect("the first MiB did not reach the client: the gateway holds the body back")
+            .unwrap()
+            .expect("body ended early");
+        ones &= chunk.iter().take((1 << 20) - seen).all(|&b| b == 1);
+        seen += chunk.len();
+    }
+    assert!(ones);
+    release.send(()).unwrap();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        seen += chunk.len();
+    }
+    assert_eq!(seen, BIG);
+    assert!(upstream.join().unwrap());
+}
+
+/// Three 10 MiB uploads and three 10 MiB downloads at once (60 MiB in flight) through a route
+/// whose steps touch only headers: the gateway's peak resident memory (the kernel's
+/// high-water mark, VmHWM) stays far below one body per request.
+#[test]
+fn concurrent_ten_megabyte_bodies_leave_the_gateways_memory_flat() {
+    let up = Upstream::start(|r| {
+        let mut reply = Reply::ok("");
+        reply.body = match r.method.as_str() {
+            // The upload's length, as the upstream counted it.
+            "POST" => support::ReplyBody::Bytes(r.body_len.to_string().into_bytes()),
+            _ => support::ReplyBody::Zeros {
+                n: if r.target.ends_with("?small") {
+                    256 << 10
+                } else {
+                    BIG as u64
+                },
+                sized: true,
+            },
+        };
+        reply
+    });
+    let gw = header_only_process(&up.url());
+    let http = blocking_client();
+    // Warm with bodies far smaller than the test's: the first connections, buffers and the
+    // allocator's first arenas.
+    for _ in 0..3 {
+        let res = http
+            .post(gw.url("/b"))
+            .body(vec![7u8; 256 << 10])
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let res = http.get(gw.url("/b?small")).send().unwrap();
+        assert_eq!(res.bytes().unwrap().len(), 256 << 10);
+    }
+    let (_, before) = rss_kib(gw.pid());
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (http, up_url, down_url) = (http.clone(), gw.url("/b"), gw.url("/b"));
+            std::thread::spawn(move || {
+                let res = http.post(up_url).body(vec![7u8; BIG]).send().unwrap();
+                assert_eq!(res.status(), 200);
+                assert_eq!(res.headers()["x-c"], "3");
+                assert_eq!(res.text().unwrap(), BIG.to_string());
+                let res = http.get(down_url).send().unwrap();
+                assert_eq!(res.headers()["x-c"], "3");
+                let body = res.bytes().unwrap();
+                assert_eq!(body.len(), BIG);
+                assert!(body.iter().all(|&b| b == 0));
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(up.last().header("x-a"), Some("1"));
+    let (_, after) = rss_kib(gw.pid());
+    eprintln!("gateway peak RSS {before} KiB -> {after} KiB (60 MiB of bodies, 3 at a time)");
+    // Buffering would add 10 MiB per body in flight (30 MiB or more). What remains is the
+    // allocator's: mimalloc keeps freed pages mapped for a while, which measured up to 10 MiB
+    // after forty 10 MiB uploads in a row here (the system allocator: under 1 MiB).
+    assert!(
+        after.saturating_sub(before) < 16 << 10,
+        "peak RSS grew by {} KiB while 60 MiB of bodies passed: something buffered them",
+        after.saturating_sub(before)
+    );
 }
