@@ -302,7 +302,7 @@ async fn on_error_fail_refuses_and_skip_passes_on_and_both_are_counted() {
         metric(
             &text,
             "kairos_transform_errors_total",
-            &[("route", route), ("step", step)],
+            &[("route", route), ("step", step), ("type", "header_set")],
         )
     };
     assert_eq!(count("fail", "1"), Some(1.0));
@@ -515,6 +515,159 @@ async fn body_json_edits_a_response_body_and_fixes_its_length() {
     assert_eq!(res.text().await.unwrap(), r#"{"internal":1}"#);
 }
 
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    w.write_all(body).unwrap();
+    w.finish().unwrap()
+}
+
+fn gunzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(body)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn brotli(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    let mut w = brotli::CompressorWriter::new(&mut out, 4096, 9, 22);
+    w.write_all(body).unwrap();
+    drop(w);
+    out
+}
+
+fn unbrotli(body: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    brotli::Decompressor::new(body, 4096)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// gzip and br response bodies are decoded, edited and encoded again with the coding they
+/// came in; Content-Length is the encoded length, a strong ETag becomes weak, and a body
+/// that is not what its Content-Encoding says, or a coding the gateway does not know, fails
+/// the step (`skip`: it passes byte for byte).
+#[tokio::test]
+async fn body_json_edits_gzip_and_br_response_bodies_and_encodes_them_again() {
+    const JSON: &[u8] = br#"{"internal":{"x":1},"user_name":"ann"}"#;
+    let up = Upstream::start(|r| {
+        let (coding, body): (&str, Vec<u8>) = match r.target.rsplit('/').next().unwrap_or("") {
+            "gzip" => ("gzip", gzip(JSON)),
+            "br" => ("br", brotli(JSON)),
+            "lies" => ("gzip", JSON.to_vec()),
+            _ => ("zstd", b"\x28\xb5\x2f\xfd".to_vec()),
+        };
+        let mut reply = json_reply("")
+            .header("content-encoding", coding)
+            .header("etag", "\"v1\"")
+            .header("vary", "Accept-Encoding");
+        reply.body = support::ReplyBody::Bytes(body);
+        reply
+    });
+    let gw = gateway(
+        &up,
+        r#"[{"name":"enc","path":"/enc/{*rest}","upstream":"u","transformations":[
+          {"type":"body_json","phase":"response","ops":[
+            {"op":"remove","path":"/internal"},
+            {"op":"rename","from":"/user_name","to":"/userName"}]}]},
+         {"name":"lenient","path":"/lenient/{*rest}","upstream":"u","transformations":[
+          {"type":"body_json","phase":"response","on_error":"skip","ops":[
+            {"op":"remove","path":"/internal"}]}]}]"#,
+        "",
+    );
+    let want = serde_json::json!({"userName":"ann"});
+    for (coding, decode) in [("gzip", gunzip as fn(&[u8]) -> Vec<u8>), ("br", unbrotli)] {
+        let res = client()
+            .get(gw.url(&format!("/enc/{coding}")))
+            .header("accept-encoding", coding)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{coding}");
+        assert_eq!(res.headers()["content-encoding"], coding);
+        assert_eq!(res.headers()["etag"], "W/\"v1\"");
+        assert_eq!(res.headers()["vary"], "Accept-Encoding");
+        let len: usize = res.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let bytes = res.bytes().await.unwrap();
+        assert_eq!(bytes.len(), len, "{coding}");
+        let got: serde_json::Value = serde_json::from_slice(&decode(&bytes)).unwrap();
+        assert_eq!(got, want, "{coding}");
+    }
+    for bad in ["lies", "zstd"] {
+        let res = client().get(gw.url(&format!("/enc/{bad}"))).send().await.unwrap();
+        assert_eq!(res.status(), 502, "{bad}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "transform_failed");
+    }
+    let res = client().get(gw.url("/lenient/lies")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["etag"], "\"v1\"");
+    assert_eq!(res.bytes().await.unwrap(), JSON);
+}
+
+/// A gzip request body (a known length the body phase reads whole) is decoded, edited and
+/// sent on gzip-encoded with its new length; a gzip bomb that decodes past `max_body_size`
+/// fails the step instead of filling memory.
+#[tokio::test]
+async fn body_json_edits_a_gzip_request_body_and_refuses_a_bomb() {
+    let up = Upstream::start_ok();
+    let gw = Gateway::start(
+        &config(
+            &up.url(),
+            r#"[{"name":"gz","path":"/gz","upstream":"u","transformations":[
+              {"type":"body_json","ops":[{"op":"set","path":"/gateway","value":"kairos"}]}]}]"#,
+            "",
+        )
+        .replace(
+            r#""server":{"workers":1}"#,
+            r#""server":{"workers":1,"max_body_size":"1MB"}"#,
+        ),
+    );
+    let res = client()
+        .post(gw.url("/gz"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gzip(br#"{"a":1}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        seen.header("content-length"),
+        Some(seen.body.len().to_string().as_str())
+    );
+    let got: serde_json::Value = serde_json::from_slice(&gunzip(&seen.body)).unwrap();
+    assert_eq!(got, serde_json::json!({"a":1,"gateway":"kairos"}));
+
+    // 4 MiB of JSON in a few KiB of gzip: over max_body_size once decoded.
+    let bomb = gzip(format!(r#"{{"pad":"{}"}}"#, "0".repeat(4 << 20)).as_bytes());
+    assert!(bomb.len() < 32 << 10);
+    let res = client()
+        .post(gw.url("/gz"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "transform_failed");
+    assert_eq!(up.count(), 1);
+}
+
 #[tokio::test]
 async fn a_response_body_over_max_transform_body_streams_untouched_or_fails() {
     let up = Upstream::start(|r| {
@@ -554,7 +707,7 @@ async fn a_response_body_over_max_transform_body_streams_untouched_or_fails() {
         metric(
             &text,
             "kairos_transform_errors_total",
-            &[("route", route), ("step", "0")],
+            &[("route", route), ("step", "0"), ("type", "body_json")],
         )
     };
     assert_eq!(count("skip"), Some(2.0));

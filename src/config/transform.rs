@@ -52,6 +52,25 @@ pub enum Op {
     BodyJson(Vec<JsonOp>),
 }
 
+impl Op {
+    /// The step's `type`, as written in the config: the `type` label of
+    /// `kairos_transform_errors_total`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Op::HeaderAdd(_) => "header_add",
+            Op::HeaderSet(_) => "header_set",
+            Op::HeaderRemove(_) => "header_remove",
+            Op::HeaderRename(_) => "header_rename",
+            Op::QuerySet(_) => "query_set",
+            Op::QueryRemove(_) => "query_remove",
+            Op::QueryRename(_) => "query_rename",
+            Op::PathRewrite(_) => "path_rewrite",
+            Op::StatusMap { .. } => "status_map",
+            Op::BodyJson(_) => "body_json",
+        }
+    }
+}
+
 /// A `body_json` operation; pointers are RFC 6901 JSON Pointers, checked at load.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JsonOp {

@@ -230,8 +230,8 @@ impl Metrics {
             transform_errors: counter_vec(
                 "kairos_transform_errors_total",
                 "Transformation steps that failed (the message refused, or passed on without \
-                 the step when its on_error is skip), by route and step index.",
-                &["route", "step"],
+                 the step when its on_error is skip), by route, step index and step type.",
+                &["route", "step", "type"],
             ),
             protocol_errors: counter_vec(
                 "kairos_http_protocol_errors_total",
@@ -406,7 +406,7 @@ impl Metrics {
         prune(&self.request_bytes, &["route"], &gone);
         prune(&self.response_bytes, &["route"], &gone);
         prune(&self.auth_failures, &["route", "method", "reason"], &gone);
-        prune(&self.transform_errors, &["route", "step"], &gone);
+        prune(&self.transform_errors, &["route", "step", "type"], &gone);
         prune(&self.ratelimited, &["route", "scope"], &gone);
         prune(&self.upstream_duration, &["upstream"], &gone);
         prune(&self.upstream_errors, &["upstream", "kind"], &gone);

@@ -25,6 +25,7 @@
 
 pub mod body;
 pub mod body_json;
+pub mod coding;
 pub mod completion;
 pub mod context;
 pub mod forward;

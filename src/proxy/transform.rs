@@ -4,9 +4,11 @@
 //! status). Bodies pass untouched and unbuffered, except through a `body_json` step: a
 //! request body the body phase read whole, or a response body buffered up to
 //! `server.max_transform_body` ([`response_body`]). Only JSON bodies (`application/json`,
-//! `*+json`) without a `Content-Encoding` are edited; other bodies pass untouched. A streamed
-//! request body, an encoded body or one over the limit fails the step (and, with `skip`,
-//! passes unchanged).
+//! `*+json`) are edited; other bodies pass untouched. A body in a content coding (gzip,
+//! deflate, br) is decoded, edited and encoded again ([`super::coding`]); an edited response
+//! body gets its Content-Length fixed and its strong ETag made weak. A streamed request body,
+//! a body in another coding or one over the limit (compressed or decoded) fails the step
+//! (and, with `skip`, passes unchanged).
 //!
 //! Templates read the client's request as it arrived (its headers, its query), the route's
 //! path parameters and the caller's identity; they are evaluated once, here, for both phases,
@@ -279,14 +281,17 @@ pub async fn response_body(
         }
         Ok(())
     };
-    if answer
-        .parts
-        .headers
-        .contains_key(http::header::CONTENT_ENCODING)
-    {
-        all("the body is encoded (Content-Encoding)")?;
+    if status == 206 {
+        all("the body is part of a larger one (206 Partial Content)")?;
         return Ok(None);
     }
+    let coding = match super::coding::coding(&answer.parts.headers) {
+        Ok(c) => c,
+        Err(reason) => {
+            all(reason)?;
+            return Ok(None);
+        }
+    };
     let limit = ctx.rt.config.server.max_transform_body;
     if super::headers::content_length(&answer.parts.headers).is_some_and(|n| n > limit) {
         all("the body is larger than server.max_transform_body")?;
@@ -320,22 +325,62 @@ pub async fn response_body(
         all("the body is larger than server.max_transform_body")?;
         return Ok(Some(Buffered::Prefix(buf.freeze())));
     }
-    let mut body = buf.freeze();
+    let received = buf.freeze();
+    let mut body = match super::coding::decode(coding, received.clone(), limit) {
+        Ok(b) => b,
+        Err(reason) => {
+            all(reason)?;
+            return Ok(Some(Buffered::Whole(received)));
+        }
+    };
+    let mut edited = false;
     for &k in &steps.0 {
         let step = &route.transforms.response[k];
         let Op::BodyJson(ops) = &step.op else {
             continue;
         };
         match super::body_json::apply(&body, ops) {
-            Ok(b) => body = b,
+            Ok(b) => {
+                body = b;
+                edited = true;
+            }
             Err(reason) => failed(ctx, route, step, reason, true)?,
         }
     }
-    answer.parts.headers.insert(
+    if !edited {
+        return Ok(Some(Buffered::Whole(received)));
+    }
+    let body = super::coding::encode(coding, body);
+    let headers = &mut answer.parts.headers;
+    headers.insert(
         http::header::CONTENT_LENGTH,
         HeaderValue::from(body.len() as u64),
     );
+    weaken_etag(headers);
     Ok(Some(Buffered::Whole(body)))
+}
+
+/// An edited body is no longer byte for byte the one a strong validator names: its `ETag`
+/// becomes weak (`W/"…"`), as NGINX does when it compresses a response, so a client's
+/// If-None-Match still works and a Range request is never served against it.
+fn weaken_etag(headers: &mut HeaderMap) {
+    let Some(tag) = headers.get(http::header::ETAG) else {
+        return;
+    };
+    if tag.as_bytes().starts_with(b"W/") {
+        return;
+    }
+    let mut weak = Vec::with_capacity(tag.len() + 2);
+    weak.extend_from_slice(b"W/");
+    weak.extend_from_slice(tag.as_bytes());
+    match HeaderValue::from_bytes(&weak) {
+        Ok(v) => {
+            headers.insert(http::header::ETAG, v);
+        }
+        Err(_) => {
+            headers.remove(http::header::ETAG);
+        }
+    }
 }
 
 /// A `body_json` step on the request: the body the body phase read whole, edited.
@@ -352,12 +397,16 @@ fn request_body(
     if !json {
         return Ok(());
     }
-    if headers.contains_key(actix_web::http::header::CONTENT_ENCODING) {
-        return Err("the body is encoded (Content-Encoding)");
-    }
+    let coding = super::coding::coding_of(
+        headers
+            .get_all(actix_web::http::header::CONTENT_ENCODING)
+            .map(|v| v.as_bytes()),
+    )?;
     match &up.first {
         Some(ProxyBody::Full(Some(b))) => {
-            let edited = super::body_json::apply(b, ops)?;
+            let limit = ctx.rt.config.server.max_body_size;
+            let decoded = super::coding::decode(coding, b.clone(), limit)?;
+            let edited = super::coding::encode(coding, super::body_json::apply(&decoded, ops)?);
             up.body_len = Some(edited.len() as u64);
             up.replayable = Some(Some(edited.clone()));
             up.first = Some(ProxyBody::Full(Some(edited)));
@@ -398,7 +447,11 @@ fn failed(
 ) -> Result<(), GatewayError> {
     ctx.metrics
         .transform_errors
-        .with_label_values(&[route.name.as_str(), &step.index.to_string()])
+        .with_label_values(&[
+            route.name.as_str(),
+            &step.index.to_string(),
+            step.op.type_name(),
+        ])
         .inc();
     tracing::debug!(
         request_id = ctx.rid_str(),
