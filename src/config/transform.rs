@@ -85,6 +85,26 @@ pub enum JsonOp {
 pub struct PathRewrite {
     pub regex: regex::Regex,
     pub replacement: Vec<ReplacementPart>,
+    /// For the most common pattern, `^PREFIX(.*)$` with a PREFIX of plain characters: the
+    /// prefix. The rewrite then strips it instead of running the regex (group 1 is the rest
+    /// of the path), the same result for a fifth of the instructions.
+    pub prefix: Option<String>,
+}
+
+impl PathRewrite {
+    pub fn new(regex: regex::Regex, replacement: Vec<ReplacementPart>) -> PathRewrite {
+        let prefix = regex
+            .as_str()
+            .strip_prefix('^')
+            .and_then(|p| p.strip_suffix("(.*)$"))
+            .filter(|p| !p.contains(|c: char| "\\.+*?()|[]{}^$#&-~ \t\n\r".contains(c)))
+            .map(str::to_string);
+        PathRewrite {
+            regex,
+            replacement,
+            prefix,
+        }
+    }
 }
 
 impl PartialEq for PathRewrite {
@@ -104,6 +124,10 @@ pub enum ReplacementPart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     pub parts: Vec<TemplatePart>,
+    /// A template without variables, as a header value (built once at load: a header step
+    /// with a fixed value then costs a reference-count increment per request, not an
+    /// allocation). `None` when it has variables or is not a valid header value.
+    pub header: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

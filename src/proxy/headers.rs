@@ -46,13 +46,14 @@ pub struct ClientInfo<'a> {
 }
 
 /// Copies the client's request headers into the upstream request, minus hop-by-hop headers
-/// and the ones the gateway sets itself.
+/// and the ones the gateway sets itself; room is made for `more` headers added after it.
 pub fn request_headers(
     src: &ax::HeaderMap,
     dst: &mut hh::HeaderMap,
     client: &ClientInfo<'_>,
     host: HeaderValue,
     request_id: &HeaderValue,
+    more: usize,
 ) {
     let nominated = match src.contains_key(ax::CONNECTION) {
         true => connection_tokens(src.get_all(ax::CONNECTION).map(|v| v.as_bytes())),
@@ -62,7 +63,7 @@ pub fn request_headers(
     let mut xfp: Option<HeaderValue> = None;
     let mut xfh: Option<HeaderValue> = None;
     let mut cookies: Vec<&[u8]> = Vec::new();
-    dst.reserve(src.len() + 4);
+    dst.reserve(src.len() + 4 + more);
     for (name, value) in src.iter() {
         let n = name.as_str();
         match n {

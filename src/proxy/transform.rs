@@ -196,7 +196,7 @@ pub fn request_edits<E>(
                 })
             }
             Op::BodyJson(ops) => body(ops),
-            _ => headers(&step.op, vars).map(|ops| out.headers.extend(ops)),
+            _ => push_headers(&step.op, vars, &mut out.headers),
         };
         if let Err(reason) = done {
             fail(step, reason)?;
@@ -473,31 +473,50 @@ fn failed(
 
 /// A header step's edits, values evaluated.
 fn headers(op: &Op, vars: &Vars<'_>) -> Result<Vec<HeaderOp>, &'static str> {
-    let value = |t: &Template| {
-        let s = render(t, vars)?;
-        HeaderValue::try_from(s).map_err(|_| "a value holds characters a header may not carry")
+    let mut out = Vec::new();
+    push_headers(op, vars, &mut out)?;
+    Ok(out)
+}
+
+/// A header step's edits, its values evaluated, pushed onto `out`; nothing is pushed when a
+/// value fails.
+fn push_headers(op: &Op, vars: &Vars<'_>, out: &mut Vec<HeaderOp>) -> Result<(), &'static str> {
+    let value = |t: &Template| match &t.header {
+        Some(v) => Ok(v.clone()),
+        None => HeaderValue::try_from(render(t, vars)?)
+            .map_err(|_| "a value holds characters a header may not carry"),
     };
-    Ok(match op {
-        Op::HeaderAdd(l) => l
-            .iter()
-            .map(|(n, t)| Ok(HeaderOp::Add(n.clone(), value(t)?)))
-            .collect::<Result<_, &'static str>>()?,
-        Op::HeaderSet(l) => l
-            .iter()
-            .map(|(n, t)| Ok(HeaderOp::Set(n.clone(), value(t)?)))
-            .collect::<Result<_, &'static str>>()?,
-        Op::HeaderRemove(l) => l.iter().map(|n| HeaderOp::Remove(n.clone())).collect(),
-        Op::HeaderRename(l) => l
-            .iter()
-            .map(|(a, b)| HeaderOp::Rename(a.clone(), b.clone()))
-            .collect(),
-        Op::QuerySet(_)
-        | Op::QueryRemove(_)
-        | Op::QueryRename(_)
-        | Op::PathRewrite(_)
-        | Op::StatusMap { .. }
-        | Op::BodyJson(_) => Vec::new(),
-    })
+    let start = out.len();
+    let done = (|| {
+        match op {
+            Op::HeaderAdd(l) => {
+                for (n, t) in l {
+                    out.push(HeaderOp::Add(n.clone(), value(t)?));
+                }
+            }
+            Op::HeaderSet(l) => {
+                for (n, t) in l {
+                    out.push(HeaderOp::Set(n.clone(), value(t)?));
+                }
+            }
+            Op::HeaderRemove(l) => out.extend(l.iter().map(|n| HeaderOp::Remove(n.clone()))),
+            Op::HeaderRename(l) => out.extend(
+                l.iter()
+                    .map(|(a, b)| HeaderOp::Rename(a.clone(), b.clone())),
+            ),
+            Op::QuerySet(_)
+            | Op::QueryRemove(_)
+            | Op::QueryRename(_)
+            | Op::PathRewrite(_)
+            | Op::StatusMap { .. }
+            | Op::BodyJson(_) => {}
+        }
+        Ok(())
+    })();
+    if done.is_err() {
+        out.truncate(start);
+    }
+    done
 }
 
 /// A template's value; an error when a variable has none.
@@ -563,19 +582,33 @@ fn rewrite_path(
     path: &str,
     rw: &crate::config::transform::PathRewrite,
 ) -> Result<Option<String>, &'static str> {
-    let Some(caps) = rw.regex.captures(path) else {
-        return Ok(None);
-    };
-    let whole = caps.get(0).ok_or("no match")?;
     let mut out = String::with_capacity(path.len() + 16);
-    out.push_str(&path[..whole.start()]);
-    for part in &rw.replacement {
-        match part {
-            ReplacementPart::Literal(s) => out.push_str(s),
-            ReplacementPart::Group(g) => out.push_str(caps.get(*g).map_or("", |m| m.as_str())),
+    if let Some(prefix) = &rw.prefix {
+        // `^PREFIX(.*)$`: the whole path is the match, group 1 what follows the prefix.
+        let Some(rest) = path.strip_prefix(prefix.as_str()) else {
+            return Ok(None);
+        };
+        for part in &rw.replacement {
+            match part {
+                ReplacementPart::Literal(s) => out.push_str(s),
+                ReplacementPart::Group(0) => out.push_str(path),
+                ReplacementPart::Group(_) => out.push_str(rest),
+            }
         }
+    } else {
+        let Some(caps) = rw.regex.captures(path) else {
+            return Ok(None);
+        };
+        let whole = caps.get(0).ok_or("no match")?;
+        out.push_str(&path[..whole.start()]);
+        for part in &rw.replacement {
+            match part {
+                ReplacementPart::Literal(s) => out.push_str(s),
+                ReplacementPart::Group(g) => out.push_str(caps.get(*g).map_or("", |m| m.as_str())),
+            }
+        }
+        out.push_str(&path[whole.end()..]);
     }
-    out.push_str(&path[whole.end()..]);
     if !out.starts_with('/') {
         return Err("the rewritten path does not start with `/`");
     }
@@ -627,4 +660,59 @@ fn edit_query(query: &str, op: &Op, vars: &Vars<'_>) -> Result<String, &'static 
         _ => {}
     }
     Ok(pairs.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::transform::PathRewrite;
+    use proptest::prelude::*;
+
+    fn rewrite(pattern: &str, replacement: Vec<ReplacementPart>) -> PathRewrite {
+        PathRewrite::new(regex::Regex::new(pattern).unwrap(), replacement)
+    }
+
+    #[test]
+    fn only_a_plain_prefix_pattern_takes_the_fast_path() {
+        let fast = |p: &str| rewrite(p, vec![]).prefix;
+        assert_eq!(fast("^/api/v1/(.*)$").as_deref(), Some("/api/v1/"));
+        assert_eq!(fast("^(.*)$").as_deref(), Some(""));
+        for slow in [
+            "/api/(.*)$",
+            "^/api/(.*)",
+            "^/a.i/(.*)$",
+            "^/api/(.+)$",
+            "^/api/(?<rest>.*)$",
+            "(?i)^/api/(.*)$",
+            "^/a[p]i/(.*)$",
+            "^/api\\/(.*)$",
+        ] {
+            assert_eq!(fast(slow), None, "{slow}");
+        }
+    }
+
+    proptest! {
+        /// The prefix fast path rewrites every path exactly as the regex does.
+        #[test]
+        fn the_prefix_fast_path_agrees_with_the_regex(
+            prefix in "/[a-z0-9_/]{0,12}",
+            path in "/[a-z0-9_/%.]{0,24}",
+            lit in "/[a-z]{0,6}",
+        ) {
+            let parts = vec![
+                ReplacementPart::Literal(lit.clone()),
+                ReplacementPart::Group(1),
+                ReplacementPart::Literal("/".into()),
+                ReplacementPart::Group(0),
+            ];
+            let pattern = format!("^{prefix}(.*)$");
+            let fast = rewrite(&pattern, parts.clone());
+            prop_assert!(fast.prefix.is_some());
+            let mut slow = fast.clone();
+            slow.prefix = None;
+            for p in [path.clone(), format!("{prefix}{path}")] {
+                prop_assert_eq!(rewrite_path(&p, &fast), rewrite_path(&p, &slow));
+            }
+        }
+    }
 }

@@ -134,6 +134,7 @@ impl UpstreamRequest<'_> {
             &self.client,
             http::HeaderValue::from_static(""),
             &self.request_id,
+            self.transformed.len(),
         );
         self.edits.apply(up.headers_mut());
         for op in &self.transformed {

@@ -343,7 +343,7 @@ fn path_rewrite(v: &mut V, cx: &StepCx<'_>, pr: &RawPathRewrite) -> Parsed {
         return (phase, on_error, None);
     }
     let op = regex.and_then(|regex| match replacement(&pr.replacement, &regex) {
-        Ok(replacement) => Some(Op::PathRewrite(PathRewrite { regex, replacement })),
+        Ok(replacement) => Some(Op::PathRewrite(PathRewrite::new(regex, replacement))),
         Err((msg, hint)) => {
             v.err_hint(format!("{p}.replacement"), msg, hint);
             None
@@ -545,7 +545,12 @@ pub fn parse_template(s: &str, params: Option<&[String]>) -> Result<Template, (S
     if !lit.is_empty() {
         parts.push(TemplatePart::Literal(lit));
     }
-    Ok(Template { parts })
+    let header = match parts.as_slice() {
+        [] => Some(http::HeaderValue::from_static("")),
+        [TemplatePart::Literal(s)] => http::HeaderValue::from_str(s).ok(),
+        _ => None,
+    };
+    Ok(Template { parts, header })
 }
 
 fn variable(var: &str, params: Option<&[String]>) -> Result<TemplatePart, (String, String)> {
