@@ -80,7 +80,8 @@ async fn not_ready(state: &SharedState) -> Vec<serde_json::Value> {
     }
     use crate::upstream::balancer::ServerLoad;
     let now = crate::base::clock::now_ms();
-    let servers = rt.upstreams.iter().flat_map(|u| &u.servers);
+    let sets: Vec<_> = rt.upstreams.iter().map(|u| u.set()).collect();
+    let servers = sets.iter().flat_map(|s| &s.states);
     if servers.clone().next().is_some() && servers.clone().all(|s| !s.available(now)) {
         reasons.push(reason(
             "upstreams",
@@ -119,16 +120,18 @@ async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespo
         .upstreams
         .iter()
         .map(|u| {
-            let servers: Vec<serde_json::Value> = u
-                .config
-                .servers
+            let set = u.set();
+            let source = u.source();
+            let servers: Vec<serde_json::Value> = set
+                .entries
                 .iter()
-                .zip(&u.servers)
+                .zip(&set.states)
                 .map(|(entry, s)| {
                     let check = s.last_check();
                     let ejected_for = s.ejected_until().saturating_sub(now);
                     serde_json::json!({
                         "url": entry.url,
+                        "source": source,
                         "weight": entry.weight,
                         "available": s.available(now),
                         "health": s.health().as_str(),
@@ -149,11 +152,28 @@ async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespo
                 "strategy": u.config.strategy.as_str(),
                 "health_check": u.config.health_check.is_some(),
                 "circuit_breaker": u.config.circuit_breaker.is_some(),
+                "source": source,
+                "discovery": discovery_status(u),
                 "servers": servers,
             })
         })
         .collect();
     HttpResponse::Ok().json(serde_json::json!({ "upstreams": list }))
+}
+
+/// A discovered upstream's state: "ok", "pending" before the source's first answer, or the
+/// last error while the last known servers are kept; `null` for listed servers.
+fn discovery_status(u: &crate::upstream::Upstream) -> serde_json::Value {
+    let Some(d) = u.discovery() else {
+        return serde_json::Value::Null;
+    };
+    let snap = d.watcher().map(|w| w.snapshot()).unwrap_or_default();
+    let status = match (&snap.error, &snap.endpoints) {
+        (Some(e), _) => e.to_string(),
+        (None, Some(_)) => "ok".to_string(),
+        (None, None) => "pending".to_string(),
+    };
+    serde_json::Value::String(status)
 }
 
 /// The 401 for a request without the admin token, or the 429 for a client whose wrong
