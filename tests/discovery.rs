@@ -195,6 +195,16 @@ fn dns_a_records_follow_the_zone_as_ttls_expire() {
     assert_eq!(up["discovery"], "ok");
     assert_eq!(up["servers"][0]["source"], "dns");
     assert_eq!(up["servers"][0]["url"], format!("http://127.0.0.1:{port}"));
+    // The CLI shows the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kairos-rs"))
+        .args(["upstreams", "list", "--gateway", &gw.url("")])
+        .env("KAIROS_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("u  source=dns  discovery=ok  servers=1"), "{text}");
+    assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
 
     // A second address: picked up once the 1 s TTL runs out.
     dns.set(
