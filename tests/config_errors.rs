@@ -832,7 +832,9 @@ fn discovery_errors_name_path_line_and_fix() {
         ],
         "{errs:#?}"
     );
-    let e = one(&with_upstream(r#"    "discovery": {"type": "eureka", "endpoint": "http://e:8761/eureka"}"#));
+    let e = one(&with_upstream(
+        r#"    "discovery": {"type": "eureka", "endpoint": "http://e:8761/eureka"}"#,
+    ));
     assert_eq!(e.path, "upstreams.u.discovery.app");
     let e = one(&with_upstream(r#"    "discovery": {"type": "kubernetes"}"#));
     assert_eq!(e.path, "upstreams.u.discovery.service_name");

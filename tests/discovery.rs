@@ -202,8 +202,15 @@ fn dns_a_records_follow_the_zone_as_ttls_expire() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("u  source=dns  discovery=ok  servers=1"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("u  source=dns  discovery=ok  servers=1"),
+        "{text}"
+    );
     assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
 
     // A second address: picked up once the 1 s TTL runs out.
