@@ -18,10 +18,13 @@ use support::{block_on, metric, wait_until, Gateway, Reply, ReplyBody, Upstream}
 
 const TOKEN: &str = "discovery-test-admin-token-0123456789";
 
+/// Records by (lowercase name with its final dot, type).
+type Zone = HashMap<(String, RecordType), Vec<Record>>;
+
 /// A DNS server on 127.0.0.1:0 (UDP) answering from a zone the test edits.
 struct DnsServer {
     addr: SocketAddr,
-    zone: Arc<Mutex<HashMap<(String, RecordType), Vec<Record>>>>,
+    zone: Arc<Mutex<Zone>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -31,7 +34,7 @@ impl DnsServer {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind dns");
         socket.set_nonblocking(true).expect("nonblocking");
         let addr = socket.local_addr().expect("addr");
-        let zone: Arc<Mutex<HashMap<(String, RecordType), Vec<Record>>>> = Arc::default();
+        let zone: Arc<Mutex<Zone>> = Arc::default();
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let z = zone.clone();
         let thread = std::thread::spawn(move || {
@@ -600,7 +603,8 @@ fn kubernetes_list_then_watch_with_bookmarks_and_relist_on_410() {
     );
     // The list answers version 100 first, version 200 after the watch expired.
     let listed = Arc::new(Mutex::new(("100", vec![("127.0.0.1", false)])));
-    let events: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>>> = Arc::default();
+    type Events = Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>;
+    let events: Arc<Mutex<Events>> = Arc::default();
     let (l, ev) = (listed.clone(), events.clone());
     let api = Upstream::start(move |r| {
         if r.header("authorization") != Some("Bearer k8s-test-token") {

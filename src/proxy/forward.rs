@@ -89,8 +89,7 @@ pub async fn forward<'a>(
         let result = match send(
             req,
             upstream,
-            &set,
-            server_idx,
+            (&set, server_idx),
             sent_at,
             deadline,
             route.timeout,
@@ -231,8 +230,7 @@ fn retry<S: balancer::ServerLoad>(
 async fn send(
     req: http::Request<ProxyBody>,
     upstream: &Upstream,
-    set: &ServerSet,
-    idx: usize,
+    (set, idx): (&ServerSet, usize),
     sent_at: Instant,
     deadline: Deadline,
     client_timeout: Duration,

@@ -225,7 +225,7 @@ impl Source for Eureka {
         };
         let full = self.instances.is_none()
             || self.refresh > Duration::from_secs(60)
-            || self.polls % FULL_EVERY == 0;
+            || self.polls.is_multiple_of(FULL_EVERY);
         self.polls = self.polls.wrapping_add(1);
         let instances = if full {
             self.full(&client).await?
