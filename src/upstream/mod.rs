@@ -17,7 +17,7 @@ use crate::config::model::UpstreamConfig;
 use crate::observability::metrics::{Metrics, UpstreamSeries};
 use breaker::Admission;
 use server::AttemptResult;
-use set::{Dynamic, ServerSet, SetRef};
+use set::{Before, Dynamic, ServerSet, SetRef};
 use std::sync::{Arc, OnceLock};
 
 /// Where an upstream's servers come from. The listed set stays inline (one per upstream):
@@ -53,7 +53,8 @@ impl Upstream {
     /// As [`Upstream::new`], keeping the live state (health, circuit, ejection, latency) of
     /// every server `previous` had under the same URL, breaker and health-check settings: a
     /// reload does not forget what the gateway learned about a server that did not change.
-    /// A discovered upstream that follows the same source keeps its servers and its watcher.
+    /// A discovered upstream that follows the same source keeps its servers and its watcher;
+    /// one that follows another source keeps the servers it had until its first answer.
     pub fn new_from(
         config: UpstreamConfig,
         tls: Arc<rustls::ClientConfig>,
@@ -66,25 +67,26 @@ impl Upstream {
             p.config.circuit_breaker == config.circuit_breaker
                 && p.config.health_check == config.health_check
         });
+        let before = previous.map(|p| match &p.servers {
+            Servers::Listed(s) => Before::Listed(s),
+            Servers::Discovered(d) => Before::Discovered(d),
+        });
         let servers = if config.discovery.is_some() {
-            let prev = previous.and_then(|p| match &p.servers {
-                Servers::Discovered(d) => Some(&**d),
-                Servers::Listed(_) => None,
-            });
             Servers::Discovered(Arc::new(Dynamic::new(
                 &config,
                 tls.clone(),
-                prev,
+                before,
                 keep_state,
             )))
         } else {
-            let prev = previous
-                .filter(|_| keep_state)
-                .and_then(|p| match &p.servers {
-                    Servers::Listed(s) => Some(s),
-                    Servers::Discovered(_) => None,
-                });
-            Servers::Listed(ServerSet::build(&config, config.servers.clone(), &tls, prev).0)
+            // Servers that were discovered before keep their state too when listed now.
+            let prev = before.filter(|_| keep_state).map(|b| match b {
+                Before::Listed(s) => SetRef::Listed(s),
+                Before::Discovered(d) => SetRef::Discovered(d.load()),
+            });
+            Servers::Listed(
+                ServerSet::build(&config, config.servers.clone(), &tls, prev.as_deref()).0,
+            )
         };
         Upstream {
             budget: retry::RetryBudget::new(&config.retries),

@@ -107,6 +107,13 @@ impl std::ops::Deref for SetRef<'_> {
     }
 }
 
+/// What an upstream of the same name had in the runtime a reload replaces.
+#[derive(Clone, Copy)]
+pub enum Before<'a> {
+    Listed(&'a ServerSet),
+    Discovered(&'a Dynamic),
+}
+
 /// A discovered upstream's servers: the current set, swapped whole by a task that follows
 /// the discovery [`Watcher`] (at most one rebuild per [`DAMPING`]).
 pub struct Dynamic {
@@ -120,24 +127,36 @@ pub struct Dynamic {
 }
 
 impl Dynamic {
-    /// A discovered upstream starting with the servers `previous` (an upstream of the same
-    /// name) last had, when it followed the same source; the watcher is then shared, so a
-    /// reload neither asks the source again nor loses a server.
+    /// A discovered upstream, built next to `previous` (the upstream of the same name in
+    /// the runtime being replaced, if any). Following the same source, it starts with the
+    /// servers `previous` last had and shares its watcher: a reload neither asks the source
+    /// again nor loses a server. Following another source (or after listed servers), it
+    /// starts with `previous`'s servers until the new source's first answer (as Envoy warms
+    /// a changed cluster), so a reload never leaves the upstream empty for a moment; a new
+    /// source that fails keeps them, like any last known servers. `keep_state`: servers that
+    /// stay keep their health, breaker and latency.
     pub fn new(
         config: &UpstreamConfig,
         tls: Arc<rustls::ClientConfig>,
-        previous: Option<&Dynamic>,
+        previous: Option<Before<'_>>,
         keep_state: bool,
     ) -> Dynamic {
-        let same_source = previous.filter(|p| p.config.discovery == config.discovery);
-        let entries = same_source
-            .map(|p| p.current.load().entries.clone())
+        let prev_set = match previous {
+            Some(Before::Listed(s)) => Some(SetRef::Listed(s)),
+            Some(Before::Discovered(d)) => Some(SetRef::Discovered(d.load())),
+            None => None,
+        };
+        let entries = prev_set
+            .as_ref()
+            .map(|s| s.entries.clone())
             .unwrap_or_default();
-        let prev_set = same_source
-            .filter(|_| keep_state)
-            .map(|p| p.current.load_full());
-        let (set, _) = ServerSet::build(config, entries, &tls, prev_set.as_deref());
+        let kept = prev_set.as_deref().filter(|_| keep_state);
+        let (set, _) = ServerSet::build(config, entries, &tls, kept);
         let watcher = OnceLock::new();
+        let same_source = match previous {
+            Some(Before::Discovered(p)) if p.config.discovery == config.discovery => Some(p),
+            _ => None,
+        };
         if let Some(w) = same_source.and_then(|p| p.watcher.get()) {
             let _ = watcher.set(w.clone());
         }
