@@ -102,3 +102,112 @@ fn eureka_registry_then_deltas_up_instances_only() {
     assert_eq!(up["source"], "eureka");
     assert_eq!(up["servers"].as_array().map(Vec::len), Some(1));
 }
+
+/// A Eureka server: `GET /eureka/apps/LEGACY` from the registry the test keeps, and
+/// `GET /eureka/apps/delta` with the changes the test sets.
+pub(crate) struct EurekaServer {
+    pub(crate) server: Upstream,
+    registry: Arc<Mutex<Vec<serde_json::Value>>>,
+    delta: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl EurekaServer {
+    pub(crate) fn start() -> EurekaServer {
+        let registry: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let delta: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let (reg, d) = (registry.clone(), delta.clone());
+        let server = Upstream::start(move |r| {
+            let json = if r.target == "/eureka/apps/LEGACY" {
+                let list = reg.lock().unwrap().clone();
+                if list.is_empty() {
+                    return Reply::ok("").status(404);
+                }
+                serde_json::json!({"application": {"name": "LEGACY", "instance": list}})
+            } else if r.target == "/eureka/apps/delta" {
+                let instances = d.lock().unwrap().clone();
+                serde_json::json!({"applications": {"versions__delta": "3", "apps__hashcode": "UP_3_",
+                    "application": [{"name": "LEGACY", "instance": instances}]}})
+            } else {
+                return Reply::ok("").status(404);
+            };
+            Reply::ok(&json.to_string()).header("content-type", "application/json")
+        });
+        EurekaServer {
+            server,
+            registry,
+            delta,
+        }
+    }
+
+    /// Registers `instance` (its `actionType` ADDED), in the registry and the delta.
+    pub(crate) fn register(&self, instance: serde_json::Value) {
+        self.registry.lock().unwrap().push(instance.clone());
+        *self.delta.lock().unwrap() = vec![instance];
+    }
+
+    /// Cancels the instance `id` (on port `port`): gone from the registry, DELETED in the
+    /// delta.
+    pub(crate) fn cancel(&self, id: &str, port: u16) {
+        self.registry
+            .lock()
+            .unwrap()
+            .retain(|i| i["instanceId"] != id);
+        *self.delta.lock().unwrap() = vec![eureka_instance(id, port, "UP", "DELETED")];
+    }
+}
+
+#[test]
+fn eureka_instances_come_and_go_under_load_without_a_failed_request() {
+    let (a, b, c) = (named("a"), named("b"), named("c"));
+    let eureka = EurekaServer::start();
+    eureka.register(eureka_instance("legacy-a", a.addr.port(), "UP", "ADDED"));
+    eureka.register(eureka_instance("legacy-b", b.addr.port(), "UP", "ADDED"));
+    let gw = gateway(
+        &format!(
+            r#"{{"type":"eureka","endpoint":"{}/eureka","app":"LEGACY","refresh":"200ms"}}"#,
+            eureka.server.url()
+        ),
+        "round_robin",
+    );
+    let client = blocking_client();
+    converge("the first answer is used", || get(&client, &gw).0 == 200);
+    converge("both instances are used", || {
+        spread(&client, &gw, 6).len() == 2
+    });
+    let load = Load::start(&gw, 4);
+    load.run_for(200);
+    eureka.register(eureka_instance("legacy-c", c.addr.port(), "UP", "ADDED"));
+    converge("the new instance takes traffic", || c.count() > 0);
+    load.run_for(200);
+    // `a` goes OUT_OF_SERVICE (a MODIFIED delta), then is cancelled.
+    *eureka.delta.lock().unwrap() = vec![eureka_instance(
+        "legacy-a",
+        a.addr.port(),
+        "OUT_OF_SERVICE",
+        "MODIFIED",
+    )];
+    super::kubernetes::quiet("the instance out of service gets no more requests", &a);
+    eureka.cancel("legacy-a", a.addr.port());
+    drop(a);
+    load.run_for(300);
+    // The Eureka server goes away: the last known instances keep serving.
+    let EurekaServer { server, .. } = eureka;
+    drop(server);
+    converge("the failure shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s != "ok")
+    });
+    load.run_for(300);
+    let (sent, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let up = admin_upstream(&gw);
+    assert_eq!(up["servers"].as_array().map(Vec::len), Some(2));
+    let errors = [("upstream", "u"), ("source", "eureka"), ("result", "error")];
+    assert!(metric(&scrape(&gw), "kairos_discovery_updates_total", &errors).unwrap_or(0.0) >= 1.0);
+}
