@@ -126,13 +126,15 @@ async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespo
                 .entries
                 .iter()
                 .zip(&set.states)
-                .map(|(entry, s)| {
+                .zip(set.priorities.iter())
+                .map(|((entry, s), priority)| {
                     let check = s.last_check();
                     let ejected_for = s.ejected_until().saturating_sub(now);
                     serde_json::json!({
                         "url": entry.url,
                         "source": source,
                         "weight": entry.weight,
+                        "priority": priority,
                         "available": s.available(now),
                         "health": s.health().as_str(),
                         "circuit": s.circuit().as_str(),

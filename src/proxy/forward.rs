@@ -12,8 +12,8 @@ use crate::observability::trace;
 use crate::upstream::body::ProxyBody;
 use crate::upstream::client::{self, ForwardError, Lease, SendError};
 use crate::upstream::server::{AttemptGuard, AttemptResult};
-use crate::upstream::set::ServerSet;
-use crate::upstream::{balancer, Upstream};
+use crate::upstream::set::{ServerSet, SetCandidates};
+use crate::upstream::Upstream;
 use hyper::body::Incoming;
 use std::time::{Duration, Instant};
 use tokio::time::Instant as Deadline;
@@ -44,14 +44,14 @@ pub async fn forward<'a>(
         upstream.budget.deposit();
     }
     let set = upstream.set();
-    let key = match set.balancer.strategy() {
+    let key = match set.strategy() {
         Strategy::IpHash => client_hash(ctx),
         _ => 0,
     };
     // One clock read for the balancer, the first admission and the deadline.
     let started = Instant::now();
     let now = crate::base::clock::ms_at(started);
-    let mut candidates = set.balancer.candidates(&set.states, now, key);
+    let mut candidates = set.candidates(now, key);
     let deadline = Deadline::from_std(started) + route.timeout;
     let mut retries = 0u32;
     let mut last_error = GatewayError::NoHealthyUpstream;
@@ -189,9 +189,9 @@ pub async fn forward<'a>(
 }
 
 /// The next candidate whose breaker admits an attempt at `now` (gateway clock, ms).
-fn admit<S: balancer::ServerLoad>(
+fn admit(
     set: &ServerSet,
-    candidates: &mut balancer::Candidates<'_, S>,
+    candidates: &mut SetCandidates<'_>,
     now: u64,
 ) -> Option<(usize, AttemptGuard)> {
     candidates
@@ -200,10 +200,10 @@ fn admit<S: balancer::ServerLoad>(
 }
 
 /// Whether a retry may go ahead: attempts left, another server, budget and time.
-fn retry<S: balancer::ServerLoad>(
+fn retry(
     upstream: &Upstream,
     set: &ServerSet,
-    candidates: &mut balancer::Candidates<'_, S>,
+    candidates: &mut SetCandidates<'_>,
     retries: u32,
     deadline: Deadline,
 ) -> Option<((usize, AttemptGuard), Duration)> {

@@ -85,7 +85,14 @@ impl Upstream {
                 Before::Discovered(d) => SetRef::Discovered(d.load()),
             });
             Servers::Listed(
-                ServerSet::build(&config, config.servers.clone(), &tls, prev.as_deref()).0,
+                ServerSet::build(
+                    &config,
+                    config.servers.clone(),
+                    Vec::new(),
+                    &tls,
+                    prev.as_deref(),
+                )
+                .0,
             )
         };
         Upstream {

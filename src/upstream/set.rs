@@ -3,7 +3,7 @@
 //! the runtime's life; a discovered upstream swaps in a new set whole when its source
 //! changes ([`Dynamic`]), and a request keeps the set it started with until it is done.
 
-use super::balancer::{Balancer, ServerSpec};
+use super::balancer::{Balancer, Candidates, ServerSpec};
 use super::discovery::{Endpoint, Watcher};
 use super::health::Checkers;
 use super::server::ServerState;
@@ -22,27 +22,71 @@ pub struct ServerSet {
     pub states: Vec<Arc<ServerState>>,
     /// Connection-pool key of each server: a server that stays keeps its pooled connections.
     pub pool_keys: Vec<u64>,
-    pub balancer: Balancer,
+    /// The servers by priority, lowest (preferred) first, each a range of the set: one tier
+    /// for listed servers and every source but DNS SRV records of several priorities.
+    tiers: Box<[Tier]>,
+    /// The priority of each server (0 unless a source gave one).
+    pub priorities: Box<[u16]>,
+}
+
+/// The servers of one priority: a range of the set and the balancer over it.
+struct Tier {
+    start: usize,
+    end: usize,
+    balancer: Balancer,
 }
 
 impl ServerSet {
-    /// Builds the set for `entries`. A server `previous` had under the same URL, address and
-    /// scheme keeps its live state (health, breaker, ejection, latency); the others start
-    /// fresh. Also returns the indexes of the fresh ones (their health checks must start).
+    /// Builds the set for `entries`, of the given `priorities` (empty: all 0; servers are
+    /// reordered by priority). A server `previous` had under the same URL, address and scheme
+    /// keeps its live state (health, breaker, ejection, latency); the others start fresh.
+    /// Also returns the indexes of the fresh ones (their health checks must start).
     pub fn build(
         config: &UpstreamConfig,
         entries: Vec<ServerEntry>,
+        priorities: Vec<u16>,
         tls: &Arc<rustls::ClientConfig>,
         previous: Option<&ServerSet>,
     ) -> (ServerSet, Vec<usize>) {
-        let specs: Vec<ServerSpec<'_>> = entries
-            .iter()
-            .map(|s| ServerSpec {
-                id: &s.url,
-                weight: s.weight,
-            })
-            .collect();
-        let balancer = Balancer::new(config.strategy, &specs);
+        let (entries, priorities): (Vec<ServerEntry>, Vec<u16>) = if priorities.len()
+            == entries.len()
+        {
+            let mut both: Vec<(ServerEntry, u16)> = entries.into_iter().zip(priorities).collect();
+            both.sort_by_key(|(_, p)| *p);
+            both.into_iter().unzip()
+        } else {
+            let n = entries.len();
+            (entries, vec![0; n])
+        };
+        let mut tiers = Vec::new();
+        let mut start = 0;
+        while start < entries.len() {
+            let end = start
+                + priorities[start..]
+                    .iter()
+                    .take_while(|&&p| p == priorities[start])
+                    .count();
+            let specs: Vec<ServerSpec<'_>> = entries[start..end]
+                .iter()
+                .map(|s| ServerSpec {
+                    id: &s.url,
+                    weight: s.weight,
+                })
+                .collect();
+            tiers.push(Tier {
+                start,
+                end,
+                balancer: Balancer::new(config.strategy, &specs),
+            });
+            start = end;
+        }
+        if tiers.is_empty() {
+            tiers.push(Tier {
+                start: 0,
+                end: 0,
+                balancer: Balancer::new(config.strategy, &[]),
+            });
+        }
         let mut fresh = Vec::new();
         let states = entries
             .iter()
@@ -73,9 +117,45 @@ impl ServerSet {
             entries,
             states,
             pool_keys,
-            balancer,
+            tiers: tiers.into_boxed_slice(),
+            priorities: priorities.into_boxed_slice(),
         };
         (set, fresh)
+    }
+
+    /// The balancing strategy (the same for every tier).
+    pub fn strategy(&self) -> crate::config::model::Strategy {
+        self.tiers[0].balancer.strategy()
+    }
+
+    /// Candidate server indexes for one request, best first: the balancer's picks among the
+    /// servers of the lowest priority that has an available one (RFC 2782's fallback, as
+    /// Envoy and NGINX's `backup` apply it), then, for retries, the servers of the priorities
+    /// after it. With one priority this is the balancer's candidates, at no extra cost.
+    pub fn candidates(&self, now_ms: u64, key: u64) -> SetCandidates<'_> {
+        let tier = if self.tiers.len() == 1 {
+            0
+        } else {
+            use super::balancer::ServerLoad;
+            self.tiers
+                .iter()
+                .position(|t| {
+                    self.states[t.start..t.end]
+                        .iter()
+                        .any(|s| s.available(now_ms))
+                })
+                .unwrap_or(0)
+        };
+        let t = &self.tiers[tier];
+        SetCandidates {
+            set: self,
+            now_ms,
+            key,
+            tier,
+            inner: t
+                .balancer
+                .candidates(&self.states[t.start..t.end], now_ms, key),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -84,6 +164,33 @@ impl ServerSet {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// The servers to try for one request, best first (see [`ServerSet::candidates`]).
+pub struct SetCandidates<'a> {
+    set: &'a ServerSet,
+    now_ms: u64,
+    key: u64,
+    tier: usize,
+    inner: Candidates<'a, Arc<ServerState>>,
+}
+
+impl Iterator for SetCandidates<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        loop {
+            if let Some(i) = self.inner.next() {
+                return Some(self.set.tiers[self.tier].start + i);
+            }
+            self.tier += 1;
+            let t = self.set.tiers.get(self.tier)?;
+            self.inner =
+                t.balancer
+                    .candidates(&self.set.states[t.start..t.end], self.now_ms, self.key);
+        }
     }
 }
 
@@ -151,7 +258,11 @@ impl Dynamic {
             .map(|s| s.entries.clone())
             .unwrap_or_default();
         let kept = prev_set.as_deref().filter(|_| keep_state);
-        let (set, _) = ServerSet::build(config, entries, &tls, kept);
+        let priorities = prev_set
+            .as_ref()
+            .map(|s| s.priorities.to_vec())
+            .unwrap_or_default();
+        let (set, _) = ServerSet::build(config, entries, priorities, &tls, kept);
         let watcher = OnceLock::new();
         let same_source = match previous {
             Some(Before::Discovered(p)) if p.config.discovery == config.discovery => Some(p),
@@ -209,9 +320,13 @@ impl Dynamic {
 
     /// Builds and swaps in the set for `endpoints`, keeping the state of servers that stay.
     fn apply(&self, endpoints: &[Endpoint], checkers: Option<&Checkers>) {
-        let entries: Vec<ServerEntry> = endpoints.iter().filter_map(Endpoint::entry).collect();
+        let (entries, priorities): (Vec<ServerEntry>, Vec<u16>) = endpoints
+            .iter()
+            .filter_map(|e| Some((e.entry()?, e.priority)))
+            .unzip();
         let old = self.current.load_full();
-        let (set, fresh) = ServerSet::build(&self.config, entries, &self.tls, Some(&old));
+        let (set, fresh) =
+            ServerSet::build(&self.config, entries, priorities, &self.tls, Some(&old));
         if let Some(c) = checkers {
             let entries: Vec<ServerEntry> = fresh.iter().map(|&i| set.entries[i].clone()).collect();
             let states: Vec<Arc<ServerState>> =

@@ -164,3 +164,62 @@ fn dns_server_going_down_keeps_the_last_known_servers() {
     let errors = [("upstream", "u"), ("source", "dns"), ("result", "error")];
     assert!(metric(&scrape(&gw), "kairos_discovery_updates_total", &errors).unwrap_or(0.0) >= 1.0);
 }
+
+#[test]
+fn dns_srv_falls_back_to_the_next_priority_while_the_lowest_one_is_down() {
+    let primary = Upstream::start(|_| Reply::ok("primary"));
+    let addr = primary.addr;
+    let backup = Upstream::start(|_| Reply::ok("backup"));
+    let last = Upstream::start(|_| Reply::ok("last"));
+    let dns = DnsServer::start();
+    let name = "_http._tcp.svc.test.";
+    dns.set(
+        name,
+        RecordType::SRV,
+        vec![
+            srv_record(name, 10, 1, addr.port(), "host.test."),
+            srv_record(name, 20, 1, backup.addr.port(), "host.test."),
+            srv_record(name, 30, 1, last.addr.port(), "host.test."),
+        ],
+    );
+    dns.set(
+        "host.test.",
+        RecordType::A,
+        vec![a_record("host.test.", Ipv4Addr::new(127, 0, 0, 1), 1)],
+    );
+    let gw = Gateway::start(&format!(
+        r#"{{"version":1,"server":{{"workers":2}},"admin":{{"token":"{TOKEN}","watch_config":false}},
+        "upstreams":{{"u":{{"discovery":{{"type":"dns","name":"{name}","record":"SRV","resolvers":["{}"],"refresh":"1s"}},
+            "health_check":{{"path":"/health","interval":"100ms","timeout":"90ms","healthy_threshold":1,"unhealthy_threshold":1}},
+            "retries":{{"attempts":2}}}}}},
+        "routes":[{{"name":"app","path":"/app/{{*rest}}","upstream":"u"}}],
+        "logging":{{"access_log":false,"level":"error"}}}}"#,
+        dns.addr
+    ));
+    let c = blocking_client();
+    converge("the lowest priority takes all traffic", || {
+        spread(&c, &gw, 6).keys().all(|k| k == "primary")
+    });
+    let up = admin_upstream(&gw);
+    assert_eq!(up["servers"].as_array().map(Vec::len), Some(3), "{up}");
+    assert_eq!(up["servers"][0]["priority"], 10, "{up}");
+
+    // The primary stops: once its health check fails, the next priority takes over (and
+    // not the one after it); a request that races the check is retried there too.
+    drop(primary);
+    converge("the next priority takes all traffic", || {
+        spread(&c, &gw, 6).keys().all(|k| k == "backup")
+    });
+    let s = spread(&c, &gw, 30);
+    assert_eq!(s.get("backup"), Some(&30), "{s:?}");
+
+    // The primary comes back on its address: traffic returns to it.
+    let primary = Upstream::start_on(
+        std::net::TcpListener::bind(addr).expect("rebind the primary"),
+        |_| Reply::ok("primary"),
+    );
+    converge("the lowest priority takes traffic again", || {
+        spread(&c, &gw, 6).keys().all(|k| k == "primary")
+    });
+    drop(primary);
+}

@@ -132,6 +132,7 @@ impl Source for Consul {
         let endpoints = entries
             .into_iter()
             .map(|e| Endpoint {
+                priority: 0,
                 host: if e.service.address.is_empty() {
                     e.node.address
                 } else {

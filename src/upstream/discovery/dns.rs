@@ -1,6 +1,7 @@
 //! DNS discovery (hickory-resolver): A or AAAA records with the configured port, or SRV
-//! records with their own port and weight (only the lowest priority, as RFC 2782 asks while
-//! its targets answer; their names are resolved to addresses). The answer is kept for its
+//! records with their own port, weight and priority (every priority is kept: the upstream
+//! uses the lowest one with an available server, as RFC 2782 asks; target names are resolved
+//! to addresses). The answer is kept for its
 //! TTL, and never longer than `refresh`; the resolver's cache is capped the same way.
 
 use super::{Answer, DiscoveryError, Endpoint, Source};
@@ -102,6 +103,7 @@ impl Dns {
                 _ => None,
             })
             .map(|host| Endpoint {
+                priority: 0,
                 host,
                 port: self.port,
                 weight: 1,
@@ -114,7 +116,7 @@ impl Dns {
         })
     }
 
-    /// SRV: the lowest priority's targets, each resolved to its addresses.
+    /// SRV: every target, each resolved to its addresses, with its priority.
     async fn services(&self) -> Result<Answer, DiscoveryError> {
         let lookup = match self
             .resolver
@@ -141,9 +143,8 @@ impl Dns {
             // RFC 2782: a target of "." means the service is decidedly not available.
             .filter(|s| !s.target.is_root())
             .collect();
-        let lowest = srvs.iter().map(|s| s.priority).min();
         let mut endpoints = Vec::new();
-        for srv in srvs.iter().filter(|s| Some(s.priority) == lowest) {
+        for srv in &srvs {
             let ips = self
                 .resolver
                 .lookup_ip(srv.target.clone())
@@ -152,6 +153,7 @@ impl Dns {
             valid_until = valid_until.min(ips.valid_until());
             for ip in ips.iter() {
                 endpoints.push(Endpoint {
+                    priority: srv.priority,
                     host: ip.to_string(),
                     port: srv.port,
                     // Weight 0 asks for very little traffic (RFC 2782); 1 is the least here.

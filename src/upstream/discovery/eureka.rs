@@ -139,6 +139,7 @@ impl Instance {
             (None, None) => return None,
         };
         (!host.is_empty()).then_some(Endpoint {
+            priority: 0,
             host,
             port,
             weight: 1,

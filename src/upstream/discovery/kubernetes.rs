@@ -311,6 +311,7 @@ impl Kubernetes {
                 };
                 for a in &e.addresses {
                     target.push(Endpoint {
+                        priority: 0,
                         host: a.clone(),
                         port,
                         weight: 1,

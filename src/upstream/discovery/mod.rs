@@ -24,6 +24,9 @@ use tokio::sync::watch;
 /// One server a source found.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
+    /// Lower is preferred: a higher priority is used only while no server of a lower one is
+    /// available (DNS SRV; 0 for the other sources). First, so endpoints sort by it.
+    pub priority: u16,
     /// An IP address or a host name.
     pub host: String,
     pub port: u16,
@@ -255,7 +258,9 @@ impl Labels {
 /// Publishes a successful answer: a new server set when it differs from the last one.
 fn publish(tx: &watch::Sender<Snapshot>, labels: &Labels, mut endpoints: Vec<Endpoint>) {
     endpoints.sort();
-    endpoints.dedup_by(|a, b| a.host == b.host && a.port == b.port && a.https == b.https);
+    // One server once, at its lowest priority (endpoints sort by priority first).
+    let mut seen = std::collections::HashSet::new();
+    endpoints.retain(|e| seen.insert((e.host.clone(), e.port, e.https)));
     labels
         .metrics
         .discovery_servers
@@ -393,6 +398,7 @@ mod tests {
     #[test]
     fn endpoint_urls_and_entries() {
         let e = Endpoint {
+            priority: 0,
             host: "::1".into(),
             port: 8080,
             weight: 5000,
@@ -403,6 +409,7 @@ mod tests {
         assert_eq!(entry.authority.as_str(), "[::1]:8080");
         assert_eq!(entry.weight, 1000);
         let bad = Endpoint {
+            priority: 0,
             host: "a b".into(),
             port: 1,
             weight: 1,
