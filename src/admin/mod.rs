@@ -34,7 +34,8 @@ async fn health() -> HttpResponse {
 }
 
 /// `GET /_kairos/ready`: 200 when the gateway can serve, 503 with the reasons when it cannot:
-/// still starting or shutting down, a JWKS never fetched (its tokens cannot be verified),
+/// still starting or shutting down, a discovered upstream with no servers whose source has
+/// not answered (nor failed) its first time, a JWKS never fetched (its tokens cannot be verified),
 /// the rate-limit backend down while `on_backend_error` is deny (limited routes answer 503),
 /// or no server of any upstream available.
 async fn ready(state: web::Data<SharedState>) -> HttpResponse {
@@ -77,6 +78,15 @@ async fn not_ready(state: &SharedState) -> Vec<serde_json::Value> {
                     .into(),
             ));
         }
+    }
+    let waiting = rt.upstreams.iter().filter(|u| u.awaits_discovery()).count();
+    if waiting > 0 {
+        reasons.push(reason(
+            "discovery",
+            format!(
+                "{waiting} discovered upstream(s) have no servers and no first answer from their source yet"
+            ),
+        ));
     }
     use crate::upstream::balancer::ServerLoad;
     let now = crate::base::clock::now_ms();

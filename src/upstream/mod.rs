@@ -122,6 +122,21 @@ impl Upstream {
         }
     }
 
+    /// A discovered upstream that has no servers yet and whose source has neither answered
+    /// nor failed: the gateway is not ready while one does (a rollout must not send traffic
+    /// to an instance whose upstreams are still empty). Servers kept across a reload, a
+    /// first answer (even an empty one) or a first failure end the wait.
+    pub fn awaits_discovery(&self) -> bool {
+        let Servers::Discovered(d) = &self.servers else {
+            return false;
+        };
+        if !d.load().is_empty() {
+            return false;
+        }
+        let snap = d.watcher().map(|w| w.snapshot()).unwrap_or_default();
+        snap.endpoints.is_none() && snap.error.is_none()
+    }
+
     /// Where this upstream's servers come from: "static" or the discovery type.
     pub fn source(&self) -> &'static str {
         self.config

@@ -11,6 +11,7 @@ mod consul;
 mod dns;
 mod eureka;
 mod kubernetes;
+mod readiness;
 mod reload;
 
 use hickory_proto::op::{Message, MessageType, OpCode};
