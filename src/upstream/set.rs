@@ -8,6 +8,7 @@ use super::discovery::{Endpoint, Watcher};
 use super::health::Checkers;
 use super::server::ServerState;
 use crate::config::model::{ServerEntry, UpstreamConfig};
+use crate::observability::metrics::Metrics;
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -294,11 +295,7 @@ impl Dynamic {
 
     /// Starts following the source (once): the watcher (unless one was carried over) and the
     /// task that applies its answers. `checkers` start health checks for new servers.
-    pub fn start(
-        self: &Arc<Self>,
-        metrics: &Arc<crate::observability::metrics::Metrics>,
-        checkers: Option<Arc<Checkers>>,
-    ) {
+    pub fn start(self: &Arc<Self>, metrics: &Arc<Metrics>, checkers: Option<Arc<Checkers>>) {
         let Some(discovery) = &self.config.discovery else {
             return;
         };
@@ -315,11 +312,19 @@ impl Dynamic {
             .clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         *stop = Some(tx);
-        rt.spawn(apply_loop(Arc::downgrade(self), watcher, checkers, rx));
+        rt.spawn(apply_loop(
+            Arc::downgrade(self),
+            watcher,
+            checkers,
+            metrics.clone(),
+            rx,
+        ));
     }
 
     /// Builds and swaps in the set for `endpoints`, keeping the state of servers that stay.
-    fn apply(&self, endpoints: &[Endpoint], checkers: Option<&Checkers>) {
+    /// A new server's ejection count reads 0 from the start (as a listed server's does); a
+    /// server that left takes its series with it, so churning pods do not pile series up.
+    fn apply(&self, endpoints: &[Endpoint], checkers: Option<&Checkers>, metrics: &Metrics) {
         let (entries, priorities): (Vec<ServerEntry>, Vec<u16>) = endpoints
             .iter()
             .filter_map(|e| Some((e.entry()?, e.priority)))
@@ -332,6 +337,20 @@ impl Dynamic {
             let states: Vec<Arc<ServerState>> =
                 fresh.iter().map(|&i| set.states[i].clone()).collect();
             c.watch(&entries, &states);
+        }
+        for &i in &fresh {
+            metrics
+                .upstream_ejections
+                .with_label_values(&[&self.upstream, &set.entries[i].url]);
+        }
+        for gone in old
+            .entries
+            .iter()
+            .filter(|o| !set.entries.iter().any(|e| e.url == o.url))
+        {
+            let _ = metrics
+                .upstream_ejections
+                .remove_label_values(&[&self.upstream, &gone.url]);
         }
         self.current.store(Arc::new(set));
     }
@@ -352,6 +371,7 @@ async fn apply_loop(
     dynamic: std::sync::Weak<Dynamic>,
     watcher: Watcher,
     checkers: Option<Arc<Checkers>>,
+    metrics: Arc<Metrics>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut rx = watcher.subscribe();
@@ -363,7 +383,7 @@ async fn apply_loop(
                 let Some(d) = dynamic.upgrade() else {
                     return;
                 };
-                d.apply(&eps, checkers.as_deref());
+                d.apply(&eps, checkers.as_deref(), &metrics);
                 applied = Some(eps);
                 tokio::select! {
                     _ = &mut stop => return,

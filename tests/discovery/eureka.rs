@@ -211,3 +211,73 @@ fn eureka_instances_come_and_go_under_load_without_a_failed_request() {
     let errors = [("upstream", "u"), ("source", "eureka"), ("result", "error")];
     assert!(metric(&scrape(&gw), "kairos_discovery_updates_total", &errors).unwrap_or(0.0) >= 1.0);
 }
+
+/// An UP instance of LEGACY with `metadata` as Spring Cloud registers it.
+fn weighted(id: &str, port: u16, weight: &str) -> serde_json::Value {
+    let mut i = eureka_instance(id, port, "UP", "ADDED");
+    i["metadata"] = serde_json::json!({"weight": weight, "management.port": "8081"});
+    i
+}
+
+#[test]
+fn eureka_weight_metadata_sets_the_weight_and_series_follow_the_instances() {
+    let (light, heavy, plain) = (named("light"), named("heavy"), named("plain"));
+    let eureka = EurekaServer::start();
+    eureka.register(weighted("legacy-light", light.addr.port(), "1"));
+    eureka.register(weighted("legacy-heavy", heavy.addr.port(), "3"));
+    let gw = gateway(
+        &format!(
+            r#"{{"type":"eureka","endpoint":"{}/eureka","app":"LEGACY","refresh":"200ms"}}"#,
+            eureka.server.url()
+        ),
+        "weighted_round_robin",
+    );
+    let c = blocking_client();
+    converge("both instances are used", || {
+        get(&c, &gw).0 == 200 && spread(&c, &gw, 8).len() == 2
+    });
+    // Smooth weighted round robin: exactly 1:3 over whole turns of the sequence.
+    let s = spread(&c, &gw, 400);
+    assert_eq!(s.get("light"), Some(&100), "{s:?}");
+    assert_eq!(s.get("heavy"), Some(&300), "{s:?}");
+    let up = admin_upstream(&gw);
+    let mut weights: Vec<u64> = up["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["weight"].as_u64())
+        .collect();
+    weights.sort();
+    assert_eq!(weights, [1, 3], "{up}");
+
+    // Each discovered server has its ejection series from the start, at 0, and loses it
+    // when it leaves. Metadata without a usable weight counts as 1.
+    let series = |port: u16| {
+        let server = format!("http://127.0.0.1:{port}");
+        metric(
+            &scrape(&gw),
+            "kairos_upstream_ejections_total",
+            &[("upstream", "u"), ("server", &server)],
+        )
+    };
+    assert_eq!(series(light.addr.port()), Some(0.0));
+    assert_eq!(series(heavy.addr.port()), Some(0.0));
+    eureka.register(weighted("legacy-plain", plain.addr.port(), "heavy"));
+    converge("the new instance gets its series", || {
+        series(plain.addr.port()) == Some(0.0)
+    });
+    eureka.cancel("legacy-light", light.addr.port());
+    converge("the cancelled instance loses its series", || {
+        series(light.addr.port()).is_none()
+    });
+    let up = admin_upstream(&gw);
+    let plain_url = format!("http://127.0.0.1:{}", plain.addr.port());
+    let entry = up["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["url"] == plain_url.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["weight"], 1, "{up}");
+}

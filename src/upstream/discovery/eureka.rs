@@ -1,6 +1,7 @@
 //! Eureka discovery: the application's instances from `GET {endpoint}/apps/{APP}`, then every
 //! `refresh` the registry's recent changes from `GET {endpoint}/apps/delta` (ADDED, MODIFIED,
-//! DELETED instances of this application). The delta covers only the last few minutes, so a
+//! DELETED instances of this application). An instance's `weight` metadata (Spring Cloud's
+//! convention) is its weight. The delta covers only the last few minutes, so a
 //! `refresh` over a minute, and every tenth poll, fetch the application whole instead. Only
 //! instances whose status is UP are used; each on its enabled port (http), or its secure
 //! port (https) when that is the only one enabled or `scheme` is "https".
@@ -85,6 +86,10 @@ struct Instance {
     status: String,
     port: Option<Port>,
     secure_port: Option<Port>,
+    /// Free-form strings; `weight` (as Spring Cloud's weighted load balancer reads it) sets
+    /// the instance's weight.
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
     /// In deltas: ADDED, MODIFIED or DELETED.
     #[serde(default)]
     action_type: Option<String>,
@@ -111,6 +116,17 @@ impl Port {
 }
 
 impl Instance {
+    /// The `weight` metadata (a string in Eureka's JSON, a number accepted too), 1 when
+    /// absent or not a positive whole number.
+    fn weight(&self) -> u32 {
+        let w = self.metadata.as_ref().and_then(|m| match m.get("weight")? {
+            serde_json::Value::String(s) => s.trim().parse::<u32>().ok(),
+            serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            _ => None,
+        });
+        w.filter(|&w| w > 0).unwrap_or(1)
+    }
+
     fn id(&self) -> String {
         self.instance_id
             .clone()
@@ -142,7 +158,7 @@ impl Instance {
             priority: 0,
             host,
             port,
-            weight: 1,
+            weight: self.weight(),
             https,
         })
     }
