@@ -317,3 +317,170 @@ fn kubernetes_endpoints_come_and_go_under_load_without_a_failed_request() {
     ];
     assert!(metric(&scrape(&gw), "kairos_discovery_updates_total", &errors).unwrap_or(0.0) >= 1.0);
 }
+
+/// A private CA and a server configuration whose certificate (for 127.0.0.1) it signed: the
+/// CA's PEM, and the server side.
+fn pki(name: &str) -> (String, rustls::ServerConfig) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} CA"));
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    (ca_cert.pem(), cfg)
+}
+
+/// TLS in front of a plain server (as the API server's own TLS): each connection is
+/// decrypted and relayed to `backend`. [`TlsFront::swap`] changes the certificate and
+/// closes the open connections.
+struct TlsFront {
+    addr: SocketAddr,
+    config: Arc<Mutex<Arc<rustls::ServerConfig>>>,
+    epoch: tokio::sync::watch::Sender<u64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TlsFront {
+    fn start(backend: SocketAddr, cfg: rustls::ServerConfig) -> TlsFront {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Arc::new(Mutex::new(Arc::new(cfg)));
+        let (epoch, epoch_rx) = tokio::sync::watch::channel(0u64);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let cfg = config.clone();
+        std::thread::spawn(move || {
+            block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let s = tokio::select! {
+                        r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                        _ = &mut stopped => return,
+                    };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg.lock().unwrap().clone());
+                    let mut epoch = epoch_rx.clone();
+                    epoch.mark_unchanged();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(s).await else {
+                            return;
+                        };
+                        let Ok(mut back) = tokio::net::TcpStream::connect(backend).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut tls, &mut back) => {}
+                            _ = epoch.changed() => {}
+                        }
+                    });
+                }
+            })
+        });
+        TlsFront {
+            addr,
+            config,
+            epoch,
+            stop: Some(stop),
+        }
+    }
+
+    fn swap(&self, cfg: rustls::ServerConfig) {
+        *self.config.lock().unwrap() = Arc::new(cfg);
+        self.epoch.send_modify(|e| *e += 1);
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+#[test]
+fn kubernetes_in_cluster_https_trusts_only_the_given_ca() {
+    let (a, b) = (named("a"), named("b"));
+    let ip = "127.0.0.1";
+    let api = ApiServer::start();
+    api.list(
+        "10",
+        vec![named_slice("stock-a", "10", &[(ip, false)], a.addr.port())],
+    );
+    let (ca_pem, server) = pki("cluster");
+    let front = TlsFront::start(api.server.addr, server);
+    let dir = token_dir();
+    std::fs::write(dir.path().join("ca.crt"), ca_pem).unwrap();
+    // In-cluster: the API server from KUBERNETES_SERVICE_HOST/PORT over https; the token and
+    // CA files from the temp dir instead of the service-account mount.
+    let config = serde_json::json!({
+        "version": 1,
+        "server": {"workers": 2},
+        "admin": {"token": TOKEN, "watch_config": false},
+        "upstreams": {"u": {"discovery": {
+            "type": "kubernetes", "namespace": "shop", "service_name": "stock",
+            "port_name": "http",
+            "token_file": dir.path().join("token"), "ca_file": dir.path().join("ca.crt")
+        }}},
+        "routes": [{"name": "app", "path": "/app/{*rest}", "upstream": "u"}],
+        "logging": {"access_log": false, "level": "info"}
+    });
+    let port = front.addr.port().to_string();
+    let gw = support::GatewayProcess::start_with_env(
+        &config.to_string(),
+        &[
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &port),
+        ],
+    );
+    let c = blocking_client();
+    converge("the listed endpoint is used", || get(&c, &gw).1 == "a");
+    converge("a watch is open", || api.watching());
+    api.send(serde_json::json!({"type": "ADDED", "object": named_slice("stock-b", "11", &[(ip, false)], b.addr.port())}));
+    converge("the watched endpoint is used", || {
+        spread(&c, &gw, 6).len() == 2
+    });
+
+    // The API server now shows a certificate from a CA the gateway does not trust: the
+    // connection is refused before any request (the token is not sent), counted as an
+    // error, and the last known endpoints keep serving.
+    let (_, stranger) = pki("stranger");
+    let before = api.server.count();
+    front.swap(stranger);
+    converge("the unknown CA shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("certificate"))
+    });
+    assert_eq!(
+        api.server.count(),
+        before,
+        "no request reached the API server"
+    );
+    let errors = [
+        ("upstream", "u"),
+        ("source", "kubernetes"),
+        ("result", "error"),
+    ];
+    assert!(metric(&scrape(&gw), "kairos_discovery_updates_total", &errors).unwrap_or(0.0) >= 1.0);
+    assert_eq!(spread(&c, &gw, 10).len(), 2);
+}
