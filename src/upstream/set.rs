@@ -397,3 +397,68 @@ async fn apply_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(strategy: &str) -> UpstreamConfig {
+        let text = format!(
+            r#"{{"version":1,"upstreams":{{"u":{{"servers":[{{"url":"http://127.0.0.1:1"}},
+                {{"url":"http://127.0.0.1:2"}},{{"url":"http://127.0.0.1:3"}}],
+                "load_balancing":{{"strategy":"{strategy}"}}}}}},
+              "routes":[{{"name":"r","path":"/","upstream":"u"}}]}}"#
+        );
+        let cfg = crate::config::load_str(&text, "test", std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        cfg.upstreams[0].clone()
+    }
+
+    #[test]
+    fn the_lowest_priority_with_an_available_server_is_used_then_the_next() {
+        crate::base::tls::install_crypto_provider();
+        let cfg = upstream("round_robin");
+        let tls = crate::upstream::client::default_tls_config();
+        // Port 1 is a backup (priority 20); ports 2 and 3 the primaries (10).
+        let (set, fresh) =
+            ServerSet::build(&cfg, cfg.servers.clone(), vec![20, 10, 10], &tls, None);
+        assert_eq!(fresh.len(), 3);
+        let ports: Vec<u16> = set.entries.iter().map(|e| e.port).collect();
+        assert_eq!(ports, [2, 3, 1], "ordered by priority");
+        assert_eq!(&*set.priorities, &[10, 10, 20]);
+        let now = 1_000;
+        // All available: the primaries, then the backup for a retry.
+        let order: Vec<usize> = set.candidates(now, 0).collect();
+        assert_eq!(order.len(), 3);
+        assert!(
+            order[..2].contains(&0) && order[..2].contains(&1),
+            "{order:?}"
+        );
+        assert_eq!(order[2], 2);
+        // One primary out: the other primary first.
+        set.states[0].eject(now + 60_000);
+        let order: Vec<usize> = set.candidates(now, 0).collect();
+        assert_eq!(order, [1, 2]);
+        // Both primaries out: the backup.
+        set.states[1].eject(now + 60_000);
+        let order: Vec<usize> = set.candidates(now, 0).collect();
+        assert_eq!(order, [2]);
+        // Once the ejections end, the primaries again.
+        let later = now + 60_001;
+        let first = set.candidates(later, 0).next();
+        assert!(matches!(first, Some(0 | 1)), "{first:?}");
+    }
+
+    #[test]
+    fn one_priority_is_the_plain_balancer() {
+        crate::base::tls::install_crypto_provider();
+        let cfg = upstream("round_robin");
+        let tls = crate::upstream::client::default_tls_config();
+        let (set, _) = ServerSet::build(&cfg, cfg.servers.clone(), Vec::new(), &tls, None);
+        assert_eq!(&*set.priorities, &[0, 0, 0]);
+        let firsts: Vec<usize> = (0..6)
+            .filter_map(|_| set.candidates(1_000, 0).next())
+            .collect();
+        assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
+    }
+}
