@@ -6,6 +6,7 @@ use kairos_rs::cli::demo;
 use kairos_rs::cli::remote::{self, RemoteError};
 use kairos_rs::cli::{
     Cli, Command, ConfigCommand, HealthCommand, KeysCommand, MetricsCommand, RoutesCommand,
+    UpstreamsCommand,
 };
 use kairos_rs::{config, observability, runtime as state, server};
 use std::process::ExitCode;
@@ -79,6 +80,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => Ok(remote_failed(&e)),
             }
+        }
+        Some(Command::Upstreams(UpstreamsCommand::List { remote })) => {
+            remote_run(&remote, remote::upstreams_list)
         }
         Some(Command::Metrics(MetricsCommand::Export { format, remote })) => {
             remote_run(&remote, |gw| remote::metrics_export(gw, format))

@@ -764,3 +764,92 @@ fn a_template_may_not_read_the_api_key() {
         Some("use {api_key} for the name of the caller's key")
     );
 }
+
+/// A config whose upstream `u` has the given members (JSON text).
+fn with_upstream(members: &str) -> String {
+    format!(
+        "{{\n  \"version\": 1,\n  \"upstreams\": {{\"u\": {{\n{members}\n  }}}},\n  \"routes\": [{{\"path\": \"/a\", \"upstream\": \"u\"}}]\n}}"
+    )
+}
+
+#[test]
+fn discovery_errors_name_path_line_and_fix() {
+    // `servers` and `discovery` exclude each other.
+    let e = one(&with_upstream(
+        r#"    "servers": [{"url": "http://127.0.0.1:9001"}],
+    "discovery": {"type": "dns", "name": "u.internal", "port": 80}"#,
+    ));
+    assert_eq!(e.path, "upstreams.u.discovery");
+    assert_eq!(e.line, Some(5));
+    assert!(e.message.contains("not both"), "{}", e.message);
+    // Neither.
+    let e = one(&with_upstream(r#"    "connect_timeout": "1s""#));
+    assert_eq!(e.path, "upstreams.u.servers");
+    assert!(e.hint.as_deref().unwrap_or("").contains("discovery"));
+    // An unknown type, with a suggestion.
+    let e = one(&with_upstream(r#"    "discovery": {"type": "consull"}"#));
+    assert_eq!(e.path, "upstreams.u.discovery.type");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `consul`?"));
+    // Another type's setting, a missing port, a bad resolver, a bad record type.
+    let errs = errors(&with_upstream(
+        r#"    "discovery": {"type": "dns", "name": "u.internal", "port": 80, "tag": "v2",
+                  "resolvers": ["10.0.0.2", "127.0.0.1:5353", "nope"], "record": "MX"}"#,
+    ));
+    let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "upstreams.u.discovery.record",
+            "upstreams.u.discovery.resolvers[2]",
+            "upstreams.u.discovery.tag",
+        ],
+        "{errs:#?}"
+    );
+    let tag = errs.iter().find(|e| e.path.ends_with(".tag")).unwrap();
+    assert_eq!(tag.hint.as_deref(), Some("`tag` belongs to type consul"));
+    let e = one(&with_upstream(
+        r#"    "discovery": {"type": "dns", "name": "u.internal"}"#,
+    ));
+    assert_eq!(e.path, "upstreams.u.discovery.port");
+    // SRV records carry their own port.
+    let e = one(&with_upstream(
+        r#"    "discovery": {"type": "dns", "name": "_http._tcp.u", "record": "SRV", "port": 80}"#,
+    ));
+    assert_eq!(e.path, "upstreams.u.discovery.port");
+    // Required settings per type, and URLs.
+    let errs = errors(&with_upstream(
+        r#"    "discovery": {"type": "consul", "endpoint": "127.0.0.1:8500", "wait": "20m"}"#,
+    ));
+    let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "upstreams.u.discovery.endpoint",
+            "upstreams.u.discovery.service_name",
+            "upstreams.u.discovery.wait",
+        ],
+        "{errs:#?}"
+    );
+    let e = one(&with_upstream(
+        r#"    "discovery": {"type": "eureka", "endpoint": "http://e:8761/eureka"}"#,
+    ));
+    assert_eq!(e.path, "upstreams.u.discovery.app");
+    let e = one(&with_upstream(r#"    "discovery": {"type": "kubernetes"}"#));
+    assert_eq!(e.path, "upstreams.u.discovery.service_name");
+    // The Consul token comes from the environment like any secret; a missing variable names it.
+    let text = with_upstream(
+        r#"    "discovery": {"type": "consul", "endpoint": "http://127.0.0.1:8500", "service_name": "orders", "token": "${CONSUL_TOKEN}"}"#,
+    );
+    let errs = errors_env(&text, &[]);
+    assert!(errs[0].message.contains("CONSUL_TOKEN"), "{errs:#?}");
+    let lookup = |k: &str| (k == "CONSUL_TOKEN").then(|| "t0k3n".to_string());
+    let cfg = load_str_with_env(&text, "t.json", Path::new("."), &lookup).expect("valid");
+    let d = cfg.upstreams[0].discovery.as_ref().expect("discovery");
+    assert_eq!(d.kind(), "consul");
+    assert!(
+        !format!("{d:?}").contains("t0k3n"),
+        "the token never prints"
+    );
+}

@@ -136,19 +136,36 @@ fn resolve_variables(expr: &str) -> String {
 async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     let up = Upstream::start(|_| Reply::ok("hello"));
     let failing = Upstream::start(|_| Reply::ok("oops").status(503));
+    // A Eureka server registering `up` as the one UP instance of USERS (discovery metrics).
+    let port = up.addr.port();
+    let eureka = Upstream::start(move |r| {
+        if r.target != "/eureka/apps/USERS" {
+            return Reply::ok("").status(404);
+        }
+        let app = serde_json::json!({"application": {"name": "USERS", "instance": [{
+            "instanceId": "users-1", "hostName": "localhost", "app": "USERS",
+            "ipAddr": "127.0.0.1", "status": "UP",
+            "port": {"$": port, "@enabled": "true"},
+            "securePort": {"$": 443, "@enabled": "false"}
+        }]}});
+        Reply::ok(&app.to_string()).header("content-type", "application/json")
+    });
     let gw = Gateway::start(&format!(
         r#"{{"version":1,"server":{{"workers":1}},"admin":{{"token":"{TOKEN}"}},
         "upstreams":{{"users":{{"servers":[{{"url":"{}"}}]}},
                      "failing":{{"servers":[{{"url":"{}"}}]}},
-                     "dead":{{"servers":[{{"url":"http://127.0.0.1:9"}}]}}}},
+                     "dead":{{"servers":[{{"url":"http://127.0.0.1:9"}}]}},
+                     "found":{{"discovery":{{"type":"eureka","endpoint":"{}/eureka","app":"USERS","refresh":"1s"}}}}}},
         "routes":[{{"name":"get-user","path":"/users/{{id}}","upstream":"users"}},
                   {{"name":"broken","path":"/broken","upstream":"failing"}},
                   {{"name":"gone","path":"/gone","upstream":"dead"}},
+                  {{"name":"found","path":"/found","upstream":"found"}},
                   {{"name":"limited","path":"/limited","upstream":"users",
                     "rate_limit":{{"per_ip":{{"rps":5,"burst":1}}}}}}],
         "logging":{{"access_log":false,"level":"error"}}}}"#,
         up.url(),
-        failing.url()
+        failing.url(),
+        eureka.url()
     ));
     let prom = Prometheus::start(gw.addr);
     let c = client();
@@ -164,6 +181,7 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
                     "/broken".into(),
                     "/nowhere".into(),
                     "/limited".into(),
+                    "/found".into(),
                 ] {
                     let _ = c.get(format!("{base}{path}")).send().await;
                 }

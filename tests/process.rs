@@ -113,6 +113,7 @@ async fn one_gigabyte_each_way_with_bounded_memory() {
                     sized: true,
                 },
                 delay: Duration::ZERO,
+                later: None,
             }
         } else {
             Reply::ok(&r.body_len.to_string())

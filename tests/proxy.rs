@@ -163,6 +163,7 @@ fn sized_response_keeps_content_length_and_chunked_stays_chunked() {
             sized: r.target.contains("sized"),
         },
         delay: Duration::ZERO,
+        later: None,
     });
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));
     let sized = raw_get(gw.addr, "/any/sized", "x");
@@ -461,6 +462,7 @@ async fn status_codes_and_empty_bodies_pass_through() {
             headers: vec![],
             body: ReplyBody::Bytes(vec![]),
             delay: Duration::ZERO,
+            later: None,
         }
     });
     let gw = Gateway::start(&config(&up.url(), ROUTES, ""));

@@ -665,8 +665,8 @@ fn what_keeps_its_identity_is_carried_over_and_what_changed_is_not() {
         same.tracing.as_ref().unwrap()
     ));
     assert!(Arc::ptr_eq(
-        &first.upstreams[0].servers[0],
-        &same.upstreams[0].servers[0]
+        &first.upstreams[0].set().states[0],
+        &same.upstreams[0].set().states[0]
     ));
 
     let other_secret = format!("{secret}-rotated");
@@ -683,7 +683,7 @@ fn what_keeps_its_identity_is_carried_over_and_what_changed_is_not() {
     // Without its health check a server starts afresh: a check that no longer runs could
     // never clear an "unhealthy" it left behind.
     assert!(!Arc::ptr_eq(
-        &same.upstreams[0].servers[0],
-        &changed.upstreams[0].servers[0]
+        &same.upstreams[0].set().states[0],
+        &changed.upstreams[0].set().states[0]
     ));
 }

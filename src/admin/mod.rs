@@ -34,7 +34,8 @@ async fn health() -> HttpResponse {
 }
 
 /// `GET /_kairos/ready`: 200 when the gateway can serve, 503 with the reasons when it cannot:
-/// still starting or shutting down, a JWKS never fetched (its tokens cannot be verified),
+/// still starting or shutting down, a discovered upstream with no servers whose source has
+/// not answered (nor failed) its first time, a JWKS never fetched (its tokens cannot be verified),
 /// the rate-limit backend down while `on_backend_error` is deny (limited routes answer 503),
 /// or no server of any upstream available.
 async fn ready(state: web::Data<SharedState>) -> HttpResponse {
@@ -78,9 +79,19 @@ async fn not_ready(state: &SharedState) -> Vec<serde_json::Value> {
             ));
         }
     }
+    let waiting = rt.upstreams.iter().filter(|u| u.awaits_discovery()).count();
+    if waiting > 0 {
+        reasons.push(reason(
+            "discovery",
+            format!(
+                "{waiting} discovered upstream(s) have no servers and no first answer from their source yet"
+            ),
+        ));
+    }
     use crate::upstream::balancer::ServerLoad;
     let now = crate::base::clock::now_ms();
-    let servers = rt.upstreams.iter().flat_map(|u| &u.servers);
+    let sets: Vec<_> = rt.upstreams.iter().map(|u| u.set()).collect();
+    let servers = sets.iter().flat_map(|s| &s.states);
     if servers.clone().next().is_some() && servers.clone().all(|s| !s.available(now)) {
         reasons.push(reason(
             "upstreams",
@@ -119,17 +130,21 @@ async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespo
         .upstreams
         .iter()
         .map(|u| {
-            let servers: Vec<serde_json::Value> = u
-                .config
-                .servers
+            let set = u.set();
+            let source = u.source();
+            let servers: Vec<serde_json::Value> = set
+                .entries
                 .iter()
-                .zip(&u.servers)
-                .map(|(entry, s)| {
+                .zip(&set.states)
+                .zip(set.priorities.iter())
+                .map(|((entry, s), priority)| {
                     let check = s.last_check();
                     let ejected_for = s.ejected_until().saturating_sub(now);
                     serde_json::json!({
                         "url": entry.url,
+                        "source": source,
                         "weight": entry.weight,
+                        "priority": priority,
                         "available": s.available(now),
                         "health": s.health().as_str(),
                         "circuit": s.circuit().as_str(),
@@ -149,11 +164,28 @@ async fn upstreams(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespo
                 "strategy": u.config.strategy.as_str(),
                 "health_check": u.config.health_check.is_some(),
                 "circuit_breaker": u.config.circuit_breaker.is_some(),
+                "source": source,
+                "discovery": discovery_status(u),
                 "servers": servers,
             })
         })
         .collect();
     HttpResponse::Ok().json(serde_json::json!({ "upstreams": list }))
+}
+
+/// A discovered upstream's state: "ok", "pending" before the source's first answer, or the
+/// last error while the last known servers are kept; `null` for listed servers.
+fn discovery_status(u: &crate::upstream::Upstream) -> serde_json::Value {
+    let Some(d) = u.discovery() else {
+        return serde_json::Value::Null;
+    };
+    let snap = d.watcher().map(|w| w.snapshot()).unwrap_or_default();
+    let status = match (&snap.error, &snap.endpoints) {
+        (Some(e), _) => e.to_string(),
+        (None, Some(_)) => "ok".to_string(),
+        (None, None) => "pending".to_string(),
+    };
+    serde_json::Value::String(status)
 }
 
 /// The 401 for a request without the admin token, or the 429 for a client whose wrong

@@ -39,6 +39,9 @@ pub enum Command {
     /// Check a running gateway's upstreams.
     #[command(subcommand)]
     Health(HealthCommand),
+    /// List a running gateway's upstreams and where their servers come from.
+    #[command(subcommand)]
+    Upstreams(UpstreamsCommand),
     /// Read a running gateway's metrics.
     #[command(subcommand)]
     Metrics(MetricsCommand),
@@ -156,6 +159,16 @@ pub enum HealthCommand {
     Check {
         #[arg(long)]
         upstream: String,
+        #[command(flatten)]
+        remote: crate::cli::remote::RemoteArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpstreamsCommand {
+    /// Every upstream with its source (static, dns, consul, kubernetes, eureka), its discovery
+    /// status and its servers.
+    List {
         #[command(flatten)]
         remote: crate::cli::remote::RemoteArgs,
     },

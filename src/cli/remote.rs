@@ -371,6 +371,36 @@ pub fn health_check(gw: &Gateway, upstream: &str) -> Result<(String, bool), Remo
     Ok((out, all))
 }
 
+/// `upstreams list`: each upstream with its source and discovery status, then its servers.
+pub fn upstreams_list(gw: &Gateway) -> Result<String, RemoteError> {
+    let body = gw.get("/_kairos/upstreams")?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| RemoteError::Failed(format!("unexpected answer: {e}")))?;
+    let mut out = String::new();
+    for u in v["upstreams"].as_array().into_iter().flatten() {
+        let servers = u["servers"].as_array().map_or(0, Vec::len);
+        out.push_str(&format!(
+            "{}  source={}  discovery={}  servers={servers}\n",
+            u["name"].as_str().unwrap_or("?"),
+            u["source"].as_str().unwrap_or("static"),
+            u["discovery"].as_str().unwrap_or("-"),
+        ));
+        for s in u["servers"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  {:<40}  {:<10}  {}\n",
+                s["url"].as_str().unwrap_or("?"),
+                s["source"].as_str().unwrap_or("static"),
+                if s["available"].as_bool().unwrap_or(false) {
+                    "available"
+                } else {
+                    "unavailable"
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// `metrics export`: the Prometheus text as it is, or its samples as JSON.
 pub fn metrics_export(gw: &Gateway, format: MetricsFormat) -> Result<String, RemoteError> {
     let text = gw.get("/_kairos/metrics")?;

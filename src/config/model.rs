@@ -129,7 +129,10 @@ impl Strategy {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// The listed servers; empty when `discovery` finds them.
     pub servers: Vec<ServerEntry>,
+    /// Where the servers come from when they are not listed.
+    pub discovery: Option<DiscoveryConfig>,
     pub strategy: Strategy,
     pub connect_timeout: Duration,
     /// CA certificates (DER) to trust for https servers; `None` means the Mozilla root set.
@@ -142,6 +145,91 @@ pub struct UpstreamConfig {
     pub retries: RetryConfig,
     /// Largest response head accepted from a server, in bytes.
     pub max_response_header_size: usize,
+}
+
+/// A discovery source and its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryConfig {
+    pub source: DiscoverySource,
+    /// Servers found are reached over https (dns, consul, kubernetes; eureka: prefer the
+    /// secure port).
+    pub https: bool,
+}
+
+impl DiscoveryConfig {
+    /// The source's name as configured: "dns", "consul", "kubernetes" or "eureka".
+    pub fn kind(&self) -> &'static str {
+        self.source.kind()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsRecord {
+    A,
+    Aaaa,
+    Srv,
+}
+
+impl DnsRecord {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsRecord::A => "A",
+            DnsRecord::Aaaa => "AAAA",
+            DnsRecord::Srv => "SRV",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiscoverySource {
+    Dns {
+        name: String,
+        record: DnsRecord,
+        /// A/AAAA: the servers' port (SRV records carry their own).
+        port: u16,
+        /// Empty: the system's resolvers.
+        resolvers: Vec<std::net::SocketAddr>,
+        /// Longest time an answer is kept.
+        refresh: Duration,
+    },
+    Consul {
+        /// Base URL of the agent, without a trailing slash.
+        endpoint: String,
+        service_name: String,
+        /// Only instances whose checks pass.
+        passing: bool,
+        tag: Option<String>,
+        datacenter: Option<String>,
+        token: Option<Secret>,
+        wait: Duration,
+    },
+    Kubernetes {
+        /// `None`: the pod's namespace, else "default" (read when the watch starts).
+        namespace: Option<String>,
+        service_name: String,
+        port_name: Option<String>,
+        /// `None`: in-cluster (KUBERNETES_SERVICE_HOST/PORT).
+        api_server: Option<String>,
+        token_file: std::path::PathBuf,
+        ca_file: std::path::PathBuf,
+    },
+    Eureka {
+        /// Base URL with its path (e.g. `http://host:8761/eureka`), without a trailing slash.
+        endpoint: String,
+        app: String,
+        refresh: Duration,
+    },
+}
+
+impl DiscoverySource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DiscoverySource::Dns { .. } => "dns",
+            DiscoverySource::Consul { .. } => "consul",
+            DiscoverySource::Kubernetes { .. } => "kubernetes",
+            DiscoverySource::Eureka { .. } => "eureka",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -152,7 +152,11 @@ pub struct RawAdmin {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
-    pub servers: Vec<RawServerEntry>,
+    /// The servers, listed (static). Give either `servers` or `discovery`.
+    pub servers: Option<Vec<RawServerEntry>>,
+    /// Where to find the servers instead of listing them: DNS, Consul, Kubernetes or Eureka.
+    /// The running upstream follows the source's changes without a reload.
+    pub discovery: Option<RawDiscovery>,
     pub load_balancing: Option<RawLoadBalancing>,
     /// Time allowed to open a TCP connection to a server (default "2s").
     pub connect_timeout: Option<DurationStr>,
@@ -255,6 +259,58 @@ pub struct RawUpstreamTls {
     /// PEM file of the CA certificates to trust for this upstream, instead of the built-in
     /// Mozilla root set (path relative to the config file).
     pub ca_file: Option<String>,
+}
+
+/// One discovery source. `type` says which; each type takes the settings listed for it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// "dns", "consul", "kubernetes" or "eureka".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// dns: the name queried as given, e.g. "users.internal" or "_http._tcp.users.internal".
+    pub name: Option<String>,
+    /// dns: "A" (default), "AAAA" (both need `port`) or "SRV" (port and weight from the record).
+    pub record: Option<String>,
+    /// dns (A/AAAA): the servers' port.
+    pub port: Option<u16>,
+    /// dns: name servers to ask, "ip" or "ip:port" (default: the system's, /etc/resolv.conf).
+    pub resolvers: Option<Vec<String>>,
+    /// dns: the longest time an answer is kept (its TTL when shorter); eureka: time between
+    /// polls (default "30s").
+    pub refresh: Option<DurationStr>,
+    /// consul: the agent's URL, e.g. "http://127.0.0.1:8500"; eureka: the server's URL with
+    /// its path, e.g. "http://127.0.0.1:8761/eureka".
+    pub endpoint: Option<String>,
+    /// consul, kubernetes: the service's name.
+    pub service_name: Option<String>,
+    /// consul: only instances whose health checks pass (default true).
+    pub health_check: Option<bool>,
+    /// consul: only instances with this tag.
+    pub tag: Option<String>,
+    /// consul: the datacenter to ask (default: the agent's).
+    pub datacenter: Option<String>,
+    /// consul: the ACL token, sent as X-Consul-Token; write it as "${CONSUL_TOKEN}".
+    pub token: Option<String>,
+    /// consul: how long one blocking query may wait for a change (default "55s", at most "10m").
+    pub wait: Option<DurationStr>,
+    /// kubernetes: the service's namespace (default: the pod's own namespace, else "default").
+    pub namespace: Option<String>,
+    /// kubernetes: the name of the service port whose endpoints are used (default: the only
+    /// port of the service).
+    pub port_name: Option<String>,
+    /// kubernetes: the API server's URL (default: in-cluster, from KUBERNETES_SERVICE_HOST and
+    /// KUBERNETES_SERVICE_PORT).
+    pub api_server: Option<String>,
+    /// kubernetes: the bearer token file (default: the pod's service-account token).
+    pub token_file: Option<String>,
+    /// kubernetes: the API server's CA file (default: the pod's service-account CA).
+    pub ca_file: Option<String>,
+    /// eureka: the application's name, e.g. "LEGACY".
+    pub app: Option<String>,
+    /// dns, consul, kubernetes: "http" (default) or "https" for the servers found; eureka
+    /// uses the instance's enabled port, its secure port when this is "https".
+    pub scheme: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

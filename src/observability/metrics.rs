@@ -83,6 +83,11 @@ pub struct Metrics {
     pub spans_dropped: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub upstream_ejections: IntCounterVec,
+    /// Answers of a discovery source, by upstream, source and result (changed, unchanged,
+    /// error).
+    pub discovery_updates: IntCounterVec,
+    /// Servers the discovery source last gave an upstream.
+    pub discovery_servers: IntGaugeVec,
     pub auth_failures: IntCounterVec,
     pub ratelimited: IntCounterVec,
     pub ratelimit_decision_duration: HistogramVec,
@@ -192,6 +197,20 @@ impl Metrics {
                 "Times outlier detection took a server out after consecutive failures.",
                 &["upstream", "server"],
             ),
+            discovery_updates: counter_vec(
+                "kairos_discovery_updates_total",
+                "Answers of an upstream's discovery source: changed (a new server set), \
+                 unchanged, or error (the last known servers are kept).",
+                &["upstream", "source", "result"],
+            ),
+            discovery_servers: IntGaugeVec::new(
+                Opts::new(
+                    "kairos_discovery_servers",
+                    "Servers the discovery source last gave the upstream.",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric definition"),
             auth_failures: counter_vec(
                 "kairos_auth_failures_total",
                 "Requests refused by authentication or permissions, by route, method (jwt, \
@@ -247,7 +266,7 @@ impl Metrics {
             .expect("valid metric definition"),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 24] = [
+        let collectors: [Box<dyn Collector>; 26] = [
             Box::new(m.config_last_success.clone()),
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
@@ -263,6 +282,8 @@ impl Metrics {
             Box::new(m.spans_dropped.clone()),
             Box::new(m.upstream_retries.clone()),
             Box::new(m.upstream_ejections.clone()),
+            Box::new(m.discovery_updates.clone()),
+            Box::new(m.discovery_servers.clone()),
             Box::new(m.auth_failures.clone()),
             Box::new(m.ratelimited.clone()),
             Box::new(m.ratelimit_decision_duration.clone()),
@@ -374,16 +395,14 @@ impl Metrics {
     }
 
     /// The series of one upstream, resolved when the runtime is built.
-    pub fn upstream(&self, name: &str, servers: &[&str]) -> UpstreamSeries {
+    pub fn upstream(&self, name: &str) -> UpstreamSeries {
         UpstreamSeries {
+            name: Arc::from(name),
             duration: self.upstream_duration.with_label_values(&[name]),
             errors: UpstreamErrorKind::ALL
                 .map(|k| self.upstream_errors.with_label_values(&[name, k.as_str()])),
             retries: self.upstream_retries.with_label_values(&[name]),
-            ejections: servers
-                .iter()
-                .map(|s| self.upstream_ejections.with_label_values(&[name, s]))
-                .collect(),
+            ejections: self.upstream_ejections.clone(),
         }
     }
 
@@ -412,13 +431,24 @@ impl Metrics {
         prune(&self.upstream_errors, &["upstream", "kind"], &gone);
         prune(&self.upstream_retries, &["upstream"], &gone);
         prune(&self.upstream_ejections, &["upstream", "server"], &gone);
+        prune(
+            &self.discovery_updates,
+            &["upstream", "source", "result"],
+            &gone,
+        );
+        prune(&self.discovery_servers, &["upstream"], &gone);
     }
 
     /// The servers whose live state the per-server gauges show (health, circuit, ejection,
-    /// in-flight), read at scrape time. Replaced whole on reload, so servers that are gone
-    /// leave no stale series.
-    pub fn watch_servers(&self, servers: Vec<WatchedServer>) {
-        *self.servers.list.lock().unwrap_or_else(|e| e.into_inner()) = servers;
+    /// in-flight), read at scrape time: listed servers, and the current servers of each
+    /// discovered upstream (`lists`). Replaced whole on reload, so servers that are gone leave
+    /// no stale series.
+    pub fn watch_servers(
+        &self,
+        servers: Vec<WatchedServer>,
+        lists: Vec<std::sync::Weak<dyn ServerList>>,
+    ) {
+        *self.servers.list.lock().unwrap_or_else(|e| e.into_inner()) = (servers, lists);
     }
 }
 
@@ -492,8 +522,10 @@ pub struct UpstreamSeries {
     pub duration: Histogram,
     errors: [IntCounter; 4],
     pub retries: IntCounter,
-    /// Per server, in server order.
-    ejections: Vec<IntCounter>,
+    name: Arc<str>,
+    /// Labelled by server when one is ejected (rare: the label lookup is not cached, so
+    /// discovered servers need no series built ahead).
+    ejections: IntCounterVec,
 }
 
 impl UpstreamSeries {
@@ -501,10 +533,10 @@ impl UpstreamSeries {
         self.errors[kind as usize].inc();
     }
 
-    pub fn ejection(&self, server: usize) {
-        if let Some(c) = self.ejections.get(server) {
-            c.inc();
-        }
+    pub fn ejection(&self, server: &str) {
+        self.ejections
+            .with_label_values(&[&self.name, server])
+            .inc();
     }
 }
 
@@ -525,9 +557,18 @@ pub trait ServerProbe: Send + Sync {
     fn requests_in_flight(&self) -> u32;
 }
 
+/// A changing list of servers (a discovered upstream's), walked at scrape time:
+/// `f(upstream, server, state)` for each.
+pub trait ServerList: Send + Sync {
+    fn each(&self, f: &mut dyn FnMut(&str, &str, &dyn ServerProbe));
+}
+
+/// Listed servers, and the lists of discovered upstreams.
+type Watched = (Vec<WatchedServer>, Vec<std::sync::Weak<dyn ServerList>>);
+
 /// Gauges computed from the servers' live state when Prometheus scrapes.
 struct ServerGauges {
-    list: Mutex<Vec<WatchedServer>>,
+    list: Mutex<Watched>,
     health: IntGaugeVec,
     circuit: IntGaugeVec,
     ejected: IntGaugeVec,
@@ -541,7 +582,7 @@ impl ServerGauges {
                 .expect("valid metric definition")
         };
         ServerGauges {
-            list: Mutex::new(Vec::new()),
+            list: Mutex::new((Vec::new(), Vec::new())),
             health: gauge(
                 "kairos_upstream_health",
                 "Active health check verdict: 1 healthy (or not checked), 0 unhealthy.",
@@ -581,20 +622,26 @@ impl Collector for ServerGaugesCollector {
         for v in [&g.health, &g.circuit, &g.ejected, &g.inflight] {
             v.reset();
         }
-        for w in list.iter() {
-            let labels = [w.upstream.as_str(), w.server.as_str()];
+        let mut set = |upstream: &str, server: &str, state: &dyn ServerProbe| {
+            let labels = [upstream, server];
             g.health
                 .with_label_values(&labels)
-                .set(i64::from(w.state.healthy()));
+                .set(i64::from(state.healthy()));
             g.circuit
                 .with_label_values(&labels)
-                .set(w.state.circuit_code());
+                .set(state.circuit_code());
             g.ejected
                 .with_label_values(&labels)
-                .set(i64::from(w.state.ejected_at(now)));
+                .set(i64::from(state.ejected_at(now)));
             g.inflight
                 .with_label_values(&labels)
-                .set(i64::from(w.state.requests_in_flight()));
+                .set(i64::from(state.requests_in_flight()));
+        };
+        for w in list.0.iter() {
+            set(&w.upstream, &w.server, &*w.state);
+        }
+        for l in list.1.iter().filter_map(std::sync::Weak::upgrade) {
+            l.each(&mut set);
         }
         [&g.health, &g.circuit, &g.ejected, &g.inflight]
             .into_iter()

@@ -22,8 +22,8 @@ pub struct Ctx<'a> {
     pub rid: HeaderValue,
     /// The matched route: its index and name.
     pub route: Option<(usize, &'a str)>,
-    /// The server of the last attempt.
-    pub upstream: Option<&'a str>,
+    /// The server of the last attempt: its set and index.
+    pub upstream: Option<(crate::upstream::set::SetRef<'a>, usize)>,
     /// What the edge chain owes the response: where the rate limits stand.
     pub admission: Admission,
     /// The authenticated caller's name, for the access log (only when it is on).

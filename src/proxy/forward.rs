@@ -12,7 +12,8 @@ use crate::observability::trace;
 use crate::upstream::body::ProxyBody;
 use crate::upstream::client::{self, ForwardError, Lease, SendError};
 use crate::upstream::server::{AttemptGuard, AttemptResult};
-use crate::upstream::{balancer, Upstream};
+use crate::upstream::set::{ServerSet, SetCandidates};
+use crate::upstream::Upstream;
 use hyper::body::Incoming;
 use std::time::{Duration, Instant};
 use tokio::time::Instant as Deadline;
@@ -42,24 +43,25 @@ pub async fn forward<'a>(
     if policy.attempts > 0 {
         upstream.budget.deposit();
     }
-    let key = match upstream.balancer.strategy() {
+    let set = upstream.set();
+    let key = match set.strategy() {
         Strategy::IpHash => client_hash(ctx),
         _ => 0,
     };
     // One clock read for the balancer, the first admission and the deadline.
     let started = Instant::now();
     let now = crate::base::clock::ms_at(started);
-    let mut candidates = upstream.balancer.candidates(&upstream.servers, now, key);
+    let mut candidates = set.candidates(now, key);
     let deadline = Deadline::from_std(started) + route.timeout;
     let mut retries = 0u32;
     let mut last_error = GatewayError::NoHealthyUpstream;
-    let mut next = admit(upstream, &mut candidates, now);
+    let mut next = admit(&set, &mut candidates, now);
     loop {
         let Some((server_idx, guard)) = next.take() else {
             return Err(last_error);
         };
-        let server = &upstream.config.servers[server_idx];
-        ctx.upstream = Some(&server.url);
+        let server = &set.entries[server_idx];
+        ctx.upstream = Some((set.clone(), server_idx));
         let Some(mut req) = up.next_attempt() else {
             return Err(last_error);
         };
@@ -87,7 +89,7 @@ pub async fn forward<'a>(
         let result = match send(
             req,
             upstream,
-            server_idx,
+            (&set, server_idx),
             sent_at,
             deadline,
             route.timeout,
@@ -110,6 +112,7 @@ pub async fn forward<'a>(
         retries += 1;
         let record = |result: AttemptResult| {
             upstream.record(
+                &set,
                 server_idx,
                 crate::base::clock::ms_at(sent_at + latency),
                 guard.admission,
@@ -153,7 +156,7 @@ pub async fn forward<'a>(
                     Ok(status) => {
                         if replay_after_send && policy.on_status.binary_search(&status).is_ok() {
                             if let Some((n, pause)) =
-                                retry(upstream, policy, &mut candidates, retries, deadline)
+                                retry(upstream, &set, &mut candidates, retries, deadline)
                             {
                                 // Dropping the unread response closes its connection.
                                 drop((parts, incoming, lease, guard));
@@ -177,7 +180,7 @@ pub async fn forward<'a>(
         if !retryable {
             return Err(last_error);
         }
-        let Some((n, pause)) = retry(upstream, policy, &mut candidates, retries, deadline) else {
+        let Some((n, pause)) = retry(upstream, &set, &mut candidates, retries, deadline) else {
             return Err(last_error);
         };
         next = Some(n);
@@ -186,24 +189,25 @@ pub async fn forward<'a>(
 }
 
 /// The next candidate whose breaker admits an attempt at `now` (gateway clock, ms).
-fn admit<S: balancer::ServerLoad>(
-    upstream: &Upstream,
-    candidates: &mut balancer::Candidates<'_, S>,
+fn admit(
+    set: &ServerSet,
+    candidates: &mut SetCandidates<'_>,
     now: u64,
 ) -> Option<(usize, AttemptGuard)> {
     candidates
         .by_ref()
-        .find_map(|i| upstream.servers[i].admit(now).map(|g| (i, g)))
+        .find_map(|i| set.states[i].admit(now).map(|g| (i, g)))
 }
 
 /// Whether a retry may go ahead: attempts left, another server, budget and time.
-fn retry<S: balancer::ServerLoad>(
+fn retry(
     upstream: &Upstream,
-    policy: &RetryConfig,
-    candidates: &mut balancer::Candidates<'_, S>,
+    set: &ServerSet,
+    candidates: &mut SetCandidates<'_>,
     retries: u32,
     deadline: Deadline,
 ) -> Option<((usize, AttemptGuard), Duration)> {
+    let policy = &upstream.config.retries;
     if retries > policy.attempts {
         return None;
     }
@@ -211,7 +215,7 @@ fn retry<S: balancer::ServerLoad>(
     if Deadline::now() + pause >= deadline {
         return None;
     }
-    let next = admit(upstream, candidates, crate::base::clock::now_ms())?;
+    let next = admit(set, candidates, crate::base::clock::now_ms())?;
     if !upstream.budget.withdraw(crate::base::clock::now_ms()) {
         tracing::debug!(upstream = upstream.config.name, "retry budget spent");
         return None;
@@ -226,15 +230,15 @@ fn retry<S: balancer::ServerLoad>(
 async fn send(
     req: http::Request<ProxyBody>,
     upstream: &Upstream,
-    idx: usize,
+    (set, idx): (&ServerSet, usize),
     sent_at: Instant,
     deadline: Deadline,
     client_timeout: Duration,
     body: &BodyWatch,
 ) -> Waited<Result<(http::Response<Incoming>, Lease), SendError>> {
-    let server = &upstream.config.servers[idx];
+    let server = &set.entries[idx];
     let target = client::Target {
-        pool_key: upstream.pool_keys[idx],
+        pool_key: set.pool_keys[idx],
         https: server.https,
         authority: &server.authority,
         connect_timeout: upstream.config.connect_timeout,

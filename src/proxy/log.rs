@@ -17,7 +17,11 @@ pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
         route = ctx.route.map_or(metrics::UNMATCHED, |(_, name)| name),
         status = res.status().as_u16(),
         latency_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
-        upstream = ctx.upstream.unwrap_or("-"),
+        upstream = ctx
+            .upstream
+            .as_ref()
+            .and_then(|(set, i)| set.entries.get(*i))
+            .map_or("-", |s| s.url.as_str()),
         identity = ctx.identity.as_deref().unwrap_or("-"),
         request_id = ctx.rid_str(),
         trace_id = ids.and_then(|(t, _)| std::str::from_utf8(t).ok()),

@@ -88,10 +88,13 @@ impl Runtime {
                         Arc::new(crate::upstream::client::tls_config_with_roots(roots))
                     }
                 };
-                {
-                    let urls: Vec<&str> = u.servers.iter().map(|s| s.url.as_str()).collect();
-                    Upstream::new_from(u.clone(), tls, metrics.upstream(&u.name, &urls), prev)
+                // Listed servers' ejection counts read 0 before the first ejection.
+                for s in &u.servers {
+                    metrics
+                        .upstream_ejections
+                        .with_label_values(&[&u.name, &s.url]);
                 }
+                Upstream::new_from(u.clone(), tls, metrics.upstream(&u.name), prev)
             })
             .collect();
         Ok(Runtime {
@@ -106,21 +109,32 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Starts what a serving runtime runs in the background (health checks) and points the
-    /// per-server gauges at its servers.
-    pub fn start(&self, metrics: &Metrics) {
+    /// Starts what a serving runtime runs in the background (health checks, discovery) and
+    /// points the per-server gauges at its servers.
+    pub fn start(&self, metrics: &Arc<Metrics>) {
         self.edge.start();
         let mut watched = Vec::new();
+        let mut lists: Vec<std::sync::Weak<dyn crate::observability::metrics::ServerList>> =
+            Vec::new();
         for u in &self.upstreams {
-            u.start_health_checks();
-            for (entry, state) in u.config.servers.iter().zip(&u.servers) {
-                watched.push(crate::observability::metrics::WatchedServer {
-                    upstream: u.config.name.clone(),
-                    server: entry.url.clone(),
-                    state: state.clone(),
-                });
+            u.start(metrics);
+            match u.discovery() {
+                Some(d) => {
+                    let weak: std::sync::Weak<crate::upstream::set::Dynamic> = Arc::downgrade(d);
+                    lists.push(weak);
+                }
+                None => {
+                    let set = u.set();
+                    for (entry, state) in set.entries.iter().zip(&set.states) {
+                        watched.push(crate::observability::metrics::WatchedServer {
+                            upstream: u.config.name.clone(),
+                            server: entry.url.clone(),
+                            state: state.clone(),
+                        });
+                    }
+                }
             }
         }
-        metrics.watch_servers(watched);
+        metrics.watch_servers(watched, lists);
     }
 }

@@ -96,61 +96,73 @@ pub fn next_delay(cfg: &HealthCheckConfig, tracker: &Tracker) -> Duration {
     base.mul_f64(0.9 + 0.2 * fastrand::f64())
 }
 
-/// Keeps an upstream's checkers running; they stop at their next wake-up once it is dropped.
+/// An upstream's checkers: they stop at their next wake-up once this is dropped, or once
+/// their server is (a discovered server that went away).
 pub struct Checkers {
-    _alive: Arc<()>,
+    alive: Arc<()>,
+    upstream: String,
+    cfg: HealthCheckConfig,
+    /// `None` when no check can run (no background runtime, or the client failed).
+    client: Option<reqwest::Client>,
 }
 
-/// Starts one checker per server of an upstream.
-pub fn start(
-    upstream: &str,
-    cfg: &HealthCheckConfig,
-    servers: &[ServerEntry],
-    states: &[Arc<ServerState>],
-    tls: &Arc<rustls::ClientConfig>,
-) -> Checkers {
-    let alive = Arc::new(());
-    let Some(rt) = crate::base::background::background() else {
-        return Checkers { _alive: alive };
-    };
-    crate::base::tls::install_crypto_provider();
-    let client = {
-        let _guard = rt.enter();
-        reqwest::Client::builder()
-            .use_preconfigured_tls((**tls).clone())
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .pool_max_idle_per_host(1)
-            .user_agent(concat!(
-                "kairos-rs/",
-                env!("CARGO_PKG_VERSION"),
-                " health-check"
-            ))
-            .build()
-    };
-    let client = match client {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(upstream, error = %e, "health checks disabled: HTTP client failed");
-            return Checkers { _alive: alive };
-        }
-    };
-    for (server, state) in servers.iter().zip(states) {
-        let scheme = if server.https { "https" } else { "http" };
-        let check = Check {
+impl Checkers {
+    /// Checkers for one upstream; [`Checkers::watch`] starts them for servers.
+    pub fn new(upstream: &str, cfg: &HealthCheckConfig, tls: &Arc<rustls::ClientConfig>) -> Self {
+        let mut checkers = Checkers {
+            alive: Arc::new(()),
             upstream: upstream.to_string(),
-            server: server.url.clone(),
-            url: format!("{scheme}://{}{}", server.authority, cfg.path),
             cfg: cfg.clone(),
-            client: client.clone(),
-            state: Arc::downgrade(state),
-            alive: Arc::downgrade(&alive),
+            client: None,
         };
-        rt.spawn(check.run());
+        let Some(rt) = crate::base::background::background() else {
+            return checkers;
+        };
+        crate::base::tls::install_crypto_provider();
+        let client = {
+            let _guard = rt.enter();
+            reqwest::Client::builder()
+                .use_preconfigured_tls((**tls).clone())
+                .timeout(cfg.timeout)
+                .connect_timeout(cfg.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .pool_max_idle_per_host(1)
+                .user_agent(concat!(
+                    "kairos-rs/",
+                    env!("CARGO_PKG_VERSION"),
+                    " health-check"
+                ))
+                .build()
+        };
+        match client {
+            Ok(c) => checkers.client = Some(c),
+            Err(e) => {
+                tracing::error!(upstream, error = %e, "health checks disabled: HTTP client failed")
+            }
+        }
+        checkers
     }
-    Checkers { _alive: alive }
+
+    /// Starts one checker per server.
+    pub fn watch(&self, servers: &[ServerEntry], states: &[Arc<ServerState>]) {
+        let (Some(client), Some(rt)) = (&self.client, crate::base::background::background()) else {
+            return;
+        };
+        for (server, state) in servers.iter().zip(states) {
+            let scheme = if server.https { "https" } else { "http" };
+            let check = Check {
+                upstream: self.upstream.clone(),
+                server: server.url.clone(),
+                url: format!("{scheme}://{}{}", server.authority, self.cfg.path),
+                cfg: self.cfg.clone(),
+                client: client.clone(),
+                state: Arc::downgrade(state),
+                alive: Arc::downgrade(&self.alive),
+            };
+            rt.spawn(check.run());
+        }
+    }
 }
 
 struct Check {

@@ -52,6 +52,9 @@ pub struct Reply {
     pub body: ReplyBody,
     /// Wait this long before sending the response head.
     pub delay: Duration,
+    /// When set, the reply is what this future gives (a blocking query that answers when
+    /// something changes); the fields above are ignored.
+    pub later: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>>,
 }
 
 pub enum ReplyBody {
@@ -61,6 +64,9 @@ pub enum ReplyBody {
         n: u64,
         sized: bool,
     },
+    /// Chunks as they are sent on the channel; the body ends when the sender is dropped (a
+    /// watch stream).
+    Chunks(tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>),
 }
 
 impl Reply {
@@ -70,7 +76,14 @@ impl Reply {
             headers: vec![],
             body: ReplyBody::Bytes(body.as_bytes().to_vec()),
             delay: Duration::ZERO,
+            later: None,
         }
+    }
+    /// A reply that `f` gives later.
+    pub fn later(f: impl std::future::Future<Output = Reply> + Send + 'static) -> Reply {
+        let mut r = Reply::ok("");
+        r.later = Some(Box::pin(f));
+        r
     }
     pub fn status(mut self, s: u16) -> Self {
         self.status = s;
@@ -226,8 +239,11 @@ async fn serve_one(
             }
         }
     }
-    let reply = handler(&rec);
+    let mut reply = handler(&rec);
     seen.lock().expect("lock").push(rec);
+    if let Some(later) = reply.later.take() {
+        reply = later.await;
+    }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
@@ -256,6 +272,13 @@ async fn serve_one(
                         left - take,
                     ))
                 }
+            });
+            StreamBody::new(stream).boxed_unsync()
+        }
+        ReplyBody::Chunks(rx) => {
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                let chunk = rx.recv().await?;
+                Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from(chunk))), rx))
             });
             StreamBody::new(stream).boxed_unsync()
         }

@@ -5,6 +5,7 @@
 
 mod auth;
 mod cors;
+mod discovery;
 mod observability;
 mod rate_limiting;
 mod routes;
@@ -12,6 +13,7 @@ mod server;
 mod transformations;
 mod upstreams;
 
+pub use discovery::SERVICE_ACCOUNT_DIR;
 pub use observability::{parse_otlp_endpoint, EndpointError};
 pub use routes::{
     parse_path_template, parse_rewrite, PathTemplate, PathTemplateError, RewriteError,

@@ -107,13 +107,35 @@ pub(super) fn upstreams_config<'a>(
 
 fn upstream(v: &mut V, name: &str, u: &RawUpstream, base_dir: &Path) -> UpstreamConfig {
     let p = format!("upstreams.{name}");
-    if u.servers.is_empty() {
-        v.err(
-            format!("{p}.servers"),
-            "an upstream needs at least one server",
-        );
-    }
-    let servers = servers(v, &p, &u.servers);
+    let discovery = match (&u.servers, &u.discovery) {
+        (Some(_), Some(_)) => {
+            v.err_hint(
+                format!("{p}.discovery"),
+                "an upstream takes `servers` or `discovery`, not both",
+                "remove `servers` to let the discovery source find them, or remove `discovery`",
+            );
+            None
+        }
+        (None, None) => {
+            v.err_hint(
+                format!("{p}.servers"),
+                "an upstream needs at least one server",
+                "list them in \"servers\", or find them with \"discovery\"",
+            );
+            None
+        }
+        (Some(list), None) => {
+            if list.is_empty() {
+                v.err(
+                    format!("{p}.servers"),
+                    "an upstream needs at least one server",
+                );
+            }
+            None
+        }
+        (None, Some(d)) => super::discovery::discovery(v, &format!("{p}.discovery"), d, base_dir),
+    };
+    let servers = servers(v, &p, u.servers.as_deref().unwrap_or_default());
     let strategy = strategy(v, &p, u);
     let attempt_timeout = u.attempt_timeout.as_ref().map(|_| {
         v.duration(
@@ -171,6 +193,7 @@ fn upstream(v: &mut V, name: &str, u: &RawUpstream, base_dir: &Path) -> Upstream
     UpstreamConfig {
         name: name.to_string(),
         servers,
+        discovery,
         strategy,
         connect_timeout,
         tls_roots,

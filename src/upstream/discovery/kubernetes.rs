@@ -1,0 +1,461 @@
+//! Kubernetes discovery: the service's EndpointSlices (`discovery.k8s.io/v1`, selected by
+//! the `kubernetes.io/service-name` label), listed, then watched from the list's
+//! `resourceVersion` (with bookmarks, so a reconnect resumes where it was). A watch that
+//! answers 410 Gone (the version is too old) starts over with a list.
+//!
+//! An endpoint is used while it is ready (no `ready` condition counts as ready) and not
+//! terminating; when no endpoint of the service is, the terminating ones that still serve
+//! are used (as kube-proxy does), so a rollout's last pods finish their traffic.
+//!
+//! Credentials: in-cluster by default (`KUBERNETES_SERVICE_HOST`/`_PORT`, the pod's
+//! service-account token, re-read at each request because it is rotated, and its CA).
+
+use super::{http_client, Answer, DiscoveryError, Endpoint, Source};
+use crate::config::model::DiscoverySource;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long the API server keeps one watch open before it ends it (we then re-watch).
+const WATCH_SECONDS: u64 = 290;
+/// The most one watch event line may take.
+const MAX_EVENT: usize = 16 << 20;
+
+pub struct Kubernetes {
+    namespace: Option<String>,
+    service: String,
+    port_name: Option<String>,
+    api_server: Option<String>,
+    token_file: PathBuf,
+    ca_file: PathBuf,
+    https: bool,
+    client: Option<(String, reqwest::Client)>,
+    /// Slices by name, as last listed and watched.
+    slices: BTreeMap<String, Slice>,
+    /// Where the watch resumes; `None`: list first.
+    version: Option<String>,
+    watch: Option<Watch>,
+    /// When the last watch was opened.
+    watched_at: Option<std::time::Instant>,
+}
+
+struct Watch {
+    res: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct List {
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<Slice>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    #[serde(default)]
+    resource_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    kind: String,
+    object: serde_json::Value,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct Slice {
+    metadata: ObjectMeta,
+    #[serde(default)]
+    endpoints: Vec<SliceEndpoint>,
+    /// `null` means "all ports" in the API; then there is nothing to connect to.
+    #[serde(default)]
+    ports: Option<Vec<SlicePort>>,
+}
+
+#[derive(Deserialize, Clone, Default)]
+#[serde(rename_all = "camelCase")]
+struct ObjectMeta {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    resource_version: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+struct SliceEndpoint {
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    conditions: Conditions,
+}
+
+#[derive(Deserialize, Clone, Default)]
+struct Conditions {
+    ready: Option<bool>,
+    serving: Option<bool>,
+    terminating: Option<bool>,
+}
+
+#[derive(Deserialize, Clone)]
+struct SlicePort {
+    #[serde(default)]
+    name: Option<String>,
+    port: Option<u16>,
+}
+
+/// A `Status` object (a watch's ERROR event).
+#[derive(Deserialize)]
+struct Status {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    message: String,
+}
+
+impl Kubernetes {
+    pub fn new(cfg: &DiscoverySource, https: bool) -> Result<Kubernetes, DiscoveryError> {
+        let DiscoverySource::Kubernetes {
+            namespace,
+            service_name,
+            port_name,
+            api_server,
+            token_file,
+            ca_file,
+        } = cfg
+        else {
+            return Err(DiscoveryError::Setup("not a Kubernetes source".into()));
+        };
+        Ok(Kubernetes {
+            namespace: namespace.clone(),
+            service: service_name.clone(),
+            port_name: port_name.clone(),
+            api_server: api_server.clone(),
+            token_file: token_file.clone(),
+            ca_file: ca_file.clone(),
+            https,
+            client: None,
+            slices: BTreeMap::new(),
+            version: None,
+            watch: None,
+            watched_at: None,
+        })
+    }
+
+    /// The API server's base URL and a client trusting its CA (set up on first use, so a
+    /// missing in-cluster environment is retried like any failure).
+    fn client(&mut self) -> Result<(String, reqwest::Client), DiscoveryError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let base = match &self.api_server {
+            Some(url) => url.clone(),
+            None => {
+                let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+                    DiscoveryError::Setup(
+                        "not in a cluster (KUBERNETES_SERVICE_HOST is not set); set `api_server`"
+                            .into(),
+                    )
+                })?;
+                let port =
+                    std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+                if host.contains(':') {
+                    format!("https://[{host}]:{port}")
+                } else {
+                    format!("https://{host}:{port}")
+                }
+            }
+        };
+        let roots = if base.starts_with("https://") {
+            let pem = std::fs::read(&self.ca_file).map_err(|e| {
+                DiscoveryError::Setup(format!("cannot read {}: {e}", self.ca_file.display()))
+            })?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(DiscoveryError::Setup(format!(
+                    "{} holds no PEM certificate",
+                    self.ca_file.display()
+                )));
+            }
+            Some(roots)
+        } else {
+            None
+        };
+        // No overall timeout: a watch stays open for minutes; lists set their own.
+        let client = http_client(Duration::from_secs(WATCH_SECONDS + 60), roots)?;
+        if self.namespace.is_none() {
+            let file =
+                PathBuf::from(crate::config::validate::SERVICE_ACCOUNT_DIR).join("namespace");
+            let ns = std::fs::read_to_string(file)
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty());
+            self.namespace = Some(ns.unwrap_or_else(|| "default".into()));
+        }
+        self.client = Some((base.clone(), client.clone()));
+        Ok((base, client))
+    }
+
+    fn url(&self, base: &str, watch: Option<&str>) -> String {
+        let ns = self.namespace.as_deref().unwrap_or("default");
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair(
+            "labelSelector",
+            &format!("kubernetes.io/service-name={}", self.service),
+        );
+        if let Some(v) = watch {
+            q.append_pair("watch", "1");
+            q.append_pair("resourceVersion", v);
+            q.append_pair("allowWatchBookmarks", "true");
+            q.append_pair("timeoutSeconds", &WATCH_SECONDS.to_string());
+        }
+        format!(
+            "{base}/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices?{}",
+            q.finish()
+        )
+    }
+
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, DiscoveryError> {
+        let mut req = client
+            .get(url)
+            .timeout(timeout)
+            .header("Accept", "application/json");
+        // Re-read each time: projected service-account tokens are rotated. No file, no token
+        // (an API server behind `kubectl proxy` needs none).
+        if let Ok(token) = std::fs::read_to_string(&self.token_file) {
+            req = req.header("Authorization", format!("Bearer {}", token.trim()));
+        }
+        let res = req.send().await.map_err(|source| DiscoveryError::Request {
+            url: url.to_string(),
+            source,
+        })?;
+        let status = res.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(DiscoveryError::Status {
+                url: url.to_string(),
+                status,
+            });
+        }
+        Ok(res)
+    }
+
+    async fn list(
+        &mut self,
+        base: &str,
+        client: &reqwest::Client,
+    ) -> Result<Answer, DiscoveryError> {
+        let url = self.url(base, None);
+        let mut res = self.send(client, &url, Duration::from_secs(30)).await?;
+        let mut body = Vec::new();
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(|source| DiscoveryError::Request {
+                url: url.clone(),
+                source,
+            })?
+        {
+            if body.len() + chunk.len() > super::MAX_BODY {
+                return Err(DiscoveryError::Body {
+                    url,
+                    reason: "too long".into(),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let list: List = super::parse(&url, &body)?;
+        self.slices = list
+            .items
+            .into_iter()
+            .map(|s| (s.metadata.name.clone(), s))
+            .collect();
+        self.version = list.metadata.resource_version;
+        Ok(self.answer())
+    }
+
+    /// The endpoints of the slices known now.
+    fn answer(&self) -> Answer {
+        let mut ready = Vec::new();
+        let mut draining = Vec::new();
+        for slice in self.slices.values() {
+            let ports = slice.ports.as_deref().unwrap_or_default();
+            let port = match &self.port_name {
+                Some(name) => ports.iter().find(|p| p.name.as_deref() == Some(name)),
+                None if ports.len() == 1 => ports.first(),
+                None => None,
+            };
+            let Some(port) = port.and_then(|p| p.port) else {
+                continue;
+            };
+            for e in &slice.endpoints {
+                let c = &e.conditions;
+                let terminating = c.terminating == Some(true);
+                let target = if c.ready != Some(false) && !terminating {
+                    &mut ready
+                } else if terminating && c.serving == Some(true) {
+                    &mut draining
+                } else {
+                    continue;
+                };
+                for a in &e.addresses {
+                    target.push(Endpoint {
+                        priority: 0,
+                        host: a.clone(),
+                        port,
+                        weight: 1,
+                        https: self.https,
+                    });
+                }
+            }
+        }
+        Answer {
+            endpoints: if ready.is_empty() { draining } else { ready },
+            valid_for: Duration::ZERO,
+        }
+    }
+
+    /// Reads watch events until one changes the slices (an answer), the watch ends
+    /// (`Ok(None)`: watch again from the last version), or it fails.
+    async fn follow(&mut self, url: &str) -> Result<Option<Answer>, DiscoveryError> {
+        loop {
+            let Some(w) = self.watch.as_mut() else {
+                return Ok(None);
+            };
+            if let Some(nl) = w.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = w.buf.drain(..=nl).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                if let Some(answer) = self.event(url, &line)? {
+                    return Ok(Some(answer));
+                }
+                continue;
+            }
+            if w.buf.len() > MAX_EVENT {
+                self.watch = None;
+                return Err(DiscoveryError::Body {
+                    url: url.to_string(),
+                    reason: "watch event too long".into(),
+                });
+            }
+            match w.res.chunk().await {
+                Ok(Some(chunk)) => w.buf.extend_from_slice(&chunk),
+                Ok(None) => {
+                    self.watch = None;
+                    return Ok(None);
+                }
+                Err(source) => {
+                    self.watch = None;
+                    return Err(DiscoveryError::Request {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Applies one watch event; an answer when the slices changed.
+    fn event(&mut self, url: &str, line: &[u8]) -> Result<Option<Answer>, DiscoveryError> {
+        let event: Event = super::parse(url, line)?;
+        match event.kind.as_str() {
+            "BOOKMARK" => {
+                let meta: Slice =
+                    serde_json::from_value(event.object).map_err(|e| DiscoveryError::Body {
+                        url: url.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                if meta.metadata.resource_version.is_some() {
+                    self.version = meta.metadata.resource_version;
+                }
+                Ok(None)
+            }
+            "ERROR" => {
+                let status: Status = serde_json::from_value(event.object).unwrap_or(Status {
+                    code: 0,
+                    message: String::new(),
+                });
+                self.watch = None;
+                if status.code == 410 {
+                    // Gone: the version is too old; list again (routine, not a failure).
+                    self.version = None;
+                    return Ok(None);
+                }
+                Err(DiscoveryError::Status {
+                    url: format!("{url} (watch: {})", status.message),
+                    status: status.code,
+                })
+            }
+            kind @ ("ADDED" | "MODIFIED" | "DELETED") => {
+                let slice: Slice =
+                    serde_json::from_value(event.object).map_err(|e| DiscoveryError::Body {
+                        url: url.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                if slice.metadata.resource_version.is_some() {
+                    self.version = slice.metadata.resource_version.clone();
+                }
+                if kind == "DELETED" {
+                    self.slices.remove(&slice.metadata.name);
+                } else {
+                    self.slices.insert(slice.metadata.name.clone(), slice);
+                }
+                Ok(Some(self.answer()))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl Source for Kubernetes {
+    async fn next(&mut self) -> Result<Answer, DiscoveryError> {
+        let (base, client) = self.client()?;
+        loop {
+            let Some(version) = self.version.clone() else {
+                self.watch = None;
+                return self.list(&base, &client).await;
+            };
+            let url = self.url(&base, Some(&version));
+            if self.watch.is_none() {
+                // A watch that ends at once (a misbehaving proxy) must not become a busy loop.
+                if let Some(at) = self.watched_at.replace(std::time::Instant::now()) {
+                    let since = at.elapsed();
+                    if since < Duration::from_secs(1) {
+                        tokio::time::sleep(Duration::from_secs(1) - since).await;
+                    }
+                }
+                match self
+                    .send(&client, &url, Duration::from_secs(WATCH_SECONDS + 30))
+                    .await
+                {
+                    Ok(res) => {
+                        self.watch = Some(Watch {
+                            res,
+                            buf: Vec::new(),
+                        })
+                    }
+                    Err(DiscoveryError::Status { status: 410, .. }) => {
+                        self.version = None;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(answer) = self.follow(&url).await? {
+                return Ok(answer);
+            }
+        }
+    }
+}

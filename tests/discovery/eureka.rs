@@ -1,0 +1,283 @@
+//! Eureka: the registry and its deltas.
+
+use super::*;
+
+/// One instance as Eureka's REST API documents it (JSON form of InstanceInfo).
+fn eureka_instance(id: &str, port: u16, status: &str, action: &str) -> serde_json::Value {
+    serde_json::json!({
+        "instanceId": id,
+        "hostName": "legacy-host",
+        "app": "LEGACY",
+        "ipAddr": "127.0.0.1",
+        "status": status,
+        "overriddenStatus": "UNKNOWN",
+        "port": {"$": port, "@enabled": "true"},
+        "securePort": {"$": 443, "@enabled": "false"},
+        "countryId": 1,
+        "dataCenterInfo": {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo", "name": "MyOwn"},
+        "leaseInfo": {"renewalIntervalInSecs": 30, "durationInSecs": 90, "registrationTimestamp": 1700000000000u64,
+                      "lastRenewalTimestamp": 1700000000000u64, "evictionTimestamp": 0, "serviceUpTimestamp": 1700000000000u64},
+        "metadata": {"@class": "java.util.Collections$EmptyMap"},
+        "homePageUrl": format!("http://legacy-host:{port}/"),
+        "statusPageUrl": format!("http://legacy-host:{port}/info"),
+        "healthCheckUrl": format!("http://legacy-host:{port}/health"),
+        "vipAddress": "legacy",
+        "secureVipAddress": "legacy",
+        "isCoordinatingDiscoveryServer": "false",
+        "lastUpdatedTimestamp": "1700000000000",
+        "lastDirtyTimestamp": "1700000000000",
+        "actionType": action
+    })
+}
+
+#[test]
+fn eureka_registry_then_deltas_up_instances_only() {
+    let a = Upstream::start(|_| Reply::ok("a"));
+    let b = Upstream::start(|_| Reply::ok("b"));
+    let (pa, pb) = (a.addr.port(), b.addr.port());
+    // The registry's instances of LEGACY, and the delta it serves now.
+    let registry = Arc::new(Mutex::new(vec![eureka_instance(
+        "legacy-a", pa, "UP", "ADDED",
+    )]));
+    let delta: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let (reg, d) = (registry.clone(), delta.clone());
+    let eureka = Upstream::start(move |r| {
+        let json = if r.target == "/eureka/apps/LEGACY" {
+            let list = reg.lock().unwrap().clone();
+            // One instance is written as the object itself, not a list of one (XStream).
+            let instance = match list.len() {
+                1 => list[0].clone(),
+                _ => serde_json::Value::Array(list),
+            };
+            serde_json::json!({"application": {"name": "LEGACY", "instance": instance}})
+        } else if r.target == "/eureka/apps/delta" {
+            let instances = d.lock().unwrap().clone();
+            let apps = if instances.is_empty() {
+                serde_json::json!([])
+            } else {
+                serde_json::json!([{"name": "LEGACY", "instance": instances},
+                    {"name": "OTHER", "instance": [eureka_instance("other-1", 9, "UP", "ADDED")]}])
+            };
+            serde_json::json!({"applications": {"versions__delta": "2", "apps__hashcode": "UP_2_",
+                "application": apps}})
+        } else {
+            return Reply::ok("").status(404);
+        };
+        Reply::ok(&json.to_string()).header("content-type", "application/json")
+    });
+    let gw = gateway(
+        &format!(
+            r#"{{"type":"eureka","endpoint":"{}/eureka","app":"LEGACY","refresh":"200ms"}}"#,
+            eureka.url()
+        ),
+        "round_robin",
+    );
+    let c = blocking_client();
+    converge("the registered instance is used", || get(&c, &gw).1 == "a");
+    assert_eq!(
+        eureka.requests()[0].header("accept"),
+        Some("application/json")
+    );
+    // `b` registers UP, and an instance that is DOWN is left out.
+    let added = vec![
+        eureka_instance("legacy-b", pb, "UP", "ADDED"),
+        eureka_instance("legacy-down", 9, "DOWN", "ADDED"),
+    ];
+    registry.lock().unwrap().extend(added.clone());
+    *delta.lock().unwrap() = added;
+    converge("the added instance is used", || {
+        spread(&c, &gw, 6).len() == 2
+    });
+    assert!(eureka
+        .requests()
+        .iter()
+        .any(|r| r.target == "/eureka/apps/delta"));
+    // `a` is cancelled.
+    registry.lock().unwrap().remove(0);
+    *delta.lock().unwrap() = vec![eureka_instance("legacy-a", pa, "UP", "DELETED")];
+    converge("the deleted instance is left out", || {
+        spread(&c, &gw, 6).keys().all(|k| k == "b")
+    });
+    let up = admin_upstream(&gw);
+    assert_eq!(up["source"], "eureka");
+    assert_eq!(up["servers"].as_array().map(Vec::len), Some(1));
+}
+
+/// A Eureka server: `GET /eureka/apps/LEGACY` from the registry the test keeps, and
+/// `GET /eureka/apps/delta` with the changes the test sets.
+pub(crate) struct EurekaServer {
+    pub(crate) server: Upstream,
+    registry: Arc<Mutex<Vec<serde_json::Value>>>,
+    delta: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl EurekaServer {
+    pub(crate) fn start() -> EurekaServer {
+        let registry: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let delta: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let (reg, d) = (registry.clone(), delta.clone());
+        let server = Upstream::start(move |r| {
+            let json = if r.target == "/eureka/apps/LEGACY" {
+                let list = reg.lock().unwrap().clone();
+                if list.is_empty() {
+                    return Reply::ok("").status(404);
+                }
+                serde_json::json!({"application": {"name": "LEGACY", "instance": list}})
+            } else if r.target == "/eureka/apps/delta" {
+                let instances = d.lock().unwrap().clone();
+                serde_json::json!({"applications": {"versions__delta": "3", "apps__hashcode": "UP_3_",
+                    "application": [{"name": "LEGACY", "instance": instances}]}})
+            } else {
+                return Reply::ok("").status(404);
+            };
+            Reply::ok(&json.to_string()).header("content-type", "application/json")
+        });
+        EurekaServer {
+            server,
+            registry,
+            delta,
+        }
+    }
+
+    /// Registers `instance` (its `actionType` ADDED), in the registry and the delta.
+    pub(crate) fn register(&self, instance: serde_json::Value) {
+        self.registry.lock().unwrap().push(instance.clone());
+        *self.delta.lock().unwrap() = vec![instance];
+    }
+
+    /// Cancels the instance `id` (on port `port`): gone from the registry, DELETED in the
+    /// delta.
+    pub(crate) fn cancel(&self, id: &str, port: u16) {
+        self.registry
+            .lock()
+            .unwrap()
+            .retain(|i| i["instanceId"] != id);
+        *self.delta.lock().unwrap() = vec![eureka_instance(id, port, "UP", "DELETED")];
+    }
+}
+
+#[test]
+fn eureka_instances_come_and_go_under_load_without_a_failed_request() {
+    let (a, b, c) = (named("a"), named("b"), named("c"));
+    let eureka = EurekaServer::start();
+    eureka.register(eureka_instance("legacy-a", a.addr.port(), "UP", "ADDED"));
+    eureka.register(eureka_instance("legacy-b", b.addr.port(), "UP", "ADDED"));
+    let gw = gateway(
+        &format!(
+            r#"{{"type":"eureka","endpoint":"{}/eureka","app":"LEGACY","refresh":"200ms"}}"#,
+            eureka.server.url()
+        ),
+        "round_robin",
+    );
+    let client = blocking_client();
+    converge("the first answer is used", || get(&client, &gw).0 == 200);
+    converge("both instances are used", || {
+        spread(&client, &gw, 6).len() == 2
+    });
+    let load = Load::start(&gw, 4);
+    load.run_for(200);
+    eureka.register(eureka_instance("legacy-c", c.addr.port(), "UP", "ADDED"));
+    converge("the new instance takes traffic", || c.count() > 0);
+    load.run_for(200);
+    // `a` goes OUT_OF_SERVICE (a MODIFIED delta), then is cancelled.
+    *eureka.delta.lock().unwrap() = vec![eureka_instance(
+        "legacy-a",
+        a.addr.port(),
+        "OUT_OF_SERVICE",
+        "MODIFIED",
+    )];
+    super::kubernetes::quiet("the instance out of service gets no more requests", &a);
+    eureka.cancel("legacy-a", a.addr.port());
+    drop(a);
+    load.run_for(300);
+    // The Eureka server goes away: the last known instances keep serving.
+    let EurekaServer { server, .. } = eureka;
+    drop(server);
+    converge("the failure shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s != "ok")
+    });
+    load.run_for(300);
+    let (sent, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let up = admin_upstream(&gw);
+    assert_eq!(up["servers"].as_array().map(Vec::len), Some(2));
+    let errors = [("upstream", "u"), ("source", "eureka"), ("result", "error")];
+    assert!(metric(&scrape(&gw), "kairos_discovery_updates_total", &errors).unwrap_or(0.0) >= 1.0);
+}
+
+/// An UP instance of LEGACY with `metadata` as Spring Cloud registers it.
+fn weighted(id: &str, port: u16, weight: &str) -> serde_json::Value {
+    let mut i = eureka_instance(id, port, "UP", "ADDED");
+    i["metadata"] = serde_json::json!({"weight": weight, "management.port": "8081"});
+    i
+}
+
+#[test]
+fn eureka_weight_metadata_sets_the_weight_and_series_follow_the_instances() {
+    let (light, heavy, plain) = (named("light"), named("heavy"), named("plain"));
+    let eureka = EurekaServer::start();
+    eureka.register(weighted("legacy-light", light.addr.port(), "1"));
+    eureka.register(weighted("legacy-heavy", heavy.addr.port(), "3"));
+    let gw = gateway(
+        &format!(
+            r#"{{"type":"eureka","endpoint":"{}/eureka","app":"LEGACY","refresh":"200ms"}}"#,
+            eureka.server.url()
+        ),
+        "weighted_round_robin",
+    );
+    let c = blocking_client();
+    converge("both instances are used", || {
+        get(&c, &gw).0 == 200 && spread(&c, &gw, 8).len() == 2
+    });
+    // Smooth weighted round robin: exactly 1:3 over whole turns of the sequence.
+    let s = spread(&c, &gw, 400);
+    assert_eq!(s.get("light"), Some(&100), "{s:?}");
+    assert_eq!(s.get("heavy"), Some(&300), "{s:?}");
+    let up = admin_upstream(&gw);
+    let mut weights: Vec<u64> = up["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["weight"].as_u64())
+        .collect();
+    weights.sort();
+    assert_eq!(weights, [1, 3], "{up}");
+
+    // Each discovered server has its ejection series from the start, at 0, and loses it
+    // when it leaves. Metadata without a usable weight counts as 1.
+    let series = |port: u16| {
+        let server = format!("http://127.0.0.1:{port}");
+        metric(
+            &scrape(&gw),
+            "kairos_upstream_ejections_total",
+            &[("upstream", "u"), ("server", &server)],
+        )
+    };
+    assert_eq!(series(light.addr.port()), Some(0.0));
+    assert_eq!(series(heavy.addr.port()), Some(0.0));
+    eureka.register(weighted("legacy-plain", plain.addr.port(), "heavy"));
+    converge("the new instance gets its series", || {
+        series(plain.addr.port()) == Some(0.0)
+    });
+    eureka.cancel("legacy-light", light.addr.port());
+    converge("the cancelled instance loses its series", || {
+        series(light.addr.port()).is_none()
+    });
+    let up = admin_upstream(&gw);
+    let plain_url = format!("http://127.0.0.1:{}", plain.addr.port());
+    let entry = up["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["url"] == plain_url.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["weight"], 1, "{up}");
+}
