@@ -4,6 +4,7 @@
 //! the sections share; each section's checks live in a file of their own.
 
 mod auth;
+mod caching;
 mod cors;
 mod observability;
 mod rate_limiting;
@@ -107,7 +108,12 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         (None, key_sources),
         0,
     );
+    let caching = raw
+        .caching
+        .as_ref()
+        .map(|c| caching::caching_config(&mut v, c));
     let context = routes::RouteContext {
+        cache: caching.as_ref(),
         top_transforms: &top_transforms,
         key_sources,
         upstreams: &upstream_index,
@@ -140,6 +146,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             cors,
             rate_limiting,
             auth_failures,
+            caching: caching.map(|c| c.config),
             warnings: v.warnings,
             written: Default::default(),
         })
