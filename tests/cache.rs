@@ -460,3 +460,128 @@ async fn request_directives_no_cache_and_max_age_go_to_the_upstream() {
     assert_eq!(get(&gw, "/d", &[]).await.1, "HIT");
     assert_eq!(up.count(), 3);
 }
+
+async fn purge(gw: &Gateway, body: &str) -> (u16, String) {
+    let res = client()
+        .delete(gw.url("/_kairos/cache"))
+        .bearer_auth(TOKEN)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("purge");
+    (res.status().as_u16(), res.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn the_admin_api_lists_and_purges_by_key_route_prefix_and_all() {
+    let up = Upstream::start(|r| {
+        Reply::ok(&format!("v {}", r.target))
+            .header("cache-control", "max-age=60")
+            .header("vary", "Accept-Language")
+    });
+    let gw = gateway(
+        &up,
+        r#"[{"name":"users","path":"/api/users/{*id}","upstream":"u","cache":{}},
+            {"name":"other","path":"/other/{*id}","upstream":"u","cache":{}}]"#,
+        r#"{"cache_key_template":"{method}:{path}"}"#,
+    );
+    let fill = || async {
+        for p in ["/api/users/1", "/api/users/2", "/other/1"] {
+            for lang in ["de", "fr"] {
+                get(&gw, p, &[("accept-language", lang)]).await;
+            }
+        }
+    };
+    fill().await;
+    // The token is required.
+    let anonymous = client()
+        .get(gw.url("/_kairos/cache"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(anonymous.status(), 401);
+    let listed: serde_json::Value = client()
+        .get(gw.url("/_kairos/cache"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["entries"], 6);
+    assert_eq!(listed["routes"][0]["route"], "users");
+    assert_eq!(listed["routes"][0]["entries"], 4);
+    assert_eq!(listed["routes"][1]["entries"], 2);
+    // Both variants of one key.
+    assert_eq!(
+        purge(&gw, r#"{"key":"GET:/api/users/1"}"#).await,
+        (200, r#"{"purged":2}"#.into())
+    );
+    assert_eq!(
+        get(&gw, "/api/users/1", &[("accept-language", "de")])
+            .await
+            .1,
+        "MISS"
+    );
+    assert_eq!(
+        get(&gw, "/api/users/2", &[("accept-language", "de")])
+            .await
+            .1,
+        "HIT"
+    );
+    fill().await;
+    assert_eq!(
+        purge(&gw, r#"{"route":"other"}"#).await,
+        (200, r#"{"purged":2}"#.into())
+    );
+    assert_eq!(
+        get(&gw, "/other/1", &[("accept-language", "de")]).await.1,
+        "MISS"
+    );
+    fill().await;
+    assert_eq!(
+        purge(&gw, r#"{"prefix":"/api/users/"}"#).await,
+        (200, r#"{"purged":4}"#.into())
+    );
+    assert_eq!(
+        get(&gw, "/other/1", &[("accept-language", "fr")]).await.1,
+        "HIT"
+    );
+    fill().await;
+    assert_eq!(
+        purge(&gw, r#"{"all":true}"#).await,
+        (200, r#"{"purged":6}"#.into())
+    );
+    assert_eq!(
+        get(&gw, "/api/users/2", &[("accept-language", "fr")])
+            .await
+            .1,
+        "MISS"
+    );
+    assert_eq!(purge(&gw, r#"{"all":true,"route":"x"}"#).await.0, 400);
+    assert_eq!(purge(&gw, "nope").await.0, 400);
+    let text = scrape_metrics(&gw, TOKEN).await;
+    assert_eq!(metric(&text, "kairos_cache_entries", &[]), Some(1.0));
+
+    // The CLI goes through the same endpoint.
+    fill().await;
+    let url = gw.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kairos-rs"))
+            .args(["cache", "purge", "--prefix", "/other/", "--gateway", &url])
+            .env("KAIROS_ADMIN_TOKEN", TOKEN)
+            .env_remove("KAIROS_CONFIG")
+            .output()
+            .expect("run the cli")
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "purged 2 stored answers\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success());
+}

@@ -278,6 +278,24 @@ impl Store {
         n
     }
 
+    /// Removes the answers whose key (as the key template rendered it, on any route) is
+    /// `key`: the number of answers removed.
+    pub fn purge_key(&self, key: &str) -> u64 {
+        let primaries: Vec<Arc<str>> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| {
+                let mut parts = k.splitn(4, '\n');
+                // route \n scope \n key: a primary key has exactly three parts.
+                parts.nth(2) == Some(key) && parts.next().is_none()
+            })
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        let n = primaries.iter().map(|k| self.remove(k)).sum();
+        self.entries.run_pending_tasks();
+        n
+    }
+
     /// Entries and bytes per route.
     pub fn usage(&self) -> std::collections::BTreeMap<String, RouteUsage> {
         let mut out = std::collections::BTreeMap::<String, RouteUsage>::new();
