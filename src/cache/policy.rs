@@ -221,7 +221,11 @@ mod tests {
         sie: Duration::from_secs(60),
     };
 
-    fn decide(status: u16, res: &[(&str, &str)], authorized: bool) -> Result<Freshness, &str> {
+    fn decide(
+        status: u16,
+        res: &[(&str, &str)],
+        authorized: bool,
+    ) -> Result<Freshness, &'static str> {
         let h = headers(res);
         storable(
             &Directives::default(),

@@ -33,7 +33,7 @@ pub enum Plan {
     /// are invalidated.
     Invalidate(Arc<str>),
     /// Answered from the cache.
-    Hit(Answer, &'static str),
+    Hit(Box<Answer>, &'static str),
     /// Fetched upstream (conditionally when `stale` has a validator), then stored.
     Fetch(Box<Fetching>),
 }
@@ -127,7 +127,7 @@ pub async fn lookup(
         let stored = cache.store.get(&primary, &Headers(headers));
         if let Some(s) = &stored {
             if usable(s, &req_cc, now) {
-                return Plan::Hit(answer(ctx, s, now, "HIT"), "hit");
+                return Plan::Hit(Box::new(answer(ctx, s, now, "HIT")), "hit");
             }
         }
         // HEAD never stores (there is no body to store): it fetches without the lock.
@@ -192,7 +192,7 @@ pub async fn fetch<'a>(
     let f = match plan {
         Plan::Hit(answer, result) => {
             count(result);
-            return Ok(answer);
+            return Ok(*answer);
         }
         Plan::Bypass => {
             count("bypass");
