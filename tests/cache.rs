@@ -364,6 +364,166 @@ async fn stale_if_error_serves_the_stale_answer_while_the_upstream_is_down() {
     assert_eq!(get(&gw, "/plain", &[]).await.0, 502);
 }
 
+/// An upstream that numbers its answers per path (`v1`, `v2`, ...): the first answer of a path
+/// has `first_cc` as its Cache-Control, the later ones `max-age=60`, after `later_delay`.
+fn numbered(
+    first_cc: impl Fn(&str) -> &'static str + Send + Sync + 'static,
+    later_delay: std::time::Duration,
+) -> Upstream {
+    let seen = std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new());
+    Upstream::start(move |r| {
+        let n = {
+            let mut seen = seen.lock().expect("counts");
+            let n = seen.entry(r.target.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        if n == 1 {
+            Reply::ok("v1").header("cache-control", first_cc(&r.target))
+        } else {
+            Reply::ok(&format!("v{n}"))
+                .header("cache-control", "max-age=60")
+                .delay(later_delay)
+        }
+    })
+}
+
+/// Polls `path` until it answers `body` (at most 10 s): the last answer.
+async fn until_body(gw: &Gateway, path: &str, body: &str) -> (u16, String, String, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let a = get(gw, path, &[]).await;
+        if a.3 == body || std::time::Instant::now() > deadline {
+            return a;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
+    // The refresh is slow, so the concurrent stale hits all come before it is stored.
+    let up = numbered(
+        |path| match path {
+            "/own" => "max-age=1, stale-while-revalidate=600",
+            _ => "max-age=1",
+        },
+        std::time::Duration::from_millis(500),
+    );
+    // `/own` carries its own directive; `/conf` gets caching.stale_while_revalidate.
+    let gw = gateway(
+        &up,
+        r#"[{"name":"c","path":"/{*rest}","upstream":"u","cache":{}}]"#,
+        r#"{"stale_while_revalidate":"600s"}"#,
+    );
+    for path in ["/own", "/conf"] {
+        assert_eq!(get(&gw, path, &[]).await.3, "v1", "{path}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for path in ["/own", "/conf"] {
+        let all = (0..20).map(|_| get(&gw, path, &[]));
+        for a in futures_util::future::join_all(all).await {
+            assert_eq!(
+                (a.0, a.1.as_str(), a.3.as_str()),
+                (200, "STALE", "v1"),
+                "{path}"
+            );
+        }
+        let fresh = until_body(&gw, path, "v2").await;
+        assert_eq!(
+            (fresh.1.as_str(), fresh.3.as_str()),
+            ("HIT", "v2"),
+            "{path}"
+        );
+        // Twenty stale hits, one refetch: the first answer and the refresh.
+        assert_eq!(hits(&up, path), 2, "{path}");
+    }
+    let text = scrape_metrics(&gw, TOKEN).await;
+    let stale = metric(
+        &text,
+        "kairos_cache_requests_total",
+        &[("route", "c"), ("result", "stale")],
+    );
+    assert!(stale.is_some_and(|n| n >= 40.0), "{stale:?}");
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_never_applies_to_must_revalidate() {
+    let up = numbered(
+        |_| "max-age=1, must-revalidate, stale-while-revalidate=600",
+        std::time::Duration::ZERO,
+    );
+    let gw = cached(&up);
+    assert_eq!(get(&gw, "/mr", &[]).await.3, "v1");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let a = get(&gw, "/mr", &[]).await;
+    assert_ne!(a.1, "STALE");
+    assert_eq!(a.3, "v2");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn max_stale_accepts_a_stale_answer_and_only_if_cached_never_goes_upstream() {
+    let up = numbered(
+        |path| match path {
+            "/mr" => "max-age=1, must-revalidate",
+            _ => "max-age=1",
+        },
+        std::time::Duration::ZERO,
+    );
+    let gw = cached(&up);
+    // Nothing stored: only-if-cached answers 504 without asking the upstream.
+    let res = client()
+        .get(gw.url("/none"))
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 504);
+    let body: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "not_cached");
+    assert_eq!(hits(&up, "/none"), 0);
+    for path in ["/ms", "/mr"] {
+        assert_eq!(get(&gw, path, &[]).await.3, "v1");
+    }
+    let fresh = get(&gw, "/ms", &[("cache-control", "only-if-cached")]).await;
+    assert_eq!((fresh.1.as_str(), fresh.3.as_str()), ("HIT", "v1"));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Stale: only-if-cached alone is not satisfied, with max-stale it is.
+    assert_eq!(
+        get(&gw, "/ms", &[("cache-control", "only-if-cached")])
+            .await
+            .0,
+        504
+    );
+    for cc in [
+        "max-stale=600",
+        "max-stale",
+        "only-if-cached, max-stale=600",
+    ] {
+        let a = get(&gw, "/ms", &[("cache-control", cc)]).await;
+        assert_eq!(
+            (a.0, a.1.as_str(), a.3.as_str()),
+            (200, "STALE", "v1"),
+            "{cc}"
+        );
+    }
+    // A max-stale smaller than the staleness is not satisfied.
+    let a = get(
+        &gw,
+        "/ms",
+        &[("cache-control", "only-if-cached, max-stale=0")],
+    )
+    .await;
+    assert_eq!(a.0, 504);
+    assert_eq!(hits(&up, "/ms"), 1);
+    // must-revalidate: never served stale, whatever the client accepts.
+    let a = get(&gw, "/mr", &[("cache-control", "max-stale=600")]).await;
+    assert_ne!(a.1, "STALE");
+    assert_eq!(a.3, "v2");
+    assert_eq!(hits(&up, "/mr"), 2);
+}
+
 #[tokio::test]
 async fn a_body_over_max_object_size_reaches_the_client_whole_and_is_not_stored() {
     let up = Upstream::start(|r| {

@@ -34,6 +34,11 @@ pub enum Plan {
     Invalidate(Arc<str>),
     /// Answered from the cache.
     Hit(Box<Answer>, &'static str),
+    /// Answered stale from the cache (`stale-while-revalidate`) while this request's
+    /// refresh runs in the background.
+    Refresh(Box<Answer>, Box<Fetching>),
+    /// `only-if-cached` and nothing stored satisfies the request: 504.
+    NotCached,
     /// Fetched upstream (conditionally when `stale` has a validator), then stored.
     Fetch(Box<Fetching>),
 }
@@ -129,6 +134,31 @@ pub async fn lookup(
             if usable(s, &req_cc, now) {
                 return Plan::Hit(Box::new(answer(ctx, s, now, "HIT")), "hit");
             }
+            if stale_allowed(s, &req_cc, now) {
+                return Plan::Hit(Box::new(answer(ctx, s, now, "STALE")), "stale");
+            }
+            if while_revalidate(s, &req_cc, now) {
+                let stale = Box::new(answer(ctx, s, now, "STALE"));
+                // One refresh per key: the request that takes the key's lock refreshes, the
+                // others are answered stale while it runs.
+                return match cache.locks.acquire(&primary) {
+                    Acquired::Fetch(f) => Plan::Refresh(
+                        stale,
+                        Box::new(Fetching {
+                            cache,
+                            primary,
+                            stale: stored,
+                            fetch: Some(f),
+                            req_cc,
+                            path: path.into(),
+                        }),
+                    ),
+                    Acquired::Wait(_) => Plan::Hit(stale, "stale"),
+                };
+            }
+        }
+        if req_cc.only_if_cached {
+            return Plan::NotCached;
         }
         // HEAD never stores (there is no body to store): it fetches without the lock.
         if stored.is_some() || waited || method == Method::HEAD {
@@ -172,6 +202,35 @@ fn usable(s: &Stored, req: &Directives, now: u64) -> bool {
             .is_none_or(|m| s.fresh.lifetime.saturating_sub(age) >= m.saturating_mul(1000))
 }
 
+/// A stale answer the client accepts with its `max-stale` (RFC 9111 5.2.1.2), unless the
+/// response forbids serving it stale (`must-revalidate`, `proxy-revalidate`, `s-maxage`,
+/// `no-cache`).
+fn stale_allowed(s: &Stored, req: &Directives, now: u64) -> bool {
+    let Some(max_stale) = req.max_stale else {
+        return false;
+    };
+    !s.fresh.no_cache
+        && !s.fresh.revalidate
+        && !req.no_cache
+        && req.min_fresh.is_none()
+        && req
+            .max_age
+            .is_none_or(|a| s.age(now) <= a.saturating_mul(1000))
+        && s.staleness(now) <= max_stale.saturating_mul(1000)
+}
+
+/// A stale answer within its `stale-while-revalidate` window (RFC 5861), for a request that
+/// does not ask for a fresher one.
+fn while_revalidate(s: &Stored, req: &Directives, now: u64) -> bool {
+    s.fresh.swr > 0
+        && !s.fresh.no_cache
+        && !s.fresh.revalidate
+        && !req.no_cache
+        && req.max_age.is_none()
+        && req.min_fresh.is_none()
+        && s.staleness(now) <= s.fresh.swr
+}
+
 /// The cache phase's fetch, in place of the forward phase.
 pub async fn fetch<'a>(
     ctx: &mut Ctx<'a>,
@@ -194,6 +253,15 @@ pub async fn fetch<'a>(
             count(result);
             return Ok(*answer);
         }
+        Plan::NotCached => {
+            count("miss");
+            return Err(GatewayError::NotCached);
+        }
+        Plan::Refresh(answer, f) => {
+            count("stale");
+            refresh(ctx, *f, host, up);
+            return Ok(*answer);
+        }
         Plan::Bypass => {
             count("bypass");
             let mut a = super::forward::forward(ctx, route, host, up, watch).await?;
@@ -211,6 +279,117 @@ pub async fn fetch<'a>(
         }
         Plan::Fetch(f) => f,
     };
+    conditional(up, f.stale.as_deref());
+    let (a, result) = settle(ctx, *f, route, rc, host, up, watch, false).await?;
+    count(result);
+    Ok(a)
+}
+
+/// With a stored validator, the upstream request becomes conditional: the stored
+/// validators replace whatever the client sent.
+fn conditional(up: &mut UpstreamRequest<'_>, stale: Option<&Stored>) {
+    let Some(s) = stale.filter(|s| policy::has_validator(&s.headers)) else {
+        return;
+    };
+    let mut ops = vec![
+        HeaderOp::Remove(hh::IF_NONE_MATCH),
+        HeaderOp::Remove(hh::IF_MODIFIED_SINCE),
+        HeaderOp::Remove(hh::IF_RANGE),
+        HeaderOp::Remove(hh::RANGE),
+    ];
+    if let Some(etag) = s.headers.get(hh::ETAG) {
+        ops.push(HeaderOp::Set(hh::IF_NONE_MATCH, etag.clone()));
+    }
+    if let Some(lm) = s.headers.get(hh::LAST_MODIFIED) {
+        ops.push(HeaderOp::Set(hh::IF_MODIFIED_SINCE, lm.clone()));
+    }
+    up.transformed.extend(ops);
+}
+
+/// `stale-while-revalidate`: the refresh of `f`'s key runs on this worker after the stale
+/// answer went out, with the request as it would have been sent (conditional when a
+/// validator is stored, a GET even for a HEAD). It stores what it gets like any fetch and
+/// releases the key's lock when done; a failure leaves the stale entry as it is.
+fn refresh(ctx: &Ctx<'_>, f: Fetching, host: Option<&str>, up: &mut UpstreamRequest<'_>) {
+    let Some((idx, _)) = ctx.route else { return };
+    conditional(up, f.stale.as_deref());
+    let request = up.detach();
+    let req = ctx.req.clone();
+    let (rt, metrics) = (ctx.shared.0.clone(), ctx.shared.1.clone());
+    let rid = ctx.rid.clone();
+    let host = host.map(str::to_owned);
+    actix_web::rt::spawn(async move {
+        let route = &rt.config.routes[idx];
+        let Some(rc) = route.cache.as_deref() else {
+            return;
+        };
+        let mut ctx = Ctx::detached(&req, &rt, &metrics, rid, Some((idx, &route.name)));
+        let mut up = UpstreamRequest::prepared(&req, &rt, request);
+        let watch = BodyWatch {
+            too_large: Default::default(),
+            progress: Default::default(),
+        };
+        let settled = settle(
+            &mut ctx,
+            f,
+            route,
+            rc,
+            host.as_deref(),
+            &mut up,
+            &watch,
+            true,
+        );
+        match settled.await {
+            Ok((a, _)) => drain(a, route.timeout).await,
+            Err(e) => tracing::debug!(
+                request_id = ctx.rid_str(),
+                route = route.name.as_str(),
+                error = ?e,
+                "background cache refresh failed; the stale answer stays"
+            ),
+        }
+    });
+}
+
+/// Reads a background fetch's body to its end (which stores it), within `limit`; the
+/// connection goes back to the pool when the body ended.
+async fn drain(a: Answer, limit: Duration) {
+    let Answer {
+        mut body, lease, ..
+    } = a;
+    let read = async {
+        loop {
+            match std::future::poll_fn(|cx| {
+                http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+            })
+            .await
+            {
+                None => return true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return false,
+            }
+        }
+    };
+    if let (Ok(true), Some(lease)) = (tokio::time::timeout(limit, read).await, lease) {
+        lease.release();
+    }
+}
+
+/// The upstream's answer to a fetch of the cache phase: a 304 merged into the stored answer,
+/// the stale answer when the upstream fails (`stale-if-error`), or the upstream's answer,
+/// stored while it streams when it is storable. `background`: a refresh made after the
+/// client got its answer (it stores whatever the client's method). With the result to count.
+#[allow(clippy::too_many_arguments)]
+async fn settle<'a>(
+    ctx: &mut Ctx<'a>,
+    f: Fetching,
+    route: &'a RouteConfig,
+    rc: &RouteCache,
+    host: Option<&str>,
+    up: &mut UpstreamRequest<'_>,
+    watch: &BodyWatch,
+    background: bool,
+) -> Result<(Answer, &'static str), GatewayError> {
     let Fetching {
         cache,
         primary,
@@ -218,23 +397,7 @@ pub async fn fetch<'a>(
         fetch,
         req_cc,
         path,
-    } = *f;
-    if let Some(s) = stale.as_ref().filter(|s| policy::has_validator(&s.headers)) {
-        // Revalidate: the stored validators replace whatever the client sent.
-        let mut ops = vec![
-            HeaderOp::Remove(hh::IF_NONE_MATCH),
-            HeaderOp::Remove(hh::IF_MODIFIED_SINCE),
-            HeaderOp::Remove(hh::IF_RANGE),
-            HeaderOp::Remove(hh::RANGE),
-        ];
-        if let Some(etag) = s.headers.get(hh::ETAG) {
-            ops.push(HeaderOp::Set(hh::IF_NONE_MATCH, etag.clone()));
-        }
-        if let Some(lm) = s.headers.get(hh::LAST_MODIFIED) {
-            ops.push(HeaderOp::Set(hh::IF_MODIFIED_SINCE, lm.clone()));
-        }
-        up.transformed.extend(ops);
-    }
+    } = f;
     let request_time = SystemTime::now();
     let forwarded = super::forward::forward(ctx, route, host, up, watch).await;
     let response_time = SystemTime::now();
@@ -249,8 +412,7 @@ pub async fn fetch<'a>(
             .as_ref()
             .filter(|s| s.staleness(now) <= s.fresh.sie && s.fresh.sie > 0)
         {
-            count("stale");
-            return Ok(answer(ctx, s, now, "STALE"));
+            return Ok((answer(ctx, s, now, "STALE"), "stale"));
         }
     }
     let mut a = forwarded?;
@@ -275,15 +437,13 @@ pub async fn fetch<'a>(
             cache
                 .store
                 .replace(&primary, &selected, clone_stored(&merged));
-            count("revalidated");
-            return Ok(answer(ctx, &merged, now, "REVALIDATED"));
+            return Ok((answer(ctx, &merged, now, "REVALIDATED"), "revalidated"));
         }
     }
     let result = if stale.is_some() { "expired" } else { "miss" };
-    count(result);
     mark(&mut a, if stale.is_some() { "EXPIRED" } else { "MISS" });
-    if ctx.req.method() != Method::GET {
-        return Ok(a);
+    if ctx.req.method() != Method::GET && !background {
+        return Ok((a, result));
     }
     let authorized = ctx.req.headers().contains_key("authorization");
     let res_cc = Directives::of(&a.parts.headers);
@@ -296,8 +456,10 @@ pub async fn fetch<'a>(
         defaults,
         response_time,
     ) {
+        // A new answer that may not be stored replaces the stored one; a failed background
+        // refresh leaves it.
         Err(_) => {
-            if stale.is_some() {
+            if stale.is_some() && !(background && failed) {
                 cache.store.remove(&primary);
             }
         }
@@ -330,14 +492,15 @@ pub async fn fetch<'a>(
             }
         }
     }
-    Ok(a)
+    Ok((a, result))
 }
 
-/// How long an entry is kept: its lifetime, its stale windows, and with a validator one more
-/// route `ttl` in which it can be revalidated.
+/// How long an entry is kept: its lifetime, its stale windows, and one more route `ttl` in
+/// which it can be revalidated (with a validator) or given to a client that accepts it stale
+/// (`max-stale`, unless it must be revalidated).
 fn keep(fresh: &policy::Freshness, headers: &http::HeaderMap, rc: &RouteCache) -> Duration {
     let mut ms = fresh.lifetime.saturating_add(fresh.swr.max(fresh.sie));
-    if policy::has_validator(headers) {
+    if policy::has_validator(headers) || !fresh.revalidate {
         ms = ms.saturating_add(rc.ttl.as_millis() as u64);
     }
     Duration::from_millis(ms.max(1000))
