@@ -814,9 +814,43 @@ fn a_route_cache_without_the_caching_section_is_refused_with_the_fix() {
         e.hint.as_deref(),
         Some("add \"caching\": {\"backend\": \"memory\"}")
     );
-    let redis = one(&format!(
-        "{{\n  {UP},\n  \"caching\": {{\"backend\": \"redis\", \"redis_url\": \"redis://127.0.0.1:6379\"}}\n}}"
+}
+
+#[test]
+fn redis_and_hybrid_cache_errors_name_the_key_its_line_and_the_fix() {
+    let no_url = one(&format!(
+        "{{\n  {UP},\n  \"caching\": {{\n    \"backend\": \"redis\"\n  }}\n}}"
     ));
-    assert_eq!(redis.path, "caching.backend");
-    assert!(redis.message.contains("not available"), "{}", redis.message);
+    assert_eq!(no_url.path, "caching.redis_url");
+    assert_eq!(
+        no_url.message,
+        "the redis and hybrid cache backends need `redis_url`"
+    );
+    assert!(no_url
+        .hint
+        .as_deref()
+        .is_some_and(|h| h.contains("redis://127.0.0.1:6379")));
+    let text = format!(
+        "{{\n  {UP},\n  \"caching\": {{\n    \"backend\": \"hybrid\",\n    \"redis_url\": \"http://127.0.0.1:6379\",\n    \"redis_timeout\": \"0s\",\n    \"key_prefix\": \"\",\n    \"l1_ttl\": \"10m\",\n    \"l2_ttl\": \"1m\"\n  }}\n}}"
+    );
+    let errs = errors(&text);
+    let find = |path: &str| {
+        errs.iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no error at {path}: {errs:#?}"))
+    };
+    let url = find("caching.redis_url");
+    assert_eq!(url.line, Some(5));
+    assert_eq!(
+        url.hint.as_deref(),
+        Some("write redis://[user:password@]host:port[/db]")
+    );
+    assert_eq!(find("caching.redis_timeout").line, Some(6));
+    assert!(find("caching.key_prefix")
+        .message
+        .contains("must not be empty"));
+    let l1 = find("caching.l1_ttl");
+    assert!(l1.message.contains("longer than l2_ttl"), "{}", l1.message);
+    assert_eq!(l1.line, Some(8));
+    assert_eq!(errs.len(), 4, "{errs:#?}");
 }

@@ -2,6 +2,7 @@
 //! `DELETE /_kairos/cache` (purge by key, route, path prefix or all), admin token required.
 
 use super::{api_error, refuse};
+use crate::cache;
 use crate::runtime::SharedState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -38,8 +39,8 @@ pub async fn inspect(req: HttpRequest, state: web::Data<SharedState>) -> HttpRes
     let metrics = state.metrics.clone();
     // Off the worker: listing walks every entry.
     let body = web::block(move || {
-        let (bytes, entries) = cache.store.held();
-        let usage = cache.store.usage();
+        let (bytes, entries) = cache.memory.as_ref().map_or((0, 0), |m| m.held());
+        let usage = cache.memory.as_ref().map(|m| m.usage()).unwrap_or_default();
         let count = |route: &str, result: &str| {
             metrics
                 .cache
@@ -70,8 +71,13 @@ pub async fn inspect(req: HttpRequest, state: web::Data<SharedState>) -> HttpRes
                 })
             })
             .collect();
+        let backend = match cache.config.backend {
+            crate::config::cache::CacheBackend::Memory => "memory",
+            crate::config::cache::CacheBackend::Redis(_) => "redis",
+            crate::config::cache::CacheBackend::Hybrid { .. } => "hybrid",
+        };
         serde_json::json!({
-            "backend": "memory",
+            "backend": backend,
             "max_size": cache.config.max_size,
             "bytes": bytes,
             "entries": entries,
@@ -113,17 +119,22 @@ pub async fn purge(
     if set.iter().filter(|s| **s).count() != 1 || what.all == Some(false) {
         return bad("give exactly one of `key`, `route`, `prefix` or `\"all\": true`");
     }
-    let purged = web::block(move || match what {
-        Purge { key: Some(k), .. } => cache.store.purge_key(&k),
-        Purge { route: Some(r), .. } => cache.store.purge(Some(&r), None),
+    let what = match what {
+        Purge { key: Some(k), .. } => cache::Purge::Key(k),
+        Purge { route: Some(r), .. } => cache::Purge::Route(r),
         Purge {
             prefix: Some(p), ..
-        } => cache.store.purge(None, Some(&p)),
-        _ => cache.store.purge(None, None),
-    })
-    .await;
-    match purged {
-        Ok(n) => HttpResponse::Ok().json(serde_json::json!({ "purged": n })),
-        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+        } => cache::Purge::Prefix(p),
+        _ => cache::Purge::All,
+    };
+    // The memory tier is walked off the worker; Redis is asked from here. With both tiers
+    // the larger count: an answer is usually in both.
+    let shared = what.clone();
+    let from_redis = cache.purge_redis(&shared).await;
+    let memory = web::block(move || cache.purge_memory(&what)).await;
+    match (memory, from_redis) {
+        (Ok(n), None) => HttpResponse::Ok().json(serde_json::json!({ "purged": n })),
+        (Ok(n), Some(r)) => HttpResponse::Ok().json(serde_json::json!({ "purged": n.max(r) })),
+        (Err(_), _) => HttpResponse::ServiceUnavailable().finish(),
     }
 }

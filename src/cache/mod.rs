@@ -1,35 +1,204 @@
 //! The response cache (RFC 9111, a shared cache): what may be stored and for how long
-//! ([`policy`], [`control`]), the memory tier bounded in bytes ([`store`]), request
-//! coalescing ([`lock`]), and the sink that stores a body while it streams to the client
-//! ([`Sink`]). The proxy's cache phase (`crate::proxy::cache`) decides per request.
+//! ([`policy`], [`control`]), the memory tier bounded in bytes ([`store`]), the Redis tier
+//! shared by instances ([`redis`], records by [`codec`]), request coalescing ([`lock`]), and
+//! the sink that stores a body while it streams to the client ([`Sink`]). The proxy's cache
+//! phase (`crate::proxy::cache`) decides per request; [`Cache`] puts the tiers together.
 
+pub mod codec;
 pub mod control;
 pub mod lock;
 pub mod policy;
+pub mod redis;
 pub mod store;
 
-use crate::config::cache::{CacheConfig, KeyPart, KeyTemplate};
+use crate::config::cache::{CacheBackend, CacheConfig, KeyPart, KeyTemplate};
 use crate::observability::metrics::CacheMetrics;
 use bytes::{Bytes, BytesMut};
 use http::HeaderName;
 use std::sync::Arc;
+use std::time::Duration;
 pub use store::{RequestHeaders, Stored};
 
-/// The cache of one gateway: its store, its fetches in flight, its metrics.
+/// The cache of one gateway: its tiers, its fetches in flight, its metrics. Memory only,
+/// Redis only, or memory (copies capped by `l1_ttl`) in front of Redis (capped by `l2_ttl`).
 pub struct Cache {
     pub config: Arc<CacheConfig>,
-    pub store: store::Store,
+    pub memory: Option<store::Store>,
+    pub redis: Option<Arc<redis::RedisTier>>,
     pub locks: Arc<lock::Locks>,
     pub metrics: CacheMetrics,
 }
 
 impl Cache {
-    pub fn new(config: Arc<CacheConfig>, metrics: CacheMetrics) -> Cache {
-        Cache {
-            store: store::Store::new(config.max_size, metrics.clone()),
+    pub fn new(
+        config: Arc<CacheConfig>,
+        metrics: CacheMetrics,
+    ) -> Result<Cache, crate::base::redis::InvalidRedisUrl> {
+        let memory = match config.backend {
+            CacheBackend::Redis(_) => None,
+            CacheBackend::Memory | CacheBackend::Hybrid { .. } => {
+                Some(store::Store::new(config.max_size, metrics.clone()))
+            }
+        };
+        let redis = match config.backend.redis() {
+            None => None,
+            Some(r) => Some(Arc::new(redis::RedisTier::new(
+                r,
+                metrics.redis_errors.clone(),
+            )?)),
+        };
+        Ok(Cache {
+            memory,
+            redis,
             config,
             locks: Arc::default(),
             metrics,
+        })
+    }
+
+    /// How long a memory copy may live: the hybrid backend caps it by `l1_ttl`.
+    fn l1(&self, keep: Duration) -> Duration {
+        match &self.config.backend {
+            CacheBackend::Hybrid { l1_ttl, .. } => keep.min(*l1_ttl),
+            _ => keep,
+        }
+    }
+
+    /// How long the Redis copy lives: the hybrid backend caps it by `l2_ttl`.
+    fn l2(&self, keep: Duration) -> Duration {
+        match &self.config.backend {
+            CacheBackend::Hybrid { l2_ttl, .. } => keep.min(*l2_ttl),
+            _ => keep,
+        }
+    }
+
+    /// The answer stored for `primary` that matches the request's `headers` on its `Vary`:
+    /// from memory, else from Redis (then copied to memory with the hybrid backend).
+    pub async fn get(&self, primary: &str, headers: &dyn RequestHeaders) -> Option<Arc<Stored>> {
+        if let Some(s) = self.memory.as_ref().and_then(|m| m.get(primary, headers)) {
+            return Some(s);
+        }
+        let found = self.redis.as_ref()?.get(primary, headers).await?;
+        let stored = Arc::new(found.stored);
+        if let Some(m) = &self.memory {
+            // What is left of its life, at most l1_ttl.
+            let lived = Duration::from_millis(
+                (crate::base::clock::unix_nanos() / 1_000_000).saturating_sub(stored.response_time),
+            );
+            let mut copy = stored.duplicate();
+            copy.keep = self.l1(stored.keep.saturating_sub(lived));
+            if !copy.keep.is_zero() {
+                m.put(primary.into(), found.names, &found.selected, copy);
+            }
+        }
+        Some(stored)
+    }
+
+    /// Stores `stored` under `primary`, selected on the `vary` headers by the request's values
+    /// `selected` ([`policy::vary_values`]). The Redis write runs in the background; `fetch`
+    /// (the key's coalescing lock) is released once it is done.
+    pub fn put(
+        &self,
+        primary: Arc<str>,
+        vary: Vec<HeaderName>,
+        selected: &str,
+        stored: Stored,
+        fetch: Option<lock::Fetch>,
+    ) {
+        let Some(r) = &self.redis else {
+            if let Some(m) = &self.memory {
+                let mut stored = stored;
+                stored.keep = self.l1(stored.keep);
+                m.put(primary, vary, selected, stored);
+            }
+            return;
+        };
+        let ttl = self.l2(stored.keep);
+        let shared = stored.duplicate();
+        if let Some(m) = &self.memory {
+            let mut stored = stored;
+            stored.keep = self.l1(stored.keep);
+            m.put(primary.clone(), vary.clone(), selected, stored);
+        }
+        let (r, selected) = (r.clone(), selected.to_owned());
+        spawn(async move {
+            r.put(&primary, &vary, &selected, &shared, ttl).await;
+            drop(fetch);
+        });
+    }
+
+    /// Replaces a stored answer (a revalidation's merged headers and new times).
+    pub fn replace(&self, primary: &str, vary: Vec<HeaderName>, selected: &str, stored: Stored) {
+        if self.redis.is_some() {
+            self.put(primary.into(), vary, selected, stored, None);
+        } else if let Some(m) = &self.memory {
+            m.replace(primary, selected, stored);
+        }
+    }
+
+    /// Removes what `primary` holds (every variant), in memory now and in Redis in the
+    /// background.
+    pub fn remove(&self, primary: &str) {
+        if let Some(m) = &self.memory {
+            m.remove(primary);
+        }
+        if let Some(r) = &self.redis {
+            let (r, primary) = (r.clone(), primary.to_owned());
+            spawn(async move {
+                r.remove(&primary).await;
+            });
+        }
+    }
+
+    /// Purges the memory tier (walks every entry: call it off the worker): the number of
+    /// answers removed.
+    pub fn purge_memory(&self, what: &Purge) -> u64 {
+        match &self.memory {
+            None => 0,
+            Some(m) => match what {
+                Purge::Key(k) => m.purge_key(k),
+                Purge::Route(r) => m.purge(Some(r), None),
+                Purge::Prefix(p) => m.purge(None, Some(p)),
+                Purge::All => m.purge(None, None),
+            },
+        }
+    }
+
+    /// Purges the Redis tier: the number of answers removed (`None` without Redis, or when it
+    /// could not be reached; `SCAN` then a script per index, never `KEYS`).
+    pub async fn purge_redis(&self, what: &Purge) -> Option<u64> {
+        let r = self.redis.as_ref()?;
+        match what {
+            Purge::Key(k) => r.purge_key(k).await,
+            Purge::Route(x) => r.purge(Some(x), None).await,
+            Purge::Prefix(p) => r.purge(None, Some(p)).await,
+            Purge::All => r.purge(None, None).await,
+        }
+    }
+}
+
+/// What a purge removes.
+#[derive(Debug, Clone)]
+pub enum Purge {
+    /// The key as the template rendered it, on any route.
+    Key(String),
+    Route(String),
+    /// A path prefix.
+    Prefix(String),
+    All,
+}
+
+/// Runs a cache write off the request: on this worker's runtime (where its Redis connection
+/// lives), else on the background runtime.
+fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn(f);
+        }
+        Err(_) => {
+            if let Some(bg) = crate::base::background::background() {
+                bg.spawn(f);
+            }
         }
     }
 }
@@ -101,7 +270,7 @@ pub struct Sink {
     buf: BytesMut,
     expected: Option<u64>,
     /// Released when the body is stored or given up: waiting requests look again.
-    _fetch: Option<lock::Fetch>,
+    fetch: Option<lock::Fetch>,
 }
 
 impl Sink {
@@ -126,7 +295,7 @@ impl Sink {
             selected,
             stored,
             expected,
-            _fetch: fetch,
+            fetch,
         })
     }
 
@@ -150,11 +319,12 @@ impl Sink {
             .headers
             .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
         let stored = std::mem::replace(&mut self.stored, empty());
-        self.cache.store.put(
+        self.cache.put(
             self.primary.clone(),
             std::mem::take(&mut self.vary),
             &self.selected,
             stored,
+            self.fetch.take(),
         );
     }
 }

@@ -33,6 +33,21 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// A copy (the body is shared).
+    pub fn duplicate(&self) -> Stored {
+        Stored {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            response_time: self.response_time,
+            initial_age: self.initial_age,
+            fresh: self.fresh,
+            route: self.route.clone(),
+            path: self.path.clone(),
+            keep: self.keep,
+        }
+    }
+
     /// The current age, ms.
     pub fn age(&self, now_ms: u64) -> u64 {
         self.initial_age

@@ -1,6 +1,7 @@
 //! The response cache's validated settings: the store (`caching`), each cached route's own
 //! (`cache`), and the compiled key template both use.
 
+use super::model::Secret;
 use http::HeaderName;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,10 @@ impl CacheConfig {
     pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
     pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DEFAULT_KEY_TEMPLATE: &'static str = "{method}:{path}:{query_hash}";
+    pub const DEFAULT_L1_TTL: Duration = Duration::from_secs(30);
+    pub const DEFAULT_L2_TTL: Duration = Duration::from_secs(300);
+    pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+    pub const DEFAULT_KEY_PREFIX: &'static str = "kairos:cache:";
 }
 
 /// Where stored answers live.
@@ -32,6 +37,34 @@ impl CacheConfig {
 pub enum CacheBackend {
     /// This instance's memory, bounded in bytes.
     Memory,
+    /// A Redis shared by every instance pointing at it; no memory copy.
+    Redis(RedisCache),
+    /// This instance's memory (copies live at most `l1_ttl`) in front of a shared Redis
+    /// (copies live at most `l2_ttl`).
+    Hybrid {
+        redis: RedisCache,
+        l1_ttl: Duration,
+        l2_ttl: Duration,
+    },
+}
+
+impl CacheBackend {
+    pub fn redis(&self) -> Option<&RedisCache> {
+        match self {
+            CacheBackend::Memory => None,
+            CacheBackend::Redis(r) | CacheBackend::Hybrid { redis: r, .. } => Some(r),
+        }
+    }
+}
+
+/// The Redis of the redis and hybrid backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisCache {
+    pub url: Secret,
+    /// Bounds each connect and call; past it the request goes on without Redis.
+    pub timeout: Duration,
+    /// Prefix of every key the cache writes.
+    pub key_prefix: String,
 }
 
 /// A cached route's settings (the route's own, else the `caching` defaults).

@@ -61,10 +61,16 @@ pub struct RawCaching {
     /// Cache every route's GET and HEAD answers unless the route says `"cache": false`
     /// (default false: only routes with a `cache` object are cached).
     pub enabled: Option<bool>,
-    /// "memory" (default: this instance, bounded by `max_size` bytes).
+    /// "memory" (default: this instance, bounded by `max_size` bytes), "redis" (shared by
+    /// every instance) or "hybrid" (memory in front of Redis).
     pub backend: Option<String>,
     /// redis://[user:password@]host:port[/db], for the redis and hybrid backends.
     pub redis_url: Option<String>,
+    /// Redis backends: the longest wait for a connect or a call (default "100ms"); past it
+    /// the request goes on without Redis.
+    pub redis_timeout: Option<DurationStr>,
+    /// Redis backends: the prefix of every key the cache writes (default "kairos:cache:").
+    pub key_prefix: Option<String>,
     /// Most bytes the memory tier holds: bodies, headers and keys (default "256MB").
     pub max_size: Option<SizeStr>,
     /// Largest body stored (default "1MB"); a larger one is passed on but not stored.

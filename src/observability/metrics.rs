@@ -108,6 +108,9 @@ pub struct CacheMetrics {
     pub entries: IntGauge,
     pub evictions: IntCounter,
     pub coalesced_waits: IntCounter,
+    /// Redis tier calls that failed (unreachable, timed out, error answers) and malformed
+    /// entries read from it.
+    pub redis_errors: IntCounter,
 }
 
 impl CacheMetrics {
@@ -135,6 +138,11 @@ impl CacheMetrics {
             coalesced_waits: counter(
                 "kairos_cache_coalesced_waits_total",
                 "Requests that waited for another request's fetch of the same key.",
+            ),
+            redis_errors: counter(
+                "kairos_cache_redis_errors_total",
+                "Redis tier calls that failed (unreachable, timed out, error answers) and \
+                 malformed entries read from it; each is a miss or a write not made.",
             ),
         }
     }
@@ -292,12 +300,13 @@ impl Metrics {
             cache: CacheMetrics::new(),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 29] = [
+        let collectors: [Box<dyn Collector>; 30] = [
             Box::new(m.cache.requests.clone()),
             Box::new(m.cache.bytes.clone()),
             Box::new(m.cache.entries.clone()),
             Box::new(m.cache.evictions.clone()),
             Box::new(m.cache.coalesced_waits.clone()),
+            Box::new(m.cache.redis_errors.clone()),
             Box::new(m.config_last_success.clone()),
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),

@@ -129,7 +129,7 @@ pub async fn lookup(
     let mut waited = false;
     loop {
         let now = now_ms(SystemTime::now());
-        let stored = cache.store.get(&primary, &Headers(headers));
+        let stored = cache.get(&primary, &Headers(headers)).await;
         if let Some(s) = &stored {
             if usable(s, &req_cc, now) {
                 return Plan::Hit(Box::new(answer(ctx, s, now, "HIT")), "hit");
@@ -432,11 +432,12 @@ async fn settle<'a>(
                 defaults,
                 rc,
             );
-            let selected = selected(ctx, &a.parts.headers, rc);
+            let names = policy::vary_names(&merged.headers, &rc.vary);
+            let selected = policy::vary_values(&names, |n| {
+                ctx.req.headers().get_all(n).map(|v| v.as_bytes()).collect()
+            });
             let merged = Arc::new(merged);
-            cache
-                .store
-                .replace(&primary, &selected, clone_stored(&merged));
+            cache.replace(&primary, names, &selected, merged.duplicate());
             return Ok((answer(ctx, &merged, now, "REVALIDATED"), "revalidated"));
         }
     }
@@ -460,7 +461,7 @@ async fn settle<'a>(
         // refresh leaves it.
         Err(_) => {
             if stale.is_some() && !(background && failed) {
-                cache.store.remove(&primary);
+                cache.remove(&primary);
             }
         }
         Ok(fresh) => {
@@ -504,13 +505,6 @@ fn keep(fresh: &policy::Freshness, headers: &http::HeaderMap, rc: &RouteCache) -
         ms = ms.saturating_add(rc.ttl.as_millis() as u64);
     }
     Duration::from_millis(ms.max(1000))
-}
-
-fn selected(ctx: &Ctx<'_>, headers: &http::HeaderMap, rc: &RouteCache) -> String {
-    let names = policy::vary_names(headers, &rc.vary);
-    policy::vary_values(&names, |n| {
-        ctx.req.headers().get_all(n).map(|v| v.as_bytes()).collect()
-    })
 }
 
 /// The stored answer updated by a 304 (RFC 9111 3.2 and 4.3.4): its header fields replace
@@ -560,20 +554,6 @@ fn merge(
         fresh,
         route: s.route.clone(),
         path: s.path.clone(),
-    }
-}
-
-fn clone_stored(s: &Stored) -> Stored {
-    Stored {
-        status: s.status,
-        headers: s.headers.clone(),
-        body: s.body.clone(),
-        response_time: s.response_time,
-        initial_age: s.initial_age,
-        fresh: s.fresh,
-        route: s.route.clone(),
-        path: s.path.clone(),
-        keep: s.keep,
     }
 }
 
@@ -716,7 +696,7 @@ fn range(
 /// `Location` and `Content-Location` it names, are removed (RFC 9111 4.4).
 fn invalidate(ctx: &Ctx<'_>, key: &str, host: Option<&str>, res: &http::HeaderMap) {
     let Some(cache) = &ctx.rt.cache else { return };
-    cache.store.remove(key);
+    cache.remove(key);
     let own_host = host.map(|h| crate::base::net::host_name(h).to_ascii_lowercase());
     for name in [hh::LOCATION, hh::CONTENT_LOCATION] {
         let Some(target) = res.get(&name).and_then(|v| v.to_str().ok()) else {
@@ -743,9 +723,7 @@ fn invalidate(ctx: &Ctx<'_>, key: &str, host: Option<&str>, res: &http::HeaderMa
         {
             let other = &rt.config.routes[idx];
             if let Some(orc) = &other.cache {
-                cache
-                    .store
-                    .remove(&primary(ctx, other, orc, host, path, uri.query()));
+                cache.remove(&primary(ctx, other, orc, host, path, uri.query()));
             }
         }
     }

@@ -73,15 +73,23 @@ impl Runtime {
                 }
             })?;
         // The same cache settings keep the cache and what it holds.
-        let cache = config.caching.as_ref().map(|c| {
-            previous
+        let cache = match &config.caching {
+            None => None,
+            Some(c) => match previous
                 .and_then(|p| p.cache.as_ref())
                 .filter(|kept| kept.config == *c)
-                .cloned()
-                .unwrap_or_else(|| {
-                    Arc::new(crate::cache::Cache::new(c.clone(), metrics.cache.clone()))
-                })
-        });
+            {
+                Some(kept) => Some(kept.clone()),
+                None => Some(Arc::new(
+                    crate::cache::Cache::new(c.clone(), metrics.cache.clone()).map_err(|e| {
+                        ConfigErrors {
+                            source_name: "caching".into(),
+                            errors: vec![ConfigError::new("caching.redis_url", e.to_string())],
+                        }
+                    })?,
+                )),
+            },
+        };
         let default_tls = crate::upstream::client::default_tls_config();
         let upstreams = config
             .upstreams

@@ -2,8 +2,9 @@
 //! and a route's `cache` (off, or its own ttl, key and varied headers).
 
 use super::V;
-use crate::config::cache::{CacheBackend, CacheConfig, KeyTemplate, RouteCache};
+use crate::config::cache::{CacheBackend, CacheConfig, KeyTemplate, RedisCache, RouteCache};
 use crate::config::error::did_you_mean;
+use crate::config::model::Secret;
 use crate::config::raw::{RawCaching, RawRouteCache};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +20,33 @@ pub(super) struct TopCache {
 pub(super) fn caching_config(v: &mut V, r: &RawCaching) -> TopCache {
     let backend = match r.backend.as_deref() {
         None | Some("memory") => CacheBackend::Memory,
-        Some(b @ ("redis" | "hybrid")) => {
-            v.err_hint(
-                "caching.backend",
-                format!("the `{b}` cache backend is not available in this build yet"),
-                "use \"memory\" (one instance, bounded by `max_size`)",
-            );
-            CacheBackend::Memory
+        Some("redis") => CacheBackend::Redis(redis_cache(v, r)),
+        Some("hybrid") => {
+            let redis = redis_cache(v, r);
+            let l1_ttl = v.duration("caching.l1_ttl", &r.l1_ttl, CacheConfig::DEFAULT_L1_TTL);
+            let l2_ttl = v.duration("caching.l2_ttl", &r.l2_ttl, CacheConfig::DEFAULT_L2_TTL);
+            if l1_ttl.is_zero() || l2_ttl.is_zero() {
+                v.err_hint(
+                    if l1_ttl.is_zero() {
+                        "caching.l1_ttl"
+                    } else {
+                        "caching.l2_ttl"
+                    },
+                    "l1_ttl and l2_ttl must be more than 0s",
+                    "use the redis backend for no memory copy",
+                );
+            } else if l1_ttl > l2_ttl {
+                v.err_hint(
+                    "caching.l1_ttl",
+                    "l1_ttl is longer than l2_ttl: the memory copy would outlive the shared one",
+                    format!("at most l2_ttl ({l2_ttl:?})"),
+                );
+            }
+            CacheBackend::Hybrid {
+                redis,
+                l1_ttl,
+                l2_ttl,
+            }
         }
         Some(other) => {
             let hint = did_you_mean(other, ["memory", "redis", "hybrid"])
@@ -38,21 +59,46 @@ pub(super) fn caching_config(v: &mut V, r: &RawCaching) -> TopCache {
             CacheBackend::Memory
         }
     };
-    if r.backend.as_deref().is_none_or(|b| b == "memory") {
-        for (key, set) in [
-            ("redis_url", r.redis_url.is_some()),
-            ("l1_ttl", r.l1_ttl.is_some()),
-            ("l2_ttl", r.l2_ttl.is_some()),
-        ] {
-            if set {
-                v.warnings.push(
-                    crate::config::ConfigError::new(
-                        format!("caching.{key}"),
-                        format!("`{key}` is ignored: the cache backend is memory"),
-                    )
-                    .with_hint("it applies to the redis and hybrid backends"),
-                );
-            }
+    let ignored: &[(&str, bool, &str)] = match &backend {
+        CacheBackend::Memory => &[
+            (
+                "redis_url",
+                r.redis_url.is_some(),
+                "the redis and hybrid backends",
+            ),
+            (
+                "redis_timeout",
+                r.redis_timeout.is_some(),
+                "the redis and hybrid backends",
+            ),
+            (
+                "key_prefix",
+                r.key_prefix.is_some(),
+                "the redis and hybrid backends",
+            ),
+            ("l1_ttl", r.l1_ttl.is_some(), "the hybrid backend"),
+            ("l2_ttl", r.l2_ttl.is_some(), "the hybrid backend"),
+        ],
+        CacheBackend::Redis(_) => &[
+            ("l1_ttl", r.l1_ttl.is_some(), "the hybrid backend"),
+            ("l2_ttl", r.l2_ttl.is_some(), "the hybrid backend"),
+        ],
+        CacheBackend::Hybrid { .. } => &[],
+    };
+    let name = match &backend {
+        CacheBackend::Memory => "memory",
+        CacheBackend::Redis(_) => "redis",
+        CacheBackend::Hybrid { .. } => "hybrid",
+    };
+    for (key, set, applies) in ignored {
+        if *set {
+            v.warnings.push(
+                crate::config::ConfigError::new(
+                    format!("caching.{key}"),
+                    format!("`{key}` is ignored: the cache backend is {name}"),
+                )
+                .with_hint(format!("it applies to {applies}")),
+            );
         }
     }
     let max_size = v.size(
@@ -115,6 +161,58 @@ pub(super) fn caching_config(v: &mut V, r: &RawCaching) -> TopCache {
         }),
         enabled: r.enabled.unwrap_or(false),
         key,
+    }
+}
+
+/// The Redis of the redis and hybrid backends.
+fn redis_cache(v: &mut V, r: &RawCaching) -> RedisCache {
+    let timeout = v.duration(
+        "caching.redis_timeout",
+        &r.redis_timeout,
+        CacheConfig::DEFAULT_REDIS_TIMEOUT,
+    );
+    if timeout.is_zero() {
+        v.err_hint(
+            "caching.redis_timeout",
+            "redis_timeout must be more than 0s",
+            "a few times Redis' round trip, e.g. \"100ms\"",
+        );
+    }
+    let url = match &r.redis_url {
+        None => {
+            v.err_hint(
+                "caching.redis_url",
+                "the redis and hybrid cache backends need `redis_url`",
+                "add \"redis_url\": \"redis://127.0.0.1:6379\" (or \"${REDIS_URL}\")",
+            );
+            String::new()
+        }
+        Some(u) => {
+            if let Err(e) = super::rate_limiting::check_redis_url(u) {
+                v.err_hint(
+                    "caching.redis_url",
+                    e,
+                    "write redis://[user:password@]host:port[/db]",
+                );
+            }
+            u.clone()
+        }
+    };
+    let key_prefix = r
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| CacheConfig::DEFAULT_KEY_PREFIX.into());
+    if key_prefix.is_empty() {
+        v.err_hint(
+            "caching.key_prefix",
+            "key_prefix must not be empty: a purge of everything would match every key of the Redis",
+            format!("use \"{}\"", CacheConfig::DEFAULT_KEY_PREFIX),
+        );
+    }
+    RedisCache {
+        url: Secret(url.into_bytes()),
+        timeout,
+        key_prefix,
     }
 }
 
