@@ -745,3 +745,136 @@ async fn the_admin_api_lists_and_purges_by_key_route_prefix_and_all() {
     );
     assert!(out.status.success());
 }
+
+/// Reads a request head from `s` (the test upstream below needs nothing else).
+fn read_head(s: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).unwrap_or(0);
+        assert!(n > 0, "connection closed before the request head ended");
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cacheable_body_streams_to_the_first_client_while_it_is_stored() {
+    use std::io::Write;
+    use std::time::Duration;
+    const BIG: usize = 4 << 20;
+    const FIRST: usize = 1 << 20;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    // One connection only: a second fetch of the body would find nobody to answer it.
+    let upstream = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        read_head(&mut s);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n\
+             Content-Length: {BIG}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).expect("head");
+        s.write_all(&vec![1u8; FIRST]).expect("first part");
+        // The rest only once the client has the first part (or never, if it does not come).
+        let go = released.recv_timeout(Duration::from_secs(30)).is_ok();
+        if go {
+            s.write_all(&vec![2u8; BIG - FIRST]).expect("rest");
+        }
+        go
+    });
+    let gw = Gateway::start(&config(
+        &format!("http://{addr}"),
+        r#"[{"name":"c","path":"/{*rest}","upstream":"u","cache":{}}]"#,
+        r#""caching":{"max_size":"64MB","max_object_size":"8MB"}"#,
+    ));
+    let mut res = client().get(gw.url("/big")).send().await.expect("request");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-cache"], "MISS");
+    let mut seen = 0usize;
+    let mut ones = true;
+    while seen < FIRST {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), res.chunk())
+            .await
+            .expect("the first part did not reach the client: the cache holds the body back")
+            .expect("chunk")
+            .expect("body ended early");
+        ones &= chunk.iter().take(FIRST - seen).all(|&b| b == 1);
+        seen += chunk.len();
+    }
+    assert!(ones);
+    release.send(()).expect("release");
+    while let Some(chunk) = res.chunk().await.expect("chunk") {
+        seen += chunk.len();
+    }
+    assert_eq!(seen, BIG);
+    assert!(upstream.join().expect("upstream thread"));
+    // Stored while it streamed: the next client gets it whole from the cache.
+    let again = client().get(gw.url("/big")).send().await.expect("request");
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    let body = again.bytes().await.expect("body");
+    assert_eq!(body.len(), BIG);
+    assert!(body[..FIRST].iter().all(|&b| b == 1) && body[FIRST..].iter().all(|&b| b == 2));
+}
+
+#[tokio::test]
+async fn many_keys_over_max_size_are_evicted_and_the_bytes_stay_within_it() {
+    const MAX: f64 = 1024.0 * 1024.0;
+    let up = Upstream::start(|_| Reply {
+        status: 200,
+        headers: vec![("cache-control".into(), "max-age=600".into())],
+        body: ReplyBody::Zeros {
+            n: 16 << 10,
+            sized: true,
+        },
+        delay: std::time::Duration::ZERO,
+    });
+    let gw = gateway(
+        &up,
+        r#"[{"name":"c","path":"/{*rest}","upstream":"u","cache":{}}]"#,
+        r#"{"max_size":"1MB","max_object_size":"64KB"}"#,
+    );
+    // 400 distinct keys of 16 KiB: over six times max_size.
+    for i in 0..400 {
+        let res = client()
+            .get(gw.url(&format!("/k/{i}")))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.bytes().await.expect("body").len(), 16 << 10);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (bytes, evictions) = loop {
+        // The inspection runs the store's pending maintenance (evictions included).
+        let inspect = client()
+            .get(gw.url("/_kairos/cache"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("inspect");
+        let listed: serde_json::Value = inspect.json().await.expect("json");
+        let text = scrape_metrics(&gw, TOKEN).await;
+        let bytes = metric(&text, "kairos_cache_bytes", &[]).expect("bytes");
+        let evictions = metric(&text, "kairos_cache_evictions_total", &[]).expect("evictions");
+        assert_eq!(listed["bytes"].as_f64(), Some(bytes));
+        if bytes <= MAX || std::time::Instant::now() > deadline {
+            break (bytes, evictions);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(bytes <= MAX, "{bytes} bytes held, max_size {MAX}");
+    assert!(bytes > 0.0);
+    // At most 64 answers of 16 KiB fit; the rest were evicted (or refused admission).
+    assert!(evictions >= 400.0 - 64.0, "{evictions} evictions");
+    let entries = metric(
+        &scrape_metrics(&gw, TOKEN).await,
+        "kairos_cache_entries",
+        &[],
+    )
+    .expect("entries");
+    assert!((1.0..=64.0).contains(&entries), "{entries} entries");
+}
