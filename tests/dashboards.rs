@@ -145,7 +145,9 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
                   {{"name":"broken","path":"/broken","upstream":"failing"}},
                   {{"name":"gone","path":"/gone","upstream":"dead"}},
                   {{"name":"limited","path":"/limited","upstream":"users",
-                    "rate_limit":{{"per_ip":{{"rps":5,"burst":1}}}}}}],
+                    "rate_limit":{{"per_ip":{{"rps":5,"burst":1}}}}}},
+                  {{"name":"cached","path":"/cached/{{id}}","upstream":"users","cache":{{}}}}],
+        "caching":{{"backend":"memory"}},
         "logging":{{"access_log":false,"level":"error"}}}}"#,
         up.url(),
         failing.url()
@@ -164,6 +166,8 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
                     "/broken".into(),
                     "/nowhere".into(),
                     "/limited".into(),
+                    // Hits, and a miss every tenth round.
+                    format!("/cached/{}", i / 10),
                 ] {
                     let _ = c.get(format!("{base}{path}")).send().await;
                 }
