@@ -448,6 +448,37 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_backgroun
 }
 
 #[tokio::test]
+async fn a_background_refresh_is_conditional_and_a_304_refreshes_the_stored_answer() {
+    let up = Upstream::start(|r| match r.header("if-none-match") {
+        Some("\"e1\"") => Reply::ok("")
+            .status(304)
+            .header("etag", "\"e1\"")
+            .header("cache-control", "max-age=60"),
+        _ => Reply::ok("the body")
+            .header("etag", "\"e1\"")
+            .header("cache-control", "max-age=1, stale-while-revalidate=600"),
+    });
+    let gw = cached(&up);
+    assert_eq!(get(&gw, "/e", &[]).await.1, "MISS");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let stale = get(&gw, "/e", &[]).await;
+    assert_eq!((stale.1.as_str(), stale.3.as_str()), ("STALE", "the body"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let fresh = loop {
+        let a = get(&gw, "/e", &[]).await;
+        if a.1 == "HIT" || std::time::Instant::now() > deadline {
+            break a;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // The 304 made the stored answer fresh again (max-age=60): the body is the stored one.
+    assert_eq!((fresh.1.as_str(), fresh.3.as_str()), ("HIT", "the body"));
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].header("if-none-match"), Some("\"e1\""));
+}
+
+#[tokio::test]
 async fn stale_while_revalidate_never_applies_to_must_revalidate() {
     let up = numbered(
         |_| "max-age=1, must-revalidate, stale-while-revalidate=600",
