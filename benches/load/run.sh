@@ -185,11 +185,14 @@ $2
 EOF
 }
 
+# The churn target's upstream body: 4 KiB (too long for an nginx `return` string).
+mkdir -p "$TMP/upstream"
+head -c 4096 /dev/zero | tr '\0' 'c' >"$TMP/upstream/body4k"
 nginx_conf upstream "
     server {
         listen 127.0.0.1:$UP_PORT;
         location / { default_type text/plain; return 200 \"ok\"; }
-        location /churn/ { default_type text/plain; return 200 \"$(printf 'c%.0s' $(seq 4096))\"; }
+        location /churn/ { default_type text/plain; root $TMP/upstream; try_files /body4k =404; }
     }
     server {
         listen 127.0.0.1:$SINK_PORT;
@@ -244,7 +247,8 @@ kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validati
     {
         printf '{\n  "version": 1,\n'
         if [[ -n $caching ]]; then
-            printf '  "caching": %s,\n' "$caching"
+            # Public metrics: the report reads the cache's gauges at the end.
+            printf '  "caching": %s,\n  "admin": { "public_metrics": true },\n' "$caching"
         fi
         if [[ -n $rl ]]; then
             printf '  "rate_limiting": %s,\n' "$rl"

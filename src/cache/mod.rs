@@ -314,7 +314,13 @@ impl Sink {
         if self.expected.is_some_and(|n| n != len) {
             return;
         }
-        self.stored.body = std::mem::take(&mut self.buf).freeze();
+        let buf = std::mem::take(&mut self.buf);
+        // A buffer grown by doubling (a body of unknown length) is trimmed to its content.
+        self.stored.body = if buf.capacity() > buf.len() + buf.len() / 8 {
+            Bytes::copy_from_slice(&buf)
+        } else {
+            buf.freeze()
+        };
         self.stored
             .headers
             .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));

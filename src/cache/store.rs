@@ -12,6 +12,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Bytes a stored header field costs beyond its name and value.
+const HEADER_OVERHEAD: usize = 128;
+/// Bytes an entry costs beyond its body, header fields and path.
+const ENTRY_OVERHEAD: usize = 1024;
+
 /// One stored answer.
 #[derive(Debug)]
 pub struct Stored {
@@ -64,13 +69,18 @@ impl Stored {
         self.age(now_ms).saturating_sub(self.fresh.lifetime)
     }
 
+    /// What the entry costs in memory, as near as can be told: the body, each header field
+    /// (its bytes, its slot in the map, its own allocation), the path, and a fixed part for
+    /// the entry itself (this struct, its `Arc`, moka's bookkeeping, the key's allocation).
+    /// The constants are calibrated on the RSS of a key-churning load (`kairos-cache-churn` in
+    /// benches/load/run.sh), so that `max_size` bounds memory, not only payload.
     fn weight(&self) -> u64 {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .map(|(k, v)| k.as_str().len() + v.len() + HEADER_OVERHEAD)
             .sum();
-        (self.body.len() + headers + self.path.len() + 256) as u64
+        (self.body.len() + headers + self.path.len() + ENTRY_OVERHEAD) as u64
     }
 }
 

@@ -587,7 +587,15 @@ fn storable_headers(h: &http::HeaderMap) -> http::HeaderMap {
     ] {
         out.remove(n);
     }
-    out
+    // The values hyper parsed share the connection's read buffer (8 KiB and more): copied,
+    // so that a stored answer holds its own bytes and not that buffer.
+    let mut owned = http::HeaderMap::with_capacity(out.len());
+    for (name, value) in &out {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        owned.append(name.clone(), copy);
+    }
+    owned
 }
 
 fn mark(a: &mut Answer, label: &'static str) {
