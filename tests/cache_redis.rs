@@ -317,3 +317,32 @@ async fn a_malformed_record_in_redis_is_a_miss_and_counted() {
     assert_eq!(get(&gw, "/m", &[]).await.0, 200);
     assert_eq!(purge(&gw, r#"{"all":true}"#).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_purges_and_invalidations_reach_the_other_instances_memory() {
+    let redis = RedisServer::start();
+    let up = upstream();
+    let a = GatewayProcess::start(&cfg(&up, &redis, "hybrid"));
+    let b = GatewayProcess::start(&cfg(&up, &redis, "hybrid"));
+    // b's memory holds a copy of what a stored (read from Redis once, then from memory).
+    for path in ["/h", "/w"] {
+        get(&a, path, &[]).await;
+        assert_eq!(until(&b, path, "HIT").await.1, "HIT", "{path}");
+        assert_eq!(get(&b, path, &[]).await.1, "HIT", "{path}");
+        assert_eq!(hits(&up, path), 1, "{path}");
+    }
+    // A purge on a: b's memory copy goes too (the broadcast arrives shortly after).
+    assert_eq!(purge(&a, r#"{"prefix":"/h"}"#).await, 1);
+    let again = until(&b, "/h", "MISS").await;
+    assert_eq!((again.1.as_str(), again.2.as_str()), ("MISS", "/h #2 -"));
+    // An unsafe method on a invalidates the URI in b's memory as well.
+    let res = client().post(a.url("/w")).send().await.expect("post");
+    assert_eq!(res.status(), 200);
+    let after = until(&b, "/w", "MISS").await;
+    assert_eq!(after.1, "MISS");
+    assert_eq!(
+        hits(&up, "/w"),
+        3,
+        "the first GET, the POST and the GET after it"
+    );
+}

@@ -95,6 +95,17 @@ impl RedisClient {
     }
 }
 
+impl RedisClient {
+    /// A connection of its own for `SUBSCRIBE`, within the timeout.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, String> {
+        match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("connect timed out".into()),
+        }
+    }
+}
+
 /// Whether a failed call means the connection (or Redis) is gone, rather than an error answer.
 pub fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout()

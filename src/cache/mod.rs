@@ -23,7 +23,7 @@ pub use store::{RequestHeaders, Stored};
 /// Redis only, or memory (copies capped by `l1_ttl`) in front of Redis (capped by `l2_ttl`).
 pub struct Cache {
     pub config: Arc<CacheConfig>,
-    pub memory: Option<store::Store>,
+    pub memory: Option<Arc<store::Store>>,
     pub redis: Option<Arc<redis::RedisTier>>,
     pub locks: Arc<lock::Locks>,
     pub metrics: CacheMetrics,
@@ -36,9 +36,9 @@ impl Cache {
     ) -> Result<Cache, crate::base::redis::InvalidRedisUrl> {
         let memory = match config.backend {
             CacheBackend::Redis(_) => None,
-            CacheBackend::Memory | CacheBackend::Hybrid { .. } => {
-                Some(store::Store::new(config.max_size, metrics.clone()))
-            }
+            CacheBackend::Memory | CacheBackend::Hybrid { .. } => Some(Arc::new(
+                store::Store::new(config.max_size, metrics.clone()),
+            )),
         };
         let redis = match config.backend.redis() {
             None => None,
@@ -47,6 +47,10 @@ impl Cache {
                 metrics.redis_errors.clone(),
             )?)),
         };
+        if let (Some(m), Some(r)) = (&memory, &redis) {
+            // Hybrid: purges made on other instances reach this memory tier.
+            r.subscribe(Arc::downgrade(m));
+        }
         Ok(Cache {
             memory,
             redis,
@@ -146,6 +150,7 @@ impl Cache {
             let (r, primary) = (r.clone(), primary.to_owned());
             spawn(async move {
                 r.remove(&primary).await;
+                r.publish(&redis::Broadcast::Primary(primary)).await;
             });
         }
     }
@@ -166,19 +171,22 @@ impl Cache {
 
     /// Purges the Redis tier: the number of answers removed (`None` without Redis, or when it
     /// could not be reached; `SCAN` then a script per index, never `KEYS`).
+    /// The purge is then published to the other instances' memory tiers.
     pub async fn purge_redis(&self, what: &Purge) -> Option<u64> {
         let r = self.redis.as_ref()?;
-        match what {
+        let n = match what {
             Purge::Key(k) => r.purge_key(k).await,
             Purge::Route(x) => r.purge(Some(x), None).await,
             Purge::Prefix(p) => r.purge(None, Some(p)).await,
             Purge::All => r.purge(None, None).await,
-        }
+        };
+        r.publish(&redis::Broadcast::Purge(what.clone())).await;
+        n
     }
 }
 
 /// What a purge removes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Purge {
     /// The key as the template rendered it, on any route.
     Key(String),

@@ -13,8 +13,11 @@
 //! request: a call that fails is a miss (or a write not made), counted in
 //! `kairos_cache_redis_errors_total`; after a connection failure Redis is left alone for a
 //! second, then tried again. A record that does not decode is a miss, counted the same way.
+//! With the hybrid backend, purges and invalidations are published ([`Broadcast`]) so that
+//! the other instances drop their memory copies.
 
 use super::store::{RequestHeaders, Stored};
+use super::Purge;
 use super::{codec, policy};
 use crate::base::redis::{InvalidRedisUrl, RedisClient};
 use crate::config::cache::RedisCache;
@@ -62,6 +65,7 @@ return n
 "#;
 
 /// How long Redis is left alone after a connection failure.
+/// (The subscriber of purges reconnects on its own, backing off from 100 ms to 2 s.)
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// An index's `names` and `primary` fields, as bytes (whatever Redis holds).
@@ -385,9 +389,146 @@ impl RedisTier {
     }
 }
 
+/// A purge made on one instance, told to the others (`PUBLISH` on `{prefix}purge`): what
+/// their memory tiers remove. Peer-controlled text: anything else is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broadcast {
+    /// Every variant of a primary key (an invalidation by an unsafe method).
+    Primary(String),
+    Purge(Purge),
+}
+
+impl Broadcast {
+    fn encode(&self) -> String {
+        let (kind, text) = match self {
+            Broadcast::Primary(p) => ("primary", p.as_str()),
+            Broadcast::Purge(Purge::Key(k)) => ("key", k.as_str()),
+            Broadcast::Purge(Purge::Route(r)) => ("route", r.as_str()),
+            Broadcast::Purge(Purge::Prefix(p)) => ("prefix", p.as_str()),
+            Broadcast::Purge(Purge::All) => ("all", ""),
+        };
+        format!("{kind}\n{text}")
+    }
+
+    fn decode(payload: &[u8]) -> Option<Broadcast> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let (kind, rest) = text.split_once('\n')?;
+        let rest = rest.to_owned();
+        Some(match kind {
+            "primary" => Broadcast::Primary(rest),
+            "key" => Broadcast::Purge(Purge::Key(rest)),
+            "route" => Broadcast::Purge(Purge::Route(rest)),
+            "prefix" => Broadcast::Purge(Purge::Prefix(rest)),
+            "all" => Broadcast::Purge(Purge::All),
+            _ => return None,
+        })
+    }
+}
+
+impl RedisTier {
+    fn channel(&self) -> String {
+        format!("{}purge", self.prefix)
+    }
+
+    /// Tells the other instances' memory tiers about a purge (best effort: an instance not
+    /// subscribed at that moment keeps its copies for at most `l1_ttl`).
+    pub async fn publish(&self, what: &Broadcast) {
+        let (channel, message) = (self.channel(), what.encode());
+        self.call(|mut c| async move {
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&message)
+                .query_async::<i64>(&mut c)
+                .await
+        })
+        .await;
+    }
+
+    /// Applies the purges other instances publish to `memory`, on the background runtime,
+    /// for as long as `memory` lives; reconnects (100 ms, backing off to 2 s) when the
+    /// subscription drops.
+    pub fn subscribe(&self, memory: std::sync::Weak<super::store::Store>) {
+        let Some(rt) = crate::base::background::background() else {
+            tracing::error!(
+                "no background runtime: cache purges of other instances are not received"
+            );
+            return;
+        };
+        let (client, channel, errors) = (self.client.clone(), self.channel(), self.errors.clone());
+        rt.spawn(async move {
+            use futures_util::StreamExt;
+            let mut pause = Duration::from_millis(100);
+            while memory.strong_count() > 0 {
+                if let Ok(mut ps) = client.pubsub().await {
+                    if ps.subscribe(&channel).await.is_ok() {
+                        pause = Duration::from_millis(100);
+                        let mut messages = ps.on_message();
+                        loop {
+                            // Woken once a second to notice a cache replaced by a reload.
+                            match tokio::time::timeout(Duration::from_secs(1), messages.next())
+                                .await
+                            {
+                                Ok(Some(msg)) => {
+                                    let Some(m) = memory.upgrade() else { return };
+                                    match Broadcast::decode(msg.get_payload_bytes()) {
+                                        Some(b) => apply(&m, &b),
+                                        None => errors.inc(),
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(_) if memory.strong_count() == 0 => return,
+                                Err(_) => {}
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+}
+
+/// A broadcast purge applied to this instance's memory tier.
+fn apply(memory: &super::store::Store, what: &Broadcast) {
+    match what {
+        Broadcast::Primary(p) => {
+            memory.remove(p);
+        }
+        Broadcast::Purge(Purge::Key(k)) => {
+            memory.purge_key(k);
+        }
+        Broadcast::Purge(Purge::Route(r)) => {
+            memory.purge(Some(r), None);
+        }
+        Broadcast::Purge(Purge::Prefix(p)) => {
+            memory.purge(None, Some(p));
+        }
+        Broadcast::Purge(Purge::All) => {
+            memory.purge(None, None);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broadcasts_round_trip_and_garbage_is_refused() {
+        for b in [
+            Broadcast::Primary("c\n\nGET:/a:".into()),
+            Broadcast::Purge(Purge::Key("GET:/a:".into())),
+            Broadcast::Purge(Purge::Route("users".into())),
+            Broadcast::Purge(Purge::Prefix("/api/".into())),
+            Broadcast::Purge(Purge::All),
+        ] {
+            assert_eq!(Broadcast::decode(b.encode().as_bytes()), Some(b));
+        }
+        assert_eq!(Broadcast::decode(b"drop\neverything"), None);
+        assert_eq!(Broadcast::decode(b"no newline"), None);
+        assert_eq!(Broadcast::decode(b"\xff\n"), None);
+    }
 
     #[test]
     fn patterns_escape_the_prefix() {
