@@ -7,8 +7,9 @@
 //! - [`config`]: the config file read, validated (every error at once, with path and line)
 //!   and compiled into the model, route table and CORS policies included.
 //! - [`observability`]: metrics (every name in one file), traces, logs, request ids.
-//! - [`upstream`] and [`edge`]: servers, balancing, health, breakers and the pooled client;
-//!   the edge chain (CORS, authentication, rate limiting), ordered in [`edge::Edge::admit`].
+//! - [`upstream`], [`edge`] and [`cache`]: servers, balancing, health, breakers and the pooled
+//!   client; the edge chain (CORS, authentication, rate limiting), ordered in
+//!   [`edge::Edge::admit`]; the response cache's policy and store.
 //! - [`runtime`]: the live state built from one config, swapped whole on reload.
 //! - [`proxy`] and [`admin`]: the request path as named phases ([`proxy::handle`]); the
 //!   `/_kairos` scope.
@@ -16,6 +17,7 @@
 
 pub mod admin;
 pub mod base;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod edge;

@@ -5,8 +5,8 @@ use clap::Parser;
 use kairos_rs::cli::demo;
 use kairos_rs::cli::remote::{self, RemoteError};
 use kairos_rs::cli::{
-    Cli, Command, ConfigCommand, HealthCommand, KeysCommand, MetricsCommand, RoutesCommand,
-    UpstreamsCommand,
+    CacheCommand, Cli, Command, ConfigCommand, HealthCommand, KeysCommand, MetricsCommand,
+    RoutesCommand, UpstreamsCommand,
 };
 use kairos_rs::{config, observability, runtime as state, server};
 use std::process::ExitCode;
@@ -83,6 +83,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Upstreams(UpstreamsCommand::List { remote })) => {
             remote_run(&remote, remote::upstreams_list)
+        }
+        Some(Command::Cache(CacheCommand::Purge {
+            key,
+            route,
+            prefix,
+            all,
+            remote,
+        })) => {
+            let what = match (key, route, prefix, all) {
+                (Some(k), _, _, _) => serde_json::json!({ "key": k }),
+                (_, Some(r), _, _) => serde_json::json!({ "route": r }),
+                (_, _, Some(p), _) => serde_json::json!({ "prefix": p }),
+                (_, _, _, true) => serde_json::json!({ "all": true }),
+                _ => anyhow::bail!("cache purge needs --key, --route, --prefix or --all"),
+            };
+            remote_run(&remote, |gw| remote::cache_purge(gw, what))
         }
         Some(Command::Metrics(MetricsCommand::Export { format, remote })) => {
             remote_run(&remote, |gw| remote::metrics_export(gw, format))

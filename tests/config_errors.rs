@@ -853,3 +853,93 @@ fn discovery_errors_name_path_line_and_fix() {
         "the token never prints"
     );
 }
+
+#[test]
+fn caching_errors_name_the_key_its_line_and_the_fix() {
+    let text = format!(
+        "{{\n  {UP},\n  \"caching\": {{\n    \"backend\": \"memroy\",\n    \"max_object_size\": \"2GB\",\n    \"cache_key_template\": \"{{method}}:{{query}}\",\n    \"lock_timeout\": \"0s\"\n  }},\n  \"routes\": [{{\"path\": \"/a\", \"upstream\": \"users\",\n    \"cache\": {{\"key_template\": \"{{path}}:{{tenant}}\", \"vary\": [\"bad name\"], \"ttl\": \"soon\"}}}}]\n}}"
+    );
+    let errs = errors(&text);
+    let find = |path: &str| {
+        errs.iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no error at {path}: {errs:#?}"))
+    };
+    let backend = find("caching.backend");
+    assert_eq!(backend.message, "unknown backend `memroy`");
+    assert_eq!(backend.hint.as_deref(), Some("did you mean `memory`?"));
+    assert_eq!(backend.line, Some(4));
+    let size = find("caching.max_object_size");
+    assert!(
+        size.message.contains("at most max_size"),
+        "{}",
+        size.message
+    );
+    assert_eq!(size.line, Some(5));
+    let key = find("caching.cache_key_template");
+    assert!(key.message.contains("no `{path}`"), "{}", key.message);
+    assert!(key
+        .hint
+        .as_deref()
+        .is_some_and(|h| h.contains("{method}:{path}:{query_hash}")));
+    assert_eq!(find("caching.lock_timeout").message, "must be more than 0s");
+    let tenant = find("routes[0].cache.key_template");
+    assert!(tenant.message.contains("{tenant}"), "{}", tenant.message);
+    let vary = find("routes[0].cache.vary[0]");
+    assert_eq!(vary.message, "`bad name` is not a valid header name");
+    assert_eq!(vary.line, Some(10));
+    find("routes[0].cache.ttl");
+}
+
+#[test]
+fn a_route_cache_without_the_caching_section_is_refused_with_the_fix() {
+    let text = format!(
+        "{{\n  {UP},\n  \"routes\": [{{\"path\": \"/a\", \"upstream\": \"users\",\n    \"cache\": {{\"ttl\": \"60s\"}}}}]\n}}"
+    );
+    let e = one(&text);
+    assert_eq!(e.path, "routes[0].cache");
+    assert_eq!(e.line, Some(4));
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("add \"caching\": {\"backend\": \"memory\"}")
+    );
+}
+
+#[test]
+fn redis_and_hybrid_cache_errors_name_the_key_its_line_and_the_fix() {
+    let no_url = one(&format!(
+        "{{\n  {UP},\n  \"caching\": {{\n    \"backend\": \"redis\"\n  }}\n}}"
+    ));
+    assert_eq!(no_url.path, "caching.redis_url");
+    assert_eq!(
+        no_url.message,
+        "the redis and hybrid cache backends need `redis_url`"
+    );
+    assert!(no_url
+        .hint
+        .as_deref()
+        .is_some_and(|h| h.contains("redis://127.0.0.1:6379")));
+    let text = format!(
+        "{{\n  {UP},\n  \"caching\": {{\n    \"backend\": \"hybrid\",\n    \"redis_url\": \"http://127.0.0.1:6379\",\n    \"redis_timeout\": \"0s\",\n    \"key_prefix\": \"\",\n    \"l1_ttl\": \"10m\",\n    \"l2_ttl\": \"1m\"\n  }}\n}}"
+    );
+    let errs = errors(&text);
+    let find = |path: &str| {
+        errs.iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no error at {path}: {errs:#?}"))
+    };
+    let url = find("caching.redis_url");
+    assert_eq!(url.line, Some(5));
+    assert_eq!(
+        url.hint.as_deref(),
+        Some("write redis://[user:password@]host:port[/db]")
+    );
+    assert_eq!(find("caching.redis_timeout").line, Some(6));
+    assert!(find("caching.key_prefix")
+        .message
+        .contains("must not be empty"));
+    let l1 = find("caching.l1_ttl");
+    assert!(l1.message.contains("longer than l2_ttl"), "{}", l1.message);
+    assert_eq!(l1.line, Some(8));
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}

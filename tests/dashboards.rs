@@ -161,7 +161,9 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
                   {{"name":"gone","path":"/gone","upstream":"dead"}},
                   {{"name":"found","path":"/found","upstream":"found"}},
                   {{"name":"limited","path":"/limited","upstream":"users",
-                    "rate_limit":{{"per_ip":{{"rps":5,"burst":1}}}}}}],
+                    "rate_limit":{{"per_ip":{{"rps":5,"burst":1}}}}}},
+                  {{"name":"cached","path":"/cached/{{id}}","upstream":"users","cache":{{}}}}],
+        "caching":{{"backend":"memory"}},
         "logging":{{"access_log":false,"level":"error"}}}}"#,
         up.url(),
         failing.url(),
@@ -182,6 +184,8 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
                     "/nowhere".into(),
                     "/limited".into(),
                     "/found".into(),
+                    // Hits, and a miss every tenth round.
+                    format!("/cached/{}", i / 10),
                 ] {
                     let _ = c.get(format!("{base}{path}")).send().await;
                 }

@@ -1,7 +1,7 @@
 //! The crate's layers: every `crate::` import points down (or sideways within a folder), never
 //! up, so no two folders depend on each other. The order is the README's architecture section:
 //!
-//! base <- config <- observability <- upstream, edge <- runtime <- proxy, admin <- server
+//! base <- config <- observability <- upstream, edge, cache <- runtime <- proxy, admin <- server
 //! <- cli, main, fuzz
 //!
 //! A new folder must be given its layer here; an arrow up fails with the file and line.
@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("observability", 2),
     ("upstream", 3),
     ("edge", 3),
+    ("cache", 3),
     ("runtime", 4),
     ("proxy", 5),
     ("admin", 5),

@@ -243,7 +243,8 @@ fn every_operation_answers_as_documented() {
             {"name": "items", "path": "/items/{id}", "upstream": "u", "rewrite": "/v1/items/{id}"},
             {"name": "all", "path": "/{*rest}", "upstream": "u", "host": "api.example.com"}
         ],
-        "logging": {"format": "json", "level": "info", "access_log": false}
+        "logging": {"format": "json", "level": "info", "access_log": false},
+        "caching": {"enabled": true}
     })
     .to_string();
     let gw = GatewayProcess::start_with_env(&config, &[("OPENAPI_TEST_TOKEN", TOKEN)]);
@@ -305,6 +306,13 @@ fn every_operation_answers_as_documented() {
         call("PUT", "/_kairos/config").body(&text).if_match(&etag),
         call("GET", "/_kairos/openapi.json"),
         call("GET", "/_kairos/openapi.json").anonymous(),
+        call("GET", "/_kairos/cache"),
+        call("GET", "/_kairos/cache").anonymous(),
+        call("DELETE", "/_kairos/cache").body(r#"{"prefix": "/items/"}"#),
+        call("DELETE", "/_kairos/cache").body(r#"{"all": false}"#),
+        call("DELETE", "/_kairos/cache")
+            .body(r#"{"all": true}"#)
+            .anonymous(),
     ];
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();

@@ -20,6 +20,8 @@
 #   TRACING      1 (default) also runs the tracing variants below; 0 skips them
 #   AUTH         1 (default) also runs the JWT variants below; 0 skips them
 #   RATELIMIT    1 (default) also runs the rate-limit variants below; 0 skips them
+#   CACHE        1 (default) also runs the response-cache variants below; 0 skips them
+#   CHURN_MAX    caching.max_size of kairos-cache-churn (default 64MB)
 #
 # Targets (all on 127.0.0.1, free ports picked at start):
 #   upstream     nginx, 1 worker, `return 200 "ok"`           (what every proxy forwards to)
@@ -38,6 +40,15 @@
 #   kairos-rl-redis   binds (1,000,000 rps): every request pays for a decision, none is refused.
 #                The memory backend, or the redis backend against a redis-server the script
 #                starts (Debian's, on AUX_CPU, nothing persisted). Compare with `kairos`.
+#   kairos-cache kairos with 10 routes and the response cache (memory) on the hit route: every
+#                measured request is a HIT (the answer is stored by the readiness check).
+#                Compare with `kairos` (the same route uncached) and with:
+#   nginx-cache  nginx reverse proxy with proxy_cache on (proxy_cache_valid 200 5m,
+#                proxy_cache_lock): every measured request is a HIT served from its cache.
+#   kairos-cache-churn  kairos with the response cache (memory, max_size CHURN_MAX) where wrk
+#                asks for a new key on every request (a wrk Lua script), each a miss stored
+#                with a 4 KiB body from the upstream: evictions all along. Its RSS under load is
+#                the number to read (against max_size), not its req/s.
 #
 # CPU pinning (PIN=1, needs >= 2 CPUs): the proxy under test (nginx worker, or kairos-rs with
 # all its threads) runs alone on PROXY_CPU; wrk and the upstream nginx share AUX_CPU. A proxy
@@ -80,6 +91,8 @@ KEEP_TMP=${KEEP_TMP:-0}
 TRACING=${TRACING:-1}
 AUTH=${AUTH:-1}
 RATELIMIT=${RATELIMIT:-1}
+CACHE=${CACHE:-1}
+CHURN_MAX=${CHURN_MAX:-64MB}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HIT_PATH=/api/items/42          # the request every wrk run sends
@@ -140,6 +153,9 @@ for t in kairos-rl-memory kairos-rl-redis; do
     RL_PORT[$t]=$port
 done
 free_port REDIS_PORT
+free_port NGXC_PORT
+free_port KC_PORT
+free_port KCH_PORT
 
 # ---------------------------------------------------------------- configs
 # nginx as root would switch its worker to "nobody", which cannot write into our temp dir.
@@ -169,15 +185,20 @@ $2
 EOF
 }
 
+# The churn target's upstream body: 4 KiB (too long for an nginx `return` string).
+mkdir -p "$TMP/upstream"
+head -c 4096 /dev/zero | tr '\0' 'c' >"$TMP/upstream/body4k"
 nginx_conf upstream "
     server {
         listen 127.0.0.1:$UP_PORT;
         location / { default_type text/plain; return 200 \"ok\"; }
+        location /churn/ { default_type text/plain; root $TMP/upstream; try_files /body4k =404; }
     }
     server {
         listen 127.0.0.1:$SINK_PORT;
         location / { return 200; }
-    }"
+    }
+    "
 
 nginx_conf nginx-proxy "
     upstream backend {
@@ -194,14 +215,41 @@ nginx_conf nginx-proxy "
         }
     }"
 
+nginx_conf nginx-cache "
+    upstream backend {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    proxy_cache_path $TMP/nginx-cache/cache levels=1:2 keys_zone=kairos_bench:10m max_size=256m
+                     inactive=10m use_temp_path=off;
+    server {
+        listen 127.0.0.1:$NGXC_PORT;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_cache kairos_bench;
+            proxy_cache_valid 200 5m;
+            proxy_cache_lock on;
+            add_header X-Cache-Status \$upstream_cache_status;
+        }
+    }"
+
 # kairos configs: the hit route plus N-1 generated routes of three shapes (static, parameter,
 # catch-all), all distinct, so the only difference between the two instances is the count.
-kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validation JSON[, rate_limiting JSON]]]
-    local file=$1 port=$2 n=$3 rate=${4:-} jwt=${5:-} rl=${6:-} hit_auth=""
+kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validation JSON[, rate_limiting JSON[, caching JSON[, hit route rewrite]]]]]
+    local file=$1 port=$2 n=$3 rate=${4:-} jwt=${5:-} rl=${6:-} caching=${7:-} rewrite=${8:-} hit_auth=""
     [[ -n $jwt ]] && hit_auth=', "auth": "jwt"'
     [[ -n $rl ]] && hit_auth+=', "rate_limit": { "per_ip": { "rps": 1000000, "burst": 1000000 } }'
+    [[ -n $caching ]] && hit_auth+=', "cache": {}'
+    [[ -n $rewrite ]] && hit_auth+=", \"rewrite\": \"$rewrite\""
     {
         printf '{\n  "version": 1,\n'
+        if [[ -n $caching ]]; then
+            # Public metrics: the report reads the cache's gauges at the end.
+            printf '  "caching": %s,\n  "admin": { "public_metrics": true },\n' "$caching"
+        fi
         if [[ -n $rl ]]; then
             printf '  "rate_limiting": %s,\n' "$rl"
         fi
@@ -372,6 +420,54 @@ if [[ $RATELIMIT == 1 ]]; then
     done
 fi
 
+declare -A CACHE_PID
+NGXC_WORKER=""
+if [[ $CACHE == 1 ]]; then
+    mkdir -p "$TMP/nginx-cache/cache"
+    start_nginx nginx-cache "${ON_PROXY[@]}"
+    NGXC_PID=$STARTED
+    wait_ready nginx-cache "http://127.0.0.1:$NGXC_PORT$HIT_PATH" "$NGXC_PID"
+    for _ in $(seq 50); do
+        NGXC_WORKER=$(pgrep -P "$NGXC_PID" | head -n1 || true)
+        [[ -n $NGXC_WORKER ]] && break
+        sleep 0.1
+    done
+    [[ -n $NGXC_WORKER ]] || die "nginx cache worker not found"
+    status=$(curl -fsS -D - -o /dev/null "http://127.0.0.1:$NGXC_PORT$HIT_PATH" | tr -d '\r' |
+        awk -F': ' 'tolower($1) == "x-cache-status" { print $2 }')
+    [[ $status == HIT ]] || die "nginx-cache does not answer from its cache (X-Cache-Status: $status)"
+    kairos_conf "$TMP/kairos-cache.json" "$KC_PORT" 10 "" "" "" '{ "backend": "memory" }'
+    kairos_conf "$TMP/kairos-cache-churn.json" "$KCH_PORT" 10 "" "" "" \
+        "{ \"backend\": \"memory\", \"max_size\": \"$CHURN_MAX\", \"max_object_size\": \"64KB\" }" "/churn/{id}"
+    for t in kairos-cache kairos-cache-churn; do
+        "$KAIROS_BIN" config validate "$TMP/$t.json" >&2 || die "kairos config ($t) rejected"
+    done
+    "${ON_PROXY[@]}" "$KAIROS_BIN" --config "$TMP/kairos-cache.json" >"$TMP/kairos-cache.log" 2>&1 &
+    CACHE_PID[kairos-cache]=$!
+    PIDS+=("$!")
+    wait_ready kairos-cache "http://127.0.0.1:$KC_PORT$HIT_PATH" "${CACHE_PID[kairos-cache]}"
+    x=$(curl -fsS -D - -o /dev/null "http://127.0.0.1:$KC_PORT$HIT_PATH" | tr -d '\r' |
+        awk -F': ' 'tolower($1) == "x-cache" { print $2 }')
+    [[ $x == HIT ]] || die "kairos-cache does not answer from its cache (X-Cache: $x)"
+    "${ON_PROXY[@]}" "$KAIROS_BIN" --config "$TMP/kairos-cache-churn.json" >"$TMP/kairos-cache-churn.log" 2>&1 &
+    CACHE_PID[kairos-cache-churn]=$!
+    PIDS+=("$!")
+    for _ in $(seq 300); do
+        curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$KCH_PORT/api/items/ready" 2>/dev/null && break
+        kill -0 "${CACHE_PID[kairos-cache-churn]}" 2>/dev/null || die "kairos-cache-churn exited during startup"
+        sleep 0.1
+    done
+    # A new key on every request.
+    cat >"$TMP/churn.lua" <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/api/items/" .. n .. "-" .. math.random(1000000000))
+end
+LUA
+    TARGETS+=(nginx-cache kairos-cache kairos-cache-churn)
+fi
+
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { # utime + stime of all threads of a process
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
@@ -379,6 +475,7 @@ cpu_ticks() { # utime + stime of all threads of a process
 CLK_TCK=$(getconf CLK_TCK)
 
 sleep 1
+declare -A SCRIPT_OF=()
 declare -A PID_OF=([nginx]=$NGX_WORKER [kairos]=$K10_PID [kairos-10k]=$K10K_PID [kairos-b]=${KB_PID:-0})
 declare -A URL_OF=(
     [nginx]="http://127.0.0.1:$NGX_PORT$HIT_PATH"
@@ -398,6 +495,15 @@ for t in "${!RL_PID[@]}"; do
     PID_OF[$t]=${RL_PID[$t]}
     URL_OF[$t]="http://127.0.0.1:${RL_PORT[$t]}$HIT_PATH"
 done
+if [[ $CACHE == 1 ]]; then
+    PID_OF[nginx-cache]=$NGXC_WORKER
+    URL_OF[nginx-cache]="http://127.0.0.1:$NGXC_PORT$HIT_PATH"
+    PID_OF[kairos-cache]=${CACHE_PID[kairos-cache]}
+    URL_OF[kairos-cache]="http://127.0.0.1:$KC_PORT$HIT_PATH"
+    PID_OF[kairos-cache-churn]=${CACHE_PID[kairos-cache-churn]}
+    URL_OF[kairos-cache-churn]="http://127.0.0.1:$KCH_PORT"
+    SCRIPT_OF[kairos-cache-churn]=$TMP/churn.lua
+fi
 if [[ $AUTH == 1 ]]; then
     for t in kairos-hs256-noauth kairos-rs256-noauth; do
         PID_OF[$t]=$K10_PID
@@ -442,6 +548,7 @@ run_one() { # target, round
     local t=$1 r=$2 url=${URL_OF[$1]} pid=${PID_OF[$1]} out=$TMP/wrk-$1-$2.txt sampler c0 c1 t0 t1
     local hdr=()
     [[ -n ${HDR_OF[$t]:-} ]] && hdr=(-H "${HDR_OF[$t]}")
+    [[ -n ${SCRIPT_OF[$t]:-} ]] && hdr+=(-s "${SCRIPT_OF[$t]}")
     in_bg "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${hdr[@]}" "$url" >/dev/null
     c0=$(cpu_ticks "$pid")
     t0=$(date +%s.%N)
@@ -537,6 +644,18 @@ for t in kairos-rl-memory kairos-rl-redis; do
     [[ -n ${RL_PID[$t]:-} ]] || continue
     printf '%-40s %s\n' "$t / kairos req/s:" "$(ratio "${M_RPS[$t]}" "${M_RPS[kairos]}")"
 done
+if [[ $CACHE == 1 ]]; then
+    printf '%-40s %s\n' "kairos-cache (HIT) / kairos (uncached):" "$(ratio "${M_RPS[kairos-cache]}" "${M_RPS[kairos]}")"
+    printf '%-40s %s\n' "kairos-cache / nginx-cache (both HIT):" "$(ratio "${M_RPS[kairos-cache]}" "${M_RPS[nginx-cache]}")"
+    printf '%-40s %s\n' "kairos-cache p99 / nginx-cache p99:" "$(ratio "${M_P99[kairos-cache]}" "${M_P99[nginx-cache]}")"
+    printf '%-40s %s MB idle, %s MB under load (max_size %s)\n' "kairos-cache-churn RSS:" \
+        "$(mb "${RSS_IDLE[kairos-cache-churn]}")" "$(mb "${RSS_LOAD[kairos-cache-churn]}")" "$CHURN_MAX"
+    churn_metrics=$(curl -fsS "http://127.0.0.1:$KCH_PORT/_kairos/metrics" 2>/dev/null || true)
+    printf '%-40s %s bytes, %s entries, %s evictions\n' "kairos-cache-churn cache at the end:" \
+        "$(awk '$1 == "kairos_cache_bytes" { print $2 }' <<<"$churn_metrics")" \
+        "$(awk '$1 == "kairos_cache_entries" { print $2 }' <<<"$churn_metrics")" \
+        "$(awk '$1 == "kairos_cache_evictions_total" { print $2 }' <<<"$churn_metrics")"
+fi
 printf '%-40s %s MB idle, %s MB under load\n' "nginx proxy worker RSS:" "$(mb "${RSS_IDLE[nginx]}")" "$(mb "${RSS_LOAD[nginx]}")"
 
 for t in "${TARGETS[@]:1}"; do

@@ -4,6 +4,7 @@
 //! replace; routes; status) sits behind the same guard; its OpenAPI document is
 //! `src/admin/openapi.json`, served at `/_kairos/openapi.json`.
 
+pub mod cache;
 pub mod render;
 
 use crate::base::clock::rfc3339;
@@ -26,6 +27,8 @@ pub fn scope() -> actix_web::Scope {
         .route("/routes", web::get().to(routes))
         .route("/status", web::get().to(status))
         .route("/openapi.json", web::get().to(openapi))
+        .route("/cache", web::get().to(cache::inspect))
+        .route("/cache", web::delete().to(cache::purge))
         .default_service(web::to(guarded_fallback))
 }
 
@@ -191,7 +194,7 @@ fn discovery_status(u: &crate::upstream::Upstream) -> serde_json::Value {
 /// The 401 for a request without the admin token, or the 429 for a client whose wrong
 /// tokens used up its failure budget (`rate_limiting.auth_failures`, shared with the routes:
 /// checked before the token is); `None` when it carries the token.
-fn refuse(req: &HttpRequest, state: &SharedState) -> Option<HttpResponse> {
+pub(crate) fn refuse(req: &HttpRequest, state: &SharedState) -> Option<HttpResponse> {
     let rt = state.load();
     let ip = req.peer_addr().map(|peer| {
         crate::base::net::client_ip(peer.ip(), req.headers(), |ip| {
@@ -215,7 +218,7 @@ fn refuse(req: &HttpRequest, state: &SharedState) -> Option<HttpResponse> {
 }
 
 /// An admin API error in the gateway's JSON format, with config errors listed when there are.
-fn api_error(
+pub(crate) fn api_error(
     req: &HttpRequest,
     status: actix_web::http::StatusCode,
     code: &str,

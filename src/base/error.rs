@@ -37,6 +37,9 @@ pub enum GatewayError {
     UpstreamProtocol,
     NoHealthyUpstream,
     UpstreamTimeout,
+    /// `Cache-Control: only-if-cached` and no stored answer satisfies the request (RFC 9111
+    /// 5.2.1.7).
+    NotCached,
     /// A transformation step failed with `on_error: fail`: 400 for a request step, 502 for a
     /// response step.
     TransformFailed {
@@ -67,7 +70,7 @@ impl GatewayError {
             GatewayError::NoHealthyUpstream | GatewayError::RateLimiterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamTimeout | GatewayError::NotCached => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::TransformFailed {
                 response: false, ..
             } => StatusCode::BAD_REQUEST,
@@ -94,6 +97,7 @@ impl GatewayError {
             GatewayError::UpstreamProtocol => "upstream_protocol_error",
             GatewayError::NoHealthyUpstream => "no_healthy_upstream",
             GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::NotCached => "not_cached",
             GatewayError::TransformFailed { .. } => "transform_failed",
         }
     }
@@ -126,6 +130,7 @@ impl GatewayError {
             GatewayError::UpstreamProtocol => "the upstream service sent an invalid response",
             GatewayError::NoHealthyUpstream => "no healthy upstream server is available",
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
+            GatewayError::NotCached => "only-if-cached: no stored answer satisfies this request",
         };
         text.into()
     }
@@ -185,6 +190,7 @@ impl GatewayError {
             | GatewayError::UpstreamProtocol
             | GatewayError::NoHealthyUpstream
             | GatewayError::UpstreamTimeout
+            | GatewayError::NotCached
             | GatewayError::TransformFailed { .. } => {}
         }
         res.body(body.to_string())

@@ -1,6 +1,6 @@
 //! Mechanisms every part of the gateway shares and that know nothing of the gateway's config
 //! or state: clocks, the background runtime, the error the gateway answers with, IP helpers,
-//! hashing, redaction of URLs and TLS setup. Imports nothing of the crate.
+//! hashing, redaction of URLs, TLS setup and the Redis connection. Imports nothing of the crate.
 
 pub mod background;
 pub mod clock;
@@ -8,4 +8,5 @@ pub mod error;
 pub mod hash;
 pub mod net;
 pub mod redact;
+pub mod redis;
 pub mod tls;

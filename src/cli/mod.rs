@@ -45,6 +45,9 @@ pub enum Command {
     /// Read a running gateway's metrics.
     #[command(subcommand)]
     Metrics(MetricsCommand),
+    /// Purge a running gateway's response cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Run the built-in echo upstream alone.
     Echo {
         /// Address to listen on.
@@ -169,6 +172,27 @@ pub enum UpstreamsCommand {
     /// Every upstream with its source (static, dns, consul, kubernetes, eureka), its discovery
     /// status and its servers.
     List {
+        #[command(flatten)]
+        remote: crate::cli::remote::RemoteArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Remove stored answers (DELETE /_kairos/cache): by key, route, path prefix, or all.
+    Purge {
+        /// A key as the key template renders it, e.g. "GET:/api/users/42:".
+        #[arg(long, group = "what")]
+        key: Option<String>,
+        /// Every answer of this route.
+        #[arg(long, group = "what")]
+        route: Option<String>,
+        /// Every answer whose path starts with this.
+        #[arg(long, group = "what")]
+        prefix: Option<String>,
+        /// Everything.
+        #[arg(long, group = "what")]
+        all: bool,
         #[command(flatten)]
         remote: crate::cli::remote::RemoteArgs,
     },

@@ -336,6 +336,24 @@ pub fn deploy(gw: &Gateway, file: &Path) -> Result<String, RemoteError> {
     Ok(out)
 }
 
+/// `cache purge`: what `DELETE /_kairos/cache` removed, for the purge object `what`.
+pub fn cache_purge(gw: &Gateway, what: serde_json::Value) -> Result<String, RemoteError> {
+    let body = gw.call(
+        reqwest::Method::DELETE,
+        "/_kairos/cache",
+        Some(what.to_string()),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| RemoteError::Failed(format!("unexpected answer: {e}")))?;
+    let n = v["purged"]
+        .as_u64()
+        .ok_or_else(|| RemoteError::Failed(format!("unexpected answer: {body}")))?;
+    Ok(format!(
+        "purged {n} stored answer{}\n",
+        if n == 1 { "" } else { "s" }
+    ))
+}
+
 /// `health check --upstream NAME`: the servers' state; `Ok((text, all_available))`.
 pub fn health_check(gw: &Gateway, upstream: &str) -> Result<(String, bool), RemoteError> {
     let body = gw.get("/_kairos/upstreams")?;

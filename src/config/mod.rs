@@ -4,6 +4,7 @@
 //! Pipeline: text -> JSON syntax check -> duplicate keys -> `${ENV}` substitution -> typed
 //! deserialisation (every unknown field reported, not just the first) -> semantic validation.
 
+pub mod cache;
 pub mod cors;
 pub mod error;
 pub mod model;

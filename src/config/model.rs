@@ -27,6 +27,8 @@ pub struct Config {
     pub rate_limiting: Option<RateLimitConfig>,
     /// The throttle on failed authentications, always on.
     pub auth_failures: AuthFailureLimit,
+    /// The response cache's store, when `caching` is configured.
+    pub caching: Option<std::sync::Arc<crate::config::cache::CacheConfig>>,
     /// The route table compiled while validating (validation needs it to find routes that
     /// cannot be told apart); the runtime uses it as is, so a reload compiles it once.
     pub compiled_routes: Option<std::sync::Arc<crate::config::router::Router>>,
@@ -372,6 +374,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<RouteRateLimit>,
     /// The top-level `transformations`, then the route's own, compiled.
     pub transforms: std::sync::Arc<crate::config::transform::Transforms>,
+    /// Present when the route's GET and HEAD answers are cached.
+    pub cache: Option<std::sync::Arc<crate::config::cache::RouteCache>>,
 }
 
 /// Which credentials a route accepts; neither means the route is open.

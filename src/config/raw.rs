@@ -49,6 +49,70 @@ pub struct RawConfig {
     /// Steps applied to every route's requests and responses, before the route's own.
     #[serde(default)]
     pub transformations: Vec<RawTransform>,
+    /// The response cache (RFC 9111 shared cache) and its store.
+    #[serde(default)]
+    pub caching: Option<RawCaching>,
+}
+
+/// The response cache: where answers are stored and the defaults of every cached route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCaching {
+    /// Cache every route's GET and HEAD answers unless the route says `"cache": false`
+    /// (default false: only routes with a `cache` object are cached).
+    pub enabled: Option<bool>,
+    /// "memory" (default: this instance, bounded by `max_size` bytes), "redis" (shared by
+    /// every instance) or "hybrid" (memory in front of Redis).
+    pub backend: Option<String>,
+    /// redis://[user:password@]host:port[/db], for the redis and hybrid backends.
+    pub redis_url: Option<String>,
+    /// Redis backends: the longest wait for a connect or a call (default "100ms"); past it
+    /// the request goes on without Redis.
+    pub redis_timeout: Option<DurationStr>,
+    /// Redis backends: the prefix of every key the cache writes (default "kairos:cache:").
+    pub key_prefix: Option<String>,
+    /// Most bytes the memory tier holds: bodies, headers and keys (default "256MB").
+    pub max_size: Option<SizeStr>,
+    /// Largest body stored (default "1MB"); a larger one is passed on but not stored.
+    pub max_object_size: Option<SizeStr>,
+    /// Freshness of a storable response that states none (default "300s").
+    pub default_ttl: Option<DurationStr>,
+    /// Hybrid backend: the longest a memory copy lives (default "30s").
+    pub l1_ttl: Option<DurationStr>,
+    /// Hybrid backend: the longest a Redis copy lives (default "300s").
+    pub l2_ttl: Option<DurationStr>,
+    /// The key of a stored answer (default "{method}:{path}:{query_hash}"); variables:
+    /// {method}, {host}, {path}, {query}, {query_hash}, {header.NAME}, {route}.
+    pub cache_key_template: Option<String>,
+    /// How long a stale answer may be served while one background request refreshes it,
+    /// when the response has no `stale-while-revalidate` of its own (default "0s").
+    pub stale_while_revalidate: Option<DurationStr>,
+    /// How long a stale answer may be served when the upstream fails (5xx, unreachable), when
+    /// the response has no `stale-if-error` of its own (default "0s").
+    pub stale_if_error: Option<DurationStr>,
+    /// Longest wait of a request for another request's fetch of the same key (default "5s").
+    pub lock_timeout: Option<DurationStr>,
+}
+
+/// A route's cache: `false` turns it off, an object tunes it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawRouteCache {
+    Switch(bool),
+    Settings(RawRouteCacheSettings),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCacheSettings {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Freshness of a storable response that states none (default `caching.default_ttl`).
+    pub ttl: Option<DurationStr>,
+    /// This route's key (default `caching.cache_key_template`).
+    pub key_template: Option<String>,
+    /// Request headers that always make separate entries, on top of the response's `Vary`.
+    pub vary: Option<Vec<String>>,
 }
 
 /// OpenTelemetry tracing, exported over OTLP/HTTP (Jaeger, Tempo and the OpenTelemetry
@@ -359,6 +423,8 @@ pub struct RawRoute {
     pub cors: Option<RawCors>,
     /// Steps applied to this route's requests and responses, after the top-level ones.
     pub transformations: Option<Vec<RawTransform>>,
+    /// This route's response cache: `false`, or settings (needs the top-level `caching`).
+    pub cache: Option<RawRouteCache>,
 }
 
 /// One scheme or a list of schemes.

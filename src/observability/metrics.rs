@@ -98,7 +98,59 @@ pub struct Metrics {
     pub transform_errors: IntCounterVec,
     /// Brought up to the log writer's own count at each scrape ([`Metrics::render`]).
     pub log_dropped: IntCounter,
+    /// The response cache's metrics.
+    pub cache: CacheMetrics,
     servers: Arc<ServerGauges>,
+}
+
+/// The response cache: answers by outcome, what the store holds, what it evicts.
+#[derive(Clone)]
+pub struct CacheMetrics {
+    /// Cached routes' requests by route and result (hit, miss, stale, expired, revalidated,
+    /// bypass).
+    pub requests: IntCounterVec,
+    pub bytes: IntGauge,
+    pub entries: IntGauge,
+    pub evictions: IntCounter,
+    pub coalesced_waits: IntCounter,
+    /// Redis tier calls that failed (unreachable, timed out, error answers) and malformed
+    /// entries read from it.
+    pub redis_errors: IntCounter,
+}
+
+impl CacheMetrics {
+    fn new() -> Self {
+        let gauge =
+            |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric definition");
+        let counter =
+            |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric definition");
+        CacheMetrics {
+            requests: counter_vec(
+                "kairos_cache_requests_total",
+                "Requests of cached routes by route and result: hit, miss, stale (served stale), \
+                 expired (stale, fetched again), revalidated (304 from the upstream), bypass.",
+                &["route", "result"],
+            ),
+            bytes: gauge(
+                "kairos_cache_bytes",
+                "Bytes the memory tier holds (bodies, headers, keys).",
+            ),
+            entries: gauge("kairos_cache_entries", "Entries the memory tier holds."),
+            evictions: counter(
+                "kairos_cache_evictions_total",
+                "Entries the memory tier evicted to stay within max_size.",
+            ),
+            coalesced_waits: counter(
+                "kairos_cache_coalesced_waits_total",
+                "Requests that waited for another request's fetch of the same key.",
+            ),
+            redis_errors: counter(
+                "kairos_cache_redis_errors_total",
+                "Redis tier calls that failed (unreachable, timed out, error answers) and \
+                 malformed entries read from it; each is a miss or a write not made.",
+            ),
+        }
+    }
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -264,9 +316,16 @@ impl Metrics {
                  reader of stderr, a slow disk).",
             )
             .expect("valid metric definition"),
+            cache: CacheMetrics::new(),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 26] = [
+        let collectors: [Box<dyn Collector>; 32] = [
+            Box::new(m.cache.requests.clone()),
+            Box::new(m.cache.bytes.clone()),
+            Box::new(m.cache.entries.clone()),
+            Box::new(m.cache.evictions.clone()),
+            Box::new(m.cache.coalesced_waits.clone()),
+            Box::new(m.cache.redis_errors.clone()),
             Box::new(m.config_last_success.clone()),
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
@@ -426,6 +485,7 @@ impl Metrics {
         prune(&self.response_bytes, &["route"], &gone);
         prune(&self.auth_failures, &["route", "method", "reason"], &gone);
         prune(&self.transform_errors, &["route", "step", "type"], &gone);
+        prune(&self.cache.requests, &["route", "result"], &gone);
         prune(&self.ratelimited, &["route", "scope"], &gone);
         prune(&self.upstream_duration, &["upstream"], &gone);
         prune(&self.upstream_errors, &["upstream", "kind"], &gone);

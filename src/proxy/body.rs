@@ -213,10 +213,67 @@ pub async fn read(
     ))
 }
 
+/// The body of an answer: the upstream's as it comes, the upstream's while the cache stores
+/// it, or a stored one.
+pub enum AnswerBody {
+    Upstream(hyper::body::Incoming),
+    /// Stored by the sink as it passes (the sink is dropped when storing stops).
+    Storing(hyper::body::Incoming, Option<Box<crate::cache::Sink>>),
+    /// A stored body (`None` once sent, or for an answer without a body).
+    Stored(Option<Bytes>),
+}
+
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            AnswerBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            AnswerBody::Storing(b, sink) => {
+                let polled = Pin::new(&mut *b).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(s)) = (frame.data_ref(), sink.as_mut()) {
+                            if !s.push(data) {
+                                *sink = None;
+                            }
+                        }
+                        if b.is_end_stream() {
+                            if let Some(s) = sink.take() {
+                                s.finish();
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => *sink = None,
+                    Poll::Ready(None) => {
+                        if let Some(s) = sink.take() {
+                            s.finish();
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
+            AnswerBody::Stored(b) => Poll::Ready(b.take().map(|d| Ok(http_body::Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AnswerBody::Upstream(b) | AnswerBody::Storing(b, _) => b.is_end_stream(),
+            AnswerBody::Stored(b) => b.is_none(),
+        }
+    }
+}
+
 /// The upstream's response body, handed to actix as is. When it ends, the upstream connection
 /// goes back to the pool; if it is dropped early, the connection is closed.
 pub struct UpstreamBody {
-    body: hyper::body::Incoming,
+    body: AnswerBody,
     size: BodySize,
     lease: Option<crate::upstream::client::Lease>,
     /// Longest wait for the next piece of the body.
@@ -254,11 +311,11 @@ impl UpstreamBody {
     /// whether the response can have a body at all; `completion` is what must happen when the
     /// response is over.
     pub fn new(
-        body: hyper::body::Incoming,
+        body: AnswerBody,
         len: Option<u64>,
         status: u16,
         head: bool,
-        lease: crate::upstream::client::Lease,
+        lease: Option<crate::upstream::client::Lease>,
         idle_timeout: std::time::Duration,
         completion: Option<super::completion::Completion>,
     ) -> Self {
@@ -274,7 +331,7 @@ impl UpstreamBody {
         let mut this = UpstreamBody {
             body,
             size,
-            lease: Some(lease),
+            lease,
             idle_timeout,
             idle: None,
             waiting: false,

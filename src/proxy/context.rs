@@ -11,12 +11,16 @@ use crate::observability::trace::RequestTrace;
 use crate::runtime::Runtime;
 use actix_web::http::header::HeaderValue;
 use actix_web::HttpRequest;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct Ctx<'a> {
     pub req: &'a HttpRequest,
     pub rt: &'a Runtime,
     pub metrics: &'a Metrics,
+    /// The same runtime and metrics, for work that outlives the request (the cache's
+    /// background refresh).
+    pub shared: (&'a Arc<Runtime>, &'a Arc<Metrics>),
     pub start: Instant,
     /// The request's id: the client's `X-Request-Id` when valid, else a new one.
     pub rid: HeaderValue,
@@ -44,7 +48,7 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// A request arrives: its id, its trace, and its count among the requests in flight.
     #[inline(always)]
-    pub fn new(req: &'a HttpRequest, rt: &'a Runtime, metrics: &'a Metrics) -> Self {
+    pub fn new(req: &'a HttpRequest, rt: &'a Arc<Runtime>, metrics: &'a Arc<Metrics>) -> Self {
         let start = Instant::now();
         let rid = request_id::for_request(req.headers());
         let trace = rt
@@ -53,6 +57,7 @@ impl<'a> Ctx<'a> {
             .map(|t| t.start(req, &rid, |ip| rt.config.server.is_trusted(ip)));
         Ctx {
             req,
+            shared: (rt, metrics),
             rt,
             metrics,
             start,
@@ -70,6 +75,35 @@ impl<'a> Ctx<'a> {
             body_read: false,
             streamed: None,
             done: Some(Completion::begin(start, &metrics.inflight, trace)),
+        }
+    }
+
+    /// A context for work done on a request's behalf after its response (no trace, no
+    /// completion: it is not counted as a request of its own).
+    pub fn detached(
+        req: &'a HttpRequest,
+        rt: &'a Arc<Runtime>,
+        metrics: &'a Arc<Metrics>,
+        rid: HeaderValue,
+        route: Option<(usize, &'a str)>,
+    ) -> Self {
+        Ctx {
+            req,
+            shared: (rt, metrics),
+            rt,
+            metrics,
+            start: Instant::now(),
+            rid,
+            route,
+            upstream: None,
+            admission: Admission::default(),
+            identity: None,
+            request_bytes: 0,
+            body_read: true,
+            streamed: None,
+            done: None,
+            trace_header: None,
+            log_ids: None,
         }
     }
 

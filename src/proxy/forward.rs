@@ -21,8 +21,9 @@ use tokio::time::Instant as Deadline;
 /// The upstream's answer: its response head, its body still to stream, and the connection.
 pub struct Answer {
     pub parts: http::response::Parts,
-    pub body: Incoming,
-    pub lease: Lease,
+    pub body: super::body::AnswerBody,
+    /// The upstream connection; none for an answer from the cache.
+    pub lease: Option<Lease>,
 }
 
 /// The forward phase. `host` is the Host the client asked for (kept with `preserve_host`).
@@ -169,8 +170,8 @@ pub async fn forward<'a>(
                         lease.hold(guard);
                         return Ok(Answer {
                             parts,
-                            body: incoming,
-                            lease,
+                            body: super::body::AnswerBody::Upstream(incoming),
+                            lease: Some(lease),
                         });
                     }
                 }

@@ -8,9 +8,10 @@
 //! | route              | [`route::route`]                        | host, path and method matched         |
 //! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication |
 //! | request body       | [`body::read`]                          | read whole or streamed, bytes counted |
+//! | cache lookup       | [`cache::lookup`]                       | routes with `cache`: stored answer, revalidation, coalescing |
 //! | upstream request   | [`upstream_request::build`]             | rewrite, headers, the edge's edits    |
 //! | request transform  | [`transform::request`]                  | `transformations`: path, query, headers |
-//! | forward            | [`forward::forward`]                    | balancer, breaker, retries, timeout   |
+//! | forward            | [`forward::forward`], or [`cache::fetch`] | balancer, breaker, retries, timeout; the cache's answer or the upstream's, stored as it streams |
 //! | response transform | [`transform::response`], [`transform::response_body`] | `transformations`: headers, status; a JSON body |
 //! | response           | [`response::upstream`] / [`response::error`] | the client's response            |
 //! | response filter    | [`response::filter`]                    | trace id, rate-limit and CORS headers |
@@ -25,6 +26,7 @@
 
 pub mod body;
 pub mod body_json;
+pub mod cache;
 pub mod coding;
 pub mod completion;
 pub mod context;
@@ -96,6 +98,14 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
         ctx.identity = identity.as_ref().map(|i| i.name.clone());
     }
     let (body, watch) = body::read(ctx, payload, routed.route.timeout).await?;
+    // A route without a cache skips both cache phases.
+    let cached = match &routed.route.cache {
+        None => None,
+        Some(rc) => {
+            let path = normalized.as_deref().unwrap_or(req.path());
+            Some((rc, cache::lookup(ctx, routed.route, rc, host, path).await))
+        }
+    };
     let mut up = upstream_request::build(
         ctx,
         &routed,
@@ -116,7 +126,21 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
         false => None,
     };
     drop(identity);
-    let mut answer = forward::forward(ctx, routed.route, host, &mut up, &watch).await?;
+    let mut answer = match cached {
+        None => forward::forward(ctx, routed.route, host, &mut up, &watch).await?,
+        Some((rc, plan)) => {
+            Box::pin(cache::fetch(
+                ctx,
+                plan,
+                routed.route,
+                rc,
+                host,
+                &mut up,
+                &watch,
+            ))
+            .await?
+        }
+    };
     let read = match after {
         None => None,
         Some(steps) => {

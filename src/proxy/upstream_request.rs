@@ -106,7 +106,49 @@ pub fn build<'a>(
     })
 }
 
+impl<'a> UpstreamRequest<'a> {
+    /// A request already built (by [`UpstreamRequest::detach`]), sent once: no retry.
+    pub fn prepared(
+        req: &'a HttpRequest,
+        rt: &'a crate::runtime::Runtime,
+        request: http::Request<ProxyBody>,
+    ) -> UpstreamRequest<'a> {
+        UpstreamRequest {
+            req,
+            method: request.method().clone(),
+            path_and_query: request
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            client: headers::ClientInfo {
+                peer: None,
+                trusted: false,
+                scheme: "http",
+                host: None,
+            },
+            request_id: http::HeaderValue::from_static("-"),
+            edits: rt.edge.auth.header_edits(None),
+            transformed: Vec::new(),
+            replayable: None,
+            first: None,
+            body_len: None,
+            unsent: Some(request),
+        }
+    }
+}
+
 impl UpstreamRequest<'_> {
+    /// The request as it would be sent now, without a body, as a GET: for a fetch made on the
+    /// request's behalf after its response (the cache's background refresh).
+    pub fn detach(&self) -> http::Request<ProxyBody> {
+        let mut r = self.with_body(ProxyBody::Empty);
+        *r.method_mut() = http::Method::GET;
+        r.headers_mut().remove(http::header::CONTENT_LENGTH);
+        r.headers_mut().remove(http::header::TRANSFER_ENCODING);
+        r
+    }
+
     /// The request for an attempt: one never written, the first, or a rebuilt one when the
     /// body can be sent again.
     pub fn next_attempt(&mut self) -> Option<http::Request<ProxyBody>> {

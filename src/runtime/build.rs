@@ -19,6 +19,8 @@ pub struct Runtime {
     pub tracing: Option<Arc<Tracing>>,
     /// CORS, authentication and rate limiting.
     pub edge: Edge,
+    /// The response cache, when `caching` is configured.
+    pub cache: Option<Arc<crate::cache::Cache>>,
     /// Unique per runtime in the process: route indexes are only meaningful within one.
     pub generation: u64,
 }
@@ -70,6 +72,24 @@ impl Runtime {
                     errors: vec![ConfigError::new(e.section(), e.to_string())],
                 }
             })?;
+        // The same cache settings keep the cache and what it holds.
+        let cache = match &config.caching {
+            None => None,
+            Some(c) => match previous
+                .and_then(|p| p.cache.as_ref())
+                .filter(|kept| kept.config == *c)
+            {
+                Some(kept) => Some(kept.clone()),
+                None => Some(Arc::new(
+                    crate::cache::Cache::new(c.clone(), metrics.cache.clone()).map_err(|e| {
+                        ConfigErrors {
+                            source_name: "caching".into(),
+                            errors: vec![ConfigError::new("caching.redis_url", e.to_string())],
+                        }
+                    })?,
+                )),
+            },
+        };
         let default_tls = crate::upstream::client::default_tls_config();
         let upstreams = config
             .upstreams
@@ -103,6 +123,7 @@ impl Runtime {
             upstreams,
             tracing,
             edge,
+            cache,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         })
     }

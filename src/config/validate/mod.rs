@@ -4,6 +4,7 @@
 //! the sections share; each section's checks live in a file of their own.
 
 mod auth;
+mod caching;
 mod cors;
 mod discovery;
 mod observability;
@@ -109,7 +110,12 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
         (None, key_sources),
         0,
     );
+    let caching = raw
+        .caching
+        .as_ref()
+        .map(|c| caching::caching_config(&mut v, c));
     let context = routes::RouteContext {
+        cache: caching.as_ref(),
         top_transforms: &top_transforms,
         key_sources,
         upstreams: &upstream_index,
@@ -142,6 +148,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
             cors,
             rate_limiting,
             auth_failures,
+            caching: caching.map(|c| c.config),
             warnings: v.warnings,
             written: Default::default(),
         })

@@ -189,7 +189,7 @@ fn redis_backend(v: &mut V, r: &RawRateLimiting) -> RateBackend {
 }
 
 /// Checks a `redis_url` without connecting.
-fn check_redis_url(url: &str) -> Result<(), &'static str> {
+pub(super) fn check_redis_url(url: &str) -> Result<(), &'static str> {
     match redis::Client::open(url) {
         Ok(_) if url.starts_with("redis://") || url.starts_with("unix://") => Ok(()),
         _ => Err("`redis_url` is not a redis:// URL this build can use"),

@@ -173,6 +173,8 @@ pub fn parse_rewrite(rewrite: &str, params: &[String]) -> Result<Rewrite, Rewrit
 
 /// What routes are checked against: the sections validated before them.
 pub(super) struct RouteContext<'a> {
+    /// The top-level `caching` section, when there is one.
+    pub(super) cache: Option<&'a super::caching::TopCache>,
     /// Upstream name -> its index in the validated list.
     pub(super) upstreams: &'a HashMap<&'a str, usize>,
     pub(super) has_jwt: bool,
@@ -268,6 +270,7 @@ fn route(v: &mut V, i: usize, r: &RawRoute, cx: &RouteContext, seen: &mut Seen) 
     };
     let params = template.as_ref().map_or(&[][..], |t| t.params.as_slice());
     let transforms = super::transformations::merge(cx.top_transforms, own, params);
+    let cache = super::caching::route_cache(v, &p, r.cache.as_ref(), cx.cache);
     let name = name(v, &p, i, r, host.as_deref(), seen);
     if let Some(t) = &template {
         check_shape(v, &p, i, &name, (&host, t, methods), seen);
@@ -286,6 +289,7 @@ fn route(v: &mut V, i: usize, r: &RawRoute, cx: &RouteContext, seen: &mut Seen) 
         cors: route_cors,
         rate_limit,
         transforms,
+        cache,
     }
 }
 

@@ -3,19 +3,20 @@
 //! Redis' own clock (TIME), so the gateways' clocks may drift, and gives every key a TTL of
 //! the time its bucket takes to refill.
 //!
-//! Each worker thread keeps its own multiplexed connection (its driver runs on that worker's
-//! runtime: no cross-thread hop per request). A failed or slow call sends its own request to
+//! Each worker thread keeps its own multiplexed connection ([`crate::base::redis`], shared
+//! with the response cache's Redis tier). A failed or slow call sends its own request to
 //! the fallback; [`OUTAGE_AFTER`] failures in a row (see [`FailureStreak`]) mark the backend
 //! down for every worker at once: one warning, then decisions go to the fallback without
 //! asking Redis while a probe on the background thread reconnects; the first successful probe
 //! brings Redis back.
 
 use super::gcra::Rate;
+pub use crate::base::redis::InvalidRedisUrl;
+use crate::base::redis::RedisClient;
 use prometheus::{IntCounter, IntGauge};
 use redis::aio::MultiplexedConnection;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Microseconds: Lua numbers are doubles, exact to 2^53 (285 years of microseconds).
@@ -102,7 +103,8 @@ pub struct Verdict {
 }
 
 struct Shared {
-    client: redis::Client,
+    /// The client and this worker's connection ([`crate::base::redis`]).
+    conn: Arc<RedisClient>,
     timeout: Duration,
     up: AtomicBool,
     /// Failed calls in a row while up; `streak_len` mirrors its length for the hot path.
@@ -122,17 +124,6 @@ struct Shared {
     meanwhile: &'static str,
 }
 
-thread_local! {
-    /// This worker's connection to each Redis backend alive in the process.
-    static CONNECTIONS: RefCell<Vec<(Weak<Shared>, MultiplexedConnection)>> =
-        const { RefCell::new(Vec::new()) };
-}
-
-/// The Redis URL could not be parsed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("invalid redis_url")]
-pub struct InvalidRedisUrl;
-
 /// A handle on one Redis backend; clones share its connections and outage state.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -149,11 +140,11 @@ impl RedisStore {
         up_gauge: IntGauge,
         meanwhile: &'static str,
     ) -> Result<RedisStore, InvalidRedisUrl> {
-        let client = redis::Client::open(url).map_err(|_| InvalidRedisUrl)?;
+        let conn = RedisClient::open(url, timeout)?;
         up_gauge.set(1);
         Ok(RedisStore {
             shared: Arc::new(Shared {
-                client,
+                conn,
                 timeout,
                 up: AtomicBool::new(true),
                 streak: Mutex::new(FailureStreak::default()),
@@ -209,12 +200,7 @@ impl RedisStore {
                 self.answered();
                 Err(self.error_answer(&format!("script returned {} values", v.len())))
             }
-            Ok(Err(e))
-                if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_unrecoverable_error()
-                    || e.is_timeout() =>
-            {
+            Ok(Err(e)) if crate::base::redis::is_connection_error(&e) => {
                 self.forget();
                 Err(self.failed(epoch, started, &e.to_string()))
             }
@@ -302,45 +288,19 @@ impl RedisStore {
     }
 
     async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.shared.timeout))
-            .set_response_timeout(Some(self.shared.timeout));
-        self.shared
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
+        self.shared.conn.connect().await
     }
 
     fn cached(&self) -> Option<MultiplexedConnection> {
-        CONNECTIONS.with(|c| {
-            c.borrow()
-                .iter()
-                .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.shared)))
-                .map(|(_, conn)| conn.clone())
-        })
+        self.shared.conn.cached()
     }
 
-    /// Keeps `conn` as this worker's connection, unless another request stored one first:
-    /// the connection to use.
     fn keep(&self, conn: MultiplexedConnection) -> MultiplexedConnection {
-        if let Some(existing) = self.cached() {
-            return existing;
-        }
-        CONNECTIONS.with(|c| {
-            let mut c = c.borrow_mut();
-            // Connections of backends that are gone (replaced by a reload) are dropped here.
-            c.retain(|(w, _)| w.strong_count() > 0);
-            c.push((Arc::downgrade(&self.shared), conn.clone()));
-        });
-        conn
+        self.shared.conn.keep(conn)
     }
 
     fn forget(&self) {
-        CONNECTIONS.with(|c| {
-            c.borrow_mut().retain(|(w, _)| {
-                w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.shared))
-            })
-        });
+        self.shared.conn.forget()
     }
 
     /// Redis answered (a verdict or an error answer): ends a streak of failures.
@@ -409,14 +369,8 @@ impl RedisStore {
                 if Arc::strong_count(&shared) == 1 {
                     return; // the limiter is gone
                 }
-                let cfg = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(shared.timeout))
-                    .set_response_timeout(Some(shared.timeout));
                 let check = async {
-                    let mut conn = shared
-                        .client
-                        .get_multiplexed_async_connection_with_config(&cfg)
-                        .await?;
+                    let mut conn = shared.conn.connect().await?;
                     // The real script on a key of its own: Redis is back when decisions work
                     // (not merely when it accepts connections: a replica answers READONLY),
                     // and the script is loaded for the first decision after the outage.
