@@ -604,7 +604,11 @@ async fn body_json_edits_gzip_and_br_response_bodies_and_encodes_them_again() {
         assert_eq!(got, want, "{coding}");
     }
     for bad in ["lies", "zstd"] {
-        let res = client().get(gw.url(&format!("/enc/{bad}"))).send().await.unwrap();
+        let res = client()
+            .get(gw.url(&format!("/enc/{bad}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 502, "{bad}");
         let body: serde_json::Value = res.json().await.unwrap();
         assert_eq!(body["error"]["code"], "transform_failed");

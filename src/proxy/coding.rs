@@ -85,18 +85,14 @@ pub fn encode(coding: Coding, body: Bytes) -> Bytes {
     match coding {
         Coding::Identity => return body,
         Coding::Gzip => {
-            let mut w = flate2::write::GzEncoder::new(
-                &mut out,
-                flate2::Compression::new(DEFLATE_LEVEL),
-            );
+            let mut w =
+                flate2::write::GzEncoder::new(&mut out, flate2::Compression::new(DEFLATE_LEVEL));
             let _ = w.write_all(&body);
             let _ = w.finish();
         }
         Coding::Deflate => {
-            let mut w = flate2::write::ZlibEncoder::new(
-                &mut out,
-                flate2::Compression::new(DEFLATE_LEVEL),
-            );
+            let mut w =
+                flate2::write::ZlibEncoder::new(&mut out, flate2::Compression::new(DEFLATE_LEVEL));
             let _ = w.write_all(&body);
             let _ = w.finish();
         }
