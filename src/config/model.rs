@@ -485,15 +485,47 @@ pub struct LoggingConfig {
     pub file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// The `tracing` section with the OTEL_* environment variables applied beneath it (a key set
+/// in the config wins over its variable).
+#[derive(Clone, PartialEq)]
 pub struct TracingConfig {
     /// The full OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
     pub endpoint: String,
     /// 0.0..=1.0, for traces this gateway starts.
     pub sampling_rate: f64,
+    /// Whether a continued trace follows its caller's sampled flag (the default, and the
+    /// `parentbased_*` samplers of OTEL_TRACES_SAMPLER); if not, `sampling_rate` decides for
+    /// every request.
+    pub parent_based: bool,
     pub service_name: String,
     pub export_timeout: Duration,
     pub trust_incoming: TraceTrust,
+    /// Sent with every export; values may be secrets (never logged, not in `Debug`).
+    pub headers: Vec<(String, String)>,
+    /// Gzip the export bodies.
+    pub gzip: bool,
+    /// Resource attributes besides service.name (configured and OTEL_RESOURCE_ATTRIBUTES).
+    pub resource_attributes: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for TracingConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("TracingConfig")
+            .field(
+                "endpoint",
+                &crate::base::redact::url_for_log(&self.endpoint),
+            )
+            .field("sampling_rate", &self.sampling_rate)
+            .field("parent_based", &self.parent_based)
+            .field("service_name", &self.service_name)
+            .field("export_timeout", &self.export_timeout)
+            .field("trust_incoming", &self.trust_incoming)
+            .field("header_names", &header_names)
+            .field("gzip", &self.gzip)
+            .field("resource_attributes", &self.resource_attributes)
+            .finish()
+    }
 }
 
 /// Whose incoming `traceparent` is continued (`tracing.trust_incoming`); anyone else's request

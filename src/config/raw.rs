@@ -74,8 +74,22 @@ pub struct RawTracing {
     /// Deprecated: the endpoint of Jaeger's own collector protocol. Accepted with a warning;
     /// spans go to OTLP/HTTP on the same host, port 4318, unless `endpoint` is set.
     pub jaeger_endpoint: Option<String>,
-    /// Longest time one export may take, retries included (default "10s").
+    /// Longest time one export may take, retries included (default "10s", else
+    /// OTEL_EXPORTER_OTLP_TRACES_TIMEOUT / OTEL_EXPORTER_OTLP_TIMEOUT in milliseconds).
     pub export_timeout: Option<DurationStr>,
+    /// OTLP transport: "http/protobuf" (default, else OTEL_EXPORTER_OTLP_TRACES_PROTOCOL /
+    /// OTEL_EXPORTER_OTLP_PROTOCOL).
+    pub protocol: Option<String>,
+    /// Headers sent with every export, e.g. a hosted backend's API key (merged over
+    /// OTEL_EXPORTER_OTLP_TRACES_HEADERS / OTEL_EXPORTER_OTLP_HEADERS; these win). Never
+    /// logged; shown redacted by GET /_kairos/config.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// "gzip" or "none" (default "none", else OTEL_EXPORTER_OTLP_TRACES_COMPRESSION /
+    /// OTEL_EXPORTER_OTLP_COMPRESSION).
+    pub compression: Option<String>,
+    /// Extra resource attributes of every span (merged over OTEL_RESOURCE_ATTRIBUTES; these
+    /// win), e.g. {"deployment.environment.name": "prod"}.
+    pub resource_attributes: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -1,0 +1,175 @@
+//! The OTLP exporter of the span export thread: `opentelemetry-otlp`'s OTLP/HTTP protobuf
+//! exporter (batching into protobuf, gzip, retry with back-off honouring `Retry-After`),
+//! over a blocking reqwest client of ours that adds the configured export headers, and the
+//! resource (service.name, service.version, host.name, service.instance.id, configured
+//! attributes) its spans carry.
+
+use crate::config::model::TracingConfig;
+use opentelemetry::KeyValue;
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{Compression, Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
+use opentelemetry_sdk::trace::SpanExporter as _;
+use opentelemetry_sdk::Resource;
+use std::future::Future;
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The most of a collector's answer that is read (the exporter only needs its status).
+const MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The exporter for this config. Everything is passed explicitly: the config layer already
+/// applied the OTEL_* variables beneath the config's own keys.
+pub(super) fn otlp_exporter(
+    cfg: &TracingConfig,
+) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(cfg.endpoint.clone())
+        .with_protocol(Protocol::HttpBinary)
+        // The retries' deadline, and each request's timeout in the client below.
+        .with_timeout(cfg.export_timeout)
+        .with_http_client(BlockingClient::new(cfg));
+    if cfg.gzip {
+        builder = builder.with_compression(Compression::Gzip);
+    }
+    let mut exporter = builder.build()?;
+    exporter.set_resource(&resource(cfg));
+    Ok(exporter)
+}
+
+/// The resource every exported span carries.
+pub fn resource(cfg: &TracingConfig) -> Resource {
+    let mut base = vec![
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("service.instance.id", instance_id()),
+    ];
+    if let Some(host) = host_name() {
+        base.push(KeyValue::new("host.name", host));
+    }
+    Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(base)
+        .with_attributes(
+            cfg.resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .with_service_name(cfg.service_name.clone())
+        .build()
+}
+
+/// This process's `service.instance.id`: random, the same across config reloads.
+fn instance_id() -> String {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| format!("{:032x}", fastrand::u128(1..)))
+        .clone()
+}
+
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer and its length are valid; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    std::str::from_utf8(&buf[..len])
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+}
+
+/// The exporter's HTTP client: blocking reqwest (the export thread is a plain thread), built
+/// on first use on that thread. The configured headers are set last, so that they win over
+/// any the exporter read from the environment itself.
+struct BlockingClient {
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    timeout: Duration,
+    client: OnceLock<Result<reqwest::blocking::Client, String>>,
+}
+
+impl std::fmt::Debug for BlockingClient {
+    // Header values may be API keys: only their names are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("BlockingClient")
+            .field("headers", &names)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl BlockingClient {
+    fn new(cfg: &TracingConfig) -> Self {
+        // The config layer checked every name and value; one that still fails is skipped.
+        let headers = cfg
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = http::HeaderName::from_bytes(k.as_bytes()).ok()?;
+                let mut value = http::HeaderValue::from_str(v).ok()?;
+                value.set_sensitive(true);
+                Some((name, value))
+            })
+            .collect();
+        BlockingClient {
+            headers,
+            timeout: cfg.export_timeout,
+            client: OnceLock::new(),
+        }
+    }
+
+    fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let client = self
+            .client
+            .get_or_init(|| {
+                reqwest::blocking::Client::builder()
+                    .timeout(self.timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| HttpError::from(format!("cannot build the HTTP client: {e}")))?;
+        let (mut parts, body) = request.into_parts();
+        for (name, value) in &self.headers {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+        let res = client
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body.to_vec())
+            .send()
+            // Without the URL: it may carry credentials.
+            .map_err(|e| HttpError::from(e.without_url()))?;
+        let status = res.status();
+        let headers = res.headers().clone();
+        let mut body = Vec::new();
+        res.take(MAX_RESPONSE_BYTES)
+            .read_to_end(&mut body)
+            .map_err(HttpError::from)?;
+        let mut response = Response::new(Bytes::from(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+}
+
+impl HttpClient for BlockingClient {
+    // The trait is declared with `async_trait`; this is its expanded signature. The request
+    // is sent before the future is returned (the export thread polls it at once anyway).
+    fn send_bytes<'life0, 'async_trait>(
+        &'life0 self,
+        request: Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, HttpError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        let result = self.send(request);
+        Box::pin(std::future::ready(result))
+    }
+}
