@@ -401,7 +401,7 @@ impl RequestTrace {
         a.push(KeyValue::new("url.full", url));
         let value = traceparent_hex(&self.trace_hex, &client.span_id, true);
         if let Some(old) = self.client.replace(Box::new(client)) {
-            self.submit(old);
+            self.submit(*old);
         }
         value
     }
@@ -423,7 +423,7 @@ impl RequestTrace {
     /// Ends the spans: the client span first, then the server span with the final status.
     pub fn finish(&mut self, status: u16) {
         if let Some(client) = self.client.take() {
-            self.submit(client);
+            self.submit(*client);
         }
         if let Some(mut server) = self.server.take() {
             server.attributes.push(KeyValue::new(
@@ -431,14 +431,14 @@ impl RequestTrace {
                 i64::from(status),
             ));
             server.error = status >= 500;
-            self.submit(server);
+            self.submit(*server);
         }
     }
 
-    fn submit(&self, mut span: Box<SpanRecord>) {
+    fn submit(&self, mut span: SpanRecord) {
         span.end = SystemTime::now();
         if let Some(sink) = &self.sink {
-            sink.submit(*span);
+            sink.submit(span);
         }
     }
 
