@@ -310,3 +310,54 @@ fn bad_otlp_settings_name_path_line_and_hint() {
     let err = load("{}", &[("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]).unwrap_err();
     assert!(err.contains("OTEL_EXPORTER_OTLP_HEADERS: entry 1"), "{err}");
 }
+
+/// Starts a gateway exporting to a fresh collector with this `tracing` section and
+/// environment, sends two requests, stops it, and returns what the collector received.
+async fn export_with(tracing_extra: &str, env: &[(&str, &str)]) -> Vec<Recorded> {
+    let col = Upstream::start(|_| Reply::ok("").header("content-type", "application/x-protobuf"));
+    let up = Upstream::start_ok();
+    let tracing = format!(
+        r#"{{"endpoint":"{}","sampling_rate":1.0{tracing_extra}}}"#,
+        col.url()
+    );
+    let mut gw = GatewayProcess::start_with_env(&config(&up.url(), &tracing), env);
+    let c = client();
+    for i in 0..2 {
+        let res = c.get(gw.url(&format!("/users/{i}"))).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    assert!(gw.stop());
+    let requests = col.requests();
+    assert!(!requests.is_empty(), "nothing exported");
+    requests
+}
+
+#[tokio::test]
+async fn compression_none_in_the_config_wins_over_gzip_in_the_environment() {
+    let env = [("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")];
+    // The config says none: the collector gets plain protobuf, whatever the variable says.
+    let plain = export_with(r#","compression":"none""#, &env).await;
+    let mut spans = 0;
+    for req in &plain {
+        assert_eq!(
+            req.header("content-encoding"),
+            None,
+            "gzipped against the config"
+        );
+        // Decodes as protobuf without gunzipping.
+        let export = ExportTraceServiceRequest::decode(req.body.as_slice()).expect("plain OTLP");
+        spans += export
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum::<usize>();
+    }
+    assert_eq!(spans, 4);
+    // Without the key the variable applies.
+    let gzipped = export_with("", &env).await;
+    for req in &gzipped {
+        assert_eq!(req.header("content-encoding"), Some("gzip"));
+        assert!(!decode(req).resource_spans.is_empty());
+    }
+}

@@ -3,6 +3,12 @@
 //! over a blocking reqwest client of ours that adds the configured export headers, and the
 //! resource (service.name, service.version, host.name, service.instance.id, configured
 //! attributes) its spans carry.
+//!
+//! Compression: the exporter reads OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION itself whenever it
+//! is given no compression, and its builder has no way to say "none". The config layer already
+//! resolved the variable beneath `tracing.compression`, so the client below is the last word
+//! on the wire: a body the exporter gzipped against the config's `"none"` is sent as the
+//! plain protobuf it was (only that contradictory setting pays for the round trip).
 
 use crate::config::model::TracingConfig;
 use opentelemetry::KeyValue;
@@ -87,6 +93,8 @@ fn host_name() -> Option<String> {
 /// any the exporter read from the environment itself.
 struct BlockingClient {
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The resolved `tracing.compression`: whether bodies go out gzipped.
+    gzip: bool,
     timeout: Duration,
     client: OnceLock<Result<reqwest::blocking::Client, String>>,
 }
@@ -97,6 +105,7 @@ impl std::fmt::Debug for BlockingClient {
         let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("BlockingClient")
             .field("headers", &names)
+            .field("gzip", &self.gzip)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -117,6 +126,7 @@ impl BlockingClient {
             .collect();
         BlockingClient {
             headers,
+            gzip: cfg.gzip,
             timeout: cfg.export_timeout,
             client: OnceLock::new(),
         }
@@ -138,10 +148,11 @@ impl BlockingClient {
         for (name, value) in &self.headers {
             parts.headers.insert(name.clone(), value.clone());
         }
+        let body = self.configured_coding(&mut parts.headers, body)?;
         let res = client
             .request(parts.method, parts.uri.to_string())
             .headers(parts.headers)
-            .body(body.to_vec())
+            .body(body)
             .send()
             // Without the URL: it may carry credentials.
             .map_err(|e| HttpError::from(e.without_url()))?;
@@ -155,6 +166,31 @@ impl BlockingClient {
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         Ok(response)
+    }
+}
+
+impl BlockingClient {
+    /// The body in the configured content coding. The exporter gzips on its own when
+    /// OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION says gzip, even when `tracing.compression` is
+    /// "none" (its builder cannot be told "none"): such a body is sent uncompressed, as the
+    /// config says.
+    fn configured_coding(
+        &self,
+        headers: &mut http::HeaderMap,
+        body: Bytes,
+    ) -> Result<Vec<u8>, HttpError> {
+        let gzipped = headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        if self.gzip || !gzipped {
+            return Ok(body.to_vec());
+        }
+        headers.remove(http::header::CONTENT_ENCODING);
+        let mut plain = Vec::with_capacity(body.len() * 4);
+        flate2::read::GzDecoder::new(body.as_ref())
+            .read_to_end(&mut plain)
+            .map_err(|e| HttpError::from(format!("cannot undo the exporter's gzip: {e}")))?;
+        Ok(plain)
     }
 }
 
