@@ -506,6 +506,37 @@ pub struct TracingConfig {
     pub gzip: bool,
     /// Resource attributes besides service.name (configured and OTEL_RESOURCE_ATTRIBUTES).
     pub resource_attributes: Vec<(String, String)>,
+    /// Trace context formats read (the first found, in this order) and written upstream (all);
+    /// no duplicates. Default: W3C trace context and baggage.
+    pub propagators: Vec<Propagator>,
+}
+
+/// A trace context format on the wire (`tracing.propagators`, OTEL_PROPAGATORS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagator {
+    /// W3C `traceparent` and `tracestate`.
+    TraceContext,
+    /// W3C `baggage`.
+    Baggage,
+    /// B3 single header `b3`.
+    B3,
+    /// B3 multi-header `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`.
+    B3Multi,
+}
+
+impl Propagator {
+    /// The names the config and OTEL_PROPAGATORS use.
+    pub const NAMES: [&'static str; 4] = ["tracecontext", "baggage", "b3", "b3multi"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "tracecontext" => Some(Propagator::TraceContext),
+            "baggage" => Some(Propagator::Baggage),
+            "b3" => Some(Propagator::B3),
+            "b3multi" => Some(Propagator::B3Multi),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for TracingConfig {
@@ -524,6 +555,7 @@ impl std::fmt::Debug for TracingConfig {
             .field("header_names", &header_names)
             .field("gzip", &self.gzip)
             .field("resource_attributes", &self.resource_attributes)
+            .field("propagators", &self.propagators)
             .finish()
     }
 }

@@ -90,6 +90,11 @@ pub struct RawTracing {
     /// Extra resource attributes of every span (merged over OTEL_RESOURCE_ATTRIBUTES; these
     /// win), e.g. {"deployment.environment.name": "prod"}.
     pub resource_attributes: Option<BTreeMap<String, String>>,
+    /// Trace context formats read from requests (the first one found, in this order) and
+    /// written upstream (all): "tracecontext" (W3C traceparent/tracestate), "baggage" (W3C
+    /// baggage), "b3" (single b3 header), "b3multi" (X-B3-* headers). Default
+    /// ["tracecontext", "baggage"], else OTEL_PROPAGATORS. [] propagates nothing.
+    pub propagators: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

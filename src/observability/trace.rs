@@ -27,7 +27,7 @@
 //! counts.)
 
 use crate::base::redact::{redact_path_and_query, redact_query, url_for_log};
-use crate::config::model::{TraceTrust, TracingConfig};
+use crate::config::model::{Propagator, TraceTrust, TracingConfig};
 use crate::observability::metrics::Metrics;
 use opentelemetry::trace::{
     Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -43,6 +43,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod export;
+mod propagate;
+
+use propagate::{hex_into, Inject};
+pub use propagate::{parse_traceparent, traceparent, Parent, BAGGAGE, TRACEPARENT, TRACESTATE};
 
 /// Spans waiting for export before new ones are dropped.
 const MAX_PENDING_SPANS: usize = 4096;
@@ -52,14 +56,6 @@ const MAX_BATCH: usize = 512;
 /// The response header that carries the trace id to the client.
 pub const TRACE_ID_HEADER: actix_web::http::header::HeaderName =
     actix_web::http::header::HeaderName::from_static("x-trace-id");
-/// W3C trace context, sent upstream.
-pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-/// W3C trace context's vendor part; dropped when the caller's trace is not continued.
-pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
-/// The same name for looking it up in the client's request (a `&str` key would be parsed,
-/// and allocated, on every lookup).
-const TRACEPARENT_IN: actix_web::http::header::HeaderName =
-    actix_web::http::header::HeaderName::from_static("traceparent");
 
 /// Where finished spans go; shared by the requests being recorded. Submitting never wakes the
 /// export thread except when a full batch is waiting: one futex wake per 512 spans, not one
@@ -101,6 +97,10 @@ pub struct Tracing {
     parent_based: bool,
     sampling_rate: f64,
     trust: TraceTrust,
+    /// Extraction order of the incoming context (`tracing.propagators`).
+    propagators: Vec<Propagator>,
+    /// The same propagators as a set: the headers written upstream.
+    inject: Inject,
     export_timeout: Duration,
     /// Signalled by the export thread when it has exported everything and stopped.
     stopped: Mutex<mpsc::Receiver<()>>,
@@ -170,6 +170,8 @@ impl Tracing {
             parent_based: cfg.parent_based,
             sampling_rate: cfg.sampling_rate,
             trust: cfg.trust_incoming,
+            propagators: cfg.propagators.clone(),
+            inject: Inject::of(&cfg.propagators),
             export_timeout: cfg.export_timeout,
             stopped: Mutex::new(stopped_rx),
         })
@@ -196,20 +198,21 @@ impl Tracing {
         request_id: &actix_web::http::header::HeaderValue,
         trusted_proxy: impl FnOnce(std::net::IpAddr) -> bool,
     ) -> RequestTrace {
-        let incoming = req
-            .headers()
-            .get(&TRACEPARENT_IN)
-            .and_then(|v| parse_traceparent(v.as_bytes()));
+        let incoming = propagate::extract(&self.propagators, req.headers());
         // An untrusted caller's context becomes a link of a new trace, never its parent.
         let (parent, link) = match incoming {
             Some(p) if self.trusts(req, trusted_proxy) => (Some(p), None),
-            other => (None, other),
+            other => (None, other.map(|i| i.parent)),
         };
-        let trace_id = parent.as_ref().map_or_else(random_trace_id, |p| p.trace_id);
+        let trace_id = parent
+            .as_ref()
+            .map_or_else(random_trace_id, |p| p.parent.trace_id);
         let sampled = match &parent {
-            Some(p) if self.parent_based => p.sampled,
+            // B3 may leave the decision to us: then the sampler decides on the caller's id.
+            Some(p) if self.parent_based && p.decided => p.parent.sampled,
             _ => self.sample_new(&trace_id),
         };
+        let parent = parent.map(|p| p.parent);
         let span_id = random_span_id();
         let mut trace_hex = [0u8; 32];
         hex_into(&trace_id, &mut trace_hex);
@@ -219,6 +222,7 @@ impl Tracing {
                 span_id,
                 trace_hex,
                 continued: parent.is_some(),
+                inject: self.inject,
                 server: None,
                 client: None,
                 sink: None,
@@ -269,6 +273,7 @@ impl Tracing {
             span_id,
             trace_hex,
             continued: parent.is_some(),
+            inject: self.inject,
             server: Some(Box::new(server)),
             client: None,
             sink: Some(self.sink.clone()),
@@ -302,6 +307,13 @@ impl Tracing {
 // after the runtime is replaced. The export thread ends by itself, after a last export, once
 // the last holder is gone (the queue reports `Disconnected`).
 
+/// The context an upstream attempt is sent with: the span upstream sees as its parent.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing {
+    span_id: [u8; 8],
+    sampled: bool,
+}
+
 /// The tracing state of one request.
 pub struct RequestTrace {
     pub trace_id: [u8; 16],
@@ -309,8 +321,11 @@ pub struct RequestTrace {
     pub span_id: [u8; 8],
     /// `trace_id` in lower-case hex, for X-Trace-Id, `traceparent` and logs.
     trace_hex: [u8; 32],
-    /// The trace is the caller's (a trusted `traceparent`), so its `tracestate` goes along.
+    /// The trace is the caller's (a trusted context), so its `tracestate` and `baggage` go
+    /// along.
     continued: bool,
+    /// The propagators whose headers go upstream.
+    inject: Inject,
     server: Option<Box<SpanRecord>>,
     client: Option<Box<SpanRecord>>,
     sink: Option<Arc<Sink>>,
@@ -319,12 +334,6 @@ pub struct RequestTrace {
 impl RequestTrace {
     pub fn is_recording(&self) -> bool {
         self.server.is_some()
-    }
-
-    /// Whether the request continues its caller's trace; if not, the caller's `tracestate`
-    /// belongs to another trace and must not go upstream.
-    pub fn continues_caller(&self) -> bool {
-        self.continued
     }
 
     /// The X-Trace-Id value for the client.
@@ -354,8 +363,8 @@ impl RequestTrace {
         }
     }
 
-    /// Starts a client span for an upstream attempt (when recording) and returns the
-    /// `traceparent` to send upstream.
+    /// Starts a client span for an upstream attempt (when recording); returns the parent to
+    /// name in the propagation headers ([`RequestTrace::propagate`]).
     pub fn start_attempt(
         &mut self,
         method: &str,
@@ -363,9 +372,12 @@ impl RequestTrace {
         server: &crate::config::model::ServerEntry,
         upstream: &str,
         resend_count: u32,
-    ) -> http::HeaderValue {
+    ) -> Outgoing {
         let Some(span) = &mut self.server else {
-            return traceparent_hex(&self.trace_hex, &self.span_id, false);
+            return Outgoing {
+                span_id: self.span_id,
+                sampled: false,
+            };
         };
         if resend_count == 0 {
             span.attributes
@@ -399,11 +411,27 @@ impl RequestTrace {
         url.push_str(server.authority.as_str());
         url.push_str(&path_and_query);
         a.push(KeyValue::new("url.full", url));
-        let value = traceparent_hex(&self.trace_hex, &client.span_id, true);
+        let span_id = client.span_id;
         if let Some(old) = self.client.replace(Box::new(client)) {
             self.submit(*old);
         }
-        value
+        Outgoing {
+            span_id,
+            sampled: true,
+        }
+    }
+
+    /// Writes the configured propagators' headers (`traceparent`, `baggage`, `b3`, ...) into
+    /// the request going upstream.
+    pub fn propagate(&self, headers: &mut http::HeaderMap, out: Outgoing) {
+        propagate::inject(
+            self.inject,
+            headers,
+            &self.trace_hex,
+            &out.span_id,
+            out.sampled,
+            self.continued,
+        );
     }
 
     /// Records the outcome of the current upstream attempt.
@@ -561,93 +589,6 @@ fn random_span_id() -> [u8; 8] {
     fastrand::u64(1..).to_be_bytes()
 }
 
-/// Every byte's two lower-case hex digits.
-static HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut table = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        table[i] = [HEX[i >> 4], HEX[i & 15]];
-        i += 1;
-    }
-    table
-};
-
-/// Writes `bytes` as lower-case hex into `out` (twice as long).
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
-    }
-}
-
-/// A W3C `traceparent` header: `00-<trace id>-<parent id>-<flags>`.
-pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> http::HeaderValue {
-    let mut trace_hex = [0u8; 32];
-    hex_into(trace_id, &mut trace_hex);
-    traceparent_hex(&trace_hex, span_id, sampled)
-}
-
-/// [`traceparent`] with the trace id already in hex.
-fn traceparent_hex(trace_hex: &[u8; 32], span_id: &[u8; 8], sampled: bool) -> http::HeaderValue {
-    let mut buf = [b'-'; 55];
-    buf[0] = b'0';
-    buf[1] = b'0';
-    buf[3..35].copy_from_slice(trace_hex);
-    hex_into(span_id, &mut buf[36..52]);
-    buf[53] = b'0';
-    buf[54] = if sampled { b'1' } else { b'0' };
-    // SAFETY: the buffer is digits, lower-case hex and dashes: visible ASCII, a valid header
-    // value (checking it byte by byte cost a fifth of the unsampled tracing overhead).
-    unsafe { http::HeaderValue::from_maybe_shared_unchecked(bytes::Bytes::copy_from_slice(&buf)) }
-}
-
-/// A parsed `traceparent`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Parent {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub sampled: bool,
-}
-
-/// Parses a W3C `traceparent` (trace-context level 1 and later versions' first fields).
-/// Invalid values (bad hex, upper case, all-zero ids, version ff) are `None`: a new trace.
-pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
-    fn hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
-        if s.len() != 2 * N {
-            return None;
-        }
-        let digit = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        let mut out = [0u8; N];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = (digit(s[2 * i])? << 4) | digit(s[2 * i + 1])?;
-        }
-        Some(out)
-    }
-    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
-        return None;
-    }
-    let [version] = hex::<1>(&v[0..2])?;
-    // Version 00 has exactly these fields; a later version may append more after a dash.
-    if version == 0xff || (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
-        return None;
-    }
-    let trace_id = hex::<16>(&v[3..35])?;
-    let span_id = hex::<8>(&v[36..52])?;
-    let [flags] = hex::<1>(&v[53..55])?;
-    if trace_id == [0; 16] || span_id == [0; 8] {
-        return None;
-    }
-    Some(Parent {
-        trace_id,
-        span_id,
-        sampled: flags & 1 == 1,
-    })
-}
-
 /// The export thread: batches spans and hands them to the OTLP exporter.
 struct Exporter {
     rx: mpsc::Receiver<SpanRecord>,
@@ -729,36 +670,6 @@ impl Exporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn traceparent_round_trip_and_rejects() {
-        let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let p = parse_traceparent(good).unwrap();
-        assert!(p.sampled);
-        assert_eq!(traceparent(&p.trace_id, &p.span_id, true).as_bytes(), good);
-        let unsampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        assert!(!parse_traceparent(unsampled).unwrap().sampled);
-        // A later version may carry more fields.
-        assert!(
-            parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
-                .is_some()
-        );
-        for bad in [
-            &b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"[..],
-            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ] {
-            assert!(
-                parse_traceparent(bad).is_none(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 
     #[test]
     fn span_record_becomes_sdk_span_data() {

@@ -4,7 +4,9 @@
 
 use super::V;
 use crate::config::error::{did_you_mean, ConfigError};
-use crate::config::model::{AdminConfig, LogFormat, LoggingConfig, TraceTrust, TracingConfig};
+use crate::config::model::{
+    AdminConfig, LogFormat, LoggingConfig, Propagator, TraceTrust, TracingConfig,
+};
 use crate::config::raw::{RawAdmin, RawLogging, RawTracing};
 use std::path::Path;
 use std::time::Duration;
@@ -178,6 +180,7 @@ pub(super) fn tracing_config(
     otlp_protocol(v, t, &env);
     let gzip = otlp_gzip(v, t, &env);
     let headers = otlp_headers(v, t, &env);
+    let propagators = propagators(v, t, &env);
     if !t.enabled.unwrap_or(true) {
         return None;
     }
@@ -191,7 +194,65 @@ pub(super) fn tracing_config(
         headers,
         gzip,
         resource_attributes,
+        propagators,
     })
+}
+
+/// `tracing.propagators`, else OTEL_PROPAGATORS (comma-separated; `none` for nothing), else
+/// W3C trace context and baggage. Repeats are dropped with a warning.
+fn propagators(v: &mut V, t: &RawTracing, env: &Env) -> Vec<Propagator> {
+    let (names, from_env): (Vec<(String, String)>, bool) =
+        match (&t.propagators, env("OTEL_PROPAGATORS")) {
+            (Some(list), _) => (
+                list.iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("tracing.propagators[{i}]"), n.clone()))
+                    .collect(),
+                false,
+            ),
+            (None, Some(text)) => {
+                let names: Vec<&str> = text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                if names == ["none"] {
+                    return Vec::new();
+                }
+                (
+                    names
+                        .into_iter()
+                        .map(|n| ("tracing".to_string(), n.to_string()))
+                        .collect(),
+                    true,
+                )
+            }
+            (None, None) => return vec![Propagator::TraceContext, Propagator::Baggage],
+        };
+    let mut out: Vec<Propagator> = Vec::new();
+    for (path, name) in names {
+        let source = if from_env { "OTEL_PROPAGATORS: " } else { "" };
+        match Propagator::from_name(&name) {
+            Some(p) if out.contains(&p) => v.warnings.push(
+                ConfigError::new(path, format!("{source}propagator `{name}` is listed twice"))
+                    .with_hint("remove the repeat"),
+            ),
+            Some(p) => out.push(p),
+            None => {
+                let hint = match name.as_str() {
+                    "jaeger" | "xray" | "ottrace" => format!(
+                        "`{name}` is not built in; use one of {}",
+                        Propagator::NAMES.join(", ")
+                    ),
+                    "none" => "\"none\" stands alone; in the config, [] propagates nothing".into(),
+                    _ => did_you_mean(&name, Propagator::NAMES)
+                        .unwrap_or_else(|| format!("use one of {}", Propagator::NAMES.join(", "))),
+                };
+                v.err_hint(path, format!("{source}unknown propagator `{name}`"), hint);
+            }
+        }
+    }
+    out
 }
 
 /// The environment, with empty values treated as unset (as the OpenTelemetry specification
