@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod export;
+pub mod ops;
 mod propagate;
 
 use propagate::{hex_into, Inject};
@@ -62,7 +63,7 @@ pub const TRACE_ID_HEADER: actix_web::http::header::HeaderName =
 /// per span (with the proxy pinned to one CPU, a wake per span halved its throughput at
 /// sampling 1.0).
 struct Sink {
-    tx: SyncSender<SpanRecord>,
+    tx: SyncSender<Queued>,
     /// Spans in the queue, approximately (the exporter subtracts what it drains).
     queued: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -70,8 +71,24 @@ struct Sink {
     queue_full: prometheus::IntCounter,
 }
 
+/// A finished span waiting for export: a request's, or one of the gateway's own operations
+/// (built by the SDK through `tracing-opentelemetry`, see [`ops`]).
+enum Queued {
+    Request(SpanRecord),
+    Sdk(Box<SpanData>),
+}
+
+impl Queued {
+    fn into_span_data(self, scope: &InstrumentationScope) -> SpanData {
+        match self {
+            Queued::Request(s) => s.into_span_data(scope),
+            Queued::Sdk(s) => *s,
+        }
+    }
+}
+
 impl Sink {
-    fn submit(&self, span: SpanRecord) {
+    fn submit(&self, span: Queued) {
         // Counted before it is queued, so the exporter never subtracts a span not yet counted.
         let queued = self.queued.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         match self.tx.try_send(span) {
@@ -466,7 +483,7 @@ impl RequestTrace {
     fn submit(&self, mut span: SpanRecord) {
         span.end = SystemTime::now();
         if let Some(sink) = &self.sink {
-            sink.submit(span);
+            sink.submit(Queued::Request(span));
         }
     }
 
@@ -591,7 +608,7 @@ fn random_span_id() -> [u8; 8] {
 
 /// The export thread: batches spans and hands them to the OTLP exporter.
 struct Exporter {
-    rx: mpsc::Receiver<SpanRecord>,
+    rx: mpsc::Receiver<Queued>,
     queued: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     stopped: SyncSender<()>,
@@ -606,7 +623,7 @@ struct Exporter {
 
 impl Exporter {
     fn run(self) {
-        let mut batch: Vec<SpanRecord> = Vec::with_capacity(MAX_BATCH);
+        let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
         let mut failing = false;
         loop {
             // Checked before draining, so that nothing submitted before the stop is left.
@@ -642,7 +659,7 @@ impl Exporter {
         }
     }
 
-    fn export(&self, batch: &mut Vec<SpanRecord>, failing: &mut bool) {
+    fn export(&self, batch: &mut Vec<Queued>, failing: &mut bool) {
         let n = batch.len() as u64;
         let spans: Vec<SpanData> = batch
             .drain(..)

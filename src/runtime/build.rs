@@ -109,6 +109,8 @@ impl Runtime {
     /// Starts what a serving runtime runs in the background (health checks) and points the
     /// per-server gauges at its servers.
     pub fn start(&self, metrics: &Metrics) {
+        // The gateway's own operation spans go to this runtime's exporter from now on.
+        crate::observability::trace::ops::activate(self.tracing.as_deref());
         self.edge.start();
         let mut watched = Vec::new();
         for u in &self.upstreams {
