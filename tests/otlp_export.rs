@@ -289,10 +289,11 @@ fn otel_variables_apply_beneath_the_config_keys() {
 
 #[test]
 fn bad_otlp_settings_name_path_line_and_hint() {
-    let err = load(r#"{"protocol":"grpc"}"#, &[]).unwrap_err();
+    // OTLP/JSON is not built in (gRPC is: tests/otlp_grpc.rs).
+    let err = load(r#"{"protocol":"http/json"}"#, &[]).unwrap_err();
     // The tracing section starts on line 5 of the config; the key is named with its hint.
     assert!(
-        err.contains("t.json:5:31: tracing.protocol: protocol `grpc`"),
+        err.contains("t.json:5:31: tracing.protocol: protocol `http/json`"),
         "{err}"
     );
     assert!(err.contains("use \"http/protobuf\""), "{err}");

@@ -489,8 +489,11 @@ pub struct LoggingConfig {
 /// in the config wins over its variable).
 #[derive(Clone, PartialEq)]
 pub struct TracingConfig {
-    /// The full OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    /// Over HTTP the full OTLP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`; over gRPC
+    /// the collector's address, e.g. `http://127.0.0.1:4317`.
     pub endpoint: String,
+    /// How spans are sent: OTLP over HTTP with protobuf bodies, or over gRPC.
+    pub protocol: OtlpProtocol,
     /// 0.0..=1.0, for traces this gateway starts.
     pub sampling_rate: f64,
     /// Whether a continued trace follows its caller's sampled flag (the default, and the
@@ -509,6 +512,15 @@ pub struct TracingConfig {
     /// Trace context formats read (the first found, in this order) and written upstream (all);
     /// no duplicates. Default: W3C trace context and baggage.
     pub propagators: Vec<Propagator>,
+}
+
+/// The OTLP transport (`tracing.protocol`, OTEL_EXPORTER_OTLP_PROTOCOL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf`, the default.
+    HttpProtobuf,
+    /// `grpc`.
+    Grpc,
 }
 
 /// A trace context format on the wire (`tracing.propagators`, OTEL_PROPAGATORS).
@@ -556,6 +568,7 @@ impl std::fmt::Debug for TracingConfig {
             .field("gzip", &self.gzip)
             .field("resource_attributes", &self.resource_attributes)
             .field("propagators", &self.propagators)
+            .field("protocol", &self.protocol)
             .finish()
     }
 }

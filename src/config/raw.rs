@@ -59,7 +59,8 @@ pub struct RawTracing {
     /// Record and export spans (default true when this section is present).
     pub enabled: Option<bool>,
     /// OTLP/HTTP endpoint: a base URL such as "http://127.0.0.1:4318" ("/v1/traces" is
-    /// appended) or the full traces URL (default "http://127.0.0.1:4318").
+    /// appended) or the full traces URL (default "http://127.0.0.1:4318"). With protocol
+    /// "grpc": the collector's gRPC address, e.g. "http://127.0.0.1:4317".
     pub endpoint: Option<String>,
     /// Share of new traces recorded, 0.0 to 1.0 (default 0.1). A request that arrives with a
     /// W3C traceparent from a peer `trust_incoming` trusts follows its caller's sampled flag
@@ -78,7 +79,8 @@ pub struct RawTracing {
     /// OTEL_EXPORTER_OTLP_TRACES_TIMEOUT / OTEL_EXPORTER_OTLP_TIMEOUT in milliseconds).
     pub export_timeout: Option<DurationStr>,
     /// OTLP transport: "http/protobuf" (default, else OTEL_EXPORTER_OTLP_TRACES_PROTOCOL /
-    /// OTEL_EXPORTER_OTLP_PROTOCOL).
+    /// OTEL_EXPORTER_OTLP_PROTOCOL) or "grpc" (then `endpoint` is the collector's gRPC
+    /// address, used as is; default "http://127.0.0.1:4317").
     pub protocol: Option<String>,
     /// Headers sent with every export, e.g. a hosted backend's API key (merged over
     /// OTEL_EXPORTER_OTLP_TRACES_HEADERS / OTEL_EXPORTER_OTLP_HEADERS; these win). Never

@@ -145,7 +145,7 @@ impl Tracing {
     pub fn new(cfg: &TracingConfig, metrics: &Metrics) -> Result<Self, TracingError> {
         // The exporter's HTTP client (reqwest) takes the process's default TLS provider.
         crate::base::tls::install_crypto_provider();
-        let otlp = export::otlp_exporter(cfg)?;
+        let (otlp, grpc_runtime) = export::otlp_exporter(cfg)?;
         let (tx, rx) = mpsc::sync_channel(MAX_PENDING_SPANS);
         let (stopped_tx, stopped_rx) = mpsc::sync_channel(1);
         let queued = Arc::new(AtomicUsize::new(0));
@@ -156,6 +156,7 @@ impl Tracing {
             stop: stop.clone(),
             stopped: stopped_tx,
             otlp,
+            grpc_runtime,
             endpoint_log: url_for_log(&cfg.endpoint),
             scope: InstrumentationScope::builder("kairos-rs")
                 .with_version(env!("CARGO_PKG_VERSION"))
@@ -613,6 +614,8 @@ struct Exporter {
     stop: Arc<AtomicBool>,
     stopped: SyncSender<()>,
     otlp: opentelemetry_otlp::SpanExporter,
+    /// The gRPC exporter's runtime (its channel lives there); none over HTTP.
+    grpc_runtime: Option<tokio::runtime::Runtime>,
     /// The endpoint as the log shows it: no userinfo, no query.
     endpoint_log: String,
     scope: InstrumentationScope,
@@ -666,7 +669,11 @@ impl Exporter {
             .map(|s| s.into_span_data(&self.scope))
             .collect();
         // The exporter retries (honouring Retry-After) within the export timeout.
-        match futures_executor::block_on(self.otlp.export(spans)) {
+        let exported = match &self.grpc_runtime {
+            Some(rt) => rt.block_on(self.otlp.export(spans)),
+            None => futures_executor::block_on(self.otlp.export(spans)),
+        };
+        match exported {
             Ok(()) => {
                 self.exported.inc_by(n);
                 if std::mem::replace(failing, false) {

@@ -5,7 +5,7 @@
 use super::V;
 use crate::config::error::{did_you_mean, ConfigError};
 use crate::config::model::{
-    AdminConfig, LogFormat, LoggingConfig, Propagator, TraceTrust, TracingConfig,
+    AdminConfig, LogFormat, LoggingConfig, OtlpProtocol, Propagator, TraceTrust, TracingConfig,
 };
 use crate::config::raw::{RawAdmin, RawLogging, RawTracing};
 use std::path::Path;
@@ -13,6 +13,8 @@ use std::time::Duration;
 
 /// The OTLP/HTTP port of Jaeger, Tempo and the OpenTelemetry Collector.
 const OTLP_HTTP_PORT: u16 = 4318;
+/// Their OTLP/gRPC port.
+const OTLP_GRPC_PORT: u16 = 4317;
 
 /// Why a tracing endpoint is not a usable URL.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +112,8 @@ pub(super) fn tracing_config(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<TracingConfig> {
     let env = |name: &str| env(name).filter(|value| !value.trim().is_empty());
-    let endpoint = tracing_endpoint(v, t, &env)?;
+    let protocol = otlp_protocol(v, t, &env);
+    let endpoint = tracing_endpoint(v, t, &env, protocol)?;
     let (env_rate, parent_based) = sampler_from_env(v, &env);
     let sampling_rate = t.sampling_rate.or(env_rate).unwrap_or(0.1);
     if !(0.0..=1.0).contains(&sampling_rate) {
@@ -177,8 +180,22 @@ pub(super) fn tracing_config(
             TraceTrust::TrustedProxies
         }
     };
-    otlp_protocol(v, t, &env);
     let gzip = otlp_gzip(v, t, &env);
+    if protocol == OtlpProtocol::Grpc && !gzip {
+        // The gRPC exporter reads the variable itself and cannot be told "none" (over HTTP
+        // the export client undoes it; a gRPC message's coding is the exporter's alone).
+        if let Some((name, value)) = otlp_env(&env, "COMPRESSION") {
+            if value.trim() == "gzip" {
+                v.warnings.push(
+                    ConfigError::new(
+                        "tracing.compression",
+                        format!("over gRPC, {name}=gzip still compresses the exports"),
+                    )
+                    .with_hint(format!("unset {name} to send them uncompressed")),
+                );
+            }
+        }
+    }
     let headers = otlp_headers(v, t, &env);
     let propagators = propagators(v, t, &env);
     if !t.enabled.unwrap_or(true) {
@@ -195,6 +212,7 @@ pub(super) fn tracing_config(
         gzip,
         resource_attributes,
         propagators,
+        protocol,
     })
 }
 
@@ -337,28 +355,34 @@ fn env_millis(v: &mut V, env: &Env) -> Option<Duration> {
     }
 }
 
-/// Only OTLP over HTTP with protobuf bodies is built in.
-fn otlp_protocol(v: &mut V, t: &RawTracing, env: &Env) {
+/// The OTLP transport: `protocol`, else the OTEL_* variable, else http/protobuf. OTLP over
+/// HTTP with JSON bodies is not built in.
+fn otlp_protocol(v: &mut V, t: &RawTracing, env: &Env) -> OtlpProtocol {
     let (path, source, value) = match (&t.protocol, otlp_env(env, "PROTOCOL")) {
         (Some(p), _) => ("tracing.protocol", "protocol".to_string(), p.clone()),
         (None, Some((name, value))) => ("tracing", name, value),
-        (None, None) => return,
+        (None, None) => return OtlpProtocol::HttpProtobuf,
     };
     match value.trim() {
-        "http/protobuf" => {}
-        "grpc" | "http/json" => v.err_hint(
-            path,
-            format!("{source} `{value}`: this gateway exports OTLP over http/protobuf only"),
-            "use \"http/protobuf\" with the collector's OTLP/HTTP port (4318)",
-        ),
+        "http/protobuf" => OtlpProtocol::HttpProtobuf,
+        "grpc" => OtlpProtocol::Grpc,
+        "http/json" => {
+            v.err_hint(
+                path,
+                format!("{source} `{value}`: this gateway exports OTLP over http/protobuf or grpc"),
+                "use \"http/protobuf\" with the collector's OTLP/HTTP port (4318), or \"grpc\" with its port 4317",
+            );
+            OtlpProtocol::HttpProtobuf
+        }
         other => {
             let hint = did_you_mean(other, ["http/protobuf", "grpc", "http/json"])
-                .unwrap_or_else(|| "use \"http/protobuf\"".into());
+                .unwrap_or_else(|| "use \"http/protobuf\" or \"grpc\"".into());
             v.err_hint(
                 path,
                 format!("{source}: unknown OTLP protocol `{other}`"),
                 hint,
             );
+            OtlpProtocol::HttpProtobuf
         }
     }
 }
@@ -481,7 +505,21 @@ pub fn percent_decode(s: &str) -> Option<String> {
 /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as is), else OTEL_EXPORTER_OTLP_ENDPOINT (a base URL
 /// that gets `/v1/traces`), else the local collector; `None` (with the error recorded) when
 /// the one given is bad.
-fn tracing_endpoint(v: &mut V, t: &RawTracing, env: &Env) -> Option<String> {
+fn tracing_endpoint(
+    v: &mut V,
+    t: &RawTracing,
+    env: &Env,
+    protocol: OtlpProtocol,
+) -> Option<String> {
+    let grpc = protocol == OtlpProtocol::Grpc;
+    // Over gRPC the service is named by the protocol: every endpoint is used as is.
+    let parse = |text: &str| {
+        if grpc {
+            parse_grpc_endpoint(text)
+        } else {
+            parse_otlp_endpoint(text)
+        }
+    };
     let endpoint = match (&t.endpoint, &t.jaeger_endpoint) {
         (Some(e), jaeger) => {
             if jaeger.is_some() {
@@ -493,7 +531,7 @@ fn tracing_endpoint(v: &mut V, t: &RawTracing, env: &Env) -> Option<String> {
                     .with_hint("remove `jaeger_endpoint`"),
                 );
             }
-            match parse_otlp_endpoint(e) {
+            match parse(e) {
                 Ok(url) => url,
                 Err(e) => {
                     v.err_hint(
@@ -505,7 +543,7 @@ fn tracing_endpoint(v: &mut V, t: &RawTracing, env: &Env) -> Option<String> {
                 }
             }
         }
-        (None, Some(j)) => match jaeger_to_otlp(j) {
+        (None, Some(j)) => match jaeger_to_otlp(j, grpc) {
             Ok(url) => {
                 v.warnings.push(
                     ConfigError::new(
@@ -536,6 +574,7 @@ fn tracing_endpoint(v: &mut V, t: &RawTracing, env: &Env) -> Option<String> {
                 env("OTEL_EXPORTER_OTLP_ENDPOINT"),
             ) {
                 (Some(url), _) => Some(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)),
+                (None, Some(base)) if grpc => Some(("OTEL_EXPORTER_OTLP_ENDPOINT", base)),
                 (None, Some(base)) => {
                     let url = format!("{}/v1/traces", base.trim_end_matches('/'));
                     Some(("OTEL_EXPORTER_OTLP_ENDPOINT", url))
@@ -543,9 +582,10 @@ fn tracing_endpoint(v: &mut V, t: &RawTracing, env: &Env) -> Option<String> {
                 (None, None) => None,
             };
             match from_env {
+                None if grpc => format!("http://127.0.0.1:{OTLP_GRPC_PORT}"),
                 None => format!("http://127.0.0.1:{OTLP_HTTP_PORT}/v1/traces"),
                 Some((name, url)) => {
-                    if let Err(e) = parse_otlp_endpoint(&url) {
+                    if let Err(e) = parse(&url) {
                         v.err_hint(
                             "tracing",
                             format!("{name}: {e}"),
@@ -553,7 +593,11 @@ fn tracing_endpoint(v: &mut V, t: &RawTracing, env: &Env) -> Option<String> {
                         );
                         return None;
                     }
-                    url
+                    if grpc {
+                        url.trim_end_matches('/').to_string()
+                    } else {
+                        url
+                    }
                 }
             }
         }
@@ -587,9 +631,29 @@ pub fn parse_otlp_endpoint(text: &str) -> Result<String, EndpointError> {
     })
 }
 
-/// The OTLP/HTTP endpoint on the host of an old Jaeger collector URL
-/// (`http://jaeger:14268/api/traces` -> `http://jaeger:4318/v1/traces`).
-fn jaeger_to_otlp(text: &str) -> Result<String, EndpointError> {
+/// An OTLP/gRPC endpoint: `http(s)://host[:port]`, used as given (no trailing slash).
+pub fn parse_grpc_endpoint(text: &str) -> Result<String, EndpointError> {
+    let uri: http::Uri = text.parse().map_err(|source| EndpointError::NotAUrl {
+        text: text.to_string(),
+        source,
+    })?;
+    if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
+        return Err(EndpointError::BadScheme {
+            text: text.to_string(),
+        });
+    }
+    if uri.authority().is_none() {
+        return Err(EndpointError::NoHost {
+            text: text.to_string(),
+        });
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+/// The OTLP endpoint on the host of an old Jaeger collector URL
+/// (`http://jaeger:14268/api/traces` -> `http://jaeger:4318/v1/traces`, or
+/// `http://jaeger:4317` over gRPC).
+fn jaeger_to_otlp(text: &str, grpc: bool) -> Result<String, EndpointError> {
     let uri: http::Uri = text.parse().map_err(|source| EndpointError::NotAUrl {
         text: text.to_string(),
         source,
@@ -601,5 +665,9 @@ fn jaeger_to_otlp(text: &str) -> Result<String, EndpointError> {
         Some("https") => "https",
         _ => "http",
     };
-    Ok(format!("{scheme}://{host}:{OTLP_HTTP_PORT}/v1/traces"))
+    Ok(if grpc {
+        format!("{scheme}://{host}:{OTLP_GRPC_PORT}")
+    } else {
+        format!("{scheme}://{host}:{OTLP_HTTP_PORT}/v1/traces")
+    })
 }
