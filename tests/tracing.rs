@@ -604,3 +604,53 @@ async fn reloads_and_health_checks_are_exported_as_spans_with_their_trace_ids_in
     assert_eq!(v["span"]["span_id"], hex(&ok.span_id).as_str(), "{line}");
     assert_eq!(v["span"]["name"], "config.reload");
 }
+
+#[tokio::test]
+async fn a_jwks_fetch_is_a_span_and_its_failure_log_line_carries_the_trace_id() {
+    let col = collector();
+    let up = Upstream::start_ok();
+    // An identity provider that fails: the fetch is recorded with an error status.
+    let idp = Upstream::start(|_| Reply::ok("down").status(500));
+    let tracing = format!(
+        r#"{{"endpoint":"{}","sampling_rate":0.0,"service_name":"edge-ops"}}"#,
+        col.url()
+    );
+    let text = config(&up.url(), &tracing).replace(
+        r#""logging":"#,
+        &format!(
+            r#""jwt_validation":{{"algorithm":"RS256","jwks_url":"{}/jwks.json?key=secret"}},"logging":"#,
+            idp.url()
+        ),
+    );
+    let mut gw = GatewayProcess::start_with_env(&text, &[("OTEL_BSP_SCHEDULE_DELAY", "50")]);
+    assert!(wait_until(Duration::from_secs(10), || idp.count() > 0));
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .logs()
+        .iter()
+        .any(|l| l.contains("JWKS fetch failed"))));
+    assert!(gw.stop());
+    let spans = spans(&col);
+    let (service, fetch) = ops_span(&spans, "jwks.fetch", "failed").expect("a jwks.fetch span");
+    assert_eq!(service, "edge-ops");
+    assert_eq!(
+        fetch.status.as_ref().map(|s| s.code),
+        Some(2),
+        "error status"
+    );
+    let url = &attrs(fetch)["url"];
+    assert!(
+        url.ends_with("/jwks.json") && !url.contains("secret"),
+        "{url}"
+    );
+    let line = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("JWKS fetch failed"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(
+        v["span"]["trace_id"],
+        hex(&fetch.trace_id).as_str(),
+        "{line}"
+    );
+}
