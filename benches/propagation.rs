@@ -4,8 +4,14 @@
 //! (through opentelemetry-http's header extractor and injector). Decides which one the request
 //! path uses.
 //!
-//! Run: `cargo bench --bench propagation` (add `-- --quick` for a short run). The figures
-//! measured on this branch are in the README's benchmark section.
+//! Run: `cargo bench --bench propagation` (add `-- --quick` for a short run).
+//!
+//! Measured (bench profile = release, fat LTO, pinned with `taskset -c 0` on 2 shared cores,
+//! criterion medians): extract 126 ns by hand vs 448 ns through the SDK's propagator (which
+//! builds a `Context` and a `SpanContext` with a `TraceState`), inject 97 ns vs 616 ns (the
+//! SDK formats with `format!`, and writes `traceparent` and `tracestate` through a header
+//! injector that parses each name and value). The request path
+//! keeps the hand-written parser and writer.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kairos_rs::observability::trace::{parse_traceparent, traceparent, TRACEPARENT};
