@@ -512,3 +512,145 @@ fn old_jaeger_endpoint_is_accepted_with_a_warning() {
         "{err}"
     );
 }
+
+/// The string and int attributes of an exported span, and its status code.
+fn ops_span<'a>(
+    spans: &'a [(String, Span)],
+    name: &str,
+    outcome: &str,
+) -> Option<&'a (String, Span)> {
+    spans.iter().find(|(_, s)| {
+        s.name == name && attrs(s).get("outcome").map(String::as_str) == Some(outcome)
+    })
+}
+
+#[tokio::test]
+async fn reloads_and_health_checks_are_exported_as_spans_with_their_trace_ids_in_the_logs() {
+    let col = collector();
+    let up = Upstream::start_ok();
+    // Sampling 0: no request is recorded; the gateway's own operations are.
+    let tracing = format!(
+        r#"{{"endpoint":"{}","sampling_rate":0.0,"service_name":"edge-ops"}}"#,
+        col.url()
+    );
+    let text = config(&up.url(), &tracing).replace(
+        r#""users":{"servers":[{"url":"#,
+        r#""users":{"health_check":{"path":"/health","interval":"1s","timeout":"500ms"},"servers":[{"url":"#,
+    );
+    assert!(text.contains("health_check"));
+    let mut gw = GatewayProcess::start_with_env(&text, &[("OTEL_BSP_SCHEDULE_DELAY", "50")]);
+    let c = client();
+    for i in 0..5 {
+        let res = c.get(gw.url(&format!("/users/{i}"))).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let post_reload = |gw: &GatewayProcess| {
+        let addr = gw.addr;
+        let req = format!(
+            "POST /_kairos/config/reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        std::thread::spawn(move || raw_exchange(addr, req.as_bytes(), Duration::from_secs(10)))
+            .join()
+            .unwrap()
+    };
+    let answer = post_reload(&gw);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // An invalid file: the reload is refused, and its span says so.
+    let path = gw.config_path();
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, "{\"version\": 1, \"routes\": [").unwrap();
+    let answer = post_reload(&gw);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    std::fs::write(&path, good).unwrap();
+    // A health check has run (the first within the interval).
+    assert!(wait_until(Duration::from_secs(10), || up
+        .requests()
+        .iter()
+        .any(|r| r.target == "/health")));
+    assert!(gw.stop());
+
+    let spans = spans(&col);
+    // Only the gateway's own operations: the requests were not sampled.
+    for (service, s) in &spans {
+        assert_eq!(service, "edge-ops");
+        assert!(
+            ["config.reload", "health_check"].contains(&s.name.as_str()),
+            "unexpected span {}",
+            s.name
+        );
+        assert_eq!(s.kind, SpanKind::Internal as i32);
+        assert!(
+            s.parent_span_id.is_empty(),
+            "an operation is a trace of its own"
+        );
+    }
+    let (_, ok) = ops_span(&spans, "config.reload", "success").expect("a config.reload span");
+    assert_eq!(attrs(ok)["trigger"], "api");
+    assert_ne!(ok.status.as_ref().map_or(0, |s| s.code), 2);
+    let (_, bad) = ops_span(&spans, "config.reload", "invalid").expect("the refused reload");
+    assert_eq!(bad.status.as_ref().map(|s| s.code), Some(2), "error status");
+    let (_, check) = ops_span(&spans, "health_check", "pass").expect("a health_check span");
+    assert_eq!(attrs(check)["upstream"], "users");
+
+    // The reload's log line carries the exported span's trace id.
+    let trace = hex(&ok.trace_id);
+    let line = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("config reloaded"))
+        .expect("a config reloaded line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["span"]["trace_id"], trace.as_str(), "{line}");
+    assert_eq!(v["span"]["span_id"], hex(&ok.span_id).as_str(), "{line}");
+    assert_eq!(v["span"]["name"], "config.reload");
+}
+
+#[tokio::test]
+async fn a_jwks_fetch_is_a_span_and_its_failure_log_line_carries_the_trace_id() {
+    let col = collector();
+    let up = Upstream::start_ok();
+    // An identity provider that fails: the fetch is recorded with an error status.
+    let idp = Upstream::start(|_| Reply::ok("down").status(500));
+    let tracing = format!(
+        r#"{{"endpoint":"{}","sampling_rate":0.0,"service_name":"edge-ops"}}"#,
+        col.url()
+    );
+    let text = config(&up.url(), &tracing).replace(
+        r#""logging":"#,
+        &format!(
+            r#""jwt_validation":{{"algorithm":"RS256","jwks_url":"{}/jwks.json?key=secret"}},"logging":"#,
+            idp.url()
+        ),
+    );
+    let mut gw = GatewayProcess::start_with_env(&text, &[("OTEL_BSP_SCHEDULE_DELAY", "50")]);
+    assert!(wait_until(Duration::from_secs(10), || idp.count() > 0));
+    assert!(wait_until(Duration::from_secs(10), || gw
+        .logs()
+        .iter()
+        .any(|l| l.contains("JWKS fetch failed"))));
+    assert!(gw.stop());
+    let spans = spans(&col);
+    let (service, fetch) = ops_span(&spans, "jwks.fetch", "failed").expect("a jwks.fetch span");
+    assert_eq!(service, "edge-ops");
+    assert_eq!(
+        fetch.status.as_ref().map(|s| s.code),
+        Some(2),
+        "error status"
+    );
+    let url = &attrs(fetch)["url"];
+    assert!(
+        url.ends_with("/jwks.json") && !url.contains("secret"),
+        "{url}"
+    );
+    let line = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("JWKS fetch failed"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(
+        v["span"]["trace_id"],
+        hex(&fetch.trace_id).as_str(),
+        "{line}"
+    );
+}

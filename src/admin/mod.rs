@@ -524,6 +524,21 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
 /// hashes, passwords (and the userinfo of `redis_url`). `${ENV}` references are kept: they
 /// name where a secret comes from, not the secret.
 pub fn redact(v: &mut serde_json::Value) {
+    // OTLP export headers are typically a hosted backend's API key: every value goes.
+    if let Some(serde_json::Value::Object(headers)) = v.pointer_mut("/tracing/headers") {
+        for value in headers.values_mut() {
+            if let serde_json::Value::String(s) = value {
+                if !crate::config::is_env_reference(s) {
+                    *s = "<redacted>".into();
+                }
+            }
+        }
+    }
+    redact_keys(v);
+}
+
+/// The part of [`redact`] that goes by key name, at any depth.
+fn redact_keys(v: &mut serde_json::Value) {
     const SECRET_KEYS: [&str; 5] = ["secret", "token", "key_hash", "key", "password"];
     match v {
         serde_json::Value::Object(map) => {
@@ -544,11 +559,11 @@ pub fn redact(v: &mut serde_json::Value) {
                             }
                         }
                     }
-                    _ => redact(item),
+                    _ => redact_keys(item),
                 }
             }
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_keys),
         _ => {}
     }
 }

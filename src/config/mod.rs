@@ -105,7 +105,7 @@ pub fn load_str_with_env(
 
     if let Some(raw) = raw {
         if errors.is_empty() {
-            match validate::validate(raw, base_dir) {
+            match validate::validate(raw, base_dir, env) {
                 Ok(mut cfg) => {
                     show_as_written(&mut cfg, written);
                     for w in &mut cfg.warnings {

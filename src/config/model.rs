@@ -577,15 +577,92 @@ pub struct LoggingConfig {
     pub file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// The `tracing` section with the OTEL_* environment variables applied beneath it (a key set
+/// in the config wins over its variable).
+#[derive(Clone, PartialEq)]
 pub struct TracingConfig {
-    /// The full OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    /// Over HTTP the full OTLP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`; over gRPC
+    /// the collector's address, e.g. `http://127.0.0.1:4317`.
     pub endpoint: String,
+    /// How spans are sent: OTLP over HTTP with protobuf bodies, or over gRPC.
+    pub protocol: OtlpProtocol,
     /// 0.0..=1.0, for traces this gateway starts.
     pub sampling_rate: f64,
+    /// Whether a continued trace follows its caller's sampled flag (the default, and the
+    /// `parentbased_*` samplers of OTEL_TRACES_SAMPLER); if not, `sampling_rate` decides for
+    /// every request.
+    pub parent_based: bool,
     pub service_name: String,
     pub export_timeout: Duration,
     pub trust_incoming: TraceTrust,
+    /// Sent with every export; values may be secrets (never logged, not in `Debug`).
+    pub headers: Vec<(String, String)>,
+    /// Gzip the export bodies.
+    pub gzip: bool,
+    /// Resource attributes besides service.name (configured and OTEL_RESOURCE_ATTRIBUTES).
+    pub resource_attributes: Vec<(String, String)>,
+    /// Trace context formats read (the first found, in this order) and written upstream (all);
+    /// no duplicates. Default: W3C trace context and baggage.
+    pub propagators: Vec<Propagator>,
+}
+
+/// The OTLP transport (`tracing.protocol`, OTEL_EXPORTER_OTLP_PROTOCOL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf`, the default.
+    HttpProtobuf,
+    /// `grpc`.
+    Grpc,
+}
+
+/// A trace context format on the wire (`tracing.propagators`, OTEL_PROPAGATORS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagator {
+    /// W3C `traceparent` and `tracestate`.
+    TraceContext,
+    /// W3C `baggage`.
+    Baggage,
+    /// B3 single header `b3`.
+    B3,
+    /// B3 multi-header `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`.
+    B3Multi,
+}
+
+impl Propagator {
+    /// The names the config and OTEL_PROPAGATORS use.
+    pub const NAMES: [&'static str; 4] = ["tracecontext", "baggage", "b3", "b3multi"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "tracecontext" => Some(Propagator::TraceContext),
+            "baggage" => Some(Propagator::Baggage),
+            "b3" => Some(Propagator::B3),
+            "b3multi" => Some(Propagator::B3Multi),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for TracingConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("TracingConfig")
+            .field(
+                "endpoint",
+                &crate::base::redact::url_for_log(&self.endpoint),
+            )
+            .field("sampling_rate", &self.sampling_rate)
+            .field("parent_based", &self.parent_based)
+            .field("service_name", &self.service_name)
+            .field("export_timeout", &self.export_timeout)
+            .field("trust_incoming", &self.trust_incoming)
+            .field("header_names", &header_names)
+            .field("gzip", &self.gzip)
+            .field("resource_attributes", &self.resource_attributes)
+            .field("propagators", &self.propagators)
+            .field("protocol", &self.protocol)
+            .finish()
+    }
 }
 
 /// Whose incoming `traceparent` is continued (`tracing.trust_incoming`); anyone else's request

@@ -123,7 +123,8 @@ pub struct RawTracing {
     /// Record and export spans (default true when this section is present).
     pub enabled: Option<bool>,
     /// OTLP/HTTP endpoint: a base URL such as "http://127.0.0.1:4318" ("/v1/traces" is
-    /// appended) or the full traces URL (default "http://127.0.0.1:4318").
+    /// appended) or the full traces URL (default "http://127.0.0.1:4318"). With protocol
+    /// "grpc": the collector's gRPC address, e.g. "http://127.0.0.1:4317".
     pub endpoint: Option<String>,
     /// Share of new traces recorded, 0.0 to 1.0 (default 0.1). A request that arrives with a
     /// W3C traceparent from a peer `trust_incoming` trusts follows its caller's sampled flag
@@ -138,8 +139,28 @@ pub struct RawTracing {
     /// Deprecated: the endpoint of Jaeger's own collector protocol. Accepted with a warning;
     /// spans go to OTLP/HTTP on the same host, port 4318, unless `endpoint` is set.
     pub jaeger_endpoint: Option<String>,
-    /// Longest time one export may take, retries included (default "10s").
+    /// Longest time one export may take, retries included (default "10s", else
+    /// OTEL_EXPORTER_OTLP_TRACES_TIMEOUT / OTEL_EXPORTER_OTLP_TIMEOUT in milliseconds).
     pub export_timeout: Option<DurationStr>,
+    /// OTLP transport: "http/protobuf" (default, else OTEL_EXPORTER_OTLP_TRACES_PROTOCOL /
+    /// OTEL_EXPORTER_OTLP_PROTOCOL) or "grpc" (then `endpoint` is the collector's gRPC
+    /// address, used as is; default "http://127.0.0.1:4317").
+    pub protocol: Option<String>,
+    /// Headers sent with every export, e.g. a hosted backend's API key (merged over
+    /// OTEL_EXPORTER_OTLP_TRACES_HEADERS / OTEL_EXPORTER_OTLP_HEADERS; these win). Never
+    /// logged; shown redacted by GET /_kairos/config.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// "gzip" or "none" (default "none", else OTEL_EXPORTER_OTLP_TRACES_COMPRESSION /
+    /// OTEL_EXPORTER_OTLP_COMPRESSION).
+    pub compression: Option<String>,
+    /// Extra resource attributes of every span (merged over OTEL_RESOURCE_ATTRIBUTES; these
+    /// win), e.g. {"deployment.environment.name": "prod"}.
+    pub resource_attributes: Option<BTreeMap<String, String>>,
+    /// Trace context formats read from requests (the first one found, in this order) and
+    /// written upstream (all): "tracecontext" (W3C traceparent/tracestate), "baggage" (W3C
+    /// baggage), "b3" (single b3 header), "b3multi" (X-B3-* headers). Default
+    /// ["tracecontext", "baggage"], else OTEL_PROPAGATORS. [] propagates nothing.
+    pub propagators: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

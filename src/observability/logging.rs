@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Lines waiting for the writer thread before new ones are dropped (a few MB of JSON lines).
 pub const LOG_QUEUE_LINES: usize = 8192;
@@ -52,17 +54,25 @@ pub fn init(cfg: &LoggingConfig) -> Result<LogGuard, LoggingError> {
         .finish(sink);
     let dropped = writer.error_counter();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let installed = match cfg.format {
-        LogFormat::Json => builder
+    // Each layer filters for itself: the log level applies to the log lines, and the
+    // OpenTelemetry layer sees the gateway's operation spans whatever the level.
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = match cfg.format {
+        // A line inside an operation span carries the span's fields, its trace_id and span_id
+        // among them (trace::ops::record_ids).
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => fmt.compact().with_filter(filter).boxed(),
     };
+    let installed = tracing_subscriber::registry()
+        .with(fmt)
+        .with(crate::observability::trace::ops::layer())
+        .try_init();
     if installed.is_err() {
         return Ok(LogGuard(None));
     }

@@ -8,7 +8,6 @@ use super::upstream_request::UpstreamRequest;
 use crate::base::error::GatewayError;
 use crate::config::model::{RetryConfig, RouteConfig, ServerEntry, Strategy};
 use crate::observability::metrics::UpstreamErrorKind;
-use crate::observability::trace;
 use crate::upstream::body::ProxyBody;
 use crate::upstream::client::{self, ForwardError, Lease, SendError};
 use crate::upstream::server::{AttemptGuard, AttemptResult};
@@ -74,17 +73,14 @@ pub async fn forward<'a>(
         };
         req.headers_mut().insert(http::header::HOST, upstream_host);
         if let Some(t) = ctx.trace() {
-            let tp = t.start_attempt(
+            let out = t.start_attempt(
                 method,
                 req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
                 server,
                 &upstream.config.name,
                 retries,
             );
-            req.headers_mut().insert(trace::TRACEPARENT, tp);
-            if !t.continues_caller() {
-                req.headers_mut().remove(trace::TRACESTATE);
-            }
+            t.propagate(req.headers_mut(), out);
         }
         let sent_at = Instant::now();
         let result = match send(

@@ -133,6 +133,8 @@ impl Runtime {
     /// Starts what a serving runtime runs in the background (health checks, discovery) and
     /// points the per-server gauges at its servers.
     pub fn start(&self, metrics: &Arc<Metrics>) {
+        // The gateway's own operation spans go to this runtime's exporter from now on.
+        crate::observability::trace::ops::activate(self.tracing.as_deref());
         self.edge.start();
         let mut watched = Vec::new();
         let mut lists: Vec<std::sync::Weak<dyn crate::observability::metrics::ServerList>> =

@@ -70,6 +70,10 @@ pub fn from_file(state: &SharedState, trigger: &'static str) -> Result<Applied, 
             },
         }),
         Err(e) => {
+            let span = reload_span(trigger);
+            let _in = span.enter();
+            span.record("outcome", "unreadable");
+            span.record("otel.status_code", "ERROR");
             record_failure(state, trigger, Instant::now(), &e.to_string());
             tracing::error!(
                 trigger,
@@ -80,12 +84,55 @@ pub fn from_file(state: &SharedState, trigger: &'static str) -> Result<Applied, 
     }
 }
 
+/// The span of one reload (exported as `config.reload` when tracing is on); its log lines
+/// carry its trace id.
+fn reload_span(trigger: &'static str) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: crate::observability::trace::ops::TARGET,
+        "config.reload",
+        trigger,
+        outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        "otel.status_code" = tracing::field::Empty,
+    );
+    crate::observability::trace::ops::record_ids(&span);
+    span
+}
+
 /// Validates `text` (as if it were the file at `path`) and applies it. `persist`, when
 /// given, runs after the new runtime is built and before it is swapped in; its failure
 /// (say, a full disk) leaves everything as it was. `if_match`, when given, lists the config
 /// hashes the caller accepts as the one in effect (checked under the reload lock, so two
 /// writers cannot both pass it).
 pub fn apply(
+    state: &SharedState,
+    text: &str,
+    path: &Path,
+    trigger: &'static str,
+    persist: Option<&dyn Fn() -> Result<(), PersistError>>,
+    if_match: Option<&[String]>,
+) -> Result<Applied, ReloadError> {
+    let span = reload_span(trigger);
+    let result = span.in_scope(|| apply_in_span(state, text, path, trigger, persist, if_match));
+    let outcome = match &result {
+        Ok(a) if a.unchanged => "unchanged",
+        Ok(_) => "success",
+        Err(ReloadError::Invalid(_)) => "invalid",
+        Err(ReloadError::Persist(_)) => "persist_failed",
+        Err(ReloadError::Stale(_)) => "stale",
+    };
+    span.record("outcome", outcome);
+    if matches!(
+        result,
+        Err(ReloadError::Invalid(_)) | Err(ReloadError::Persist(_))
+    ) {
+        span.record("otel.status_code", "ERROR");
+    }
+    result
+}
+
+fn apply_in_span(
     state: &SharedState,
     text: &str,
     path: &Path,

@@ -10,6 +10,7 @@ use super::server::{CheckRecord, Health, ServerState};
 use crate::config::model::{HealthCheckConfig, ServerEntry};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
+use tracing::Instrument;
 
 /// The most of a health check's response body that is read (then the connection is dropped).
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -188,8 +189,24 @@ impl Check {
             let Some(state) = self.state.upgrade() else {
                 return;
             };
+            let span = tracing::info_span!(
+                target: crate::observability::trace::ops::TARGET,
+                "health_check",
+                upstream = self.upstream.as_str(),
+                server = self.server.as_str(),
+                outcome = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                "otel.status_code" = tracing::field::Empty,
+            );
+            crate::observability::trace::ops::record_ids(&span);
             let started = Instant::now();
-            let result = self.probe().await;
+            let result = self.probe().instrument(span.clone()).await;
+            span.record("outcome", if result.is_ok() { "pass" } else { "fail" });
+            if result.is_err() {
+                span.record("otel.status_code", "ERROR");
+            }
+            let _in = span.enter();
             let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
             let ok = result.is_ok();
             state.set_last_check(CheckRecord {
@@ -226,6 +243,8 @@ impl Check {
                 }
             }
             drop(state);
+            drop(_in);
+            drop(span);
             tokio::time::sleep(next_delay(&self.cfg, &tracker)).await;
         }
     }

@@ -76,7 +76,11 @@ impl V {
 }
 
 /// Validates a raw config. `base_dir` resolves relative file paths.
-pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigError>> {
+pub fn validate(
+    raw: RawConfig,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
     let mut v = V::default();
 
     check_version(&mut v, raw.version);
@@ -128,7 +132,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<ConfigErr
     let tracing = raw
         .tracing
         .as_ref()
-        .and_then(|t| observability::tracing_config(&mut v, t));
+        .and_then(|t| observability::tracing_config(&mut v, t, env));
     let auth_failures =
         rate_limiting::auth_failures(&mut v, raw.rate_limiting.as_ref(), top_limits.as_ref());
     let rate_limiting = rate_limiting::effective(top_limits, api_keys.as_ref(), &routes);

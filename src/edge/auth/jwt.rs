@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Why a token was refused: the `reason` label of `kairos_auth_failures_total` and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -519,7 +520,30 @@ impl Jwks {
         }
         self.last_fetch_ms
             .store(crate::base::clock::now_ms(), Ordering::Relaxed);
-        match self.fetch().await {
+        let span = tracing::info_span!(
+            target: crate::observability::trace::ops::TARGET,
+            "jwks.fetch",
+            url = self.url_log.as_str(),
+            outcome = tracing::field::Empty,
+            keys = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+        );
+        crate::observability::trace::ops::record_ids(&span);
+        let fetched = self.fetch().instrument(span.clone()).await;
+        let _in = span.enter();
+        match &fetched {
+            Ok(keys) => {
+                span.record("outcome", "ok");
+                span.record("keys", keys.len());
+            }
+            Err(_) => {
+                span.record("outcome", "failed");
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        match fetched {
             Ok(keys) => {
                 tracing::debug!(url = self.url_log, keys = keys.len(), "JWKS fetched");
                 self.keys.store(Arc::new(keys));
@@ -532,6 +556,7 @@ impl Jwks {
                 "JWKS fetch failed"
             ),
         }
+        drop(_in);
         self.fetching.store(false, Ordering::Release);
         self.fetched.send_modify(|n| *n += 1);
     }
