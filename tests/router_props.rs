@@ -97,6 +97,7 @@ fn route(i: usize, segs: &[Seg]) -> RouteConfig {
         cors: None,
         rate_limit: None,
         transforms: Default::default(),
+        tenant: None,
     }
 }
 

@@ -93,6 +93,15 @@ pub struct Metrics {
     pub transform_errors: IntCounterVec,
     /// Brought up to the log writer's own count at each scrape ([`Metrics::render`]).
     pub log_dropped: IntCounter,
+    /// Per tenant (configured ids, else `other`): requests by status class.
+    pub tenant_requests: IntCounterVec,
+    pub tenant_duration: HistogramVec,
+    /// Share of the quota used, by tenant and period (`month`, `day`).
+    pub tenant_quota_used: prometheus::GaugeVec,
+    /// Responses past a tenant's soft limit (`warn_at`).
+    pub tenant_quota_warnings: IntCounterVec,
+    /// Quota decisions the store could not take (Redis unreachable): admitted, not counted.
+    pub tenant_quota_store_errors: IntCounterVec,
     servers: Arc<ServerGauges>,
 }
 
@@ -245,9 +254,38 @@ impl Metrics {
                  reader of stderr, a slow disk).",
             )
             .expect("valid metric definition"),
+            tenant_requests: counter_vec(
+                "kairos_tenant_requests_total",
+                "Requests by tenant (configured tenants; `other` for the rest) and status class \
+                 (2xx, 3xx, 4xx, 5xx).",
+                &["tenant", "class"],
+            ),
+            tenant_duration: histogram_vec(
+                "kairos_tenant_request_duration_seconds",
+                "Time from a tenant's request's arrival to its response head, by tenant.",
+                &["tenant"],
+            ),
+            tenant_quota_used: prometheus::GaugeVec::new(
+                Opts::new(
+                    "kairos_tenant_quota_used_ratio",
+                    "Share of a tenant's quota used in the current period (month or day, UTC).",
+                ),
+                &["tenant", "period"],
+            )
+            .expect("valid metric definition"),
+            tenant_quota_warnings: counter_vec(
+                "kairos_tenant_quota_warnings_total",
+                "Tenant responses sent past the quota's soft limit (warn_at), by tenant.",
+                &["tenant"],
+            ),
+            tenant_quota_store_errors: counter_vec(
+                "kairos_tenant_quota_store_errors_total",
+                "Quota decisions the store failed (admitted uncounted), by backend.",
+                &["backend"],
+            ),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 24] = [
+        let collectors: [Box<dyn Collector>; 29] = [
             Box::new(m.config_last_success.clone()),
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
@@ -271,6 +309,11 @@ impl Metrics {
             Box::new(m.protocol_errors.clone()),
             Box::new(m.transform_errors.clone()),
             Box::new(m.log_dropped.clone()),
+            Box::new(m.tenant_requests.clone()),
+            Box::new(m.tenant_duration.clone()),
+            Box::new(m.tenant_quota_used.clone()),
+            Box::new(m.tenant_quota_warnings.clone()),
+            Box::new(m.tenant_quota_store_errors.clone()),
             Box::new(ServerGaugesCollector(m.servers.clone())),
         ];
         for c in collectors {

@@ -334,6 +334,13 @@ impl RequestTrace {
         }
     }
 
+    /// Records the request's tenant on the server span (`kairos.tenant`).
+    pub fn tenant(&mut self, tenant: &str) {
+        if let Some(s) = &mut self.server {
+            put_attr_str(&mut s.body, "kairos.tenant", tenant.as_bytes());
+        }
+    }
+
     /// Starts a client span for an upstream attempt (when recording) and returns the
     /// `traceparent` to send upstream.
     pub fn start_attempt(

@@ -19,6 +19,7 @@ pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
         latency_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
         upstream = ctx.upstream.unwrap_or("-"),
         identity = ctx.identity.as_deref().unwrap_or("-"),
+        tenant = ctx.tenant_id().unwrap_or("-"),
         request_id = ctx.rid_str(),
         trace_id = ids.and_then(|(t, _)| std::str::from_utf8(t).ok()),
         span_id = ids.and_then(|(_, s)| std::str::from_utf8(s).ok()),

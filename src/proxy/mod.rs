@@ -5,8 +5,9 @@
 //! | phase              | where                                   | what                                  |
 //! |--------------------|-----------------------------------------|---------------------------------------|
 //! | request filter     | [`request::filter`]                     | URI, header and declared body limits, path normalised |
-//! | route              | [`route::route`]                        | host, path and method matched         |
-//! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication |
+//! | tenant             | [`crate::edge::tenant::Tenancy::recognise`] | the tenant the request names (tenancy only) |
+//! | route              | [`route::route`] (tenant's table first)  | host, path and method matched         |
+//! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication, tenant, quota |
 //! | request body       | [`body::read`]                          | read whole or streamed, bytes counted |
 //! | upstream request   | [`upstream_request::build`]             | rewrite, headers, the edge's edits    |
 //! | request transform  | [`transform::request`]                  | `transformations`: path, query, headers |
@@ -41,6 +42,7 @@ pub use request::{has_dot_segment, normalize_path};
 
 use crate::base::error::GatewayError;
 use crate::config::model::ServerConfig;
+use crate::edge::tenant::Recognised;
 use crate::edge::{EdgeRequest, Verdict};
 use crate::runtime::SharedState;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -59,6 +61,10 @@ pub async fn handle(
         Err(e) => response::error(&mut ctx, e),
     };
     response::filter(&mut ctx, &mut res);
+    if let Some(t) = &rt.edge.tenancy {
+        t.series(ctx.tenant)
+            .record(res.status().as_u16(), ctx.start.elapsed().as_secs_f64());
+    }
     log::access(&ctx, &res);
     res
 }
@@ -69,6 +75,21 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
     let normalized = request::filter(ctx)?;
     let req = ctx.req;
     let host = request::request_host(req);
+    // The tenant is recognised before routing (its own routes are in its own table) and
+    // enforced by the edge chain.
+    let tenant = match &ctx.rt.edge.tenancy {
+        None => Recognised::Nobody,
+        Some(t) => t.recognise(req, &ctx.rt.edge.auth).await,
+    };
+    if let Recognised::Tenant(i) = tenant {
+        ctx.tenant = Some(i);
+        if let (Some(id), Some(trace)) = (
+            ctx.tenant_id(),
+            ctx.done.as_mut().and_then(|d| d.trace.as_mut()),
+        ) {
+            trace.tenant(id);
+        }
+    }
     let routed = route::route(ctx, host, normalized.as_deref().unwrap_or(req.path()))?;
     let edge = EdgeRequest {
         req,
@@ -76,6 +97,7 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
         route: routed.route,
         preflight: routed.preflight,
         request_id: ctx.rid.to_str().unwrap_or_default(),
+        tenant,
     };
     let server = &ctx.rt.config.server;
     let verdict = ctx
