@@ -14,17 +14,17 @@ use serde_json::{json, Value};
 const MAX_USAGE_DAYS: i64 = 366;
 
 /// The config in effect as JSON, and its hash.
-fn current(req: &HttpRequest, state: &SharedState) -> Result<(Value, String), HttpResponse> {
+fn current(req: &HttpRequest, state: &SharedState) -> Result<(Value, String), Box<HttpResponse>> {
     let (text, hash) = state.config_text_and_hash();
     match serde_json::from_str::<Value>(&text) {
         Ok(v) => Ok((v, hash)),
-        Err(_) => Err(api_error(
+        Err(_) => Err(Box::new(api_error(
             req,
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "the config in effect is not JSON",
             None,
-        )),
+        ))),
     }
 }
 
@@ -46,7 +46,7 @@ pub async fn list(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespon
     let rt = state.load();
     let (_, tag) = match current(&req, &state) {
         Ok(c) => c,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let tenants: Vec<Value> = rt
         .config
@@ -82,7 +82,7 @@ pub async fn get(
     }
     let (config, tag) = match current(&req, &state) {
         Ok(c) => c,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     match config.get("tenants").and_then(|t| t.get(id.as_str())) {
         Some(t) => {
@@ -122,7 +122,7 @@ pub async fn put(
     };
     let (mut config, hash) = match current(&req, &state) {
         Ok(c) => c,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let Some(root) = config.as_object_mut() else {
         return api_error(
@@ -155,7 +155,7 @@ pub async fn delete(
     }
     let (mut config, hash) = match current(&req, &state) {
         Ok(c) => c,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let removed = config
         .get_mut("tenants")
