@@ -248,3 +248,56 @@ fn admin_api_round_trip_and_cli() {
         serde_json::from_str(&std::fs::read_to_string(gw.config_path()).unwrap()).unwrap();
     assert!(on_disk["tenants"].get("globex").is_none());
 }
+
+#[test]
+fn tenant_rate_limit_is_shared_through_redis() {
+    let redis = RedisServer::start();
+    let up = Upstream::start_ok();
+    let c = blocking_client();
+    let cfg = json!({
+        "admin": {"token": TOKEN, "watch_config": false},
+        "upstreams": {"u": {"servers": [{"url": up.url()}]}},
+        "routes": [{"name": "open", "path": "/open", "upstream": "u"}],
+        "logging": {"access_log": false},
+        "rate_limiting": {"backend": "redis", "redis_url": redis.url()},
+        "tenancy": {"identify_by": ["header"], "quota_store": {"backend": "memory"}},
+        "tenants": {"acme": {"rate_limits": {"rps": 0.01, "burst": 3}}, "globex": {}}
+    })
+    .to_string();
+    let gws = [GatewayProcess::start(&cfg), GatewayProcess::start(&cfg)];
+    let statuses: Vec<u16> = (0..6).map(|i| hit(&c, &gws[i % 2]).0).collect();
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200, 429, 429, 429],
+        "one bucket for both"
+    );
+    // Another tenant is not limited.
+    let res = c
+        .get(gws[0].url("/open"))
+        .header("X-Tenant-Id", "globex")
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[test]
+fn the_access_log_names_the_tenant() {
+    let up = Upstream::start_ok();
+    let c = blocking_client();
+    let mut v: Value = serde_json::from_str(&config(&up, json!({"backend": "memory"}), 5)).unwrap();
+    v["logging"]["access_log"] = true.into();
+    let gw = GatewayProcess::start(&v.to_string());
+    assert_eq!(hit(&c, &gw).0, 200);
+    c.get(gw.url("/open")).send().unwrap();
+    let line = |tenant: &str| {
+        gw.logs().iter().any(|l| {
+            serde_json::from_str::<Value>(l)
+                .is_ok_and(|j| j["target"] == "kairos::access" && j["tenant"] == tenant)
+        })
+    };
+    assert!(
+        support::wait_until(Duration::from_secs(5), || line("acme") && line("-")),
+        "{:#?}",
+        gw.logs()
+    );
+}

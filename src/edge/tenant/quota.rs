@@ -71,18 +71,30 @@ pub struct Counters {
 
 impl Flushable for Counters {
     fn changed(&self) -> Vec<(String, i64, DayCounts)> {
-        let mut periods: Vec<Arc<Period>> = std::mem::take(&mut *lock(&self.retired));
+        let mut periods: Vec<Arc<Period>> = lock(&self.retired).clone();
         periods.push(self.current.load_full());
-        let mut out = Vec::new();
-        for p in periods {
-            let now = p.counts();
-            let mut written = lock(&p.written);
-            if *written != now {
-                out.push((self.tenant.clone(), p.day, now));
-                *written = now;
+        periods
+            .iter()
+            .filter_map(|p| {
+                let now = p.counts();
+                (*lock(&p.written) != now).then(|| (self.tenant.clone(), p.day, now))
+            })
+            .collect()
+    }
+
+    fn written(&self, written: &[(String, i64, DayCounts)]) {
+        let mark = |p: &Period| {
+            if let Some((_, _, c)) = written.iter().find(|(_, d, _)| *d == p.day) {
+                *lock(&p.written) = *c;
             }
-        }
-        out
+        };
+        mark(&self.current.load());
+        // A day that ended is dropped once the store has all of it (nothing counts there
+        // any more, but a request that read the period before the rollover may still add).
+        lock(&self.retired).retain(|p| {
+            mark(p);
+            *lock(&p.written) != p.counts()
+        });
     }
 }
 
@@ -490,13 +502,46 @@ mod tests {
         // 2026-12-01: a new month starts from the store (nothing in December yet).
         let dec = c.period(d + 2, &store);
         assert_eq!((dec.month_base, dec.counts().requests), (0, 0));
-        // Everything counted reached the store's days.
-        let written = c.changed();
-        assert!(written
+        // Everything counted is there to be written; once written, nothing is left.
+        let changed = c.changed();
+        assert!(changed
             .iter()
             .any(|(_, day, n)| *day == d && n.requests == 3));
-        assert!(written
+        assert!(changed
             .iter()
             .any(|(_, day, n)| *day == d + 1 && n.requests == 2));
+        c.written(&changed);
+        assert!(c.changed().is_empty());
+        assert!(lock(&c.retired).is_empty());
+    }
+
+    #[test]
+    fn the_store_gets_every_day_and_a_restart_reads_the_month_back() {
+        let store = Store::in_memory().unwrap();
+        let d = Date::parse("2026-11-29").unwrap().days();
+        let c = Arc::new(Counters::load("t", &store, d).unwrap());
+        let weak: std::sync::Weak<dyn Flushable> = Arc::downgrade(&c) as _;
+        store.register(weak);
+        c.period(d, &store).requests.fetch_add(3, Ordering::Relaxed);
+        c.period(d + 1, &store)
+            .requests
+            .fetch_add(2, Ordering::Relaxed);
+        c.period(d + 1, &store)
+            .refused
+            .fetch_add(1, Ordering::Relaxed);
+        store.flush().unwrap();
+        let days = store.days("t", d - 5, d + 5).unwrap();
+        assert_eq!(days.len(), 2);
+        assert_eq!(
+            days[1].1,
+            DayCounts {
+                requests: 2,
+                refused: 1
+            }
+        );
+        // As a restart on 2026-11-30 sees it: 3 earlier this month, 2 today.
+        let again = Counters::load("t", &store, d + 1).unwrap();
+        let p = again.current.load();
+        assert_eq!((p.month_base, p.counts().requests), (3, 2));
     }
 }

@@ -36,8 +36,11 @@ pub struct DayCounts {
 
 /// Something the flusher writes: the absolute counts of (tenant, day) it currently holds.
 pub trait Flushable: Send + Sync {
-    /// Counts changed since the last call, as (tenant, day, counts).
+    /// Counts changed since the last write, as (tenant, day, counts).
     fn changed(&self) -> Vec<(String, i64, DayCounts)>;
+    /// The store now holds `written` (what [`Flushable::changed`] returned): a failed write
+    /// leaves them changed, to be written next time.
+    fn written(&self, written: &[(String, i64, DayCounts)]);
 }
 
 /// The database and the counters it flushes.
@@ -116,21 +119,25 @@ impl Store {
             s.retain(|w| w.strong_count() > 0);
             s.iter().filter_map(Weak::upgrade).collect()
         };
-        let changed: Vec<_> = sources.iter().flat_map(|s| s.changed()).collect();
-        if changed.is_empty() {
+        let changed: Vec<_> = sources.iter().map(|s| s.changed()).collect();
+        if changed.iter().all(Vec::is_empty) {
             return Ok(());
         }
         let tx = self.db.begin_write().map_err(err)?;
         {
             let mut req = tx.open_table(REQUESTS).map_err(err)?;
             let mut refused = tx.open_table(REFUSED).map_err(err)?;
-            for (tenant, day, c) in &changed {
+            for (tenant, day, c) in changed.iter().flatten() {
                 let k = key(tenant, *day);
                 req.insert(k.as_str(), c.requests).map_err(err)?;
                 refused.insert(k.as_str(), c.refused).map_err(err)?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        for (source, written) in sources.iter().zip(&changed) {
+            source.written(written);
+        }
+        Ok(())
     }
 
     /// The counts of `tenant` on each day from `from` to `to` (days since the epoch,
