@@ -425,3 +425,51 @@ fn the_roadmap_example_is_valid_as_written() {
     kairos_rs::config::load_str(text, "config-md", std::path::Path::new("/tmp"))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The README's SaaS example (three tenants) is a valid config, its key hashes filled in.
+#[test]
+fn the_readme_saas_example_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("### Tenants").expect("a Tenants section")..];
+    let block = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a JSON block");
+    let block = block
+        .replacen(
+            "\"sha256:...\"",
+            &format!("\"{}\"", hash("acme-prod-key-0123")),
+            1,
+        )
+        .replacen(
+            "\"sha256:...\"",
+            &format!("\"{}\"", hash("acme-stg-key-0123")),
+            1,
+        )
+        .replace("/var/lib/kairos/quotas.db", "quotas.db");
+    let text = format!(
+        r#"{{"upstreams": {{"orders": {{"servers": [{{"url": "http://127.0.0.1:1"}}]}},
+             "reports": {{"servers": [{{"url": "http://127.0.0.1:2"}}]}},
+             "reports-acme": {{"servers": [{{"url": "http://127.0.0.1:3"}}]}}}},
+        {block}}}"#
+    );
+    let lookup = |k: &str| (k == "JWT_SECRET").then(|| SECRET.to_string());
+    let cfg = kairos_rs::config::load_str_with_env(
+        &text,
+        "readme",
+        std::path::Path::new("/tmp"),
+        &lookup,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ids: Vec<&str> = cfg
+        .tenancy
+        .as_ref()
+        .unwrap()
+        .tenants
+        .iter()
+        .map(|t| t.id.as_str())
+        .collect();
+    assert_eq!(ids, ["acme", "globex", "initech"]);
+}
