@@ -306,6 +306,16 @@ async fn quotas_count_warn_and_refuse_with_headers() {
     assert_eq!(seen[3].0, 429);
     assert_eq!(seen[3].2, s("0"));
     assert_eq!(up.count(), 3, "the refused request never left the gateway");
+    // A response refused before the quota step (no route here) carries where it stands.
+    let res = c
+        .get(gw.url("/nowhere"))
+        .header("X-API-Key", KEY_C)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.headers()["x-quota-remaining"], "0");
+    assert_eq!(res.headers()["x-quota-limit"], "3");
     let text = scrape_metrics(&gw, TOKEN).await;
     let m = |name: &str, labels: &[(&str, &str)]| support::metric(&text, name, labels);
     assert_eq!(
@@ -320,7 +330,8 @@ async fn quotas_count_warn_and_refuse_with_headers() {
             "kairos_tenant_requests_total",
             &[("tenant", "tenant-c"), ("class", "4xx")]
         ),
-        Some(1.0)
+        Some(2.0),
+        "the 429 and the 404"
     );
     assert_eq!(
         m(

@@ -210,10 +210,13 @@ impl Edge {
     }
 
     /// The chain's part of every response: rate-limit headers where limits were consulted,
-    /// CORS headers where the route (or, unmatched, the top level) has a policy.
+    /// the quota headers of a tenant with quotas (where its quota stands when the request was
+    /// refused before the quota step), CORS headers where the route (or, unmatched, the top
+    /// level) has a policy.
     pub fn respond(
         &self,
         route: Option<usize>,
+        tenant: Option<usize>,
         admission: &Admission,
         req: &HttpRequest,
         res: &mut HttpResponse,
@@ -221,8 +224,14 @@ impl Edge {
         if let (Some(report), Some(rl)) = (&admission.ratelimit, &self.ratelimit) {
             rl.apply_headers(report, res.headers_mut());
         }
-        if let Some(q) = &admission.quota {
-            tenant::quota::apply_headers(q, res.headers_mut());
+        match (&admission.quota, tenant, &self.tenancy) {
+            (Some(q), _, _) => tenant::quota::apply_headers(q, res.headers_mut()),
+            (None, Some(t), Some(tenancy)) => {
+                if let Some(q) = tenancy.quotas.peek(t, crate::base::clock::wall_ms()) {
+                    tenant::quota::apply_headers(&q, res.headers_mut());
+                }
+            }
+            _ => {}
         }
         self.cors.respond(route, req, res);
     }

@@ -351,6 +351,28 @@ impl Quotas {
         }
     }
 
+    /// Where tenant `t`'s quota stands at `now_ms`, without counting anything: for the
+    /// headers of a response refused before the quota step. `None` without a quota, and with
+    /// the Redis store (that would cost a round trip).
+    pub fn peek(&self, t: usize, now_ms: u64) -> Option<QuotaReport> {
+        let q = self.tenants.get(t)?.as_ref()?;
+        let c = q.counters.as_ref()?;
+        let p = c.current.load();
+        let day = (now_ms / DAY_MS) as i64;
+        let today = p.requests.load(Ordering::Relaxed);
+        let (month, today) = match p.day == day {
+            true => (p.month_base + today, today),
+            false => {
+                let (a, b) = (Date::from_days(p.day), Date::from_days(day));
+                match (a.year, a.month) == (b.year, b.month) && day > p.day {
+                    true => (p.month_base + today, 0),
+                    false => (0, 0),
+                }
+            }
+        };
+        Some(report(&q.config, now_ms, month, today, true))
+    }
+
     /// Writes counts not yet in the store (before a usage read; at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         match &self.backend {
