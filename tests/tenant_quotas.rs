@@ -247,6 +247,14 @@ fn admin_api_round_trip_and_cli() {
     let on_disk: Value =
         serde_json::from_str(&std::fs::read_to_string(gw.config_path()).unwrap()).unwrap();
     assert!(on_disk["tenants"].get("globex").is_none());
+    // Its metric series went with it; acme's stay.
+    let metrics = admin(reqwest::Method::GET, "/_kairos/metrics")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!metrics.contains("tenant=\"globex\""), "{metrics}");
+    assert!(metrics.contains("kairos_tenant_quota_used_ratio{period=\"day\",tenant=\"acme\"}"));
 }
 
 #[test]

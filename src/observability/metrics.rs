@@ -457,6 +457,22 @@ impl Metrics {
         prune(&self.upstream_ejections, &["upstream", "server"], &gone);
     }
 
+    /// Removes the series of tenants no longer configured (`other` stays): a reload that
+    /// removes a tenant leaves no series of it behind.
+    pub fn forget_tenants(&self, configured: &[String]) {
+        let gone = |names: &[&str], values: &[&str]| {
+            names
+                .iter()
+                .position(|n| *n == "tenant")
+                .map(|i| values[i])
+                .is_some_and(|t| t != "other" && !configured.iter().any(|c| c == t))
+        };
+        prune(&self.tenant_requests, &["tenant", "class"], &gone);
+        prune(&self.tenant_duration, &["tenant"], &gone);
+        prune(&self.tenant_quota_used, &["tenant", "period"], &gone);
+        prune(&self.tenant_quota_warnings, &["tenant"], &gone);
+    }
+
     /// The servers whose live state the per-server gauges show (health, circuit, ejection,
     /// in-flight), read at scrape time. Replaced whole on reload, so servers that are gone
     /// leave no stale series.
