@@ -203,7 +203,7 @@ impl Edge {
             }
             // 8. The quotas.
             if tenancy.quotas.limits(t) {
-                Box::pin(quota(tenancy, t, admission)).await?;
+                quota(tenancy, t, admission).await?;
             }
         }
         Ok(Verdict::Pass(identity))
@@ -277,18 +277,24 @@ async fn limit(
 }
 
 /// The quota decision of the chain: its report joins the response's, a refusal is the 429.
+/// Counts in memory decide at once; the Redis store's future is boxed, so that it does not
+/// grow every request's future.
+#[inline(always)]
 async fn quota(
     tenancy: &tenant::Tenancy,
     t: usize,
     admission: &mut Admission,
 ) -> Result<(), GatewayError> {
     use tenant::quota::QuotaDecision;
-    let id = tenancy.ids.get(t).map_or("", String::as_str);
-    match tenancy
-        .quotas
-        .decide(t, id, crate::base::clock::wall_ms())
-        .await
-    {
+    let now = crate::base::clock::wall_ms();
+    let decision = match tenancy.quotas.decide_now(t, now) {
+        Some(d) => d,
+        None => {
+            let id = tenancy.ids.get(t).map_or("", String::as_str);
+            Box::pin(tenancy.quotas.decide_remote(t, id, now)).await
+        }
+    };
+    match decision {
         QuotaDecision::Unlimited | QuotaDecision::Unavailable => Ok(()),
         QuotaDecision::Admitted(r) => {
             admission.quota = Some(r);

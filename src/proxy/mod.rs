@@ -79,7 +79,12 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
     // enforced by the edge chain.
     let tenant = match &ctx.rt.edge.tenancy {
         None => Recognised::Nobody,
-        Some(t) => t.recognise(req, &ctx.rt.edge.auth).await,
+        Some(t) => match t.recognise_now(req, &ctx.rt.edge.auth) {
+            Some(r) => r,
+            // A JWT to verify first. Boxed: kept inline, that future would grow every
+            // request's future.
+            None => Box::pin(t.recognise(req, &ctx.rt.edge.auth)).await,
+        },
     };
     if let Recognised::Tenant(i) = tenant {
         ctx.tenant = Some(i);

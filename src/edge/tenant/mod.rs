@@ -34,6 +34,17 @@ pub enum Recognised {
     Unknown,
 }
 
+/// The JWT verifier and the request's bearer token, when both exist.
+fn bearer<'r>(
+    req: &'r HttpRequest,
+    auth: &'r Auth,
+) -> Option<(&'r crate::edge::auth::jwt::JwtAuth, &'r str)> {
+    let jwt = auth.jwt.as_deref()?;
+    let value = req.headers().get(ax::AUTHORIZATION)?.to_str().ok()?;
+    let token = crate::edge::auth::jwt::bearer(value).ok()?;
+    Some((jwt, token))
+}
+
 /// One tenant's metrics series, resolved once per runtime.
 pub struct TenantSeries {
     /// 2xx, 3xx, 4xx, 5xx (1xx counts with 2xx).
@@ -119,12 +130,46 @@ impl Tenancy {
 
     /// Finds the request's tenant: the first method of `identify_by` that yields one. An API
     /// key or JWT that does not verify yields nothing (authentication, where the route asks
-    /// for it, answers for it).
-    pub async fn recognise(&self, req: &HttpRequest, auth: &Auth) -> Recognised {
+    /// for it, answers for it). At once, unless a JWT not verified before must be checked:
+    /// then `None`, and [`Tenancy::recognise`] does it.
+    #[inline]
+    pub fn recognise_now(&self, req: &HttpRequest, auth: &Auth) -> Option<Recognised> {
         for method in &self.identify_by {
             let found = match method {
                 IdentifyBy::ApiKey => self.by_api_key(req, auth),
-                IdentifyBy::JwtClaim => self.by_claim(req, auth).await,
+                IdentifyBy::JwtClaim => match bearer(req, auth) {
+                    None => None,
+                    Some((jwt, token)) => match jwt.verify_cached(token) {
+                        Some(v) => self.claim_of(&v),
+                        None => return None,
+                    },
+                },
+                IdentifyBy::Header => req
+                    .headers()
+                    .get(self.header.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .map(|id| self.named(id.trim())),
+                IdentifyBy::Host => self.by_host(req),
+            };
+            if let Some(r) = found {
+                return Some(r);
+            }
+        }
+        Some(Recognised::Nobody)
+    }
+
+    /// As [`Tenancy::recognise_now`], verifying a JWT when it must.
+    pub async fn recognise(&self, req: &HttpRequest, auth: &Auth) -> Recognised {
+        for method in &self.identify_by {
+            let found = match method {
+                IdentifyBy::JwtClaim => match bearer(req, auth) {
+                    None => None,
+                    Some((jwt, token)) => match jwt.verify(token).await {
+                        Ok(v) => self.claim_of(&v),
+                        Err(_) => None,
+                    },
+                },
+                IdentifyBy::ApiKey => self.by_api_key(req, auth),
                 IdentifyBy::Header => req
                     .headers()
                     .get(self.header.as_str())
@@ -137,6 +182,15 @@ impl Tenancy {
             }
         }
         Recognised::Nobody
+    }
+
+    /// The tenant a verified token's claim names: `Unknown` for a claim that is not a
+    /// string.
+    fn claim_of(&self, v: &crate::edge::auth::jwt::Verified) -> Option<Recognised> {
+        match v.claims.get(&self.claim)? {
+            serde_json::Value::String(id) => Some(self.named(id)),
+            _ => Some(Recognised::Unknown),
+        }
     }
 
     /// The tenant of the request's Host (or HTTP/2 `:authority`), compared without port,
@@ -169,20 +223,6 @@ impl Tenancy {
         self.by_key
             .get(entry.name.as_str())
             .map(|&i| Recognised::Tenant(i))
-    }
-
-    async fn by_claim(&self, req: &HttpRequest, auth: &Auth) -> Option<Recognised> {
-        let jwt = auth.jwt.as_ref()?;
-        let value = req.headers().get(ax::AUTHORIZATION)?.to_str().ok()?;
-        let token = crate::edge::auth::jwt::bearer(value).ok()?;
-        let verified = match jwt.verify_cached(token) {
-            Some(v) => v,
-            None => Box::pin(jwt.verify(token)).await.ok()?,
-        };
-        match verified.claims.get(&self.claim)? {
-            serde_json::Value::String(id) => Some(self.named(id)),
-            _ => Some(Recognised::Unknown),
-        }
     }
 
     /// The chain's tenant step: an unknown tenant is refused (403), whatever `require` says;

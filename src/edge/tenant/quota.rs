@@ -300,54 +300,49 @@ impl Quotas {
     }
 
     /// Decides one request of tenant `t` (counted when admitted) at `now_ms` on the calendar
-    /// clock.
-    pub async fn decide(&self, t: usize, tenant_id: &str, now_ms: u64) -> QuotaDecision {
+    /// clock, at once when the counts are in memory; `None` when the store must be asked
+    /// ([`Quotas::decide_remote`]).
+    #[inline]
+    pub fn decide_now(&self, t: usize, now_ms: u64) -> Option<QuotaDecision> {
         let Some(Some(q)) = self.tenants.get(t) else {
-            return QuotaDecision::Unlimited;
+            return Some(QuotaDecision::Unlimited);
         };
-        let day = (now_ms / DAY_MS) as i64;
-        let (month_used, day_used, admitted) = match (&self.backend, &q.counters) {
-            (Backend::Local(store), Some(c)) => {
-                let p = c.period(day, store);
-                let today = p.requests.fetch_add(1, Ordering::Relaxed) + 1;
-                let month = p.month_base + today;
-                let over = q.config.daily.is_some_and(|l| today > l)
-                    || q.config.monthly.is_some_and(|l| month > l);
-                match over {
-                    false => (month, today, true),
-                    true => {
-                        p.requests.fetch_sub(1, Ordering::Relaxed);
-                        p.refused.fetch_add(1, Ordering::Relaxed);
-                        (month - 1, today - 1, false)
-                    }
-                }
-            }
-            (Backend::Redis(r), _) => {
-                let date = Date::from_days(day);
-                match r.decide(tenant_id, date, &q.config).await {
-                    Ok(v) => v,
-                    Err(e) => {
-                        self.store_errors.inc();
-                        tracing::debug!(error = %e, "quota store unreachable; request admitted uncounted");
-                        return QuotaDecision::Unavailable;
-                    }
-                }
-            }
-            (Backend::Local(_), None) => return QuotaDecision::Unlimited,
+        let (Backend::Local(store), Some(c)) = (&self.backend, &q.counters) else {
+            return match self.backend {
+                Backend::Redis(_) => None,
+                Backend::Local(_) => Some(QuotaDecision::Unlimited),
+            };
         };
-        let report = report(&q.config, now_ms, month_used, day_used, admitted);
-        if let Some(l) = q.config.monthly {
-            q.used_month.set(month_used as f64 / l as f64);
-        }
-        if let Some(l) = q.config.daily {
-            q.used_day.set(day_used as f64 / l as f64);
-        }
-        if report.warn {
-            q.warnings.inc();
-        }
-        match admitted {
-            true => QuotaDecision::Admitted(report),
-            false => QuotaDecision::Refused(report),
+        let p = c.period((now_ms / DAY_MS) as i64, store);
+        let today = p.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let month = p.month_base + today;
+        let over = q.config.daily.is_some_and(|l| today > l)
+            || q.config.monthly.is_some_and(|l| month > l);
+        Some(match over {
+            false => finish(q, now_ms, month, today, true),
+            true => {
+                p.requests.fetch_sub(1, Ordering::Relaxed);
+                p.refused.fetch_add(1, Ordering::Relaxed);
+                finish(q, now_ms, month - 1, today - 1, false)
+            }
+        })
+    }
+
+    /// Decides one request of tenant `t` through the Redis store.
+    pub async fn decide_remote(&self, t: usize, tenant_id: &str, now_ms: u64) -> QuotaDecision {
+        let (Some(Some(q)), Backend::Redis(r)) = (self.tenants.get(t), &self.backend) else {
+            return self
+                .decide_now(t, now_ms)
+                .unwrap_or(QuotaDecision::Unlimited);
+        };
+        let date = Date::from_days((now_ms / DAY_MS) as i64);
+        match r.decide(tenant_id, date, &q.config).await {
+            Ok((month, today, admitted)) => finish(q, now_ms, month, today, admitted),
+            Err(e) => {
+                self.store_errors.inc();
+                tracing::debug!(error = %e, "quota store unreachable; request admitted uncounted");
+                QuotaDecision::Unavailable
+            }
         }
     }
 
@@ -405,6 +400,24 @@ impl Quotas {
                 (Date::from_days(d), c)
             })
             .collect())
+    }
+}
+
+/// A decision at these counts: its report, the gauges and the soft-limit counter.
+fn finish(q: &TenantQuota, now_ms: u64, month: u64, today: u64, admitted: bool) -> QuotaDecision {
+    let report = report(&q.config, now_ms, month, today, admitted);
+    if let Some(l) = q.config.monthly {
+        q.used_month.set(month as f64 / l as f64);
+    }
+    if let Some(l) = q.config.daily {
+        q.used_day.set(today as f64 / l as f64);
+    }
+    if report.warn {
+        q.warnings.inc();
+    }
+    match admitted {
+        true => QuotaDecision::Admitted(report),
+        false => QuotaDecision::Refused(report),
     }
 }
 
