@@ -309,3 +309,46 @@ fn the_access_log_names_the_tenant() {
         gw.logs()
     );
 }
+
+#[test]
+fn a_stalled_redis_quota_store_admits_uncounted_without_waiting_on_every_request() {
+    let redis = RedisServer::start();
+    let up = Upstream::start_ok();
+    let c = blocking_client();
+    let store = json!({"backend": "redis", "redis_url": redis.url()});
+    let gw = GatewayProcess::start(&config(&up, store, 100));
+    assert_eq!(hit(&c, &gw), (200, Some(99)));
+    redis.pause();
+    let start = std::time::Instant::now();
+    for _ in 0..8 {
+        assert_eq!(hit(&c, &gw), (200, None), "admitted, no quota to report");
+    }
+    // One timeout (500 ms), then Redis is left alone for a second: not 8 timeouts.
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        start.elapsed()
+    );
+    let metrics = c
+        .get(gw.url("/_kairos/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let errors = support::metric(
+        &metrics,
+        "kairos_tenant_quota_store_errors_total",
+        &[("backend", "redis")],
+    );
+    assert_eq!(errors, Some(8.0));
+    redis.resume();
+    // Counting resumes once the pause is over.
+    assert!(support::wait_until(Duration::from_secs(5), || hit(&c, &gw)
+        .1
+        .is_some()));
+    assert!(gw
+        .logs()
+        .iter()
+        .any(|l| l.contains("quota store (redis) unreachable")));
+}

@@ -7,13 +7,16 @@
 //!
 //! Each worker thread keeps its own multiplexed connection (its driver runs on that worker's
 //! runtime). A call that fails or takes longer than [`TIMEOUT`] is reported to the caller,
-//! which admits the request uncounted.
+//! which admits the request uncounted; after a failure Redis is not asked again for
+//! [`PAUSE_AFTER_FAILURE`] (those requests are admitted uncounted at once, not after a
+//! timeout each), and one warning is logged per outage.
 
 use super::store::{DayCounts, StoreError};
 use crate::base::clock::Date;
 use crate::config::model::QuotaConfig;
 use redis::aio::MultiplexedConnection;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -21,6 +24,8 @@ use std::time::Duration;
 pub const KEEP_S: u64 = 400 * 86_400;
 /// Longest wait for Redis per decision.
 pub const TIMEOUT: Duration = Duration::from_millis(500);
+/// How long Redis is left alone after a failed call.
+pub const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// KEYS: month, day, refused-day. ARGV: monthly quota, daily quota (0: none), TTL seconds.
 /// Returns {month count, day count, admitted (1 or 0)}.
@@ -45,6 +50,8 @@ return {m, d, 1}
 struct Inner {
     client: redis::Client,
     prefix: String,
+    /// Until when (monotonic ms, [`crate::base::clock::now_ms`]) Redis is not asked; 0: ask.
+    paused_until: AtomicU64,
 }
 
 /// A handle on the quota Redis; clones share it.
@@ -65,6 +72,7 @@ impl QuotaRedis {
             inner: Arc::new(Inner {
                 client: redis::Client::open(url)?,
                 prefix: prefix.to_string(),
+                paused_until: AtomicU64::new(0),
             }),
             script: redis::Script::new(SCRIPT),
         })
@@ -105,6 +113,33 @@ impl QuotaRedis {
         Ok(conn)
     }
 
+    /// Whether Redis is being left alone after a failure.
+    fn paused(&self) -> bool {
+        let until = self.inner.paused_until.load(Ordering::Relaxed);
+        until != 0 && crate::base::clock::now_ms() < until
+    }
+
+    /// A call failed: drop this worker's connection and leave Redis alone for a while (one
+    /// warning per outage).
+    fn failed(&self, error: &str) -> StoreError {
+        self.forget();
+        let until = crate::base::clock::now_ms() + PAUSE_AFTER_FAILURE.as_millis() as u64;
+        if self.inner.paused_until.swap(until, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                error,
+                "quota store (redis) unreachable; tenant requests are admitted uncounted until it answers"
+            );
+        }
+        StoreError(error.to_string())
+    }
+
+    /// A call succeeded: the outage, if any, is over.
+    fn answered(&self) {
+        if self.inner.paused_until.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!("quota store (redis) answers again");
+        }
+    }
+
     fn forget(&self) {
         CONNECTIONS.with(|c| {
             c.borrow_mut().retain(|(w, _)| {
@@ -120,9 +155,16 @@ impl QuotaRedis {
         date: Date,
         q: &QuotaConfig,
     ) -> Result<(u64, u64, bool), StoreError> {
+        if self.paused() {
+            return Err(StoreError("paused after a failure".into()));
+        }
         let month = format!("{:04}-{:02}", date.year, date.month);
         let day = date.to_string();
-        let mut conn = self.connection().await?;
+        let mut conn = match tokio::time::timeout(TIMEOUT, self.connection()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(self.failed(&e.0)),
+            Err(_) => return Err(self.failed("connect timed out")),
+        };
         let mut call = self.script.prepare_invoke();
         call.key(self.key(tenant, 'm', &month))
             .key(self.key(tenant, 'd', &day))
@@ -131,16 +173,13 @@ impl QuotaRedis {
             .arg(q.daily.unwrap_or(0))
             .arg(KEEP_S);
         match tokio::time::timeout(TIMEOUT, call.invoke_async::<Vec<i64>>(&mut conn)).await {
-            Ok(Ok(v)) if v.len() == 3 => Ok((v[0].max(0) as u64, v[1].max(0) as u64, v[2] == 1)),
+            Ok(Ok(v)) if v.len() == 3 => {
+                self.answered();
+                Ok((v[0].max(0) as u64, v[1].max(0) as u64, v[2] == 1))
+            }
             Ok(Ok(v)) => Err(StoreError(format!("script returned {} values", v.len()))),
-            Ok(Err(e)) => {
-                self.forget();
-                Err(StoreError(e.to_string()))
-            }
-            Err(_) => {
-                self.forget();
-                Err(StoreError("no answer from redis in time".into()))
-            }
+            Ok(Err(e)) => Err(self.failed(&e.to_string())),
+            Err(_) => Err(self.failed("no answer from redis in time")),
         }
     }
 
