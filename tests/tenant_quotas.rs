@@ -352,3 +352,36 @@ fn a_stalled_redis_quota_store_admits_uncounted_without_waiting_on_every_request
         .iter()
         .any(|l| l.contains("quota store (redis) unreachable")));
 }
+
+#[test]
+fn quotas_added_by_a_reload_count_in_the_configured_file() {
+    let up = Upstream::start_ok();
+    let c = blocking_client();
+    let mut v: Value = serde_json::from_str(&config(
+        &up,
+        json!({"backend": "file", "path": "quotas.db"}),
+        10,
+    ))
+    .unwrap();
+    // No quotas at start: nothing needs the file yet.
+    v["tenants"]["acme"] = json!({});
+    let gw = GatewayProcess::start(&v.to_string());
+    assert_eq!(hit(&c, &gw), (200, None));
+    let res = c
+        .put(gw.url("/_kairos/tenants/acme"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"quotas": {"daily_requests": 10}}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().unwrap());
+    assert_eq!(hit(&c, &gw), (200, Some(9)));
+    assert_eq!(hit(&c, &gw), (200, Some(8)));
+    std::thread::sleep(Duration::from_millis(1500));
+    let dir = gw.into_dir(); // SIGKILL
+    let gw = GatewayProcess::start_in_dir(dir, &[]);
+    assert_eq!(
+        hit(&c, &gw),
+        (200, Some(7)),
+        "counted in the file, not in memory"
+    );
+}

@@ -104,7 +104,11 @@ impl Date {
     /// `YYYY-MM-DD`, or `None` when `s` is not a valid date in that form.
     pub fn parse(s: &str) -> Option<Date> {
         let b = s.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
         if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+            return None;
+        }
+        if !(digits(0..4) && digits(5..7) && digits(8..10)) {
             return None;
         }
         let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
@@ -164,5 +168,6 @@ mod tests {
         assert!(Date::parse("2026-02-30").is_none());
         assert!(Date::parse("2026-2-01").is_none());
         assert!(Date::parse("2026-13-01").is_none());
+        assert!(Date::parse("2026-+1-01").is_none());
     }
 }

@@ -204,6 +204,9 @@ pub struct Quotas {
     backend: Backend,
     /// Store settings, for handing the store over on reload.
     store_config: QuotaStoreConfig,
+    /// Whether `backend` is the configured store (a config without quotas opens none: it
+    /// gets a store in memory that nothing counts in).
+    opened: bool,
     tenants: Vec<Option<TenantQuota>>,
     /// Counters of every tenant with quotas, by id (handed over on reload).
     by_id: Vec<(String, Arc<Counters>)>,
@@ -218,8 +221,10 @@ impl Quotas {
         metrics: &Metrics,
         previous: Option<&Quotas>,
     ) -> Result<Quotas, QuotaBuildError> {
-        let kept = previous.filter(|p| p.store_config == t.quota_store);
         let any = t.tenants.iter().any(|x| x.quotas.is_some());
+        // The previous store carries over when it is the configured one (not the stand-in a
+        // config without quotas got), or when nothing needs a store now.
+        let kept = previous.filter(|p| p.store_config == t.quota_store && (p.opened || !any));
         let backend = match (&t.quota_store, kept) {
             (_, Some(p)) => match &p.backend {
                 Backend::Local(s) => Backend::Local(s.clone()),
@@ -283,8 +288,10 @@ impl Quotas {
                     .with_label_values(&[tenant.id.as_str()]),
             }));
         }
+        let opened = kept.map_or(any, |p| p.opened);
         Ok(Quotas {
             backend,
+            opened,
             store_config: t.quota_store.clone(),
             tenants,
             by_id,
