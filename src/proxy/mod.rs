@@ -5,8 +5,8 @@
 //! | phase              | where                                   | what                                  |
 //! |--------------------|-----------------------------------------|---------------------------------------|
 //! | request filter     | [`request::filter`]                     | URI, header and declared body limits, path normalised |
-//! | tenant             | [`crate::edge::tenant::Tenancy::recognise`] | the tenant the request names (tenancy only) |
-//! | route              | [`route::route`] (tenant's table first)  | host, path and method matched         |
+//! | tenant             | [`crate::edge::tenant::Tenancy::recognise_now`] | the tenant the request names (with tenancy only; refuses nothing) |
+//! | route              | [`route::route`]                        | host, path and method matched (the tenant's own table first) |
 //! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication, tenant, quota |
 //! | request body       | [`body::read`]                          | read whole or streamed, bytes counted |
 //! | upstream request   | [`upstream_request::build`]             | rewrite, headers, the edge's edits    |
@@ -14,10 +14,11 @@
 //! | forward            | [`forward::forward`]                    | balancer, breaker, retries, timeout   |
 //! | response transform | [`transform::response`], [`transform::response_body`] | `transformations`: headers, status; a JSON body |
 //! | response           | [`response::upstream`] / [`response::error`] | the client's response            |
-//! | response filter    | [`response::filter`]                    | trace id, rate-limit and CORS headers |
+//! | response filter    | [`response::filter`]                    | trace id, rate-limit, quota and CORS headers |
 //! | log                | [`log::access`]                         | the access-log line                   |
 //!
-//! Metrics and spans are recorded when the response is complete ([`completion`]).
+//! Metrics and spans are recorded when the response is complete ([`completion`]); a tenant's
+//! series ([`crate::edge::tenant::TenantSeries`]) when its response head is ready.
 //!
 //! The phase functions are `#[inline(always)]`: each separate function (and each separate
 //! future) costs moves of the values handed between phases. Splitting the 511-line function

@@ -3,7 +3,7 @@
 //! the `X-Quota-*` headers of every response of a tenant with quotas.
 //!
 //! With the `file` and `memory` backends the counts live in memory (a few atomics per
-//! tenant: one add per request, no lock) and [`store`] writes them once a second. With the
+//! tenant: one add per request, no lock) and [`super::store`] writes them once a second. With the
 //! `redis` backend every decision is one atomic Lua script (INCR with expiry), so every
 //! instance sharing that Redis enforces the same quota exactly.
 //!
