@@ -484,3 +484,32 @@ fn the_readme_saas_example_is_valid() {
         .collect();
     assert_eq!(ids, ["acme", "globex", "initech"]);
 }
+
+/// Route listings say whose a route is, and show a tenant route's values from the environment
+/// as written; a tenant route's name may not come from the environment.
+#[test]
+fn listings_name_the_tenant_and_never_expand_the_environment() {
+    let text = r#"{
+      "upstreams": {"u": {"servers": [{"url": "http://127.0.0.1:9001"}]}},
+      "routes": [{"name": "orders", "path": "/orders", "upstream": "u"}],
+      "tenants": {"acme": {"routes": [{"name": "acme-orders", "path": "${ACME_PATH}", "upstream": "u"}]}}
+    }"#;
+    let lookup = |k: &str| (k == "ACME_PATH").then(|| "/orders".to_string());
+    let cfg =
+        kairos_rs::config::load_str_with_env(text, "t", std::path::Path::new("/tmp"), &lookup)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let json: Value = serde_json::from_str(&kairos_rs::cli::render_routes(
+        &cfg,
+        kairos_rs::admin::render::Format::Json,
+    ))
+    .unwrap();
+    assert_eq!(json[0]["tenant"], Value::Null);
+    assert_eq!(json[1]["tenant"], "acme");
+    assert_eq!(json[1]["path"], "${ACME_PATH}");
+    let bad = text.replace("acme-orders", "${ACME_PATH}");
+    let errs =
+        kairos_rs::config::load_str_with_env(&bad, "t", std::path::Path::new("/tmp"), &lookup)
+            .unwrap_err()
+            .errors;
+    assert_eq!(errs[0].path, "tenants.acme.routes[0].name");
+}

@@ -117,6 +117,22 @@ impl Config {
     pub fn shown<'a>(&'a self, path: &str, value: &'a str) -> &'a str {
         self.written.get(path).map_or(value, String::as_str)
     }
+
+    /// Where route `i` is in the file: `routes[i]`, or `tenants.ID.routes[j]` for a tenant's.
+    pub fn route_json_path(&self, i: usize) -> String {
+        let owner = self
+            .routes
+            .get(i)
+            .and_then(|r| r.tenant)
+            .and_then(|t| self.tenancy.as_ref()?.tenants.get(t));
+        match owner {
+            None => format!("routes[{i}]"),
+            Some(t) => {
+                let j = t.routes.iter().position(|&x| x == i).unwrap_or(0);
+                format!("tenants.{}.routes[{j}]", t.id)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
