@@ -144,7 +144,23 @@ fn admin_api_round_trip_and_cli() {
         .json(&globex)
         .send()
         .unwrap();
-    assert_eq!(res.status(), 200, "{}", res.text().unwrap());
+    assert_eq!(res.status(), 200);
+    let applied: Value = res.json().unwrap();
+    let diff = &applied["applied"]["diff"];
+    assert!(
+        diff["routes_added"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("globex-reports")),
+        "{diff}"
+    );
+    assert!(
+        diff["settings_changed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tenants")),
+        "{diff}"
+    );
     let on_disk: Value =
         serde_json::from_str(&std::fs::read_to_string(gw.config_path()).unwrap()).unwrap();
     assert_eq!(
