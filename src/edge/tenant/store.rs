@@ -64,12 +64,20 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let db = redb::Database::create(path).map_err(err)?;
+        // Created owner-only from the start (redb initialises an empty file), and narrowed to
+        // that if it existed with wider permissions.
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(err)?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
         }
+        let db = redb::Database::create(path).map_err(err)?;
         Self::start(db, "file")
     }
 
