@@ -43,6 +43,7 @@ fn bench(c: &mut Criterion) {
         route: &route.name,
         params: &matched.params,
         identity: None,
+        tenant: None,
     };
     let pq = http::uri::PathAndQuery::from_static("/v1/users/42/orders?page=2");
     let mut headers = http::HeaderMap::new();

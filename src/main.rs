@@ -6,7 +6,7 @@ use kairos_rs::cli::demo;
 use kairos_rs::cli::remote::{self, RemoteError};
 use kairos_rs::cli::{
     CacheCommand, Cli, Command, ConfigCommand, HealthCommand, KeysCommand, MetricsCommand,
-    RoutesCommand, UpstreamsCommand,
+    RoutesCommand, TenantsCommand, UpstreamsCommand,
 };
 use kairos_rs::{config, observability, runtime as state, server};
 use std::process::ExitCode;
@@ -103,6 +103,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Metrics(MetricsCommand::Export { format, remote })) => {
             remote_run(&remote, |gw| remote::metrics_export(gw, format))
         }
+        Some(Command::Tenants(TenantsCommand::List { format, remote })) => {
+            remote_run(&remote, |gw| remote::tenants_list(gw, format))
+        }
+        Some(Command::Tenants(TenantsCommand::Usage {
+            tenant,
+            from,
+            to,
+            format,
+            remote,
+        })) => remote_run(&remote, |gw| {
+            remote::tenants_usage(gw, &tenant, from.as_deref(), to.as_deref(), format)
+        }),
         Some(Command::Routes(RoutesCommand::List { format, remote })) if remote.is_set() => {
             remote_run(&remote, |gw| remote::routes_list(gw, format))
         }

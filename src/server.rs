@@ -193,7 +193,8 @@ pub async fn run_until_signal(
         handle.stop(true).await;
     };
     actix_web::rt::spawn(signals);
-    let reloader = state_for_reload;
+    let reloader = state_for_reload.clone();
+    let state_for_flush = state_for_reload;
     actix_web::rt::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -208,5 +209,12 @@ pub async fn run_until_signal(
             .await;
         }
     });
-    server.await
+    let result = server.await;
+    // Quota counts not yet written (at most a second's) go to the store before exit.
+    if let Some(t) = &state_for_flush.load().edge.tenancy {
+        if let Err(e) = t.quotas.flush() {
+            tracing::warn!(error = %e, "quota counts not written at shutdown");
+        }
+    }
+    result
 }

@@ -943,3 +943,106 @@ fn redis_and_hybrid_cache_errors_name_the_key_its_line_and_the_fix() {
     assert_eq!(l1.line, Some(8));
     assert_eq!(errs.len(), 4, "{errs:#?}");
 }
+
+/// The tenants' checks, each with its path, line and hint.
+#[test]
+fn tenancy_errors_name_path_line_and_hint() {
+    let key = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let text = format!(
+        r#"{{
+  {UP},
+  "routes": [{{"name": "orders", "path": "/orders", "upstream": "users"}}],
+  "api_keys": {{"keys": {{"partner-a": {{"key_hash": "{key}"}}}}}},
+  "tenancy": {{
+    "identify_by": ["api_key", "jwt_claim", "hedaer"],
+    "quota_store": {{"backend": "sqlite"}}
+  }},
+  "tenants": {{
+    "a": {{"hosts": ["a.example.com"], "api_keys": ["partner-a"],
+           "routes": [{{"name": "orders", "path": "/orders", "upstream": "users"}},
+                      {{"name": "a-x", "path": "/x", "upstream": "users"}},
+                      {{"name": "a-y", "path": "/x", "upstream": "users"}}]}},
+    "b": {{"hosts": ["A.example.com"], "api_keys": ["partner-a", "partner-b"],
+           "quotas": {{"monthly_requests": 0}}, "rate_limits": {{"rps": 0}}}},
+    "other": {{"quotas": {{"warn_at": 0.5}}}}
+  }}
+}}"#
+    );
+    let errs = errors(&text);
+    let find = |path: &str| {
+        errs.iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no error at {path}: {errs:#?}"))
+    };
+    let e = find("tenancy.identify_by[1]");
+    assert_eq!(
+        e.message,
+        "`jwt_claim` needs a top-level `jwt_validation` section"
+    );
+    assert_eq!(e.line, Some(6));
+    let e = find("tenancy.identify_by[2]");
+    assert_eq!(e.message, "unknown identification method `hedaer`");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `header`?"));
+    let e = find("tenancy.quota_store.backend");
+    assert_eq!(e.message, "unknown quota store `sqlite`");
+    assert_eq!(e.line, Some(7));
+    let e = find("tenants.a.routes[0].name");
+    assert_eq!(
+        e.message,
+        "route name `orders` is already used by routes[0]"
+    );
+    let e = find("tenants.a.routes[2].path");
+    assert!(
+        e.message
+            .contains("can never be told apart from tenants.a.routes[1]"),
+        "{e}"
+    );
+    let e = find("tenants.b.hosts[0]");
+    assert_eq!(
+        e.message,
+        "host `a.example.com` already belongs to tenant `a`"
+    );
+    assert_eq!(e.line, Some(14));
+    let e = find("tenants.b.api_keys[0]");
+    assert_eq!(
+        e.message,
+        "API key `partner-a` already belongs to tenant `a`"
+    );
+    let e = find("tenants.b.api_keys[1]");
+    assert_eq!(e.message, "`partner-b` is not a configured API key");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `partner-a`?"));
+    assert_eq!(
+        find("tenants.b.quotas.monthly_requests").message,
+        "must be at least 1"
+    );
+    assert!(find("tenants.b.rate_limits.rps")
+        .message
+        .starts_with("rps must be more than 0"));
+    assert!(find("tenants.other").message.contains("reserved"));
+    assert_eq!(
+        find("tenants.other.quotas").message,
+        "`quotas` sets no quota"
+    );
+    // A tenant's route on the same path as a global one is not a conflict.
+    assert!(
+        !errs.iter().any(|e| e.path == "tenants.a.routes[0].path"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn tenancy_unknown_keys_and_redis_store_need_a_url() {
+    let text = format!(
+        r#"{{{UP}, "tenancy": {{"quota_store": {{"backend": "redis"}}, "requier": true}}}}"#
+    );
+    let errs = errors(&text);
+    let e = errs
+        .iter()
+        .find(|e| e.message.contains("requier"))
+        .expect("unknown key");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `require`?"));
+    let text = format!(r#"{{{UP}, "tenancy": {{"quota_store": {{"backend": "redis"}}}}}}"#);
+    let e = one(&text);
+    assert_eq!(e.path, "tenancy.quota_store.redis_url");
+    assert_eq!(e.message, "the redis backend needs `redis_url`");
+}

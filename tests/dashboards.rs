@@ -130,6 +130,8 @@ fn resolve_variables(expr: &str) -> String {
         .replace("$route", ".*")
         .replace("${upstream}", ".*")
         .replace("$upstream", ".*")
+        .replace("${tenant}", ".*")
+        .replace("$tenant", ".*")
 }
 
 #[tokio::test]
@@ -164,6 +166,8 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
                     "rate_limit":{{"per_ip":{{"rps":5,"burst":1}}}}}},
                   {{"name":"cached","path":"/cached/{{id}}","upstream":"users","cache":{{}}}}],
         "caching":{{"backend":"memory"}},
+        "tenancy":{{"identify_by":["header"],"quota_store":{{"backend":"memory"}}}},
+        "tenants":{{"acme":{{"quotas":{{"monthly_requests":1000000,"warn_at":0.5}}}}}},
         "logging":{{"access_log":false,"level":"error"}}}}"#,
         up.url(),
         failing.url(),
@@ -178,6 +182,11 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
         let base = format!("http://{}", gw.addr);
         tokio::spawn(async move {
             for i in 0.. {
+                let _ = c
+                    .get(format!("{base}/users/{i}"))
+                    .header("X-Tenant-Id", "acme")
+                    .send()
+                    .await;
                 for path in [
                     format!("/users/{i}"),
                     "/broken".into(),

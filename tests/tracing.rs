@@ -654,3 +654,49 @@ async fn a_jwks_fetch_is_a_span_and_its_failure_log_line_carries_the_trace_id() 
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn the_server_span_names_the_tenant() {
+    let col = collector();
+    let up = Upstream::start_ok();
+    let mut v: serde_json::Value = serde_json::from_str(&config(
+        &up.url(),
+        &format!(r#"{{"endpoint":"{}","sampling_rate":1.0}}"#, col.url()),
+    ))
+    .unwrap();
+    v["tenancy"] =
+        serde_json::json!({"identify_by": ["header"], "quota_store": {"backend": "memory"}});
+    v["tenants"] = serde_json::json!({"acme": {}});
+    let gw = GatewayProcess::start_with_env(&v.to_string(), &[("OTEL_BSP_SCHEDULE_DELAY", "50")]);
+    let c = client();
+    let res = c
+        .get(gw.url("/users/1"))
+        .header("x-tenant-id", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = c.get(gw.url("/users/2")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let server_spans = |col: &Upstream| -> Vec<HashMap<String, String>> {
+        spans(col)
+            .iter()
+            .filter(|(_, s)| s.kind == SpanKind::Server as i32)
+            .map(|(_, s)| attrs(s))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || server_spans(&col).len() >= 2),
+        "spans not exported"
+    );
+    let got = server_spans(&col);
+    let tenants: Vec<Option<&str>> = got
+        .iter()
+        .map(|a| a.get("kairos.tenant").map(String::as_str))
+        .collect();
+    assert!(tenants.contains(&Some("acme")), "{got:?}");
+    assert!(
+        tenants.contains(&None),
+        "a request without a tenant has no attribute"
+    );
+}

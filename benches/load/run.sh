@@ -22,6 +22,7 @@
 #   RATELIMIT    1 (default) also runs the rate-limit variants below; 0 skips them
 #   CACHE        1 (default) also runs the response-cache variants below; 0 skips them
 #   CHURN_MAX    caching.max_size of kairos-cache-churn (default 64MB)
+#   TENANCY      1 (default) also runs the tenancy variants below; 0 skips them
 #
 # Targets (all on 127.0.0.1, free ports picked at start):
 #   upstream     nginx, 1 worker, `return 200 "ok"`           (what every proxy forwards to)
@@ -49,6 +50,12 @@
 #                asks for a new key on every request (a wrk Lua script), each a miss stored
 #                with a 4 KiB body from the upstream: evictions all along. Its RSS under load is
 #                the number to read (against max_size), not its req/s.
+#   kairos-tenant-file   kairos with 10 routes, the hit route a route of tenant `acme` found
+#   kairos-tenant-redis  by `X-Tenant-Id` (wrk sends it), with a monthly quota that never
+#                binds: every request is identified, routed in the tenant's table, counted
+#                against the quota (file store: redb in the temp dir; or the redis store, one
+#                round trip per request) and recorded in the tenant metrics. kairos-tenant-none
+#                sends the same header to the plain kairos target: the baseline.
 #
 # CPU pinning (PIN=1, needs >= 2 CPUs): the proxy under test (nginx worker, or kairos-rs with
 # all its threads) runs alone on PROXY_CPU; wrk and the upstream nginx share AUX_CPU. A proxy
@@ -93,6 +100,7 @@ AUTH=${AUTH:-1}
 RATELIMIT=${RATELIMIT:-1}
 CACHE=${CACHE:-1}
 CHURN_MAX=${CHURN_MAX:-64MB}
+TENANCY=${TENANCY:-1}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HIT_PATH=/api/items/42          # the request every wrk run sends
@@ -156,6 +164,11 @@ free_port REDIS_PORT
 free_port NGXC_PORT
 free_port KC_PORT
 free_port KCH_PORT
+declare -A TEN_PORT
+for t in kairos-tenant-file kairos-tenant-redis; do
+    free_port port
+    TEN_PORT[$t]=$port
+done
 
 # ---------------------------------------------------------------- configs
 # nginx as root would switch its worker to "nobody", which cannot write into our temp dir.
@@ -238,8 +251,9 @@ nginx_conf nginx-cache "
 
 # kairos configs: the hit route plus N-1 generated routes of three shapes (static, parameter,
 # catch-all), all distinct, so the only difference between the two instances is the count.
-kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validation JSON[, rate_limiting JSON[, caching JSON[, hit route rewrite]]]]]
-    local file=$1 port=$2 n=$3 rate=${4:-} jwt=${5:-} rl=${6:-} caching=${7:-} rewrite=${8:-} hit_auth=""
+kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validation JSON[, rate_limiting JSON[, caching JSON[, hit route rewrite[, quota_store JSON]]]]]]
+    local file=$1 port=$2 n=$3 rate=${4:-} jwt=${5:-} rl=${6:-} caching=${7:-} rewrite=${8:-} ten=${9:-} hit_auth="" skip_hit=0
+    [[ -n $ten ]] && skip_hit=1
     [[ -n $jwt ]] && hit_auth=', "auth": "jwt"'
     [[ -n $rl ]] && hit_auth+=', "rate_limit": { "per_ip": { "rps": 1000000, "burst": 1000000 } }'
     [[ -n $caching ]] && hit_auth+=', "cache": {}'
@@ -263,10 +277,10 @@ kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validati
         printf '  "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:%s" }] } },\n' "$UP_PORT"
         printf '  "logging": { "level": "warn", "access_log": false },\n'
         printf '  "routes": [\n'
-        awk -v n="$n" -v hit="$HIT_ROUTE" -v auth="$hit_auth" 'BEGIN {
+        awk -v n="$n" -v hit="$HIT_ROUTE" -v auth="$hit_auth" -v skip="$skip_hit" 'BEGIN {
             half = int((n - 1) / 2)
             for (i = 0; i < n - 1; i++) {
-                if (i == half) printf "    { \"name\": \"hit\", \"path\": \"%s\", \"upstream\": \"up\"%s },\n", hit, auth
+                if (i == half && !skip) printf "    { \"name\": \"hit\", \"path\": \"%s\", \"upstream\": \"up\"%s },\n", hit, auth
                 k = i % 3
                 if (k == 0) p = sprintf("/static%d/health", i)
                 else if (k == 1) p = sprintf("/svc%d/items/{id}", i)
@@ -275,7 +289,13 @@ kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validati
             }
             if (n == 1) printf "    { \"name\": \"hit\", \"path\": \"%s\", \"upstream\": \"up\"%s }\n", hit, auth
         }'
-        printf '  ]\n}\n'
+        printf '  ]'
+        if [[ -n $ten ]]; then
+            printf ',\n  "tenancy": { "identify_by": ["header"], "quota_store": %s },\n' "$ten"
+            printf '  "tenants": { "acme": { "routes": [{ "name": "hit", "path": "%s", "upstream": "up" }],\n' "$HIT_ROUTE"
+            printf '    "quotas": { "monthly_requests": 1000000000000 } } }'
+        fi
+        printf '\n}\n'
     } >"$file"
 }
 kairos_conf "$TMP/kairos-10.json" "$K10_PORT" 10
@@ -467,6 +487,39 @@ end
 LUA
     TARGETS+=(nginx-cache kairos-cache kairos-cache-churn)
 fi
+declare -A TEN_PID
+if [[ $TENANCY == 1 ]]; then
+    if [[ $RATELIMIT != 1 ]]; then
+        command -v redis-server >/dev/null || die "redis-server is needed for kairos-tenant-redis (TENANCY=0 skips it)"
+        "${ON_AUX[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+            --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+        PIDS+=("$!")
+        for _ in $(seq 100); do
+            redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
+            sleep 0.1
+        done
+    fi
+    declare -A TEN_CONF=(
+        [kairos-tenant-file]="{ \"backend\": \"file\", \"path\": \"$TMP/quotas.db\" }"
+        [kairos-tenant-redis]="{ \"backend\": \"redis\", \"redis_url\": \"redis://127.0.0.1:$REDIS_PORT\" }"
+    )
+    for t in kairos-tenant-file kairos-tenant-redis; do
+        kairos_conf "$TMP/$t.json" "${TEN_PORT[$t]}" 10 "" "" "" "" "" "${TEN_CONF[$t]}"
+        "$KAIROS_BIN" config validate "$TMP/$t.json" >&2 || die "kairos config ($t) rejected"
+        "${ON_PROXY[@]}" "$KAIROS_BIN" --config "$TMP/$t.json" >"$TMP/$t.log" 2>&1 &
+        TEN_PID[$t]=$!
+        PIDS+=("${TEN_PID[$t]}")
+        HDR_OF[$t]="X-Tenant-Id: acme"
+        wait_ready "$t" "http://127.0.0.1:${TEN_PORT[$t]}$HIT_PATH" "${TEN_PID[$t]}" "${HDR_OF[$t]}"
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${TEN_PORT[$t]}$HIT_PATH")
+        [[ $code == 404 ]] || die "$t answered $code without the tenant, not 404"
+        curl -fsS -D - -o /dev/null -H "${HDR_OF[$t]}" "http://127.0.0.1:${TEN_PORT[$t]}$HIT_PATH" |
+            grep -qi '^x-quota-remaining' || die "$t answered without quota headers"
+        TARGETS+=("$t")
+    done
+    TARGETS+=(kairos-tenant-none)
+    HDR_OF[kairos-tenant-none]="X-Tenant-Id: acme"
+fi
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { # utime + stime of all threads of a process
@@ -503,6 +556,14 @@ if [[ $CACHE == 1 ]]; then
     PID_OF[kairos-cache-churn]=${CACHE_PID[kairos-cache-churn]}
     URL_OF[kairos-cache-churn]="http://127.0.0.1:$KCH_PORT"
     SCRIPT_OF[kairos-cache-churn]=$TMP/churn.lua
+fi
+for t in "${!TEN_PID[@]}"; do
+    PID_OF[$t]=${TEN_PID[$t]}
+    URL_OF[$t]="http://127.0.0.1:${TEN_PORT[$t]}$HIT_PATH"
+done
+if [[ $TENANCY == 1 ]]; then
+    PID_OF[kairos-tenant-none]=$K10_PID
+    URL_OF[kairos-tenant-none]=${URL_OF[kairos]}
 fi
 if [[ $AUTH == 1 ]]; then
     for t in kairos-hs256-noauth kairos-rs256-noauth; do
@@ -656,6 +717,10 @@ if [[ $CACHE == 1 ]]; then
         "$(awk '$1 == "kairos_cache_entries" { print $2 }' <<<"$churn_metrics")" \
         "$(awk '$1 == "kairos_cache_evictions_total" { print $2 }' <<<"$churn_metrics")"
 fi
+for t in kairos-tenant-file kairos-tenant-redis; do
+    [[ -n ${TEN_PID[$t]:-} ]] || continue
+    printf '%-40s %s\n' "$t / same request, no tenancy:" "$(ratio "${M_RPS[$t]}" "${M_RPS[kairos-tenant-none]}")"
+done
 printf '%-40s %s MB idle, %s MB under load\n' "nginx proxy worker RSS:" "$(mb "${RSS_IDLE[nginx]}")" "$(mb "${RSS_LOAD[nginx]}")"
 
 for t in "${TARGETS[@]:1}"; do

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod render;
+mod tenants;
 
 use crate::base::clock::rfc3339;
 use crate::base::error::GatewayError;
@@ -29,6 +30,11 @@ pub fn scope() -> actix_web::Scope {
         .route("/openapi.json", web::get().to(openapi))
         .route("/cache", web::get().to(cache::inspect))
         .route("/cache", web::delete().to(cache::purge))
+        .route("/tenants", web::get().to(tenants::list))
+        .route("/tenants/{id}", web::get().to(tenants::get))
+        .route("/tenants/{id}", web::put().to(tenants::put))
+        .route("/tenants/{id}", web::delete().to(tenants::delete))
+        .route("/tenants/{id}/usage", web::get().to(tenants::usage))
         .default_service(web::to(guarded_fallback))
 }
 
@@ -369,13 +375,26 @@ async fn config_put(
             None,
         );
     }
+    apply_put(&req, &state, text, None).await
+}
+
+/// Validates, applies and persists `text` as the new config (a PUT of the config or of a
+/// part of it), honouring `If-Match`; without one, `implicit` (the hash of the config the
+/// edit started from) is required instead, so that two edits of parts never lose one.
+async fn apply_put(
+    req: &HttpRequest,
+    state: &web::Data<SharedState>,
+    text: String,
+    implicit: Option<String>,
+) -> HttpResponse {
+    let req = req.clone();
     let Some(path) = state.config_path() else {
         return no_config_file(&req, "there is nowhere to persist");
     };
-    if let Some(res) = env_not_allowed(&req, &state, &text) {
+    if let Some(res) = env_not_allowed(&req, state, &text) {
         return res;
     }
-    let Ok(if_match) = if_match(&req) else {
+    let Ok(if_match) = if_match(&req).map(|m| m.or(implicit.map(|h| vec![h]))) else {
         return api_error(
             &req,
             actix_web::http::StatusCode::BAD_REQUEST,
@@ -618,7 +637,8 @@ async fn openapi(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespons
 
 /// The methods each `/_kairos` path serves (as [`scope`] routes them), for the `Allow` of a
 /// 405.
-const ALLOWED_METHODS: [(&str, &str); 10] = [
+const ALLOWED_METHODS: [(&str, &str); 11] = [
+    ("/_kairos/tenants", "GET"),
     ("/_kairos/health", "GET"),
     ("/_kairos/ready", "GET"),
     ("/_kairos/metrics", "GET"),

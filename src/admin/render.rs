@@ -13,7 +13,7 @@ pub enum Format {
 pub fn render_routes(cfg: &crate::config::Config, format: Format) -> String {
     // Values that came from the environment are shown as written (`${HOST}`), never expanded.
     let shown = |i: usize, field: &str, value: &str| {
-        cfg.shown(&format!("routes[{i}].{field}"), value)
+        cfg.shown(&format!("{}.{field}", cfg.route_json_path(i)), value)
             .to_string()
     };
     let rows: Vec<[Option<String>; 6]> = cfg
@@ -46,6 +46,9 @@ pub fn render_routes(cfg: &crate::config::Config, format: Format) -> String {
                         "name": r[0], "methods": r[1], "host": r[2], "path": r[3],
                         "upstream": r[4].clone().unwrap_or_default(), "rewrite": r[5],
                         "timeout": crate::config::units::format_duration(rc.timeout),
+                        "tenant": rc.tenant
+                            .and_then(|t| cfg.tenancy.as_ref()?.tenants.get(t))
+                            .map(|t| t.id.as_str()),
                     })
                 })
                 .collect();

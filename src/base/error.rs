@@ -40,6 +40,14 @@ pub enum GatewayError {
     /// `Cache-Control: only-if-cached` and no stored answer satisfies the request (RFC 9111
     /// 5.2.1.7).
     NotCached,
+    /// The tenant a header or JWT claim named is not configured.
+    TenantUnknown,
+    /// `tenancy.require` and the request yields no tenant.
+    TenantRequired,
+    /// The tenant's monthly or daily quota is used up; seconds until it resets.
+    QuotaExceeded {
+        retry_after: u64,
+    },
     /// A transformation step failed with `on_error: fail`: 400 for a request step, 502 for a
     /// response step.
     TransformFailed {
@@ -56,7 +64,11 @@ impl GatewayError {
             GatewayError::Unauthorized | GatewayError::AuthRequired { .. } => {
                 StatusCode::UNAUTHORIZED
             }
-            GatewayError::Forbidden | GatewayError::CorsRejected => StatusCode::FORBIDDEN,
+            GatewayError::Forbidden | GatewayError::CorsRejected | GatewayError::TenantUnknown => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::TenantRequired => StatusCode::UNAUTHORIZED,
+            GatewayError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -85,6 +97,9 @@ impl GatewayError {
             GatewayError::Unauthorized | GatewayError::AuthRequired { .. } => "unauthorized",
             GatewayError::Forbidden => "forbidden",
             GatewayError::CorsRejected => "cors_rejected",
+            GatewayError::TenantUnknown => "tenant_unknown",
+            GatewayError::TenantRequired => "tenant_required",
+            GatewayError::QuotaExceeded { .. } => "quota_exceeded",
             GatewayError::NotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::PayloadTooLarge => "payload_too_large",
@@ -113,6 +128,11 @@ impl GatewayError {
             }
             GatewayError::Forbidden => "the credentials do not grant access to this route",
             GatewayError::CorsRejected => "cross-origin request not allowed from this origin",
+            GatewayError::TenantUnknown => "the tenant named by this request is not known",
+            GatewayError::TenantRequired => "this gateway needs to know the request's tenant",
+            GatewayError::QuotaExceeded { .. } => {
+                "the tenant's request quota is used up; retry after the seconds in Retry-After"
+            }
             GatewayError::NotFound => "no route matches this request",
             GatewayError::MethodNotAllowed { .. } => "method not allowed on this path",
             GatewayError::PayloadTooLarge => "request body is larger than the gateway accepts",
@@ -166,7 +186,8 @@ impl GatewayError {
                     HeaderValue::from_static(challenge),
                 ));
             }
-            GatewayError::RateLimited { retry_after } => {
+            GatewayError::RateLimited { retry_after }
+            | GatewayError::QuotaExceeded { retry_after } => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
             }
             GatewayError::RateLimiterUnavailable => {
@@ -186,6 +207,8 @@ impl GatewayError {
             GatewayError::NotFound
             | GatewayError::Forbidden
             | GatewayError::CorsRejected
+            | GatewayError::TenantUnknown
+            | GatewayError::TenantRequired
             | GatewayError::UpstreamConnect
             | GatewayError::UpstreamProtocol
             | GatewayError::NoHealthyUpstream

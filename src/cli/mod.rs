@@ -48,6 +48,9 @@ pub enum Command {
     /// Purge a running gateway's response cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// A running gateway's tenants and their usage.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
     /// Run the built-in echo upstream alone.
     Echo {
         /// Address to listen on.
@@ -193,6 +196,32 @@ pub enum CacheCommand {
         /// Everything.
         #[arg(long, group = "what")]
         all: bool,
+        #[command(flatten)]
+        remote: crate::cli::remote::RemoteArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// The tenants of a running gateway.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        remote: crate::cli::remote::RemoteArgs,
+    },
+    /// A tenant's daily counts (admitted and refused requests) for billing.
+    Usage {
+        /// The tenant id.
+        tenant: String,
+        /// First day, YYYY-MM-DD (default: the first of this month, UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD (default: today, UTC).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::cli::remote::UsageFormat::Table)]
+        format: crate::cli::remote::UsageFormat,
         #[command(flatten)]
         remote: crate::cli::remote::RemoteArgs,
     },

@@ -1,5 +1,5 @@
 //! The operator CLI against a running gateway, through its admin API: deploy a config, check
-//! an upstream's health, export metrics, list routes. A gateway is named by URL
+//! an upstream's health, export metrics, list routes, list tenants and export their usage. A gateway is named by URL
 //! (`--gateway`) or by environment (`--environment`) in a small CLI config file:
 //!
 //! ```json
@@ -31,6 +31,13 @@ impl RemoteArgs {
     pub fn is_set(&self) -> bool {
         self.gateway.is_some() || self.environment.is_some()
     }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum UsageFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -500,6 +507,108 @@ pub fn routes_list(gw: &Gateway, format: crate::cli::Format) -> Result<String, R
                 .collect();
             Ok(crate::cli::render_table(
                 ["NAME", "METHODS", "HOST", "PATH", "UPSTREAM", "REWRITE"],
+                &rows,
+            ))
+        }
+    }
+}
+
+/// `tenants list` against a gateway: its tenants as a table or JSON.
+pub fn tenants_list(gw: &Gateway, format: crate::cli::Format) -> Result<String, RemoteError> {
+    let body = gw.get("/_kairos/tenants")?;
+    if let crate::cli::Format::Json = format {
+        return Ok(body);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| RemoteError::Failed(format!("unexpected answer: {e}")))?;
+    let list = |x: &serde_json::Value| {
+        let items: Vec<&str> = x
+            .as_array()
+            .map(|a| a.iter().filter_map(|i| i.as_str()).collect())
+            .unwrap_or_default();
+        match items.is_empty() {
+            true => "-".to_string(),
+            false => items.join(","),
+        }
+    };
+    let num = |x: &serde_json::Value| match x {
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => "-".to_string(),
+    };
+    let rows: Vec<[String; 7]> = v["tenants"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            [
+                t["id"].as_str().unwrap_or("").to_string(),
+                list(&t["hosts"]),
+                list(&t["api_keys"]),
+                list(&t["routes"]),
+                num(&t["rate_limits"]["rps"]),
+                num(&t["quotas"]["monthly_requests"]),
+                num(&t["quotas"]["daily_requests"]),
+            ]
+        })
+        .collect();
+    Ok(crate::cli::render_table(
+        [
+            "ID", "HOSTS", "API KEYS", "ROUTES", "RPS", "MONTHLY", "DAILY",
+        ],
+        &rows,
+    ))
+}
+
+/// `tenants usage ID` against a gateway: daily counts as a table, JSON or CSV.
+pub fn tenants_usage(
+    gw: &Gateway,
+    tenant: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    format: UsageFormat,
+) -> Result<String, RemoteError> {
+    let mut path = format!("/_kairos/tenants/{tenant}/usage");
+    let query: Vec<String> = [("from", from), ("to", to)]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect();
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query.join("&"));
+    }
+    let body = gw.get(&path)?;
+    if let UsageFormat::Json = format {
+        return Ok(body);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| RemoteError::Failed(format!("unexpected answer: {e}")))?;
+    let days = v["days"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let field = |d: &serde_json::Value, k: &str| match &d[k] {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        _ => String::new(),
+    };
+    match format {
+        UsageFormat::Csv => {
+            let mut out = String::from("tenant,date,requests,refused\n");
+            for d in days {
+                out.push_str(&format!(
+                    "{tenant},{},{},{}\n",
+                    field(d, "date"),
+                    field(d, "requests"),
+                    field(d, "refused")
+                ));
+            }
+            Ok(out)
+        }
+        _ => {
+            let rows: Vec<[String; 3]> = days
+                .iter()
+                .map(|d| [field(d, "date"), field(d, "requests"), field(d, "refused")])
+                .collect();
+            Ok(crate::cli::render_table(
+                ["DATE", "REQUESTS", "REFUSED"],
                 &rows,
             ))
         }

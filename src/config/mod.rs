@@ -223,6 +223,29 @@ fn names_not_from_env(root: &Value, errors: &mut Vec<ConfigError>) {
             }
         }
     }
+    for (id, t) in root
+        .get("tenants")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        for (j, r) in t
+            .get("routes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            for field in ["name", "upstream"] {
+                if r.get(field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.contains("${"))
+                {
+                    refuse(format!("tenants.{id}.routes[{j}].{field}"), errors);
+                }
+            }
+        }
+    }
     if let Some(ups) = root.get("upstreams").and_then(Value::as_object) {
         for name in ups.keys().filter(|k| k.contains("${")) {
             refuse(format!("upstreams.{name}"), errors);

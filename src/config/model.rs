@@ -37,12 +37,103 @@ pub struct Config {
     /// The text as written (`${ENV}` references unexpanded) of every string value that came
     /// from the environment, by JSON path (`routes[2].host`): what listings show instead.
     pub written: std::sync::Arc<std::collections::HashMap<String, String>>,
+    /// Present when the config has a `tenancy` section or any tenant.
+    pub tenancy: Option<TenancyConfig>,
+}
+
+/// How a request finds its tenant, the tenants, and where quota counts are kept.
+#[derive(Debug, Clone)]
+pub struct TenancyConfig {
+    pub identify_by: Vec<IdentifyBy>,
+    /// The header naming the tenant.
+    pub header: http::HeaderName,
+    pub claim: String,
+    pub require: bool,
+    pub quota_store: QuotaStoreConfig,
+    /// In id order; a tenant's index is its number at run time.
+    pub tenants: Vec<TenantConfig>,
+    /// Each tenant's own route table (same order as `tenants`).
+    pub routers: Vec<std::sync::Arc<crate::config::router::Router>>,
+}
+
+impl TenancyConfig {
+    /// The index of the tenant called `id`.
+    pub fn index(&self, id: &str) -> Option<usize> {
+        self.tenants
+            .binary_search_by(|t| t.id.as_str().cmp(id))
+            .ok()
+    }
+}
+
+/// One way of finding a request's tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentifyBy {
+    ApiKey,
+    JwtClaim,
+    Header,
+    Host,
+}
+
+impl IdentifyBy {
+    pub const NAMES: &'static [&'static str] = &["api_key", "jwt_claim", "header", "host"];
+}
+
+/// Where quota counts survive restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuotaStoreConfig {
+    /// An embedded database file (redb), flushed every second.
+    File { path: PathBuf },
+    /// Shared by every instance.
+    Redis {
+        /// May carry a password: never logged or shown.
+        url: Secret,
+        key_prefix: String,
+    },
+    /// Counts lost on restart.
+    Memory,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantConfig {
+    pub id: String,
+    /// Lower-case host names.
+    pub hosts: Vec<String>,
+    /// Names of API keys.
+    pub api_keys: Vec<String>,
+    /// Indexes of this tenant's routes in `Config::routes`.
+    pub routes: Vec<usize>,
+    pub rate_limit: Option<RateConfig>,
+    pub quotas: Option<QuotaConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuotaConfig {
+    pub monthly: Option<u64>,
+    pub daily: Option<u64>,
+    /// Share of a quota from which responses warn.
+    pub warn_at: Option<f64>,
 }
 
 impl Config {
     /// The value at `path` for display: as written when it came from the environment.
     pub fn shown<'a>(&'a self, path: &str, value: &'a str) -> &'a str {
         self.written.get(path).map_or(value, String::as_str)
+    }
+
+    /// Where route `i` is in the file: `routes[i]`, or `tenants.ID.routes[j]` for a tenant's.
+    pub fn route_json_path(&self, i: usize) -> String {
+        let owner = self
+            .routes
+            .get(i)
+            .and_then(|r| r.tenant)
+            .and_then(|t| self.tenancy.as_ref()?.tenants.get(t));
+        match owner {
+            None => format!("routes[{i}]"),
+            Some(t) => {
+                let j = t.routes.iter().position(|&x| x == i).unwrap_or(0);
+                format!("tenants.{}.routes[{j}]", t.id)
+            }
+        }
     }
 }
 
@@ -376,6 +467,9 @@ pub struct RouteConfig {
     pub transforms: std::sync::Arc<crate::config::transform::Transforms>,
     /// Present when the route's GET and HEAD answers are cached.
     pub cache: Option<std::sync::Arc<crate::config::cache::RouteCache>>,
+    /// The tenant (index in `TenancyConfig::tenants`) whose own route this is; `None` for a
+    /// global route.
+    pub tenant: Option<usize>,
 }
 
 /// Which credentials a route accepts; neither means the route is open.

@@ -52,6 +52,12 @@ pub struct RawConfig {
     /// The response cache (RFC 9111 shared cache) and its store.
     #[serde(default)]
     pub caching: Option<RawCaching>,
+    /// How a request finds its tenant, and where quota counts are kept.
+    #[serde(default)]
+    pub tenancy: Option<RawTenancy>,
+    /// Tenants by id: their hosts, API keys, own routes, rate limit and quotas.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, RawTenant>,
 }
 
 /// The response cache: where answers are stored and the defaults of every cached route.
@@ -113,6 +119,72 @@ pub struct RawRouteCacheSettings {
     pub key_template: Option<String>,
     /// Request headers that always make separate entries, on top of the response's `Vary`.
     pub vary: Option<Vec<String>>,
+}
+
+/// Tenant identification and the quota store.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenancy {
+    /// Methods tried in order, the first that yields a tenant wins: "api_key", "jwt_claim",
+    /// "header", "host" (default: all four, "jwt_claim" only with `jwt_validation`).
+    pub identify_by: Option<Vec<String>>,
+    /// The request header naming the tenant (default "X-Tenant-Id").
+    pub header: Option<String>,
+    /// The JWT claim naming the tenant (default "tenant").
+    pub claim: Option<String>,
+    /// A request that yields no tenant answers 401 `tenant_required` (default false).
+    pub require: Option<bool>,
+    /// Where quota counts are kept (default: the file "kairos-quotas.db" next to the config).
+    pub quota_store: Option<RawQuotaStore>,
+}
+
+/// Where quota counts survive restarts.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuotaStore {
+    /// "file" (an embedded database, one instance; at most the last second of counts is lost
+    /// on a crash), "redis" (shared by every instance) or "memory" (lost on restart; tests).
+    pub backend: String,
+    /// The database file of the file backend (default "kairos-quotas.db"), relative to the
+    /// config file's folder.
+    pub path: Option<String>,
+    /// redis://[user:password@]host:port[/db], for the redis backend.
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys (default "kairos:").
+    pub key_prefix: Option<String>,
+}
+
+/// One tenant.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Host names (without port) whose requests belong to this tenant (`identify_by` "host").
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Names of configured API keys (under `api_keys.keys`) whose callers belong to this tenant.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Routes only this tenant sees; they win over a global route with the same path.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// One bucket for the whole tenant (`burst` defaults to `rps`).
+    pub rate_limits: Option<RawRate>,
+    /// Requests per calendar month and day (UTC).
+    pub quotas: Option<RawQuotas>,
+}
+
+/// A tenant's quotas.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuotas {
+    /// Admitted requests per calendar month (UTC).
+    pub monthly_requests: Option<u64>,
+    /// Admitted requests per calendar day (UTC).
+    pub daily_requests: Option<u64>,
+    /// Soft limit: from this share of a quota used (0 < warn_at < 1, e.g. 0.8) responses carry
+    /// `X-Quota-Warning` and `kairos_tenant_quota_warnings_total` counts them; nothing is
+    /// refused before the quota itself.
+    pub warn_at: Option<f64>,
 }
 
 /// OpenTelemetry tracing, exported over OTLP/HTTP (Jaeger, Tempo and the OpenTelemetry

@@ -105,18 +105,33 @@ pub enum Lookup<'r, 'p> {
 }
 
 impl Router {
-    /// Builds the router; errors name the route (`routes[i].path`) that could not be added.
+    /// Builds the global route table (the routes of no tenant); errors name the route
+    /// (`routes[i].path`) that could not be added.
     pub fn build(routes: &[RouteConfig]) -> Result<Router, Vec<ConfigError>> {
+        Self::build_for(routes, None, &|i| format!("routes[{i}].path"))
+    }
+
+    /// Builds the table of the routes of `tenant` (`None`: the global routes); `path_of` names
+    /// route `i` in errors. Route numbers in the table are indexes into `routes`.
+    pub fn build_for(
+        routes: &[RouteConfig],
+        tenant: Option<usize>,
+        path_of: &dyn Fn(usize) -> String,
+    ) -> Result<Router, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut by_host: HashMap<String, Trees> = HashMap::new();
         let mut any = Trees::default();
         let mut entries: Vec<Entry> = Vec::new();
         let mut slots: HashMap<(Option<&str>, String), usize> = HashMap::new();
-        for (i, r) in routes.iter().enumerate() {
+        for (i, r) in routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.tenant == tenant)
+        {
             let template = match parse_path_template(&r.path) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(ConfigError::new(format!("routes[{i}].path"), e.to_string()));
+                    errors.push(ConfigError::new(path_of(i), e.to_string()));
                     continue;
                 }
             };
@@ -139,7 +154,7 @@ impl Router {
                     });
                 }
                 Err(e) => errors.push(
-                    ConfigError::new(format!("routes[{i}].path"), format!("path \"{}\" cannot be routed: {}", r.path, denormalize(&e.to_string(), &template.params)))
+                    ConfigError::new(path_of(i), format!("path \"{}\" cannot be routed: {}", r.path, denormalize(&e.to_string(), &template.params)))
                         .with_hint("two templates that match the same paths cannot be told apart; make one of them more specific"),
                 ),
             }

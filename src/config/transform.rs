@@ -150,6 +150,8 @@ pub enum TemplatePart {
     Jwt(String),
     /// The name of the caller's API key (never the key).
     ApiKey,
+    /// The request's tenant id.
+    Tenant,
 }
 
 impl Template {

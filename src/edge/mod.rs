@@ -9,9 +9,16 @@
 //!    authentications kept failing gets 429 before its credentials are checked.
 //! 4. Authentication and the route's permissions ([`auth`]): JWT or API key; a 401 counts
 //!    against the client's failure budget.
-//! 5. The identity-bound rate limits (a key's own, per API key, per user), once the caller is
+//! 5. The tenant ([`tenant`]), right after authentication: a tenant named by header or JWT
+//!    claim that is not configured is refused (403 `tenant_unknown`), and with
+//!    `tenancy.require` so is a request without one (401 `tenant_required`). The tenant was
+//!    *recognised* before routing ([`tenant::Tenancy::recognise`], which refuses nothing),
+//!    since a tenant's own routes are in its own route table; this is where it is enforced.
+//! 6. The identity-bound rate limits (a key's own, per API key, per user), once the caller is
 //!    known. Every limit that applies must admit the request; one refused at this step has
 //!    used its identity-free tokens (it did reach the gateway).
+//! 7. The tenant-wide rate limit (one bucket per tenant).
+//! 8. The tenant's quotas (month and day, UTC): last, so that only admitted requests count.
 //!
 //! On the way back, [`Edge::respond`] adds what the chain owes every response of the route,
 //! errors included: the rate-limit headers and the CORS headers.
@@ -19,6 +26,7 @@
 pub mod auth;
 pub mod cors;
 pub mod ratelimit;
+pub mod tenant;
 
 use crate::base::error::GatewayError;
 use crate::config::model::{Config, RouteConfig};
@@ -34,12 +42,16 @@ pub struct Edge {
     pub ratelimit: Option<ratelimit::RateLimiter>,
     /// Failed authentications per client address (routes and the admin API), always on.
     pub auth_failures: ratelimit::failures::AuthFailures,
+    /// Present when the config has tenants or a `tenancy` section.
+    pub tenancy: Option<tenant::Tenancy>,
 }
 
-/// What the chain owes the response: where the rate limits stand (a 429 carries them too).
+/// What the chain owes the response: where the rate limits and the quota stand (a 429
+/// carries them too).
 #[derive(Default)]
 pub struct Admission {
     pub ratelimit: Option<ratelimit::Report>,
+    pub quota: Option<tenant::quota::QuotaReport>,
 }
 
 /// The chain's verdict on a request it did not refuse.
@@ -58,6 +70,8 @@ pub struct EdgeRequest<'r> {
     /// A CORS preflight for a route with a policy (routed by the method it asks about).
     pub preflight: bool,
     pub request_id: &'r str,
+    /// The tenant the request named (recognised before routing; enforced by the chain).
+    pub tenant: tenant::Recognised,
 }
 
 impl Edge {
@@ -85,6 +99,14 @@ impl Edge {
                 config.auth_failures,
                 previous.map(|p| &p.auth_failures),
             ),
+            tenancy: match &config.tenancy {
+                None => None,
+                Some(t) => Some(tenant::Tenancy::build(
+                    t,
+                    metrics,
+                    previous.and_then(|p| p.tenancy.as_ref()),
+                )?),
+            },
         })
     }
 
@@ -160,25 +182,56 @@ impl Edge {
                 result?
             }
         };
-        // 5. The identity-bound rate limits (a key's own, per key, per user).
+        // 5. The tenant.
+        let tenant = match &self.tenancy {
+            None => None,
+            Some(t) => t.enforce(r.tenant)?,
+        };
+        // 6. The identity-bound rate limits (a key's own, per key, per user).
         if let (Some(rl), Some(id)) = (rl, identity.as_ref()) {
             let applicable = rl.applicable_identified(r.route_idx, Some(id));
             limit(rl, applicable, r.route, metrics, admission).await?;
+        }
+        if let (Some(t), Some(tenancy)) = (tenant, &self.tenancy) {
+            // 7. The tenant-wide rate limit.
+            if let Some(applicable) = self
+                .ratelimit
+                .as_ref()
+                .and_then(|rl| rl.applicable_tenant(t).map(|a| (rl, a)))
+            {
+                limit(applicable.0, applicable.1, r.route, metrics, admission).await?;
+            }
+            // 8. The quotas.
+            if tenancy.quotas.limits(t) {
+                quota(tenancy, t, admission).await?;
+            }
         }
         Ok(Verdict::Pass(identity))
     }
 
     /// The chain's part of every response: rate-limit headers where limits were consulted,
-    /// CORS headers where the route (or, unmatched, the top level) has a policy.
+    /// the quota headers of a tenant with quotas (where its quota stands when the request was
+    /// refused before the quota step), CORS headers where the route (or, unmatched, the top
+    /// level) has a policy.
     pub fn respond(
         &self,
         route: Option<usize>,
+        tenant: Option<usize>,
         admission: &Admission,
         req: &HttpRequest,
         res: &mut HttpResponse,
     ) {
         if let (Some(report), Some(rl)) = (&admission.ratelimit, &self.ratelimit) {
             rl.apply_headers(report, res.headers_mut());
+        }
+        match (&admission.quota, tenant, &self.tenancy) {
+            (Some(q), _, _) => tenant::quota::apply_headers(q, res.headers_mut()),
+            (None, Some(t), Some(tenancy)) => {
+                if let Some(q) = tenancy.quotas.peek(t, crate::base::clock::wall_ms()) {
+                    tenant::quota::apply_headers(&q, res.headers_mut());
+                }
+            }
+            _ => {}
         }
         self.cors.respond(route, req, res);
     }
@@ -223,6 +276,39 @@ async fn limit(
     }
 }
 
+/// The quota decision of the chain: its report joins the response's, a refusal is the 429.
+/// Counts in memory decide at once; the Redis store's future is boxed, so that it does not
+/// grow every request's future.
+#[inline(always)]
+async fn quota(
+    tenancy: &tenant::Tenancy,
+    t: usize,
+    admission: &mut Admission,
+) -> Result<(), GatewayError> {
+    use tenant::quota::QuotaDecision;
+    let now = crate::base::clock::wall_ms();
+    let decision = match tenancy.quotas.decide_now(t, now) {
+        Some(d) => d,
+        None => {
+            let id = tenancy.ids.get(t).map_or("", String::as_str);
+            Box::pin(tenancy.quotas.decide_remote(t, id, now)).await
+        }
+    };
+    match decision {
+        QuotaDecision::Unlimited | QuotaDecision::Unavailable => Ok(()),
+        QuotaDecision::Admitted(r) => {
+            admission.quota = Some(r);
+            Ok(())
+        }
+        QuotaDecision::Refused(r) => {
+            admission.quota = Some(r);
+            Err(GatewayError::QuotaExceeded {
+                retry_after: r.reset_s,
+            })
+        }
+    }
+}
+
 /// Why the edge policies of a (validated) config could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -232,6 +318,8 @@ pub enum EdgeError {
     Jwt(#[from] auth::jwt::JwtError),
     #[error(transparent)]
     RateLimit(#[from] ratelimit::RateLimitBuildError),
+    #[error(transparent)]
+    Quota(#[from] tenant::quota::QuotaBuildError),
 }
 
 impl EdgeError {
@@ -241,6 +329,7 @@ impl EdgeError {
             EdgeError::Cors(_) => "cors",
             EdgeError::Jwt(_) => "jwt_validation",
             EdgeError::RateLimit(_) => "rate_limiting",
+            EdgeError::Quota(_) => "tenancy.quota_store",
         }
     }
 }

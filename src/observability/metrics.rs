@@ -100,6 +100,15 @@ pub struct Metrics {
     pub log_dropped: IntCounter,
     /// The response cache's metrics.
     pub cache: CacheMetrics,
+    /// Per tenant (configured ids, else `other`): requests by status class.
+    pub tenant_requests: IntCounterVec,
+    pub tenant_duration: HistogramVec,
+    /// Share of the quota used, by tenant and period (`month`, `day`).
+    pub tenant_quota_used: prometheus::GaugeVec,
+    /// Responses past a tenant's soft limit (`warn_at`).
+    pub tenant_quota_warnings: IntCounterVec,
+    /// Quota decisions the store could not take (Redis unreachable): admitted, not counted.
+    pub tenant_quota_store_errors: IntCounterVec,
     servers: Arc<ServerGauges>,
 }
 
@@ -316,10 +325,39 @@ impl Metrics {
                  reader of stderr, a slow disk).",
             )
             .expect("valid metric definition"),
+            tenant_requests: counter_vec(
+                "kairos_tenant_requests_total",
+                "Requests by tenant (configured tenants; `other` for the rest) and status class \
+                 (2xx, 3xx, 4xx, 5xx).",
+                &["tenant", "class"],
+            ),
+            tenant_duration: histogram_vec(
+                "kairos_tenant_request_duration_seconds",
+                "Time from a tenant's request's arrival to its response head, by tenant.",
+                &["tenant"],
+            ),
+            tenant_quota_used: prometheus::GaugeVec::new(
+                Opts::new(
+                    "kairos_tenant_quota_used_ratio",
+                    "Share of a tenant's quota used in the current period (month or day, UTC).",
+                ),
+                &["tenant", "period"],
+            )
+            .expect("valid metric definition"),
+            tenant_quota_warnings: counter_vec(
+                "kairos_tenant_quota_warnings_total",
+                "Tenant responses sent past the quota's soft limit (warn_at), by tenant.",
+                &["tenant"],
+            ),
+            tenant_quota_store_errors: counter_vec(
+                "kairos_tenant_quota_store_errors_total",
+                "Quota decisions the store failed (admitted uncounted), by backend.",
+                &["backend"],
+            ),
             cache: CacheMetrics::new(),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 32] = [
+        let collectors: [Box<dyn Collector>; 37] = [
             Box::new(m.cache.requests.clone()),
             Box::new(m.cache.bytes.clone()),
             Box::new(m.cache.entries.clone()),
@@ -351,6 +389,11 @@ impl Metrics {
             Box::new(m.protocol_errors.clone()),
             Box::new(m.transform_errors.clone()),
             Box::new(m.log_dropped.clone()),
+            Box::new(m.tenant_requests.clone()),
+            Box::new(m.tenant_duration.clone()),
+            Box::new(m.tenant_quota_used.clone()),
+            Box::new(m.tenant_quota_warnings.clone()),
+            Box::new(m.tenant_quota_store_errors.clone()),
             Box::new(ServerGaugesCollector(m.servers.clone())),
         ];
         for c in collectors {
@@ -497,6 +540,22 @@ impl Metrics {
             &gone,
         );
         prune(&self.discovery_servers, &["upstream"], &gone);
+    }
+
+    /// Removes the series of tenants no longer configured (`other` stays): a reload that
+    /// removes a tenant leaves no series of it behind.
+    pub fn forget_tenants(&self, configured: &[String]) {
+        let gone = |names: &[&str], values: &[&str]| {
+            names
+                .iter()
+                .position(|n| *n == "tenant")
+                .map(|i| values[i])
+                .is_some_and(|t| t != "other" && !configured.iter().any(|c| c == t))
+        };
+        prune(&self.tenant_requests, &["tenant", "class"], &gone);
+        prune(&self.tenant_duration, &["tenant"], &gone);
+        prune(&self.tenant_quota_used, &["tenant", "period"], &gone);
+        prune(&self.tenant_quota_warnings, &["tenant"], &gone);
     }
 
     /// The servers whose live state the per-server gauges show (health, circuit, ejection,

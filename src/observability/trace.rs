@@ -381,6 +381,14 @@ impl RequestTrace {
         }
     }
 
+    /// Records the request's tenant on the server span (`kairos.tenant`).
+    pub fn tenant(&mut self, tenant: &str) {
+        if let Some(s) = &mut self.server {
+            s.attributes
+                .push(KeyValue::new("kairos.tenant", tenant.to_string()));
+        }
+    }
+
     /// Starts a client span for an upstream attempt (when recording); returns the parent to
     /// name in the propagation headers ([`RequestTrace::propagate`]).
     pub fn start_attempt(

@@ -317,13 +317,14 @@ fn refresh(ctx: &Ctx<'_>, f: Fetching, host: Option<&str>, up: &mut UpstreamRequ
     let req = ctx.req.clone();
     let (rt, metrics) = (ctx.shared.0.clone(), ctx.shared.1.clone());
     let rid = ctx.rid.clone();
+    let tenant = ctx.tenant;
     let host = host.map(str::to_owned);
     actix_web::rt::spawn(async move {
         let route = &rt.config.routes[idx];
         let Some(rc) = route.cache.as_deref() else {
             return;
         };
-        let mut ctx = Ctx::detached(&req, &rt, &metrics, rid, Some((idx, &route.name)));
+        let mut ctx = Ctx::detached(&req, &rt, &metrics, rid, Some((idx, &route.name)), tenant);
         let mut up = UpstreamRequest::prepared(&req, &rt, request);
         let watch = BodyWatch {
             too_large: Default::default(),

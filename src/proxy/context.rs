@@ -32,6 +32,8 @@ pub struct Ctx<'a> {
     pub admission: Admission,
     /// The authenticated caller's name, for the access log (only when it is on).
     pub identity: Option<String>,
+    /// The request's tenant (index into the tenancy's tenants), once recognised.
+    pub tenant: Option<usize>,
     pub request_bytes: u64,
     /// The request body was read whole, or there was none: an answer now leaves the
     /// connection reusable.
@@ -71,6 +73,7 @@ impl<'a> Ctx<'a> {
             upstream: None,
             admission: Admission::default(),
             identity: None,
+            tenant: None,
             request_bytes: 0,
             body_read: false,
             streamed: None,
@@ -86,6 +89,7 @@ impl<'a> Ctx<'a> {
         metrics: &'a Arc<Metrics>,
         rid: HeaderValue,
         route: Option<(usize, &'a str)>,
+        tenant: Option<usize>,
     ) -> Self {
         Ctx {
             req,
@@ -98,6 +102,7 @@ impl<'a> Ctx<'a> {
             upstream: None,
             admission: Admission::default(),
             identity: None,
+            tenant,
             request_bytes: 0,
             body_read: true,
             streamed: None,
@@ -110,6 +115,12 @@ impl<'a> Ctx<'a> {
     /// The request id as text (validated lazily: most requests never need it).
     pub fn rid_str(&self) -> &str {
         self.rid.to_str().unwrap_or_default()
+    }
+
+    /// The id of the request's tenant, if it has one.
+    pub fn tenant_id(&self) -> Option<&'a str> {
+        let tenancy = self.rt.edge.tenancy.as_ref()?;
+        tenancy.ids.get(self.tenant?).map(String::as_str)
     }
 
     pub fn trace(&mut self) -> Option<&mut RequestTrace> {

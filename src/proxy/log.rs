@@ -23,6 +23,7 @@ pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
             .and_then(|(set, i)| set.entries.get(*i))
             .map_or("-", |s| s.url.as_str()),
         identity = ctx.identity.as_deref().unwrap_or("-"),
+        tenant = ctx.tenant_id().unwrap_or("-"),
         request_id = ctx.rid_str(),
         trace_id = ids.and_then(|(t, _)| std::str::from_utf8(t).ok()),
         span_id = ids.and_then(|(_, s)| std::str::from_utf8(s).ok()),

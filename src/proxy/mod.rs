@@ -5,8 +5,9 @@
 //! | phase              | where                                   | what                                  |
 //! |--------------------|-----------------------------------------|---------------------------------------|
 //! | request filter     | [`request::filter`]                     | URI, header and declared body limits, path normalised |
-//! | route              | [`route::route`]                        | host, path and method matched         |
-//! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication |
+//! | tenant             | [`crate::edge::tenant::Tenancy::recognise_now`] | the tenant the request names (with tenancy only; refuses nothing) |
+//! | route              | [`route::route`]                        | host, path and method matched (the tenant's own table first) |
+//! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication, tenant, quota |
 //! | request body       | [`body::read`]                          | read whole or streamed, bytes counted |
 //! | cache lookup       | [`cache::lookup`]                       | routes with `cache`: stored answer, revalidation, coalescing |
 //! | upstream request   | [`upstream_request::build`]             | rewrite, headers, the edge's edits    |
@@ -14,10 +15,11 @@
 //! | forward            | [`forward::forward`], or [`cache::fetch`] | balancer, breaker, retries, timeout; the cache's answer or the upstream's, stored as it streams |
 //! | response transform | [`transform::response`], [`transform::response_body`] | `transformations`: headers, status; a JSON body |
 //! | response           | [`response::upstream`] / [`response::error`] | the client's response            |
-//! | response filter    | [`response::filter`]                    | trace id, rate-limit and CORS headers |
+//! | response filter    | [`response::filter`]                    | trace id, rate-limit, quota and CORS headers |
 //! | log                | [`log::access`]                         | the access-log line                   |
 //!
-//! Metrics and spans are recorded when the response is complete ([`completion`]).
+//! Metrics and spans are recorded when the response is complete ([`completion`]); a tenant's
+//! series ([`crate::edge::tenant::TenantSeries`]) when its response head is ready.
 //!
 //! The phase functions are `#[inline(always)]`: each separate function (and each separate
 //! future) costs moves of the values handed between phases. Splitting the 511-line function
@@ -43,6 +45,7 @@ pub use request::{has_dot_segment, normalize_path};
 
 use crate::base::error::GatewayError;
 use crate::config::model::ServerConfig;
+use crate::edge::tenant::Recognised;
 use crate::edge::{EdgeRequest, Verdict};
 use crate::runtime::SharedState;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -61,6 +64,10 @@ pub async fn handle(
         Err(e) => response::error(&mut ctx, e),
     };
     response::filter(&mut ctx, &mut res);
+    if let Some(t) = &rt.edge.tenancy {
+        t.series(ctx.tenant)
+            .record(res.status().as_u16(), ctx.start.elapsed().as_secs_f64());
+    }
     log::access(&ctx, &res);
     res
 }
@@ -71,6 +78,26 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
     let normalized = request::filter(ctx)?;
     let req = ctx.req;
     let host = request::request_host(req);
+    // The tenant is recognised before routing (its own routes are in its own table) and
+    // enforced by the edge chain.
+    let tenant = match &ctx.rt.edge.tenancy {
+        None => Recognised::Nobody,
+        Some(t) => match t.recognise_now(req, &ctx.rt.edge.auth) {
+            Some(r) => r,
+            // A JWT to verify first. Boxed: kept inline, that future would grow every
+            // request's future.
+            None => Box::pin(t.recognise(req, &ctx.rt.edge.auth)).await,
+        },
+    };
+    if let Recognised::Tenant(i) = tenant {
+        ctx.tenant = Some(i);
+        if let (Some(id), Some(trace)) = (
+            ctx.tenant_id(),
+            ctx.done.as_mut().and_then(|d| d.trace.as_mut()),
+        ) {
+            trace.tenant(id);
+        }
+    }
     let routed = route::route(ctx, host, normalized.as_deref().unwrap_or(req.path()))?;
     let edge = EdgeRequest {
         req,
@@ -78,6 +105,7 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
         route: routed.route,
         preflight: routed.preflight,
         request_id: ctx.rid.to_str().unwrap_or_default(),
+        tenant,
     };
     let server = &ctx.rt.config.server;
     let verdict = ctx

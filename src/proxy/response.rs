@@ -102,9 +102,13 @@ pub fn filter(ctx: &mut Ctx<'_>, res: &mut HttpResponse) {
     if let Some(v) = ctx.trace_header.take() {
         res.headers_mut().insert(trace::TRACE_ID_HEADER, v);
     }
-    ctx.rt
-        .edge
-        .respond(ctx.route.map(|(i, _)| i), &ctx.admission, ctx.req, res);
+    ctx.rt.edge.respond(
+        ctx.route.map(|(i, _)| i),
+        ctx.tenant,
+        &ctx.admission,
+        ctx.req,
+        res,
+    );
 }
 
 fn set_request_id(ctx: &Ctx<'_>, res: &mut HttpResponse) {

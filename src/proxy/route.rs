@@ -31,17 +31,32 @@ pub fn route<'a, 'p>(
     };
     let cors = &rt.edge.cors;
     let preflight_method = cors.preflight_method(method, req.headers());
-    let mut lookup = rt.router.lookup(
-        host_key.as_deref(),
-        path,
-        preflight_method.unwrap_or(method.as_str()),
-    );
+    // A tenant's own table first (its routes win over global ones), then the global one. A
+    // config without tenants never has a tenant here: one branch.
+    let own = match ctx.tenant {
+        None => None,
+        Some(t) => rt.config.tenancy.as_ref().and_then(|x| x.routers.get(t)),
+    };
+    let find = |m: &str| match own {
+        None => rt.router.lookup(host_key.as_deref(), path, m),
+        Some(own) => match own.lookup(host_key.as_deref(), path, m) {
+            found @ Lookup::Found { .. } => found,
+            Lookup::MethodNotAllowed { allow } => {
+                match rt.router.lookup(host_key.as_deref(), path, m) {
+                    found @ Lookup::Found { .. } => found,
+                    _ => Lookup::MethodNotAllowed { allow },
+                }
+            }
+            Lookup::NotFound => rt.router.lookup(host_key.as_deref(), path, m),
+        },
+    };
+    let mut lookup = find(preflight_method.unwrap_or(method.as_str()));
     let mut preflight = preflight_method.is_some();
     if preflight && !matches!(lookup, Lookup::Found { route, .. } if cors.route_has_policy(route)) {
         // The route the preflight asks about has no CORS policy: this is an ordinary OPTIONS
         // request, routed (and authenticated) by its own method.
         preflight = false;
-        lookup = rt.router.lookup(host_key.as_deref(), path, method.as_str());
+        lookup = find(method.as_str());
     }
     let (idx, params) = match lookup {
         Lookup::Found { route, params } => (route, params),

@@ -103,6 +103,8 @@ pub struct Vars<'r> {
     pub route: &'r str,
     pub params: &'r matchit::Params<'r, 'r>,
     pub identity: Option<&'r Identity>,
+    /// The request's tenant id.
+    pub tenant: Option<&'r str>,
 }
 
 /// The request steps' edits of the upstream request.
@@ -134,6 +136,7 @@ pub fn request(
         route: &routed.route.name,
         params: &routed.params,
         identity,
+        tenant: ctx.tenant_id(),
     };
     if !t.request.is_empty() {
         let pq = up.path_and_query.clone();
@@ -564,6 +567,12 @@ fn render(t: &Template, vars: &Vars<'_>) -> Result<String, &'static str> {
                     serde_json::Value::String(s) => out.push_str(s),
                     other => out.push_str(&other.to_string()),
                 }
+            }
+            TemplatePart::Tenant => {
+                out.push_str(
+                    vars.tenant
+                        .ok_or("{tenant} has no value (the request has no tenant)")?,
+                );
             }
             TemplatePart::ApiKey => {
                 let id = vars

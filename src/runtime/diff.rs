@@ -2,7 +2,7 @@
 //! settings sections changed, and settings that need a restart. Shown by the admin API's dry
 //! run and PUT, and logged on every reload.
 
-use crate::config::model::{Config, RouteConfig};
+use crate::config::model::{Config, QuotaStoreConfig, RouteConfig};
 use serde::Serialize;
 
 /// What a reload changes, by name.
@@ -134,6 +134,8 @@ impl Diff {
                 "admin",
                 format!("{:?}", old.admin) != format!("{:?}", new.admin),
             ),
+            ("tenancy", tenancy(old) != tenancy(new)),
+            ("tenants", tenants(old) != tenants(new)),
         ];
         d.settings_changed = sections
             .iter()
@@ -151,4 +153,38 @@ impl Diff {
     pub fn is_empty(&self) -> bool {
         *self == Diff::default()
     }
+}
+
+/// The `tenancy` settings of a config, for comparison.
+fn tenancy(c: &Config) -> Option<(String, String, bool, &QuotaStoreConfig)> {
+    c.tenancy.as_ref().map(|t| {
+        (
+            format!("{:?} {}", t.identify_by, t.header),
+            t.claim.clone(),
+            t.require,
+            &t.quota_store,
+        )
+    })
+}
+
+/// Each tenant's settings and its routes by name (route indexes shift between configs).
+fn tenants(c: &Config) -> Vec<(String, String, Vec<&str>)> {
+    c.tenancy
+        .iter()
+        .flat_map(|t| &t.tenants)
+        .map(|t| {
+            (
+                t.id.clone(),
+                format!(
+                    "{:?} {:?} {:?} {:?}",
+                    t.hosts, t.api_keys, t.rate_limit, t.quotas
+                ),
+                t.routes
+                    .iter()
+                    .filter_map(|&i| c.routes.get(i))
+                    .map(|r| r.name.as_str())
+                    .collect(),
+            )
+        })
+        .collect()
 }

@@ -253,8 +253,16 @@ fn commit(
     for w in &runtime.config.warnings {
         tracing::warn!("config warning: {w}");
     }
+    let tenants: Vec<String> = runtime
+        .config
+        .tenancy
+        .iter()
+        .flat_map(|t| &t.tenants)
+        .map(|t| t.id.clone())
+        .collect();
     state.set_config_text(text, hash.clone());
     state.swap(runtime);
+    state.metrics.forget_tenants(&tenants);
     let servers: Vec<(String, String)> = diff
         .servers_removed
         .iter()

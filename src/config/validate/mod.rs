@@ -11,6 +11,7 @@ mod observability;
 mod rate_limiting;
 mod routes;
 mod server;
+mod tenants;
 mod transformations;
 mod upstreams;
 
@@ -19,6 +20,7 @@ pub use observability::{parse_otlp_endpoint, EndpointError};
 pub use routes::{
     parse_path_template, parse_rewrite, PathTemplate, PathTemplateError, RewriteError,
 };
+pub use tenants::OTHER_TENANT;
 pub use transformations::{parse_template, replacement};
 pub use upstreams::{parse_server_url, parse_status_range, ServerUrlError, StatusRangeError};
 
@@ -127,7 +129,14 @@ pub fn validate(
         has_api_keys: api_keys.is_some(),
         default_timeout: server.request_timeout,
     };
-    let routes = routes::routes_config(&mut v, &raw.routes, &context);
+    let mut seen = routes::Seen::default();
+    let mut routes = routes::routes_config(&mut v, &raw.routes, &context, &mut seen);
+    let tenant_cx = tenants::TenantContext {
+        routes: &context,
+        api_keys: api_keys.as_ref(),
+        base_dir,
+    };
+    let mut tenancy = tenants::tenancy_config(&mut v, &raw, &tenant_cx, &mut seen, &mut routes);
     let logging = observability::logging_config(&mut v, &raw.logging, base_dir);
     let tracing = raw
         .tracing
@@ -135,8 +144,15 @@ pub fn validate(
         .and_then(|t| observability::tracing_config(&mut v, t, env));
     let auth_failures =
         rate_limiting::auth_failures(&mut v, raw.rate_limiting.as_ref(), top_limits.as_ref());
-    let rate_limiting = rate_limiting::effective(top_limits, api_keys.as_ref(), &routes);
+    let tenant_limits = tenancy
+        .as_ref()
+        .is_some_and(|t| t.tenants.iter().any(|t| t.rate_limit.is_some()));
+    let rate_limiting =
+        rate_limiting::effective(top_limits, api_keys.as_ref(), &routes, tenant_limits);
     let compiled = routes::compile(&mut v, &routes);
+    if let Some(t) = &mut tenancy {
+        tenants::compile(&mut v, t, &routes);
+    }
 
     if v.errors.is_empty() {
         Ok(Config {
@@ -155,6 +171,7 @@ pub fn validate(
             caching: caching.map(|c| c.config),
             warnings: v.warnings,
             written: Default::default(),
+            tenancy,
         })
     } else {
         Err(v.errors)

@@ -245,6 +245,7 @@ pub(super) fn effective(
     top_limits: Option<RateLimitConfig>,
     api_keys: Option<&ApiKeysConfig>,
     routes: &[RouteConfig],
+    tenant_limits: bool,
 ) -> Option<RateLimitConfig> {
     let any_key_limit = api_keys.is_some_and(|k| k.keys.iter().any(|e| e.rate_limit.is_some()));
     let any_route_limit = routes
@@ -252,7 +253,9 @@ pub(super) fn effective(
         .any(|r| r.rate_limit.is_some_and(|rl| !rl.limits.is_empty()));
     match top_limits {
         Some(rl) => Some(rl),
-        None if any_key_limit || any_route_limit => Some(RateLimitConfig::default()),
+        None if any_key_limit || any_route_limit || tenant_limits => {
+            Some(RateLimitConfig::default())
+        }
         None => None,
     }
 }

@@ -187,27 +187,40 @@ pub(super) struct RouteContext<'a> {
     pub(super) key_sources: super::transformations::KeySources<'a>,
 }
 
-type RoutesOnShape = Vec<(usize, MethodSet)>;
+type RoutesOnShape = Vec<(String, MethodSet)>;
 
-/// The routes seen so far, for the checks between routes.
+/// The routes seen so far (global and tenants' own), for the checks between routes.
 #[derive(Default)]
-struct Seen {
-    /// Route name -> the index of the route that has it.
-    names: HashMap<String, usize>,
-    /// (host, normalised path) -> the routes on it with their methods.
-    shapes: HashMap<(Option<String>, String), RoutesOnShape>,
+pub(super) struct Seen {
+    /// Route name -> the JSON path of the route that has it.
+    names: HashMap<String, String>,
+    /// (tenant, host, normalised path) -> the routes on it with their methods. A tenant's own
+    /// route and a global one on the same shape are not a conflict: the tenant's wins.
+    shapes: HashMap<(Option<usize>, Option<String>, String), RoutesOnShape>,
 }
 
-pub(super) fn routes_config(v: &mut V, raw: &[RawRoute], cx: &RouteContext) -> Vec<RouteConfig> {
-    let mut seen = Seen::default();
+pub(super) fn routes_config(
+    v: &mut V,
+    raw: &[RawRoute],
+    cx: &RouteContext,
+    seen: &mut Seen,
+) -> Vec<RouteConfig> {
     raw.iter()
         .enumerate()
-        .map(|(i, r)| route(v, i, r, cx, &mut seen))
+        .map(|(i, r)| route(v, &format!("routes[{i}]"), r, cx, seen, None))
         .collect()
 }
 
-fn route(v: &mut V, i: usize, r: &RawRoute, cx: &RouteContext, seen: &mut Seen) -> RouteConfig {
-    let p = format!("routes[{i}]");
+/// One route at JSON path `p`: a global one, or tenant `tenant`'s own.
+pub(super) fn route(
+    v: &mut V,
+    p: &str,
+    r: &RawRoute,
+    cx: &RouteContext,
+    seen: &mut Seen,
+    tenant: Option<usize>,
+) -> RouteConfig {
+    let p = p.to_string();
     let template = match parse_path_template(&r.path) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -271,9 +284,9 @@ fn route(v: &mut V, i: usize, r: &RawRoute, cx: &RouteContext, seen: &mut Seen) 
     let params = template.as_ref().map_or(&[][..], |t| t.params.as_slice());
     let transforms = super::transformations::merge(cx.top_transforms, own, params);
     let cache = super::caching::route_cache(v, &p, r.cache.as_ref(), cx.cache);
-    let name = name(v, &p, i, r, host.as_deref(), seen);
+    let name = name(v, &p, r, host.as_deref(), seen);
     if let Some(t) = &template {
-        check_shape(v, &p, i, &name, (&host, t, methods), seen);
+        check_shape(v, &p, &name, (tenant, &host, t, methods), seen);
     }
     RouteConfig {
         name,
@@ -290,6 +303,7 @@ fn route(v: &mut V, i: usize, r: &RawRoute, cx: &RouteContext, seen: &mut Seen) 
         rate_limit,
         transforms,
         cache,
+        tenant,
     }
 }
 
@@ -388,7 +402,7 @@ fn auth(v: &mut V, p: &str, r: &RawRoute, cx: &RouteContext) -> AuthMode {
 }
 
 /// The route's name (by default its methods, host and path), which must be unique.
-fn name(v: &mut V, p: &str, i: usize, r: &RawRoute, host: Option<&str>, seen: &mut Seen) -> String {
+fn name(v: &mut V, p: &str, r: &RawRoute, host: Option<&str>, seen: &mut Seen) -> String {
     let name = r.name.clone().unwrap_or_else(|| {
         let target = format!("{}{}", host.unwrap_or(""), r.path);
         match &r.methods {
@@ -406,10 +420,10 @@ fn name(v: &mut V, p: &str, i: usize, r: &RawRoute, host: Option<&str>, seen: &m
             "choose another name",
         );
     }
-    if let Some(prev) = seen.names.insert(name.clone(), i) {
+    if let Some(prev) = seen.names.insert(name.clone(), p.to_string()) {
         v.err_hint(
             format!("{p}.name"),
-            format!("route name `{name}` is already used by routes[{prev}]"),
+            format!("route name `{name}` is already used by {prev}"),
             "give every route a unique name",
         );
     }
@@ -420,25 +434,24 @@ fn name(v: &mut V, p: &str, i: usize, r: &RawRoute, host: Option<&str>, seen: &m
 fn check_shape(
     v: &mut V,
     p: &str,
-    i: usize,
     name: &str,
-    (host, template, methods): (&Option<String>, &PathTemplate, MethodSet),
+    (tenant, host, template, methods): (Option<usize>, &Option<String>, &PathTemplate, MethodSet),
     seen: &mut Seen,
 ) {
     let group = seen
         .shapes
-        .entry((host.clone(), template.normalized.clone()))
+        .entry((tenant, host.clone(), template.normalized.clone()))
         .or_default();
     for (j, other) in group.iter() {
         if other.overlaps(methods) {
             v.err_hint(
                 format!("{p}.path"),
-                format!("route `{name}` can never be told apart from routes[{j}]: same host, path shape and methods"),
+                format!("route `{name}` can never be told apart from {j}: same host, path shape and methods"),
                 "make the paths, hosts or methods differ, or remove one route",
             );
         }
     }
-    group.push((i, methods));
+    group.push((p.to_string(), methods));
 }
 
 /// The route table, built only when everything else is valid.

@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue};
 use std::sync::Arc;
 
 const VARIABLES: &str = "{request_id}, {client_ip}, {route}, {path.NAME}, {header.NAME}, \
-                         {query.NAME}, {jwt.CLAIM} or {api_key}";
+                         {query.NAME}, {jwt.CLAIM}, {api_key} or {tenant}";
 
 /// Headers whose values the gateway itself manages (framing and hop-by-hop): a step may not
 /// touch them.
@@ -569,6 +569,7 @@ fn variable(var: &str, params: Option<&[String]>) -> Result<TemplatePart, (Strin
         ("client_ip", None) => TemplatePart::ClientIp,
         ("route", None) => TemplatePart::Route,
         ("api_key", None) => TemplatePart::ApiKey,
+        ("tenant", None) => TemplatePart::Tenant,
         (_, Some("")) => return Err(unknown()),
         ("path", Some(n)) => {
             let index = params.and_then(|ps| ps.iter().position(|p| p == n));

@@ -33,6 +33,8 @@ pub enum Scope {
     PerIp,
     PerUser,
     PerApiKey,
+    /// One bucket per tenant (`tenants.*.rate_limits`).
+    Tenant,
 }
 
 impl Scope {
@@ -42,6 +44,7 @@ impl Scope {
             Scope::PerIp => "per_ip",
             Scope::PerUser => "per_user",
             Scope::PerApiKey => "per_api_key",
+            Scope::Tenant => "tenant",
         }
     }
 }
@@ -205,6 +208,8 @@ pub struct RateLimiter {
     routes: Vec<RoutePlan>,
     /// API key name -> its own limit.
     own: FxHashMap<Box<str>, u32>,
+    /// Tenant index -> its limit.
+    tenants: Vec<Option<u32>>,
     redis: Option<redis::RedisStore>,
     /// Identity of the Redis settings, for handing the connection over on reload.
     redis_id: Option<(Vec<u8>, std::time::Duration, String)>,
@@ -264,6 +269,15 @@ impl RateLimiter {
                 own.insert(key.name.as_str().into(), i);
             }
         }
+        let tenants = config
+            .tenancy
+            .iter()
+            .flat_map(|t| &t.tenants)
+            .map(|t| {
+                t.rate_limit
+                    .map(|c| b.limit(Scope::Tenant, None, Some(&t.id), c))
+            })
+            .collect();
         let routes = config.routes.iter().map(|r| b.plan(r, &top_idx)).collect();
         let limits = b.limits;
         let (redis, redis_id) = match &rl.backend {
@@ -312,6 +326,7 @@ impl RateLimiter {
             limits,
             routes,
             own,
+            tenants,
             redis,
             redis_id,
             on_error: rl.on_backend_error,
@@ -382,6 +397,14 @@ impl RateLimiter {
             }
         }
         out
+    }
+
+    /// The tenant-wide limit of tenant `t`, if it has one.
+    pub fn applicable_tenant(&self, t: usize) -> Option<Applicable> {
+        let i = (*self.tenants.get(t)?)?;
+        let mut out = Applicable::default();
+        out.add((i, None));
+        Some(out)
     }
 
     /// Decides one request: at once in memory, or through Redis.
@@ -648,6 +671,7 @@ impl Builder<'_> {
         // Route and key names are free text: length-prefixed, so no two limits' keys can
         // collide whatever the names contain.
         let redis_prefix = match (route, own_key) {
+            (_, Some(t)) if scope == Scope::Tenant => format!("{prefix}tenant:{}:{t}", t.len()),
             (_, Some(k)) => format!("{prefix}key:{}:{k}", k.len()),
             (Some(r), None) => format!("{prefix}route:{}:{r}:{}:", r.len(), scope.as_str()),
             (None, None) => format!("{prefix}{}:", scope.as_str()),
