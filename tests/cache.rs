@@ -911,3 +911,82 @@ async fn many_keys_over_max_size_are_evicted_and_the_bytes_stay_within_it() {
     .expect("entries");
     assert!((1.0..=64.0).contains(&entries), "{entries} entries");
 }
+
+#[tokio::test]
+async fn repeated_query_parameters_in_another_order_are_another_key() {
+    let up = Upstream::start(|r| Reply::ok(&r.target).header("cache-control", "max-age=60"));
+    let gw = cached(&up);
+    assert_eq!(get(&gw, "/q?a=1&a=2", &[]).await.3, "/q?a=1&a=2");
+    // `a=2&a=1` means another thing to most applications (the first or last value wins).
+    let other = get(&gw, "/q?a=2&a=1", &[]).await;
+    assert_eq!(other.3, "/q?a=2&a=1", "another request's answer");
+    // Parameters of different names still sort.
+    let swapped = get(&gw, "/q?b=1&a=1&a=2", &[]).await;
+    assert_eq!(swapped.3, "/q?b=1&a=1&a=2");
+    let same = get(&gw, "/q?a=1&b=1&a=2", &[]).await;
+    assert_eq!(
+        (same.1.as_str(), same.3.as_str()),
+        ("HIT", "/q?b=1&a=1&a=2")
+    );
+    assert_eq!(up.count(), 3);
+}
+
+/// Two 16-byte queries that rustc-hash 2 (FxHasher, the `{query_hash}` of the first cache)
+/// maps to the same 64 bits: its byte hash is `mix(SEED1 ^ first8, SEED2 ^ last8)`, the
+/// 128-bit product folded, so doubling one factor and halving the other collides. Any client
+/// can compute such a pair for a victim's query.
+fn fx_colliding_queries() -> (String, String) {
+    const SEED1: u64 = 0x243f_6a88_85a3_08d3;
+    const SEED2: u64 = 0x1319_8a2e_0370_7344;
+    const ALPHABET: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$*,;:@";
+    let ok = |v: u64| v.to_le_bytes().iter().all(|b| ALPHABET.contains(b));
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        let mut out = [0u8; 8];
+        for b in &mut out {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = ALPHABET[(seed % ALPHABET.len() as u64) as usize];
+        }
+        u64::from_le_bytes(out)
+    };
+    let (x, x2) = loop {
+        let x = next();
+        let a = SEED1 ^ x;
+        if a >> 63 == 0 && ok((a << 1) ^ SEED1) {
+            break (x, (a << 1) ^ SEED1);
+        }
+    };
+    let (y, y2) = loop {
+        let y = next();
+        let b = SEED2 ^ y;
+        if b & 1 == 0 && ok((b >> 1) ^ SEED2) {
+            break (y, (b >> 1) ^ SEED2);
+        }
+    };
+    let text = |a: u64, b: u64| {
+        let mut v = a.to_le_bytes().to_vec();
+        v.extend_from_slice(&b.to_le_bytes());
+        String::from_utf8(v).expect("ascii")
+    };
+    (text(x, y), text(x2, y2))
+}
+
+#[tokio::test]
+async fn a_query_crafted_to_collide_with_another_never_gets_its_answer() {
+    let (victim, attacker) = fx_colliding_queries();
+    assert_ne!(victim, attacker);
+    let up = Upstream::start(|r| Reply::ok(&r.target).header("cache-control", "max-age=60"));
+    let gw = cached(&up);
+    let planted = get(&gw, &format!("/c?{attacker}"), &[]).await;
+    assert_eq!(planted.3, format!("/c?{attacker}"));
+    let served = get(&gw, &format!("/c?{victim}"), &[]).await;
+    assert_eq!(
+        served.3,
+        format!("/c?{victim}"),
+        "the attacker's answer was served"
+    );
+    assert_eq!(up.count(), 2);
+}
