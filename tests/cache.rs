@@ -990,3 +990,78 @@ async fn a_query_crafted_to_collide_with_another_never_gets_its_answer() {
     );
     assert_eq!(up.count(), 2);
 }
+
+#[tokio::test]
+async fn a_304_never_relabels_the_stored_body_encoding_or_length() {
+    let up = Upstream::start(|r| match r.header("if-none-match") {
+        Some(_) => Reply::ok("")
+            .status(304)
+            .header("etag", "\"e\"")
+            .header("content-encoding", "gzip")
+            .header("cache-control", "max-age=60"),
+        None => Reply::ok("plain body")
+            .header("etag", "\"e\"")
+            .header("cache-control", "max-age=0, must-revalidate"),
+    });
+    let gw = cached(&up);
+    get(&gw, "/enc", &[]).await;
+    let res = client().get(gw.url("/enc")).send().await.expect("request");
+    assert_eq!(res.headers()["x-cache"], "REVALIDATED");
+    assert!(
+        res.headers().get("content-encoding").is_none(),
+        "an identity body labelled {:?}",
+        res.headers().get("content-encoding")
+    );
+    assert_eq!(res.headers()["content-length"], "10");
+    assert_eq!(res.text().await.expect("body"), "plain body");
+    let hit = client().get(gw.url("/enc")).send().await.expect("request");
+    assert_eq!(hit.headers()["x-cache"], "HIT");
+    assert!(hit.headers().get("content-encoding").is_none());
+    assert_eq!(hit.text().await.expect("body"), "plain body");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_304_that_makes_the_answer_private_or_no_store_removes_it() {
+    let up = Upstream::start(|r| {
+        let cc = match r.target.as_str() {
+            "/p" => "private, max-age=60",
+            _ => "no-store",
+        };
+        match r.header("if-none-match") {
+            Some(_) => Reply::ok("")
+                .status(304)
+                .header("etag", "\"e\"")
+                .header("cache-control", cc),
+            None => Reply::ok(&format!("for {}", r.header("x-user").unwrap_or("?")))
+                .header("etag", "\"e\"")
+                .header("cache-control", "max-age=0"),
+        }
+    });
+    let gw = cached(&up);
+    for path in ["/p", "/ns"] {
+        get(&gw, path, &[("x-user", "alice")]).await;
+        // Revalidated: the upstream now says the answer is not for a shared cache.
+        let checked = get(
+            &gw,
+            path,
+            &[("x-user", "alice"), ("cache-control", "max-age=0")],
+        )
+        .await;
+        assert_eq!(checked.1, "REVALIDATED", "{path}");
+        assert_eq!(checked.3, "for alice", "{path}");
+        // Another client that accepts a stale answer must not get it from the cache.
+        let other = get(
+            &gw,
+            path,
+            &[("x-user", "bob"), ("cache-control", "max-stale")],
+        )
+        .await;
+        assert_ne!(
+            other.1, "STALE",
+            "{path}: served after the upstream made it {path}"
+        );
+        assert_eq!(other.3, "for bob", "{path}");
+        assert_eq!(hits(&up, path), 3, "{path}");
+    }
+}

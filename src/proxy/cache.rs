@@ -424,14 +424,25 @@ async fn settle<'a>(
     };
     if let (304, Some(s)) = (status, stale.as_ref()) {
         if policy::has_validator(&s.headers) {
+            let authorized = ctx.req.headers().contains_key("authorization");
             let merged = merge(
                 s,
                 &a.parts.headers,
+                authorized,
                 request_time,
                 response_time,
                 defaults,
                 rc,
             );
+            let merged = match merged {
+                Ok(m) => m,
+                // The upstream now says it may not be stored (`private`, `no-store`, ...):
+                // this client gets it, and the stored copy goes.
+                Err(m) => {
+                    cache.remove(&primary);
+                    return Ok((answer(ctx, &m, now, "REVALIDATED"), "revalidated"));
+                }
+            };
             let names = policy::vary_names(&merged.headers, &rc.vary);
             let selected = policy::vary_values(&names, |n| {
                 ctx.req.headers().get_all(n).map(|v| v.as_bytes()).collect()
@@ -508,20 +519,24 @@ fn keep(fresh: &policy::Freshness, headers: &http::HeaderMap, rc: &RouteCache) -
 }
 
 /// The stored answer updated by a 304 (RFC 9111 3.2 and 4.3.4): its header fields replace
-/// the stored ones (but `Content-Length`), its times and freshness are the new ones.
+/// the stored ones (but those describing the stored body's bytes: `Content-Length`,
+/// `Content-Encoding`, `Content-Range`), its times and freshness are the new ones. `Err`
+/// when the updated answer may no longer be stored (it is still this client's answer).
+#[allow(clippy::too_many_arguments)]
 fn merge(
     s: &Stored,
     fresh_headers: &http::HeaderMap,
+    authorized: bool,
     request_time: SystemTime,
     response_time: SystemTime,
     defaults: Defaults,
     rc: &RouteCache,
-) -> Stored {
+) -> Result<Stored, Stored> {
     let mut headers = s.headers.clone();
     let update = storable_headers(fresh_headers);
     let mut replaced: Vec<HeaderName> = Vec::new();
     for (name, value) in update.iter() {
-        if name == hh::CONTENT_LENGTH {
+        if name == hh::CONTENT_LENGTH || name == hh::CONTENT_ENCODING || name == hh::CONTENT_RANGE {
             continue;
         }
         if !replaced.contains(name) {
@@ -531,20 +546,21 @@ fn merge(
         headers.append(name.clone(), value.clone());
     }
     let res_cc = Directives::of(&headers);
-    let fresh = policy::storable(
+    let decided = policy::storable(
         &Directives::default(),
-        false,
+        authorized,
         s.status,
         &headers,
         &res_cc,
         defaults,
         response_time,
-    )
-    .unwrap_or(policy::Freshness {
+    );
+    let storable = decided.is_ok();
+    let fresh = decided.unwrap_or(policy::Freshness {
         lifetime: 0,
         ..s.fresh
     });
-    Stored {
+    let merged = Stored {
         status: s.status,
         keep: keep(&fresh, &headers, rc),
         initial_age: policy::initial_age(fresh_headers, request_time, response_time),
@@ -554,6 +570,10 @@ fn merge(
         fresh,
         route: s.route.clone(),
         path: s.path.clone(),
+    };
+    match storable {
+        true => Ok(merged),
+        false => Err(merged),
     }
 }
 
