@@ -1065,3 +1065,25 @@ async fn a_304_that_makes_the_answer_private_or_no_store_removes_it() {
         assert_eq!(hits(&up, path), 3, "{path}");
     }
 }
+
+#[tokio::test]
+async fn an_unsatisfiable_range_on_a_stored_answer_is_416() {
+    let up = Upstream::start(|_| Reply::ok("0123456789").header("cache-control", "max-age=60"));
+    let gw = cached(&up);
+    get(&gw, "/r", &[]).await;
+    for spec in ["bytes=10-", "bytes=20-30", "bytes=-0"] {
+        let res = client()
+            .get(gw.url("/r"))
+            .header("range", spec)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 416, "{spec}");
+        assert_eq!(res.headers()["content-range"], "bytes */10", "{spec}");
+        assert_eq!(res.text().await.expect("body"), "", "{spec}");
+    }
+    // A syntactically invalid range is ignored: the whole answer.
+    let whole = get(&gw, "/r", &[("range", "bytes=5-2")]).await;
+    assert_eq!((whole.0, whole.3.as_str()), (200, "0123456789"));
+    assert_eq!(up.count(), 1);
+}

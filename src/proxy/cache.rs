@@ -637,7 +637,18 @@ fn answer(ctx: &Ctx<'_>, s: &Stored, now: u64, label: &'static str) -> Answer {
         status = 304;
         body = None;
     } else if s.status == 200 {
-        if let Some((start, end)) = range(req.headers(), &s.headers, s.body.len() as u64) {
+        let len = s.body.len() as u64;
+        if let Some(Err(Unsatisfiable)) = range(req.headers(), &s.headers, len) {
+            // RFC 9110 15.5.17: no byte of the stored answer is in the range.
+            status = 416;
+            headers.insert(
+                hh::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}"))
+                    .unwrap_or(HeaderValue::from_static("bytes */0")),
+            );
+            headers.insert(hh::CONTENT_LENGTH, HeaderValue::from(0u64));
+            body = None;
+        } else if let Some(Ok((start, end))) = range(req.headers(), &s.headers, len) {
             status = 206;
             headers.insert(
                 hh::CONTENT_RANGE,
@@ -683,13 +694,18 @@ fn not_modified(req: &actix_web::http::header::HeaderMap, stored: &http::HeaderM
         .is_some_and(|lm| lm <= ims)
 }
 
-/// A single satisfiable byte range of a `len`-byte stored body (inclusive bounds); anything
-/// else (several ranges, another unit, an `If-Range` that does not match) gets the whole body.
+/// A single byte range that no byte of the stored body satisfies.
+struct Unsatisfiable;
+
+/// A single byte range of a `len`-byte stored body (inclusive bounds), or `Err` when it is
+/// unsatisfiable (its first byte past the end, a zero-length suffix); anything else (several
+/// ranges, another unit, an invalid range, an `If-Range` that does not match, an empty body)
+/// gets the whole body.
 fn range(
     req: &actix_web::http::header::HeaderMap,
     stored: &http::HeaderMap,
     len: u64,
-) -> Option<(u64, u64)> {
+) -> Option<Result<(u64, u64), Unsatisfiable>> {
     let spec = req.get("range")?.to_str().ok()?.trim();
     if let Some(if_range) = req.get("if-range").and_then(|v| v.to_str().ok()) {
         // A strong ETag must match exactly; a date must equal Last-Modified.
@@ -712,12 +728,25 @@ fn range(
     let (start, end) = match (a.trim(), b.trim()) {
         ("", n) => {
             let n: u64 = n.parse().ok()?;
+            if n == 0 {
+                return Some(Err(Unsatisfiable));
+            }
             (len.saturating_sub(n), len - 1)
         }
         (s, "") => (s.parse().ok()?, len - 1),
-        (s, e) => (s.parse().ok()?, e.parse::<u64>().ok()?.min(len - 1)),
+        (s, e) => {
+            let (s, e): (u64, u64) = (s.parse().ok()?, e.parse().ok()?);
+            if e < s {
+                // Invalid, not unsatisfiable: ignored.
+                return None;
+            }
+            (s, e.min(len - 1))
+        }
     };
-    (start <= end && start < len).then_some((start, end))
+    if start >= len {
+        return Some(Err(Unsatisfiable));
+    }
+    (start <= end).then_some(Ok((start, end)))
 }
 
 /// After an unsafe method's success: the stored answers of its URI, and of the same-origin
