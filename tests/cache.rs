@@ -1087,3 +1087,53 @@ async fn an_unsatisfiable_range_on_a_stored_answer_is_416() {
     assert_eq!((whole.0, whole.3.as_str()), (200, "0123456789"));
     assert_eq!(up.count(), 1);
 }
+
+#[tokio::test]
+async fn a_revalidated_variant_never_becomes_the_answer_for_every_variant() {
+    let up = Upstream::start(|r| {
+        if r.method == "POST" {
+            return Reply::ok("done");
+        }
+        match r.header("if-none-match") {
+            // The 304 comes late: the entry is invalidated while it is on its way.
+            Some(_) => Reply::ok("")
+                .status(304)
+                .header("etag", "\"e\"")
+                .header("vary", "Accept-Encoding")
+                .header("cache-control", "max-age=60")
+                .delay(std::time::Duration::from_millis(800)),
+            None => Reply::ok(&format!(
+                "encoded {}",
+                r.header("accept-encoding").unwrap_or("none")
+            ))
+            .header("etag", "\"e\"")
+            .header("vary", "Accept-Encoding")
+            .header("cache-control", "max-age=0, must-revalidate"),
+        }
+    });
+    let gw = cached(&up);
+    assert_eq!(
+        get(&gw, "/v", &[("accept-encoding", "gzip")]).await.3,
+        "encoded gzip"
+    );
+    let url = gw.url("/v");
+    let revalidating = tokio::spawn(async move {
+        client()
+            .get(url)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body")
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let posted = client().post(gw.url("/v")).send().await.expect("post");
+    assert_eq!(posted.status(), 200);
+    assert_eq!(revalidating.await.expect("task"), "encoded gzip");
+    let br = get(&gw, "/v", &[("accept-encoding", "br")]).await;
+    assert_eq!(br.3, "encoded br", "another variant's answer");
+    let none = get(&gw, "/v", &[]).await;
+    assert_eq!(none.3, "encoded none", "another variant's answer");
+}

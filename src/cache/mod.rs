@@ -131,13 +131,11 @@ impl Cache {
         });
     }
 
-    /// Replaces a stored answer (a revalidation's merged headers and new times).
+    /// Replaces a stored answer (a revalidation's merged headers and new times): stored
+    /// like a new one, so that a variant whose index went meanwhile (purged, invalidated,
+    /// evicted) is stored under a new index, never as the answer for every variant.
     pub fn replace(&self, primary: &str, vary: Vec<HeaderName>, selected: &str, stored: Stored) {
-        if self.redis.is_some() {
-            self.put(primary.into(), vary, selected, stored, None);
-        } else if let Some(m) = &self.memory {
-            m.replace(primary, selected, stored);
-        }
+        self.put(primary.into(), vary, selected, stored, None);
     }
 
     /// Removes what `primary` holds (every variant), in memory now and in Redis in the
