@@ -1137,3 +1137,40 @@ async fn a_revalidated_variant_never_becomes_the_answer_for_every_variant() {
     let none = get(&gw, "/v", &[]).await;
     assert_eq!(none.3, "encoded none", "another variant's answer");
 }
+
+#[tokio::test]
+async fn an_answer_built_for_one_host_or_scheme_is_never_served_to_another() {
+    // The upstream sees the client's host in X-Forwarded-Host (and the scheme in
+    // X-Forwarded-Proto) even without `preserve_host`, and builds links from it.
+    let up = Upstream::start(|r| {
+        Reply::ok(&format!(
+            "{}://{}/next",
+            r.header("x-forwarded-proto").unwrap_or("?"),
+            r.header("x-forwarded-host").unwrap_or("?")
+        ))
+        .header("cache-control", "max-age=60")
+    });
+    let gw = cached(&up);
+    let at = |host: &'static str| {
+        let url = gw.url("/links");
+        async move {
+            client()
+                .get(url)
+                .header("host", host)
+                .send()
+                .await
+                .expect("request")
+                .text()
+                .await
+                .expect("body")
+        }
+    };
+    assert_eq!(at("evil.example").await, "http://evil.example/next");
+    assert_eq!(
+        at("shop.example").await,
+        "http://shop.example/next",
+        "another host's answer"
+    );
+    assert_eq!(at("Shop.Example").await, "http://shop.example/next");
+    assert_eq!(up.count(), 2);
+}

@@ -69,8 +69,10 @@ fn now_ms(t: SystemTime) -> u64 {
 }
 
 /// The primary key of a GET of `path`/`query` on `route` ([`crate::cache::render_key`]),
-/// prefixed with the route (and the host when the route passes it upstream), so that routes
-/// never share an answer.
+/// prefixed with the route and the origin the upstream is told about (the scheme and host it
+/// gets as `Host` or `X-Forwarded-Proto`/`X-Forwarded-Host`, and from a trusted proxy that
+/// proxy's forwarded values), so that neither routes nor origins share an answer: an upstream
+/// that builds links from the forwarded host never has them served to another host.
 fn primary(
     ctx: &Ctx<'_>,
     route: &RouteConfig,
@@ -79,25 +81,49 @@ fn primary(
     path: &str,
     query: Option<&str>,
 ) -> Arc<str> {
-    let host = host
+    let name = host
         .map(|h| crate::base::net::host_name(h).to_ascii_lowercase())
         .unwrap_or_default();
     let key = crate::cache::render_key(
         &rc.key,
         &KeyInput {
             method: "GET",
-            host: &host,
+            host: &name,
             path,
             query,
             route: &route.name,
             headers: &Headers(ctx.req.headers()),
         },
     );
-    let scope = if route.preserve_host {
-        host.as_str()
-    } else {
-        ""
+    let req = ctx.req;
+    let scheme = match req.app_config().secure() {
+        true => "https",
+        false => "http",
     };
+    let mut scope = format!(
+        "{scheme}://{}",
+        host.unwrap_or_default().to_ascii_lowercase()
+    );
+    let trusted = req
+        .peer_addr()
+        .is_some_and(|a| ctx.rt.config.server.is_trusted(a.ip()));
+    if trusted {
+        // What headers.rs forwards from a trusted proxy: its first value of each.
+        for name in [
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "forwarded",
+        ] {
+            if let Some(v) = req.headers().get(name) {
+                scope.push(' ');
+                scope.push_str(&String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
+            }
+        }
+    }
+    // The scope is one part of the key: no line break in it (header values have none).
+    let scope = scope.replace('\n', " ");
     format!("{}\n{scope}\n{key}", route.name).into()
 }
 
