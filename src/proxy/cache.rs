@@ -461,10 +461,10 @@ async fn settle<'a>(
                 rc,
             );
             let merged = match merged {
-                Ok(m) => m,
+                (m, true) => m,
                 // The upstream now says it may not be stored (`private`, `no-store`, ...):
                 // this client gets it, and the stored copy goes.
-                Err(m) => {
+                (m, false) => {
                     cache.remove(&primary);
                     return Ok((answer(ctx, &m, now, "REVALIDATED"), "revalidated"));
                 }
@@ -546,8 +546,8 @@ fn keep(fresh: &policy::Freshness, headers: &http::HeaderMap, rc: &RouteCache) -
 
 /// The stored answer updated by a 304 (RFC 9111 3.2 and 4.3.4): its header fields replace
 /// the stored ones (but those describing the stored body's bytes: `Content-Length`,
-/// `Content-Encoding`, `Content-Range`), its times and freshness are the new ones. `Err`
-/// when the updated answer may no longer be stored (it is still this client's answer).
+/// `Content-Encoding`, `Content-Range`), its times and freshness are the new ones; with
+/// whether it may still be stored (when not, it is still this client's answer).
 #[allow(clippy::too_many_arguments)]
 fn merge(
     s: &Stored,
@@ -557,7 +557,7 @@ fn merge(
     response_time: SystemTime,
     defaults: Defaults,
     rc: &RouteCache,
-) -> Result<Stored, Stored> {
+) -> (Stored, bool) {
     let mut headers = s.headers.clone();
     let update = storable_headers(fresh_headers);
     let mut replaced: Vec<HeaderName> = Vec::new();
@@ -597,10 +597,7 @@ fn merge(
         route: s.route.clone(),
         path: s.path.clone(),
     };
-    match storable {
-        true => Ok(merged),
-        false => Err(merged),
-    }
+    (merged, storable)
 }
 
 /// The header fields a stored answer keeps: hop-by-hop fields and `Age` go.
