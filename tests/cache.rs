@@ -1174,3 +1174,38 @@ async fn an_answer_built_for_one_host_or_scheme_is_never_served_to_another() {
     assert_eq!(at("Shop.Example").await, "http://shop.example/next");
     assert_eq!(up.count(), 2);
 }
+
+#[tokio::test]
+async fn a_no_cache_answer_is_never_served_stale_when_the_upstream_fails() {
+    let up = Upstream::start(|r| match r.header("if-none-match") {
+        Some(_) => Reply::ok("upstream failed").status(503),
+        None => Reply::ok("needs validation")
+            .header("etag", "\"e\"")
+            .header("cache-control", "no-cache, max-age=60, stale-if-error=600"),
+    });
+    let gw = cached(&up);
+    assert_eq!(get(&gw, "/nc", &[]).await.3, "needs validation");
+    // RFC 9111 5.2.2.4: never used without a successful validation; README: stale-if-error
+    // never applies to no-cache.
+    let failed = get(&gw, "/nc", &[]).await;
+    assert_eq!((failed.0, failed.3.as_str()), (503, "upstream failed"));
+    assert_ne!(failed.1, "STALE");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn huge_directive_values_from_the_upstream_never_break_an_answer() {
+    let up = Upstream::start(|_| {
+        Reply::ok("big numbers").header(
+            "cache-control",
+            "max-age=18446744073709551615, stale-while-revalidate=18446744073709551615, \
+             stale-if-error=18446744073709551615",
+        )
+    });
+    let gw = cached(&up);
+    let first = get(&gw, "/huge", &[]).await;
+    assert_eq!((first.0, first.3.as_str()), (200, "big numbers"));
+    let second = get(&gw, "/huge", &[]).await;
+    assert_eq!((second.0, second.1.as_str()), (200, "HIT"));
+    assert_eq!(up.count(), 1);
+}
