@@ -911,3 +911,301 @@ async fn many_keys_over_max_size_are_evicted_and_the_bytes_stay_within_it() {
     .expect("entries");
     assert!((1.0..=64.0).contains(&entries), "{entries} entries");
 }
+
+#[tokio::test]
+async fn repeated_query_parameters_in_another_order_are_another_key() {
+    let up = Upstream::start(|r| Reply::ok(&r.target).header("cache-control", "max-age=60"));
+    let gw = cached(&up);
+    assert_eq!(get(&gw, "/q?a=1&a=2", &[]).await.3, "/q?a=1&a=2");
+    // `a=2&a=1` means another thing to most applications (the first or last value wins).
+    let other = get(&gw, "/q?a=2&a=1", &[]).await;
+    assert_eq!(other.3, "/q?a=2&a=1", "another request's answer");
+    // Parameters of different names still sort.
+    let swapped = get(&gw, "/q?b=1&a=1&a=2", &[]).await;
+    assert_eq!(swapped.3, "/q?b=1&a=1&a=2");
+    let same = get(&gw, "/q?a=1&b=1&a=2", &[]).await;
+    assert_eq!(
+        (same.1.as_str(), same.3.as_str()),
+        ("HIT", "/q?b=1&a=1&a=2")
+    );
+    assert_eq!(up.count(), 3);
+}
+
+/// Two 16-byte queries that rustc-hash 2 (FxHasher, the `{query_hash}` of the first cache)
+/// maps to the same 64 bits: its byte hash is `mix(SEED1 ^ first8, SEED2 ^ last8)`, the
+/// 128-bit product folded, so doubling one factor and halving the other collides. Any client
+/// can compute such a pair for a victim's query.
+fn fx_colliding_queries() -> (String, String) {
+    const SEED1: u64 = 0x243f_6a88_85a3_08d3;
+    const SEED2: u64 = 0x1319_8a2e_0370_7344;
+    const ALPHABET: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$*,;:@";
+    let ok = |v: u64| v.to_le_bytes().iter().all(|b| ALPHABET.contains(b));
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        let mut out = [0u8; 8];
+        for b in &mut out {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = ALPHABET[(seed % ALPHABET.len() as u64) as usize];
+        }
+        u64::from_le_bytes(out)
+    };
+    let (x, x2) = loop {
+        let x = next();
+        let a = SEED1 ^ x;
+        if a >> 63 == 0 && ok((a << 1) ^ SEED1) {
+            break (x, (a << 1) ^ SEED1);
+        }
+    };
+    let (y, y2) = loop {
+        let y = next();
+        let b = SEED2 ^ y;
+        if b & 1 == 0 && ok((b >> 1) ^ SEED2) {
+            break (y, (b >> 1) ^ SEED2);
+        }
+    };
+    let text = |a: u64, b: u64| {
+        let mut v = a.to_le_bytes().to_vec();
+        v.extend_from_slice(&b.to_le_bytes());
+        String::from_utf8(v).expect("ascii")
+    };
+    (text(x, y), text(x2, y2))
+}
+
+#[tokio::test]
+async fn a_query_crafted_to_collide_with_another_never_gets_its_answer() {
+    let (victim, attacker) = fx_colliding_queries();
+    assert_ne!(victim, attacker);
+    let up = Upstream::start(|r| Reply::ok(&r.target).header("cache-control", "max-age=60"));
+    let gw = cached(&up);
+    let planted = get(&gw, &format!("/c?{attacker}"), &[]).await;
+    assert_eq!(planted.3, format!("/c?{attacker}"));
+    let served = get(&gw, &format!("/c?{victim}"), &[]).await;
+    assert_eq!(
+        served.3,
+        format!("/c?{victim}"),
+        "the attacker's answer was served"
+    );
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_304_never_relabels_the_stored_body_encoding_or_length() {
+    let up = Upstream::start(|r| match r.header("if-none-match") {
+        Some(_) => Reply::ok("")
+            .status(304)
+            .header("etag", "\"e\"")
+            .header("content-encoding", "gzip")
+            .header("cache-control", "max-age=60"),
+        None => Reply::ok("plain body")
+            .header("etag", "\"e\"")
+            .header("cache-control", "max-age=0, must-revalidate"),
+    });
+    let gw = cached(&up);
+    get(&gw, "/enc", &[]).await;
+    let res = client().get(gw.url("/enc")).send().await.expect("request");
+    assert_eq!(res.headers()["x-cache"], "REVALIDATED");
+    assert!(
+        res.headers().get("content-encoding").is_none(),
+        "an identity body labelled {:?}",
+        res.headers().get("content-encoding")
+    );
+    assert_eq!(res.headers()["content-length"], "10");
+    assert_eq!(res.text().await.expect("body"), "plain body");
+    let hit = client().get(gw.url("/enc")).send().await.expect("request");
+    assert_eq!(hit.headers()["x-cache"], "HIT");
+    assert!(hit.headers().get("content-encoding").is_none());
+    assert_eq!(hit.text().await.expect("body"), "plain body");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_304_that_makes_the_answer_private_or_no_store_removes_it() {
+    let up = Upstream::start(|r| {
+        let cc = match r.target.as_str() {
+            "/p" => "private, max-age=60",
+            _ => "no-store",
+        };
+        match r.header("if-none-match") {
+            Some(_) => Reply::ok("")
+                .status(304)
+                .header("etag", "\"e\"")
+                .header("cache-control", cc),
+            None => Reply::ok(&format!("for {}", r.header("x-user").unwrap_or("?")))
+                .header("etag", "\"e\"")
+                .header("cache-control", "max-age=0"),
+        }
+    });
+    let gw = cached(&up);
+    for path in ["/p", "/ns"] {
+        get(&gw, path, &[("x-user", "alice")]).await;
+        // Revalidated: the upstream now says the answer is not for a shared cache.
+        let checked = get(
+            &gw,
+            path,
+            &[("x-user", "alice"), ("cache-control", "max-age=0")],
+        )
+        .await;
+        assert_eq!(checked.1, "REVALIDATED", "{path}");
+        assert_eq!(checked.3, "for alice", "{path}");
+        // Another client that accepts a stale answer must not get it from the cache.
+        let other = get(
+            &gw,
+            path,
+            &[("x-user", "bob"), ("cache-control", "max-stale")],
+        )
+        .await;
+        assert_ne!(
+            other.1, "STALE",
+            "{path}: served after the upstream made it {path}"
+        );
+        assert_eq!(other.3, "for bob", "{path}");
+        assert_eq!(hits(&up, path), 3, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn an_unsatisfiable_range_on_a_stored_answer_is_416() {
+    let up = Upstream::start(|_| Reply::ok("0123456789").header("cache-control", "max-age=60"));
+    let gw = cached(&up);
+    get(&gw, "/r", &[]).await;
+    for spec in ["bytes=10-", "bytes=20-30", "bytes=-0"] {
+        let res = client()
+            .get(gw.url("/r"))
+            .header("range", spec)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 416, "{spec}");
+        assert_eq!(res.headers()["content-range"], "bytes */10", "{spec}");
+        assert_eq!(res.text().await.expect("body"), "", "{spec}");
+    }
+    // A syntactically invalid range is ignored: the whole answer.
+    let whole = get(&gw, "/r", &[("range", "bytes=5-2")]).await;
+    assert_eq!((whole.0, whole.3.as_str()), (200, "0123456789"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn a_revalidated_variant_never_becomes_the_answer_for_every_variant() {
+    let up = Upstream::start(|r| {
+        if r.method == "POST" {
+            return Reply::ok("done");
+        }
+        match r.header("if-none-match") {
+            // The 304 comes late: the entry is invalidated while it is on its way.
+            Some(_) => Reply::ok("")
+                .status(304)
+                .header("etag", "\"e\"")
+                .header("vary", "Accept-Encoding")
+                .header("cache-control", "max-age=60")
+                .delay(std::time::Duration::from_millis(800)),
+            None => Reply::ok(&format!(
+                "encoded {}",
+                r.header("accept-encoding").unwrap_or("none")
+            ))
+            .header("etag", "\"e\"")
+            .header("vary", "Accept-Encoding")
+            .header("cache-control", "max-age=0, must-revalidate"),
+        }
+    });
+    let gw = cached(&up);
+    assert_eq!(
+        get(&gw, "/v", &[("accept-encoding", "gzip")]).await.3,
+        "encoded gzip"
+    );
+    let url = gw.url("/v");
+    let revalidating = tokio::spawn(async move {
+        client()
+            .get(url)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body")
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let posted = client().post(gw.url("/v")).send().await.expect("post");
+    assert_eq!(posted.status(), 200);
+    assert_eq!(revalidating.await.expect("task"), "encoded gzip");
+    let br = get(&gw, "/v", &[("accept-encoding", "br")]).await;
+    assert_eq!(br.3, "encoded br", "another variant's answer");
+    let none = get(&gw, "/v", &[]).await;
+    assert_eq!(none.3, "encoded none", "another variant's answer");
+}
+
+#[tokio::test]
+async fn an_answer_built_for_one_host_or_scheme_is_never_served_to_another() {
+    // The upstream sees the client's host in X-Forwarded-Host (and the scheme in
+    // X-Forwarded-Proto) even without `preserve_host`, and builds links from it.
+    let up = Upstream::start(|r| {
+        Reply::ok(&format!(
+            "{}://{}/next",
+            r.header("x-forwarded-proto").unwrap_or("?"),
+            r.header("x-forwarded-host").unwrap_or("?")
+        ))
+        .header("cache-control", "max-age=60")
+    });
+    let gw = cached(&up);
+    let at = |host: &'static str| {
+        let url = gw.url("/links");
+        async move {
+            client()
+                .get(url)
+                .header("host", host)
+                .send()
+                .await
+                .expect("request")
+                .text()
+                .await
+                .expect("body")
+        }
+    };
+    assert_eq!(at("evil.example").await, "http://evil.example/next");
+    assert_eq!(
+        at("shop.example").await,
+        "http://shop.example/next",
+        "another host's answer"
+    );
+    assert_eq!(at("Shop.Example").await, "http://shop.example/next");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_no_cache_answer_is_never_served_stale_when_the_upstream_fails() {
+    let up = Upstream::start(|r| match r.header("if-none-match") {
+        Some(_) => Reply::ok("upstream failed").status(503),
+        None => Reply::ok("needs validation")
+            .header("etag", "\"e\"")
+            .header("cache-control", "no-cache, max-age=60, stale-if-error=600"),
+    });
+    let gw = cached(&up);
+    assert_eq!(get(&gw, "/nc", &[]).await.3, "needs validation");
+    // RFC 9111 5.2.2.4: never used without a successful validation; README: stale-if-error
+    // never applies to no-cache.
+    let failed = get(&gw, "/nc", &[]).await;
+    assert_eq!((failed.0, failed.3.as_str()), (503, "upstream failed"));
+    assert_ne!(failed.1, "STALE");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn huge_directive_values_from_the_upstream_never_break_an_answer() {
+    let up = Upstream::start(|_| {
+        Reply::ok("big numbers").header(
+            "cache-control",
+            "max-age=18446744073709551615, stale-while-revalidate=18446744073709551615, \
+             stale-if-error=18446744073709551615",
+        )
+    });
+    let gw = cached(&up);
+    let first = get(&gw, "/huge", &[]).await;
+    assert_eq!((first.0, first.3.as_str()), (200, "big numbers"));
+    let second = get(&gw, "/huge", &[]).await;
+    assert_eq!((second.0, second.1.as_str()), (200, "HIT"));
+    assert_eq!(up.count(), 1);
+}

@@ -53,9 +53,13 @@ fn hits(up: &Upstream, path: &str) -> usize {
     up.requests().iter().filter(|r| r.target == path).count()
 }
 
+/// The Host every request names: instances behind one name share answers (each gateway
+/// listens on its own port, and an answer is kept per the host the upstream is told about).
+const HOST: &str = "api.example";
+
 /// Status, X-Cache, body.
 async fn get(gw: &GatewayProcess, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
-    let mut req = client().get(gw.url(path));
+    let mut req = client().get(gw.url(path)).header("host", HOST);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -344,7 +348,12 @@ async fn hybrid_purges_and_invalidations_reach_the_other_instances_memory() {
     let again = until(&b, "/h", "MISS").await;
     assert_eq!((again.1.as_str(), again.2.as_str()), ("MISS", "/h #2 -"));
     // An unsafe method on a invalidates the URI in b's memory as well.
-    let res = client().post(a.url("/w")).send().await.expect("post");
+    let res = client()
+        .post(a.url("/w"))
+        .header("host", HOST)
+        .send()
+        .await
+        .expect("post");
     assert_eq!(res.status(), 200);
     let after = until(&b, "/w", "MISS").await;
     assert_eq!(after.1, "MISS");

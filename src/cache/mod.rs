@@ -131,13 +131,11 @@ impl Cache {
         });
     }
 
-    /// Replaces a stored answer (a revalidation's merged headers and new times).
+    /// Replaces a stored answer (a revalidation's merged headers and new times): stored
+    /// like a new one, so that a variant whose index went meanwhile (purged, invalidated,
+    /// evicted) is stored under a new index, never as the answer for every variant.
     pub fn replace(&self, primary: &str, vary: Vec<HeaderName>, selected: &str, stored: Stored) {
-        if self.redis.is_some() {
-            self.put(primary.into(), vary, selected, stored, None);
-        } else if let Some(m) = &self.memory {
-            m.replace(primary, selected, stored);
-        }
+        self.put(primary.into(), vary, selected, stored, None);
     }
 
     /// Removes what `primary` holds (every variant), in memory now and in Redis in the
@@ -235,11 +233,12 @@ pub fn render_key(template: &KeyTemplate, input: &KeyInput<'_>) -> String {
             KeyPart::QueryHash => {
                 let q = sorted_query(input.query);
                 if !q.is_empty() {
-                    use std::hash::{BuildHasher, Hasher};
-                    // A fixed-seed hash: the same key on every instance and after restarts.
-                    let mut h = rustc_hash::FxBuildHasher.build_hasher();
-                    h.write(q.as_bytes());
-                    out.push_str(&format!("{:016x}", h.finish()));
+                    // SHA-256 (128 bits of it): the same key on every instance and after
+                    // restarts, and no client can craft a query whose key is another's.
+                    let digest = crate::base::hash::hash(&q);
+                    for b in &digest[..16] {
+                        out.push_str(&format!("{b:02x}"));
+                    }
                 }
             }
             KeyPart::Header(name) => {
@@ -256,14 +255,20 @@ pub fn render_key(template: &KeyTemplate, input: &KeyInput<'_>) -> String {
     out
 }
 
-/// The query with its parameters sorted (each kept as written).
+/// The query with its parameters sorted by name (each kept as written); parameters of one
+/// name keep their order, which carries meaning (`a=1&a=2` is not `a=2&a=1`).
 pub fn sorted_query(query: Option<&str>) -> String {
     let Some(q) = query.filter(|q| !q.is_empty()) else {
         return String::new();
     };
     let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
-    params.sort_unstable();
+    // A stable sort: equal names stay as written.
+    params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
     params.join("&")
+}
+
+fn param_name(p: &str) -> &str {
+    p.split_once('=').map_or(p, |(n, _)| n)
 }
 
 /// Stores a response body while it streams to the client: pieces are kept up to
@@ -393,5 +398,7 @@ mod tests {
         assert_eq!(key(Some("b=2&a=1")), "GET:/a?a=1&b=2");
         assert_eq!(key(Some("a=1&b=2")), key(Some("b=2&a=1")));
         assert_eq!(key(None), "GET:/a?");
+        assert_ne!(key(Some("a=1&a=2")), key(Some("a=2&a=1")));
+        assert_eq!(key(Some("a=2&b=1&a=1")), "GET:/a?a=2&a=1&b=1");
     }
 }

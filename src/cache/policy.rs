@@ -75,15 +75,19 @@ pub fn storable(
     if res.no_cache && !has_validator(headers) {
         return Err("no-cache without a validator");
     }
-    let ms = |s: Option<u64>, d: Duration| s.map_or(d.as_millis() as u64, |s| s * 1000);
+    let ms =
+        |s: Option<u64>, d: Duration| s.map_or(d.as_millis() as u64, |s| s.saturating_mul(1000));
+    // `no-cache`: never used without a successful validation (RFC 9111 5.2.2.4), so never
+    // served stale, not even when the upstream fails.
+    let no_stale = revalidate || res.no_cache;
     Ok(Freshness {
         lifetime,
-        swr: if revalidate {
+        swr: if no_stale {
             0
         } else {
             ms(res.stale_while_revalidate, defaults.swr)
         },
-        sie: if revalidate {
+        sie: if no_stale {
             0
         } else {
             ms(res.stale_if_error, defaults.sie)

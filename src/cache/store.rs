@@ -258,17 +258,6 @@ impl Store {
         self.insert(key, Slot::Response(Arc::new(stored)));
     }
 
-    /// Replaces a stored answer in place (a revalidation's merged headers and new times).
-    pub fn replace(&self, primary: &str, selected: &str, stored: Stored) {
-        match self.entries.get(primary) {
-            Some(Slot::Variants(v)) => {
-                let key: Arc<str> = format!("{primary}\n#{}\n{selected}", v.nonce).into();
-                self.insert(key, Slot::Response(Arc::new(stored)));
-            }
-            _ => self.insert(primary.into(), Slot::Response(Arc::new(stored))),
-        }
-    }
-
     /// Removes what `primary` holds (every variant): the number of answers removed.
     pub fn remove(&self, primary: &str) -> u64 {
         let n = self.remove_variants(primary);

@@ -69,8 +69,10 @@ fn now_ms(t: SystemTime) -> u64 {
 }
 
 /// The primary key of a GET of `path`/`query` on `route` ([`crate::cache::render_key`]),
-/// prefixed with the route (and the host when the route passes it upstream), so that routes
-/// never share an answer.
+/// prefixed with the route and the origin the upstream is told about (the scheme and host it
+/// gets as `Host` or `X-Forwarded-Proto`/`X-Forwarded-Host`, and from a trusted proxy that
+/// proxy's forwarded values), so that neither routes nor origins share an answer: an upstream
+/// that builds links from the forwarded host never has them served to another host.
 fn primary(
     ctx: &Ctx<'_>,
     route: &RouteConfig,
@@ -79,25 +81,49 @@ fn primary(
     path: &str,
     query: Option<&str>,
 ) -> Arc<str> {
-    let host = host
+    let name = host
         .map(|h| crate::base::net::host_name(h).to_ascii_lowercase())
         .unwrap_or_default();
     let key = crate::cache::render_key(
         &rc.key,
         &KeyInput {
             method: "GET",
-            host: &host,
+            host: &name,
             path,
             query,
             route: &route.name,
             headers: &Headers(ctx.req.headers()),
         },
     );
-    let scope = if route.preserve_host {
-        host.as_str()
-    } else {
-        ""
+    let req = ctx.req;
+    let scheme = match req.app_config().secure() {
+        true => "https",
+        false => "http",
     };
+    let mut scope = format!(
+        "{scheme}://{}",
+        host.unwrap_or_default().to_ascii_lowercase()
+    );
+    let trusted = req
+        .peer_addr()
+        .is_some_and(|a| ctx.rt.config.server.is_trusted(a.ip()));
+    if trusted {
+        // What headers.rs forwards from a trusted proxy: its first value of each.
+        for name in [
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "forwarded",
+        ] {
+            if let Some(v) = req.headers().get(name) {
+                scope.push(' ');
+                scope.push_str(&String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
+            }
+        }
+    }
+    // The scope is one part of the key: no line break in it (header values have none).
+    let scope = scope.replace('\n', " ");
     format!("{}\n{scope}\n{key}", route.name).into()
 }
 
@@ -425,14 +451,25 @@ async fn settle<'a>(
     };
     if let (304, Some(s)) = (status, stale.as_ref()) {
         if policy::has_validator(&s.headers) {
+            let authorized = ctx.req.headers().contains_key("authorization");
             let merged = merge(
                 s,
                 &a.parts.headers,
+                authorized,
                 request_time,
                 response_time,
                 defaults,
                 rc,
             );
+            let merged = match merged {
+                (m, true) => m,
+                // The upstream now says it may not be stored (`private`, `no-store`, ...):
+                // this client gets it, and the stored copy goes.
+                (m, false) => {
+                    cache.remove(&primary);
+                    return Ok((answer(ctx, &m, now, "REVALIDATED"), "revalidated"));
+                }
+            };
             let names = policy::vary_names(&merged.headers, &rc.vary);
             let selected = policy::vary_values(&names, |n| {
                 ctx.req.headers().get_all(n).map(|v| v.as_bytes()).collect()
@@ -509,20 +546,24 @@ fn keep(fresh: &policy::Freshness, headers: &http::HeaderMap, rc: &RouteCache) -
 }
 
 /// The stored answer updated by a 304 (RFC 9111 3.2 and 4.3.4): its header fields replace
-/// the stored ones (but `Content-Length`), its times and freshness are the new ones.
+/// the stored ones (but those describing the stored body's bytes: `Content-Length`,
+/// `Content-Encoding`, `Content-Range`), its times and freshness are the new ones; with
+/// whether it may still be stored (when not, it is still this client's answer).
+#[allow(clippy::too_many_arguments)]
 fn merge(
     s: &Stored,
     fresh_headers: &http::HeaderMap,
+    authorized: bool,
     request_time: SystemTime,
     response_time: SystemTime,
     defaults: Defaults,
     rc: &RouteCache,
-) -> Stored {
+) -> (Stored, bool) {
     let mut headers = s.headers.clone();
     let update = storable_headers(fresh_headers);
     let mut replaced: Vec<HeaderName> = Vec::new();
     for (name, value) in update.iter() {
-        if name == hh::CONTENT_LENGTH {
+        if name == hh::CONTENT_LENGTH || name == hh::CONTENT_ENCODING || name == hh::CONTENT_RANGE {
             continue;
         }
         if !replaced.contains(name) {
@@ -532,20 +573,21 @@ fn merge(
         headers.append(name.clone(), value.clone());
     }
     let res_cc = Directives::of(&headers);
-    let fresh = policy::storable(
+    let decided = policy::storable(
         &Directives::default(),
-        false,
+        authorized,
         s.status,
         &headers,
         &res_cc,
         defaults,
         response_time,
-    )
-    .unwrap_or(policy::Freshness {
+    );
+    let storable = decided.is_ok();
+    let fresh = decided.unwrap_or(policy::Freshness {
         lifetime: 0,
         ..s.fresh
     });
-    Stored {
+    let merged = Stored {
         status: s.status,
         keep: keep(&fresh, &headers, rc),
         initial_age: policy::initial_age(fresh_headers, request_time, response_time),
@@ -555,7 +597,8 @@ fn merge(
         fresh,
         route: s.route.clone(),
         path: s.path.clone(),
-    }
+    };
+    (merged, storable)
 }
 
 /// The header fields a stored answer keeps: hop-by-hop fields and `Age` go.
@@ -618,7 +661,18 @@ fn answer(ctx: &Ctx<'_>, s: &Stored, now: u64, label: &'static str) -> Answer {
         status = 304;
         body = None;
     } else if s.status == 200 {
-        if let Some((start, end)) = range(req.headers(), &s.headers, s.body.len() as u64) {
+        let len = s.body.len() as u64;
+        if let Some(Err(Unsatisfiable)) = range(req.headers(), &s.headers, len) {
+            // RFC 9110 15.5.17: no byte of the stored answer is in the range.
+            status = 416;
+            headers.insert(
+                hh::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}"))
+                    .unwrap_or(HeaderValue::from_static("bytes */0")),
+            );
+            headers.insert(hh::CONTENT_LENGTH, HeaderValue::from(0u64));
+            body = None;
+        } else if let Some(Ok((start, end))) = range(req.headers(), &s.headers, len) {
             status = 206;
             headers.insert(
                 hh::CONTENT_RANGE,
@@ -664,13 +718,18 @@ fn not_modified(req: &actix_web::http::header::HeaderMap, stored: &http::HeaderM
         .is_some_and(|lm| lm <= ims)
 }
 
-/// A single satisfiable byte range of a `len`-byte stored body (inclusive bounds); anything
-/// else (several ranges, another unit, an `If-Range` that does not match) gets the whole body.
+/// A single byte range that no byte of the stored body satisfies.
+struct Unsatisfiable;
+
+/// A single byte range of a `len`-byte stored body (inclusive bounds), or `Err` when it is
+/// unsatisfiable (its first byte past the end, a zero-length suffix); anything else (several
+/// ranges, another unit, an invalid range, an `If-Range` that does not match, an empty body)
+/// gets the whole body.
 fn range(
     req: &actix_web::http::header::HeaderMap,
     stored: &http::HeaderMap,
     len: u64,
-) -> Option<(u64, u64)> {
+) -> Option<Result<(u64, u64), Unsatisfiable>> {
     let spec = req.get("range")?.to_str().ok()?.trim();
     if let Some(if_range) = req.get("if-range").and_then(|v| v.to_str().ok()) {
         // A strong ETag must match exactly; a date must equal Last-Modified.
@@ -693,12 +752,25 @@ fn range(
     let (start, end) = match (a.trim(), b.trim()) {
         ("", n) => {
             let n: u64 = n.parse().ok()?;
+            if n == 0 {
+                return Some(Err(Unsatisfiable));
+            }
             (len.saturating_sub(n), len - 1)
         }
         (s, "") => (s.parse().ok()?, len - 1),
-        (s, e) => (s.parse().ok()?, e.parse::<u64>().ok()?.min(len - 1)),
+        (s, e) => {
+            let (s, e): (u64, u64) = (s.parse().ok()?, e.parse().ok()?);
+            if e < s {
+                // Invalid, not unsatisfiable: ignored.
+                return None;
+            }
+            (s, e.min(len - 1))
+        }
     };
-    (start <= end && start < len).then_some((start, end))
+    if start >= len {
+        return Some(Err(Unsatisfiable));
+    }
+    (start <= end).then_some(Ok((start, end)))
 }
 
 /// After an unsafe method's success: the stored answers of its URI, and of the same-origin
