@@ -484,3 +484,63 @@ fn kubernetes_in_cluster_https_trusts_only_the_given_ca() {
     assert!(metric(&scrape(&gw), "kairos_discovery_updates_total", &errors).unwrap_or(0.0) >= 1.0);
     assert_eq!(spread(&c, &gw, 10).len(), 2);
 }
+
+/// A slice with no endpoints, as the API server writes it: `"endpoints": null`
+/// (kubernetes/kubernetes#135968).
+fn empty_slice(name: &str, version: &str) -> serde_json::Value {
+    let mut s = named_slice(name, version, &[], 1);
+    s["endpoints"] = serde_json::Value::Null;
+    s
+}
+
+/// A gateway following `stock` on `api` (with the test token).
+fn k8s_gateway(api: &ApiServer, dir: &tempfile::TempDir) -> Gateway {
+    gateway(
+        &format!(
+            r#"{{"type":"kubernetes","namespace":"shop","service_name":"stock","port_name":"http","api_server":"{}","token_file":"{}"}}"#,
+            api.server.url(),
+            dir.path().join("token").display()
+        ),
+        "round_robin",
+    )
+}
+
+#[test]
+fn kubernetes_a_service_scaled_to_zero_empties_the_upstream() {
+    let a = named("a");
+    let api = ApiServer::start();
+    api.list(
+        "10",
+        vec![named_slice(
+            "stock-a",
+            "10",
+            &[("127.0.0.1", false)],
+            a.addr.port(),
+        )],
+    );
+    let dir = token_dir();
+    let gw = k8s_gateway(&api, &dir);
+    let c = blocking_client();
+    converge("the listed endpoint is used", || get(&c, &gw).1 == "a");
+    converge("a watch is open", || api.watching());
+    // Scaled to zero: the slice stays, with `"endpoints": null`.
+    api.send(serde_json::json!({"type": "MODIFIED", "object": empty_slice("stock-a", "11")}));
+    converge("the upstream empties", || {
+        let (status, body) = get(&c, &gw);
+        status == 503 && body.contains("no_healthy_upstream")
+    });
+    let up = admin_upstream(&gw);
+    assert_eq!(up["discovery"], "ok", "{up}");
+    assert_eq!(up["servers"].as_array().map(Vec::len), Some(0), "{up}");
+    drop(a);
+
+    // The same from a list: a gateway started while the service is at zero.
+    api.list("12", vec![empty_slice("stock-a", "12")]);
+    let gw2 = k8s_gateway(&api, &dir);
+    converge("the listed empty slice is applied", || {
+        admin_upstream(&gw2)["discovery"] == "ok"
+    });
+    let (status, body) = get(&c, &gw2);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no_healthy_upstream"), "{body}");
+}

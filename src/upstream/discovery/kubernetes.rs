@@ -48,7 +48,7 @@ struct Watch {
 #[derive(Deserialize)]
 struct List {
     metadata: ListMeta,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     items: Vec<Slice>,
 }
 
@@ -70,7 +70,9 @@ struct Event {
 #[serde(rename_all = "camelCase")]
 struct Slice {
     metadata: ObjectMeta,
-    #[serde(default)]
+    /// `null` for a slice with no endpoints (a service scaled to zero; the API server sends
+    /// `"endpoints": null`, kubernetes/kubernetes#135968).
+    #[serde(default, deserialize_with = "null_as_empty")]
     endpoints: Vec<SliceEndpoint>,
     /// `null` means "all ports" in the API; then there is nothing to connect to.
     #[serde(default)]
@@ -88,7 +90,7 @@ struct ObjectMeta {
 
 #[derive(Deserialize, Clone)]
 struct SliceEndpoint {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     addresses: Vec<String>,
     #[serde(default)]
     conditions: Conditions,
@@ -106,6 +108,15 @@ struct SlicePort {
     #[serde(default)]
     name: Option<String>,
     port: Option<u16>,
+}
+
+/// A list that may be written as `null` (Go's nil slice), read as empty.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A `Status` object (a watch's ERROR event).
