@@ -349,10 +349,18 @@ impl Kubernetes {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                if let Some(answer) = self.event(url, &line)? {
-                    return Ok(Some(answer));
+                match self.event(url, &line) {
+                    Ok(Some(answer)) => return Ok(Some(answer)),
+                    Ok(None) => continue,
+                    Err(e @ DiscoveryError::Body { .. }) => {
+                        // An event we cannot read may have been a change: skipping it would
+                        // lose that change for good. Start over with a list.
+                        self.watch = None;
+                        self.version = None;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
                 }
-                continue;
             }
             if w.buf.len() > MAX_EVENT {
                 self.watch = None;
