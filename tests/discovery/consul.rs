@@ -176,3 +176,35 @@ fn consul_servers_come_and_go_under_load_without_a_failed_request() {
     assert_eq!(up["source"], "consul");
     assert_eq!(up["servers"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn consul_an_answer_over_the_server_cap_keeps_the_last_servers() {
+    let consul = Consul::start();
+    let (a, b) = (named("a"), named("b"));
+    consul.set(&[a.addr.port(), b.addr.port()]);
+    let gw = gateway(
+        &format!(
+            r#"{{"type":"consul","endpoint":"{}","service_name":"orders","wait":"5s"}}"#,
+            consul.server.url()
+        ),
+        "weighted_round_robin",
+    );
+    let c = blocking_client();
+    converge("both servers are used", || spread(&c, &gw, 6).len() == 2);
+    // 5,001 instances: one more than an upstream takes.
+    let many: Vec<u16> = (20_000..25_001).collect();
+    consul.set(&many);
+    converge("the error shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("5001 servers, more than the 5000"))
+    });
+    let up = admin_upstream(&gw);
+    assert_eq!(up["servers"].as_array().map(Vec::len), Some(2), "{up}");
+    assert_eq!(spread(&c, &gw, 6).len(), 2);
+    // Back under the cap: applied.
+    consul.set(&[b.addr.port()]);
+    converge("the smaller answer is applied", || {
+        admin_upstream(&gw)["discovery"] == "ok" && spread(&c, &gw, 4).keys().all(|k| k == "b")
+    });
+}

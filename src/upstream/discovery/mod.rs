@@ -93,7 +93,13 @@ pub enum DiscoveryError {
     Body { url: String, reason: String },
     #[error("{0}")]
     Setup(String),
+    #[error("the answer lists {0} servers, more than the {MAX_SERVERS} an upstream takes")]
+    TooMany(usize),
 }
+
+/// The most servers one answer may list: a larger answer is an error (the last known servers
+/// stay), as rebuilding an upstream's set and balancer gets costly beyond.
+pub const MAX_SERVERS: usize = 5_000;
 
 /// A discovery backend. The first call answers at once; later calls may wait for a change
 /// (a Consul blocking query, a Kubernetes watch) and return when there is one.
@@ -210,6 +216,10 @@ async fn drive<S: Source>(
             _ = tx.closed() => return,
             a = source.next() => a,
         };
+        let answer = answer.and_then(|a| match a.endpoints.len() {
+            n if n > MAX_SERVERS => Err(DiscoveryError::TooMany(n)),
+            _ => Ok(a),
+        });
         let wait = match answer {
             Ok(answer) => {
                 backoff = FIRST_BACKOFF;
@@ -289,14 +299,15 @@ fn publish(tx: &watch::Sender<Snapshot>, labels: &Labels, mut endpoints: Vec<End
     }
     labels.count("changed");
     let before: &[Endpoint] = old.as_deref().unwrap_or(&[]);
+    // Both lists are sorted: a binary search each, not a scan.
     let added: Vec<String> = endpoints
         .iter()
-        .filter(|e| !before.contains(e))
+        .filter(|e| before.binary_search(e).is_err())
         .map(Endpoint::url)
         .collect();
     let removed: Vec<String> = before
         .iter()
-        .filter(|e| !endpoints.contains(e))
+        .filter(|e| endpoints.binary_search(e).is_err())
         .map(Endpoint::url)
         .collect();
     tracing::info!(
