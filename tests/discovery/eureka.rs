@@ -383,3 +383,83 @@ fn eureka_a_404_is_no_instance_only_from_a_registry_that_answers() {
         get(&blocking_client(), &right).1 == "a"
     });
 }
+
+#[test]
+fn eureka_credentials_in_the_endpoint_are_sent_and_never_shown() {
+    let a = named("a");
+    let eureka = EurekaServer::start();
+    eureka.register(eureka_instance("legacy-a", a.addr.port(), "UP", "ADDED"));
+    const PASSWORD: &str = "pa55-w0rd-secret";
+    // As Spring Cloud users write a secured Eureka: the credentials in the URL.
+    let endpoint = format!(
+        "http://eureka-user:{PASSWORD}@{}/eureka",
+        eureka.server.addr
+    );
+    let config = serde_json::json!({
+        "version": 1,
+        "server": {"workers": 2},
+        "admin": {"token": TOKEN, "watch_config": false},
+        "upstreams": {"u": {"discovery": {
+            "type": "eureka", "endpoint": endpoint, "app": "LEGACY", "refresh": "200ms"
+        }}},
+        "routes": [{"name": "app", "path": "/app/{*rest}", "upstream": "u"}],
+        "logging": {"access_log": false, "level": "debug"}
+    });
+    let gw = support::GatewayProcess::start(&config.to_string());
+    let c = blocking_client();
+    converge("the registered instance is used", || get(&c, &gw).1 == "a");
+    // Sent as basic auth.
+    assert_eq!(
+        eureka.server.requests()[0].header("authorization"),
+        Some("Basic ZXVyZWthLXVzZXI6cGE1NS13MHJkLXNlY3JldA==")
+    );
+    // The registry fails: the error names the URL, without the password.
+    eureka.outage.store(true, Ordering::SeqCst);
+    converge("the error shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("answered 503"))
+    });
+    let status = admin_upstream(&gw)["discovery"].to_string();
+    assert!(
+        status.contains(&format!("http://{}/eureka/apps/", eureka.server.addr)),
+        "{status}"
+    );
+    // And the connection refused (a reqwest error, which carries its own copy of the URL).
+    let EurekaServer { server, .. } = eureka;
+    drop(server);
+    converge("the request error shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("request to"))
+    });
+    let admin = blocking_client()
+        .get(gw.url("/_kairos/upstreams"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!admin.contains(PASSWORD), "{admin}");
+    let shown = blocking_client()
+        .get(gw.url("/_kairos/config"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(shown.contains("eureka"), "{shown}");
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kairos-rs"))
+        .args(["upstreams", "list", "--gateway", &gw.url("")])
+        .env("KAIROS_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("discovery=request to"), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+    let logs = gw.logs().join("\n");
+    assert!(logs.contains("service discovery failed"), "{logs}");
+    assert!(!logs.contains(PASSWORD), "{logs}");
+    drop(a);
+}

@@ -197,9 +197,11 @@ fn base_url(v: &mut V, path: String, url: &str) -> String {
         .filter(|u| u.authority().is_some_and(|a| !a.host().is_empty()))
         .filter(|u| u.query().is_none());
     if ok.is_none() && !url.is_empty() {
+        // A password in the userinfo is accepted (sent as basic auth) and never shown.
+        let shown = crate::base::redact::url_without_userinfo(url);
         v.err_hint(
             path,
-            format!("`{url}` is not an http:// or https:// URL"),
+            format!("`{shown}` is not an http:// or https:// URL"),
             "write the URL with its scheme, such as \"http://127.0.0.1:8500\"",
         );
     }

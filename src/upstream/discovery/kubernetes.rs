@@ -248,10 +248,10 @@ impl Kubernetes {
         if let Ok(token) = std::fs::read_to_string(&self.token_file) {
             req = req.header("Authorization", format!("Bearer {}", token.trim()));
         }
-        let res = req.send().await.map_err(|source| DiscoveryError::Request {
-            url: url.to_string(),
-            source,
-        })?;
+        let res = req
+            .send()
+            .await
+            .map_err(|source| DiscoveryError::request(url, source))?;
         let status = res.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(DiscoveryError::Status {
@@ -273,10 +273,7 @@ impl Kubernetes {
         while let Some(chunk) = res
             .chunk()
             .await
-            .map_err(|source| DiscoveryError::Request {
-                url: url.clone(),
-                source,
-            })?
+            .map_err(|source| DiscoveryError::request(&url, source))?
         {
             if body.len() + chunk.len() > super::MAX_BODY {
                 return Err(DiscoveryError::Body {
@@ -377,10 +374,7 @@ impl Kubernetes {
                 }
                 Err(source) => {
                     self.watch = None;
-                    return Err(DiscoveryError::Request {
-                        url: url.to_string(),
-                        source,
-                    });
+                    return Err(DiscoveryError::request(url, source));
                 }
             }
         }

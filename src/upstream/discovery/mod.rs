@@ -13,6 +13,7 @@ pub mod dns;
 pub mod eureka;
 pub mod kubernetes;
 
+use crate::base::redact::url_without_userinfo;
 use crate::config::model::{DiscoveryConfig, DiscoverySource, ServerEntry};
 use crate::observability::metrics::Metrics;
 use std::future::Future;
@@ -85,11 +86,13 @@ pub struct Answer {
 pub enum DiscoveryError {
     #[error("DNS lookup of {name} failed: {reason}")]
     Dns { name: String, reason: String },
-    #[error("request to {url} failed: {}", crate::upstream::client::chain(.source))]
+    // URLs are shown without their userinfo (an endpoint may be `http://user:pass@host`),
+    // and a request error's source without its URL (build it with [`DiscoveryError::request`]).
+    #[error("request to {} failed: {}", url_without_userinfo(.url), crate::upstream::client::chain(.source))]
     Request { url: String, source: reqwest::Error },
-    #[error("{url} answered {status}")]
+    #[error("{} answered {status}", url_without_userinfo(.url))]
     Status { url: String, status: u16 },
-    #[error("{url} answered with a body that is not the expected JSON: {reason}")]
+    #[error("{} answered with a body that is not the expected JSON: {reason}", url_without_userinfo(.url))]
     Body { url: String, reason: String },
     #[error("{0}")]
     Setup(String),
@@ -100,6 +103,17 @@ pub enum DiscoveryError {
 /// The most servers one answer may list: a larger answer is an error (the last known servers
 /// stay), as rebuilding an upstream's set and balancer gets costly beyond.
 pub const MAX_SERVERS: usize = 5_000;
+
+impl DiscoveryError {
+    /// A failed request to `url`; reqwest's error loses its copy of the URL, which may hold
+    /// credentials (the variant's own URL is shown redacted).
+    pub fn request(url: &str, source: reqwest::Error) -> DiscoveryError {
+        DiscoveryError::Request {
+            url: url.to_string(),
+            source: source.without_url(),
+        }
+    }
+}
 
 /// A discovery backend. The first call answers at once; later calls may wait for a change
 /// (a Consul blocking query, a Kubernetes watch) and return when there is one.
@@ -362,10 +376,7 @@ pub(crate) async fn get(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let request_error = |source| DiscoveryError::Request {
-        url: url.to_string(),
-        source,
-    };
+    let request_error = |source| DiscoveryError::request(url, source);
     let mut res = req.send().await.map_err(request_error)?;
     let status = res.status().as_u16();
     if !(200..300).contains(&status) {
