@@ -247,6 +247,7 @@ fn kubernetes(v: &mut V, p: &str, d: &RawDiscovery, base_dir: &Path) -> Option<D
         port_name: d.port_name.clone(),
         api_server,
         token_file: file(&d.token_file, "token"),
+        token_file_given: d.token_file.is_some(),
         ca_file: file(&d.ca_file, "ca.crt"),
     })
 }
