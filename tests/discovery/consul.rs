@@ -208,3 +208,30 @@ fn consul_an_answer_over_the_server_cap_keeps_the_last_servers() {
         admin_upstream(&gw)["discovery"] == "ok" && spread(&c, &gw, 4).keys().all(|k| k == "b")
     });
 }
+
+#[test]
+fn consul_without_an_index_header_polls_at_most_once_a_second() {
+    let a = named("a");
+    let port = a.addr.port();
+    // A proxy in front of Consul that strips X-Consul-Index and answers at once.
+    let consul = Upstream::start(move |_| {
+        let entries = serde_json::json!([consul_entry("orders", port)]);
+        Reply::ok(&entries.to_string()).header("content-type", "application/json")
+    });
+    let gw = gateway(
+        &format!(
+            r#"{{"type":"consul","endpoint":"{}","service_name":"orders","wait":"5s"}}"#,
+            consul.url()
+        ),
+        "round_robin",
+    );
+    let c = blocking_client();
+    converge("the server is used", || get(&c, &gw).1 == "a");
+    let before = consul.count();
+    std::thread::sleep(Duration::from_millis(2500));
+    let queries = consul.count() - before;
+    // About two; a tight loop would have sent hundreds.
+    assert!(queries <= 4, "{queries} queries in 2.5 s");
+    assert!(queries >= 1, "still polling");
+    assert_eq!(admin_upstream(&gw)["discovery"], "ok");
+}
