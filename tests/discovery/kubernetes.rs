@@ -596,3 +596,45 @@ fn kubernetes_an_event_that_cannot_be_read_starts_over_with_a_list() {
             .any(|r| r.target.contains("watch=1") && r.target.contains("resourceVersion=20"))
     });
 }
+
+#[test]
+fn kubernetes_a_list_without_a_resource_version_is_an_error() {
+    let a = named("a");
+    let api = ApiServer::start();
+    // No version to watch from (a proxy that rewrote the list, a broken API server).
+    api.list(
+        "",
+        vec![named_slice(
+            "stock-a",
+            "10",
+            &[("127.0.0.1", false)],
+            a.addr.port(),
+        )],
+    );
+    let dir = token_dir();
+    let gw = k8s_gateway(&api, &dir);
+    converge("the error shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("resourceVersion"))
+    });
+    // Listed again only as the back-off allows, never watched.
+    std::thread::sleep(Duration::from_secs(1));
+    let lists = api.server.count();
+    assert!(lists <= 5, "{lists} lists");
+    assert!(!api.watching());
+    // A proper list: used, then watched.
+    api.list(
+        "11",
+        vec![named_slice(
+            "stock-a",
+            "11",
+            &[("127.0.0.1", false)],
+            a.addr.port(),
+        )],
+    );
+    converge("the listed endpoint is used", || {
+        get(&blocking_client(), &gw).1 == "a"
+    });
+    converge("a watch is open", || api.watching());
+}

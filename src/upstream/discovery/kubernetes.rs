@@ -303,6 +303,19 @@ impl Kubernetes {
             body.extend_from_slice(&chunk);
         }
         let list: List = super::parse(&url, &body)?;
+        // Without a version there is nothing to watch from: listing again at once would be a
+        // busy loop. An error instead (the back-off applies); nothing of the list is used.
+        if list
+            .metadata
+            .resource_version
+            .as_deref()
+            .is_none_or(str::is_empty)
+        {
+            return Err(DiscoveryError::Body {
+                url,
+                reason: "the list has no metadata.resourceVersion".into(),
+            });
+        }
         self.slices = list
             .items
             .into_iter()
