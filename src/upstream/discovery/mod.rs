@@ -5,7 +5,8 @@
 //!
 //! Safety rules, whatever the source: a failed answer keeps the last known servers (the
 //! snapshot carries the error); a successful answer with no servers empties the upstream;
-//! errors back off (0.5 s doubling to 30 s, with jitter). Each change is logged once, here,
+//! errors back off (0.5 s doubling to 30 s, with jitter), and so does a source whose setup
+//! fails (it is set up again, on the blocking pool, until it works). Each change is logged once, here,
 //! with the servers added and removed, and counted in `kairos_discovery_updates_total`.
 
 pub mod consul;
@@ -152,18 +153,25 @@ impl Watcher {
             };
             let _guard = rt.enter();
             let https = cfg.https;
+            // Each source is set up inside its task (on the blocking pool: the system DNS
+            // resolver reads /etc/resolv.conf), and again after a failure.
+            let s = cfg.source.clone();
             match &cfg.source {
-                s @ DiscoverySource::Dns { .. } => {
-                    rt.spawn(drive(dns::Dns::new(s, https), tx, labels));
+                DiscoverySource::Dns { .. } => {
+                    rt.spawn(drive(move || dns::Dns::new(&s, https), tx, labels));
                 }
-                s @ DiscoverySource::Consul { .. } => {
-                    rt.spawn(drive(consul::Consul::new(s, https), tx, labels));
+                DiscoverySource::Consul { .. } => {
+                    rt.spawn(drive(move || consul::Consul::new(&s, https), tx, labels));
                 }
-                s @ DiscoverySource::Kubernetes { .. } => {
-                    rt.spawn(drive(kubernetes::Kubernetes::new(s, https), tx, labels));
+                DiscoverySource::Kubernetes { .. } => {
+                    rt.spawn(drive(
+                        move || kubernetes::Kubernetes::new(&s, https),
+                        tx,
+                        labels,
+                    ));
                 }
-                s @ DiscoverySource::Eureka { .. } => {
-                    rt.spawn(drive(eureka::Eureka::new(s, https), tx, labels));
+                DiscoverySource::Eureka { .. } => {
+                    rt.spawn(drive(move || eureka::Eureka::new(&s, https), tx, labels));
                 }
             }
         }
@@ -200,31 +208,51 @@ impl Labels {
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Runs a source until every [`Watcher`] handle is gone: publishes each answer, keeps the
-/// last known servers on errors, logs each change once.
-async fn drive<S: Source>(
-    source: Result<S, DiscoveryError>,
-    tx: watch::Sender<Snapshot>,
-    labels: Labels,
-) {
+/// Runs a source until every [`Watcher`] handle is gone: sets it up (again after each
+/// failure, with the back-off), publishes each answer, keeps the last known servers on
+/// errors, logs each change once.
+async fn drive<S, F>(setup: F, tx: watch::Sender<Snapshot>, labels: Labels)
+where
+    S: Source,
+    F: Fn() -> Result<S, DiscoveryError> + Send + Sync + 'static,
+{
     for result in ["changed", "unchanged", "error"] {
         labels.count_zero(result);
     }
-    let mut source = match source {
-        Ok(s) => s,
-        Err(e) => {
+    let setup = Arc::new(setup);
+    let mut backoff = FIRST_BACKOFF;
+    let mut source = loop {
+        let make = setup.clone();
+        let made = tokio::task::spawn_blocking(move || make())
+            .await
+            .unwrap_or_else(|e| Err(DiscoveryError::Setup(format!("setup failed: {e}"))));
+        let e = match made {
+            Ok(s) => break s,
+            Err(e) => e,
+        };
+        labels.count("error");
+        let text: Arc<str> = Arc::from(e.to_string());
+        if tx.borrow().error.as_deref() != Some(&*text) {
             tracing::error!(
                 upstream = labels.upstream,
                 source = labels.source,
-                error = %e,
-                "service discovery cannot start; the upstream has no servers"
+                error = %text,
+                "service discovery cannot start; retrying (the upstream keeps the servers it has)"
             );
-            labels.count("error");
-            tx.send_modify(|s| s.error = Some(Arc::from(e.to_string())));
-            return;
+        }
+        tx.send_if_modified(|s| {
+            let changed = s.error.as_deref() != Some(&*text);
+            s.error = Some(text);
+            changed
+        });
+        let wait = backoff.mul_f64(0.8 + 0.4 * fastrand::f64());
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(wait) => {}
         }
     };
-    let mut backoff = FIRST_BACKOFF;
+    backoff = FIRST_BACKOFF;
     loop {
         let answer = tokio::select! {
             _ = tx.closed() => return,
@@ -416,6 +444,75 @@ pub(crate) const MAX_BODY: usize = 32 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A source that always answers one server.
+    struct One;
+
+    impl Source for One {
+        async fn next(&mut self) -> Result<Answer, DiscoveryError> {
+            Ok(Answer {
+                endpoints: vec![Endpoint {
+                    priority: 0,
+                    host: "127.0.0.1".into(),
+                    port: 8080,
+                    weight: 1,
+                    https: false,
+                }],
+                valid_for: Duration::from_secs(3600),
+            })
+        }
+    }
+
+    /// A source whose setup fails is set up again (with the back-off) until it works; the
+    /// error shows meanwhile and is counted.
+    #[tokio::test]
+    async fn a_failed_setup_is_retried() {
+        let metrics = Arc::new(Metrics::new());
+        let labels = Labels {
+            upstream: "u".into(),
+            source: "dns",
+            metrics: metrics.clone(),
+        };
+        let (tx, mut rx) = watch::channel(Snapshot::default());
+        let tries = Arc::new(AtomicU32::new(0));
+        let t = tries.clone();
+        let task = tokio::spawn(drive(
+            move || match t.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(DiscoveryError::Setup(
+                    "resolver setup: no resolv.conf".into(),
+                )),
+                _ => Ok(One),
+            },
+            tx,
+            labels,
+        ));
+        let snap = rx
+            .wait_for(|s| s.error.is_some())
+            .await
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            snap.error.as_deref(),
+            Some("resolver setup: no resolv.conf")
+        );
+        assert!(snap.endpoints.is_none());
+        let snap = rx
+            .wait_for(|s| s.endpoints.is_some())
+            .await
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        assert_eq!(snap.endpoints.as_deref().map(<[Endpoint]>::len), Some(1));
+        assert!(snap.error.is_none());
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+        let errors = metrics
+            .discovery_updates
+            .with_label_values(&["u", "dns", "error"])
+            .get();
+        assert_eq!(errors, 2);
+        drop(rx);
+        let _ = task.await;
+    }
 
     #[test]
     fn endpoint_urls_and_entries() {
