@@ -235,3 +235,48 @@ fn consul_without_an_index_header_polls_at_most_once_a_second() {
     assert!(queries >= 1, "still polling");
     assert_eq!(admin_upstream(&gw)["discovery"], "ok");
 }
+
+#[test]
+fn consul_a_big_change_is_logged_as_counts_and_the_first_servers() {
+    let consul = Consul::start();
+    let a = named("a");
+    consul.set(&[a.addr.port()]);
+    let config = serde_json::json!({
+        "version": 1,
+        "server": {"workers": 1},
+        "admin": {"token": TOKEN, "watch_config": false},
+        "upstreams": {"u": {"discovery": {
+            "type": "consul", "endpoint": consul.server.url(), "service_name": "orders", "wait": "5s"
+        }}},
+        "routes": [{"name": "app", "path": "/app/{*rest}", "upstream": "u"}],
+        "logging": {"access_log": false, "level": "info"}
+    });
+    let gw = support::GatewayProcess::start(&config.to_string());
+    let c = blocking_client();
+    converge("the server is used", || get(&c, &gw).1 == "a");
+    // A small change: every URL listed.
+    let line = |needle: &str| {
+        gw.logs()
+            .into_iter()
+            .filter(|l| l.contains("discovered servers changed"))
+            .find(|l| l.contains(needle))
+    };
+    let first = line(&a.addr.port().to_string()).expect("the first change is logged");
+    assert!(!first.contains("added_count"), "{first}");
+    // 300 more instances (a rollout): counts, and only the first ten URLs.
+    let mut ports: Vec<u16> = (30_000..30_300).collect();
+    ports.push(a.addr.port());
+    consul.set(&ports);
+    converge("the big change is logged", || line("added_count").is_some());
+    let big = line("added_count").unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&big).expect("a JSON log line");
+    let fields = if v["fields"].is_object() {
+        &v["fields"]
+    } else {
+        &v
+    };
+    assert_eq!(fields["added_count"], 300, "{big}");
+    assert_eq!(fields["removed_count"], 0, "{big}");
+    assert_eq!(fields["servers"], 301, "{big}");
+    assert_eq!(big.matches("http://127.0.0.1:").count(), 10, "{big}");
+}

@@ -307,6 +307,10 @@ impl Labels {
     }
 }
 
+/// The most server URLs one change log line lists (of those added, and of those removed);
+/// a larger change is logged with its counts.
+const LOGGED_URLS: usize = 10;
+
 /// Publishes a successful answer: a new server set when it differs from the last one.
 fn publish(tx: &watch::Sender<Snapshot>, labels: &Labels, mut endpoints: Vec<Endpoint>) {
     endpoints.sort();
@@ -342,24 +346,38 @@ fn publish(tx: &watch::Sender<Snapshot>, labels: &Labels, mut endpoints: Vec<End
     labels.count("changed");
     let before: &[Endpoint] = old.as_deref().unwrap_or(&[]);
     // Both lists are sorted: a binary search each, not a scan.
-    let added: Vec<String> = endpoints
+    let added = endpoints
         .iter()
-        .filter(|e| before.binary_search(e).is_err())
-        .map(Endpoint::url)
-        .collect();
-    let removed: Vec<String> = before
+        .filter(|e| before.binary_search(e).is_err());
+    let removed = before
         .iter()
-        .filter(|e| endpoints.binary_search(e).is_err())
-        .map(Endpoint::url)
-        .collect();
-    tracing::info!(
-        upstream = labels.upstream,
-        source = labels.source,
-        servers = endpoints.len(),
-        added = ?added,
-        removed = ?removed,
-        "discovered servers changed"
-    );
+        .filter(|e| endpoints.binary_search(e).is_err());
+    let (added_count, removed_count) = (added.clone().count(), removed.clone().count());
+    // A big change (a rollout, a registry coming back) logs counts and the first few URLs,
+    // not a line of thousands.
+    let added: Vec<String> = added.take(LOGGED_URLS).map(Endpoint::url).collect();
+    let removed: Vec<String> = removed.take(LOGGED_URLS).map(Endpoint::url).collect();
+    if added_count + removed_count > LOGGED_URLS {
+        tracing::info!(
+            upstream = labels.upstream,
+            source = labels.source,
+            servers = endpoints.len(),
+            added_count,
+            removed_count,
+            added_first = ?added,
+            removed_first = ?removed,
+            "discovered servers changed"
+        );
+    } else {
+        tracing::info!(
+            upstream = labels.upstream,
+            source = labels.source,
+            servers = endpoints.len(),
+            added = ?added,
+            removed = ?removed,
+            "discovered servers changed"
+        );
+    }
     tx.send_replace(Snapshot {
         endpoints: Some(Arc::from(endpoints)),
         error: None,
