@@ -838,6 +838,48 @@ fn discovery_errors_name_path_line_and_fix() {
     assert_eq!(e.path, "upstreams.u.discovery.app");
     let e = one(&with_upstream(r#"    "discovery": {"type": "kubernetes"}"#));
     assert_eq!(e.path, "upstreams.u.discovery.service_name");
+    // Kubernetes names are DNS-1123 labels: they go into the API path and a label selector.
+    let errs = errors(&with_upstream(
+        r#"    "discovery": {"type": "kubernetes",
+                  "namespace": "shop/../kube-system", "service_name": "Stock"}"#,
+    ));
+    let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "upstreams.u.discovery.namespace",
+            "upstreams.u.discovery.service_name",
+        ],
+        "{errs:#?}"
+    );
+    let name = errs
+        .iter()
+        .find(|e| e.path.ends_with("service_name"))
+        .unwrap();
+    assert_eq!(name.line, Some(5));
+    assert!(name.message.contains("DNS-1123"), "{}", name.message);
+    assert_eq!(
+        name.hint.as_deref(),
+        Some("Kubernetes names are lowercase: write \"stock\"")
+    );
+    let ns = errs.iter().find(|e| e.path.ends_with("namespace")).unwrap();
+    assert!(
+        ns.hint
+            .as_deref()
+            .unwrap_or("")
+            .contains("lowercase letters"),
+        "{ns:#?}"
+    );
+    let long = "a".repeat(64);
+    let e = one(&with_upstream(&format!(
+        r#"    "discovery": {{"type": "kubernetes", "service_name": "{long}"}}"#
+    )));
+    assert_eq!(e.path, "upstreams.u.discovery.service_name");
+    let ok = with_upstream(
+        r#"    "discovery": {"type": "kubernetes", "namespace": "shop-2", "service_name": "stock-v2"}"#,
+    );
+    assert!(load_str_with_env(&ok, "t.json", Path::new("."), &|_| None).is_ok());
     // The Consul token comes from the environment like any secret; a missing variable names it.
     let text = with_upstream(
         r#"    "discovery": {"type": "consul", "endpoint": "http://127.0.0.1:8500", "service_name": "orders", "token": "${CONSUL_TOKEN}"}"#,

@@ -20,6 +20,20 @@ pub fn url_for_log(url: &str) -> String {
     }
 }
 
+/// `url` with its userinfo (`user:pass@`) removed and everything else kept: for URLs whose
+/// query and path are the gateway's own (a discovery request), where [`url_for_log`] would
+/// drop useful detail.
+pub fn url_without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]).into(),
+        None => url.into(),
+    }
+}
+
 /// The placeholder for a removed value (the one the OpenTelemetry semantic conventions use).
 pub const REDACTED: &str = "REDACTED";
 
@@ -65,6 +79,19 @@ pub fn redact_path_and_query(path_and_query: &str) -> std::borrow::Cow<'_, str> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_goes_and_the_rest_stays() {
+        assert_eq!(
+            url_without_userinfo("http://eureka:s3cret@10.0.0.1:8761/eureka/apps/X?a=b"),
+            "http://10.0.0.1:8761/eureka/apps/X?a=b"
+        );
+        assert_eq!(
+            url_without_userinfo("http://10.0.0.1/p?email=a@b"),
+            "http://10.0.0.1/p?email=a@b"
+        );
+        assert_eq!(url_without_userinfo("not a url"), "not a url");
+    }
 
     #[test]
     fn urls_lose_userinfo_query_and_fragment() {

@@ -304,6 +304,9 @@ pub enum DiscoverySource {
         /// `None`: in-cluster (KUBERNETES_SERVICE_HOST/PORT).
         api_server: Option<String>,
         token_file: std::path::PathBuf,
+        /// `token_file` was named in the config: its token is sent over http too (the
+        /// in-cluster default is sent over https only).
+        token_file_given: bool,
         ca_file: std::path::PathBuf,
     },
     Eureka {

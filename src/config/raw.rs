@@ -459,7 +459,8 @@ pub struct RawDiscovery {
     /// kubernetes: the API server's URL (default: in-cluster, from KUBERNETES_SERVICE_HOST and
     /// KUBERNETES_SERVICE_PORT).
     pub api_server: Option<String>,
-    /// kubernetes: the bearer token file (default: the pod's service-account token).
+    /// kubernetes: the bearer token file (default: the pod's service-account token, which is
+    /// sent only over https; a file named here is sent to an http `api_server` too).
     pub token_file: Option<String>,
     /// kubernetes: the API server's CA file (default: the pod's service-account CA).
     pub ca_file: Option<String>,

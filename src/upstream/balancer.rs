@@ -684,27 +684,107 @@ fn fast_range(h: u64, m: usize) -> usize {
     ((u128::from(h) * m as u128) >> 64) as usize
 }
 
+/// The longest weighted round robin cycle built. Weights whose sum (after dividing by their
+/// gcd) is larger are scaled down to about this sum, each kept at 1 or more: a share then
+/// differs from its weight's by at most one entry in this many.
+pub const MAX_SEQUENCE: u64 = 1 << 16;
+
+/// Up to this many steps (servers × cycle length) the cycle is NGINX's own algorithm, which
+/// scans every server per entry; above it (thousands of servers) an equivalent smooth order
+/// is built with a heap, so building never costs more than O(cycle · log servers).
+const EXACT_STEPS: u64 = 1 << 22;
+
 /// NGINX's smooth weighted round robin, unrolled into one full cycle (weights divided by their
-/// greatest common divisor first, so the cycle is as short as it can be).
+/// greatest common divisor first, so the cycle is as short as it can be; scaled down to about
+/// [`MAX_SEQUENCE`] entries when longer).
 pub fn smooth_sequence(weights: &[u32]) -> Vec<u32> {
     if weights.is_empty() {
         return Vec::new();
     }
     let g = weights.iter().copied().fold(0, gcd).max(1);
-    let w: Vec<i64> = weights.iter().map(|&x| i64::from(x / g)).collect();
-    let total: i64 = w.iter().sum();
+    let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x / g).max(1)).collect();
+    let sum: u64 = w.iter().sum();
+    if sum > MAX_SEQUENCE {
+        for x in &mut w {
+            *x = (*x * MAX_SEQUENCE / sum).max(1);
+        }
+    }
+    let total: u64 = w.iter().sum();
+    if (w.len() as u64).saturating_mul(total) <= EXACT_STEPS {
+        nginx_cycle(&w, total)
+    } else {
+        heap_cycle(&w, total)
+    }
+}
+
+/// NGINX's algorithm: each step every server's current weight grows by its weight, the
+/// largest is picked and loses the total.
+fn nginx_cycle(w: &[u64], total: u64) -> Vec<u32> {
+    let total = total as i64;
     let mut current = vec![0i64; w.len()];
     let mut seq = Vec::with_capacity(total as usize);
     for _ in 0..total {
         let mut best = 0;
         for i in 0..w.len() {
-            current[i] += w[i];
+            current[i] += w[i] as i64;
             if current[i] > current[best] {
                 best = i;
             }
         }
         current[best] -= total;
         seq.push(best as u32);
+    }
+    seq
+}
+
+/// A smooth cycle for many servers: server `i` of `n` has its `k`-th entry (from 0) due at
+/// `(k + (i + 1/2) / n) / w_i` of the cycle, and entries are taken in order of when they are
+/// due (ties to the lower index). Each server's entries are spread evenly over the cycle, and
+/// the offsets `(i + 1/2) / n` keep servers of the same weight from all falling due at once.
+fn heap_cycle(w: &[u64], total: u64) -> Vec<u32> {
+    use std::cmp::Ordering as O;
+    use std::collections::BinaryHeap;
+    /// Server `i`'s next entry, due at `num / den`; `step` is added to `num` per entry.
+    #[derive(PartialEq, Eq)]
+    struct Due {
+        num: u64,
+        den: u64,
+        step: u64,
+        i: u32,
+    }
+    impl Ord for Due {
+        fn cmp(&self, o: &Self) -> O {
+            // Reversed: the heap's top is the earliest due (then the lowest index).
+            let a = u128::from(self.num) * u128::from(o.den);
+            let b = u128::from(o.num) * u128::from(self.den);
+            b.cmp(&a).then(o.i.cmp(&self.i))
+        }
+    }
+    impl PartialOrd for Due {
+        fn partial_cmp(&self, o: &Self) -> Option<O> {
+            Some(self.cmp(o))
+        }
+    }
+    let n = w.len() as u64;
+    // In units of 1 / (2 n w_i): due at (2 k n + 2 i + 1) / (2 n w_i).
+    let mut heap: BinaryHeap<Due> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &wi)| Due {
+            num: 2 * i as u64 + 1,
+            den: 2 * n * wi,
+            step: 2 * n,
+            i: i as u32,
+        })
+        .collect();
+    let mut seq = Vec::with_capacity(total as usize);
+    while let Some(mut d) = heap.pop() {
+        seq.push(d.i);
+        d.num += d.step;
+        // Its last entry is due before 1 (the end of the cycle): num < den.
+        if d.num < d.den {
+            heap.push(d);
+        }
     }
     seq
 }
@@ -728,6 +808,38 @@ mod tests {
         assert_eq!(smooth_sequence(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(smooth_sequence(&[100, 200]), vec![1, 0, 1]);
         assert_eq!(smooth_sequence(&[1, 1, 1]), vec![0, 1, 2]);
+    }
+
+    /// Many servers with large weights: the cycle is capped, every server is in it, and each
+    /// share stays its weight's.
+    #[test]
+    fn long_cycles_are_capped_and_keep_the_shares() {
+        // 5,000 servers of weights 1000 and 999 (gcd 1): 5 million entries uncapped.
+        let weights: Vec<u32> = (0..5_000).map(|i| 1000 - (i % 2)).collect();
+        let seq = smooth_sequence(&weights);
+        assert!(seq.len() as u64 <= MAX_SEQUENCE + 5_000, "{}", seq.len());
+        let mut count = vec![0u32; weights.len()];
+        for &i in &seq {
+            count[i as usize] += 1;
+        }
+        assert!(count.iter().all(|&c| c >= 1));
+        let (lo, hi) = (count.iter().min(), count.iter().max());
+        assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "{lo:?} {hi:?}");
+        // A heavy server among light ones keeps its share, spread over the cycle.
+        let mut weights = vec![1u32; 3_000];
+        weights[0] = 1000;
+        let seq = smooth_sequence(&weights);
+        let heavy: Vec<usize> = (0..seq.len()).filter(|&p| seq[p] == 0).collect();
+        assert_eq!(heavy.len(), 1000);
+        let gaps = heavy.windows(2).map(|p| p[1] - p[0]);
+        assert!(gaps.clone().max() <= Some(5), "{:?}", gaps.max());
+        // The heap order agrees with NGINX's on the shares.
+        let w = [5u64, 1, 1];
+        let mut a = heap_cycle(&w, 7);
+        let mut b = nginx_cycle(&w, 7);
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b);
     }
 
     /// A server whose state the test sets directly.

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 const POOL_IDLE_PER_SERVER: usize = 1024;
 /// An idle connection older than this is closed instead of reused.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a worker's pool drops its closed and expired connections, and the servers left
+/// with none (checked when a connection is put back: one comparison per request).
+const POOL_SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Attempts on pooled connections that turn out closed before the request was written.
 const STALE_RETRIES: usize = 3;
 
@@ -123,6 +126,8 @@ pub fn pool_key(
 #[derive(Default)]
 struct Pool {
     idle: rustc_hash::FxHashMap<u64, VecDeque<(Instant, SendRequest<ProxyBody>)>>,
+    /// When the pool was last swept; `None` before the first put.
+    swept: Option<Instant>,
 }
 
 impl Pool {
@@ -137,8 +142,13 @@ impl Pool {
     }
 
     fn put(&mut self, key: u64, sender: SendRequest<ProxyBody>) {
-        let slot = self.idle.entry(key).or_default();
         let now = Instant::now();
+        match self.swept {
+            Some(t) if now.saturating_duration_since(t) < POOL_SWEEP_EVERY => {}
+            Some(_) => self.sweep(now),
+            None => self.swept = Some(now),
+        }
+        let slot = self.idle.entry(key).or_default();
         while slot.front().is_some_and(|(since, s)| {
             s.is_closed() || now.duration_since(*since) >= POOL_IDLE_TIMEOUT
         }) {
@@ -147,6 +157,21 @@ impl Pool {
         if slot.len() < POOL_IDLE_PER_SERVER {
             slot.push_back((now, sender));
         }
+    }
+}
+
+impl Pool {
+    /// Drops the idle connections that are closed or older than [`POOL_IDLE_TIMEOUT`], and
+    /// the servers left with none: the connections to a server that left its upstream (a
+    /// pod that went away) are closed by the next sweep after they expire, and its entry goes.
+    fn sweep(&mut self, now: Instant) {
+        self.swept = Some(now);
+        self.idle.retain(|_, slot| {
+            slot.retain(|(since, s)| {
+                !s.is_closed() && now.saturating_duration_since(*since) < POOL_IDLE_TIMEOUT
+            });
+            !slot.is_empty()
+        });
     }
 }
 
@@ -369,5 +394,58 @@ mod tests {
             ServerName::try_from("api.example.com").unwrap()
         );
         assert!(server_name("bad name").is_err());
+    }
+
+    /// A real HTTP/1.1 client connection over an in-memory pipe; the other end is returned
+    /// (dropping it closes the connection).
+    async fn connection() -> (SendRequest<ProxyBody>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let sender = handshake_http1(TokioIo::new(ours), 8 << 10)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (sender, theirs)
+    }
+
+    #[test]
+    fn sweeps_drop_closed_and_expired_connections_and_empty_servers() {
+        actix_web::rt::System::new().block_on(async {
+            let mut pool = Pool::default();
+            let (a, _a_peer) = connection().await;
+            let (b, b_peer) = connection().await;
+            let (c, _c_peer) = connection().await;
+            pool.put(1, a);
+            pool.put(2, b);
+            pool.put(3, c);
+            assert_eq!(pool.idle.len(), 3);
+            // Server 2's peer goes away: its connection closes.
+            drop(b_peer);
+            for _ in 0..100 {
+                if pool.idle[&2].iter().all(|(_, s)| s.is_closed()) {
+                    break;
+                }
+                actix_web::rt::task::yield_now().await;
+            }
+            // Server 3's connection was last used before the idle timeout.
+            if let Some(slot) = pool.idle.get_mut(&3) {
+                for (since, _) in slot.iter_mut() {
+                    *since -= POOL_IDLE_TIMEOUT;
+                }
+            }
+            pool.sweep(Instant::now());
+            let mut left: Vec<u64> = pool.idle.keys().copied().collect();
+            left.sort_unstable();
+            assert_eq!(left, [1], "only the live, recent connection stays");
+            // A put sweeps once POOL_SWEEP_EVERY has passed since the last sweep.
+            let (d, _d_peer) = connection().await;
+            if let Some(slot) = pool.idle.get_mut(&1) {
+                for (since, _) in slot.iter_mut() {
+                    *since -= POOL_IDLE_TIMEOUT;
+                }
+            }
+            pool.swept = pool.swept.map(|t| t - POOL_SWEEP_EVERY);
+            pool.put(4, d);
+            let left: Vec<u64> = pool.idle.keys().copied().collect();
+            assert_eq!(left, [4]);
+        });
     }
 }

@@ -10,6 +10,7 @@ use super::server::ServerState;
 use crate::config::model::{ServerEntry, UpstreamConfig};
 use crate::observability::metrics::Metrics;
 use arc_swap::ArcSwap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -89,18 +90,24 @@ impl ServerSet {
             });
         }
         let mut fresh = Vec::new();
+        // The previous servers by identity: one lookup per server, not a scan.
+        let before: HashMap<(&str, &str, bool), usize> = previous
+            .map(|p| {
+                p.entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| ((s.url.as_str(), s.authority.as_str(), s.https), i))
+                    .collect()
+            })
+            .unwrap_or_default();
         let states = entries
             .iter()
             .enumerate()
             .map(|(idx, entry)| {
                 previous
                     .and_then(|p| {
-                        let i = p.entries.iter().position(|s| {
-                            s.url == entry.url
-                                && s.authority == entry.authority
-                                && s.https == entry.https
-                        })?;
-                        p.states.get(i).cloned()
+                        let key = (entry.url.as_str(), entry.authority.as_str(), entry.https);
+                        p.states.get(*before.get(&key)?).cloned()
                     })
                     .unwrap_or_else(|| {
                         fresh.push(idx);
@@ -343,11 +350,8 @@ impl Dynamic {
                 .upstream_ejections
                 .with_label_values(&[&self.upstream, &set.entries[i].url]);
         }
-        for gone in old
-            .entries
-            .iter()
-            .filter(|o| !set.entries.iter().any(|e| e.url == o.url))
-        {
+        let now: HashSet<&str> = set.entries.iter().map(|e| e.url.as_str()).collect();
+        for gone in old.entries.iter().filter(|o| !now.contains(o.url.as_str())) {
             let _ = metrics
                 .upstream_ejections
                 .remove_label_values(&[&self.upstream, &gone.url]);

@@ -176,3 +176,107 @@ fn consul_servers_come_and_go_under_load_without_a_failed_request() {
     assert_eq!(up["source"], "consul");
     assert_eq!(up["servers"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn consul_an_answer_over_the_server_cap_keeps_the_last_servers() {
+    let consul = Consul::start();
+    let (a, b) = (named("a"), named("b"));
+    consul.set(&[a.addr.port(), b.addr.port()]);
+    let gw = gateway(
+        &format!(
+            r#"{{"type":"consul","endpoint":"{}","service_name":"orders","wait":"5s"}}"#,
+            consul.server.url()
+        ),
+        "weighted_round_robin",
+    );
+    let c = blocking_client();
+    converge("both servers are used", || spread(&c, &gw, 6).len() == 2);
+    // 5,001 instances: one more than an upstream takes.
+    let many: Vec<u16> = (20_000..25_001).collect();
+    consul.set(&many);
+    converge("the error shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("5001 servers, more than the 5000"))
+    });
+    let up = admin_upstream(&gw);
+    assert_eq!(up["servers"].as_array().map(Vec::len), Some(2), "{up}");
+    assert_eq!(spread(&c, &gw, 6).len(), 2);
+    // Back under the cap: applied.
+    consul.set(&[b.addr.port()]);
+    converge("the smaller answer is applied", || {
+        admin_upstream(&gw)["discovery"] == "ok" && spread(&c, &gw, 4).keys().all(|k| k == "b")
+    });
+}
+
+#[test]
+fn consul_without_an_index_header_polls_at_most_once_a_second() {
+    let a = named("a");
+    let port = a.addr.port();
+    // A proxy in front of Consul that strips X-Consul-Index and answers at once.
+    let consul = Upstream::start(move |_| {
+        let entries = serde_json::json!([consul_entry("orders", port)]);
+        Reply::ok(&entries.to_string()).header("content-type", "application/json")
+    });
+    let gw = gateway(
+        &format!(
+            r#"{{"type":"consul","endpoint":"{}","service_name":"orders","wait":"5s"}}"#,
+            consul.url()
+        ),
+        "round_robin",
+    );
+    let c = blocking_client();
+    converge("the server is used", || get(&c, &gw).1 == "a");
+    let before = consul.count();
+    std::thread::sleep(Duration::from_millis(2500));
+    let queries = consul.count() - before;
+    // About two; a tight loop would have sent hundreds.
+    assert!(queries <= 4, "{queries} queries in 2.5 s");
+    assert!(queries >= 1, "still polling");
+    assert_eq!(admin_upstream(&gw)["discovery"], "ok");
+}
+
+#[test]
+fn consul_a_big_change_is_logged_as_counts_and_the_first_servers() {
+    let consul = Consul::start();
+    let a = named("a");
+    consul.set(&[a.addr.port()]);
+    let config = serde_json::json!({
+        "version": 1,
+        "server": {"workers": 1},
+        "admin": {"token": TOKEN, "watch_config": false},
+        "upstreams": {"u": {"discovery": {
+            "type": "consul", "endpoint": consul.server.url(), "service_name": "orders", "wait": "5s"
+        }}},
+        "routes": [{"name": "app", "path": "/app/{*rest}", "upstream": "u"}],
+        "logging": {"access_log": false, "level": "info"}
+    });
+    let gw = support::GatewayProcess::start(&config.to_string());
+    let c = blocking_client();
+    converge("the server is used", || get(&c, &gw).1 == "a");
+    // A small change: every URL listed.
+    let line = |needle: &str| {
+        gw.logs()
+            .into_iter()
+            .filter(|l| l.contains("discovered servers changed"))
+            .find(|l| l.contains(needle))
+    };
+    let first = line(&a.addr.port().to_string()).expect("the first change is logged");
+    assert!(!first.contains("added_count"), "{first}");
+    // 300 more instances (a rollout): counts, and only the first ten URLs.
+    let mut ports: Vec<u16> = (30_000..30_300).collect();
+    ports.push(a.addr.port());
+    consul.set(&ports);
+    converge("the big change is logged", || line("added_count").is_some());
+    let big = line("added_count").unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&big).expect("a JSON log line");
+    let fields = if v["fields"].is_object() {
+        &v["fields"]
+    } else {
+        &v
+    };
+    assert_eq!(fields["added_count"], 300, "{big}");
+    assert_eq!(fields["removed_count"], 0, "{big}");
+    assert_eq!(fields["servers"], 301, "{big}");
+    assert_eq!(big.matches("http://127.0.0.1:").count(), 10, "{big}");
+}

@@ -223,3 +223,50 @@ fn dns_srv_falls_back_to_the_next_priority_while_the_lowest_one_is_down() {
     });
     drop(primary);
 }
+
+#[test]
+fn dns_srv_target_without_an_address_is_skipped() {
+    let up = Upstream::start(|_| Reply::ok("up"));
+    let dns = DnsServer::start();
+    let name = "_http._tcp.svc.test.";
+    // Two targets; `gone.test.` has no address (its pod went away before its SRV record).
+    dns.set(
+        name,
+        RecordType::SRV,
+        vec![
+            srv_record(name, 10, 1, up.addr.port(), "host.test."),
+            srv_record(name, 10, 1, 9, "gone.test."),
+        ],
+    );
+    dns.set(
+        "host.test.",
+        RecordType::A,
+        vec![a_record("host.test.", Ipv4Addr::new(127, 0, 0, 1), 1)],
+    );
+    let gw = gateway(
+        &format!(
+            r#"{{"type":"dns","name":"{name}","record":"SRV","resolvers":["{}"],"refresh":"1s"}}"#,
+            dns.addr
+        ),
+        "round_robin",
+    );
+    let c = blocking_client();
+    converge("the target with an address is used", || {
+        get(&c, &gw).1 == "up"
+    });
+    let up_state = admin_upstream(&gw);
+    assert_eq!(up_state["discovery"], "ok", "{up_state}");
+    assert_eq!(
+        up_state["servers"].as_array().map(Vec::len),
+        Some(1),
+        "{up_state}"
+    );
+    // Every target without an address: an error, the last known server stays.
+    dns.set("host.test.", RecordType::A, Vec::new());
+    converge("the error shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("no SRV target has an address"))
+    });
+    assert_eq!(get(&c, &gw), (200, "up".to_string()));
+}

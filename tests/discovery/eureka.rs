@@ -109,14 +109,29 @@ pub(crate) struct EurekaServer {
     pub(crate) server: Upstream,
     registry: Arc<Mutex<Vec<serde_json::Value>>>,
     delta: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// While set, every request is answered 503 (the registry is down).
+    outage: Arc<AtomicBool>,
+    /// The target of the first request answered after an outage.
+    after_outage: Arc<Mutex<Option<String>>>,
 }
 
 impl EurekaServer {
     pub(crate) fn start() -> EurekaServer {
         let registry: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
         let delta: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let outage = Arc::new(AtomicBool::new(false));
+        let after_outage: Arc<Mutex<Option<String>>> = Arc::default();
         let (reg, d) = (registry.clone(), delta.clone());
+        let (down, after) = (outage.clone(), after_outage.clone());
+        let was_down = AtomicBool::new(false);
         let server = Upstream::start(move |r| {
+            if down.load(Ordering::SeqCst) {
+                was_down.store(true, Ordering::SeqCst);
+                return Reply::ok("").status(503);
+            }
+            if was_down.swap(false, Ordering::SeqCst) {
+                *after.lock().unwrap() = Some(r.target.clone());
+            }
             let json = if r.target == "/eureka/apps/LEGACY" {
                 let list = reg.lock().unwrap().clone();
                 if list.is_empty() {
@@ -136,6 +151,8 @@ impl EurekaServer {
             server,
             registry,
             delta,
+            outage,
+            after_outage,
         }
     }
 
@@ -280,4 +297,169 @@ fn eureka_weight_metadata_sets_the_weight_and_series_follow_the_instances() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(entry["weight"], 1, "{up}");
+}
+
+/// A gateway following LEGACY on `eureka` at `path` (`/eureka` where it is served).
+fn eureka_gateway(eureka: &EurekaServer, path: &str) -> Gateway {
+    gateway(
+        &format!(
+            r#"{{"type":"eureka","endpoint":"{}{path}","app":"LEGACY","refresh":"200ms"}}"#,
+            eureka.server.url()
+        ),
+        "round_robin",
+    )
+}
+
+#[test]
+fn eureka_after_an_outage_the_first_poll_fetches_the_application_whole() {
+    let (a, b) = (named("a"), named("b"));
+    let eureka = EurekaServer::start();
+    eureka.register(eureka_instance("legacy-a", a.addr.port(), "UP", "ADDED"));
+    eureka.register(eureka_instance("legacy-b", b.addr.port(), "UP", "ADDED"));
+    *eureka.delta.lock().unwrap() = Vec::new();
+    let gw = eureka_gateway(&eureka, "/eureka");
+    let c = blocking_client();
+    converge("both instances are used", || {
+        get(&c, &gw).0 == 200 && spread(&c, &gw, 6).len() == 2
+    });
+    converge("deltas are polled", || {
+        eureka
+            .server
+            .requests()
+            .iter()
+            .any(|r| r.target == "/eureka/apps/delta")
+    });
+    // The registry goes down; meanwhile `b` is cancelled, and by the time it is back the
+    // delta no longer mentions it (its retention passed).
+    eureka.outage.store(true, Ordering::SeqCst);
+    converge("the outage shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("503"))
+    });
+    eureka
+        .registry
+        .lock()
+        .unwrap()
+        .retain(|i| i["instanceId"] != "legacy-b");
+    eureka.outage.store(false, Ordering::SeqCst);
+    converge("the registry answers again", || {
+        eureka.after_outage.lock().unwrap().is_some()
+    });
+    assert_eq!(
+        eureka.after_outage.lock().unwrap().as_deref(),
+        Some("/eureka/apps/LEGACY"),
+        "the first poll after the outage is a full fetch"
+    );
+    converge("the instance cancelled during the outage is gone", || {
+        spread(&c, &gw, 4).keys().all(|k| k == "a")
+    });
+    drop(b);
+}
+
+#[test]
+fn eureka_a_404_is_no_instance_only_from_a_registry_that_answers() {
+    let a = named("a");
+    let eureka = EurekaServer::start();
+    // A wrong endpoint path: everything under it is 404. That is an error, not an empty
+    // application.
+    let wrong = eureka_gateway(&eureka, "/wrong");
+    converge("the 404 shows as an error", || {
+        admin_upstream(&wrong)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("/wrong/apps/LEGACY answered 404"))
+    });
+    // The right endpoint with no instance registered: Eureka's 404 for the application,
+    // while its delta answers: no instance (503), status ok.
+    let right = eureka_gateway(&eureka, "/eureka");
+    converge("the empty application is ok", || {
+        admin_upstream(&right)["discovery"] == "ok"
+    });
+    let (status, body) = get(&blocking_client(), &right);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no_healthy_upstream"), "{body}");
+    eureka.register(eureka_instance("legacy-a", a.addr.port(), "UP", "ADDED"));
+    converge("the registered instance is used", || {
+        get(&blocking_client(), &right).1 == "a"
+    });
+}
+
+#[test]
+fn eureka_credentials_in_the_endpoint_are_sent_and_never_shown() {
+    let a = named("a");
+    let eureka = EurekaServer::start();
+    eureka.register(eureka_instance("legacy-a", a.addr.port(), "UP", "ADDED"));
+    const PASSWORD: &str = "pa55-w0rd-secret";
+    // As Spring Cloud users write a secured Eureka: the credentials in the URL.
+    let endpoint = format!(
+        "http://eureka-user:{PASSWORD}@{}/eureka",
+        eureka.server.addr
+    );
+    let config = serde_json::json!({
+        "version": 1,
+        "server": {"workers": 2},
+        "admin": {"token": TOKEN, "watch_config": false},
+        "upstreams": {"u": {"discovery": {
+            "type": "eureka", "endpoint": endpoint, "app": "LEGACY", "refresh": "200ms"
+        }}},
+        "routes": [{"name": "app", "path": "/app/{*rest}", "upstream": "u"}],
+        "logging": {"access_log": false, "level": "debug"}
+    });
+    let gw = support::GatewayProcess::start(&config.to_string());
+    let c = blocking_client();
+    converge("the registered instance is used", || get(&c, &gw).1 == "a");
+    // Sent as basic auth.
+    assert_eq!(
+        eureka.server.requests()[0].header("authorization"),
+        Some("Basic ZXVyZWthLXVzZXI6cGE1NS13MHJkLXNlY3JldA==")
+    );
+    // The registry fails: the error names the URL, without the password.
+    eureka.outage.store(true, Ordering::SeqCst);
+    converge("the error shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("answered 503"))
+    });
+    let status = admin_upstream(&gw)["discovery"].to_string();
+    assert!(
+        status.contains(&format!("http://{}/eureka/apps/", eureka.server.addr)),
+        "{status}"
+    );
+    // And the connection refused (a reqwest error, which carries its own copy of the URL).
+    let EurekaServer { server, .. } = eureka;
+    drop(server);
+    converge("the request error shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("request to"))
+    });
+    let admin = blocking_client()
+        .get(gw.url("/_kairos/upstreams"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!admin.contains(PASSWORD), "{admin}");
+    let shown = blocking_client()
+        .get(gw.url("/_kairos/config"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(shown.contains("eureka"), "{shown}");
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kairos-rs"))
+        .args(["upstreams", "list", "--gateway", &gw.url("")])
+        .env("KAIROS_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("discovery=request to"), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+    let logs = gw.logs().join("\n");
+    assert!(logs.contains("service discovery failed"), "{logs}");
+    assert!(!logs.contains(PASSWORD), "{logs}");
+    drop(a);
 }

@@ -150,14 +150,25 @@ fn kubernetes_list_then_watch_with_bookmarks_and_relist_on_410() {
         .filter(|r| !r.target.contains("watch=1"))
         .count();
     assert_eq!(lists, 2, "one list at start, one after 410 Gone");
-    // Malformed JSON from the API server keeps the last known servers.
+    // Malformed JSON from the API server keeps the last known servers, is counted, and
+    // starts over with a list.
     converge("a watch is open again", || events.lock().unwrap().is_some());
     let tx = events.lock().unwrap().clone().unwrap();
     tx.send(b"{not json\n".to_vec()).unwrap();
-    converge("the error shows in the admin API", || {
-        admin_upstream(&gw)["discovery"]
-            .as_str()
-            .is_some_and(|s| s.contains("not the expected JSON"))
+    let errors = [
+        ("upstream", "u"),
+        ("source", "kubernetes"),
+        ("result", "error"),
+    ];
+    converge("the error is counted", || {
+        metric(&scrape(&gw), "kairos_discovery_updates_total", &errors).unwrap_or(0.0) >= 1.0
+    });
+    converge("the source lists again", || {
+        api.requests()
+            .iter()
+            .filter(|r| !r.target.contains("watch=1"))
+            .count()
+            == 3
     });
     assert_eq!(get(&c, &gw), (200, "a".to_string()));
     drop(a);
@@ -483,4 +494,147 @@ fn kubernetes_in_cluster_https_trusts_only_the_given_ca() {
     ];
     assert!(metric(&scrape(&gw), "kairos_discovery_updates_total", &errors).unwrap_or(0.0) >= 1.0);
     assert_eq!(spread(&c, &gw, 10).len(), 2);
+}
+
+/// A slice with no endpoints, as the API server writes it: `"endpoints": null`
+/// (kubernetes/kubernetes#135968).
+fn empty_slice(name: &str, version: &str) -> serde_json::Value {
+    let mut s = named_slice(name, version, &[], 1);
+    s["endpoints"] = serde_json::Value::Null;
+    s
+}
+
+/// A gateway following `stock` on `api` (with the test token).
+fn k8s_gateway(api: &ApiServer, dir: &tempfile::TempDir) -> Gateway {
+    gateway(
+        &format!(
+            r#"{{"type":"kubernetes","namespace":"shop","service_name":"stock","port_name":"http","api_server":"{}","token_file":"{}"}}"#,
+            api.server.url(),
+            dir.path().join("token").display()
+        ),
+        "round_robin",
+    )
+}
+
+#[test]
+fn kubernetes_a_service_scaled_to_zero_empties_the_upstream() {
+    let a = named("a");
+    let api = ApiServer::start();
+    api.list(
+        "10",
+        vec![named_slice(
+            "stock-a",
+            "10",
+            &[("127.0.0.1", false)],
+            a.addr.port(),
+        )],
+    );
+    let dir = token_dir();
+    let gw = k8s_gateway(&api, &dir);
+    let c = blocking_client();
+    converge("the listed endpoint is used", || get(&c, &gw).1 == "a");
+    converge("a watch is open", || api.watching());
+    // Scaled to zero: the slice stays, with `"endpoints": null`.
+    api.send(serde_json::json!({"type": "MODIFIED", "object": empty_slice("stock-a", "11")}));
+    converge("the upstream empties", || {
+        let (status, body) = get(&c, &gw);
+        status == 503 && body.contains("no_healthy_upstream")
+    });
+    let up = admin_upstream(&gw);
+    assert_eq!(up["discovery"], "ok", "{up}");
+    assert_eq!(up["servers"].as_array().map(Vec::len), Some(0), "{up}");
+    drop(a);
+
+    // The same from a list: a gateway started while the service is at zero.
+    api.list("12", vec![empty_slice("stock-a", "12")]);
+    let gw2 = k8s_gateway(&api, &dir);
+    converge("the listed empty slice is applied", || {
+        admin_upstream(&gw2)["discovery"] == "ok"
+    });
+    let (status, body) = get(&c, &gw2);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no_healthy_upstream"), "{body}");
+}
+
+#[test]
+fn kubernetes_an_event_that_cannot_be_read_starts_over_with_a_list() {
+    let (a, b) = (named("a"), named("b"));
+    let ip = "127.0.0.1";
+    let api = ApiServer::start();
+    api.list(
+        "10",
+        vec![named_slice("stock-a", "10", &[(ip, false)], a.addr.port())],
+    );
+    let dir = token_dir();
+    let gw = k8s_gateway(&api, &dir);
+    let c = blocking_client();
+    converge("the listed endpoint is used", || get(&c, &gw).1 == "a");
+    converge("a watch is open", || api.watching());
+    // The slice moved to `b`, but the event saying so cannot be read (here: a field of the
+    // wrong type). Only a new list can tell the gateway.
+    api.list(
+        "20",
+        vec![named_slice("stock-a", "20", &[(ip, false)], b.addr.port())],
+    );
+    api.send(serde_json::json!({"type": "MODIFIED", "object": {
+        "kind": "EndpointSlice", "metadata": {"name": "stock-a", "resourceVersion": "20"},
+        "endpoints": "not a list"
+    }}));
+    converge("the relisted endpoint is used", || {
+        spread(&c, &gw, 4).keys().all(|k| k == "b")
+    });
+    let errors = [
+        ("upstream", "u"),
+        ("source", "kubernetes"),
+        ("result", "error"),
+    ];
+    assert!(metric(&scrape(&gw), "kairos_discovery_updates_total", &errors).unwrap_or(0.0) >= 1.0);
+    converge("the watch resumes from the new list", || {
+        api.server
+            .requests()
+            .iter()
+            .any(|r| r.target.contains("watch=1") && r.target.contains("resourceVersion=20"))
+    });
+}
+
+#[test]
+fn kubernetes_a_list_without_a_resource_version_is_an_error() {
+    let a = named("a");
+    let api = ApiServer::start();
+    // No version to watch from (a proxy that rewrote the list, a broken API server).
+    api.list(
+        "",
+        vec![named_slice(
+            "stock-a",
+            "10",
+            &[("127.0.0.1", false)],
+            a.addr.port(),
+        )],
+    );
+    let dir = token_dir();
+    let gw = k8s_gateway(&api, &dir);
+    converge("the error shows in the admin API", || {
+        admin_upstream(&gw)["discovery"]
+            .as_str()
+            .is_some_and(|s| s.contains("resourceVersion"))
+    });
+    // Listed again only as the back-off allows, never watched.
+    std::thread::sleep(Duration::from_secs(1));
+    let lists = api.server.count();
+    assert!(lists <= 5, "{lists} lists");
+    assert!(!api.watching());
+    // A proper list: used, then watched.
+    api.list(
+        "11",
+        vec![named_slice(
+            "stock-a",
+            "11",
+            &[("127.0.0.1", false)],
+            a.addr.port(),
+        )],
+    );
+    converge("the listed endpoint is used", || {
+        get(&blocking_client(), &gw).1 == "a"
+    });
+    converge("a watch is open", || api.watching());
 }

@@ -197,9 +197,11 @@ fn base_url(v: &mut V, path: String, url: &str) -> String {
         .filter(|u| u.authority().is_some_and(|a| !a.host().is_empty()))
         .filter(|u| u.query().is_none());
     if ok.is_none() && !url.is_empty() {
+        // A password in the userinfo is accepted (sent as basic auth) and never shown.
+        let shown = crate::base::redact::url_without_userinfo(url);
         v.err_hint(
             path,
-            format!("`{url}` is not an http:// or https:// URL"),
+            format!("`{shown}` is not an http:// or https:// URL"),
             "write the URL with its scheme, such as \"http://127.0.0.1:8500\"",
         );
     }
@@ -229,8 +231,47 @@ fn consul(v: &mut V, p: &str, d: &RawDiscovery) -> Option<DiscoverySource> {
     })
 }
 
+/// Whether `s` is a DNS-1123 label, as Kubernetes requires of namespace and service names:
+/// 1 to 63 lowercase letters, digits and `-`, starting and ending with a letter or digit.
+fn is_dns1123_label(s: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|&c| alnum(c) || c == b'-')
+        && b.first().copied().is_some_and(alnum)
+        && b.last().copied().is_some_and(alnum)
+}
+
+/// Reports `value` at `p.key` unless it is a DNS-1123 label (it becomes part of the API path
+/// and a label selector: anything else could never match).
+fn dns1123(v: &mut V, p: &str, key: &str, value: &str) {
+    if !value.is_empty() && !is_dns1123_label(value) {
+        let lower = value.to_ascii_lowercase();
+        let hint = if lower != value && is_dns1123_label(&lower) {
+            format!("Kubernetes names are lowercase: write \"{lower}\"")
+        } else {
+            "use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter \
+             or digit, as `kubectl get` shows the name"
+                .to_string()
+        };
+        v.err_hint(
+            format!("{p}.{key}"),
+            format!("`{value}` is not a Kubernetes name (a DNS-1123 label)"),
+            hint,
+        );
+    }
+}
+
 fn kubernetes(v: &mut V, p: &str, d: &RawDiscovery, base_dir: &Path) -> Option<DiscoverySource> {
     let service_name = required(v, p, "service_name", "kubernetes", &d.service_name).to_string();
+    dns1123(v, p, "service_name", &service_name);
+    if let Some(ns) = &d.namespace {
+        dns1123(v, p, "namespace", ns);
+        if ns.is_empty() {
+            v.err(format!("{p}.namespace"), "`namespace` must not be empty");
+        }
+    }
     let api_server = d
         .api_server
         .as_deref()
@@ -245,6 +286,7 @@ fn kubernetes(v: &mut V, p: &str, d: &RawDiscovery, base_dir: &Path) -> Option<D
         port_name: d.port_name.clone(),
         api_server,
         token_file: file(&d.token_file, "token"),
+        token_file_given: d.token_file.is_some(),
         ca_file: file(&d.ca_file, "ca.crt"),
     })
 }

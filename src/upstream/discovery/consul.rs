@@ -6,7 +6,10 @@
 use super::{get, http_client, parse, Answer, DiscoveryError, Endpoint, Source, MAX_BODY};
 use crate::config::model::DiscoverySource;
 use serde::Deserialize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The least time between two queries that return the same index.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Consul {
     client: Option<reqwest::Client>,
@@ -111,6 +114,7 @@ impl Source for Consul {
         if let Some(t) = &self.token {
             headers.push(("X-Consul-Token", t.as_str()));
         }
+        let started = Instant::now();
         let result = get(client, &url, &headers, MAX_BODY).await;
         let (head, body) = match result {
             Ok(x) => x,
@@ -128,7 +132,17 @@ impl Source for Consul {
             .unwrap_or(0);
         // Consul's rules for clients: an index that went backwards resets, and 0 is never
         // used for a blocking query.
+        let before = self.index;
         self.index = if index < self.index { 0 } else { index.max(1) };
+        // A blocking query that came back early without a newer index (a proxy that strips
+        // X-Consul-Index, an agent that ignores `index`, an index that went back) must not
+        // turn into a tight loop: at most one such query a second.
+        if before != 0 && index <= before {
+            let spent = started.elapsed();
+            if spent < MIN_INTERVAL {
+                tokio::time::sleep(MIN_INTERVAL - spent).await;
+            }
+        }
         let endpoints = entries
             .into_iter()
             .map(|e| Endpoint {

@@ -1,7 +1,8 @@
 //! DNS discovery (hickory-resolver): A or AAAA records with the configured port, or SRV
 //! records with their own port, weight and priority (every priority is kept: the upstream
 //! uses the lowest one with an available server, as RFC 2782 asks; target names are resolved
-//! to addresses). The answer is kept for its
+//! to addresses, and a target without any is skipped: an error only when every target is
+//! without one or a lookup fails for another reason). The answer is kept for its
 //! TTL, and never longer than `refresh`; the resolver's cache is capped the same way.
 
 use super::{Answer, DiscoveryError, Endpoint, Source};
@@ -144,12 +145,18 @@ impl Dns {
             .filter(|s| !s.target.is_root())
             .collect();
         let mut endpoints = Vec::new();
+        let mut missing = Vec::new();
         for srv in &srvs {
-            let ips = self
-                .resolver
-                .lookup_ip(srv.target.clone())
-                .await
-                .map_err(|e| self.error(format!("target {}: {e}", srv.target)))?;
+            let ips = match self.resolver.lookup_ip(srv.target.clone()).await {
+                Ok(ips) => ips,
+                // A target without addresses (removed before its SRV record, a typo) is
+                // skipped, as a client of the SRV record would; the others still serve.
+                Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
+                    missing.push(srv.target.to_string());
+                    continue;
+                }
+                Err(e) => return Err(self.error(format!("target {}: {e}", srv.target))),
+            };
             valid_until = valid_until.min(ips.valid_until());
             for ip in ips.iter() {
                 endpoints.push(Endpoint {
@@ -161,6 +168,15 @@ impl Dns {
                     https: self.https,
                 });
             }
+        }
+        if !missing.is_empty() {
+            if missing.len() == srvs.len() {
+                return Err(self.error(format!(
+                    "no SRV target has an address: {}",
+                    missing.join(", ")
+                )));
+            }
+            tracing::debug!(name = self.name, targets = ?missing, "SRV targets without an address skipped");
         }
         Ok(Answer {
             endpoints,

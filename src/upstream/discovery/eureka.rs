@@ -2,7 +2,10 @@
 //! `refresh` the registry's recent changes from `GET {endpoint}/apps/delta` (ADDED, MODIFIED,
 //! DELETED instances of this application). An instance's `weight` metadata (Spring Cloud's
 //! convention) is its weight. The delta covers only the last few minutes, so a
-//! `refresh` over a minute, and every tenth poll, fetch the application whole instead. Only
+//! `refresh` over a minute, every tenth poll, the first poll after a failed one and any poll
+//! over a minute after the last success fetch the application whole instead (a delta missed
+//! during an outage is lost for good). A 404 for the application means "no instance" only
+//! from a registry that has answered (its delta answers 200), not from a wrong `endpoint`. Only
 //! instances whose status is UP are used; each on its enabled port (http), or its secure
 //! port (https) when that is the only one enabled or `scheme` is "https".
 
@@ -10,10 +13,13 @@ use super::{get, http_client, parse, Answer, DiscoveryError, Endpoint, Source, M
 use crate::config::model::DiscoverySource;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Polls between two full fetches.
 const FULL_EVERY: u32 = 10;
+/// A delta covers about the last three minutes (Eureka's default retention); after this long
+/// without a successful poll, the next one fetches the application whole.
+const DELTA_TRUSTED_FOR: Duration = Duration::from_secs(60);
 
 pub struct Eureka {
     client: Option<reqwest::Client>,
@@ -25,6 +31,14 @@ pub struct Eureka {
     /// first full fetch.
     instances: Option<BTreeMap<String, Instance>>,
     polls: u32,
+    /// Set by any failed poll: the deltas missed meanwhile are unknown, so the next poll
+    /// fetches the application whole.
+    needs_full: bool,
+    /// When a poll last succeeded.
+    last_ok: Option<Instant>,
+    /// The registry answered 200 at least once (so a 404 for the application means it has
+    /// no instance, not a wrong `endpoint`).
+    answered: bool,
 }
 
 #[derive(Deserialize)]
@@ -182,17 +196,21 @@ impl Eureka {
             prefer_https: https,
             instances: None,
             polls: 0,
+            needs_full: true,
+            last_ok: None,
+            answered: false,
         })
     }
 
     async fn full(
-        &self,
+        &mut self,
         client: &reqwest::Client,
     ) -> Result<BTreeMap<String, Instance>, DiscoveryError> {
         let app: String = form_urlencoded::byte_serialize(self.app.as_bytes()).collect();
         let url = format!("{}/apps/{app}", self.endpoint);
         match get(client, &url, &[], MAX_BODY).await {
             Ok((_, body)) => {
+                self.answered = true;
                 let doc: AppDoc = parse(&url, &body)?;
                 Ok(doc
                     .application
@@ -202,19 +220,44 @@ impl Eureka {
                     .map(|i| (i.id(), i))
                     .collect())
             }
-            // Eureka answers 404 for an application with no instance registered.
-            Err(DiscoveryError::Status { status: 404, .. }) => Ok(BTreeMap::new()),
+            // Eureka answers 404 for an application with no instance registered; so does any
+            // server at a wrong `endpoint`. It means "no instance" only from a registry that
+            // is known to answer: one that answered before, or answers its delta now.
+            Err(e @ DiscoveryError::Status { status: 404, .. }) => {
+                if !self.answered {
+                    let delta = format!("{}/apps/delta", self.endpoint);
+                    if get(client, &delta, &[], MAX_BODY).await.is_err() {
+                        return Err(e);
+                    }
+                    self.answered = true;
+                }
+                Ok(BTreeMap::new())
+            }
             Err(e) => Err(e),
         }
     }
 
+    /// Whether the next poll fetches the application whole: at first, after an error, when
+    /// the last success is older than a delta covers, when `refresh` itself is, and every
+    /// [`FULL_EVERY`]th poll.
+    fn wants_full(&self, now: Instant) -> bool {
+        self.needs_full
+            || self.instances.is_none()
+            || self.refresh > DELTA_TRUSTED_FOR
+            || self
+                .last_ok
+                .is_none_or(|t| now.saturating_duration_since(t) > DELTA_TRUSTED_FOR)
+            || self.polls.is_multiple_of(FULL_EVERY)
+    }
+
     async fn delta(
-        &self,
+        &mut self,
         client: &reqwest::Client,
         known: &mut BTreeMap<String, Instance>,
     ) -> Result<(), DiscoveryError> {
         let url = format!("{}/apps/delta", self.endpoint);
         let (_, body) = get(client, &url, &[], MAX_BODY).await?;
+        self.answered = true;
         let doc: DeltaDoc = parse(&url, &body)?;
         for app in doc.applications.application.into_vec() {
             if !app.name.eq_ignore_ascii_case(&self.app) {
@@ -240,17 +283,23 @@ impl Source for Eureka {
         let Some(client) = self.client.clone() else {
             return Err(DiscoveryError::Setup("no HTTP client".into()));
         };
-        let full = self.instances.is_none()
-            || self.refresh > Duration::from_secs(60)
-            || self.polls.is_multiple_of(FULL_EVERY);
+        let full = self.wants_full(Instant::now());
         self.polls = self.polls.wrapping_add(1);
-        let instances = if full {
-            self.full(&client).await?
+        let polled = if full {
+            self.full(&client).await
         } else {
             let mut known = self.instances.clone().unwrap_or_default();
-            self.delta(&client, &mut known).await?;
-            known
+            self.delta(&client, &mut known).await.map(|()| known)
         };
+        let instances = match polled {
+            Ok(i) => i,
+            Err(e) => {
+                self.needs_full = true;
+                return Err(e);
+            }
+        };
+        self.needs_full = false;
+        self.last_ok = Some(Instant::now());
         let endpoints = instances
             .values()
             .filter_map(|i| i.endpoint(self.prefer_https))
@@ -260,5 +309,47 @@ impl Source for Eureka {
             endpoints,
             valid_for: self.refresh,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(refresh: Duration) -> Eureka {
+        let cfg = DiscoverySource::Eureka {
+            endpoint: "http://127.0.0.1:1/eureka".into(),
+            app: "LEGACY".into(),
+            refresh,
+        };
+        crate::base::tls::install_crypto_provider();
+        Eureka::new(&cfg, false).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn deltas_only_after_a_recent_success() {
+        let mut e = source(Duration::from_secs(30));
+        let now = Instant::now();
+        assert!(e.wants_full(now), "first poll");
+        e.instances = Some(BTreeMap::new());
+        e.needs_full = false;
+        e.last_ok = Some(now);
+        e.polls = 1;
+        assert!(!e.wants_full(now), "a delta right after a success");
+        assert!(
+            e.wants_full(now + Duration::from_secs(61)),
+            "the last success is older than a delta covers"
+        );
+        e.needs_full = true;
+        assert!(e.wants_full(now), "after an error");
+        e.needs_full = false;
+        e.polls = FULL_EVERY;
+        assert!(e.wants_full(now), "every tenth poll");
+        let mut slow = source(Duration::from_secs(90));
+        slow.instances = Some(BTreeMap::new());
+        slow.needs_full = false;
+        slow.last_ok = Some(now);
+        slow.polls = 1;
+        assert!(slow.wants_full(now), "refresh longer than a delta covers");
     }
 }

@@ -8,7 +8,9 @@
 //! are used (as kube-proxy does), so a rollout's last pods finish their traffic.
 //!
 //! Credentials: in-cluster by default (`KUBERNETES_SERVICE_HOST`/`_PORT`, the pod's
-//! service-account token, re-read at each request because it is rotated, and its CA).
+//! service-account token, re-read at each request because it is rotated, and its CA). The
+//! pod's token is sent over https only: an http `api_server` gets it only when the config
+//! names the `token_file`. Files are read on the blocking pool (the background runtime never waits on the disk).
 
 use super::{http_client, Answer, DiscoveryError, Endpoint, Source};
 use crate::config::model::DiscoverySource;
@@ -28,6 +30,7 @@ pub struct Kubernetes {
     port_name: Option<String>,
     api_server: Option<String>,
     token_file: PathBuf,
+    token_file_given: bool,
     ca_file: PathBuf,
     https: bool,
     client: Option<(String, reqwest::Client)>,
@@ -48,7 +51,7 @@ struct Watch {
 #[derive(Deserialize)]
 struct List {
     metadata: ListMeta,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     items: Vec<Slice>,
 }
 
@@ -70,7 +73,9 @@ struct Event {
 #[serde(rename_all = "camelCase")]
 struct Slice {
     metadata: ObjectMeta,
-    #[serde(default)]
+    /// `null` for a slice with no endpoints (a service scaled to zero; the API server sends
+    /// `"endpoints": null`, kubernetes/kubernetes#135968).
+    #[serde(default, deserialize_with = "null_as_empty")]
     endpoints: Vec<SliceEndpoint>,
     /// `null` means "all ports" in the API; then there is nothing to connect to.
     #[serde(default)]
@@ -88,7 +93,7 @@ struct ObjectMeta {
 
 #[derive(Deserialize, Clone)]
 struct SliceEndpoint {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     addresses: Vec<String>,
     #[serde(default)]
     conditions: Conditions,
@@ -108,6 +113,24 @@ struct SlicePort {
     port: Option<u16>,
 }
 
+/// Reads a file on the blocking pool: the background runtime that runs every source never
+/// waits on the disk.
+async fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::read(path))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// A list that may be written as `null` (Go's nil slice), read as empty.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
 /// A `Status` object (a watch's ERROR event).
 #[derive(Deserialize)]
 struct Status {
@@ -125,6 +148,7 @@ impl Kubernetes {
             port_name,
             api_server,
             token_file,
+            token_file_given,
             ca_file,
         } = cfg
         else {
@@ -136,6 +160,7 @@ impl Kubernetes {
             port_name: port_name.clone(),
             api_server: api_server.clone(),
             token_file: token_file.clone(),
+            token_file_given: *token_file_given,
             ca_file: ca_file.clone(),
             https,
             client: None,
@@ -148,7 +173,7 @@ impl Kubernetes {
 
     /// The API server's base URL and a client trusting its CA (set up on first use, so a
     /// missing in-cluster environment is retried like any failure).
-    fn client(&mut self) -> Result<(String, reqwest::Client), DiscoveryError> {
+    async fn client(&mut self) -> Result<(String, reqwest::Client), DiscoveryError> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
@@ -171,7 +196,7 @@ impl Kubernetes {
             }
         };
         let roots = if base.starts_with("https://") {
-            let pem = std::fs::read(&self.ca_file).map_err(|e| {
+            let pem = read_file(&self.ca_file).await.map_err(|e| {
                 DiscoveryError::Setup(format!("cannot read {}: {e}", self.ca_file.display()))
             })?;
             let mut roots = rustls::RootCertStore::empty();
@@ -193,8 +218,9 @@ impl Kubernetes {
         if self.namespace.is_none() {
             let file =
                 PathBuf::from(crate::config::validate::SERVICE_ACCOUNT_DIR).join("namespace");
-            let ns = std::fs::read_to_string(file)
-                .map(|s| s.trim().to_string())
+            let ns = read_file(&file)
+                .await
+                .map(|s| String::from_utf8_lossy(&s).trim().to_string())
                 .ok()
                 .filter(|s| !s.is_empty());
             self.namespace = Some(ns.unwrap_or_else(|| "default".into()));
@@ -233,14 +259,18 @@ impl Kubernetes {
             .timeout(timeout)
             .header("Accept", "application/json");
         // Re-read each time: projected service-account tokens are rotated. No file, no token
-        // (an API server behind `kubectl proxy` needs none).
-        if let Ok(token) = std::fs::read_to_string(&self.token_file) {
-            req = req.header("Authorization", format!("Bearer {}", token.trim()));
+        // (an API server behind `kubectl proxy` needs none). The pod's own token goes over
+        // https only; one from a `token_file` the config names, wherever the config says.
+        if self.token_file_given || url.starts_with("https://") {
+            if let Ok(token) = read_file(&self.token_file).await {
+                let token = String::from_utf8_lossy(&token);
+                req = req.header("Authorization", format!("Bearer {}", token.trim()));
+            }
         }
-        let res = req.send().await.map_err(|source| DiscoveryError::Request {
-            url: url.to_string(),
-            source,
-        })?;
+        let res = req
+            .send()
+            .await
+            .map_err(|source| DiscoveryError::request(url, source))?;
         let status = res.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(DiscoveryError::Status {
@@ -262,10 +292,7 @@ impl Kubernetes {
         while let Some(chunk) = res
             .chunk()
             .await
-            .map_err(|source| DiscoveryError::Request {
-                url: url.clone(),
-                source,
-            })?
+            .map_err(|source| DiscoveryError::request(&url, source))?
         {
             if body.len() + chunk.len() > super::MAX_BODY {
                 return Err(DiscoveryError::Body {
@@ -276,6 +303,19 @@ impl Kubernetes {
             body.extend_from_slice(&chunk);
         }
         let list: List = super::parse(&url, &body)?;
+        // Without a version there is nothing to watch from: listing again at once would be a
+        // busy loop. An error instead (the back-off applies); nothing of the list is used.
+        if list
+            .metadata
+            .resource_version
+            .as_deref()
+            .is_none_or(str::is_empty)
+        {
+            return Err(DiscoveryError::Body {
+                url,
+                reason: "the list has no metadata.resourceVersion".into(),
+            });
+        }
         self.slices = list
             .items
             .into_iter()
@@ -338,10 +378,18 @@ impl Kubernetes {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                if let Some(answer) = self.event(url, &line)? {
-                    return Ok(Some(answer));
+                match self.event(url, &line) {
+                    Ok(Some(answer)) => return Ok(Some(answer)),
+                    Ok(None) => continue,
+                    Err(e @ DiscoveryError::Body { .. }) => {
+                        // An event we cannot read may have been a change: skipping it would
+                        // lose that change for good. Start over with a list.
+                        self.watch = None;
+                        self.version = None;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
                 }
-                continue;
             }
             if w.buf.len() > MAX_EVENT {
                 self.watch = None;
@@ -358,10 +406,7 @@ impl Kubernetes {
                 }
                 Err(source) => {
                     self.watch = None;
-                    return Err(DiscoveryError::Request {
-                        url: url.to_string(),
-                        source,
-                    });
+                    return Err(DiscoveryError::request(url, source));
                 }
             }
         }
@@ -421,7 +466,7 @@ impl Kubernetes {
 
 impl Source for Kubernetes {
     async fn next(&mut self) -> Result<Answer, DiscoveryError> {
-        let (base, client) = self.client()?;
+        let (base, client) = self.client().await?;
         loop {
             let Some(version) = self.version.clone() else {
                 self.watch = None;
@@ -457,5 +502,78 @@ impl Source for Kubernetes {
                 return Ok(answer);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An http API server on 127.0.0.1:0 answering one empty list; returns the request head.
+    async fn one_list() -> (String, tokio::task::JoinHandle<String>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        let task = tokio::spawn(async move {
+            let Ok((mut s, _)) = l.accept().await else {
+                return String::new();
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body =
+                r#"{"kind":"EndpointSliceList","metadata":{"resourceVersion":"1"},"items":[]}"#;
+            let res = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(res.as_bytes()).await;
+            String::from_utf8_lossy(&head).to_ascii_lowercase()
+        });
+        (url, task)
+    }
+
+    async fn first_request(token_file: &std::path::Path, given: bool) -> String {
+        let (url, task) = one_list().await;
+        let cfg = DiscoverySource::Kubernetes {
+            namespace: Some("shop".into()),
+            service_name: "stock".into(),
+            port_name: None,
+            api_server: Some(url),
+            token_file: token_file.to_path_buf(),
+            token_file_given: given,
+            ca_file: PathBuf::from("/nonexistent/ca.crt"),
+        };
+        let mut k = Kubernetes::new(&cfg, false).unwrap_or_else(|e| panic!("{e}"));
+        let answer = k.next().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(answer.endpoints.is_empty());
+        task.await.unwrap_or_default()
+    }
+
+    /// The pod's token (the default file) is not sent to an http API server; a token file
+    /// the config names is.
+    #[tokio::test]
+    async fn the_default_token_goes_over_https_only() {
+        crate::base::tls::install_crypto_provider();
+        let dir = std::env::temp_dir().join(format!("kairos-k8s-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.join("token");
+        std::fs::write(&file, "pod-token\n").unwrap_or_else(|e| panic!("{e}"));
+        let head = first_request(&file, false).await;
+        assert!(head.starts_with("get /apis/discovery.k8s.io/v1/"), "{head}");
+        assert!(!head.contains("authorization"), "{head}");
+        let head = first_request(&file, true).await;
+        assert!(head.contains("authorization: bearer pod-token"), "{head}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Safety rules, whatever the source: a failed answer keeps the last known servers (the
 //! snapshot carries the error); a successful answer with no servers empties the upstream;
-//! errors back off (0.5 s doubling to 30 s, with jitter). Each change is logged once, here,
+//! errors back off (0.5 s doubling to 30 s, with jitter), and so does a source whose setup
+//! fails (it is set up again, on the blocking pool, until it works). Each change is logged once, here,
 //! with the servers added and removed, and counted in `kairos_discovery_updates_total`.
 
 pub mod consul;
@@ -13,6 +14,7 @@ pub mod dns;
 pub mod eureka;
 pub mod kubernetes;
 
+use crate::base::redact::url_without_userinfo;
 use crate::config::model::{DiscoveryConfig, DiscoverySource, ServerEntry};
 use crate::observability::metrics::Metrics;
 use std::future::Future;
@@ -85,14 +87,33 @@ pub struct Answer {
 pub enum DiscoveryError {
     #[error("DNS lookup of {name} failed: {reason}")]
     Dns { name: String, reason: String },
-    #[error("request to {url} failed: {}", crate::upstream::client::chain(.source))]
+    // URLs are shown without their userinfo (an endpoint may be `http://user:pass@host`),
+    // and a request error's source without its URL (build it with [`DiscoveryError::request`]).
+    #[error("request to {} failed: {}", url_without_userinfo(.url), crate::upstream::client::chain(.source))]
     Request { url: String, source: reqwest::Error },
-    #[error("{url} answered {status}")]
+    #[error("{} answered {status}", url_without_userinfo(.url))]
     Status { url: String, status: u16 },
-    #[error("{url} answered with a body that is not the expected JSON: {reason}")]
+    #[error("{} answered with a body that is not the expected JSON: {reason}", url_without_userinfo(.url))]
     Body { url: String, reason: String },
     #[error("{0}")]
     Setup(String),
+    #[error("the answer lists {0} servers, more than the {MAX_SERVERS} an upstream takes")]
+    TooMany(usize),
+}
+
+/// The most servers one answer may list: a larger answer is an error (the last known servers
+/// stay), as rebuilding an upstream's set and balancer gets costly beyond.
+pub const MAX_SERVERS: usize = 5_000;
+
+impl DiscoveryError {
+    /// A failed request to `url`; reqwest's error loses its copy of the URL, which may hold
+    /// credentials (the variant's own URL is shown redacted).
+    pub fn request(url: &str, source: reqwest::Error) -> DiscoveryError {
+        DiscoveryError::Request {
+            url: url.to_string(),
+            source: source.without_url(),
+        }
+    }
 }
 
 /// A discovery backend. The first call answers at once; later calls may wait for a change
@@ -132,18 +153,25 @@ impl Watcher {
             };
             let _guard = rt.enter();
             let https = cfg.https;
+            // Each source is set up inside its task (on the blocking pool: the system DNS
+            // resolver reads /etc/resolv.conf), and again after a failure.
+            let s = cfg.source.clone();
             match &cfg.source {
-                s @ DiscoverySource::Dns { .. } => {
-                    rt.spawn(drive(dns::Dns::new(s, https), tx, labels));
+                DiscoverySource::Dns { .. } => {
+                    rt.spawn(drive(move || dns::Dns::new(&s, https), tx, labels));
                 }
-                s @ DiscoverySource::Consul { .. } => {
-                    rt.spawn(drive(consul::Consul::new(s, https), tx, labels));
+                DiscoverySource::Consul { .. } => {
+                    rt.spawn(drive(move || consul::Consul::new(&s, https), tx, labels));
                 }
-                s @ DiscoverySource::Kubernetes { .. } => {
-                    rt.spawn(drive(kubernetes::Kubernetes::new(s, https), tx, labels));
+                DiscoverySource::Kubernetes { .. } => {
+                    rt.spawn(drive(
+                        move || kubernetes::Kubernetes::new(&s, https),
+                        tx,
+                        labels,
+                    ));
                 }
-                s @ DiscoverySource::Eureka { .. } => {
-                    rt.spawn(drive(eureka::Eureka::new(s, https), tx, labels));
+                DiscoverySource::Eureka { .. } => {
+                    rt.spawn(drive(move || eureka::Eureka::new(&s, https), tx, labels));
                 }
             }
         }
@@ -180,36 +208,60 @@ impl Labels {
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Runs a source until every [`Watcher`] handle is gone: publishes each answer, keeps the
-/// last known servers on errors, logs each change once.
-async fn drive<S: Source>(
-    source: Result<S, DiscoveryError>,
-    tx: watch::Sender<Snapshot>,
-    labels: Labels,
-) {
+/// Runs a source until every [`Watcher`] handle is gone: sets it up (again after each
+/// failure, with the back-off), publishes each answer, keeps the last known servers on
+/// errors, logs each change once.
+async fn drive<S, F>(setup: F, tx: watch::Sender<Snapshot>, labels: Labels)
+where
+    S: Source,
+    F: Fn() -> Result<S, DiscoveryError> + Send + Sync + 'static,
+{
     for result in ["changed", "unchanged", "error"] {
         labels.count_zero(result);
     }
-    let mut source = match source {
-        Ok(s) => s,
-        Err(e) => {
+    let setup = Arc::new(setup);
+    let mut backoff = FIRST_BACKOFF;
+    let mut source = loop {
+        let make = setup.clone();
+        let made = tokio::task::spawn_blocking(move || make())
+            .await
+            .unwrap_or_else(|e| Err(DiscoveryError::Setup(format!("setup failed: {e}"))));
+        let e = match made {
+            Ok(s) => break s,
+            Err(e) => e,
+        };
+        labels.count("error");
+        let text: Arc<str> = Arc::from(e.to_string());
+        if tx.borrow().error.as_deref() != Some(&*text) {
             tracing::error!(
                 upstream = labels.upstream,
                 source = labels.source,
-                error = %e,
-                "service discovery cannot start; the upstream has no servers"
+                error = %text,
+                "service discovery cannot start; retrying (the upstream keeps the servers it has)"
             );
-            labels.count("error");
-            tx.send_modify(|s| s.error = Some(Arc::from(e.to_string())));
-            return;
+        }
+        tx.send_if_modified(|s| {
+            let changed = s.error.as_deref() != Some(&*text);
+            s.error = Some(text);
+            changed
+        });
+        let wait = backoff.mul_f64(0.8 + 0.4 * fastrand::f64());
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(wait) => {}
         }
     };
-    let mut backoff = FIRST_BACKOFF;
+    backoff = FIRST_BACKOFF;
     loop {
         let answer = tokio::select! {
             _ = tx.closed() => return,
             a = source.next() => a,
         };
+        let answer = answer.and_then(|a| match a.endpoints.len() {
+            n if n > MAX_SERVERS => Err(DiscoveryError::TooMany(n)),
+            _ => Ok(a),
+        });
         let wait = match answer {
             Ok(answer) => {
                 backoff = FIRST_BACKOFF;
@@ -255,6 +307,10 @@ impl Labels {
     }
 }
 
+/// The most server URLs one change log line lists (of those added, and of those removed);
+/// a larger change is logged with its counts.
+const LOGGED_URLS: usize = 10;
+
 /// Publishes a successful answer: a new server set when it differs from the last one.
 fn publish(tx: &watch::Sender<Snapshot>, labels: &Labels, mut endpoints: Vec<Endpoint>) {
     endpoints.sort();
@@ -289,24 +345,39 @@ fn publish(tx: &watch::Sender<Snapshot>, labels: &Labels, mut endpoints: Vec<End
     }
     labels.count("changed");
     let before: &[Endpoint] = old.as_deref().unwrap_or(&[]);
-    let added: Vec<String> = endpoints
+    // Both lists are sorted: a binary search each, not a scan.
+    let added = endpoints
         .iter()
-        .filter(|e| !before.contains(e))
-        .map(Endpoint::url)
-        .collect();
-    let removed: Vec<String> = before
+        .filter(|e| before.binary_search(e).is_err());
+    let removed = before
         .iter()
-        .filter(|e| !endpoints.contains(e))
-        .map(Endpoint::url)
-        .collect();
-    tracing::info!(
-        upstream = labels.upstream,
-        source = labels.source,
-        servers = endpoints.len(),
-        added = ?added,
-        removed = ?removed,
-        "discovered servers changed"
-    );
+        .filter(|e| endpoints.binary_search(e).is_err());
+    let (added_count, removed_count) = (added.clone().count(), removed.clone().count());
+    // A big change (a rollout, a registry coming back) logs counts and the first few URLs,
+    // not a line of thousands.
+    let added: Vec<String> = added.take(LOGGED_URLS).map(Endpoint::url).collect();
+    let removed: Vec<String> = removed.take(LOGGED_URLS).map(Endpoint::url).collect();
+    if added_count + removed_count > LOGGED_URLS {
+        tracing::info!(
+            upstream = labels.upstream,
+            source = labels.source,
+            servers = endpoints.len(),
+            added_count,
+            removed_count,
+            added_first = ?added,
+            removed_first = ?removed,
+            "discovered servers changed"
+        );
+    } else {
+        tracing::info!(
+            upstream = labels.upstream,
+            source = labels.source,
+            servers = endpoints.len(),
+            added = ?added,
+            removed = ?removed,
+            "discovered servers changed"
+        );
+    }
     tx.send_replace(Snapshot {
         endpoints: Some(Arc::from(endpoints)),
         error: None,
@@ -351,10 +422,7 @@ pub(crate) async fn get(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let request_error = |source| DiscoveryError::Request {
-        url: url.to_string(),
-        source,
-    };
+    let request_error = |source| DiscoveryError::request(url, source);
     let mut res = req.send().await.map_err(request_error)?;
     let status = res.status().as_u16();
     if !(200..300).contains(&status) {
@@ -394,6 +462,75 @@ pub(crate) const MAX_BODY: usize = 32 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A source that always answers one server.
+    struct One;
+
+    impl Source for One {
+        async fn next(&mut self) -> Result<Answer, DiscoveryError> {
+            Ok(Answer {
+                endpoints: vec![Endpoint {
+                    priority: 0,
+                    host: "127.0.0.1".into(),
+                    port: 8080,
+                    weight: 1,
+                    https: false,
+                }],
+                valid_for: Duration::from_secs(3600),
+            })
+        }
+    }
+
+    /// A source whose setup fails is set up again (with the back-off) until it works; the
+    /// error shows meanwhile and is counted.
+    #[tokio::test]
+    async fn a_failed_setup_is_retried() {
+        let metrics = Arc::new(Metrics::new());
+        let labels = Labels {
+            upstream: "u".into(),
+            source: "dns",
+            metrics: metrics.clone(),
+        };
+        let (tx, mut rx) = watch::channel(Snapshot::default());
+        let tries = Arc::new(AtomicU32::new(0));
+        let t = tries.clone();
+        let task = tokio::spawn(drive(
+            move || match t.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(DiscoveryError::Setup(
+                    "resolver setup: no resolv.conf".into(),
+                )),
+                _ => Ok(One),
+            },
+            tx,
+            labels,
+        ));
+        let snap = rx
+            .wait_for(|s| s.error.is_some())
+            .await
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            snap.error.as_deref(),
+            Some("resolver setup: no resolv.conf")
+        );
+        assert!(snap.endpoints.is_none());
+        let snap = rx
+            .wait_for(|s| s.endpoints.is_some())
+            .await
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        assert_eq!(snap.endpoints.as_deref().map(<[Endpoint]>::len), Some(1));
+        assert!(snap.error.is_none());
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+        let errors = metrics
+            .discovery_updates
+            .with_label_values(&["u", "dns", "error"])
+            .get();
+        assert_eq!(errors, 2);
+        drop(rx);
+        let _ = task.await;
+    }
 
     #[test]
     fn endpoint_urls_and_entries() {
