@@ -1209,3 +1209,39 @@ async fn huge_directive_values_from_the_upstream_never_break_an_answer() {
     assert_eq!((second.0, second.1.as_str()), (200, "HIT"));
     assert_eq!(up.count(), 1);
 }
+
+/// Tenants never share an answer: a global cached route used by two tenants keeps one entry
+/// per tenant (whatever the key template says), and `{tenant}` may be used in a template.
+#[tokio::test]
+async fn tenants_never_share_an_answer_and_tenant_is_a_key_variable() {
+    let up = Upstream::start(|r| {
+        let who = r.header("x-tenant-id").unwrap_or("none").to_string();
+        Reply::ok(&format!("for {who}")).header("cache-control", "max-age=60")
+    });
+    let tenancy = r#""tenancy":{"identify_by":["header"],"quota_store":{"backend":"memory"}},
+        "tenants":{"acme":{},"globex":{}}"#;
+    for template in ["{method}:{path}:{query_hash}", "{tenant}:{path}"] {
+        let extra = format!(
+            r#""admin":{{"token":"{TOKEN}"}},"caching":{{"backend":"memory","cache_key_template":"{template}"}},{tenancy}"#
+        );
+        let gw = Gateway::start(&config(
+            &up.url(),
+            r#"[{"name":"c","path":"/{*rest}","upstream":"u","cache":{}}]"#,
+            &extra,
+        ));
+        let path = format!("/t/{}", template.len());
+        let acme = get(&gw, &path, &[("x-tenant-id", "acme")]).await;
+        assert_eq!((acme.1.as_str(), acme.3.as_str()), ("MISS", "for acme"));
+        let globex = get(&gw, &path, &[("x-tenant-id", "globex")]).await;
+        assert_eq!(
+            (globex.1.as_str(), globex.3.as_str()),
+            ("MISS", "for globex"),
+            "{template}"
+        );
+        let none = get(&gw, &path, &[]).await;
+        assert_eq!((none.1.as_str(), none.3.as_str()), ("MISS", "for none"));
+        let again = get(&gw, &path, &[("x-tenant-id", "acme")]).await;
+        assert_eq!((again.1.as_str(), again.3.as_str()), ("HIT", "for acme"));
+        assert_eq!(hits(&up, &path), 3, "{template}");
+    }
+}

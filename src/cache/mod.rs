@@ -217,6 +217,8 @@ pub struct KeyInput<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub route: &'a str,
+    /// The request's tenant id, empty without one.
+    pub tenant: &'a str,
     pub headers: &'a dyn RequestHeaders,
 }
 
@@ -250,6 +252,7 @@ pub fn render_key(template: &KeyTemplate, input: &KeyInput<'_>) -> String {
                 out.push_str(&text.join(", "));
             }
             KeyPart::Route => out.push_str(input.route),
+            KeyPart::Tenant => out.push_str(input.tenant),
         }
     }
     out
@@ -391,6 +394,7 @@ mod tests {
                     path: "/a",
                     query: q,
                     route: "r",
+                    tenant: "",
                     headers: &NoHeaders,
                 },
             )

@@ -100,12 +100,15 @@ pub enum KeyPart {
     /// A request header's values, joined with ", ".
     Header(HeaderName),
     Route,
+    /// The request's tenant id (empty without one).
+    Tenant,
 }
 
 /// Why a key template is refused, and the fix.
 pub type KeyTemplateError = (String, String);
 
-const VARIABLES: &str = "{method}, {host}, {path}, {query}, {query_hash}, {header.NAME}, {route}";
+const VARIABLES: &str =
+    "{method}, {host}, {path}, {query}, {query_hash}, {header.NAME}, {route}, {tenant}";
 
 impl KeyTemplate {
     pub fn parse(s: &str) -> Result<KeyTemplate, KeyTemplateError> {
@@ -136,13 +139,7 @@ impl KeyTemplate {
                 "query" => KeyPart::Query,
                 "query_hash" => KeyPart::QueryHash,
                 "route" => KeyPart::Route,
-                "tenant" => {
-                    return Err((
-                        "`{tenant}` needs tenants, which this gateway does not configure yet"
-                            .into(),
-                        format!("use {VARIABLES}"),
-                    ))
-                }
+                "tenant" => KeyPart::Tenant,
                 _ => match var.strip_prefix("header.") {
                     Some(name) => match HeaderName::from_bytes(name.as_bytes()) {
                         Ok(h) => KeyPart::Header(h),
@@ -205,7 +202,7 @@ mod tests {
     fn refuses_unknown_variables_and_keys_without_path() {
         assert!(KeyTemplate::parse("{method}:{pth}").is_err());
         assert!(KeyTemplate::parse("{method}:{query}").is_err());
-        assert!(KeyTemplate::parse("{path}:{tenant}").is_err());
+        assert!(KeyTemplate::parse("{path}:{tenant}").is_ok());
         assert!(KeyTemplate::parse("{path}:{header.bad name}").is_err());
         assert!(KeyTemplate::parse("{path").is_err());
     }

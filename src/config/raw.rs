@@ -88,7 +88,7 @@ pub struct RawCaching {
     /// Hybrid backend: the longest a Redis copy lives (default "300s").
     pub l2_ttl: Option<DurationStr>,
     /// The key of a stored answer (default "{method}:{path}:{query_hash}"); variables:
-    /// {method}, {host}, {path}, {query}, {query_hash}, {header.NAME}, {route}.
+    /// {method}, {host}, {path}, {query}, {query_hash}, {header.NAME}, {route}, {tenant}.
     pub cache_key_template: Option<String>,
     /// How long a stale answer may be served while one background request refreshes it,
     /// when the response has no `stale-while-revalidate` of its own (default "0s").

@@ -92,6 +92,7 @@ fn primary(
             path,
             query,
             route: &route.name,
+            tenant: ctx.tenant_id().unwrap_or_default(),
             headers: &Headers(ctx.req.headers()),
         },
     );
@@ -121,6 +122,12 @@ fn primary(
                 scope.push_str(&String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
             }
         }
+    }
+    // Tenants never share an answer, whatever the template says: a global route that several
+    // tenants use keeps one entry per tenant.
+    if let Some(tenant) = ctx.tenant_id() {
+        scope.push_str(" tenant=");
+        scope.push_str(tenant);
     }
     // The scope is one part of the key: no line break in it (header values have none).
     let scope = scope.replace('\n', " ");
