@@ -899,7 +899,7 @@ fn discovery_errors_name_path_line_and_fix() {
 #[test]
 fn caching_errors_name_the_key_its_line_and_the_fix() {
     let text = format!(
-        "{{\n  {UP},\n  \"caching\": {{\n    \"backend\": \"memroy\",\n    \"max_object_size\": \"2GB\",\n    \"cache_key_template\": \"{{method}}:{{query}}\",\n    \"lock_timeout\": \"0s\"\n  }},\n  \"routes\": [{{\"path\": \"/a\", \"upstream\": \"users\",\n    \"cache\": {{\"key_template\": \"{{path}}:{{tenant}}\", \"vary\": [\"bad name\"], \"ttl\": \"soon\"}}}}]\n}}"
+        "{{\n  {UP},\n  \"caching\": {{\n    \"backend\": \"memroy\",\n    \"max_object_size\": \"2GB\",\n    \"cache_key_template\": \"{{method}}:{{query}}\",\n    \"lock_timeout\": \"0s\"\n  }},\n  \"routes\": [{{\"path\": \"/a\", \"upstream\": \"users\",\n    \"cache\": {{\"key_template\": \"{{path}}:{{tenant_id}}\", \"vary\": [\"bad name\"], \"ttl\": \"soon\"}}}}]\n}}"
     );
     let errs = errors(&text);
     let find = |path: &str| {
@@ -925,8 +925,13 @@ fn caching_errors_name_the_key_its_line_and_the_fix() {
         .as_deref()
         .is_some_and(|h| h.contains("{method}:{path}:{query_hash}")));
     assert_eq!(find("caching.lock_timeout").message, "must be more than 0s");
-    let tenant = find("routes[0].cache.key_template");
-    assert!(tenant.message.contains("{tenant}"), "{}", tenant.message);
+    // An unknown variable (`{tenant}` is one, `{tenant_id}` is not).
+    let unknown = find("routes[0].cache.key_template");
+    assert!(
+        unknown.message.contains("{tenant_id}"),
+        "{}",
+        unknown.message
+    );
     let vary = find("routes[0].cache.vary[0]");
     assert_eq!(vary.message, "`bad name` is not a valid header name");
     assert_eq!(vary.line, Some(10));

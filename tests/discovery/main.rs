@@ -190,6 +190,24 @@ fn spread(client: &reqwest::blocking::Client, gw: &impl Gw, n: usize) -> HashMap
     seen
 }
 
+/// As [`spread`], or `None` when a request was not answered 200: for polls that wait for a
+/// state (the first answer of a source, a health check) before the exact checks.
+fn try_spread(
+    client: &reqwest::blocking::Client,
+    gw: &impl Gw,
+    n: usize,
+) -> Option<HashMap<String, usize>> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let (status, body) = get(client, gw);
+        if status != 200 {
+            return None;
+        }
+        *seen.entry(body).or_default() += 1;
+    }
+    Some(seen)
+}
+
 fn converge(what: &str, f: impl FnMut() -> bool) {
     assert!(wait_until(Duration::from_secs(20), f), "{what}");
 }
