@@ -189,7 +189,7 @@ pub async fn run_until_signal(
             signal = name,
             "shutting down: no new connections, finishing in-flight requests"
         );
-        state.set_ready(false);
+        state.begin_shutdown();
         handle.stop(true).await;
     };
     actix_web::rt::spawn(signals);

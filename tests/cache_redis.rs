@@ -337,8 +337,15 @@ async fn hybrid_purges_and_invalidations_reach_the_other_instances_memory() {
     let a = GatewayProcess::start(&cfg(&up, &redis, "hybrid"));
     let b = GatewayProcess::start(&cfg(&up, &redis, "hybrid"));
     // b's memory holds a copy of what a stored (read from Redis once, then from memory).
-    for path in ["/h", "/w"] {
+    for (stored, path) in ["/h", "/w"].into_iter().enumerate() {
         get(&a, path, &[]).await;
+        // a writes its record to Redis as the response ends: b asked before that would miss
+        // and fetch the answer itself.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis_keys(redis.port, "kairos:cache:e:*").await.len() <= stored {
+            assert!(Instant::now() < deadline, "{path} never reached Redis");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         assert_eq!(until(&b, path, "HIT").await.1, "HIT", "{path}");
         assert_eq!(get(&b, path, &[]).await.1, "HIT", "{path}");
         assert_eq!(hits(&up, path), 1, "{path}");

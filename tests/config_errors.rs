@@ -1093,3 +1093,29 @@ fn tenancy_unknown_keys_and_redis_store_need_a_url() {
     assert_eq!(e.path, "tenancy.quota_store.redis_url");
     assert_eq!(e.message, "the redis backend needs `redis_url`");
 }
+
+#[test]
+fn websocket_keys_are_checked_against_the_routes_methods() {
+    let text = format!(
+        "{{\n  {UP},\n  \"routes\": [\n    {{\"path\": \"/a\", \"upstream\": \"users\", \"methods\": [\"POST\"], \"websocket\": true}},\n    {{\"path\": \"/b\", \"upstream\": \"users\", \"websocket\": false, \"websocket_idle_timeout\": \"5m\"}},\n    {{\"path\": \"/c\", \"upstream\": \"users\", \"websocket_idle_timeout\": \"0s\"}}\n  ]\n}}"
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert_eq!(errs[0].path, "routes[0].websocket");
+    assert_eq!(
+        errs[0].message,
+        "a WebSocket handshake is a GET, and this route does not allow GET"
+    );
+    assert_eq!(errs[0].line, Some(4));
+    assert_eq!(errs[1].path, "routes[1].websocket_idle_timeout");
+    assert!(
+        errs[1].message.contains("websocket: false"),
+        "{}",
+        errs[1].message
+    );
+    assert_eq!(errs[2].path, "routes[2].websocket_idle_timeout");
+    assert_eq!(
+        errs[2].hint.as_deref(),
+        Some("omit it for the default of 1h")
+    );
+}

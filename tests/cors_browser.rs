@@ -2,7 +2,8 @@
 //! (a support `Upstream` serving `tests/browser/cors_page.html`) and calls the gateway, another
 //! origin (another port), with `fetch`. The page posts what it could read back to its own
 //! origin's `/report`. Nothing is mocked: the browser enforces CORS, the gateway answers, a real
-//! upstream records what reached it.
+//! upstream records what reached it. A second test opens WebSockets from two origins
+//! (`tests/browser/websocket_page.html`): the gateway checks their `Origin` itself.
 //!
 //! Chromium is required (`scripts/test.sh` installs it): without it the test fails, it is never
 //! skipped.
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::{Gateway, Recorded, Reply, Upstream};
 
 const PAGE: &str = include_str!("browser/cors_page.html");
+const WS_PAGE: &str = include_str!("browser/websocket_page.html");
 const SECRET: &str = "cors-browser-test-secret-with-32-bytes!";
 /// How long the pages get to report back (Chromium's first start on a busy 2-core machine
 /// takes a few seconds).
@@ -66,7 +68,12 @@ impl PageServer {
     }
 
     fn fill(&self, role: &str, gateway: &str, token: &str, frame: &str) {
-        let html = PAGE
+        self.fill_page(PAGE, role, gateway, token, frame);
+    }
+
+    fn fill_page(&self, page: &str, role: &str, gateway: &str, token: &str, frame: &str) {
+        let html = page
+            .replace("{{GATEWAY_WS}}", &gateway.replacen("http://", "ws://", 1))
             .replace("{{ROLE}}", role)
             .replace("{{GATEWAY}}", gateway)
             .replace("{{TOKEN}}", token)
@@ -318,4 +325,51 @@ fn a_browser_reads_only_what_the_cors_policy_allows() {
         browser_time.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn a_browser_page_talks_over_a_websocket_and_another_origin_is_refused() {
+    let echo = support::WsEcho::start();
+    let allowed = PageServer::start();
+    let other = PageServer::start();
+    let gateway = Gateway::start(&support::config(
+        &echo.url(),
+        &json!([{ "name": "ws", "path": "/ws", "upstream": "u",
+                      "cors": route_cors(&allowed.origin()) }])
+        .to_string(),
+        "",
+    ));
+    let gateway_origin = format!("http://{}", gateway.addr);
+    allowed.fill_page(
+        WS_PAGE,
+        "allowed",
+        &gateway_origin,
+        "",
+        &format!(r#"<iframe src="{}/"></iframe>"#, other.origin()),
+    );
+    other.fill_page(WS_PAGE, "other", &gateway_origin, "", "");
+    let browser = Chromium::launch(&format!("{}/", allowed.origin()));
+    let reported = support::wait_until(REPORT_TIMEOUT, || {
+        allowed.report().is_some() && other.report().is_some()
+    });
+    assert!(
+        reported,
+        "no report from the pages within {REPORT_TIMEOUT:?}. Chromium's log:\n{}",
+        browser.log_tail()
+    );
+    drop(browser);
+    let mine = allowed.report().expect("report");
+    let theirs = other.report().expect("report");
+    eprintln!("allowed page: {mine:#}\nother page: {theirs:#}");
+    // The allowed origin: the socket opened, the echo came back through the gateway, and the
+    // page's close code reached the upstream, whose close reply the page saw.
+    assert_eq!(mine["events"], json!(["open"]), "{mine}");
+    assert_eq!(mine["echo"], "hello from allowed");
+    assert_eq!(mine["close_code"], 4003);
+    assert_eq!(mine["close_reason"], "page done");
+    // Another origin: the gateway refused the handshake (403), the browser saw a failed
+    // socket (1006), and the upstream never got a connection from it.
+    assert_eq!(theirs["events"], json!(["error"]), "{theirs}");
+    assert_eq!(theirs["close_code"], 1006);
+    assert_eq!(echo.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

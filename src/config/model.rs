@@ -470,6 +470,9 @@ pub struct RouteConfig {
     pub transforms: std::sync::Arc<crate::config::transform::Transforms>,
     /// Present when the route's GET and HEAD answers are cached.
     pub cache: Option<std::sync::Arc<crate::config::cache::RouteCache>>,
+    /// The idle timeout of the route's WebSockets; `None` when upgrades are not proxied (the
+    /// handshake is then forwarded as a plain GET, without `Upgrade`).
+    pub websocket: Option<Duration>,
     /// The tenant (index in `TenancyConfig::tenants`) whose own route this is; `None` for a
     /// global route.
     pub tenant: Option<usize>,

@@ -519,6 +519,11 @@ pub struct RawRoute {
     pub transformations: Option<Vec<RawTransform>>,
     /// This route's response cache: `false`, or settings (needs the top-level `caching`).
     pub cache: Option<RawRouteCache>,
+    /// Proxy `Upgrade: websocket` handshakes and then relay the connection (default true for
+    /// routes that allow GET).
+    pub websocket: Option<bool>,
+    /// A WebSocket with no byte in either direction for this long is closed (default "1h").
+    pub websocket_idle_timeout: Option<DurationStr>,
 }
 
 /// One scheme or a list of schemes.

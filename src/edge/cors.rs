@@ -260,6 +260,29 @@ impl CorsTable {
         }
     }
 
+    /// A WebSocket handshake's `Origin` checked against route `route_idx`'s policy: browsers
+    /// send it but never preflight a WebSocket, and the socket is not bound by the same-origin
+    /// policy, so the gateway refuses (403) an origin the policy does not allow. A handshake
+    /// without `Origin` (not from a browser) and a route without a policy pass.
+    pub fn websocket_origin(
+        &self,
+        route: &RouteConfig,
+        route_idx: usize,
+        headers: &HeaderMap,
+    ) -> Result<(), GatewayError> {
+        let Some(policy) = self.per_route.get(route_idx).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        if !headers.contains_key(ORIGIN) || policy.allow_origin(headers).is_some() {
+            return Ok(());
+        }
+        tracing::debug!(
+            route = route.name.as_str(),
+            "WebSocket handshake from an origin the CORS policy does not allow"
+        );
+        Err(GatewayError::CorsRejected)
+    }
+
     /// Adds the CORS headers to a response on `route` (or to one that matched no route),
     /// errors included, so a browser script can read a 401 or a 429. A preflight's own 204
     /// already has them.

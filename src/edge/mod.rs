@@ -2,7 +2,9 @@
 //! place their order is written down ([`Edge::admit`]):
 //!
 //! 1. CORS preflight ([`cors`]): a browser's preflight carries no credentials, so it is
-//!    answered here, before authentication, and never forwarded.
+//!    answered here, before authentication, and never forwarded. A WebSocket handshake (which
+//!    browsers never preflight) from an origin the route's policy does not allow is refused
+//!    here too: the defence against cross-site WebSocket hijacking.
 //! 2. The identity-free rate limits ([`ratelimit`]: global, per IP), before any credential
 //!    is looked at, so requests that fail authentication are counted too.
 //! 3. The throttle on failed authentications ([`ratelimit::failures`]): a client whose
@@ -132,6 +134,12 @@ impl Edge {
                 .cors
                 .answer_preflight(r.route, r.route_idx, r.req.headers())
                 .map(Verdict::Answer);
+        }
+        // An upgrade request (a flag actix sets from `Connection: upgrade`; no header lookup
+        // for other requests).
+        if r.req.head().connection_type() == actix_web::http::ConnectionType::Upgrade {
+            self.cors
+                .websocket_origin(r.route, r.route_idx, r.req.headers())?;
         }
         let rl = self
             .ratelimit

@@ -98,6 +98,10 @@ pub struct Metrics {
     pub transform_errors: IntCounterVec,
     /// Brought up to the log writer's own count at each scrape ([`Metrics::render`]).
     pub log_dropped: IntCounter,
+    /// WebSockets open now, opened in all, and their bytes by direction.
+    pub websockets_open: IntGauge,
+    pub websockets_total: IntCounter,
+    pub websocket_bytes: IntCounterVec,
     /// The response cache's metrics.
     pub cache: CacheMetrics,
     /// Per tenant (configured ids, else `other`): requests by status class.
@@ -319,6 +323,22 @@ impl Metrics {
                  too large (431).",
                 &["status"],
             ),
+            websockets_open: IntGauge::new(
+                "kairos_websockets_open",
+                "WebSockets open now (upgraded connections being relayed).",
+            )
+            .expect("valid metric definition"),
+            websockets_total: IntCounter::new(
+                "kairos_websockets_total",
+                "WebSockets opened (handshakes the upstream accepted with 101).",
+            )
+            .expect("valid metric definition"),
+            websocket_bytes: counter_vec(
+                "kairos_websocket_bytes_total",
+                "Bytes relayed over WebSockets (frames as sent, headers included), by direction \
+                 (client_to_upstream, upstream_to_client).",
+                &["direction"],
+            ),
             log_dropped: IntCounter::new(
                 "kairos_log_dropped_total",
                 "Log lines dropped because the log writer's queue was full (a slow or stalled \
@@ -357,7 +377,7 @@ impl Metrics {
             cache: CacheMetrics::new(),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 37] = [
+        let collectors: [Box<dyn Collector>; 40] = [
             Box::new(m.cache.requests.clone()),
             Box::new(m.cache.bytes.clone()),
             Box::new(m.cache.entries.clone()),
@@ -389,6 +409,9 @@ impl Metrics {
             Box::new(m.protocol_errors.clone()),
             Box::new(m.transform_errors.clone()),
             Box::new(m.log_dropped.clone()),
+            Box::new(m.websockets_open.clone()),
+            Box::new(m.websockets_total.clone()),
+            Box::new(m.websocket_bytes.clone()),
             Box::new(m.tenant_requests.clone()),
             Box::new(m.tenant_duration.clone()),
             Box::new(m.tenant_quota_used.clone()),

@@ -85,7 +85,7 @@ pub async fn forward<'a>(
         let sent_at = Instant::now();
         let result = match send(
             req,
-            upstream,
+            (upstream, up.upgrade),
             (&set, server_idx),
             sent_at,
             deadline,
@@ -226,7 +226,7 @@ fn retry(
 /// stops sending its body is given the route's `timeout` from its last progress.
 async fn send(
     req: http::Request<ProxyBody>,
-    upstream: &Upstream,
+    (upstream, upgrade): (&Upstream, bool),
     (set, idx): (&ServerSet, usize),
     sent_at: Instant,
     deadline: Deadline,
@@ -241,6 +241,7 @@ async fn send(
         connect_timeout: upstream.config.connect_timeout,
         tls: &upstream.tls,
         max_header_size: upstream.config.max_response_header_size,
+        upgrade,
     };
     let remaining = deadline.saturating_duration_since(Deadline::from_std(sent_at));
     let attempt_timeout = upstream

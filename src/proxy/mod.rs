@@ -8,6 +8,7 @@
 //! | tenant             | [`crate::edge::tenant::Tenancy::recognise_now`] | the tenant the request names (with tenancy only; refuses nothing) |
 //! | route              | [`route::route`]                        | host, path and method matched (the tenant's own table first) |
 //! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication, tenant, quota |
+//! | WebSocket          | [`websocket::proxy`]                    | a handshake: forwarded, then the socket relayed (in place of the phases below) |
 //! | request body       | [`body::read`]                          | read whole or streamed, bytes counted |
 //! | cache lookup       | [`cache::lookup`]                       | routes with `cache`: stored answer, revalidation, coalescing |
 //! | upstream request   | [`upstream_request::build`]             | rewrite, headers, the edge's edits    |
@@ -40,6 +41,7 @@ pub mod response;
 pub mod route;
 pub mod transform;
 pub mod upstream_request;
+pub mod websocket;
 
 pub use request::{has_dot_segment, normalize_path};
 
@@ -124,6 +126,21 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
     };
     if ctx.rt.config.logging.access_log {
         ctx.identity = identity.as_ref().map(|i| i.name.clone());
+    }
+    if let Some(idle) = routed.route.websocket {
+        if websocket::is_handshake(req) {
+            // Boxed: a rare branch whose future would otherwise grow every request's.
+            return Box::pin(websocket::proxy(
+                ctx,
+                &routed,
+                normalized.as_deref(),
+                host,
+                identity.as_ref(),
+                payload,
+                idle,
+            ))
+            .await;
+        }
     }
     let (body, watch) = body::read(ctx, payload, routed.route.timeout).await?;
     // A route without a cache skips both cache phases.

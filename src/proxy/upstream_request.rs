@@ -34,6 +34,9 @@ pub struct UpstreamRequest<'a> {
     /// A request that was never written (its connection failed first): the next attempt sends
     /// it as it is, whatever its body.
     pub unsent: Option<http::Request<ProxyBody>>,
+    /// A WebSocket handshake: sent with `Connection: upgrade` and `Upgrade: websocket` on a
+    /// connection of its own (see [`super::websocket`]).
+    pub upgrade: bool,
 }
 
 /// The upstream-request phase. `normalized` is the request filter's path, `host` the Host the
@@ -103,6 +106,7 @@ pub fn build<'a>(
         first: Some(body),
         body_len: None,
         unsent: None,
+        upgrade: false,
     })
 }
 
@@ -134,6 +138,7 @@ impl<'a> UpstreamRequest<'a> {
             first: None,
             body_len: None,
             unsent: Some(request),
+            upgrade: false,
         }
     }
 }
@@ -185,6 +190,18 @@ impl UpstreamRequest<'_> {
         if let Some(n) = self.body_len {
             up.headers_mut()
                 .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        }
+        if self.upgrade {
+            // Hop-by-hop, so removed with the client's other connection headers: set again.
+            let h = up.headers_mut();
+            h.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+            h.insert(
+                http::header::UPGRADE,
+                http::HeaderValue::from_static("websocket"),
+            );
         }
         if matches!(up.body(), ProxyBody::Stream { len: None, .. }) {
             // Say so explicitly: for GET and HEAD hyper would otherwise assume no body.

@@ -42,6 +42,8 @@ pub struct SharedState {
     /// Replaced runtimes that requests still hold.
     retired: Arc<Mutex<Vec<Arc<Runtime>>>>,
     sweeping: Arc<AtomicBool>,
+    /// Becomes true when a graceful shutdown begins (open WebSockets close before it ends).
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl SharedState {
@@ -80,6 +82,7 @@ impl SharedState {
             started: std::time::SystemTime::now(),
             retired: Arc::default(),
             sweeping: Arc::default(),
+            draining: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -165,6 +168,17 @@ impl SharedState {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// A graceful shutdown begins: not ready any more, and open WebSockets are told.
+    pub fn begin_shutdown(&self) {
+        self.set_ready(false);
+        self.draining.send_replace(true);
+    }
+
+    /// Watches for the start of a graceful shutdown.
+    pub fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 }
 

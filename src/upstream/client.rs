@@ -38,6 +38,9 @@ pub struct Target<'a> {
     pub tls: &'a Arc<rustls::ClientConfig>,
     /// Largest response head accepted, in bytes (at least 8 KiB).
     pub max_header_size: usize,
+    /// A WebSocket handshake: sent on a new connection that can be upgraded (never a pooled
+    /// one; after a 101 it belongs to the socket).
+    pub upgrade: bool,
 }
 
 /// Why an upstream exchange failed before a response head arrived.
@@ -185,7 +188,7 @@ pub async fn send(
     target: &Target<'_>,
 ) -> Result<(http::Response<Incoming>, Lease), SendError> {
     for attempt in 0..=STALE_RETRIES {
-        let pooled = if attempt < STALE_RETRIES {
+        let pooled = if attempt < STALE_RETRIES && !target.upgrade {
             POOL.with(|p| p.borrow_mut().checkout(target.pool_key))
         } else {
             None
@@ -279,9 +282,9 @@ async fn connect(t: &Target<'_>) -> Result<SendRequest<ProxyBody>, ForwardError>
                 }
                 Err(_) => return Err(ForwardError::ConnectTimeout),
             };
-            handshake_http1(TokioIo::new(tls), t.max_header_size).await
+            handshake_http1(TokioIo::new(tls), t.max_header_size, t.upgrade).await
         } else {
-            handshake_http1(TokioIo::new(tcp), t.max_header_size).await
+            handshake_http1(TokioIo::new(tcp), t.max_header_size, t.upgrade).await
         };
     }
     Err(last)
@@ -299,13 +302,15 @@ fn server_name(
     }
 }
 
-/// An HTTP/1.1 connection over `io`, accepting response heads up to `max_header_size` bytes.
+/// An HTTP/1.1 connection over `io`, accepting response heads up to `max_header_size` bytes;
+/// with `upgrades`, a 101 hands the connection over (`hyper::upgrade::on`).
 async fn handshake_http1<T>(
     io: T,
     max_header_size: usize,
+    upgrades: bool,
 ) -> Result<SendRequest<ProxyBody>, ForwardError>
 where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     // hyper's read buffer must hold a whole response head, so its ceiling is the head limit
     // (64 KiB by default, not hyper's 400 KB: a large download's buffer grows and shrinks
@@ -316,7 +321,11 @@ where
         .await
         .map_err(|e| ForwardError::Protocol(chain(&e)))?;
     actix_web::rt::spawn(async move {
-        if let Err(e) = conn.await {
+        let result = match upgrades {
+            true => conn.with_upgrades().await,
+            false => conn.await,
+        };
+        if let Err(e) = result {
             tracing::debug!(error = %e, "upstream connection closed with an error");
         }
     });
@@ -400,7 +409,7 @@ mod tests {
     /// (dropping it closes the connection).
     async fn connection() -> (SendRequest<ProxyBody>, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(4096);
-        let sender = handshake_http1(TokioIo::new(ours), 8 << 10)
+        let sender = handshake_http1(TokioIo::new(ours), 8 << 10, false)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         (sender, theirs)

@@ -848,3 +848,93 @@ pub fn blocking_client() -> reqwest::blocking::Client {
         .build()
         .unwrap()
 }
+
+/// A WebSocket echo server on a free loopback port, on its own thread. It echoes text and
+/// binary messages; the text "close-me" makes it close with 4002; "headers" makes it answer
+/// with the handshake's headers (JSON). Connections accepted are counted.
+pub struct WsEcho {
+    pub addr: SocketAddr,
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+    pub headers: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl WsEcho {
+    // The handshake callback's error type is tungstenite's (a whole HTTP response).
+    #[allow(clippy::result_large_err)]
+    pub fn start() -> WsEcho {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let headers = Arc::new(Mutex::new(Vec::new()));
+        let (acc, hdrs) = (accepted.clone(), headers.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let hdrs = hdrs.clone();
+                    tokio::spawn(async move {
+                        let seen = Arc::new(Mutex::new(Vec::new()));
+                        let seen2 = seen.clone();
+                        let cb = move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                                       mut res: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                            let mut v = seen2.lock().unwrap();
+                            for (k, val) in req.headers() {
+                                v.push((k.to_string(), val.to_str().unwrap_or("").to_string()));
+                            }
+                            if let Some(p) = req.headers().get("sec-websocket-protocol") {
+                                let first = p.to_str().unwrap().split(',').next().unwrap().trim().to_string();
+                                res.headers_mut().insert("sec-websocket-protocol", first.parse().unwrap());
+                            }
+                            Ok(res)
+                        };
+                        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await else {
+                            return;
+                        };
+                        *hdrs.lock().unwrap() = seen.lock().unwrap().clone();
+                        while let Some(Ok(msg)) = futures_util::StreamExt::next(&mut ws).await {
+                            match msg {
+                                tokio_tungstenite::tungstenite::Message::Text(t) if t.as_str() == "close-me" => {
+                                    let _ = ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                                            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::from(4002),
+                                            reason: "as asked".into(),
+                                        }))
+                                        .await;
+                                }
+                                tokio_tungstenite::tungstenite::Message::Text(t) if t.as_str() == "headers" => {
+                                    let j = serde_json::to_string(&*seen.lock().unwrap()).unwrap();
+                                    let _ = futures_util::SinkExt::send(&mut ws, tokio_tungstenite::tungstenite::Message::text(j)).await;
+                                }
+                                tokio_tungstenite::tungstenite::Message::Text(_) | tokio_tungstenite::tungstenite::Message::Binary(_) => {
+                                    let sent = futures_util::SinkExt::send(&mut ws, msg).await;
+                                    if sent.is_err() {
+                                        return;
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        WsEcho {
+            addr,
+            accepted,
+            headers,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

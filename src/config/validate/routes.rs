@@ -16,6 +16,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The idle timeout of a WebSocket when the route does not set one (as Envoy's stream idle
+/// timeout; NGINX's proxy_read_timeout of 60s closes quiet chat sockets, a known complaint).
+const DEFAULT_WEBSOCKET_IDLE: Duration = Duration::from_secs(3600);
+
 /// The parsed pieces of a route path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
@@ -284,6 +288,7 @@ pub(super) fn route(
     let params = template.as_ref().map_or(&[][..], |t| t.params.as_slice());
     let transforms = super::transformations::merge(cx.top_transforms, own, params);
     let cache = super::caching::route_cache(v, &p, r.cache.as_ref(), cx.cache);
+    let websocket = websocket(v, &p, r, methods);
     let name = name(v, &p, r, host.as_deref(), seen);
     if let Some(t) = &template {
         check_shape(v, &p, &name, (tenant, &host, t, methods), seen);
@@ -304,6 +309,46 @@ pub(super) fn route(
         transforms,
         cache,
         tenant,
+        websocket,
+    }
+}
+
+/// The idle timeout of the route's WebSockets, or `None` when the route does not proxy them
+/// (a handshake is a GET: by default every route that allows GET proxies them).
+fn websocket(v: &mut V, p: &str, r: &RawRoute, methods: MethodSet) -> Option<Duration> {
+    let idle = v.duration(
+        &format!("{p}.websocket_idle_timeout"),
+        &r.websocket_idle_timeout,
+        DEFAULT_WEBSOCKET_IDLE,
+    );
+    if idle.is_zero() {
+        v.err_hint(
+            format!("{p}.websocket_idle_timeout"),
+            "websocket_idle_timeout must be more than 0s",
+            "omit it for the default of 1h",
+        );
+    }
+    match r.websocket {
+        Some(false) => {
+            if r.websocket_idle_timeout.is_some() {
+                v.err_hint(
+                    format!("{p}.websocket_idle_timeout"),
+                    "websocket_idle_timeout is set on a route with websocket: false",
+                    "remove one of the two",
+                );
+            }
+            None
+        }
+        Some(true) if !methods.contains("GET") => {
+            v.err_hint(
+                format!("{p}.websocket"),
+                "a WebSocket handshake is a GET, and this route does not allow GET",
+                "add \"GET\" to `methods`, or remove `websocket`",
+            );
+            None
+        }
+        _ if methods.contains("GET") => Some(idle),
+        _ => None,
     }
 }
 
