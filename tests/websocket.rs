@@ -47,7 +47,10 @@ async fn refused(req: tokio_tungstenite::tungstenite::handshake::client::Request
 }
 
 /// The next data or close message (pings and pongs the library answers are skipped).
-async fn next(ws: &mut Client) -> Message {
+async fn next<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -353,4 +356,81 @@ fn a_reload_keeps_open_sockets_and_a_graceful_shutdown_closes_them_with_1001() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success());
+}
+
+/// A self-signed certificate for `localhost` in a temp dir (server.pem, server.key) and a
+/// rustls server config serving it.
+fn tls_files() -> (
+    tempfile::TempDir,
+    String,
+    std::sync::Arc<rustls::ServerConfig>,
+) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = ck.cert.pem();
+    std::fs::write(dir.path().join("server.pem"), &pem).unwrap();
+    std::fs::write(dir.path().join("server.key"), ck.key_pair.serialize_pem()).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
+    .unwrap();
+    (dir, pem, std::sync::Arc::new(cfg))
+}
+
+#[test]
+fn wss_from_the_client_to_a_wss_upstream() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (dir, pem, server_tls) = tls_files();
+    let echo = WsEcho::start_tls(server_tls);
+    let gw = Gateway::start_in(
+        &format!(
+            r#"{{"server":{{"workers":1,"tls":{{"cert":"server.pem","key":"server.key"}}}},
+            "upstreams":{{"u":{{"servers":[{{"url":"{}"}}],"tls":{{"ca_file":"server.pem"}}}}}},
+            "routes":[{{"name":"ws","path":"/ws","upstream":"u"}}],
+            "logging":{{"access_log":false}}}}"#,
+            echo.url()
+        ),
+        dir.path(),
+    );
+    rt().block_on(async {
+        // The client trusts the same self-signed certificate and speaks HTTP/1.1 (ALPN).
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let req = format!("wss://localhost:{}/ws", gw.addr.port())
+            .into_client_request()
+            .unwrap();
+        let (mut ws, res) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+        assert_eq!(res.status(), 101);
+        for i in 0..3 {
+            ws.send(Message::text(format!("secure {i}"))).await.unwrap();
+            assert_eq!(next(&mut ws).await, Message::text(format!("secure {i}")));
+        }
+        let big = vec![42u8; 1 << 20];
+        ws.send(Message::binary(big.clone())).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::binary(big));
+    });
+    assert_eq!(echo.accepted.load(Ordering::SeqCst), 1);
 }

@@ -856,18 +856,26 @@ pub struct WsEcho {
     pub addr: SocketAddr,
     pub accepted: Arc<std::sync::atomic::AtomicUsize>,
     pub headers: Arc<Mutex<Vec<(String, String)>>>,
+    tls: bool,
 }
 
 impl WsEcho {
-    // The handshake callback's error type is tungstenite's (a whole HTTP response).
-    #[allow(clippy::result_large_err)]
     pub fn start() -> WsEcho {
+        Self::start_with(None)
+    }
+
+    /// As [`WsEcho::start`], over TLS (`wss`).
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> WsEcho {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(tls)))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> WsEcho {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let headers = Arc::new(Mutex::new(Vec::new()));
-        let (acc, hdrs) = (accepted.clone(), headers.clone());
+        let (acc, hdrs, is_tls) = (accepted.clone(), headers.clone(), tls.is_some());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -876,51 +884,16 @@ impl WsEcho {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        return;
-                    };
+                while let Ok((tcp, _)) = listener.accept().await {
                     acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let hdrs = hdrs.clone();
+                    let (hdrs, tls) = (hdrs.clone(), tls.clone());
                     tokio::spawn(async move {
-                        let seen = Arc::new(Mutex::new(Vec::new()));
-                        let seen2 = seen.clone();
-                        let cb = move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                                       mut res: tokio_tungstenite::tungstenite::handshake::server::Response| {
-                            let mut v = seen2.lock().unwrap();
-                            for (k, val) in req.headers() {
-                                v.push((k.to_string(), val.to_str().unwrap_or("").to_string()));
-                            }
-                            if let Some(p) = req.headers().get("sec-websocket-protocol") {
-                                let first = p.to_str().unwrap().split(',').next().unwrap().trim().to_string();
-                                res.headers_mut().insert("sec-websocket-protocol", first.parse().unwrap());
-                            }
-                            Ok(res)
-                        };
-                        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await else {
-                            return;
-                        };
-                        *hdrs.lock().unwrap() = seen.lock().unwrap().clone();
-                        while let Some(Ok(msg)) = futures_util::StreamExt::next(&mut ws).await {
-                            match msg {
-                                tokio_tungstenite::tungstenite::Message::Text(t) if t.as_str() == "close-me" => {
-                                    let _ = ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                                            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::from(4002),
-                                            reason: "as asked".into(),
-                                        }))
-                                        .await;
+                        match tls {
+                            None => ws_echo_serve(tcp, hdrs).await,
+                            Some(acceptor) => {
+                                if let Ok(s) = acceptor.accept(tcp).await {
+                                    ws_echo_serve(s, hdrs).await;
                                 }
-                                tokio_tungstenite::tungstenite::Message::Text(t) if t.as_str() == "headers" => {
-                                    let j = serde_json::to_string(&*seen.lock().unwrap()).unwrap();
-                                    let _ = futures_util::SinkExt::send(&mut ws, tokio_tungstenite::tungstenite::Message::text(j)).await;
-                                }
-                                tokio_tungstenite::tungstenite::Message::Text(_) | tokio_tungstenite::tungstenite::Message::Binary(_) => {
-                                    let sent = futures_util::SinkExt::send(&mut ws, msg).await;
-                                    if sent.is_err() {
-                                        return;
-                                    }
-                                }
-                                _ => {}
                             }
                         }
                     });
@@ -931,10 +904,69 @@ impl WsEcho {
             addr,
             accepted,
             headers,
+            tls: is_tls,
         }
     }
 
+    /// The upstream URL for a gateway config.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            false => format!("http://{}", self.addr),
+            true => format!("https://localhost:{}", self.addr.port()),
+        }
+    }
+}
+
+/// One connection of [`WsEcho`].
+async fn ws_echo_serve<S>(stream: S, hdrs: Arc<Mutex<Vec<(String, String)>>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    use tokio_tungstenite::tungstenite::Message;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    // The callback's error type is tungstenite's (a whole HTTP response).
+    #[allow(clippy::result_large_err)]
+    let cb = move |req: &Request, mut res: Response| {
+        let mut v = seen2.lock().unwrap();
+        for (k, val) in req.headers() {
+            v.push((k.to_string(), val.to_str().unwrap_or("").to_string()));
+        }
+        // The first subprotocol the client offers is chosen.
+        if let Some(p) = req.headers().get("sec-websocket-protocol") {
+            let first = p.to_str().unwrap().split(',').next().unwrap().trim();
+            res.headers_mut()
+                .insert("sec-websocket-protocol", first.parse().unwrap());
+        }
+        Ok(res)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
+        return;
+    };
+    *hdrs.lock().unwrap() = seen.lock().unwrap().clone();
+    while let Some(Ok(msg)) = ws.next().await {
+        match msg {
+            Message::Text(t) if t.as_str() == "close-me" => {
+                let close = CloseFrame {
+                    code: CloseCode::from(4002),
+                    reason: "as asked".into(),
+                };
+                let _ = ws.close(Some(close)).await;
+            }
+            Message::Text(t) if t.as_str() == "headers" => {
+                let j = serde_json::to_string(&*seen.lock().unwrap()).unwrap();
+                let _ = ws.send(Message::text(j)).await;
+            }
+            Message::Text(_) | Message::Binary(_) => {
+                let sent = ws.send(msg).await;
+                if sent.is_err() {
+                    return;
+                }
+            }
+            _ => {}
+        }
     }
 }
