@@ -127,6 +127,10 @@ impl<'a> Ctx<'a> {
         self.done.as_mut().and_then(|d| d.trace.as_mut())
     }
 
+    pub fn trace_ref(&self) -> Option<&RequestTrace> {
+        self.done.as_ref().and_then(|d| d.trace.as_ref())
+    }
+
     /// The completion, with what it needs to record a response of this status.
     pub fn complete(&mut self, status: u16) -> Option<Completion> {
         let mut done = self.done.take()?;

@@ -43,6 +43,12 @@ pub struct ClientInfo<'a> {
     pub trusted: bool,
     pub scheme: &'static str,
     pub host: Option<&'a [u8]>,
+    /// The caller's `tracestate` and `baggage` stay behind: they belong to a trace context
+    /// the gateway did not continue (see [`crate::observability::trace`]). Left out here, in
+    /// the copy, instead of removed from the upstream request afterwards (a removal costs a
+    /// hash and a probe even when the header is absent).
+    pub drop_tracestate: bool,
+    pub drop_baggage: bool,
 }
 
 /// Copies the client's request headers into the upstream request, minus hop-by-hop headers
@@ -68,6 +74,8 @@ pub fn request_headers(
         let n = name.as_str();
         match n {
             "host" | "content-length" | "expect" | "x-request-id" => continue,
+            "tracestate" if client.drop_tracestate => continue,
+            "baggage" if client.drop_baggage => continue,
             // Other client-address headers are only believed from a trusted proxy.
             "forwarded" | "x-real-ip" | "x-forwarded-port" | "x-forwarded-prefix"
                 if !client.trusted =>

@@ -77,6 +77,9 @@ pub fn build<'a>(
     let method = http::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| GatewayError::BadRequest("invalid method"))?;
     let peer = req.peer_addr().map(|a| a.ip());
+    let (drop_tracestate, drop_baggage) = ctx
+        .trace_ref()
+        .map_or((false, false), |t| t.drops_incoming_context());
     let client = headers::ClientInfo {
         peer,
         trusted: peer.is_some_and(|ip| rt.config.server.is_trusted(ip)),
@@ -86,6 +89,8 @@ pub fn build<'a>(
             "http"
         },
         host: host.map(str::as_bytes),
+        drop_tracestate,
+        drop_baggage,
     };
     let request_id = http::HeaderValue::from_bytes(ctx.rid.as_bytes())
         .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
@@ -130,6 +135,8 @@ impl<'a> UpstreamRequest<'a> {
                 trusted: false,
                 scheme: "http",
                 host: None,
+                drop_tracestate: false,
+                drop_baggage: false,
             },
             request_id: http::HeaderValue::from_static("-"),
             edits: rt.edge.auth.header_edits(None),

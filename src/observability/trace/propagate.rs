@@ -100,10 +100,19 @@ pub(super) fn extract(
     })
 }
 
+/// Whether a request's own `tracestate` and `baggage` are dropped: they belong to a caller's
+/// context that is not continued, and the propagator that would carry them is configured.
+pub(super) fn dropped(set: Inject, continued: bool) -> (bool, bool) {
+    (
+        !continued && set.has(Inject::TRACECONTEXT),
+        !continued && set.has(Inject::BAGGAGE),
+    )
+}
+
 /// Writes the configured propagators' headers into a request going upstream: the trace id,
 /// `span_id` as the parent, and the sampling decision. `continued` says whether the caller's
 /// trace is ours to continue: if not, its `tracestate` and `baggage` belong to a context we
-/// did not accept and are removed.
+/// did not accept, and the upstream request was built without them ([`dropped`]).
 pub(super) fn inject(
     set: Inject,
     headers: &mut http::HeaderMap,
@@ -114,12 +123,9 @@ pub(super) fn inject(
 ) {
     if set.has(Inject::TRACECONTEXT) {
         headers.insert(TRACEPARENT, traceparent_hex(trace_hex, span_id, sampled));
-        if !continued {
-            headers.remove(TRACESTATE);
-        }
     }
-    if set.has(Inject::BAGGAGE) {
-        forward_baggage(headers, continued);
+    if set.has(Inject::BAGGAGE) && continued {
+        forward_baggage(headers);
     }
     if set.has(Inject::B3 | Inject::B3MULTI) {
         let mut span_hex = [0u8; 16];
@@ -163,12 +169,8 @@ fn ascii_value(buf: &[u8]) -> http::HeaderValue {
 /// W3C baggage going upstream: the caller's list when its context is continued, with only
 /// well-formed members and within the limits every participant accepts (64 members, 8192
 /// bytes); several `baggage` headers are joined into one. An untrusted caller's baggage is
-/// not forwarded (like its `tracestate`).
-fn forward_baggage(headers: &mut http::HeaderMap, continued: bool) {
-    if !continued {
-        headers.remove(BAGGAGE);
-        return;
-    }
+/// not forwarded (like its `tracestate`): it was left out of the upstream request already.
+fn forward_baggage(headers: &mut http::HeaderMap) {
     let mut values = headers.get_all(BAGGAGE).iter();
     let (Some(first), None) = (values.next(), values.next()) else {
         // None at all, or several to join.
@@ -538,19 +540,19 @@ mod tests {
         let mut h = http::HeaderMap::new();
         let fine = "userId=alice, serverNode=DF%2028;ttl=60,isProduction=false";
         h.insert(BAGGAGE, http::HeaderValue::from_static(fine));
-        forward_baggage(&mut h, true);
+        forward_baggage(&mut h);
         assert_eq!(h[BAGGAGE], fine);
 
         h.insert(
             BAGGAGE,
             http::HeaderValue::from_static("a=1,bad key=2,b=\"q\",c=3"),
         );
-        forward_baggage(&mut h, true);
+        forward_baggage(&mut h);
         assert_eq!(h[BAGGAGE], "a=1,c=3");
 
         h.insert(BAGGAGE, http::HeaderValue::from_static("a=1"));
         h.append(BAGGAGE, http::HeaderValue::from_static("b=2"));
-        forward_baggage(&mut h, true);
+        forward_baggage(&mut h);
         assert_eq!(h.get_all(BAGGAGE).iter().count(), 1);
         assert_eq!(h[BAGGAGE], "a=1,b=2");
 
@@ -559,15 +561,25 @@ mod tests {
             BAGGAGE,
             http::HeaderValue::from_str(&many.join(",")).unwrap(),
         );
-        forward_baggage(&mut h, true);
+        forward_baggage(&mut h);
         assert_eq!(h[BAGGAGE].as_bytes().split(|b| *b == b',').count(), 64);
 
         h.insert(BAGGAGE, http::HeaderValue::from_static("nothing valid"));
-        forward_baggage(&mut h, true);
+        forward_baggage(&mut h);
         assert!(!h.contains_key(BAGGAGE));
 
-        h.insert(BAGGAGE, http::HeaderValue::from_static("a=1"));
-        forward_baggage(&mut h, false);
-        assert!(!h.contains_key(BAGGAGE));
+        // Not continued: dropped (by the upstream request's header copy).
+        assert_eq!(
+            dropped(Inject::of(&[Propagator::Baggage]), false),
+            (false, true)
+        );
+        assert_eq!(
+            dropped(Inject::of(&[Propagator::Baggage]), true),
+            (false, false)
+        );
+        assert_eq!(
+            dropped(Inject::of(&[Propagator::TraceContext]), false),
+            (true, false)
+        );
     }
 }
