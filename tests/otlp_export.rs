@@ -310,6 +310,20 @@ fn bad_otlp_settings_name_path_line_and_hint() {
     assert!(!err.contains("secret"), "{err}");
     let err = load("{}", &[("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]).unwrap_err();
     assert!(err.contains("OTEL_EXPORTER_OTLP_HEADERS: entry 1"), "{err}");
+    // A CA file that is missing, or holds no certificate, is named with a hint.
+    let err = load(r#"{"ca_file":"/nonexistent/ca.pem"}"#, &[]).unwrap_err();
+    assert!(
+        err.contains("tracing.ca_file: cannot read /nonexistent/ca.pem"),
+        "{err}"
+    );
+    assert!(err.contains("PEM file with the CA certificate"), "{err}");
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let path = empty.path().to_str().unwrap().to_string();
+    let err = load("{}", &[("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &path)]).unwrap_err();
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE:") && err.contains("no PEM certificate"),
+        "{err}"
+    );
 }
 
 /// Starts a gateway exporting to a fresh collector with this `tracing` section and
@@ -361,4 +375,103 @@ async fn compression_none_in_the_config_wins_over_gzip_in_the_environment() {
         assert_eq!(req.header("content-encoding"), Some("gzip"));
         assert!(!decode(req).resource_spans.is_empty());
     }
+}
+
+/// An OTLP/HTTP collector over TLS with a self-signed certificate for 127.0.0.1: the PEM of
+/// its certificate (the CA to trust), its address, and the bodies it received.
+fn https_collector() -> (
+    tempfile::TempDir,
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use http_body_util::BodyExt;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ck.cert.pem()).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((s, _)) = l.accept().await {
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                let ok = req.uri().path() == "/v1/traces";
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                if ok {
+                                    seen.lock().unwrap().push(body.to_vec());
+                                }
+                                let mut res = http::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::new(),
+                                ));
+                                if !ok {
+                                    *res.status_mut() = http::StatusCode::NOT_FOUND;
+                                }
+                                Ok::<_, std::convert::Infallible>(res)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    (dir, addr, bodies)
+}
+
+/// OTLP/HTTP to an https collector with a private CA, trusted through `tracing.ca_file`.
+#[tokio::test]
+async fn https_collector_with_a_private_ca() {
+    let (dir, addr, bodies) = https_collector();
+    let up = Upstream::start_ok();
+    let tracing = format!(
+        r#"{{"endpoint":"https://127.0.0.1:{}","sampling_rate":1.0,"ca_file":"{}"}}"#,
+        addr.port(),
+        dir.path().join("ca.pem").display()
+    );
+    let mut gw = GatewayProcess::start(&config(&up.url(), &tracing));
+    let res = client().get(gw.url("/users/5")).send().await.unwrap();
+    let trace = res.headers()["x-trace-id"].to_str().unwrap().to_string();
+    assert!(gw.stop());
+    let got: Vec<String> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            ExportTraceServiceRequest::decode(b.as_slice())
+                .expect("OTLP protobuf")
+                .resource_spans
+        })
+        .flat_map(|rs| rs.scope_spans)
+        .flat_map(|ss| ss.spans)
+        .map(|s| s.trace_id.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    assert!(got.contains(&trace), "{got:?}");
 }

@@ -40,6 +40,9 @@ struct Receiver {
     exports: Arc<Mutex<Vec<Export>>>,
     /// `grpc-encoding` of the HTTP/2 requests, in order (filled before the service runs).
     encodings: Arc<Mutex<Vec<Option<String>>>>,
+    /// Exports still to refuse with UNAVAILABLE (a collector restarting), and how many were.
+    refuse: Arc<std::sync::atomic::AtomicUsize>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -48,6 +51,16 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let refuse = self
+            .refuse
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse {
+            self.encodings.lock().unwrap().pop();
+            self.refused.fetch_add(1, SeqCst);
+            return Err(tonic::Status::unavailable("collector restarting"));
+        }
         let metadata = request
             .metadata()
             .iter()
@@ -72,6 +85,12 @@ impl TraceService for Receiver {
 
 /// Serves the receiver on 127.0.0.1:0 from a thread of its own; gzip accepted.
 fn start_receiver() -> (Receiver, SocketAddr) {
+    start_receiver_with(None)
+}
+
+/// As [`start_receiver`], over TLS (ALPN h2) when `tls` is given.
+fn start_receiver_with(tls: Option<Arc<rustls::ServerConfig>>) -> (Receiver, SocketAddr) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let receiver = Receiver::default();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -92,6 +111,7 @@ fn start_receiver() -> (Receiver, SocketAddr) {
                 };
                 let server = server.clone();
                 let encodings = r.encodings.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
@@ -105,9 +125,17 @@ fn start_receiver() -> (Receiver, SocketAddr) {
                             async move { server.call(req).await }
                         },
                     );
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(sock), svc)
-                        .await;
+                    let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        None => {
+                            let _ = h2.serve_connection(TokioIo::new(sock), svc).await;
+                        }
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(sock).await {
+                                let _ = h2.serve_connection(TokioIo::new(tls), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -303,4 +331,166 @@ fn grpc_endpoints_are_used_as_given() {
         "{:?}",
         warned.warnings
     );
+}
+
+/// A collector that refuses the first exports with UNAVAILABLE (restarting) loses nothing:
+/// the exporter retries with back-off, every span arrives once, and nothing is counted as
+/// dropped.
+#[tokio::test]
+async fn a_collector_answering_unavailable_then_ok_loses_no_span() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (receiver, addr) = start_receiver();
+    receiver.refuse.store(2, SeqCst);
+    let up = Upstream::start_ok();
+    let tracing = format!(
+        r#"{{"protocol":"grpc","endpoint":"http://{addr}","sampling_rate":1.0,
+            "export_timeout":"10s"}}"#
+    );
+    let mut gw = GatewayProcess::start(&config(&up.url(), &tracing));
+    let c = client();
+    let mut traces = Vec::new();
+    for i in 0..3 {
+        let res = c.get(gw.url(&format!("/users/{i}"))).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        traces.push(res.headers()["x-trace-id"].to_str().unwrap().to_string());
+    }
+    // The exports are retried until the collector answers (the first batch leaves within the
+    // export interval).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while receiver.exports.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no export got through");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let metrics = client()
+        .get(gw.url("/_kairos/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(gw.stop());
+    assert_eq!(receiver.refused.load(SeqCst), 2, "the collector refused twice");
+    assert_eq!(
+        metric(
+            &metrics,
+            "kairos_tracing_spans_dropped_total",
+            &[("reason", "export_failed")]
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+    let servers: Vec<String> = receiver
+        .exports
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(resource_and_spans)
+        .filter(|(_, s)| s.kind == SpanKind::Server as i32)
+        .map(|(_, s)| s.trace_id.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let mut sorted = servers.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), servers.len(), "a span arrived twice: {servers:?}");
+    for t in &traces {
+        assert!(servers.contains(t), "{t} lost: {servers:?}");
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1: its PEM file (the CA to trust) and a rustls server
+/// config with ALPN h2.
+fn collector_tls() -> (tempfile::TempDir, Arc<rustls::ServerConfig>) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("collector-ca.pem"), ck.cert.pem()).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    (dir, Arc::new(cfg))
+}
+
+/// gRPC over TLS to a collector with a private CA: trusted through `tracing.ca_file` (only
+/// that CA), or through OTEL_EXPORTER_OTLP_CERTIFICATE; without it the collector's
+/// certificate is refused, nothing is sent, and the lost spans are counted.
+#[tokio::test]
+async fn grpc_over_tls_trusts_the_configured_ca_only() {
+    let (dir, tls) = collector_tls();
+    let ca = dir.path().join("collector-ca.pem");
+    let up = Upstream::start_ok();
+    for by_env in [false, true] {
+        let (receiver, addr) = start_receiver_with(Some(tls.clone()));
+        let endpoint = format!("https://127.0.0.1:{}", addr.port());
+        let (tracing, env) = match by_env {
+            false => (
+                format!(
+                    r#"{{"protocol":"grpc","endpoint":"{endpoint}","sampling_rate":1.0,
+                        "ca_file":"{}"}}"#,
+                    ca.display()
+                ),
+                vec![],
+            ),
+            true => (
+                format!(r#"{{"protocol":"grpc","endpoint":"{endpoint}","sampling_rate":1.0}}"#),
+                vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap())],
+            ),
+        };
+        let mut gw = GatewayProcess::start_with_env(&config(&up.url(), &tracing), &env);
+        let res = client().get(gw.url("/users/1")).send().await.unwrap();
+        let trace = res.headers()["x-trace-id"].to_str().unwrap().to_string();
+        assert!(gw.stop());
+        let got: Vec<String> = receiver
+            .exports
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(resource_and_spans)
+            .map(|(_, s)| s.trace_id.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        assert!(got.contains(&trace), "by_env {by_env}: {got:?}");
+    }
+    // The Mozilla roots do not know this CA: refused, counted, and the requests unharmed.
+    let (receiver, addr) = start_receiver_with(Some(tls));
+    let tracing = format!(
+        r#"{{"protocol":"grpc","endpoint":"https://127.0.0.1:{}","sampling_rate":1.0,
+            "export_timeout":"2s"}}"#,
+        addr.port()
+    );
+    let mut gw = GatewayProcess::start(&config(&up.url(), &tracing));
+    let res = client().get(gw.url("/users/2")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let m = client()
+            .get(gw.url("/_kairos/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let dropped = metric(
+            &m,
+            "kairos_tracing_spans_dropped_total",
+            &[("reason", "export_failed")],
+        )
+        .unwrap_or(0.0);
+        if dropped >= 2.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failed export counted");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gw.stop());
+    assert!(receiver.exports.lock().unwrap().is_empty());
 }

@@ -699,6 +699,9 @@ pub struct TracingConfig {
     pub headers: Vec<(String, String)>,
     /// Gzip the export bodies.
     pub gzip: bool,
+    /// PEM text of the only CA certificates an https collector is trusted by (`ca_file`);
+    /// `None`: the Mozilla roots.
+    pub ca_pem: Option<Vec<u8>>,
     /// Resource attributes besides service.name (configured and OTEL_RESOURCE_ATTRIBUTES).
     pub resource_attributes: Vec<(String, String)>,
     /// Trace context formats read (the first found, in this order) and written upstream (all);
@@ -758,6 +761,7 @@ impl std::fmt::Debug for TracingConfig {
             .field("trust_incoming", &self.trust_incoming)
             .field("header_names", &header_names)
             .field("gzip", &self.gzip)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
             .field("resource_attributes", &self.resource_attributes)
             .field("propagators", &self.propagators)
             .field("protocol", &self.protocol)

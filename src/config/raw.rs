@@ -225,6 +225,10 @@ pub struct RawTracing {
     /// "gzip" or "none" (default "none", else OTEL_EXPORTER_OTLP_TRACES_COMPRESSION /
     /// OTEL_EXPORTER_OTLP_COMPRESSION).
     pub compression: Option<String>,
+    /// PEM file of the CA certificates an https collector's certificate is checked against
+    /// (only these; default: the Mozilla roots), relative to the config file; else
+    /// OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE / OTEL_EXPORTER_OTLP_CERTIFICATE.
+    pub ca_file: Option<String>,
     /// Extra resource attributes of every span (merged over OTEL_RESOURCE_ATTRIBUTES; these
     /// win), e.g. {"deployment.environment.name": "prod"}.
     pub resource_attributes: Option<BTreeMap<String, String>>,

@@ -141,7 +141,7 @@ pub fn validate(
     let tracing = raw
         .tracing
         .as_ref()
-        .and_then(|t| observability::tracing_config(&mut v, t, env));
+        .and_then(|t| observability::tracing_config(&mut v, t, env, base_dir));
     let auth_failures =
         rate_limiting::auth_failures(&mut v, raw.rate_limiting.as_ref(), top_limits.as_ref());
     let tenant_limits = tenancy

@@ -110,6 +110,7 @@ pub(super) fn tracing_config(
     v: &mut V,
     t: &RawTracing,
     env: &dyn Fn(&str) -> Option<String>,
+    base_dir: &std::path::Path,
 ) -> Option<TracingConfig> {
     let env = |name: &str| env(name).filter(|value| !value.trim().is_empty());
     let protocol = otlp_protocol(v, t, &env);
@@ -197,6 +198,7 @@ pub(super) fn tracing_config(
         }
     }
     let headers = otlp_headers(v, t, &env);
+    let ca_pem = otlp_ca(v, t, &env, base_dir);
     let propagators = propagators(v, t, &env);
     if !t.enabled.unwrap_or(true) {
         return None;
@@ -210,6 +212,7 @@ pub(super) fn tracing_config(
         trust_incoming,
         headers,
         gzip,
+        ca_pem,
         resource_attributes,
         propagators,
         protocol,
@@ -383,6 +386,28 @@ fn otlp_protocol(v: &mut V, t: &RawTracing, env: &Env) -> OtlpProtocol {
                 hint,
             );
             OtlpProtocol::HttpProtobuf
+        }
+    }
+}
+
+/// The collector's CA certificates: `ca_file` (relative to the config file), else the
+/// OTEL_* variable's file (relative to the working directory, as every OTel SDK reads it);
+/// checked to hold PEM certificates.
+fn otlp_ca(v: &mut V, t: &RawTracing, env: &Env, base_dir: &std::path::Path) -> Option<Vec<u8>> {
+    let (path, file) = match (&t.ca_file, otlp_env(env, "CERTIFICATE")) {
+        (Some(f), _) => ("tracing.ca_file".to_string(), super::resolve_path(base_dir, f)),
+        (None, Some((name, f))) => (name, std::path::PathBuf::from(f)),
+        (None, None) => return None,
+    };
+    match super::upstreams::read_ca_file(&file) {
+        Ok(_) => std::fs::read(&file).ok(),
+        Err(e) => {
+            v.err_hint(
+                path,
+                e.to_string(),
+                "give a PEM file with the CA certificate(s) that sign the collector's",
+            );
+            None
         }
     }
 }

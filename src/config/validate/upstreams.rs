@@ -65,7 +65,7 @@ pub enum ServerUrlError {
 
 /// Why an upstream's `tls.ca_file` gives no certificates.
 #[derive(Debug, thiserror::Error)]
-enum CaFileError {
+pub(super) enum CaFileError {
     #[error("cannot read {}: {source}", .path.display())]
     Read {
         path: PathBuf,
@@ -345,7 +345,7 @@ pub fn parse_server_url(
     ))
 }
 
-fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
+pub(super) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
     let pem = std::fs::read(path).map_err(|source| CaFileError::Read {
         path: path.to_path_buf(),
         source,

@@ -15,7 +15,7 @@
 use crate::config::model::{OtlpProtocol, TracingConfig};
 use opentelemetry::KeyValue;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
-use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
+use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
 use opentelemetry_otlp::{
     Compression, ExporterBuildError, Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
@@ -75,7 +75,11 @@ fn grpc_exporter(
         .with_timeout(cfg.export_timeout)
         .with_interceptor(GrpcHeaders::new(cfg));
     if cfg.endpoint.starts_with("https://") {
-        builder = builder.with_tls_config(ClientTlsConfig::new().with_webpki_roots());
+        let tls = match &cfg.ca_pem {
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None => ClientTlsConfig::new().with_webpki_roots(),
+        };
+        builder = builder.with_tls_config(tls);
     }
     if cfg.gzip {
         builder = builder.with_compression(Compression::Gzip);
@@ -153,6 +157,8 @@ struct BlockingClient {
     /// The resolved `tracing.compression`: whether bodies go out gzipped.
     gzip: bool,
     timeout: Duration,
+    /// The only CA certificates the collector is trusted by (`tracing.ca_file`).
+    ca_pem: Option<Vec<u8>>,
     client: OnceLock<Result<reqwest::blocking::Client, String>>,
 }
 
@@ -185,6 +191,7 @@ impl BlockingClient {
             headers,
             gzip: cfg.gzip,
             timeout: cfg.export_timeout,
+            ca_pem: cfg.ca_pem.clone(),
             client: OnceLock::new(),
         }
     }
@@ -193,11 +200,16 @@ impl BlockingClient {
         let client = self
             .client
             .get_or_init(|| {
-                reqwest::blocking::Client::builder()
+                let builder = reqwest::blocking::Client::builder()
                     .timeout(self.timeout)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .map_err(|e| e.to_string())
+                    .redirect(reqwest::redirect::Policy::none());
+                let builder = match &self.ca_pem {
+                    Some(pem) => builder.tls_certs_only(
+                        reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?,
+                    ),
+                    None => builder,
+                };
+                builder.build().map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|e| HttpError::from(format!("cannot build the HTTP client: {e}")))?;
