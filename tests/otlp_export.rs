@@ -321,7 +321,8 @@ fn bad_otlp_settings_name_path_line_and_hint() {
     let path = empty.path().to_str().unwrap().to_string();
     let err = load("{}", &[("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &path)]).unwrap_err();
     assert!(
-        err.contains("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE:") && err.contains("no PEM certificate"),
+        err.contains("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE:")
+            && err.contains("no PEM certificate"),
         "{err}"
     );
 }

@@ -358,7 +358,10 @@ async fn a_collector_answering_unavailable_then_ok_loses_no_span() {
     // export interval).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while receiver.exports.lock().unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no export got through");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no export got through"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let metrics = client()
@@ -371,7 +374,11 @@ async fn a_collector_answering_unavailable_then_ok_loses_no_span() {
         .await
         .unwrap();
     assert!(gw.stop());
-    assert_eq!(receiver.refused.load(SeqCst), 2, "the collector refused twice");
+    assert_eq!(
+        receiver.refused.load(SeqCst),
+        2,
+        "the collector refused twice"
+    );
     assert_eq!(
         metric(
             &metrics,
@@ -393,7 +400,11 @@ async fn a_collector_answering_unavailable_then_ok_loses_no_span() {
     let mut sorted = servers.clone();
     sorted.sort();
     sorted.dedup();
-    assert_eq!(sorted.len(), servers.len(), "a span arrived twice: {servers:?}");
+    assert_eq!(
+        sorted.len(),
+        servers.len(),
+        "a span arrived twice: {servers:?}"
+    );
     for t in &traces {
         assert!(servers.contains(t), "{t} lost: {servers:?}");
     }
@@ -488,7 +499,10 @@ async fn grpc_over_tls_trusts_the_configured_ca_only() {
         if dropped >= 2.0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no failed export counted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed export counted"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(gw.stop());

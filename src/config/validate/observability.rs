@@ -395,7 +395,10 @@ fn otlp_protocol(v: &mut V, t: &RawTracing, env: &Env) -> OtlpProtocol {
 /// checked to hold PEM certificates.
 fn otlp_ca(v: &mut V, t: &RawTracing, env: &Env, base_dir: &std::path::Path) -> Option<Vec<u8>> {
     let (path, file) = match (&t.ca_file, otlp_env(env, "CERTIFICATE")) {
-        (Some(f), _) => ("tracing.ca_file".to_string(), super::resolve_path(base_dir, f)),
+        (Some(f), _) => (
+            "tracing.ca_file".to_string(),
+            super::resolve_path(base_dir, f),
+        ),
         (None, Some((name, f))) => (name, std::path::PathBuf::from(f)),
         (None, None) => return None,
     };
