@@ -226,7 +226,8 @@ pub struct RawTracing {
     /// OTEL_EXPORTER_OTLP_COMPRESSION).
     pub compression: Option<String>,
     /// PEM file of the CA certificates an https collector's certificate is checked against
-    /// (only these; default: the Mozilla roots), relative to the config file; else
+    /// (only these; default: the system's trusted CAs over HTTP, the Mozilla roots over gRPC),
+    /// relative to the config file; else
     /// OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE / OTEL_EXPORTER_OTLP_CERTIFICATE.
     pub ca_file: Option<String>,
     /// Extra resource attributes of every span (merged over OTEL_RESOURCE_ATTRIBUTES; these
