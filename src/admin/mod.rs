@@ -70,6 +70,15 @@ async fn not_ready(state: &SharedState) -> Vec<serde_json::Value> {
     let mut reasons = Vec::new();
     let reason =
         |check: &str, message: String| serde_json::json!({"check": check, "message": message});
+    if let Some(store) = state.store() {
+        // Once a document runs, an unreachable store does not stop serving it.
+        if store.status().config_revision.is_none() {
+            reasons.push(reason(
+                "config_store",
+                "no shared config from the config store applied yet (see /_kairos/status)".into(),
+            ));
+        }
+    }
     if let Some(jwt) = &rt.edge.auth.jwt {
         let n = jwt.jwks_without_keys();
         if n > 0 {
@@ -348,6 +357,14 @@ async fn config_validate(
     let path = state
         .config_path()
         .unwrap_or_else(|| "request-body.json".into());
+    // With a config store, the body is the shared document.
+    let text = match state.store() {
+        Some(store) => match store.merge(&text, "request body") {
+            Ok(merged) => merged,
+            Err(e) => return invalid_config(&req, &e),
+        },
+        None => text,
+    };
     let st = state.clone();
     match crate::runtime::on_reload_thread(move || reload::dry_run(&st, &text, &path)).await {
         Ok(Ok(diff)) => HttpResponse::Ok().json(serde_json::json!({ "valid": true, "diff": diff })),
@@ -366,7 +383,8 @@ async fn config_put(
         Ok(text) => text,
         Err(res) => return res,
     };
-    if would_lock_out(&text) {
+    // With a config store the admin token is in each instance's file: a PUT cannot remove it.
+    if state.store().is_none() && would_lock_out(&text) {
         return api_error(
             &req,
             actix_web::http::StatusCode::CONFLICT,
@@ -403,9 +421,12 @@ async fn apply_put(
             None,
         );
     };
+    if let Some(store) = state.store() {
+        return store_put(&req, state, store.clone(), text, if_match).await;
+    }
     let st = state.clone();
     let result = crate::runtime::on_reload_thread(move || {
-        let write = || crate::runtime::persist(&path, &text);
+        let write = || crate::runtime::persist(&path, &text).map_err(reload::ReloadError::Persist);
         reload::apply(&st, &text, &path, "api", Some(&write), if_match.as_deref())
     })
     .await;
@@ -434,7 +455,99 @@ async fn apply_put(
             }
             res
         }
+        // Only a config store's write gives these.
+        Ok(Err(e @ (reload::ReloadError::Conflict(_) | reload::ReloadError::Store(_)))) => {
+            store_refused(&req, e)
+        }
         Err(_) => reload_crashed(&req),
+    }
+}
+
+/// A PUT with a config store: the body is the shared document, validated here with this
+/// instance's own members, written to the store as a compare-and-swap on the revision
+/// `If-Match` names (412 when the key moved on), then applied here; the other instances
+/// apply it from their watch.
+async fn store_put(
+    req: &HttpRequest,
+    state: &web::Data<SharedState>,
+    store: std::sync::Arc<crate::runtime::store::ConfigStore>,
+    text: String,
+    if_match: Option<Vec<String>>,
+) -> HttpResponse {
+    // Without If-Match the write is unconditional, as for a file; a tag that is not a
+    // revision of this key can never match.
+    let expected = match if_match {
+        None => None,
+        Some(tags) => match tags.iter().find_map(|t| t.parse::<i64>().ok()) {
+            Some(rev) => Some(rev),
+            None => Some(-1),
+        },
+    };
+    let st = state.clone();
+    let result = crate::runtime::on_reload_thread(move || store.write(&st, &text, expected)).await;
+    match result {
+        Ok(Ok((applied, revision))) => HttpResponse::Ok()
+            .insert_header((header::ETAG, etag(&revision.to_string())))
+            .json(serde_json::json!({
+                "result": "success", "applied": applied, "revision": revision,
+            })),
+        Ok(Err(reload::ReloadError::Invalid(e))) => invalid_config(req, &e),
+        Ok(Err(e)) => store_refused(req, e),
+        Err(_) => reload_crashed(req),
+    }
+}
+
+/// The answer to a config store write that did not happen: 412 with the key's revision as
+/// the ETag when another write came first, 503 when the store is unreachable.
+fn store_refused(req: &HttpRequest, e: reload::ReloadError) -> HttpResponse {
+    match e {
+        reload::ReloadError::Conflict(current) => {
+            let mut res = api_error(
+                req,
+                actix_web::http::StatusCode::PRECONDITION_FAILED,
+                "config_changed",
+                "the shared config changed since it was read (If-Match does not match the store's revision); nothing was changed: read it again",
+                None,
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&etag(&current.to_string())) {
+                res.headers_mut().insert(header::ETAG, v);
+            }
+            res
+        }
+        reload::ReloadError::Store(message) => {
+            tracing::warn!(
+                error = message.as_str(),
+                "config not written to the config store"
+            );
+            api_error(
+                req,
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "config_store_unreachable",
+                "the config store could not be written; nothing was changed (see the log)",
+                None,
+            )
+        }
+        reload::ReloadError::Invalid(e) => invalid_config(req, &e),
+        reload::ReloadError::Persist(m) => api_error(
+            req,
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "config_persist_failed",
+            &m.to_string(),
+            None,
+        ),
+        reload::ReloadError::Stale(current) => {
+            let mut res = api_error(
+                req,
+                actix_web::http::StatusCode::PRECONDITION_FAILED,
+                "config_changed",
+                "the config changed since it was read; nothing was changed: read it again",
+                None,
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&etag(&current)) {
+                res.headers_mut().insert(header::ETAG, v);
+            }
+            res
+        }
     }
 }
 
@@ -521,7 +634,9 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let (text, hash) = state.config_text_and_hash();
+    let Some((text, hash)) = config_view(&state) else {
+        return store_pending(&req);
+    };
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(mut v) => {
             redact(&mut v);
@@ -537,6 +652,29 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
             None,
         ),
     }
+}
+
+/// The config an edit starts from and its ETag: the file's text and hash, or with a config
+/// store the shared document in effect and the key's latest revision (`None` before the
+/// first document).
+pub(crate) fn config_view(state: &SharedState) -> Option<(std::sync::Arc<str>, String)> {
+    match state.store() {
+        Some(store) => store
+            .document()
+            .map(|(doc, revision)| (doc, revision.to_string())),
+        None => Some(state.config_text_and_hash()),
+    }
+}
+
+/// 503: no shared config from the store yet.
+pub(crate) fn store_pending(req: &HttpRequest) -> HttpResponse {
+    api_error(
+        req,
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        "config_store_pending",
+        "no shared config from the config store yet (see /_kairos/status)",
+        None,
+    )
 }
 
 /// Replaces secrets with `<redacted>`: JWT secrets, the admin token, API keys and their
@@ -608,6 +746,7 @@ async fn status(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse
     let uptime = std::time::SystemTime::now()
         .duration_since(state.started)
         .unwrap_or_default();
+    let store = state.store().map(|s| s.status());
     HttpResponse::Ok().json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "started_at": rfc3339(state.started),
@@ -620,6 +759,11 @@ async fn status(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse
             "upstreams": rt.config.upstreams.len(),
         },
         "last_reload": state.last_reload(),
+        // Several instances as one (cluster.config_store); null without a store.
+        "config_revision": store.as_ref().and_then(|s| s.config_revision),
+        "store_revision": store.as_ref().and_then(|s| s.store_revision),
+        "config_store": store.as_ref().map(|s| s.config_store),
+        "config_store_error": store.as_ref().and_then(|s| s.last_error.clone()),
     }))
 }
 

@@ -39,6 +39,18 @@ pub struct Config {
     pub written: std::sync::Arc<std::collections::HashMap<String, String>>,
     /// Present when the config has a `tenancy` section or any tenant.
     pub tenancy: Option<TenancyConfig>,
+    /// Where the shared part of the config comes from (`cluster.config_store`).
+    pub config_store: Option<ConfigStoreConfig>,
+}
+
+/// An etcd key holding the shared config document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigStoreConfig {
+    /// Client URLs without a trailing slash (`http://127.0.0.1:2379`).
+    pub endpoints: Vec<String>,
+    pub key: String,
+    /// Longest wait for one call (range, put, txn; not the watch).
+    pub timeout: std::time::Duration,
 }
 
 /// How a request finds its tenant, the tenants, and where quota counts are kept.

@@ -58,6 +58,34 @@ pub struct RawConfig {
     /// Tenants by id: their hosts, API keys, own routes, rate limit and quotas.
     #[serde(default)]
     pub tenants: BTreeMap<String, RawTenant>,
+    /// Several instances as one: where the shared part of the config (everything but
+    /// `server`, `logging`, `admin` and `cluster`) comes from.
+    #[serde(default)]
+    pub cluster: Option<RawCluster>,
+}
+
+/// Several instances as one.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// The store holding the shared config document: routes, upstreams and policies. With it,
+    /// this file gives only `server`, `logging`, `admin` and `cluster`.
+    pub config_store: Option<RawConfigStore>,
+}
+
+/// A config store: one key holding the shared config document, watched by every instance.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfigStore {
+    /// "etcd" (the v3 API, through its HTTP/JSON gateway).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The etcd members' client URLs, http://host:port; tried in order, the next on failure.
+    pub endpoints: Vec<String>,
+    /// The key holding the shared config document, e.g. "/kairos/config".
+    pub key: String,
+    /// Longest wait for one call to etcd (default "2s"; the watch itself has none).
+    pub timeout: Option<DurationStr>,
 }
 
 /// The response cache: where answers are stored and the defaults of every cached route.

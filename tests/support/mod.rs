@@ -938,3 +938,133 @@ impl WsEcho {
         format!("http://{}", self.addr)
     }
 }
+
+/// A free loopback TCP port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A real single-member etcd (Debian's etcd-server) on free loopback ports with a temp data
+/// directory; stopped on drop. `kill` and `restart` (same ports, same data) simulate an outage.
+pub struct EtcdServer {
+    pub client_port: u16,
+    peer_port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    pub fn start() -> EtcdServer {
+        let mut e = EtcdServer {
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        e.restart();
+        e
+    }
+
+    /// The client URL, as `cluster.config_store.endpoints` takes it.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts (again) on the same ports and data directory; waits until it answers a read.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = std::process::Command::new("etcd")
+            .arg("--name")
+            .arg("kairos-test")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .arg("--initial-cluster")
+            .arg(format!("kairos-test={peer}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd must be installed (scripts/test.sh installs Debian's etcd-server)");
+        self.child = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(20), || self.get().is_some()),
+            "etcd did not answer on {client}"
+        );
+    }
+
+    /// SIGKILL: connections reset, nothing answers until `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn call(&self, path: &str, body: serde_json::Value) -> Option<serde_json::Value> {
+        let res = blocking_client()
+            .post(format!("{}{path}", self.url()))
+            .timeout(Duration::from_secs(2))
+            .body(body.to_string())
+            .send()
+            .ok()?;
+        res.status().is_success().then(|| res.json().ok()).flatten()
+    }
+
+    /// The range answer for "/" (any read; `None` while etcd does not answer).
+    fn get(&self) -> Option<serde_json::Value> {
+        self.call("/v3/kv/range", serde_json::json!({ "key": "Lw==" }))
+    }
+
+    /// Writes `value` at `key` directly (as etcdctl would); the store's new revision.
+    pub fn put(&self, key: &str, value: &str) -> i64 {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let v = self
+            .call(
+                "/v3/kv/put",
+                serde_json::json!({ "key": b64(key), "value": b64(value) }),
+            )
+            .expect("etcd put");
+        v["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("revision")
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl GatewayProcess {
+    /// A gateway whose file gives only its own members (server, logging, admin with `token`)
+    /// and `cluster.config_store` naming `key` on `etcd`: routes and the rest come from there.
+    pub fn start_with_store(etcd: &str, key: &str, token: &str) -> GatewayProcess {
+        let local = serde_json::json!({
+            "version": 1,
+            "server": { "workers": 1 },
+            "admin": { "token": token },
+            "logging": { "access_log": false, "level": "info" },
+            "cluster": { "config_store": { "type": "etcd", "endpoints": [etcd], "key": key } },
+        });
+        Self::start(&local.to_string())
+    }
+}
