@@ -2,7 +2,8 @@
 //! and three gateway processes, all started here on free loopback ports. A config written on
 //! one instance is served by all three within 1 s; a PUT that lost the race gets 412; an
 //! invalid document in etcd is refused by every instance while the last good one serves;
-//! etcd down for 10 s fails no request, and the next change arrives after it returns.
+//! etcd down for 10 s fails no request, and the next change arrives after it returns; a
+//! watch cut across a compaction reads the key again.
 
 mod support;
 
@@ -347,5 +348,36 @@ fn an_instance_file_with_shared_members_is_refused_and_a_store_without_the_key_k
         .as_str()
         .is_some_and(|e| e.contains("each instance's own"))));
     assert_eq!(code(&gw, "/late"), 200);
+    assert!(gw.stop());
+}
+
+#[test]
+fn a_watch_cut_across_a_compaction_reads_the_key_again() {
+    let upstream = Upstream::start_ok();
+    let mut etcd = EtcdServer::start();
+    let key = "/kairos/compacted";
+    etcd.put(key, &document(&upstream.url(), &["/a"]).to_string());
+    let mut gw = GatewayProcess::start_with_store(&etcd.url(), key, TOKEN);
+    assert!(wait_until(Duration::from_secs(5), || code(&gw, "/a") == 200));
+    // The gateway frozen while etcd restarts (its watch is cut) and the revisions after the
+    // one it watches from are written and compacted away.
+    gw.signal("STOP");
+    etcd.kill();
+    etcd.restart();
+    etcd.put(key, &document(&upstream.url(), &["/b"]).to_string());
+    let last = etcd.put(key, &document(&upstream.url(), &["/c"]).to_string());
+    etcd.compact(last);
+    gw.signal("CONT");
+    assert!(
+        wait_until(Duration::from_secs(10), || code(&gw, "/c") == 200),
+        "{}",
+        status(&gw)
+    );
+    assert_eq!(status(&gw)["config_revision"], last);
+    assert_eq!(code(&gw, "/b"), 404);
+    assert!(gw
+        .logs()
+        .iter()
+        .any(|l| l.contains("compacted past the watch")));
     assert!(gw.stop());
 }

@@ -138,8 +138,24 @@ pub fn apply(
     persist: Option<&dyn Fn() -> Result<(), ReloadError>>,
     if_match: Option<&[String]>,
 ) -> Result<Applied, ReloadError> {
+    let source = path.display().to_string();
+    apply_named(state, text, path, &source, trigger, persist, if_match)
+}
+
+/// As [`apply`], with errors naming `source` instead of the file (a config store's key and
+/// revision); relative paths still resolve against `path`'s folder.
+pub fn apply_named(
+    state: &SharedState,
+    text: &str,
+    path: &Path,
+    source: &str,
+    trigger: &'static str,
+    persist: Option<&dyn Fn() -> Result<(), ReloadError>>,
+    if_match: Option<&[String]>,
+) -> Result<Applied, ReloadError> {
     let span = reload_span(trigger);
-    let result = span.in_scope(|| apply_in_span(state, text, path, trigger, persist, if_match));
+    let result =
+        span.in_scope(|| apply_in_span(state, text, (path, source), trigger, persist, if_match));
     let outcome = match &result {
         Ok(a) if a.unchanged => "unchanged",
         Ok(_) => "success",
@@ -161,7 +177,7 @@ pub fn apply(
 fn apply_in_span(
     state: &SharedState,
     text: &str,
-    path: &Path,
+    (path, source): (&Path, &str),
     trigger: &'static str,
     persist: Option<&dyn Fn() -> Result<(), ReloadError>>,
     if_match: Option<&[String]>,
@@ -193,8 +209,7 @@ fn apply_in_span(
         });
     }
     let base = path.parent().unwrap_or(Path::new("."));
-    let source = path.display().to_string();
-    let built = crate::config::load_str(text, &source, base)
+    let built = crate::config::load_str(text, source, base)
         .and_then(|config| {
             let old = state.load();
             let diff = Diff::between(&old.config, &config);

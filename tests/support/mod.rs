@@ -1048,6 +1048,17 @@ impl EtcdServer {
     }
 }
 
+impl EtcdServer {
+    /// Compacts the store's history up to `revision`: a watch from an older one is refused.
+    pub fn compact(&self, revision: i64) {
+        let v = self.call(
+            "/v3/kv/compaction",
+            serde_json::json!({ "revision": revision.to_string(), "physical": true }),
+        );
+        assert!(v.is_some(), "etcd compaction failed");
+    }
+}
+
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.kill();

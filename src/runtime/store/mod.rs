@@ -49,7 +49,7 @@ pub struct ConfigStore {
 }
 
 impl ConfigStore {
-    /// The source name of a document in errors: `etcd /kairos/config@42`.
+    /// The source name of a document in errors: `etcd key /kairos/config revision 42`.
     fn source(&self, revision: i64) -> String {
         format!("etcd key {} revision {revision}", self.etcd.key)
     }
@@ -155,7 +155,7 @@ impl ConfigStore {
             }
         });
         let result = match merged {
-            Ok(text) => reload::apply(state, &text, &self.path, "store", None, None),
+            Ok(text) => reload::apply_named(state, &text, &self.path, &source, "store", None, None),
             Err(e) => {
                 let first = e.errors.first().map(|x| x.to_string()).unwrap_or_default();
                 reload::record_failure(
