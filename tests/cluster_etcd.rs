@@ -3,7 +3,8 @@
 //! one instance is served by all three within 1 s; a PUT that lost the race gets 412; an
 //! invalid document in etcd is refused by every instance while the last good one serves;
 //! etcd down for 10 s fails no request, and the next change arrives after it returns; a
-//! watch cut across a compaction reads the key again.
+//! watch cut across a compaction reads the key again; etcd over TLS with a client
+//! certificate, and with auth enabled (user and password), is followed and written.
 
 mod support;
 
@@ -380,4 +381,87 @@ fn a_watch_cut_across_a_compaction_reads_the_key_again() {
         .iter()
         .any(|l| l.contains("compacted past the watch")));
     assert!(gw.stop());
+}
+
+/// Starts a gateway on `store`, waits for `path` to be served from the key's document, then
+/// writes a new document through it and waits for that one.
+fn follows_and_writes(gw: &GatewayProcess, upstream: &Upstream, path: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || code(gw, path) == 200),
+        "{}",
+        status(gw)
+    );
+    let (_, etag) = get_config(gw);
+    let (s, _, body) = put_config(gw, &document(&upstream.url(), &[path, "/written"]), &etag);
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(code(gw, "/written"), 200);
+    assert_eq!(status(gw)["config_store"], "ok");
+}
+
+#[test]
+fn etcd_over_tls_with_a_client_certificate() {
+    let upstream = Upstream::start_ok();
+    let etcd = EtcdServer::start_tls();
+    let key = "/kairos/tls";
+    etcd.put(key, &document(&upstream.url(), &["/tls"]).to_string());
+    let file = |n: &str| etcd.tls_file(n).display().to_string();
+    let store = json!({
+        "type": "etcd", "endpoints": [etcd.url()], "key": key,
+        "tls": { "ca_file": file("ca.pem"), "cert_file": file("client.pem"), "key_file": file("client.key") },
+    });
+    let mut gw = GatewayProcess::start_with_store_config(store, TOKEN, &[]);
+    follows_and_writes(&gw, &upstream, "/tls");
+
+    // Without the client certificate etcd refuses the handshake: nothing is applied, and
+    // the status says why.
+    let store = json!({
+        "type": "etcd", "endpoints": [etcd.url()], "key": key,
+        "tls": { "ca_file": file("ca.pem") },
+    });
+    let mut refused = GatewayProcess::start_with_store_config(store, TOKEN, &[]);
+    assert!(wait_until(Duration::from_secs(5), || {
+        status(&refused)["config_store_error"].is_string()
+    }));
+    let st = status(&refused);
+    assert_eq!(st["config_store"], "unreachable", "{st}");
+    assert!(st["config_revision"].is_null());
+    assert_eq!(code(&refused, "/tls"), 404);
+    assert!(gw.stop());
+    assert!(refused.stop());
+}
+
+#[test]
+fn etcd_with_auth_enabled_takes_a_user_and_password() {
+    const PASSWORD: &str = "etcd-root-password-4711";
+    let upstream = Upstream::start_ok();
+    let mut etcd = EtcdServer::start();
+    let key = "/kairos/auth";
+    etcd.put(key, &document(&upstream.url(), &["/auth"]).to_string());
+    etcd.enable_auth(PASSWORD);
+    let store = json!({
+        "type": "etcd", "endpoints": [etcd.url()], "key": key,
+        "username": "root", "password": "${ETCD_PASSWORD}",
+    });
+    let mut gw = GatewayProcess::start_with_store_config(
+        store.clone(),
+        TOKEN,
+        &[("ETCD_PASSWORD", PASSWORD)],
+    );
+    follows_and_writes(&gw, &upstream, "/auth");
+
+    // A wrong password: refused, said in the status; neither password is ever logged.
+    const WRONG: &str = "not-the-etcd-password-0815";
+    let mut refused =
+        GatewayProcess::start_with_store_config(store, TOKEN, &[("ETCD_PASSWORD", WRONG)]);
+    assert!(wait_until(Duration::from_secs(5), || {
+        status(&refused)["config_store_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused access"))
+    }));
+    assert!(status(&refused)["config_revision"].is_null());
+    assert!(gw.stop());
+    assert!(refused.stop());
+    for line in gw.logs().iter().chain(refused.logs().iter()) {
+        assert!(!line.contains(PASSWORD) && !line.contains(WRONG), "{line}");
+    }
 }

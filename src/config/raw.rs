@@ -86,6 +86,25 @@ pub struct RawConfigStore {
     pub key: String,
     /// Longest wait for one call to etcd (default "2s"; the watch itself has none).
     pub timeout: Option<DurationStr>,
+    /// An etcd user (etcd's auth enabled); needs `password`.
+    pub username: Option<String>,
+    /// The user's password; write it as "${ETCD_PASSWORD}".
+    pub password: Option<String>,
+    /// TLS to https:// endpoints: the CA to trust instead of the Mozilla root set, and a
+    /// client certificate when etcd asks for one (`--client-cert-auth`).
+    pub tls: Option<RawStoreTls>,
+}
+
+/// TLS settings of the config store's client (paths relative to the config file).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoreTls {
+    /// PEM file of the CA certificates that sign etcd's server certificate.
+    pub ca_file: Option<String>,
+    /// PEM file of the client certificate (chain) presented to etcd; needs `key_file`.
+    pub cert_file: Option<String>,
+    /// PEM file of the client certificate's private key.
+    pub key_file: Option<String>,
 }
 
 /// The response cache: where answers are stored and the defaults of every cached route.

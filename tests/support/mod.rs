@@ -949,28 +949,92 @@ pub fn free_port() -> u16 {
 
 /// A real single-member etcd (Debian's etcd-server) on free loopback ports with a temp data
 /// directory; stopped on drop. `kill` and `restart` (same ports, same data) simulate an outage.
+/// `start_tls` serves https with a test CA and asks clients for a certificate.
 pub struct EtcdServer {
     pub client_port: u16,
     peer_port: u16,
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
+    tls: bool,
+    /// The auth token, once `enable_auth` has run.
+    token: Option<String>,
 }
 
 impl EtcdServer {
     pub fn start() -> EtcdServer {
+        Self::start_with(false)
+    }
+
+    /// etcd on https, its certificate and the client's signed by a test CA (files in
+    /// [`EtcdServer::tls_file`]: ca.pem, client.pem, client.key), `--client-cert-auth` on.
+    pub fn start_tls() -> EtcdServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> EtcdServer {
         let mut e = EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
+            tls,
+            token: None,
         };
+        if tls {
+            e.write_certs();
+        }
         e.restart();
         e
     }
 
+    /// A file of the test PKI (`start_tls`).
+    pub fn tls_file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_certs(&self) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "kairos test etcd CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>, cn: &str, usage: Vec<ExtendedKeyUsagePurpose>| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = usage;
+            let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            "etcd",
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client, client_key) =
+            leaf(vec![], "kairos", vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        for (name, pem) in [
+            ("ca.pem", ca_cert.pem()),
+            ("server.pem", server),
+            ("server.key", server_key),
+            ("client.pem", client),
+            ("client.key", client_key),
+        ] {
+            std::fs::write(self.tls_file(name), pem).unwrap();
+        }
+    }
+
     /// The client URL, as `cluster.config_store.endpoints` takes it.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Starts (again) on the same ports and data directory; waits until it answers a read.
@@ -978,8 +1042,8 @@ impl EtcdServer {
         assert!(self.child.is_none(), "already running");
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = std::process::Command::new("etcd")
-            .arg("--name")
+        let mut cmd = std::process::Command::new("etcd");
+        cmd.arg("--name")
             .arg("kairos-test")
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
@@ -996,7 +1060,17 @@ impl EtcdServer {
                 &peer,
             ])
             .arg("--initial-cluster")
-            .arg(format!("kairos-test={peer}"))
+            .arg(format!("kairos-test={peer}"));
+        if self.tls {
+            cmd.arg("--cert-file")
+                .arg(self.tls_file("server.pem"))
+                .arg("--key-file")
+                .arg(self.tls_file("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(self.tls_file("ca.pem"))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -1016,13 +1090,40 @@ impl EtcdServer {
         }
     }
 
+    /// A client for the test's own calls (the test CA and client certificate with TLS).
+    fn client(&self) -> reqwest::blocking::Client {
+        install_crypto_provider();
+        let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2));
+        if self.tls {
+            let pem = |n: &str| std::fs::read(self.tls_file(n)).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut pem("ca.pem").as_slice()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let certs: Vec<_> = rustls_pemfile::certs(&mut pem("client.pem").as_slice())
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls_pemfile::private_key(&mut pem("client.key").as_slice())
+                .unwrap()
+                .unwrap();
+            let cfg = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(certs, key)
+                .unwrap();
+            b = b.use_preconfigured_tls(cfg);
+        }
+        b.build().unwrap()
+    }
+
     fn call(&self, path: &str, body: serde_json::Value) -> Option<serde_json::Value> {
-        let res = blocking_client()
+        let mut req = self
+            .client()
             .post(format!("{}{path}", self.url()))
-            .timeout(Duration::from_secs(2))
-            .body(body.to_string())
-            .send()
-            .ok()?;
+            .body(body.to_string());
+        if let Some(t) = &self.token {
+            req = req.header("authorization", t);
+        }
+        let res = req.send().ok()?;
         res.status().is_success().then(|| res.json().ok()).flatten()
     }
 
@@ -1046,9 +1147,33 @@ impl EtcdServer {
             .and_then(|r| r.parse().ok())
             .expect("revision")
     }
-}
 
-impl EtcdServer {
+    /// Turns etcd's auth on with the user `root` (role root) and `password`; later calls of
+    /// the test authenticate as root.
+    pub fn enable_auth(&mut self, password: &str) {
+        use serde_json::json;
+        let steps = [
+            (
+                "/v3/auth/user/add",
+                json!({ "name": "root", "password": password }),
+            ),
+            (
+                "/v3/auth/user/grant",
+                json!({ "user": "root", "role": "root" }),
+            ),
+            ("/v3/auth/enable", json!({})),
+        ];
+        for (path, body) in steps {
+            assert!(self.call(path, body).is_some(), "etcd {path} failed");
+        }
+        let v = self
+            .call(
+                "/v3/auth/authenticate",
+                json!({ "name": "root", "password": password }),
+            )
+            .expect("etcd authenticate");
+        self.token = v["token"].as_str().map(str::to_string);
+    }
     /// Compacts the store's history up to `revision`: a watch from an older one is refused.
     pub fn compact(&self, revision: i64) {
         let v = self.call(
@@ -1069,13 +1194,24 @@ impl GatewayProcess {
     /// A gateway whose file gives only its own members (server, logging, admin with `token`)
     /// and `cluster.config_store` naming `key` on `etcd`: routes and the rest come from there.
     pub fn start_with_store(etcd: &str, key: &str, token: &str) -> GatewayProcess {
+        let store = serde_json::json!({ "type": "etcd", "endpoints": [etcd], "key": key });
+        Self::start_with_store_config(store, token, &[])
+    }
+
+    /// As [`GatewayProcess::start_with_store`], with the whole `cluster.config_store` object
+    /// (credentials, TLS) and extra environment variables.
+    pub fn start_with_store_config(
+        store: serde_json::Value,
+        token: &str,
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let local = serde_json::json!({
             "version": 1,
             "server": { "workers": 1 },
             "admin": { "token": token },
             "logging": { "access_log": false, "level": "info" },
-            "cluster": { "config_store": { "type": "etcd", "endpoints": [etcd], "key": key } },
+            "cluster": { "config_store": store },
         });
-        Self::start(&local.to_string())
+        Self::start_with_env(&local.to_string(), env)
     }
 }

@@ -154,7 +154,7 @@ pub fn validate(
         .cluster
         .as_ref()
         .and_then(|c| c.config_store.as_ref())
-        .and_then(|s| cluster::config_store(&mut v, s));
+        .and_then(|s| cluster::config_store(&mut v, s, base_dir));
     let compiled = routes::compile(&mut v, &routes);
     if let Some(t) = &mut tenancy {
         tenants::compile(&mut v, t, &routes);

@@ -3,13 +3,16 @@
 //! etcd-rs) generate their code with protoc at build time; this needs no build step.
 //! Keys and values travel base64-encoded, 64-bit numbers as JSON strings (the gateway's
 //! protobuf-to-JSON mapping). Endpoints are tried in order, starting with the last one that
-//! answered.
+//! answered. With `username`/`password` the client exchanges them for a token
+//! (`/v3/auth/authenticate`) and sends it as `Authorization`; https:// endpoints use rustls
+//! with the configured CA and client certificate.
 
-use crate::config::model::ConfigStoreConfig;
+use crate::config::model::{ConfigStoreConfig, StoreTls};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Why a call to etcd failed.
@@ -21,6 +24,9 @@ pub enum EtcdError {
     /// An endpoint answered something else than the API's JSON.
     #[error("etcd answered unexpectedly: {0}")]
     Protocol(String),
+    /// etcd refused the credentials, or asks for some (auth enabled, none configured).
+    #[error("etcd refused access: {0}")]
+    Auth(String),
 }
 
 /// The key's value at a revision.
@@ -67,6 +73,11 @@ pub struct Etcd {
     key_b64: String,
     pub key: String,
     timeout: Duration,
+    /// User and password, exchanged for a token (never logged).
+    credentials: Option<(String, String)>,
+    tls: StoreTls,
+    /// The auth token in use (etcd's auth enabled).
+    token: Mutex<Option<String>>,
     /// The endpoint to try first.
     preferred: AtomicUsize,
 }
@@ -78,28 +89,137 @@ impl Etcd {
             key_b64: B64.encode(cfg.key.as_bytes()),
             key: cfg.key.clone(),
             timeout: cfg.timeout,
+            credentials: cfg.credentials.clone(),
+            tls: cfg.tls.clone(),
+            token: Mutex::new(None),
             preferred: AtomicUsize::new(0),
         }
     }
 
     /// An HTTP client for these calls (no proxy from the environment: etcd is local to the
-    /// deployment).
-    pub fn client() -> Result<reqwest::Client, EtcdError> {
+    /// deployment), with the TLS settings for https:// endpoints.
+    pub fn client(&self) -> Result<reqwest::Client, EtcdError> {
         crate::base::tls::install_crypto_provider();
-        reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
-            .tcp_keepalive(Duration::from_secs(10))
+            .tcp_keepalive(Duration::from_secs(10));
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) {
+            builder = builder.use_preconfigured_tls(self.tls_config()?);
+        }
+        builder
             .build()
             .map_err(|e| EtcdError::Protocol(format!("cannot build an HTTP client: {e}")))
     }
 
-    /// POSTs `body` to `path` on the first endpoint that answers; its JSON answer.
+    /// rustls settings: the CA file's certificates (else the Mozilla root set) and the
+    /// client certificate, read from their files now.
+    fn tls_config(&self) -> Result<rustls::ClientConfig, EtcdError> {
+        let fail = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+            EtcdError::Protocol(format!("TLS {what} {}: {e}", path.display()))
+        };
+        let certs = |path: &std::path::Path| -> Result<Vec<_>, EtcdError> {
+            let pem = std::fs::read(path).map_err(|e| fail("file", path, &e))?;
+            rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail("file", path, &e))
+        };
+        let roots = match &self.tls.ca_file {
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs(path)? {
+                    roots.add(c).map_err(|e| fail("CA", path, &e))?;
+                }
+                roots
+            }
+            None => rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| EtcdError::Protocol(format!("TLS: {e}")))?
+        .with_root_certificates(roots);
+        let mut cfg = match &self.tls.identity {
+            Some((cert, key)) => {
+                let pem = std::fs::read(key).map_err(|e| fail("key file", key, &e))?;
+                let private = rustls_pemfile::private_key(&mut pem.as_slice())
+                    .map_err(|e| fail("key file", key, &e))?
+                    .ok_or_else(|| fail("key file", key, &"no private key"))?;
+                builder
+                    .with_client_auth_cert(certs(cert)?, private)
+                    .map_err(|e| fail("client certificate", cert, &e))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+
+    /// The `Authorization` header value: the token, fetched first when there are
+    /// credentials and no token yet.
+    async fn token(&self, client: &reqwest::Client) -> Result<Option<String>, EtcdError> {
+        if self.credentials.is_none() {
+            return Ok(None);
+        }
+        if let Some(t) = lock(&self.token).clone() {
+            return Ok(Some(t));
+        }
+        self.authenticate(client).await.map(Some)
+    }
+
+    /// Exchanges the user and password for a token (etcd's simple tokens expire after a
+    /// while unused; a 401 makes the caller authenticate again).
+    async fn authenticate(&self, client: &reqwest::Client) -> Result<String, EtcdError> {
+        let Some((name, password)) = &self.credentials else {
+            return Err(EtcdError::Auth(
+                "etcd asks for credentials and none are configured".into(),
+            ));
+        };
+        let body = json!({ "name": name, "password": password });
+        let v = match self
+            .call_once(client, "/v3/auth/authenticate", &body, None)
+            .await
+        {
+            Ok(v) => v,
+            Err(EtcdError::Protocol(m)) => return Err(EtcdError::Auth(m)),
+            Err(e) => return Err(e),
+        };
+        let token = v["token"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| EtcdError::Auth("no token in etcd's answer".into()))?
+            .to_string();
+        *lock(&self.token) = Some(token.clone());
+        Ok(token)
+    }
+
+    /// POSTs `body` to `path` with the token, authenticating again once if etcd refuses it.
     async fn call(
         &self,
         client: &reqwest::Client,
         path: &str,
         body: &Value,
+    ) -> Result<Value, EtcdError> {
+        let token = self.token(client).await?;
+        match self.call_once(client, path, body, token.as_deref()).await {
+            Err(EtcdError::Auth(_)) if self.credentials.is_some() => {
+                let token = self.authenticate(client).await?;
+                self.call_once(client, path, body, Some(&token)).await
+            }
+            other => other,
+        }
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers; its JSON answer.
+    async fn call_once(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
     ) -> Result<Value, EtcdError> {
         let n = self.endpoints.len().max(1);
         let first = self.preferred.load(Ordering::Relaxed);
@@ -109,13 +229,15 @@ impl Etcd {
             let Some(base) = self.endpoints.get(idx) else {
                 break;
             };
-            let res = client
+            let mut req = client
                 .post(format!("{base}{path}"))
                 .timeout(self.timeout)
                 .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await;
+                .body(body.to_string());
+            if let Some(t) = token {
+                req = req.header("authorization", t);
+            }
+            let res = req.send().await;
             let res = match res {
                 Ok(r) => r,
                 Err(e) => {
@@ -140,6 +262,12 @@ impl Etcd {
                 continue;
             }
             self.preferred.store(idx, Ordering::Relaxed);
+            if matches!(status.as_u16(), 401 | 403) {
+                return Err(EtcdError::Auth(format!(
+                    "{base}: {status}: {}",
+                    short(&text)
+                )));
+            }
             if !status.is_success() {
                 return Err(EtcdError::Protocol(format!(
                     "{base}: {status}: {}",
@@ -192,7 +320,7 @@ impl Etcd {
         expected: Option<i64>,
     ) -> Result<Written, EtcdError> {
         block_on(async {
-            let client = Self::client()?;
+            let client = self.client()?;
             self.put_if(&client, value, expected).await
         })
     }
@@ -200,13 +328,29 @@ impl Etcd {
     /// As [`Etcd::get`], from a thread that is not in an async runtime.
     pub fn get_blocking(&self) -> Result<Read, EtcdError> {
         block_on(async {
-            let client = Self::client()?;
+            let client = self.client()?;
             self.get(&client).await
         })
     }
 
     /// Starts watching the key from revision `from` (inclusive).
     pub async fn watch(&self, client: &reqwest::Client, from: i64) -> Result<Watch, EtcdError> {
+        let token = self.token(client).await?;
+        match self.watch_once(client, from, token.as_deref()).await {
+            Err(EtcdError::Auth(_)) if self.credentials.is_some() => {
+                let token = self.authenticate(client).await?;
+                self.watch_once(client, from, Some(&token)).await
+            }
+            other => other,
+        }
+    }
+
+    async fn watch_once(
+        &self,
+        client: &reqwest::Client,
+        from: i64,
+        token: Option<&str>,
+    ) -> Result<Watch, EtcdError> {
         let body = json!({ "create_request": {
             "key": self.key_b64, "start_revision": from.to_string(),
         }});
@@ -219,13 +363,14 @@ impl Etcd {
                 break;
             };
             // No overall timeout: the answer is a stream that lasts as long as the watch.
-            match client
+            let mut req = client
                 .post(format!("{base}/v3/watch"))
                 .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-            {
+                .body(body.to_string());
+            if let Some(t) = token {
+                req = req.header("authorization", t);
+            }
+            match req.send().await {
                 Ok(res) if res.status().is_success() => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return Ok(Watch {
@@ -233,6 +378,9 @@ impl Etcd {
                         buf: Vec::new(),
                         base: base.clone(),
                     });
+                }
+                Ok(res) if matches!(res.status().as_u16(), 401 | 403) => {
+                    return Err(EtcdError::Auth(format!("{base}: watch: {}", res.status())))
                 }
                 Ok(res) => {
                     last = EtcdError::Unreachable(format!("{base}: watch: {}", res.status()))
@@ -308,6 +456,10 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, EtcdError>>) -> Re
         .build()
         .map_err(|e| EtcdError::Protocol(format!("cannot start a runtime: {e}")))?
         .block_on(f)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn short(text: &str) -> String {

@@ -278,14 +278,19 @@ pub fn start(
 
 /// Reads the key, then watches it from the next revision, for as long as the process runs.
 async fn follow(state: Arc<SharedState>, store: Arc<ConfigStore>) {
-    let client = match Etcd::client() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "the config store client did not start");
-            return;
-        }
-    };
     let mut backoff = Duration::from_millis(100);
+    // The client (its TLS files read) until it can be built.
+    let client = loop {
+        match store.etcd.client() {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::error!(error = %e, "the config store client cannot be built; trying again");
+                store.set_reachable(&state, false, Some(e.to_string()));
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    };
     // The revision to watch from; none until the key is read (at start, after a compaction).
     let mut from: Option<i64> = None;
     loop {
