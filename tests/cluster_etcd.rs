@@ -185,9 +185,32 @@ fn three_instances_follow_one_etcd_key() {
         &gw3,
     ]);
     assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config store revision"));
     for gw in &gws {
         assert!(wait_until(Duration::from_secs(1), || code(gw, "/three") == 200));
         assert_eq!(code(gw, "/two"), 404);
+    }
+
+    // A tenant added through instance 2's tenant API edits the shared document the same way
+    // (a compare-and-swap on the revision it read): every instance has it.
+    let res = blocking_client()
+        .put(gws[1].url("/_kairos/tenants/acme"))
+        .bearer_auth(TOKEN)
+        .body(json!({ "hosts": ["acme.example.com"] }).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().unwrap_or_default());
+    for gw in &gws {
+        assert!(wait_until(Duration::from_secs(1), || {
+            let list: Value = blocking_client()
+                .get(gw.url("/_kairos/tenants"))
+                .bearer_auth(TOKEN)
+                .send()
+                .and_then(|r| r.json())
+                .unwrap_or(Value::Null);
+            list["tenants"][0]["id"] == "acme"
+        }));
+        assert_eq!(code(gw, "/three"), 200);
     }
     let good = status(&gws[0])["config_revision"].as_i64().unwrap();
 
