@@ -3,7 +3,7 @@
 //! one instance is served by all three within 1 s; a PUT that lost the race gets 412; an
 //! invalid document in etcd is refused by every instance while the last good one serves;
 //! etcd down for 10 s fails no request, and the next change arrives after it returns; a
-//! watch cut across a compaction reads the key again; etcd over TLS with a client
+//! watch cut across a compaction reads the key again; a frozen etcd is noticed; etcd over TLS with a client
 //! certificate, and with auth enabled (user and password), is followed and written.
 
 mod support;
@@ -487,4 +487,39 @@ fn etcd_with_auth_enabled_takes_a_user_and_password() {
     for line in gw.logs().iter().chain(refused.logs().iter()) {
         assert!(!line.contains(PASSWORD) && !line.contains(WRONG), "{line}");
     }
+}
+
+#[test]
+fn a_frozen_etcd_is_noticed_while_serving_goes_on() {
+    let upstream = Upstream::start_ok();
+    let etcd = EtcdServer::start();
+    let key = "/kairos/frozen";
+    etcd.put(key, &document(&upstream.url(), &["/x"]).to_string());
+    let mut gw = GatewayProcess::start_with_store(&etcd.url(), key, TOKEN);
+    assert!(wait_until(Duration::from_secs(5), || code(&gw, "/x") == 200));
+    assert!(wait_until(Duration::from_secs(2), || status(&gw)
+        ["config_store"]
+        == "ok"));
+    // SIGSTOP: the watch's connection stays open and silent; the probe notices.
+    etcd.pause();
+    let paused = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(12), || status(&gw)["config_store"]
+            == "unreachable"),
+        "{}",
+        status(&gw)
+    );
+    println!(
+        "a frozen etcd reported unreachable after {:?}",
+        paused.elapsed()
+    );
+    assert_eq!(code(&gw, "/x"), 200);
+    assert_eq!(metric_of(&gw, "kairos_config_store_up"), Some(0.0));
+    etcd.resume();
+    assert!(wait_until(Duration::from_secs(8), || status(&gw)
+        ["config_store"]
+        == "ok"));
+    etcd.put(key, &document(&upstream.url(), &["/y"]).to_string());
+    assert!(wait_until(Duration::from_secs(2), || code(&gw, "/y") == 200));
+    assert!(gw.stop());
 }

@@ -1174,6 +1174,25 @@ impl EtcdServer {
             .expect("etcd authenticate");
         self.token = v["token"].as_str().map(str::to_string);
     }
+    /// SIGSTOP: connections stay open but nothing is answered (`resume` with SIGCONT).
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
     /// Compacts the store's history up to `revision`: a watch from an older one is refused.
     pub fn compact(&self, revision: i64) {
         let v = self.call(
@@ -1186,6 +1205,13 @@ impl EtcdServer {
 
 impl Drop for EtcdServer {
     fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A paused etcd is resumed first, so that the kill ends it.
+            let _ = std::process::Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status();
+        }
         self.kill();
     }
 }

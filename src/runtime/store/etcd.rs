@@ -288,6 +288,18 @@ impl Etcd {
         parse_range(&v)
     }
 
+    /// Asks etcd for the key's count only: a cheap sign of life while a watch is idle (a
+    /// frozen etcd keeps its connections open and says nothing).
+    pub async fn probe(&self, client: &reqwest::Client) -> Result<(), EtcdError> {
+        self.call(
+            client,
+            "/v3/kv/range",
+            &json!({ "key": self.key_b64, "count_only": true }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Writes `value` if the key's mod revision is `expected` (0: the key does not exist),
     /// or unconditionally when `expected` is `None`.
     pub async fn put_if(
@@ -370,7 +382,16 @@ impl Etcd {
             if let Some(t) = token {
                 req = req.header("authorization", t);
             }
-            match req.send().await {
+            // The answer's head comes with the watch's first message: a member that does not
+            // send it within the call timeout is passed over like an unreachable one.
+            let sent = match tokio::time::timeout(self.timeout, req.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    last = EtcdError::Unreachable(format!("{base}: watch: no answer"));
+                    continue;
+                }
+            };
+            match sent {
                 Ok(res) if res.status().is_success() => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return Ok(Watch {

@@ -19,6 +19,10 @@ use std::time::Duration;
 /// Longest wait between two attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How often a watching instance checks that etcd still answers (a frozen etcd keeps the
+/// watch's connection open); a failed check drops the watch and reconnects.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
 /// What `/_kairos/status` tells of the store.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StoreStatus {
@@ -338,8 +342,19 @@ async fn follow_once(
         }
     };
     let mut watch = store.etcd.watch(client, start).await?;
+    let mut probe = tokio::time::interval(PROBE_EVERY);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    probe.tick().await;
     loop {
-        match watch.next().await? {
+        // Reading the stream is cancel-safe (a chunk not yet taken stays in the body).
+        let msg = tokio::select! {
+            msg = watch.next() => msg?,
+            _ = probe.tick() => {
+                store.etcd.probe(client).await?;
+                continue;
+            }
+        };
+        match msg {
             WatchMsg::Created => store.set_reachable(state, true, None),
             WatchMsg::Events(events) => {
                 for (revision, value) in events {
