@@ -340,6 +340,19 @@ fn an_instance_file_with_shared_members_is_refused_and_a_store_without_the_key_k
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("`routes` comes from the config store"));
 
+    // Bootstrap with etcd unreachable: exit 3, nothing written.
+    let whole = dir.path().join("whole.json");
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let file = json!({
+        "admin": { "token": TOKEN },
+        "routes": [],
+        "cluster": { "config_store": { "type": "etcd", "endpoints": [closed], "key": KEY } },
+    });
+    std::fs::write(&whole, file.to_string()).unwrap();
+    let out = cli(&["cluster", "bootstrap", "--config", whole.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("etcd unreachable"));
+
     // An empty key: the instance runs, answers 404 and is not ready until a document comes.
     let mut gw = GatewayProcess::start_with_store(&etcd.url(), "/kairos/empty", TOKEN);
     assert!(wait_until(Duration::from_secs(5), || status(&gw)
@@ -365,6 +378,16 @@ fn an_instance_file_with_shared_members_is_refused_and_a_store_without_the_key_k
         .send()
         .unwrap();
     assert_eq!(ready.status(), 200);
+    // A document referencing a variable the instance's file does not allow is refused (a
+    // writer of the key cannot pull the gateway's environment into a route).
+    let mut leaky = document(&upstream.url(), &["/leak"]);
+    leaky["routes"][0]["rewrite"] = json!("/${HOME}");
+    etcd.put("/kairos/empty", &leaky.to_string());
+    assert!(wait_until(Duration::from_secs(2), || status(&gw)
+        ["config_store_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("`HOME` may not be referenced"))));
+    assert_eq!(code(&gw, "/leak"), 404);
     // A document carrying an instance's own member is refused.
     etcd.put("/kairos/empty", r#"{"admin": {"token": "taken-over"}}"#);
     assert!(wait_until(Duration::from_secs(2), || status(&gw)
