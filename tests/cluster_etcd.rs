@@ -546,3 +546,17 @@ fn a_frozen_etcd_is_noticed_while_serving_goes_on() {
     assert!(wait_until(Duration::from_secs(2), || code(&gw, "/y") == 200));
     assert!(gw.stop());
 }
+
+#[test]
+fn the_instance_file_example_is_valid_and_gives_only_its_own_members() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cluster-instance.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let env = |k: &str| (k == "KAIROS_ADMIN_TOKEN").then(|| TOKEN.to_string());
+    let cfg =
+        kairos_rs::config::load_str_with_env(&text, path, std::path::Path::new("config"), &env)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let store = cfg.config_store.expect("a config store");
+    assert_eq!(store.endpoints, ["http://127.0.0.1:2379"]);
+    assert_eq!(store.key, "/kairos/config");
+    assert!(kairos_rs::config::cluster::local_errors(&text).is_empty());
+}
