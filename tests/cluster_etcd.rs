@@ -219,6 +219,7 @@ fn three_instances_follow_one_etcd_key() {
     let bad = json!({ "routes": [{ "name": "x", "path": "/bad", "upstream": "missing" }] });
     let bad_rev = etcd.put(KEY, &bad.to_string());
     for gw in &gws {
+        // The revision seen and the refusal are shown together.
         assert!(
             wait_until(Duration::from_secs(2), || status(gw)["store_revision"]
                 == bad_rev),

@@ -5,6 +5,7 @@
 //! `src/admin/openapi.json`, served at `/_kairos/openapi.json`.
 
 pub mod cache;
+mod cluster;
 pub mod render;
 mod tenants;
 
@@ -422,7 +423,7 @@ async fn apply_put(
         );
     };
     if let Some(store) = state.store() {
-        return store_put(&req, state, store.clone(), text, if_match).await;
+        return cluster::put(&req, state, store.clone(), text, if_match).await;
     }
     let st = state.clone();
     let result = crate::runtime::on_reload_thread(move || {
@@ -434,86 +435,46 @@ async fn apply_put(
         Ok(Ok(applied)) => {
             HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
         }
-        Ok(Err(reload::ReloadError::Persist(message))) => api_error(
-            &req,
+        Ok(Err(e)) => write_refused(&req, e),
+        Err(_) => reload_crashed(&req),
+    }
+}
+
+/// The answer to a config write that did not take effect (nothing changed either way): 400
+/// with the errors, 412 with the current ETag when the config (or the store's key) changed
+/// since the caller read it, 500 when the file could not be written, 503 when the config
+/// store could not be.
+fn write_refused(req: &HttpRequest, e: reload::ReloadError) -> HttpResponse {
+    let changed = |tag: String, message: &str| {
+        let mut res = api_error(
+            req,
+            actix_web::http::StatusCode::PRECONDITION_FAILED,
+            "config_changed",
+            message,
+            None,
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&etag(&tag)) {
+            res.headers_mut().insert(header::ETAG, v);
+        }
+        res
+    };
+    match e {
+        reload::ReloadError::Invalid(e) => invalid_config(req, &e),
+        reload::ReloadError::Stale(current) => changed(
+            current,
+            "the config changed since it was read (If-Match does not match its ETag); nothing was changed: read it again",
+        ),
+        reload::ReloadError::Conflict(revision) => changed(
+            revision.to_string(),
+            "the shared config changed since it was read (If-Match does not match the store's revision); nothing was changed: read it again",
+        ),
+        reload::ReloadError::Persist(message) => api_error(
+            req,
             actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
             "config_persist_failed",
             &message.to_string(),
             None,
         ),
-        Ok(Err(reload::ReloadError::Invalid(e))) => invalid_config(&req, &e),
-        Ok(Err(reload::ReloadError::Stale(current))) => {
-            let mut res = api_error(
-                &req,
-                actix_web::http::StatusCode::PRECONDITION_FAILED,
-                "config_changed",
-                "the config changed since it was read (If-Match does not match its ETag); nothing was changed: read it again",
-                None,
-            );
-            if let Ok(v) = header::HeaderValue::from_str(&etag(&current)) {
-                res.headers_mut().insert(header::ETAG, v);
-            }
-            res
-        }
-        // Only a config store's write gives these.
-        Ok(Err(e @ (reload::ReloadError::Conflict(_) | reload::ReloadError::Store(_)))) => {
-            store_refused(&req, e)
-        }
-        Err(_) => reload_crashed(&req),
-    }
-}
-
-/// A PUT with a config store: the body is the shared document, validated here with this
-/// instance's own members, written to the store as a compare-and-swap on the revision
-/// `If-Match` names (412 when the key moved on), then applied here; the other instances
-/// apply it from their watch.
-async fn store_put(
-    req: &HttpRequest,
-    state: &web::Data<SharedState>,
-    store: std::sync::Arc<crate::runtime::store::ConfigStore>,
-    text: String,
-    if_match: Option<Vec<String>>,
-) -> HttpResponse {
-    // Without If-Match the write is unconditional, as for a file; a tag that is not a
-    // revision of this key can never match.
-    let expected = match if_match {
-        None => None,
-        Some(tags) => match tags.iter().find_map(|t| t.parse::<i64>().ok()) {
-            Some(rev) => Some(rev),
-            None => Some(-1),
-        },
-    };
-    let st = state.clone();
-    let result = crate::runtime::on_reload_thread(move || store.write(&st, &text, expected)).await;
-    match result {
-        Ok(Ok((applied, revision))) => HttpResponse::Ok()
-            .insert_header((header::ETAG, etag(&revision.to_string())))
-            .json(serde_json::json!({
-                "result": "success", "applied": applied, "revision": revision,
-            })),
-        Ok(Err(reload::ReloadError::Invalid(e))) => invalid_config(req, &e),
-        Ok(Err(e)) => store_refused(req, e),
-        Err(_) => reload_crashed(req),
-    }
-}
-
-/// The answer to a config store write that did not happen: 412 with the key's revision as
-/// the ETag when another write came first, 503 when the store is unreachable.
-fn store_refused(req: &HttpRequest, e: reload::ReloadError) -> HttpResponse {
-    match e {
-        reload::ReloadError::Conflict(current) => {
-            let mut res = api_error(
-                req,
-                actix_web::http::StatusCode::PRECONDITION_FAILED,
-                "config_changed",
-                "the shared config changed since it was read (If-Match does not match the store's revision); nothing was changed: read it again",
-                None,
-            );
-            if let Ok(v) = header::HeaderValue::from_str(&etag(&current.to_string())) {
-                res.headers_mut().insert(header::ETAG, v);
-            }
-            res
-        }
         reload::ReloadError::Store(message) => {
             tracing::warn!(
                 error = message.as_str(),
@@ -526,27 +487,6 @@ fn store_refused(req: &HttpRequest, e: reload::ReloadError) -> HttpResponse {
                 "the config store could not be written; nothing was changed (see the log)",
                 None,
             )
-        }
-        reload::ReloadError::Invalid(e) => invalid_config(req, &e),
-        reload::ReloadError::Persist(m) => api_error(
-            req,
-            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "config_persist_failed",
-            &m.to_string(),
-            None,
-        ),
-        reload::ReloadError::Stale(current) => {
-            let mut res = api_error(
-                req,
-                actix_web::http::StatusCode::PRECONDITION_FAILED,
-                "config_changed",
-                "the config changed since it was read; nothing was changed: read it again",
-                None,
-            );
-            if let Ok(v) = header::HeaderValue::from_str(&etag(&current)) {
-                res.headers_mut().insert(header::ETAG, v);
-            }
-            res
         }
     }
 }
@@ -634,8 +574,8 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let Some((text, hash)) = config_view(&state) else {
-        return store_pending(&req);
+    let Some((text, hash)) = cluster::config_view(&state) else {
+        return cluster::pending(&req);
     };
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(mut v) => {
@@ -652,29 +592,6 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
             None,
         ),
     }
-}
-
-/// The config an edit starts from and its ETag: the file's text and hash, or with a config
-/// store the shared document in effect and the key's latest revision (`None` before the
-/// first document).
-pub(crate) fn config_view(state: &SharedState) -> Option<(std::sync::Arc<str>, String)> {
-    match state.store() {
-        Some(store) => store
-            .document()
-            .map(|(doc, revision)| (doc, revision.to_string())),
-        None => Some(state.config_text_and_hash()),
-    }
-}
-
-/// 503: no shared config from the store yet.
-pub(crate) fn store_pending(req: &HttpRequest) -> HttpResponse {
-    api_error(
-        req,
-        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-        "config_store_pending",
-        "no shared config from the config store yet (see /_kairos/status)",
-        None,
-    )
 }
 
 /// Replaces secrets with `<redacted>`: JWT secrets, the admin token, API keys and their

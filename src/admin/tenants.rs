@@ -15,8 +15,8 @@ const MAX_USAGE_DAYS: i64 = 366;
 
 /// The config in effect as JSON, and its hash.
 fn current(req: &HttpRequest, state: &SharedState) -> Result<(Value, String), Box<HttpResponse>> {
-    let Some((text, hash)) = super::config_view(state) else {
-        return Err(Box::new(super::store_pending(req)));
+    let Some((text, hash)) = super::cluster::config_view(state) else {
+        return Err(Box::new(super::cluster::pending(req)));
     };
     match serde_json::from_str::<Value>(&text) {
         Ok(v) => Ok((v, hash)),

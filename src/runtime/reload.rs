@@ -126,8 +126,10 @@ fn reload_span(trigger: &'static str) -> tracing::Span {
 }
 
 /// Validates `text` (as if it were the file at `path`) and applies it. `persist`, when
-/// given, runs after the new runtime is built and before it is swapped in; its failure
-/// (say, a full disk) leaves everything as it was. `if_match`, when given, lists the config
+/// given, runs after the new runtime is built and just before it is swapped in (the file
+/// write, the config store's compare-and-swap, the store revision recorded); its failure
+/// (say, a full disk, a lost race) leaves everything as it was. It runs also when the text
+/// is the one in effect (nothing is rebuilt then). `if_match`, when given, lists the config
 /// hashes the caller accepts as the one in effect (checked under the reload lock, so two
 /// writers cannot both pass it).
 pub fn apply(

@@ -131,7 +131,17 @@ impl ConfigStore {
         state.metrics.config_revision.set(revision);
     }
 
-    fn refused(&self, error: String) {
+    /// Revision `revision` was refused for `error` (both shown together).
+    fn refused(&self, state: &SharedState, revision: i64, error: String) {
+        let mut inner = lock(&self.inner);
+        inner.status.last_error = Some(error);
+        let seen = inner.status.store_revision.unwrap_or(0).max(revision);
+        inner.status.store_revision = Some(seen);
+        state.metrics.config_store_revision.set(seen);
+    }
+
+    /// A problem that is not about a revision (an empty key).
+    fn problem(&self, error: String) {
         lock(&self.inner).status.last_error = Some(error);
     }
 
@@ -143,8 +153,8 @@ impl ConfigStore {
     /// is not newer than the one in effect, when it does not merge, when it references a
     /// variable the admin API may not, or when it is invalid.
     fn apply_revision(&self, state: &SharedState, document: &str, revision: i64) {
-        self.saw(state, revision);
         if revision <= self.applied_revision() {
+            self.saw(state, revision);
             return;
         }
         let source = self.source(revision);
@@ -159,7 +169,23 @@ impl ConfigStore {
             }
         });
         let result = match merged {
-            Ok(text) => reload::apply_named(state, &text, &self.path, &source, "store", None, None),
+            Ok(text) => {
+                // Recorded as the last step before the swap (nothing fails after it), so
+                // that no one sees the new routes with the old revision.
+                let record = || {
+                    self.applied(state, revision, document);
+                    Ok(())
+                };
+                reload::apply_named(
+                    state,
+                    &text,
+                    &self.path,
+                    &source,
+                    "store",
+                    Some(&record),
+                    None,
+                )
+            }
             Err(e) => {
                 let first = e.errors.first().map(|x| x.to_string()).unwrap_or_default();
                 reload::record_failure(
@@ -176,15 +202,20 @@ impl ConfigStore {
             }
         };
         match result {
-            Ok(_) => {
-                self.applied(state, revision, document);
-                tracing::info!(revision, "config store revision applied");
-            }
+            Ok(_) => tracing::info!(revision, "config store revision applied"),
             Err(ReloadError::Invalid(e)) => {
                 let first = e.errors.first().map(|x| x.to_string()).unwrap_or_default();
-                self.refused(format!("revision {revision} refused: {first}"));
+                self.refused(
+                    state,
+                    revision,
+                    format!("revision {revision} refused: {first}"),
+                );
             }
-            Err(e) => self.refused(format!("revision {revision} not applied: {e:?}")),
+            Err(e) => self.refused(
+                state,
+                revision,
+                format!("revision {revision} not applied: {e:?}"),
+            ),
         }
     }
 
@@ -204,6 +235,8 @@ impl ConfigStore {
         let write = || match self.etcd.put_if_blocking(document, expected) {
             Ok(Written::Done(r)) => {
                 revision.set(r);
+                // The last step before the swap: nothing fails after it.
+                self.applied(state, r, document);
                 Ok(())
             }
             Ok(Written::Conflict(current)) => Err(ReloadError::Conflict(current)),
@@ -213,9 +246,7 @@ impl ConfigStore {
         if let Err(ReloadError::Conflict(current)) = &result {
             self.saw(state, *current);
         }
-        let applied = result?;
-        self.applied(state, revision.get(), document);
-        Ok((applied, revision.get()))
+        Ok((result?, revision.get()))
     }
 }
 
@@ -326,7 +357,7 @@ async fn follow_once(
             match read.kv {
                 Some(kv) => apply(state, store, kv.value, kv.mod_revision).await,
                 None => {
-                    store.refused(format!(
+                    store.problem(format!(
                         "the key {} is empty: write a config with `kairos-rs cluster bootstrap`",
                         store.etcd.key
                     ));
@@ -362,11 +393,14 @@ async fn follow_once(
                     match value {
                         Some(doc) => apply(state, store, doc, revision).await,
                         None => {
-                            store.saw(state, revision);
-                            store.refused(format!(
-                                "the key {} was deleted at revision {revision}; serving the last config",
-                                store.etcd.key
-                            ));
+                            store.refused(
+                                state,
+                                revision,
+                                format!(
+                                    "the key {} was deleted at revision {revision}; serving the last config",
+                                    store.etcd.key
+                                ),
+                            );
                             tracing::error!(
                                 revision,
                                 "the config store key was deleted; the running config stays in effect"
