@@ -298,6 +298,13 @@ fn three_instances_follow_one_etcd_key() {
     println!("etcd down 10 s: {sent} requests, {failed} failed; reconnected {reconnected:?} after the restart");
     assert!(sent > 300, "only {sent} requests sent");
     assert_eq!(failed, 0);
+    // Logged once each way, not at every retry.
+    for gw in &gws {
+        let logs = gw.logs();
+        let count = |m: &str| logs.iter().filter(|l| l.contains(m)).count();
+        assert_eq!(count("config store unreachable"), 1, "{logs:#?}");
+        assert_eq!(count("config store reachable"), 2, "{logs:#?}");
+    }
 
     // The next change, through instance 2 with the store's revision as If-Match.
     let (_, etag) = get_config(&gws[1]);

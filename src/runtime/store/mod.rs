@@ -42,6 +42,8 @@ struct Inner {
     document: Option<Arc<str>>,
     /// The instance's own file text (server, logging, admin, cluster).
     local: String,
+    /// What was last logged: reachable or not (nothing before the first attempt).
+    logged: Option<bool>,
 }
 
 /// The store of one gateway process.
@@ -94,23 +96,26 @@ impl ConfigStore {
         crate::config::cluster::merge(&local, document, source)
     }
 
+    /// Whether etcd answered; a change is logged once (the cause with it), not every retry.
     fn set_reachable(&self, state: &SharedState, ok: bool, error: Option<String>) {
         let mut inner = lock(&self.inner);
-        let was = inner.status.config_store;
         inner.status.config_store = if ok { "ok" } else { "unreachable" };
-        if let Some(e) = error {
-            inner.status.last_error = Some(e);
+        let changed = inner.logged != Some(ok);
+        inner.logged = Some(ok);
+        if let Some(e) = &error {
+            inner.status.last_error = Some(e.clone());
         }
         drop(inner);
         state.metrics.config_store_up.set(i64::from(ok));
-        if was != if ok { "ok" } else { "unreachable" } {
-            match ok {
-                true => tracing::info!(key = self.etcd.key.as_str(), "config store reachable"),
-                false => tracing::warn!(
-                    key = self.etcd.key.as_str(),
-                    "config store unreachable; serving the config in effect, reconnecting"
-                ),
-            }
+        let key = self.etcd.key.as_str();
+        match (changed, ok) {
+            (true, true) => tracing::info!(key, "config store reachable"),
+            (true, false) => tracing::warn!(
+                key,
+                error = error.as_deref().unwrap_or(""),
+                "config store unreachable; serving the config in effect, reconnecting"
+            ),
+            (false, _) => {}
         }
     }
 
@@ -294,6 +299,7 @@ pub fn start(
             },
             document: None,
             local: local_text.to_string(),
+            logged: None,
         }),
     });
     state.set_store(store.clone());
