@@ -249,10 +249,10 @@ impl Etcd {
                 }
             };
             let status = res.status();
-            let text = match res.text().await {
+            let text = match read_capped(res).await {
                 Ok(t) => t,
                 Err(e) => {
-                    last = EtcdError::Unreachable(format!("{base}: {e}"));
+                    last = e;
                     continue;
                 }
             };
@@ -432,6 +432,12 @@ impl Watch {
             if let Some(msg) = self.take_message()? {
                 return Ok(msg);
             }
+            if self.buf.len() > MAX_ANSWER_BYTES {
+                return Err(EtcdError::Protocol(format!(
+                    "{}: a watch message of more than {MAX_ANSWER_BYTES} bytes",
+                    self.base
+                )));
+            }
             match self.res.chunk().await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
                 Ok(None) => {
@@ -468,6 +474,31 @@ impl Watch {
             return parse_watch(&v).map(Some);
         }
     }
+}
+
+/// The largest answer read from etcd: a document of the admin API's 16 MB limit, base64
+/// encoded, with room for the JSON around it.
+const MAX_ANSWER_BYTES: usize = 24 << 20;
+
+/// The body of an answer, refused past [`MAX_ANSWER_BYTES`].
+async fn read_capped(mut res: reqwest::Response) -> Result<String, EtcdError> {
+    let base = res.url().origin().ascii_serialization();
+    let mut body = Vec::new();
+    loop {
+        match res.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(EtcdError::Protocol(format!(
+                        "{base}: an answer of more than {MAX_ANSWER_BYTES} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(EtcdError::Unreachable(format!("{base}: {e}"))),
+        }
+    }
+    String::from_utf8(body).map_err(|_| EtcdError::Protocol(format!("{base}: not UTF-8")))
 }
 
 /// Runs `f` on a runtime of its own (the caller is on no runtime).
