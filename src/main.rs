@@ -5,8 +5,8 @@ use clap::Parser;
 use kairos_rs::cli::demo;
 use kairos_rs::cli::remote::{self, RemoteError};
 use kairos_rs::cli::{
-    CacheCommand, Cli, Command, ConfigCommand, HealthCommand, KeysCommand, MetricsCommand,
-    RoutesCommand, TenantsCommand, UpstreamsCommand,
+    CacheCommand, Cli, ClusterCommand, Command, ConfigCommand, HealthCommand, KeysCommand,
+    MetricsCommand, RoutesCommand, TenantsCommand, UpstreamsCommand,
 };
 use kairos_rs::{config, observability, runtime as state, server};
 use std::process::ExitCode;
@@ -64,6 +64,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Some(Command::Config(ConfigCommand::Deploy { file, remote })) => {
             remote_run(&remote, |gw| remote::deploy(gw, &file))
+        }
+        Some(Command::Cluster(ClusterCommand::Bootstrap { force })) => {
+            let path = cli
+                .config
+                .context("cluster bootstrap needs --config FILE (a whole config naming cluster.config_store)")?;
+            match kairos_rs::cli::cluster::bootstrap(&path, force) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(remote_failed(&e)),
+            }
         }
         Some(Command::Health(HealthCommand::Check { upstream, remote })) => {
             let gw = match remote::Gateway::resolve(&remote) {
@@ -251,6 +263,14 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    // cluster.config_store: the shared config comes from etcd, read and watched in the
+    // background (until its first document the gateway serves nothing and is not ready).
+    if let Some(p) = &path {
+        if let Err(errors) = state::store::start(&shared, p.clone(), &text) {
+            eprint!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     if let (Some(p), true) = (&path, watch) {
         if let Err(e) = kairos_rs::runtime::watch(shared.clone(), p.clone()) {
             tracing::warn!("{e}; reload with SIGHUP or POST /_kairos/config/reload");

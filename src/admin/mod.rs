@@ -5,6 +5,7 @@
 //! `src/admin/openapi.json`, served at `/_kairos/openapi.json`.
 
 pub mod cache;
+mod cluster;
 pub mod render;
 mod tenants;
 
@@ -70,6 +71,15 @@ async fn not_ready(state: &SharedState) -> Vec<serde_json::Value> {
     let mut reasons = Vec::new();
     let reason =
         |check: &str, message: String| serde_json::json!({"check": check, "message": message});
+    if let Some(store) = state.store() {
+        // Once a document runs, an unreachable store does not stop serving it.
+        if store.status().config_revision.is_none() {
+            reasons.push(reason(
+                "config_store",
+                "no shared config from the config store applied yet (see /_kairos/status)".into(),
+            ));
+        }
+    }
     if let Some(jwt) = &rt.edge.auth.jwt {
         let n = jwt.jwks_without_keys();
         if n > 0 {
@@ -348,6 +358,14 @@ async fn config_validate(
     let path = state
         .config_path()
         .unwrap_or_else(|| "request-body.json".into());
+    // With a config store, the body is the shared document.
+    let text = match state.store() {
+        Some(store) => match store.merge(&text, "request body") {
+            Ok(merged) => merged,
+            Err(e) => return invalid_config(&req, &e),
+        },
+        None => text,
+    };
     let st = state.clone();
     match crate::runtime::on_reload_thread(move || reload::dry_run(&st, &text, &path)).await {
         Ok(Ok(diff)) => HttpResponse::Ok().json(serde_json::json!({ "valid": true, "diff": diff })),
@@ -366,7 +384,8 @@ async fn config_put(
         Ok(text) => text,
         Err(res) => return res,
     };
-    if would_lock_out(&text) {
+    // With a config store the admin token is in each instance's file: a PUT cannot remove it.
+    if state.store().is_none() && would_lock_out(&text) {
         return api_error(
             &req,
             actix_web::http::StatusCode::CONFLICT,
@@ -403,9 +422,12 @@ async fn apply_put(
             None,
         );
     };
+    if let Some(store) = state.store() {
+        return cluster::put(&req, state, store.clone(), text, if_match).await;
+    }
     let st = state.clone();
     let result = crate::runtime::on_reload_thread(move || {
-        let write = || crate::runtime::persist(&path, &text);
+        let write = || crate::runtime::persist(&path, &text).map_err(reload::ReloadError::Persist);
         reload::apply(&st, &text, &path, "api", Some(&write), if_match.as_deref())
     })
     .await;
@@ -413,28 +435,59 @@ async fn apply_put(
         Ok(Ok(applied)) => {
             HttpResponse::Ok().json(serde_json::json!({ "result": "success", "applied": applied }))
         }
-        Ok(Err(reload::ReloadError::Persist(message))) => api_error(
-            &req,
+        Ok(Err(e)) => write_refused(&req, e),
+        Err(_) => reload_crashed(&req),
+    }
+}
+
+/// The answer to a config write that did not take effect (nothing changed either way): 400
+/// with the errors, 412 with the current ETag when the config (or the store's key) changed
+/// since the caller read it, 500 when the file could not be written, 503 when the config
+/// store could not be.
+fn write_refused(req: &HttpRequest, e: reload::ReloadError) -> HttpResponse {
+    let changed = |tag: String, message: &str| {
+        let mut res = api_error(
+            req,
+            actix_web::http::StatusCode::PRECONDITION_FAILED,
+            "config_changed",
+            message,
+            None,
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&etag(&tag)) {
+            res.headers_mut().insert(header::ETAG, v);
+        }
+        res
+    };
+    match e {
+        reload::ReloadError::Invalid(e) => invalid_config(req, &e),
+        reload::ReloadError::Stale(current) => changed(
+            current,
+            "the config changed since it was read (If-Match does not match its ETag); nothing was changed: read it again",
+        ),
+        reload::ReloadError::Conflict(revision) => changed(
+            revision.to_string(),
+            "the shared config changed since it was read (If-Match does not match the store's revision); nothing was changed: read it again",
+        ),
+        reload::ReloadError::Persist(message) => api_error(
+            req,
             actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
             "config_persist_failed",
             &message.to_string(),
             None,
         ),
-        Ok(Err(reload::ReloadError::Invalid(e))) => invalid_config(&req, &e),
-        Ok(Err(reload::ReloadError::Stale(current))) => {
-            let mut res = api_error(
-                &req,
-                actix_web::http::StatusCode::PRECONDITION_FAILED,
-                "config_changed",
-                "the config changed since it was read (If-Match does not match its ETag); nothing was changed: read it again",
-                None,
+        reload::ReloadError::Store(message) => {
+            tracing::warn!(
+                error = message.as_str(),
+                "config not written to the config store"
             );
-            if let Ok(v) = header::HeaderValue::from_str(&etag(&current)) {
-                res.headers_mut().insert(header::ETAG, v);
-            }
-            res
+            api_error(
+                req,
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "config_store_unreachable",
+                "the config store could not be written; nothing was changed (see the log)",
+                None,
+            )
         }
-        Err(_) => reload_crashed(&req),
     }
 }
 
@@ -521,7 +574,9 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let (text, hash) = state.config_text_and_hash();
+    let Some((text, hash)) = cluster::config_view(&state) else {
+        return cluster::pending(&req);
+    };
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(mut v) => {
             redact(&mut v);
@@ -608,6 +663,7 @@ async fn status(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse
     let uptime = std::time::SystemTime::now()
         .duration_since(state.started)
         .unwrap_or_default();
+    let store = state.store().map(|s| s.status());
     HttpResponse::Ok().json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "started_at": rfc3339(state.started),
@@ -620,6 +676,11 @@ async fn status(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse
             "upstreams": rt.config.upstreams.len(),
         },
         "last_reload": state.last_reload(),
+        // Several instances as one (cluster.config_store); null without a store.
+        "config_revision": store.as_ref().and_then(|s| s.config_revision),
+        "store_revision": store.as_ref().and_then(|s| s.store_revision),
+        "config_store": store.as_ref().map(|s| s.config_store),
+        "config_store_error": store.as_ref().and_then(|s| s.last_error.clone()),
     }))
 }
 

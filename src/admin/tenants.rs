@@ -15,7 +15,9 @@ const MAX_USAGE_DAYS: i64 = 366;
 
 /// The config in effect as JSON, and its hash.
 fn current(req: &HttpRequest, state: &SharedState) -> Result<(Value, String), Box<HttpResponse>> {
-    let (text, hash) = state.config_text_and_hash();
+    let Some((text, hash)) = super::cluster::config_view(state) else {
+        return Err(Box::new(super::cluster::pending(req)));
+    };
     match serde_json::from_str::<Value>(&text) {
         Ok(v) => Ok((v, hash)),
         Err(_) => Err(Box::new(api_error(

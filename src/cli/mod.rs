@@ -1,6 +1,7 @@
 //! The command line: `kairos-rs [--config FILE]` serves; subcommands validate and inspect
 //! configs. main.rs runs what is parsed here.
 
+pub mod cluster;
 pub mod demo;
 pub mod remote;
 
@@ -51,6 +52,9 @@ pub enum Command {
     /// A running gateway's tenants and their usage.
     #[command(subcommand)]
     Tenants(TenantsCommand),
+    /// Several instances as one: the config store.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Run the built-in echo upstream alone.
     Echo {
         /// Address to listen on.
@@ -72,6 +76,17 @@ pub enum ConfigCommand {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Write the shared part of the config file (--config; every member but server,
+    /// logging, admin and cluster) into the empty key its cluster.config_store names.
+    Bootstrap {
+        /// Overwrite the key when it holds a config already.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

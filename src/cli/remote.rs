@@ -318,8 +318,13 @@ pub fn deploy(gw: &Gateway, file: &Path) -> Result<String, RemoteError> {
     if applied["unchanged"].as_bool() == Some(true) {
         return Ok(format!("{}: unchanged (already in effect)\n", gw.url));
     }
+    // With a config store the answer names the store revision written.
+    let revision = v["revision"]
+        .as_i64()
+        .map(|r| format!(", config store revision {r}"))
+        .unwrap_or_default();
     let mut out = format!(
-        "{}: deployed {} in {:.1} ms (sha256 {})\n",
+        "{}: deployed {} in {:.1} ms (sha256 {}{revision})\n",
         gw.url,
         file.display(),
         applied["duration_ms"].as_f64().unwrap_or(0.0),

@@ -5,6 +5,7 @@
 //! deserialisation (every unknown field reported, not just the first) -> semantic validation.
 
 pub mod cache;
+pub mod cluster;
 pub mod cors;
 pub mod error;
 pub mod model;

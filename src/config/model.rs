@@ -39,6 +39,43 @@ pub struct Config {
     pub written: std::sync::Arc<std::collections::HashMap<String, String>>,
     /// Present when the config has a `tenancy` section or any tenant.
     pub tenancy: Option<TenancyConfig>,
+    /// Where the shared part of the config comes from (`cluster.config_store`).
+    pub config_store: Option<ConfigStoreConfig>,
+}
+
+/// An etcd key holding the shared config document.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfigStoreConfig {
+    /// Client URLs without a trailing slash (`http://127.0.0.1:2379`, `https://...`).
+    pub endpoints: Vec<String>,
+    pub key: String,
+    /// Longest wait for one call (range, put, txn; not the watch).
+    pub timeout: std::time::Duration,
+    /// etcd user and password (auth enabled).
+    pub credentials: Option<(String, String)>,
+    pub tls: StoreTls,
+}
+
+/// The config store client's TLS files (checked readable and PEM when validated; read again
+/// when the client is built).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl std::fmt::Debug for ConfigStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigStoreConfig")
+            .field("endpoints", &self.endpoints)
+            .field("key", &self.key)
+            .field("timeout", &self.timeout)
+            .field("username", &self.credentials.as_ref().map(|c| &c.0))
+            .field("password", &self.credentials.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// How a request finds its tenant, the tenants, and where quota counts are kept.

@@ -58,6 +58,53 @@ pub struct RawConfig {
     /// Tenants by id: their hosts, API keys, own routes, rate limit and quotas.
     #[serde(default)]
     pub tenants: BTreeMap<String, RawTenant>,
+    /// Several instances as one: where the shared part of the config (everything but
+    /// `server`, `logging`, `admin` and `cluster`) comes from.
+    #[serde(default)]
+    pub cluster: Option<RawCluster>,
+}
+
+/// Several instances as one.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// The store holding the shared config document: routes, upstreams and policies. With it,
+    /// this file gives only `server`, `logging`, `admin` and `cluster`.
+    pub config_store: Option<RawConfigStore>,
+}
+
+/// A config store: one key holding the shared config document, watched by every instance.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfigStore {
+    /// "etcd" (the v3 API, through its HTTP/JSON gateway).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The etcd members' client URLs, http://host:port; tried in order, the next on failure.
+    pub endpoints: Vec<String>,
+    /// The key holding the shared config document, e.g. "/kairos/config".
+    pub key: String,
+    /// Longest wait for one call to etcd (default "2s"; the watch itself has none).
+    pub timeout: Option<DurationStr>,
+    /// An etcd user (etcd's auth enabled); needs `password`.
+    pub username: Option<String>,
+    /// The user's password; write it as "${ETCD_PASSWORD}".
+    pub password: Option<String>,
+    /// TLS to https:// endpoints: the CA to trust instead of the Mozilla root set, and a
+    /// client certificate when etcd asks for one (`--client-cert-auth`).
+    pub tls: Option<RawStoreTls>,
+}
+
+/// TLS settings of the config store's client (paths relative to the config file).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoreTls {
+    /// PEM file of the CA certificates that sign etcd's server certificate.
+    pub ca_file: Option<String>,
+    /// PEM file of the client certificate (chain) presented to etcd; needs `key_file`.
+    pub cert_file: Option<String>,
+    /// PEM file of the client certificate's private key.
+    pub key_file: Option<String>,
 }
 
 /// The response cache: where answers are stored and the defaults of every cached route.

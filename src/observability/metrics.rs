@@ -78,6 +78,12 @@ pub struct Metrics {
     pub inflight: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_last_success: prometheus::Gauge,
+    /// The config store's revision whose document runs here (0 without a store).
+    pub config_revision: IntGauge,
+    /// The latest revision of the config store's key seen, applied or refused.
+    pub config_store_revision: IntGauge,
+    /// 1 while the config store answers, 0 while it does not.
+    pub config_store_up: IntGauge,
     pub build_info: IntGaugeVec,
     pub spans_exported: IntCounter,
     pub spans_dropped: IntCounterVec,
@@ -234,6 +240,21 @@ impl Metrics {
                 "When the config in effect was loaded (start or last successful reload), Unix time.",
             )
             .expect("valid metric definition"),
+            config_revision: IntGauge::new(
+                "kairos_config_revision",
+                "The config store revision whose shared config runs here (cluster.config_store; 0 without one).",
+            )
+            .expect("valid metric definition"),
+            config_store_revision: IntGauge::new(
+                "kairos_config_store_revision",
+                "The latest revision of the config store's key seen by this instance, applied or refused.",
+            )
+            .expect("valid metric definition"),
+            config_store_up: IntGauge::new(
+                "kairos_config_store_up",
+                "1 while the config store (etcd) answers this instance, 0 while it does not.",
+            )
+            .expect("valid metric definition"),
             build_info: IntGaugeVec::new(
                 Opts::new(
                     "kairos_build_info",
@@ -377,7 +398,10 @@ impl Metrics {
             cache: CacheMetrics::new(),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 40] = [
+        let collectors: [Box<dyn Collector>; 43] = [
+            Box::new(m.config_revision.clone()),
+            Box::new(m.config_store_revision.clone()),
+            Box::new(m.config_store_up.clone()),
             Box::new(m.cache.requests.clone()),
             Box::new(m.cache.bytes.clone()),
             Box::new(m.cache.entries.clone()),

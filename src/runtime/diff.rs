@@ -112,6 +112,7 @@ impl Diff {
                 "admin.watch_config",
                 old.admin.watch_config != new.admin.watch_config,
             ),
+            ("cluster.config_store", old.config_store != new.config_store),
         ];
         // Compared through Debug (secrets print as redacted or as hashes; nothing of it is
         // shown, only the section names).

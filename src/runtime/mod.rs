@@ -6,6 +6,7 @@ mod build;
 pub mod diff;
 pub mod persist;
 pub mod reload;
+pub mod store;
 pub mod watch;
 pub mod worker;
 
@@ -44,6 +45,8 @@ pub struct SharedState {
     sweeping: Arc<AtomicBool>,
     /// Becomes true when a graceful shutdown begins (open WebSockets close before it ends).
     draining: tokio::sync::watch::Sender<bool>,
+    /// The config store, when `cluster.config_store` is set.
+    store: std::sync::OnceLock<Arc<store::ConfigStore>>,
 }
 
 impl SharedState {
@@ -83,7 +86,17 @@ impl SharedState {
             retired: Arc::default(),
             sweeping: Arc::default(),
             draining: tokio::sync::watch::channel(false).0,
+            store: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The config store, when the shared config comes from one.
+    pub fn store(&self) -> Option<&Arc<store::ConfigStore>> {
+        self.store.get()
+    }
+
+    pub(crate) fn set_store(&self, store: Arc<store::ConfigStore>) {
+        let _ = self.store.set(store);
     }
 
     /// Whether a config sent to the admin API may reference `${name}`.

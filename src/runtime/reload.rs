@@ -42,6 +42,11 @@ pub enum ReloadError {
     Persist(PersistError),
     /// The config in effect is no longer the one the caller read (`If-Match`): its hash.
     Stale(String),
+    /// The config store's key changed since the revision the caller read (a lost
+    /// compare-and-swap): the key's revision now.
+    Conflict(i64),
+    /// The config store could not be written (unreachable); nothing changed.
+    Store(String),
 }
 
 /// Reads, validates and applies the config file. `trigger` names the cause in logs.
@@ -55,20 +60,40 @@ pub fn from_file(state: &SharedState, trigger: &'static str) -> Result<Applied, 
             )],
         });
     };
-    let text = crate::config::read_file(&path);
+    let file_text = crate::config::read_file(&path);
+    // With a config store, the file gives the instance's own members; the shared document
+    // in effect gives the rest.
+    let store = state.store();
+    let text = match (&file_text, store) {
+        (Ok(t), Some(store)) => store.merge_local(t),
+        _ => file_text.clone(),
+    };
     match text {
-        Ok(text) => apply(state, &text, &path, trigger, None, None).map_err(|e| match e {
-            ReloadError::Invalid(e) => e,
-            ReloadError::Persist(m) => ConfigErrors {
-                source_name: path.display().to_string(),
-                errors: vec![ConfigError::new("", m.to_string())],
-            },
-            // A file reload sends no If-Match.
-            ReloadError::Stale(h) => ConfigErrors {
-                source_name: path.display().to_string(),
-                errors: vec![ConfigError::new("", format!("the config changed to {h}"))],
-            },
-        }),
+        Ok(text) => {
+            let result = apply(state, &text, &path, trigger, None, None);
+            if let (Ok(_), Some(store), Ok(local)) = (&result, store, &file_text) {
+                store.set_local(local);
+            }
+            result.map_err(|e| match e {
+                ReloadError::Invalid(e) => e,
+                ReloadError::Persist(m) => ConfigErrors {
+                    source_name: path.display().to_string(),
+                    errors: vec![ConfigError::new("", m.to_string())],
+                },
+                // A file reload sends no If-Match and writes to no store.
+                ReloadError::Stale(h) => ConfigErrors {
+                    source_name: path.display().to_string(),
+                    errors: vec![ConfigError::new("", format!("the config changed to {h}"))],
+                },
+                ReloadError::Conflict(_) | ReloadError::Store(_) => ConfigErrors {
+                    source_name: path.display().to_string(),
+                    errors: vec![ConfigError::new(
+                        "",
+                        "the config store was written meanwhile",
+                    )],
+                },
+            })
+        }
         Err(e) => {
             let span = reload_span(trigger);
             let _in = span.enter();
@@ -101,8 +126,10 @@ fn reload_span(trigger: &'static str) -> tracing::Span {
 }
 
 /// Validates `text` (as if it were the file at `path`) and applies it. `persist`, when
-/// given, runs after the new runtime is built and before it is swapped in; its failure
-/// (say, a full disk) leaves everything as it was. `if_match`, when given, lists the config
+/// given, runs after the new runtime is built and just before it is swapped in (the file
+/// write, the config store's compare-and-swap, the store revision recorded); its failure
+/// (say, a full disk, a lost race) leaves everything as it was. It runs also when the text
+/// is the one in effect (nothing is rebuilt then). `if_match`, when given, lists the config
 /// hashes the caller accepts as the one in effect (checked under the reload lock, so two
 /// writers cannot both pass it).
 pub fn apply(
@@ -110,22 +137,39 @@ pub fn apply(
     text: &str,
     path: &Path,
     trigger: &'static str,
-    persist: Option<&dyn Fn() -> Result<(), PersistError>>,
+    persist: Option<&dyn Fn() -> Result<(), ReloadError>>,
+    if_match: Option<&[String]>,
+) -> Result<Applied, ReloadError> {
+    let source = path.display().to_string();
+    apply_named(state, text, path, &source, trigger, persist, if_match)
+}
+
+/// As [`apply`], with errors naming `source` instead of the file (a config store's key and
+/// revision); relative paths still resolve against `path`'s folder.
+pub fn apply_named(
+    state: &SharedState,
+    text: &str,
+    path: &Path,
+    source: &str,
+    trigger: &'static str,
+    persist: Option<&dyn Fn() -> Result<(), ReloadError>>,
     if_match: Option<&[String]>,
 ) -> Result<Applied, ReloadError> {
     let span = reload_span(trigger);
-    let result = span.in_scope(|| apply_in_span(state, text, path, trigger, persist, if_match));
+    let result =
+        span.in_scope(|| apply_in_span(state, text, (path, source), trigger, persist, if_match));
     let outcome = match &result {
         Ok(a) if a.unchanged => "unchanged",
         Ok(_) => "success",
         Err(ReloadError::Invalid(_)) => "invalid",
         Err(ReloadError::Persist(_)) => "persist_failed",
-        Err(ReloadError::Stale(_)) => "stale",
+        Err(ReloadError::Stale(_)) | Err(ReloadError::Conflict(_)) => "stale",
+        Err(ReloadError::Store(_)) => "store_unavailable",
     };
     span.record("outcome", outcome);
     if matches!(
         result,
-        Err(ReloadError::Invalid(_)) | Err(ReloadError::Persist(_))
+        Err(ReloadError::Invalid(_)) | Err(ReloadError::Persist(_)) | Err(ReloadError::Store(_))
     ) {
         span.record("otel.status_code", "ERROR");
     }
@@ -135,9 +179,9 @@ pub fn apply(
 fn apply_in_span(
     state: &SharedState,
     text: &str,
-    path: &Path,
+    (path, source): (&Path, &str),
     trigger: &'static str,
-    persist: Option<&dyn Fn() -> Result<(), PersistError>>,
+    persist: Option<&dyn Fn() -> Result<(), ReloadError>>,
     if_match: Option<&[String]>,
 ) -> Result<Applied, ReloadError> {
     let _serial = state.reload_lock();
@@ -153,15 +197,11 @@ fn apply_in_span(
     // persist has nothing to do, and a PUT only writes the file (it may differ on disk).
     // An operator's SIGHUP or POST reload rebuilds anyway: files the config names (CA
     // bundles) may have changed.
-    if hash == state.config_hash() && (trigger == "file" || persist.is_some()) {
+    // A config store's revision with the text in effect (a document written back unchanged)
+    // has nothing to rebuild either.
+    if hash == state.config_hash() && (matches!(trigger, "file" | "store") || persist.is_some()) {
         if let Some(Err(e)) = persist.map(|p| p()) {
-            record_failure(state, trigger, start, &e.to_string());
-            tracing::error!(
-                trigger,
-                error = e.to_string().as_str(),
-                "config not persisted"
-            );
-            return Err(ReloadError::Persist(e));
+            return Err(persist_failed(state, trigger, start, e));
         }
         return Ok(Applied {
             diff: Diff::default(),
@@ -171,8 +211,7 @@ fn apply_in_span(
         });
     }
     let base = path.parent().unwrap_or(Path::new("."));
-    let source = path.display().to_string();
-    let built = crate::config::load_str(text, &source, base)
+    let built = crate::config::load_str(text, source, base)
         .and_then(|config| {
             let old = state.load();
             let diff = Diff::between(&old.config, &config);
@@ -180,7 +219,7 @@ fn apply_in_span(
         })
         .map_err(ReloadError::Invalid)
         .and_then(|built| match persist.map(|p| p()) {
-            Some(Err(e)) => Err(ReloadError::Persist(e)),
+            Some(Err(e)) => Err(e),
             _ => Ok(built),
         });
     match built {
@@ -200,17 +239,30 @@ fn apply_in_span(
             );
             Err(ReloadError::Invalid(e))
         }
-        Err(e @ ReloadError::Stale(_)) => Err(e),
-        Err(ReloadError::Persist(m)) => {
-            record_failure(state, trigger, start, &m.to_string());
-            tracing::error!(
-                trigger,
-                error = m.to_string().as_str(),
-                "config not persisted; nothing changed"
-            );
-            Err(ReloadError::Persist(m))
-        }
+        Err(e) => Err(persist_failed(state, trigger, start, e)),
     }
+}
+
+/// Records and logs a failed persist step (a file write, a store write); a lost race
+/// (`Stale`, `Conflict`) is the caller's to report, not a failure of the gateway.
+fn persist_failed(
+    state: &SharedState,
+    trigger: &'static str,
+    start: Instant,
+    e: ReloadError,
+) -> ReloadError {
+    let message = match &e {
+        ReloadError::Persist(m) => m.to_string(),
+        ReloadError::Store(m) => m.clone(),
+        ReloadError::Invalid(_) | ReloadError::Stale(_) | ReloadError::Conflict(_) => return e,
+    };
+    record_failure(state, trigger, start, &message);
+    tracing::error!(
+        trigger,
+        error = message.as_str(),
+        "config not persisted; nothing changed"
+    );
+    e
 }
 
 /// Validates `text` and returns what applying it would change, without applying it.
@@ -223,7 +275,12 @@ pub fn dry_run(state: &SharedState, text: &str, path: &Path) -> Result<Diff, Con
     Ok(Diff::between(&old.config, &config))
 }
 
-fn record_failure(state: &SharedState, trigger: &'static str, start: Instant, error: &str) {
+pub(crate) fn record_failure(
+    state: &SharedState,
+    trigger: &'static str,
+    start: Instant,
+    error: &str,
+) {
     state
         .metrics
         .config_reloads

@@ -970,3 +970,306 @@ where
         }
     }
 }
+
+/// A free loopback TCP port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A real single-member etcd (Debian's etcd-server) on free loopback ports with a temp data
+/// directory; stopped on drop. `kill` and `restart` (same ports, same data) simulate an outage.
+/// `start_tls` serves https with a test CA and asks clients for a certificate.
+pub struct EtcdServer {
+    pub client_port: u16,
+    peer_port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    tls: bool,
+    /// The auth token, once `enable_auth` has run.
+    token: Option<String>,
+}
+
+impl EtcdServer {
+    pub fn start() -> EtcdServer {
+        Self::start_with(false)
+    }
+
+    /// etcd on https, its certificate and the client's signed by a test CA (files in
+    /// [`EtcdServer::tls_file`]: ca.pem, client.pem, client.key), `--client-cert-auth` on.
+    pub fn start_tls() -> EtcdServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> EtcdServer {
+        let mut e = EtcdServer {
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            tls,
+            token: None,
+        };
+        if tls {
+            e.write_certs();
+        }
+        e.restart();
+        e
+    }
+
+    /// A file of the test PKI (`start_tls`).
+    pub fn tls_file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_certs(&self) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "kairos test etcd CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>, cn: &str, usage: Vec<ExtendedKeyUsagePurpose>| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = usage;
+            let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            "etcd",
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client, client_key) =
+            leaf(vec![], "kairos", vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        for (name, pem) in [
+            ("ca.pem", ca_cert.pem()),
+            ("server.pem", server),
+            ("server.key", server_key),
+            ("client.pem", client),
+            ("client.key", client_key),
+        ] {
+            std::fs::write(self.tls_file(name), pem).unwrap();
+        }
+    }
+
+    /// The client URL, as `cluster.config_store.endpoints` takes it.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts (again) on the same ports and data directory; waits until it answers a read.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = std::process::Command::new("etcd");
+        cmd.arg("--name")
+            .arg("kairos-test")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .arg("--initial-cluster")
+            .arg(format!("kairos-test={peer}"));
+        if self.tls {
+            cmd.arg("--cert-file")
+                .arg(self.tls_file("server.pem"))
+                .arg("--key-file")
+                .arg(self.tls_file("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(self.tls_file("ca.pem"))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd must be installed (scripts/test.sh installs Debian's etcd-server)");
+        self.child = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(20), || self.get().is_some()),
+            "etcd did not answer on {client}"
+        );
+    }
+
+    /// SIGKILL: connections reset, nothing answers until `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A client for the test's own calls (the test CA and client certificate with TLS).
+    fn client(&self) -> reqwest::blocking::Client {
+        install_crypto_provider();
+        let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2));
+        if self.tls {
+            let pem = |n: &str| std::fs::read(self.tls_file(n)).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut pem("ca.pem").as_slice()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let certs: Vec<_> = rustls_pemfile::certs(&mut pem("client.pem").as_slice())
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls_pemfile::private_key(&mut pem("client.key").as_slice())
+                .unwrap()
+                .unwrap();
+            let cfg = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(certs, key)
+                .unwrap();
+            b = b.use_preconfigured_tls(cfg);
+        }
+        b.build().unwrap()
+    }
+
+    fn call(&self, path: &str, body: serde_json::Value) -> Option<serde_json::Value> {
+        let mut req = self
+            .client()
+            .post(format!("{}{path}", self.url()))
+            .body(body.to_string());
+        if let Some(t) = &self.token {
+            req = req.header("authorization", t);
+        }
+        let res = req.send().ok()?;
+        res.status().is_success().then(|| res.json().ok()).flatten()
+    }
+
+    /// The range answer for "/" (any read; `None` while etcd does not answer).
+    fn get(&self) -> Option<serde_json::Value> {
+        self.call("/v3/kv/range", serde_json::json!({ "key": "Lw==" }))
+    }
+
+    /// Writes `value` at `key` directly (as etcdctl would); the store's new revision.
+    pub fn put(&self, key: &str, value: &str) -> i64 {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let v = self
+            .call(
+                "/v3/kv/put",
+                serde_json::json!({ "key": b64(key), "value": b64(value) }),
+            )
+            .expect("etcd put");
+        v["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("revision")
+    }
+
+    /// Turns etcd's auth on with the user `root` (role root) and `password`; later calls of
+    /// the test authenticate as root.
+    pub fn enable_auth(&mut self, password: &str) {
+        use serde_json::json;
+        let steps = [
+            (
+                "/v3/auth/user/add",
+                json!({ "name": "root", "password": password }),
+            ),
+            (
+                "/v3/auth/user/grant",
+                json!({ "user": "root", "role": "root" }),
+            ),
+            ("/v3/auth/enable", json!({})),
+        ];
+        for (path, body) in steps {
+            assert!(self.call(path, body).is_some(), "etcd {path} failed");
+        }
+        let v = self
+            .call(
+                "/v3/auth/authenticate",
+                json!({ "name": "root", "password": password }),
+            )
+            .expect("etcd authenticate");
+        self.token = v["token"].as_str().map(str::to_string);
+    }
+    /// SIGSTOP: connections stay open but nothing is answered (`resume` with SIGCONT).
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Compacts the store's history up to `revision`: a watch from an older one is refused.
+    pub fn compact(&self, revision: i64) {
+        let v = self.call(
+            "/v3/kv/compaction",
+            serde_json::json!({ "revision": revision.to_string(), "physical": true }),
+        );
+        assert!(v.is_some(), "etcd compaction failed");
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A paused etcd is resumed first, so that the kill ends it.
+            let _ = std::process::Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+impl GatewayProcess {
+    /// A gateway whose file gives only its own members (server, logging, admin with `token`)
+    /// and `cluster.config_store` naming `key` on `etcd`: routes and the rest come from there.
+    pub fn start_with_store(etcd: &str, key: &str, token: &str) -> GatewayProcess {
+        let store = serde_json::json!({ "type": "etcd", "endpoints": [etcd], "key": key });
+        Self::start_with_store_config(store, token, &[])
+    }
+
+    /// As [`GatewayProcess::start_with_store`], with the whole `cluster.config_store` object
+    /// (credentials, TLS) and extra environment variables.
+    pub fn start_with_store_config(
+        store: serde_json::Value,
+        token: &str,
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
+        let local = serde_json::json!({
+            "version": 1,
+            "server": { "workers": 1 },
+            "admin": { "token": token },
+            "logging": { "access_log": false, "level": "info" },
+            "cluster": { "config_store": store },
+        });
+        Self::start_with_env(&local.to_string(), env)
+    }
+}

@@ -5,6 +5,7 @@
 
 mod auth;
 mod caching;
+mod cluster;
 mod cors;
 mod discovery;
 mod observability;
@@ -149,6 +150,11 @@ pub fn validate(
         .is_some_and(|t| t.tenants.iter().any(|t| t.rate_limit.is_some()));
     let rate_limiting =
         rate_limiting::effective(top_limits, api_keys.as_ref(), &routes, tenant_limits);
+    let config_store = raw
+        .cluster
+        .as_ref()
+        .and_then(|c| c.config_store.as_ref())
+        .and_then(|s| cluster::config_store(&mut v, s, base_dir));
     let compiled = routes::compile(&mut v, &routes);
     if let Some(t) = &mut tenancy {
         tenants::compile(&mut v, t, &routes);
@@ -172,6 +178,7 @@ pub fn validate(
             warnings: v.warnings,
             written: Default::default(),
             tenancy,
+            config_store,
         })
     } else {
         Err(v.errors)

@@ -1,0 +1,64 @@
+//! The admin API with a config store (`cluster.config_store`): the config an edit starts
+//! from is the shared document, its ETag the key's revision, and a write goes to etcd as a
+//! compare-and-swap on that revision before it is applied here.
+
+use super::{api_error, etag, reload_crashed, write_refused};
+use crate::runtime::store::ConfigStore;
+use crate::runtime::SharedState;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use std::sync::Arc;
+
+/// The config an edit starts from and its ETag: the file's text and hash, or with a config
+/// store the shared document in effect and the key's latest revision (`None` before the
+/// first document).
+pub(crate) fn config_view(state: &SharedState) -> Option<(Arc<str>, String)> {
+    match state.store() {
+        Some(store) => store
+            .document()
+            .map(|(doc, revision)| (doc, revision.to_string())),
+        None => Some(state.config_text_and_hash()),
+    }
+}
+
+/// 503: no shared config from the store yet.
+pub(crate) fn pending(req: &HttpRequest) -> HttpResponse {
+    api_error(
+        req,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "config_store_pending",
+        "no shared config from the config store yet (see /_kairos/status)",
+        None,
+    )
+}
+
+/// A PUT with a config store: the body is the shared document, validated here with this
+/// instance's own members, written to the store as a compare-and-swap on the revision
+/// `If-Match` names (412 when the key moved on), then applied here; the other instances
+/// apply it from their watch.
+pub(crate) async fn put(
+    req: &HttpRequest,
+    state: &web::Data<SharedState>,
+    store: Arc<ConfigStore>,
+    text: String,
+    if_match: Option<Vec<String>>,
+) -> HttpResponse {
+    // Without If-Match the write is unconditional, as for a file; a tag that is not a
+    // revision of this key can never match.
+    let expected = if_match.map(|tags| {
+        tags.iter()
+            .find_map(|t| t.parse::<i64>().ok())
+            .unwrap_or(-1)
+    });
+    let st = state.clone();
+    let result = crate::runtime::on_reload_thread(move || store.write(&st, &text, expected)).await;
+    match result {
+        Ok(Ok((applied, revision))) => HttpResponse::Ok()
+            .insert_header((header::ETAG, etag(&revision.to_string())))
+            .json(serde_json::json!({
+                "result": "success", "applied": applied, "revision": revision,
+            })),
+        Ok(Err(e)) => write_refused(req, e),
+        Err(_) => reload_crashed(req),
+    }
+}
