@@ -19,11 +19,10 @@
 use super::store::{RequestHeaders, Stored};
 use super::Purge;
 use super::{codec, policy};
-use crate::base::redis::{InvalidRedisUrl, RedisClient};
+use crate::base::redis::{Conn, InvalidRedisUrl, RedisClient};
 use crate::config::cache::RedisCache;
 use http::HeaderName;
-use prometheus::IntCounter;
-use redis::aio::MultiplexedConnection;
+use prometheus::{IntCounter, IntGauge};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,10 +121,17 @@ fn glob_escape(text: &str) -> String {
 }
 
 impl RedisTier {
-    pub fn new(config: &RedisCache, errors: IntCounter) -> Result<RedisTier, InvalidRedisUrl> {
-        let url = std::str::from_utf8(&config.url.0).map_err(|_| InvalidRedisUrl)?;
+    /// `up` follows the connection's health (`kairos_redis_up{role="cache"}`).
+    pub fn new(
+        config: &RedisCache,
+        errors: IntCounter,
+        up: IntGauge,
+    ) -> Result<RedisTier, InvalidRedisUrl> {
+        let url = std::str::from_utf8(&config.url.0)
+            .map_err(|_| InvalidRedisUrl("redis_url is not UTF-8".into()))?;
+        let client = RedisClient::open(url, config.tls.as_ref(), config.timeout)?;
         Ok(RedisTier {
-            client: RedisClient::open(url, config.timeout)?,
+            client: Arc::new(client.with_up_gauge(up)),
             prefix: config.key_prefix.clone(),
             errors,
             paused_until: AtomicU64::new(0),
@@ -149,7 +155,7 @@ impl RedisTier {
     }
 
     /// The connection to use, unless Redis is paused after a failure.
-    async fn connection(&self) -> Option<MultiplexedConnection> {
+    async fn connection(&self) -> Option<Conn> {
         if crate::base::clock::now_ms() < self.paused_until.load(Ordering::Relaxed) {
             return None;
         }
@@ -175,6 +181,7 @@ impl RedisTier {
 
     fn unreachable(&self, error: &str) {
         self.errors.inc();
+        self.client.mark(false);
         self.paused_until.store(
             crate::base::clock::now_ms() + PAUSE_AFTER_FAILURE.as_millis() as u64,
             Ordering::Relaxed,
@@ -189,13 +196,14 @@ impl RedisTier {
     }
 
     fn answered(&self) {
+        self.client.mark(true);
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!(backend = "redis", "response cache Redis reachable again");
         }
     }
 
     /// Runs `call` on a connection within the timeout: `None` when Redis could not answer.
-    async fn call<T, F>(&self, call: impl FnOnce(MultiplexedConnection) -> F) -> Option<T>
+    async fn call<T, F>(&self, call: impl FnOnce(Conn) -> F) -> Option<T>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
@@ -426,6 +434,11 @@ impl Broadcast {
 }
 
 impl RedisTier {
+    /// The client, for the readiness answer.
+    pub fn client(&self) -> &Arc<RedisClient> {
+        &self.client
+    }
+
     fn channel(&self) -> String {
         format!("{}purge", self.prefix)
     }

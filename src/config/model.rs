@@ -87,6 +87,8 @@ pub enum QuotaStoreConfig {
     Redis {
         /// May carry a password: never logged or shown.
         url: Secret,
+        /// `redis_tls`: the CA and client certificate of a rediss:// URL.
+        tls: Option<crate::base::redis::TlsFiles>,
         key_prefix: String,
     },
     /// Counts lost on restart.
@@ -591,6 +593,8 @@ pub enum RateBackend {
     Redis {
         /// May carry a password: never logged or shown.
         url: Secret,
+        /// `redis_tls`: the CA and client certificate of a rediss:// URL.
+        tls: Option<crate::base::redis::TlsFiles>,
         timeout: Duration,
         key_prefix: String,
     },

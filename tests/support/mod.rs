@@ -744,44 +744,116 @@ impl Drop for GatewayProcess {
 pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// Arguments after the port and data directory (TLS, replication, cluster, sentinel).
+    extra: Vec<String>,
+    /// Whether the port speaks TLS (`--port 0 --tls-port`).
+    tls: bool,
     _dir: tempfile::TempDir,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        Self::start_with(Vec::new(), false)
+    }
+
+    /// A redis-server with `extra` arguments; `tls`: the port is its TLS port (no plain one).
+    pub fn start_with(extra: Vec<String>, tls: bool) -> RedisServer {
         let mut r = RedisServer {
-            port,
+            port: free_port(),
             child: None,
+            extra,
+            tls,
             _dir: tempfile::tempdir().expect("tempdir"),
         };
         r.restart();
         r
     }
 
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    /// Only TLS on its port, with `pki`'s server certificate; clients must show a certificate
+    /// the CA signed (`--tls-auth-clients yes`).
+    pub fn start_tls(pki: &TestPki) -> RedisServer {
+        let p = |f: &std::path::Path| f.to_string_lossy().into_owned();
+        Self::start_with(
+            vec![
+                "--tls-cert-file".into(),
+                p(&pki.server_cert),
+                "--tls-key-file".into(),
+                p(&pki.server_key),
+                "--tls-ca-cert-file".into(),
+                p(&pki.ca),
+                "--tls-auth-clients".into(),
+                "yes".into(),
+            ],
+            true,
+        )
     }
 
-    /// Starts (again) on the same port and waits until it answers PING.
+    /// A replica of the Redis on `master_port`.
+    pub fn start_replica(master_port: u16) -> RedisServer {
+        Self::start_with(
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master_port.to_string(),
+            ],
+            false,
+        )
+    }
+
+    pub fn url(&self) -> String {
+        match self.tls {
+            true => format!("rediss://127.0.0.1:{}", self.port),
+            false => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// A synchronous connection (plain servers only).
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to redis-server")
+    }
+
+    /// Starts (again) on the same port and waits until it answers PING (a TLS server: until
+    /// it accepts connections).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
+        let port = self.port.to_string();
+        let ports: Vec<&str> = match self.tls {
+            true => vec!["--port", "0", "--tls-port", &port],
+            false => vec!["--port", &port],
+        };
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(&ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self._dir.path())
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
         let port = self.port;
+        let tls = self.tls;
         assert!(
-            wait_until(Duration::from_secs(10), || redis_ping(port)),
+            wait_until(Duration::from_secs(10), || match tls {
+                true => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                false => redis_ping(port),
+            }),
             "redis-server did not answer on port {port}"
         );
     }
@@ -823,6 +895,211 @@ impl Drop for RedisServer {
                 .status();
         }
         self.kill();
+    }
+}
+
+/// A private CA, a server certificate it signed for 127.0.0.1 and localhost, and a client
+/// certificate it signed; PEM files in a temporary folder.
+pub struct TestPki {
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new(name: &str) -> TestPki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>, usage: rcgen::ExtendedKeyUsagePurpose| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = leaf(
+            vec!["kairos-client".into()],
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |file: &str, text: &str| {
+            let path = dir.path().join(file);
+            std::fs::write(&path, text).expect("write PEM");
+            path
+        };
+        TestPki {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+            dir,
+        }
+    }
+}
+
+/// A Sentinel on a free port watching the master `name` at `master_port` (quorum 2, the
+/// master down after 1 s without answers).
+pub struct Sentinel {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub fn start(name: &str, master_port: u16) -> Sentinel {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 10000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = std::process::Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        assert!(
+            wait_until(Duration::from_secs(10), || redis_ping(port)),
+            "sentinel did not answer on port {port}"
+        );
+        Sentinel {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to sentinel")
+    }
+
+    /// The port of the master this sentinel names for `name`.
+    pub fn master_port(&self, name: &str) -> Option<u16> {
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(name)
+            .query(&mut self.connection())
+            .ok()?;
+        addr.map(|(_, p)| p)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of `n` masters (no replicas) on free ports, its slots assigned by
+/// `redis-cli --cluster create`; started and checked `cluster_state:ok` on every node.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                RedisServer::start_with(
+                    vec![
+                        "--cluster-enabled".into(),
+                        "yes".into(),
+                        "--cluster-node-timeout".into(),
+                        "2000".into(),
+                    ],
+                    false,
+                )
+            })
+            .collect();
+        let out = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)))
+            .arg("--cluster-yes")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("redis-cli must be installed (scripts/test.sh installs redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || nodes.iter().all(|r| {
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query::<String>(&mut r.connection())
+                    .is_ok_and(|i| i.contains("cluster_state:ok"))
+            })),
+            "the cluster never reached cluster_state:ok"
+        );
+        RedisCluster { nodes }
+    }
+
+    /// `redis+cluster://` with every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The value of `key`, asked of the node that holds its slot (plain GET on each node;
+    /// the others answer MOVED).
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.nodes.iter().find_map(|r| {
+            redis::cmd("GET")
+                .arg(key)
+                .query::<Option<String>>(&mut r.connection())
+                .ok()
+                .flatten()
+        })
+    }
+
+    /// Every key each node holds (`KEYS *`, node by node).
+    pub fn keys_per_node(&self) -> Vec<Vec<String>> {
+        self.nodes
+            .iter()
+            .map(|r| {
+                redis::cmd("KEYS")
+                    .arg("*")
+                    .query(&mut r.connection())
+                    .unwrap()
+            })
+            .collect()
     }
 }
 
