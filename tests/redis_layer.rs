@@ -1,8 +1,8 @@
 //! The shared Redis layer against real servers started by each test on free loopback ports:
 //! mutual TLS (a redis-server with `--tls-auth-clients yes` and certificates made here), a
 //! Sentinel group (one master, one replica, three sentinels) failing over under load, a
-//! three-master Cluster holding rate limits and quotas, and passwords in `redis_url` kept out
-//! of logs and answers.
+//! three-master Cluster holding rate limits and quotas, the response cache shared over TLS and
+//! through Sentinel, and passwords in `redis_url` kept out of logs and answers.
 
 mod support;
 
@@ -514,4 +514,112 @@ fn passwords_in_redis_urls_stay_out_of_logs_errors_and_answers() {
         .to_string();
     assert!(e.contains("rate_limiting.redis_url"), "{e}");
     assert!(!e.contains(PW), "{e}");
+}
+
+/// X-Cache and body of `path` through `gw`.
+fn cached_get(c: &reqwest::blocking::Client, gw: &Gateway, path: &str) -> (String, String) {
+    let res = c
+        .get(gw.url(path))
+        .header("host", "api.example")
+        .send()
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    let x = res
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (x, res.text().expect("body"))
+}
+
+/// Two gateways with a hybrid cache in the Redis `url` names: an answer one stored is a HIT
+/// on the other (the upstream saw one request), and a purge on one reaches the other's
+/// memory copy through the Redis subscription.
+/// `keys` lists the Redis' keys.
+fn assert_cache_shared(
+    url: &str,
+    tls: Option<Value>,
+    target: &str,
+    keys: &dyn Fn() -> Vec<String>,
+) {
+    let up = Upstream::start(|r| Reply::ok(&r.target).header("cache-control", "max-age=60"));
+    let mut caching = json!({"backend": "hybrid", "redis_url": url, "redis_timeout": "500ms"});
+    if let Some(t) = tls {
+        caching["redis_tls"] = t;
+    }
+    let config = json!({
+        "admin": {"token": ADMIN, "watch_config": false},
+        "upstreams": {"u": {"servers": [{"url": up.url()}]}},
+        "routes": [{"name": "c", "path": "/{*rest}", "upstream": "u", "cache": {}}],
+        "caching": caching
+    })
+    .to_string();
+    let (a, b) = (Gateway::start(&config), Gateway::start(&config));
+    let c = blocking_client();
+    // b subscribes on its first use of Redis; its readiness check connects it.
+    let (status, body) = ready(&c, &b);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["redis"]["cache"],
+        json!({"target": target, "status": "ok"})
+    );
+    assert_eq!(redis_up(&c, &b, "cache"), Some(1.0));
+    assert_eq!(cached_get(&c, &a, "/x").0, "MISS");
+    // The Redis write runs after the body reached the client: wait for it.
+    poll(10, "a's answer in Redis", || {
+        keys().iter().any(|k| k.starts_with("kairos:cache:e:"))
+    });
+    assert_eq!(cached_get(&c, &b, "/x").0, "HIT");
+    assert_eq!(up.count(), 1, "b answered from Redis");
+    let purged: Value = c
+        .delete(a.url("/_kairos/cache"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"all": true}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(purged["purged"].as_u64().unwrap() >= 1, "{purged}");
+    // b's memory copy goes too, through the published purge.
+    poll(10, "the purge to reach b's memory", || {
+        cached_get(&c, &b, "/x").0 == "MISS"
+    });
+    assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn the_cache_shares_answers_over_mutual_tls_and_through_sentinel() {
+    let pki = TestPki::new("cache");
+    let redis = RedisServer::start_tls(&pki);
+    let tls = json!({"ca_file": pki.ca, "cert_file": pki.client_cert, "key_file": pki.client_key});
+    let client = redis::Client::build_with_tls(
+        redis.url(),
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(&pki.client_cert).unwrap(),
+                client_key: std::fs::read(&pki.client_key).unwrap(),
+            }),
+            root_cert: Some(std::fs::read(&pki.ca).unwrap()),
+        },
+    )
+    .unwrap();
+    let keys = || -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut client.get_connection().unwrap())
+            .unwrap()
+    };
+    assert_cache_shared(&redis.url(), Some(tls), "single", &keys);
+
+    let master = RedisServer::start();
+    let sentinel = Sentinel::start("cachemaster", master.port);
+    let url = format!("redis+sentinel://127.0.0.1:{}/cachemaster", sentinel.port);
+    let keys = || -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut master.connection())
+            .unwrap()
+    };
+    assert_cache_shared(&url, None, "sentinel", &keys);
 }
