@@ -1,8 +1,8 @@
 //! The shared Redis layer against real servers started by each test on free loopback ports:
 //! mutual TLS (a redis-server with `--tls-auth-clients yes` and certificates made here), a
 //! Sentinel group (one master, one replica, three sentinels) failing over under load, a
-//! three-master Cluster holding rate limits and quotas, the response cache shared over TLS and
-//! through Sentinel, and passwords in `redis_url` kept out of logs and answers.
+//! three-master Cluster holding rate limits, quotas and the response cache, the cache shared
+//! over TLS and through Sentinel, and passwords in `redis_url` kept out of logs and answers.
 
 mod support;
 
@@ -631,13 +631,14 @@ fn cached_get(c: &reqwest::blocking::Client, gw: &Gateway, path: &str) -> (Strin
 /// Two gateways with a hybrid cache in the Redis `url` names: an answer one stored is a HIT
 /// on the other (the upstream saw one request), and a purge on one reaches the other's
 /// memory copy through the Redis subscription.
-/// `keys` lists the Redis' keys.
+/// `conn` connects to the Redis.
 fn assert_cache_shared(
     url: &str,
     tls: Option<Value>,
     target: &str,
-    keys: &dyn Fn() -> Vec<String>,
+    conn: &dyn Fn() -> redis::Connection,
 ) {
+    let keys = || -> Vec<String> { redis::cmd("KEYS").arg("*").query(&mut conn()).unwrap() };
     let up = Upstream::start(|r| Reply::ok(&r.target).header("cache-control", "max-age=60"));
     let mut caching = json!({"backend": "hybrid", "redis_url": url, "redis_timeout": "500ms"});
     if let Some(t) = tls {
@@ -667,6 +668,16 @@ fn assert_cache_shared(
     });
     assert_eq!(cached_get(&c, &b, "/x").0, "HIT");
     assert_eq!(up.count(), 1, "b answered from Redis");
+    // Both gateways listen for purges (a gateway not subscribed yet would keep its memory
+    // copy for up to l1_ttl, as documented).
+    poll(10, "both gateways subscribed", || {
+        let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("kairos:cache:purge")
+            .query(&mut conn())
+            .unwrap();
+        n.first().is_some_and(|(_, n)| *n == 2)
+    });
     let purged: Value = c
         .delete(a.url("/_kairos/cache"))
         .bearer_auth(ADMIN)
@@ -699,22 +710,88 @@ fn the_cache_shares_answers_over_mutual_tls_and_through_sentinel() {
         },
     )
     .unwrap();
-    let keys = || -> Vec<String> {
-        redis::cmd("KEYS")
-            .arg("*")
-            .query(&mut client.get_connection().unwrap())
-            .unwrap()
-    };
-    assert_cache_shared(&redis.url(), Some(tls), "single", &keys);
+    let conn = || client.get_connection().unwrap();
+    assert_cache_shared(&redis.url(), Some(tls), "single", &conn);
 
     let master = RedisServer::start();
     let sentinel = Sentinel::start("cachemaster", master.port);
     let url = format!("redis+sentinel://127.0.0.1:{}/cachemaster", sentinel.port);
-    let keys = || -> Vec<String> {
-        redis::cmd("KEYS")
-            .arg("*")
-            .query(&mut master.connection())
-            .unwrap()
+    assert_cache_shared(&url, None, "sentinel", &|| master.connection());
+}
+
+#[test]
+fn the_cache_on_a_cluster_shares_answers_and_purges_every_master() {
+    let cluster = RedisCluster::start(3);
+    let up = Upstream::start(|r| Reply::ok(&r.target).header("cache-control", "max-age=60"));
+    let config = json!({
+        "admin": {"token": ADMIN, "watch_config": false},
+        "upstreams": {"u": {"servers": [{"url": up.url()}]}},
+        "routes": [{"name": "c", "path": "/{*rest}", "upstream": "u", "cache": {}}],
+        "caching": {"backend": "hybrid", "redis_url": cluster.url(), "redis_timeout": "500ms"}
+    })
+    .to_string();
+    let (a, b) = (Gateway::start(&config), Gateway::start(&config));
+    let c = blocking_client();
+    assert_eq!(
+        ready(&c, &b).1["redis"]["cache"],
+        json!({"target": "cluster", "status": "ok"})
+    );
+    let paths: Vec<String> = (0..20).map(|i| format!("/p{i}")).collect();
+    for p in &paths {
+        assert_eq!(cached_get(&c, &a, p).0, "MISS");
+    }
+    let cache_keys = |what: &str| -> Vec<usize> {
+        cluster
+            .keys_per_node()
+            .iter()
+            .map(|k| {
+                k.iter()
+                    .filter(|k| k.starts_with(&format!("kairos:cache:{what}")))
+                    .count()
+            })
+            .collect()
     };
-    assert_cache_shared(&url, None, "sentinel", &keys);
+    poll(10, "the 20 answers in the cluster", || {
+        cache_keys("e:").iter().sum::<usize>() == 20
+    });
+    // Spread over the masters, each index in its variants' slot.
+    let per_node = cache_keys("e:");
+    assert!(
+        per_node.iter().filter(|n| **n > 0).count() >= 2,
+        "{per_node:?}"
+    );
+    assert_eq!(cache_keys("i:"), per_node);
+    for p in &paths {
+        assert_eq!(cached_get(&c, &b, p), ("HIT".to_string(), p.clone()));
+    }
+    assert_eq!(up.count(), 20);
+    poll(10, "both gateways subscribed", || {
+        let subscribers: u64 = cluster
+            .nodes
+            .iter()
+            .map(|r| {
+                redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg("kairos:cache:purge")
+                    .query::<Vec<(String, u64)>>(&mut r.connection())
+                    .unwrap()[0]
+                    .1
+            })
+            .sum();
+        subscribers == 2
+    });
+    // A purge finds the answers on every master.
+    let purged: Value = c
+        .delete(a.url("/_kairos/cache"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"all": true}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(purged["purged"], 20, "{purged}");
+    assert_eq!(cache_keys(""), vec![0, 0, 0]);
+    poll(10, "the purge to reach b's memory", || {
+        cached_get(&c, &b, "/p0").0 == "MISS"
+    });
 }

@@ -8,8 +8,10 @@
 //! {prefix}e:{route}:{key}:{primary}:{variant}    one variant    (primary, variant: 128-bit)
 //! ```
 //!
-//! Purges find indexes with `SCAN ... MATCH` (never `KEYS`): by route, by the key the template
-//! rendered, or all of them (filtered by path for a prefix). Redis down or slow never fails a
+//! Purges find indexes with `SCAN ... MATCH` (never `KEYS`), on every master of a Cluster: by
+//! route, by the key the template rendered, or all of them (filtered by path for a prefix). On
+//! a Cluster the `{primary}` part is written in braces, a hash tag: an index and its variants
+//! share a slot. Redis down or slow never fails a
 //! request: a call that fails is a miss (or a write not made), counted in
 //! `kairos_cache_redis_errors_total`; after a connection failure Redis is left alone for a
 //! second, then tried again. A record that does not decode is a miss, counted the same way.
@@ -19,7 +21,7 @@
 use super::store::{RequestHeaders, Stored};
 use super::Purge;
 use super::{codec, policy};
-use crate::base::redis::{Conn, InvalidRedisUrl, RedisClient};
+use crate::base::redis::{Conn, InvalidRedisUrl, NodeAddr, RedisClient};
 use crate::config::cache::RedisCache;
 use http::HeaderName;
 use prometheus::{IntCounter, IntGauge};
@@ -147,7 +149,12 @@ impl RedisTier {
         let route = parts.next().unwrap_or_default();
         let _scope = parts.next();
         let key = parts.next().unwrap_or_default();
-        let rest = format!("{}:{}:{}", h64(route), h64(key), h128(primary));
+        // On a Cluster the primary key's hash is the hash tag: its index and variants share a
+        // slot (the scripts touch them together).
+        let rest = match self.client.target() {
+            "cluster" => format!("{}:{}:{{{}}}", h64(route), h64(key), h128(primary)),
+            _ => format!("{}:{}:{}", h64(route), h64(key), h128(primary)),
+        };
         Names {
             index: format!("{}i:{rest}", self.prefix),
             variants: format!("{}e:{rest}:", self.prefix),
@@ -353,29 +360,31 @@ impl RedisTier {
     /// Removes the answers of the indexes matching `pattern` (and under `path_prefix`): the
     /// number removed, `None` when Redis could not be reached or failed midway.
     async fn purge_matching(&self, pattern: &str, path_prefix: &str) -> Option<u64> {
-        let mut cursor = 0u64;
+        // Every node that holds keys: the one Redis, or each master of a Cluster.
+        let nodes: Vec<NodeAddr> = self.call(|mut c| async move { c.masters().await }).await?;
         let mut removed = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .call(|mut c| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            for key in keys {
-                removed += self.remove_index(&key, path_prefix).await?;
+        for node in &nodes {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, keys): (u64, Vec<String>) = self
+                    .call(|mut c| async move { c.query_on(node, &scan).await })
+                    .await?;
+                for key in keys {
+                    removed += self.remove_index(&key, path_prefix).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Some(removed);
-            }
-            cursor = next;
         }
+        Some(removed)
     }
 
     /// Removes every answer of `route` and/or under the path `prefix` (both `None`: all).

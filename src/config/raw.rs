@@ -71,7 +71,8 @@ pub struct RawCaching {
     /// every instance) or "hybrid" (memory in front of Redis).
     pub backend: Option<String>,
     /// For the redis and hybrid backends: redis://[user:password@]host:port[/db], rediss://
-    /// for TLS, or redis+sentinel://host:port[,host:port]/MASTER_NAME (Sentinel).
+    /// for TLS, redis+sentinel://host:port[,host:port]/MASTER_NAME (Sentinel) or
+    /// redis+cluster://host:port[,host:port] (Cluster).
     pub redis_url: Option<String>,
     /// TLS files of a rediss:// `redis_url` (a CA, a client certificate and key).
     pub redis_tls: Option<RawRedisTls>,

@@ -18,7 +18,7 @@
 mod conn;
 pub mod target;
 
-pub use conn::Conn;
+pub use conn::{Conn, NodeAddr};
 pub use target::{hash_tag, Target, TlsFiles};
 
 use prometheus::IntGauge;

@@ -178,22 +178,6 @@ fn redis_cache(v: &mut V, r: &RawCaching, base_dir: &Path) -> RedisCache {
             "a few times Redis' round trip, e.g. \"100ms\"",
         );
     }
-    let (url, tls, target) = super::redis::connection(
-        v,
-        "caching",
-        &r.redis_url,
-        &r.redis_tls,
-        None,
-        base_dir,
-        "the redis and hybrid cache backends need `redis_url`",
-    );
-    if target.is_some_and(|t| t.is_cluster()) {
-        v.err_hint(
-            "caching.redis_url",
-            "the response cache does not use a Redis Cluster: its purges scan the keys of one node",
-            "give the cache a single Redis or a Sentinel group (redis+sentinel://...)",
-        );
-    }
     let key_prefix = r
         .key_prefix
         .clone()
@@ -205,6 +189,15 @@ fn redis_cache(v: &mut V, r: &RawCaching, base_dir: &Path) -> RedisCache {
             format!("use \"{}\"", CacheConfig::DEFAULT_KEY_PREFIX),
         );
     }
+    let (url, tls, _) = super::redis::connection(
+        v,
+        "caching",
+        &r.redis_url,
+        &r.redis_tls,
+        Some(&key_prefix),
+        base_dir,
+        "the redis and hybrid cache backends need `redis_url`",
+    );
     RedisCache {
         url,
         tls,
