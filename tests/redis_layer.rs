@@ -176,6 +176,27 @@ fn mutual_tls_carries_rate_limits_and_quotas_and_a_missing_certificate_is_report
 }
 
 #[test]
+fn sentinels_and_master_over_mutual_tls() {
+    let pki = TestPki::new("sentinel-tls");
+    let master = RedisServer::start_tls(&pki);
+    let sentinel = Sentinel::start_tls("tlsmaster", master.port, &pki);
+    let up = Upstream::start_ok();
+    let c = blocking_client();
+    let tls = json!({"ca_file": pki.ca, "cert_file": pki.client_cert, "key_file": pki.client_key});
+    let url = format!("rediss+sentinel://127.0.0.1:{}/tlsmaster", sentinel.port);
+    let gw = Gateway::start(&gateway_config(&up, json!(url), Some(tls), "deny"));
+    // The sentinel may need a moment to reach the master before it names it.
+    poll(10, "the gateway to reach the master", || {
+        ready(&c, &gw).1["redis"]["rate_limit"]["status"] == "ok"
+    });
+    assert_limits_and_quotas_hold(&c, &gw);
+    assert_eq!(
+        ready(&c, &gw).1["redis"]["quota"],
+        json!({"target": "sentinel", "status": "ok"})
+    );
+}
+
+#[test]
 fn tls_settings_are_checked_when_the_config_is_read() {
     let up = Upstream::start_ok();
     let load = |url: &str, tls: Value| {

@@ -963,14 +963,40 @@ pub struct Sentinel {
 
 impl Sentinel {
     pub fn start(name: &str, master_port: u16) -> Sentinel {
+        Self::start_with(name, master_port, "", false)
+    }
+
+    /// Over TLS only (`--tls-port`), with `pki`'s server certificate and its client
+    /// certificate towards a mutual-TLS master; quorum 1.
+    pub fn start_tls(name: &str, master_port: u16, pki: &TestPki) -> Sentinel {
+        let conf = format!(
+            "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+             tls-client-cert-file {}\ntls-client-key-file {}\n\
+             tls-replication yes\ntls-auth-clients yes\n",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display(),
+        );
+        Self::start_with(name, master_port, &conf, true)
+    }
+
+    /// `extra` is appended to the config file; `tls`: the port is a TLS port (no plain one).
+    fn start_with(name: &str, master_port: u16, extra: &str, tls: bool) -> Sentinel {
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("sentinel.conf");
+        let ports = match tls {
+            true => format!("port 0\ntls-port {port}\n"),
+            false => format!("port {port}\n"),
+        };
+        let quorum = if tls { 1 } else { 2 };
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\n\
-                 sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                "{ports}bind 127.0.0.1\ndir {}\n{extra}\
+                 sentinel monitor {name} 127.0.0.1 {master_port} {quorum}\n\
                  sentinel down-after-milliseconds {name} 1000\n\
                  sentinel failover-timeout {name} 10000\n\
                  sentinel parallel-syncs {name} 1\n",
@@ -986,7 +1012,10 @@ impl Sentinel {
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         assert!(
-            wait_until(Duration::from_secs(10), || redis_ping(port)),
+            wait_until(Duration::from_secs(10), || match tls {
+                true => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                false => redis_ping(port),
+            }),
             "sentinel did not answer on port {port}"
         );
         Sentinel {
