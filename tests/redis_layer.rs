@@ -558,6 +558,31 @@ fn a_cluster_holds_multi_key_rate_limits_and_quotas_each_decision_in_one_slot() 
 }
 
 #[test]
+fn a_cluster_over_mutual_tls_holds_rate_limits_and_quotas() {
+    let pki = TestPki::new("cluster-tls");
+    let cluster = RedisCluster::start_with(3, Some(&pki));
+    let up = Upstream::start_ok();
+    let c = blocking_client();
+    let tls = json!({"ca_file": pki.ca, "cert_file": pki.client_cert, "key_file": pki.client_key});
+    let gw = Gateway::start(&gateway_config(
+        &up,
+        json!(cluster.url()),
+        Some(tls),
+        "deny",
+    ));
+    assert_limits_and_quotas_hold(&c, &gw);
+    assert_eq!(
+        ready(&c, &gw).1["redis"]["rate_limit"],
+        json!({"target": "cluster", "status": "ok"})
+    );
+    let keys: usize = cluster.keys_per_node().iter().map(Vec::len).sum();
+    assert!(
+        keys >= 6,
+        "rate-limit and quota keys in the cluster: {keys}"
+    );
+}
+
+#[test]
 fn passwords_in_redis_urls_stay_out_of_logs_errors_and_answers() {
     const PW: &str = "s3cret-pw-4711";
     let dead = free_port();

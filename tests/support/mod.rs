@@ -748,6 +748,8 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// Whether the port speaks TLS (`--port 0 --tls-port`).
     tls: bool,
+    /// The test's client certificate and CA, for [`RedisServer::connection`] to a TLS server.
+    certs: Option<redis::TlsCertificates>,
     _dir: tempfile::TempDir,
 }
 
@@ -771,6 +773,7 @@ impl RedisServer {
             child: None,
             extra,
             tls,
+            certs: None,
             _dir: tempfile::tempdir().expect("tempdir"),
         };
         r.restart();
@@ -780,20 +783,26 @@ impl RedisServer {
     /// Only TLS on its port, with `pki`'s server certificate; clients must show a certificate
     /// the CA signed (`--tls-auth-clients yes`).
     pub fn start_tls(pki: &TestPki) -> RedisServer {
+        Self::start_tls_with(pki, Vec::new())
+    }
+
+    /// As [`RedisServer::start_tls`], with more arguments.
+    pub fn start_tls_with(pki: &TestPki, more: Vec<String>) -> RedisServer {
         let p = |f: &std::path::Path| f.to_string_lossy().into_owned();
-        Self::start_with(
-            vec![
-                "--tls-cert-file".into(),
-                p(&pki.server_cert),
-                "--tls-key-file".into(),
-                p(&pki.server_key),
-                "--tls-ca-cert-file".into(),
-                p(&pki.ca),
-                "--tls-auth-clients".into(),
-                "yes".into(),
-            ],
-            true,
-        )
+        let mut args = vec![
+            "--tls-cert-file".into(),
+            p(&pki.server_cert),
+            "--tls-key-file".into(),
+            p(&pki.server_key),
+            "--tls-ca-cert-file".into(),
+            p(&pki.ca),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ];
+        args.extend(more);
+        let mut r = Self::start_with(args, true);
+        r.certs = Some(pki.certificates());
+        r
     }
 
     /// A replica of the Redis on `master_port`.
@@ -819,12 +828,15 @@ impl RedisServer {
         self._dir.path()
     }
 
-    /// A synchronous connection (plain servers only).
+    /// A synchronous connection (over TLS with the test's certificates to a TLS server).
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .expect("connect to redis-server")
+        match &self.certs {
+            Some(c) => redis::Client::build_with_tls(self.url(), c.clone()),
+            None => redis::Client::open(self.url()),
+        }
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .expect("connect to redis-server")
     }
 
     /// Starts (again) on the same port and waits until it answers PING (a TLS server: until
@@ -910,6 +922,17 @@ pub struct TestPki {
 }
 
 impl TestPki {
+    /// The CA and the client certificate, as the redis crate takes them.
+    pub fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(&self.client_cert).unwrap(),
+                client_key: std::fs::read(&self.client_key).unwrap(),
+            }),
+            root_cert: Some(std::fs::read(&self.ca).unwrap()),
+        }
+    }
+
     pub fn new(name: &str) -> TestPki {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -921,20 +944,25 @@ impl TestPki {
             rcgen::KeyUsagePurpose::DigitalSignature,
         ];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let leaf = |names: Vec<String>, usage: rcgen::ExtendedKeyUsagePurpose| {
+        let leaf = |names: Vec<String>, usages: Vec<rcgen::ExtendedKeyUsagePurpose>| {
             let key = rcgen::KeyPair::generate().unwrap();
             let mut params = rcgen::CertificateParams::new(names).unwrap();
-            params.extended_key_usages = vec![usage];
+            params.extended_key_usages = usages;
             let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
             (cert.pem(), key.serialize_pem())
         };
+        // The servers' certificate is a client one too: Cluster nodes (and replicas, and
+        // sentinels without a client certificate of their own) present it to each other.
         let (server_cert, server_key) = leaf(
             vec!["127.0.0.1".into(), "localhost".into()],
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         );
         let (client_cert, client_key) = leaf(
             vec!["kairos-client".into()],
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let write = |file: &str, text: &str| {
@@ -1058,20 +1086,40 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(n: usize) -> RedisCluster {
+        Self::start_with(n, None)
+    }
+
+    /// With `pki`: every node speaks only TLS, to clients and to each other
+    /// (`--tls-cluster yes`), and wants client certificates.
+    pub fn start_with(n: usize, pki: Option<&TestPki>) -> RedisCluster {
+        let args: Vec<String> = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+            .map(String::from)
+            .to_vec();
         let nodes: Vec<RedisServer> = (0..n)
-            .map(|_| {
-                RedisServer::start_with(
-                    vec![
-                        "--cluster-enabled".into(),
-                        "yes".into(),
-                        "--cluster-node-timeout".into(),
-                        "2000".into(),
-                    ],
-                    false,
-                )
+            .map(|_| match pki {
+                None => RedisServer::start_with(args.clone(), false),
+                Some(pki) => {
+                    let mut more = args.clone();
+                    more.extend(
+                        ["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from),
+                    );
+                    RedisServer::start_tls_with(pki, more)
+                }
             })
             .collect();
-        let out = std::process::Command::new("redis-cli")
+        // Bounded: redis-cli waits for the nodes to meet for as long as it takes.
+        let mut cli = std::process::Command::new("timeout");
+        cli.arg("20").arg("redis-cli");
+        if let Some(pki) = pki {
+            cli.arg("--tls")
+                .arg("--cacert")
+                .arg(&pki.ca)
+                .arg("--cert")
+                .arg(&pki.client_cert)
+                .arg("--key")
+                .arg(&pki.client_key);
+        }
+        let out = cli
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)))
@@ -1096,14 +1144,18 @@ impl RedisCluster {
         RedisCluster { nodes }
     }
 
-    /// `redis+cluster://` with every node as a seed.
+    /// `redis+cluster://` (`rediss+cluster://` for TLS nodes) with every node as a seed.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
             .map(|r| format!("127.0.0.1:{}", r.port))
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let scheme = match self.nodes.first().is_some_and(|r| r.tls) {
+            true => "rediss+cluster",
+            false => "redis+cluster",
+        };
+        format!("{scheme}://{}", hosts.join(","))
     }
 
     /// The value of `key`, asked of the node that holds its slot (plain GET on each node;
