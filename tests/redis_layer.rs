@@ -197,7 +197,7 @@ fn sentinels_and_master_over_mutual_tls() {
 }
 
 #[test]
-fn tls_settings_are_checked_when_the_config_is_read() {
+fn redis_settings_are_checked_when_the_config_is_read() {
     let up = Upstream::start_ok();
     let load = |url: &str, tls: Value| {
         kairos_rs::config::load_str(
@@ -222,6 +222,24 @@ fn tls_settings_are_checked_when_the_config_is_read() {
     );
     assert!(e.contains("rate_limiting.redis_tls.ca_file"), "{e}");
     assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    // On a Cluster the hash tag follows the key prefix: a brace in it is refused.
+    let mut cfg: Value = serde_json::from_str(&gateway_config(
+        &up,
+        json!("redis+cluster://127.0.0.1:1,127.0.0.1:2"),
+        None,
+        "allow",
+    ))
+    .unwrap();
+    cfg["rate_limiting"]["key_prefix"] = json!("kairos:{rl}:");
+    let e = kairos_rs::config::load_str(&cfg.to_string(), "t", std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rate_limiting.key_prefix"), "{e}");
+    assert!(e.contains("must not hold `{` or `}`"), "{e}");
+    // The same prefix on a single Redis is fine (the quota store stays on the Cluster).
+    cfg["rate_limiting"]["redis_url"] = json!("redis://127.0.0.1:1");
+    kairos_rs::config::load_str(&cfg.to_string(), "t", std::path::Path::new("."))
+        .expect("braces in a single Redis' prefix");
 }
 
 /// Waits until `check` holds, polling every 50 ms, for at most `secs` seconds.

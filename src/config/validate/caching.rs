@@ -72,6 +72,11 @@ pub(super) fn caching_config(v: &mut V, r: &RawCaching, base_dir: &Path) -> TopC
                 "the redis and hybrid backends",
             ),
             (
+                "redis_tls",
+                r.redis_tls.is_some(),
+                "the redis and hybrid backends",
+            ),
+            (
                 "key_prefix",
                 r.key_prefix.is_some(),
                 "the redis and hybrid backends",
