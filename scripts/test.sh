@@ -82,10 +82,13 @@ ensure_system_packages() {
     # headless Chromium runs the CORS browser test (tests/cors_browser.rs).
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-    # The rate-limit tests start their own redis-server on a free port (tests/rate_limit_redis.rs).
+    # The rate-limit tests start their own redis-server on a free port (tests/rate_limit_redis.rs);
+    # tests/redis_layer.rs also runs it with TLS and as Sentinel (`--sentinel`), and makes a
+    # Cluster with redis-cli (redis-tools).
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     # The config store test starts its own etcd on free ports (tests/cluster_etcd.rs).
     command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+    command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "installing: ${missing[*]}"
         apt_install "${missing[@]}"

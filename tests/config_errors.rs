@@ -290,6 +290,7 @@ fn rate_limiting_is_on_when_anything_is_limited_and_takes_its_url_from_the_envir
     match &rl.backend {
         RateBackend::Redis {
             url,
+            tls: None,
             timeout,
             key_prefix,
         } => {
@@ -977,10 +978,11 @@ fn redis_and_hybrid_cache_errors_name_the_key_its_line_and_the_fix() {
     };
     let url = find("caching.redis_url");
     assert_eq!(url.line, Some(5));
-    assert_eq!(
-        url.hint.as_deref(),
-        Some("write redis://[user:password@]host:port[/db]")
-    );
+    assert!(url
+        .hint
+        .as_deref()
+        .unwrap()
+        .starts_with("write redis://[user:password@]host:port[/db], rediss:// for TLS"));
     assert_eq!(find("caching.redis_timeout").line, Some(6));
     assert!(find("caching.key_prefix")
         .message

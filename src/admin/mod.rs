@@ -47,7 +47,10 @@ async fn health() -> HttpResponse {
 /// still starting or shutting down, a discovered upstream with no servers whose source has
 /// not answered (nor failed) its first time, a JWKS never fetched (its tokens cannot be verified),
 /// the rate-limit backend down while `on_backend_error` is deny (limited routes answer 503),
-/// or no server of any upstream available.
+/// or no server of any upstream available. Both answers carry `redis`: each Redis user's
+/// connection (`{"rate_limit": {"target": "sentinel", "status": "ok"}}`, `unreachable`);
+/// only the rate limiter's, with deny, makes the gateway not ready (the cache and quotas go on
+/// without Redis).
 async fn ready(state: web::Data<SharedState>) -> HttpResponse {
     if !state.is_ready() {
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({
@@ -56,12 +59,63 @@ async fn ready(state: web::Data<SharedState>) -> HttpResponse {
         }));
     }
     let reasons = not_ready(&state).await;
-    if reasons.is_empty() {
-        HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
+    let mut body = if reasons.is_empty() {
+        serde_json::json!({ "status": "ready" })
     } else {
-        HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "status": "not_ready", "reasons": reasons }))
+        serde_json::json!({ "status": "not_ready", "reasons": reasons })
+    };
+    let redis = redis_health(&state).await;
+    if !redis.is_empty() {
+        body["redis"] = serde_json::Value::Object(redis);
     }
+    match reasons.is_empty() {
+        true => HttpResponse::Ok().json(body),
+        false => HttpResponse::ServiceUnavailable().json(body),
+    }
+}
+
+/// Each Redis user's connection, checked now (a PING within its timeout, in parallel): role
+/// -> `{"target", "status"}`. No address: the URL may carry a password.
+async fn redis_health(state: &SharedState) -> serde_json::Map<String, serde_json::Value> {
+    let rt = state.load();
+    let clients = [
+        (
+            "rate_limit",
+            rt.edge.ratelimit.as_ref().and_then(|r| r.redis_client()),
+        ),
+        (
+            "cache",
+            rt.cache
+                .as_ref()
+                .and_then(|c| c.redis.as_ref())
+                .map(|r| r.client()),
+        ),
+        (
+            "quota",
+            rt.edge
+                .tenancy
+                .as_ref()
+                .and_then(|t| t.quotas.redis_client()),
+        ),
+    ];
+    let checks = clients
+        .iter()
+        .filter_map(|(role, c)| c.map(|c| (*role, c)))
+        .map(|(role, c)| async move {
+            let status = match c.ping().await {
+                true => "ok",
+                false => "unreachable",
+            };
+            (
+                role,
+                serde_json::json!({"target": c.target(), "status": status}),
+            )
+        });
+    futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .map(|(role, v)| (role.to_string(), v))
+        .collect()
 }
 
 /// What keeps a started gateway from serving, as `{"check", "message"}` (nothing that could

@@ -45,6 +45,7 @@ impl Cache {
             Some(r) => Some(Arc::new(redis::RedisTier::new(
                 r,
                 metrics.redis_errors.clone(),
+                metrics.redis_up.with_label_values(&["cache"]),
             )?)),
         };
         if let (Some(m), Some(r)) = (&memory, &redis) {

@@ -8,8 +8,10 @@
 //! {prefix}e:{route}:{key}:{primary}:{variant}    one variant    (primary, variant: 128-bit)
 //! ```
 //!
-//! Purges find indexes with `SCAN ... MATCH` (never `KEYS`): by route, by the key the template
-//! rendered, or all of them (filtered by path for a prefix). Redis down or slow never fails a
+//! Purges find indexes with `SCAN ... MATCH` (never `KEYS`), on every master of a Cluster: by
+//! route, by the key the template rendered, or all of them (filtered by path for a prefix). On
+//! a Cluster the `{primary}` part is written in braces, a hash tag: an index and its variants
+//! share a slot. Redis down or slow never fails a
 //! request: a call that fails is a miss (or a write not made), counted in
 //! `kairos_cache_redis_errors_total`; after a connection failure Redis is left alone for a
 //! second, then tried again. A record that does not decode is a miss, counted the same way.
@@ -19,11 +21,10 @@
 use super::store::{RequestHeaders, Stored};
 use super::Purge;
 use super::{codec, policy};
-use crate::base::redis::{InvalidRedisUrl, RedisClient};
+use crate::base::redis::{Conn, InvalidRedisUrl, NodeAddr, RedisClient};
 use crate::config::cache::RedisCache;
 use http::HeaderName;
-use prometheus::IntCounter;
-use redis::aio::MultiplexedConnection;
+use prometheus::{IntCounter, IntGauge};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,10 +123,17 @@ fn glob_escape(text: &str) -> String {
 }
 
 impl RedisTier {
-    pub fn new(config: &RedisCache, errors: IntCounter) -> Result<RedisTier, InvalidRedisUrl> {
-        let url = std::str::from_utf8(&config.url.0).map_err(|_| InvalidRedisUrl)?;
+    /// `up` follows the connection's health (`kairos_redis_up{role="cache"}`).
+    pub fn new(
+        config: &RedisCache,
+        errors: IntCounter,
+        up: IntGauge,
+    ) -> Result<RedisTier, InvalidRedisUrl> {
+        let url = std::str::from_utf8(&config.url.0)
+            .map_err(|_| InvalidRedisUrl("redis_url is not UTF-8".into()))?;
+        let client = RedisClient::open(url, config.tls.as_ref(), config.timeout)?;
         Ok(RedisTier {
-            client: RedisClient::open(url, config.timeout)?,
+            client: Arc::new(client.with_up_gauge(up)),
             prefix: config.key_prefix.clone(),
             errors,
             paused_until: AtomicU64::new(0),
@@ -141,7 +149,12 @@ impl RedisTier {
         let route = parts.next().unwrap_or_default();
         let _scope = parts.next();
         let key = parts.next().unwrap_or_default();
-        let rest = format!("{}:{}:{}", h64(route), h64(key), h128(primary));
+        // On a Cluster the primary key's hash is the hash tag: its index and variants share a
+        // slot (the scripts touch them together).
+        let rest = match self.client.target() {
+            "cluster" => format!("{}:{}:{{{}}}", h64(route), h64(key), h128(primary)),
+            _ => format!("{}:{}:{}", h64(route), h64(key), h128(primary)),
+        };
         Names {
             index: format!("{}i:{rest}", self.prefix),
             variants: format!("{}e:{rest}:", self.prefix),
@@ -149,7 +162,7 @@ impl RedisTier {
     }
 
     /// The connection to use, unless Redis is paused after a failure.
-    async fn connection(&self) -> Option<MultiplexedConnection> {
+    async fn connection(&self) -> Option<Conn> {
         if crate::base::clock::now_ms() < self.paused_until.load(Ordering::Relaxed) {
             return None;
         }
@@ -175,6 +188,7 @@ impl RedisTier {
 
     fn unreachable(&self, error: &str) {
         self.errors.inc();
+        self.client.mark(false);
         self.paused_until.store(
             crate::base::clock::now_ms() + PAUSE_AFTER_FAILURE.as_millis() as u64,
             Ordering::Relaxed,
@@ -189,13 +203,14 @@ impl RedisTier {
     }
 
     fn answered(&self) {
+        self.client.mark(true);
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!(backend = "redis", "response cache Redis reachable again");
         }
     }
 
     /// Runs `call` on a connection within the timeout: `None` when Redis could not answer.
-    async fn call<T, F>(&self, call: impl FnOnce(MultiplexedConnection) -> F) -> Option<T>
+    async fn call<T, F>(&self, call: impl FnOnce(Conn) -> F) -> Option<T>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
@@ -345,29 +360,31 @@ impl RedisTier {
     /// Removes the answers of the indexes matching `pattern` (and under `path_prefix`): the
     /// number removed, `None` when Redis could not be reached or failed midway.
     async fn purge_matching(&self, pattern: &str, path_prefix: &str) -> Option<u64> {
-        let mut cursor = 0u64;
+        // Every node that holds keys: the one Redis, or each master of a Cluster.
+        let nodes: Vec<NodeAddr> = self.call(|mut c| async move { c.masters().await }).await?;
         let mut removed = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .call(|mut c| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            for key in keys {
-                removed += self.remove_index(&key, path_prefix).await?;
+        for node in &nodes {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, keys): (u64, Vec<String>) = self
+                    .call(|mut c| async move { c.query_on(node, &scan).await })
+                    .await?;
+                for key in keys {
+                    removed += self.remove_index(&key, path_prefix).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Some(removed);
-            }
-            cursor = next;
         }
+        Some(removed)
     }
 
     /// Removes every answer of `route` and/or under the path `prefix` (both `None`: all).
@@ -426,6 +443,11 @@ impl Broadcast {
 }
 
 impl RedisTier {
+    /// The client, for the readiness answer.
+    pub fn client(&self) -> &Arc<RedisClient> {
+        &self.client
+    }
+
     fn channel(&self) -> String {
         format!("{}purge", self.prefix)
     }

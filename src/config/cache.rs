@@ -61,6 +61,8 @@ impl CacheBackend {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisCache {
     pub url: Secret,
+    /// `redis_tls`: the CA and client certificate of a rediss:// URL.
+    pub tls: Option<crate::base::redis::TlsFiles>,
     /// Bounds each connect and call; past it the request goes on without Redis.
     pub timeout: Duration,
     /// Prefix of every key the cache writes.

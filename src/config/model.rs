@@ -124,6 +124,8 @@ pub enum QuotaStoreConfig {
     Redis {
         /// May carry a password: never logged or shown.
         url: Secret,
+        /// `redis_tls`: the CA and client certificate of a rediss:// URL.
+        tls: Option<crate::base::redis::TlsFiles>,
         key_prefix: String,
     },
     /// Counts lost on restart.
@@ -628,6 +630,8 @@ pub enum RateBackend {
     Redis {
         /// May carry a password: never logged or shown.
         url: Secret,
+        /// `redis_tls`: the CA and client certificate of a rediss:// URL.
+        tls: Option<crate::base::redis::TlsFiles>,
         timeout: Duration,
         key_prefix: String,
     },

@@ -117,8 +117,12 @@ pub struct RawCaching {
     /// "memory" (default: this instance, bounded by `max_size` bytes), "redis" (shared by
     /// every instance) or "hybrid" (memory in front of Redis).
     pub backend: Option<String>,
-    /// redis://[user:password@]host:port[/db], for the redis and hybrid backends.
+    /// For the redis and hybrid backends: redis://[user:password@]host:port[/db], rediss://
+    /// for TLS, redis+sentinel://host:port[,host:port]/MASTER_NAME (Sentinel) or
+    /// redis+cluster://host:port[,host:port] (Cluster).
     pub redis_url: Option<String>,
+    /// TLS files of a rediss:// `redis_url` (a CA, a client certificate and key).
+    pub redis_tls: Option<RawRedisTls>,
     /// Redis backends: the longest wait for a connect or a call (default "100ms"); past it
     /// the request goes on without Redis.
     pub redis_timeout: Option<DurationStr>,
@@ -195,8 +199,12 @@ pub struct RawQuotaStore {
     /// The database file of the file backend (default "kairos-quotas.db"), relative to the
     /// config file's folder.
     pub path: Option<String>,
-    /// redis://[user:password@]host:port[/db], for the redis backend.
+    /// For the redis backend: redis://[user:password@]host:port[/db], rediss:// for TLS,
+    /// redis+sentinel://host:port[,host:port]/MASTER_NAME (Sentinel) or
+    /// redis+cluster://host:port[,host:port] (Cluster).
     pub redis_url: Option<String>,
+    /// TLS files of a rediss:// `redis_url` (a CA, a client certificate and key).
+    pub redis_tls: Option<RawRedisTls>,
     /// Prefix of the Redis keys (default "kairos:").
     pub key_prefix: Option<String>,
 }
@@ -331,6 +339,19 @@ pub struct RawServer {
     /// (SETTINGS_MAX_CONCURRENT_STREAMS, default 128); one more is refused with
     /// RST_STREAM(REFUSED_STREAM).
     pub h2_max_concurrent_streams: Option<u32>,
+}
+
+/// `redis_tls`: TLS files for a rediss:// `redis_url` (paths relative to the config file).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisTls {
+    /// PEM CA certificate(s) that sign the Redis servers' certificates (default: the
+    /// system's roots).
+    pub ca_file: Option<String>,
+    /// PEM client certificate chain, for Redis servers that require one (mutual TLS).
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -687,9 +708,13 @@ pub struct RawRateLimiting {
     /// "memory" (default: counts kept in this instance) or "redis" (shared by every instance
     /// pointing at the same Redis).
     pub backend: Option<String>,
-    /// redis://[user:password@]host:port[/db], for the redis backend. Use "${REDIS_URL}" when
-    /// it carries a password.
+    /// For the redis backend: redis://[user:password@]host:port[/db], rediss:// for TLS,
+    /// redis+sentinel://host:port[,host:port]/MASTER_NAME (Sentinel) or
+    /// redis+cluster://host:port[,host:port] (Cluster). Use "${REDIS_URL}" when it carries a
+    /// password.
     pub redis_url: Option<String>,
+    /// TLS files of a rediss:// `redis_url` (a CA, a client certificate and key).
+    pub redis_tls: Option<RawRedisTls>,
     /// What happens while Redis cannot be reached: "allow" (default: the same limits are
     /// enforced per instance by a local fallback limiter) or "deny" (503).
     pub on_backend_error: Option<String>,

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub ratelimit_decision_duration: HistogramVec,
     pub ratelimit_backend_errors: IntCounterVec,
     pub ratelimit_backend_up: IntGaugeVec,
+    /// Whether each Redis user's connection reaches Redis, by role (rate_limit, cache, quota).
+    pub redis_up: IntGaugeVec,
     pub protocol_errors: IntCounterVec,
     /// Transformation steps that failed, by route and step index (skipped or refused).
     pub transform_errors: IntCounterVec,
@@ -135,10 +137,13 @@ pub struct CacheMetrics {
     /// Redis tier calls that failed (unreachable, timed out, error answers) and malformed
     /// entries read from it.
     pub redis_errors: IntCounter,
+    /// `kairos_redis_up` (the same series as [`Metrics::redis_up`]): the Redis tier reports
+    /// its health as role `cache`.
+    pub redis_up: IntGaugeVec,
 }
 
 impl CacheMetrics {
-    fn new() -> Self {
+    fn new(redis_up: IntGaugeVec) -> Self {
         let gauge =
             |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric definition");
         let counter =
@@ -168,6 +173,7 @@ impl CacheMetrics {
                 "Redis tier calls that failed (unreachable, timed out, error answers) and \
                  malformed entries read from it; each is a miss or a write not made.",
             ),
+            redis_up,
         }
     }
 }
@@ -187,6 +193,16 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
 impl Metrics {
     pub fn new() -> Self {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let redis_up = IntGaugeVec::new(
+            Opts::new(
+                "kairos_redis_up",
+                "1 while the Redis of a role (rate_limit, cache, quota) answers, 0 while its \
+                 last call could not reach it (refused, timed out, dropped, or a demoted master); \
+                 absent for roles that use no Redis.",
+            ),
+            &["role"],
+        )
+        .expect("valid metric definition");
         let m = Metrics {
             registry: Registry::new(),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -332,6 +348,7 @@ impl Metrics {
                 &["backend"],
             )
             .expect("valid metric definition"),
+            redis_up: redis_up.clone(),
             transform_errors: counter_vec(
                 "kairos_transform_errors_total",
                 "Transformation steps that failed (the message refused, or passed on without \
@@ -395,10 +412,10 @@ impl Metrics {
                 "Quota decisions the store failed (admitted uncounted), by backend.",
                 &["backend"],
             ),
-            cache: CacheMetrics::new(),
+            cache: CacheMetrics::new(redis_up.clone()),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 43] = [
+        let collectors: [Box<dyn Collector>; 44] = [
             Box::new(m.config_revision.clone()),
             Box::new(m.config_store_revision.clone()),
             Box::new(m.config_store_up.clone()),
@@ -430,6 +447,7 @@ impl Metrics {
             Box::new(m.ratelimit_decision_duration.clone()),
             Box::new(m.ratelimit_backend_errors.clone()),
             Box::new(m.ratelimit_backend_up.clone()),
+            Box::new(m.redis_up.clone()),
             Box::new(m.protocol_errors.clone()),
             Box::new(m.transform_errors.clone()),
             Box::new(m.log_dropped.clone()),

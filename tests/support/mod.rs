@@ -744,44 +744,128 @@ impl Drop for GatewayProcess {
 pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// Arguments after the port and data directory (TLS, replication, cluster, sentinel).
+    extra: Vec<String>,
+    /// Whether the port speaks TLS (`--port 0 --tls-port`).
+    tls: bool,
+    /// The test's client certificate and CA, for [`RedisServer::connection`] to a TLS server.
+    certs: Option<redis::TlsCertificates>,
     _dir: tempfile::TempDir,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        Self::start_with(Vec::new(), false)
+    }
+
+    /// A redis-server with `extra` arguments; `tls`: the port is its TLS port (no plain one).
+    pub fn start_with(extra: Vec<String>, tls: bool) -> RedisServer {
         let mut r = RedisServer {
-            port,
+            port: free_port(),
             child: None,
+            extra,
+            tls,
+            certs: None,
             _dir: tempfile::tempdir().expect("tempdir"),
         };
         r.restart();
         r
     }
 
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    /// Only TLS on its port, with `pki`'s server certificate; clients must show a certificate
+    /// the CA signed (`--tls-auth-clients yes`).
+    pub fn start_tls(pki: &TestPki) -> RedisServer {
+        Self::start_tls_with(pki, Vec::new())
     }
 
-    /// Starts (again) on the same port and waits until it answers PING.
+    /// As [`RedisServer::start_tls`], with more arguments.
+    pub fn start_tls_with(pki: &TestPki, more: Vec<String>) -> RedisServer {
+        let p = |f: &std::path::Path| f.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--tls-cert-file".into(),
+            p(&pki.server_cert),
+            "--tls-key-file".into(),
+            p(&pki.server_key),
+            "--tls-ca-cert-file".into(),
+            p(&pki.ca),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ];
+        args.extend(more);
+        let mut r = Self::start_with(args, true);
+        r.certs = Some(pki.certificates());
+        r
+    }
+
+    /// A replica of the Redis on `master_port`.
+    pub fn start_replica(master_port: u16) -> RedisServer {
+        Self::start_with(
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master_port.to_string(),
+            ],
+            false,
+        )
+    }
+
+    pub fn url(&self) -> String {
+        match self.tls {
+            true => format!("rediss://127.0.0.1:{}", self.port),
+            false => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// A synchronous connection (over TLS with the test's certificates to a TLS server).
+    pub fn connection(&self) -> redis::Connection {
+        match &self.certs {
+            Some(c) => redis::Client::build_with_tls(self.url(), c.clone()),
+            None => redis::Client::open(self.url()),
+        }
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .expect("connect to redis-server")
+    }
+
+    /// Starts (again) on the same port and waits until it answers PING (a TLS server: until
+    /// it accepts connections).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
+        let port = self.port.to_string();
+        let ports: Vec<&str> = match self.tls {
+            true => vec!["--port", "0", "--tls-port", &port],
+            false => vec!["--port", &port],
+        };
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(&ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self._dir.path())
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
         let port = self.port;
+        let tls = self.tls;
         assert!(
-            wait_until(Duration::from_secs(10), || redis_ping(port)),
+            wait_until(Duration::from_secs(10), || match tls {
+                true => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                false => redis_ping(port),
+            }),
             "redis-server did not answer on port {port}"
         );
     }
@@ -823,6 +907,280 @@ impl Drop for RedisServer {
                 .status();
         }
         self.kill();
+    }
+}
+
+/// A private CA, a server certificate it signed for 127.0.0.1 and localhost, and a client
+/// certificate it signed; PEM files in a temporary folder.
+pub struct TestPki {
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// The CA and the client certificate, as the redis crate takes them.
+    pub fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(&self.client_cert).unwrap(),
+                client_key: std::fs::read(&self.client_key).unwrap(),
+            }),
+            root_cert: Some(std::fs::read(&self.ca).unwrap()),
+        }
+    }
+
+    pub fn new(name: &str) -> TestPki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>, usages: Vec<rcgen::ExtendedKeyUsagePurpose>| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params.extended_key_usages = usages;
+            let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        // The servers' certificate is a client one too: Cluster nodes (and replicas, and
+        // sentinels without a client certificate of their own) present it to each other.
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client_cert, client_key) = leaf(
+            vec!["kairos-client".into()],
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |file: &str, text: &str| {
+            let path = dir.path().join(file);
+            std::fs::write(&path, text).expect("write PEM");
+            path
+        };
+        TestPki {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+            dir,
+        }
+    }
+}
+
+/// A Sentinel on a free port watching the master `name` at `master_port` (quorum 2, the
+/// master down after 1 s without answers).
+pub struct Sentinel {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub fn start(name: &str, master_port: u16) -> Sentinel {
+        Self::start_with(name, master_port, "", false)
+    }
+
+    /// Over TLS only (`--tls-port`), with `pki`'s server certificate and its client
+    /// certificate towards a mutual-TLS master; quorum 1.
+    pub fn start_tls(name: &str, master_port: u16, pki: &TestPki) -> Sentinel {
+        let conf = format!(
+            "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+             tls-client-cert-file {}\ntls-client-key-file {}\n\
+             tls-replication yes\ntls-auth-clients yes\n",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display(),
+        );
+        Self::start_with(name, master_port, &conf, true)
+    }
+
+    /// `extra` is appended to the config file; `tls`: the port is a TLS port (no plain one).
+    fn start_with(name: &str, master_port: u16, extra: &str, tls: bool) -> Sentinel {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("sentinel.conf");
+        let ports = match tls {
+            true => format!("port 0\ntls-port {port}\n"),
+            false => format!("port {port}\n"),
+        };
+        let quorum = if tls { 1 } else { 2 };
+        std::fs::write(
+            &conf,
+            format!(
+                "{ports}bind 127.0.0.1\ndir {}\n{extra}\
+                 sentinel monitor {name} 127.0.0.1 {master_port} {quorum}\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 10000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = std::process::Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        assert!(
+            wait_until(Duration::from_secs(10), || match tls {
+                true => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                false => redis_ping(port),
+            }),
+            "sentinel did not answer on port {port}"
+        );
+        Sentinel {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to sentinel")
+    }
+
+    /// The port of the master this sentinel names for `name`.
+    pub fn master_port(&self, name: &str) -> Option<u16> {
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(name)
+            .query(&mut self.connection())
+            .ok()?;
+        addr.map(|(_, p)| p)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of `n` masters (no replicas) on free ports, its slots assigned by
+/// `redis-cli --cluster create`; started and checked `cluster_state:ok` on every node.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        Self::start_with(n, None)
+    }
+
+    /// With `pki`: every node speaks only TLS, to clients and to each other
+    /// (`--tls-cluster yes`), and wants client certificates.
+    pub fn start_with(n: usize, pki: Option<&TestPki>) -> RedisCluster {
+        let args: Vec<String> = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+            .map(String::from)
+            .to_vec();
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| match pki {
+                None => RedisServer::start_with(args.clone(), false),
+                Some(pki) => {
+                    let mut more = args.clone();
+                    more.extend(
+                        ["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from),
+                    );
+                    RedisServer::start_tls_with(pki, more)
+                }
+            })
+            .collect();
+        // Bounded: redis-cli waits for the nodes to meet for as long as it takes.
+        let mut cli = std::process::Command::new("timeout");
+        cli.arg("20").arg("redis-cli");
+        if let Some(pki) = pki {
+            cli.arg("--tls")
+                .arg("--cacert")
+                .arg(&pki.ca)
+                .arg("--cert")
+                .arg(&pki.client_cert)
+                .arg("--key")
+                .arg(&pki.client_key);
+        }
+        let out = cli
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)))
+            .arg("--cluster-yes")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("redis-cli must be installed (scripts/test.sh installs redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || nodes.iter().all(|r| {
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query::<String>(&mut r.connection())
+                    .is_ok_and(|i| i.contains("cluster_state:ok"))
+            })),
+            "the cluster never reached cluster_state:ok"
+        );
+        RedisCluster { nodes }
+    }
+
+    /// `redis+cluster://` (`rediss+cluster://` for TLS nodes) with every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let scheme = match self.nodes.first().is_some_and(|r| r.tls) {
+            true => "rediss+cluster",
+            false => "redis+cluster",
+        };
+        format!("{scheme}://{}", hosts.join(","))
+    }
+
+    /// The value of `key`, asked of the node that holds its slot (plain GET on each node;
+    /// the others answer MOVED).
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.nodes.iter().find_map(|r| {
+            redis::cmd("GET")
+                .arg(key)
+                .query::<Option<String>>(&mut r.connection())
+                .ok()
+                .flatten()
+        })
+    }
+
+    /// Every key each node holds (`KEYS *`, node by node).
+    pub fn keys_per_node(&self) -> Vec<Vec<String>> {
+        self.nodes
+            .iter()
+            .map(|r| {
+                redis::cmd("KEYS")
+                    .arg("*")
+                    .query(&mut r.connection())
+                    .unwrap()
+            })
+            .collect()
     }
 }
 
@@ -969,14 +1327,6 @@ where
             _ => {}
         }
     }
-}
-
-/// A free loopback TCP port (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A real single-member etcd (Debian's etcd-server) on free loopback ports with a temp data

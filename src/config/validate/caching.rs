@@ -4,8 +4,8 @@
 use super::V;
 use crate::config::cache::{CacheBackend, CacheConfig, KeyTemplate, RedisCache, RouteCache};
 use crate::config::error::did_you_mean;
-use crate::config::model::Secret;
 use crate::config::raw::{RawCaching, RawRouteCache};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +17,12 @@ pub(super) struct TopCache {
     pub key: Arc<KeyTemplate>,
 }
 
-pub(super) fn caching_config(v: &mut V, r: &RawCaching) -> TopCache {
+pub(super) fn caching_config(v: &mut V, r: &RawCaching, base_dir: &Path) -> TopCache {
     let backend = match r.backend.as_deref() {
         None | Some("memory") => CacheBackend::Memory,
-        Some("redis") => CacheBackend::Redis(redis_cache(v, r)),
+        Some("redis") => CacheBackend::Redis(redis_cache(v, r, base_dir)),
         Some("hybrid") => {
-            let redis = redis_cache(v, r);
+            let redis = redis_cache(v, r, base_dir);
             let l1_ttl = v.duration("caching.l1_ttl", &r.l1_ttl, CacheConfig::DEFAULT_L1_TTL);
             let l2_ttl = v.duration("caching.l2_ttl", &r.l2_ttl, CacheConfig::DEFAULT_L2_TTL);
             if l1_ttl.is_zero() || l2_ttl.is_zero() {
@@ -69,6 +69,11 @@ pub(super) fn caching_config(v: &mut V, r: &RawCaching) -> TopCache {
             (
                 "redis_timeout",
                 r.redis_timeout.is_some(),
+                "the redis and hybrid backends",
+            ),
+            (
+                "redis_tls",
+                r.redis_tls.is_some(),
                 "the redis and hybrid backends",
             ),
             (
@@ -165,7 +170,7 @@ pub(super) fn caching_config(v: &mut V, r: &RawCaching) -> TopCache {
 }
 
 /// The Redis of the redis and hybrid backends.
-fn redis_cache(v: &mut V, r: &RawCaching) -> RedisCache {
+fn redis_cache(v: &mut V, r: &RawCaching, base_dir: &Path) -> RedisCache {
     let timeout = v.duration(
         "caching.redis_timeout",
         &r.redis_timeout,
@@ -178,26 +183,6 @@ fn redis_cache(v: &mut V, r: &RawCaching) -> RedisCache {
             "a few times Redis' round trip, e.g. \"100ms\"",
         );
     }
-    let url = match &r.redis_url {
-        None => {
-            v.err_hint(
-                "caching.redis_url",
-                "the redis and hybrid cache backends need `redis_url`",
-                "add \"redis_url\": \"redis://127.0.0.1:6379\" (or \"${REDIS_URL}\")",
-            );
-            String::new()
-        }
-        Some(u) => {
-            if let Err(e) = super::rate_limiting::check_redis_url(u) {
-                v.err_hint(
-                    "caching.redis_url",
-                    e,
-                    "write redis://[user:password@]host:port[/db]",
-                );
-            }
-            u.clone()
-        }
-    };
     let key_prefix = r
         .key_prefix
         .clone()
@@ -209,8 +194,18 @@ fn redis_cache(v: &mut V, r: &RawCaching) -> RedisCache {
             format!("use \"{}\"", CacheConfig::DEFAULT_KEY_PREFIX),
         );
     }
+    let (url, tls, _) = super::redis::connection(
+        v,
+        "caching",
+        &r.redis_url,
+        &r.redis_tls,
+        Some(&key_prefix),
+        base_dir,
+        "the redis and hybrid cache backends need `redis_url`",
+    );
     RedisCache {
-        url: Secret(url.into_bytes()),
+        url,
+        tls,
         timeout,
         key_prefix,
     }

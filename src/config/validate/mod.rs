@@ -10,6 +10,7 @@ mod cors;
 mod discovery;
 mod observability;
 mod rate_limiting;
+mod redis;
 mod routes;
 mod server;
 mod tenants;
@@ -90,7 +91,7 @@ pub fn validate(
     let top_limits = raw
         .rate_limiting
         .as_ref()
-        .map(|r| rate_limiting::rate_limiting_config(&mut v, r));
+        .map(|r| rate_limiting::rate_limiting_config(&mut v, r, base_dir));
     let jwt = raw
         .jwt_validation
         .as_ref()
@@ -120,7 +121,7 @@ pub fn validate(
     let caching = raw
         .caching
         .as_ref()
-        .map(|c| caching::caching_config(&mut v, c));
+        .map(|c| caching::caching_config(&mut v, c, base_dir));
     let context = routes::RouteContext {
         cache: caching.as_ref(),
         top_transforms: &top_transforms,

@@ -6,9 +6,10 @@ use super::V;
 use crate::config::error::{did_you_mean, ConfigError};
 use crate::config::model::{
     ApiKeysConfig, AuthFailureLimit, AuthMode, OnBackendError, RateBackend, RateConfig,
-    RateLimitConfig, RouteConfig, RouteRateLimit, ScopeLimits, Secret,
+    RateLimitConfig, RouteConfig, RouteRateLimit, ScopeLimits,
 };
 use crate::config::raw::{RawRate, RawRateLimiting, RawRouteRateLimit};
+use std::path::Path;
 use std::time::Duration;
 
 /// Highest `rps`: the memory limiter counts in nanoseconds, Redis in microseconds.
@@ -67,7 +68,11 @@ fn scope_limits(
     }
 }
 
-pub(super) fn rate_limiting_config(v: &mut V, r: &RawRateLimiting) -> RateLimitConfig {
+pub(super) fn rate_limiting_config(
+    v: &mut V,
+    r: &RawRateLimiting,
+    base_dir: &Path,
+) -> RateLimitConfig {
     let limits = scope_limits(
         v,
         "rate_limiting",
@@ -88,7 +93,7 @@ pub(super) fn rate_limiting_config(v: &mut V, r: &RawRateLimiting) -> RateLimitC
             OnBackendError::Allow
         }
     };
-    let backend = backend(v, r);
+    let backend = backend(v, r, base_dir);
     let max_keys = match r.max_keys {
         Some(0) => {
             v.err("rate_limiting.max_keys", "max_keys must be at least 1");
@@ -121,21 +126,21 @@ pub(super) fn rate_limiting_config(v: &mut V, r: &RawRateLimiting) -> RateLimitC
 }
 
 /// Where the counts live: this process's memory, or a Redis shared by every gateway.
-fn backend(v: &mut V, r: &RawRateLimiting) -> RateBackend {
+fn backend(v: &mut V, r: &RawRateLimiting, base_dir: &Path) -> RateBackend {
     match r.backend.as_deref() {
         None | Some("memory") => {
-            if r.redis_url.is_some() {
+            if r.redis_url.is_some() || r.redis_tls.is_some() {
                 v.warnings.push(
                     ConfigError::new(
                         "rate_limiting.redis_url",
-                        "`redis_url` is ignored: the backend is memory",
+                        "`redis_url` and `redis_tls` are ignored: the backend is memory",
                     )
                     .with_hint("set \"backend\": \"redis\" to share limits through Redis"),
                 );
             }
             RateBackend::Memory
         }
-        Some("redis") => redis_backend(v, r),
+        Some("redis") => redis_backend(v, r, base_dir),
         Some(other) => {
             let hint = did_you_mean(other, ["memory", "redis"])
                 .unwrap_or_else(|| "use \"memory\" or \"redis\"".into());
@@ -149,7 +154,7 @@ fn backend(v: &mut V, r: &RawRateLimiting) -> RateBackend {
     }
 }
 
-fn redis_backend(v: &mut V, r: &RawRateLimiting) -> RateBackend {
+fn redis_backend(v: &mut V, r: &RawRateLimiting, base_dir: &Path) -> RateBackend {
     let timeout = v.duration(
         "rate_limiting.redis_timeout",
         &r.redis_timeout,
@@ -161,38 +166,21 @@ fn redis_backend(v: &mut V, r: &RawRateLimiting) -> RateBackend {
             "redis_timeout must be more than 0s",
         );
     }
-    let url = match &r.redis_url {
-        None => {
-            v.err_hint(
-                "rate_limiting.redis_url",
-                "the redis backend needs `redis_url`",
-                "add \"redis_url\": \"redis://127.0.0.1:6379\" (or \"${REDIS_URL}\")",
-            );
-            String::new()
-        }
-        Some(u) => {
-            if let Err(e) = check_redis_url(u) {
-                v.err_hint(
-                    "rate_limiting.redis_url",
-                    e,
-                    "write redis://[user:password@]host:port[/db]",
-                );
-            }
-            u.clone()
-        }
-    };
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "kairos:rl:".into());
+    let (url, tls, _) = super::redis::connection(
+        v,
+        "rate_limiting",
+        &r.redis_url,
+        &r.redis_tls,
+        Some(&key_prefix),
+        base_dir,
+        "the redis backend needs `redis_url`",
+    );
     RateBackend::Redis {
-        url: Secret(url.into_bytes()),
+        url,
+        tls,
         timeout,
-        key_prefix: r.key_prefix.clone().unwrap_or_else(|| "kairos:rl:".into()),
-    }
-}
-
-/// Checks a `redis_url` without connecting.
-pub(super) fn check_redis_url(url: &str) -> Result<(), &'static str> {
-    match redis::Client::open(url) {
-        Ok(_) if url.starts_with("redis://") || url.starts_with("unix://") => Ok(()),
-        _ => Err("`redis_url` is not a redis:// URL this build can use"),
+        key_prefix,
     }
 }
 

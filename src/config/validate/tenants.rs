@@ -7,7 +7,7 @@ use super::routes::{route, RouteContext, Seen};
 use super::V;
 use crate::config::error::did_you_mean;
 use crate::config::model::{
-    ApiKeysConfig, IdentifyBy, QuotaConfig, QuotaStoreConfig, RouteConfig, Secret, TenancyConfig,
+    ApiKeysConfig, IdentifyBy, QuotaConfig, QuotaStoreConfig, RouteConfig, TenancyConfig,
     TenantConfig,
 };
 use crate::config::raw::{RawConfig, RawQuotaStore, RawQuotas, RawTenancy};
@@ -286,10 +286,10 @@ fn quota_store(v: &mut V, s: Option<&RawQuotaStore>, base_dir: &Path) -> QuotaSt
     let p = "tenancy.quota_store";
     match s.backend.as_str() {
         "file" => {
-            if s.redis_url.is_some() {
+            if s.redis_url.is_some() || s.redis_tls.is_some() {
                 v.err_hint(
                     format!("{p}.redis_url"),
-                    "`redis_url` belongs to the redis backend",
+                    "`redis_url` and `redis_tls` belong to the redis backend",
                     "remove it, or set \"backend\": \"redis\"",
                 );
             }
@@ -309,29 +309,20 @@ fn quota_store(v: &mut V, s: Option<&RawQuotaStore>, base_dir: &Path) -> QuotaSt
                     "remove it, or set \"backend\": \"file\"",
                 );
             }
-            let url = match &s.redis_url {
-                None => {
-                    v.err_hint(
-                        format!("{p}.redis_url"),
-                        "the redis backend needs `redis_url`",
-                        "add \"redis_url\": \"redis://127.0.0.1:6379\" (or \"${REDIS_URL}\")",
-                    );
-                    String::new()
-                }
-                Some(u) => {
-                    if let Err(e) = super::rate_limiting::check_redis_url(u) {
-                        v.err_hint(
-                            format!("{p}.redis_url"),
-                            e,
-                            "write redis://[user:password@]host:port[/db]",
-                        );
-                    }
-                    u.clone()
-                }
-            };
+            let key_prefix = s.key_prefix.clone().unwrap_or_else(|| "kairos:".into());
+            let (url, tls, _) = super::redis::connection(
+                v,
+                p,
+                &s.redis_url,
+                &s.redis_tls,
+                Some(&key_prefix),
+                base_dir,
+                "the redis backend needs `redis_url`",
+            );
             QuotaStoreConfig::Redis {
-                url: Secret(url.into_bytes()),
-                key_prefix: s.key_prefix.clone().unwrap_or_else(|| "kairos:".into()),
+                url,
+                tls,
+                key_prefix,
             }
         }
         "memory" => QuotaStoreConfig::Memory,

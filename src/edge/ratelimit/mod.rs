@@ -70,10 +70,33 @@ struct Limit {
     store: Arc<Store>,
     /// Redis keys of this limit start with this.
     redis_prefix: String,
+    /// The length of the configured `key_prefix` at the start of `redis_prefix`: on a
+    /// Cluster the hash tag goes right after it (before any free text).
+    prefix_len: usize,
+    /// On a Cluster, which hash tag this limit's keys carry.
+    tag: TagBy,
     /// The policy's name in the IETF RateLimit fields.
     policy: String,
     /// Seconds a drained bucket takes to refill.
     window_s: u64,
+}
+
+/// The hash tag of a limit's keys on a Redis Cluster. Every key of one decision must share a
+/// slot: the identity-bound limits of one decision (a key's own, per key, per user) all count
+/// one caller, so they are tagged by the caller's name; a tenant's one bucket by the tenant; a
+/// global bucket is one key met together with every client's per-IP bucket, so those share
+/// one fixed tag, and per-IP limits never met with a global one are tagged by the address.
+#[derive(Debug, Clone)]
+enum TagBy {
+    /// One tag for every key of the limit.
+    Fixed(String),
+    /// The tag of the client's key (address or name).
+    Client,
+}
+
+/// The tag of the global limits and of the per-IP limits checked with them.
+fn anonymous_tag() -> String {
+    crate::base::redis::hash_tag("anonymous")
 }
 
 /// Which limits a route meets (indexes into the limits).
@@ -212,7 +235,7 @@ pub struct RateLimiter {
     tenants: Vec<Option<u32>>,
     redis: Option<redis::RedisStore>,
     /// Identity of the Redis settings, for handing the connection over on reload.
-    redis_id: Option<(Vec<u8>, std::time::Duration, String)>,
+    redis_id: Option<RedisId>,
     on_error: OnBackendError,
     max_keys: u64,
     /// Bits of an IPv6 address that key a per-IP limit.
@@ -221,6 +244,14 @@ pub struct RateLimiter {
     pub ietf_headers: bool,
     metrics: LimiterMetrics,
 }
+
+/// The Redis settings a limiter's connection was made for (URL, TLS files, timeout, prefix).
+type RedisId = (
+    Vec<u8>,
+    Option<crate::base::redis::TlsFiles>,
+    std::time::Duration,
+    String,
+);
 
 /// Seconds, rounded up.
 fn ceil_s(units: u64, per_second: f64) -> u64 {
@@ -278,16 +309,22 @@ impl RateLimiter {
                     .map(|c| b.limit(Scope::Tenant, None, Some(&t.id), c))
             })
             .collect();
-        let routes = config.routes.iter().map(|r| b.plan(r, &top_idx)).collect();
-        let limits = b.limits;
+        let routes: Vec<RoutePlan> = config.routes.iter().map(|r| b.plan(r, &top_idx)).collect();
+        let mut limits = b.limits;
+        for p in &routes {
+            if let (Some(ip), Some(_)) = (p.ip, p.global) {
+                limits[ip as usize].tag = TagBy::Fixed(anonymous_tag());
+            }
+        }
         let (redis, redis_id) = match &rl.backend {
             RateBackend::Memory => (None, None),
             RateBackend::Redis {
                 url,
+                tls,
                 timeout,
                 key_prefix,
             } => {
-                let id = (url.0.clone(), *timeout, key_prefix.clone());
+                let id = (url.0.clone(), tls.clone(), *timeout, key_prefix.clone());
                 let reused = previous.and_then(|p| match (&p.redis, &p.redis_id) {
                     (Some(r), Some(pid)) if *pid == id => Some(r.clone()),
                     _ => None,
@@ -299,12 +336,14 @@ impl RateLimiter {
                             .map_err(|_| RateLimitBuildError::RedisUrlNotUtf8)?;
                         redis::RedisStore::new(
                             url,
+                            tls.as_ref(),
                             *timeout,
                             key_prefix,
                             metrics
                                 .ratelimit_backend_errors
                                 .with_label_values(&["redis"]),
                             metrics.ratelimit_backend_up.with_label_values(&["redis"]),
+                            metrics.redis_up.with_label_values(&["rate_limit"]),
                             match rl.on_backend_error {
                                 OnBackendError::Allow => {
                                     "each instance enforces the limits on its own"
@@ -419,22 +458,30 @@ impl RateLimiter {
             Some(r) if !r.is_up() => Pending::Ready(self.fallback(&req)),
             Some(r) => Pending::Remote(Box::pin(async move {
                 let start = Instant::now();
+                let cluster = r.is_cluster();
                 let buckets: Vec<(String, Rate)> = req
                     .iter()
                     .map(|(i, key)| {
                         let l = &self.limits[*i as usize];
-                        let mut k = l.redis_prefix.clone();
-                        match key {
-                            None => {}
-                            Some(Key::Ip(ip)) => {
-                                use std::fmt::Write;
-                                let _ = match ip {
-                                    IpAddr::V4(_) => write!(k, "{ip}"),
-                                    IpAddr::V6(_) => write!(k, "{ip}/{}", self.ipv6_prefix),
+                        let client = match key {
+                            None => String::new(),
+                            Some(Key::Ip(ip)) => match ip {
+                                IpAddr::V4(_) => ip.to_string(),
+                                IpAddr::V6(_) => format!("{ip}/{}", self.ipv6_prefix),
+                            },
+                            Some(Key::Name(name)) => name.to_string(),
+                        };
+                        let k = match (cluster, &l.tag) {
+                            (false, _) => format!("{}{client}", l.redis_prefix),
+                            (true, tag) => {
+                                let (prefix, rest) = l.redis_prefix.split_at(l.prefix_len);
+                                let tag = match tag {
+                                    TagBy::Fixed(t) => t.clone(),
+                                    TagBy::Client => crate::base::redis::hash_tag(&client),
                                 };
+                                format!("{prefix}{tag}{rest}{client}")
                             }
-                            Some(Key::Name(name)) => k.push_str(name),
-                        }
+                        };
                         (k, l.rate_us)
                     })
                     .collect();
@@ -537,6 +584,11 @@ impl RateLimiter {
             (Some(r), OnBackendError::Deny) => r.check().await,
             _ => true,
         }
+    }
+
+    /// The Redis client, if the backend is Redis (for the readiness answer).
+    pub fn redis_client(&self) -> Option<&std::sync::Arc<crate::base::redis::RedisClient>> {
+        self.redis.as_ref().map(redis::RedisStore::client)
     }
 
     /// Whether decisions currently go to Redis.
@@ -676,6 +728,12 @@ impl Builder<'_> {
             (Some(r), None) => format!("{prefix}route:{}:{r}:{}:", r.len(), scope.as_str()),
             (None, None) => format!("{prefix}{}:", scope.as_str()),
         };
+        let tag = match (scope, own_key) {
+            (Scope::Global, _) => TagBy::Fixed(anonymous_tag()),
+            // A tenant's bucket, or a key's own: tagged like the caller it counts.
+            (_, Some(name)) => TagBy::Fixed(crate::base::redis::hash_tag(name)),
+            _ => TagBy::Client,
+        };
         let policy = match route {
             Some(_) => format!("route_{}", scope.as_str()),
             None => scope.as_str().to_string(),
@@ -686,6 +744,8 @@ impl Builder<'_> {
             rate_ns,
             store,
             redis_prefix,
+            prefix_len: prefix.len(),
+            tag,
             policy,
             id,
         });
@@ -725,8 +785,8 @@ mod tests {
         use super::RateLimitBuildError as E;
         assert_eq!(E::RedisUrlNotUtf8.to_string(), "redis_url is not UTF-8");
         assert_eq!(
-            E::from(super::redis::InvalidRedisUrl).to_string(),
-            "invalid redis_url"
+            E::from(super::redis::InvalidRedisUrl("no scheme".into())).to_string(),
+            "invalid redis_url: no scheme"
         );
     }
 

@@ -12,9 +12,8 @@
 
 use super::gcra::Rate;
 pub use crate::base::redis::InvalidRedisUrl;
-use crate::base::redis::RedisClient;
+use crate::base::redis::{Conn, RedisClient, TlsFiles};
 use prometheus::{IntCounter, IntGauge};
-use redis::aio::MultiplexedConnection;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,15 +131,20 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// `redis_up` follows the connection's health (`kairos_redis_up{role="rate_limit"}`);
+    /// `up_gauge` whether decisions go to Redis.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         url: &str,
+        tls: Option<&TlsFiles>,
         timeout: Duration,
         key_prefix: &str,
         errors: IntCounter,
         up_gauge: IntGauge,
+        redis_up: IntGauge,
         meanwhile: &'static str,
     ) -> Result<RedisStore, InvalidRedisUrl> {
-        let conn = RedisClient::open(url, timeout)?;
+        let conn = Arc::new(RedisClient::open(url, tls, timeout)?.with_up_gauge(redis_up));
         up_gauge.set(1);
         Ok(RedisStore {
             shared: Arc::new(Shared {
@@ -164,6 +168,16 @@ impl RedisStore {
     /// Whether decisions go to Redis (false during an outage).
     pub fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Acquire)
+    }
+
+    /// Whether the keys must carry hash tags (a Redis Cluster).
+    pub fn is_cluster(&self) -> bool {
+        self.shared.conn.target() == "cluster"
+    }
+
+    /// The client, for the readiness answer.
+    pub fn client(&self) -> &Arc<RedisClient> {
+        &self.shared.conn
     }
 
     /// One decision over `buckets` (key, rate in µs); `Err` when Redis failed or is down
@@ -221,11 +235,7 @@ impl RedisStore {
 
     /// The shared connection, or a new one within `redis_timeout`; a failure counts toward
     /// marking the backend down.
-    async fn connection(
-        &self,
-        epoch: u64,
-        started: Instant,
-    ) -> Result<MultiplexedConnection, Unavailable> {
+    async fn connection(&self, epoch: u64, started: Instant) -> Result<Conn, Unavailable> {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
@@ -287,15 +297,15 @@ impl RedisStore {
         Unavailable
     }
 
-    async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
+    async fn connect(&self) -> redis::RedisResult<Conn> {
         self.shared.conn.connect().await
     }
 
-    fn cached(&self) -> Option<MultiplexedConnection> {
+    fn cached(&self) -> Option<Conn> {
         self.shared.conn.cached()
     }
 
-    fn keep(&self, conn: MultiplexedConnection) -> MultiplexedConnection {
+    fn keep(&self, conn: Conn) -> Conn {
         self.shared.conn.keep(conn)
     }
 
@@ -306,6 +316,7 @@ impl RedisStore {
     /// Redis answered (a verdict or an error answer): ends a streak of failures.
     fn answered(&self) {
         let s = &self.shared;
+        s.conn.mark(true);
         if s.streak_len.load(Ordering::Relaxed) != 0 {
             let mut streak = s.streak.lock().unwrap_or_else(|e| e.into_inner());
             streak.answered();
@@ -321,6 +332,7 @@ impl RedisStore {
     fn failed(&self, epoch: u64, started: Instant, error: &str) -> Unavailable {
         let s = &self.shared;
         s.errors.inc();
+        s.conn.mark(false);
         if s.recoveries.load(Ordering::Acquire) != epoch {
             return Unavailable;
         }
@@ -383,6 +395,7 @@ impl RedisStore {
                 };
                 match tokio::time::timeout(shared.timeout * 4, check).await {
                     Ok(Ok(_)) => {
+                        shared.conn.mark(true);
                         let since = shared
                             .down_since
                             .lock()

@@ -25,8 +25,8 @@ const DAY_MS: u64 = 86_400_000;
 pub enum QuotaBuildError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("invalid redis_url")]
-    RedisUrl,
+    #[error(transparent)]
+    RedisUrl(#[from] crate::base::redis::InvalidRedisUrl),
 }
 
 /// One day's counts of one tenant in this instance.
@@ -214,6 +214,14 @@ pub struct Quotas {
 }
 
 impl Quotas {
+    /// The Redis client of the quota store, when it is Redis (for the readiness answer).
+    pub fn redis_client(&self) -> Option<&Arc<crate::base::redis::RedisClient>> {
+        match &self.backend {
+            Backend::Redis(r) => Some(r.client()),
+            Backend::Local(_) => None,
+        }
+    }
+
     /// The quotas of `t`; the previous runtime's store and counters carry over when the store
     /// settings are the same.
     pub fn build(
@@ -234,11 +242,23 @@ impl Quotas {
             (_, None) if !any => Backend::Local(Store::in_memory()?),
             (QuotaStoreConfig::Memory, None) => Backend::Local(Store::in_memory()?),
             (QuotaStoreConfig::File { path }, None) => Backend::Local(Store::open_file(path)?),
-            (QuotaStoreConfig::Redis { url, key_prefix }, None) => {
-                let url = std::str::from_utf8(&url.0).map_err(|_| QuotaBuildError::RedisUrl)?;
-                Backend::Redis(
-                    QuotaRedis::new(url, key_prefix).map_err(|_| QuotaBuildError::RedisUrl)?,
-                )
+            (
+                QuotaStoreConfig::Redis {
+                    url,
+                    tls,
+                    key_prefix,
+                },
+                None,
+            ) => {
+                let url = std::str::from_utf8(&url.0).map_err(|_| {
+                    crate::base::redis::InvalidRedisUrl("redis_url is not UTF-8".into())
+                })?;
+                Backend::Redis(QuotaRedis::new(
+                    url,
+                    tls.as_ref(),
+                    key_prefix,
+                    metrics.redis_up.with_label_values(&["quota"]),
+                )?)
             }
         };
         let label = match &backend {

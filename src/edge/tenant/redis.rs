@@ -3,21 +3,21 @@
 //! every instance sharing the Redis enforces the same quota exactly. Refused requests are
 //! counted in a key of their own. Keys:
 //! `{prefix}quota:{len}:{tenant}:m:YYYY-MM`, `...:d:YYYY-MM-DD` and `...:r:YYYY-MM-DD`, kept
-//! for [`KEEP_S`] (usage exports reach a year back).
+//! for [`KEEP_S`] (usage exports reach a year back); on a Redis Cluster the tenant's hash
+//! tag follows `quota:` so that all of a tenant's keys share a slot.
 //!
-//! Each worker thread keeps its own multiplexed connection (its driver runs on that worker's
-//! runtime). A call that fails or takes longer than [`TIMEOUT`] is reported to the caller,
+//! The connection is the shared Redis layer's ([`crate::base::redis`]: one node, Sentinel or
+//! Cluster, TLS), one per worker thread. A call that fails or takes longer than [`TIMEOUT`] is reported to the caller,
 //! which admits the request uncounted; after a failure Redis is not asked again for
 //! [`PAUSE_AFTER_FAILURE`] (those requests are admitted uncounted at once, not after a
 //! timeout each), and one warning is logged per outage.
 
 use super::store::{DayCounts, StoreError};
 use crate::base::clock::Date;
+use crate::base::redis::{Conn, InvalidRedisUrl, RedisClient, TlsFiles};
 use crate::config::model::QuotaConfig;
-use redis::aio::MultiplexedConnection;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a quota key lives: usage stays exportable for a year and a month.
@@ -48,7 +48,7 @@ return {m, d, 1}
 "#;
 
 struct Inner {
-    client: redis::Client,
+    client: Arc<RedisClient>,
     prefix: String,
     /// Until when (monotonic ms, [`crate::base::clock::now_ms`]) Redis is not asked; 0: ask.
     paused_until: AtomicU64,
@@ -61,16 +61,18 @@ pub struct QuotaRedis {
     script: redis::Script,
 }
 
-thread_local! {
-    static CONNECTIONS: RefCell<Vec<(Weak<Inner>, MultiplexedConnection)>> =
-        const { RefCell::new(Vec::new()) };
-}
-
 impl QuotaRedis {
-    pub fn new(url: &str, prefix: &str) -> Result<QuotaRedis, redis::RedisError> {
+    /// `up` follows the connection's health (`kairos_redis_up{role="quota"}`).
+    pub fn new(
+        url: &str,
+        tls: Option<&TlsFiles>,
+        prefix: &str,
+        up: prometheus::IntGauge,
+    ) -> Result<QuotaRedis, InvalidRedisUrl> {
+        let client = RedisClient::open(url, tls, TIMEOUT)?.with_up_gauge(up);
         Ok(QuotaRedis {
             inner: Arc::new(Inner {
-                client: redis::Client::open(url)?,
+                client: Arc::new(client),
                 prefix: prefix.to_string(),
                 paused_until: AtomicU64::new(0),
             }),
@@ -78,39 +80,28 @@ impl QuotaRedis {
         })
     }
 
+    /// The client, for the readiness answer.
+    pub fn client(&self) -> &Arc<RedisClient> {
+        &self.inner.client
+    }
+
+    /// The key of `tenant`'s `kind` count for `period`. On a Cluster every key of a tenant
+    /// carries the tenant's hash tag, so one decision's month and day keys (and a usage
+    /// export's days) share a slot.
     fn key(&self, tenant: &str, kind: char, period: &str) -> String {
+        let tag = match self.inner.client.target() {
+            "cluster" => crate::base::redis::hash_tag(tenant),
+            _ => String::new(),
+        };
         format!(
-            "{}quota:{}:{tenant}:{kind}:{period}",
+            "{}quota:{tag}{}:{tenant}:{kind}:{period}",
             self.inner.prefix,
             tenant.len()
         )
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        let cached = CONNECTIONS.with(|c| {
-            c.borrow()
-                .iter()
-                .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.inner)))
-                .map(|(_, conn)| conn.clone())
-        });
-        if let Some(c) = cached {
-            return Ok(c);
-        }
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
-        let conn = self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(|e| StoreError(e.to_string()))?;
-        CONNECTIONS.with(|c| {
-            let mut c = c.borrow_mut();
-            c.retain(|(w, _)| w.strong_count() > 0);
-            c.push((Arc::downgrade(&self.inner), conn.clone()));
-        });
-        Ok(conn)
+    async fn connection(&self) -> Result<Conn, StoreError> {
+        self.inner.client.connection().await.map_err(StoreError)
     }
 
     /// Whether Redis is being left alone after a failure.
@@ -122,7 +113,8 @@ impl QuotaRedis {
     /// A call failed: drop this worker's connection and leave Redis alone for a while (one
     /// warning per outage).
     fn failed(&self, error: &str) -> StoreError {
-        self.forget();
+        self.inner.client.forget();
+        self.inner.client.mark(false);
         let until = crate::base::clock::now_ms() + PAUSE_AFTER_FAILURE.as_millis() as u64;
         if self.inner.paused_until.swap(until, Ordering::Relaxed) == 0 {
             tracing::warn!(
@@ -135,17 +127,10 @@ impl QuotaRedis {
 
     /// A call succeeded: the outage, if any, is over.
     fn answered(&self) {
+        self.inner.client.mark(true);
         if self.inner.paused_until.swap(0, Ordering::Relaxed) != 0 {
             tracing::info!("quota store (redis) answers again");
         }
-    }
-
-    fn forget(&self) {
-        CONNECTIONS.with(|c| {
-            c.borrow_mut().retain(|(w, _)| {
-                w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.inner))
-            })
-        });
     }
 
     /// One decision for `tenant` on `date`: (month count, day count, admitted).
