@@ -334,6 +334,10 @@ pub struct RawUpstream {
     /// Largest response head (status line and headers) accepted from a server (default
     /// "64KB", at least "8KB"); a larger one is answered 502.
     pub max_response_header_size: Option<SizeStr>,
+    /// How the gateway speaks to the servers: "http1" (default), "h2" (HTTP/2 over TLS,
+    /// https servers), "h2c" (HTTP/2 with prior knowledge, http servers) or "auto" (HTTP/2
+    /// when the server's TLS handshake chooses it by ALPN, else HTTP/1.1; HTTP/1.1 on http).
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

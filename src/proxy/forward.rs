@@ -241,6 +241,7 @@ async fn send(
         connect_timeout: upstream.config.connect_timeout,
         tls: &upstream.tls,
         max_header_size: upstream.config.max_response_header_size,
+        protocol: upstream.config.protocol,
     };
     let remaining = deadline.saturating_duration_since(Deadline::from_std(sent_at));
     let attempt_timeout = upstream

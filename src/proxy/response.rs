@@ -35,7 +35,16 @@ pub fn upstream(
         Some(super::transform::Buffered::Whole(b)) => body.set_prefix(b, false),
         Some(super::transform::Buffered::Prefix(b)) => body.set_prefix(b, true),
     }
+    // An HTTP/2 client gets the upstream's trailers (the vendored actix-http sends them).
+    let trailers = (ctx.req.version() >= actix_web::http::Version::HTTP_2)
+        .then(actix_http::h2::Trailers::default);
+    if let Some(t) = &trailers {
+        body.set_trailers(t.clone());
+    }
     let mut res = HttpResponse::with_body(status, body);
+    if let Some(t) = trailers {
+        res.extensions_mut().insert(t);
+    }
     headers::response_headers(&parts.headers, res.headers_mut());
     if status == StatusCode::NOT_MODIFIED {
         // The length of the representation a 304 stands for; actix keeps it as set.

@@ -8,7 +8,7 @@ use super::context::Ctx;
 use super::headers;
 use super::route::Routed;
 use crate::base::error::GatewayError;
-use crate::config::model::{RewritePart, RouteConfig};
+use crate::config::model::{RewritePart, RouteConfig, UpstreamProtocol};
 use crate::edge::auth::{HeaderEdits, Identity};
 use actix_web::HttpRequest;
 use bytes::Bytes;
@@ -83,6 +83,9 @@ pub fn build<'a>(
             "http"
         },
         host: host.map(str::as_bytes),
+        // Trailers are relayed between an HTTP/2 client and an HTTP/2 upstream.
+        te_trailers: req.version() >= actix_web::http::Version::HTTP_2
+            && rt.upstreams[routed.route.upstream].config.protocol != UpstreamProtocol::Http1,
     };
     let request_id = http::HeaderValue::from_bytes(ctx.rid.as_bytes())
         .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
@@ -126,6 +129,7 @@ impl<'a> UpstreamRequest<'a> {
                 trusted: false,
                 scheme: "http",
                 host: None,
+                te_trailers: false,
             },
             request_id: http::HeaderValue::from_static("-"),
             edits: rt.edge.auth.header_edits(None),
