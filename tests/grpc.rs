@@ -1,7 +1,7 @@
-//! HTTP/2 upstreams end to end, with gRPC as the client: a gRPC server in the test process
-//! (tonic's server side over hyper's HTTP/2, h2c or TLS with ALPN "h2") behind the gateway,
-//! called by tonic's client through the gateway over h2c: unary, server-streaming and
-//! client-streaming calls with their trailers intact, the server's stream limit, ALPN.
+//! gRPC and HTTP/2 upstreams end to end: a gRPC server in the test process (tonic's server
+//! side over hyper's HTTP/2, h2c or TLS with ALPN "h2") behind the gateway, called by tonic's
+//! client through the gateway over h2c: unary, server-streaming, client-streaming and bidi
+//! calls, trailers intact, deadlines, and the gateway's own errors as gRPC statuses.
 
 mod support;
 
@@ -202,12 +202,20 @@ fn start_server(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, Arc<Seen
     (addr, seen)
 }
 
+const KEY: &str = "grpc-test-key-0123456789";
+
 fn gateway_config(upstream: &str, protocol: &str, extra_upstream: &str) -> String {
+    let key_hash = kairos_rs::base::hash::format_hash(&kairos_rs::base::hash::hash(KEY));
     format!(
         r#"{{"version":1,"server":{{"workers":1}},
         "upstreams":{{"g":{{"servers":[{{"url":"{upstream}"}}],"protocol":"{protocol}"{extra_upstream}}}}},
+        "api_keys":{{"header_name":"x-api-key","keys":{{"client":{{"key_hash":"{key_hash}"}}}}}},
         "routes":[
-          {{"name":"echo","path":"/test.Echo/{{*m}}","methods":["POST"],"upstream":"g","timeout":"10s"}}
+          {{"name":"echo","path":"/test.Echo/{{*m}}","methods":["POST"],"upstream":"g","grpc":true,"timeout":"10s"}},
+          {{"name":"locked","path":"/locked.Echo/{{*m}}","methods":["POST"],"upstream":"g","grpc":true,
+            "auth":"api_key","rewrite":"/test.Echo/{{m}}"}},
+          {{"name":"limited","path":"/limited.Echo/{{*m}}","methods":["POST"],"upstream":"g","grpc":true,
+            "rate_limit":{{"per_ip":{{"rps":0.001,"burst":1}}}},"rewrite":"/test.Echo/{{m}}"}}
         ],
         "admin":{{"token":"grpc-admin-token-0123456789"}},
         "logging":{{"access_log":false,"level":"error"}}}}"#
@@ -241,7 +249,7 @@ where
 }
 
 #[tokio::test]
-async fn calls_pass_with_their_trailers_over_h2c() {
+async fn the_four_kinds_of_calls_pass_with_their_trailers_over_h2c() {
     let (addr, seen) = start_server(None);
     let gw = Gateway::start(&gateway_config(&format!("http://{addr}"), "h2c", ""));
     let mut c = channel(&gw).await;
@@ -302,6 +310,176 @@ async fn calls_pass_with_their_trailers_over_h2c() {
         .await
         .expect("client-streaming call");
     assert_eq!(res.into_inner(), msg("10", 55));
+
+    // Bidi: each message answered while the request stream is still open.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(4);
+    let up =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    c.ready().await.unwrap();
+    let res = c
+        .streaming(
+            Request::new(up),
+            PathAndQuery::from_static("/test.Echo/Chat"),
+            ProstCodec::<Msg, Msg>::default(),
+        )
+        .await
+        .expect("bidi call");
+    let mut down = res.into_inner();
+    for (i, word) in ["one", "two", "three"].iter().enumerate() {
+        tx.send(msg(word, i as u32)).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), down.message())
+            .await
+            .expect("the answer arrives before the request stream ends")
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg(&word.to_uppercase(), i as u32));
+    }
+    drop(tx);
+    assert_eq!(down.message().await.unwrap(), None);
+
+    // Every call is counted by route and status.
+    let text = scrape_metrics(&gw, "grpc-admin-token-0123456789").await;
+    let ok = metric(
+        &text,
+        "kairos_grpc_responses_total",
+        &[("route", "echo"), ("grpc_status", "0")],
+    );
+    assert_eq!(ok, Some(4.0), "{text}");
+}
+
+/// An HTTP/2 connection to the gateway whose calls carry `grpc-timeout: <timeout>` without
+/// the client timing them out (tonic's channel enforces a `grpc-timeout` itself).
+#[derive(Clone)]
+struct GrpcTimeout(
+    hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    &'static str,
+);
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for GrpcTimeout {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        req.headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static(self.1));
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+async fn with_grpc_timeout(
+    gw: &Gateway,
+    timeout: &'static str,
+) -> tonic::client::Grpc<GrpcTimeout> {
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let origin = format!("http://{}", gw.addr).parse().unwrap();
+    tonic::client::Grpc::with_origin(GrpcTimeout(sender, timeout), origin)
+}
+
+#[tokio::test]
+async fn deadlines_are_enforced_by_the_gateway() {
+    let (addr, _seen) = start_server(None);
+    let gw = Gateway::start(&gateway_config(&format!("http://{addr}"), "h2c", ""));
+
+    // No answer head within the call's grpc-timeout: DEADLINE_EXCEEDED from the gateway
+    // (the test server ignores grpc-timeout; the client does not time out itself).
+    let mut c = with_grpc_timeout(&gw, "300m").await;
+    let started = std::time::Instant::now();
+    let err = unary(&mut c, "/test.Echo/Unary", Request::new(msg("slow", 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+
+    // A stream still going at the deadline ends with DEADLINE_EXCEEDED in its trailers.
+    let mut c = with_grpc_timeout(&gw, "800m").await;
+    let req = Request::new(msg("slow", 20));
+    c.ready().await.unwrap();
+    let res = c
+        .server_streaming(
+            req,
+            PathAndQuery::from_static("/test.Echo/Count"),
+            ProstCodec::<Msg, Msg>::default(),
+        )
+        .await
+        .expect("the stream starts");
+    let mut stream = res.into_inner();
+    let mut got = 0;
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(_)) => got += 1,
+            Ok(None) => panic!("the stream ended with OK after {got} messages"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
+    assert!((1..20).contains(&got), "{got} messages before the deadline");
+    let text = scrape_metrics(&gw, "grpc-admin-token-0123456789").await;
+    let exceeded = metric(
+        &text,
+        "kairos_grpc_responses_total",
+        &[("route", "echo"), ("grpc_status", "4")],
+    );
+    assert_eq!(exceeded, Some(2.0), "{text}");
+}
+
+#[tokio::test]
+async fn the_gateways_own_errors_are_grpc_statuses() {
+    let (addr, seen) = start_server(None);
+    let gw = Gateway::start(&gateway_config(&format!("http://{addr}"), "h2c", ""));
+    let mut c = channel(&gw).await;
+
+    // No API key: UNAUTHENTICATED, answered trailers-only by the gateway.
+    let err = unary(&mut c, "/locked.Echo/Unary", Request::new(msg("a", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(err.message(), "missing or invalid credentials");
+    // With the key the same call goes through.
+    let mut req = Request::new(msg("a", 1));
+    req.metadata_mut().insert("x-api-key", KEY.parse().unwrap());
+    let res = unary(&mut c, "/locked.Echo/Unary", req).await.unwrap();
+    assert_eq!(res.into_inner().text, "echo:a");
+
+    // Rate limit 1: the second call is RESOURCE_EXHAUSTED.
+    unary(&mut c, "/limited.Echo/Unary", Request::new(msg("b", 1)))
+        .await
+        .expect("the first call is within the limit");
+    let err = unary(&mut c, "/limited.Echo/Unary", Request::new(msg("b", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // A service no route serves: UNIMPLEMENTED.
+    let err = unary(&mut c, "/other.Service/Call", Request::new(msg("c", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert_eq!(
+        seen.requests.lock().unwrap().len(),
+        2,
+        "refused calls never reach the upstream"
+    );
+
+    // The upstream down: UNAVAILABLE.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let gw = Gateway::start(&gateway_config(&format!("http://{dead_addr}"), "h2c", ""));
+    let mut c = channel(&gw).await;
+    let err = unary(&mut c, "/test.Echo/Unary", Request::new(msg("d", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
 
 #[tokio::test]
@@ -498,7 +676,7 @@ fn protocol_config_errors_name_the_fix() {
     let up = |url: &str, protocol: &str| {
         format!(
             r#"{{"version":1,"upstreams":{{"u":{{"servers":[{{"url":"{url}"}}],"protocol":"{protocol}"}}}},
-            "routes":[{{"path":"/x","upstream":"u"}}]}}"#
+            "routes":[{{"path":"/x","upstream":"u","grpc":true}}]}}"#
         )
     };
     let e = errors(&up("http://127.0.0.1:1", "h2x"));
@@ -507,6 +685,10 @@ fn protocol_config_errors_name_the_fix() {
         "{e}"
     );
     assert!(e.contains("did you mean `h2`?"), "{e}");
+    assert!(
+        !e.contains("routes[0].grpc"),
+        "no error follows from the unknown one: {e}"
+    );
     let e = errors(&up("http://127.0.0.1:1", "h2"));
     assert!(
         e.contains("HTTP/2 over TLS") && e.contains("use \"h2c\""),
@@ -514,13 +696,64 @@ fn protocol_config_errors_name_the_fix() {
     );
     let e = errors(&up("https://127.0.0.1:1", "h2c"));
     assert!(e.contains("HTTP/2 without TLS"), "{e}");
-    for (url, protocol) in [
-        ("http://127.0.0.1:1", "h2c"),
-        ("https://127.0.0.1:1", "h2"),
-        ("https://127.0.0.1:1", "auto"),
-        ("http://127.0.0.1:1", "auto"),
-        ("http://127.0.0.1:1", "http1"),
-    ] {
-        assert_eq!(errors(&up(url, protocol)), "", "{url} {protocol}");
-    }
+    let e = errors(&up("http://127.0.0.1:1", "http1"));
+    assert!(
+        e.contains("routes[0].grpc") && e.contains("gRPC needs HTTP/2"),
+        "{e}"
+    );
+    assert!(e.contains("set upstreams.u.protocol to \"h2c\""), "{e}");
+    let e = errors(&up("http://127.0.0.1:1", "auto"));
+    assert!(e.contains("routes[0].grpc"), "{e}");
+    assert_eq!(errors(&up("http://127.0.0.1:1", "h2c")), "");
+    assert_eq!(errors(&up("https://127.0.0.1:1", "auto")), "");
+}
+
+/// The access-log line of a call carries its gRPC status: from the trailers of a streamed
+/// answer (written when the call ends), and the gateway's own for a refused call.
+#[tokio::test]
+async fn the_access_log_names_each_calls_grpc_status() {
+    let (addr, _seen) = start_server(None);
+    let cfg = gateway_config(&format!("http://{addr}"), "h2c", "")
+        .replace(r#""access_log":false"#, r#""access_log":true"#)
+        .replace(r#""level":"error""#, r#""level":"info""#);
+    let gw = GatewayProcess::start(&cfg);
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = tonic::client::Grpc::new(ch);
+    c.ready().await.unwrap();
+    let res = c
+        .server_streaming(
+            Request::new(msg("", 3)),
+            PathAndQuery::from_static("/test.Echo/Count"),
+            ProstCodec::<Msg, Msg>::default(),
+        )
+        .await
+        .unwrap();
+    let mut s = res.into_inner();
+    while s.message().await.unwrap().is_some() {}
+    let err = unary(&mut c, "/locked.Echo/Unary", Request::new(msg("a", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let line_of = |path: &str| {
+        let mut found = None;
+        wait_until(Duration::from_secs(5), || {
+            found = gw.logs().into_iter().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(&l).ok()?;
+                (v["target"] == "kairos::access" && v["path"] == path).then_some(v)
+            });
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no access-log line for {path}: {:?}", gw.logs()))
+    };
+    let streamed = line_of("/test.Echo/Count");
+    assert_eq!(streamed["status"], 200);
+    assert_eq!(streamed["grpc_status"], 0);
+    assert_eq!(streamed["route"], "echo");
+    let refused = line_of("/locked.Echo/Unary");
+    assert_eq!(refused["status"], 200);
+    assert_eq!(refused["grpc_status"], 16);
 }

@@ -99,6 +99,7 @@ fn route(i: usize, segs: &[Seg]) -> RouteConfig {
         transforms: Default::default(),
         cache: None,
         tenant: None,
+        grpc: false,
     }
 }
 

@@ -520,6 +520,9 @@ pub struct RouteConfig {
     /// The tenant (index in `TenancyConfig::tenants`) whose own route this is; `None` for a
     /// global route.
     pub tenant: Option<usize>,
+    /// gRPC requests (`content-type: application/grpc*`) get gRPC statuses for the gateway's
+    /// own errors and their `grpc-timeout` enforced.
+    pub grpc: bool,
 }
 
 /// Which credentials a route accepts; neither means the route is open.

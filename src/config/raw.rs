@@ -523,6 +523,10 @@ pub struct RawRoute {
     pub transformations: Option<Vec<RawTransform>>,
     /// This route's response cache: `false`, or settings (needs the top-level `caching`).
     pub cache: Option<RawRouteCache>,
+    /// gRPC over this route: requests with `content-type: application/grpc*` get the
+    /// gateway's own errors as gRPC statuses and `grpc-timeout` enforced (default false;
+    /// needs an HTTP/2 upstream).
+    pub grpc: Option<bool>,
 }
 
 /// One scheme or a list of schemes.

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub protocol_errors: IntCounterVec,
     /// Transformation steps that failed, by route and step index (skipped or refused).
     pub transform_errors: IntCounterVec,
+    /// gRPC calls on `grpc` routes by route and the gRPC status they ended with.
+    pub grpc_responses: IntCounterVec,
     /// Brought up to the log writer's own count at each scrape ([`Metrics::render`]).
     pub log_dropped: IntCounter,
     /// The response cache's metrics.
@@ -313,6 +315,13 @@ impl Metrics {
                  the step when its on_error is skip), by route, step index and step type.",
                 &["route", "step", "type"],
             ),
+            grpc_responses: counter_vec(
+                "kairos_grpc_responses_total",
+                "gRPC calls on routes with `grpc`, by route and the grpc-status they ended with \
+                 (the upstream's, or the gateway's own for its errors; `unknown` when the call \
+                 ended without one).",
+                &["route", "grpc_status"],
+            ),
             protocol_errors: counter_vec(
                 "kairos_http_protocol_errors_total",
                 "Request heads refused before routing: malformed (400), too slow (408), \
@@ -357,7 +366,7 @@ impl Metrics {
             cache: CacheMetrics::new(),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 37] = [
+        let collectors: [Box<dyn Collector>; 38] = [
             Box::new(m.cache.requests.clone()),
             Box::new(m.cache.bytes.clone()),
             Box::new(m.cache.entries.clone()),
@@ -388,6 +397,7 @@ impl Metrics {
             Box::new(m.ratelimit_backend_up.clone()),
             Box::new(m.protocol_errors.clone()),
             Box::new(m.transform_errors.clone()),
+            Box::new(m.grpc_responses.clone()),
             Box::new(m.log_dropped.clone()),
             Box::new(m.tenant_requests.clone()),
             Box::new(m.tenant_duration.clone()),
@@ -528,6 +538,7 @@ impl Metrics {
         prune(&self.response_bytes, &["route"], &gone);
         prune(&self.auth_failures, &["route", "method", "reason"], &gone);
         prune(&self.transform_errors, &["route", "step", "type"], &gone);
+        prune(&self.grpc_responses, &["route", "grpc_status"], &gone);
         prune(&self.cache.requests, &["route", "result"], &gone);
         prune(&self.ratelimited, &["route", "scope"], &gone);
         prune(&self.upstream_duration, &["upstream"], &gone);

@@ -198,6 +198,19 @@ pub async fn read(
                 request_trailers(req),
             )
         }
+        // A gRPC call streams at once: a bidi client may wait for the response head before
+        // it sends its first message.
+        None if ctx.grpc.is_some() => {
+            ctx.streamed = Some(progress.clone());
+            stream(
+                payload,
+                None,
+                None,
+                max,
+                (too_large.clone(), progress.clone()),
+                request_trailers(req),
+            )
+        }
         None if req.version() >= actix_web::http::Version::HTTP_2
             || req.headers().contains_key(ax::TRANSFER_ENCODING) =>
         {
@@ -317,6 +330,16 @@ pub struct UpstreamBody {
     /// Where the upstream's trailers go for an HTTP/2 client (the vendored actix-http sends
     /// them after the body); `None`: they are dropped (HTTP/1.1 clients).
     trailers: Option<actix_http::h2::Trailers>,
+    /// A gRPC call: its status from the trailers, its deadline (boxed: most bodies are not).
+    grpc: Option<Box<GrpcWatch>>,
+}
+
+/// What the body of a gRPC call watches.
+struct GrpcWatch {
+    call: std::rc::Rc<super::grpc::Call>,
+    /// `grpc-timeout` from the call's arrival: when it passes, the call ends with
+    /// DEADLINE_EXCEEDED and the upstream's stream is reset.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Bytes a response transformation read first: sent before the rest of the upstream's body,
@@ -367,6 +390,7 @@ impl UpstreamBody {
             completion: None,
             transformed: None,
             trailers: None,
+            grpc: None,
         };
         if this.body.is_end_stream() {
             this.release();
@@ -390,6 +414,49 @@ impl UpstreamBody {
         self.trailers = Some(slot);
     }
 
+    /// Watches a gRPC call's body: its status from the trailers, and `deadline`.
+    pub fn set_grpc(
+        &mut self,
+        call: std::rc::Rc<super::grpc::Call>,
+        deadline: Option<tokio::time::Instant>,
+    ) {
+        self.grpc = Some(Box::new(GrpcWatch {
+            call,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        }));
+    }
+
+    /// The gRPC call's deadline passed: the upstream's stream is reset (its lease dropped)
+    /// and the call ends with DEADLINE_EXCEEDED in the trailers.
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(g) = &mut self.grpc else {
+            return false;
+        };
+        let Some(d) = &mut g.deadline else {
+            return false;
+        };
+        if d.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        g.deadline = None;
+        g.call
+            .set_code(crate::base::error::GrpcCode::DeadlineExceeded);
+        self.lease = None;
+        if let Some(slot) = &self.trailers {
+            let mut map = ax::HeaderMap::new();
+            map.insert(
+                ax::HeaderName::from_static("grpc-status"),
+                ax::HeaderValue::from_static("4"),
+            );
+            map.insert(
+                ax::HeaderName::from_static("grpc-message"),
+                ax::HeaderValue::from_static("deadline exceeded"),
+            );
+            slot.set(map);
+        }
+        true
+    }
+
     /// The body is complete: the connection goes back to the pool, the request is recorded.
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
@@ -410,6 +477,10 @@ impl MessageBody for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        if self.grpc.is_some() && self.deadline_passed(cx) {
+            self.release();
+            return Poll::Ready(None);
+        }
         if let Some(t) = &mut self.transformed {
             if let Some(data) = t.prefix.take() {
                 if let Some(c) = &mut self.completion {
@@ -438,8 +509,16 @@ impl MessageBody for UpstreamBody {
                     }
                     // Trailers: kept for an HTTP/2 client, dropped for an HTTP/1.1 one.
                     Err(frame) => {
-                        if let (Some(slot), Ok(map)) = (&self.trailers, frame.into_trailers()) {
-                            slot.set(super::headers::trailers_to_client(&map));
+                        if let Ok(map) = frame.into_trailers() {
+                            if let Some(g) = &self.grpc {
+                                let status = map.get("grpc-status").map(|v| v.as_bytes());
+                                if let Some(s) = super::grpc::status_in(status) {
+                                    g.call.set_status(s);
+                                }
+                            }
+                            if let Some(slot) = &self.trailers {
+                                slot.set(super::headers::trailers_to_client(&map));
+                            }
                         }
                         continue;
                     }

@@ -52,7 +52,11 @@ pub async fn forward<'a>(
     let started = Instant::now();
     let now = crate::base::clock::ms_at(started);
     let mut candidates = set.candidates(now, key);
-    let deadline = Deadline::from_std(started) + route.timeout;
+    let mut deadline = Deadline::from_std(started) + route.timeout;
+    // A gRPC call's own deadline (`grpc-timeout`, from its arrival) when it comes first.
+    if let Some(t) = ctx.grpc.as_ref().and_then(|c| c.timeout) {
+        deadline = deadline.min(Deadline::from_std(ctx.start) + t);
+    }
     let mut retries = 0u32;
     let mut last_error = GatewayError::NoHealthyUpstream;
     let mut next = admit(&set, &mut candidates, now);
