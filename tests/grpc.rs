@@ -757,3 +757,115 @@ async fn the_access_log_names_each_calls_grpc_status() {
     assert_eq!(refused["status"], 200);
     assert_eq!(refused["grpc_status"], 16);
 }
+
+/// Each request's body and trailers, as the upstream got them.
+type SeenBodies = Arc<Mutex<Vec<(Bytes, Option<http::HeaderMap>)>>>;
+
+/// An h2c upstream that records the request's body and trailers, and answers "ok" with a
+/// trailer `x-resp-trailer: yes`.
+fn trailers_upstream() -> (SocketAddr, SeenBodies) {
+    use http_body_util::BodyExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: SeenBodies = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((s, _)) = l.accept().await {
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                let body = req.into_body().collect().await.unwrap();
+                                let trailers = body.trailers().cloned();
+                                seen.lock().unwrap().push((body.to_bytes(), trailers));
+                                let mut t = http::HeaderMap::new();
+                                t.insert("x-resp-trailer", http::HeaderValue::from_static("yes"));
+                                let frames = [
+                                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                        Bytes::from_static(b"ok"),
+                                    )),
+                                    Ok(hyper::body::Frame::trailers(t)),
+                                ];
+                                let body = http_body_util::StreamBody::new(
+                                    futures_util::stream::iter(frames),
+                                );
+                                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    (addr, seen)
+}
+
+/// Trailers go both ways on any route between an HTTP/2 client and an HTTP/2 upstream; an
+/// HTTP/1.1 client gets the body without them.
+#[tokio::test]
+async fn request_and_response_trailers_are_relayed_on_a_plain_route() {
+    use http_body_util::BodyExt;
+    let (addr, seen) = trailers_upstream();
+    let cfg = format!(
+        r#"{{"version":1,"server":{{"workers":1}},
+        "upstreams":{{"u":{{"servers":[{{"url":"http://{addr}"}}],"protocol":"h2c"}}}},
+        "routes":[{{"path":"/t","upstream":"u"}}],"logging":{{"access_log":false}}}}"#
+    );
+    let gw = Gateway::start(&cfg);
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut t = http::HeaderMap::new();
+    t.insert("x-req-trailer", http::HeaderValue::from_static("sent"));
+    let frames = [
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(b"abc"))),
+        Ok(hyper::body::Frame::trailers(t)),
+    ];
+    let req = http::Request::post(format!("http://{}/t", gw.addr))
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap();
+    let trailers = body.trailers().cloned().expect("response trailers");
+    assert_eq!(trailers["x-resp-trailer"], "yes");
+    assert_eq!(body.to_bytes(), "ok");
+    {
+        let seen = seen.lock().unwrap();
+        let (got, trailers) = &seen[0];
+        assert_eq!(got, "abc");
+        let trailers = trailers
+            .as_ref()
+            .expect("request trailers reached the upstream");
+        assert_eq!(trailers["x-req-trailer"], "sent");
+    }
+
+    // HTTP/1.1: the same answer without its trailers.
+    let res = client()
+        .post(gw.url("/t"))
+        .body("xyz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "ok");
+    assert_eq!(seen.lock().unwrap()[1].0, "xyz");
+}
