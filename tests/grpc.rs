@@ -67,10 +67,27 @@ struct SeenRequest {
     authority: Option<String>,
 }
 
+/// grpc.health.v1's request and answer (status 1 is SERVING, 2 NOT_SERVING).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
 /// What the test server saw.
 #[derive(Default)]
 struct Seen {
     requests: Mutex<Vec<SeenRequest>>,
+    /// grpc.health.v1 answers NOT_SERVING while set.
+    not_serving: std::sync::atomic::AtomicBool,
+    /// grpc.health.v1 checks answered.
+    health_checks: AtomicUsize,
     /// TCP connections accepted.
     connections: AtomicUsize,
 }
@@ -93,8 +110,23 @@ async fn serve(
             .map(|v| v.to_str().unwrap().to_string()),
         authority: req.uri().authority().map(|a| a.to_string()),
     });
-    let mut grpc = tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
     let path = req.uri().path().to_string();
+    if path == "/grpc.health.v1.Health/Check" {
+        seen.health_checks.fetch_add(1, Ordering::SeqCst);
+        let status = match seen.not_serving.load(Ordering::SeqCst) {
+            true => 2,
+            false => 1,
+        };
+        let svc = Svc(move |_: Request<HealthCheckRequest>| async move {
+            Ok(Response::new(HealthCheckResponse { status }))
+        });
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<
+            HealthCheckResponse,
+            HealthCheckRequest,
+        >::default());
+        return Ok(grpc.unary(svc, req).await);
+    }
+    let mut grpc = tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
     let res = match path.rsplit('/').next().unwrap_or_default() {
         "Unary" => {
             let svc = Svc(|r: Request<Msg>| async move {
@@ -704,6 +736,15 @@ fn protocol_config_errors_name_the_fix() {
     assert!(e.contains("set upstreams.u.protocol to \"h2c\""), "{e}");
     let e = errors(&up("http://127.0.0.1:1", "auto"));
     assert!(e.contains("routes[0].grpc"), "{e}");
+    let e = errors(&up("http://127.0.0.1:1", "http1").replace(
+        r#""protocol":"http1""#,
+        r#""protocol":"http1","health_check":{"grpc_service":""}"#,
+    ));
+    assert!(
+        e.contains("upstreams.u.health_check.grpc_service")
+            && e.contains("gRPC health checks need HTTP/2"),
+        "{e}"
+    );
     assert_eq!(errors(&up("http://127.0.0.1:1", "h2c")), "");
     assert_eq!(errors(&up("https://127.0.0.1:1", "auto")), "");
 }
@@ -868,4 +909,55 @@ async fn request_and_response_trailers_are_relayed_on_a_plain_route() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "ok");
     assert_eq!(seen.lock().unwrap()[1].0, "xyz");
+}
+
+/// `grpc_service` checks a server with grpc.health.v1 over HTTP/2: NOT_SERVING takes it out
+/// of the rotation, SERVING brings it back.
+#[tokio::test]
+async fn grpc_health_checks_follow_the_servers_serving_status() {
+    let (addr, seen) = start_server(None);
+    let check = r#","health_check":{"grpc_service":"","interval":"100ms","timeout":"90ms",
+        "healthy_threshold":1,"unhealthy_threshold":1}"#;
+    let gw = Gateway::start(&gateway_config(&format!("http://{addr}"), "h2c", check));
+    let server = format!("http://{addr}");
+    let health = || async {
+        let text = scrape_metrics(&gw, "grpc-admin-token-0123456789").await;
+        metric(
+            &text,
+            "kairos_upstream_health",
+            &[("upstream", "g"), ("server", &server)],
+        )
+    };
+    let wait_for = |want: f64| async move {
+        for _ in 0..100 {
+            if health().await == Some(want) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    for _ in 0..100 {
+        if seen.health_checks.load(Ordering::SeqCst) > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.health_checks.load(Ordering::SeqCst) > 1,
+        "no gRPC health check arrived"
+    );
+    assert!(wait_for(1.0).await, "SERVING: healthy");
+    seen.not_serving.store(true, Ordering::SeqCst);
+    assert!(wait_for(0.0).await, "NOT_SERVING: unhealthy");
+    let mut c = channel(&gw).await;
+    let err = unary(&mut c, "/test.Echo/Unary", Request::new(msg("x", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "no healthy server: {err:?}");
+    seen.not_serving.store(false, Ordering::SeqCst);
+    assert!(wait_for(1.0).await, "SERVING again: healthy");
+    unary(&mut c, "/test.Echo/Unary", Request::new(msg("x", 1)))
+        .await
+        .expect("back in the rotation");
 }

@@ -384,6 +384,8 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
     pub expected_status: std::ops::RangeInclusive<u16>,
+    /// Checks use grpc.health.v1 for this service ("" for the whole server).
+    pub grpc_service: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -355,6 +355,10 @@ pub struct RawHealthCheck {
     pub unhealthy_threshold: Option<u32>,
     /// Statuses that pass: "200-399" (default), or one status such as "200".
     pub expected_status: Option<String>,
+    /// Check with the gRPC health protocol (grpc.health.v1.Health/Check) instead of a GET:
+    /// the service name to ask about ("" for the server as a whole). Needs an HTTP/2
+    /// upstream; `path` and `expected_status` do not apply.
+    pub grpc_service: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

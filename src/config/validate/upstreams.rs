@@ -191,6 +191,22 @@ fn upstream(v: &mut V, name: &str, u: &RawUpstream, base_dir: &Path) -> Upstream
         );
     }
     let protocol = protocol(v, &p, u, &servers, discovery.as_ref().map(|d| d.https));
+    if health_check
+        .as_ref()
+        .is_some_and(|h| h.grpc_service.is_some())
+    {
+        let https = servers
+            .iter()
+            .map(|s| s.https)
+            .chain(discovery.as_ref().map(|d| d.https));
+        if !https.into_iter().all(|h| protocol.may_use_h2(h)) {
+            v.err_hint(
+                format!("{p}.health_check.grpc_service"),
+                "gRPC health checks need HTTP/2 to the servers",
+                "set the upstream's protocol to \"h2c\" (http servers) or \"h2\" (https)",
+            );
+        }
+    }
     UpstreamConfig {
         name: name.to_string(),
         servers,
@@ -472,6 +488,7 @@ fn health_check(v: &mut V, p: &str, h: &RawHealthCheck) -> HealthCheckConfig {
             3,
         ),
         expected_status,
+        grpc_service: h.grpc_service.clone(),
     }
 }
 
