@@ -252,6 +252,17 @@ async fn send(
         .config
         .attempt_timeout
         .map_or(remaining, |t| t.min(remaining));
+    // Two paths, so the HTTP/1.1 one's future is not grown by the HTTP/2 one (boxed).
+    if client::uses_h2(&target) {
+        return with_progress_timeout(
+            Box::pin(client::send_h2(req, &target)).as_mut(),
+            Deadline::from_std(sent_at),
+            attempt_timeout,
+            client_timeout,
+            &body.progress,
+        )
+        .await;
+    }
     let out = with_progress_timeout(
         std::pin::pin!(client::send(req, &target)),
         Deadline::from_std(sent_at),

@@ -192,16 +192,20 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// Sends `req` upstream and waits for the response head.
-pub async fn send(
+/// Whether requests to `target` go through [`send_h2`] (its protocol may be HTTP/2) rather
+/// than [`send`].
+pub fn uses_h2(target: &Target<'_>) -> bool {
+    target.protocol.may_use_h2(target.https)
+}
+
+/// Sends `req` to an upstream whose protocol may be HTTP/2 (see [`super::h2`]) and waits for
+/// the response head. The caller chooses between this and [`send`] (boxing this one), so the
+/// HTTP/1.1 path's future stays as it was.
+pub async fn send_h2(
     req: http::Request<ProxyBody>,
     target: &Target<'_>,
 ) -> Result<(http::Response<Incoming>, Lease), SendError> {
-    if target.protocol.may_use_h2(target.https) {
-        // Boxed: the HTTP/1.1 path's future does not grow by the HTTP/2 one.
-        return Box::pin(super::h2::send(req, target)).await;
-    }
-    send_http1(req, target).await
+    super::h2::send(req, target).await
 }
 
 /// A lease on a stream of an HTTP/2 connection.
@@ -218,8 +222,9 @@ pub(super) fn pool_put(key: u64, sender: SendRequest<ProxyBody>) {
     POOL.with(|p| p.borrow_mut().put(key, sender));
 }
 
-/// [`send`] over a pooled HTTP/1.1 connection (a new one when none is idle).
-pub(super) async fn send_http1(
+/// Sends `req` upstream over a pooled HTTP/1.1 connection (a new one when none is idle) and
+/// waits for the response head.
+pub async fn send(
     mut req: http::Request<ProxyBody>,
     target: &Target<'_>,
 ) -> Result<(http::Response<Incoming>, Lease), SendError> {

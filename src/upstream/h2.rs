@@ -177,11 +177,11 @@ pub(super) async fn send(
                 continue;
             }
             Pick::Stream(sender, stream) => (sender, stream),
-            Pick::Http1 => return client::send_http1(req, target).await,
+            Pick::Http1 => return client::send(req, target).await,
             Pick::Connect => match connect_once(target).await {
                 Ok(Some(pair)) => pair,
                 // The server chose HTTP/1.1: its new connection is in the HTTP/1.1 pool.
-                Ok(None) => return client::send_http1(req, target).await,
+                Ok(None) => return client::send(req, target).await,
                 Err(error) => {
                     return Err(SendError {
                         error,
