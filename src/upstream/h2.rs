@@ -28,6 +28,32 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the pool drops closed and idle connections (checked on each request).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// The request body on an HTTP/2 connection: a type of its own, so hyper's generic client
+/// code (its dispatch channel) is instantiated apart from the HTTP/1.1 pool's and stays as
+/// inlined there as it was without HTTP/2 (callgrind: about 360 instructions per HTTP/1.1
+/// request).
+pub struct H2Body(ProxyBody);
+
+impl http_body::Body for H2Body {
+    type Data = bytes::Bytes;
+    type Error = super::body::RequestBodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
+}
+
 /// Runs hyper's HTTP/2 tasks on the current worker thread (`spawn_local`): hyper-util's
 /// `TokioExecutor` needs `Send` futures, and the gateway's bodies are not `Send`.
 #[derive(Clone, Copy)]
@@ -74,7 +100,7 @@ impl Drop for Stream {
 }
 
 struct Conn {
-    sender: http2::SendRequest<ProxyBody>,
+    sender: http2::SendRequest<H2Body>,
     shared: Rc<Shared>,
 }
 
@@ -110,7 +136,7 @@ struct Pool {
 /// Where a request goes, as the pool sees it.
 enum Pick {
     /// A stream on an open connection.
-    Stream(http2::SendRequest<ProxyBody>, Stream),
+    Stream(http2::SendRequest<H2Body>, Stream),
     /// The server speaks HTTP/1.1 ("auto").
     Http1,
     /// No connection with room: a new one.
@@ -191,9 +217,9 @@ pub(super) async fn send(
             },
         };
         absolute_form(&mut req, target.https);
-        match sender.try_send_request(req).await {
+        match sender.try_send_request(req.map(H2Body)).await {
             Ok(res) => return Ok((res, client::h2_lease(target.pool_key, stream))),
-            Err(mut e) => match e.take_message() {
+            Err(mut e) => match e.take_message().map(|r| r.map(|b| b.0)) {
                 // The connection closed (GOAWAY) before the request was sent: another one.
                 Some(r) if reused && attempt < STALE_RETRIES => {
                     req = r;
@@ -214,7 +240,7 @@ pub(super) async fn send(
 /// [`connect`], with the requests that find no room meanwhile waiting for it.
 async fn connect_once(
     t: &Target<'_>,
-) -> Result<Option<(http2::SendRequest<ProxyBody>, Stream)>, ForwardError> {
+) -> Result<Option<(http2::SendRequest<H2Body>, Stream)>, ForwardError> {
     let _connecting = Connecting(t.pool_key);
     connect(t).await
 }
@@ -262,7 +288,7 @@ fn absolute_form(req: &mut http::Request<ProxyBody>, https: bool) {
 /// server chose HTTP/1.1 (that connection is put in the HTTP/1.1 pool).
 async fn connect(
     t: &Target<'_>,
-) -> Result<Option<(http2::SendRequest<ProxyBody>, Stream)>, ForwardError> {
+) -> Result<Option<(http2::SendRequest<H2Body>, Stream)>, ForwardError> {
     let io = client::connect(t).await?;
     let sender = match io {
         Transport::Tls(tls) if !alpn_h2(&tls) => {
@@ -301,7 +327,7 @@ where
 {
     let (sender, conn) = http2::Builder::new(LocalExec)
         .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
-        .handshake::<_, ProxyBody>(io)
+        .handshake::<_, H2Body>(io)
         .await
         .map_err(|e| ForwardError::Protocol(client::chain(&e)))?;
     let shared = Rc::new(Shared {
