@@ -100,6 +100,7 @@ fn route(i: usize, segs: &[Seg]) -> RouteConfig {
         cache: None,
         tenant: None,
         websocket: None,
+        grpc: false,
     }
 }
 

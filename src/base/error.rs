@@ -218,4 +218,109 @@ impl GatewayError {
         }
         res.body(body.to_string())
     }
+
+    /// The gRPC status a gRPC call gets for this error: what its HTTP status would say
+    /// (429 RESOURCE_EXHAUSTED, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404
+    /// UNIMPLEMENTED, 504 DEADLINE_EXCEEDED, 502 and 503 UNAVAILABLE).
+    pub fn grpc_status(&self) -> GrpcCode {
+        match self {
+            GatewayError::Unauthorized
+            | GatewayError::AuthRequired { .. }
+            | GatewayError::TenantRequired => GrpcCode::Unauthenticated,
+            GatewayError::Forbidden | GatewayError::CorsRejected | GatewayError::TenantUnknown => {
+                GrpcCode::PermissionDenied
+            }
+            GatewayError::RateLimited { .. }
+            | GatewayError::QuotaExceeded { .. }
+            | GatewayError::PayloadTooLarge
+            | GatewayError::UriTooLong
+            | GatewayError::HeadersTooLarge => GrpcCode::ResourceExhausted,
+            GatewayError::NotFound | GatewayError::MethodNotAllowed { .. } => {
+                GrpcCode::Unimplemented
+            }
+            GatewayError::RequestTimeout
+            | GatewayError::HeadTimeout
+            | GatewayError::UpstreamTimeout
+            | GatewayError::NotCached => GrpcCode::DeadlineExceeded,
+            GatewayError::UpstreamConnect
+            | GatewayError::UpstreamProtocol
+            | GatewayError::NoHealthyUpstream
+            | GatewayError::RateLimiterUnavailable
+            | GatewayError::TransformFailed { response: true, .. } => GrpcCode::Unavailable,
+            GatewayError::BadRequest(_)
+            | GatewayError::TransformFailed {
+                response: false, ..
+            } => GrpcCode::Internal,
+        }
+    }
+
+    /// The response a gRPC client sees: trailers-only (HTTP 200, no body, `grpc-status` and
+    /// `grpc-message` in the head), with the request id and the headers the JSON answer has.
+    pub fn to_grpc_response(&self, request_id: &HeaderValue) -> HttpResponse {
+        let mut res = HttpResponse::Ok();
+        res.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        ));
+        res.insert_header((
+            header::HeaderName::from_static("grpc-status"),
+            HeaderValue::from(self.grpc_status() as u16),
+        ));
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(&self.message())) {
+            res.insert_header((header::HeaderName::from_static("grpc-message"), v));
+        }
+        res.insert_header((
+            header::HeaderName::from_static("x-request-id"),
+            request_id.clone(),
+        ));
+        match self {
+            GatewayError::RateLimited { retry_after }
+            | GatewayError::QuotaExceeded { retry_after } => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
+            }
+            GatewayError::Unauthorized => {
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"kairos\""),
+                ));
+            }
+            GatewayError::AuthRequired { challenge } => {
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                ));
+            }
+            _ => {}
+        }
+        // No body at all: the head ends the stream (a trailers-only response).
+        res.body(actix_web::body::None::new())
+    }
+}
+
+/// gRPC status codes the gateway sends or counts (grpc/doc/statuscodes.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum GrpcCode {
+    Ok = 0,
+    Unknown = 2,
+    DeadlineExceeded = 4,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+/// A `grpc-message` value: percent-encoded outside printable ASCII (and `%` itself).
+pub fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'%' => out.push_str("%25"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }

@@ -277,6 +277,53 @@ pub struct UpstreamConfig {
     pub retries: RetryConfig,
     /// Largest response head accepted from a server, in bytes.
     pub max_response_header_size: usize,
+    /// The protocol spoken to the servers.
+    pub protocol: UpstreamProtocol,
+}
+
+/// How the gateway speaks to an upstream's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, pooled connections (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, chosen by ALPN (https servers).
+    H2,
+    /// HTTP/2 over plaintext TCP with prior knowledge (http servers).
+    H2c,
+    /// HTTP/2 when the TLS handshake chooses it by ALPN, else HTTP/1.1; HTTP/1.1 on http.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    pub const ALL: [UpstreamProtocol; 4] = [
+        UpstreamProtocol::Http1,
+        UpstreamProtocol::H2,
+        UpstreamProtocol::H2c,
+        UpstreamProtocol::Auto,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::Auto => "auto",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<UpstreamProtocol> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Whether a server reached over `https` (or not) may be spoken to in HTTP/2.
+    pub fn may_use_h2(self, https: bool) -> bool {
+        match self {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::H2 | UpstreamProtocol::H2c => true,
+            UpstreamProtocol::Auto => https,
+        }
+    }
 }
 
 /// A discovery source and its settings.
@@ -376,6 +423,8 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
     pub expected_status: std::ops::RangeInclusive<u16>,
+    /// Checks use grpc.health.v1 for this service ("" for the whole server).
+    pub grpc_service: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -515,6 +564,9 @@ pub struct RouteConfig {
     /// The tenant (index in `TenancyConfig::tenants`) whose own route this is; `None` for a
     /// global route.
     pub tenant: Option<usize>,
+    /// gRPC requests (`content-type: application/grpc*`) get gRPC statuses for the gateway's
+    /// own errors and their `grpc-timeout` enforced.
+    pub grpc: bool,
 }
 
 /// Which credentials a route accepts; neither means the route is open.

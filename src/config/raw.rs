@@ -407,6 +407,10 @@ pub struct RawUpstream {
     /// Largest response head (status line and headers) accepted from a server (default
     /// "64KB", at least "8KB"); a larger one is answered 502.
     pub max_response_header_size: Option<SizeStr>,
+    /// How the gateway speaks to the servers: "http1" (default), "h2" (HTTP/2 over TLS,
+    /// https servers), "h2c" (HTTP/2 with prior knowledge, http servers) or "auto" (HTTP/2
+    /// when the server's TLS handshake chooses it by ALPN, else HTTP/1.1; HTTP/1.1 on http).
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -424,6 +428,10 @@ pub struct RawHealthCheck {
     pub unhealthy_threshold: Option<u32>,
     /// Statuses that pass: "200-399" (default), or one status such as "200".
     pub expected_status: Option<String>,
+    /// Check with the gRPC health protocol (grpc.health.v1.Health/Check) instead of a GET:
+    /// the service name to ask about ("" for the server as a whole). Needs an HTTP/2
+    /// upstream; `path` and `expected_status` do not apply.
+    pub grpc_service: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -597,6 +605,10 @@ pub struct RawRoute {
     pub websocket: Option<bool>,
     /// A WebSocket with no byte in either direction for this long is closed (default "1h").
     pub websocket_idle_timeout: Option<DurationStr>,
+    /// gRPC over this route: requests with `content-type: application/grpc*` get the
+    /// gateway's own errors as gRPC statuses and `grpc-timeout` enforced (default false;
+    /// needs an HTTP/2 upstream).
+    pub grpc: Option<bool>,
 }
 
 /// One scheme or a list of schemes.

@@ -104,6 +104,8 @@ pub struct Metrics {
     pub protocol_errors: IntCounterVec,
     /// Transformation steps that failed, by route and step index (skipped or refused).
     pub transform_errors: IntCounterVec,
+    /// gRPC calls on `grpc` routes by route and the gRPC status they ended with.
+    pub grpc_responses: IntCounterVec,
     /// Brought up to the log writer's own count at each scrape ([`Metrics::render`]).
     pub log_dropped: IntCounter,
     /// WebSockets open now, opened in all, and their bytes by direction.
@@ -355,6 +357,13 @@ impl Metrics {
                  the step when its on_error is skip), by route, step index and step type.",
                 &["route", "step", "type"],
             ),
+            grpc_responses: counter_vec(
+                "kairos_grpc_responses_total",
+                "gRPC calls on routes with `grpc`, by route and the grpc-status they ended with \
+                 (the upstream's, or the gateway's own for its errors; `unknown` when the call \
+                 ended without one).",
+                &["route", "grpc_status"],
+            ),
             protocol_errors: counter_vec(
                 "kairos_http_protocol_errors_total",
                 "Request heads refused before routing: malformed (400), too slow (408), \
@@ -415,7 +424,7 @@ impl Metrics {
             cache: CacheMetrics::new(redis_up.clone()),
             servers: Arc::new(ServerGauges::new()),
         };
-        let collectors: [Box<dyn Collector>; 44] = [
+        let collectors: [Box<dyn Collector>; 45] = [
             Box::new(m.config_revision.clone()),
             Box::new(m.config_store_revision.clone()),
             Box::new(m.config_store_up.clone()),
@@ -450,6 +459,7 @@ impl Metrics {
             Box::new(m.redis_up.clone()),
             Box::new(m.protocol_errors.clone()),
             Box::new(m.transform_errors.clone()),
+            Box::new(m.grpc_responses.clone()),
             Box::new(m.log_dropped.clone()),
             Box::new(m.websockets_open.clone()),
             Box::new(m.websockets_total.clone()),
@@ -593,6 +603,7 @@ impl Metrics {
         prune(&self.response_bytes, &["route"], &gone);
         prune(&self.auth_failures, &["route", "method", "reason"], &gone);
         prune(&self.transform_errors, &["route", "step", "type"], &gone);
+        prune(&self.grpc_responses, &["route", "grpc_status"], &gone);
         prune(&self.cache.requests, &["route", "result"], &gone);
         prune(&self.ratelimited, &["route", "scope"], &gone);
         prune(&self.upstream_duration, &["upstream"], &gone);

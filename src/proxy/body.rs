@@ -78,16 +78,25 @@ pub async fn read_small(
     Ok(buf.freeze())
 }
 
-/// Starts streaming the client's body upstream; `first` is a chunk already read.
+/// Starts streaming the client's body upstream; `first` is a chunk already read. `trailers`
+/// is where an HTTP/2 client's trailers arrive (the vendored actix-http's slot): they follow
+/// the body upstream.
 pub fn stream(
     mut payload: actix_web::web::Payload,
     first: Option<Bytes>,
     len: Option<u64>,
     max: u64,
-    too_large: TooLargeFlag,
-    progress: Progress,
+    (too_large, progress): (TooLargeFlag, Progress),
+    trailers: Option<actix_http::h2::Trailers>,
 ) -> ProxyBody {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (trailers_tx, trailers_rx) = match trailers {
+        Some(slot) => {
+            let (t, r) = tokio::sync::oneshot::channel();
+            (Some((slot, t)), Some(r))
+        }
+        None => (None, None),
+    };
     actix_web::rt::spawn(async move {
         let mut seen: u64 = 0;
         let mut next = first.map(Ok);
@@ -106,6 +115,10 @@ pub fn stream(
                     let short =
                         RequestBodyError::Client("body shorter than its Content-Length".into());
                     let _ = tx.send(Err(short)).await;
+                } else if let Some((slot, t)) = trailers_tx {
+                    if let Some(map) = slot.take() {
+                        let _ = t.send(super::headers::trailers_to_upstream(&map));
+                    }
                 }
                 break;
             };
@@ -129,7 +142,11 @@ pub fn stream(
             }
         }
     });
-    ProxyBody::Stream { rx, len }
+    ProxyBody::Stream {
+        rx,
+        len,
+        trailers: trailers_rx,
+    }
 }
 
 /// What the body pump reports back while a streamed body goes upstream.
@@ -177,8 +194,21 @@ pub async fn read(
                 None,
                 Some(n),
                 max,
-                too_large.clone(),
-                progress.clone(),
+                (too_large.clone(), progress.clone()),
+                request_trailers(req),
+            )
+        }
+        // A gRPC call streams at once: a bidi client may wait for the response head before
+        // it sends its first message.
+        None if ctx.grpc.is_some() => {
+            ctx.streamed = Some(progress.clone());
+            stream(
+                payload,
+                None,
+                None,
+                max,
+                (too_large.clone(), progress.clone()),
+                request_trailers(req),
             )
         }
         None if req.version() >= actix_web::http::Version::HTTP_2
@@ -194,8 +224,8 @@ pub async fn read(
                         Some(first),
                         None,
                         max,
-                        too_large.clone(),
-                        progress.clone(),
+                        (too_large.clone(), progress.clone()),
+                        request_trailers(req),
                     )
                 }
                 Ok(Some(Err(_))) => return Err(unreadable),
@@ -211,6 +241,15 @@ pub async fn read(
             progress,
         },
     ))
+}
+
+/// Where an HTTP/2 request's trailers arrive (the vendored actix-http's slot in its extensions).
+fn request_trailers(req: &actix_web::HttpRequest) -> Option<actix_http::h2::Trailers> {
+    use actix_web::HttpMessage;
+    if req.version() < actix_web::http::Version::HTTP_2 {
+        return None;
+    }
+    req.extensions().get::<actix_http::h2::Trailers>().cloned()
 }
 
 /// The body of an answer: the upstream's as it comes, the upstream's while the cache stores
@@ -288,6 +327,19 @@ pub struct UpstreamBody {
     /// What a response transformation read first (boxed: most responses have none, and a
     /// smaller body is cheaper to move).
     transformed: Option<Box<Transformed>>,
+    /// Where the upstream's trailers go for an HTTP/2 client (the vendored actix-http sends
+    /// them after the body); `None`: they are dropped (HTTP/1.1 clients).
+    trailers: Option<actix_http::h2::Trailers>,
+    /// A gRPC call: its status from the trailers, its deadline (boxed: most bodies are not).
+    grpc: Option<Box<GrpcWatch>>,
+}
+
+/// What the body of a gRPC call watches.
+struct GrpcWatch {
+    call: std::rc::Rc<super::grpc::Call>,
+    /// `grpc-timeout` from the call's arrival: when it passes, the call ends with
+    /// DEADLINE_EXCEEDED and the upstream's stream is reset.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Bytes a response transformation read first: sent before the rest of the upstream's body,
@@ -337,6 +389,8 @@ impl UpstreamBody {
             waiting: false,
             completion: None,
             transformed: None,
+            trailers: None,
+            grpc: None,
         };
         if this.body.is_end_stream() {
             this.release();
@@ -353,6 +407,54 @@ impl UpstreamBody {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,
         }));
+    }
+
+    /// Relays the upstream's trailers into `slot` (which the client's response carries).
+    pub fn set_trailers(&mut self, slot: actix_http::h2::Trailers) {
+        self.trailers = Some(slot);
+    }
+
+    /// Watches a gRPC call's body: its status from the trailers, and `deadline`.
+    pub fn set_grpc(
+        &mut self,
+        call: std::rc::Rc<super::grpc::Call>,
+        deadline: Option<tokio::time::Instant>,
+    ) {
+        self.grpc = Some(Box::new(GrpcWatch {
+            call,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        }));
+    }
+
+    /// The gRPC call's deadline passed: the upstream's stream is reset (its lease dropped)
+    /// and the call ends with DEADLINE_EXCEEDED in the trailers.
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(g) = &mut self.grpc else {
+            return false;
+        };
+        let Some(d) = &mut g.deadline else {
+            return false;
+        };
+        if d.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        g.deadline = None;
+        g.call
+            .set_code(crate::base::error::GrpcCode::DeadlineExceeded);
+        self.lease = None;
+        if let Some(slot) = &self.trailers {
+            let mut map = ax::HeaderMap::new();
+            map.insert(
+                ax::HeaderName::from_static("grpc-status"),
+                ax::HeaderValue::from_static("4"),
+            );
+            map.insert(
+                ax::HeaderName::from_static("grpc-message"),
+                ax::HeaderValue::from_static("deadline exceeded"),
+            );
+            slot.set(map);
+        }
+        true
     }
 
     /// The body is complete: the connection goes back to the pool, the request is recorded.
@@ -375,6 +477,10 @@ impl MessageBody for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        if self.grpc.is_some() && self.deadline_passed(cx) {
+            self.release();
+            return Poll::Ready(None);
+        }
         if let Some(t) = &mut self.transformed {
             if let Some(data) = t.prefix.take() {
                 if let Some(c) = &mut self.completion {
@@ -401,8 +507,21 @@ impl MessageBody for UpstreamBody {
                         self.waiting = false;
                         Poll::Ready(Some(Ok(data)))
                     }
-                    // Trailers are not forwarded over HTTP/1.1.
-                    Err(_) => continue,
+                    // Trailers: kept for an HTTP/2 client, dropped for an HTTP/1.1 one.
+                    Err(frame) => {
+                        if let Ok(map) = frame.into_trailers() {
+                            if let Some(g) = &self.grpc {
+                                let status = map.get("grpc-status").map(|v| v.as_bytes());
+                                if let Some(s) = super::grpc::status_in(status) {
+                                    g.call.set_status(s);
+                                }
+                            }
+                            if let Some(slot) = &self.trailers {
+                                slot.set(super::headers::trailers_to_client(&map));
+                            }
+                        }
+                        continue;
+                    }
                 },
                 Poll::Ready(Some(Err(e))) => {
                     // A broken body leaves the connection unusable: drop it.

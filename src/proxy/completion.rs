@@ -19,6 +19,8 @@ pub struct Completion {
     pub response_bytes: u64,
     inflight: prometheus::IntGauge,
     pub trace: Option<RequestTrace>,
+    /// A gRPC call: counted by its status (and its access-log line written) when it ends.
+    pub grpc: Option<Rc<super::grpc::Call>>,
 }
 
 impl Completion {
@@ -38,6 +40,7 @@ impl Completion {
             response_bytes: 0,
             inflight: inflight.clone(),
             trace,
+            grpc: None,
         }
     }
 
@@ -70,6 +73,9 @@ impl Drop for Completion {
             );
         }
         self.inflight.dec();
+        if let Some(call) = self.grpc.take() {
+            call.finish();
+        }
         if let Some(t) = &mut self.trace {
             // A request dropped before a response was decided: the client went away.
             let status = if self.status == 0 { 499 } else { self.status };

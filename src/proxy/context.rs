@@ -45,6 +45,8 @@ pub struct Ctx<'a> {
     pub trace_header: Option<HeaderValue>,
     /// The trace and span ids, hex-encoded, for the access log (only when it is on).
     pub log_ids: Option<([u8; 32], [u8; 16])>,
+    /// A gRPC call on a `grpc` route: its deadline and status.
+    pub grpc: Option<std::rc::Rc<super::grpc::Call>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -78,6 +80,7 @@ impl<'a> Ctx<'a> {
             body_read: false,
             streamed: None,
             done: Some(Completion::begin(start, &metrics.inflight, trace)),
+            grpc: None,
         }
     }
 
@@ -109,6 +112,7 @@ impl<'a> Ctx<'a> {
             done: None,
             trace_header: None,
             log_ids: None,
+            grpc: None,
         }
     }
 
@@ -145,6 +149,7 @@ impl<'a> Ctx<'a> {
             self.request_bytes,
             self.streamed.take(),
         );
+        done.grpc.clone_from(&self.grpc);
         Some(done)
     }
 }

@@ -52,7 +52,11 @@ pub async fn forward<'a>(
     let started = Instant::now();
     let now = crate::base::clock::ms_at(started);
     let mut candidates = set.candidates(now, key);
-    let deadline = Deadline::from_std(started) + route.timeout;
+    let mut deadline = Deadline::from_std(started) + route.timeout;
+    // A gRPC call's own deadline (`grpc-timeout`, from its arrival) when it comes first.
+    if let Some(t) = ctx.grpc.as_ref().and_then(|c| c.timeout) {
+        deadline = deadline.min(Deadline::from_std(ctx.start) + t);
+    }
     let mut retries = 0u32;
     let mut last_error = GatewayError::NoHealthyUpstream;
     let mut next = admit(&set, &mut candidates, now);
@@ -234,20 +238,44 @@ async fn send(
     body: &BodyWatch,
 ) -> Waited<Result<(http::Response<Incoming>, Lease), SendError>> {
     let server = &set.entries[idx];
+    // A WebSocket handshake is HTTP/1.1 whatever the upstream's protocol (RFC 8441's
+    // WebSockets over HTTP/2 are not spoken upstream): over TLS it offers only "http/1.1".
+    let http1_tls;
+    let tls = match upgrade && server.https && upstream.config.protocol.may_use_h2(true) {
+        true => {
+            let mut cfg = (*upstream.tls).clone();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            http1_tls = std::sync::Arc::new(cfg);
+            &http1_tls
+        }
+        false => &upstream.tls,
+    };
     let target = client::Target {
         pool_key: set.pool_keys[idx],
         https: server.https,
         authority: &server.authority,
         connect_timeout: upstream.config.connect_timeout,
-        tls: &upstream.tls,
+        tls,
         max_header_size: upstream.config.max_response_header_size,
         upgrade,
+        protocol: upstream.config.protocol,
     };
     let remaining = deadline.saturating_duration_since(Deadline::from_std(sent_at));
     let attempt_timeout = upstream
         .config
         .attempt_timeout
         .map_or(remaining, |t| t.min(remaining));
+    // Two paths, so the HTTP/1.1 one's future is not grown by the HTTP/2 one (boxed).
+    if client::uses_h2(&target) && !upgrade {
+        return with_progress_timeout(
+            Box::pin(client::send_h2(req, &target)).as_mut(),
+            Deadline::from_std(sent_at),
+            attempt_timeout,
+            client_timeout,
+            &body.progress,
+        )
+        .await;
+    }
     let out = with_progress_timeout(
         std::pin::pin!(client::send(req, &target)),
         Deadline::from_std(sent_at),

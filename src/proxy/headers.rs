@@ -49,6 +49,9 @@ pub struct ClientInfo<'a> {
     /// hash and a probe even when the header is absent).
     pub drop_tracestate: bool,
     pub drop_baggage: bool,
+    /// `TE: trailers` is passed on (the client and the upstream speak HTTP/2, and trailers
+    /// are relayed between them); every other `TE` is hop-by-hop.
+    pub te_trailers: bool,
 }
 
 /// Copies the client's request headers into the upstream request, minus hop-by-hop headers
@@ -112,6 +115,10 @@ pub fn request_headers(
             _ => {}
         }
         if is_hop_by_hop(n) || (!nominated.is_empty() && nominated.iter().any(|t| t == n)) {
+            if n == "te" && client.te_trailers && value.as_bytes().eq_ignore_ascii_case(b"trailers")
+            {
+                dst.append(hh::TE, HeaderValue::from_static("trailers"));
+            }
             continue;
         }
         if let (Ok(hn), Ok(hv)) = (
@@ -175,6 +182,34 @@ pub fn response_headers(src: &hh::HeaderMap, dst: &mut ax::HeaderMap) {
             dst.append(an, av);
         }
     }
+}
+
+/// A client's trailers as they go upstream.
+pub fn trailers_to_upstream(src: &ax::HeaderMap) -> hh::HeaderMap {
+    let mut dst = hh::HeaderMap::with_capacity(src.len());
+    for (name, value) in src.iter() {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            dst.append(n, v);
+        }
+    }
+    dst
+}
+
+/// The upstream's trailers as they go to the client.
+pub fn trailers_to_client(src: &hh::HeaderMap) -> ax::HeaderMap {
+    let mut dst = ax::HeaderMap::with_capacity(src.len());
+    for (name, value) in src.iter() {
+        if let (Ok(n), Ok(v)) = (
+            ax::HeaderName::from_bytes(name.as_str().as_bytes()),
+            ax::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            dst.append(n, v);
+        }
+    }
+    dst
 }
 
 /// The Content-Length of an upstream response, if present and valid.

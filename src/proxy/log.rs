@@ -1,5 +1,6 @@
 //! The log phase: one access-log line per request (target `kairos::access`), when
-//! `logging.access_log` is on.
+//! `logging.access_log` is on. A gRPC call's line carries its `grpc_status`, and waits for
+//! the call's end when the status comes in the trailers.
 
 use super::context::Ctx;
 use crate::observability::metrics;
@@ -8,6 +9,9 @@ use actix_web::HttpResponse;
 pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
     if !ctx.rt.config.logging.access_log {
         return;
+    }
+    if let Some(call) = &ctx.grpc {
+        return grpc_access(ctx, res, call);
     }
     let ids = ctx.log_ids.as_ref();
     tracing::info!(
@@ -28,4 +32,51 @@ pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
         trace_id = ids.and_then(|(t, _)| std::str::from_utf8(t).ok()),
         span_id = ids.and_then(|(_, s)| std::str::from_utf8(s).ok()),
     );
+}
+
+/// The access-log line of a gRPC call: written now when its status is known (the gateway's
+/// own error, a trailers-only answer), else when the call ends; latency is then the call's.
+fn grpc_access(ctx: &Ctx<'_>, res: &HttpResponse, call: &super::grpc::Call) {
+    let hex = |b: &[u8]| std::str::from_utf8(b).unwrap_or_default().to_string();
+    let ids = ctx.log_ids.as_ref();
+    let method = ctx.req.method().as_str().to_string();
+    let path = ctx.req.path().to_string();
+    let route = ctx
+        .route
+        .map_or(metrics::UNMATCHED, |(_, name)| name)
+        .to_string();
+    let status = res.status().as_u16();
+    let start = ctx.start;
+    let upstream = ctx
+        .upstream
+        .as_ref()
+        .and_then(|(set, i)| set.entries.get(*i))
+        .map_or("-", |s| s.url.as_str())
+        .to_string();
+    let identity = ctx.identity.clone().unwrap_or_else(|| "-".into());
+    let tenant = ctx.tenant_id().unwrap_or("-").to_string();
+    let request_id = ctx.rid_str().to_string();
+    let trace_id = ids.map(|(t, _)| hex(t));
+    let span_id = ids.map(|(_, s)| hex(s));
+    let line = move |grpc_status: Option<u16>| {
+        tracing::info!(
+            target: "kairos::access",
+            method,
+            path,
+            route,
+            status,
+            grpc_status,
+            latency_ms = start.elapsed().as_secs_f64() * 1000.0,
+            upstream,
+            identity,
+            tenant,
+            request_id,
+            trace_id,
+            span_id,
+        );
+    };
+    match call.status() {
+        Some(s) => line(Some(s)),
+        None => call.defer_log(Box::new(line)),
+    }
 }

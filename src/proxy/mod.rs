@@ -6,7 +6,7 @@
 //! |--------------------|-----------------------------------------|---------------------------------------|
 //! | request filter     | [`request::filter`]                     | URI, header and declared body limits, path normalised |
 //! | tenant             | [`crate::edge::tenant::Tenancy::recognise_now`] | the tenant the request names (with tenancy only; refuses nothing) |
-//! | route              | [`route::route`]                        | host, path and method matched (the tenant's own table first) |
+//! | route              | [`route::route`]                        | host, path and method matched (the tenant's own table first); a gRPC call noted ([`grpc`]) |
 //! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication, tenant, quota |
 //! | WebSocket          | [`websocket::proxy`]                    | a handshake: forwarded, then the socket relayed (in place of the phases below) |
 //! | request body       | [`body::read`]                          | read whole or streamed, bytes counted |
@@ -34,6 +34,7 @@ pub mod coding;
 pub mod completion;
 pub mod context;
 pub mod forward;
+pub mod grpc;
 pub mod headers;
 pub mod log;
 pub mod request;
@@ -101,6 +102,14 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
         }
     }
     let routed = route::route(ctx, host, normalized.as_deref().unwrap_or(req.path()))?;
+    if routed.route.grpc && grpc::is_call(req) {
+        let counter = &ctx.metrics.grpc_responses;
+        ctx.grpc = Some(std::rc::Rc::new(grpc::Call::new(
+            &routed.route.name,
+            req,
+            counter,
+        )));
+    }
     let edge = EdgeRequest {
         req,
         route_idx: routed.idx,

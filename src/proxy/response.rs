@@ -35,7 +35,31 @@ pub fn upstream(
         Some(super::transform::Buffered::Whole(b)) => body.set_prefix(b, false),
         Some(super::transform::Buffered::Prefix(b)) => body.set_prefix(b, true),
     }
+    // An HTTP/2 client gets the upstream's trailers (the vendored actix-http sends them).
+    let trailers = (ctx.req.version() >= actix_web::http::Version::HTTP_2)
+        .then(actix_http::h2::Trailers::default);
+    if let Some(t) = &trailers {
+        body.set_trailers(t.clone());
+    }
+    if let Some(call) = &ctx.grpc {
+        // A trailers-only answer carries the status in its head.
+        if let Some(s) = super::grpc::status_in(
+            parts
+                .headers
+                .get("grpc-status")
+                .map(http::HeaderValue::as_bytes),
+        ) {
+            call.set_status(s);
+        }
+        let deadline = call
+            .timeout
+            .map(|t| tokio::time::Instant::from_std(ctx.start) + t);
+        body.set_grpc(call.clone(), deadline);
+    }
     let mut res = HttpResponse::with_body(status, body);
+    if let Some(t) = trailers {
+        res.extensions_mut().insert(t);
+    }
     headers::response_headers(&parts.headers, res.headers_mut());
     if status == StatusCode::NOT_MODIFIED {
         // The length of the representation a 304 stands for; actix keeps it as set.
@@ -85,7 +109,15 @@ pub fn error(ctx: &mut Ctx<'_>, e: GatewayError) -> HttpResponse {
     if e.status().is_server_error() {
         tracing::debug!(request_id = ctx.rid_str(), error = ?e, "request failed");
     }
-    let mut res = e.to_response(&ctx.rid);
+    let mut res = match grpc_answer(ctx) {
+        true => {
+            if let Some(call) = &ctx.grpc {
+                call.set_code(e.grpc_status());
+            }
+            e.to_grpc_response(&ctx.rid)
+        }
+        false => e.to_response(&ctx.rid),
+    };
     close_if_body_unread(ctx, &mut res);
     if let Some(mut done) = ctx.complete(res.status().as_u16()) {
         if let actix_web::body::BodySize::Sized(n) = res.body().size() {
@@ -93,6 +125,15 @@ pub fn error(ctx: &mut Ctx<'_>, e: GatewayError) -> HttpResponse {
         }
     }
     res
+}
+
+/// Whether the gateway answers in gRPC: a call on a `grpc` route, or a gRPC call that matched
+/// no route while some route serves gRPC (an unknown method is UNIMPLEMENTED).
+fn grpc_answer(ctx: &Ctx<'_>) -> bool {
+    ctx.grpc.is_some()
+        || (ctx.route.is_none()
+            && super::grpc::is_call(ctx.req)
+            && ctx.rt.config.routes.iter().any(|r| r.grpc))
 }
 
 /// The response filter: what every response carries, proxied or not: the trace id, and the

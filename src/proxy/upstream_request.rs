@@ -8,7 +8,7 @@ use super::context::Ctx;
 use super::headers;
 use super::route::Routed;
 use crate::base::error::GatewayError;
-use crate::config::model::{RewritePart, RouteConfig};
+use crate::config::model::{RewritePart, RouteConfig, UpstreamProtocol};
 use crate::edge::auth::{HeaderEdits, Identity};
 use actix_web::HttpRequest;
 use bytes::Bytes;
@@ -91,6 +91,9 @@ pub fn build<'a>(
         host: host.map(str::as_bytes),
         drop_tracestate,
         drop_baggage,
+        // Trailers are relayed between an HTTP/2 client and an HTTP/2 upstream.
+        te_trailers: req.version() >= actix_web::http::Version::HTTP_2
+            && rt.upstreams[routed.route.upstream].config.protocol != UpstreamProtocol::Http1,
     };
     let request_id = http::HeaderValue::from_bytes(ctx.rid.as_bytes())
         .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
@@ -137,6 +140,7 @@ impl<'a> UpstreamRequest<'a> {
                 host: None,
                 drop_tracestate: false,
                 drop_baggage: false,
+                te_trailers: false,
             },
             request_id: http::HeaderValue::from_static("-"),
             edits: rt.edge.auth.header_edits(None),

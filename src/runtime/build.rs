@@ -98,14 +98,22 @@ impl Runtime {
                 let prev =
                     previous.and_then(|p| p.upstreams.iter().find(|x| x.config.name == u.name));
                 let tls = match (&u.tls_roots, prev) {
-                    (None, _) => default_tls.clone(),
-                    (Some(certs), Some(p)) if p.config.tls_roots.as_ref() == Some(certs) => {
+                    (None, _) => {
+                        crate::upstream::client::tls_for_protocol(default_tls.clone(), u.protocol)
+                    }
+                    (Some(certs), Some(p))
+                        if p.config.tls_roots.as_ref() == Some(certs)
+                            && p.config.protocol == u.protocol =>
+                    {
                         p.tls.clone()
                     }
                     (Some(certs), _) => {
                         let mut roots = rustls::RootCertStore::empty();
                         roots.add_parsable_certificates(certs.iter().cloned());
-                        Arc::new(crate::upstream::client::tls_config_with_roots(roots))
+                        crate::upstream::client::tls_for_protocol(
+                            Arc::new(crate::upstream::client::tls_config_with_roots(roots)),
+                            u.protocol,
+                        )
                     }
                 };
                 // Listed servers' ejection counts read 0 before the first ejection.

@@ -1,11 +1,12 @@
 //! The request body as the upstream client sends it: none, one buffer, or chunks from a bounded
-//! channel fed by the proxy's body pump.
+//! channel fed by the proxy's body pump (then the client's trailers, when it sent any).
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Why a request body stream ended early.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum ProxyBody {
     Stream {
         rx: mpsc::Receiver<Result<Bytes, RequestBodyError>>,
         len: Option<u64>,
+        /// The trailers, sent by the pump before it closes `rx` (HTTP/2 clients only).
+        trailers: Option<oneshot::Receiver<http::HeaderMap>>,
     },
 }
 
@@ -37,7 +40,19 @@ impl Body for ProxyBody {
         match &mut *self {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Stream { rx, .. } => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+            ProxyBody::Stream { rx, trailers, .. } => match rx.poll_recv(cx) {
+                Poll::Ready(None) => {
+                    let Some(t) = trailers else {
+                        return Poll::Ready(None);
+                    };
+                    let polled = Pin::new(t).poll(cx);
+                    if polled.is_ready() {
+                        *trailers = None;
+                    }
+                    polled.map(|r| r.ok().map(|map| Ok(Frame::trailers(map))))
+                }
+                polled => polled.map(|o| o.map(|r| r.map(Frame::data))),
+            },
         }
     }
 

@@ -6,8 +6,10 @@
 //! its connection and the connection's task stay on one thread (`spawn_local`), so there is no
 //! cross-thread hand-off, no `Send` bound and no lock. This replaced hyper-util's pooled client,
 //! which cost about 10k instructions per request more here (SipHash pool keys, a spawned task
-//! per request to return the connection, large boxed futures).
+//! per request to return the connection, large boxed futures). Upstreams whose `protocol` may
+//! be HTTP/2 go through [`super::h2`] instead.
 
+use crate::config::model::UpstreamProtocol;
 use crate::upstream::body::ProxyBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -41,6 +43,8 @@ pub struct Target<'a> {
     /// A WebSocket handshake: sent on a new connection that can be upgraded (never a pooled
     /// one; after a 101 it belongs to the socket).
     pub upgrade: bool,
+    /// The upstream's protocol (its `tls` offers the matching ALPN protocols).
+    pub protocol: UpstreamProtocol,
 }
 
 /// Why an upstream exchange failed before a response head arrived.
@@ -75,9 +79,15 @@ impl From<ForwardError> for SendError {
 /// A connection in use; return it with [`Lease::release`] once the response body has ended.
 pub struct Lease {
     key: u64,
-    sender: SendRequest<ProxyBody>,
+    sender: Leased,
     /// Counts the request as in flight to its server until the body ends.
     guard: Option<crate::upstream::server::AttemptGuard>,
+}
+
+/// What a lease holds: an HTTP/1.1 connection of its own, or a stream of a shared HTTP/2 one.
+enum Leased {
+    Http1(SendRequest<ProxyBody>),
+    H2(super::h2::Stream),
 }
 
 impl Lease {
@@ -89,12 +99,13 @@ impl Lease {
     /// Puts the connection back in this worker's pool. A connection still busy (the request
     /// body may still be streaming after an early response) goes back once it is ready.
     pub fn release(self) {
-        let Lease {
-            key,
-            mut sender,
-            guard,
-        } = self;
+        let Lease { key, sender, guard } = self;
         drop(guard);
+        let mut sender = match sender {
+            Leased::Http1(s) => s,
+            // The stream's place on its shared connection is given back.
+            Leased::H2(stream) => return drop(stream),
+        };
         if sender.is_ready() {
             POOL.with(|p| p.borrow_mut().put(key, sender));
         } else if !sender.is_closed() {
@@ -108,16 +119,18 @@ impl Lease {
 }
 
 /// The pool key of a server: its scheme and authority, and the settings its connections were
-/// made with (TLS, the response head limit).
+/// made with (TLS, the response head limit, the protocol).
 pub fn pool_key(
     https: bool,
     authority: &http::uri::Authority,
     tls: &Arc<rustls::ClientConfig>,
     max_header_size: usize,
+    protocol: UpstreamProtocol,
 ) -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
     let mut h = rustc_hash::FxBuildHasher.build_hasher();
     https.hash(&mut h);
+    protocol.hash(&mut h);
     max_header_size.hash(&mut h);
     authority.as_str().to_ascii_lowercase().hash(&mut h);
     if https {
@@ -182,7 +195,38 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// Sends `req` upstream and waits for the response head.
+/// Whether requests to `target` go through [`send_h2`] (its protocol may be HTTP/2) rather
+/// than [`send`].
+pub fn uses_h2(target: &Target<'_>) -> bool {
+    target.protocol.may_use_h2(target.https)
+}
+
+/// Sends `req` to an upstream whose protocol may be HTTP/2 (see [`super::h2`]) and waits for
+/// the response head. The caller chooses between this and [`send`] (boxing this one), so the
+/// HTTP/1.1 path's future stays as it was.
+pub async fn send_h2(
+    req: http::Request<ProxyBody>,
+    target: &Target<'_>,
+) -> Result<(http::Response<Incoming>, Lease), SendError> {
+    super::h2::send(req, target).await
+}
+
+/// A lease on a stream of an HTTP/2 connection.
+pub(super) fn h2_lease(key: u64, stream: super::h2::Stream) -> Lease {
+    Lease {
+        key,
+        sender: Leased::H2(stream),
+        guard: None,
+    }
+}
+
+/// Puts a new HTTP/1.1 connection in this worker's pool.
+pub(super) fn pool_put(key: u64, sender: SendRequest<ProxyBody>) {
+    POOL.with(|p| p.borrow_mut().put(key, sender));
+}
+
+/// Sends `req` upstream over a pooled HTTP/1.1 connection (a new one when none is idle) and
+/// waits for the response head.
 pub async fn send(
     mut req: http::Request<ProxyBody>,
     target: &Target<'_>,
@@ -198,7 +242,7 @@ pub async fn send(
             Some(s) => s,
             // Boxed: connecting (TLS handshake included) is a large future, and rare next to
             // reusing a pooled connection; inline it would grow every request's future by ~2.5 KB.
-            None => match Box::pin(connect(target)).await {
+            None => match Box::pin(connect_http1(target)).await {
                 Ok(s) => s,
                 Err(error) => {
                     return Err(SendError {
@@ -214,7 +258,7 @@ pub async fn send(
                     res,
                     Lease {
                         key: target.pool_key,
-                        sender,
+                        sender: Leased::Http1(sender),
                         guard: None,
                     },
                 ))
@@ -234,7 +278,26 @@ pub async fn send(
     Err(ForwardError::Protocol("no usable connection".into()).into())
 }
 
-async fn connect(t: &Target<'_>) -> Result<SendRequest<ProxyBody>, ForwardError> {
+/// A new HTTP/1.1 connection to the target.
+async fn connect_http1(t: &Target<'_>) -> Result<SendRequest<ProxyBody>, ForwardError> {
+    match connect(t).await? {
+        Transport::Tcp(tcp) => {
+            handshake_http1(TokioIo::new(tcp), t.max_header_size, t.upgrade).await
+        }
+        Transport::Tls(tls) => {
+            handshake_http1(TokioIo::new(tls), t.max_header_size, t.upgrade).await
+        }
+    }
+}
+
+/// A connected transport: TCP, or TLS over TCP (boxed: its buffers are large).
+pub(super) enum Transport {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// A TCP connection to the target (with TLS for https), within the connect timeout.
+pub(super) async fn connect(t: &Target<'_>) -> Result<Transport, ForwardError> {
     let host = t.authority.host();
     let port = t
         .authority
@@ -282,9 +345,9 @@ async fn connect(t: &Target<'_>) -> Result<SendRequest<ProxyBody>, ForwardError>
                 }
                 Err(_) => return Err(ForwardError::ConnectTimeout),
             };
-            handshake_http1(TokioIo::new(tls), t.max_header_size, t.upgrade).await
+            Ok(Transport::Tls(Box::new(tls)))
         } else {
-            handshake_http1(TokioIo::new(tcp), t.max_header_size, t.upgrade).await
+            Ok(Transport::Tcp(tcp))
         };
     }
     Err(last)
@@ -304,7 +367,7 @@ fn server_name(
 
 /// An HTTP/1.1 connection over `io`, accepting response heads up to `max_header_size` bytes;
 /// with `upgrades`, a 101 hands the connection over (`hyper::upgrade::on`).
-async fn handshake_http1<T>(
+pub(super) async fn handshake_http1<T>(
     io: T,
     max_header_size: usize,
     upgrades: bool,
@@ -332,7 +395,7 @@ where
     Ok(sender)
 }
 
-fn classify(e: hyper::Error) -> ForwardError {
+pub(super) fn classify(e: hyper::Error) -> ForwardError {
     use std::error::Error;
     let mut source = e.source();
     while let Some(s) = source {
@@ -366,6 +429,31 @@ pub fn default_tls_config() -> Arc<rustls::ClientConfig> {
         Arc::new(tls_config_with_roots(roots))
     })
     .clone()
+}
+
+/// `tls` offering the ALPN protocols of `protocol`: "h2" for h2, "h2" then "http/1.1" for
+/// auto, `tls` itself (HTTP/1.1) otherwise. The default settings' variants are made once, so
+/// the pool keys (which hash the settings' address) stay the same across reloads.
+pub fn tls_for_protocol(
+    tls: Arc<rustls::ClientConfig>,
+    protocol: UpstreamProtocol,
+) -> Arc<rustls::ClientConfig> {
+    static DEFAULT_H2: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    static DEFAULT_AUTO: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    let (alpn, default): (&[&[u8]], _) = match protocol {
+        UpstreamProtocol::Http1 | UpstreamProtocol::H2c => return tls,
+        UpstreamProtocol::H2 => (&[b"h2"], &DEFAULT_H2),
+        UpstreamProtocol::Auto => (&[b"h2", b"http/1.1"], &DEFAULT_AUTO),
+    };
+    let with_alpn = |tls: &rustls::ClientConfig| {
+        let mut cfg = tls.clone();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    };
+    if Arc::ptr_eq(&tls, &default_tls_config()) {
+        return default.get_or_init(|| with_alpn(&tls)).clone();
+    }
+    with_alpn(&tls)
 }
 
 /// TLS client settings trusting `roots` (plus nothing else), offering HTTP/1.1 by ALPN.

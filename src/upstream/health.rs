@@ -1,13 +1,15 @@
 //! Active health checks: one task per server (not per worker), on one background thread
-//! shared by every upstream. A check is an HTTP GET with a timeout; its result goes through
-//! [`Tracker`] (thresholds) into the server's shared state, where the balancer reads it.
+//! shared by every upstream. A check is an HTTP GET with a timeout, or with `grpc_service`
+//! a gRPC health call (grpc.health.v1.Health/Check, passing when the answer is SERVING); it
+//! speaks HTTP/2 to an HTTP/2 upstream. Its result goes through [`Tracker`] (thresholds) into
+//! the server's shared state, where the balancer reads it.
 //!
 //! While a server is on its way to a transition (an unhealthy server passed a check, or a
 //! healthy one failed one), the next checks come `threshold` times faster, so the whole
 //! transition takes about one interval whatever the thresholds are.
 
 use super::server::{CheckRecord, Health, ServerState};
-use crate::config::model::{HealthCheckConfig, ServerEntry};
+use crate::config::model::{HealthCheckConfig, ServerEntry, UpstreamProtocol};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument;
@@ -24,6 +26,66 @@ pub enum ProbeError {
     /// The server answered with a status outside `expected_status`.
     #[error("status {0}")]
     Status(u16),
+    /// A gRPC health check's answer: a gRPC error, or a status other than SERVING.
+    #[error("gRPC health: {0}")]
+    Grpc(String),
+}
+
+/// The gRPC health protocol's method.
+const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// A gRPC message frame holding `HealthCheckRequest { service }` (protobuf field 1).
+fn grpc_health_request(service: &str) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(service.len() + 2);
+    if !service.is_empty() {
+        msg.push(0x0a);
+        let mut n = service.len();
+        while n >= 0x80 {
+            msg.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = Vec::with_capacity(5 + msg.len());
+    frame.push(0);
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    frame
+}
+
+/// The `status` of the `HealthCheckResponse` in a gRPC message frame (1 is SERVING); `None`
+/// for a frame that is not one.
+fn grpc_health_status(frame: &[u8]) -> Option<u64> {
+    let (&compressed, rest) = frame.split_first()?;
+    if compressed != 0 || rest.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+    let mut msg = rest.get(4..4 + len)?;
+    // The default (UNKNOWN, 0) is not written.
+    let mut status = 0;
+    while let Some((&key, rest)) = msg.split_first() {
+        let (value, used) = varint(rest)?;
+        match key {
+            0x08 => status = value,
+            _ if key & 7 == 0 => {}
+            _ => return None,
+        }
+        msg = &rest[used..];
+    }
+    Some(status)
+}
+
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
 }
 
 /// Health thresholds as a pure state machine.
@@ -109,7 +171,12 @@ pub struct Checkers {
 
 impl Checkers {
     /// Checkers for one upstream; [`Checkers::watch`] starts them for servers.
-    pub fn new(upstream: &str, cfg: &HealthCheckConfig, tls: &Arc<rustls::ClientConfig>) -> Self {
+    pub fn new(
+        upstream: &str,
+        cfg: &HealthCheckConfig,
+        tls: &Arc<rustls::ClientConfig>,
+        protocol: UpstreamProtocol,
+    ) -> Self {
         let mut checkers = Checkers {
             alive: Arc::new(()),
             upstream: upstream.to_string(),
@@ -122,7 +189,12 @@ impl Checkers {
         crate::base::tls::install_crypto_provider();
         let client = {
             let _guard = rt.enter();
-            reqwest::Client::builder()
+            let builder = match protocol {
+                // HTTP/2 without TLS is prior knowledge; over TLS, `tls` offers it by ALPN.
+                UpstreamProtocol::H2c => reqwest::Client::builder().http2_prior_knowledge(),
+                _ => reqwest::Client::builder(),
+            };
+            builder
                 .use_preconfigured_tls((**tls).clone())
                 .timeout(cfg.timeout)
                 .connect_timeout(cfg.timeout)
@@ -155,7 +227,10 @@ impl Checkers {
             let check = Check {
                 upstream: self.upstream.clone(),
                 server: server.url.clone(),
-                url: format!("{scheme}://{}{}", server.authority, self.cfg.path),
+                url: match self.cfg.grpc_service {
+                    Some(_) => format!("{scheme}://{}{GRPC_HEALTH_CHECK}", server.authority),
+                    None => format!("{scheme}://{}{}", server.authority, self.cfg.path),
+                },
                 cfg: self.cfg.clone(),
                 client: client.clone(),
                 state: Arc::downgrade(state),
@@ -250,6 +325,9 @@ impl Check {
     }
 
     async fn probe(&self) -> Result<(), ProbeError> {
+        if let Some(service) = &self.cfg.grpc_service {
+            return self.probe_grpc(service).await;
+        }
         let mut res = self
             .client
             .get(&self.url)
@@ -274,9 +352,63 @@ impl Check {
     }
 }
 
+impl Check {
+    /// One grpc.health.v1 `Check`: passes when the answer is SERVING. A gRPC error comes
+    /// trailers-only, in the head; a status in the trailers is not read (an answer message
+    /// means OK).
+    async fn probe_grpc(&self, service: &str) -> Result<(), ProbeError> {
+        let mut res = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(grpc_health_request(service))
+            .send()
+            .await
+            .map_err(ProbeError::Request)?;
+        let status = res.status().as_u16();
+        if status != 200 {
+            return Err(ProbeError::Status(status));
+        }
+        if let Some(code) = res.headers().get("grpc-status") {
+            if code.as_bytes() != b"0" {
+                let code = String::from_utf8_lossy(code.as_bytes()).into_owned();
+                return Err(ProbeError::Grpc(format!("grpc-status {code}")));
+            }
+        }
+        let mut body = Vec::new();
+        while body.len() <= MAX_PROBE_BODY {
+            match res.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => return Err(ProbeError::Request(e)),
+            }
+        }
+        match grpc_health_status(&body) {
+            Some(1) => Ok(()),
+            Some(s) => Err(ProbeError::Grpc(format!("status {s} (not SERVING)"))),
+            None => Err(ProbeError::Grpc("no HealthCheckResponse".into())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_health_messages() {
+        assert_eq!(grpc_health_request(""), [0, 0, 0, 0, 0]);
+        assert_eq!(
+            grpc_health_request("db"),
+            [0, 0, 0, 0, 4, 0x0a, 2, b'd', b'b']
+        );
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 2, 0x08, 2]), Some(2));
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 0]), Some(0));
+        assert_eq!(grpc_health_status(&[1, 0, 0, 0, 0]), None, "compressed");
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 5, 0x08]), None, "short");
+    }
 
     #[test]
     fn probe_error_text() {
@@ -311,6 +443,7 @@ mod tests {
             healthy_threshold: 2,
             unhealthy_threshold: 5,
             expected_status: 200..=399,
+            grpc_service: None,
         };
         let mut t = Tracker::new(2, 5);
         t.observe(true);

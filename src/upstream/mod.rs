@@ -8,6 +8,7 @@ pub mod body;
 pub mod breaker;
 pub mod client;
 pub mod discovery;
+pub mod h2;
 pub mod health;
 pub mod retry;
 pub mod server;
@@ -152,7 +153,12 @@ impl Upstream {
         let checkers = self.config.health_check.as_ref().map(|cfg| {
             self.checkers
                 .get_or_init(|| {
-                    let c = Arc::new(health::Checkers::new(&self.config.name, cfg, &self.tls));
+                    let c = Arc::new(health::Checkers::new(
+                        &self.config.name,
+                        cfg,
+                        &self.tls,
+                        self.config.protocol,
+                    ));
                     let set = self.set();
                     c.watch(&set.entries, &set.states);
                     c

@@ -118,7 +118,13 @@ impl ServerSet {
         let pool_keys = entries
             .iter()
             .map(|s| {
-                super::client::pool_key(s.https, &s.authority, tls, config.max_response_header_size)
+                super::client::pool_key(
+                    s.https,
+                    &s.authority,
+                    tls,
+                    config.max_response_header_size,
+                    config.protocol,
+                )
             })
             .collect();
         let set = ServerSet {

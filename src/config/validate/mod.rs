@@ -127,6 +127,7 @@ pub fn validate(
         top_transforms: &top_transforms,
         key_sources,
         upstreams: &upstream_index,
+        upstream_configs: &upstreams,
         has_jwt: jwt.is_some(),
         has_api_keys: api_keys.is_some(),
         default_timeout: server.request_timeout,

@@ -8,7 +8,8 @@ use super::rate_limiting::route_rate_limit;
 use super::V;
 use crate::config::error::did_you_mean;
 use crate::config::model::{
-    AuthMode, MethodSet, Rewrite, RewritePart, RouteConfig, UNMATCHED_ROUTE,
+    AuthMode, MethodSet, Rewrite, RewritePart, RouteConfig, UpstreamConfig, UpstreamProtocol,
+    UNMATCHED_ROUTE,
 };
 use crate::config::raw::RawRoute;
 use crate::config::router::Router;
@@ -181,6 +182,8 @@ pub(super) struct RouteContext<'a> {
     pub(super) cache: Option<&'a super::caching::TopCache>,
     /// Upstream name -> its index in the validated list.
     pub(super) upstreams: &'a HashMap<&'a str, usize>,
+    /// The validated upstreams, by index (a gRPC route checks its upstream's protocol).
+    pub(super) upstream_configs: &'a [crate::config::model::UpstreamConfig],
     pub(super) has_jwt: bool,
     pub(super) has_api_keys: bool,
     /// `server.request_timeout`, the default of a route's `timeout`.
@@ -289,6 +292,10 @@ pub(super) fn route(
     let transforms = super::transformations::merge(cx.top_transforms, own, params);
     let cache = super::caching::route_cache(v, &p, r.cache.as_ref(), cx.cache);
     let websocket = websocket(v, &p, r, methods);
+    let grpc = r.grpc.unwrap_or(false);
+    if grpc && cx.upstreams.contains_key(r.upstream.as_str()) {
+        check_grpc_upstream(v, &p, cx.upstream_configs.get(upstream));
+    }
     let name = name(v, &p, r, host.as_deref(), seen);
     if let Some(t) = &template {
         check_shape(v, &p, &name, (tenant, &host, t, methods), seen);
@@ -310,6 +317,7 @@ pub(super) fn route(
         cache,
         tenant,
         websocket,
+        grpc,
     }
 }
 
@@ -349,6 +357,41 @@ fn websocket(v: &mut V, p: &str, r: &RawRoute, methods: MethodSet) -> Option<Dur
         }
         _ if methods.contains("GET") => Some(idle),
         _ => None,
+    }
+}
+
+/// A gRPC route needs an upstream spoken to in HTTP/2 (gRPC needs trailers).
+fn check_grpc_upstream(v: &mut V, p: &str, upstream: Option<&UpstreamConfig>) {
+    let Some(u) = upstream else { return };
+    // An unknown protocol is reported already; its stand-in value proves nothing here.
+    let protocol_path = format!("upstreams.{}.protocol", u.name);
+    if v.errors.iter().any(|e| e.path == protocol_path) {
+        return;
+    }
+    let https = u
+        .servers
+        .iter()
+        .map(|s| s.https)
+        .chain(u.discovery.as_ref().map(|d| d.https));
+    let mut https = https.peekable();
+    let all_h2 = https.peek().is_some() && https.all(|h| u.protocol.may_use_h2(h));
+    if !all_h2 {
+        let fix = match u.servers.iter().any(|s| s.https) {
+            true => "\"h2\"",
+            false => "\"h2c\"",
+        };
+        v.err_hint(
+            format!("{p}.grpc"),
+            format!(
+                "gRPC needs HTTP/2 to the upstream, but upstream `{}` speaks {}",
+                u.name,
+                match u.protocol {
+                    UpstreamProtocol::Auto => "HTTP/1.1 to its http:// servers (\"auto\")",
+                    _ => "HTTP/1.1 (protocol \"http1\")",
+                }
+            ),
+            format!("set upstreams.{}.protocol to {fix}", u.name),
+        );
     }
 }
 

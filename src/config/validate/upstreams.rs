@@ -6,7 +6,7 @@ use super::{nonzero_duration, positive, resolve_path, V};
 use crate::config::error::did_you_mean;
 use crate::config::model::{
     BreakerConfig, HealthCheckConfig, MethodSet, OutlierConfig, RetryConfig, ServerEntry, Strategy,
-    UpstreamConfig,
+    UpstreamConfig, UpstreamProtocol,
 };
 use crate::config::raw::{
     RawCircuitBreaker, RawHealthCheck, RawOutlierDetection, RawRetries, RawServerEntry, RawUpstream,
@@ -190,6 +190,23 @@ fn upstream(v: &mut V, name: &str, u: &RawUpstream, base_dir: &Path) -> Upstream
             "max_response_header_size must be at least \"8KB\"",
         );
     }
+    let protocol = protocol(v, &p, u, &servers, discovery.as_ref().map(|d| d.https));
+    if health_check
+        .as_ref()
+        .is_some_and(|h| h.grpc_service.is_some())
+    {
+        let https = servers
+            .iter()
+            .map(|s| s.https)
+            .chain(discovery.as_ref().map(|d| d.https));
+        if !https.into_iter().all(|h| protocol.may_use_h2(h)) {
+            v.err_hint(
+                format!("{p}.health_check.grpc_service"),
+                "gRPC health checks need HTTP/2 to the servers",
+                "set the upstream's protocol to \"h2c\" (http servers) or \"h2\" (https)",
+            );
+        }
+    }
     UpstreamConfig {
         name: name.to_string(),
         servers,
@@ -205,7 +222,60 @@ fn upstream(v: &mut V, name: &str, u: &RawUpstream, base_dir: &Path) -> Upstream
         max_response_header_size: usize::try_from(max_response_header_size)
             .unwrap_or(usize::MAX)
             .max(MIN_RESPONSE_HEADER_SIZE as usize),
+        protocol,
     }
+}
+
+/// The `protocol`, checked against the servers' schemes: "h2" is negotiated in the TLS
+/// handshake (https only), "h2c" is HTTP/2 on plaintext TCP (http only). `discovered_https`
+/// is the scheme of the servers a discovery source finds.
+fn protocol(
+    v: &mut V,
+    p: &str,
+    u: &RawUpstream,
+    servers: &[ServerEntry],
+    discovered_https: Option<bool>,
+) -> UpstreamProtocol {
+    let Some(name) = u.protocol.as_deref() else {
+        return UpstreamProtocol::Http1;
+    };
+    let names = UpstreamProtocol::ALL.map(UpstreamProtocol::as_str);
+    let Some(protocol) = UpstreamProtocol::parse(name) else {
+        let hint = did_you_mean(name, names)
+            .unwrap_or_else(|| format!("expected one of \"{}\"", names.join("\", \"")));
+        v.err_hint(
+            format!("{p}.protocol"),
+            format!("unknown protocol `{name}`"),
+            hint,
+        );
+        return UpstreamProtocol::Http1;
+    };
+    let schemes = servers
+        .iter()
+        .map(|s| (s.https, s.url.as_str()))
+        .chain(discovered_https.map(|h| (h, "the discovered servers")));
+    for (https, url) in schemes {
+        match (protocol, https) {
+            (UpstreamProtocol::H2, false) => {
+                v.err_hint(
+                    format!("{p}.protocol"),
+                    format!("protocol \"h2\" is HTTP/2 over TLS, but {url} is plaintext http"),
+                    "use \"h2c\" for HTTP/2 without TLS, or https:// servers",
+                );
+                break;
+            }
+            (UpstreamProtocol::H2c, true) => {
+                v.err_hint(
+                    format!("{p}.protocol"),
+                    format!("protocol \"h2c\" is HTTP/2 without TLS, but {url} is https"),
+                    "use \"h2\" (or \"auto\") for HTTP/2 over TLS, or http:// servers",
+                );
+                break;
+            }
+            _ => {}
+        }
+    }
+    protocol
 }
 
 fn servers(v: &mut V, p: &str, entries: &[RawServerEntry]) -> Vec<ServerEntry> {
@@ -418,6 +488,7 @@ fn health_check(v: &mut V, p: &str, h: &RawHealthCheck) -> HealthCheckConfig {
             3,
         ),
         expected_status,
+        grpc_service: h.grpc_service.clone(),
     }
 }
 

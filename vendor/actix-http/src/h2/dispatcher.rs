@@ -223,9 +223,13 @@ where
             match Pin::new(&mut this.connection).poll_accept(cx)? {
                 Poll::Ready(Some((req, tx))) => {
                     let (parts, body) = req.into_parts();
-                    let payload = crate::h2::Payload::new(body);
+                    let mut payload = crate::h2::Payload::new(body);
+                    // The request's trailers, for the service (kairos patch).
+                    let trailers = crate::h2::Trailers::default();
+                    payload.trailers = Some(trailers.clone());
                     let pl = Payload::H2 { payload };
                     let mut req = Request::with_payload(pl);
+                    req.extensions.get_mut().insert(trailers);
                     let head_req = parts.method == Method::HEAD;
 
                     let head = req.head_mut();
@@ -372,6 +376,8 @@ where
     B: MessageBody,
 {
     let (res, body) = res.replace_body(());
+    // Trailers the body leaves for the end of the stream (kairos patch).
+    let trailers = res.extensions().get::<crate::h2::Trailers>().cloned();
 
     // prepare response.
     let mut size = body.size();
@@ -424,6 +430,11 @@ where
     }
 
     // response body streaming finished. send end of stream and return.
+    if let Some(map) = trailers.and_then(|t| t.take()) {
+        return stream
+            .send_trailers(map.into())
+            .map_err(DispatchError::SendData);
+    }
     stream
         .send_data(Bytes::new(), true)
         .map_err(DispatchError::SendData)?;

@@ -29,11 +29,39 @@ pub use self::{dispatcher::Dispatcher, service::H2Service};
 /// HTTP/2 peer stream.
 pub struct Payload {
     stream: RecvStream,
+    /// Where the request's trailers go once its data has ended (kairos patch).
+    trailers: Option<Trailers>,
 }
 
 impl Payload {
     pub(crate) fn new(stream: RecvStream) -> Self {
-        Self { stream }
+        Self {
+            stream,
+            trailers: None,
+        }
+    }
+}
+
+/// The trailers of an HTTP/2 message (kairos patch, see vendor/README.md).
+///
+/// Requests: the dispatcher puts one into every HTTP/2 request's extensions; it holds the
+/// request's trailers once the payload has returned its end. Responses: a response that
+/// carries one in its extensions ends with a trailers frame holding what was [`set`] by the
+/// time its body returned its end (an end-of-stream DATA frame when nothing was set).
+///
+/// [`set`]: Trailers::set
+#[derive(Debug, Clone, Default)]
+pub struct Trailers(std::rc::Rc<std::cell::RefCell<Option<crate::header::HeaderMap>>>);
+
+impl Trailers {
+    /// Stores the trailers (replacing any stored before).
+    pub fn set(&self, trailers: crate::header::HeaderMap) {
+        *self.0.borrow_mut() = Some(trailers);
+    }
+
+    /// Takes the trailers out, if there are any.
+    pub fn take(&self) -> Option<crate::header::HeaderMap> {
+        self.0.borrow_mut().take()
     }
 }
 
@@ -53,7 +81,18 @@ impl Stream for Payload {
                 }
             }
             Some(Err(err)) => Poll::Ready(Some(Err(err.into()))),
-            None => Poll::Ready(None),
+            None => {
+                // The data has ended: keep the trailers, if any (kairos patch).
+                if let Some(slot) = &this.trailers {
+                    match ready!(this.stream.poll_trailers(cx)) {
+                        Ok(Some(map)) => slot.set(map.into()),
+                        Ok(None) => {}
+                        Err(err) => return Poll::Ready(Some(Err(err.into()))),
+                    }
+                    this.trailers = None;
+                }
+                Poll::Ready(None)
+            }
         }
     }
 }
