@@ -70,11 +70,14 @@ fn server(args: &[String]) {
                         Ok::<_, std::convert::Infallible>(grpc.unary(Echo, req).await)
                     },
                 );
-                let _ =
+                let served =
                     hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                         .max_concurrent_streams(1024)
                         .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
                         .await;
+                if let Err(e) = served {
+                    eprintln!("connection ended: {e:?}");
+                }
             });
         }
     });
@@ -119,18 +122,33 @@ fn client(args: &[String]) {
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
                     let ok = match c.ready().await {
-                        Ok(()) => c
-                            .unary(
-                                tonic::Request::new(Msg {
-                                    text: "ping".into(),
-                                    n,
-                                }),
-                                PathAndQuery::from_static("/bench.Echo/Unary"),
-                                ProstCodec::<Msg, Msg>::default(),
-                            )
-                            .await
-                            .is_ok_and(|r| r.get_ref().n == n),
-                        Err(_) => false,
+                        Ok(()) => {
+                            let res = c
+                                .unary(
+                                    tonic::Request::new(Msg {
+                                        text: "ping".into(),
+                                        n,
+                                    }),
+                                    PathAndQuery::from_static("/bench.Echo/Unary"),
+                                    ProstCodec::<Msg, Msg>::default(),
+                                )
+                                .await;
+                            match res {
+                                Ok(r) => r.get_ref().n == n,
+                                Err(status) => {
+                                    if failed.load(Ordering::Relaxed) == 0 {
+                                        eprintln!("first failed call: {status:?}");
+                                    }
+                                    false
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            if failed.load(Ordering::Relaxed) == 0 {
+                                eprintln!("channel not ready: {e}");
+                            }
+                            false
+                        }
                     };
                     if ok {
                         latencies.push(started.elapsed().as_micros() as u64);

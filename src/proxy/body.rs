@@ -124,6 +124,12 @@ pub fn stream(
             };
             progress.last.set(Some(tokio::time::Instant::now()));
             let msg = match item {
+                // An HTTP/2 client's empty DATA frame (one ending the stream, most often):
+                // nothing to send. Passed on, it became an empty DATA frame without
+                // END_STREAM upstream, and an HTTP/2 server counts those as abuse (h2 sends
+                // GOAWAY ENHANCE_YOUR_CALM after 100 on a connection: 1 gRPC call in 100
+                // failed under load).
+                Ok(chunk) if chunk.is_empty() => continue,
                 Ok(chunk) => {
                     seen += chunk.len() as u64;
                     progress.bytes.set(seen);
