@@ -568,3 +568,34 @@ fn the_instance_file_example_is_valid_and_gives_only_its_own_members() {
     assert_eq!(store.key, "/kairos/config");
     assert!(kairos_rs::config::cluster::local_errors(&text).is_empty());
 }
+
+#[test]
+fn a_watch_on_a_frozen_member_moves_to_the_next_endpoint() {
+    let upstream = Upstream::start_ok();
+    let etcd = EtcdServer::start();
+    let key = "/kairos/failover";
+    etcd.put(key, &document(&upstream.url(), &["/x"]).to_string());
+    // The first endpoint reaches etcd through a relay; the second is etcd itself.
+    let relay = FreezableRelay::start(etcd.client_port);
+    let store = json!({ "type": "etcd", "endpoints": [relay.url(), etcd.url()], "key": key });
+    let mut gw = GatewayProcess::start_with_store_config(store, TOKEN, &[]);
+    assert!(wait_until(Duration::from_secs(5), || code(&gw, "/x") == 200));
+    // The watch is on the relay; frozen, it holds the watch open and silent while the other
+    // endpoint answers. The change must still arrive, through the other endpoint.
+    relay.freeze();
+    let frozen = Instant::now();
+    etcd.put(key, &document(&upstream.url(), &["/y"]).to_string());
+    assert!(
+        wait_until(Duration::from_secs(15), || code(&gw, "/y") == 200),
+        "{}",
+        status(&gw)
+    );
+    println!(
+        "a change behind a frozen member arrived after {:?}",
+        frozen.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(2), || status(&gw)
+        ["config_store"]
+        == "ok"));
+    assert!(gw.stop());
+}

@@ -1623,3 +1623,69 @@ impl GatewayProcess {
         Self::start_with_env(&local.to_string(), env)
     }
 }
+
+/// A TCP relay on a free loopback port to `target` that can be frozen: while frozen it keeps
+/// every connection open (and accepts new ones) but passes no byte either way, as a member
+/// that is stopped or cut off from the network would. Runs until the process ends.
+pub struct FreezableRelay {
+    pub port: u16,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezableRelay {
+    pub fn start(target: u16) -> FreezableRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let wait = |frozen: &AtomicBool| {
+            while frozen.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let f = frozen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    wait(&f);
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                        return;
+                    };
+                    let pipe = move |mut from: std::net::TcpStream,
+                                     mut to: std::net::TcpStream,
+                                     f: Arc<AtomicBool>| {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            wait(&f);
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    };
+                    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let f2 = f.clone();
+                    std::thread::spawn(move || pipe(c2, s2, f2));
+                    pipe(server, client, f);
+                });
+            }
+        });
+        FreezableRelay { port, frozen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn freeze(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

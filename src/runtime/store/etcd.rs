@@ -229,55 +229,74 @@ impl Etcd {
             let Some(base) = self.endpoints.get(idx) else {
                 break;
             };
-            let mut req = client
-                .post(format!("{base}{path}"))
-                .timeout(self.timeout)
-                .header("content-type", "application/json")
-                .body(body.to_string());
-            if let Some(t) = token {
-                req = req.header("authorization", t);
-            }
-            let res = req.send().await;
-            let res = match res {
-                Ok(r) => r,
-                Err(e) => {
-                    last = EtcdError::Unreachable(format!(
-                        "{base}: {}",
-                        crate::upstream::client::chain(&e)
-                    ));
-                    continue;
+            match self.post(client, base, path, body, token).await {
+                Ok(v) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(v);
                 }
-            };
-            let status = res.status();
-            let text = match read_capped(res).await {
-                Ok(t) => t,
-                Err(e) => {
-                    last = e;
-                    continue;
+                Err(Failure::NotSent(e) | Failure::NoAnswer(e)) => last = e,
+                Err(Failure::Answer(e)) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Err(e);
                 }
-            };
-            if status.is_server_error() {
-                // A member without a leader, say: another may answer.
-                last = EtcdError::Unreachable(format!("{base}: {status}: {}", short(&text)));
-                continue;
             }
-            self.preferred.store(idx, Ordering::Relaxed);
-            if matches!(status.as_u16(), 401 | 403) {
-                return Err(EtcdError::Auth(format!(
-                    "{base}: {status}: {}",
-                    short(&text)
-                )));
-            }
-            if !status.is_success() {
-                return Err(EtcdError::Protocol(format!(
-                    "{base}: {status}: {}",
-                    short(&text)
-                )));
-            }
-            return serde_json::from_str(&text)
-                .map_err(|e| EtcdError::Protocol(format!("{base}: not JSON: {e}")));
         }
         Err(last)
+    }
+
+    /// POSTs `body` to `path` on the endpoint `base` only; its JSON answer.
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Result<Value, Failure> {
+        let mut req = client
+            .post(format!("{base}{path}"))
+            .timeout(self.timeout)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        let res = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let err = EtcdError::Unreachable(format!(
+                    "{base}: {}",
+                    crate::upstream::client::chain(&e)
+                ));
+                return Err(match e.is_connect() {
+                    true => Failure::NotSent(err),
+                    false => Failure::NoAnswer(err),
+                });
+            }
+        };
+        let status = res.status();
+        let text = read_capped(res).await.map_err(Failure::NoAnswer)?;
+        if status.is_server_error() {
+            // A member without a leader, say: another may answer.
+            return Err(Failure::NoAnswer(EtcdError::Unreachable(format!(
+                "{base}: {status}: {}",
+                short(&text)
+            ))));
+        }
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(Failure::Answer(EtcdError::Auth(format!(
+                "{base}: {status}: {}",
+                short(&text)
+            ))));
+        }
+        if !status.is_success() {
+            return Err(Failure::Answer(EtcdError::Protocol(format!(
+                "{base}: {status}: {}",
+                short(&text)
+            ))));
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::Answer(EtcdError::Protocol(format!("{base}: not JSON: {e}"))))
     }
 
     /// Reads the key.
@@ -288,16 +307,34 @@ impl Etcd {
         parse_range(&v)
     }
 
-    /// Asks etcd for the key's count only: a cheap sign of life while a watch is idle (a
-    /// frozen etcd keeps its connections open and says nothing).
-    pub async fn probe(&self, client: &reqwest::Client) -> Result<(), EtcdError> {
-        self.call(
-            client,
-            "/v3/kv/range",
-            &json!({ "key": self.key_b64, "count_only": true }),
-        )
-        .await
-        .map(|_| ())
+    /// Asks the endpoint `base` (a watch's own) for the key's count only: a cheap sign of
+    /// life while a watch is idle (a frozen or cut-off member keeps its connections open and
+    /// says nothing). Another endpoint answering would say nothing of that watch.
+    pub async fn probe_at(&self, client: &reqwest::Client, base: &str) -> Result<(), EtcdError> {
+        let body = json!({ "key": self.key_b64, "count_only": true });
+        let path = "/v3/kv/range";
+        let token = self.token(client).await?;
+        let answer = match self.post(client, base, path, &body, token.as_deref()).await {
+            Err(Failure::Answer(EtcdError::Auth(_))) if self.credentials.is_some() => {
+                let token = self.authenticate(client).await?;
+                self.post(client, base, path, &body, Some(&token)).await
+            }
+            other => other,
+        };
+        answer.map(|_| ()).map_err(Failure::into_error)
+    }
+
+    /// The endpoint `base` failed a watch: the next attempt starts with the one after it.
+    pub fn pass_over(&self, base: &str) {
+        let n = self.endpoints.len().max(1);
+        if let Some(idx) = self.endpoints.iter().position(|e| e == base) {
+            let _ = self.preferred.compare_exchange(
+                idx,
+                (idx + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// Writes `value` if the key's mod revision is `expected` (0: the key does not exist),
@@ -375,9 +412,12 @@ impl Etcd {
                 break;
             };
             // No overall timeout: the answer is a stream that lasts as long as the watch.
+            // `hasleader`: etcd cancels the watch when this member loses its leader (a
+            // partitioned member would otherwise keep it open and silent).
             let mut req = client
                 .post(format!("{base}/v3/watch"))
                 .header("content-type", "application/json")
+                .header("grpc-metadata-hasleader", "true")
                 .body(body.to_string());
             if let Some(t) = token {
                 req = req.header("authorization", t);
@@ -418,6 +458,25 @@ impl Etcd {
     }
 }
 
+/// How one POST to one endpoint failed.
+enum Failure {
+    /// Nothing reached etcd (no connection): another endpoint may be tried, even for a write.
+    NotSent(EtcdError),
+    /// Sent, but no usable answer (a timeout, a cut, a 5xx): a read may go to another
+    /// endpoint; a write may have been applied.
+    NoAnswer(EtcdError),
+    /// etcd answered: final.
+    Answer(EtcdError),
+}
+
+impl Failure {
+    fn into_error(self) -> EtcdError {
+        match self {
+            Failure::NotSent(e) | Failure::NoAnswer(e) | Failure::Answer(e) => e,
+        }
+    }
+}
+
 /// A watch stream: one JSON object per message.
 pub struct Watch {
     res: reqwest::Response,
@@ -426,6 +485,11 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// The endpoint this watch is on.
+    pub fn endpoint(&self) -> &str {
+        &self.base
+    }
+
     /// The next message; an error when the stream ends or breaks.
     pub async fn next(&mut self) -> Result<WatchMsg, EtcdError> {
         loop {

@@ -387,7 +387,11 @@ async fn follow_once(
         let msg = tokio::select! {
             msg = watch.next() => msg?,
             _ = probe.tick() => {
-                store.etcd.probe(client).await?;
+                // The watch's own endpoint: another one answering says nothing of this watch.
+                if let Err(e) = store.etcd.probe_at(client, watch.endpoint()).await {
+                    store.etcd.pass_over(watch.endpoint());
+                    return Err(e);
+                }
                 continue;
             }
         };
@@ -424,7 +428,9 @@ async fn follow_once(
                 return Ok(());
             }
             WatchMsg::Canceled(reason) => {
-                return Err(EtcdError::Unreachable(format!("watch canceled: {reason}")))
+                // A member that lost its leader, say: the next watch starts elsewhere.
+                store.etcd.pass_over(watch.endpoint());
+                return Err(EtcdError::Unreachable(format!("watch canceled: {reason}")));
             }
         }
     }
