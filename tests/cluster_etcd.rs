@@ -503,6 +503,27 @@ fn etcd_with_auth_enabled_takes_a_user_and_password() {
     );
     follows_and_writes(&gw, &upstream, "/auth");
 
+    // etcd restarted, the token the gateway holds no longer valid: etcd cancels the new
+    // watch for it (HTTP 200, "invalid auth token"); the gateway authenticates again and the
+    // next change arrives.
+    etcd.invalidate_tokens();
+    etcd.kill();
+    etcd.restart();
+    let restarted = Instant::now();
+    etcd.put(
+        key,
+        &document(&upstream.url(), &["/auth", "/restarted"]).to_string(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || code(&gw, "/restarted") == 200),
+        "{}",
+        status(&gw)
+    );
+    println!(
+        "a change after etcd's restart (auth on) arrived after {:?}",
+        restarted.elapsed()
+    );
+
     // A wrong password: refused, said in the status; neither password is ever logged.
     const WRONG: &str = "not-the-etcd-password-0815";
     let mut refused =

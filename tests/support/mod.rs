@@ -1340,6 +1340,8 @@ pub struct EtcdServer {
     tls: bool,
     /// The auth token, once `enable_auth` has run.
     token: Option<String>,
+    /// root's password, once `enable_auth` has run (a restart authenticates again).
+    password: Option<String>,
 }
 
 impl EtcdServer {
@@ -1361,6 +1363,7 @@ impl EtcdServer {
             dir: tempfile::tempdir().expect("tempdir"),
             tls,
             token: None,
+            password: None,
         };
         if tls {
             e.write_certs();
@@ -1458,8 +1461,13 @@ impl EtcdServer {
             .spawn()
             .expect("etcd must be installed (scripts/test.sh installs Debian's etcd-server)");
         self.child = Some(child);
+        // With auth on, the tokens of before the restart are gone: a new one.
+        self.token = None;
         assert!(
-            wait_until(Duration::from_secs(20), || self.get().is_some()),
+            wait_until(Duration::from_secs(20), || match self.password.clone() {
+                Some(password) => self.login(&password),
+                None => self.get().is_some(),
+            }),
             "etcd did not answer on {client}"
         );
     }
@@ -1548,13 +1556,30 @@ impl EtcdServer {
         for (path, body) in steps {
             assert!(self.call(path, body).is_some(), "etcd {path} failed");
         }
-        let v = self
-            .call(
-                "/v3/auth/authenticate",
-                json!({ "name": "root", "password": password }),
-            )
-            .expect("etcd authenticate");
-        self.token = v["token"].as_str().map(str::to_string);
+        self.password = Some(password.to_string());
+        assert!(self.login(password), "etcd authenticate");
+    }
+
+    /// Sets root's password again (to the same one): etcd invalidates every token issued to
+    /// root, the gateway's included. (A restart alone does not: etcd replays the
+    /// authentications in its log and the tokens come back.)
+    pub fn invalidate_tokens(&mut self) {
+        let password = self.password.clone().expect("enable_auth first");
+        let changed = self.call(
+            "/v3/auth/user/changepw",
+            serde_json::json!({ "name": "root", "password": password }),
+        );
+        assert!(changed.is_some(), "etcd changepw failed");
+    }
+
+    /// Authenticates as root; whether etcd gave a token.
+    fn login(&mut self, password: &str) -> bool {
+        let v = self.call(
+            "/v3/auth/authenticate",
+            serde_json::json!({ "name": "root", "password": password }),
+        );
+        self.token = v.and_then(|v| v["token"].as_str().map(str::to_string));
+        self.token.is_some()
     }
     /// SIGSTOP: connections stay open but nothing is answered (`resume` with SIGCONT).
     pub fn pause(&self) {

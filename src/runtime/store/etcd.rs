@@ -196,6 +196,12 @@ impl Etcd {
         Ok(token)
     }
 
+    /// Drops the token in use: etcd refused it (a watch canceled for it); the next call
+    /// authenticates again.
+    pub fn forget_token(&self) {
+        *lock(&self.token) = None;
+    }
+
     /// POSTs `body` to `path` with the token, authenticating again once if etcd refuses it.
     async fn call(
         &self,
@@ -640,9 +646,29 @@ fn parse_txn(v: &Value) -> Result<Written, EtcdError> {
     Ok(Written::Conflict(current))
 }
 
+/// Whether a watch's cancel reason is etcd refusing the token or the user: a token that a
+/// restart of etcd invalidated, say (the watch answers 200 and cancels; a new token is due).
+fn refused_access(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    [
+        "permission denied",
+        "invalid auth token",
+        "user name is empty",
+        "authentication failed",
+        "revision in header is old",
+    ]
+    .iter()
+    .any(|m| reason.contains(m))
+}
+
 fn parse_watch(v: &Value) -> Result<WatchMsg, EtcdError> {
     if let Some(err) = v.get("error") {
-        return Ok(WatchMsg::Canceled(short(&err.to_string())));
+        let reason = short(&err.to_string());
+        // gRPC's PermissionDenied and Unauthenticated.
+        if matches!(int(&err["grpc_code"]), 7 | 16) || refused_access(&reason) {
+            return Err(EtcdError::Auth(format!("watch canceled: {reason}")));
+        }
+        return Ok(WatchMsg::Canceled(reason));
     }
     let r = &v["result"];
     if r.is_null() {
@@ -657,6 +683,9 @@ fn parse_watch(v: &Value) -> Result<WatchMsg, EtcdError> {
     }
     if r["canceled"].as_bool() == Some(true) {
         let reason = r["cancel_reason"].as_str().unwrap_or("no reason given");
+        if refused_access(reason) {
+            return Err(EtcdError::Auth(format!("watch canceled: {reason}")));
+        }
         return Ok(WatchMsg::Canceled(reason.to_string()));
     }
     if r["created"].as_bool() == Some(true) {
@@ -705,5 +734,12 @@ mod tests {
         );
         let compacted = json!({"result":{"canceled":true,"compact_revision":"2"}});
         assert_eq!(parse_watch(&compacted).unwrap(), WatchMsg::Compacted(2));
+        // A token etcd no longer knows (it restarted): an auth error, not an outage.
+        let denied = json!({"result":{"created":true,"canceled":true,"cancel_reason":"etcdserver: permission denied"}});
+        assert!(matches!(parse_watch(&denied), Err(EtcdError::Auth(_))));
+        let invalid = json!({"error":{"grpc_code":16,"http_code":401,"message":"etcdserver: invalid auth token"}});
+        assert!(matches!(parse_watch(&invalid), Err(EtcdError::Auth(_))));
+        let no_leader = json!({"result":{"canceled":true,"cancel_reason":"etcdserver: no leader"}});
+        assert!(matches!(parse_watch(&no_leader), Ok(WatchMsg::Canceled(_))));
     }
 }

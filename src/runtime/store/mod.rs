@@ -385,7 +385,14 @@ async fn follow_once(
     loop {
         // Reading the stream is cancel-safe (a chunk not yet taken stays in the body).
         let msg = tokio::select! {
-            msg = watch.next() => msg?,
+            msg = watch.next() => match msg {
+                // A token etcd no longer accepts (etcd restarted, say): a new one next time.
+                Err(EtcdError::Auth(e)) => {
+                    store.etcd.forget_token();
+                    return Err(EtcdError::Auth(e));
+                }
+                other => other?,
+            },
             _ = probe.tick() => {
                 // The watch's own endpoint: another one answering says nothing of this watch.
                 if let Err(e) = store.etcd.probe_at(client, watch.endpoint()).await {
