@@ -524,6 +524,37 @@ fn etcd_with_auth_enabled_takes_a_user_and_password() {
         restarted.elapsed()
     );
 
+    // The instance's file references ${ETCD_PASSWORD}; the shared document may not (only
+    // admin.allowed_env): neither written into etcd nor sent through the admin API.
+    let mut leaky = document(&upstream.url(), &["/auth", "/leak"]);
+    leaky["routes"][1]["rewrite"] = json!("/${ETCD_PASSWORD}");
+    etcd.put(key, &leaky.to_string());
+    assert!(
+        wait_until(Duration::from_secs(2), || status(&gw)["config_store_error"]
+            .as_str()
+            .is_some_and(
+                |e| e.contains("`ETCD_PASSWORD` may not be referenced")
+            )),
+        "{}",
+        status(&gw)
+    );
+    assert_eq!(code(&gw, "/leak"), 404);
+    let (_, etag) = get_config(&gw);
+    let (s, _, body) = put_config(&gw, &leaky, &etag);
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body.to_string()
+            .contains("`ETCD_PASSWORD` may not be referenced"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(PASSWORD));
+    assert_eq!(code(&gw, "/leak"), 404);
+    let mut admin_token = document(&upstream.url(), &["/auth", "/leak"]);
+    admin_token["routes"][1]["rewrite"] = json!("/${KAIROS_ADMIN_TOKEN}");
+    let (s, _, body) = put_config(&gw, &admin_token, &etag);
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(code(&gw, "/restarted"), 200);
+
     // A wrong password: refused, said in the status; neither password is ever logged.
     const WRONG: &str = "not-the-etcd-password-0815";
     let mut refused =

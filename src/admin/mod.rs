@@ -597,7 +597,10 @@ fn env_not_allowed(req: &HttpRequest, state: &SharedState, text: &str) -> Option
                 path,
                 format!("environment variable `{name}` may not be referenced by a config sent to the admin API"),
             )
-            .with_hint("use only the variables the gateway's config file references, or list it in admin.allowed_env there")
+            .with_hint(match state.store() {
+                Some(_) => "with a config store, list it in admin.allowed_env in each instance's file",
+                None => "use only the variables the gateway's config file references, or list it in admin.allowed_env there",
+            })
         })
         .collect();
     if errors.is_empty() {

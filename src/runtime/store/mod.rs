@@ -164,7 +164,8 @@ impl ConfigStore {
         }
         let source = self.source(revision);
         let merged = self.merge(document, &source).and_then(|text| {
-            let errors = env_errors(state, &text);
+            // The document's own references (the instance's file makes its own).
+            let errors = env_errors(state, document);
             match errors.is_empty() {
                 true => Ok(text),
                 false => Err(ConfigErrors {
@@ -255,8 +256,8 @@ impl ConfigStore {
     }
 }
 
-/// The `${NAME}` references of `text` that a config from the admin API (or the store) may
-/// not make.
+/// The `${NAME}` references of a shared document that are not in the instance's
+/// `admin.allowed_env`.
 fn env_errors(state: &SharedState, text: &str) -> Vec<ConfigError> {
     crate::config::env_references(text)
         .into_iter()
