@@ -651,3 +651,62 @@ fn a_watch_on_a_frozen_member_moves_to_the_next_endpoint() {
         == "ok"));
     assert!(gw.stop());
 }
+
+#[test]
+fn the_etag_is_the_revision_of_the_document_returned() {
+    let upstream = Upstream::start_ok();
+    let etcd = EtcdServer::start();
+    let key = "/kairos/etag";
+    etcd.put(key, &document(&upstream.url(), &["/a"]).to_string());
+    let a = GatewayProcess::start_with_store(&etcd.url(), key, TOKEN);
+    let b = GatewayProcess::start_with_store(&etcd.url(), key, TOKEN);
+    for gw in [&a, &b] {
+        assert!(wait_until(Duration::from_secs(5), || code(gw, "/a") == 200));
+    }
+    // Two writers start from the same revision, one through each instance; A wins.
+    let (_, tag_a) = get_config(&a);
+    let (_, tag_b) = get_config(&b);
+    assert_eq!(tag_a, tag_b);
+    let (s, won, body) = put_config(&a, &document(&upstream.url(), &["/a", "/from-a"]), &tag_a);
+    assert_eq!(s, 200, "{body}");
+    let (s, lost, body) = put_config(&b, &document(&upstream.url(), &["/a", "/from-b"]), &tag_b);
+    assert_eq!(s, 412, "{body}");
+    assert_eq!(lost, won);
+    // B reads again at once (its watch may not have applied A's write yet): the body is the
+    // one its ETag names, A's, so B's edit of it keeps A's change.
+    let (mut doc, tag) = get_config(&b);
+    assert_eq!(Some(&tag), won.as_ref());
+    assert_eq!(doc, document(&upstream.url(), &["/a", "/from-a"]));
+    doc["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "r2", "path": "/from-b", "upstream": "u" }));
+    let (s, _, body) = put_config(&b, &doc, &tag);
+    assert_eq!(s, 200, "{body}");
+    for gw in [&a, &b] {
+        for path in ["/from-a", "/from-b"] {
+            assert!(
+                wait_until(Duration::from_secs(1), || code(gw, path) == 200),
+                "{path}: {}",
+                status(gw)
+            );
+        }
+    }
+
+    // The key deleted: the document in effect keeps serving, its ETag is that of an absent
+    // key, and a write with it (create-only) goes through.
+    let deleted = etcd.delete(key);
+    assert!(wait_until(Duration::from_secs(2), || status(&a)
+        ["store_revision"]
+        == deleted));
+    let (doc, tag) = get_config(&a);
+    assert_eq!(tag, "\"0\"");
+    assert_eq!(code(&a, "/from-b"), 200);
+    let (s, _, body) = put_config(&a, &doc, &tag);
+    assert_eq!(s, 200, "{body}");
+    let (_, tag) = get_config(&b);
+    assert_eq!(Some(tag), Some(format!("\"{}\"", body["revision"])));
+    for mut gw in [a, b] {
+        assert!(gw.stop());
+    }
+}

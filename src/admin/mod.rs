@@ -631,8 +631,9 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let Some((text, hash)) = cluster::config_view(&state) else {
-        return cluster::pending(&req);
+    let (text, hash) = match cluster::config_view(&req, &state).await {
+        Ok(view) => view,
+        Err(res) => return res,
     };
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(mut v) => {

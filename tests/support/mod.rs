@@ -1538,6 +1538,21 @@ impl EtcdServer {
             .expect("revision")
     }
 
+    /// Deletes `key` directly; the store's new revision.
+    pub fn delete(&self, key: &str) -> i64 {
+        use base64::Engine;
+        let v = self
+            .call(
+                "/v3/kv/deleterange",
+                serde_json::json!({ "key": base64::engine::general_purpose::STANDARD.encode(key) }),
+            )
+            .expect("etcd delete");
+        v["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("revision")
+    }
+
     /// Turns etcd's auth on with the user `root` (role root) and `password`; later calls of
     /// the test authenticate as root.
     pub fn enable_auth(&mut self, password: &str) {

@@ -64,12 +64,16 @@ impl ConfigStore {
         lock(&self.inner).status.clone()
     }
 
-    /// The document in effect and the key's latest revision seen (the ETag of
-    /// `GET /_kairos/config`: what a write must replace).
-    pub fn document(&self) -> Option<(Arc<str>, i64)> {
-        let inner = lock(&self.inner);
-        let rev = inner.status.store_revision?;
-        inner.document.clone().map(|d| (d, rev))
+    /// The key's document and mod revision, read from etcd now (linearizable), what an edit
+    /// starts from and its ETag; after a deletion of the key, the document in effect with
+    /// revision 0 (the key absent); `None` before any document. From a thread that is not in
+    /// an async runtime.
+    pub fn current_document(&self) -> Result<Option<(Arc<str>, i64)>, EtcdError> {
+        let read = self.etcd.get_blocking()?;
+        Ok(match read.kv {
+            Some(kv) => Some((Arc::from(kv.value), kv.mod_revision)),
+            None => lock(&self.inner).document.clone().map(|d| (d, 0)),
+        })
     }
 
     /// The instance's file text merged with the document in effect.
