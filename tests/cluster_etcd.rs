@@ -710,3 +710,29 @@ fn the_etag_is_the_revision_of_the_document_returned() {
         assert!(gw.stop());
     }
 }
+
+#[test]
+fn a_write_whose_answer_is_lost_is_told_by_what_the_key_holds() {
+    let upstream = Upstream::start_ok();
+    let etcd = EtcdServer::start();
+    let key = "/kairos/lost-answer";
+    etcd.put(key, &document(&upstream.url(), &["/a"]).to_string());
+    // The first endpoint passes requests to etcd and, once frozen, holds its answers back.
+    let relay = FreezableRelay::start(etcd.client_port);
+    let store = json!({ "type": "etcd", "endpoints": [relay.url(), etcd.url()], "key": key });
+    let mut gw = GatewayProcess::start_with_store_config(store, TOKEN, &[]);
+    assert!(wait_until(Duration::from_secs(5), || code(&gw, "/a") == 200));
+    let (_, tag) = get_config(&gw);
+    relay.freeze_answers();
+    // The transaction is applied and its answer lost: not tried again elsewhere (it would
+    // fail its compare against itself, a 412), but read back: the key holds it, success.
+    let (s, new_tag, body) = put_config(&gw, &document(&upstream.url(), &["/a", "/b"]), &tag);
+    assert_eq!(s, 200, "{body}");
+    let revision = body["revision"].as_i64().expect("revision");
+    assert_eq!(new_tag, Some(format!("\"{revision}\"")));
+    assert_eq!(code(&gw, "/b"), 200);
+    let (doc, tag) = get_config(&gw);
+    assert_eq!(tag, format!("\"{revision}\""));
+    assert_eq!(doc, document(&upstream.url(), &["/a", "/b"]));
+    assert!(gw.stop());
+}

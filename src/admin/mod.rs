@@ -529,6 +529,19 @@ fn write_refused(req: &HttpRequest, e: reload::ReloadError) -> HttpResponse {
             &message.to_string(),
             None,
         ),
+        reload::ReloadError::StoreUnknown(message) => {
+            tracing::warn!(
+                error = message.as_str(),
+                "config sent to the config store, outcome unknown"
+            );
+            api_error(
+                req,
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "config_store_outcome_unknown",
+                "the config store did not answer the write and does not hold the config since: it may or may not have been applied (read the config again to see; see the log)",
+                None,
+            )
+        }
         reload::ReloadError::Store(message) => {
             tracing::warn!(
                 error = message.as_str(),

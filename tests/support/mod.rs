@@ -1670,6 +1670,8 @@ impl GatewayProcess {
 pub struct FreezableRelay {
     pub port: u16,
     frozen: Arc<std::sync::atomic::AtomicBool>,
+    /// Frozen one way: requests reach the target, its answers are held back.
+    answers_frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FreezableRelay {
@@ -1678,46 +1680,62 @@ impl FreezableRelay {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
         let port = listener.local_addr().unwrap().port();
         let frozen = Arc::new(AtomicBool::new(false));
+        let answers_frozen = Arc::new(AtomicBool::new(false));
         let wait = |frozen: &AtomicBool| {
             while frozen.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
             }
         };
-        let f = frozen.clone();
+        let (f, af) = (frozen.clone(), answers_frozen.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(client) = conn else { continue };
-                let f = f.clone();
+                let (f, af) = (f.clone(), af.clone());
                 std::thread::spawn(move || {
                     wait(&f);
                     let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
                         return;
                     };
-                    let pipe = move |mut from: std::net::TcpStream,
-                                     mut to: std::net::TcpStream,
-                                     f: Arc<AtomicBool>| {
-                        use std::io::{Read, Write};
-                        let mut buf = [0u8; 16384];
-                        loop {
-                            let n = match from.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            wait(&f);
-                            if to.write_all(&buf[..n]).is_err() {
-                                break;
+                    let pipe =
+                        move |mut from: std::net::TcpStream,
+                              mut to: std::net::TcpStream,
+                              f: Arc<AtomicBool>,
+                              one_way: Option<Arc<AtomicBool>>| {
+                            use std::io::{Read, Write};
+                            let mut buf = [0u8; 16384];
+                            loop {
+                                let n = match from.read(&mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                wait(&f);
+                                if let Some(one_way) = &one_way {
+                                    wait(one_way);
+                                }
+                                if to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
                             }
-                        }
-                        let _ = to.shutdown(std::net::Shutdown::Write);
-                    };
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        };
                     let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                     let f2 = f.clone();
-                    std::thread::spawn(move || pipe(c2, s2, f2));
-                    pipe(server, client, f);
+                    std::thread::spawn(move || pipe(c2, s2, f2, None));
+                    pipe(server, client, f, Some(af));
                 });
             }
         });
-        FreezableRelay { port, frozen }
+        FreezableRelay {
+            port,
+            frozen,
+            answers_frozen,
+        }
+    }
+
+    /// Passes requests on and holds every answer back: a write is applied, its answer lost.
+    pub fn freeze_answers(&self) {
+        self.answers_frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn url(&self) -> String {

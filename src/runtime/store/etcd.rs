@@ -27,6 +27,10 @@ pub enum EtcdError {
     /// etcd refused the credentials, or asks for some (auth enabled, none configured).
     #[error("etcd refused access: {0}")]
     Auth(String),
+    /// A write was sent and not answered, and the key does not hold what was written: it
+    /// may or may not have been applied.
+    #[error("etcd did not answer a write; whether it was applied is unknown: {0}")]
+    Unknown(String),
 }
 
 /// The key's value at a revision.
@@ -227,6 +231,22 @@ impl Etcd {
         body: &Value,
         token: Option<&str>,
     ) -> Result<Value, EtcdError> {
+        self.attempt(client, path, body, token, false)
+            .await
+            .map_err(Failure::into_error)
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers. A `write` goes to the next
+    /// endpoint only when nothing reached the one before (no connection): one that took the
+    /// request and gave no answer may have applied it, and the caller must find out.
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+        write: bool,
+    ) -> Result<Value, Failure> {
         let n = self.endpoints.len().max(1);
         let first = self.preferred.load(Ordering::Relaxed);
         let mut last = EtcdError::Unreachable("no endpoint".into());
@@ -240,14 +260,15 @@ impl Etcd {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return Ok(v);
                 }
+                Err(Failure::NoAnswer(e)) if write => return Err(Failure::NoAnswer(e)),
                 Err(Failure::NotSent(e) | Failure::NoAnswer(e)) => last = e,
                 Err(Failure::Answer(e)) => {
                     self.preferred.store(idx, Ordering::Relaxed);
-                    return Err(e);
+                    return Err(Failure::Answer(e));
                 }
             }
         }
-        Err(last)
+        Err(Failure::NotSent(last))
     }
 
     /// POSTs `body` to `path` on the endpoint `base` only; its JSON answer.
@@ -363,8 +384,36 @@ impl Etcd {
             "success": [{ "request_put": { "key": self.key_b64, "value": B64.encode(value) } }],
             "failure": [{ "request_range": { "key": self.key_b64 } }],
         });
-        let v = self.call(client, "/v3/kv/txn", &body).await?;
-        parse_txn(&v)
+        let path = "/v3/kv/txn";
+        let token = self.token(client).await?;
+        let answer = match self
+            .attempt(client, path, &body, token.as_deref(), true)
+            .await
+        {
+            // Refused: nothing was applied; once more with a new token.
+            Err(Failure::Answer(EtcdError::Auth(_))) if self.credentials.is_some() => {
+                let token = self.authenticate(client).await?;
+                self.attempt(client, path, &body, Some(&token), true).await
+            }
+            other => other,
+        };
+        match answer {
+            Ok(v) => parse_txn(&v),
+            // Sent and not answered: applied or not, the key tells (a read may go to any
+            // endpoint).
+            Err(Failure::NoAnswer(e)) => match self.get(client).await {
+                Ok(Read { kv: Some(kv), .. }) if kv.value == value => {
+                    Ok(Written::Done(kv.mod_revision))
+                }
+                Ok(_) => Err(EtcdError::Unknown(format!(
+                    "{e}; the key does not hold the document written"
+                ))),
+                Err(read) => Err(EtcdError::Unknown(format!(
+                    "{e}; the key could not be read: {read}"
+                ))),
+            },
+            Err(f) => Err(f.into_error()),
+        }
     }
 
     /// As [`Etcd::put_if`], from a thread that is not in an async runtime (the reload thread,

@@ -250,6 +250,7 @@ impl ConfigStore {
                 Ok(())
             }
             Ok(Written::Conflict(current)) => Err(ReloadError::Conflict(current)),
+            Err(e @ EtcdError::Unknown(_)) => Err(ReloadError::StoreUnknown(e.to_string())),
             Err(e) => Err(ReloadError::Store(e.to_string())),
         };
         let result = reload::apply(state, &text, &self.path, "api", Some(&write), None);
