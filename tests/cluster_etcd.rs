@@ -736,3 +736,65 @@ fn a_write_whose_answer_is_lost_is_told_by_what_the_key_holds() {
     assert_eq!(doc, document(&upstream.url(), &["/a", "/b"]));
     assert!(gw.stop());
 }
+
+#[test]
+fn an_undecodable_value_is_refused_and_the_next_one_applies() {
+    let upstream = Upstream::start_ok();
+    let etcd = EtcdServer::start();
+    let key = "/kairos/undecodable";
+    etcd.put(key, &document(&upstream.url(), &["/a"]).to_string());
+    let mut gw = GatewayProcess::start_with_store(&etcd.url(), key, TOKEN);
+    assert!(wait_until(Duration::from_secs(5), || code(&gw, "/a") == 200));
+    // Bytes that are not UTF-8 (nor JSON): refused alone, said in the status, counted.
+    let bad = etcd.put_bytes(key, &[0xff, 0xfe, 0x00, 0x80]);
+    assert!(
+        wait_until(Duration::from_secs(2), || status(&gw)["store_revision"]
+            == bad),
+        "{}",
+        status(&gw)
+    );
+    let st = status(&gw);
+    assert!(
+        st["config_store_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not UTF-8")),
+        "{st}"
+    );
+    assert_eq!(code(&gw, "/a"), 200);
+    let metrics = blocking_client()
+        .get(gw.url("/_kairos/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    let failures = metric(
+        &metrics,
+        "kairos_config_reloads_total",
+        &[("result", "failure")],
+    );
+    assert_eq!(failures, Some(1.0), "{metrics}");
+    // The watch goes on past it: the next valid document applies within 1 s of its write.
+    let good = etcd.put(key, &document(&upstream.url(), &["/a", "/b"]).to_string());
+    let written = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(1), || code(&gw, "/b") == 200),
+        "{}",
+        status(&gw)
+    );
+    println!(
+        "the document after an undecodable one applied after {:?}",
+        written.elapsed()
+    );
+    assert_eq!(status(&gw)["config_revision"], good);
+    // Also when the undecodable value is what the key holds at start.
+    etcd.put_bytes(key, &[0xff]);
+    let mut late = GatewayProcess::start_with_store(&etcd.url(), key, TOKEN);
+    assert!(wait_until(Duration::from_secs(5), || status(&late)
+        ["config_store_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("not UTF-8"))));
+    etcd.put(key, &document(&upstream.url(), &["/c"]).to_string());
+    assert!(wait_until(Duration::from_secs(2), || code(&late, "/c") == 200));
+    assert!(gw.stop());
+    assert!(late.stop());
+}

@@ -1524,12 +1524,17 @@ impl EtcdServer {
 
     /// Writes `value` at `key` directly (as etcdctl would); the store's new revision.
     pub fn put(&self, key: &str, value: &str) -> i64 {
+        self.put_bytes(key, value.as_bytes())
+    }
+
+    /// As [`EtcdServer::put`], any bytes (not UTF-8, say).
+    pub fn put_bytes(&self, key: &str, value: &[u8]) -> i64 {
         use base64::Engine;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
         let v = self
             .call(
                 "/v3/kv/put",
-                serde_json::json!({ "key": b64(key), "value": b64(value) }),
+                serde_json::json!({ "key": b64(key.as_bytes()), "value": b64(value) }),
             )
             .expect("etcd put");
         v["header"]["revision"]

@@ -36,7 +36,8 @@ pub enum EtcdError {
 /// The key's value at a revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kv {
-    pub value: String,
+    /// The value, or why it cannot be a document (not UTF-8): refused, as an invalid one.
+    pub value: Result<String, String>,
     /// The revision of the key's last change: what a compare-and-swap compares.
     pub mod_revision: i64,
 }
@@ -63,8 +64,9 @@ pub enum Written {
 pub enum WatchMsg {
     /// The watch is in place.
     Created,
-    /// Changes of the key, in revision order (`None` for a deletion).
-    Events(Vec<(i64, Option<String>)>),
+    /// Changes of the key, in revision order (`None` for a deletion), each decoded on its
+    /// own: one undecodable value does not hide the ones after it.
+    Events(Vec<(i64, Option<Result<String, String>>)>),
     /// The revision asked for was compacted away: read the key again.
     Compacted(i64),
     /// The server ended the watch.
@@ -402,7 +404,7 @@ impl Etcd {
             // Sent and not answered: applied or not, the key tells (a read may go to any
             // endpoint).
             Err(Failure::NoAnswer(e)) => match self.get(client).await {
-                Ok(Read { kv: Some(kv), .. }) if kv.value == value => {
+                Ok(Read { kv: Some(kv), .. }) if kv.value.as_deref() == Ok(value) => {
                     Ok(Written::Done(kv.mod_revision))
                 }
                 Ok(_) => Err(EtcdError::Unknown(format!(
@@ -650,12 +652,13 @@ fn kv(v: &Value) -> Result<Kv, EtcdError> {
     let value = match v.get("value").and_then(Value::as_str) {
         Some(b) => B64
             .decode(b)
-            .map_err(|e| EtcdError::Protocol(format!("value not base64: {e}")))?,
-        None => Vec::new(),
+            .map_err(|e| format!("the key's value is not base64: {e}")),
+        None => Ok(Vec::new()),
     };
     Ok(Kv {
-        value: String::from_utf8(value)
-            .map_err(|_| EtcdError::Protocol("the key's value is not UTF-8".into()))?,
+        value: value.and_then(|v| {
+            String::from_utf8(v).map_err(|_| "the key's value is not UTF-8 text".to_string())
+        }),
         mod_revision: int(&v["mod_revision"]),
     })
 }
@@ -762,7 +765,7 @@ mod tests {
         assert_eq!(
             r.kv.unwrap(),
             Kv {
-                value: "{\"a\":1}".into(),
+                value: Ok("{\"a\":1}".into()),
                 mod_revision: 5
             }
         );
@@ -779,8 +782,17 @@ mod tests {
         let events = json!({"result":{"events":[{"kv":{"mod_revision":"3","value":"e30="}},{"type":"DELETE","kv":{"mod_revision":"4"}}]}});
         assert_eq!(
             parse_watch(&events).unwrap(),
-            WatchMsg::Events(vec![(3, Some("{}".into())), (4, None)])
+            WatchMsg::Events(vec![(3, Some(Ok("{}".into()))), (4, None)])
         );
+        // A value that is not UTF-8 is refused alone; the event after it stands.
+        let bad = json!({"result":{"events":[{"kv":{"mod_revision":"5","value":"//4="}},{"kv":{"mod_revision":"6","value":"e30="}}]}});
+        match parse_watch(&bad).unwrap() {
+            WatchMsg::Events(events) => {
+                assert!(matches!(events[0], (5, Some(Err(_)))));
+                assert_eq!(events[1], (6, Some(Ok("{}".into()))));
+            }
+            other => panic!("{other:?}"),
+        }
         let compacted = json!({"result":{"canceled":true,"compact_revision":"2"}});
         assert_eq!(parse_watch(&compacted).unwrap(), WatchMsg::Compacted(2));
         // A token etcd no longer knows (it restarted): an auth error, not an outage.

@@ -71,7 +71,12 @@ impl ConfigStore {
     pub fn current_document(&self) -> Result<Option<(Arc<str>, i64)>, EtcdError> {
         let read = self.etcd.get_blocking()?;
         Ok(match read.kv {
-            Some(kv) => Some((Arc::from(kv.value), kv.mod_revision)),
+            Some(kv) => {
+                let doc = kv.value.map_err(|why| {
+                    EtcdError::Protocol(format!("revision {}: {why}", kv.mod_revision))
+                })?;
+                Some((Arc::from(doc), kv.mod_revision))
+            }
             None => lock(&self.inner).document.clone().map(|d| (d, 0)),
         })
     }
@@ -367,7 +372,10 @@ async fn follow_once(
             let read = store.etcd.get(client).await?;
             store.set_reachable(state, true, None);
             match read.kv {
-                Some(kv) => apply(state, store, kv.value, kv.mod_revision).await,
+                Some(kv) => match kv.value {
+                    Ok(doc) => apply(state, store, doc, kv.mod_revision).await,
+                    Err(why) => undecodable(state, store, kv.mod_revision, &why),
+                },
                 None => {
                     store.problem(format!(
                         "the key {} is empty: write a config with `kairos-rs cluster bootstrap`",
@@ -414,7 +422,8 @@ async fn follow_once(
                 for (revision, value) in events {
                     *from = Some(revision + 1);
                     match value {
-                        Some(doc) => apply(state, store, doc, revision).await,
+                        Some(Ok(doc)) => apply(state, store, doc, revision).await,
+                        Some(Err(why)) => undecodable(state, store, revision, &why),
                         None => {
                             store.refused(
                                 state,
@@ -447,6 +456,27 @@ async fn follow_once(
             }
         }
     }
+}
+
+/// Revision `revision` holds a value that cannot be a document (not UTF-8): refused like an
+/// invalid one (counted as a failed reload, shown in the status); the watch goes on past it.
+fn undecodable(state: &SharedState, store: &ConfigStore, revision: i64, why: &str) {
+    let source = store.source(revision);
+    reload::record_failure(
+        state,
+        "store",
+        std::time::Instant::now(),
+        &format!("{source}: {why}"),
+    );
+    tracing::error!(
+        revision,
+        "config store document refused ({why}); the running config stays in effect"
+    );
+    store.refused(
+        state,
+        revision,
+        format!("revision {revision} refused: {why}"),
+    );
 }
 
 /// Applies a revision on the reload thread and waits for it.
