@@ -3,7 +3,7 @@
 //! rest. A task on the background runtime reads the key, then watches it from the revision
 //! read (a compaction makes it read again), and applies every revision through the validated
 //! reload path; an invalid document is refused and the last good one keeps serving. With etcd
-//! unreachable the gateway keeps serving and reconnects with back-off (at most 5 s apart).
+//! unreachable the gateway keeps serving and reconnects with back-off (at most 5 s apart, ±20%).
 //! Admin writes are a compare-and-swap on the key's revision ([`ConfigStore::write`]).
 
 pub mod etcd;
@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Longest wait between two attempts to reach etcd.
+/// First and longest wait between two attempts to reach etcd (each ±20%, so that instances
+/// cut off together do not come back in step).
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How often a watching instance checks that etcd still answers (a frozen etcd keeps the
@@ -330,7 +332,7 @@ pub fn start(
 
 /// Reads the key, then watches it from the next revision, for as long as the process runs.
 async fn follow(state: Arc<SharedState>, store: Arc<ConfigStore>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = MIN_BACKOFF;
     // The client (its TLS files read) until it can be built.
     let client = loop {
         match store.etcd.client() {
@@ -340,22 +342,32 @@ async fn follow(state: Arc<SharedState>, store: Arc<ConfigStore>) {
                 store.set_reachable(&state, false, Some(e.to_string()));
             }
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     };
     // The revision to watch from; none until the key is read (at start, after a compaction).
     let mut from: Option<i64> = None;
     loop {
-        match follow_once(&state, &store, &client, &mut from).await {
-            Ok(()) => backoff = Duration::from_millis(100),
+        // Whether a watch was in place: the back-off starts over after a good connection.
+        let mut watched = false;
+        match follow_once(&state, &store, &client, &mut from, &mut watched).await {
+            Ok(()) => backoff = MIN_BACKOFF,
             Err(e) => {
                 store.set_reachable(&state, false, Some(e.to_string()));
                 tracing::debug!(error = %e, "config store");
             }
         }
-        tokio::time::sleep(backoff).await;
+        if watched {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// `d` give or take 20%.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
 /// One read (when needed) and one watch, until the watch ends: `Ok` when it ended for a
@@ -365,6 +377,7 @@ async fn follow_once(
     store: &Arc<ConfigStore>,
     client: &reqwest::Client,
     from: &mut Option<i64>,
+    watched: &mut bool,
 ) -> Result<(), EtcdError> {
     let start = match *from {
         Some(r) => r,
@@ -417,7 +430,10 @@ async fn follow_once(
             }
         };
         match msg {
-            WatchMsg::Created => store.set_reachable(state, true, None),
+            WatchMsg::Created => {
+                *watched = true;
+                store.set_reachable(state, true, None);
+            }
             WatchMsg::Events(events) => {
                 for (revision, value) in events {
                     *from = Some(revision + 1);
@@ -492,4 +508,18 @@ async fn apply(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_back_off_is_jittered_by_a_fifth() {
+        let waits: Vec<Duration> = (0..200).map(|_| jitter(MAX_BACKOFF)).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= MAX_BACKOFF.mul_f64(0.8) && *w <= MAX_BACKOFF.mul_f64(1.2)));
+        assert!(waits.iter().any(|w| *w != waits[0]));
+    }
 }
