@@ -562,10 +562,15 @@ impl Watch {
             match self.res.chunk().await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
                 Ok(None) => {
+                    // A last message without its newline (an error that ends the stream).
+                    let rest = std::mem::take(&mut self.buf);
+                    if !rest.trim_ascii().is_empty() {
+                        return self.message(rest.trim_ascii());
+                    }
                     return Err(EtcdError::Unreachable(format!(
                         "{}: the watch stream ended",
                         self.base
-                    )))
+                    )));
                 }
                 Err(e) => {
                     return Err(EtcdError::Unreachable(format!(
@@ -590,10 +595,15 @@ impl Watch {
             if line.is_empty() {
                 continue;
             }
-            let v: Value = serde_json::from_slice(line)
-                .map_err(|e| EtcdError::Protocol(format!("{}: watch: not JSON: {e}", self.base)))?;
-            return parse_watch(&v).map(Some);
+            return self.message(line).map(Some);
         }
+    }
+
+    /// One message's text, parsed.
+    fn message(&self, text: &[u8]) -> Result<WatchMsg, EtcdError> {
+        let v: Value = serde_json::from_slice(text)
+            .map_err(|e| EtcdError::Protocol(format!("{}: watch: not JSON: {e}", self.base)))?;
+        parse_watch(&v)
     }
 }
 
@@ -802,5 +812,18 @@ mod tests {
         assert!(matches!(parse_watch(&invalid), Err(EtcdError::Auth(_))));
         let no_leader = json!({"result":{"canceled":true,"cancel_reason":"etcdserver: no leader"}});
         assert!(matches!(parse_watch(&no_leader), Ok(WatchMsg::Canceled(_))));
+    }
+
+    #[tokio::test]
+    async fn a_last_message_without_its_newline_is_read() {
+        let body = "{\"result\":{\"created\":true}}\n{\"error\":{\"grpc_code\":14,\"message\":\"etcdserver: no leader\"}}";
+        let mut watch = Watch {
+            res: reqwest::Response::from(http::Response::new(body)),
+            buf: Vec::new(),
+            base: "http://etcd".into(),
+        };
+        assert_eq!(watch.next().await.unwrap(), WatchMsg::Created);
+        assert!(matches!(watch.next().await, Ok(WatchMsg::Canceled(r)) if r.contains("no leader")));
+        assert!(matches!(watch.next().await, Err(EtcdError::Unreachable(_))));
     }
 }
