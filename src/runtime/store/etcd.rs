@@ -658,19 +658,19 @@ fn int(v: &Value) -> i64 {
     }
 }
 
-fn kv(v: &Value) -> Result<Kv, EtcdError> {
+fn kv(v: &Value) -> Kv {
     let value = match v.get("value").and_then(Value::as_str) {
         Some(b) => B64
             .decode(b)
             .map_err(|e| format!("the key's value is not base64: {e}")),
         None => Ok(Vec::new()),
     };
-    Ok(Kv {
+    Kv {
         value: value.and_then(|v| {
             String::from_utf8(v).map_err(|_| "the key's value is not UTF-8 text".to_string())
         }),
         mod_revision: int(&v["mod_revision"]),
-    })
+    }
 }
 
 fn parse_range(v: &Value) -> Result<Read, EtcdError> {
@@ -680,13 +680,9 @@ fn parse_range(v: &Value) -> Result<Read, EtcdError> {
             short(&v.to_string())
         )));
     }
-    let kv = match v["kvs"].as_array().and_then(|a| a.first()) {
-        Some(item) => Some(kv(item)?),
-        None => None,
-    };
     Ok(Read {
         revision: int(&v["header"]["revision"]),
-        kv,
+        kv: v["kvs"].as_array().and_then(|a| a.first()).map(kv),
     })
 }
 
@@ -755,7 +751,7 @@ fn parse_watch(v: &Value) -> Result<WatchMsg, EtcdError> {
     }
     let mut events = Vec::new();
     for e in r["events"].as_array().into_iter().flatten() {
-        let item = kv(&e["kv"])?;
+        let item = kv(&e["kv"]);
         // PUT is the enum's zero: the gateway leaves it out.
         let deleted = e["type"].as_str() == Some("DELETE");
         events.push((item.mod_revision, (!deleted).then_some(item.value)));
