@@ -4,7 +4,10 @@
 //! invalid document in etcd is refused by every instance while the last good one serves;
 //! etcd down for 10 s fails no request, and the next change arrives after it returns; a
 //! watch cut across a compaction reads the key again; a frozen etcd is noticed; etcd over TLS with a client
-//! certificate, and with auth enabled (user and password), is followed and written.
+//! certificate, and with auth enabled (user and password, a token invalidated across a
+//! restart), is followed and written. With two endpoints, a watch on a frozen first one moves
+//! to the second; a write whose answer is lost is read back; the ETag is the revision of the
+//! document returned; a value that is not UTF-8 is refused alone.
 
 mod support;
 

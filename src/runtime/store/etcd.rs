@@ -3,7 +3,7 @@
 //! etcd-rs) generate their code with protoc at build time; this needs no build step.
 //! Keys and values travel base64-encoded, 64-bit numbers as JSON strings (the gateway's
 //! protobuf-to-JSON mapping). Endpoints are tried in order, starting with the last one that
-//! answered. With `username`/`password` the client exchanges them for a token
+//! answered; a write goes to the next only when it reached none (see [`Etcd::put_if`]). With `username`/`password` the client exchanges them for a token
 //! (`/v3/auth/authenticate`) and sends it as `Authorization`; https:// endpoints use rustls
 //! with the configured CA and client certificate.
 
@@ -367,7 +367,9 @@ impl Etcd {
     }
 
     /// Writes `value` if the key's mod revision is `expected` (0: the key does not exist),
-    /// or unconditionally when `expected` is `None`.
+    /// or unconditionally when `expected` is `None`. Sent to one endpoint (the next only when
+    /// none could be connected to); unanswered, the key is read back: holding `value`, the
+    /// write counts as done, else [`EtcdError::Unknown`].
     pub async fn put_if(
         &self,
         client: &reqwest::Client,
