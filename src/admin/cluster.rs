@@ -10,14 +10,31 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 
 /// The config an edit starts from and its ETag: the file's text and hash, or with a config
-/// store the shared document in effect and the key's latest revision (`None` before the
-/// first document).
-pub(crate) fn config_view(state: &SharedState) -> Option<(Arc<str>, String)> {
-    match state.store() {
-        Some(store) => store
-            .document()
-            .map(|(doc, revision)| (doc, revision.to_string())),
-        None => Some(state.config_text_and_hash()),
+/// store the key's document and its mod revision, read from etcd now (a linearizable read:
+/// the body and the ETag are of one revision, whatever this instance's watch has applied
+/// yet). After the key was deleted, the document in effect with the ETag `"0"` (what a
+/// create-only write expects). `Err`: the answer to send (no document yet, etcd unreachable).
+pub(crate) async fn config_view(
+    req: &HttpRequest,
+    state: &SharedState,
+) -> Result<(Arc<str>, String), HttpResponse> {
+    let Some(store) = state.store().cloned() else {
+        return Ok(state.config_text_and_hash());
+    };
+    match web::block(move || store.current_document()).await {
+        Ok(Ok(Some((doc, revision)))) => Ok((doc, revision.to_string())),
+        Ok(Ok(None)) => Err(pending(req)),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "config store not read");
+            Err(api_error(
+                req,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "config_store_unreachable",
+                "the config store could not be read (see the log)",
+                None,
+            ))
+        }
+        Err(_) => Err(reload_crashed(req)),
     }
 }
 

@@ -529,6 +529,19 @@ fn write_refused(req: &HttpRequest, e: reload::ReloadError) -> HttpResponse {
             &message.to_string(),
             None,
         ),
+        reload::ReloadError::StoreUnknown(message) => {
+            tracing::warn!(
+                error = message.as_str(),
+                "config sent to the config store, outcome unknown"
+            );
+            api_error(
+                req,
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "config_store_outcome_unknown",
+                "the config store did not answer the write and does not hold the config since: it may or may not have been applied (read the config again to see; see the log)",
+                None,
+            )
+        }
         reload::ReloadError::Store(message) => {
             tracing::warn!(
                 error = message.as_str(),
@@ -597,7 +610,10 @@ fn env_not_allowed(req: &HttpRequest, state: &SharedState, text: &str) -> Option
                 path,
                 format!("environment variable `{name}` may not be referenced by a config sent to the admin API"),
             )
-            .with_hint("use only the variables the gateway's config file references, or list it in admin.allowed_env there")
+            .with_hint(match state.store() {
+                Some(_) => "with a config store, list it in admin.allowed_env in each instance's file",
+                None => "use only the variables the gateway's config file references, or list it in admin.allowed_env there",
+            })
         })
         .collect();
     if errors.is_empty() {
@@ -628,8 +644,9 @@ async fn config_get(req: HttpRequest, state: web::Data<SharedState>) -> HttpResp
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let Some((text, hash)) = cluster::config_view(&state) else {
-        return cluster::pending(&req);
+    let (text, hash) = match cluster::config_view(&req, &state).await {
+        Ok(view) => view,
+        Err(res) => return res,
     };
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(mut v) => {

@@ -14,10 +14,13 @@ use serde_json::{json, Value};
 const MAX_USAGE_DAYS: i64 = 366;
 
 /// The config in effect as JSON, and its hash.
-fn current(req: &HttpRequest, state: &SharedState) -> Result<(Value, String), Box<HttpResponse>> {
-    let Some((text, hash)) = super::cluster::config_view(state) else {
-        return Err(Box::new(super::cluster::pending(req)));
-    };
+async fn current(
+    req: &HttpRequest,
+    state: &SharedState,
+) -> Result<(Value, String), Box<HttpResponse>> {
+    let (text, hash) = super::cluster::config_view(req, state)
+        .await
+        .map_err(Box::new)?;
     match serde_json::from_str::<Value>(&text) {
         Ok(v) => Ok((v, hash)),
         Err(_) => Err(Box::new(api_error(
@@ -46,7 +49,7 @@ pub async fn list(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespon
         return res;
     }
     let rt = state.load();
-    let (_, tag) = match current(&req, &state) {
+    let (_, tag) = match current(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };
@@ -82,7 +85,7 @@ pub async fn get(
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let (config, tag) = match current(&req, &state) {
+    let (config, tag) = match current(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };
@@ -122,7 +125,7 @@ pub async fn put(
             )
         }
     };
-    let (mut config, hash) = match current(&req, &state) {
+    let (mut config, hash) = match current(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };
@@ -155,7 +158,7 @@ pub async fn delete(
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let (mut config, hash) = match current(&req, &state) {
+    let (mut config, hash) = match current(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };

@@ -99,9 +99,22 @@ impl SharedState {
         let _ = self.store.set(store);
     }
 
-    /// Whether a config sent to the admin API may reference `${name}`.
+    /// Whether a config sent to the admin API may reference `${name}`: a variable the file
+    /// the gateway started from references, or one of its `admin.allowed_env`. With a config
+    /// store, only `admin.allowed_env`: the instance's file then references its own secrets
+    /// (the admin token, etcd's password), which a writer of the shared document must not
+    /// be able to put into a route.
     pub fn admin_may_reference(&self, name: &str) -> bool {
-        self.admin_env.contains(name)
+        match self.store() {
+            Some(_) => self
+                .load()
+                .config
+                .admin
+                .allowed_env
+                .iter()
+                .any(|n| n == name),
+            None => self.admin_env.contains(name),
+        }
     }
 
     /// The file the config came from, if any.

@@ -47,6 +47,9 @@ pub enum ReloadError {
     Conflict(i64),
     /// The config store could not be written (unreachable); nothing changed.
     Store(String),
+    /// The write was sent to the config store and no answer came (a timeout, a 5xx), and
+    /// the key does not hold the document since: whether it was applied is unknown.
+    StoreUnknown(String),
 }
 
 /// Reads, validates and applies the config file. `trigger` names the cause in logs.
@@ -85,13 +88,15 @@ pub fn from_file(state: &SharedState, trigger: &'static str) -> Result<Applied, 
                     source_name: path.display().to_string(),
                     errors: vec![ConfigError::new("", format!("the config changed to {h}"))],
                 },
-                ReloadError::Conflict(_) | ReloadError::Store(_) => ConfigErrors {
-                    source_name: path.display().to_string(),
-                    errors: vec![ConfigError::new(
-                        "",
-                        "the config store was written meanwhile",
-                    )],
-                },
+                ReloadError::Conflict(_) | ReloadError::Store(_) | ReloadError::StoreUnknown(_) => {
+                    ConfigErrors {
+                        source_name: path.display().to_string(),
+                        errors: vec![ConfigError::new(
+                            "",
+                            "the config store was written meanwhile",
+                        )],
+                    }
+                }
             })
         }
         Err(e) => {
@@ -164,12 +169,15 @@ pub fn apply_named(
         Err(ReloadError::Invalid(_)) => "invalid",
         Err(ReloadError::Persist(_)) => "persist_failed",
         Err(ReloadError::Stale(_)) | Err(ReloadError::Conflict(_)) => "stale",
-        Err(ReloadError::Store(_)) => "store_unavailable",
+        Err(ReloadError::Store(_)) | Err(ReloadError::StoreUnknown(_)) => "store_unavailable",
     };
     span.record("outcome", outcome);
     if matches!(
         result,
-        Err(ReloadError::Invalid(_)) | Err(ReloadError::Persist(_)) | Err(ReloadError::Store(_))
+        Err(ReloadError::Invalid(_))
+            | Err(ReloadError::Persist(_))
+            | Err(ReloadError::Store(_))
+            | Err(ReloadError::StoreUnknown(_))
     ) {
         span.record("otel.status_code", "ERROR");
     }
@@ -253,7 +261,7 @@ fn persist_failed(
 ) -> ReloadError {
     let message = match &e {
         ReloadError::Persist(m) => m.to_string(),
-        ReloadError::Store(m) => m.clone(),
+        ReloadError::Store(m) | ReloadError::StoreUnknown(m) => m.clone(),
         ReloadError::Invalid(_) | ReloadError::Stale(_) | ReloadError::Conflict(_) => return e,
     };
     record_failure(state, trigger, start, &message);

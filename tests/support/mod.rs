@@ -1340,6 +1340,8 @@ pub struct EtcdServer {
     tls: bool,
     /// The auth token, once `enable_auth` has run.
     token: Option<String>,
+    /// root's password, once `enable_auth` has run (a restart authenticates again).
+    password: Option<String>,
 }
 
 impl EtcdServer {
@@ -1361,6 +1363,7 @@ impl EtcdServer {
             dir: tempfile::tempdir().expect("tempdir"),
             tls,
             token: None,
+            password: None,
         };
         if tls {
             e.write_certs();
@@ -1458,8 +1461,13 @@ impl EtcdServer {
             .spawn()
             .expect("etcd must be installed (scripts/test.sh installs Debian's etcd-server)");
         self.child = Some(child);
+        // With auth on, the tokens of before the restart are gone: a new one.
+        self.token = None;
         assert!(
-            wait_until(Duration::from_secs(20), || self.get().is_some()),
+            wait_until(Duration::from_secs(20), || match self.password.clone() {
+                Some(password) => self.login(&password),
+                None => self.get().is_some(),
+            }),
             "etcd did not answer on {client}"
         );
     }
@@ -1516,14 +1524,34 @@ impl EtcdServer {
 
     /// Writes `value` at `key` directly (as etcdctl would); the store's new revision.
     pub fn put(&self, key: &str, value: &str) -> i64 {
+        self.put_bytes(key, value.as_bytes())
+    }
+
+    /// As [`EtcdServer::put`], any bytes (not UTF-8, say).
+    pub fn put_bytes(&self, key: &str, value: &[u8]) -> i64 {
         use base64::Engine;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
         let v = self
             .call(
                 "/v3/kv/put",
-                serde_json::json!({ "key": b64(key), "value": b64(value) }),
+                serde_json::json!({ "key": b64(key.as_bytes()), "value": b64(value) }),
             )
             .expect("etcd put");
+        v["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("revision")
+    }
+
+    /// Deletes `key` directly; the store's new revision.
+    pub fn delete(&self, key: &str) -> i64 {
+        use base64::Engine;
+        let v = self
+            .call(
+                "/v3/kv/deleterange",
+                serde_json::json!({ "key": base64::engine::general_purpose::STANDARD.encode(key) }),
+            )
+            .expect("etcd delete");
         v["header"]["revision"]
             .as_str()
             .and_then(|r| r.parse().ok())
@@ -1548,13 +1576,30 @@ impl EtcdServer {
         for (path, body) in steps {
             assert!(self.call(path, body).is_some(), "etcd {path} failed");
         }
-        let v = self
-            .call(
-                "/v3/auth/authenticate",
-                json!({ "name": "root", "password": password }),
-            )
-            .expect("etcd authenticate");
-        self.token = v["token"].as_str().map(str::to_string);
+        self.password = Some(password.to_string());
+        assert!(self.login(password), "etcd authenticate");
+    }
+
+    /// Sets root's password again (to the same one): etcd invalidates every token issued to
+    /// root, the gateway's included. (A restart alone does not: etcd replays the
+    /// authentications in its log and the tokens come back.)
+    pub fn invalidate_tokens(&mut self) {
+        let password = self.password.clone().expect("enable_auth first");
+        let changed = self.call(
+            "/v3/auth/user/changepw",
+            serde_json::json!({ "name": "root", "password": password }),
+        );
+        assert!(changed.is_some(), "etcd changepw failed");
+    }
+
+    /// Authenticates as root; whether etcd gave a token.
+    fn login(&mut self, password: &str) -> bool {
+        let v = self.call(
+            "/v3/auth/authenticate",
+            serde_json::json!({ "name": "root", "password": password }),
+        );
+        self.token = v.and_then(|v| v["token"].as_str().map(str::to_string));
+        self.token.is_some()
     }
     /// SIGSTOP: connections stay open but nothing is answered (`resume` with SIGCONT).
     pub fn pause(&self) {
@@ -1621,5 +1666,89 @@ impl GatewayProcess {
             "cluster": { "config_store": store },
         });
         Self::start_with_env(&local.to_string(), env)
+    }
+}
+
+/// A TCP relay on a free loopback port to `target` that can be frozen: while frozen it keeps
+/// every connection open (and accepts new ones) but passes no byte either way, as a member
+/// that is stopped or cut off from the network would. Runs until the process ends.
+pub struct FreezableRelay {
+    pub port: u16,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    /// Frozen one way: requests reach the target, its answers are held back.
+    answers_frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezableRelay {
+    pub fn start(target: u16) -> FreezableRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let answers_frozen = Arc::new(AtomicBool::new(false));
+        let wait = |frozen: &AtomicBool| {
+            while frozen.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let (f, af) = (frozen.clone(), answers_frozen.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                let (f, af) = (f.clone(), af.clone());
+                std::thread::spawn(move || {
+                    wait(&f);
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                        return;
+                    };
+                    let pipe =
+                        move |mut from: std::net::TcpStream,
+                              mut to: std::net::TcpStream,
+                              f: Arc<AtomicBool>,
+                              one_way: Option<Arc<AtomicBool>>| {
+                            use std::io::{Read, Write};
+                            let mut buf = [0u8; 16384];
+                            loop {
+                                let n = match from.read(&mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                wait(&f);
+                                if let Some(one_way) = &one_way {
+                                    wait(one_way);
+                                }
+                                if to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        };
+                    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let f2 = f.clone();
+                    std::thread::spawn(move || pipe(c2, s2, f2, None));
+                    pipe(server, client, f, Some(af));
+                });
+            }
+        });
+        FreezableRelay {
+            port,
+            frozen,
+            answers_frozen,
+        }
+    }
+
+    /// Passes requests on and holds every answer back: a write is applied, its answer lost.
+    pub fn freeze_answers(&self) {
+        self.answers_frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn freeze(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

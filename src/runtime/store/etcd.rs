@@ -3,7 +3,7 @@
 //! etcd-rs) generate their code with protoc at build time; this needs no build step.
 //! Keys and values travel base64-encoded, 64-bit numbers as JSON strings (the gateway's
 //! protobuf-to-JSON mapping). Endpoints are tried in order, starting with the last one that
-//! answered. With `username`/`password` the client exchanges them for a token
+//! answered; a write goes to the next only when it reached none (see [`Etcd::put_if`]). With `username`/`password` the client exchanges them for a token
 //! (`/v3/auth/authenticate`) and sends it as `Authorization`; https:// endpoints use rustls
 //! with the configured CA and client certificate.
 
@@ -27,12 +27,17 @@ pub enum EtcdError {
     /// etcd refused the credentials, or asks for some (auth enabled, none configured).
     #[error("etcd refused access: {0}")]
     Auth(String),
+    /// A write was sent and not answered, and the key does not hold what was written: it
+    /// may or may not have been applied.
+    #[error("etcd did not answer a write; whether it was applied is unknown: {0}")]
+    Unknown(String),
 }
 
 /// The key's value at a revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kv {
-    pub value: String,
+    /// The value, or why it cannot be a document (not UTF-8): refused, as an invalid one.
+    pub value: Result<String, String>,
     /// The revision of the key's last change: what a compare-and-swap compares.
     pub mod_revision: i64,
 }
@@ -59,8 +64,9 @@ pub enum Written {
 pub enum WatchMsg {
     /// The watch is in place.
     Created,
-    /// Changes of the key, in revision order (`None` for a deletion).
-    Events(Vec<(i64, Option<String>)>),
+    /// Changes of the key, in revision order (`None` for a deletion), each decoded on its
+    /// own: one undecodable value does not hide the ones after it.
+    Events(Vec<(i64, Option<Result<String, String>>)>),
     /// The revision asked for was compacted away: read the key again.
     Compacted(i64),
     /// The server ended the watch.
@@ -196,6 +202,12 @@ impl Etcd {
         Ok(token)
     }
 
+    /// Drops the token in use: etcd refused it (a watch canceled for it); the next call
+    /// authenticates again.
+    pub fn forget_token(&self) {
+        *lock(&self.token) = None;
+    }
+
     /// POSTs `body` to `path` with the token, authenticating again once if etcd refuses it.
     async fn call(
         &self,
@@ -221,6 +233,22 @@ impl Etcd {
         body: &Value,
         token: Option<&str>,
     ) -> Result<Value, EtcdError> {
+        self.attempt(client, path, body, token, false)
+            .await
+            .map_err(Failure::into_error)
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers. A `write` goes to the next
+    /// endpoint only when nothing reached the one before (no connection): one that took the
+    /// request and gave no answer may have applied it, and the caller must find out.
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+        write: bool,
+    ) -> Result<Value, Failure> {
         let n = self.endpoints.len().max(1);
         let first = self.preferred.load(Ordering::Relaxed);
         let mut last = EtcdError::Unreachable("no endpoint".into());
@@ -229,55 +257,75 @@ impl Etcd {
             let Some(base) = self.endpoints.get(idx) else {
                 break;
             };
-            let mut req = client
-                .post(format!("{base}{path}"))
-                .timeout(self.timeout)
-                .header("content-type", "application/json")
-                .body(body.to_string());
-            if let Some(t) = token {
-                req = req.header("authorization", t);
-            }
-            let res = req.send().await;
-            let res = match res {
-                Ok(r) => r,
-                Err(e) => {
-                    last = EtcdError::Unreachable(format!(
-                        "{base}: {}",
-                        crate::upstream::client::chain(&e)
-                    ));
-                    continue;
+            match self.post(client, base, path, body, token).await {
+                Ok(v) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(v);
                 }
-            };
-            let status = res.status();
-            let text = match read_capped(res).await {
-                Ok(t) => t,
-                Err(e) => {
-                    last = e;
-                    continue;
+                Err(Failure::NoAnswer(e)) if write => return Err(Failure::NoAnswer(e)),
+                Err(Failure::NotSent(e) | Failure::NoAnswer(e)) => last = e,
+                Err(Failure::Answer(e)) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Err(Failure::Answer(e));
                 }
-            };
-            if status.is_server_error() {
-                // A member without a leader, say: another may answer.
-                last = EtcdError::Unreachable(format!("{base}: {status}: {}", short(&text)));
-                continue;
             }
-            self.preferred.store(idx, Ordering::Relaxed);
-            if matches!(status.as_u16(), 401 | 403) {
-                return Err(EtcdError::Auth(format!(
-                    "{base}: {status}: {}",
-                    short(&text)
-                )));
-            }
-            if !status.is_success() {
-                return Err(EtcdError::Protocol(format!(
-                    "{base}: {status}: {}",
-                    short(&text)
-                )));
-            }
-            return serde_json::from_str(&text)
-                .map_err(|e| EtcdError::Protocol(format!("{base}: not JSON: {e}")));
         }
-        Err(last)
+        Err(Failure::NotSent(last))
+    }
+
+    /// POSTs `body` to `path` on the endpoint `base` only; its JSON answer.
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Result<Value, Failure> {
+        let mut req = client
+            .post(format!("{base}{path}"))
+            .timeout(self.timeout)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        let res = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let err = EtcdError::Unreachable(format!(
+                    "{base}: {}",
+                    crate::upstream::client::chain(&e)
+                ));
+                return Err(match e.is_connect() {
+                    true => Failure::NotSent(err),
+                    false => Failure::NoAnswer(err),
+                });
+            }
+        };
+        let status = res.status();
+        let text = read_capped(res).await.map_err(Failure::NoAnswer)?;
+        if status.is_server_error() {
+            // A member without a leader, say: another may answer.
+            return Err(Failure::NoAnswer(EtcdError::Unreachable(format!(
+                "{base}: {status}: {}",
+                short(&text)
+            ))));
+        }
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(Failure::Answer(EtcdError::Auth(format!(
+                "{base}: {status}: {}",
+                short(&text)
+            ))));
+        }
+        if !status.is_success() {
+            return Err(Failure::Answer(EtcdError::Protocol(format!(
+                "{base}: {status}: {}",
+                short(&text)
+            ))));
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::Answer(EtcdError::Protocol(format!("{base}: not JSON: {e}"))))
     }
 
     /// Reads the key.
@@ -288,20 +336,40 @@ impl Etcd {
         parse_range(&v)
     }
 
-    /// Asks etcd for the key's count only: a cheap sign of life while a watch is idle (a
-    /// frozen etcd keeps its connections open and says nothing).
-    pub async fn probe(&self, client: &reqwest::Client) -> Result<(), EtcdError> {
-        self.call(
-            client,
-            "/v3/kv/range",
-            &json!({ "key": self.key_b64, "count_only": true }),
-        )
-        .await
-        .map(|_| ())
+    /// Asks the endpoint `base` (a watch's own) for the key's count only: a cheap sign of
+    /// life while a watch is idle (a frozen or cut-off member keeps its connections open and
+    /// says nothing). Another endpoint answering would say nothing of that watch.
+    pub async fn probe_at(&self, client: &reqwest::Client, base: &str) -> Result<(), EtcdError> {
+        let body = json!({ "key": self.key_b64, "count_only": true });
+        let path = "/v3/kv/range";
+        let token = self.token(client).await?;
+        let answer = match self.post(client, base, path, &body, token.as_deref()).await {
+            Err(Failure::Answer(EtcdError::Auth(_))) if self.credentials.is_some() => {
+                let token = self.authenticate(client).await?;
+                self.post(client, base, path, &body, Some(&token)).await
+            }
+            other => other,
+        };
+        answer.map(|_| ()).map_err(Failure::into_error)
+    }
+
+    /// The endpoint `base` failed a watch: the next attempt starts with the one after it.
+    pub fn pass_over(&self, base: &str) {
+        let n = self.endpoints.len().max(1);
+        if let Some(idx) = self.endpoints.iter().position(|e| e == base) {
+            let _ = self.preferred.compare_exchange(
+                idx,
+                (idx + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// Writes `value` if the key's mod revision is `expected` (0: the key does not exist),
-    /// or unconditionally when `expected` is `None`.
+    /// or unconditionally when `expected` is `None`. Sent to one endpoint (the next only when
+    /// none could be connected to); unanswered, the key is read back: holding `value`, the
+    /// write counts as done, else [`EtcdError::Unknown`].
     pub async fn put_if(
         &self,
         client: &reqwest::Client,
@@ -320,8 +388,36 @@ impl Etcd {
             "success": [{ "request_put": { "key": self.key_b64, "value": B64.encode(value) } }],
             "failure": [{ "request_range": { "key": self.key_b64 } }],
         });
-        let v = self.call(client, "/v3/kv/txn", &body).await?;
-        parse_txn(&v)
+        let path = "/v3/kv/txn";
+        let token = self.token(client).await?;
+        let answer = match self
+            .attempt(client, path, &body, token.as_deref(), true)
+            .await
+        {
+            // Refused: nothing was applied; once more with a new token.
+            Err(Failure::Answer(EtcdError::Auth(_))) if self.credentials.is_some() => {
+                let token = self.authenticate(client).await?;
+                self.attempt(client, path, &body, Some(&token), true).await
+            }
+            other => other,
+        };
+        match answer {
+            Ok(v) => parse_txn(&v),
+            // Sent and not answered: applied or not, the key tells (a read may go to any
+            // endpoint).
+            Err(Failure::NoAnswer(e)) => match self.get(client).await {
+                Ok(Read { kv: Some(kv), .. }) if kv.value.as_deref() == Ok(value) => {
+                    Ok(Written::Done(kv.mod_revision))
+                }
+                Ok(_) => Err(EtcdError::Unknown(format!(
+                    "{e}; the key does not hold the document written"
+                ))),
+                Err(read) => Err(EtcdError::Unknown(format!(
+                    "{e}; the key could not be read: {read}"
+                ))),
+            },
+            Err(f) => Err(f.into_error()),
+        }
     }
 
     /// As [`Etcd::put_if`], from a thread that is not in an async runtime (the reload thread,
@@ -375,9 +471,12 @@ impl Etcd {
                 break;
             };
             // No overall timeout: the answer is a stream that lasts as long as the watch.
+            // `hasleader`: etcd cancels the watch when this member loses its leader (a
+            // partitioned member would otherwise keep it open and silent).
             let mut req = client
                 .post(format!("{base}/v3/watch"))
                 .header("content-type", "application/json")
+                .header("grpc-metadata-hasleader", "true")
                 .body(body.to_string());
             if let Some(t) = token {
                 req = req.header("authorization", t);
@@ -418,6 +517,25 @@ impl Etcd {
     }
 }
 
+/// How one POST to one endpoint failed.
+enum Failure {
+    /// Nothing reached etcd (no connection): another endpoint may be tried, even for a write.
+    NotSent(EtcdError),
+    /// Sent, but no usable answer (a timeout, a cut, a 5xx): a read may go to another
+    /// endpoint; a write may have been applied.
+    NoAnswer(EtcdError),
+    /// etcd answered: final.
+    Answer(EtcdError),
+}
+
+impl Failure {
+    fn into_error(self) -> EtcdError {
+        match self {
+            Failure::NotSent(e) | Failure::NoAnswer(e) | Failure::Answer(e) => e,
+        }
+    }
+}
+
 /// A watch stream: one JSON object per message.
 pub struct Watch {
     res: reqwest::Response,
@@ -426,6 +544,11 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// The endpoint this watch is on.
+    pub fn endpoint(&self) -> &str {
+        &self.base
+    }
+
     /// The next message; an error when the stream ends or breaks.
     pub async fn next(&mut self) -> Result<WatchMsg, EtcdError> {
         loop {
@@ -441,10 +564,15 @@ impl Watch {
             match self.res.chunk().await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
                 Ok(None) => {
+                    // A last message without its newline (an error that ends the stream).
+                    let rest = std::mem::take(&mut self.buf);
+                    if !rest.trim_ascii().is_empty() {
+                        return self.message(rest.trim_ascii());
+                    }
                     return Err(EtcdError::Unreachable(format!(
                         "{}: the watch stream ended",
                         self.base
-                    )))
+                    )));
                 }
                 Err(e) => {
                     return Err(EtcdError::Unreachable(format!(
@@ -469,10 +597,15 @@ impl Watch {
             if line.is_empty() {
                 continue;
             }
-            let v: Value = serde_json::from_slice(line)
-                .map_err(|e| EtcdError::Protocol(format!("{}: watch: not JSON: {e}", self.base)))?;
-            return parse_watch(&v).map(Some);
+            return self.message(line).map(Some);
         }
+    }
+
+    /// One message's text, parsed.
+    fn message(&self, text: &[u8]) -> Result<WatchMsg, EtcdError> {
+        let v: Value = serde_json::from_slice(text)
+            .map_err(|e| EtcdError::Protocol(format!("{}: watch: not JSON: {e}", self.base)))?;
+        parse_watch(&v)
     }
 }
 
@@ -527,18 +660,19 @@ fn int(v: &Value) -> i64 {
     }
 }
 
-fn kv(v: &Value) -> Result<Kv, EtcdError> {
+fn kv(v: &Value) -> Kv {
     let value = match v.get("value").and_then(Value::as_str) {
         Some(b) => B64
             .decode(b)
-            .map_err(|e| EtcdError::Protocol(format!("value not base64: {e}")))?,
-        None => Vec::new(),
+            .map_err(|e| format!("the key's value is not base64: {e}")),
+        None => Ok(Vec::new()),
     };
-    Ok(Kv {
-        value: String::from_utf8(value)
-            .map_err(|_| EtcdError::Protocol("the key's value is not UTF-8".into()))?,
+    Kv {
+        value: value.and_then(|v| {
+            String::from_utf8(v).map_err(|_| "the key's value is not UTF-8 text".to_string())
+        }),
         mod_revision: int(&v["mod_revision"]),
-    })
+    }
 }
 
 fn parse_range(v: &Value) -> Result<Read, EtcdError> {
@@ -548,13 +682,9 @@ fn parse_range(v: &Value) -> Result<Read, EtcdError> {
             short(&v.to_string())
         )));
     }
-    let kv = match v["kvs"].as_array().and_then(|a| a.first()) {
-        Some(item) => Some(kv(item)?),
-        None => None,
-    };
     Ok(Read {
         revision: int(&v["header"]["revision"]),
-        kv,
+        kv: v["kvs"].as_array().and_then(|a| a.first()).map(kv),
     })
 }
 
@@ -576,9 +706,29 @@ fn parse_txn(v: &Value) -> Result<Written, EtcdError> {
     Ok(Written::Conflict(current))
 }
 
+/// Whether a watch's cancel reason is etcd refusing the token or the user: a token that a
+/// restart of etcd invalidated, say (the watch answers 200 and cancels; a new token is due).
+fn refused_access(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    [
+        "permission denied",
+        "invalid auth token",
+        "user name is empty",
+        "authentication failed",
+        "revision in header is old",
+    ]
+    .iter()
+    .any(|m| reason.contains(m))
+}
+
 fn parse_watch(v: &Value) -> Result<WatchMsg, EtcdError> {
     if let Some(err) = v.get("error") {
-        return Ok(WatchMsg::Canceled(short(&err.to_string())));
+        let reason = short(&err.to_string());
+        // gRPC's PermissionDenied and Unauthenticated.
+        if matches!(int(&err["grpc_code"]), 7 | 16) || refused_access(&reason) {
+            return Err(EtcdError::Auth(format!("watch canceled: {reason}")));
+        }
+        return Ok(WatchMsg::Canceled(reason));
     }
     let r = &v["result"];
     if r.is_null() {
@@ -593,6 +743,9 @@ fn parse_watch(v: &Value) -> Result<WatchMsg, EtcdError> {
     }
     if r["canceled"].as_bool() == Some(true) {
         let reason = r["cancel_reason"].as_str().unwrap_or("no reason given");
+        if refused_access(reason) {
+            return Err(EtcdError::Auth(format!("watch canceled: {reason}")));
+        }
         return Ok(WatchMsg::Canceled(reason.to_string()));
     }
     if r["created"].as_bool() == Some(true) {
@@ -600,7 +753,7 @@ fn parse_watch(v: &Value) -> Result<WatchMsg, EtcdError> {
     }
     let mut events = Vec::new();
     for e in r["events"].as_array().into_iter().flatten() {
-        let item = kv(&e["kv"])?;
+        let item = kv(&e["kv"]);
         // PUT is the enum's zero: the gateway leaves it out.
         let deleted = e["type"].as_str() == Some("DELETE");
         events.push((item.mod_revision, (!deleted).then_some(item.value)));
@@ -620,7 +773,7 @@ mod tests {
         assert_eq!(
             r.kv.unwrap(),
             Kv {
-                value: "{\"a\":1}".into(),
+                value: Ok("{\"a\":1}".into()),
                 mod_revision: 5
             }
         );
@@ -637,9 +790,38 @@ mod tests {
         let events = json!({"result":{"events":[{"kv":{"mod_revision":"3","value":"e30="}},{"type":"DELETE","kv":{"mod_revision":"4"}}]}});
         assert_eq!(
             parse_watch(&events).unwrap(),
-            WatchMsg::Events(vec![(3, Some("{}".into())), (4, None)])
+            WatchMsg::Events(vec![(3, Some(Ok("{}".into()))), (4, None)])
         );
+        // A value that is not UTF-8 is refused alone; the event after it stands.
+        let bad = json!({"result":{"events":[{"kv":{"mod_revision":"5","value":"//4="}},{"kv":{"mod_revision":"6","value":"e30="}}]}});
+        match parse_watch(&bad).unwrap() {
+            WatchMsg::Events(events) => {
+                assert!(matches!(events[0], (5, Some(Err(_)))));
+                assert_eq!(events[1], (6, Some(Ok("{}".into()))));
+            }
+            other => panic!("{other:?}"),
+        }
         let compacted = json!({"result":{"canceled":true,"compact_revision":"2"}});
         assert_eq!(parse_watch(&compacted).unwrap(), WatchMsg::Compacted(2));
+        // A token etcd no longer knows (it restarted): an auth error, not an outage.
+        let denied = json!({"result":{"created":true,"canceled":true,"cancel_reason":"etcdserver: permission denied"}});
+        assert!(matches!(parse_watch(&denied), Err(EtcdError::Auth(_))));
+        let invalid = json!({"error":{"grpc_code":16,"http_code":401,"message":"etcdserver: invalid auth token"}});
+        assert!(matches!(parse_watch(&invalid), Err(EtcdError::Auth(_))));
+        let no_leader = json!({"result":{"canceled":true,"cancel_reason":"etcdserver: no leader"}});
+        assert!(matches!(parse_watch(&no_leader), Ok(WatchMsg::Canceled(_))));
+    }
+
+    #[tokio::test]
+    async fn a_last_message_without_its_newline_is_read() {
+        let body = "{\"result\":{\"created\":true}}\n{\"error\":{\"grpc_code\":14,\"message\":\"etcdserver: no leader\"}}";
+        let mut watch = Watch {
+            res: reqwest::Response::from(http::Response::new(body)),
+            buf: Vec::new(),
+            base: "http://etcd".into(),
+        };
+        assert_eq!(watch.next().await.unwrap(), WatchMsg::Created);
+        assert!(matches!(watch.next().await, Ok(WatchMsg::Canceled(r)) if r.contains("no leader")));
+        assert!(matches!(watch.next().await, Err(EtcdError::Unreachable(_))));
     }
 }

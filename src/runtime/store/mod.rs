@@ -3,7 +3,7 @@
 //! rest. A task on the background runtime reads the key, then watches it from the revision
 //! read (a compaction makes it read again), and applies every revision through the validated
 //! reload path; an invalid document is refused and the last good one keeps serving. With etcd
-//! unreachable the gateway keeps serving and reconnects with back-off (at most 5 s apart).
+//! unreachable the gateway keeps serving and reconnects with back-off (at most 5 s apart, ±20%).
 //! Admin writes are a compare-and-swap on the key's revision ([`ConfigStore::write`]).
 
 pub mod etcd;
@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Longest wait between two attempts to reach etcd.
+/// First and longest wait between two attempts to reach etcd (each ±20%, so that instances
+/// cut off together do not come back in step).
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How often a watching instance checks that etcd still answers (a frozen etcd keeps the
@@ -64,12 +66,21 @@ impl ConfigStore {
         lock(&self.inner).status.clone()
     }
 
-    /// The document in effect and the key's latest revision seen (the ETag of
-    /// `GET /_kairos/config`: what a write must replace).
-    pub fn document(&self) -> Option<(Arc<str>, i64)> {
-        let inner = lock(&self.inner);
-        let rev = inner.status.store_revision?;
-        inner.document.clone().map(|d| (d, rev))
+    /// The key's document and mod revision, read from etcd now (linearizable), what an edit
+    /// starts from and its ETag; after a deletion of the key, the document in effect with
+    /// revision 0 (the key absent); `None` before any document. From a thread that is not in
+    /// an async runtime.
+    pub fn current_document(&self) -> Result<Option<(Arc<str>, i64)>, EtcdError> {
+        let read = self.etcd.get_blocking()?;
+        Ok(match read.kv {
+            Some(kv) => {
+                let doc = kv.value.map_err(|why| {
+                    EtcdError::Protocol(format!("revision {}: {why}", kv.mod_revision))
+                })?;
+                Some((Arc::from(doc), kv.mod_revision))
+            }
+            None => lock(&self.inner).document.clone().map(|d| (d, 0)),
+        })
     }
 
     /// The instance's file text merged with the document in effect.
@@ -164,7 +175,8 @@ impl ConfigStore {
         }
         let source = self.source(revision);
         let merged = self.merge(document, &source).and_then(|text| {
-            let errors = env_errors(state, &text);
+            // The document's own references (the instance's file makes its own).
+            let errors = env_errors(state, document);
             match errors.is_empty() {
                 true => Ok(text),
                 false => Err(ConfigErrors {
@@ -245,6 +257,7 @@ impl ConfigStore {
                 Ok(())
             }
             Ok(Written::Conflict(current)) => Err(ReloadError::Conflict(current)),
+            Err(e @ EtcdError::Unknown(_)) => Err(ReloadError::StoreUnknown(e.to_string())),
             Err(e) => Err(ReloadError::Store(e.to_string())),
         };
         let result = reload::apply(state, &text, &self.path, "api", Some(&write), None);
@@ -255,8 +268,8 @@ impl ConfigStore {
     }
 }
 
-/// The `${NAME}` references of `text` that a config from the admin API (or the store) may
-/// not make.
+/// The `${NAME}` references of a shared document that are not in the instance's
+/// `admin.allowed_env`.
 fn env_errors(state: &SharedState, text: &str) -> Vec<ConfigError> {
     crate::config::env_references(text)
         .into_iter()
@@ -319,7 +332,7 @@ pub fn start(
 
 /// Reads the key, then watches it from the next revision, for as long as the process runs.
 async fn follow(state: Arc<SharedState>, store: Arc<ConfigStore>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = MIN_BACKOFF;
     // The client (its TLS files read) until it can be built.
     let client = loop {
         match store.etcd.client() {
@@ -329,22 +342,32 @@ async fn follow(state: Arc<SharedState>, store: Arc<ConfigStore>) {
                 store.set_reachable(&state, false, Some(e.to_string()));
             }
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     };
     // The revision to watch from; none until the key is read (at start, after a compaction).
     let mut from: Option<i64> = None;
     loop {
-        match follow_once(&state, &store, &client, &mut from).await {
-            Ok(()) => backoff = Duration::from_millis(100),
+        // Whether a watch was in place: the back-off starts over after a good connection.
+        let mut watched = false;
+        match follow_once(&state, &store, &client, &mut from, &mut watched).await {
+            Ok(()) => backoff = MIN_BACKOFF,
             Err(e) => {
                 store.set_reachable(&state, false, Some(e.to_string()));
                 tracing::debug!(error = %e, "config store");
             }
         }
-        tokio::time::sleep(backoff).await;
+        if watched {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// `d` give or take 20%.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
 /// One read (when needed) and one watch, until the watch ends: `Ok` when it ended for a
@@ -354,6 +377,7 @@ async fn follow_once(
     store: &Arc<ConfigStore>,
     client: &reqwest::Client,
     from: &mut Option<i64>,
+    watched: &mut bool,
 ) -> Result<(), EtcdError> {
     let start = match *from {
         Some(r) => r,
@@ -361,7 +385,10 @@ async fn follow_once(
             let read = store.etcd.get(client).await?;
             store.set_reachable(state, true, None);
             match read.kv {
-                Some(kv) => apply(state, store, kv.value, kv.mod_revision).await,
+                Some(kv) => match kv.value {
+                    Ok(doc) => apply(state, store, doc, kv.mod_revision).await,
+                    Err(why) => undecodable(state, store, kv.mod_revision, &why),
+                },
                 None => {
                     store.problem(format!(
                         "the key {} is empty: write a config with `kairos-rs cluster bootstrap`",
@@ -385,19 +412,34 @@ async fn follow_once(
     loop {
         // Reading the stream is cancel-safe (a chunk not yet taken stays in the body).
         let msg = tokio::select! {
-            msg = watch.next() => msg?,
+            msg = watch.next() => match msg {
+                // A token etcd no longer accepts (etcd restarted, say): a new one next time.
+                Err(EtcdError::Auth(e)) => {
+                    store.etcd.forget_token();
+                    return Err(EtcdError::Auth(e));
+                }
+                other => other?,
+            },
             _ = probe.tick() => {
-                store.etcd.probe(client).await?;
+                // The watch's own endpoint: another one answering says nothing of this watch.
+                if let Err(e) = store.etcd.probe_at(client, watch.endpoint()).await {
+                    store.etcd.pass_over(watch.endpoint());
+                    return Err(e);
+                }
                 continue;
             }
         };
         match msg {
-            WatchMsg::Created => store.set_reachable(state, true, None),
+            WatchMsg::Created => {
+                *watched = true;
+                store.set_reachable(state, true, None);
+            }
             WatchMsg::Events(events) => {
                 for (revision, value) in events {
                     *from = Some(revision + 1);
                     match value {
-                        Some(doc) => apply(state, store, doc, revision).await,
+                        Some(Ok(doc)) => apply(state, store, doc, revision).await,
+                        Some(Err(why)) => undecodable(state, store, revision, &why),
                         None => {
                             store.refused(
                                 state,
@@ -424,10 +466,33 @@ async fn follow_once(
                 return Ok(());
             }
             WatchMsg::Canceled(reason) => {
-                return Err(EtcdError::Unreachable(format!("watch canceled: {reason}")))
+                // A member that lost its leader, say: the next watch starts elsewhere.
+                store.etcd.pass_over(watch.endpoint());
+                return Err(EtcdError::Unreachable(format!("watch canceled: {reason}")));
             }
         }
     }
+}
+
+/// Revision `revision` holds a value that cannot be a document (not UTF-8): refused like an
+/// invalid one (counted as a failed reload, shown in the status); the watch goes on past it.
+fn undecodable(state: &SharedState, store: &ConfigStore, revision: i64, why: &str) {
+    let source = store.source(revision);
+    reload::record_failure(
+        state,
+        "store",
+        std::time::Instant::now(),
+        &format!("{source}: {why}"),
+    );
+    tracing::error!(
+        revision,
+        "config store document refused ({why}); the running config stays in effect"
+    );
+    store.refused(
+        state,
+        revision,
+        format!("revision {revision} refused: {why}"),
+    );
 }
 
 /// Applies a revision on the reload thread and waits for it.
@@ -443,4 +508,18 @@ async fn apply(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_back_off_is_jittered_by_a_fifth() {
+        let waits: Vec<Duration> = (0..200).map(|_| jitter(MAX_BACKOFF)).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= MAX_BACKOFF.mul_f64(0.8) && *w <= MAX_BACKOFF.mul_f64(1.2)));
+        assert!(waits.iter().any(|w| *w != waits[0]));
+    }
 }
