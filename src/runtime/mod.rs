@@ -136,8 +136,16 @@ impl SharedState {
         lock(&self.config_text).clone()
     }
 
-    pub(crate) fn set_config_text(&self, text: &str, hash: String) {
-        *lock(&self.config_text) = (Arc::from(text), hash);
+    /// Puts a runtime and its config text in effect together, under the text's lock: a reader
+    /// of the text or its hash (`/_kairos/status`, `GET /_kairos/config`) sees the old pair or
+    /// the new one, and once it sees the new text, the new runtime answers requests (a test
+    /// that polled the status hash and then asked for a route caught the old runtime in the
+    /// gap between the two when they were set one after the other).
+    pub(crate) fn install(&self, text: &str, hash: String, runtime: Runtime) {
+        let mut text_and_hash = lock(&self.config_text);
+        *text_and_hash = (Arc::from(text), hash);
+        self.swap(runtime);
+        drop(text_and_hash);
     }
 
     pub(crate) fn reload_lock(&self) -> MutexGuard<'_, ()> {

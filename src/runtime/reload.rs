@@ -303,8 +303,8 @@ pub(crate) fn record_failure(
     });
 }
 
-/// Puts a built runtime in effect: the text first (so /status and GET /config never show the
-/// old text with the new runtime), then the swap, the metrics of removed routes and servers
+/// Puts a built runtime in effect: the text and the runtime together (so /status and GET
+/// /config never show one with the other), then the metrics of removed routes and servers
 /// forgotten, and the reload recorded and logged.
 fn commit(
     state: &SharedState,
@@ -325,8 +325,7 @@ fn commit(
         .flat_map(|t| &t.tenants)
         .map(|t| t.id.clone())
         .collect();
-    state.set_config_text(text, hash.clone());
-    state.swap(runtime);
+    state.install(text, hash.clone(), runtime);
     state.metrics.forget_tenants(&tenants);
     let servers: Vec<(String, String)> = diff
         .servers_removed

@@ -190,6 +190,7 @@ fn dns_srv_falls_back_to_the_next_priority_while_the_lowest_one_is_down() {
         r#"{{"version":1,"server":{{"workers":2}},"admin":{{"token":"{TOKEN}","watch_config":false}},
         "upstreams":{{"u":{{"discovery":{{"type":"dns","name":"{name}","record":"SRV","resolvers":["{}"],"refresh":"1s"}},
             "health_check":{{"path":"/health","interval":"250ms","timeout":"250ms","healthy_threshold":1,"unhealthy_threshold":2}},
+            "circuit_breaker":{{"recovery_timeout":"1s"}},
             "retries":{{"attempts":3}}}}}},
         "routes":[{{"name":"app","path":"/app/{{*rest}}","upstream":"u"}}],
         "logging":{{"access_log":false,"level":"error"}}}}"#,
