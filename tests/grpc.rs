@@ -563,20 +563,8 @@ async fn concurrent_calls_share_one_connection_up_to_the_servers_stream_limit() 
 /// A self-signed certificate for localhost: the server's TLS settings (ALPN `alpn`) and a
 /// directory holding the certificate as `ca.pem`.
 fn tls_server(alpn: &[&[u8]]) -> (Arc<rustls::ServerConfig>, tempfile::TempDir) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ck.cert.pem()).unwrap();
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()).into();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key)
-    .unwrap();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    (Arc::new(cfg), dir)
+    let (dir, _, cfg) = self_signed_tls(&["localhost"], alpn);
+    (cfg, dir)
 }
 
 #[tokio::test]

@@ -410,33 +410,13 @@ async fn a_collector_answering_unavailable_then_ok_loses_no_span() {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1: its PEM file (the CA to trust) and a rustls server
-/// config with ALPN h2.
-fn collector_tls() -> (tempfile::TempDir, Arc<rustls::ServerConfig>) {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("collector-ca.pem"), ck.cert.pem()).unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    (dir, Arc::new(cfg))
-}
-
 /// gRPC over TLS to a collector with a private CA: trusted through `tracing.ca_file` (only
 /// that CA), or through OTEL_EXPORTER_OTLP_CERTIFICATE; without it the collector's
 /// certificate is refused, nothing is sent, and the lost spans are counted.
 #[tokio::test]
 async fn grpc_over_tls_trusts_the_configured_ca_only() {
-    let (dir, tls) = collector_tls();
-    let ca = dir.path().join("collector-ca.pem");
+    let (dir, _, tls) = self_signed_tls(&["127.0.0.1"], &[b"h2"]);
+    let ca = dir.path().join("ca.pem");
     let up = Upstream::start_ok();
     for by_env in [false, true] {
         let (receiver, addr) = start_receiver_with(Some(tls.clone()));

@@ -358,35 +358,10 @@ fn a_reload_keeps_open_sockets_and_a_graceful_shutdown_closes_them_with_1001() {
     assert!(status.success());
 }
 
-/// A self-signed certificate for `localhost` in a temp dir (server.pem, server.key) and a
-/// rustls server config serving it.
-fn tls_files() -> (
-    tempfile::TempDir,
-    String,
-    std::sync::Arc<rustls::ServerConfig>,
-) {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let pem = ck.cert.pem();
-    std::fs::write(dir.path().join("server.pem"), &pem).unwrap();
-    std::fs::write(dir.path().join("server.key"), ck.key_pair.serialize_pem()).unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
-    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
-    .unwrap();
-    (dir, pem, std::sync::Arc::new(cfg))
-}
-
 #[test]
 fn wss_from_the_client_to_a_wss_upstream() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let (dir, pem, server_tls) = tls_files();
+    let (dir, pem, server_tls) = self_signed_tls(&["localhost"], &[]);
     let echo = WsEcho::start_tls(server_tls);
     let gw = Gateway::start_in(
         &format!(

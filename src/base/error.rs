@@ -170,25 +170,10 @@ impl GatewayError {
             header::HeaderName::from_static("x-request-id"),
             request_id.clone(),
         ));
+        self.challenge_headers(&mut res);
         match self {
             GatewayError::MethodNotAllowed { allow } => {
                 res.insert_header((header::ALLOW, allow.as_str()));
-            }
-            GatewayError::Unauthorized => {
-                res.insert_header((
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"kairos\""),
-                ));
-            }
-            GatewayError::AuthRequired { challenge } => {
-                res.insert_header((
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(challenge),
-                ));
-            }
-            GatewayError::RateLimited { retry_after }
-            | GatewayError::QuotaExceeded { retry_after } => {
-                res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
             }
             GatewayError::RateLimiterUnavailable => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
@@ -214,7 +199,12 @@ impl GatewayError {
             | GatewayError::NoHealthyUpstream
             | GatewayError::UpstreamTimeout
             | GatewayError::NotCached
-            | GatewayError::TransformFailed { .. } => {}
+            | GatewayError::TransformFailed { .. }
+            // Their headers are the challenge's (above).
+            | GatewayError::Unauthorized
+            | GatewayError::AuthRequired { .. }
+            | GatewayError::RateLimited { .. }
+            | GatewayError::QuotaExceeded { .. } => {}
         }
         res.body(body.to_string())
     }
@@ -254,6 +244,30 @@ impl GatewayError {
         }
     }
 
+    /// What a refusal tells the client to do next, in the JSON and the gRPC answer alike: the
+    /// authentication challenge of a 401, when to retry a 429.
+    fn challenge_headers(&self, res: &mut actix_web::HttpResponseBuilder) {
+        match self {
+            GatewayError::Unauthorized => {
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"kairos\""),
+                ));
+            }
+            GatewayError::AuthRequired { challenge } => {
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                ));
+            }
+            GatewayError::RateLimited { retry_after }
+            | GatewayError::QuotaExceeded { retry_after } => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
+            }
+            _ => {}
+        }
+    }
+
     /// The response a gRPC client sees: trailers-only (HTTP 200, no body, `grpc-status` and
     /// `grpc-message` in the head), with the request id and the headers the JSON answer has.
     pub fn to_grpc_response(&self, request_id: &HeaderValue) -> HttpResponse {
@@ -273,25 +287,7 @@ impl GatewayError {
             header::HeaderName::from_static("x-request-id"),
             request_id.clone(),
         ));
-        match self {
-            GatewayError::RateLimited { retry_after }
-            | GatewayError::QuotaExceeded { retry_after } => {
-                res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
-            }
-            GatewayError::Unauthorized => {
-                res.insert_header((
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"kairos\""),
-                ));
-            }
-            GatewayError::AuthRequired { challenge } => {
-                res.insert_header((
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(challenge),
-                ));
-            }
-            _ => {}
-        }
+        self.challenge_headers(&mut res);
         // No body at all: the head ends the stream (a trailers-only response).
         res.body(actix_web::body::None::new())
     }

@@ -1,5 +1,5 @@
 //! IP and host helpers: the canonical form of a client address, the client's address behind
-//! trusted proxies, the X-Forwarded-For form of an address and the host name of a Host header.
+//! trusted proxies, the X-Forwarded-For form of an address, the host name of a Host header, and percent-decoding.
 
 use actix_web::http::header::HeaderMap;
 use std::net::IpAddr;
@@ -88,6 +88,26 @@ pub fn host_name(host: &str) -> &str {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
     name.strip_suffix('.').unwrap_or(name)
+}
+
+/// `%XX` decoded (W3C baggage octet rules, as OTEL_* key-value lists and URL userinfo use);
+/// `None` on a broken escape or a result that is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -243,9 +243,7 @@ async fn send(
     let http1_tls;
     let tls = match upgrade && server.https && upstream.config.protocol.may_use_h2(true) {
         true => {
-            let mut cfg = (*upstream.tls).clone();
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-            http1_tls = std::sync::Arc::new(cfg);
+            http1_tls = client::tls_http1_only(&upstream.tls);
             &http1_tls
         }
         false => &upstream.tls,

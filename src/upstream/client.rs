@@ -456,6 +456,14 @@ pub fn tls_for_protocol(
     with_alpn(&tls)
 }
 
+/// `tls` offering only "http/1.1" by ALPN, whatever the upstream's protocol: for a WebSocket
+/// handshake, which is HTTP/1.1 (made per handshake: they are rare next to requests).
+pub fn tls_http1_only(tls: &rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
+    let mut cfg = tls.clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
 /// TLS client settings trusting `roots` (plus nothing else), offering HTTP/1.1 by ALPN.
 pub fn tls_config_with_roots(roots: rustls::RootCertStore) -> rustls::ClientConfig {
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(

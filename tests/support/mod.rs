@@ -1752,3 +1752,30 @@ impl FreezableRelay {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A self-signed certificate for `names` (an IP address becomes an IP SAN), in a temp dir as
+/// `server.pem` and `server.key`, and again as `ca.pem` for the clients that trust it; its PEM
+/// text; and a rustls server config serving it with ALPN `alpn`.
+pub fn self_signed_tls(
+    names: &[&str],
+    alpn: &[&[u8]],
+) -> (tempfile::TempDir, String, Arc<rustls::ServerConfig>) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = ck.cert.pem();
+    std::fs::write(dir.path().join("server.pem"), &pem).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &pem).unwrap();
+    std::fs::write(dir.path().join("server.key"), ck.key_pair.serialize_pem()).unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()).into();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (dir, pem, Arc::new(cfg))
+}

@@ -72,7 +72,7 @@ impl Target {
                     .map_err(|_| "the credentials of the Sentinel URL do not parse")?;
                 Ok(Target::Sentinel {
                     sentinels,
-                    master: percent_decode(master)
+                    master: crate::base::net::percent_decode(master)
                         .ok_or("the master name of the Sentinel URL does not decode")?,
                     auth_url,
                     tls,
@@ -162,24 +162,6 @@ fn addresses(hosts: &str, default: u16) -> Result<Vec<(String, u16)>, &'static s
         out.push((host.to_string(), port));
     }
     Ok(out)
-}
-
-/// `%XX` decoded; `None` when the result is not UTF-8 or an escape is broken.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The hash tag of `text` (`{` 16 hex digits `}`): keys that carry the same tag share a

@@ -488,9 +488,12 @@ fn key_values(v: &mut V, name: &str, text: &str) -> Vec<(String, String)> {
         if pair.trim().is_empty() {
             continue;
         }
-        let decoded = pair
-            .split_once('=')
-            .and_then(|(k, val)| Some((percent_decode(k.trim())?, percent_decode(val.trim())?)));
+        let decoded = pair.split_once('=').and_then(|(k, val)| {
+            Some((
+                crate::base::net::percent_decode(k.trim())?,
+                crate::base::net::percent_decode(val.trim())?,
+            ))
+        });
         match decoded {
             Some((k, val)) if !k.is_empty() => {
                 out.retain(|(existing, _)| *existing != k);
@@ -507,26 +510,6 @@ fn key_values(v: &mut V, name: &str, text: &str) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-/// Percent-decoding (W3C baggage octet rules, as OTEL_* key-value lists use); `None` on a bad
-/// escape or non-UTF-8 result.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The OTLP traces URL from `endpoint`, else from the deprecated `jaeger_endpoint`, else
