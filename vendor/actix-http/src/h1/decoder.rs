@@ -258,9 +258,10 @@ impl MessageType for Request {
     }
 
     fn decode(src: &mut BytesMut) -> Result<Option<(Self, PayloadType)>, ParseError> {
-        let mut headers: [HeaderIndex; MAX_HEADERS] = EMPTY_HEADER_INDEX_ARRAY;
+        // Not zeroed: `record` writes the slots it returns (zeroing 96 of them was 3 KB a head).
+        let mut headers = [const { MaybeUninit::<HeaderIndex>::uninit() }; MAX_HEADERS];
 
-        let (len, method, uri, ver, h_len) = {
+        let (len, method, uri, ver, raw) = {
             // SAFETY:
             // Create an uninitialized array of `MaybeUninit`. The `assume_init` is safe because the
             // type we are claiming to have initialized here is a bunch of `MaybeUninit`s, which
@@ -282,9 +283,9 @@ impl MessageType for Request {
                     } else {
                         Version::HTTP_10
                     };
-                    HeaderIndex::record(src, req.headers, &mut headers);
+                    let raw = HeaderIndex::record(src, req.headers, &mut headers);
 
-                    (len, method, uri, version, req.headers.len())
+                    (len, method, uri, version, raw)
                 }
 
                 httparse::Status::Partial => {
@@ -302,7 +303,7 @@ impl MessageType for Request {
         let mut msg = Request::new();
 
         // convert headers
-        let mut length = msg.set_headers(&src.split_to(len).freeze(), &headers[..h_len], ver)?;
+        let mut length = msg.set_headers(&src.split_to(len).freeze(), raw, ver)?;
 
         // disallow HTTP/1.1 requests that do not contain a Host header
         // see https://datatracker.ietf.org/doc/html/rfc9112#section-3.2
@@ -381,9 +382,10 @@ impl MessageType for ResponseHead {
     }
 
     fn decode(src: &mut BytesMut) -> Result<Option<(Self, PayloadType)>, ParseError> {
-        let mut headers: [HeaderIndex; MAX_HEADERS] = EMPTY_HEADER_INDEX_ARRAY;
+        // Not zeroed: `record` writes the slots it returns (zeroing 96 of them was 3 KB a head).
+        let mut headers = [const { MaybeUninit::<HeaderIndex>::uninit() }; MAX_HEADERS];
 
-        let (len, ver, status, h_len) = {
+        let (len, ver, status, raw) = {
             // SAFETY:
             // Create an uninitialized array of `MaybeUninit`. The `assume_init` is safe because the
             // type we are claiming to have initialized here is a bunch of `MaybeUninit`s, which
@@ -408,9 +410,9 @@ impl MessageType for ResponseHead {
 
                     let status =
                         StatusCode::from_u16(res.code.unwrap()).map_err(|_| ParseError::Status)?;
-                    HeaderIndex::record(src, res.headers, &mut headers);
+                    let raw = HeaderIndex::record(src, res.headers, &mut headers);
 
-                    (len, version, status, res.headers.len())
+                    (len, version, status, raw)
                 }
 
                 httparse::Status::Partial => {
@@ -428,7 +430,7 @@ impl MessageType for ResponseHead {
         msg.version = ver;
 
         // convert headers
-        let mut length = msg.set_headers(&src.split_to(len).freeze(), &headers[..h_len], ver)?;
+        let mut length = msg.set_headers(&src.split_to(len).freeze(), raw, ver)?;
 
         // Remove CL value if 0 now that all headers and HTTP/1.0 special cases are processed.
         // Protects against some request smuggling attacks.
@@ -463,29 +465,29 @@ pub(crate) struct HeaderIndex {
     pub(crate) value: (usize, usize),
 }
 
-pub(crate) const EMPTY_HEADER_INDEX: HeaderIndex = HeaderIndex {
-    name: (0, 0),
-    value: (0, 0),
-};
-
-pub(crate) const EMPTY_HEADER_INDEX_ARRAY: [HeaderIndex; MAX_HEADERS] =
-    [EMPTY_HEADER_INDEX; MAX_HEADERS];
-
 impl HeaderIndex {
-    pub(crate) fn record(
+    /// Writes the offsets of `headers` (parsed from `bytes`) into the first slots of `indices`
+    /// and returns those slots, now initialised.
+    pub(crate) fn record<'a>(
         bytes: &[u8],
         headers: &[httparse::Header<'_>],
-        indices: &mut [HeaderIndex],
-    ) {
+        indices: &'a mut [MaybeUninit<HeaderIndex>],
+    ) -> &'a [HeaderIndex] {
         let bytes_ptr = bytes.as_ptr() as usize;
-        for (header, indices) in headers.iter().zip(indices.iter_mut()) {
+        let n = headers.len().min(indices.len());
+        for (header, slot) in headers.iter().zip(indices.iter_mut()) {
             let name_start = header.name.as_ptr() as usize - bytes_ptr;
             let name_end = name_start + header.name.len();
-            indices.name = (name_start, name_end);
             let value_start = header.value.as_ptr() as usize - bytes_ptr;
             let value_end = value_start + header.value.len();
-            indices.value = (value_start, value_end);
+            slot.write(HeaderIndex {
+                name: (name_start, name_end),
+                value: (value_start, value_end),
+            });
         }
+        // SAFETY: the loop above wrote the first `n` slots, and `MaybeUninit<HeaderIndex>` has
+        // the layout of `HeaderIndex`.
+        unsafe { std::slice::from_raw_parts(indices.as_ptr().cast::<HeaderIndex>(), n) }
     }
 }
 
