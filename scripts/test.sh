@@ -179,7 +179,7 @@ ensure_kubernetes_validate() {
     fi
     local venv="$TOOLS_DIR/venv"
     if [ ! -x "$venv/bin/kubernetes-validate" ] \
-        || ! "$venv/bin/python" -m pip show --quiet "kubernetes-validate" 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION"; then
+        || ! "$venv/bin/python" -m pip show "kubernetes-validate" 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION"; then
         echo "installing: kubernetes-validate==$KUBERNETES_VALIDATE_VERSION (PyPI) into $venv"
         mkdir -p "$TOOLS_DIR"
         [ -x "$venv/bin/pip" ] || make_venv "$venv"
