@@ -23,7 +23,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* The Secret holding KAIROS_ADMIN_TOKEN and JWT_SECRET. */}}
 {{- define "kairos-rs.secretName" -}}
 {{- if .Values.secrets.create -}}
-{{- include "kairos-rs.fullname" . -}}
+{{- include "kairos-rs.fullname" . -}}-secrets
 {{- else -}}
 {{- required "secrets.name: the Secret holding KAIROS_ADMIN_TOKEN and JWT_SECRET" .Values.secrets.name -}}
 {{- end -}}
