@@ -315,14 +315,14 @@ fn run_config(config_text: &str, env: &BTreeMap<String, String>) {
     assert_eq!(get("/public/x").status(), 200);
     assert_eq!(get("/api/x").status(), 401);
     assert_eq!(up.count(), 1);
+    let token = env
+        .iter()
+        .find(|(k, _)| *k == "KAIROS_ADMIN_TOKEN")
+        .map(|(_, v)| *v)
+        .expect("the admin token in the environment");
     let admin = client
         .get(gw.url("/_kairos/status"))
-        .bearer_auth(
-            &env.iter()
-                .find(|(k, _)| *k == "KAIROS_ADMIN_TOKEN")
-                .unwrap()
-                .1,
-        )
+        .bearer_auth(token)
         .send()
         .unwrap();
     assert_eq!(
