@@ -148,7 +148,10 @@ fn secret_values(secret: &Value) -> BTreeMap<String, String> {
 
 /// What the gateway needs from one set of objects (plain or rendered): returns the config
 /// text of the ConfigMap and the environment the pod gives it.
-fn check_objects(objs: &BTreeMap<String, Value>) -> (String, BTreeMap<String, String>) {
+fn check_objects(
+    objs: &BTreeMap<String, Value>,
+    outside: &[(&str, &str)],
+) -> (String, BTreeMap<String, String>) {
     let dep = &objs["Deployment"];
     let pod = &dep["spec"]["template"];
     let pod_labels = &pod["metadata"]["labels"];
@@ -205,28 +208,27 @@ fn check_objects(objs: &BTreeMap<String, Value>) -> (String, BTreeMap<String, St
     let file = config_path.file_name().and_then(|n| n.to_str()).unwrap();
     let config_text = str_at(cm, &format!("/data/{file}")).to_string();
 
-    // The environment: every secretKeyRef names the Secret and one of its keys.
-    let secret = &objs.get("Secret");
+    // The environment: every variable comes from a secretKeyRef; one naming the Secret of
+    // these objects names one of its keys; one naming another Secret (created outside the
+    // chart) takes its value from `outside`.
+    let secret = objs.get("Secret");
     let mut env = BTreeMap::new();
     for e in c["env"].as_array().expect("env") {
         let name = str_at(e, "/name").to_string();
         let r = &e["valueFrom"]["secretKeyRef"];
         let key = str_at(r, "/key");
-        match secret {
-            Some(secret) => {
-                assert_eq!(r["name"], secret["metadata"]["name"], "env {name}");
-                let values = secret_values(secret);
-                let value = values
-                    .get(key)
-                    .unwrap_or_else(|| panic!("the Secret has no key {key} (env {name})"));
-                env.insert(name, value.clone());
-            }
-            // An existing Secret, not part of these objects: a stand-in value of the length
-            // the gateway asks for.
-            None => {
-                env.insert(name, "x".repeat(48));
-            }
-        }
+        let value = match secret {
+            Some(secret) if r["name"] == secret["metadata"]["name"] => secret_values(secret)
+                .get(key)
+                .unwrap_or_else(|| panic!("the Secret has no key {key} (env {name})"))
+                .clone(),
+            _ => outside
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| panic!("env {name} from Secret {}", r["name"])),
+        };
+        env.insert(name, value);
     }
     for (path, name) in kairos_rs::config::env_references(&config_text) {
         assert!(
@@ -347,7 +349,7 @@ fn kubernetes_manifests_give_the_gateway_what_it_needs() {
             "Service"
         ]
     );
-    let (config, env) = check_objects(&objs);
+    let (config, env) = check_objects(&objs, &[]);
     run_config(&config, &env);
     schema_validate(&files);
 }
@@ -412,7 +414,7 @@ fn the_helm_chart_renders_the_plain_manifests_objects() {
             "the chart's {kind} differs from deploy/kubernetes'"
         );
     }
-    check_objects(&rendered);
+    check_objects(&rendered, &[]);
     schema_validate(&files);
 }
 
@@ -440,7 +442,12 @@ fn the_helm_chart_with_etcd_and_an_existing_secret() {
     {
         assert_eq!(e["valueFrom"]["secretKeyRef"]["name"], "gateway-secrets");
     }
-    let (config, _) = check_objects(&objs);
+    let stand_in = "x".repeat(48);
+    let outside = [
+        ("KAIROS_ADMIN_TOKEN", stand_in.as_str()),
+        ("JWT_SECRET", stand_in.as_str()),
+    ];
+    let (config, _) = check_objects(&objs, &outside);
     let cfg: Value = serde_json::from_str(&config).unwrap();
     // With a config store the file holds only the instance's own members.
     let members: Vec<&str> = cfg
@@ -460,17 +467,22 @@ fn the_helm_chart_with_etcd_and_an_existing_secret() {
     );
     schema_validate(&files);
 
-    // Without a store, the Redis URL goes where the config uses Redis.
+    // Without a store, the Redis URL goes where the config uses Redis; one with a password
+    // comes from another Secret through extraEnv.
     let (_dir, files) = helm_render(Some(json!({
-        "redis": { "url": "rediss://redis.example:6380" }
+        "redis": { "url": "${REDIS_URL}" },
+        "extraEnv": [{ "name": "REDIS_URL",
+                       "valueFrom": { "secretKeyRef": { "name": "redis-credentials", "key": "url" } } }]
     })));
     let objs = by_kind(&files);
-    let cfg: Value = serde_json::from_str(str_at(&objs["ConfigMap"], "/data/config.json")).unwrap();
-    assert_eq!(
-        cfg["rate_limiting"]["redis_url"],
-        "rediss://redis.example:6380"
+    let (config, env) = check_objects(
+        &objs,
+        &[("REDIS_URL", "rediss://:hunter2@redis.example:6380")],
     );
-    check_objects(&objs);
+    let cfg: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(cfg["rate_limiting"]["redis_url"], "${REDIS_URL}");
+    assert_eq!(env.len(), 3);
+    schema_validate(&files);
 }
 
 /// The unit file's `[Section]` -> key -> values (a key may repeat).
