@@ -1,6 +1,6 @@
 //! Several instances as one, sharing a limit: three gateway processes that take their config
 //! from one etcd key and their per-IP rate limit from one Redis, all started here on free
-//! loopback ports. A client load spread across the three for 6 s is admitted within 5% of
+//! loopback ports. A client load spread across the three for 8 s is admitted within 5% of
 //! burst + rate × the measured elapsed time; one instance killed with SIGKILL halfway through
 //! loses no count: the bucket Redis holds carries on, and the two survivors admit no more than
 //! what it had left plus the rate (no second burst).
@@ -241,12 +241,13 @@ fn three_instances_share_a_per_ip_limit_and_a_kill_loses_no_count() {
     let (rps, burst) = (f64::from(RPS), f64::from(BURST));
     let expected = burst + rps * sent_for;
     let most = burst + rps * decided_for;
-    let least = 0.95 * expected - (fell_back + unanswered) as f64;
+    // A request Redis did not decide (503) may leave its token to no one: it lowers the floor.
+    let least = 0.95 * expected - fell_back as f64;
     println!(
         "offered {} over {sent_for:.2} s (last admission at {decided_for:.2} s, last answer \
          at {answered_for:.2} s), admitted {admitted} answered + {} unanswered: {:.3} of \
          burst + rate x {sent_for:.2} s, {:.3} of burst + rate x {decided_for:.2} s; \
-         {fell_back} not decided by Redis, {unanswered} lost with instance 3 (killed at \
+         {fell_back} not decided by Redis, {unanswered} sent to instance 3 unanswered (killed at \
          {:.2} s)",
         all.len(),
         reached - admitted,
@@ -278,16 +279,17 @@ fn three_instances_share_a_per_ip_limit_and_a_kill_loses_no_count() {
         1.05 * allowed
     );
 
-    // The lower bound holds only while the clients kept the load above the rate: say which.
+    // The lower bound, over every admission (those whose answer died with instance 3
+    // included), holds only while the clients kept the load above the rate: say which.
     let planned = 3 * (window.as_millis() / TICK.as_millis()) as usize;
     assert!(
-        admitted as f64 >= least || all.len() * 10 < planned * 9,
-        "admitted {admitted}, fewer than {least:.0} (expected {expected:.0}): the shared limit \
+        reached as f64 >= least || all.len() * 10 < planned * 9,
+        "admitted {reached}, fewer than {least:.0} (expected {expected:.0}): the shared limit \
          is inaccurate"
     );
     assert!(
-        admitted as f64 >= least,
-        "admitted {admitted}, fewer than {least:.0}, but the clients offered only {} of \
+        reached as f64 >= least,
+        "admitted {reached}, fewer than {least:.0}, but the clients offered only {} of \
          {planned} planned requests: the machine was too busy to keep up the load",
         all.len()
     );
