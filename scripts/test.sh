@@ -179,12 +179,14 @@ ensure_hadolint() {
 ensure_deploy_tools() {
     local venv="$TOOLS_DIR/venv"
     local want=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "helm-python-sdk==$HELM_PYTHON_SDK_VERSION")
-    local missing=() pkg
+    local missing=() pkg shown
     for pkg in "${want[@]}"; do
-        if [ ! -x "$venv/bin/python" ] \
-            || ! "$venv/bin/python" -m pip show "${pkg%%==*}" 2>/dev/null | grep -qx "Version: ${pkg##*==}"; then
-            missing+=("$pkg")
+        # Read whole before grep looks (grep -q stopping early would fail the pipe).
+        shown=""
+        if [ -x "$venv/bin/python" ]; then
+            shown="$("$venv/bin/python" -m pip show "${pkg%%==*}" 2>/dev/null || true)"
         fi
+        grep -qx "Version: ${pkg##*==}" <<<"$shown" || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "installing: ${missing[*]} (PyPI) into $venv"
