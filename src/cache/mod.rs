@@ -226,6 +226,14 @@ pub struct KeyInput<'a> {
 /// The key `template` gives a request.
 pub fn render_key(template: &KeyTemplate, input: &KeyInput<'_>) -> String {
     let mut out = String::with_capacity(64);
+    push_key(&mut out, template, input);
+    out
+}
+
+/// [`render_key`], appended to `out` (the cache phase builds the whole primary key in one
+/// string).
+pub fn push_key(out: &mut String, template: &KeyTemplate, input: &KeyInput<'_>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for part in &template.parts {
         match part {
             KeyPart::Literal(s) => out.push_str(s),
@@ -240,23 +248,23 @@ pub fn render_key(template: &KeyTemplate, input: &KeyInput<'_>) -> String {
                     // restarts, and no client can craft a query whose key is another's.
                     let digest = crate::base::hash::hash(&q);
                     for b in &digest[..16] {
-                        out.push_str(&format!("{b:02x}"));
+                        out.push(HEX[usize::from(b >> 4)] as char);
+                        out.push(HEX[usize::from(b & 15)] as char);
                     }
                 }
             }
             KeyPart::Header(name) => {
-                let values = input.headers.values(name.as_str());
-                let text: Vec<String> = values
-                    .iter()
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .collect();
-                out.push_str(&text.join(", "));
+                for (i, v) in input.headers.values(name.as_str()).iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    out.push_str(&String::from_utf8_lossy(v));
+                }
             }
             KeyPart::Route => out.push_str(input.route),
             KeyPart::Tenant => out.push_str(input.tenant),
         }
     }
-    out
 }
 
 /// The query with its parameters sorted by name (each kept as written); parameters of one

@@ -81,30 +81,21 @@ fn primary(
     path: &str,
     query: Option<&str>,
 ) -> Arc<str> {
-    let name = host
-        .map(|h| crate::base::net::host_name(h).to_ascii_lowercase())
-        .unwrap_or_default();
-    let key = crate::cache::render_key(
-        &rc.key,
-        &KeyInput {
-            method: "GET",
-            host: &name,
-            path,
-            query,
-            route: &route.name,
-            tenant: ctx.tenant_id().unwrap_or_default(),
-            headers: &Headers(ctx.req.headers()),
-        },
-    );
     let req = ctx.req;
+    let host = host.unwrap_or_default();
+    let name = lower(crate::base::net::host_name(host));
     let scheme = match req.app_config().secure() {
-        true => "https",
-        false => "http",
+        true => "https://",
+        false => "http://",
     };
-    let mut scope = format!(
-        "{scheme}://{}",
-        host.unwrap_or_default().to_ascii_lowercase()
-    );
+    // `{route}\n{scope}\n{key}`, built in one string: the scope is one line (a line break in
+    // a forwarded value or a tenant id becomes a space), its origin and forwarded values in
+    // lower case.
+    let mut out = String::with_capacity(route.name.len() + host.len() + path.len() + 48);
+    out.push_str(&route.name);
+    out.push('\n');
+    out.push_str(scheme);
+    push_line(&mut out, host, true);
     let trusted = req
         .peer_addr()
         .is_some_and(|a| ctx.rt.config.server.is_trusted(a.ip()));
@@ -118,20 +109,52 @@ fn primary(
             "forwarded",
         ] {
             if let Some(v) = req.headers().get(name) {
-                scope.push(' ');
-                scope.push_str(&String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
+                out.push(' ');
+                push_line(&mut out, &String::from_utf8_lossy(v.as_bytes()), true);
             }
         }
     }
     // Tenants never share an answer, whatever the template says: a global route that several
     // tenants use keeps one entry per tenant.
     if let Some(tenant) = ctx.tenant_id() {
-        scope.push_str(" tenant=");
-        scope.push_str(tenant);
+        out.push_str(" tenant=");
+        push_line(&mut out, tenant, false);
     }
-    // The scope is one part of the key: no line break in it (header values have none).
-    let scope = scope.replace('\n', " ");
-    format!("{}\n{scope}\n{key}", route.name).into()
+    out.push('\n');
+    crate::cache::push_key(
+        &mut out,
+        &rc.key,
+        &KeyInput {
+            method: "GET",
+            host: &name,
+            path,
+            query,
+            route: &route.name,
+            tenant: ctx.tenant_id().unwrap_or_default(),
+            headers: &Headers(ctx.req.headers()),
+        },
+    );
+    out.into()
+}
+
+/// `s` in ASCII lower case, borrowed when it already is.
+fn lower(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => std::borrow::Cow::Owned(s.to_ascii_lowercase()),
+        false => std::borrow::Cow::Borrowed(s),
+    }
+}
+
+/// `s` appended to a key's one-line scope: line breaks as spaces, ASCII lower-cased if `fold`.
+fn push_line(out: &mut String, s: &str, fold: bool) {
+    if !fold && !s.contains('\n') {
+        return out.push_str(s);
+    }
+    out.extend(s.chars().map(|c| match c {
+        '\n' => ' ',
+        c if fold => c.to_ascii_lowercase(),
+        c => c,
+    }));
 }
 
 /// The cache phase's lookup. `path` is the normalised path.
