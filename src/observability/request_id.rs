@@ -4,8 +4,9 @@
 use actix_web::http::header::{HeaderMap, HeaderValue};
 
 pub const HEADER: &str = "x-request-id";
-/// The same, for lookups (a `&str` key is parsed, and allocated, on every lookup).
-const HEADER_NAME: actix_web::http::header::HeaderName =
+/// The same as a name, made at compile time (`from_static` outside a const context validates
+/// the name on every call; a `&str` key is parsed, and allocated, on every lookup).
+pub const HEADER_NAME: actix_web::http::header::HeaderName =
     actix_web::http::header::HeaderName::from_static(HEADER);
 
 fn sane(v: &[u8]) -> bool {

@@ -147,14 +147,16 @@ fn lower(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// `s` appended to a key's one-line scope: line breaks as spaces, ASCII lower-cased if `fold`.
 fn push_line(out: &mut String, s: &str, fold: bool) {
-    if !fold && !s.contains('\n') {
-        return out.push_str(s);
+    let start = out.len();
+    out.push_str(s);
+    if fold {
+        out[start..].make_ascii_lowercase();
     }
-    out.extend(s.chars().map(|c| match c {
-        '\n' => ' ',
-        c if fold => c.to_ascii_lowercase(),
-        c => c,
-    }));
+    if s.contains('\n') {
+        let line = out[start..].replace('\n', " ");
+        out.truncate(start);
+        out.push_str(&line);
+    }
 }
 
 /// The cache phase's lookup. `path` is the normalised path.

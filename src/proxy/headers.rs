@@ -6,6 +6,12 @@
 use actix_web::http::header as ax;
 use http::header::{self as hh, HeaderName, HeaderValue};
 
+// Names made at compile time: `from_static` at run time validates the name on every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1, plus the
 /// non-standard ones proxies are expected to drop).
 fn is_hop_by_hop(name: &str) -> bool {
@@ -147,17 +153,17 @@ pub fn request_headers(
         }
         crate::base::net::push_ip(&mut acc, ip);
         if let Ok(v) = HeaderValue::from_bytes(&acc) {
-            dst.insert(HeaderName::from_static("x-forwarded-for"), v);
+            dst.insert(X_FORWARDED_FOR, v);
         }
     }
     dst.insert(
-        HeaderName::from_static("x-forwarded-proto"),
+        X_FORWARDED_PROTO,
         xfp.unwrap_or_else(|| HeaderValue::from_static(client.scheme)),
     );
     if let Some(v) = xfh.or_else(|| client.host.and_then(|h| HeaderValue::from_bytes(h).ok())) {
-        dst.insert(HeaderName::from_static("x-forwarded-host"), v);
+        dst.insert(X_FORWARDED_HOST, v);
     }
-    dst.insert(HeaderName::from_static("x-request-id"), request_id.clone());
+    dst.insert(X_REQUEST_ID, request_id.clone());
 }
 
 /// Copies the upstream's response headers to the client, minus hop-by-hop headers and the

@@ -153,8 +153,6 @@ pub fn filter(ctx: &mut Ctx<'_>, res: &mut HttpResponse) {
 }
 
 fn set_request_id(ctx: &Ctx<'_>, res: &mut HttpResponse) {
-    res.headers_mut().insert(
-        ax::HeaderName::from_static(request_id::HEADER),
-        ctx.rid.clone(),
-    );
+    res.headers_mut()
+        .insert(request_id::HEADER_NAME, ctx.rid.clone());
 }

@@ -116,7 +116,7 @@ pub async fn proxy<'a>(
     res.headers_mut()
         .insert(ax::UPGRADE, ax::HeaderValue::from_static("websocket"));
     res.headers_mut().insert(
-        ax::HeaderName::from_static(crate::observability::request_id::HEADER),
+        crate::observability::request_id::HEADER_NAME,
         ctx.rid.clone(),
     );
     // The request is complete once the socket is open: its duration is the handshake's, not
