@@ -127,10 +127,7 @@ pub fn request_headers(
             }
             continue;
         }
-        if let (Ok(hn), Ok(hv)) = (
-            HeaderName::from_bytes(n.as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
+        if let (Some(hn), Ok(hv)) = (hyper_name(n), HeaderValue::from_bytes(value.as_bytes())) {
             dst.append(hn, hv);
         }
     }
@@ -181,13 +178,59 @@ pub fn response_headers(src: &hh::HeaderMap, dst: &mut ax::HeaderMap) {
         {
             continue;
         }
-        if let (Ok(an), Ok(av)) = (
-            ax::HeaderName::from_bytes(n.as_bytes()),
+        if let (Some(an), Ok(av)) = (
+            actix_name(name),
             ax::HeaderValue::from_bytes(value.as_bytes()),
         ) {
             dst.append(an, av);
         }
     }
+}
+
+/// A response header's name for actix: the common ones by an enum comparison each, the rest
+/// parsed (`from_bytes` looks a name up in the standard table first, about 125 instructions).
+fn actix_name(n: &HeaderName) -> Option<ax::HeaderName> {
+    macro_rules! common {
+        ($($c:ident),*) => {
+            $(if *n == hh::$c {
+                return Some(ax::$c);
+            })*
+        };
+    }
+    common!(
+        CONTENT_TYPE,
+        DATE,
+        SERVER,
+        CACHE_CONTROL,
+        ETAG,
+        LAST_MODIFIED,
+        VARY,
+        EXPIRES,
+        SET_COOKIE,
+        LOCATION,
+        CONTENT_ENCODING,
+        ACCEPT_RANGES,
+        AGE
+    );
+    ax::HeaderName::from_bytes(n.as_str().as_bytes()).ok()
+}
+
+/// A request header's name for hyper: the common ones by their text, the rest parsed.
+fn hyper_name(n: &str) -> Option<HeaderName> {
+    Some(match n {
+        "user-agent" => hh::USER_AGENT,
+        "accept" => hh::ACCEPT,
+        "accept-encoding" => hh::ACCEPT_ENCODING,
+        "accept-language" => hh::ACCEPT_LANGUAGE,
+        "content-type" => hh::CONTENT_TYPE,
+        "authorization" => hh::AUTHORIZATION,
+        "cache-control" => hh::CACHE_CONTROL,
+        "if-none-match" => hh::IF_NONE_MATCH,
+        "if-modified-since" => hh::IF_MODIFIED_SINCE,
+        "origin" => hh::ORIGIN,
+        "referer" => hh::REFERER,
+        _ => return HeaderName::from_bytes(n.as_bytes()).ok(),
+    })
 }
 
 /// A client's trailers as they go upstream.
@@ -230,6 +273,45 @@ pub fn content_length(h: &hh::HeaderMap) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn name_shortcuts_agree_with_parsing() {
+        for n in [
+            "content-type",
+            "date",
+            "server",
+            "cache-control",
+            "etag",
+            "last-modified",
+            "vary",
+            "expires",
+            "set-cookie",
+            "location",
+            "content-encoding",
+            "accept-ranges",
+            "age",
+            "user-agent",
+            "accept",
+            "accept-encoding",
+            "accept-language",
+            "authorization",
+            "if-none-match",
+            "if-modified-since",
+            "origin",
+            "referer",
+            "x-cache",
+            "x-custom-1",
+            "content-length",
+            "www-authenticate",
+        ] {
+            let parsed = ax::HeaderName::from_bytes(n.as_bytes()).unwrap();
+            let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
+            assert_eq!(actix_name(&name), Some(parsed), "{n}");
+            assert_eq!(hyper_name(n), Some(name), "{n}");
+        }
+    }
+
     #[test]
     fn ip_formatting_matches_std() {
         for ip in [

@@ -600,22 +600,24 @@ impl RateLimiter {
     /// tightest limit, and the IETF draft's fields for all of them when switched on.
     pub fn apply_headers(&self, report: &Report, headers: &mut actix_web::http::header::HeaderMap) {
         use actix_web::http::header::{HeaderName, HeaderValue};
+        // Made at compile time: `from_static` at run time validates a name on every call.
+        const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+        const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+        const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+        const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+        const STATE: HeaderName = HeaderName::from_static("ratelimit");
         if self.headers {
             if let Some(t) = report.tightest() {
-                for (name, value) in [
-                    ("x-ratelimit-limit", u64::from(t.limit)),
-                    ("x-ratelimit-remaining", u64::from(t.remaining)),
-                    ("x-ratelimit-reset", t.reset_s),
-                ] {
-                    headers.insert(HeaderName::from_static(name), number(value));
-                }
+                headers.insert(LIMIT, number(u64::from(t.limit)));
+                headers.insert(REMAINING, number(u64::from(t.remaining)));
+                headers.insert(RESET, number(t.reset_s));
             }
         }
         if self.ietf_headers && report.n > 0 {
             let (policy, state) = self.ietf_fields(report);
-            for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+            for (name, value) in [(POLICY, policy), (STATE, state)] {
                 if let Ok(v) = HeaderValue::try_from(value) {
-                    headers.insert(HeaderName::from_static(name), v);
+                    headers.insert(name, v);
                 }
             }
         }
