@@ -312,3 +312,65 @@ fn a_method_a_path_does_not_serve_answers_405_with_allow() {
     let (status, _, _) = send(&c, "GET", gw.url("/_kairos/nothing"), None, None);
     assert_eq!(status, 404);
 }
+
+#[test]
+fn a_config_sent_back_as_get_gave_it_keeps_its_literal_secrets() {
+    let up = Upstream::start_ok();
+    // Literal secrets (no `${ENV}`): the admin token and a JWT secret.
+    let mut start = json(&config(
+        &up,
+        serde_json::json!([{"name": "first", "path": "/r", "upstream": "u", "auth": "jwt"}]),
+        serde_json::json!({}),
+    ));
+    start["admin"]["token"] = TOKEN.into();
+    start["jwt_validation"] = serde_json::json!({"algorithm": "HS256", "secret": SECRET});
+    let start = serde_json::to_string_pretty(&start).unwrap();
+    let gw = GatewayProcess::start_with_env(&start, &[]);
+    let c = client();
+    let put = gw.url("/_kairos/config");
+
+    let (status, headers, body) = send(&c, "GET", put.clone(), None, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(TOKEN) && !body.contains(SECRET), "{body}");
+    let etag = headers["etag"].to_str().unwrap().to_string();
+    let shown = serde_json::to_string_pretty(&json(&body)).unwrap();
+    assert_eq!(json(&shown)["jwt_validation"]["secret"], "<redacted>");
+
+    // A dry run and a PUT of the redacted text with one change: the secrets are kept.
+    let edited = shown.replace("\"first\"", "\"second\"");
+    let (status, _, answer) = send(
+        &c,
+        "POST",
+        gw.url("/_kairos/config/validate"),
+        Some(edited.clone()),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, answer) = send(&c, "PUT", put.clone(), Some(edited), Some(&etag));
+    assert_eq!(status, 200, "{answer}");
+    let written = json(&std::fs::read_to_string(gw.config_path()).unwrap());
+    assert_eq!(written["admin"]["token"], TOKEN);
+    assert_eq!(written["jwt_validation"]["secret"], SECRET);
+    assert_eq!(written["routes"][0]["name"], "second");
+    // The written token still opens the admin API.
+    let (status, _, routes) = send(&c, "GET", gw.url("/_kairos/routes"), None, None);
+    assert_eq!(status, 200);
+    assert_eq!(json(&routes)[0]["name"], "second");
+
+    // `<redacted>` where the running config has no secret: refused, nothing written.
+    let mut moved = json(&shown);
+    moved["tracing"] = serde_json::json!({"headers": {"x-api-key": "<redacted>"}});
+    let before = std::fs::read_to_string(gw.config_path()).unwrap();
+    let (status, _, answer) = send(&c, "PUT", put, Some(moved.to_string()), None);
+    assert_eq!(status, 400, "{answer}");
+    let answer = json(&answer);
+    assert_eq!(answer["error"]["code"], "config_invalid");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tracing.headers.x-api-key"),
+        "{answer}"
+    );
+    assert_eq!(std::fs::read_to_string(gw.config_path()).unwrap(), before);
+}

@@ -8,6 +8,7 @@ pub mod cache;
 mod cluster;
 pub mod render;
 mod tenants;
+mod unredact;
 
 use crate::base::clock::rfc3339;
 use crate::base::error::GatewayError;
@@ -395,6 +396,30 @@ async fn config_body(
     })
 }
 
+/// A whole config sent to the admin API: [`config_body`], with the secrets that still read
+/// `<redacted>` (as `GET /_kairos/config` gave them) put back from the config in effect
+/// ([`unredact`]); 400 `config_invalid` for one with nothing to put back.
+async fn full_config_body(
+    req: &HttpRequest,
+    state: &SharedState,
+    payload: web::Payload,
+) -> Result<String, HttpResponse> {
+    let text = config_body(req, state, payload).await?;
+    if !text.contains("<redacted>") {
+        return Ok(text);
+    }
+    let (running, _) = cluster::config_view(req, state).await?;
+    unredact::unredact(&text, &running).map_err(|message| {
+        api_error(
+            req,
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "config_invalid",
+            &message,
+            None,
+        )
+    })
+}
+
 /// `POST /_kairos/config/validate`: a dry run of the config in the body: its errors, or
 /// what applying it would change.
 async fn config_validate(
@@ -402,7 +427,7 @@ async fn config_validate(
     body: web::Payload,
     state: web::Data<SharedState>,
 ) -> HttpResponse {
-    let text = match config_body(&req, &state, body).await {
+    let text = match full_config_body(&req, &state, body).await {
         Ok(text) => text,
         Err(res) => return res,
     };
@@ -434,7 +459,7 @@ async fn config_put(
     body: web::Payload,
     state: web::Data<SharedState>,
 ) -> HttpResponse {
-    let text = match config_body(&req, &state, body).await {
+    let text = match full_config_body(&req, &state, body).await {
         Ok(text) => text,
         Err(res) => return res,
     };

@@ -17,6 +17,8 @@ pub struct PositionIndex {
     keys: HashMap<String, Pos>,
     /// Paths of object members that appear more than once, with the later position.
     pub duplicates: Vec<(String, Pos)>,
+    /// Every string value: its path and the byte range of its token, quotes included.
+    pub strings: Vec<(String, std::ops::Range<usize>)>,
 }
 
 impl PositionIndex {
@@ -133,7 +135,11 @@ impl<'a> Scanner<'a> {
             Some(b'{') => self.object(),
             Some(b'[') => self.array(),
             Some(b'"') => {
+                let from = self.i;
                 self.string();
+                if self.record {
+                    self.idx.strings.push((self.path.clone(), from..self.i));
+                }
             }
             Some(_) => {
                 while matches!(self.peek(), Some(c) if !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
