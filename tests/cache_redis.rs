@@ -99,6 +99,18 @@ async fn purge(gw: &GatewayProcess, body: &str) -> u64 {
     v["purged"].as_u64().expect("purged")
 }
 
+/// `GET /_kairos/cache`.
+async fn inspect(gw: &GatewayProcess) -> serde_json::Value {
+    let res = client()
+        .get(gw.url("/_kairos/cache"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("inspect");
+    assert_eq!(res.status(), 200);
+    res.json().await.expect("json")
+}
+
 async fn redis_errors(gw: &GatewayProcess) -> f64 {
     let text = client()
         .get(gw.url("/_kairos/metrics"))
@@ -195,6 +207,18 @@ async fn an_answer_stored_by_one_instance_is_a_hit_on_the_other_and_purged_for_b
         ("MISS", "/v #2 identity")
     );
     assert_eq!(hits(&up, "/v"), 2);
+    // The inspection shows what the shared tier holds (3 answers: /x and two variants of /v),
+    // on the instance that stored none of them too.
+    for gw in [&a, &b] {
+        let v = inspect(gw).await;
+        assert_eq!(v["backend"], "redis");
+        assert_eq!(
+            v["redis"],
+            serde_json::json!({"status": "ok", "entries": 3}),
+            "{v}"
+        );
+        assert_eq!(v["routes"][0]["redis_entries"], 3, "{v}");
+    }
 
     // A purge on one instance removes the answer for both.
     assert_eq!(purge(&a, r#"{"prefix":"/x"}"#).await, 1);
@@ -208,6 +232,7 @@ async fn an_answer_stored_by_one_instance_is_a_hit_on_the_other_and_purged_for_b
     assert_eq!(purge(&b, r#"{"route":"c"}"#).await, 3);
     assert_eq!(purge(&a, r#"{"all":true}"#).await, 0);
     assert!(redis_keys(redis.port, "kairos:cache:*").await.is_empty());
+    assert_eq!(inspect(&b).await["redis"]["entries"], 0);
     assert_eq!(redis_errors(&a).await, 0.0);
 }
 
@@ -250,6 +275,10 @@ async fn redis_killed_never_fails_a_request_and_is_picked_up_again() {
     assert_eq!(hits(&up, "/meanwhile"), 1);
     assert!(redis_errors(&shared).await > 0.0);
     assert!(redis_errors(&hybrid).await > 0.0);
+    // The inspection says the shared tier is unreachable, and still answers the memory tier.
+    let v = inspect(&hybrid).await;
+    assert_eq!(v["redis"]["status"], "unreachable", "{v}");
+    assert!(v["entries"].as_u64().unwrap_or(0) >= 2, "{v}");
 
     redis.restart();
     // Back: an answer stored by one instance is a HIT on the other again.

@@ -36,6 +36,18 @@ pub async fn inspect(req: HttpRequest, state: web::Data<SharedState>) -> HttpRes
     let Some(cache) = rt.cache.clone() else {
         return not_configured(&req);
     };
+    // The Redis tier's answers per route (one SCAN), asked from here; `None`: unreachable.
+    let names: Vec<&str> = rt
+        .config
+        .routes
+        .iter()
+        .filter(|r| r.cache.is_some())
+        .map(|r| r.name.as_str())
+        .collect();
+    let shared = match &cache.redis {
+        Some(tier) => Some(tier.census(&names).await),
+        None => None,
+    };
     let metrics = state.metrics.clone();
     // Off the worker: listing walks every entry.
     let body = web::block(move || {
@@ -61,14 +73,18 @@ pub async fn inspect(req: HttpRequest, state: web::Data<SharedState>) -> HttpRes
                         .iter()
                         .map(|x| count(&r.name, x))
                         .sum::<u64>();
-                serde_json::json!({
+                let mut route = serde_json::json!({
                     "route": r.name,
                     "entries": u.entries,
                     "bytes": u.bytes,
                     "hits": hits,
                     "lookups": lookups,
                     "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
-                })
+                });
+                if let Some(Some(counts)) = &shared {
+                    route["redis_entries"] = counts.get(&r.name).copied().unwrap_or(0).into();
+                }
+                route
             })
             .collect();
         let backend = match cache.config.backend {
@@ -76,13 +92,20 @@ pub async fn inspect(req: HttpRequest, state: web::Data<SharedState>) -> HttpRes
             crate::config::cache::CacheBackend::Redis(_) => "redis",
             crate::config::cache::CacheBackend::Hybrid { .. } => "hybrid",
         };
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "backend": backend,
             "max_size": cache.config.max_size,
             "bytes": bytes,
             "entries": entries,
             "routes": routes,
-        })
+        });
+        if let Some(counts) = &shared {
+            body["redis"] = match counts {
+                Some(c) => serde_json::json!({"status": "ok", "entries": c.values().sum::<u64>()}),
+                None => serde_json::json!({"status": "unreachable", "entries": null}),
+            };
+        }
+        body
     })
     .await;
     match body {

@@ -398,6 +398,48 @@ impl RedisTier {
             .await
     }
 
+    /// How many answers (variants) the Redis tier holds for each of `routes`, by one `SCAN`
+    /// of the tier's variant names on every master (`COUNT 1000`; nothing is read): `None`
+    /// when Redis does not answer. Answers of routes not listed (removed by a reload, not yet
+    /// expired) are not counted.
+    pub async fn census(&self, routes: &[&str]) -> Option<std::collections::HashMap<String, u64>> {
+        let by_hash: std::collections::HashMap<String, &str> =
+            routes.iter().map(|r| (h64(r), *r)).collect();
+        let mut counts: std::collections::HashMap<String, u64> =
+            routes.iter().map(|r| (r.to_string(), 0)).collect();
+        let head = format!("{}e:", self.prefix);
+        let pattern = format!("{}e:*", glob_escape(&self.prefix));
+        let nodes: Vec<NodeAddr> = self.call(|mut c| async move { c.masters().await }).await?;
+        for node in &nodes {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, keys): (u64, Vec<String>) = self
+                    .call(|mut c| async move { c.query_on(node, &scan).await })
+                    .await?;
+                for key in &keys {
+                    let route = key
+                        .strip_prefix(&head)
+                        .and_then(|rest| rest.split(':').next())
+                        .and_then(|h| by_hash.get(h));
+                    if let Some(n) = route.and_then(|r| counts.get_mut(*r)) {
+                        *n += 1;
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Some(counts)
+    }
+
     /// Removes the answers whose key (as the key template rendered it, on any route) is `key`.
     pub async fn purge_key(&self, key: &str) -> Option<u64> {
         let p = glob_escape(&self.prefix);
