@@ -24,7 +24,8 @@ pub async fn logs(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespon
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let bad = |message: &str| api_error(&req, StatusCode::BAD_REQUEST, "bad_request", message, None);
+    let bad =
+        |message: &str| api_error(&req, StatusCode::BAD_REQUEST, "bad_request", message, None);
     let Ok(q) = web::Query::<Query>::from_query(req.query_string()) else {
         return bad("the query string could not be read");
     };

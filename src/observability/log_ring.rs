@@ -343,7 +343,11 @@ mod tests {
         assert!(status_matches("404", 404));
         assert!(!status_matches("404", 405));
         assert!(valid_status_filter("2xx") && valid_status_filter("201"));
-        assert!(!valid_status_filter("2x") && !valid_status_filter("abc") && !valid_status_filter("x00"));
+        assert!(
+            !valid_status_filter("2x")
+                && !valid_status_filter("abc")
+                && !valid_status_filter("x00")
+        );
     }
 
     #[test]
