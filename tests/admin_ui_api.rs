@@ -344,6 +344,7 @@ struct Events {
 
 impl Events {
     fn open(gw: &GatewayProcess) -> Events {
+        install_crypto_provider();
         let c = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
@@ -707,4 +708,58 @@ fn config_history_records_startup_applied_refused_and_signalled_reloads_bounded(
     let h = history();
     assert_eq!(h.len(), 50);
     assert!(h.iter().all(|r| r["trigger"] == "admin"), "{h:?}");
+}
+
+#[test]
+fn events_stream_upstream_state_changes_and_applied_reloads() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let failing = Arc::new(AtomicBool::new(false));
+    let f = failing.clone();
+    let up = Upstream::start(
+        move |r| match r.target == "/health" && f.load(Ordering::Relaxed) {
+            true => Reply::ok("sick").status(503),
+            false => Reply::ok("fine"),
+        },
+    );
+    let routes = json!([{"name": "ok", "path": "/ok", "upstream": "u"}]);
+    let mut cfg: Value = serde_json::from_str(&config(&up, routes, json!({}))).unwrap();
+    cfg["upstreams"]["u"]["health_check"] = json!({
+        "path": "/health", "interval": "100ms", "timeout": "100ms",
+        "healthy_threshold": 1, "unhealthy_threshold": 1
+    });
+    let gw = start(&cfg.to_string());
+    let mut events = Events::open(&gw);
+    failing.store(true, Ordering::Relaxed);
+    let down = events.until(500, |name, _| name == "upstream");
+    assert_eq!(down["event"], "down", "{down}");
+    assert_eq!(down["upstream"], "u");
+    assert_eq!(down["server"], up.url());
+    assert!(down["detail"].as_str().unwrap().contains("503"), "{down}");
+    assert!(down["ts"].as_u64().is_some());
+    failing.store(false, Ordering::Relaxed);
+    let back = events.until(500, |name, _| name == "upstream");
+    assert_eq!(back["event"], "up", "{back}");
+    assert_eq!(back["server"], up.url());
+
+    // A reload applied: a config event with the new hash.
+    let c = http();
+    let (_, etag, _) = send(&c, "GET", gw.url("/_kairos/config"), None, None);
+    let mut changed: Value =
+        serde_json::from_str(&std::fs::read_to_string(gw.config_path()).unwrap()).unwrap();
+    changed["routes"][0]["path"] = "/ok-now".into();
+    let res = c
+        .put(gw.url("/_kairos/config"))
+        .bearer_auth(TOKEN)
+        .header("if-match", &etag)
+        .body(changed.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, new_etag, _) = send(&c, "GET", gw.url("/_kairos/config"), None, None);
+    let applied = events.until(500, |name, _| name == "config");
+    assert_eq!(
+        format!("\"{}\"", applied["config_hash"].as_str().unwrap()),
+        new_etag
+    );
 }
