@@ -468,4 +468,31 @@ mod tests {
         assert_eq!(b.admit(30_002), Some(Admission::Probe));
         assert_eq!(b.state(), CircuitState::HalfOpen);
     }
+
+    #[test]
+    fn a_named_breaker_reports_its_transitions_as_events() {
+        let mut rx = crate::observability::events::subscribe();
+        let b = CircuitBreaker::new(cfg()).named("breaker-events-test", "http://s1");
+        for t in 0..3 {
+            let a = b.admit(t).expect("closed");
+            b.record(t, a, false);
+        }
+        for t in 30_002..30_004 {
+            let a = b.admit(t).expect("a probe");
+            b.record(t, a, true);
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        let mut seen = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            let v: serde_json::Value = serde_json::from_str(&e.data).expect("json");
+            if e.name == "upstream" && v["upstream"] == "breaker-events-test" {
+                assert_eq!(v["server"], "http://s1");
+                seen.push(v["event"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        assert_eq!(
+            seen,
+            ["breaker_open", "breaker_half_open", "breaker_closed"]
+        );
+    }
 }
