@@ -126,7 +126,12 @@ fn ui_files_are_served_with_types_caching_encodings_and_security_headers() {
             "css" => "text/css; charset=utf-8",
             "svg" => "image/svg+xml",
             "woff2" => "font/woff2",
+            "woff" => "font/woff",
             "png" => "image/png",
+            "ico" => "image/x-icon",
+            "webp" => "image/webp",
+            "json" | "map" => "application/json",
+            "txt" => "text/plain; charset=utf-8",
             other => panic!("an asset type the test does not know: {other}"),
         };
         let res = get(&c, url.clone(), &[]);
