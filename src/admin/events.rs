@@ -22,7 +22,7 @@ use tokio::sync::broadcast::error::RecvError;
 pub const LOG_BATCH_MS: u64 = 250;
 /// Lines per `log` event at most (800 a second): under heavier traffic a batch carries the
 /// newest ones (the log viewer shows a tail; `/_kairos/logs` has the ring). Each line sent
-/// costs the gateway about 8k instructions per stream (callgrind), so this bounds a stream's
+/// costs the gateway about 6k instructions per stream (callgrind), so this bounds a stream's
 /// cost at any request rate.
 pub const LOG_BATCH_LINES: usize = 200;
 /// Seconds between keep-alive comments.
