@@ -768,3 +768,40 @@ fn events_stream_upstream_state_changes_and_applied_reloads() {
         new_etag
     );
 }
+
+#[test]
+fn events_stream_an_ejection_and_the_return_when_it_ends() {
+    let bad = Upstream::start(|_| Reply::ok("broken").status(503));
+    let good = Upstream::start_ok();
+    let routes = json!([{"name": "x", "path": "/x", "upstream": "u"}]);
+    let mut cfg: Value = serde_json::from_str(&config(&good, routes, json!({}))).unwrap();
+    cfg["upstreams"]["u"] = json!({
+        "servers": [{"url": bad.url()}, {"url": good.url()}],
+        "outlier_detection": {"consecutive_5xx": 2, "base_ejection_time": "300ms",
+                              "max_ejection_percent": 50},
+        "retries": {"attempts": 0}
+    });
+    let gw = start(&cfg.to_string());
+    let mut events = Events::open(&gw);
+    let url = gw.url("/x");
+    let load = std::thread::spawn(move || {
+        let c = reqwest::blocking::Client::new();
+        for _ in 0..20 {
+            let _ = c.get(&url).send().unwrap();
+        }
+    });
+    let ejected = events.until(500, |name, data| {
+        name == "upstream" && data["event"] == "ejected"
+    });
+    assert_eq!(ejected["upstream"], "u");
+    assert_eq!(ejected["server"], bad.url());
+    assert!(
+        ejected["detail"].as_str().unwrap().contains("300 ms"),
+        "{ejected}"
+    );
+    let returned = events.until(500, |name, data| {
+        name == "upstream" && data["event"] == "returned" && data["server"] == bad.url()
+    });
+    assert_eq!(returned["upstream"], "u");
+    load.join().unwrap();
+}
