@@ -66,7 +66,10 @@ function Login({ notice, onLogin }: { notice: string | null; onLogin: (token: st
   const [error, setError] = useState<string | null>(notice);
   const [busy, setBusy] = useState(false);
   const input = useRef<HTMLInputElement>(null);
-  useEffect(() => input.current?.focus(), []);
+  // The first view is usable from here: the browser test reads this mark (first view interactive).
+  useEffect(() => {
+    performance.mark('kairos:login-ready');
+  }, []);
   const submit = async (e: FormEvent) => {
     e.preventDefault();
     const token = value.trim();
