@@ -6,8 +6,10 @@
 
 pub mod cache;
 mod cluster;
+mod logs;
 pub mod render;
 mod tenants;
+mod ui;
 
 use crate::base::clock::rfc3339;
 use crate::base::error::GatewayError;
@@ -24,6 +26,7 @@ pub fn scope() -> actix_web::Scope {
         .route("/upstreams", web::get().to(upstreams))
         .route("/config/reload", web::post().to(config_reload))
         .route("/config/validate", web::post().to(config_validate))
+        .route("/config/schema", web::get().to(config_schema))
         .route("/config", web::get().to(config_get))
         .route("/config", web::put().to(config_put))
         .route("/routes", web::get().to(routes))
@@ -36,6 +39,9 @@ pub fn scope() -> actix_web::Scope {
         .route("/tenants/{id}", web::put().to(tenants::put))
         .route("/tenants/{id}", web::delete().to(tenants::delete))
         .route("/tenants/{id}/usage", web::get().to(tenants::usage))
+        .route("/logs", web::get().to(logs::logs))
+        .route("/admin", web::get().to(ui::redirect))
+        .route("/admin/{file:.*}", web::get().to(ui::file))
         .default_service(web::to(guarded_fallback))
 }
 
@@ -713,6 +719,18 @@ fn redact_keys(v: &mut serde_json::Value) {
     }
 }
 
+/// `GET /_kairos/config/schema`: the JSON Schema of the config file (what
+/// `kairos-rs config schema` prints), for editors that validate as one types.
+async fn config_schema(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
+    if let Some(res) = refuse(&req, &state) {
+        return res;
+    }
+    static SCHEMA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HttpResponse::Ok()
+        .content_type("application/schema+json")
+        .body(SCHEMA.get_or_init(crate::config::json_schema).clone())
+}
+
 /// `GET /_kairos/routes`: the routes in effect.
 async fn routes(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
     if let Some(res) = refuse(&req, &state) {
@@ -769,7 +787,9 @@ async fn openapi(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespons
 
 /// The methods each `/_kairos` path serves (as [`scope`] routes them), for the `Allow` of a
 /// 405.
-const ALLOWED_METHODS: [(&str, &str); 11] = [
+const ALLOWED_METHODS: [(&str, &str); 13] = [
+    ("/_kairos/logs", "GET"),
+    ("/_kairos/config/schema", "GET"),
     ("/_kairos/tenants", "GET"),
     ("/_kairos/health", "GET"),
     ("/_kairos/ready", "GET"),

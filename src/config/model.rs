@@ -217,6 +217,8 @@ pub struct AdminConfig {
     pub watch_config: bool,
     /// Variables an admin API body may reference besides the start file's own.
     pub allowed_env: Vec<String>,
+    /// Whether `/_kairos/admin/` serves the web UI (`admin.ui`, default true).
+    pub ui: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -377,6 +377,9 @@ pub struct RawAdmin {
     /// `POST /_kairos/config/validate`) may reference as `${NAME}`, besides those the file the
     /// gateway started from references. Read from the file the gateway started from.
     pub allowed_env: Option<Vec<String>>,
+    /// Serve the web UI at /_kairos/admin/ (default true). Its static files load without the
+    /// token (they hold no data); every API call they make needs it.
+    pub ui: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

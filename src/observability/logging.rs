@@ -6,7 +6,8 @@
 //! `logging.file`. When [`LOG_QUEUE_LINES`] lines are waiting (a slow or stalled reader of
 //! stderr, a full disk), new lines are dropped and counted in `kairos_log_dropped_total`.
 //! The file is reopened at its configured path on SIGUSR1 ([`reopen`]), after logrotate has
-//! moved it away.
+//! moved it away. Access-log lines, and warnings about a request, are also kept in the
+//! in-memory ring the admin UI reads ([`super::log_ring`]).
 
 use crate::config::model::{LogFormat, LoggingConfig};
 use std::io::Write;
@@ -72,6 +73,7 @@ pub fn init(cfg: &LoggingConfig) -> Result<LogGuard, LoggingError> {
     let installed = tracing_subscriber::registry()
         .with(fmt)
         .with(crate::observability::trace::ops::layer())
+        .with(crate::observability::log_ring::layer())
         .try_init();
     if installed.is_err() {
         return Ok(LogGuard(None));

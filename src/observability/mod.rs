@@ -1,7 +1,11 @@
 //! What the gateway tells its operator: logs, metrics and traces and the request id
 //! that ties them together.
 
+pub mod log_ring;
 pub mod logging;
 pub mod metrics;
 pub mod request_id;
 pub mod trace;
+
+/// The target of access-log lines.
+pub const ACCESS_TARGET: &str = "kairos::access";

@@ -14,6 +14,7 @@ pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
         return grpc_access(ctx, res, call);
     }
     let ids = ctx.log_ids.as_ref();
+    let client = super::client_ip(ctx.req, &ctx.rt.config.server);
     tracing::info!(
         target: "kairos::access",
         method = ctx.req.method().as_str(),
@@ -26,6 +27,7 @@ pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
             .as_ref()
             .and_then(|(set, i)| set.entries.get(*i))
             .map_or("-", |s| s.url.as_str()),
+        client = client.as_ref().map(tracing::field::display),
         identity = ctx.identity.as_deref().unwrap_or("-"),
         tenant = ctx.tenant_id().unwrap_or("-"),
         request_id = ctx.rid_str(),
@@ -53,6 +55,7 @@ fn grpc_access(ctx: &Ctx<'_>, res: &HttpResponse, call: &super::grpc::Call) {
         .and_then(|(set, i)| set.entries.get(*i))
         .map_or("-", |s| s.url.as_str())
         .to_string();
+    let client = super::client_ip(ctx.req, &ctx.rt.config.server).map(|ip| ip.to_string());
     let identity = ctx.identity.clone().unwrap_or_else(|| "-".into());
     let tenant = ctx.tenant_id().unwrap_or("-").to_string();
     let request_id = ctx.rid_str().to_string();
@@ -68,6 +71,7 @@ fn grpc_access(ctx: &Ctx<'_>, res: &HttpResponse, call: &super::grpc::Call) {
             grpc_status,
             latency_ms = start.elapsed().as_secs_f64() * 1000.0,
             upstream,
+            client,
             identity,
             tenant,
             request_id,

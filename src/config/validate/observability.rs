@@ -34,6 +34,7 @@ pub(super) fn admin_config(v: &mut V, admin: Option<&RawAdmin>) -> AdminConfig {
     match admin {
         None => AdminConfig {
             watch_config: true,
+            ui: true,
             ..AdminConfig::default()
         },
         Some(a) => {
@@ -47,6 +48,7 @@ pub(super) fn admin_config(v: &mut V, admin: Option<&RawAdmin>) -> AdminConfig {
                 public_metrics: a.public_metrics.unwrap_or(false),
                 watch_config: a.watch_config.unwrap_or(true),
                 allowed_env: a.allowed_env.clone().unwrap_or_default(),
+                ui: a.ui.unwrap_or(true),
             }
         }
     }

@@ -1,0 +1,386 @@
+//! The recent log lines the admin UI shows (`GET /_kairos/logs`, the `log` events of
+//! `GET /_kairos/events`): a `tracing_subscriber` layer copies each access-log line (target
+//! `kairos::access`, written only when `logging.access_log` is on) and each warn or error event
+//! that carries a `request_id` into one bounded ring of [`RING_LINES`] lines per process.
+//!
+//! A line holds the fields the access log has, never a header value or a query string (the
+//! access log's `path` has none), and its path is cut at [`MAX_PATH_BYTES`], so the ring's
+//! memory is bounded (about 5,000 x 1 KB at most). Writing a line costs a few small
+//! allocations and one short lock; readers copy what they need under that lock, and stream
+//! readers poll it from a sequence number of their own, so nothing is sent per request.
+
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Mutex, OnceLock};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::Layer;
+
+/// Lines the ring keeps; the oldest goes when a new one comes.
+pub const RING_LINES: usize = 5000;
+/// A longer path is cut (at a character boundary) and ends with `…`.
+pub const MAX_PATH_BYTES: usize = 512;
+/// A longer message is cut likewise.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// One line: an access-log line (`kind` "access") or a warning or error about a request
+/// ("event"). Fields the line did not carry are absent.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    /// Position in the ring's history (increasing, never reused).
+    #[serde(skip)]
+    pub seq: u64,
+    #[serde(serialize_with = "ts")]
+    pub ts: u64,
+    pub level: &'static str,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<Box<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<Box<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<Box<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Box<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<Box<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Box<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<Box<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<Box<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<Box<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u16>,
+}
+
+fn ts<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*ms);
+    s.serialize_str(&crate::base::clock::rfc3339(t))
+}
+
+/// What a reader asks for: every given filter must match.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub route: Option<String>,
+    /// A status (`404`) or a class (`5xx`).
+    pub status: Option<String>,
+    pub client: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, l: &LogLine) -> bool {
+        let eq = |want: &Option<String>, got: &Option<Box<str>>| match want {
+            None => true,
+            Some(w) => got.as_deref() == Some(w.as_str()),
+        };
+        let status = match self.status.as_deref() {
+            None => true,
+            Some(s) => l.status.is_some_and(|got| status_matches(s, got)),
+        };
+        status
+            && eq(&self.route, &l.route)
+            && eq(&self.client, &l.client)
+            && eq(&self.request_id, &l.request_id)
+    }
+}
+
+/// `404` matches 404; `4xx` (or `4XX`) matches 400 to 499.
+fn status_matches(want: &str, got: u16) -> bool {
+    let b = want.as_bytes();
+    if b.len() == 3 && b[1].eq_ignore_ascii_case(&b'x') && b[2].eq_ignore_ascii_case(&b'x') {
+        return (b[0] as char).to_digit(10) == Some(u32::from(got / 100));
+    }
+    want.parse::<u16>() == Ok(got)
+}
+
+/// Whether `status` is a filter [`Filter::status`] understands.
+pub fn valid_status_filter(status: &str) -> bool {
+    let b = status.as_bytes();
+    b.len() == 3
+        && b[0].is_ascii_digit()
+        && ((b[1].is_ascii_digit() && b[2].is_ascii_digit())
+            || (b[1].eq_ignore_ascii_case(&b'x') && b[2].eq_ignore_ascii_case(&b'x')))
+}
+
+struct Lines {
+    lines: VecDeque<LogLine>,
+    next_seq: u64,
+}
+
+/// The ring: the last [`RING_LINES`] lines.
+pub struct LogRing {
+    inner: Mutex<Lines>,
+}
+
+impl LogRing {
+    fn new() -> Self {
+        LogRing {
+            inner: Mutex::new(Lines {
+                lines: VecDeque::with_capacity(RING_LINES),
+                next_seq: 1,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lines> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, mut line: LogLine) {
+        let mut l = self.lock();
+        line.seq = l.next_seq;
+        l.next_seq += 1;
+        if l.lines.len() == RING_LINES {
+            l.lines.pop_front();
+        }
+        l.lines.push_back(line);
+    }
+
+    /// The newest `limit` lines that match, oldest first.
+    pub fn query(&self, filter: &Filter, limit: usize) -> Vec<LogLine> {
+        let l = self.lock();
+        let mut out: Vec<LogLine> = l
+            .lines
+            .iter()
+            .rev()
+            .filter(|line| filter.matches(line))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// The lines after sequence number `after` (at most `limit`, the oldest of them first),
+    /// and the sequence number to ask from next time.
+    pub fn since(&self, after: u64, limit: usize) -> (Vec<LogLine>, u64) {
+        let l = self.lock();
+        let newer = l.lines.iter().filter(|line| line.seq > after);
+        let out: Vec<LogLine> = newer.take(limit).cloned().collect();
+        let next = out.last().map_or(l.next_seq - 1, |line| line.seq);
+        (out, next.max(after))
+    }
+
+    /// The sequence number of the newest line so far (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+}
+
+/// The process's ring (logging is process-wide, and so is the ring).
+pub fn ring() -> &'static LogRing {
+    static RING: OnceLock<LogRing> = OnceLock::new();
+    RING.get_or_init(LogRing::new)
+}
+
+/// The layer that fills [`ring`]: access-log lines, and warnings and errors (every target).
+/// Its filter is static per callsite, so other events cost it nothing.
+pub fn layer<S>() -> impl Layer<S>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    RingLayer.with_filter(
+        Targets::new()
+            .with_target(crate::observability::ACCESS_TARGET, Level::INFO)
+            .with_default(Level::WARN),
+    )
+}
+
+struct RingLayer;
+
+impl<S: Subscriber> Layer<S> for RingLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let access = meta.target() == crate::observability::ACCESS_TARGET;
+        let mut v = LineVisitor::default();
+        event.record(&mut v);
+        let mut line = v.line;
+        if !access && line.request_id.is_none() {
+            return;
+        }
+        line.ts = crate::base::clock::wall_ms();
+        line.kind = if access { "access" } else { "event" };
+        line.level = match *meta.level() {
+            Level::ERROR => "error",
+            Level::WARN => "warn",
+            Level::INFO => "info",
+            Level::DEBUG => "debug",
+            Level::TRACE => "trace",
+        };
+        ring().push(line);
+    }
+}
+
+#[derive(Default)]
+struct LineVisitor {
+    line: LogLine,
+}
+
+impl Default for LogLine {
+    fn default() -> Self {
+        LogLine {
+            seq: 0,
+            ts: 0,
+            level: "info",
+            kind: "event",
+            method: None,
+            path: None,
+            route: None,
+            status: None,
+            latency_ms: None,
+            upstream: None,
+            client: None,
+            identity: None,
+            tenant: None,
+            request_id: None,
+            message: None,
+            grpc_status: None,
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn cut(s: &str, max: usize) -> Box<str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
+}
+
+impl Visit for LineVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        // The access log writes "-" for what it does not know.
+        if value == "-" {
+            return;
+        }
+        let l = &mut self.line;
+        let slot = match field.name() {
+            "method" => &mut l.method,
+            "path" => {
+                l.path = Some(cut(value, MAX_PATH_BYTES));
+                return;
+            }
+            "route" => &mut l.route,
+            "upstream" => &mut l.upstream,
+            "client" => &mut l.client,
+            "identity" => &mut l.identity,
+            "tenant" => &mut l.tenant,
+            "request_id" => &mut l.request_id,
+            "message" => {
+                l.message = Some(cut(value, MAX_MESSAGE_BYTES));
+                return;
+            }
+            _ => return,
+        };
+        *slot = Some(cut(value, MAX_PATH_BYTES));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            "status" => self.line.status = u16::try_from(value).ok(),
+            "grpc_status" => self.line.grpc_status = u16::try_from(value).ok(),
+            _ => {}
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if let Ok(v) = u64::try_from(value) {
+            self.record_u64(field, v);
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if field.name() == "latency_ms" {
+            self.line.latency_ms = Some((value * 1000.0).round() / 1000.0);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.line.message = Some(cut(&format!("{value:?}"), MAX_MESSAGE_BYTES)),
+            // Fields given with `%` (Display) arrive here; a string's Debug would quote it.
+            "client" | "request_id" | "route" | "upstream" => {
+                let text = format!("{value:?}");
+                self.record_str(field, text.trim_matches('"'));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(status: u16, route: &str, rid: &str) -> LogLine {
+        LogLine {
+            status: Some(status),
+            route: Some(route.into()),
+            request_id: Some(rid.into()),
+            ..LogLine::default()
+        }
+    }
+
+    #[test]
+    fn status_filters_take_codes_and_classes() {
+        assert!(status_matches("5xx", 503));
+        assert!(status_matches("5XX", 500));
+        assert!(!status_matches("5xx", 404));
+        assert!(status_matches("404", 404));
+        assert!(!status_matches("404", 405));
+        assert!(valid_status_filter("2xx") && valid_status_filter("201"));
+        assert!(
+            !valid_status_filter("2x")
+                && !valid_status_filter("abc")
+                && !valid_status_filter("x00")
+        );
+    }
+
+    #[test]
+    fn the_ring_is_bounded_and_readers_follow_it_by_sequence() {
+        let ring = LogRing::new();
+        for i in 0..RING_LINES + 10 {
+            ring.push(line(200, "r", &format!("id-{i}")));
+        }
+        let all = ring.query(&Filter::default(), usize::MAX);
+        assert_eq!(all.len(), RING_LINES);
+        assert_eq!(all[0].request_id.as_deref(), Some("id-10"));
+        let last = ring.last_seq();
+        ring.push(line(502, "other", "new"));
+        let (lines, next) = ring.since(last, 100);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(next, last + 1);
+        let f = Filter {
+            status: Some("5xx".into()),
+            ..Filter::default()
+        };
+        let hits = ring.query(&f, 10);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].route.as_deref(), Some("other"));
+        // Newest last, limited from the newest end.
+        let two = ring.query(&Filter::default(), 2);
+        assert_eq!(two[1].request_id.as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn long_paths_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(400);
+        let c = cut(&long, MAX_PATH_BYTES);
+        assert!(c.len() <= MAX_PATH_BYTES + '…'.len_utf8());
+        assert!(c.ends_with('…'));
+    }
+}

@@ -1,0 +1,338 @@
+//! The gateway side of the admin web UI (issue 23), against the real binary and a real
+//! upstream: the embedded UI files (types, caching, precompressed siblings, security headers,
+//! `admin.ui: false`), the token on every API the UI uses and not on its files, the log ring
+//! (`/_kairos/logs`), the live stream (`/_kairos/events`), the stats history, the keys API and
+//! the reload history.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+
+const TOKEN: &str = "admin-ui-api-test-token-0123456789";
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const DIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ui/dist");
+
+/// A config with upstream `u` and the given routes, the admin token from `${UI_API_TOKEN}`,
+/// and the given top-level keys merged in (objects merged one level deep).
+fn config(up: &Upstream, routes: Value, extra: Value) -> String {
+    let mut c = json!({
+        "version": 1,
+        "server": {"host": "127.0.0.1", "port": 0, "workers": 1},
+        "admin": {"token": "${UI_API_TOKEN}", "watch_config": false},
+        "upstreams": {"u": {"servers": [{"url": up.url()}]}},
+        "routes": routes,
+        "logging": {"format": "json", "level": "info", "access_log": true}
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        match (c.get_mut(k), v) {
+            (Some(Value::Object(have)), Value::Object(add)) => {
+                for (k2, v2) in add {
+                    have.insert(k2.clone(), v2.clone());
+                }
+            }
+            _ => c[k] = v.clone(),
+        }
+    }
+    c.to_string()
+}
+
+fn start(config: &str) -> GatewayProcess {
+    GatewayProcess::start_with_env(config, &[("UI_API_TOKEN", TOKEN)])
+}
+
+fn http() -> reqwest::blocking::Client {
+    install_crypto_provider();
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+fn get(
+    c: &reqwest::blocking::Client,
+    url: String,
+    headers: &[(&str, &str)],
+) -> reqwest::blocking::Response {
+    let mut req = c.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().unwrap()
+}
+
+fn header<'a>(res: &'a reqwest::blocking::Response, name: &str) -> &'a str {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn assert_secured(res: &reqwest::blocking::Response, what: &str) {
+    assert_eq!(header(res, "content-security-policy"), CSP, "{what}");
+    assert_eq!(header(res, "x-content-type-options"), "nosniff", "{what}");
+    assert_eq!(header(res, "x-frame-options"), "DENY", "{what}");
+    assert_eq!(header(res, "referrer-policy"), "no-referrer", "{what}");
+}
+
+/// The files of ui/dist/assets that are not precompressed siblings.
+fn built_assets() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("{DIST}/assets"))
+        .expect("ui/dist/assets: merge the frontend branch (uif) for its built assets")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".br") && !n.ends_with(".gz"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn ui_files_are_served_with_types_caching_encodings_and_security_headers() {
+    let up = Upstream::start_ok();
+    let gw = start(&config(&up, json!([]), json!({})));
+    let c = http();
+
+    // No token needed for any of it.
+    let res = get(&c, gw.url("/_kairos/admin"), &[]);
+    assert_eq!(res.status(), 308);
+    assert_eq!(header(&res, "location"), "/_kairos/admin/");
+    assert_secured(&res, "redirect");
+
+    let index = std::fs::read(format!("{DIST}/index.html")).unwrap();
+    let res = get(&c, gw.url("/_kairos/admin/"), &[]);
+    assert_eq!(res.status(), 200);
+    assert_secured(&res, "index.html");
+    assert_eq!(header(&res, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&res, "cache-control"), "no-cache");
+    assert_eq!(header(&res, "content-encoding"), "");
+    let etag = header(&res, "etag").to_string();
+    assert!(etag.starts_with('"'), "etag {etag}");
+    assert_eq!(res.bytes().unwrap().as_ref(), index.as_slice());
+    // Revalidation of the no-cache page.
+    let res = get(&c, gw.url("/_kairos/admin/"), &[("if-none-match", &etag)]);
+    assert_eq!(res.status(), 304);
+    assert_secured(&res, "304");
+
+    let assets = built_assets();
+    assert!(assets.iter().any(|a| a.ends_with(".js")), "{assets:?}");
+    for name in &assets {
+        let path = format!("{DIST}/assets/{name}");
+        let plain = std::fs::read(&path).unwrap();
+        let url = gw.url(&format!("/_kairos/admin/assets/{name}"));
+        let want_type = match name.rsplit('.').next().unwrap() {
+            "js" => "text/javascript; charset=utf-8",
+            "css" => "text/css; charset=utf-8",
+            "svg" => "image/svg+xml",
+            "woff2" => "font/woff2",
+            "png" => "image/png",
+            other => panic!("an asset type the test does not know: {other}"),
+        };
+        let res = get(&c, url.clone(), &[]);
+        assert_eq!(res.status(), 200, "{name}");
+        assert_secured(&res, name);
+        assert_eq!(header(&res, "content-type"), want_type, "{name}");
+        assert_eq!(
+            header(&res, "cache-control"),
+            "public, max-age=31536000, immutable",
+            "{name}"
+        );
+        assert_eq!(header(&res, "content-encoding"), "", "{name}");
+        assert_eq!(res.bytes().unwrap().as_ref(), plain.as_slice(), "{name}");
+        for (accept, coding, ext) in [
+            ("gzip, deflate, br", "br", "br"),
+            ("gzip", "gzip", "gz"),
+            ("br;q=0, gzip;q=0.8", "gzip", "gz"),
+        ] {
+            let Ok(compressed) = std::fs::read(format!("{path}.{ext}")) else {
+                continue;
+            };
+            let res = get(&c, url.clone(), &[("accept-encoding", accept)]);
+            assert_eq!(res.status(), 200, "{name} {accept}");
+            assert_eq!(header(&res, "content-encoding"), coding, "{name} {accept}");
+            assert_eq!(header(&res, "vary"), "Accept-Encoding", "{name}");
+            assert_eq!(header(&res, "content-type"), want_type, "{name}");
+            assert_eq!(
+                res.bytes().unwrap().as_ref(),
+                compressed.as_slice(),
+                "{name} {accept}"
+            );
+        }
+    }
+    let res = get(&c, gw.url("/_kairos/admin/assets/nothing-here.js"), &[]);
+    assert_eq!(res.status(), 404);
+    let res = get(&c, gw.url("/_kairos/admin/../config"), &[]);
+    assert_ne!(res.status(), 200);
+}
+
+#[test]
+fn admin_ui_false_answers_404_for_every_ui_path() {
+    let up = Upstream::start_ok();
+    let gw = start(&config(&up, json!([]), json!({"admin": {"ui": false}})));
+    let c = http();
+    let first = built_assets().into_iter().next().unwrap();
+    for path in [
+        "/_kairos/admin".to_string(),
+        "/_kairos/admin/".to_string(),
+        "/_kairos/admin/index.html".to_string(),
+        format!("/_kairos/admin/assets/{first}"),
+    ] {
+        let res = get(&c, gw.url(&path), &[]);
+        assert_eq!(res.status(), 404, "{path}");
+        assert!(res.headers().get("content-security-policy").is_none());
+    }
+    // The API stays.
+    let res = c
+        .get(gw.url("/_kairos/config/schema"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[test]
+fn every_api_the_ui_uses_needs_the_token() {
+    let up = Upstream::start_ok();
+    let gw = start(&config(&up, json!([]), json!({})));
+    let c = http();
+    for (method, path) in [("GET", "/_kairos/config/schema"), ("GET", "/_kairos/logs")] {
+        let req = |token: Option<&str>| {
+            let mut r = c.request(method.parse().unwrap(), gw.url(path));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send().unwrap()
+        };
+        let res = req(None);
+        assert_eq!(res.status(), 401, "{method} {path} without a token");
+        let body: Value = res.json().unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized", "{method} {path}");
+        assert_eq!(
+            req(Some("wrong-token-0123456789")).status(),
+            401,
+            "{method} {path}"
+        );
+        assert!(
+            req(Some(TOKEN)).status().is_success(),
+            "{method} {path} with the token"
+        );
+    }
+}
+
+#[test]
+fn the_schema_endpoint_serves_what_config_schema_prints() {
+    let up = Upstream::start_ok();
+    let gw = start(&config(&up, json!([]), json!({})));
+    let res = http()
+        .get(gw.url("/_kairos/config/schema"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "content-type"), "application/schema+json");
+    let got: Value = res.json().unwrap();
+    let want: Value = serde_json::from_str(&kairos_rs::config::json_schema()).unwrap();
+    assert_eq!(got, want);
+    // The new key is in it.
+    let text = kairos_rs::config::json_schema();
+    assert!(text.contains("\"ui\""), "admin.ui missing from the schema");
+}
+
+fn logs(c: &reqwest::blocking::Client, gw: &GatewayProcess, query: &str) -> Vec<Value> {
+    let res = c
+        .get(gw.url(&format!("/_kairos/logs{query}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200, "logs{query}");
+    let body: Value = res.json().unwrap();
+    body["lines"].as_array().unwrap().clone()
+}
+
+#[test]
+fn logs_return_the_requests_made_here_and_filter_them() {
+    let up = Upstream::start(|r| match r.target.starts_with("/fail") {
+        true => Reply::ok("down").status(503),
+        false => Reply::ok("fine"),
+    });
+    let routes = json!([
+        {"name": "ok", "path": "/ok", "upstream": "u"},
+        {"name": "fail", "path": "/fail", "upstream": "u"}
+    ]);
+    let gw = start(&config(&up, routes, json!({})));
+    let c = http();
+    for (path, rid) in [
+        ("/ok?api_key=query-secret-value", "rid-ok-1"),
+        ("/fail", "rid-fail-1"),
+        ("/ok", "rid-ok-2"),
+        ("/nowhere", "rid-404-1"),
+    ] {
+        let res = c
+            .get(gw.url(path))
+            .header("x-request-id", rid)
+            .send()
+            .unwrap();
+        assert!(res.status().as_u16() >= 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || logs(
+            &c,
+            &gw,
+            "?request_id=rid-404-1"
+        )
+        .len()
+            == 1),
+        "the requests' lines never reached the ring"
+    );
+
+    let line = &logs(&c, &gw, "?request_id=rid-ok-1")[0];
+    assert_eq!(line["kind"], "access");
+    assert_eq!(line["level"], "info");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/ok");
+    assert_eq!(line["route"], "ok");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["upstream"], up.url());
+    assert_eq!(line["client"], "127.0.0.1");
+    assert!(line["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert!(line["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        line.get("identity").is_none(),
+        "unknown fields are absent: {line}"
+    );
+
+    let all = logs(&c, &gw, "");
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(
+        !text.contains("query-secret-value"),
+        "a query string in the ring: {text}"
+    );
+    // Newest last.
+    let pos = |rid: &str| all.iter().position(|l| l["request_id"] == rid).unwrap();
+    assert!(pos("rid-ok-1") < pos("rid-fail-1") && pos("rid-fail-1") < pos("rid-ok-2"));
+
+    let fails = logs(&c, &gw, "?status=5xx");
+    assert_eq!(fails.len(), 1, "{fails:?}");
+    assert_eq!(fails[0]["request_id"], "rid-fail-1");
+    assert_eq!(logs(&c, &gw, "?status=404")[0]["route"], "unmatched");
+    let oks = logs(&c, &gw, "?route=ok");
+    assert_eq!(oks.len(), 2);
+    assert!(oks.iter().all(|l| l["route"] == "ok"));
+    assert_eq!(logs(&c, &gw, "?client=127.0.0.1&route=fail").len(), 1);
+    assert!(logs(&c, &gw, "?client=10.9.9.9").is_empty());
+    let one = logs(&c, &gw, "?limit=1");
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["request_id"], "rid-404-1");
+
+    for bad in ["?limit=0", "?limit=5001", "?limit=x", "?status=abc"] {
+        let res = c
+            .get(gw.url(&format!("/_kairos/logs{bad}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+        let body: Value = res.json().unwrap();
+        assert_eq!(body["error"]["code"], "bad_request");
+    }
+}
