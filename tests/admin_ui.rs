@@ -71,10 +71,7 @@ fn upstream() -> Upstream {
 /// time; stops when `stop` is set.
 fn load(gw_url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("client");
+        let client = support::blocking_client();
         let started = Instant::now();
         let mut sent = 0u64;
         while !stop.load(Ordering::Relaxed)
@@ -139,9 +136,13 @@ fn admin_ui_in_chromium() {
         .current_dir(ui_dir())
         .env("KAIROS_URL", &base)
         .env("KAIROS_TOKEN", TOKEN)
+        .env_remove("KAIROS_UI_SCREENSHOTS")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
+    if let Ok(dir) = std::env::var("KAIROS_UI_SCREENSHOTS") {
+        cmd.env("KAIROS_UI_SCREENSHOTS", dir);
+    }
     let mut child = cmd.spawn().expect("spawn node");
     let started = Instant::now();
     let status = loop {

@@ -365,6 +365,6 @@ async function main() {
 }
 
 main().catch((e) => {
-  console.error('[admin-ui] FAILED:', e.stack || e.message);
+  console.error(`[admin-ui] FAILED at step "${step}":`, e.stack || e.message);
   process.exit(1);
 });
