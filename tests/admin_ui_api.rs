@@ -336,3 +336,139 @@ fn logs_return_the_requests_made_here_and_filter_them() {
         assert_eq!(body["error"]["code"], "bad_request");
     }
 }
+
+/// An open `/_kairos/events` stream, read frame by frame.
+struct Events {
+    reader: std::io::BufReader<reqwest::blocking::Response>,
+}
+
+impl Events {
+    fn open(gw: &GatewayProcess) -> Events {
+        let c = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let res = c
+            .get(gw.url("/_kairos/events"))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(header(&res, "content-type"), "text/event-stream");
+        assert_eq!(header(&res, "cache-control"), "no-store");
+        Events {
+            reader: std::io::BufReader::new(res),
+        }
+    }
+
+    /// The next event (comments skipped): its name and its data, parsed.
+    fn next(&mut self) -> (String, Value) {
+        use std::io::BufRead;
+        let (mut name, mut data) = (String::new(), String::new());
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "the stream ended");
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                if !name.is_empty() {
+                    return (name, serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = n.to_string();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                assert!(data.is_empty(), "one data line per event");
+                data = d.to_string();
+            } else {
+                assert!(line.starts_with(':'), "not SSE: {line}");
+            }
+        }
+    }
+
+    /// Reads events until `f` accepts one (at most `max` events).
+    fn until(&mut self, max: usize, mut f: impl FnMut(&str, &Value) -> bool) -> Value {
+        for _ in 0..max {
+            let (name, data) = self.next();
+            if f(&name, &data) {
+                return data;
+            }
+        }
+        panic!("no such event in {max} events");
+    }
+}
+
+#[test]
+fn events_stream_stats_and_log_lines_over_a_real_streamed_response() {
+    let up = Upstream::start_ok();
+    let routes = json!([{"name": "ok", "path": "/ok", "upstream": "u"}]);
+    let gw = start(&config(&up, routes, json!({})));
+    let mut events = Events::open(&gw);
+    let url = gw.url("/ok");
+    let load = std::thread::spawn(move || {
+        let c = reqwest::blocking::Client::new();
+        for i in 0..40 {
+            let res = c
+                .get(&url)
+                .header("x-request-id", format!("stream-{i}"))
+                .send()
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let log = events.until(200, |name, data| {
+        name == "log"
+            && data["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["request_id"] == "stream-3")
+    });
+    let line = log["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["request_id"] == "stream-3")
+        .unwrap();
+    assert_eq!(line["route"], "ok");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["kind"], "access");
+    let stats = events.until(200, |name, data| {
+        name == "stats" && data["routes"]["ok"]["rps"].as_f64().unwrap_or(0.0) > 0.0
+    });
+    assert!(stats["ts"].as_u64().unwrap() > 1_700_000_000_000);
+    let total = &stats["total"];
+    assert!(total["rps"].as_f64().unwrap() > 0.0, "{stats}");
+    assert_eq!(total["error_rate"], 0.0);
+    assert!(total["p50_ms"].as_f64().unwrap() > 0.0, "{stats}");
+    assert!(total["p99_ms"].as_f64().unwrap() >= total["p50_ms"].as_f64().unwrap());
+    assert!(total["active"].as_u64().is_some());
+    // This stream's own connection, at least.
+    assert!(total["connections"].as_u64().unwrap() >= 1, "{stats}");
+    let u = &stats["upstreams"]["u"];
+    assert!(u["rps"].as_f64().unwrap() >= 0.0, "{stats}");
+    load.join().unwrap();
+
+    // The history has the same traffic, bounded.
+    let h: Value = http()
+        .get(gw.url("/_kairos/stats/history"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(h["interval_ms"], 1000);
+    let total = h["total"].as_array().unwrap();
+    assert!(!total.is_empty() && total.len() <= 900);
+    let ok = h["routes"]["ok"].as_array().unwrap();
+    assert!(ok.len() <= 900);
+    assert!(ok.iter().any(|p| p["rps"].as_f64().unwrap() > 0.0), "{h}");
+    for p in ok {
+        for k in ["ts", "rps", "error_rate", "p50_ms", "p99_ms", "active"] {
+            assert!(p.get(k).is_some(), "{k} missing in {p}");
+        }
+    }
+    assert!(h["upstreams"]["u"].as_array().is_some(), "{h}");
+}

@@ -6,8 +6,10 @@
 
 pub mod cache;
 mod cluster;
+mod events;
 mod logs;
 pub mod render;
+mod stats;
 mod tenants;
 mod ui;
 
@@ -40,6 +42,8 @@ pub fn scope() -> actix_web::Scope {
         .route("/tenants/{id}", web::delete().to(tenants::delete))
         .route("/tenants/{id}/usage", web::get().to(tenants::usage))
         .route("/logs", web::get().to(logs::logs))
+        .route("/events", web::get().to(events::events))
+        .route("/stats/history", web::get().to(stats::history))
         .route("/admin", web::get().to(ui::redirect))
         .route("/admin/{file:.*}", web::get().to(ui::file))
         .default_service(web::to(guarded_fallback))
@@ -787,7 +791,9 @@ async fn openapi(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespons
 
 /// The methods each `/_kairos` path serves (as [`scope`] routes them), for the `Allow` of a
 /// 405.
-const ALLOWED_METHODS: [(&str, &str); 13] = [
+const ALLOWED_METHODS: [(&str, &str); 15] = [
+    ("/_kairos/events", "GET"),
+    ("/_kairos/stats/history", "GET"),
     ("/_kairos/logs", "GET"),
     ("/_kairos/config/schema", "GET"),
     ("/_kairos/tenants", "GET"),

@@ -161,14 +161,20 @@ impl LogRing {
         out
     }
 
-    /// The lines after sequence number `after` (at most `limit`, the oldest of them first),
+    /// The lines after sequence number `after` (the newest `limit` of them, oldest first),
     /// and the sequence number to ask from next time.
     pub fn since(&self, after: u64, limit: usize) -> (Vec<LogLine>, u64) {
         let l = self.lock();
-        let newer = l.lines.iter().filter(|line| line.seq > after);
-        let out: Vec<LogLine> = newer.take(limit).cloned().collect();
-        let next = out.last().map_or(l.next_seq - 1, |line| line.seq);
-        (out, next.max(after))
+        let mut out: Vec<LogLine> = l
+            .lines
+            .iter()
+            .rev()
+            .take_while(|line| line.seq > after)
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        (out, (l.next_seq - 1).max(after))
     }
 
     /// The sequence number of the newest line so far (0 before the first).

@@ -516,6 +516,22 @@ impl Metrics {
         }
     }
 
+    /// Requests in flight per upstream, summed over its servers (listed and discovered).
+    pub fn upstream_inflight(&self) -> FxHashMap<String, u64> {
+        let list = self.servers.list.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: FxHashMap<String, u64> = FxHashMap::default();
+        let mut add = |upstream: &str, _: &str, state: &dyn ServerProbe| {
+            *out.entry(upstream.to_string()).or_default() += u64::from(state.requests_in_flight());
+        };
+        for w in list.0.iter() {
+            add(&w.upstream, &w.server, &*w.state);
+        }
+        for l in list.1.iter().filter_map(std::sync::Weak::upgrade) {
+            l.each(&mut add);
+        }
+        out
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let dropped = crate::observability::logging::dropped_lines();

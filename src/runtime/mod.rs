@@ -29,6 +29,8 @@ pub struct SharedState {
     ready: AtomicBool,
     /// Outlives every runtime: counters keep counting across reloads.
     pub metrics: Arc<Metrics>,
+    /// Traffic sampled every second from `metrics` (the admin UI's live view and history).
+    pub stats: Arc<crate::observability::stats::Stats>,
     /// Held for the whole of a reload: reloads are serialized.
     reloading: Mutex<()>,
     /// The file the config came from (none in demo mode and for in-process tests).
@@ -73,10 +75,13 @@ impl SharedState {
         metrics
             .config_last_success
             .set(crate::base::clock::unix_now());
+        let stats = Arc::new(crate::observability::stats::Stats::default());
+        crate::observability::stats::Stats::start(&stats, metrics.clone());
         Ok(SharedState {
             live: ArcSwap::from_pointee(runtime),
             ready: AtomicBool::new(false),
             metrics,
+            stats,
             reloading: Mutex::new(()),
             config_path: path,
             config_text: Mutex::new((Arc::from(text), crate::base::hash::hash_text(text))),
