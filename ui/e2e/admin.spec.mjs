@@ -20,6 +20,7 @@ import { chromium } from 'playwright-core';
 import { createRequire } from 'node:module';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { tmpdir } from 'node:os';
 
 const require = createRequire(import.meta.url);
 const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
@@ -36,6 +37,8 @@ const UI = `${BASE}/_kairos/admin/`;
 const WAIT = 30_000;
 
 let step = '';
+/** The page, for the failure report. */
+let current = null;
 const log = (...a) => console.log('[admin-ui]', ...a);
 function check(cond, message) {
   if (!cond) throw new Error(`${step}: ${message}`);
@@ -100,6 +103,7 @@ async function main() {
   });
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   const page = await context.newPage();
+  current = page;
   const problems = [];
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => {
@@ -219,7 +223,7 @@ async function main() {
   step = 'config: schema error';
   await go(page, 'config');
   await page.waitForSelector('.cm-content', { timeout: WAIT });
-  await page.waitForFunction(() => document.querySelectorAll('.cm-content .cm-line').length > 5);
+  await page.waitForFunction(() => (document.querySelector('.editor')?.shadowRoot?.querySelectorAll('.cm-content .cm-line').length ?? 0) > 5);
   const running = await admin('GET', '/_kairos/config');
   check(running.status === 200, `GET config ${running.status}`);
   const cfg = running.json();
@@ -260,7 +264,6 @@ async function main() {
   });
   const through = await fetch(`${BASE}/ui-added`);
   check(through.status === 200, `GET /ui-added through the gateway: ${through.status}`);
-  await page.waitForSelector('[data-testid="reload-history"] tbody tr', { timeout: WAIT });
   await go(page, 'routes');
   await page.waitForSelector('[data-testid="routes-table"] tr[data-name="added-by-ui"]', { timeout: WAIT });
   log('valid edit applied; route added-by-ui in the routes view and answering');
@@ -268,7 +271,7 @@ async function main() {
   // ---- config editor: a conflicting edit ------------------------------------------------------
   step = 'config: conflict';
   await go(page, 'config');
-  await page.waitForFunction(() => document.querySelectorAll('.cm-content .cm-line').length > 5, null, { timeout: WAIT });
+  await page.waitForFunction(() => (document.querySelector('.editor')?.shadowRoot?.querySelectorAll('.cm-content .cm-line').length ?? 0) > 5, null, { timeout: WAIT });
   const base = await admin('GET', '/_kairos/config');
   const mine = base.json();
   mine.routes.push({ name: 'mine', path: '/mine', upstream: 'backend' });
@@ -319,6 +322,20 @@ async function main() {
   await axeCheck(page, 'logs');
   await shot(page, 'logs');
 
+  // ---- tenants, cache -------------------------------------------------------------------------
+  step = 'tenants';
+  await go(page, 'tenants');
+  await page.waitForSelector('[data-testid="tenants-table"] tbody tr', { timeout: WAIT });
+  await axeCheck(page, 'tenants');
+  step = 'cache';
+  await go(page, 'cache');
+  await page.waitForSelector('[data-testid="cache-entries"]', { timeout: WAIT });
+  await axeCheck(page, 'cache');
+
+  step = 'csp so far';
+  const early = await page.evaluate(() => window.__csp);
+  check(early.length === 0, `CSP violations: ${early.join('; ')}`);
+
   // ---- keys -----------------------------------------------------------------------------------
   step = 'keys';
   await go(page, 'keys');
@@ -339,15 +356,18 @@ async function main() {
   await shot(page, 'keys');
   log('key created, shown once, and accepted on a real route');
 
-  // ---- tenants, cache -------------------------------------------------------------------------
-  step = 'tenants';
-  await go(page, 'tenants');
-  await page.waitForSelector('[data-testid="tenants-table"] tbody tr', { timeout: WAIT });
-  await axeCheck(page, 'tenants');
-  step = 'cache';
-  await go(page, 'cache');
-  await page.waitForSelector('[data-testid="cache-entries"]', { timeout: WAIT });
-  await axeCheck(page, 'cache');
+  // ---- reload history -------------------------------------------------------------------------
+  step = 'reload history';
+  await go(page, 'config');
+  await page.waitForFunction(
+    () => {
+      const rows = Array.from(document.querySelectorAll('[data-testid="reload-history"] tbody tr')).map((r) => r.textContent);
+      return rows.some((r) => r.includes('admin') && r.includes('applied')) && rows.some((r) => r.includes('startup'));
+    },
+    null,
+    { timeout: WAIT },
+  );
+  log('reload history lists the startup and the applied admin edits');
 
   // ---- CSP, errors, logout --------------------------------------------------------------------
   step = 'csp';
@@ -364,7 +384,19 @@ async function main() {
   log('all checks passed');
 }
 
-main().catch((e) => {
+main().catch(async (e) => {
   console.error(`[admin-ui] FAILED at step "${step}":`, e.stack || e.message);
+  // What the page showed, to tell why: its main text, and a screenshot in the system's temp dir.
+  if (current) {
+    try {
+      const text = await current.evaluate(() => document.querySelector('main')?.innerText ?? document.body.innerText);
+      console.error('[admin-ui] the page said:\n', text.slice(0, 4000));
+      const path = join(tmpdir(), 'kairos-admin-ui-failure.png');
+      await current.screenshot({ path, fullPage: true });
+      console.error(`[admin-ui] screenshot: ${path}`);
+    } catch (e2) {
+      console.error('[admin-ui] (no page state:', e2.message, ')');
+    }
+  }
   process.exit(1);
 });
