@@ -126,7 +126,12 @@ fn ui_files_are_served_with_types_caching_encodings_and_security_headers() {
             "css" => "text/css; charset=utf-8",
             "svg" => "image/svg+xml",
             "woff2" => "font/woff2",
+            "woff" => "font/woff",
             "png" => "image/png",
+            "ico" => "image/x-icon",
+            "webp" => "image/webp",
+            "json" | "map" => "application/json",
+            "txt" => "text/plain; charset=utf-8",
             other => panic!("an asset type the test does not know: {other}"),
         };
         let res = get(&c, url.clone(), &[]);
@@ -344,6 +349,7 @@ struct Events {
 
 impl Events {
     fn open(gw: &GatewayProcess) -> Events {
+        install_crypto_provider();
         let c = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
@@ -471,4 +477,294 @@ fn events_stream_stats_and_log_lines_over_a_real_streamed_response() {
         }
     }
     assert!(h["upstreams"]["u"].as_array().is_some(), "{h}");
+}
+
+fn send(
+    c: &reqwest::blocking::Client,
+    method: &str,
+    url: String,
+    body: Option<Value>,
+    if_match: Option<&str>,
+) -> (u16, String, Value) {
+    let mut req = c.request(method.parse().unwrap(), url).bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    if let Some(t) = if_match {
+        req = req.header("if-match", t);
+    }
+    let res = req.send().unwrap();
+    let status = res.status().as_u16();
+    let etag = header(&res, "etag").to_string();
+    let text = res.text().unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, etag, body)
+}
+
+#[test]
+fn keys_are_created_shown_once_used_listed_without_hashes_and_deleted() {
+    let up = Upstream::start_ok();
+    let routes = json!([{"name": "secure", "path": "/secure", "upstream": "u", "auth": "api_key"}]);
+    let extra = json!({"api_keys": {"keys": {
+        "from-env": {"key": "${UI_API_ENV_KEY}", "permissions": ["read"]}
+    }}});
+    let gw = GatewayProcess::start_with_env(
+        &config(&up, routes, extra),
+        &[
+            ("UI_API_TOKEN", TOKEN),
+            ("UI_API_ENV_KEY", "kairos_env_key_for_the_test_0123456789"),
+        ],
+    );
+    let c = http();
+    let keys_url = || gw.url("/_kairos/keys");
+
+    let (status, etag, list) = send(&c, "GET", keys_url(), None, None);
+    assert_eq!(status, 200);
+    assert!(etag.starts_with('"'));
+    assert_eq!(
+        list,
+        json!({"keys": [{"name": "from-env", "permissions": ["read"], "rate_limit": null,
+                         "tenant": null, "source": "env"}]})
+    );
+
+    let new = json!({"name": "partner", "permissions": ["orders:read"], "rate_limit": {"rps": 50, "burst": 100}});
+    let (status, _, body) = send(&c, "POST", keys_url(), Some(new.clone()), None);
+    assert_eq!(status, 428, "{body}");
+    let (status, _, body) = send(&c, "POST", keys_url(), Some(new.clone()), Some("\"stale\""));
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(body["error"]["code"], "config_changed");
+    let (status, new_etag, created) = send(&c, "POST", keys_url(), Some(new.clone()), Some(&etag));
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("kairos_") && key.len() > 40, "{key}");
+    assert_eq!(created["name"], "partner");
+    assert_eq!(
+        new_etag,
+        format!("\"{}\"", created["config_hash"].as_str().unwrap())
+    );
+    assert_ne!(new_etag, etag);
+
+    // The key works on a real route at once; a wrong one does not.
+    let res = c
+        .get(gw.url("/secure"))
+        .header("x-api-key", &key)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = c
+        .get(gw.url("/secure"))
+        .header("x-api-key", "kairos_wrong")
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    // Stored as a hash only: never in the file, a listing or the log.
+    let file = std::fs::read_to_string(gw.config_path()).unwrap();
+    assert!(!file.contains(&key));
+    assert!(file.contains("sha256:"));
+    let (_, etag_now, list) = send(&c, "GET", keys_url(), None, None);
+    assert_eq!(etag_now, new_etag);
+    let text = list.to_string();
+    assert!(!text.contains("sha256") && !text.contains(&key), "{text}");
+    let partner = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "partner")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        partner,
+        json!({"name": "partner", "permissions": ["orders:read"],
+               "rate_limit": {"rps": 50.0, "burst": 100}, "tenant": null, "source": "hash"})
+    );
+    let (status, _, config) = send(&c, "GET", gw.url("/_kairos/config"), None, None);
+    assert_eq!(status, 200);
+    assert!(!config.to_string().contains(&key));
+    assert!(
+        gw.logs().iter().all(|l| !l.contains(&key)),
+        "the key in the log"
+    );
+
+    // A second key of that name: 409, nothing changed.
+    let (status, _, body) = send(&c, "POST", keys_url(), Some(new), Some(&new_etag));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "key_exists");
+    for bad in [
+        json!({"name": "a/b"}),
+        json!({"name": ""}),
+        json!({"nam": "x"}),
+    ] {
+        let (status, _, body) = send(&c, "POST", keys_url(), Some(bad.clone()), Some(&new_etag));
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
+    // Delete: If-Match required, stale refused, then gone and refused on the route.
+    let one = || gw.url("/_kairos/keys/partner");
+    assert_eq!(send(&c, "DELETE", one(), None, None).0, 428);
+    assert_eq!(send(&c, "DELETE", one(), None, Some(&etag)).0, 412);
+    let (status, after, body) = send(&c, "DELETE", one(), None, Some(&new_etag));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "partner");
+    assert_ne!(after, new_etag);
+    assert_eq!(send(&c, "DELETE", one(), None, Some(&after)).0, 404);
+    let res = c
+        .get(gw.url("/secure"))
+        .header("x-api-key", &key)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let (_, _, list) = send(&c, "GET", keys_url(), None, None);
+    assert_eq!(list["keys"].as_array().unwrap().len(), 1);
+
+    // All of it needs the token.
+    for (method, url) in [("GET", keys_url()), ("POST", keys_url()), ("DELETE", one())] {
+        let res = c
+            .request(method.parse().unwrap(), url)
+            .header("if-match", &after)
+            .body(json!({"name": "x"}).to_string())
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 401, "{method}");
+    }
+}
+
+#[test]
+fn config_history_records_startup_applied_refused_and_signalled_reloads_bounded() {
+    let up = Upstream::start_ok();
+    let routes = json!([{"name": "ok", "path": "/ok", "upstream": "u"}]);
+    let gw = start(&config(&up, routes, json!({})));
+    let c = http();
+    let history = || {
+        send(&c, "GET", gw.url("/_kairos/config/history"), None, None).2["reloads"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let (_, etag, _) = send(&c, "GET", gw.url("/_kairos/config"), None, None);
+    let h = history();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["trigger"], "startup");
+    assert_eq!(h[0]["outcome"], "applied");
+    assert_eq!(
+        format!("\"{}\"", h[0]["config_hash"].as_str().unwrap()),
+        etag
+    );
+
+    // A refused PUT: its errors, with path and line.
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    let mut bad: Value = serde_json::from_str(&text).unwrap();
+    bad["routes"][0]["upstream"] = "nowhere".into();
+    let bad_text = serde_json::to_string_pretty(&bad).unwrap();
+    let res = c
+        .put(gw.url("/_kairos/config"))
+        .bearer_auth(TOKEN)
+        .header("if-match", &etag)
+        .body(bad_text)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let h = history();
+    assert_eq!(h[0]["trigger"], "admin");
+    assert_eq!(h[0]["outcome"], "refused");
+    assert!(h[0].get("config_hash").is_none());
+    let e = &h[0]["errors"][0];
+    assert_eq!(e["path"], "routes[0].upstream", "{e}");
+    assert!(e["line"].as_u64().unwrap() > 1, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("nowhere"), "{e}");
+
+    // An applied one.
+    let mut good: Value = serde_json::from_str(&text).unwrap();
+    good["routes"][0]["path"] = "/ok2".into();
+    let res = c
+        .put(gw.url("/_kairos/config"))
+        .bearer_auth(TOKEN)
+        .header("if-match", &etag)
+        .body(good.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let new_etag = header(&res, "etag").to_string();
+    let (_, etag_now, _) = send(&c, "GET", gw.url("/_kairos/config"), None, None);
+    let h = history();
+    assert_eq!(h[0]["outcome"], "applied");
+    assert_eq!(h[0]["trigger"], "admin");
+    assert_eq!(
+        format!("\"{}\"", h[0]["config_hash"].as_str().unwrap()),
+        etag_now
+    );
+    let _ = new_etag;
+    assert_eq!(h[1]["outcome"], "refused");
+    assert_eq!(h[2]["trigger"], "startup");
+
+    // SIGHUP.
+    gw.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || history()[0]
+        ["trigger"]
+        == "signal"));
+
+    // Bounded: the newest 50.
+    for _ in 0..50 {
+        let (status, _, _) = send(&c, "POST", gw.url("/_kairos/config/reload"), None, None);
+        assert_eq!(status, 200);
+    }
+    let h = history();
+    assert_eq!(h.len(), 50);
+    assert!(h.iter().all(|r| r["trigger"] == "admin"), "{h:?}");
+}
+
+#[test]
+fn events_stream_upstream_state_changes_and_applied_reloads() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let failing = Arc::new(AtomicBool::new(false));
+    let f = failing.clone();
+    let up = Upstream::start(
+        move |r| match r.target == "/health" && f.load(Ordering::Relaxed) {
+            true => Reply::ok("sick").status(503),
+            false => Reply::ok("fine"),
+        },
+    );
+    let routes = json!([{"name": "ok", "path": "/ok", "upstream": "u"}]);
+    let mut cfg: Value = serde_json::from_str(&config(&up, routes, json!({}))).unwrap();
+    cfg["upstreams"]["u"]["health_check"] = json!({
+        "path": "/health", "interval": "100ms", "timeout": "100ms",
+        "healthy_threshold": 1, "unhealthy_threshold": 1
+    });
+    let gw = start(&cfg.to_string());
+    let mut events = Events::open(&gw);
+    failing.store(true, Ordering::Relaxed);
+    let down = events.until(500, |name, _| name == "upstream");
+    assert_eq!(down["event"], "down", "{down}");
+    assert_eq!(down["upstream"], "u");
+    assert_eq!(down["server"], up.url());
+    assert!(down["detail"].as_str().unwrap().contains("503"), "{down}");
+    assert!(down["ts"].as_u64().is_some());
+    failing.store(false, Ordering::Relaxed);
+    let back = events.until(500, |name, _| name == "upstream");
+    assert_eq!(back["event"], "up", "{back}");
+    assert_eq!(back["server"], up.url());
+
+    // A reload applied: a config event with the new hash.
+    let c = http();
+    let (_, etag, _) = send(&c, "GET", gw.url("/_kairos/config"), None, None);
+    let mut changed: Value =
+        serde_json::from_str(&std::fs::read_to_string(gw.config_path()).unwrap()).unwrap();
+    changed["routes"][0]["path"] = "/ok-now".into();
+    let res = c
+        .put(gw.url("/_kairos/config"))
+        .bearer_auth(TOKEN)
+        .header("if-match", &etag)
+        .body(changed.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, new_etag, _) = send(&c, "GET", gw.url("/_kairos/config"), None, None);
+    let applied = events.until(500, |name, _| name == "config");
+    assert_eq!(
+        format!("\"{}\"", applied["config_hash"].as_str().unwrap()),
+        new_etag
+    );
 }

@@ -262,7 +262,9 @@ fn every_operation_answers_as_documented() {
             {"name": "all", "path": "/{*rest}", "upstream": "u", "host": "api.example.com"}
         ],
         "logging": {"format": "json", "level": "info", "access_log": false},
-        "caching": {"enabled": true}
+        "caching": {"enabled": true},
+        // Every operation's 401 is exercised: more wrong tokens than the default budget.
+        "rate_limiting": {"auth_failures": {"rps": 100, "burst": 200}}
     })
     .to_string();
     let gw = GatewayProcess::start_with_env(&config, &[("OPENAPI_TEST_TOKEN", TOKEN)]);
@@ -351,6 +353,41 @@ fn every_operation_answers_as_documented() {
         call("DELETE", "/_kairos/tenants/acme"),
         call("DELETE", "/_kairos/tenants/acme"),
         call("DELETE", "/_kairos/tenants/acme").anonymous(),
+        call("GET", "/_kairos/config/schema"),
+        call("GET", "/_kairos/config/schema").anonymous(),
+        call("GET", "/_kairos/config/history"),
+        call("GET", "/_kairos/config/history").anonymous(),
+        call("GET", "/_kairos/logs?status=2xx&limit=10"),
+        call("GET", "/_kairos/logs?limit=0"),
+        call("GET", "/_kairos/logs").anonymous(),
+        call("GET", "/_kairos/stats/history"),
+        call("GET", "/_kairos/stats/history").anonymous(),
+        // A 200 is a stream that does not end: only its refusal here (tests/admin_ui_api.rs
+        // reads the stream).
+        call("GET", "/_kairos/events").anonymous(),
+        call("GET", "/_kairos/keys"),
+        call("GET", "/_kairos/keys").anonymous(),
+        call("POST", "/_kairos/keys").body(r#"{"name": "partner"}"#),
+        call("POST", "/_kairos/keys")
+            .body(r#"{"name": "partner"}"#)
+            .if_match("\"stale\""),
+        call("POST", "/_kairos/keys")
+            .body(r#"{"name": "a/b"}"#)
+            .if_match("*"),
+        call("POST", "/_kairos/keys")
+            .body(r#"{"name": "partner", "permissions": ["read"]}"#)
+            .if_match("*"),
+        call("POST", "/_kairos/keys")
+            .body(r#"{"name": "partner"}"#)
+            .if_match("*"),
+        call("POST", "/_kairos/keys")
+            .body(r#"{"name": "partner"}"#)
+            .anonymous(),
+        call("DELETE", "/_kairos/keys/partner"),
+        call("DELETE", "/_kairos/keys/partner").if_match("\"stale\""),
+        call("DELETE", "/_kairos/keys/partner").if_match("*"),
+        call("DELETE", "/_kairos/keys/partner").if_match("*"),
+        call("DELETE", "/_kairos/keys/partner").anonymous(),
     ];
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();

@@ -7,6 +7,8 @@
 #
 #   benches/load/ab.sh                                   # tracing off vs sampling 0.1
 #   B_EXTRA=', "tracing": {"sampling_rate": 1.0, "endpoint": "http://127.0.0.1:SINK"}' benches/load/ab.sh
+#   B_STREAM=1 benches/load/ab.sh                        # the same config; B with a client
+#                                                        # reading /_kairos/events (a dashboard)
 #
 # Environment: A_EXTRA, B_EXTRA (top-level JSON members appended to the config; SINK is
 # replaced by the port of an OTLP sink that answers 200), PAIRS (default 5), DURATION (s per
@@ -16,8 +18,17 @@
 set -euo pipefail
 export LC_ALL=C
 
+B_STREAM=${B_STREAM:-0}
+STREAM_TOKEN=ab-stream-admin-token-0123456789
 A_EXTRA=${A_EXTRA:-}
-B_EXTRA=${B_EXTRA:-', "tracing": {"sampling_rate": 0.1, "endpoint": "http://127.0.0.1:SINK"}'}
+if ((B_STREAM)); then
+    # Both gateways have an admin token; B's run has a live-stream client connected.
+    B_EXTRA=${B_EXTRA:-}
+    A_EXTRA+=", \"admin\": { \"token\": \"$STREAM_TOKEN\" }"
+    B_EXTRA+=", \"admin\": { \"token\": \"$STREAM_TOKEN\" }"
+else
+    B_EXTRA=${B_EXTRA:-', "tracing": {"sampling_rate": 0.1, "endpoint": "http://127.0.0.1:SINK"}'}
+fi
 PAIRS=${PAIRS:-5}
 ((PAIRS >= 1)) || { echo "PAIRS must be at least 1" >&2; exit 1; }
 DURATION=${DURATION:-6}
@@ -68,10 +79,23 @@ run() {
         sleep 0.1
     done
     ((ok)) || die "gateway $1 did not answer 2xx (see $TMP/$1.log; KEEP_TMP=1 keeps it)"
+    local stream=
+    if ((B_STREAM)) && [[ $1 == B ]]; then
+        taskset -c 1 curl -sN -H "Authorization: Bearer $STREAM_TOKEN" \
+            "http://127.0.0.1:$GW_PORT/_kairos/events" >"$TMP/stream.txt" &
+        stream=$!
+        PIDS+=("$stream")
+    fi
     taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$URL" >/dev/null
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$URL")
     read -r u2 s2 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    if [[ -n $stream ]]; then
+        kill "$stream" 2>/dev/null || true
+        wait "$stream" 2>/dev/null || true
+        forget "$stream"
+        grep -q '^event: stats' "$TMP/stream.txt" || die "the stream client got no stats event"
+    fi
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     forget "$pid"

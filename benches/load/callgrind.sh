@@ -9,7 +9,8 @@
 #   N    requests (default 20000)
 # Environment: EXTRA=', "tracing": {...}' adds top-level config keys; PORT_BASE (default 19001)
 # picks the three loopback ports (upstream, gateway, OTLP sink); CG_OUT=FILE keeps the callgrind
-# profile of the measured run (for callgrind_annotate).
+# profile of the measured run (for callgrind_annotate); ACCESS_LOG=true turns the access log on
+# (written to the gateway's stderr, and kept in the admin UI's log ring).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${1:-$ROOT/target/release/kairos-rs}"
@@ -47,7 +48,7 @@ cat > "$W/kairos.json" <<CONF
   "server": { "host": "127.0.0.1", "port": $GW, "workers": 1, "shutdown_timeout": "1s" },
   "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:$UP" }] } },
   "routes": [{ "name": "all", "path": "/{*rest}", "upstream": "up" }],
-  "logging": { "level": "warn", "access_log": false } ${EXTRA:-} }
+  "logging": { "level": "warn", "access_log": ${ACCESS_LOG:-false} } ${EXTRA:-} }
 CONF
 awk -v n="$N" -v u="http://127.0.0.1:$GW/api/items/42" \
     'BEGIN { for (i = 0; i < n; i++) printf "url = \"%s\"\n", u }' > "$W/urls.txt"

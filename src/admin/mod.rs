@@ -7,6 +7,7 @@
 pub mod cache;
 mod cluster;
 mod events;
+mod keys;
 mod logs;
 pub mod render;
 mod stats;
@@ -29,6 +30,7 @@ pub fn scope() -> actix_web::Scope {
         .route("/config/reload", web::post().to(config_reload))
         .route("/config/validate", web::post().to(config_validate))
         .route("/config/schema", web::get().to(config_schema))
+        .route("/config/history", web::get().to(config_history))
         .route("/config", web::get().to(config_get))
         .route("/config", web::put().to(config_put))
         .route("/routes", web::get().to(routes))
@@ -44,6 +46,9 @@ pub fn scope() -> actix_web::Scope {
         .route("/logs", web::get().to(logs::logs))
         .route("/events", web::get().to(events::events))
         .route("/stats/history", web::get().to(stats::history))
+        .route("/keys", web::get().to(keys::list))
+        .route("/keys", web::post().to(keys::create))
+        .route("/keys/{name}", web::delete().to(keys::delete))
         .route("/admin", web::get().to(ui::redirect))
         .route("/admin/{file:.*}", web::get().to(ui::file))
         .default_service(web::to(guarded_fallback))
@@ -735,6 +740,15 @@ async fn config_schema(req: HttpRequest, state: web::Data<SharedState>) -> HttpR
         .body(SCHEMA.get_or_init(crate::config::json_schema).clone())
 }
 
+/// `GET /_kairos/config/history`: the last reload attempts, newest first: what started them,
+/// whether they were applied, the config hash, and the errors of a refused one.
+async fn config_history(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
+    if let Some(res) = refuse(&req, &state) {
+        return res;
+    }
+    HttpResponse::Ok().json(serde_json::json!({ "reloads": state.reload_history() }))
+}
+
 /// `GET /_kairos/routes`: the routes in effect.
 async fn routes(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
     if let Some(res) = refuse(&req, &state) {
@@ -791,7 +805,9 @@ async fn openapi(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespons
 
 /// The methods each `/_kairos` path serves (as [`scope`] routes them), for the `Allow` of a
 /// 405.
-const ALLOWED_METHODS: [(&str, &str); 15] = [
+const ALLOWED_METHODS: [(&str, &str); 17] = [
+    ("/_kairos/config/history", "GET"),
+    ("/_kairos/keys", "GET, POST"),
     ("/_kairos/events", "GET"),
     ("/_kairos/stats/history", "GET"),
     ("/_kairos/logs", "GET"),

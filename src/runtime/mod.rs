@@ -38,6 +38,8 @@ pub struct SharedState {
     /// The config text in effect and its SHA-256.
     config_text: Mutex<(Arc<str>, String)>,
     last_reload: Mutex<Option<crate::runtime::reload::LastReload>>,
+    /// The last [`reload::HISTORY_LEN`] reload attempts, the oldest first.
+    reloads: Mutex<std::collections::VecDeque<reload::ReloadRecord>>,
     /// The `${NAME}`s a config sent to the admin API may reference: those of the text the
     /// gateway started from, and its `admin.allowed_env`.
     admin_env: std::collections::HashSet<String>,
@@ -75,6 +77,13 @@ impl SharedState {
         metrics
             .config_last_success
             .set(crate::base::clock::unix_now());
+        let startup = reload::ReloadRecord {
+            ts: crate::base::clock::rfc3339(std::time::SystemTime::now()),
+            trigger: "startup",
+            outcome: "applied",
+            config_hash: Some(crate::base::hash::hash_text(text)),
+            errors: None,
+        };
         let stats = Arc::new(crate::observability::stats::Stats::default());
         crate::observability::stats::Stats::start(&stats, metrics.clone());
         Ok(SharedState {
@@ -86,6 +95,7 @@ impl SharedState {
             config_path: path,
             config_text: Mutex::new((Arc::from(text), crate::base::hash::hash_text(text))),
             last_reload: Mutex::new(None),
+            reloads: Mutex::new(std::collections::VecDeque::from([startup])),
             admin_env,
             started: std::time::SystemTime::now(),
             retired: Arc::default(),
@@ -159,6 +169,19 @@ impl SharedState {
 
     pub fn last_reload(&self) -> Option<crate::runtime::reload::LastReload> {
         lock(&self.last_reload).clone()
+    }
+
+    /// The reload history, newest first.
+    pub fn reload_history(&self) -> Vec<reload::ReloadRecord> {
+        lock(&self.reloads).iter().rev().cloned().collect()
+    }
+
+    pub(crate) fn record_reload(&self, r: reload::ReloadRecord) {
+        let mut h = lock(&self.reloads);
+        if h.len() == reload::HISTORY_LEN {
+            h.pop_front();
+        }
+        h.push_back(r);
     }
 
     pub(crate) fn set_last_reload(&self, r: crate::runtime::reload::LastReload) {

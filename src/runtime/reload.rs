@@ -22,6 +22,76 @@ pub struct LastReload {
     pub error: Option<String>,
 }
 
+/// Reload attempts `GET /_kairos/config/history` keeps (the newest).
+pub const HISTORY_LEN: usize = 50;
+
+/// One reload attempt as the reload history shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    /// RFC 3339.
+    pub ts: String,
+    /// `startup`, `file` (the watcher), `admin` (the admin API), `store` (the config store)
+    /// or `signal` (SIGHUP).
+    pub trigger: &'static str,
+    /// `applied`, `refused` (nothing changed) or `unchanged` (the text in effect again).
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<RecordedError>>,
+}
+
+/// A reason a reload was refused: where in the config, and what.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedError {
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Errors a record keeps at most (the first ones).
+const RECORDED_ERRORS: usize = 20;
+
+/// The history's name of a reload trigger.
+fn history_trigger(trigger: &str) -> &'static str {
+    match trigger {
+        "startup" => "startup",
+        "file" => "file",
+        "store" => "store",
+        "sighup" => "signal",
+        _ => "admin",
+    }
+}
+
+/// Adds a reload attempt to the state's history.
+pub(crate) fn record(
+    state: &SharedState,
+    trigger: &str,
+    outcome: &'static str,
+    config_hash: Option<String>,
+    errors: Option<Vec<RecordedError>>,
+) {
+    state.record_reload(ReloadRecord {
+        ts: crate::base::clock::rfc3339(SystemTime::now()),
+        trigger: history_trigger(trigger),
+        outcome,
+        config_hash,
+        errors,
+    });
+}
+
+fn recorded_errors(e: &ConfigErrors) -> Vec<RecordedError> {
+    e.errors
+        .iter()
+        .take(RECORDED_ERRORS)
+        .map(|x| RecordedError {
+            path: x.path.clone(),
+            line: x.line,
+            message: x.message.clone(),
+        })
+        .collect()
+}
+
 /// A successful reload.
 #[derive(Debug, Clone, Serialize)]
 pub struct Applied {
@@ -105,6 +175,7 @@ pub fn from_file(state: &SharedState, trigger: &'static str) -> Result<Applied, 
             span.record("outcome", "unreadable");
             span.record("otel.status_code", "ERROR");
             record_failure(state, trigger, Instant::now(), &e.to_string());
+            record(state, trigger, "refused", None, Some(recorded_errors(&e)));
             tracing::error!(
                 trigger,
                 "config reload failed; the running config stays in effect:\n{e}"
@@ -211,6 +282,7 @@ fn apply_in_span(
         if let Some(Err(e)) = persist.map(|p| p()) {
             return Err(persist_failed(state, trigger, start, e));
         }
+        record(state, trigger, "unchanged", Some(hash.clone()), None);
         return Ok(Applied {
             diff: Diff::default(),
             duration_ms: 0.0,
@@ -240,6 +312,7 @@ fn apply_in_span(
                 start,
                 &format!("{}: {first}", e.source_name),
             );
+            record(state, trigger, "refused", None, Some(recorded_errors(&e)));
             tracing::error!(
                 trigger,
                 errors = e.errors.len(),
@@ -265,6 +338,12 @@ fn persist_failed(
         ReloadError::Invalid(_) | ReloadError::Stale(_) | ReloadError::Conflict(_) => return e,
     };
     record_failure(state, trigger, start, &message);
+    let error = RecordedError {
+        path: String::new(),
+        line: None,
+        message: message.clone(),
+    };
+    record(state, trigger, "refused", None, Some(vec![error]));
     tracing::error!(
         trigger,
         error = message.as_str(),
@@ -353,6 +432,8 @@ fn commit(
         duration_ms,
         error: None,
     });
+    record(state, trigger, "applied", Some(hash.clone()), None);
+    crate::observability::events::config_applied(&hash);
     tracing::info!(
         trigger,
         duration_ms,

@@ -12,7 +12,7 @@
 //! half-open --(any failure)--> open
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub use crate::config::model::BreakerConfig;
 
@@ -224,6 +224,8 @@ impl Machine {
 /// The breaker as the request path uses it.
 pub struct CircuitBreaker {
     machine: Mutex<Machine>,
+    /// The upstream and server it guards, for the live events of the admin UI.
+    name: Option<(Arc<str>, Arc<str>)>,
     /// Mirrors of the machine, read without the lock.
     state: AtomicU8,
     open_until: AtomicU64,
@@ -233,9 +235,16 @@ impl CircuitBreaker {
     pub fn new(cfg: BreakerConfig) -> Self {
         CircuitBreaker {
             machine: Mutex::new(Machine::new(cfg)),
+            name: None,
             state: AtomicU8::new(CircuitState::Closed as u8),
             open_until: AtomicU64::new(0),
         }
+    }
+
+    /// Names the upstream and server whose state changes it reports as events.
+    pub fn named(mut self, upstream: &str, server: &str) -> Self {
+        self.name = Some((Arc::from(upstream), Arc::from(server)));
+        self
     }
 
     pub fn state(&self) -> CircuitState {
@@ -276,12 +285,21 @@ impl CircuitBreaker {
         let after = m.state();
         self.open_until.store(m.open_until(), Ordering::Relaxed);
         self.state.store(after as u8, Ordering::Relaxed);
+        drop(m);
         if before != after {
             tracing::info!(
                 from = before.as_str(),
                 to = after.as_str(),
                 "circuit changed"
             );
+            if let Some((upstream, server)) = &self.name {
+                let event = match after {
+                    CircuitState::Open => "breaker_open",
+                    CircuitState::HalfOpen => "breaker_half_open",
+                    CircuitState::Closed => "breaker_closed",
+                };
+                crate::observability::events::upstream(upstream, server, event, None);
+            }
         }
         out
     }
@@ -449,5 +467,32 @@ mod tests {
         assert!(b.may_admit(30_002));
         assert_eq!(b.admit(30_002), Some(Admission::Probe));
         assert_eq!(b.state(), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn a_named_breaker_reports_its_transitions_as_events() {
+        let mut rx = crate::observability::events::subscribe();
+        let b = CircuitBreaker::new(cfg()).named("breaker-events-test", "http://s1");
+        for t in 0..3 {
+            let a = b.admit(t).expect("closed");
+            b.record(t, a, false);
+        }
+        for t in 30_002..30_004 {
+            let a = b.admit(t).expect("a probe");
+            b.record(t, a, true);
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        let mut seen = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            let v: serde_json::Value = serde_json::from_str(&e.data).expect("json");
+            if e.name == "upstream" && v["upstream"] == "breaker-events-test" {
+                assert_eq!(v["server"], "http://s1");
+                seen.push(v["event"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        assert_eq!(
+            seen,
+            ["breaker_open", "breaker_half_open", "breaker_closed"]
+        );
     }
 }

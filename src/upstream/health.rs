@@ -10,6 +10,7 @@
 
 use super::server::{CheckRecord, Health, ServerState};
 use crate::config::model::{HealthCheckConfig, ServerEntry, UpstreamProtocol};
+use crate::observability::events;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument;
@@ -299,20 +300,34 @@ impl Check {
             }
             if now != before {
                 match (&result, now) {
-                    (Err(reason), _) => tracing::warn!(
-                        upstream = self.upstream,
-                        server = self.server,
-                        reason = reason.to_string().as_str(),
-                        "upstream server is unhealthy"
-                    ),
+                    (Err(reason), _) => {
+                        let reason = reason.to_string();
+                        tracing::warn!(
+                            upstream = self.upstream,
+                            server = self.server,
+                            reason = reason.as_str(),
+                            "upstream server is unhealthy"
+                        );
+                        events::upstream(&self.upstream, &self.server, "down", Some(&reason));
+                    }
                     (Ok(()), Health::Healthy) => {
                         // Envoy's default: a passing active check ends a passive ejection.
+                        let was_ejected = state.ejected(crate::base::clock::now_ms());
                         state.uneject();
                         tracing::info!(
                             upstream = self.upstream,
                             server = self.server,
                             "upstream server is healthy"
                         );
+                        events::upstream(&self.upstream, &self.server, "up", None);
+                        if was_ejected {
+                            events::upstream(
+                                &self.upstream,
+                                &self.server,
+                                "returned",
+                                Some("a health check passed"),
+                            );
+                        }
                     }
                     _ => {}
                 }

@@ -221,5 +221,21 @@ impl Upstream {
             "upstream server ejected after consecutive failures"
         );
         self.metrics.ejection(&set.entries[idx].url);
+        let (name, url) = (self.config.name.clone(), set.entries[idx].url.clone());
+        let detail = format!("for {length} ms after consecutive failures");
+        crate::observability::events::upstream(&name, &url, "ejected", Some(&detail));
+        // The end of the ejection, as an event too (unless a health check ended it earlier,
+        // or a later ejection extended it).
+        if let Some(rt) = crate::base::background::background() {
+            let server = server.clone();
+            let until = now + length;
+            rt.spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(length)).await;
+                if server.ejected_until() == until {
+                    let detail = "the ejection time passed";
+                    crate::observability::events::upstream(&name, &url, "returned", Some(detail));
+                }
+            });
+        }
     }
 }

@@ -93,6 +93,12 @@ impl ServerState {
         }
     }
 
+    /// Names the server for the events its breaker reports.
+    pub fn named(mut self, upstream: &str, server: &str) -> Self {
+        self.breaker = self.breaker.map(|b| b.named(upstream, server));
+        self
+    }
+
     pub fn health(&self) -> Health {
         Health::from_u8(self.health.load(Ordering::Relaxed))
     }

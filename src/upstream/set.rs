@@ -111,7 +111,10 @@ impl ServerSet {
                     })
                     .unwrap_or_else(|| {
                         fresh.push(idx);
-                        Arc::new(ServerState::new(config.circuit_breaker.clone()))
+                        Arc::new(
+                            ServerState::new(config.circuit_breaker.clone())
+                                .named(&config.name, &entry.url),
+                        )
                     })
             })
             .collect();
