@@ -32,16 +32,24 @@ fn ui_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ui")
 }
 
-fn config(up: &Upstream, quota_db: &Path) -> String {
+fn config(up: &Upstream, flaky: &Upstream, quota_db: &Path) -> String {
     serde_json::json!({
         "version": 1,
         "server": {"host": "127.0.0.1", "port": 0, "workers": 2},
         "admin": {"token": "${KAIROS_UI_TOKEN}", "watch_config": false},
-        "upstreams": {"backend": {"servers": [{"url": up.url()}]}},
+        "upstreams": {
+            "backend": {"servers": [{"url": up.url()}]},
+            "flaky": {
+                "servers": [{"url": flaky.url()}],
+                "health_check": {"path": "/health", "interval": "300ms", "timeout": "250ms",
+                                 "healthy_threshold": 1, "unhealthy_threshold": 1}
+            }
+        },
         "api_keys": {"keys": {"partner": {"key": "${PARTNER_KEY}", "permissions": ["read"]}}},
         "routes": [
             {"name": "api", "path": "/api/{*rest}", "upstream": "backend"},
-            {"name": "secure", "path": "/secure/{*rest}", "upstream": "backend", "auth": "api_key"}
+            {"name": "secure", "path": "/secure/{*rest}", "upstream": "backend", "auth": "api_key"},
+            {"name": "flaky", "path": "/flaky/{*rest}", "upstream": "flaky"}
         ],
         "tenancy": {
             "identify_by": ["host"],
@@ -62,6 +70,19 @@ fn upstream() -> Upstream {
             Reply::ok(r#"{"error":"boom"}"#).status(500)
         } else {
             Reply::ok(r#"{"ok":true}"#).header("content-type", "application/json")
+        }
+    })
+}
+
+/// A server whose health check passes for two seconds, then fails for two, and so on: its
+/// `down` and `up` transitions reach the UI as `upstream` events.
+fn flapping() -> Upstream {
+    let started = Instant::now();
+    Upstream::start(move |r: &Recorded| {
+        let healthy = started.elapsed().as_secs() / 2 % 2 == 0;
+        match (r.target.as_str(), healthy) {
+            ("/health", false) => Reply::ok("failing").status(503),
+            _ => Reply::ok("ok"),
         }
     })
 }
@@ -119,9 +140,10 @@ fn require_tools() {
 fn admin_ui_in_chromium() {
     require_tools();
     let up = upstream();
+    let flaky = flapping();
     let state = tempfile::tempdir().expect("tempdir");
     let gw = GatewayProcess::start_with_env(
-        &config(&up, &state.path().join("quotas.db")),
+        &config(&up, &flaky, &state.path().join("quotas.db")),
         &[("KAIROS_UI_TOKEN", TOKEN), ("PARTNER_KEY", PARTNER_KEY)],
     );
     let base = gw.url("");
@@ -136,13 +158,9 @@ fn admin_ui_in_chromium() {
         .current_dir(ui_dir())
         .env("KAIROS_URL", &base)
         .env("KAIROS_TOKEN", TOKEN)
-        .env_remove("KAIROS_UI_SCREENSHOTS")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
-    if let Ok(dir) = std::env::var("KAIROS_UI_SCREENSHOTS") {
-        cmd.env("KAIROS_UI_SCREENSHOTS", dir);
-    }
     let mut child = cmd.spawn().expect("spawn node");
     let started = Instant::now();
     let status = loop {

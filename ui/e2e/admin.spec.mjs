@@ -5,7 +5,7 @@
 // Environment (set by tests/admin_ui.rs):
 //   KAIROS_URL             the gateway, e.g. http://127.0.0.1:41234
 //   KAIROS_TOKEN           the admin token
-//   KAIROS_SCREENSHOTS     optional: a directory to write the README's PNGs into
+//   KAIROS_UI_SCREENSHOTS     optional: a directory to write the README's PNGs into
 //   CHROMIUM               optional: the browser (default /usr/bin/chromium)
 //
 // What it checks: login with a wrong then the right token (reached with Tab, sent with Enter),
@@ -27,7 +27,7 @@ const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 
 const BASE = process.env.KAIROS_URL;
 const TOKEN = process.env.KAIROS_TOKEN;
-const SHOTS = process.env.KAIROS_SCREENSHOTS || '';
+const SHOTS = process.env.KAIROS_UI_SCREENSHOTS || '';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 if (!BASE || !TOKEN) {
   console.error('KAIROS_URL and KAIROS_TOKEN are required');
@@ -216,6 +216,21 @@ async function main() {
   await page.waitForSelector('[data-testid="upstreams-table"] tbody tr', { timeout: WAIT });
   const upRow = await page.textContent('[data-testid="upstreams-table"] tbody tr');
   check(upRow.includes('backend') && upRow.includes('static'), `upstream row: ${upRow}`);
+  // The flapping server's health transitions arrive live as `upstream` events.
+  await page.waitForFunction(
+    () => {
+      const items = Array.from(document.querySelectorAll('[data-testid="transitions"] li')).map((l) => l.textContent);
+      return items.some((t) => t.includes('flaky') && t.includes('down')) && items.some((t) => t.includes('flaky') && t.includes('up'));
+    },
+    null,
+    { timeout: WAIT },
+  );
+  await page.fill('input[type="search"]', 'flaky');
+  await page.waitForFunction(() => {
+    const rows = Array.from(document.querySelectorAll('[data-testid="upstreams-table"] tbody tr'));
+    return rows.length === 1 && rows[0].textContent.includes('flaky');
+  });
+  log('upstreams: the flapping server\'s down and up transitions shown live; the search filter keeps its row only');
   await axeCheck(page, 'upstreams');
   await shot(page, 'upstreams');
 
@@ -244,6 +259,9 @@ async function main() {
   );
   log('gateway dry run:', JSON.stringify(serverLines));
   check(serverLines.some((p) => p.line === badLine && /upstrem/.test(p.text)), `no server error at line ${badLine}`);
+  // "Line N" moves the editor's cursor to the error (and scrolls it into view).
+  await page.click(`[data-testid="problems"] li[data-source="schema"][data-line="${badLine}"] button`);
+  await page.waitForSelector('.cm-activeLine:has-text("upstrem")');
   await axeCheck(page, 'config (with errors)');
   await shot(page, 'config-errors');
 

@@ -30,7 +30,7 @@ export function Chart({ title, points, lines, unit }: { title: string; points: P
         legend: { show: true },
         cursor: { drag: { x: false, y: false } },
         scales: { x: { time: true } },
-        axes: [{}, { size: 56, values: (_u, vals) => vals.map((v) => `${v}${unit}`) }],
+        axes: [{}, { size: 72, values: (_u, vals) => vals.map((v) => `${v}${unit}`) }],
         series: [{}, ...lines.map((l) => ({ label: l.label, stroke: l.color, width: 1.5, spanGaps: true }))],
       },
       data(),

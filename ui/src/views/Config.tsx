@@ -4,7 +4,7 @@
 // someone else applied and shows their change), and the reload history.
 
 import { useCallback, useEffect, useRef, useState } from 'react';
-import type { EditorView } from '@codemirror/view';
+import { EditorView } from '@codemirror/view';
 import { Validator } from '@cfworker/json-schema';
 import { ApiError, describe, type ErrorBody } from '../api';
 import { useLive, useSession } from '../context';
@@ -127,10 +127,12 @@ export function ConfigView() {
   const apply = async () => {
     if (!running) return;
     const edited = current();
-    if (edited.includes('"<redacted>"')) {
+    // A secret the gateway did not show (a value, or a URL's userinfo): sending the placeholder
+    // would replace the secret with it.
+    if (edited.includes('<redacted>')) {
       setOutcome({
         kind: 'error',
-        text: 'The config still holds "<redacted>" placeholders for secrets the gateway does not show. Replace each with its value or an ${ENV} reference before applying; nothing was sent.',
+        text: 'The config still holds <redacted> placeholders for secrets the gateway does not show. Replace each with its value or an ${ENV} reference before applying; nothing was sent.',
       });
       return;
     }
@@ -201,7 +203,7 @@ export function ConfigView() {
                     type="button"
                     className="link"
                     onClick={() => {
-                      view.current?.dispatch({ selection: { anchor: p.from }, scrollIntoView: true });
+                      view.current?.dispatch({ selection: { anchor: p.from }, effects: EditorView.scrollIntoView(p.from, { y: 'center' }) });
                       view.current?.focus();
                     }}
                   >
