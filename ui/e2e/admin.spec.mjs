@@ -57,7 +57,7 @@ async function admin(method, path, { body, ifMatch } = {}) {
 async function axeCheck(page, view) {
   await page.evaluate(AXE);
   const result = await page.evaluate(async () => {
-    // eslint-disable-next-line no-undef
+    // axe: the global the injected axe.min.js defines.
     const r = await axe.run(document, { resultTypes: ['violations'] });
     return r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) }));
   });
@@ -323,6 +323,8 @@ async function main() {
   const rid = made.headers.get('x-request-id');
   check(rid, 'no x-request-id on the answer');
   await page.waitForSelector(`[data-testid="logs-table"] button:text-is("${rid}")`, { timeout: WAIT });
+  // Under load the rows move down as new lines arrive: pause them, as a reader would, to click.
+  await page.check('label:has-text("Pause live lines") input');
   await page.click(`[data-testid="logs-table"] button:text-is("${rid}")`);
   await page.waitForSelector('[data-testid="request-filter"]');
   await page.waitForFunction(
@@ -337,6 +339,7 @@ async function main() {
   check(row.includes('/api/made-during-the-test') && row.includes('200'), `log row: ${row}`);
   log(`log viewer: request ${rid} found live and by its id`);
   await page.click('button:text-is("Clear")');
+  await page.uncheck('label:has-text("Pause live lines") input');
   await axeCheck(page, 'logs');
   await shot(page, 'logs');
 
@@ -373,6 +376,26 @@ async function main() {
   await axeCheck(page, 'keys');
   await shot(page, 'keys');
   log('key created, shown once, and accepted on a real route');
+
+  // The new key's hash is redacted in GET /_kairos/config: an edit of that config is refused by
+  // the UI before anything is sent (the placeholder would replace the hash).
+  step = 'config: redacted placeholder';
+  await go(page, 'config');
+  await page.waitForFunction(() => (document.querySelector('.editor')?.shadowRoot?.querySelectorAll('.cm-content .cm-line').length ?? 0) > 5, null, { timeout: WAIT });
+  const before = await admin('GET', '/_kairos/config');
+  check(before.text.includes('<redacted>'), 'the key hash is not redacted');
+  const redactedEdit = before.json();
+  redactedEdit.routes.push({ name: 'never-sent', path: '/never-sent', upstream: 'backend' });
+  await setEditorText(page, `${JSON.stringify(redactedEdit, null, 2)}\n`);
+  await page.click('text=Review changes');
+  await page.click('button:text-is("Apply")');
+  await page.waitForFunction(() => /placeholders/.test(document.querySelector('[data-testid="config-outcome"]')?.textContent ?? ''), null, {
+    timeout: WAIT,
+  });
+  const unchanged = await admin('GET', '/_kairos/config');
+  check(unchanged.etag === before.etag, 'a config with <redacted> placeholders was applied');
+  await page.click('text=Discard changes');
+  log('an edit holding <redacted> placeholders is refused before it is sent');
 
   // ---- reload history -------------------------------------------------------------------------
   step = 'reload history';

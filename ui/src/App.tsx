@@ -128,7 +128,6 @@ function Shell({ token, onLogout }: { token: string; onLogout: (message: string 
   const session = useMemo(() => {
     const api = new Api(token, () => onLogout('The gateway no longer accepts this token (401): sign in again.'));
     return { api, feed: new LiveFeed(api) };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [token]);
   useEffect(() => {
     session.feed.start();

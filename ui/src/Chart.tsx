@@ -45,7 +45,7 @@ export function Chart({ title, points, lines, unit }: { title: string; points: P
       plot.current?.destroy();
       plot.current = null;
     };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
+    // Created once; the effect below feeds it new data.
   }, []);
   useEffect(() => {
     plot.current?.setData(data());

@@ -32,6 +32,20 @@ export function matches(l: LogLine, f: Filters): boolean {
   return true;
 }
 
+/** A line's identity: a live batch may repeat lines the first read already returned. */
+const lineKey = (l: LogLine) => `${l.request_id ?? ''} ${l.ts} ${l.kind} ${l.status ?? ''} ${l.message ?? ''}`;
+
+function appendNew(old: LogLine[], fresh: LogLine[]): LogLine[] {
+  const seen = new Set(old.map(lineKey));
+  const added = fresh.filter((l) => {
+    const k = lineKey(l);
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+  return added.length ? [...old, ...added].slice(-SHOWN) : old;
+}
+
 export function LogsView() {
   const { api, feed } = useSession();
   const [draft, setDraft] = useState<Filters>(() => ({ ...EMPTY, request_id: hashParams().get('request_id') ?? '' }));
@@ -45,10 +59,12 @@ export function LogsView() {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(filters)) if (v.trim()) q.set(k, v.trim());
     q.set('limit', String(SHOWN));
+    setLines([]);
     api
       .get<{ lines: LogLine[] }>(`/_kairos/logs?${q}`, abort.signal)
       .then((r) => {
-        setLines(r.data.lines ?? []);
+        // Lines that came live while the read was on its way are newer: kept after it.
+        setLines((live) => appendNew(appendNew([], r.data.lines ?? []), live));
         setError(null);
       })
       .catch((e) => !abort.signal.aborted && setError(describe(e)));
@@ -59,7 +75,7 @@ export function LogsView() {
     if (paused) return;
     return feed.onLog((batch) => {
       const fresh = batch.filter((l) => matches(l, filters));
-      if (fresh.length) setLines((old) => [...old, ...fresh].slice(-SHOWN));
+      if (fresh.length) setLines((old) => appendNew(old, fresh));
     });
   }, [feed, filters, paused]);
 
@@ -121,8 +137,10 @@ export function LogsView() {
             </tr>
           </thead>
           <tbody>
-            {newestFirst.map((l, i) => (
-              <tr key={`${l.request_id ?? ''}-${l.ts}-${i}`} className={`lvl-${l.level} ${l.status && l.status >= 500 ? 'err' : ''}`}>
+            {newestFirst.map((l) => (
+              // A key that stays with its line as new lines come in above it (a click on a row
+              // must reach the row it was aimed at).
+              <tr key={lineKey(l)} className={`lvl-${l.level} ${l.status && l.status >= 500 ? 'err' : ''}`}>
                 <td>
                   <time dateTime={l.ts}>{l.ts.replace(/^.*T/, '').replace(/Z$/, '')}</time>
                 </td>
