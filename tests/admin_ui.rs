@@ -79,7 +79,7 @@ fn upstream() -> Upstream {
 fn flapping() -> Upstream {
     let started = Instant::now();
     Upstream::start(move |r: &Recorded| {
-        let healthy = started.elapsed().as_secs() / 2 % 2 == 0;
+        let healthy = (started.elapsed().as_secs() / 2).is_multiple_of(2);
         match (r.target.as_str(), healthy) {
             ("/health", false) => Reply::ok("failing").status(503),
             _ => Reply::ok("ok"),
@@ -105,7 +105,7 @@ fn load(gw_url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
                 format!("/api/load/{sent}")
             };
             let mut req = client.get(format!("{gw_url}{path}"));
-            if sent % 7 == 0 {
+            if sent.is_multiple_of(7) {
                 req = req.header("host", "acme.example");
             }
             let _ = req.send();

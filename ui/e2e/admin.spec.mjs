@@ -299,6 +299,8 @@ async function main() {
   theirs.routes.push({ name: 'theirs', path: '/theirs', upstream: 'backend' });
   const put = await admin('PUT', '/_kairos/config', { body: JSON.stringify(theirs, null, 2), ifMatch: base.etag });
   check(put.status === 200, `their PUT: ${put.status} ${put.text}`);
+  // Their reload arrives as a `config` event: the editor says so before anyone clicks Apply.
+  await page.waitForSelector('[data-testid="config-changed"]', { timeout: WAIT });
   await page.click('text=Review changes');
   await page.click('button:text-is("Apply")');
   await page.waitForSelector('[data-testid="config-conflict"]', { timeout: WAIT });

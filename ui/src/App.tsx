@@ -4,6 +4,7 @@
 import { Suspense, lazy, useEffect, useMemo, useRef, useState, type FormEvent } from 'react';
 import { Api, ApiError, loadToken, saveToken } from './api';
 import { SessionContext, useLive } from './context';
+import { hashView } from './hash';
 import { LiveFeed } from './stream';
 import { Dashboard } from './views/Dashboard';
 import { RoutesView } from './views/Routes';
@@ -28,14 +29,8 @@ const VIEWS = [
 ] as const;
 
 function currentView(): string {
-  const id = window.location.hash.replace(/^#\/?/, '').split('?')[0];
+  const id = hashView();
   return VIEWS.some((v) => v.id === id) ? id : 'dashboard';
-}
-
-/** The query part of the hash (#/logs?request_id=...), for links between views. */
-export function hashParams(): URLSearchParams {
-  const q = window.location.hash.split('?')[1];
-  return new URLSearchParams(q ?? '');
 }
 
 export function App() {

@@ -42,6 +42,15 @@ export function ConfigView() {
   const [outcome, setOutcome] = useState<Outcome>({ kind: 'none' });
   const [loadError, setLoadError] = useState<string | null>(null);
   const history = useApiGet<{ reloads: Reload[] }>('/_kairos/config/history');
+  // A `config` event for a config this editor did not apply: someone else changed it since it
+  // was read (Apply would be refused with 412). `own` holds the hashes this editor applied (the
+  // event may come before the PUT's answer); events from before the view opened are ignored.
+  const own = useRef(new Set<string>());
+  const openedWith = useRef(live.configHash);
+  const [elsewhere, setElsewhere] = useState<string | null>(null);
+  useEffect(() => {
+    if (live.configHash && live.configHash !== openedWith.current) setElsewhere(live.configHash);
+  }, [live.configHash]);
 
   const recheck = useCallback((v: EditorView) => {
     setText(v.state.doc.toString());
@@ -142,6 +151,7 @@ export function ConfigView() {
         text: edited,
         ifMatch: running.etag ?? undefined,
       });
+      if (data.applied?.config_hash) own.current.add(data.applied.config_hash);
       const fresh = await load();
       setRunning(fresh);
       setReviewing(false);
@@ -158,6 +168,9 @@ export function ConfigView() {
           const fresh = await load();
           setOutcome({ kind: 'conflict', base: running.text, theirs: fresh.text });
           setRunning(fresh);
+          // The editor now starts from their config.
+          openedWith.current = live.configHash;
+          setElsewhere(null);
         } catch (e2) {
           setOutcome({ kind: 'error', text: `The config changed since it was read, and could not be read again: ${describe(e2)}` });
         }
@@ -181,6 +194,7 @@ export function ConfigView() {
   };
 
   const dirty = running !== null && text !== running.text;
+  const changedElsewhere = elsewhere !== null && !own.current.has(elsewhere);
   const allProblems = [...problems, ...serverErrors].sort((a, b) => a.line - b.line);
   return (
     <>
@@ -189,12 +203,18 @@ export function ConfigView() {
         Secrets are shown as <code>"&lt;redacted&gt;"</code>; <code>${'{'}ENV{'}'}</code> references are kept. Ctrl-F searches; Tab leaves the
         editor.
       </p>
+      {changedElsewhere && (
+        <p className="error" role="status" data-testid="config-changed">
+          The running config changed since this editor read it (another edit, a reload of the file or the config store). Applying
+          will show that change first.
+        </p>
+      )}
       <div className="editor" ref={host} />
       <section aria-labelledby="problems-h">
         <h2 id="problems-h">Problems</h2>
         <div aria-live="polite" data-testid="problems">
           {allProblems.length === 0 ? (
-            <p>None found as you type{running?.etag ? '' : ''}.</p>
+            <p>None found as you type.</p>
           ) : (
             <ul className="problems">
               {allProblems.map((p, i) => (

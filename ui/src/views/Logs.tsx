@@ -2,7 +2,7 @@
 // match the same filters. Clicking a request id shows all of that request's lines.
 
 import { useEffect, useMemo, useState } from 'react';
-import { hashParams } from '../App';
+import { hashParams } from '../hash';
 import { describe } from '../api';
 import { useSession } from '../context';
 import { fmtMs } from '../format';
