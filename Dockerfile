@@ -23,10 +23,13 @@ RUN mkdir -p src benches \
  && cargo build --release --locked --bin kairos-rs \
  && rm -rf src benches
 
-# The gateway itself. config/ is needed at build time: config/demo.json is compiled in.
+# The gateway itself. config/ is needed at build time: config/demo.json is compiled in; so is
+# the web UI's build output, ui/dist/ (embedded by src/admin/ui.rs; build.rs watches it).
+COPY build.rs ./
 COPY src ./src
 COPY benches ./benches
 COPY config ./config
+COPY ui/dist ./ui/dist
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin kairos-rs
 

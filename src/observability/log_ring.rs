@@ -5,8 +5,8 @@
 //!
 //! A line holds the fields the access log has, never a header value or a query string (the
 //! access log's `path` has none), and its path is cut at [`MAX_PATH_BYTES`], so the ring's
-//! memory is bounded (about 5,000 x 1 KB at most). Writing a line costs a few small
-//! allocations and one short lock; readers copy what they need under that lock, and stream
+//! memory is bounded (about 5,000 x 1 KB at most). Writing a line costs one allocation (its
+//! text fields share one buffer) and one short lock; readers copy what they need under that lock, and stream
 //! readers poll it from a sequence number of their own, so nothing is sent per request.
 
 use serde::Serialize;
@@ -25,46 +25,113 @@ pub const MAX_PATH_BYTES: usize = 512;
 /// A longer message is cut likewise.
 const MAX_MESSAGE_BYTES: usize = 1024;
 
+/// The text fields of a line, in [`LogLine`]'s order.
+const TEXT_FIELDS: [&str; 9] = [
+    "method",
+    "path",
+    "route",
+    "upstream",
+    "client",
+    "identity",
+    "tenant",
+    "request_id",
+    "message",
+];
+const ROUTE: usize = 2;
+const CLIENT: usize = 4;
+const REQUEST_ID: usize = 7;
+
 /// One line: an access-log line (`kind` "access") or a warning or error about a request
-/// ("event"). Fields the line did not carry are absent.
-#[derive(Debug, Clone, Serialize)]
+/// ("event"). Its text fields share one buffer (one allocation per line, not one per field);
+/// fields the line did not carry are absent.
+#[derive(Debug, Clone)]
 pub struct LogLine {
     /// Position in the ring's history (increasing, never reused).
-    #[serde(skip)]
     pub seq: u64,
-    #[serde(serialize_with = "ts")]
+    /// Unix milliseconds.
     pub ts: u64,
     pub level: &'static str,
     pub kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<Box<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<Box<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub route: Option<Box<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<Box<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<Box<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub identity: Option<Box<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<Box<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<Box<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<Box<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u16>,
+    text: String,
+    /// Where each of [`TEXT_FIELDS`] is in `text` (start, end); `None` when absent.
+    spans: [Option<(u16, u16)>; TEXT_FIELDS.len()],
 }
 
-fn ts<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*ms);
-    s.serialize_str(&crate::base::clock::rfc3339(t))
+impl Default for LogLine {
+    fn default() -> Self {
+        LogLine {
+            seq: 0,
+            ts: 0,
+            level: "info",
+            kind: "event",
+            status: None,
+            latency_ms: None,
+            grpc_status: None,
+            text: String::new(),
+            spans: [None; TEXT_FIELDS.len()],
+        }
+    }
+}
+
+impl LogLine {
+    /// Text field `i` of [`TEXT_FIELDS`].
+    fn field(&self, i: usize) -> Option<&str> {
+        let (a, b) = self.spans[i]?;
+        self.text.get(usize::from(a)..usize::from(b))
+    }
+
+    /// Sets text field `i` (cut at `max` bytes); a line longer than 64 KB in all keeps the rest
+    /// of its fields absent.
+    fn set(&mut self, i: usize, value: &str, max: usize) {
+        let value = cut(value, max);
+        let start = self.text.len();
+        let (Ok(a), Ok(b)) = (u16::try_from(start), u16::try_from(start + value.len())) else {
+            return;
+        };
+        self.text.push_str(&value);
+        self.spans[i] = Some((a, b));
+    }
+
+    pub fn route(&self) -> Option<&str> {
+        self.field(ROUTE)
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        self.field(REQUEST_ID)
+    }
+
+    pub fn client(&self) -> Option<&str> {
+        self.field(CLIENT)
+    }
+}
+
+impl Serialize for LogLine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.ts);
+        m.serialize_entry("ts", &crate::base::clock::rfc3339(t))?;
+        m.serialize_entry("level", self.level)?;
+        m.serialize_entry("kind", self.kind)?;
+        for (i, name) in TEXT_FIELDS.iter().enumerate() {
+            if let Some(v) = self.field(i) {
+                m.serialize_entry(name, v)?;
+            }
+        }
+        if let Some(v) = self.status {
+            m.serialize_entry("status", &v)?;
+        }
+        if let Some(v) = self.latency_ms {
+            m.serialize_entry("latency_ms", &v)?;
+        }
+        if let Some(v) = self.grpc_status {
+            m.serialize_entry("grpc_status", &v)?;
+        }
+        m.end()
+    }
 }
 
 /// What a reader asks for: every given filter must match.
@@ -79,18 +146,18 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, l: &LogLine) -> bool {
-        let eq = |want: &Option<String>, got: &Option<Box<str>>| match want {
+        let eq = |want: &Option<String>, got: Option<&str>| match want {
             None => true,
-            Some(w) => got.as_deref() == Some(w.as_str()),
+            Some(w) => got == Some(w.as_str()),
         };
         let status = match self.status.as_deref() {
             None => true,
             Some(s) => l.status.is_some_and(|got| status_matches(s, got)),
         };
         status
-            && eq(&self.route, &l.route)
-            && eq(&self.client, &l.client)
-            && eq(&self.request_id, &l.request_id)
+            && eq(&self.route, l.route())
+            && eq(&self.client, l.client())
+            && eq(&self.request_id, l.request_id())
     }
 }
 
@@ -208,10 +275,15 @@ impl<S: Subscriber> Layer<S> for RingLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
         let access = meta.target() == crate::observability::ACCESS_TARGET;
-        let mut v = LineVisitor::default();
+        let mut v = LineVisitor {
+            line: LogLine {
+                text: String::with_capacity(160),
+                ..LogLine::default()
+            },
+        };
         event.record(&mut v);
         let mut line = v.line;
-        if !access && line.request_id.is_none() {
+        if !access && line.request_id().is_none() {
             return;
         }
         line.ts = crate::base::clock::wall_ms();
@@ -227,36 +299,12 @@ impl<S: Subscriber> Layer<S> for RingLayer {
     }
 }
 
-#[derive(Default)]
 struct LineVisitor {
     line: LogLine,
 }
 
-impl Default for LogLine {
-    fn default() -> Self {
-        LogLine {
-            seq: 0,
-            ts: 0,
-            level: "info",
-            kind: "event",
-            method: None,
-            path: None,
-            route: None,
-            status: None,
-            latency_ms: None,
-            upstream: None,
-            client: None,
-            identity: None,
-            tenant: None,
-            request_id: None,
-            message: None,
-            grpc_status: None,
-        }
-    }
-}
-
 /// `s` cut to at most `max` bytes at a character boundary.
-fn cut(s: &str, max: usize) -> Box<str> {
+fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if s.len() <= max {
         return s.into();
     }
@@ -273,26 +321,14 @@ impl Visit for LineVisitor {
         if value == "-" {
             return;
         }
-        let l = &mut self.line;
-        let slot = match field.name() {
-            "method" => &mut l.method,
-            "path" => {
-                l.path = Some(cut(value, MAX_PATH_BYTES));
-                return;
-            }
-            "route" => &mut l.route,
-            "upstream" => &mut l.upstream,
-            "client" => &mut l.client,
-            "identity" => &mut l.identity,
-            "tenant" => &mut l.tenant,
-            "request_id" => &mut l.request_id,
-            "message" => {
-                l.message = Some(cut(value, MAX_MESSAGE_BYTES));
-                return;
-            }
-            _ => return,
-        };
-        *slot = Some(cut(value, MAX_PATH_BYTES));
+        let name = field.name();
+        if let Some(i) = TEXT_FIELDS.iter().position(|f| *f == name) {
+            let max = match name {
+                "message" => MAX_MESSAGE_BYTES,
+                _ => MAX_PATH_BYTES,
+            };
+            self.line.set(i, value, max);
+        }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -316,14 +352,12 @@ impl Visit for LineVisitor {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        match field.name() {
-            "message" => self.line.message = Some(cut(&format!("{value:?}"), MAX_MESSAGE_BYTES)),
-            // Fields given with `%` (Display) arrive here; a string's Debug would quote it.
-            "client" | "request_id" | "route" | "upstream" => {
-                let text = format!("{value:?}");
-                self.record_str(field, text.trim_matches('"'));
-            }
-            _ => {}
+        // The message, and fields given with `%` (Display) or `?`; only those the line keeps
+        // are formatted.
+        let name = field.name();
+        if TEXT_FIELDS.contains(&name) {
+            let text = format!("{value:?}");
+            self.record_str(field, text.trim_matches('"'));
         }
     }
 }
@@ -333,12 +367,13 @@ mod tests {
     use super::*;
 
     fn line(status: u16, route: &str, rid: &str) -> LogLine {
-        LogLine {
+        let mut l = LogLine {
             status: Some(status),
-            route: Some(route.into()),
-            request_id: Some(rid.into()),
             ..LogLine::default()
-        }
+        };
+        l.set(ROUTE, route, MAX_PATH_BYTES);
+        l.set(REQUEST_ID, rid, MAX_PATH_BYTES);
+        l
     }
 
     #[test]
@@ -364,7 +399,7 @@ mod tests {
         }
         let all = ring.query(&Filter::default(), usize::MAX);
         assert_eq!(all.len(), RING_LINES);
-        assert_eq!(all[0].request_id.as_deref(), Some("id-10"));
+        assert_eq!(all[0].request_id(), Some("id-10"));
         let last = ring.last_seq();
         ring.push(line(502, "other", "new"));
         let (lines, next) = ring.since(last, 100);
@@ -376,10 +411,10 @@ mod tests {
         };
         let hits = ring.query(&f, 10);
         assert_eq!(hits.len(), 1);
-        assert_eq!(hits[0].route.as_deref(), Some("other"));
+        assert_eq!(hits[0].route(), Some("other"));
         // Newest last, limited from the newest end.
         let two = ring.query(&Filter::default(), 2);
-        assert_eq!(two[1].request_id.as_deref(), Some("new"));
+        assert_eq!(two[1].request_id(), Some("new"));
     }
 
     #[test]
@@ -388,5 +423,19 @@ mod tests {
         let c = cut(&long, MAX_PATH_BYTES);
         assert!(c.len() <= MAX_PATH_BYTES + '…'.len_utf8());
         assert!(c.ends_with('…'));
+    }
+
+    #[test]
+    fn a_line_serializes_the_fields_it_has() {
+        let mut l = line(503, "users", "rid-1");
+        l.ts = 1_796_056_135_123;
+        l.kind = "access";
+        l.set(1, "/users/1", MAX_PATH_BYTES);
+        let v = serde_json::to_value(&l).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"ts": "2026-11-30T16:28:55.123Z", "level": "info", "kind": "access",
+                               "path": "/users/1", "route": "users", "request_id": "rid-1", "status": 503})
+        );
     }
 }

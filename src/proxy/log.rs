@@ -14,7 +14,8 @@ pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
         return grpc_access(ctx, res, call);
     }
     let ids = ctx.log_ids.as_ref();
-    let client = super::client_ip(ctx.req, &ctx.rt.config.server);
+    // Formatted once for every layer (the log line and the admin UI's ring).
+    let client = super::client_ip(ctx.req, &ctx.rt.config.server).map(|ip| ip.to_string());
     tracing::info!(
         target: "kairos::access",
         method = ctx.req.method().as_str(),
@@ -27,7 +28,7 @@ pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
             .as_ref()
             .and_then(|(set, i)| set.entries.get(*i))
             .map_or("-", |s| s.url.as_str()),
-        client = client.as_ref().map(tracing::field::display),
+        client = client.as_deref(),
         identity = ctx.identity.as_deref().unwrap_or("-"),
         tenant = ctx.tenant_id().unwrap_or("-"),
         request_id = ctx.rid_str(),
