@@ -47,7 +47,7 @@ fn config(up: &Upstream, flaky: &Upstream, quota_db: &Path) -> String {
         },
         "api_keys": {"keys": {"partner": {"key": "${PARTNER_KEY}", "permissions": ["read"]}}},
         "routes": [
-            {"name": "api", "path": "/api/{*rest}", "upstream": "backend"},
+            {"name": "api", "path": "/api/{*rest}", "upstream": "backend", "cache": {"ttl": "60s"}},
             {"name": "secure", "path": "/secure/{*rest}", "upstream": "backend", "auth": "api_key"},
             {"name": "flaky", "path": "/flaky/{*rest}", "upstream": "flaky"}
         ],

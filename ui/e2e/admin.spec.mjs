@@ -349,11 +349,21 @@ async function main() {
   step = 'tenants';
   await go(page, 'tenants');
   await page.waitForSelector('[data-testid="tenants-table"] tbody tr', { timeout: WAIT });
+  // One request in seven of the load is for the tenant's host: today's usage against its quota.
+  await page.waitForFunction(() => /[1-9]\d* \/ 100000/.test(document.querySelector('[data-testid="tenants-table"] tbody tr')?.textContent ?? ''), null, {
+    timeout: WAIT,
+  });
+  log('tenants:', (await page.textContent('[data-testid="tenants-table"] tbody tr')).replace(/\s+/g, ' '));
   await axeCheck(page, 'tenants');
+  await shot(page, 'tenants');
   step = 'cache';
   await go(page, 'cache');
-  await page.waitForSelector('[data-testid="cache-entries"]', { timeout: WAIT });
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid="cache-entries"]')?.textContent) > 0, null, { timeout: WAIT });
   await axeCheck(page, 'cache');
+  page.once('dialog', (d) => d.accept());
+  await page.click('button:text-is("Purge all")');
+  await page.waitForFunction(() => /Purged [1-9]\d* stored answers \(all\)/.test(document.querySelector('main')?.textContent ?? ''), null, { timeout: WAIT });
+  log('cache: entries listed, purge all done');
 
   step = 'csp so far';
   const early = await page.evaluate(() => window.__csp);
