@@ -121,8 +121,9 @@ function Login({ notice, onLogin }: { notice: string | null; onLogin: (token: st
 
 function Shell({ token, onLogout }: { token: string; onLogout: (message: string | null) => void }) {
   const session = useMemo(() => {
-    const api = new Api(token, () => onLogout('The gateway no longer accepts this token (401): sign in again.'));
-    return { api, feed: new LiveFeed(api) };
+    const expired = () => onLogout('The gateway no longer accepts this token (401): sign in again.');
+    const api = new Api(token, expired);
+    return { api, feed: new LiveFeed(api, expired) };
   }, [token]);
   useEffect(() => {
     session.feed.start();

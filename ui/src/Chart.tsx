@@ -47,9 +47,11 @@ export function Chart({ title, points, lines, unit }: { title: string; points: P
     };
     // Created once; the effect below feeds it new data.
   }, []);
+  // New data only when a stats event brought a point (not on every render of the page);
+  // `lines` is the same for the chart's life.
   useEffect(() => {
     plot.current?.setData(data());
-  });
+  }, [points]);
   const last = points[points.length - 1];
   return (
     <figure className="chart">

@@ -84,7 +84,11 @@ export class LiveFeed {
   private logListeners = new Set<(lines: LogLine[]) => void>();
   private abort = new AbortController();
 
-  constructor(private api: Api) {}
+  /** `onUnauthorized`: the stream was refused with 401 (the token changed): sign out. */
+  constructor(
+    private api: Api,
+    private onUnauthorized: () => void = () => {},
+  ) {}
 
   subscribe = (fn: () => void) => {
     this.listeners.add(fn);
@@ -151,6 +155,7 @@ export class LiveFeed {
         });
         if (res.status === 401) {
           this.set({ status: 'closed' });
+          this.onUnauthorized();
           return;
         }
         if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
