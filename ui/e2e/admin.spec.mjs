@@ -109,8 +109,9 @@ async function main() {
   page.on('console', (m) => {
     if (m.type() !== 'error') return;
     const t = m.text();
-    // The wrong token's 401 and the conflicting PUT's 412 are logged by the browser as failed loads.
-    if (/status of (401|412|400|404)/.test(t)) return;
+    // The refusals the test provokes (wrong token 401, schema 400, duplicate key 409, stale
+    // 412, no such route 404) are logged by the browser as failed loads.
+    if (/status of (401|409|412|400|404)/.test(t)) return;
     problems.push(`console error: ${t}`);
   });
   // Every CSP violation is recorded by the page itself (the script runs before the app's).
@@ -408,6 +409,20 @@ async function main() {
   check(unchanged.etag === before.etag, 'a config with <redacted> placeholders was applied');
   await page.click('text=Discard changes');
   log('an edit holding <redacted> placeholders is refused before it is sent');
+
+  // A second key of the same name is refused (409); deleting the key stops it working.
+  step = 'keys: duplicate and delete';
+  await go(page, 'keys');
+  await page.waitForSelector('[data-testid="keys-table"] tr[data-name="e2e-key"]', { timeout: WAIT });
+  await page.fill('label:has-text("Name") input', 'e2e-key');
+  await page.click('button:text-is("Create key")');
+  await page.waitForFunction(() => /exists already/.test(document.querySelector('main')?.textContent ?? ''), null, { timeout: WAIT });
+  page.once('dialog', (d) => d.accept());
+  await page.click('button[aria-label="Delete key e2e-key"]');
+  await page.waitForFunction(() => !document.querySelector('[data-testid="keys-table"] tr[data-name="e2e-key"]'), null, { timeout: WAIT });
+  const afterDelete = await fetch(`${BASE}/secure/data`, { headers: { 'X-API-Key': key } });
+  check(afterDelete.status === 401, `the deleted key still answers ${afterDelete.status}`);
+  log('a duplicate key name is refused; the deleted key is refused on the route');
 
   // ---- reload history -------------------------------------------------------------------------
   step = 'reload history';
