@@ -448,6 +448,29 @@ async function main() {
   await page.waitForSelector('#token');
   check(await page.evaluate(() => sessionStorage.length === 0), 'token still stored after logout');
 
+  // The token is changed elsewhere while the tab is signed in: its next call gets a 401 and
+  // the tab signs out, saying why.
+  step = 'token changed elsewhere';
+  await page.fill('#token', TOKEN);
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('nav[aria-label="Main"]', { timeout: WAIT });
+  const cfgNow = await admin('GET', '/_kairos/config');
+  const rotated = cfgNow.json();
+  rotated.admin.token = `${TOKEN}-rotated`;
+  const rotate = await admin('PUT', '/_kairos/config', { body: JSON.stringify(rotated, null, 2), ifMatch: cfgNow.etag });
+  check(rotate.status === 200, `rotating the token: ${rotate.status} ${rotate.text}`);
+  // The next call may be the event stream's (the gateway may end it on the token change) or a
+  // view's: open Routes unless the tab signed out already.
+  await page
+    .locator('nav a[href="#/routes"]')
+    .click({ timeout: 2000 })
+    .catch(() => {});
+  await page.waitForSelector('#login-error', { timeout: WAIT });
+  const expired = await page.textContent('#login-error');
+  check(/no longer accepts/.test(expired), `message: ${expired}`);
+  check(await page.evaluate(() => sessionStorage.length === 0), 'the refused token is still stored');
+  log('a token changed elsewhere signs the tab out:', expired);
+
   await browser.close();
   log('all checks passed');
 }
