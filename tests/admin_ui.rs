@@ -8,7 +8,8 @@
 //!
 //! Node, `ui/node_modules` (`cd ui && npm ci`) and Chromium are required (`scripts/test.sh`
 //! installs them): without them the test fails, it is never skipped. A second test checks the
-//! committed build itself: the JavaScript budget and the precompressed siblings.
+//! committed build itself: the JavaScript budget and the precompressed siblings; a third runs
+//! the UI's unit tests (`ui/unit/`, node's test runner).
 
 mod support;
 
@@ -200,6 +201,31 @@ fn admin_ui_in_chromium() {
     assert!(
         !gw.logs().iter().any(|l| l.contains(TOKEN)),
         "the admin token appears in the gateway's log"
+    );
+}
+
+/// The UI's pure logic (the SSE parser with chunks cut anywhere, the schema error filter, the
+/// diff, the log filters) under node's test runner: `ui/unit/`, `npm run test:unit`.
+#[test]
+fn ui_logic_unit_tests() {
+    require_tools();
+    let out = Command::new("node")
+        .arg("unit/run.mjs")
+        .current_dir(ui_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node unit/run.mjs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the UI unit tests failed ({})",
+        out.status
+    );
+    assert!(
+        stdout.contains("# fail 0"),
+        "no test summary from node --test"
     );
 }
 

@@ -92,7 +92,8 @@ export function usefulErrors(errors: OutputUnit[]): OutputUnit[] {
     if (e.keyword === 'additionalProperties' && deeper(e.instanceLocation)) return false;
     // An anyOf of {thing, null}: the "expected null" branch is noise when the thing failed.
     if (e.keyword === 'type' && /Expected "null"\.$/.test(e.error)) {
-      if (errors.some((o) => o !== e && o.instanceLocation.startsWith(e.instanceLocation) && !wrappers.has(o.keyword) && o.keyword !== 'type'))
+      const nullBranch = (o: OutputUnit) => o.keyword === 'type' && /Expected "null"\.$/.test(o.error);
+      if (errors.some((o) => o !== e && o.instanceLocation.startsWith(e.instanceLocation) && !wrappers.has(o.keyword) && !nullBranch(o)))
         return false;
     }
     const id = `${e.instanceLocation} ${e.error}`;

@@ -22,9 +22,14 @@ export interface SseEvent {
 /** Incremental SSE parser: feed it text as it arrives, it returns the complete events. */
 export class SseParser {
   private buffer = '';
+  /** A CR that ended the last chunk: it may be the first half of a CRLF. */
+  private pendingCr = false;
 
   push(chunk: string): SseEvent[] {
-    this.buffer += chunk.replace(/\r\n?/g, '\n');
+    let text = (this.pendingCr ? '\r' : '') + chunk;
+    this.pendingCr = text.endsWith('\r');
+    if (this.pendingCr) text = text.slice(0, -1);
+    this.buffer += text.replace(/\r\n?/g, '\n');
     const out: SseEvent[] = [];
     let end: number;
     while ((end = this.buffer.indexOf('\n\n')) >= 0) {

@@ -7,44 +7,10 @@ import { describe } from '../api';
 import { useSession } from '../context';
 import { fmtMs } from '../format';
 import type { LogLine } from '../types';
+import { EMPTY, appendNew as append, lineKey, matches, type Filters } from '../logfilter';
 
-interface Filters {
-  route: string;
-  status: string;
-  client: string;
-  request_id: string;
-}
-
-const EMPTY: Filters = { route: '', status: '', client: '', request_id: '' };
 const SHOWN = 500;
-
-/** Whether `l` passes the filters the way the gateway's /_kairos/logs does. */
-export function matches(l: LogLine, f: Filters): boolean {
-  if (f.route && l.route !== f.route) return false;
-  if (f.client && l.client !== f.client) return false;
-  if (f.request_id && l.request_id !== f.request_id) return false;
-  if (f.status) {
-    const s = l.status;
-    if (s === undefined) return false;
-    const m = /^([1-5])xx$/i.exec(f.status);
-    if (m ? Math.floor(s / 100) !== Number(m[1]) : String(s) !== f.status) return false;
-  }
-  return true;
-}
-
-/** A line's identity: a live batch may repeat lines the first read already returned. */
-const lineKey = (l: LogLine) => `${l.request_id ?? ''} ${l.ts} ${l.kind} ${l.status ?? ''} ${l.message ?? ''}`;
-
-function appendNew(old: LogLine[], fresh: LogLine[]): LogLine[] {
-  const seen = new Set(old.map(lineKey));
-  const added = fresh.filter((l) => {
-    const k = lineKey(l);
-    if (seen.has(k)) return false;
-    seen.add(k);
-    return true;
-  });
-  return added.length ? [...old, ...added].slice(-SHOWN) : old;
-}
+const appendNew = (old: LogLine[], fresh: LogLine[]) => append(old, fresh, SHOWN);
 
 export function LogsView() {
   const { api, feed } = useSession();
