@@ -397,6 +397,8 @@ async function main() {
   await page.waitForFunction(() => (document.querySelector('.editor')?.shadowRoot?.querySelectorAll('.cm-content .cm-line').length ?? 0) > 5, null, { timeout: WAIT });
   const before = await admin('GET', '/_kairos/config');
   check(before.text.includes('<redacted>'), 'the key hash is not redacted');
+  const note = await page.textContent('[data-testid="redacted-note"]', { timeout: WAIT });
+  check(note.includes('api_keys.keys.e2e-key.key_hash'), `redacted note: ${note}`);
   const redactedEdit = before.json();
   redactedEdit.routes.push({ name: 'never-sent', path: '/never-sent', upstream: 'backend' });
   await setEditorText(page, `${JSON.stringify(redactedEdit, null, 2)}\n`);

@@ -9,16 +9,26 @@ import { Validator } from '@cfworker/json-schema';
 import { ApiError, describe, type ErrorBody } from '../api';
 import { useLive, useSession } from '../context';
 import { DiffView } from '../Diff';
-import { createEditor, schemaProblems, serverProblems, showServerProblems, syntaxProblems, type Problem } from '../editor';
+import { createEditor, displayPath, schemaProblems, serverProblems, showServerProblems, syntaxProblems, type Problem } from '../editor';
 import { fmtTime } from '../format';
 import type { Reload } from '../types';
 import { useApiGet } from '../useApi';
 
 const pretty = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 
+/** The paths (gateway style) of the values GET /_kairos/config redacted. */
+export function redactedPaths(v: unknown, path: string[] = []): string[] {
+  if (typeof v === 'string') return v.includes('<redacted>') ? [displayPath(path)] : [];
+  if (Array.isArray(v)) return v.flatMap((x, i) => redactedPaths(x, [...path, String(i)]));
+  if (v && typeof v === 'object') return Object.entries(v).flatMap(([k, x]) => redactedPaths(x, [...path, k]));
+  return [];
+}
+
 interface Running {
   text: string;
   etag: string | null;
+  /** Where the gateway redacted a secret. */
+  redacted: string[];
 }
 
 type Outcome =
@@ -59,7 +69,7 @@ export function ConfigView() {
 
   const load = useCallback(async () => {
     const { data, etag } = await api.get<unknown>('/_kairos/config');
-    return { text: pretty(data), etag };
+    return { text: pretty(data), etag, redacted: redactedPaths(data) };
   }, [api]);
 
   useEffect(() => {
@@ -203,6 +213,19 @@ export function ConfigView() {
         Secrets are shown as <code>"&lt;redacted&gt;"</code>; <code>${'{'}ENV{'}'}</code> references are kept. Ctrl-F searches; Tab leaves the
         editor.
       </p>
+      {running && running.redacted.length > 0 && (
+        <p className="hint" data-testid="redacted-note">
+          The gateway does not show {running.redacted.length === 1 ? 'one secret' : `${running.redacted.length} secrets`} (
+          {running.redacted.map((p, i) => (
+            <span key={p}>
+              {i > 0 && ', '}
+              <code>{p}</code>
+            </span>
+          ))}
+          ): a config holding <code>&lt;redacted&gt;</code> is not sent. Write each value, or an <code>${'{'}ENV{'}'}</code> reference, to
+          apply.
+        </p>
+      )}
       {changedElsewhere && (
         <p className="error" role="status" data-testid="config-changed">
           The running config changed since this editor read it (another edit, a reload of the file or the config store). Applying
