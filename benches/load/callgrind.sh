@@ -10,7 +10,9 @@
 # Environment: EXTRA=', "tracing": {...}' adds top-level config keys; PORT_BASE (default 19001)
 # picks the three loopback ports (upstream, gateway, OTLP sink); CG_OUT=FILE keeps the callgrind
 # profile of the measured run (for callgrind_annotate); ACCESS_LOG=true turns the access log on
-# (written to the gateway's stderr, and kept in the admin UI's log ring).
+# (written to the gateway's stderr, and kept in the admin UI's log ring); STREAM=1 gives the
+# gateway an admin token and keeps a client reading /_kairos/events (the admin UI's live
+# stream) connected during the measured requests.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${1:-$ROOT/target/release/kairos-rs}"
@@ -43,12 +45,14 @@ CONF
 taskset -c 1 nginx -e "$W/up-error.log" -p "$W" -c "$W/up.conf"
 until ss -Htln | grep -q ":$UP "; do sleep 0.1; done
 
+STREAM_TOKEN=callgrind-stream-token-0123456789
+if [ "${STREAM:-0}" = 1 ]; then ADMIN=", \"admin\": { \"token\": \"$STREAM_TOKEN\" }"; fi
 cat > "$W/kairos.json" <<CONF
 { "version": 1,
   "server": { "host": "127.0.0.1", "port": $GW, "workers": 1, "shutdown_timeout": "1s" },
   "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:$UP" }] } },
   "routes": [{ "name": "all", "path": "/{*rest}", "upstream": "up" }],
-  "logging": { "level": "warn", "access_log": ${ACCESS_LOG:-false} } ${EXTRA:-} }
+  "logging": { "level": "warn", "access_log": ${ACCESS_LOG:-false} } ${ADMIN:-} ${EXTRA:-} }
 CONF
 awk -v n="$N" -v u="http://127.0.0.1:$GW/api/items/42" \
     'BEGIN { for (i = 0; i < n; i++) printf "url = \"%s\"\n", u }' > "$W/urls.txt"
@@ -59,7 +63,17 @@ run() {
         "$BIN" --config "$W/kairos.json" 2>"$W/kairos-$1.vg.log" &
     local vg=$!
     until ss -Htln | grep -q ":$GW "; do kill -0 $vg || { cat "$W/kairos-$1.vg.log" >&2; return 1; }; sleep 0.2; done
+    local stream=
+    if [ "$1" -gt 0 ] && [ "${STREAM:-0}" = 1 ]; then
+        taskset -c 1 curl -sN -H "Authorization: Bearer $STREAM_TOKEN" \
+            "http://127.0.0.1:$GW/_kairos/events" > "$W/stream.txt" &
+        stream=$!
+    fi
     if [ "$1" -gt 0 ]; then taskset -c 1 curl -sf -K <(head -n "$1" "$W/urls.txt") >/dev/null; fi
+    if [ -n "$stream" ]; then
+        kill $stream; wait $stream || true
+        echo "stream: $(grep -c '^event: stats' "$W/stream.txt") stats events" >&2
+    fi
     sleep 1; kill -TERM $vg; wait $vg || true
 }
 ir() { awk '/^totals:/ { print $2 }' "$1"; }

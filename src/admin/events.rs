@@ -35,6 +35,12 @@ struct Stream {
     opened: bool,
 }
 
+/// The data of a `log` event.
+#[derive(serde::Serialize)]
+struct Lines<'a> {
+    lines: &'a [log_ring::LogLine],
+}
+
 fn frame(name: &str, data: &str) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
@@ -61,7 +67,8 @@ impl Stream {
                     let (lines, next) = log_ring::ring().since(self.log_after, LOG_BATCH_LINES);
                     self.log_after = next;
                     if !lines.is_empty() {
-                        let data = serde_json::json!({ "lines": lines }).to_string();
+                        // Serialized straight from the lines (no JSON value tree in between).
+                        let data = serde_json::to_string(&Lines { lines: &lines }).unwrap_or_default();
                         return Some(frame("log", &data));
                     }
                 }
