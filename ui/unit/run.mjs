@@ -12,7 +12,7 @@ await build({
   root: ui,
   configFile: false,
   logLevel: 'warn',
-  build: { ssr: join(ui, 'unit/entry.ts'), outDir: join(ui, '.unit'), emptyOutDir: true, target: 'node20' },
+  build: { ssr: join(ui, 'unit/entry.ts'), outDir: join(ui, '.unit'), emptyOutDir: true, target: 'node18' },
 });
 const tests = readdirSync(join(ui, 'unit'))
   .filter((f) => f.endsWith('.test.mjs'))
