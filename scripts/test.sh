@@ -167,15 +167,15 @@ ensure_hadolint() {
     HADOLINT="$found"
 }
 
-# Node.js for the admin UI (ui/): its build (Vite 8 needs Node.js >= 20.19) and its browser test
-# (playwright-core + axe-core, tests/admin_ui.rs).
+# Node.js for the admin UI (ui/): its build (Vite 6 needs Node.js 18, 20 or >= 22; Debian
+# bookworm's nodejs is 18.20) and its browser test (playwright-core + axe-core, tests/admin_ui.rs).
 ensure_node() {
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         echo "installing: nodejs npm"
         apt_install nodejs npm
     fi
-    node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' \
-        || die "Node.js $(node --version) is too old for the admin UI's build (Vite 8 needs >= 20.19); install a newer nodejs"
+    node -e 'process.exit(Number(process.versions.node.split(".")[0])>=18?0:1)' \
+        || die "Node.js $(node --version) is too old for the admin UI's build (Vite 6 needs >= 18); install a newer nodejs"
 }
 
 step "setup: checking tools"
