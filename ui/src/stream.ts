@@ -22,9 +22,14 @@ export interface SseEvent {
 /** Incremental SSE parser: feed it text as it arrives, it returns the complete events. */
 export class SseParser {
   private buffer = '';
+  /** A CR that ended the last chunk: it may be the first half of a CRLF. */
+  private pendingCr = false;
 
   push(chunk: string): SseEvent[] {
-    this.buffer += chunk.replace(/\r\n?/g, '\n');
+    let text = (this.pendingCr ? '\r' : '') + chunk;
+    this.pendingCr = text.endsWith('\r');
+    if (this.pendingCr) text = text.slice(0, -1);
+    this.buffer += text.replace(/\r\n?/g, '\n');
     const out: SseEvent[] = [];
     let end: number;
     while ((end = this.buffer.indexOf('\n\n')) >= 0) {
@@ -84,7 +89,11 @@ export class LiveFeed {
   private logListeners = new Set<(lines: LogLine[]) => void>();
   private abort = new AbortController();
 
-  constructor(private api: Api) {}
+  /** `onUnauthorized`: the stream was refused with 401 (the token changed): sign out. */
+  constructor(
+    private api: Api,
+    private onUnauthorized: () => void = () => {},
+  ) {}
 
   subscribe = (fn: () => void) => {
     this.listeners.add(fn);
@@ -151,6 +160,7 @@ export class LiveFeed {
         });
         if (res.status === 401) {
           this.set({ status: 'closed' });
+          this.onUnauthorized();
           return;
         }
         if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);

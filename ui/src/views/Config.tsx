@@ -4,21 +4,31 @@
 // someone else applied and shows their change), and the reload history.
 
 import { useCallback, useEffect, useRef, useState } from 'react';
-import type { EditorView } from '@codemirror/view';
+import { EditorView } from '@codemirror/view';
 import { Validator } from '@cfworker/json-schema';
 import { ApiError, describe, type ErrorBody } from '../api';
 import { useLive, useSession } from '../context';
 import { DiffView } from '../Diff';
-import { createEditor, schemaProblems, serverProblems, showServerProblems, syntaxProblems, type Problem } from '../editor';
+import { createEditor, displayPath, schemaProblems, serverProblems, showServerProblems, syntaxProblems, type Problem } from '../editor';
 import { fmtTime } from '../format';
 import type { Reload } from '../types';
 import { useApiGet } from '../useApi';
 
 const pretty = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 
+/** The paths (gateway style) of the values GET /_kairos/config redacted. */
+export function redactedPaths(v: unknown, path: string[] = []): string[] {
+  if (typeof v === 'string') return v.includes('<redacted>') ? [displayPath(path)] : [];
+  if (Array.isArray(v)) return v.flatMap((x, i) => redactedPaths(x, [...path, String(i)]));
+  if (v && typeof v === 'object') return Object.entries(v).flatMap(([k, x]) => redactedPaths(x, [...path, k]));
+  return [];
+}
+
 interface Running {
   text: string;
   etag: string | null;
+  /** Where the gateway redacted a secret. */
+  redacted: string[];
 }
 
 type Outcome =
@@ -42,6 +52,15 @@ export function ConfigView() {
   const [outcome, setOutcome] = useState<Outcome>({ kind: 'none' });
   const [loadError, setLoadError] = useState<string | null>(null);
   const history = useApiGet<{ reloads: Reload[] }>('/_kairos/config/history');
+  // A `config` event for a config this editor did not apply: someone else changed it since it
+  // was read (Apply would be refused with 412). `own` holds the hashes this editor applied (the
+  // event may come before the PUT's answer); events from before the view opened are ignored.
+  const own = useRef(new Set<string>());
+  const openedWith = useRef(live.configHash);
+  const [elsewhere, setElsewhere] = useState<string | null>(null);
+  useEffect(() => {
+    if (live.configHash && live.configHash !== openedWith.current) setElsewhere(live.configHash);
+  }, [live.configHash]);
 
   const recheck = useCallback((v: EditorView) => {
     setText(v.state.doc.toString());
@@ -50,7 +69,7 @@ export function ConfigView() {
 
   const load = useCallback(async () => {
     const { data, etag } = await api.get<unknown>('/_kairos/config');
-    return { text: pretty(data), etag };
+    return { text: pretty(data), etag, redacted: redactedPaths(data) };
   }, [api]);
 
   useEffect(() => {
@@ -127,10 +146,12 @@ export function ConfigView() {
   const apply = async () => {
     if (!running) return;
     const edited = current();
-    if (edited.includes('"<redacted>"')) {
+    // A secret the gateway did not show (a value, or a URL's userinfo): sending the placeholder
+    // would replace the secret with it.
+    if (edited.includes('<redacted>')) {
       setOutcome({
         kind: 'error',
-        text: 'The config still holds "<redacted>" placeholders for secrets the gateway does not show. Replace each with its value or an ${ENV} reference before applying; nothing was sent.',
+        text: 'The config still holds <redacted> placeholders for secrets the gateway does not show. Replace each with its value or an ${ENV} reference before applying; nothing was sent.',
       });
       return;
     }
@@ -140,6 +161,7 @@ export function ConfigView() {
         text: edited,
         ifMatch: running.etag ?? undefined,
       });
+      if (data.applied?.config_hash) own.current.add(data.applied.config_hash);
       const fresh = await load();
       setRunning(fresh);
       setReviewing(false);
@@ -156,6 +178,9 @@ export function ConfigView() {
           const fresh = await load();
           setOutcome({ kind: 'conflict', base: running.text, theirs: fresh.text });
           setRunning(fresh);
+          // The editor now starts from their config.
+          openedWith.current = live.configHash;
+          setElsewhere(null);
         } catch (e2) {
           setOutcome({ kind: 'error', text: `The config changed since it was read, and could not be read again: ${describe(e2)}` });
         }
@@ -179,6 +204,7 @@ export function ConfigView() {
   };
 
   const dirty = running !== null && text !== running.text;
+  const changedElsewhere = elsewhere !== null && !own.current.has(elsewhere);
   const allProblems = [...problems, ...serverErrors].sort((a, b) => a.line - b.line);
   return (
     <>
@@ -187,12 +213,31 @@ export function ConfigView() {
         Secrets are shown as <code>"&lt;redacted&gt;"</code>; <code>${'{'}ENV{'}'}</code> references are kept. Ctrl-F searches; Tab leaves the
         editor.
       </p>
+      {running && running.redacted.length > 0 && (
+        <p className="hint" data-testid="redacted-note">
+          The gateway does not show {running.redacted.length === 1 ? 'one secret' : `${running.redacted.length} secrets`} (
+          {running.redacted.map((p, i) => (
+            <span key={p}>
+              {i > 0 && ', '}
+              <code>{p}</code>
+            </span>
+          ))}
+          ): a config holding <code>&lt;redacted&gt;</code> is not sent. Write each value, or an <code>${'{'}ENV{'}'}</code> reference, to
+          apply.
+        </p>
+      )}
+      {changedElsewhere && (
+        <p className="error" role="status" data-testid="config-changed">
+          The running config changed since this editor read it (another edit, a reload of the file or the config store). Applying
+          will show that change first.
+        </p>
+      )}
       <div className="editor" ref={host} />
       <section aria-labelledby="problems-h">
         <h2 id="problems-h">Problems</h2>
         <div aria-live="polite" data-testid="problems">
           {allProblems.length === 0 ? (
-            <p>None found as you type{running?.etag ? '' : ''}.</p>
+            <p>None found as you type.</p>
           ) : (
             <ul className="problems">
               {allProblems.map((p, i) => (
@@ -201,7 +246,7 @@ export function ConfigView() {
                     type="button"
                     className="link"
                     onClick={() => {
-                      view.current?.dispatch({ selection: { anchor: p.from }, scrollIntoView: true });
+                      view.current?.dispatch({ selection: { anchor: p.from }, effects: EditorView.scrollIntoView(p.from, { y: 'center' }) });
                       view.current?.focus();
                     }}
                   >

@@ -1,6 +1,7 @@
 // Live numbers and 15-minute charts from the event stream (seeded by /_kairos/stats/history),
 // then per-route and per-upstream tables with sparklines.
 
+import { useEffect } from 'react';
 import { useLive } from '../context';
 import { Chart, Sparkline } from '../Chart';
 import { fmtMs, fmtPct, fmtRps, fmtTime } from '../format';
@@ -11,6 +12,10 @@ const rps = (p: Point) => p.rps;
 export function Dashboard() {
   const live = useLive();
   const t = live.latest?.total;
+  const first = live.latest !== null;
+  useEffect(() => {
+    if (first && performance.getEntriesByName('kairos:dashboard-live').length === 0) performance.mark('kairos:dashboard-live');
+  }, [first]);
   return (
     <>
       <section aria-labelledby="now-h">

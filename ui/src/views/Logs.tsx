@@ -2,35 +2,15 @@
 // match the same filters. Clicking a request id shows all of that request's lines.
 
 import { useEffect, useMemo, useState } from 'react';
-import { hashParams } from '../App';
+import { hashParams } from '../hash';
 import { describe } from '../api';
 import { useSession } from '../context';
 import { fmtMs } from '../format';
 import type { LogLine } from '../types';
+import { EMPTY, appendNew as append, lineKey, matches, type Filters } from '../logfilter';
 
-interface Filters {
-  route: string;
-  status: string;
-  client: string;
-  request_id: string;
-}
-
-const EMPTY: Filters = { route: '', status: '', client: '', request_id: '' };
 const SHOWN = 500;
-
-/** Whether `l` passes the filters the way the gateway's /_kairos/logs does. */
-export function matches(l: LogLine, f: Filters): boolean {
-  if (f.route && l.route !== f.route) return false;
-  if (f.client && l.client !== f.client) return false;
-  if (f.request_id && l.request_id !== f.request_id) return false;
-  if (f.status) {
-    const s = l.status;
-    if (s === undefined) return false;
-    const m = /^([1-5])xx$/i.exec(f.status);
-    if (m ? Math.floor(s / 100) !== Number(m[1]) : String(s) !== f.status) return false;
-  }
-  return true;
-}
+const appendNew = (old: LogLine[], fresh: LogLine[]) => append(old, fresh, SHOWN);
 
 export function LogsView() {
   const { api, feed } = useSession();
@@ -45,10 +25,12 @@ export function LogsView() {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(filters)) if (v.trim()) q.set(k, v.trim());
     q.set('limit', String(SHOWN));
+    setLines([]);
     api
       .get<{ lines: LogLine[] }>(`/_kairos/logs?${q}`, abort.signal)
       .then((r) => {
-        setLines(r.data.lines ?? []);
+        // Lines that came live while the read was on its way are newer: kept after it.
+        setLines((live) => appendNew(appendNew([], r.data.lines ?? []), live));
         setError(null);
       })
       .catch((e) => !abort.signal.aborted && setError(describe(e)));
@@ -59,7 +41,7 @@ export function LogsView() {
     if (paused) return;
     return feed.onLog((batch) => {
       const fresh = batch.filter((l) => matches(l, filters));
-      if (fresh.length) setLines((old) => [...old, ...fresh].slice(-SHOWN));
+      if (fresh.length) setLines((old) => appendNew(old, fresh));
     });
   }, [feed, filters, paused]);
 
@@ -121,8 +103,10 @@ export function LogsView() {
             </tr>
           </thead>
           <tbody>
-            {newestFirst.map((l, i) => (
-              <tr key={`${l.request_id ?? ''}-${l.ts}-${i}`} className={`lvl-${l.level} ${l.status && l.status >= 500 ? 'err' : ''}`}>
+            {newestFirst.map((l) => (
+              // A key that stays with its line as new lines come in above it (a click on a row
+              // must reach the row it was aimed at).
+              <tr key={lineKey(l)} className={`lvl-${l.level} ${l.status && l.status >= 500 ? 'err' : ''}`}>
                 <td>
                   <time dateTime={l.ts}>{l.ts.replace(/^.*T/, '').replace(/Z$/, '')}</time>
                 </td>

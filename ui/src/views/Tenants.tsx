@@ -20,7 +20,7 @@ export function TenantsView() {
         .catch((e) => !abort.signal.aborted && setUsage((u) => ({ ...u, [t.id]: describe(e) })));
     }
     return () => abort.abort();
-  }, [api, data]); // eslint-disable-line react-hooks/exhaustive-deps
+  }, [api, data]); // tenants derives from data
   const today = new Date().toISOString().slice(0, 10);
   return (
     <>
