@@ -390,9 +390,9 @@ async function main() {
   await shot(page, 'keys');
   log('key created, shown once, and accepted on a real route');
 
-  // The new key's hash is redacted in GET /_kairos/config: an edit of that config is refused by
-  // the UI before anything is sent (the placeholder would replace the hash).
-  step = 'config: redacted placeholder';
+  // The new key's hash is redacted in GET /_kairos/config: an edit of that config applied with
+  // the placeholder keeps the hash (the gateway puts the running value back), so the key works.
+  step = 'config: redacted placeholder kept';
   await go(page, 'config');
   await page.waitForFunction(() => (document.querySelector('.editor')?.shadowRoot?.querySelectorAll('.cm-content .cm-line').length ?? 0) > 5, null, { timeout: WAIT });
   const before = await admin('GET', '/_kairos/config');
@@ -400,17 +400,18 @@ async function main() {
   const note = await page.textContent('[data-testid="redacted-note"]', { timeout: WAIT });
   check(note.includes('api_keys.keys.e2e-key.key_hash'), `redacted note: ${note}`);
   const redactedEdit = before.json();
-  redactedEdit.routes.push({ name: 'never-sent', path: '/never-sent', upstream: 'backend' });
+  redactedEdit.routes.push({ name: 'kept-secrets', path: '/kept-secrets', upstream: 'backend' });
   await setEditorText(page, `${JSON.stringify(redactedEdit, null, 2)}\n`);
   await page.click('text=Review changes');
   await page.click('button:text-is("Apply")');
-  await page.waitForFunction(() => /placeholders/.test(document.querySelector('[data-testid="config-outcome"]')?.textContent ?? ''), null, {
+  await page.waitForFunction(() => /Applied/.test(document.querySelector('[data-testid="config-outcome"]')?.textContent ?? ''), null, {
     timeout: WAIT,
   });
-  const unchanged = await admin('GET', '/_kairos/config');
-  check(unchanged.etag === before.etag, 'a config with <redacted> placeholders was applied');
-  await page.click('text=Discard changes');
-  log('an edit holding <redacted> placeholders is refused before it is sent');
+  const kept = await admin('GET', '/_kairos/config');
+  check(kept.etag !== before.etag && kept.json().routes.some((r) => r.name === 'kept-secrets'), 'the edit with <redacted> placeholders was not applied');
+  const stillWorks = await fetch(`${BASE}/secure/data`, { headers: { 'X-API-Key': key } });
+  check(stillWorks.status === 200, `the key after an edit with its hash redacted: ${stillWorks.status}`);
+  log('an edit holding <redacted> placeholders is applied and the secrets are kept');
 
   // A second key of the same name is refused (409); deleting the key stops it working.
   step = 'keys: duplicate and delete';

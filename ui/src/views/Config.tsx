@@ -146,15 +146,9 @@ export function ConfigView() {
   const apply = async () => {
     if (!running) return;
     const edited = current();
-    // A secret the gateway did not show (a value, or a URL's userinfo): sending the placeholder
-    // would replace the secret with it.
-    if (edited.includes('<redacted>')) {
-      setOutcome({
-        kind: 'error',
-        text: 'The config still holds <redacted> placeholders for secrets the gateway does not show. Replace each with its value or an ${ENV} reference before applying; nothing was sent.',
-      });
-      return;
-    }
+    // A secret the gateway did not show (a value, or a URL's userinfo) may stay `<redacted>`:
+    // the gateway keeps the running value at that path (or refuses, naming the path, where it
+    // has none).
     setBusy(true);
     try {
       const { data } = await api.request<{ applied?: { config_hash?: string; unchanged?: boolean } }>('PUT', '/_kairos/config', {
@@ -222,8 +216,8 @@ export function ConfigView() {
               <code>{p}</code>
             </span>
           ))}
-          ): a config holding <code>&lt;redacted&gt;</code> is not sent. Write each value, or an <code>${'{'}ENV{'}'}</code> reference, to
-          apply.
+          ): leave <code>&lt;redacted&gt;</code> where it is and the gateway keeps each secret when you apply; write a value, or an{' '}
+          <code>${'{'}ENV{'}'}</code> reference, to change one.
         </p>
       )}
       {changedElsewhere && (
