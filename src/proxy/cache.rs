@@ -18,6 +18,7 @@ use crate::cache::policy::{self, Defaults};
 use crate::cache::{Cache, KeyInput, RequestHeaders, Sink, Stored};
 use crate::config::cache::RouteCache;
 use crate::config::model::RouteConfig;
+use actix_web::http::header as ax;
 use actix_web::http::Method;
 use http::header::{self as hh, HeaderName, HeaderValue};
 use std::sync::Arc;
@@ -180,8 +181,8 @@ pub async fn lookup(
     }
     let headers = req.headers();
     let req_cc = Directives::from_lines(
-        headers.get_all("cache-control").map(|v| v.as_bytes()),
-        headers.get_all("pragma").map(|v| v.as_bytes()),
+        headers.get_all(ax::CACHE_CONTROL).map(|v| v.as_bytes()),
+        headers.get_all(ax::PRAGMA).map(|v| v.as_bytes()),
     );
     let primary = primary(ctx, route, rc, host, path, req.uri().query());
     let mut waited = false;
@@ -483,7 +484,7 @@ async fn settle<'a>(
     };
     if let (304, Some(s)) = (status, stale.as_ref()) {
         if policy::has_validator(&s.headers) {
-            let authorized = ctx.req.headers().contains_key("authorization");
+            let authorized = ctx.req.headers().contains_key(ax::AUTHORIZATION);
             let merged = merge(
                 s,
                 &a.parts.headers,
@@ -516,7 +517,7 @@ async fn settle<'a>(
     if ctx.req.method() != Method::GET && !background {
         return Ok((a, result));
     }
-    let authorized = ctx.req.headers().contains_key("authorization");
+    let authorized = ctx.req.headers().contains_key(ax::AUTHORIZATION);
     let res_cc = Directives::of(&a.parts.headers);
     match policy::storable(
         &req_cc,
@@ -731,7 +732,7 @@ fn answer(ctx: &Ctx<'_>, s: &Stored, now: u64, label: &'static str) -> Answer {
 /// Whether the client's own `If-None-Match` (or, without it, `If-Modified-Since`) holds for
 /// the stored answer: it gets 304.
 fn not_modified(req: &actix_web::http::header::HeaderMap, stored: &http::HeaderMap) -> bool {
-    if let Some(inm) = req.get("if-none-match").and_then(|v| v.to_str().ok()) {
+    if let Some(inm) = req.get(ax::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
         let Some(etag) = stored.get(hh::ETAG).and_then(|v| v.to_str().ok()) else {
             return false;
         };
@@ -739,7 +740,7 @@ fn not_modified(req: &actix_web::http::header::HeaderMap, stored: &http::HeaderM
         return crate::cache::control::split_list(inm).any(|t| t == "*" || weak(t) == weak(etag));
     }
     let Some(ims) = req
-        .get("if-modified-since")
+        .get(ax::IF_MODIFIED_SINCE)
         .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
     else {
         return false;
@@ -762,8 +763,8 @@ fn range(
     stored: &http::HeaderMap,
     len: u64,
 ) -> Option<Result<(u64, u64), Unsatisfiable>> {
-    let spec = req.get("range")?.to_str().ok()?.trim();
-    if let Some(if_range) = req.get("if-range").and_then(|v| v.to_str().ok()) {
+    let spec = req.get(ax::RANGE)?.to_str().ok()?.trim();
+    if let Some(if_range) = req.get(ax::IF_RANGE).and_then(|v| v.to_str().ok()) {
         // A strong ETag must match exactly; a date must equal Last-Modified.
         let etag = stored.get(hh::ETAG).and_then(|v| v.to_str().ok());
         let lm = stored.get(hh::LAST_MODIFIED).and_then(|v| v.to_str().ok());

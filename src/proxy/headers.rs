@@ -212,7 +212,12 @@ fn actix_name(n: &HeaderName) -> Option<ax::HeaderName> {
         ACCEPT_RANGES,
         AGE
     );
-    ax::HeaderName::from_bytes(n.as_str().as_bytes()).ok()
+    // The cache's own header on every cached answer.
+    const X_CACHE: ax::HeaderName = ax::HeaderName::from_static("x-cache");
+    match n.as_str() {
+        "x-cache" => Some(X_CACHE),
+        name => ax::HeaderName::from_bytes(name.as_bytes()).ok(),
+    }
 }
 
 /// A request header's name for hyper: the common ones by their text, the rest parsed.
