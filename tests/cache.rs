@@ -318,6 +318,58 @@ async fn an_unsafe_method_invalidates_its_uri_and_same_origin_locations() {
 }
 
 #[tokio::test]
+async fn an_unsafe_method_invalidates_its_uri_under_every_header_value_of_the_key() {
+    // The key holds a request header: each user's answer is its own entry. A POST by one
+    // user invalidates the URI, so every user's answer of that path goes; other paths stay.
+    let up = Upstream::start(|r| match r.method.as_str() {
+        "POST" => Reply::ok("done"),
+        _ => Reply::ok(&format!(
+            "{} for {}",
+            r.target,
+            r.header("x-user").unwrap_or("-")
+        ))
+        .header("cache-control", "max-age=60"),
+    });
+    let gw = gateway(
+        &up,
+        r#"[{"name":"c","path":"/{*rest}","upstream":"u","cache":{"enabled":true}}]"#,
+        r#"{"backend":"memory","cache_key_template":"{method}:{path}:{header.x-user}"}"#,
+    );
+    for (path, user) in [("/doc", "a"), ("/doc", "b"), ("/other", "a")] {
+        get(&gw, path, &[("x-user", user)]).await;
+        let again = get(&gw, path, &[("x-user", user)]).await;
+        assert_eq!(
+            (again.1.as_str(), again.3.clone()),
+            ("HIT", format!("{path} for {user}"))
+        );
+    }
+    let res = client()
+        .post(gw.url("/doc"))
+        .header("x-user", "a")
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 200);
+    // User a's entry is removed at once; user b's by a walk off the worker: wait for it.
+    assert_eq!(get(&gw, "/doc", &[("x-user", "a")]).await.1, "MISS");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let b = get(&gw, "/doc", &[("x-user", "b")]).await;
+        if b.1 == "MISS" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "user b's answer was kept: {b:?}"
+        );
+        // A HIT here was served before the walk: it must not have been stored again.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&gw, "/other", &[("x-user", "a")]).await.1, "HIT");
+}
+
+#[tokio::test]
 async fn concurrent_misses_for_one_key_make_one_upstream_request() {
     let up = Upstream::start(|_| {
         Reply::ok("coalesced")

@@ -154,6 +154,25 @@ impl Cache {
         }
     }
 
+    /// Removes every answer of `route` for `path` (an unsafe method's invalidation when the
+    /// key holds more than the URI): the memory tier walked on the blocking pool, Redis
+    /// purged by the path as a prefix (which may remove a little more: longer paths) and the
+    /// purge published; both in the background.
+    pub fn remove_path(&self, route: &str, path: &str) {
+        if let Some(m) = &self.memory {
+            let (m, route, path) = (m.clone(), route.to_owned(), path.to_owned());
+            tokio::task::spawn_blocking(move || m.purge_path(&route, &path));
+        }
+        if let Some(r) = &self.redis {
+            let (r, route, path) = (r.clone(), route.to_owned(), path.to_owned());
+            spawn(async move {
+                r.purge(Some(&route), Some(&path)).await;
+                r.publish(&redis::Broadcast::Purge(Purge::Prefix(path)))
+                    .await;
+            });
+        }
+    }
+
     /// Purges the memory tier (walks every entry: call it off the worker): the number of
     /// answers removed.
     pub fn purge_memory(&self, what: &Purge) -> u64 {

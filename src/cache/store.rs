@@ -292,6 +292,25 @@ impl Store {
         n
     }
 
+    /// Removes every answer of `route` for exactly `path` (whatever else their keys hold):
+    /// the number of answers removed. Walks every entry.
+    pub fn purge_path(&self, route: &str, path: &str) -> u64 {
+        let mut n = 0;
+        for (k, slot) in self.entries.iter() {
+            let (r, p) = match &slot {
+                Slot::Response(s) => (&s.route, &s.path),
+                Slot::Variants(v) => (&v.route, &v.path),
+            };
+            if **r == *route && **p == *path {
+                if let Some(Slot::Response(_)) = self.entries.remove(k.as_ref()) {
+                    n += 1;
+                }
+            }
+        }
+        self.entries.run_pending_tasks();
+        n
+    }
+
     /// Removes the answers whose key (as the key template rendered it, on any route) is
     /// `key`: the number of answers removed.
     pub fn purge_key(&self, key: &str) -> u64 {

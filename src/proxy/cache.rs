@@ -32,7 +32,7 @@ pub enum Plan {
     Bypass,
     /// An unsafe method: forwarded, then the stored answers for its URI (this primary key)
     /// are invalidated.
-    Invalidate(Arc<str>),
+    Invalidate(Arc<str>, Option<String>),
     /// Answered from the cache.
     Hit(Box<Answer>, &'static str),
     /// Answered stale from the cache (`stale-while-revalidate`) while this request's
@@ -174,7 +174,19 @@ pub async fn lookup(
     let req = ctx.req;
     let method = req.method();
     if !method.is_safe() {
-        return Plan::Invalidate(primary(ctx, route, rc, host, path, req.uri().query()));
+        // With a `{header.NAME}` in the key, the URI's answers are under other primary keys
+        // too (one per header value): every answer of the path on the route goes (RFC 9111
+        // 4.4 invalidates the URI, whatever else its key holds).
+        let by_path = rc
+            .key
+            .parts
+            .iter()
+            .any(|p| matches!(p, crate::config::cache::KeyPart::Header(_)))
+            .then(|| path.to_string());
+        return Plan::Invalidate(
+            primary(ctx, route, rc, host, path, req.uri().query()),
+            by_path,
+        );
     }
     if method != Method::GET && method != Method::HEAD {
         return Plan::Bypass;
@@ -327,11 +339,14 @@ pub async fn fetch<'a>(
             mark(&mut a, "BYPASS");
             return Ok(a);
         }
-        Plan::Invalidate(key) => {
+        Plan::Invalidate(key, by_path) => {
             count("bypass");
             let mut a = super::forward::forward(ctx, route, host, up, watch).await?;
             if (200..400).contains(&a.parts.status.as_u16()) {
                 invalidate(ctx, &key, host, &a.parts.headers);
+                if let (Some(path), Some(cache)) = (by_path, &ctx.rt.cache) {
+                    cache.remove_path(&route.name, &path);
+                }
             }
             mark(&mut a, "BYPASS");
             return Ok(a);
