@@ -38,6 +38,25 @@ pub(crate) async fn config_view(
     }
 }
 
+/// [`config_view`] as JSON: the config in effect as written (`${ENV}` references kept, no
+/// redaction: for writes that edit it) and its ETag value. `Err`: the answer to send.
+pub(crate) async fn config_json(
+    req: &HttpRequest,
+    state: &SharedState,
+) -> Result<(serde_json::Value, String), Box<HttpResponse>> {
+    let (text, hash) = config_view(req, state).await.map_err(Box::new)?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok((v, hash)),
+        _ => Err(Box::new(api_error(
+            req,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the config in effect is not a JSON object",
+            None,
+        ))),
+    }
+}
+
 /// 503: no shared config from the store yet.
 pub(crate) fn pending(req: &HttpRequest) -> HttpResponse {
     api_error(

@@ -14,32 +14,12 @@ use serde_json::{json, Value};
 /// The longest key name the API takes.
 const MAX_NAME: usize = 64;
 
-/// The config in effect as JSON (as written: `${ENV}` references kept) and its ETag value.
-async fn current(
-    req: &HttpRequest,
-    state: &SharedState,
-) -> Result<(Value, String), Box<HttpResponse>> {
-    let (text, hash) = super::cluster::config_view(req, state)
-        .await
-        .map_err(Box::new)?;
-    match serde_json::from_str::<Value>(&text) {
-        Ok(v @ Value::Object(_)) => Ok((v, hash)),
-        _ => Err(Box::new(api_error(
-            req,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the config in effect is not a JSON object",
-            None,
-        ))),
-    }
-}
-
 /// `GET /_kairos/keys`.
 pub async fn list(req: HttpRequest, state: web::Data<SharedState>) -> HttpResponse {
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let (config, tag) = match current(&req, &state).await {
+    let (config, tag) = match super::cluster::config_json(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };
@@ -168,7 +148,7 @@ pub async fn create(
     if !valid_name(&new.name) {
         return bad("name: 1 to 64 letters, digits, '-', '_' or '.'");
     }
-    let (mut config, hash) = match current(&req, &state).await {
+    let (mut config, hash) = match super::cluster::config_json(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };
@@ -246,7 +226,7 @@ pub async fn delete(
     if let Some(res) = needs_if_match(&req) {
         return res;
     }
-    let (mut config, hash) = match current(&req, &state).await {
+    let (mut config, hash) = match super::cluster::config_json(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };

@@ -13,26 +13,6 @@ use serde_json::{json, Value};
 /// Longest usage export, in days.
 const MAX_USAGE_DAYS: i64 = 366;
 
-/// The config in effect as JSON, and its hash.
-async fn current(
-    req: &HttpRequest,
-    state: &SharedState,
-) -> Result<(Value, String), Box<HttpResponse>> {
-    let (text, hash) = super::cluster::config_view(req, state)
-        .await
-        .map_err(Box::new)?;
-    match serde_json::from_str::<Value>(&text) {
-        Ok(v) => Ok((v, hash)),
-        Err(_) => Err(Box::new(api_error(
-            req,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the config in effect is not JSON",
-            None,
-        ))),
-    }
-}
-
 fn not_found(req: &HttpRequest, id: &str) -> HttpResponse {
     api_error(
         req,
@@ -49,7 +29,7 @@ pub async fn list(req: HttpRequest, state: web::Data<SharedState>) -> HttpRespon
         return res;
     }
     let rt = state.load();
-    let (_, tag) = match current(&req, &state).await {
+    let (_, tag) = match super::cluster::config_json(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };
@@ -85,7 +65,7 @@ pub async fn get(
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let (config, tag) = match current(&req, &state).await {
+    let (config, tag) = match super::cluster::config_json(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };
@@ -125,7 +105,7 @@ pub async fn put(
             )
         }
     };
-    let (mut config, hash) = match current(&req, &state).await {
+    let (mut config, hash) = match super::cluster::config_json(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };
@@ -158,7 +138,7 @@ pub async fn delete(
     if let Some(res) = refuse(&req, &state) {
         return res;
     }
-    let (mut config, hash) = match current(&req, &state).await {
+    let (mut config, hash) = match super::cluster::config_json(&req, &state).await {
         Ok(c) => c,
         Err(res) => return *res,
     };

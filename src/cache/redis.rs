@@ -360,31 +360,48 @@ impl RedisTier {
     /// Removes the answers of the indexes matching `pattern` (and under `path_prefix`): the
     /// number removed, `None` when Redis could not be reached or failed midway.
     async fn purge_matching(&self, pattern: &str, path_prefix: &str) -> Option<u64> {
-        // Every node that holds keys: the one Redis, or each master of a Cluster.
-        let nodes: Vec<NodeAddr> = self.call(|mut c| async move { c.masters().await }).await?;
         let mut removed = 0;
-        for node in &nodes {
-            let mut cursor = 0u64;
-            loop {
-                let mut scan = redis::cmd("SCAN");
-                scan.arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1000);
-                let (next, keys): (u64, Vec<String>) = self
-                    .call(|mut c| async move { c.query_on(node, &scan).await })
-                    .await?;
-                for key in keys {
-                    removed += self.remove_index(&key, path_prefix).await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+        let mut scan = self.scan(pattern).await?;
+        while let Some(keys) = self.next_batch(&mut scan).await? {
+            for key in keys {
+                removed += self.remove_index(&key, path_prefix).await?;
             }
         }
         Some(removed)
+    }
+
+    /// A `SCAN` for `pattern` on every node that holds keys (the one Redis, or each master
+    /// of a Cluster), read batch by batch with [`Self::next_batch`].
+    async fn scan(&self, pattern: &str) -> Option<Scan> {
+        let nodes: Vec<NodeAddr> = self.call(|mut c| async move { c.masters().await }).await?;
+        Some(Scan {
+            pattern: pattern.to_owned(),
+            nodes,
+            node: 0,
+            cursor: 0,
+        })
+    }
+
+    /// The next batch of names (`COUNT 1000`): `Some(None)` once every node is done, `None`
+    /// when Redis fails.
+    async fn next_batch(&self, s: &mut Scan) -> Option<Option<Vec<String>>> {
+        let Some(node) = s.nodes.get(s.node) else {
+            return Some(None);
+        };
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(s.cursor)
+            .arg("MATCH")
+            .arg(&s.pattern)
+            .arg("COUNT")
+            .arg(1000);
+        let (next, keys): (u64, Vec<String>) = self
+            .call(|mut c| async move { c.query_on(node, &scan).await })
+            .await?;
+        match next {
+            0 => (s.node, s.cursor) = (s.node + 1, 0),
+            n => s.cursor = n,
+        }
+        Some(Some(keys))
     }
 
     /// Removes every answer of `route` and/or under the path `prefix` (both `None`: all).
@@ -408,33 +425,18 @@ impl RedisTier {
         let mut counts: std::collections::HashMap<String, u64> =
             routes.iter().map(|r| (r.to_string(), 0)).collect();
         let head = format!("{}e:", self.prefix);
-        let pattern = format!("{}e:*", glob_escape(&self.prefix));
-        let nodes: Vec<NodeAddr> = self.call(|mut c| async move { c.masters().await }).await?;
-        for node in &nodes {
-            let mut cursor = 0u64;
-            loop {
-                let mut scan = redis::cmd("SCAN");
-                scan.arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000);
-                let (next, keys): (u64, Vec<String>) = self
-                    .call(|mut c| async move { c.query_on(node, &scan).await })
-                    .await?;
-                for key in &keys {
-                    let route = key
-                        .strip_prefix(&head)
-                        .and_then(|rest| rest.split(':').next())
-                        .and_then(|h| by_hash.get(h));
-                    if let Some(n) = route.and_then(|r| counts.get_mut(*r)) {
-                        *n += 1;
-                    }
+        let mut scan = self
+            .scan(&format!("{}e:*", glob_escape(&self.prefix)))
+            .await?;
+        while let Some(keys) = self.next_batch(&mut scan).await? {
+            for key in &keys {
+                let route = key
+                    .strip_prefix(&head)
+                    .and_then(|rest| rest.split(':').next())
+                    .and_then(|h| by_hash.get(h));
+                if let Some(n) = route.and_then(|r| counts.get_mut(*r)) {
+                    *n += 1;
                 }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
         }
         Some(counts)
@@ -446,6 +448,15 @@ impl RedisTier {
         self.purge_matching(&format!("{p}i:*:{}:*", h64(key)), "")
             .await
     }
+}
+
+/// A `SCAN` in progress over every node ([`RedisTier::scan`]).
+struct Scan {
+    pattern: String,
+    nodes: Vec<NodeAddr>,
+    /// The node being scanned (an index into `nodes`).
+    node: usize,
+    cursor: u64,
 }
 
 /// A purge made on one instance, told to the others (`PUBLISH` on `{prefix}purge`): what
