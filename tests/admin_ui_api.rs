@@ -110,6 +110,13 @@ fn ui_files_are_served_with_types_caching_encodings_and_security_headers() {
     let etag = header(&res, "etag").to_string();
     assert!(etag.starts_with('"'), "etag {etag}");
     assert_eq!(res.bytes().unwrap().as_ref(), index.as_slice());
+    // HEAD: the same head, no body, no token either.
+    let res = c.head(gw.url("/_kairos/admin/")).send().unwrap();
+    assert_eq!(res.status(), 200);
+    assert_secured(&res, "HEAD index.html");
+    assert_eq!(header(&res, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&res, "etag"), etag);
+    assert!(res.bytes().unwrap().is_empty());
     // Revalidation of the no-cache page.
     let res = get(&c, gw.url("/_kairos/admin/"), &[("if-none-match", &etag)]);
     assert_eq!(res.status(), 304);

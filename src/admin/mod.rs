@@ -51,7 +51,9 @@ pub fn scope() -> actix_web::Scope {
         .route("/keys", web::post().to(keys::create))
         .route("/keys/{name}", web::delete().to(keys::delete))
         .route("/admin", web::get().to(ui::redirect))
+        .route("/admin", web::head().to(ui::redirect))
         .route("/admin/{file:.*}", web::get().to(ui::file))
+        .route("/admin/{file:.*}", web::head().to(ui::file))
         .default_service(web::to(guarded_fallback))
 }
 

@@ -34,7 +34,8 @@ pub async fn redirect(req: HttpRequest, state: web::Data<SharedState>) -> HttpRe
         .finish()
 }
 
-/// `GET /_kairos/admin/{file}`: an embedded file, `index.html` for the folder itself.
+/// `GET /_kairos/admin/{file}` (and HEAD: the same head, no body): an embedded file,
+/// `index.html` for the folder itself.
 pub async fn file(
     req: HttpRequest,
     path: web::Path<String>,
