@@ -258,13 +258,19 @@ fn fifty_reloads_under_traffic_fail_no_request_and_never_mix_configs() {
         .unwrap()
         .text()
         .unwrap();
-    assert_eq!(
-        metric(
-            &metrics,
-            "kairos_config_reloads_total",
-            &[("result", "success")]
-        ),
-        Some(50.0)
+    // 50 versions applied. A SIGHUP or POST reload rebuilds even the text in effect (files
+    // the config names may have changed), so when the watcher applies a version before the
+    // operator's reload of it (a busy machine), that version counts twice: at most once more
+    // for each of the 25 versions reloaded by SIGHUP or POST.
+    let successes = metric(
+        &metrics,
+        "kairos_config_reloads_total",
+        &[("result", "success")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        (50.0..=75.0).contains(&successes),
+        "{successes} successful reloads"
     );
     assert!(
         metric(
