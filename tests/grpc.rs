@@ -280,6 +280,24 @@ where
         .await
 }
 
+/// `/test.Echo/Count` (server streaming), on a ready channel: the answer's message stream.
+async fn count<S>(
+    c: &mut tonic::client::Grpc<S>,
+    req: Request<Msg>,
+) -> Result<tonic::codec::Streaming<Msg>, Status>
+where
+    S: tonic::client::GrpcService<tonic::body::Body>,
+    S::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <S::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError>,
+{
+    c.ready()
+        .await
+        .map_err(|e| Status::unknown(e.into().to_string()))?;
+    let path = PathAndQuery::from_static("/test.Echo/Count");
+    let res = c.server_streaming(req, path, ProstCodec::default()).await?;
+    Ok(res.into_inner())
+}
+
 #[tokio::test]
 async fn the_four_kinds_of_calls_pass_with_their_trailers_over_h2c() {
     let (addr, seen) = start_server(None);
@@ -312,16 +330,9 @@ async fn the_four_kinds_of_calls_pass_with_their_trailers_over_h2c() {
     }
 
     // Server streaming: every message, then the server's trailer metadata intact.
-    c.ready().await.unwrap();
-    let res = c
-        .server_streaming(
-            Request::new(msg("", 5)),
-            PathAndQuery::from_static("/test.Echo/Count"),
-            ProstCodec::<Msg, Msg>::default(),
-        )
+    let mut stream = count(&mut c, Request::new(msg("", 5)))
         .await
         .expect("server-streaming call");
-    let mut stream = res.into_inner();
     let mut got = Vec::new();
     while let Some(m) = stream.message().await.expect("stream message") {
         got.push(m.n);
@@ -435,16 +446,7 @@ async fn deadlines_are_enforced_by_the_gateway() {
     // A stream still going at the deadline ends with DEADLINE_EXCEEDED in its trailers.
     let mut c = with_grpc_timeout(&gw, "800m").await;
     let req = Request::new(msg("slow", 20));
-    c.ready().await.unwrap();
-    let res = c
-        .server_streaming(
-            req,
-            PathAndQuery::from_static("/test.Echo/Count"),
-            ProstCodec::<Msg, Msg>::default(),
-        )
-        .await
-        .expect("the stream starts");
-    let mut stream = res.into_inner();
+    let mut stream = count(&mut c, req).await.expect("the stream starts");
     let mut got = 0;
     let end = loop {
         match stream.message().await {
@@ -533,16 +535,7 @@ async fn concurrent_calls_share_one_connection_up_to_the_servers_stream_limit() 
     let calls = (0..4).map(|_| {
         let mut c = c.clone();
         async move {
-            c.ready().await.unwrap();
-            let res = c
-                .server_streaming(
-                    Request::new(msg("slow", 2)),
-                    PathAndQuery::from_static("/test.Echo/Count"),
-                    ProstCodec::<Msg, Msg>::default(),
-                )
-                .await
-                .unwrap();
-            let mut s = res.into_inner();
+            let mut s = count(&mut c, Request::new(msg("slow", 2))).await.unwrap();
             let mut n = 0;
             while s.message().await.unwrap().is_some() {
                 n += 1;
@@ -579,16 +572,7 @@ async fn an_h2_upstream_over_tls_by_alpn() {
         .await
         .expect("unary over h2 with TLS");
     assert_eq!(res.into_inner(), msg("echo:tls", 3));
-    c.ready().await.unwrap();
-    let res = c
-        .server_streaming(
-            Request::new(msg("", 2)),
-            PathAndQuery::from_static("/test.Echo/Count"),
-            ProstCodec::<Msg, Msg>::default(),
-        )
-        .await
-        .unwrap();
-    let mut s = res.into_inner();
+    let mut s = count(&mut c, Request::new(msg("", 2))).await.unwrap();
     while s.message().await.unwrap().is_some() {}
     let trailers = s.trailers().await.unwrap().expect("trailers");
     assert_eq!(trailers.get("x-trailer").unwrap().to_str().unwrap(), "kept");
@@ -752,16 +736,7 @@ async fn the_access_log_names_each_calls_grpc_status() {
         .await
         .unwrap();
     let mut c = tonic::client::Grpc::new(ch);
-    c.ready().await.unwrap();
-    let res = c
-        .server_streaming(
-            Request::new(msg("", 3)),
-            PathAndQuery::from_static("/test.Echo/Count"),
-            ProstCodec::<Msg, Msg>::default(),
-        )
-        .await
-        .unwrap();
-    let mut s = res.into_inner();
+    let mut s = count(&mut c, Request::new(msg("", 3))).await.unwrap();
     while s.message().await.unwrap().is_some() {}
     let err = unary(&mut c, "/locked.Echo/Unary", Request::new(msg("a", 1)))
         .await

@@ -201,8 +201,7 @@ pub async fn create(
         *keys = json!({});
     }
     keys[new.name.as_str()] = entry;
-    let text = serde_json::to_string_pretty(&config).unwrap_or_default();
-    let res = apply_put(&req, &state, text, Some(hash)).await;
+    let res = apply_put(&req, &state, super::config_text(&config), Some(hash)).await;
     applied(
         &req,
         &state,
@@ -243,8 +242,7 @@ pub async fn delete(
             None,
         );
     }
-    let text = serde_json::to_string_pretty(&config).unwrap_or_default();
-    let res = apply_put(&req, &state, text, Some(hash)).await;
+    let res = apply_put(&req, &state, super::config_text(&config), Some(hash)).await;
     applied(
         &req,
         &state,

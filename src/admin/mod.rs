@@ -413,6 +413,13 @@ async fn config_body(
     })
 }
 
+/// A config the admin API edited (a tenant or key written into it), as the text it writes.
+pub(crate) fn config_text(v: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    s.push('\n');
+    s
+}
+
 /// A whole config sent to the admin API: [`config_body`], with the secrets that still read
 /// `<redacted>` (as `GET /_kairos/config` gave them) put back from the config in effect
 /// ([`unredact`]); 400 `config_invalid` for one with nothing to put back.

@@ -125,7 +125,7 @@ pub async fn put(
         }
         None => *tenants = json!({ id.as_str(): tenant }),
     }
-    apply_put(&req, &state, pretty(&config), Some(hash)).await
+    apply_put(&req, &state, super::config_text(&config), Some(hash)).await
 }
 
 /// `DELETE /_kairos/tenants/{id}`: removes the tenant (its routes go with it); applied and
@@ -149,13 +149,7 @@ pub async fn delete(
     if removed.is_none() {
         return not_found(&req, &id);
     }
-    apply_put(&req, &state, pretty(&config), Some(hash)).await
-}
-
-fn pretty(v: &Value) -> String {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
-    s.push('\n');
-    s
+    apply_put(&req, &state, super::config_text(&config), Some(hash)).await
 }
 
 #[derive(serde::Deserialize)]
