@@ -297,8 +297,10 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
             tracing::info!(echo = demo::DEMO_ECHO_ADDR, "no --config given: serving the embedded demo config");
         }
         let bound = server::bind(shared.clone(), None)?;
-        tracing::info!(addr = %bound.addr, version = env!("CARGO_PKG_VERSION"), "kairos-rs listening");
-        server::run_until_signal(bound.server, shared).await.context("server failed")
+        let addr = bound.addr;
+        let listening =
+            || tracing::info!(addr = %addr, version = env!("CARGO_PKG_VERSION"), "kairos-rs listening");
+        server::run_until_signal(bound.server, shared, listening).await.context("server failed")
     })?;
     // Spans of the last requests: export them before the process ends.
     if let Some(t) = &flush.load().tracing {

@@ -165,19 +165,26 @@ fn listen(host: &str, port: u16) -> io::Result<TcpListener> {
 }
 
 /// Runs until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
-/// (bounded by `server.shutdown_timeout`). SIGHUP reloads the config file.
+/// (bounded by `server.shutdown_timeout`). SIGHUP reloads the config file. The handlers are
+/// installed before `ready` runs (it announces the listener): a SIGTERM sent as soon as the
+/// gateway says it listens stops it gracefully, not by the signal's default action.
 pub async fn run_until_signal(
     server: actix_web::dev::Server,
     state: Arc<SharedState>,
+    ready: impl FnOnce(),
 ) -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let handle = server.handle();
     let state_for_reload = state.clone();
+    let installed = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
+    ready();
+    let (term, int, hup) = installed;
     let signals = async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
             tracing::warn!("cannot install signal handlers; stop the gateway with SIGKILL");
             return std::future::pending::<()>().await;
         };
@@ -196,8 +203,7 @@ pub async fn run_until_signal(
     let reloader = state_for_reload.clone();
     let state_for_flush = state_for_reload;
     actix_web::rt::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let Ok(mut hup) = hup else {
             tracing::warn!("cannot install the SIGHUP handler; reload with the admin API");
             return;
         };

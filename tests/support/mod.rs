@@ -717,6 +717,14 @@ impl GatewayProcess {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                if !status.success() {
+                    // Says why, for a failure seen only under load.
+                    let logs = self.logs();
+                    let tail = &logs[logs.len().saturating_sub(20)..];
+                    eprintln!(
+                        "gateway exited with {status} after SIGTERM; its last lines: {tail:#?}"
+                    );
+                }
                 return status.success();
             }
             assert!(
