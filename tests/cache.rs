@@ -1299,3 +1299,63 @@ async fn tenants_never_share_an_answer_and_tenant_is_a_key_variable() {
         assert_eq!(hits(&up, &path), 3, "{template}");
     }
 }
+
+#[tokio::test]
+async fn a_hit_carries_the_stored_fields_and_is_counted_like_any_answer() {
+    let up = Upstream::start(|_| {
+        Reply::ok("twelve bytes")
+            .header("cache-control", "max-age=60")
+            .header("x-one", "first")
+            .header("x-one", "second")
+            .header("x-cache", "upstream's own")
+    });
+    let gw = cached(&up);
+    for expected in ["MISS", "HIT", "HIT"] {
+        let res = client()
+            .get(gw.url("/fields"))
+            .send()
+            .await
+            .expect("request");
+        let h = res.headers().clone();
+        let all = |n: &str| -> Vec<&str> {
+            h.get_all(n)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        assert_eq!(all("x-cache"), [expected]);
+        assert_eq!(all("x-one"), ["first", "second"], "{expected}");
+        assert_eq!(all("content-length"), ["12"], "{expected}");
+        assert_eq!(all("cache-control"), ["max-age=60"], "{expected}");
+        // A HIT says how old it is; the upstream sent no Age.
+        assert_eq!(
+            all("age").len(),
+            usize::from(expected == "HIT"),
+            "{expected}"
+        );
+        assert_eq!(all("x-request-id").len(), 1, "{expected}");
+        assert_eq!(res.text().await.expect("body"), "twelve bytes");
+    }
+    assert_eq!(hits(&up, "/fields"), 1);
+    let text = scrape_metrics(&gw, TOKEN).await;
+    let m = |name, labels: &[(&str, &str)]| metric(&text, name, labels);
+    assert_eq!(
+        m(
+            "kairos_requests_total",
+            &[("route", "c"), ("method", "GET"), ("status", "200")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        m("kairos_response_bytes_total", &[("route", "c")]),
+        Some(36.0)
+    );
+    assert_eq!(
+        m(
+            "kairos_cache_requests_total",
+            &[("route", "c"), ("result", "hit")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(m("kairos_inflight_requests", &[]), Some(0.0));
+}

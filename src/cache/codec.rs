@@ -128,6 +128,7 @@ pub fn decode(record: &[u8]) -> Option<Stored> {
         route,
         path,
         keep: Duration::from_millis(keep),
+        client: Default::default(),
     })
 }
 
@@ -156,6 +157,7 @@ mod tests {
             route: Arc::from("users"),
             path: "/api/users/42".into(),
             keep: Duration::from_secs(70),
+            client: Default::default(),
         }
     }
 

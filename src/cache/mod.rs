@@ -396,6 +396,7 @@ fn empty() -> Stored {
         route: Arc::from(""),
         path: "".into(),
         keep: std::time::Duration::ZERO,
+        client: Default::default(),
     }
 }
 

@@ -587,6 +587,30 @@ impl Metrics {
         })
     }
 
+    /// Counts one answer of the cache phase (`result`: hit, miss, stale, expired,
+    /// revalidated, bypass) on a route of the runtime `generation`. Like [`Self::series`], a
+    /// thread-local lookup after the first (`with_label_values` hashes the labels and takes a
+    /// lock: about 600 instructions, a tenth of what a HIT costs the gateway itself).
+    pub fn count_cache(&self, generation: u64, route: (usize, &str), result: &str) {
+        let result_idx = CACHE_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(CACHE_RESULTS.len()) as u8;
+        let key = (generation, route.0 as u32, result_idx);
+        CACHE_SERIES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.owner != self.id || cache.map.len() >= MAX_CACHED_SERIES {
+                cache.owner = self.id;
+                cache.map.clear();
+            }
+            cache
+                .map
+                .entry(key)
+                .or_insert_with(|| self.cache.requests.with_label_values(&[route.1, result]))
+                .inc();
+        });
+    }
+
     /// The series of one upstream, resolved when the runtime is built.
     pub fn upstream(&self, name: &str) -> UpstreamSeries {
         UpstreamSeries {
@@ -869,8 +893,20 @@ struct SeriesCache {
     map: FxHashMap<(u64, u32, u8, u16), Rc<RequestSeries>>,
 }
 
+/// The cache phase's results, in `kairos_cache_requests_total`'s `result` label.
+const CACHE_RESULTS: [&str; 6] = ["hit", "miss", "stale", "expired", "revalidated", "bypass"];
+
+struct CacheSeriesCache {
+    owner: u64,
+    map: FxHashMap<(u64, u32, u8), IntCounter>,
+}
+
 thread_local! {
     static SERIES: RefCell<SeriesCache> = RefCell::new(SeriesCache {
+        owner: 0,
+        map: FxHashMap::default(),
+    });
+    static CACHE_SERIES: RefCell<CacheSeriesCache> = RefCell::new(CacheSeriesCache {
         owner: 0,
         map: FxHashMap::default(),
     });

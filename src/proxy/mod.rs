@@ -10,7 +10,7 @@
 //! | edge chain         | [`crate::edge::Edge::admit`]            | CORS preflight, rate limits, authentication, tenant, quota |
 //! | WebSocket          | [`websocket::proxy`]                    | a handshake: forwarded, then the socket relayed (in place of the phases below) |
 //! | request body       | [`body::read`]                          | read whole or streamed, bytes counted |
-//! | cache lookup       | [`cache::lookup`]                       | routes with `cache`: stored answer, revalidation, coalescing |
+//! | cache lookup       | [`cache::lookup`]                       | routes with `cache`: stored answer, revalidation, coalescing; a plain HIT answered at once ([`cache::answer_now`]) |
 //! | upstream request   | [`upstream_request::build`]             | rewrite, headers, the edge's edits    |
 //! | request transform  | [`transform::request`]                  | `transformations`: path, query, headers |
 //! | forward            | [`forward::forward`], or [`cache::fetch`] | balancer, breaker, retries, timeout; the cache's answer or the upstream's, stored as it streams |
@@ -159,6 +159,16 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
             let path = normalized.as_deref().unwrap_or(req.path());
             Some((rc, cache::lookup(ctx, routed.route, rc, host, path).await))
         }
+    };
+    // A plain HIT is answered here, without building the upstream request.
+    let cached = match cached {
+        Some((rc, plan)) if routed.route.transforms.is_empty() => {
+            match cache::answer_now(ctx, routed.route, plan) {
+                Ok(res) => return Ok(res),
+                Err(plan) => Some((rc, plan)),
+            }
+        }
+        other => other,
     };
     let mut up = upstream_request::build(
         ctx,
