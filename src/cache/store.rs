@@ -18,8 +18,10 @@ pub type ClientHeaders = Box<[(ax::HeaderName, ax::HeaderValue)]>;
 
 /// Bytes a stored header field costs beyond its name and value.
 const HEADER_OVERHEAD: usize = 128;
-/// Bytes a header field's client copy ([`Stored::client_headers`]) costs beyond its value.
-const CLIENT_HEADER_OVERHEAD: usize = 48;
+/// Bytes a header field's client copy ([`Stored::client_headers`]) costs beyond its value:
+/// its slot (a name and a value, 72 bytes), the value's allocation rounded to its size class,
+/// and the shared handle its first clone makes.
+const CLIENT_HEADER_OVERHEAD: usize = 128;
 /// Bytes an entry costs beyond its body, header fields and path.
 const ENTRY_OVERHEAD: usize = 1024;
 

@@ -713,7 +713,7 @@ fn mark(a: &mut Answer, label: &'static str) {
 /// (`Err`) to the general path ([`fetch`], then the response phase), which builds an
 /// [`Answer`] first. This one copies no header bytes (the client's header fields are kept in
 /// the stored answer, [`Stored::client_headers`]) and skips the upstream request's
-/// construction: 28,600 -> 23,100 instructions per HIT (benches/load/callgrind.sh).
+/// construction: 28,600 -> 21,487 instructions per HIT (benches/load/callgrind.sh).
 pub fn answer_now(
     ctx: &mut Ctx<'_>,
     route: &RouteConfig,
