@@ -83,7 +83,9 @@ impl Cache {
         if let Some(s) = self.memory.as_ref().and_then(|m| m.get(primary, headers)) {
             return Some(s);
         }
-        let found = self.redis.as_ref()?.get(primary, headers).await?;
+        // Boxed: the Redis read's future is the largest the request path awaits, and kept
+        // inline it would size every request's future (moved whole into actix's box).
+        let found = Box::pin(self.redis.as_ref()?.get(primary, headers)).await?;
         let stored = Arc::new(found.stored);
         if let Some(m) = &self.memory {
             // What is left of its life, at most l1_ttl.
