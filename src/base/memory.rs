@@ -32,3 +32,25 @@ fn trim_system_allocator() {
         libc::malloc_trim(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn the_installed_release_function_runs_on_each_release_and_stays() {
+        // The system allocator's trim runs (and returns) before any function is installed.
+        release_free_memory();
+        set_release(|| {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+        });
+        // A second installation is ignored: the binary's choice stays.
+        set_release(|| panic!("replaced the first release function"));
+        release_free_memory();
+        release_free_memory();
+        assert_eq!(CALLS.load(Ordering::SeqCst), 2);
+    }
+}
