@@ -47,19 +47,38 @@ fn main() -> ExitCode {
 #[cfg(feature = "mimalloc")]
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed memory goes back to the OS at once instead of after mimalloc's purge delay (1 s),
-/// which only runs when the process allocates again: an idle gateway kept a 10,000-route
-/// config's parse garbage and a replaced runtime resident for good (benches/idle_rss.sh:
-/// 30.5 MB idle with the delay, 24.6 MB without). After a config build or a reload, the
-/// gateway also asks for a collection (`mi_collect(true)`) of the pages its thread holds.
+/// Until the gateway is up, freed memory goes back to the OS at once instead of after
+/// mimalloc's purge delay, which only runs when the process allocates again: an idle gateway
+/// kept a 10,000-route config's parse garbage resident for good (benches/idle_rss.sh: 30.5 MB
+/// idle with the delay, 24.6 MB without). [`restore_purge_delay`] puts the delay back once
+/// the first runtime is built: purging at once during a reload's build made it slower (more
+/// decommits and page faults). After a reload, the reload thread asks for a collection
+/// (`mi_collect(true)`: its empty pages and the arenas' scheduled purges) instead.
 #[cfg(feature = "mimalloc")]
 fn tune_mimalloc() {
-    // SAFETY: plain option setting and collection calls; no pointers are passed.
+    // SAFETY: plain option reading and setting, and a collection call; no pointers.
+    let delay = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+    PURGE_DELAY.store(delay as i64, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: as above.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     kairos_rs::base::memory::set_release(|| {
         // SAFETY: as above.
         unsafe { libmimalloc_sys::mi_collect(true) }
     });
+}
+
+/// mimalloc's purge delay as it was before [`tune_mimalloc`].
+#[cfg(feature = "mimalloc")]
+static PURGE_DELAY: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Puts mimalloc's purge delay back (see [`tune_mimalloc`]).
+fn restore_purge_delay() {
+    #[cfg(feature = "mimalloc")]
+    {
+        let delay = PURGE_DELAY.load(std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: plain option setting; no pointers.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay as std::ffi::c_long) };
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -311,6 +330,7 @@ fn serve(path: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
     // so would the parse's garbage.
     drop(text);
     kairos_rs::base::memory::release_free_memory();
+    restore_purge_delay();
     if let (Some(p), true) = (&path, watch) {
         if let Err(e) = kairos_rs::runtime::watch(shared.clone(), p.clone()) {
             tracing::warn!("{e}; reload with SIGHUP or POST /_kairos/config/reload");
