@@ -49,8 +49,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Until the gateway is up, freed memory goes back to the OS at once instead of after
 /// mimalloc's purge delay, which only runs when the process allocates again: an idle gateway
-/// kept a 10,000-route config's parse garbage resident for good (benches/idle_rss.sh: 30.5 MB
-/// idle with the delay, 24.6 MB without). [`restore_purge_delay`] puts the delay back once
+/// kept a 10,000-route config's parse garbage resident for good (30.5 MB idle with the delay,
+/// 24.6 MB without, VmRSS of a release build). [`restore_purge_delay`] puts the delay back once
 /// the first runtime is built: purging at once during a reload's build made it slower (more
 /// decommits and page faults). After a reload, the reload thread asks for a collection
 /// (`mi_collect(true)`: its empty pages and the arenas' scheduled purges) instead.
