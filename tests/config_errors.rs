@@ -310,7 +310,13 @@ fn rate_limiting_is_on_when_anything_is_limited_and_takes_its_url_from_the_envir
     let cfg = kairos_rs::config::load_str(&text, "t", Path::new(".")).unwrap();
     let rl = cfg.rate_limiting.expect("on");
     assert_eq!(rl.backend, RateBackend::Memory);
-    let own = cfg.routes[0].rate_limit.unwrap().limits.per_ip.unwrap();
+    let own = cfg.routes[0]
+        .rate_limit
+        .as_ref()
+        .unwrap()
+        .limits
+        .per_ip
+        .unwrap();
     assert_eq!(
         (own.rps, own.burst),
         (2.5, 3),

@@ -12,7 +12,8 @@
 # profile of the measured run (for callgrind_annotate); ACCESS_LOG=true turns the access log on
 # (written to the gateway's stderr, and kept in the admin UI's log ring); STREAM=1 gives the
 # gateway an admin token and keeps a client reading /_kairos/events (the admin UI's live
-# stream) connected during the measured requests.
+# stream) connected during the measured requests. ROUTE_EXTRA=', "auth": "jwt"' adds keys to
+# the route; HEADER='Authorization: Bearer ...' sends a header with every request.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${1:-$ROOT/target/release/kairos-rs}"
@@ -51,11 +52,14 @@ cat > "$W/kairos.json" <<CONF
 { "version": 1,
   "server": { "host": "127.0.0.1", "port": $GW, "workers": 1, "shutdown_timeout": "1s" },
   "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:$UP" }] } },
-  "routes": [{ "name": "all", "path": "/{*rest}", "upstream": "up" }],
+  "routes": [{ "name": "all", "path": "/{*rest}", "upstream": "up" ${ROUTE_EXTRA:-} }],
   "logging": { "level": "warn", "access_log": ${ACCESS_LOG:-false} } ${ADMIN:-} ${EXTRA:-} }
 CONF
 awk -v n="$N" -v u="http://127.0.0.1:$GW/api/items/42" \
-    'BEGIN { for (i = 0; i < n; i++) printf "url = \"%s\"\n", u }' > "$W/urls.txt"
+    -v h="${HEADER:-}" 'BEGIN {
+        if (h != "") printf "header = \"%s\"\n", h
+        for (i = 0; i < n; i++) printf "url = \"%s\"\n", u
+    }' > "$W/urls.txt"
 
 # One callgrind run; $1 = number of requests (0 = start, wait for the port, stop).
 run() {
@@ -69,13 +73,14 @@ run() {
             "http://127.0.0.1:$GW/_kairos/events" > "$W/stream.txt" &
         stream=$!
     fi
-    if [ "$1" -gt 0 ]; then taskset -c 1 curl -sf -K <(head -n "$1" "$W/urls.txt") >/dev/null; fi
+    if [ "$1" -gt 0 ]; then taskset -c 1 curl -sf -K <(head -n "$(($1 + HEAD_LINES))" "$W/urls.txt") >/dev/null; fi
     if [ -n "$stream" ]; then
         kill $stream; wait $stream || true
         echo "stream: $(grep -c '^event: stats' "$W/stream.txt") stats events" >&2
     fi
     sleep 1; kill -TERM $vg; wait $vg || true
 }
+HEAD_LINES=0; [ -n "${HEADER:-}" ] && HEAD_LINES=1
 ir() { awk '/^totals:/ { print $2 }' "$1"; }
 run 0
 run "$N"

@@ -211,6 +211,8 @@ impl SharedState {
                     l.retain(|r| Arc::strong_count(r) > 1);
                     if l.is_empty() {
                         flag.store(false, Ordering::Release);
+                        drop(l);
+                        crate::base::memory::release_free_memory();
                         return;
                     }
                 }

@@ -457,6 +457,9 @@ fn commit(
             "these settings changed but take effect only after a restart"
         );
     }
+    // The replaced runtime is freed by now unless a request still holds it (then the sweep
+    // releases its memory), and so is the new config's parse garbage.
+    crate::base::memory::release_free_memory();
     Applied {
         diff,
         duration_ms,

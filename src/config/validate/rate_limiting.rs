@@ -236,9 +236,11 @@ pub(super) fn effective(
     tenant_limits: bool,
 ) -> Option<RateLimitConfig> {
     let any_key_limit = api_keys.is_some_and(|k| k.keys.iter().any(|e| e.rate_limit.is_some()));
-    let any_route_limit = routes
-        .iter()
-        .any(|r| r.rate_limit.is_some_and(|rl| !rl.limits.is_empty()));
+    let any_route_limit = routes.iter().any(|r| {
+        r.rate_limit
+            .as_ref()
+            .is_some_and(|rl| !rl.limits.is_empty())
+    });
     match top_limits {
         Some(rl) => Some(rl),
         None if any_key_limit || any_route_limit || tenant_limits => {

@@ -246,7 +246,7 @@ pub(super) fn route(
     let upstream = upstream(v, &p, &r.upstream, cx.upstreams);
     let rewrite = match (&r.rewrite, &template) {
         (Some(rw), Some(t)) => match parse_rewrite(rw, &t.params) {
-            Ok(rw) => Some(rw),
+            Ok(rw) => Some(Box::new(rw)),
             Err(e) => {
                 v.err(format!("{p}.rewrite"), e.to_string());
                 None
@@ -266,11 +266,11 @@ pub(super) fn route(
     let route_cors = r
         .cors
         .as_ref()
-        .map(|c| cors_config(v, &format!("{p}.cors"), c));
+        .map(|c| Box::new(cors_config(v, &format!("{p}.cors"), c)));
     let rate_limit = r
         .rate_limit
         .as_ref()
-        .map(|rl| route_rate_limit(v, &format!("{p}.rate_limit"), rl, auth));
+        .map(|rl| Box::new(route_rate_limit(v, &format!("{p}.rate_limit"), rl, auth)));
     let timeout = v.duration(&format!("{p}.timeout"), &r.timeout, cx.default_timeout);
     if timeout.is_zero() {
         v.err(format!("{p}.timeout"), "timeout must be more than 0s");

@@ -82,6 +82,11 @@ pub(super) fn merge(
     own: Vec<(bool, Step)>,
     params: &[String],
 ) -> Arc<Transforms> {
+    // Most routes have no transformation at all: they share one empty list.
+    static NONE: std::sync::LazyLock<Arc<Transforms>> = std::sync::LazyLock::new(Arc::default);
+    if top.is_empty() && own.is_empty() {
+        return NONE.clone();
+    }
     let mut t = Transforms::default();
     let top = top.iter().cloned().map(|(response, mut step)| {
         resolve_path_params(&mut step.op, params);
