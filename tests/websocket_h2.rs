@@ -553,6 +553,46 @@ fn sockets_and_requests_share_one_connection_and_are_counted() {
 }
 
 #[test]
+fn an_idle_socket_is_closed_and_its_stream_ended() {
+    let echo = WsEcho::start();
+    let token = "t0k3n-for-the-websocket-tests";
+    let gw = Gateway::start(&config(
+        &echo.url(),
+        r#"[{"name":"ws","path":"/ws","upstream":"u","websocket_idle_timeout":"1s"}]"#,
+        &format!(r#""admin":{{"token":"{token}"}}"#),
+    ));
+    let a = gw.addr.to_string();
+    rt().block_on(async {
+        let send = h2_connect(gw.addr, None).await;
+        let mut ws = websocket(&send, &a, "/ws").await;
+        ws.send(Message::text("quiet now")).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text("quiet now"));
+        // Nothing either way for the idle timeout: the stream ends.
+        let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("closed within 5 s");
+        assert!(
+            !matches!(end, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+            "{end:?}"
+        );
+        let mut open = None;
+        for _ in 0..100 {
+            let m = scrape_metrics(&gw, token).await;
+            open = metric(&m, "kairos_websockets_open", &[]);
+            if open == Some(0.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(open, Some(0.0), "the open gauge goes back to 0");
+        // The connection is still good for another socket.
+        let mut ws = websocket(&send, &a, "/ws").await;
+        ws.send(Message::text("again")).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text("again"));
+    });
+}
+
+#[test]
 fn a_reload_keeps_open_sockets_and_a_graceful_shutdown_closes_them_with_1001() {
     let echo = WsEcho::start();
     let cfg = format!(
