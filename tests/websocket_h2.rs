@@ -3,7 +3,9 @@
 //! tokio-tungstenite client speaks WebSocket over the stream to the same tokio-tungstenite
 //! echo upstream as tests/websocket.rs, which the gateway reaches with an RFC 6455 HTTP/1.1
 //! handshake: messages of every kind and size, close codes, the edge chain on the handshake,
-//! metrics, several sockets on one connection, a reload and a graceful shutdown.
+//! metrics, several sockets on one connection, a reload and a graceful shutdown. Towards an
+//! upstream spoken to in HTTP/2, the gateway sends extended CONNECTs itself when the server's
+//! SETTINGS allow it: an `h2` WebSocket server in the test takes them.
 
 mod support;
 
@@ -653,4 +655,232 @@ fn a_reload_keeps_open_sockets_and_a_graceful_shutdown_closes_them_with_1001() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success());
+}
+
+/// What an [`H2WsEcho`] saw of one request: method, `:protocol`, headers.
+type Seen = (String, Option<String>, Vec<(String, String)>);
+
+/// A WebSocket echo server over HTTP/2 prior knowledge (RFC 8441), with or without
+/// `SETTINGS_ENABLE_CONNECT_PROTOCOL`: every extended CONNECT for a WebSocket gets 200 (and
+/// the first subprotocol offered), then tokio-tungstenite echoes on the stream.
+struct H2WsEcho {
+    addr: SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl H2WsEcho {
+    fn start(extended_connect: bool) -> H2WsEcho {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (conns, seen2) = (connections.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    conns.fetch_add(1, Ordering::SeqCst);
+                    let seen = seen2.clone();
+                    tokio::spawn(async move {
+                        let mut builder = h2::server::Builder::new();
+                        if extended_connect {
+                            builder.enable_connect_protocol();
+                        }
+                        let Ok(mut conn) = builder.handshake::<_, Bytes>(tcp).await else {
+                            return;
+                        };
+                        while let Some(Ok((req, respond))) = conn.accept().await {
+                            tokio::spawn(h2_ws_serve(req, respond, seen.clone()));
+                        }
+                    });
+                }
+            });
+        });
+        H2WsEcho {
+            addr,
+            connections,
+            seen,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// One stream of [`H2WsEcho`].
+async fn h2_ws_serve(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+) {
+    let protocol = req
+        .extensions()
+        .get::<h2::ext::Protocol>()
+        .map(|p| p.as_str().to_string());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    seen.lock()
+        .unwrap()
+        .push((req.method().to_string(), protocol.clone(), headers.clone()));
+    if req.method() != http::Method::CONNECT || protocol.as_deref() != Some("websocket") {
+        let res = http::Response::builder().status(400).body(()).unwrap();
+        let _ = respond.send_response(res, true);
+        return;
+    }
+    let mut res = http::Response::builder().status(200);
+    if let Some(p) = req.headers().get("sec-websocket-protocol") {
+        let first = p.to_str().unwrap().split(',').next().unwrap().trim();
+        res = res.header("sec-websocket-protocol", first);
+    }
+    let Ok(send) = respond.send_response(res.body(()).unwrap(), false) else {
+        return;
+    };
+    let io = H2Stream {
+        send,
+        recv: req.into_body(),
+        buf: Bytes::new(),
+    };
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    while let Some(Ok(msg)) = ws.next().await {
+        match msg {
+            Message::Text(t) if t.as_str() == "close-me" => {
+                let close = CloseFrame {
+                    code: CloseCode::from(4002),
+                    reason: "as asked".into(),
+                };
+                let _ = ws.close(Some(close)).await;
+            }
+            Message::Text(_) | Message::Binary(_) => {
+                let sent = ws.send(msg).await;
+                if sent.is_err() {
+                    return;
+                }
+            }
+            _ => {}
+        }
+    }
+    // After the close handshake the stream ends (END_STREAM after the close frame), and stays
+    // until the peer ends its side: dropped earlier, it would be reset and the close frame
+    // still queued lost.
+    let io = ws.get_mut();
+    let _ = io.send.send_data(Bytes::new(), true);
+    while let Some(Ok(_)) = io.recv.data().await {}
+}
+
+fn h2c_upstream_config(upstream: &str) -> String {
+    format!(
+        r#"{{"version":1,"server":{{"workers":1}},
+        "upstreams":{{"u":{{"servers":[{{"url":"{upstream}"}}],"protocol":"h2c"}}}},
+        "routes":[{{"name":"ws","path":"/ws","upstream":"u"}}],
+        "logging":{{"access_log":false,"level":"error"}}}}"#
+    )
+}
+
+#[test]
+fn an_http2_upstream_that_allows_it_gets_extended_connects_on_one_connection() {
+    let up = H2WsEcho::start(true);
+    let gw = Gateway::start(&h2c_upstream_config(&up.url()));
+    let a = gw.addr.to_string();
+    rt().block_on(async {
+        // An HTTP/1.1 client: the gateway answers 101 with the accept value of its key.
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{a}/ws?room=1").into_client_request().unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "chat.v2, chat.v1".parse().unwrap(),
+        );
+        let (mut h1, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(res.status(), 101);
+        assert_eq!(res.headers()["sec-websocket-protocol"], "chat.v2");
+        h1.send(Message::text("over h1")).await.unwrap();
+        let Message::Text(t) = h1.next().await.unwrap().unwrap() else {
+            panic!("expected the echo")
+        };
+        assert_eq!(t.as_str(), "over h1");
+        // An HTTP/2 client, a second socket on the same upstream connection.
+        let send = h2_connect(gw.addr, None).await;
+        let mut h2 = websocket(&send, &a, "/ws").await;
+        let big = vec![7u8; 1 << 20];
+        h2.send(Message::binary(big.clone())).await.unwrap();
+        assert_eq!(next(&mut h2).await, Message::binary(big));
+        h1.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+        let m = h1.next().await.unwrap().unwrap();
+        assert_eq!(m, Message::binary(vec![1u8, 2, 3]));
+        // Close codes both ways.
+        h2.send(Message::text("close-me")).await.unwrap();
+        match next(&mut h2).await {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4002),
+            other => panic!("expected the upstream's close frame, got {other:?}"),
+        }
+        h1.close(Some(CloseFrame {
+            code: CloseCode::from(4001),
+            reason: "client done".into(),
+        }))
+        .await
+        .unwrap();
+        loop {
+            match h1.next().await {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    assert_eq!(u16::from(f.code), 4001);
+                    break;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("expected the close reply, got {other:?}"),
+            }
+        }
+    });
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1, "one connection");
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for (method, protocol, headers) in &seen {
+        assert_eq!(method, "CONNECT");
+        assert_eq!(protocol.as_deref(), Some("websocket"));
+        let get = |k: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("sec-websocket-version"), Some("13"));
+        assert_eq!(get("sec-websocket-key"), None, "not part of RFC 8441");
+        assert_eq!(get("upgrade"), None);
+        assert!(get("x-request-id").is_some());
+    }
+    let get = |i: usize, k: &str| {
+        seen[i]
+            .2
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        get(0, "sec-websocket-protocol").as_deref(),
+        Some("chat.v2, chat.v1")
+    );
+}
+
+#[test]
+fn an_http2_upstream_that_does_not_allow_it_never_gets_an_extended_connect() {
+    // Its SETTINGS say nothing of extended CONNECT: the gateway tries an HTTP/1.1 upgrade,
+    // which an HTTP/2-only server cannot answer (502).
+    let up = H2WsEcho::start(false);
+    let gw = Gateway::start(&h2c_upstream_config(&up.url()));
+    rt().block_on(async {
+        let send = h2_connect(gw.addr, None).await;
+        let (parts, io) = extended_connect(&send, &gw.addr.to_string(), "/ws", &[]).await;
+        assert_eq!(parts.status, 502);
+        assert!(io.is_none());
+    });
+    assert!(up.seen.lock().unwrap().is_empty(), "no request on a stream");
 }

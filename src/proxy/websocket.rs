@@ -19,6 +19,7 @@ use super::body::{BodyWatch, ProxyBody};
 use super::context::Ctx;
 use super::route::Routed;
 use crate::base::error::GatewayError;
+use crate::base::hash::websocket_accept;
 use crate::edge::auth::Identity;
 use crate::observability::metrics::Metrics;
 use actix_web::body::{BodySize, MessageBody};
@@ -86,24 +87,12 @@ pub fn is_extended_connect(req: &HttpRequest) -> bool {
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
-/// The GUID of RFC 6455 4.2.2, hashed with the key into `Sec-WebSocket-Accept`.
-const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 4.1).
 fn new_key() -> String {
     use base64::Engine as _;
     let mut nonce = [0u8; 16];
     fastrand::fill(&mut nonce);
     base64::engine::general_purpose::STANDARD.encode(nonce)
-}
-
-/// The `Sec-WebSocket-Accept` a server owes the handshake that sent `key`.
-fn accept_for(key: &str) -> String {
-    use base64::Engine as _;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    ctx.update(key.as_bytes());
-    ctx.update(ACCEPT_GUID);
-    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
 }
 
 /// The WebSocket phase, in place of the body, cache, forward and response phases: the
@@ -173,7 +162,7 @@ pub async fn proxy<'a>(
             let accepted = parts
                 .headers
                 .get(http::header::SEC_WEBSOCKET_ACCEPT)
-                .is_some_and(|v| v.as_bytes() == accept_for(key).as_bytes());
+                .is_some_and(|v| v.as_bytes() == websocket_accept(key.as_bytes()).as_bytes());
             if !accepted {
                 tracing::warn!(
                     request_id = ctx.rid_str(),
@@ -588,7 +577,7 @@ mod tests {
     fn the_accept_value_is_rfc_6455s() {
         // The example of RFC 6455 1.3.
         assert_eq!(
-            accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
         let (a, b) = (new_key(), new_key());
