@@ -657,8 +657,10 @@ fn a_reload_keeps_open_sockets_and_a_graceful_shutdown_closes_them_with_1001() {
     assert!(status.success());
 }
 
-/// What an [`H2WsEcho`] saw of one request: method, `:protocol`, headers.
+/// What an [`H2WsEcho`] saw of one request: method, `:protocol`, headers; then the close
+/// codes its socket received.
 type Seen = (String, Option<String>, Vec<(String, String)>);
+type Closes = std::sync::Arc<std::sync::Mutex<Vec<u16>>>;
 
 /// A WebSocket echo server over HTTP/2 prior knowledge (RFC 8441), with or without
 /// `SETTINGS_ENABLE_CONNECT_PROTOCOL`: every extended CONNECT for a WebSocket gets 200 (and
@@ -667,6 +669,7 @@ struct H2WsEcho {
     addr: SocketAddr,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    closes: Closes,
 }
 
 impl H2WsEcho {
@@ -676,7 +679,8 @@ impl H2WsEcho {
         let addr = std_listener.local_addr().unwrap();
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (conns, seen2) = (connections.clone(), seen.clone());
+        let closes: Closes = Default::default();
+        let (conns, seen2, closes2) = (connections.clone(), seen.clone(), closes.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -687,7 +691,7 @@ impl H2WsEcho {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
                 while let Ok((tcp, _)) = listener.accept().await {
                     conns.fetch_add(1, Ordering::SeqCst);
-                    let seen = seen2.clone();
+                    let (seen, closes) = (seen2.clone(), closes2.clone());
                     tokio::spawn(async move {
                         let mut builder = h2::server::Builder::new();
                         if extended_connect {
@@ -697,7 +701,7 @@ impl H2WsEcho {
                             return;
                         };
                         while let Some(Ok((req, respond))) = conn.accept().await {
-                            tokio::spawn(h2_ws_serve(req, respond, seen.clone()));
+                            tokio::spawn(h2_ws_serve(req, respond, seen.clone(), closes.clone()));
                         }
                     });
                 }
@@ -707,6 +711,7 @@ impl H2WsEcho {
             addr,
             connections,
             seen,
+            closes,
         }
     }
 
@@ -720,6 +725,7 @@ async fn h2_ws_serve(
     req: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    closes: Closes,
 ) {
     let protocol = req
         .extensions()
@@ -767,6 +773,10 @@ async fn h2_ws_serve(
                     return;
                 }
             }
+            Message::Close(f) => closes
+                .lock()
+                .unwrap()
+                .push(f.map_or(1005, |f| u16::from(f.code))),
             _ => {}
         }
     }
@@ -883,4 +893,43 @@ fn an_http2_upstream_that_does_not_allow_it_never_gets_an_extended_connect() {
         assert!(io.is_none());
     });
     assert!(up.seen.lock().unwrap().is_empty(), "no request on a stream");
+}
+
+#[test]
+fn a_graceful_shutdown_closes_a_socket_to_an_http2_upstream_with_1001_both_ways() {
+    let up = H2WsEcho::start(true);
+    let cfg = format!(
+        r#"{{"version":1,"server":{{"workers":1,"shutdown_timeout":"3s"}},
+        "upstreams":{{"u":{{"servers":[{{"url":"{}"}}],"protocol":"h2c"}}}},
+        "routes":[{{"name":"ws","path":"/ws","upstream":"u"}}],
+        "logging":{{"access_log":false}}}}"#,
+        up.url()
+    );
+    let mut gw = GatewayProcess::start(&cfg);
+    let a = gw.addr.to_string();
+    rt().block_on(async {
+        let send = h2_connect(gw.addr, None).await;
+        let mut ws = websocket(&send, &a, "/ws").await;
+        ws.send(Message::text("before")).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text("before"));
+        gw.signal("TERM");
+        match next(&mut ws).await {
+            Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Away),
+            other => panic!("expected a close frame 1001, got {other:?}"),
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the gateway exits");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let closes = up.closes.clone();
+    assert!(
+        wait_until(Duration::from_secs(5), || !closes
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "the upstream got no close frame"
+    );
+    assert_eq!(*up.closes.lock().unwrap(), vec![1001]);
 }

@@ -272,6 +272,7 @@ impl Relay {
                         n = from_up.read_buf(&mut buf) => n.unwrap_or(0),
                         _ = close.wait_for(|c| *c), if frames.at_boundary() => {
                             let _ = tx.send(Bytes::from_static(&CLOSE_TO_CLIENT)).await;
+                            drain(&mut from_up).await;
                             return Stopped::Closed;
                         }
                     };
@@ -288,6 +289,7 @@ impl Relay {
                         let _ = tx.send(head).await;
                         if frames.at_boundary() {
                             let _ = tx.send(Bytes::from_static(&CLOSE_TO_CLIENT)).await;
+                            drain(&mut from_up).await;
                             return Stopped::Closed;
                         }
                         continue;
@@ -309,6 +311,7 @@ impl Relay {
                         c = payload.next() => c,
                         _ = close.wait_for(|c| *c), if frames.at_boundary() => {
                             let _ = to_up.write_all(&close_to_server()).await;
+                            let _ = to_up.shutdown().await;
                             return Stopped::Closed;
                         }
                     };
@@ -323,6 +326,7 @@ impl Relay {
                         let _ = to_up.write_all(&head).await;
                         if frames.at_boundary() {
                             let _ = to_up.write_all(&close_to_server()).await;
+                            let _ = to_up.shutdown().await;
                             return Stopped::Closed;
                         }
                         continue;
@@ -396,6 +400,18 @@ async fn shutdown_deadline(draining: Option<watch::Receiver<bool>>, shutdown_tim
     }
     let margin = (shutdown_timeout / 4).min(Duration::from_secs(2));
     tokio::time::sleep(shutdown_timeout.saturating_sub(margin)).await;
+}
+
+/// After the gateway's close frame to the upstream: what the upstream still sends (its close
+/// reply) is read and dropped until it ends its side, so that the close frame was taken before
+/// the connection or stream is dropped (h2 discards the queued data of a stream it resets).
+async fn drain<R: tokio::io::AsyncRead + Unpin>(from_up: &mut R) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = from_up.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 /// A close frame with status 1001 as a client sends it: masked (RFC 6455 5.3).
