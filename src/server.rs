@@ -45,6 +45,9 @@ pub fn bind(state: Arc<SharedState>, listener: Option<TcpListener>) -> io::Resul
     .max_connections(cfg.max_connections.div_ceil(cfg.workers))
     .client_request_timeout(cfg.client_header_timeout)
     .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
+    // As NGINX's `tcp_nodelay on`: a small write (an HTTP/2 frame, a WebSocket message) goes
+    // out at once instead of waiting for the ACK of the previous one.
+    .tcp_nodelay(true)
     .on_connect(move |_, ext| {
         // Read per connection, so a reload applies to new connections.
         ext.insert(h2_limits(&conn_state.load().config.server));
@@ -88,6 +91,8 @@ fn h2_limits(cfg: &crate::config::model::ServerConfig) -> actix_http::h2::Limits
         max_local_error_reset_streams: Some(H2_MAX_LOCAL_ERROR_RESETS),
         max_client_resets: Some(H2_MAX_CLIENT_RESETS),
         close_idle: true,
+        // WebSockets over HTTP/2 (RFC 8441): src/proxy/websocket.rs.
+        extended_connect: true,
     }
 }
 

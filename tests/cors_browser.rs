@@ -3,7 +3,9 @@
 //! origin (another port), with `fetch`. The page posts what it could read back to its own
 //! origin's `/report`. Nothing is mocked: the browser enforces CORS, the gateway answers, a real
 //! upstream records what reached it. A second test opens WebSockets from two origins
-//! (`tests/browser/websocket_page.html`): the gateway checks their `Origin` itself.
+//! (`tests/browser/websocket_page.html`): the gateway checks their `Origin` itself. A third
+//! opens one over HTTP/2 (RFC 8441 extended CONNECT) on a TLS listener
+//! (`tests/browser/websocket_h2_page.html`).
 //!
 //! Chromium is required (`scripts/test.sh` installs it): without it the test fails, it is never
 //! skipped.
@@ -20,6 +22,7 @@ use support::{Gateway, Recorded, Reply, Upstream};
 
 const PAGE: &str = include_str!("browser/cors_page.html");
 const WS_PAGE: &str = include_str!("browser/websocket_page.html");
+const WS_H2_PAGE: &str = include_str!("browser/websocket_h2_page.html");
 const SECRET: &str = "cors-browser-test-secret-with-32-bytes!";
 /// How long the pages get to report back (Chromium's first start on a busy 2-core machine
 /// takes a few seconds).
@@ -113,6 +116,11 @@ struct Chromium {
 
 impl Chromium {
     fn launch(url: &str) -> Chromium {
+        Self::launch_with(url, &[])
+    }
+
+    /// As [`Chromium::launch`], with more command-line switches.
+    fn launch_with(url: &str, switches: &[&str]) -> Chromium {
         let profile = tempfile::tempdir().expect("profile dir");
         let log = std::fs::File::create(profile.path().join("chromium.log")).expect("log file");
         let spawned = Command::new("chromium")
@@ -136,6 +144,7 @@ impl Chromium {
                 "--v=0",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(switches)
             .arg(url)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -371,5 +380,77 @@ fn a_browser_page_talks_over_a_websocket_and_another_origin_is_refused() {
     // socket (1006), and the upstream never got a connection from it.
     assert_eq!(theirs["events"], json!(["error"]), "{theirs}");
     assert_eq!(theirs["close_code"], 1006);
+    assert_eq!(echo.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_browser_opens_a_websocket_over_http2() {
+    let (dir, pem, _) = support::self_signed_tls(&["localhost"], &[]);
+    let echo = support::WsEcho::start();
+    let warm = Upstream::start_ok();
+    let page = PageServer::start();
+    let token = "t0k3n-for-the-browser-websocket-test";
+    let gateway = Gateway::start_in(
+        &json!({
+            "server": { "workers": 1, "tls": { "cert": "server.pem", "key": "server.key" } },
+            "upstreams": {
+                "u": { "servers": [{ "url": echo.url() }] },
+                "warm": { "servers": [{ "url": warm.url() }] }
+            },
+            "routes": [
+                { "name": "ws", "path": "/ws", "upstream": "u", "cors": route_cors(&page.origin()) },
+                { "name": "warm", "path": "/warm", "upstream": "warm" }
+            ],
+            "admin": { "token": token },
+            "logging": { "access_log": false }
+        })
+        .to_string(),
+        dir.path(),
+    );
+    let gateway_origin = format!("https://localhost:{}", gateway.addr.port());
+    page.fill_page(WS_H2_PAGE, "h2", &gateway_origin, "", "");
+    // The gateway's certificate is self-signed; the page's origin stays plain HTTP.
+    let browser = Chromium::launch_with(
+        &format!("{}/", page.origin()),
+        &["--ignore-certificate-errors"],
+    );
+    let reported = support::wait_until(REPORT_TIMEOUT, || page.report().is_some());
+    assert!(
+        reported,
+        "no report from the page within {REPORT_TIMEOUT:?}. Chromium's log:\n{}",
+        browser.log_tail()
+    );
+    drop(browser);
+    let report = page.report().expect("report");
+    eprintln!("page: {report:#}");
+    assert_eq!(report["events"], json!(["open"]), "{report}");
+    assert_eq!(report["echo"], "hello from h2");
+    assert_eq!(report["close_code"], 4003);
+    assert_eq!(report["close_reason"], "page done");
+    // The handshake was an extended CONNECT (an HTTP/1.1 one would be counted as a GET 101).
+    let metrics = support::block_on(async {
+        let root = reqwest::Certificate::from_pem(pem.as_bytes()).expect("certificate");
+        support::client_builder()
+            .add_root_certificate(root)
+            .build()
+            .expect("client")
+            .get(format!("{gateway_origin}/_kairos/metrics"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    });
+    let requests = |method: &str, status: &str| {
+        support::metric(
+            &metrics,
+            "kairos_requests_total",
+            &[("method", method), ("route", "ws"), ("status", status)],
+        )
+    };
+    assert_eq!(requests("CONNECT", "200"), Some(1.0), "{metrics}");
+    assert_eq!(requests("GET", "101"), None);
     assert_eq!(echo.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -1,6 +1,6 @@
 //! SHA-256 as the gateway uses it: API keys are stored and looked up by their hash, the config
 //! text is identified by its hash (ETags, reload records), and secrets are compared in time that
-//! does not depend on where they differ.
+//! does not depend on where they differ. Also the SHA-1 of a WebSocket handshake's accept value.
 
 use ring::digest;
 
@@ -14,6 +14,19 @@ pub enum HashError {
     Length(usize),
     #[error("`{0}` is not hex")]
     NotHex(String),
+}
+
+/// The GUID of RFC 6455 4.2.2, hashed with the key into `Sec-WebSocket-Accept`.
+const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The `Sec-WebSocket-Accept` a server owes the handshake whose `Sec-WebSocket-Key` is `key`
+/// (RFC 6455 4.2.2): base64 of SHA-1 of the key and the GUID.
+pub fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut ctx = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(WEBSOCKET_GUID);
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
 }
 
 /// SHA-256 of a key.

@@ -377,7 +377,7 @@ impl Metrics {
             .expect("valid metric definition"),
             websockets_total: IntCounter::new(
                 "kairos_websockets_total",
-                "WebSockets opened (handshakes the upstream accepted with 101).",
+                "WebSockets opened (handshakes the upstream accepted: 101, or 2xx to an extended CONNECT).",
             )
             .expect("valid metric definition"),
             websocket_bytes: counter_vec(

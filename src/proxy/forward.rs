@@ -238,22 +238,12 @@ async fn send(
     body: &BodyWatch,
 ) -> Waited<Result<(http::Response<Incoming>, Lease), SendError>> {
     let server = &set.entries[idx];
-    // A WebSocket handshake is HTTP/1.1 whatever the upstream's protocol (RFC 8441's
-    // WebSockets over HTTP/2 are not spoken upstream): over TLS it offers only "http/1.1".
-    let http1_tls;
-    let tls = match upgrade && server.https && upstream.config.protocol.may_use_h2(true) {
-        true => {
-            http1_tls = client::tls_http1_only(&upstream.tls);
-            &http1_tls
-        }
-        false => &upstream.tls,
-    };
     let target = client::Target {
         pool_key: set.pool_keys[idx],
         https: server.https,
         authority: &server.authority,
         connect_timeout: upstream.config.connect_timeout,
-        tls,
+        tls: &upstream.tls,
         max_header_size: upstream.config.max_response_header_size,
         upgrade,
         protocol: upstream.config.protocol,
@@ -264,7 +254,27 @@ async fn send(
         .attempt_timeout
         .map_or(remaining, |t| t.min(remaining));
     // Two paths, so the HTTP/1.1 one's future is not grown by the HTTP/2 one (boxed).
-    if client::uses_h2(&target) && !upgrade {
+    if client::uses_h2(&target) {
+        if upgrade {
+            // A WebSocket handshake: an extended CONNECT when the server allows it, else
+            // HTTP/1.1 (over TLS offering only "http/1.1").
+            let http1_tls = match server.https {
+                true => client::tls_http1_only(&upstream.tls),
+                false => upstream.tls.clone(),
+            };
+            let http1 = client::Target {
+                tls: &http1_tls,
+                ..target
+            };
+            return with_progress_timeout(
+                Box::pin(client::send_websocket(req, &target, &http1)).as_mut(),
+                Deadline::from_std(sent_at),
+                attempt_timeout,
+                client_timeout,
+                &body.progress,
+            )
+            .await;
+        }
         return with_progress_timeout(
             Box::pin(client::send_h2(req, &target)).as_mut(),
             Deadline::from_std(sent_at),

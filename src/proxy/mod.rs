@@ -136,8 +136,10 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
     if ctx.rt.config.logging.access_log {
         ctx.identity = identity.as_ref().map(|i| i.name.clone());
     }
-    if let Some(idle) = routed.route.websocket {
-        if websocket::is_handshake(req) {
+    // An upgrade request (a flag actix sets from `Connection: upgrade`, or for an HTTP/2
+    // extended CONNECT).
+    if req.head().connection_type() == actix_web::http::ConnectionType::Upgrade {
+        if let (Some(idle), true) = (routed.route.websocket, websocket::is_handshake(req)) {
             // Boxed: a rare branch whose future would otherwise grow every request's.
             return Box::pin(websocket::proxy(
                 ctx,
@@ -149,6 +151,13 @@ async fn phases(ctx: &mut Ctx<'_>, payload: web::Payload) -> Result<HttpResponse
                 idle,
             ))
             .await;
+        }
+        if req.version() == actix_web::http::Version::HTTP_2 {
+            // An extended CONNECT (RFC 8441) this route does not proxy (another protocol, or
+            // `websocket: false`): nothing an upstream could be sent.
+            return Err(GatewayError::BadRequest(
+                "extended CONNECT is not proxied on this route",
+            ));
         }
     }
     let (body, watch) = body::read(ctx, payload, routed.route.timeout).await?;

@@ -1,10 +1,12 @@
 //! The route phase: the request's host, path and method matched against the route table. A
-//! CORS preflight is routed by the method it asks about.
+//! CORS preflight is routed by the method it asks about, a WebSocket over HTTP/2 (an extended
+//! CONNECT) as a GET.
 
 use super::context::Ctx;
 use crate::base::error::GatewayError;
 use crate::config::model::RouteConfig;
 use crate::config::router::Lookup;
+use actix_web::http::ConnectionType;
 
 /// A matched route.
 pub struct Routed<'a, 'p> {
@@ -61,9 +63,23 @@ pub fn route<'a, 'p>(
     let (idx, params) = match lookup {
         Lookup::Found { route, params } => (route, params),
         Lookup::MethodNotAllowed { allow } => {
-            return Err(GatewayError::MethodNotAllowed {
-                allow: allow.to_string(),
-            })
+            // RFC 8441: a WebSocket over HTTP/2 is a CONNECT, routed as the GET handshake it
+            // stands for to a route that proxies WebSockets (the upgrade flag first: no other
+            // request pays for this).
+            let websocket = req.head().connection_type() == ConnectionType::Upgrade
+                && super::websocket::is_extended_connect(req);
+            match websocket.then(|| find("GET")) {
+                Some(Lookup::Found { route, params })
+                    if rt.config.routes[route].websocket.is_some() =>
+                {
+                    (route, params)
+                }
+                _ => {
+                    return Err(GatewayError::MethodNotAllowed {
+                        allow: allow.to_string(),
+                    })
+                }
+            }
         }
         Lookup::NotFound => return Err(GatewayError::NotFound),
     };

@@ -37,6 +37,9 @@ pub struct UpstreamRequest<'a> {
     /// A WebSocket handshake: sent with `Connection: upgrade` and `Upgrade: websocket` on a
     /// connection of its own (see [`super::websocket`]).
     pub upgrade: bool,
+    /// The `Sec-WebSocket-Key` the gateway sends for a client whose handshake has none (a
+    /// WebSocket over HTTP/2: see [`super::websocket`]).
+    pub websocket_key: Option<http::HeaderValue>,
 }
 
 /// The upstream-request phase. `normalized` is the request filter's path, `host` the Host the
@@ -115,6 +118,7 @@ pub fn build<'a>(
         body_len: None,
         unsent: None,
         upgrade: false,
+        websocket_key: None,
     })
 }
 
@@ -150,6 +154,7 @@ impl<'a> UpstreamRequest<'a> {
             body_len: None,
             unsent: Some(request),
             upgrade: false,
+            websocket_key: None,
         }
     }
 }
@@ -203,6 +208,11 @@ impl UpstreamRequest<'_> {
                 .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
         }
         if self.upgrade {
+            if self.websocket_key.is_some() {
+                // An HTTP/2 client's extended CONNECT, sent as the GET handshake it stands for
+                // (RFC 8441 5).
+                *up.method_mut() = http::Method::GET;
+            }
             // Hop-by-hop, so removed with the client's other connection headers: set again.
             let h = up.headers_mut();
             h.insert(
@@ -213,6 +223,16 @@ impl UpstreamRequest<'_> {
                 http::header::UPGRADE,
                 http::HeaderValue::from_static("websocket"),
             );
+            if let Some(key) = &self.websocket_key {
+                // The key is the gateway's, the version RFC 6455's.
+                h.insert(http::header::SEC_WEBSOCKET_KEY, key.clone());
+                if !h.contains_key(http::header::SEC_WEBSOCKET_VERSION) {
+                    h.insert(
+                        http::header::SEC_WEBSOCKET_VERSION,
+                        http::HeaderValue::from_static("13"),
+                    );
+                }
+            }
         }
         if matches!(up.body(), ProxyBody::Stream { len: None, .. }) {
             // Say so explicitly: for GET and HEAD hyper would otherwise assume no body.

@@ -3,6 +3,13 @@
 //! until a response head arrives), sent on a connection of its own; a 101 from the upstream
 //! turns both connections into one byte relay until either side closes.
 //!
+//! A WebSocket over HTTP/2 (RFC 8441) is an extended CONNECT with `:protocol = websocket` on
+//! one stream: routed as the GET handshake it stands for, through the same edge chain; the
+//! gateway sends the upstream an RFC 6455 handshake over HTTP/1.1 (its own
+//! `Sec-WebSocket-Key`, the upstream's `Sec-WebSocket-Accept` checked), answers the client
+//! 200, and relays the stream's DATA frames to and from the upstream connection with the same
+//! relay.
+//!
 //! The relay does not decode messages: it copies bytes and follows only the frame headers
 //! ([`Frames`]), so that it can end a socket between two frames with a close frame of its own
 //! (1001 "going away") when the gateway shuts down. Ends: either side closing, no byte either
@@ -12,11 +19,12 @@ use super::body::{BodyWatch, ProxyBody};
 use super::context::Ctx;
 use super::route::Routed;
 use crate::base::error::GatewayError;
+use crate::base::hash::websocket_accept;
 use crate::edge::auth::Identity;
 use crate::observability::metrics::Metrics;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::{header as ax, ConnectionType, Method, StatusCode, Version};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::cell::Cell;
@@ -50,6 +58,10 @@ pub fn is_handshake(req: &HttpRequest) -> bool {
     if req.head().connection_type() != ConnectionType::Upgrade {
         return false;
     }
+    if req.version() == Version::HTTP_2 {
+        // Marked as an upgrade by the HTTP/2 dispatcher only for an extended CONNECT.
+        return is_extended_connect(req);
+    }
     let h = req.headers();
     req.method() == Method::GET
         && req.version() == Version::HTTP_11
@@ -64,6 +76,25 @@ pub fn is_handshake(req: &HttpRequest) -> bool {
             .is_none_or(|v| v.as_bytes() == b"0")
 }
 
+/// Whether `req` (an HTTP/2 request marked as an upgrade) is an RFC 8441 WebSocket: a CONNECT
+/// whose `:protocol` is `websocket`. A CONNECT without `:protocol`, or with another protocol,
+/// is not one.
+pub fn is_extended_connect(req: &HttpRequest) -> bool {
+    req.method() == Method::CONNECT
+        && req
+            .extensions()
+            .get::<actix_http::h2::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 4.1).
+fn new_key() -> String {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    fastrand::fill(&mut nonce);
+    base64::engine::general_purpose::STANDARD.encode(nonce)
+}
+
 /// The WebSocket phase, in place of the body, cache, forward and response phases: the
 /// handshake forwarded, and on a 101 the relay started; any other answer of the upstream goes
 /// to the client as it is.
@@ -76,9 +107,15 @@ pub async fn proxy<'a>(
     payload: actix_web::web::Payload,
     idle: Duration,
 ) -> Result<HttpResponse, GatewayError> {
+    // An HTTP/2 client's extended CONNECT: the upstream gets an HTTP/1.1 handshake with a key
+    // of the gateway's.
+    let h2_key = (ctx.req.version() == Version::HTTP_2).then(new_key);
     let mut up =
         super::upstream_request::build(ctx, routed, normalized, host, identity, ProxyBody::Empty)?;
     up.upgrade = true;
+    up.websocket_key = h2_key
+        .as_deref()
+        .and_then(|k| http::HeaderValue::from_str(k).ok());
     if !routed.route.transforms.is_empty() {
         // Request steps only: a 101 has no body and its headers are the handshake's.
         drop(super::transform::request(ctx, routed, identity, &mut up)?);
@@ -109,19 +146,44 @@ pub async fn proxy<'a>(
         );
         return Err(GatewayError::UpstreamProtocol);
     };
-    let mut res = HttpResponse::new(StatusCode::SWITCHING_PROTOCOLS);
-    // `Connection: upgrade`, and the connection is the socket's from now on.
-    res.head_mut().set_connection_type(ConnectionType::Upgrade);
-    super::headers::response_headers(&parts.headers, res.headers_mut());
-    res.headers_mut()
-        .insert(ax::UPGRADE, ax::HeaderValue::from_static("websocket"));
+    let mut res = match &h2_key {
+        None => {
+            let mut res = HttpResponse::new(StatusCode::SWITCHING_PROTOCOLS);
+            // `Connection: upgrade`, and the connection is the socket's from now on.
+            res.head_mut().set_connection_type(ConnectionType::Upgrade);
+            super::headers::response_headers(&parts.headers, res.headers_mut());
+            res.headers_mut()
+                .insert(ax::UPGRADE, ax::HeaderValue::from_static("websocket"));
+            res
+        }
+        Some(key) => {
+            // RFC 8441 5: the stream is the socket once the client has a 200; the accept
+            // value proves the upstream speaks WebSocket and belongs to this handshake only.
+            let accepted = parts
+                .headers
+                .get(http::header::SEC_WEBSOCKET_ACCEPT)
+                .is_some_and(|v| v.as_bytes() == websocket_accept(key.as_bytes()).as_bytes());
+            if !accepted {
+                tracing::warn!(
+                    request_id = ctx.rid_str(),
+                    route = routed.route.name.as_str(),
+                    "upstream answered a WebSocket handshake with a wrong Sec-WebSocket-Accept"
+                );
+                return Err(GatewayError::UpstreamProtocol);
+            }
+            let mut res = HttpResponse::new(StatusCode::OK);
+            super::headers::response_headers(&parts.headers, res.headers_mut());
+            res.headers_mut().remove(ax::SEC_WEBSOCKET_ACCEPT);
+            res
+        }
+    };
     res.headers_mut().insert(
         crate::observability::request_id::HEADER_NAME,
         ctx.rid.clone(),
     );
     // The request is complete once the socket is open: its duration is the handshake's, not
     // the socket's lifetime (the socket has metrics of its own).
-    drop(ctx.complete(101));
+    drop(ctx.complete(res.status().as_u16()));
     let draining = ctx
         .req
         .app_data::<actix_web::web::Data<crate::runtime::SharedState>>()
@@ -210,6 +272,7 @@ impl Relay {
                         n = from_up.read_buf(&mut buf) => n.unwrap_or(0),
                         _ = close.wait_for(|c| *c), if frames.at_boundary() => {
                             let _ = tx.send(Bytes::from_static(&CLOSE_TO_CLIENT)).await;
+                            drain(&mut from_up).await;
                             return Stopped::Closed;
                         }
                     };
@@ -226,6 +289,7 @@ impl Relay {
                         let _ = tx.send(head).await;
                         if frames.at_boundary() {
                             let _ = tx.send(Bytes::from_static(&CLOSE_TO_CLIENT)).await;
+                            drain(&mut from_up).await;
                             return Stopped::Closed;
                         }
                         continue;
@@ -247,6 +311,7 @@ impl Relay {
                         c = payload.next() => c,
                         _ = close.wait_for(|c| *c), if frames.at_boundary() => {
                             let _ = to_up.write_all(&close_to_server()).await;
+                            let _ = to_up.shutdown().await;
                             return Stopped::Closed;
                         }
                     };
@@ -261,6 +326,7 @@ impl Relay {
                         let _ = to_up.write_all(&head).await;
                         if frames.at_boundary() {
                             let _ = to_up.write_all(&close_to_server()).await;
+                            let _ = to_up.shutdown().await;
                             return Stopped::Closed;
                         }
                         continue;
@@ -272,9 +338,23 @@ impl Relay {
                 }
             }
         };
+        // The upstream's end of the socket ends it: after a close handshake the server closes
+        // the connection (RFC 6455 7.1.1), while the client's side may stay open (an HTTP/2
+        // stream the client does not end). The client's end leaves the upstream time to
+        // answer, and a shutdown's close frames wait for both directions.
         let both = async {
-            let (d, u) = tokio::join!(downstream, upstream);
-            (d, u)
+            let (mut downstream, mut upstream) =
+                (std::pin::pin!(downstream), std::pin::pin!(upstream));
+            tokio::select! {
+                d = &mut downstream => {
+                    if matches!(d, Stopped::Closed) {
+                        upstream.await;
+                    }
+                }
+                _ = &mut upstream => {
+                    downstream.await;
+                }
+            }
         };
         let mut both = std::pin::pin!(both);
         let idle = self.idle_watch();
@@ -320,6 +400,18 @@ async fn shutdown_deadline(draining: Option<watch::Receiver<bool>>, shutdown_tim
     }
     let margin = (shutdown_timeout / 4).min(Duration::from_secs(2));
     tokio::time::sleep(shutdown_timeout.saturating_sub(margin)).await;
+}
+
+/// After the gateway's close frame to the upstream: what the upstream still sends (its close
+/// reply) is read and dropped until it ends its side, so that the close frame was taken before
+/// the connection or stream is dropped (h2 discards the queued data of a stream it resets).
+async fn drain<R: tokio::io::AsyncRead + Unpin>(from_up: &mut R) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = from_up.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 /// A close frame with status 1001 as a client sends it: masked (RFC 6455 5.3).
@@ -495,6 +587,18 @@ mod tests {
         assert!(!f.at_boundary());
         assert_eq!(f.to_boundary(&second[2..]), second.len() - 2);
         assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn the_accept_value_is_rfc_6455s() {
+        // The example of RFC 6455 1.3.
+        assert_eq!(
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let (a, b) = (new_key(), new_key());
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -211,6 +211,20 @@ pub async fn send_h2(
     super::h2::send(req, target).await
 }
 
+/// A WebSocket handshake to an upstream whose protocol may be HTTP/2: an extended CONNECT
+/// (RFC 8441) on a stream of a pooled connection (`h2`) when the server's SETTINGS allow it,
+/// else an HTTP/1.1 upgrade on a new connection (`http1`: TLS offering only "http/1.1").
+pub async fn send_websocket(
+    req: http::Request<ProxyBody>,
+    h2: &Target<'_>,
+    http1: &Target<'_>,
+) -> Result<(http::Response<Incoming>, Lease), SendError> {
+    match super::h2::send_websocket(req, h2).await {
+        Ok(sent) => sent,
+        Err(req) => send(req, http1).await,
+    }
+}
+
 /// A lease on a stream of an HTTP/2 connection.
 pub(super) fn h2_lease(key: u64, stream: super::h2::Stream) -> Lease {
     Lease {

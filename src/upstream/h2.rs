@@ -7,6 +7,9 @@
 //!
 //! With "auto", a server whose TLS handshake does not choose "h2" by ALPN is remembered as an
 //! HTTP/1.1 server, and its requests go to the HTTP/1.1 pool from then on.
+//!
+//! A WebSocket handshake goes on a stream as an extended CONNECT (RFC 8441) when the server's
+//! SETTINGS allow it ([`send_websocket`]), else back to the caller for an HTTP/1.1 upgrade.
 
 use super::body::ProxyBody;
 use super::client::{self, ForwardError, Lease, SendError, Target, Transport};
@@ -77,6 +80,29 @@ struct Shared {
     open: Cell<usize>,
     /// When its last stream ended.
     idle_since: Cell<Instant>,
+    /// The server's first SETTINGS frame has been applied (or the connection is over).
+    settled: Cell<bool>,
+    /// Told when `settled` becomes true.
+    settled_notify: tokio::sync::Notify,
+    /// The server allows extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL, RFC 8441).
+    extended_connect: Cell<bool>,
+}
+
+impl Shared {
+    /// Resolves once the server's SETTINGS are known.
+    async fn settled(&self) {
+        if !self.settled.get() {
+            // Single-threaded: nothing can notify between the check and the registration.
+            self.settled_notify.notified().await;
+        }
+    }
+
+    fn settle(&self) {
+        if !self.settled.get() {
+            self.settled.set(true);
+            self.settled_notify.notify_waiters();
+        }
+    }
 }
 
 /// A stream's place on its connection, given back when dropped (with the lease that holds it).
@@ -303,8 +329,8 @@ async fn connect(
             POOL.with(|p| p.borrow_mut().servers.entry(t.pool_key).or_default().http1 = true);
             return Ok(None);
         }
-        Transport::Tls(tls) => handshake(TokioIo::new(tls), t.max_header_size).await?,
-        Transport::Tcp(tcp) => handshake(TokioIo::new(tcp), t.max_header_size).await?,
+        Transport::Tls(tls) => handshake(tls, t.max_header_size).await?,
+        Transport::Tcp(tcp) => handshake(tcp, t.max_header_size).await?,
     };
     let stream = Stream::open(&sender.shared);
     let pair = (sender.sender.clone(), stream);
@@ -324,8 +350,10 @@ fn alpn_h2(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> bool
 /// on this worker; the task keeps the server's stream limit current for the pool.
 async fn handshake<T>(io: T, max_header_size: usize) -> Result<Conn, ForwardError>
 where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
+    let first = Rc::new(FirstFrameRead::default());
+    let io = TokioIo::new(FirstFrame::new(io, first.clone()));
     let (sender, conn) = http2::Builder::new(LocalExec)
         .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
         .handshake::<_, H2Body>(io)
@@ -335,6 +363,9 @@ where
         max: Cell::new(conn.current_max_send_streams().max(1)),
         open: Cell::new(0),
         idle_since: Cell::new(Instant::now()),
+        settled: Cell::new(false),
+        settled_notify: tokio::sync::Notify::new(),
+        extended_connect: Cell::new(false),
     });
     let watch = shared.clone();
     let mut conn = Box::pin(conn);
@@ -342,12 +373,257 @@ where
         let done = std::future::poll_fn(|cx| {
             let polled = conn.as_mut().poll(cx);
             watch.max.set(conn.current_max_send_streams().max(1));
+            if !watch.settled.get() {
+                if first.done.get() || polled.is_ready() {
+                    // hyper's task for the h2 connection read the server's SETTINGS (its
+                    // first frame, RFC 9113 3.4) and applied it before this task could run.
+                    watch
+                        .extended_connect
+                        .set(conn.is_extended_connect_protocol_enabled());
+                    watch.settle();
+                } else {
+                    *first.waker.borrow_mut() = Some(cx.waker().clone());
+                }
+            }
             polled
         })
         .await;
+        watch.settle();
         if let Err(e) = done {
             tracing::debug!(error = %e, "upstream HTTP/2 connection closed with an error");
         }
     });
     Ok(Conn { sender, shared })
+}
+
+/// A connection's I/O that notes when the first frame the server sent (its SETTINGS) has been
+/// read whole; then only a flag test per read.
+struct FirstFrame<T> {
+    io: T,
+    /// The frame header's bytes so far.
+    head: [u8; 9],
+    have: usize,
+    /// Payload bytes of the first frame still to come, once its header is known.
+    left: Option<usize>,
+    done: Rc<FirstFrameRead>,
+}
+
+/// Whether the server's first frame has been read (or the stream ended), and who to wake then.
+#[derive(Default)]
+struct FirstFrameRead {
+    done: Cell<bool>,
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl FirstFrameRead {
+    fn set(&self) {
+        self.done.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+impl<T> FirstFrame<T> {
+    fn new(io: T, done: Rc<FirstFrameRead>) -> Self {
+        FirstFrame {
+            io,
+            head: [0; 9],
+            have: 0,
+            left: None,
+            done,
+        }
+    }
+
+    fn follow(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && !self.done.done.get() {
+            match self.left {
+                None => {
+                    let n = (9 - self.have).min(data.len());
+                    self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
+                    self.have += n;
+                    data = &data[n..];
+                    if self.have == 9 {
+                        let len = u32::from_be_bytes([0, self.head[0], self.head[1], self.head[2]]);
+                        self.left = Some(len as usize);
+                    }
+                }
+                Some(left) => {
+                    let n = left.min(data.len());
+                    self.left = Some(left - n);
+                    data = &data[n..];
+                }
+            }
+            if self.left == Some(0) {
+                self.done.set();
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstFrame<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        if !this.done.done.get() {
+            match &polled {
+                std::task::Poll::Ready(Ok(())) => match &buf.filled()[before..] {
+                    // The end of the stream: nothing more will come.
+                    [] => this.done.set(),
+                    read => this.follow(read),
+                },
+                std::task::Poll::Ready(Err(_)) => this.done.set(),
+                std::task::Poll::Pending => {}
+            }
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstFrame<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A WebSocket handshake (`req`: an RFC 6455 `GET` with `Upgrade: websocket` and a
+/// `Sec-WebSocket-Key`) to an HTTP/2 server: sent on a stream as an extended CONNECT
+/// (RFC 8441) once the server's SETTINGS allow it. Its 2xx comes back as the 101 it stands
+/// for (`Upgrade`, and the `Sec-WebSocket-Accept` of the key), the stream upgradable; any
+/// other answer as it is. `Err(req)`: the server chose HTTP/1.1 ("auto") or does not allow
+/// extended CONNECT; the caller upgrades over HTTP/1.1 instead.
+pub(super) async fn send_websocket(
+    req: http::Request<ProxyBody>,
+    target: &Target<'_>,
+) -> Result<Result<(http::Response<Incoming>, Lease), SendError>, http::Request<ProxyBody>> {
+    let Some(key) = req
+        .headers()
+        .get(http::header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+    else {
+        return Err(req);
+    };
+    let mut attempt = 0;
+    while attempt <= STALE_RETRIES {
+        let pick = POOL.with(|p| p.borrow_mut().pick(target.pool_key, Instant::now()));
+        let reused = matches!(pick, Pick::Stream(..));
+        let (mut sender, stream) = match pick {
+            Pick::Wait(connecting) => {
+                connecting.notified().await;
+                continue;
+            }
+            Pick::Stream(sender, stream) => (sender, stream),
+            Pick::Http1 => return Err(req),
+            Pick::Connect => match connect_once(target).await {
+                Ok(Some(pair)) => pair,
+                Ok(None) => return Err(req),
+                Err(error) => {
+                    return Ok(Err(SendError {
+                        error,
+                        unsent: Some(req),
+                    }))
+                }
+            },
+        };
+        stream.0.settled().await;
+        if !stream.0.extended_connect.get() {
+            return Err(req);
+        }
+        match sender
+            .try_send_request(extended_connect(&req, target.https))
+            .await
+        {
+            Ok(res) => {
+                let res = as_upgrade(res, &key);
+                return Ok(Ok((res, client::h2_lease(target.pool_key, stream))));
+            }
+            // The connection closed (GOAWAY) before the request was sent: another one.
+            Err(e) if reused && attempt < STALE_RETRIES && e.message().is_some() => attempt += 1,
+            Err(e) => {
+                return Ok(Err(SendError {
+                    error: client::classify(e.into_error()),
+                    unsent: Some(req),
+                }))
+            }
+        }
+    }
+    Ok(Err(
+        ForwardError::Protocol("no usable connection".into()).into()
+    ))
+}
+
+/// The extended CONNECT that stands for the RFC 6455 handshake `req` (RFC 8441 5): `:protocol`
+/// websocket, the same target and end-to-end headers, without the HTTP/1.1 upgrade's own
+/// (`Upgrade`, `Connection`, `Sec-WebSocket-Key`).
+fn extended_connect(req: &http::Request<ProxyBody>, https: bool) -> http::Request<H2Body> {
+    let mut out = http::Request::new(ProxyBody::Empty);
+    *out.method_mut() = http::Method::CONNECT;
+    *out.uri_mut() = req.uri().clone();
+    let mut headers = req.headers().clone();
+    for h in [
+        http::header::UPGRADE,
+        http::header::CONNECTION,
+        http::header::SEC_WEBSOCKET_KEY,
+    ] {
+        headers.remove(h);
+    }
+    *out.headers_mut() = headers;
+    out.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    absolute_form(&mut out, https);
+    out.map(H2Body)
+}
+
+/// An extended CONNECT's 2xx as the RFC 6455 101 it stands for, so that the WebSocket phase
+/// sees one kind of answer: `Upgrade: websocket` and the accept value of the handshake's `key`.
+fn as_upgrade(mut res: http::Response<Incoming>, key: &[u8]) -> http::Response<Incoming> {
+    if !res.status().is_success() {
+        return res;
+    }
+    *res.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let accept = crate::base::hash::websocket_accept(key);
+    let h = res.headers_mut();
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&accept) {
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
 }

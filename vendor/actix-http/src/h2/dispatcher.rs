@@ -222,7 +222,9 @@ where
         loop {
             match Pin::new(&mut this.connection).poll_accept(cx)? {
                 Poll::Ready(Some((req, tx))) => {
-                    let (parts, body) = req.into_parts();
+                    let (mut parts, body) = req.into_parts();
+                    // An extended CONNECT's `:protocol` (kairos patch).
+                    let protocol = parts.extensions.remove::<h2::ext::Protocol>();
                     let mut payload = crate::h2::Payload::new(body);
                     // The request's trailers, for the service (kairos patch).
                     let trailers = crate::h2::Trailers::default();
@@ -238,6 +240,12 @@ where
                     head.version = parts.version;
                     head.headers = parts.headers.into();
                     head.peer_addr = this.peer_addr;
+                    if let Some(protocol) = protocol {
+                        head.set_connection_type(crate::ConnectionType::Upgrade);
+                        req.extensions
+                            .get_mut()
+                            .insert(crate::h2::Protocol(protocol));
+                    }
 
                     req.conn_data.clone_from(&this.conn_data);
 

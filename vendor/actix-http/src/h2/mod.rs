@@ -97,6 +97,20 @@ impl Stream for Payload {
     }
 }
 
+/// The `:protocol` pseudo-header of an extended CONNECT request (RFC 8441; kairos patch, see
+/// vendor/README.md), in the request's extensions. Such a request's head is marked
+/// [`ConnectionType::Upgrade`](crate::ConnectionType::Upgrade), as an HTTP/1.1 request with
+/// `Connection: upgrade` is.
+#[derive(Debug, Clone)]
+pub struct Protocol(h2::ext::Protocol);
+
+impl Protocol {
+    /// The protocol the client asks for, such as `websocket`.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
 /// HTTP/2 limits for one connection (kairos patch, see vendor/README.md).
 ///
 /// Insert one into the connection's extensions from the `on_connect` callback. Without it the
@@ -121,6 +135,9 @@ pub struct Limits {
     /// Close (GOAWAY) a connection with no open stream after the keep-alive time (PINGs are
     /// not activity), or after the client request timeout if it never completed a request head.
     pub close_idle: bool,
+    /// Advertise SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): clients may send extended
+    /// CONNECT requests, which reach the service marked as upgrades with their [`Protocol`].
+    pub extended_connect: bool,
 }
 
 impl Limits {
@@ -158,6 +175,9 @@ where
     }
     if limits.max_local_error_reset_streams.is_some() {
         builder.max_local_error_reset_streams(limits.max_local_error_reset_streams);
+    }
+    if limits.extended_connect {
+        builder.enable_connect_protocol();
     }
 
     HandshakeWithTimeout {
