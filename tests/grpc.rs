@@ -942,3 +942,127 @@ async fn hundreds_of_calls_keep_the_one_upstream_connection() {
     }
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
 }
+
+/// What [`refusing_upstream`] saw: streams refused, and the bodies of the requests answered.
+#[derive(Default)]
+struct Refusals {
+    refused: AtomicUsize,
+    answered: Mutex<Vec<(String, String)>>,
+    seen_ids: Mutex<std::collections::HashSet<String>>,
+}
+
+/// An h2c server (h2's server side) that refuses each request's first stream with RST_STREAM
+/// REFUSED_STREAM, as a server shedding load does (RFC 9113 8.7: the request was not
+/// processed), and answers 200 "ok" when the same request (its X-Request-Id) comes again.
+fn refusing_upstream() -> (SocketAddr, Arc<Refusals>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Refusals::default());
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(sock).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let id = req.headers()["x-request-id"].to_str().unwrap().to_string();
+                        if seen.seen_ids.lock().unwrap().insert(id.clone()) {
+                            seen.refused.fetch_add(1, Ordering::SeqCst);
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let seen = seen.clone();
+                        tokio::spawn(async move {
+                            let mut body = req.into_body();
+                            let mut got = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                got.extend_from_slice(&chunk);
+                            }
+                            let got = String::from_utf8_lossy(&got).into_owned();
+                            seen.answered.lock().unwrap().push((id, got));
+                            let res = http::Response::builder().status(200).body(()).unwrap();
+                            if let Ok(mut tx) = respond.send_response(res, false) {
+                                let _ = tx.send_data(Bytes::from_static(b"ok"), true);
+                            }
+                        });
+                    }
+                });
+            }
+        });
+    });
+    (addr, seen)
+}
+
+/// A stream the server refused unprocessed (REFUSED_STREAM; the same path takes the streams
+/// past the last one of a server's GOAWAY, which NGINX sends after `keepalive_requests`
+/// streams on a connection) is sent again to the same server, whatever the method, without
+/// using the retry policy (none here) or counting as a failure of the server.
+#[tokio::test]
+async fn streams_the_server_refused_unprocessed_are_sent_again() {
+    let (addr, seen) = refusing_upstream();
+    let cfg = format!(
+        r#"{{"version":1,"server":{{"workers":1}},
+        "upstreams":{{"u":{{"servers":[{{"url":"http://{addr}"}}],"protocol":"h2c",
+          "retries":{{"attempts":0}}}}}},
+        "routes":[{{"path":"/r/{{*rest}}","upstream":"u"}}],
+        "admin":{{"token":"refused-admin-token-0123456789"}},
+        "logging":{{"access_log":false,"level":"error"}}}}"#
+    );
+    let gw = Gateway::start(&cfg);
+    let c = client();
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let c = c.clone();
+        let url = gw.url(&format!("/r/{i}"));
+        calls.push(tokio::spawn(async move {
+            let res = match i % 2 {
+                0 => c.get(url).send().await,
+                _ => c.post(url).body(format!("body {i}")).send().await,
+            }
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+            (res.status().as_u16(), res.text().await.unwrap_or_default())
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let (status, body) = call.await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(seen.refused.load(Ordering::SeqCst), 40);
+    let answered = seen.answered.lock().unwrap().clone();
+    assert_eq!(
+        answered.len(),
+        40,
+        "each request answered once, after its refusal"
+    );
+    let posted = answered
+        .iter()
+        .filter(|(_, b)| b.starts_with("body "))
+        .count();
+    assert_eq!(
+        posted, 20,
+        "the POST bodies were sent again whole: {answered:?}"
+    );
+    let metrics = scrape_metrics(&gw, "refused-admin-token-0123456789").await;
+    let errors: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("kairos_upstream_errors_total{") && l.contains("upstream=\"u\""))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "a refused stream is no upstream error: {errors:?}"
+    );
+}

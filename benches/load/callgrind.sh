@@ -13,14 +13,22 @@
 # (written to the gateway's stderr, and kept in the admin UI's log ring); STREAM=1 gives the
 # gateway an admin token and keeps a client reading /_kairos/events (the admin UI's live
 # stream) connected during the measured requests. ROUTE_EXTRA=', "auth": "jwt"' adds keys to
-# the route; HEADER='Authorization: Bearer ...' sends a header with every request.
+# the route; HEADER='Authorization: Bearer ...' sends a header with every request (curl only).
+# CLIENT=h2load sends the N requests with h2load over h2c instead (H2_CONNECTIONS connections,
+# default 4, H2_STREAMS streams each, default 16); UPSTREAM=h2c sends them to an h2c (prior
+# knowledge) nginx upstream, the route's upstream having "protocol": "h2c" (the same answer, on
+# a fourth port).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${1:-$ROOT/target/release/kairos-rs}"
 N="${2:-20000}"
 P="${PORT_BASE:-19001}"
-UP=$P; GW=$((P + 1)); SINK=$((P + 2))
-for tool in valgrind nginx curl ss taskset; do
+UP=$P; GW=$((P + 1)); SINK=$((P + 2)); H2UP=$((P + 3))
+CLIENT="${CLIENT:-curl}"
+UPSTREAM="${UPSTREAM:-http1}"
+case "$CLIENT" in curl | h2load) ;; *) echo "CLIENT must be curl or h2load" >&2; exit 1 ;; esac
+case "$UPSTREAM" in http1 | h2c) ;; *) echo "UPSTREAM must be http1 or h2c" >&2; exit 1 ;; esac
+for tool in valgrind nginx curl ss taskset "$CLIENT"; do
     command -v "$tool" >/dev/null || { echo "callgrind.sh needs $tool" >&2; exit 1; }
 done
 [ -x "$BIN" ] || { echo "no gateway binary at $BIN (cargo build --release)" >&2; exit 1; }
@@ -41,6 +49,7 @@ http {
     keepalive_requests 1000000;
     server { listen 127.0.0.1:$UP; location / { return 200 "ok"; } }
     server { listen 127.0.0.1:$SINK; location / { return 200; } }
+    server { listen 127.0.0.1:$H2UP http2; location / { return 200 "ok"; } }
 }
 CONF
 taskset -c 1 nginx -e "$W/up-error.log" -p "$W" -c "$W/up.conf"
@@ -51,8 +60,9 @@ if [ "${STREAM:-0}" = 1 ]; then ADMIN=", \"admin\": { \"token\": \"$STREAM_TOKEN
 cat > "$W/kairos.json" <<CONF
 { "version": 1,
   "server": { "host": "127.0.0.1", "port": $GW, "workers": 1, "shutdown_timeout": "1s" },
-  "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:$UP" }] } },
-  "routes": [{ "name": "all", "path": "/{*rest}", "upstream": "up" ${ROUTE_EXTRA:-} }],
+  "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:$UP" }] },
+                 "h2c": { "servers": [{ "url": "http://127.0.0.1:$H2UP" }], "protocol": "h2c" } },
+  "routes": [{ "name": "all", "path": "/{*rest}", "upstream": "$([ "$UPSTREAM" = h2c ] && echo h2c || echo up)" ${ROUTE_EXTRA:-} }],
   "logging": { "level": "warn", "access_log": ${ACCESS_LOG:-false} } ${ADMIN:-} ${EXTRA:-} }
 CONF
 awk -v n="$N" -v u="http://127.0.0.1:$GW/api/items/42" \
@@ -73,7 +83,14 @@ run() {
             "http://127.0.0.1:$GW/_kairos/events" > "$W/stream.txt" &
         stream=$!
     fi
-    if [ "$1" -gt 0 ]; then taskset -c 1 curl -sf -K <(head -n "$(($1 + HEAD_LINES))" "$W/urls.txt") >/dev/null; fi
+    if [ "$1" -gt 0 ] && [ "$CLIENT" = h2load ]; then
+        taskset -c 1 h2load -n "$1" -c "${H2_CONNECTIONS:-4}" -m "${H2_STREAMS:-16}" \
+            "http://127.0.0.1:$GW/api/items/42" > "$W/h2load.txt"
+        grep -q " $1 succeeded, 0 failed" "$W/h2load.txt" && grep -q "codes: $1 2xx" "$W/h2load.txt" ||
+            { cat "$W/h2load.txt" >&2; return 1; }
+    elif [ "$1" -gt 0 ]; then
+        taskset -c 1 curl -sf -K <(head -n "$(($1 + HEAD_LINES))" "$W/urls.txt") >/dev/null
+    fi
     if [ -n "$stream" ]; then
         kill $stream; wait $stream || true
         echo "stream: $(grep -c '^event: stats' "$W/stream.txt") stats events" >&2
@@ -85,4 +102,4 @@ ir() { awk '/^totals:/ { print $2 }' "$1"; }
 run 0
 run "$N"
 if [ -n "${CG_OUT:-}" ]; then cp "$W/kairos-$N.out" "$CG_OUT"; fi
-echo "$(( ($(ir "$W/kairos-$N.out") - $(ir "$W/kairos-0.out")) / N )) instructions per request ($N requests, $(basename "$BIN"))"
+echo "$(( ($(ir "$W/kairos-$N.out") - $(ir "$W/kairos-0.out")) / N )) instructions per request ($N requests, $(basename "$BIN"), $CLIENT, $UPSTREAM upstream)"

@@ -5,9 +5,13 @@
 #   "grpc": true, upstream "protocol": "h2c") and behind NGINX (`grpc_pass`), called by
 #   grpc_load's client (tonic, h2c) for DURATION seconds per run;
 # - h2load (nghttp2-client) GETs over h2c to each proxy, proxied to the same one-worker nginx
-#   upstream kairos-rs's other benchmarks use (kairos-rs over HTTP/1.1 and NGINX over HTTP/1.1
-#   to it: NGINX's proxy_pass has no HTTP/2 upstreams; a second kairos-rs run goes to an h2c
-#   nginx upstream).
+#   upstream kairos-rs's other benchmarks use, over HTTP/1.1 (route /h1/: NGINX `proxy_pass`
+#   with keep-alive);
+# - the same h2load GETs proxied over HTTP/2 to an h2c (prior knowledge) one-worker nginx
+#   upstream on a second port (route /h2/: kairos-rs upstream "protocol": "h2c"; NGINX
+#   `grpc_pass grpc://`, its only HTTP/2 upstream module, which relays plain GETs and their
+#   body as well as gRPC calls; it sends one request per upstream connection at a time, kept
+#   alive, where kairos-rs multiplexes streams on one connection per server).
 #
 # Prints each pair's ratio kairos/NGINX and the medians. Each proxy runs one worker on CPU 0;
 # the load tools and the upstreams run on CPU 1. Loopback only; every process stops at exit.
@@ -103,10 +107,12 @@ http {
     http2_max_concurrent_streams 1024;
     upstream grpc_up { server 127.0.0.1:$GRPC_PORT; keepalive 64; }
     upstream h1_up { server 127.0.0.1:$UP_PORT; keepalive 64; }
+    upstream h2c_up { server 127.0.0.1:$H2UP_PORT; keepalive 64; }
     server {
         listen 127.0.0.1:$NG_PORT http2;
         location /bench.Echo/ { grpc_pass grpc://grpc_up; }
         location /h1/ { proxy_pass http://h1_up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location /h2/ { grpc_pass grpc://h2c_up; }
     }
 }
 EOF
@@ -140,11 +146,14 @@ grpc_run() {
     taskset -c 1 "$LOAD" client "http://127.0.0.1:$2" 1 "$CONCURRENCY" "$CONNECTIONS" >/dev/null
     taskset -c 1 "$LOAD" client "http://127.0.0.1:$2" "$DURATION" "$CONCURRENCY" "$CONNECTIONS"
 }
-# h2_run PORT PATH: prints h2load's requests/s.
+# h2_run PORT PATH: prints h2load's requests/s (0 when any request failed or was not a 2xx).
 h2_run() {
     taskset -c 1 h2load -D 1 -c "$CONNECTIONS" -m $((CONCURRENCY / CONNECTIONS)) "http://127.0.0.1:$1$2" >/dev/null
     taskset -c 1 h2load -D "$DURATION" -c "$CONNECTIONS" -m $((CONCURRENCY / CONNECTIONS)) "http://127.0.0.1:$1$2" |
-        awk '/^finished in/ { gsub(",", "", $4); print $4 }'
+        awk '/^finished in/ { gsub(",", "", $4); rps = $4 }
+             /^requests:/ { bad += $10 + $12 + $14 }
+             /^status codes:/ { bad += $5 + $7 + $9 }
+             END { print (bad == 0 && rps != "") ? rps : 0 }'
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
@@ -152,7 +161,10 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 
 : >"$TMP/grpc.ratios"
 : >"$TMP/h2.ratios"
-printf '%-5s %-28s %-28s %-8s %-22s %-8s %s\n' pair "kairos grpc calls/s p50 p99" "nginx grpc calls/s p50 p99" ratio "h2load kairos/nginx" ratio "kairos h2c upstream"
+: >"$TMP/h2c.ratios"
+: >"$TMP/h2c.kairos"
+: >"$TMP/h2c.nginx"
+printf '%-5s %-28s %-28s %-7s %-22s %-7s %-22s %s\n' pair "kairos grpc calls/s p50 p99" "nginx grpc calls/s p50 p99" ratio "h1 upstream k/n req/s" ratio "h2c upstream k/n req/s" ratio
 for pair in $(seq "$PAIRS"); do
     start_proxy kairos
     read -r kg kp50 kp99 kfail < <(grpc_run kairos "$GW_PORT")
@@ -162,13 +174,19 @@ for pair in $(seq "$PAIRS"); do
     start_proxy nginx
     read -r ng np50 np99 nfail < <(grpc_run nginx "$NG_PORT")
     nh=$(h2_run "$NG_PORT" /h1/x)
+    nh2=$(h2_run "$NG_PORT" /h2/x)
     stop_proxy
     ((kfail == 0 && nfail == 0)) || log "pair $pair: failed calls kairos $kfail, nginx $nfail"
     gr=$(ratio "$kg" "$ng")
     hr=$(ratio "$kh" "$nh")
     echo "$gr" >>"$TMP/grpc.ratios"
+    h2r=$(ratio "$kh2" "$nh2")
     echo "$hr" >>"$TMP/h2.ratios"
-    printf '%-5s %-28s %-28s %-8s %-22s %-8s %s\n' "$pair" "$kg ${kp50}µs ${kp99}µs" "$ng ${np50}µs ${np99}µs" "$gr" "$kh/$nh" "$hr" "$kh2"
+    echo "$h2r" >>"$TMP/h2c.ratios"
+    echo "$kh2" >>"$TMP/h2c.kairos"
+    echo "$nh2" >>"$TMP/h2c.nginx"
+    printf '%-5s %-28s %-28s %-7s %-22s %-7s %-22s %s\n' "$pair" "$kg ${kp50}µs ${kp99}µs" "$ng ${np50}µs ${np99}µs" "$gr" "$kh/$nh" "$hr" "$kh2/$nh2" "$h2r"
 done
 echo "median gRPC unary calls/s kairos/nginx: $(median <"$TMP/grpc.ratios")"
 echo "median h2load req/s kairos/nginx (HTTP/1.1 upstream): $(median <"$TMP/h2.ratios")"
+echo "median h2load req/s kairos/nginx (h2c upstream, NGINX grpc_pass): $(median <"$TMP/h2c.ratios") (medians $(median <"$TMP/h2c.kairos") / $(median <"$TMP/h2c.nginx") req/s)"

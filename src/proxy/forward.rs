@@ -17,6 +17,10 @@ use hyper::body::Incoming;
 use std::time::{Duration, Instant};
 use tokio::time::Instant as Deadline;
 
+/// Times one request is sent again to the same server after an HTTP/2 server refused its
+/// stream unprocessed (see [`ForwardError::Refused`]), before that counts as a failure.
+const REFUSED_RESENDS: u32 = 3;
+
 /// The upstream's answer: its response head, its body still to stream, and the connection.
 pub struct Answer {
     pub parts: http::response::Parts,
@@ -58,6 +62,7 @@ pub async fn forward<'a>(
         deadline = deadline.min(Deadline::from_std(ctx.start) + t);
     }
     let mut retries = 0u32;
+    let mut refused = 0u32;
     let mut last_error = GatewayError::NoHealthyUpstream;
     let mut next = admit(&set, &mut candidates, now);
     loop {
@@ -128,6 +133,29 @@ pub async fn forward<'a>(
                 attempt_failed(ctx, upstream, UpstreamErrorKind::Timeout);
                 last_error = GatewayError::UpstreamTimeout;
                 policy.on_timeout && replay_after_send
+            }
+            // The server refused the stream unprocessed (its GOAWAY, REFUSED_STREAM): not its
+            // failure, and not one of the retry policy's attempts. The same server again (a
+            // new connection), whatever the method, when the request can be sent again.
+            Some(Err(SendError {
+                error: ForwardError::Refused(why),
+                unsent,
+            })) if refused < REFUSED_RESENDS && (unsent.is_some() || up.replayable.is_some()) => {
+                refused += 1;
+                retries -= 1;
+                tracing::debug!(
+                    request_id = ctx.rid_str(),
+                    upstream = upstream.config.name,
+                    server = server.url,
+                    error = why,
+                    "upstream refused the stream unprocessed: sent again"
+                );
+                if let Some(t) = ctx.trace() {
+                    t.attempt_result(None, Some("refused_stream"));
+                }
+                up.unsent = unsent;
+                next = Some((server_idx, guard));
+                continue;
             }
             Some(Err(SendError { error, unsent })) => {
                 if body.too_large.get() {

@@ -58,6 +58,12 @@ pub enum ForwardError {
     Body(String),
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// An HTTP/2 server refused the stream without processing it: a GOAWAY whose last stream
+    /// id is below it (NGINX sends one after `keepalive_requests` streams on a connection), or
+    /// RST_STREAM REFUSED_STREAM. RFC 9113 6.8 and 8.7: it may be sent again, whatever its
+    /// method.
+    #[error("upstream refused the stream unprocessed: {0}")]
+    Refused(String),
 }
 
 /// A failed exchange, with the request when it was never written: it can then be sent

@@ -230,7 +230,9 @@ pub(super) async fn send(
             }
             Pick::Stream(sender, stream) => (sender, stream),
             Pick::Http1 => return client::send(req, target).await,
-            Pick::Connect => match connect_once(target).await {
+            // Boxed: connecting (TLS handshake included) is a large future and rare; inline it
+            // made every request's send future larger, and moving it cost memcpy.
+            Pick::Connect => match Box::pin(connect_once(target)).await {
                 Ok(Some(pair)) => pair,
                 // The server chose HTTP/1.1: its new connection is in the HTTP/1.1 pool.
                 Ok(None) => return client::send(req, target).await,
@@ -252,15 +254,39 @@ pub(super) async fn send(
                     attempt += 1;
                 }
                 unsent => {
-                    return Err(SendError {
-                        error: client::classify(e.into_error()),
-                        unsent,
-                    })
+                    let e = e.into_error();
+                    let error = match refused(&e) {
+                        true => ForwardError::Refused(client::chain(&e)),
+                        false => client::classify(e),
+                    };
+                    return Err(SendError { error, unsent });
                 }
             },
         }
     }
     Err(ForwardError::Protocol("no usable connection".into()).into())
+}
+
+/// Whether the server refused the stream without processing it (RFC 9113 8.7): its GOAWAY
+/// (NO_ERROR, a graceful close) named a last stream below this one, or the request came after
+/// that GOAWAY, or it answered RST_STREAM REFUSED_STREAM. h2 reports a GOAWAY's reason only to
+/// the streams above its last stream id and to new ones; the streams below it that the
+/// connection's close cuts off fail with a broken pipe instead.
+fn refused(e: &hyper::Error) -> bool {
+    use std::error::Error;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            return h.is_remote()
+                && match h.reason() {
+                    Some(h2::Reason::NO_ERROR) => h.is_go_away(),
+                    Some(h2::Reason::REFUSED_STREAM) => h.is_reset(),
+                    _ => false,
+                };
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// [`connect`], with the requests that find no room meanwhile waiting for it.

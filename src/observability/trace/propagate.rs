@@ -122,7 +122,10 @@ pub(super) fn inject(
     continued: bool,
 ) {
     if set.has(Inject::TRACECONTEXT) {
-        headers.insert(TRACEPARENT, traceparent_hex(trace_hex, span_id, sampled));
+        // Unique per request: never indexed by HPACK (see request_id::for_request).
+        let mut v = traceparent_hex(trace_hex, span_id, sampled);
+        v.set_sensitive(true);
+        headers.insert(TRACEPARENT, v);
     }
     if set.has(Inject::BAGGAGE) && continued {
         forward_baggage(headers);
