@@ -862,6 +862,37 @@ async fn request_and_response_trailers_are_relayed_on_a_plain_route() {
         assert_eq!(trailers["x-req-trailer"], "sent");
     }
 
+    // A small body with its length declared (read whole by the gateway): its trailers follow
+    // it all the same.
+    let mut t = http::HeaderMap::new();
+    t.insert(
+        "x-req-trailer",
+        http::HeaderValue::from_static("after a whole body"),
+    );
+    let frames = [
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(b"def"))),
+        Ok(hyper::body::Frame::trailers(t)),
+    ];
+    let req = http::Request::post(format!("http://{}/t", gw.addr))
+        .header("te", "trailers")
+        .header("content-length", "3")
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    {
+        let seen = seen.lock().unwrap();
+        let (got, trailers) = &seen[1];
+        assert_eq!(got, "def");
+        let trailers = trailers
+            .as_ref()
+            .expect("the trailers of a body read whole reached the upstream");
+        assert_eq!(trailers["x-req-trailer"], "after a whole body");
+    }
+
     // HTTP/1.1: the same answer without its trailers.
     let res = client()
         .post(gw.url("/t"))
@@ -871,7 +902,7 @@ async fn request_and_response_trailers_are_relayed_on_a_plain_route() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "ok");
-    assert_eq!(seen.lock().unwrap()[1].0, "xyz");
+    assert_eq!(seen.lock().unwrap()[2].0, "xyz");
 }
 
 /// `grpc_service` checks a server with grpc.health.v1 over HTTP/2: NOT_SERVING takes it out

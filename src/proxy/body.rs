@@ -186,7 +186,12 @@ pub async fn read(
         Some(n) if n <= BUFFER_LIMIT => {
             match tokio::time::timeout(read_timeout, read_small(&mut payload, n, max)).await {
                 Err(_) => return Err(GatewayError::RequestTimeout),
-                Ok(Ok(b)) => ProxyBody::Full(Some(b)),
+                Ok(Ok(b)) => match request_trailers(req).and_then(|slot| slot.take()) {
+                    None => ProxyBody::Full(Some(b)),
+                    // An HTTP/2 client's trailers after a body read whole: sent after it, as
+                    // a streamed body's are (such a request is not replayed by a retry).
+                    Some(map) => with_trailers(b, super::headers::trailers_to_upstream(&map)),
+                },
                 Ok(Err(ReadError::TooLarge)) => return Err(GatewayError::PayloadTooLarge),
                 Ok(Err(ReadError::Client(_) | ReadError::LengthMismatch)) => {
                     return Err(unreadable)
@@ -247,6 +252,21 @@ pub async fn read(
             progress,
         },
     ))
+}
+
+/// A body read whole followed by trailers: a stream whose one chunk and trailers are ready.
+fn with_trailers(body: Bytes, trailers: http::HeaderMap) -> ProxyBody {
+    let len = body.len() as u64;
+    let (tx, rx) = mpsc::channel(1);
+    // Capacity 1 and nothing sent before: the chunk is queued, never refused.
+    let _ = tx.try_send(Ok(body));
+    let (t, trailers_rx) = tokio::sync::oneshot::channel();
+    let _ = t.send(trailers);
+    ProxyBody::Stream {
+        rx,
+        len: Some(len),
+        trailers: Some(trailers_rx),
+    }
 }
 
 /// Where an HTTP/2 request's trailers arrive (the vendored actix-http's slot in its extensions).
