@@ -41,6 +41,34 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Runs a command in the background and waits for it: unlike a foreground command, `wait`
+# returns as soon as a signal arrives, so Ctrl-C/SIGTERM clean up at once, not after wrk ends.
+in_bg() {
+    "$@" &
+    local pid=$! rc=0
+    PIDS+=("$pid")
+    wait "$pid" || rc=$?
+    forget "$pid"
+    return "$rc"
+}
+
+# utime + stime of all threads of a process, in clock ticks (CLK_TCK a second).
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+CLK_TCK=$(getconf CLK_TCK)
+
+# A wrk/h2load duration ("338.00us", "1.23ms", "1.01s", "1.5m") in milliseconds, with $2
+# decimals (default 3).
+to_ms() {
+    awk -v v="$1" -v d="${2:-3}" 'BEGIN {
+        f = "%." d "f"
+        if (v ~ /us$/) { sub(/us$/, "", v); printf f, v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf f, v }
+        else if (v ~ /m$/) { sub(/m$/, "", v); printf f, v * 60000 }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf f, v * 1000 }
+        else printf "%s", v
+    }'
+}
+
 # ---------------------------------------------------------------- tools
 need=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)

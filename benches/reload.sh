@@ -104,14 +104,6 @@ SRV_MED=$(awk '{ print $1 }' "$TMP/reloads.txt" | median)
 SRV_MAX=$(awk '{ print $1 }' "$TMP/reloads.txt" | sort -g | tail -1)
 CLI_MED=$(awk '{ print $2 * 1000 }' "$TMP/reloads.txt" | median)
 
-to_ms() { # "338.00us" / "1.23ms" / "1.01s" -> milliseconds
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
-        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
-        else printf "%s", v
-    }'
-}
 run_wrk() { # out file
     "${ON_AUX[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$URL" >"$1"
 }

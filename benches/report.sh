@@ -180,26 +180,6 @@ declare -A H1_OF=([kairos-rs]=$K_PORT [nginx]=$NGX_PORT [haproxy]=$HAP_PORT)
 declare -A H2_OF=([kairos-rs]=$K_PORT [nginx]=$NGX_H2_PORT [haproxy]=$HAP_H2_PORT)
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-CLK_TCK=$(getconf CLK_TCK)
-to_ms() { # "338.00us" / "1.23ms" / "1.01s" / "1.5m" -> milliseconds
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
-        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
-        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
-        else printf "%s", v
-    }'
-}
-# Runs a command in the background and waits for it (Ctrl-C then cleans up at once).
-in_bg() {
-    "$@" &
-    local pid=$! rc=0
-    PIDS+=("$pid")
-    wait "$pid" || rc=$?
-    forget "$pid"
-    return "$rc"
-}
 
 sleep 1
 declare -A RSS_IDLE

@@ -522,10 +522,6 @@ if [[ $TENANCY == 1 ]]; then
 fi
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-cpu_ticks() { # utime + stime of all threads of a process
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
-}
-CLK_TCK=$(getconf CLK_TCK)
 
 sleep 1
 declare -A SCRIPT_OF=()
@@ -582,26 +578,6 @@ log "pinning: $PIN_DESC"
 log "runs: $ROUNDS round(s) x ${#TARGETS[@]} targets x (${WARMUP}s warm-up + ${DURATION}s), wrk -t1 -c$CONNECTIONS"
 
 # ---------------------------------------------------------------- measure
-to_ms() { # "338.00us" / "1.23ms" / "1.01s" -> milliseconds
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.4f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.4f", v }
-        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.4f", v * 60000 }
-        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.4f", v * 1000 }
-        else printf "%s", v
-    }'
-}
-
-# Runs a command in the background and waits for it: unlike a foreground command, `wait`
-# returns as soon as a signal arrives, so Ctrl-C/SIGTERM clean up at once, not after wrk ends.
-in_bg() {
-    "$@" &
-    local pid=$! rc=0
-    PIDS+=("$pid")
-    wait "$pid" || rc=$?
-    forget "$pid"
-    return "$rc"
-}
 
 declare -A RPS P50 P99 CPU
 BAD=0
@@ -632,8 +608,8 @@ run_one() { # target, round
     t1=$(date +%s.%N)
     local rps p50 p99 rss cpu
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
-    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")" 4)
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")" 4)
     [[ -n $rps && -n $p50 && -n $p99 ]] || die "cannot parse wrk output for $t:
 $(cat "$out")"
     if grep -q -e 'Non-2xx' -e 'Socket errors' "$out"; then
