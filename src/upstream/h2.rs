@@ -220,29 +220,16 @@ pub(super) async fn send(
 ) -> Result<(http::Response<Incoming>, Lease), SendError> {
     let mut attempt = 0;
     while attempt <= STALE_RETRIES {
-        let pick = POOL.with(|p| p.borrow_mut().pick(target.pool_key, Instant::now()));
-        let reused = matches!(pick, Pick::Stream(..));
-        let (mut sender, stream) = match pick {
-            Pick::Wait(connecting) => {
-                // Created before the connect can finish (no await in between): not missed.
-                connecting.notified().await;
-                continue;
+        let (mut sender, stream, reused) = match lease(target).await {
+            Ok(Some(leased)) => leased,
+            // The server speaks HTTP/1.1 ("auto"): its connections are in the HTTP/1.1 pool.
+            Ok(None) => return client::send(req, target).await,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    unsent: Some(req),
+                })
             }
-            Pick::Stream(sender, stream) => (sender, stream),
-            Pick::Http1 => return client::send(req, target).await,
-            // Boxed: connecting (TLS handshake included) is a large future and rare; inline it
-            // made every request's send future larger, and moving it cost memcpy.
-            Pick::Connect => match Box::pin(connect_once(target)).await {
-                Ok(Some(pair)) => pair,
-                // The server chose HTTP/1.1: its new connection is in the HTTP/1.1 pool.
-                Ok(None) => return client::send(req, target).await,
-                Err(error) => {
-                    return Err(SendError {
-                        error,
-                        unsent: Some(req),
-                    })
-                }
-            },
         };
         absolute_form(&mut req, target.https);
         match sender.try_send_request(req.map(H2Body)).await {
@@ -287,6 +274,30 @@ fn refused(e: &hyper::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// A stream for one request to the target's server: on an open connection with room (then
+/// `reused` is true), or on a new one. `None`: the server speaks HTTP/1.1 ("auto"), its
+/// connections are in the HTTP/1.1 pool.
+async fn lease(
+    target: &Target<'_>,
+) -> Result<Option<(http2::SendRequest<H2Body>, Stream, bool)>, ForwardError> {
+    loop {
+        return match POOL.with(|p| p.borrow_mut().pick(target.pool_key, Instant::now())) {
+            Pick::Wait(connecting) => {
+                // Created before the connect can finish (no await in between): not missed.
+                connecting.notified().await;
+                continue;
+            }
+            Pick::Stream(sender, stream) => Ok(Some((sender, stream, true))),
+            Pick::Http1 => Ok(None),
+            // Boxed: connecting (TLS handshake included) is a large future and rare; inline it
+            // made every request's send future larger, and moving it cost memcpy.
+            Pick::Connect => Ok(Box::pin(connect_once(target))
+                .await?
+                .map(|(sender, stream)| (sender, stream, false))),
+        };
+    }
 }
 
 /// [`connect`], with the requests that find no room meanwhile waiting for it.
@@ -566,25 +577,15 @@ pub(super) async fn send_websocket(
     };
     let mut attempt = 0;
     while attempt <= STALE_RETRIES {
-        let pick = POOL.with(|p| p.borrow_mut().pick(target.pool_key, Instant::now()));
-        let reused = matches!(pick, Pick::Stream(..));
-        let (mut sender, stream) = match pick {
-            Pick::Wait(connecting) => {
-                connecting.notified().await;
-                continue;
+        let (mut sender, stream, reused) = match lease(target).await {
+            Ok(Some(leased)) => leased,
+            Ok(None) => return Err(req),
+            Err(error) => {
+                return Ok(Err(SendError {
+                    error,
+                    unsent: Some(req),
+                }))
             }
-            Pick::Stream(sender, stream) => (sender, stream),
-            Pick::Http1 => return Err(req),
-            Pick::Connect => match connect_once(target).await {
-                Ok(Some(pair)) => pair,
-                Ok(None) => return Err(req),
-                Err(error) => {
-                    return Ok(Err(SendError {
-                        error,
-                        unsent: Some(req),
-                    }))
-                }
-            },
         };
         stream.0.settled().await;
         if !stream.0.extended_connect.get() {
