@@ -594,16 +594,21 @@ fn an_idle_socket_is_closed_and_its_stream_ended() {
     });
 }
 
+/// One route `/ws` to `upstream` (`upstream_extra`: more keys of its upstream), with time
+/// for open sockets to close at shutdown.
+fn shutdown_config(upstream: &str, upstream_extra: &str) -> String {
+    format!(
+        r#"{{"version":1,"server":{{"workers":1,"shutdown_timeout":"3s"}},
+        "upstreams":{{"u":{{"servers":[{{"url":"{upstream}"}}]{upstream_extra}}}}},
+        "routes":[{{"name":"ws","path":"/ws","upstream":"u"}}],
+        "logging":{{"access_log":false}}}}"#
+    )
+}
+
 #[test]
 fn a_reload_keeps_open_sockets_and_a_graceful_shutdown_closes_them_with_1001() {
     let echo = WsEcho::start();
-    let cfg = format!(
-        r#"{{"version":1,"server":{{"workers":1,"shutdown_timeout":"3s"}},
-        "upstreams":{{"u":{{"servers":[{{"url":"{}"}}]}}}},
-        "routes":[{{"name":"ws","path":"/ws","upstream":"u"}}],
-        "logging":{{"access_log":false}}}}"#,
-        echo.url()
-    );
+    let cfg = shutdown_config(&echo.url(), "");
     let mut gw = GatewayProcess::start(&cfg);
     let a = gw.addr.to_string();
     rt().block_on(async {
@@ -898,13 +903,7 @@ fn an_http2_upstream_that_does_not_allow_it_never_gets_an_extended_connect() {
 #[test]
 fn a_graceful_shutdown_closes_a_socket_to_an_http2_upstream_with_1001_both_ways() {
     let up = H2WsEcho::start(true);
-    let cfg = format!(
-        r#"{{"version":1,"server":{{"workers":1,"shutdown_timeout":"3s"}},
-        "upstreams":{{"u":{{"servers":[{{"url":"{}"}}],"protocol":"h2c"}}}},
-        "routes":[{{"name":"ws","path":"/ws","upstream":"u"}}],
-        "logging":{{"access_log":false}}}}"#,
-        up.url()
-    );
+    let cfg = shutdown_config(&up.url(), r#","protocol":"h2c""#);
     let mut gw = GatewayProcess::start(&cfg);
     let a = gw.addr.to_string();
     rt().block_on(async {
