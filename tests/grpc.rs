@@ -505,10 +505,8 @@ async fn the_gateways_own_errors_are_grpc_statuses() {
     );
 
     // The upstream down: UNAVAILABLE.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
-    let gw = Gateway::start(&gateway_config(&format!("http://{dead_addr}"), "h2c", ""));
+    let dead = refused_addr();
+    let gw = Gateway::start(&gateway_config(&format!("http://{}", dead.addr), "h2c", ""));
     let mut c = channel(&gw).await;
     let err = unary(&mut c, "/test.Echo/Unary", Request::new(msg("d", 1)))
         .await

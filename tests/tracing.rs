@@ -437,10 +437,9 @@ async fn sampling_rate_is_honoured_for_new_traces() {
 
 #[tokio::test]
 async fn collector_down_never_fails_requests_and_drops_are_counted() {
-    // A port with nothing listening: every export fails at once.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    // A port that refuses connections: every export fails at once.
+    let dead = refused_addr();
+    let dead_url = format!("http://{}", dead.addr);
     let up = Upstream::start_ok();
     let gw = GatewayProcess::start_with_env(
         &config(

@@ -761,6 +761,31 @@ pub struct RedisServer {
     _dir: tempfile::TempDir,
 }
 
+/// A loopback address that refuses connections for as long as this lives: a TCP socket bound
+/// to a free port but never listening. Holding it keeps any other test from taking the port;
+/// a port bound and released again could be (a "collector down" test once got its spans
+/// accepted by whatever bound the port next).
+pub struct RefusedAddr {
+    _socket: socket2::Socket,
+    pub addr: std::net::SocketAddr,
+}
+
+pub fn refused_addr() -> RefusedAddr {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    socket.bind(&any.into()).expect("bind");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address");
+    RefusedAddr {
+        _socket: socket,
+        addr,
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
