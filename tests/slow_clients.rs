@@ -221,6 +221,41 @@ fn idle_keep_alive_connections_are_closed() {
     );
 }
 
+/// The keep-alive timeout counts from the last response, not from the first: a connection
+/// whose requests come less than `keep_alive` apart is kept for longer than `keep_alive` in all
+/// (the timer armed after the first response is moved when it fires, vendor/README.md item
+/// 11), and closed once it is idle for `keep_alive`.
+#[test]
+fn keep_alive_counts_from_the_last_response() {
+    let up = Upstream::start_ok();
+    let cfg =
+        config(&up.url(), ROUTES, "").replace(r#""workers":1"#, r#""workers":1,"keep_alive":"1s""#);
+    let gw = Gateway::start(&cfg);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..4 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        s.write_all(format!("GET /r{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let res = read_response(&mut s);
+        assert!(res.starts_with("HTTP/1.1 200"), "request {i}: {res:?}");
+    }
+    assert!(started.elapsed() > Duration::from_millis(1800));
+    assert_eq!(up.count(), 4);
+    let idle = std::time::Instant::now();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "idle connection kept past keep_alive"
+    );
+    assert!(
+        idle.elapsed() >= Duration::from_millis(400),
+        "closed {:?} after the last response, before keep_alive",
+        idle.elapsed()
+    );
+}
+
 #[test]
 fn connections_over_the_cap_wait_instead_of_failing() {
     let up = Upstream::start_ok();

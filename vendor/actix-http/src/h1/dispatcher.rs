@@ -14,10 +14,7 @@ use bitflags::bitflags;
 use bytes::{Buf, BytesMut};
 use futures_core::ready;
 use pin_project_lite::pin_project;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    time::sleep_until,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder as _, Encoder as _};
 use tracing::{error, trace};
 
@@ -417,13 +414,13 @@ where
     fn ensure_linger_timer(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
         let this = self.as_mut().project();
 
-        if matches!(this.shutdown_timer, TimerState::Active { .. }) {
+        if this.shutdown_timer.is_active() {
             return true;
         }
 
         if let Some(deadline) = this.config.client_disconnect_deadline() {
             this.shutdown_timer
-                .set_and_init(cx, sleep_until(deadline.into()), line!());
+                .set_and_init(cx, deadline, line!());
             true
         } else {
             false
@@ -1085,8 +1082,8 @@ where
     ) -> Result<(), DispatchError> {
         let this = self.as_mut().project();
 
-        if let TimerState::Active { timer } = this.head_timer {
-            if timer.as_mut().poll(cx).is_ready() {
+        if this.head_timer.is_active() {
+            if this.head_timer.poll_expired(cx) {
                 // timeout on a request head (slow request) return 408
 
                 trace!("timed out on slow request; replying with 408 and closing connection");
@@ -1110,7 +1107,7 @@ where
                     this.flags.insert(Flags::SHUTDOWN);
                     if let Some(deadline) = this.config.client_disconnect_deadline() {
                         this.shutdown_timer
-                            .set_and_init(cx, sleep_until(deadline.into()), line!());
+                            .set_and_init(cx, deadline, line!());
                     } else {
                         this.flags.insert(Flags::WRITE_DISCONNECT);
                     }
@@ -1131,7 +1128,7 @@ where
 
     fn poll_ka_timer(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Result<(), DispatchError> {
         let this = self.as_mut().project();
-        if let TimerState::Active { timer } = this.ka_timer {
+        if this.ka_timer.is_active() {
             debug_assert!(
                 this.flags.contains(Flags::KEEP_ALIVE),
                 "keep-alive flag should be set when timer is active",
@@ -1153,7 +1150,7 @@ where
             // );
 
             // keep-alive timer has timed out
-            if timer.as_mut().poll(cx).is_ready() {
+            if this.ka_timer.poll_expired(cx) {
                 // no tasks at hand
                 trace!("timer timed out; closing connection");
                 this.flags.insert(Flags::SHUTDOWN);
@@ -1161,7 +1158,7 @@ where
                 if let Some(deadline) = this.config.client_disconnect_deadline() {
                     // start shutdown timeout if enabled
                     this.shutdown_timer
-                        .set_and_init(cx, sleep_until(deadline.into()), line!());
+                        .set_and_init(cx, deadline, line!());
                 } else {
                     // no shutdown timeout, drop socket
                     this.flags.insert(Flags::WRITE_DISCONNECT);
@@ -1177,13 +1174,13 @@ where
         cx: &mut Context<'_>,
     ) -> Result<(), DispatchError> {
         let this = self.as_mut().project();
-        if let TimerState::Active { timer } = this.shutdown_timer {
+        if this.shutdown_timer.is_active() {
             debug_assert!(
                 this.flags.intersects(Flags::LINGER | Flags::SHUTDOWN),
                 "shutdown or linger flag should be set when timer is active",
             );
 
-            if timer.as_mut().poll(cx).is_ready() {
+            if this.shutdown_timer.poll_expired(cx) {
                 if this.flags.contains(Flags::LINGER) {
                     trace!("timed-out during linger; shutting down connection");
                     this.flags.remove(Flags::LINGER);
@@ -1413,7 +1410,7 @@ where
                         if let Some(deadline) = inner.config.client_request_deadline() {
                             inner.as_mut().project().head_timer.set_and_init(
                                 cx,
-                                sleep_until(deadline.into()),
+                                deadline,
                                 line!(),
                             );
                         }
@@ -1442,12 +1439,12 @@ where
                                 // FINISHED is set after writing last chunk of response
                                 // (Kairos patch: not while a started head is being timed.)
                                 if inner.flags.contains(Flags::KEEP_ALIVE | Flags::FINISHED)
-                                    && !matches!(inner.head_timer, TimerState::Active { .. })
+                                    && !inner.head_timer.is_active()
                                 {
                                     if let Some(timer) = inner.config.keep_alive_deadline() {
                                         inner.as_mut().project().ka_timer.set_and_init(
                                             cx,
-                                            sleep_until(timer.into()),
+                                            timer,
                                             line!(),
                                         );
                                     }
@@ -1551,7 +1548,7 @@ where
                                 | Flags::LINGER
                                 | Flags::DRAINING,
                         )
-                        && !matches!(inner_p.head_timer, TimerState::Active { .. })
+                        && !inner_p.head_timer.is_active()
                         && inner_p.read_buf.iter().any(|b| !matches!(b, b'\r' | b'\n'))
                     {
                         if let Some(deadline) = inner_p.config.client_request_deadline() {
@@ -1563,7 +1560,7 @@ where
                             inner_p.flags.remove(Flags::KEEP_ALIVE);
                             inner_p.head_timer.set_and_init(
                                 cx,
-                                sleep_until(deadline.into()),
+                                deadline,
                                 line!(),
                             );
                         }

@@ -1,71 +1,103 @@
-use std::{fmt, future::Future, pin::Pin, task::Context};
+//! Kairos patch (vendor/README.md, item 11): the dispatcher's timers are lazy.
+//!
+//! Upstream, a timer was a `Pin<Box<Sleep>>` made anew each time it was set and dropped each
+//! time it was cleared: on a keep-alive connection the keep-alive timer was set after every
+//! response and cleared when the next request arrived, so every request allocated a `Sleep`,
+//! registered it in tokio's timer wheel and took it out again (about 530 instructions per
+//! request in callgrind, and an allocation).
+//!
+//! Here a timer keeps one `Sleep` for the connection's life and a deadline of its own. Setting
+//! it to a later deadline than the `Sleep` is armed for costs nothing: when the `Sleep` fires
+//! early, [`TimerState::poll_expired`] moves it to the timer's deadline (one wheel operation
+//! per timeout period, not two per request). Clearing it only forgets the deadline; the
+//! `Sleep` left armed may wake the connection once, for nothing. Only a deadline earlier than
+//! the armed one moves the `Sleep` at once.
 
-use tokio::time::{Instant, Sleep};
+use std::{fmt, future::Future, pin::Pin, task::Context, time::Instant};
+
+use tokio::time::{sleep_until, Sleep};
 use tracing::trace;
 
 #[derive(Debug)]
-pub(super) enum TimerState {
-    Disabled,
-    Inactive,
-    Active { timer: Pin<Box<Sleep>> },
+pub(super) struct TimerState {
+    enabled: bool,
+    /// When the timer expires; `None` while it is not set.
+    deadline: Option<Instant>,
+    /// Armed for `deadline` or earlier while the timer is set; kept while it is not.
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl TimerState {
     pub(super) fn new(enabled: bool) -> Self {
-        if enabled {
-            Self::Inactive
-        } else {
-            Self::Disabled
+        Self {
+            enabled,
+            deadline: None,
+            sleep: None,
         }
     }
 
+    /// Whether the connection's configuration uses this timer at all.
     pub(super) fn is_enabled(&self) -> bool {
-        matches!(self, Self::Active { .. } | Self::Inactive)
+        self.enabled
     }
 
-    pub(super) fn set(&mut self, timer: Sleep, line: u32) {
-        if matches!(self, Self::Disabled) {
+    /// Whether the timer is set (running towards its deadline).
+    pub(super) fn is_active(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// Sets the timer to expire at `deadline` and registers the task's waker.
+    pub(super) fn set_and_init(&mut self, cx: &mut Context<'_>, deadline: Instant, line: u32) {
+        if !self.enabled {
             trace!("setting disabled timer from line {}", line);
         }
-
-        *self = Self::Active {
-            timer: Box::pin(timer),
-        };
+        self.deadline = Some(deadline);
+        match &mut self.sleep {
+            // Armed for the same deadline or an earlier one: it fires then and is moved on.
+            Some(sleep) if sleep.deadline().into_std() <= deadline => {}
+            Some(sleep) => sleep.as_mut().reset(deadline.into()),
+            None => self.sleep = Some(Box::pin(sleep_until(deadline.into()))),
+        }
+        let _ = self.poll_expired(cx);
     }
 
-    pub(super) fn set_and_init(&mut self, cx: &mut Context<'_>, timer: Sleep, line: u32) {
-        self.set(timer, line);
-        self.init(cx);
-    }
-
+    /// Stops the timer. Its `Sleep` stays armed (see the module's doc).
     pub(super) fn clear(&mut self, line: u32) {
-        if matches!(self, Self::Disabled) {
+        if !self.enabled {
             trace!("trying to clear a disabled timer from line {}", line);
         }
-
-        if matches!(self, Self::Inactive) {
+        if self.deadline.is_none() {
             trace!("trying to clear an inactive timer from line {}", line);
         }
-
-        *self = Self::Inactive;
+        self.deadline = None;
     }
 
-    pub(super) fn init(&mut self, cx: &mut Context<'_>) {
-        if let TimerState::Active { timer } = self {
-            let _ = timer.as_mut().poll(cx);
+    /// Whether the timer is set and its deadline has passed. Registers the task's waker for
+    /// the deadline otherwise (a set timer); a `Sleep` that fired before the deadline is moved
+    /// to it.
+    pub(super) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let (Some(deadline), Some(sleep)) = (self.deadline, self.sleep.as_mut()) else {
+            return false;
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if sleep.deadline().into_std() >= deadline {
+                return true;
+            }
+            sleep.as_mut().reset(deadline.into());
         }
     }
 }
 
 impl fmt::Display for TimerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TimerState::Disabled => f.write_str("timer is disabled"),
-            TimerState::Inactive => f.write_str("timer is inactive"),
-            TimerState::Active { timer } => {
-                let deadline = timer.deadline();
+        match (self.enabled, self.deadline) {
+            (false, _) => f.write_str("timer is disabled"),
+            (true, None) => f.write_str("timer is inactive"),
+            (true, Some(deadline)) => {
                 let now = Instant::now();
-
                 if deadline < now {
                     f.write_str("timer is active and has reached deadline")
                 } else {
