@@ -159,6 +159,10 @@
 //! ```
 
 #![deny(missing_docs, missing_debug_implementations)]
+// Vendored by kairos-rs: as a path dependency this crate is built with the compiler's full
+// lints (a crates.io dependency's are capped), and two lints newer than this release fire on
+// its code.
+#![allow(dangerous_implicit_autorefs, dead_code)]
 
 #[cfg(test)]
 #[macro_use]

@@ -205,6 +205,25 @@ impl HeaderValue {
         }
     }
 
+    /// Returns the bytes of this value as a `Bytes` that shares its storage: no copy, the
+    /// cost of a `Bytes` clone. The reverse of `from_maybe_shared` with a `Bytes`: a value a
+    /// parser made from its read buffer can become another `HeaderValue` (of another version
+    /// of this crate, say) without copying it.
+    ///
+    /// (Patch vendored by kairos-rs; the same method as proposed in hyperium/http#817.)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use http::header::HeaderValue;
+    /// let val = HeaderValue::from_static("hello");
+    /// assert_eq!(&val.as_shared()[..], b"hello");
+    /// ```
+    #[inline]
+    pub fn as_shared(&self) -> Bytes {
+        self.inner.clone()
+    }
+
     fn from_shared(src: Bytes) -> Result<HeaderValue, InvalidHeaderValue> {
         HeaderValue::try_from_generic(src, std::convert::identity)
     }
