@@ -53,25 +53,25 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, is_trusted: impl Fn(IpAddr) 
 
 /// Appends the client address as X-Forwarded-For writes it (IPv4-mapped IPv6 as IPv4). IPv4,
 /// the common case, is written by hand: `fmt` costs about 1k instructions per request here.
-pub fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+pub fn push_ip(out: &mut impl bytes::BufMut, ip: std::net::IpAddr) {
     use std::io::Write;
     match canonical_ip(ip) {
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    out.put_u8(b'.');
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    out.put_u8(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(b'0' + (octet / 10) % 10);
+                    out.put_u8(b'0' + (octet / 10) % 10);
                 }
-                out.push(b'0' + octet % 10);
+                out.put_u8(b'0' + octet % 10);
             }
         }
         v6 => {
-            let _ = write!(out, "{v6}");
+            let _ = write!(bytes::BufMut::writer(&mut *out), "{v6}");
         }
     }
 }

@@ -33,7 +33,9 @@ pub fn for_request(headers: &HeaderMap) -> HeaderValue {
     id
 }
 
-/// A new random id: 32 lower-case hex digits.
+/// A new random id: 32 lower-case hex digits, written to the worker's arena
+/// ([`crate::base::arena`]): no allocation per request, and clones of the value (the response
+/// header, the upstream request's) share it.
 pub fn generate() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
@@ -42,7 +44,10 @@ pub fn generate() -> HeaderValue {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let id = crate::base::arena::copy(&buf);
+    // SAFETY: hex digits are visible ASCII, valid in a header value (not checked again: 32
+    // bytes of validation on every request).
+    unsafe { HeaderValue::from_maybe_shared_unchecked(id) }
 }
 
 #[cfg(test)]

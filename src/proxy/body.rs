@@ -155,12 +155,31 @@ pub fn stream(
     }
 }
 
-/// What the body pump reports back while a streamed body goes upstream.
+/// What the body pump reports back while a streamed body goes upstream. Empty for a body
+/// read whole or none: there is no pump to hear from, and nothing is allocated for it.
+#[derive(Default)]
 pub struct BodyWatch {
     /// Set when a streamed body turned out larger than `max_body_size`.
-    pub too_large: TooLargeFlag,
+    pub too_large: Option<TooLargeFlag>,
     /// The streamed body's progress (the route timeout counts from its last chunk).
-    pub progress: Progress,
+    pub progress: Option<Progress>,
+}
+
+impl BodyWatch {
+    /// Whether a streamed body turned out larger than `max_body_size`.
+    pub fn too_large(&self) -> bool {
+        self.too_large.as_ref().is_some_and(|f| f.get())
+    }
+
+    /// A body is about to be streamed: the flag and the progress its pump reports to (the
+    /// progress is also the request's, for the bytes its completion records).
+    fn pump(&mut self, ctx: &mut Ctx<'_>) -> (TooLargeFlag, Progress) {
+        let (too_large, progress) = (TooLargeFlag::default(), Progress::default());
+        self.too_large = Some(too_large.clone());
+        self.progress = Some(progress.clone());
+        ctx.streamed = Some(progress.clone());
+        (too_large, progress)
+    }
 }
 
 /// The request-body phase: prepares the body (the request filter refused a declared length
@@ -177,8 +196,7 @@ pub async fn read(
     let max = ctx.rt.config.server.max_body_size;
     // Checked against `max_body_size` by the request filter already.
     let declared_len = super::request::declared_length(req)?;
-    let too_large = TooLargeFlag::default();
-    let progress = Progress::default();
+    let mut watch = BodyWatch::default();
     ctx.request_bytes = declared_len.unwrap_or(0);
     let unreadable = GatewayError::BadRequest("could not read the request body");
     let body = match declared_len {
@@ -198,60 +216,45 @@ pub async fn read(
                 }
             }
         }
-        Some(n) => {
-            ctx.streamed = Some(progress.clone());
-            stream(
-                payload,
-                None,
-                Some(n),
-                max,
-                (too_large.clone(), progress.clone()),
-                request_trailers(req),
-            )
-        }
+        Some(n) => stream(
+            payload,
+            None,
+            Some(n),
+            max,
+            watch.pump(ctx),
+            request_trailers(req),
+        ),
         // A gRPC call streams at once: a bidi client may wait for the response head before
         // it sends its first message.
-        None if ctx.grpc.is_some() => {
-            ctx.streamed = Some(progress.clone());
-            stream(
-                payload,
-                None,
-                None,
-                max,
-                (too_large.clone(), progress.clone()),
-                request_trailers(req),
-            )
-        }
+        None if ctx.grpc.is_some() => stream(
+            payload,
+            None,
+            None,
+            max,
+            watch.pump(ctx),
+            request_trailers(req),
+        ),
         None if req.version() >= actix_web::http::Version::HTTP_2
             || req.headers().contains_key(ax::TRANSFER_ENCODING) =>
         {
             match tokio::time::timeout(read_timeout, payload.next()).await {
                 Err(_) => return Err(GatewayError::RequestTimeout),
                 Ok(None) => ProxyBody::Empty,
-                Ok(Some(Ok(first))) => {
-                    ctx.streamed = Some(progress.clone());
-                    stream(
-                        payload,
-                        Some(first),
-                        None,
-                        max,
-                        (too_large.clone(), progress.clone()),
-                        request_trailers(req),
-                    )
-                }
+                Ok(Some(Ok(first))) => stream(
+                    payload,
+                    Some(first),
+                    None,
+                    max,
+                    watch.pump(ctx),
+                    request_trailers(req),
+                ),
                 Ok(Some(Err(_))) => return Err(unreadable),
             }
         }
         None => ProxyBody::Empty,
     };
     ctx.body_read = matches!(body, ProxyBody::Empty | ProxyBody::Full(_));
-    Ok((
-        body,
-        BodyWatch {
-            too_large,
-            progress,
-        },
-    ))
+    Ok((body, watch))
 }
 
 /// A body read whole followed by trailers: a stream whose one chunk and trailers are ready.

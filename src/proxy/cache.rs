@@ -409,10 +409,7 @@ fn refresh(ctx: &Ctx<'_>, f: Fetching, host: Option<&str>, up: &mut UpstreamRequ
         };
         let mut ctx = Ctx::detached(&req, &rt, &metrics, rid, Some((idx, &route.name)), tenant);
         let mut up = UpstreamRequest::prepared(&req, &rt, request);
-        let watch = BodyWatch {
-            too_large: Default::default(),
-            progress: Default::default(),
-        };
+        let watch = BodyWatch::default();
         let settled = settle(
             &mut ctx,
             f,

@@ -2,7 +2,7 @@
 //! the route's retry policy allows, try the next candidate, all bounded by the route's timeout
 //! until a response head arrives.
 
-use super::body::{BodyWatch, Progress};
+use super::body::{BodyWatch, ProgressState};
 use super::context::Ctx;
 use super::upstream_request::UpstreamRequest;
 use crate::base::error::GatewayError;
@@ -158,7 +158,7 @@ pub async fn forward<'a>(
                 continue;
             }
             Some(Err(SendError { error, unsent })) => {
-                if body.too_large.get() {
+                if body.too_large() {
                     return Err(GatewayError::PayloadTooLarge);
                 }
                 if let ForwardError::Body(_) = error {
@@ -299,7 +299,7 @@ async fn send(
                 Deadline::from_std(sent_at),
                 attempt_timeout,
                 client_timeout,
-                &body.progress,
+                body.progress.as_deref(),
             )
             .await;
         }
@@ -308,7 +308,7 @@ async fn send(
             Deadline::from_std(sent_at),
             attempt_timeout,
             client_timeout,
-            &body.progress,
+            body.progress.as_deref(),
         )
         .await;
     }
@@ -317,7 +317,7 @@ async fn send(
         Deadline::from_std(sent_at),
         attempt_timeout,
         client_timeout,
-        &body.progress,
+        body.progress.as_deref(),
     )
     .await;
     out
@@ -463,7 +463,7 @@ async fn with_progress_timeout<F: std::future::Future>(
     started: Deadline,
     timeout: Duration,
     client_timeout: Duration,
-    progress: &Progress,
+    progress: Option<&ProgressState>,
 ) -> Waited<F::Output> {
     let sleep = tokio::time::sleep_until(started + timeout);
     let mut sleep = std::pin::pin!(sleep);
@@ -473,10 +473,12 @@ async fn with_progress_timeout<F: std::future::Future>(
             out = &mut fut => return Waited::Done(out),
             () = &mut sleep => {
                 let now = Deadline::now();
-                let from = progress.last.get().map_or(started, |last| last.max(started));
+                let from = progress
+                    .and_then(|p| p.last.get())
+                    .map_or(started, |last| last.max(started));
                 if from + timeout > now {
                     sleep.as_mut().reset(from + timeout);
-                } else if !progress.reading.get() {
+                } else if !progress.is_some_and(|p| p.reading.get()) {
                     return Waited::TimedOut;
                 } else if from + client_timeout > now {
                     sleep.as_mut().reset(from + client_timeout);

@@ -1,16 +1,26 @@
 //! Header rewriting between client and upstream: hop-by-hop headers removed in both directions
 //! (the fixed list plus every header named in `Connection`, RFC 9110 7.6.1), X-Forwarded-For,
 //! -Proto and -Host set according to `server.trusted_proxies`, and the conversion between
-//! actix's `http` 0.2 header types and hyper's `http` 1 types.
+//! actix's `http` 0.2 header types and hyper's `http` 1 types. Nothing here allocates per
+//! request: values are shared between the two crates' types, not copied ([`to_hyper`],
+//! [`to_actix`]), names outside http's table are converted once per worker ([`NameCache`]), and
+//! the values the gateway makes are written to the worker's arena ([`crate::base::arena`]).
 
+use crate::base::arena;
 use actix_web::http::header as ax;
 use http::header::{self as hh, HeaderName, HeaderValue};
+use std::cell::RefCell;
 
 // Names made at compile time: `from_static` at run time validates the name on every call.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const AX_X_FORWARDED_FOR: ax::HeaderName = ax::HeaderName::from_static("x-forwarded-for");
+
+/// The longest address [`crate::base::net::push_ip`] writes (IPv6: 8 groups of 4 hex digits
+/// and 7 colons).
+const MAX_IP_TEXT: usize = 39;
 
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1, plus the
 /// non-standard ones proxies are expected to drop).
@@ -29,17 +39,77 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
-/// Header names listed in the Connection header(s), lower-cased.
-fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
-    let mut out = Vec::new();
-    for v in values {
-        for tok in v.split(|&b| b == b',') {
-            let t = String::from_utf8_lossy(tok).trim().to_ascii_lowercase();
-            if !t.is_empty() {
-                out.push(t);
+/// [`is_hop_by_hop`] for a `Connection` token, in any case.
+fn is_hop_by_hop_token(t: &[u8]) -> bool {
+    let mut lower = [0u8; 24];
+    let Some(buf) = lower.get_mut(..t.len()) else {
+        return false;
+    };
+    buf.copy_from_slice(t);
+    buf.make_ascii_lowercase();
+    std::str::from_utf8(buf).is_ok_and(is_hop_by_hop)
+}
+
+/// The header names a message's `Connection` header(s) nominate (RFC 9110 7.6.1), as slices of
+/// those values, less the names removed anyway ([`is_hop_by_hop`]): the common
+/// `Connection: keep-alive` leaves nothing to compare each header with. Up to
+/// [`Nominated::FEW`] names are kept inline, more (no client sends them) in a vector.
+#[derive(Default)]
+struct Nominated<'a> {
+    few: [&'a [u8]; Nominated::FEW],
+    len: usize,
+    more: Vec<&'a [u8]>,
+}
+
+impl<'a> Nominated<'a> {
+    const FEW: usize = 4;
+
+    fn new(values: impl Iterator<Item = &'a [u8]>) -> Self {
+        let mut out = Nominated::default();
+        for v in values {
+            for tok in v.split(|&b| b == b',') {
+                let t = tok.trim_ascii();
+                if t.is_empty() || is_hop_by_hop_token(t) {
+                    continue;
+                }
+                if out.len < Self::FEW {
+                    out.few[out.len] = t;
+                    out.len += 1;
+                } else {
+                    out.more.push(t);
+                }
             }
         }
+        out
     }
+
+    /// Whether `name` (lower case, as both crates keep names) is nominated.
+    fn contains(&self, name: &str) -> bool {
+        self.len > 0
+            && self.few[..self.len]
+                .iter()
+                .chain(&self.more)
+                .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// The same header value for hyper, sharing its bytes: a value actix parsed is a slice of its
+/// read buffer, so no copy and no allocation (`as_shared` is the vendored http's, see
+/// vendor/README.md).
+pub fn to_hyper(v: &ax::HeaderValue) -> HeaderValue {
+    // SAFETY: http 0.2 and http 1 accept the same bytes in a value (visible ASCII, SP, HTAB and
+    // obs-text; `value_rules_agree` below checks every byte), so a valid 0.2 value is a valid
+    // 1.x value. Validating again cost a loop over every byte of every header.
+    let mut out = unsafe { HeaderValue::from_maybe_shared_unchecked(v.as_shared()) };
+    out.set_sensitive(v.is_sensitive());
+    out
+}
+
+/// The same header value for actix, sharing its bytes (hyper's read buffer); see [`to_hyper`].
+pub fn to_actix(v: &HeaderValue) -> ax::HeaderValue {
+    // SAFETY: as in `to_hyper`, the other way round.
+    let mut out = unsafe { ax::HeaderValue::from_maybe_shared_unchecked(v.as_shared()) };
+    out.set_sensitive(v.is_sensitive());
     out
 }
 
@@ -71,18 +141,23 @@ pub fn request_headers(
     more: usize,
 ) {
     let nominated = match src.contains_key(ax::CONNECTION) {
-        true => connection_tokens(src.get_all(ax::CONNECTION).map(|v| v.as_bytes())),
-        false => Vec::new(),
+        true => Nominated::new(src.get_all(ax::CONNECTION).map(|v| v.as_bytes())),
+        false => Nominated::default(),
     };
-    let mut xff: Option<Vec<u8>> = None;
+    let mut xff_in = false;
     let mut xfp: Option<HeaderValue> = None;
     let mut xfh: Option<HeaderValue> = None;
-    let mut cookies: Vec<&[u8]> = Vec::new();
+    let mut host_in: Option<&ax::HeaderValue> = None;
+    let (mut cookie, mut cookies) = (None, 0);
     dst.reserve(src.len() + 4 + more);
     for (name, value) in src.iter() {
         let n = name.as_str();
         match n {
-            "host" | "content-length" | "expect" | "x-request-id" => continue,
+            "host" => {
+                host_in = Some(value);
+                continue;
+            }
+            "content-length" | "expect" | "x-request-id" => continue,
             "tracestate" if client.drop_tracestate => continue,
             "baggage" if client.drop_baggage => continue,
             // Other client-address headers are only believed from a trusted proxy.
@@ -93,63 +168,87 @@ pub fn request_headers(
             }
             // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
             "cookie" => {
-                cookies.push(value.as_bytes());
+                cookie = Some(value);
+                cookies += 1;
                 continue;
             }
             "x-forwarded-for" => {
-                if client.trusted {
-                    let acc = xff.get_or_insert_with(Vec::new);
-                    if !acc.is_empty() {
-                        acc.extend_from_slice(b", ");
-                    }
-                    acc.extend_from_slice(value.as_bytes());
-                }
+                xff_in |= client.trusted;
                 continue;
             }
             "x-forwarded-proto" => {
                 if client.trusted && xfp.is_none() {
-                    xfp = HeaderValue::from_bytes(value.as_bytes()).ok();
+                    xfp = Some(to_hyper(value));
                 }
                 continue;
             }
             "x-forwarded-host" => {
                 if client.trusted && xfh.is_none() {
-                    xfh = HeaderValue::from_bytes(value.as_bytes()).ok();
+                    xfh = Some(to_hyper(value));
                 }
                 continue;
             }
             _ => {}
         }
-        if is_hop_by_hop(n) || (!nominated.is_empty() && nominated.iter().any(|t| t == n)) {
+        if is_hop_by_hop(n) || nominated.contains(n) {
             if n == "te" && client.te_trailers && value.as_bytes().eq_ignore_ascii_case(b"trailers")
             {
                 dst.append(hh::TE, HeaderValue::from_static("trailers"));
             }
             continue;
         }
-        if let (Some(hn), Ok(hv)) = (hyper_name(n), HeaderValue::from_bytes(value.as_bytes())) {
-            dst.append(hn, hv);
+        if let Some(hn) = hyper_name(name) {
+            dst.append(hn, to_hyper(value));
         }
     }
     // Content-Length is set from the body we actually send (hyper derives it from the body).
     if let Some(len) = src.get(ax::CONTENT_LENGTH) {
-        if let Ok(v) = HeaderValue::from_bytes(len.as_bytes()) {
-            dst.insert(hh::CONTENT_LENGTH, v);
-        }
+        dst.insert(hh::CONTENT_LENGTH, to_hyper(len));
     }
-    if !cookies.is_empty() {
-        if let Ok(v) = HeaderValue::from_bytes(&cookies.join(&b"; "[..])) {
-            dst.insert(hh::COOKIE, v);
+    match (cookie, cookies) {
+        (None, _) => {}
+        (Some(one), 1) => {
+            dst.insert(hh::COOKIE, to_hyper(one));
+        }
+        (Some(_), _) => {
+            let all = || src.get_all(ax::COOKIE).map(|v| v.as_bytes());
+            let joined = arena::build(all().map(|v| v.len() + 2).sum(), |buf| {
+                for (i, v) in all().enumerate() {
+                    if i > 0 {
+                        buf.extend_from_slice(b"; ");
+                    }
+                    buf.extend_from_slice(v);
+                }
+            });
+            if let Ok(v) = HeaderValue::from_maybe_shared(joined) {
+                dst.insert(hh::COOKIE, v);
+            }
         }
     }
     dst.insert(hh::HOST, host);
     if let Some(ip) = client.peer {
-        let mut acc = xff.unwrap_or_else(|| Vec::with_capacity(16));
-        if !acc.is_empty() {
-            acc.extend_from_slice(b", ");
-        }
-        crate::base::net::push_ip(&mut acc, ip);
-        if let Ok(v) = HeaderValue::from_bytes(&acc) {
+        // The chain a trusted proxy sent, then the peer's address.
+        let chain = || src.get_all(AX_X_FORWARDED_FOR).map(|v| v.as_bytes());
+        let chain_len: usize = match xff_in {
+            true => chain().map(|v| v.len() + 2).sum(),
+            false => 0,
+        };
+        let value = arena::build(chain_len + MAX_IP_TEXT, |buf| {
+            // `buf` starts empty: ", " goes between what is there and what follows.
+            if xff_in {
+                for v in chain() {
+                    if !buf.is_empty() {
+                        buf.extend_from_slice(b", ");
+                    }
+                    buf.extend_from_slice(v);
+                }
+            }
+            if !buf.is_empty() {
+                buf.extend_from_slice(b", ");
+            }
+            crate::base::net::push_ip(buf, ip);
+        });
+        if let Ok(v) = HeaderValue::from_maybe_shared(value) {
             dst.insert(X_FORWARDED_FOR, v);
         }
     }
@@ -157,7 +256,13 @@ pub fn request_headers(
         X_FORWARDED_PROTO,
         xfp.unwrap_or_else(|| HeaderValue::from_static(client.scheme)),
     );
-    if let Some(v) = xfh.or_else(|| client.host.and_then(|h| HeaderValue::from_bytes(h).ok())) {
+    // The Host the client asked for: its Host header shared, an HTTP/2 authority copied.
+    let xfh = xfh.or_else(|| match (host_in, client.host) {
+        (Some(h), Some(asked)) if h.as_bytes() == asked => Some(to_hyper(h)),
+        (_, Some(asked)) => HeaderValue::from_maybe_shared(arena::copy(asked)).ok(),
+        (_, None) => None,
+    });
+    if let Some(v) = xfh {
         dst.insert(X_FORWARDED_HOST, v);
     }
     dst.insert(X_REQUEST_ID, request_id.clone());
@@ -167,28 +272,95 @@ pub fn request_headers(
 /// framing headers actix writes itself from the body's size. Repeated headers stay repeated.
 pub fn response_headers(src: &hh::HeaderMap, dst: &mut ax::HeaderMap) {
     let nominated = match src.contains_key(hh::CONNECTION) {
-        true => connection_tokens(src.get_all(hh::CONNECTION).iter().map(|v| v.as_bytes())),
-        false => Vec::new(),
+        true => Nominated::new(src.get_all(hh::CONNECTION).iter().map(|v| v.as_bytes())),
+        false => Nominated::default(),
     };
     for (name, value) in src.iter() {
         let n = name.as_str();
-        if n == "content-length"
-            || is_hop_by_hop(n)
-            || (!nominated.is_empty() && nominated.iter().any(|t| t == n))
-        {
+        if n == "content-length" || is_hop_by_hop(n) || nominated.contains(n) {
             continue;
         }
-        if let (Some(an), Ok(av)) = (
-            actix_name(name),
-            ax::HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            dst.append(an, av);
+        if let Some(an) = actix_name(name) {
+            dst.append(an, to_actix(value));
         }
     }
 }
 
+/// Header maps for upstream requests, kept per worker. hyper's HTTP/1 client parses a response
+/// head into its request's map (emptied once written), so a map taken here ([`header_map`])
+/// comes back with the response ([`recycle`]) and serves the next request: no allocation per
+/// request for either head.
+const MAX_MAPS: usize = 64;
+/// A map grown past this (a response with many headers) is not kept.
+const MAX_MAP_CAPACITY: usize = 64;
+
+thread_local! {
+    static MAPS: RefCell<Vec<hh::HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty header map for an upstream request: one recycled, or a new one.
+pub fn header_map() -> hh::HeaderMap {
+    MAPS.with_borrow_mut(Vec::pop).unwrap_or_default()
+}
+
+/// An upstream response's header map, done with: emptied (its values, slices of hyper's read
+/// buffer, let go at once) and kept for [`header_map`].
+pub fn recycle(mut map: hh::HeaderMap) {
+    if map.capacity() > MAX_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    MAPS.with_borrow_mut(|maps| {
+        if maps.len() < MAX_MAPS {
+            maps.push(map);
+        }
+    });
+}
+
+/// Header names outside http's standard table, converted once per worker and cloned after
+/// (http allocates such a name each time it parses one). Direct-mapped by a hash of the name:
+/// a name that misses is parsed as before and takes its slot.
+struct NameCache<N> {
+    slots: [Option<N>; NAME_SLOTS],
+}
+
+const NAME_SLOTS: usize = 64;
+
+impl<N: Clone> NameCache<N> {
+    const fn new() -> Self {
+        NameCache {
+            slots: [const { None }; NAME_SLOTS],
+        }
+    }
+
+    /// `name` converted: from its slot, or parsed by `parse` (and kept).
+    fn get(
+        &mut self,
+        name: &str,
+        as_str: impl Fn(&N) -> &str,
+        parse: impl FnOnce(&[u8]) -> Option<N>,
+    ) -> Option<N> {
+        use std::hash::BuildHasher;
+        let i = rustc_hash::FxBuildHasher.hash_one(name) as usize % NAME_SLOTS;
+        match &self.slots[i] {
+            Some(n) if as_str(n) == name => Some(n.clone()),
+            _ => {
+                let n = parse(name.as_bytes())?;
+                self.slots[i] = Some(n.clone());
+                Some(n)
+            }
+        }
+    }
+}
+
+thread_local! {
+    static HYPER_NAMES: RefCell<NameCache<HeaderName>> = const { RefCell::new(NameCache::new()) };
+    static ACTIX_NAMES: RefCell<NameCache<ax::HeaderName>> =
+        const { RefCell::new(NameCache::new()) };
+}
+
 /// A response header's name for actix: the common ones by an enum comparison each, the rest
-/// parsed (`from_bytes` looks a name up in the standard table first, about 125 instructions).
+/// from the worker's cache of names.
 fn actix_name(n: &HeaderName) -> Option<ax::HeaderName> {
     macro_rules! common {
         ($($c:ident),*) => {
@@ -212,16 +384,17 @@ fn actix_name(n: &HeaderName) -> Option<ax::HeaderName> {
         ACCEPT_RANGES,
         AGE
     );
-    // The cache's own header on every cached answer.
-    const X_CACHE: ax::HeaderName = ax::HeaderName::from_static("x-cache");
-    match n.as_str() {
-        "x-cache" => Some(X_CACHE),
-        name => ax::HeaderName::from_bytes(name.as_bytes()).ok(),
-    }
+    ACTIX_NAMES.with_borrow_mut(|names| {
+        names.get(n.as_str(), ax::HeaderName::as_str, |b| {
+            ax::HeaderName::from_bytes(b).ok()
+        })
+    })
 }
 
-/// A request header's name for hyper: the common ones by their text, the rest parsed.
-fn hyper_name(n: &str) -> Option<HeaderName> {
+/// A request header's name for hyper: the common ones by their text, the rest from the
+/// worker's cache of names.
+fn hyper_name(name: &ax::HeaderName) -> Option<HeaderName> {
+    let n = name.as_str();
     Some(match n {
         "user-agent" => hh::USER_AGENT,
         "accept" => hh::ACCEPT,
@@ -234,7 +407,11 @@ fn hyper_name(n: &str) -> Option<HeaderName> {
         "if-modified-since" => hh::IF_MODIFIED_SINCE,
         "origin" => hh::ORIGIN,
         "referer" => hh::REFERER,
-        _ => return HeaderName::from_bytes(n.as_bytes()).ok(),
+        _ => {
+            return HYPER_NAMES.with_borrow_mut(|names| {
+                names.get(n, HeaderName::as_str, |b| HeaderName::from_bytes(b).ok())
+            })
+        }
     })
 }
 
@@ -242,11 +419,8 @@ fn hyper_name(n: &str) -> Option<HeaderName> {
 pub fn trailers_to_upstream(src: &ax::HeaderMap) -> hh::HeaderMap {
     let mut dst = hh::HeaderMap::with_capacity(src.len());
     for (name, value) in src.iter() {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            dst.append(n, v);
+        if let Some(n) = hyper_name(name) {
+            dst.append(n, to_hyper(value));
         }
     }
     dst
@@ -256,11 +430,8 @@ pub fn trailers_to_upstream(src: &ax::HeaderMap) -> hh::HeaderMap {
 pub fn trailers_to_client(src: &hh::HeaderMap) -> ax::HeaderMap {
     let mut dst = ax::HeaderMap::with_capacity(src.len());
     for (name, value) in src.iter() {
-        if let (Ok(n), Ok(v)) = (
-            ax::HeaderName::from_bytes(name.as_str().as_bytes()),
-            ax::HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            dst.append(n, v);
+        if let Some(n) = actix_name(name) {
+            dst.append(n, to_actix(value));
         }
     }
     dst
@@ -312,9 +483,56 @@ mod tests {
         ] {
             let parsed = ax::HeaderName::from_bytes(n.as_bytes()).unwrap();
             let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
-            assert_eq!(actix_name(&name), Some(parsed), "{n}");
-            assert_eq!(hyper_name(n), Some(name), "{n}");
+            assert_eq!(actix_name(&name), Some(parsed.clone()), "{n}");
+            assert_eq!(hyper_name(&parsed), Some(name), "{n}");
         }
+    }
+
+    #[test]
+    fn cached_names_are_the_names_asked_for() {
+        // More names than slots, twice: every slot is taken, replaced and hit.
+        for _ in 0..2 {
+            for i in 0..3 * NAME_SLOTS {
+                let n = format!("x-header-{i}");
+                let actix = ax::HeaderName::from_bytes(n.as_bytes()).unwrap();
+                let hyper = HeaderName::from_bytes(n.as_bytes()).unwrap();
+                assert_eq!(hyper_name(&actix).as_ref(), Some(&hyper));
+                assert_eq!(actix_name(&hyper).as_ref(), Some(&actix));
+            }
+        }
+    }
+
+    #[test]
+    fn value_rules_agree() {
+        // `to_hyper` and `to_actix` skip validation: the two crates must accept the same bytes.
+        for b in 0..=255u8 {
+            let bytes = [b'a', b, b'z'];
+            assert_eq!(
+                ax::HeaderValue::from_bytes(&bytes).is_ok(),
+                HeaderValue::from_bytes(&bytes).is_ok(),
+                "byte {b:#04x}"
+            );
+        }
+        let v = ax::HeaderValue::from_static("shared");
+        let mut secret = HeaderValue::from_static("secret");
+        secret.set_sensitive(true);
+        assert_eq!(to_hyper(&v), "shared");
+        assert_eq!(to_actix(&to_hyper(&v)), "shared");
+        assert!(to_actix(&secret).is_sensitive());
+    }
+
+    #[test]
+    fn connection_nominates_names_in_any_case() {
+        let values: [&[u8]; 2] = [b"keep-alive, X-Secret ,Upgrade", b"close,,x-other"];
+        let n = Nominated::new(values.into_iter());
+        assert!(n.contains("x-secret") && n.contains("x-other") && n.contains("close"));
+        assert!(!n.contains("x-public"));
+        // Hop-by-hop names are removed anyway: not kept to compare with.
+        assert_eq!(n.len, 3);
+        let many: [&[u8]; 1] = [b"a, b, c, d, e, f"];
+        let n = Nominated::new(many.into_iter());
+        assert!(["a", "b", "c", "d", "e", "f"].iter().all(|t| n.contains(t)));
+        assert!(!Nominated::new(std::iter::empty()).contains("a"));
     }
 
     #[test]
@@ -328,12 +546,14 @@ mod tests {
             "::1",
             "2001:db8::7",
             "::ffff:192.0.2.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         ] {
             let addr: std::net::IpAddr = ip.parse().unwrap();
             let mut out = Vec::new();
             crate::base::net::push_ip(&mut out, addr);
             let want = ip.trim_start_matches("::ffff:");
             assert_eq!(String::from_utf8(out).unwrap(), want);
+            assert!(want.len() <= MAX_IP_TEXT);
         }
     }
 }

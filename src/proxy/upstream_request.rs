@@ -7,6 +7,7 @@ use super::body::ProxyBody;
 use super::context::Ctx;
 use super::headers;
 use super::route::Routed;
+use crate::base::arena;
 use crate::base::error::GatewayError;
 use crate::config::model::{RewritePart, RouteConfig, UpstreamProtocol};
 use crate::edge::auth::{HeaderEdits, Identity};
@@ -69,12 +70,7 @@ pub fn build<'a>(
             .query()
             .and_then(|q| crate::edge::auth::api_key::strip_query_param(q, name))
         {
-            let pq = match rest.is_empty() {
-                true => path_and_query.path().to_string(),
-                false => format!("{}?{rest}", path_and_query.path()),
-            };
-            path_and_query = http::uri::PathAndQuery::try_from(pq)
-                .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
+            path_and_query = path_query(path_and_query.path(), &rest)?;
         }
     }
     let method = http::Method::from_bytes(req.method().as_str().as_bytes())
@@ -98,8 +94,7 @@ pub fn build<'a>(
         te_trailers: req.version() >= actix_web::http::Version::HTTP_2
             && rt.upstreams[routed.route.upstream].config.protocol != UpstreamProtocol::Http1,
     };
-    let mut request_id = http::HeaderValue::from_bytes(ctx.rid.as_bytes())
-        .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
+    let mut request_id = headers::to_hyper(&ctx.rid);
     // Never indexed by HPACK on an HTTP/2 upstream connection (see request_id::for_request):
     // unique per request, it churned the encoder's table (callgrind, h2load to an h2c upstream:
     // about 2,200 instructions per request).
@@ -192,6 +187,8 @@ impl UpstreamRequest<'_> {
 
     fn with_body(&self, body: ProxyBody) -> http::Request<ProxyBody> {
         let mut up = http::Request::new(body);
+        // A map that served an earlier request and came back with its response.
+        *up.headers_mut() = headers::header_map();
         *up.method_mut() = self.method.clone();
         // Origin-form on the wire (`GET /path?query HTTP/1.1`); the pool picks the server.
         *up.uri_mut() = http::Uri::from(self.path_and_query.clone());
@@ -250,41 +247,56 @@ impl UpstreamRequest<'_> {
 }
 
 /// The path and query sent upstream: the route's rewrite with parameters substituted, or the
-/// client's path unchanged. The query string always goes along.
+/// client's path unchanged. The query string always goes along. Written to the worker's arena
+/// ([`crate::base::arena`]): no allocation per request.
 fn upstream_path(
     req: &HttpRequest,
     merged_path: Option<&str>,
     route: &RouteConfig,
     params: &matchit::Params<'_, '_>,
 ) -> Result<http::uri::PathAndQuery, GatewayError> {
-    let bad = |_| GatewayError::BadRequest("invalid request target");
     let query = req.query_string();
     let Some(rw) = &route.rewrite else {
         return match merged_path {
             None => {
                 let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                http::uri::PathAndQuery::try_from(pq).map_err(bad)
+                parse_path(arena::copy(pq.as_bytes()))
             }
-            Some(path) if query.is_empty() => {
-                http::uri::PathAndQuery::try_from(path.to_string()).map_err(bad)
-            }
-            Some(path) => http::uri::PathAndQuery::try_from(format!("{path}?{query}")).map_err(bad),
+            Some(path) => path_query(path, query),
         };
     };
-    let mut out = String::with_capacity(rw.template.len() + 32 + query.len());
-    for part in &rw.parts {
-        match part {
-            RewritePart::Literal(s) => out.push_str(s),
-            RewritePart::Param(i) => {
-                if let Some((_, v)) = params.iter().nth(*i) {
-                    out.push_str(v);
+    let params_len: usize = params.iter().map(|(_, v)| v.len()).sum();
+    let len = rw.template.len() + params_len + 1 + query.len();
+    parse_path(arena::build(len, |out| {
+        for part in &rw.parts {
+            match part {
+                RewritePart::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                RewritePart::Param(i) => {
+                    if let Some((_, v)) = params.iter().nth(*i) {
+                        out.extend_from_slice(v.as_bytes());
+                    }
                 }
             }
         }
-    }
-    if !query.is_empty() {
-        out.push('?');
-        out.push_str(query);
-    }
-    http::uri::PathAndQuery::try_from(out).map_err(bad)
+        if !query.is_empty() {
+            out.extend_from_slice(b"?");
+            out.extend_from_slice(query.as_bytes());
+        }
+    }))
+}
+
+/// `path`, and `?query` when there is one, as a path and query.
+fn path_query(path: &str, query: &str) -> Result<http::uri::PathAndQuery, GatewayError> {
+    parse_path(arena::build(path.len() + 1 + query.len(), |out| {
+        out.extend_from_slice(path.as_bytes());
+        if !query.is_empty() {
+            out.extend_from_slice(b"?");
+            out.extend_from_slice(query.as_bytes());
+        }
+    }))
+}
+
+fn parse_path(bytes: Bytes) -> Result<http::uri::PathAndQuery, GatewayError> {
+    http::uri::PathAndQuery::from_maybe_shared(bytes)
+        .map_err(|_| GatewayError::BadRequest("invalid request target"))
 }

@@ -120,10 +120,7 @@ pub async fn proxy<'a>(
         // Request steps only: a 101 has no body and its headers are the handshake's.
         drop(super::transform::request(ctx, routed, identity, &mut up)?);
     }
-    let watch = BodyWatch {
-        too_large: Default::default(),
-        progress: Default::default(),
-    };
+    let watch = BodyWatch::default();
     let answer = super::forward::forward(ctx, routed.route, host, &mut up, &watch).await?;
     if answer.parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
         // The upstream refused the upgrade (401, 404, 426...): its answer is the client's.

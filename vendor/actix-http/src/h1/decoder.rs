@@ -286,7 +286,7 @@ impl MessageType for Request {
         // Not zeroed: `record` writes the slots it returns (zeroing 96 of them was 3 KB a head).
         let mut headers = [const { MaybeUninit::<HeaderIndex>::uninit() }; MAX_HEADERS];
 
-        let (len, method, uri, ver, raw) = {
+        let (len, method, target, ver, raw) = {
             // SAFETY:
             // Create an uninitialized array of `MaybeUninit`. The `assume_init` is safe because the
             // type we are claiming to have initialized here is a bunch of `MaybeUninit`s, which
@@ -302,7 +302,11 @@ impl MessageType for Request {
                 httparse::Status::Complete(len) => {
                     let method = Method::from_bytes(req.method.unwrap().as_bytes())
                         .map_err(|_| ParseError::Method)?;
-                    let uri = Uri::try_from(req.path.unwrap())?;
+                    // Where the request target is in `src`: the URI is parsed from that slice
+                    // of the frozen head below (shared, not copied).
+                    let path = req.path.unwrap();
+                    let start = path.as_ptr() as usize - src.as_ptr() as usize;
+                    let target = start..start + path.len();
                     let version = if req.version.unwrap() == 1 {
                         Version::HTTP_11
                     } else {
@@ -310,7 +314,7 @@ impl MessageType for Request {
                     };
                     let raw = HeaderIndex::record(src, req.headers, &mut headers);
 
-                    (len, method, uri, version, raw)
+                    (len, method, target, version, raw)
                 }
 
                 httparse::Status::Partial => {
@@ -325,10 +329,13 @@ impl MessageType for Request {
             }
         };
 
+        let head_bytes = src.split_to(len).freeze();
+        let uri = Uri::from_maybe_shared(head_bytes.slice(target))?;
+
         let mut msg = Request::new();
 
         // convert headers
-        let mut length = msg.set_headers(&src.split_to(len).freeze(), raw, ver)?;
+        let mut length = msg.set_headers(&head_bytes, raw, ver)?;
 
         // disallow HTTP/1.1 requests that do not contain a Host header
         // see https://datatracker.ietf.org/doc/html/rfc9112#section-3.2

@@ -1,0 +1,92 @@
+//! Short byte strings made per request without an allocation each: per-thread buffers that
+//! hand out `Bytes` slices of themselves (the request id, X-Forwarded-For, the upstream
+//! request's path). A buffer is reused in place once every slice of it has been dropped; one
+//! whose slices are still alive (a long request's id) is left to them and replaced.
+
+use bytes::{Bytes, BytesMut};
+use std::cell::RefCell;
+
+/// The size of each buffer.
+const BUFFER: usize = 4096;
+/// Buffers per thread, used in turn: by the time one comes round again, the requests its
+/// slices were made for are normally over, so it is reused in place.
+const RING: usize = 4;
+/// Pieces longer than this are allocated on their own (a few would use up a buffer).
+pub const MAX_PIECE: usize = 512;
+
+thread_local! {
+    static BUFFERS: RefCell<Ring> = RefCell::new(Ring::default());
+}
+
+#[derive(Default)]
+struct Ring {
+    bufs: [BytesMut; RING],
+    at: usize,
+}
+
+impl Ring {
+    /// The buffer to write the next piece to, with room for `len` bytes.
+    fn room(&mut self, len: usize) -> &mut BytesMut {
+        // Between pieces a buffer holds no bytes of its own: its capacity is the room left.
+        if self.bufs[self.at].capacity() < len {
+            self.at = (self.at + 1) % RING;
+            // In place when no slice of that buffer is alive any more, else a new buffer
+            // (bytes' `reserve` reclaims a uniquely held buffer).
+            self.bufs[self.at].reserve(BUFFER);
+        }
+        &mut self.bufs[self.at]
+    }
+}
+
+/// A piece of at most `max_len` bytes, written by `write`. Writing more is allowed but may
+/// cost an allocation.
+pub fn build(max_len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    if max_len > MAX_PIECE {
+        let mut own = BytesMut::with_capacity(max_len);
+        write(&mut own);
+        return own.freeze();
+    }
+    BUFFERS.with(|ring| {
+        let mut ring = ring.borrow_mut();
+        let buf = ring.room(max_len);
+        write(buf);
+        buf.split().freeze()
+    })
+}
+
+/// A copy of `bytes`.
+pub fn copy(bytes: &[u8]) -> Bytes {
+    build(bytes.len(), |buf| buf.extend_from_slice(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_are_copies_and_buffers_come_round_again() {
+        let a = copy(b"first");
+        let b = build(8, |buf| buf.extend_from_slice(b"second"));
+        assert_eq!((&a[..], &b[..]), (&b"first"[..], &b"second"[..]));
+        // Enough pieces to go round the ring several times, kept alive or not.
+        let kept: Vec<Bytes> = (0..3 * RING * BUFFER / 100)
+            .map(|i| {
+                let piece = copy(&[(i % 251) as u8; 100]);
+                assert_eq!(piece.len(), 100);
+                piece
+            })
+            .collect();
+        for (i, piece) in kept.iter().enumerate() {
+            assert!(
+                piece.iter().all(|&x| x == (i % 251) as u8),
+                "piece {i} changed"
+            );
+        }
+        drop(kept);
+        for i in 0..3 * RING * BUFFER / 100 {
+            assert_eq!(copy(&[i as u8; 100])[..], [i as u8; 100]);
+        }
+        let long = copy(&[7; MAX_PIECE + 1]);
+        assert_eq!(long.len(), MAX_PIECE + 1);
+    }
+}
