@@ -8,7 +8,7 @@
 //! At level info every request writes an access line and, on a route that authenticates, an
 //! audit line: their formatting was the larger part of what the access log cost a request.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -67,23 +67,41 @@ where
         let Some(stamp) = stamp else {
             return self.spans.format_event(ctx, writer, event);
         };
-        let meta = event.metadata();
-        let w = &mut writer;
-        w.write_str("{\"timestamp\":\"")?;
-        w.write_str(stamp.as_str())?;
-        w.write_str("\",\"level\":\"")?;
-        w.write_str(level(meta.level()))?;
-        w.write_char('"')?;
-        let mut fields = Fields {
-            w: &mut *w,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        w.write_str(",\"target\":")?;
-        string(w, meta.target())?;
-        w.write_str("}\n")
+        // The line is built in a buffer of this thread's and handed over in one write: each
+        // write to `writer` is a call through `dyn fmt::Write`.
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                write_line(&mut buf, &stamp, event);
+                writer.write_str(&buf)
+            }
+            // Formatting a field logged an event of its own on this thread.
+            Err(_) => {
+                let mut buf = String::with_capacity(256);
+                write_line(&mut buf, &stamp, event);
+                writer.write_str(&buf)
+            }
+        })
     }
+}
+
+thread_local! {
+    /// The line being formatted on this thread.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// The line of an event outside any span, with its newline.
+fn write_line(buf: &mut String, stamp: &Stamp, event: &Event<'_>) {
+    let meta = event.metadata();
+    buf.push_str("{\"timestamp\":\"");
+    buf.push_str(stamp.as_str());
+    buf.push_str("\",\"level\":\"");
+    buf.push_str(level(meta.level()));
+    buf.push('"');
+    event.record(&mut Fields { buf: &mut *buf });
+    buf.push_str(",\"target\":");
+    string(buf, meta.target());
+    buf.push_str("}\n");
 }
 
 fn level(l: &Level) -> &'static str {
@@ -155,61 +173,61 @@ fn timestamp(now: std::time::SystemTime) -> Option<Stamp> {
 
 /// Writes the event's fields as `,"name":value` entries, as tracing-serde's map visitor
 /// does through serde_json.
-struct Fields<'a, 'w> {
-    w: &'a mut Writer<'w>,
-    result: fmt::Result,
+struct Fields<'a> {
+    buf: &'a mut String,
 }
 
-impl Fields<'_, '_> {
-    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = (|| {
-            self.w.write_char(',')?;
-            string(self.w, field.name())?;
-            self.w.write_char(':')?;
-            value(self.w)
-        })();
+impl Fields<'_> {
+    fn key(&mut self, field: &Field) {
+        self.buf.push(',');
+        string(self.buf, field.name());
+        self.buf.push(':');
     }
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.entry(field, |w| w.write_str(if value { "true" } else { "false" }));
+        self.key(field);
+        self.buf.push_str(if value { "true" } else { "false" });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.entry(field, |w| w.write_str(itoa(value, false, &mut [0; 20])));
+        self.key(field);
+        self.buf.push_str(itoa(value, false, &mut [0; 20]));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.entry(field, |w| {
-            w.write_str(itoa(value.unsigned_abs(), value < 0, &mut [0; 20]))
-        });
+        self.key(field);
+        self.buf
+            .push_str(itoa(value.unsigned_abs(), value < 0, &mut [0; 20]));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.entry(field, |w| {
-            // serde_json's own float formatting (ryu; `null` for NaN and infinities).
-            let mut buf = [0u8; 32];
-            let mut cursor = &mut buf[..];
-            serde_json::to_writer(&mut cursor, &value).map_err(|_| fmt::Error)?;
-            let len = 32 - cursor.len();
-            w.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
-        });
+        self.key(field);
+        // serde_json's own float formatting (ryu; `null` for NaN and infinities).
+        let mut buf = [0u8; 32];
+        let mut cursor = &mut buf[..];
+        let text = match serde_json::to_writer(&mut cursor, &value) {
+            Ok(()) => {
+                let len = 32 - cursor.len();
+                std::str::from_utf8(&buf[..len]).unwrap_or("null")
+            }
+            Err(_) => "null",
+        };
+        self.buf.push_str(text);
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.entry(field, |w| string(w, value));
+        self.key(field);
+        string(self.buf, value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.entry(field, |w| {
-            w.write_char('"')?;
-            write!(Escaped(w), "{value:?}")?;
-            w.write_char('"')
-        });
+        self.key(field);
+        self.buf.push('"');
+        // Writing into a String never fails.
+        let _ = write!(Escaped(&mut *self.buf), "{value:?}");
+        self.buf.push('"');
     }
 }
 
@@ -233,55 +251,94 @@ fn itoa(mut v: u64, neg: bool, buf: &mut [u8; 20]) -> &str {
 }
 
 /// A JSON string: quoted, escaped.
-fn string(w: &mut Writer<'_>, s: &str) -> fmt::Result {
-    w.write_char('"')?;
-    Escaped(w).write_str(s)?;
-    w.write_char('"')
+fn string(buf: &mut String, s: &str) {
+    buf.push('"');
+    escape_into(buf, s);
+    buf.push('"');
 }
 
-/// Writes what it is given escaped as serde_json escapes a string's contents: `"`, `\` and
-/// control characters; everything else as it is.
-struct Escaped<'a, 'w>(&'a mut Writer<'w>);
+/// Whether any of the 8 bytes of `w` must be escaped in a JSON string: a control character
+/// (below 0x20), `"` or `\`: the classic "has a zero byte" and "has a byte below n" tests,
+/// exact as a yes or no (all that is asked).
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (below_space | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))) != 0
+}
 
-impl Write for Escaped<'_, '_> {
+/// Appends `s` escaped as serde_json escapes a string's contents: `"`, `\` and control
+/// characters; everything else as it is. Eight bytes at a time while nothing needs escaping
+/// (nearly always: paths, names, ids).
+fn escape_into(buf: &mut String, s: &str) {
+    let bytes = s.as_bytes();
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let mut clean = 0;
+    if bytes.len() < 8 {
+        // A short string: padded with spaces (never escaped) to one word.
+        let mut w = [b' '; 8];
+        w[..bytes.len()].copy_from_slice(bytes);
+        if !needs_escape(u64::from_le_bytes(w)) {
+            buf.push_str(s);
+            return;
+        }
+    } else {
+        while clean + 8 <= bytes.len() && !needs_escape(word(clean)) {
+            clean += 8;
+        }
+        // The last word, overlapping the one before: the tail without a byte loop.
+        if clean + 8 > bytes.len() && !needs_escape(word(bytes.len() - 8)) {
+            buf.push_str(s);
+            return;
+        }
+    }
+    // Up to `clean` nothing needs escaping; the rest is looked at byte by byte.
+    escape_from(buf, s, clean);
+}
+
+/// [`escape_into`] once the bytes before `scan` are known to need no escaping.
+fn escape_from(buf: &mut String, s: &str, scan: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate().skip(scan) {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `start..i` holds no byte that is escaped, so it ends at a character boundary (an
+        // escaped byte is ASCII).
+        buf.push_str(&s[start..i]);
+        start = i + 1;
+        if short.is_empty() {
+            buf.push_str("\\u00");
+            buf.push(char::from(HEX[usize::from(b >> 4)]));
+            buf.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            buf.push_str(short);
+        }
+    }
+    buf.push_str(&s[start..]);
+}
+
+/// Escapes what is written through it (a Debug value's text) into the line.
+struct Escaped<'a>(&'a mut String);
+
+impl Write for Escaped<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let bytes = s.as_bytes();
-        let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let short = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x08 => "\\b",
-                0x0c => "\\f",
-                0..=0x1f => "",
-                _ => continue,
-            };
-            if start < i {
-                self.0.write_str(&s[start..i])?;
-            }
-            start = i + 1;
-            if short.is_empty() {
-                let u = [
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 0xf)],
-                ];
-                self.0
-                    .write_str(std::str::from_utf8(&u).map_err(|_| fmt::Error)?)?;
-            } else {
-                self.0.write_str(short)?;
-            }
-        }
-        if start < bytes.len() {
-            self.0.write_str(&s[start..])?;
-        }
+        escape_into(self.0, s);
         Ok(())
     }
 }
@@ -318,6 +375,9 @@ mod tests {
             target: "kairos::access",
             method = "GET",
             path = "/a\"b\\c\n\u{1}\u{7f}é",
+            long = "/a/long/path/é/with/ünïcode/€/and\ttabs/\"quoted\"/end/ééééé\"",
+            clean = "/exactly/16bytes",
+            ctl = "1234567é\u{1f}",
             status = 200u16,
             latency_ms = 0.123_456_f64,
             neg = -42i64,
@@ -373,6 +433,32 @@ mod tests {
         for (a, b) in ours.iter().zip(&theirs) {
             assert_eq!(untimed(a), untimed(b));
             serde_json::from_str::<serde_json::Value>(a).expect("valid JSON");
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let escapes = [
+            'a', '/', '"', '\\', '\n', '\u{1}', '\u{1f}', ' ', '\u{7f}', 'é', '€', '😀',
+        ];
+        // Mostly clean strings (the fast path), now and then one byte to escape.
+        let mostly_clean = [
+            'a', '/', ' ', '-', '9', '~', '\u{7f}', 'é', '€', '😀', 'z', '"',
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for alphabet in [escapes, mostly_clean] {
+            for _ in 0..20_000 {
+                let len = rng.usize(0..40);
+                let s: String = (0..len)
+                    .map(|_| match rng.usize(0..20) {
+                        0 if alphabet == mostly_clean => '"',
+                        _ => alphabet[rng.usize(0..alphabet.len() - 1)],
+                    })
+                    .collect();
+                let mut ours = String::new();
+                string(&mut ours, &s);
+                assert_eq!(ours, serde_json::to_string(&s).unwrap(), "{s:?}");
+            }
         }
     }
 
