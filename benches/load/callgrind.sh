@@ -10,7 +10,9 @@
 # Environment: EXTRA=', "tracing": {...}' adds top-level config keys; PORT_BASE (default 19001)
 # picks the three loopback ports (upstream, gateway, OTLP sink); CG_OUT=FILE keeps the callgrind
 # profile of the measured run (for callgrind_annotate); ACCESS_LOG=true turns the access log on
-# (written to the gateway's stderr, and kept in the admin UI's log ring); STREAM=1 gives the
+# (kept in the admin UI's log ring; written to the gateway's stderr only at a level that lets
+# `kairos::access` info lines through: LEVEL=info, the default level of a config, where the
+# default here is warn); STREAM=1 gives the
 # gateway an admin token and keeps a client reading /_kairos/events (the admin UI's live
 # stream) connected during the measured requests. ROUTE_EXTRA=', "auth": "jwt"' adds keys to
 # the route; HEADER='Authorization: Bearer ...' sends a header with every request (curl only).
@@ -57,13 +59,16 @@ until ss -Htln | grep -q ":$UP "; do sleep 0.1; done
 
 STREAM_TOKEN=callgrind-stream-token-0123456789
 if [ "${STREAM:-0}" = 1 ]; then ADMIN=", \"admin\": { \"token\": \"$STREAM_TOKEN\" }"; fi
-cat > "$W/kairos.json" <<CONF
+# The config in a folder of its own: the config watcher watches its folder, and the
+# gateway's stderr (the access log) is written into $W.
+mkdir -p "$W/conf"
+cat > "$W/conf/kairos.json" <<CONF
 { "version": 1,
   "server": { "host": "127.0.0.1", "port": $GW, "workers": 1, "shutdown_timeout": "1s" },
   "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:$UP" }] },
                  "h2c": { "servers": [{ "url": "http://127.0.0.1:$H2UP" }], "protocol": "h2c" } },
   "routes": [{ "name": "all", "path": "/{*rest}", "upstream": "$([ "$UPSTREAM" = h2c ] && echo h2c || echo up)" ${ROUTE_EXTRA:-} }],
-  "logging": { "level": "warn", "access_log": ${ACCESS_LOG:-false} } ${ADMIN:-} ${EXTRA:-} }
+  "logging": { "level": "${LEVEL:-warn}", "access_log": ${ACCESS_LOG:-false} } ${ADMIN:-} ${EXTRA:-} }
 CONF
 awk -v n="$N" -v u="http://127.0.0.1:$GW/api/items/42" \
     -v h="${HEADER:-}" 'BEGIN {
@@ -74,7 +79,7 @@ awk -v n="$N" -v u="http://127.0.0.1:$GW/api/items/42" \
 # One callgrind run; $1 = number of requests (0 = start, wait for the port, stop).
 run() {
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$W/kairos-$1.out" \
-        "$BIN" --config "$W/kairos.json" 2>"$W/kairos-$1.vg.log" &
+        "$BIN" --config "$W/conf/kairos.json" 2>"$W/kairos-$1.vg.log" &
     local vg=$!
     until ss -Htln | grep -q ":$GW "; do kill -0 $vg || { cat "$W/kairos-$1.vg.log" >&2; return 1; }; sleep 0.2; done
     local stream=

@@ -23,6 +23,7 @@
 #   CACHE        1 (default) also runs the response-cache variants below; 0 skips them
 #   CHURN_MAX    caching.max_size of kairos-cache-churn (default 64MB)
 #   TENANCY      1 (default) also runs the tenancy variants below; 0 skips them
+#   CHAIN        1 (default) also runs kairos-chain below; 0 skips it
 #
 # Targets (all on 127.0.0.1, free ports picked at start):
 #   upstream     nginx, 1 worker, `return 200 "ok"`           (what every proxy forwards to)
@@ -56,6 +57,13 @@
 #                against the quota (file store: redb in the temp dir; or the redis store, one
 #                round trip per request) and recorded in the tenant metrics. kairos-tenant-none
 #                sends the same header to the plain kairos target: the baseline.
+#   kairos-chain kairos with 10 routes and the full chain on the hit route, as a user runs the
+#                gateway: `"auth": "jwt"` (HS256; wrk sends one valid token), a per-IP limit in
+#                memory that never binds, metrics, tracing at sampling_rate 0.1 to a collector
+#                that is down (a socket bound by the script that never listens: every export
+#                is refused and its spans dropped), and the access log on at level info,
+#                written to stderr redirected to a file. Compare with `kairos` (the issue's
+#                target: >= 0.85x); the report also gives both CPU times per request.
 #
 # CPU pinning (PIN=1, needs >= 2 CPUs): the proxy under test (nginx worker, or kairos-rs with
 # all its threads) runs alone on PROXY_CPU; wrk and the upstream nginx share AUX_CPU. A proxy
@@ -101,6 +109,7 @@ RATELIMIT=${RATELIMIT:-1}
 CACHE=${CACHE:-1}
 CHURN_MAX=${CHURN_MAX:-64MB}
 TENANCY=${TENANCY:-1}
+CHAIN=${CHAIN:-1}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HIT_PATH=/api/items/42          # the request every wrk run sends
@@ -164,6 +173,7 @@ free_port REDIS_PORT
 free_port NGXC_PORT
 free_port KC_PORT
 free_port KCH_PORT
+free_port CHAIN_PORT
 declare -A TEN_PORT
 for t in kairos-tenant-file kairos-tenant-redis; do
     free_port port
@@ -251,8 +261,9 @@ nginx_conf nginx-cache "
 
 # kairos configs: the hit route plus N-1 generated routes of three shapes (static, parameter,
 # catch-all), all distinct, so the only difference between the two instances is the count.
-kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validation JSON[, rate_limiting JSON[, caching JSON[, hit route rewrite[, quota_store JSON]]]]]]
-    local file=$1 port=$2 n=$3 rate=${4:-} jwt=${5:-} rl=${6:-} caching=${7:-} rewrite=${8:-} ten=${9:-} hit_auth="" skip_hit=0
+kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validation JSON[, rate_limiting JSON[, caching JSON[, hit route rewrite[, quota_store JSON[, collector port[, access log]]]]]]]]
+    local file=$1 port=$2 n=$3 rate=${4:-} jwt=${5:-} rl=${6:-} caching=${7:-} rewrite=${8:-} ten=${9:-}
+    local collector=${10:-$SINK_PORT} access=${11:-} hit_auth="" skip_hit=0
     [[ -n $ten ]] && skip_hit=1
     [[ -n $jwt ]] && hit_auth=', "auth": "jwt"'
     [[ -n $rl ]] && hit_auth+=', "rate_limit": { "per_ip": { "rps": 1000000, "burst": 1000000 } }'
@@ -268,14 +279,19 @@ kairos_conf() { # file, port, route count[, tracing sampling rate[, jwt_validati
             printf '  "rate_limiting": %s,\n' "$rl"
         fi
         if [[ -n $rate ]]; then
-            printf '  "tracing": { "endpoint": "http://127.0.0.1:%s", "sampling_rate": %s },\n' "$SINK_PORT" "$rate"
+            printf '  "tracing": { "endpoint": "http://127.0.0.1:%s", "sampling_rate": %s },\n' "$collector" "$rate"
         fi
         if [[ -n $jwt ]]; then
             printf '  "jwt_validation": %s,\n' "$jwt"
         fi
         printf '  "server": { "host": "127.0.0.1", "port": %s, "workers": 1, "shutdown_timeout": "1s" },\n' "$port"
         printf '  "upstreams": { "up": { "servers": [{ "url": "http://127.0.0.1:%s" }] } },\n' "$UP_PORT"
-        printf '  "logging": { "level": "warn", "access_log": false },\n'
+        if [[ -n $access ]]; then
+            # As a user runs it: level info writes the access log (and the audit lines).
+            printf '  "logging": { "level": "info", "access_log": true },\n'
+        else
+            printf '  "logging": { "level": "warn", "access_log": false },\n'
+        fi
         printf '  "routes": [\n'
         awk -v n="$n" -v hit="$HIT_ROUTE" -v auth="$hit_auth" -v skip="$skip_hit" 'BEGIN {
             half = int((n - 1) / 2)
@@ -375,8 +391,8 @@ if [[ $TRACING == 1 ]]; then
     done
 fi
 declare -A AUTH_PID HDR_OF
-if [[ $AUTH == 1 ]]; then
-    command -v openssl >/dev/null || die "openssl is needed for the JWT variants (AUTH=0 skips them)"
+if [[ $AUTH == 1 || $CHAIN == 1 ]]; then
+    command -v openssl >/dev/null || die "openssl is needed for the JWT variants and the chain (AUTH=0 CHAIN=0 skip them)"
     b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
     jwt_token() { # alg, signing command...
         local alg=$1 h p
@@ -386,13 +402,16 @@ if [[ $AUTH == 1 ]]; then
         printf '%s.%s.%s' "$h" "$p" "$(printf '%s.%s' "$h" "$p" | "$@" | b64url)"
     }
     HS_SECRET=$(openssl rand -hex 32)
+    HS_TOKEN=$(jwt_token HS256 openssl dgst -sha256 -hmac "$HS_SECRET" -binary)
+fi
+if [[ $AUTH == 1 ]]; then
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rs.pem" 2>/dev/null
     RS_PUB=$(openssl pkey -in "$TMP/rs.pem" -pubout | awk '{ printf "%s\\n", $0 }')
     declare -A JWT_CONF=(
         [kairos-hs256]="{ \"secret\": \"$HS_SECRET\", \"algorithm\": \"HS256\" }"
         [kairos-rs256]="{ \"public_key\": \"$RS_PUB\", \"algorithm\": \"RS256\" }"
     )
-    HDR_OF[kairos-hs256]="Authorization: Bearer $(jwt_token HS256 openssl dgst -sha256 -hmac "$HS_SECRET" -binary)"
+    HDR_OF[kairos-hs256]="Authorization: Bearer $HS_TOKEN"
     HDR_OF[kairos-rs256]="Authorization: Bearer $(jwt_token RS256 openssl dgst -sha256 -sign "$TMP/rs.pem" -binary)"
     for t in kairos-hs256 kairos-rs256; do
         kairos_conf "$TMP/$t.json" "${AUTH_PORT[$t]}" 10 "" "${JWT_CONF[$t]}"
@@ -521,6 +540,39 @@ if [[ $TENANCY == 1 ]]; then
     HDR_OF[kairos-tenant-none]="X-Tenant-Id: acme"
 fi
 
+CHAIN_PID=""
+if [[ $CHAIN == 1 ]]; then
+    # The collector that is down: a socket bound (so no one else gets its port) that never
+    # listens, held for the whole run: every connection to it is refused at once.
+    command -v python3 >/dev/null || die "python3 is needed for kairos-chain's dead collector (CHAIN=0 skips it)"
+    python3 -c 'import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1], flush=True)
+sys.stdout.close(); time.sleep(1e9)' >"$TMP/dead-collector.port" &
+    PIDS+=("$!")
+    for _ in $(seq 50); do [[ -s $TMP/dead-collector.port ]] && break; sleep 0.1; done
+    DEAD_PORT=$(cat "$TMP/dead-collector.port")
+    [[ -n $DEAD_PORT ]] || die "no port for the dead collector"
+    kairos_conf "$TMP/kairos-chain.json" "$CHAIN_PORT" 10 0.1 \
+        "{ \"secret\": \"$HS_SECRET\", \"algorithm\": \"HS256\" }" '{ "backend": "memory" }' \
+        "" "" "" "$DEAD_PORT" on
+    "$KAIROS_BIN" config validate "$TMP/kairos-chain.json" >&2 || die "kairos config (kairos-chain) rejected"
+    # stdout and stderr to a file, as an operator runs it (the access log is on stderr); in a
+    # folder of its own: every gateway here watches $TMP (its config's folder), and a log
+    # written there would wake each of them, on the proxy's CPU, for every write.
+    mkdir -p "$TMP/logs"
+    CHAIN_LOG=$TMP/logs/kairos-chain.log
+    "${ON_PROXY[@]}" "$KAIROS_BIN" --config "$TMP/kairos-chain.json" >"$CHAIN_LOG" 2>&1 &
+    CHAIN_PID=$!
+    PIDS+=("$CHAIN_PID")
+    HDR_OF[kairos-chain]="Authorization: Bearer $HS_TOKEN"
+    wait_ready kairos-chain "http://127.0.0.1:$CHAIN_PORT$HIT_PATH" "$CHAIN_PID" "${HDR_OF[kairos-chain]}"
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$CHAIN_PORT$HIT_PATH")
+    [[ $code == 401 ]] || die "kairos-chain answered $code without a token, not 401"
+    curl -fsS -D - -o /dev/null -H "${HDR_OF[kairos-chain]}" "http://127.0.0.1:$CHAIN_PORT$HIT_PATH" |
+        grep -qi '^x-ratelimit-remaining' || die "kairos-chain answered without rate-limit headers"
+    TARGETS+=(kairos-chain)
+fi
+
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 sleep 1
@@ -557,6 +609,10 @@ for t in "${!TEN_PID[@]}"; do
     PID_OF[$t]=${TEN_PID[$t]}
     URL_OF[$t]="http://127.0.0.1:${TEN_PORT[$t]}$HIT_PATH"
 done
+if [[ -n $CHAIN_PID ]]; then
+    PID_OF[kairos-chain]=$CHAIN_PID
+    URL_OF[kairos-chain]="http://127.0.0.1:$CHAIN_PORT$HIT_PATH"
+fi
 if [[ $TENANCY == 1 ]]; then
     PID_OF[kairos-tenant-none]=$K10_PID
     URL_OF[kairos-tenant-none]=${URL_OF[kairos]}
@@ -697,6 +753,15 @@ for t in kairos-tenant-file kairos-tenant-redis; do
     [[ -n ${TEN_PID[$t]:-} ]] || continue
     printf '%-40s %s\n' "$t / same request, no tenancy:" "$(ratio "${M_RPS[$t]}" "${M_RPS[kairos-tenant-none]}")"
 done
+if [[ -n $CHAIN_PID ]]; then
+    printf '%-40s %s\n' "kairos-chain / kairos req/s:" "$(ratio "${M_RPS[kairos-chain]}" "${M_RPS[kairos]}")"
+    # CPU time per request (µs): cpu % / req/s, the medians'. Less noisy than req/s alone.
+    us() { awk -v c="$1" -v r="$2" 'BEGIN { if (r + 0 == 0) print "n/a"; else printf "%.2f", c * 1e4 / r }'; }
+    printf '%-40s kairos %s, kairos-chain %s\n' "CPU µs per request:" \
+        "$(us "${M_CPU[kairos]}" "${M_RPS[kairos]}")" "$(us "${M_CPU[kairos-chain]}" "${M_RPS[kairos-chain]}")"
+    printf '%-40s %s access-log lines, %s other lines\n' "kairos-chain log file:" \
+        "$(grep -c 'kairos::access' "$CHAIN_LOG" || true)" "$(grep -vc 'kairos::access' "$CHAIN_LOG" || true)"
+fi
 printf '%-40s %s MB idle, %s MB under load\n' "nginx proxy worker RSS:" "$(mb "${RSS_IDLE[nginx]}")" "$(mb "${RSS_LOAD[nginx]}")"
 
 for t in "${TARGETS[@]:1}"; do

@@ -1,30 +1,43 @@
 //! Logging with tracing-subscriber: `RUST_LOG` wins over `logging.level`; `logging.format`
 //! picks JSON lines or human-readable output. Access log lines use the target `kairos::access`.
 //!
-//! No worker ever waits on its log: a line is formatted on the worker and queued for one
-//! background thread (tracing-appender's non-blocking writer) that writes it to stderr, or to
-//! `logging.file`. When [`LOG_QUEUE_LINES`] lines are waiting (a slow or stalled reader of
-//! stderr, a full disk), new lines are dropped and counted in `kairos_log_dropped_total`.
-//! The file is reopened at its configured path on SIGUSR1 ([`reopen`]), after logrotate has
-//! moved it away. Access-log lines, and warnings about a request, are also kept in the
-//! in-memory ring the admin UI reads ([`super::log_ring`]).
+//! No worker ever waits on its log: a line is formatted on the worker and appended to one
+//! shared buffer that a background thread (`kairos-log`) swaps out and writes to stderr, or to
+//! `logging.file`, in batches: one `write` for all the lines of [`FLUSH_EVERY`], never a wake
+//! per line. Appending costs one short lock and a copy (no allocation once the buffer has
+//! grown); the thread is woken only by the first line after it went idle, or when
+//! [`WAKE_BYTES`] are waiting. When [`LOG_QUEUE_LINES`] lines are waiting (a slow or stalled
+//! reader of stderr, a full disk), new lines are dropped and counted in
+//! `kairos_log_dropped_total`. The file is reopened at its configured path on SIGUSR1
+//! ([`reopen`]), after logrotate has moved it away. Access-log lines, and warnings about a
+//! request, are also kept in the in-memory ring the admin UI reads ([`super::log_ring`]).
+//!
+//! The writer this replaced (tracing-appender's non-blocking one) sent each line through a
+//! channel as a `Vec` of its own and woke its thread for it, which wrote it with a `write` of
+//! its own: with the proxy pinned to one CPU, that wake and that syscall per line cost more
+//! than the rest of the access log.
 
 use crate::config::model::{LogFormat, LoggingConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// Lines waiting for the writer thread before new ones are dropped (a few MB of JSON lines).
 pub const LOG_QUEUE_LINES: usize = 8192;
+/// How long the writer thread gathers lines before it writes them, once it has one.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// Waiting bytes that wake the writer thread before [`FLUSH_EVERY`] is over.
+pub const WAKE_BYTES: usize = 256 * 1024;
 
-/// The writer's count of dropped lines, once logging is installed.
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
-/// Set by [`reopen`]; the writer thread reopens the file before its next line.
+/// Lines dropped because the queue was full.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Set by [`reopen`]; the writer thread reopens the file before its next write.
 static REOPEN: AtomicBool = AtomicBool::new(false);
 
 /// Why logging could not start.
@@ -40,7 +53,7 @@ pub enum LoggingError {
 /// Keeps the writer thread; dropping it writes out the queued lines (up to a second). Hold it
 /// until the process ends.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(#[allow(dead_code)] Option<WorkerGuard>);
+pub struct LogGuard(#[allow(dead_code)] Option<Stopper>);
 
 /// Installs the global subscriber. Calling it twice is harmless (the second call is ignored).
 pub fn init(cfg: &LoggingConfig) -> Result<LogGuard, LoggingError> {
@@ -48,12 +61,8 @@ pub fn init(cfg: &LoggingConfig) -> Result<LogGuard, LoggingError> {
         Some(path) => Box::new(LogFile::open(path)?),
         None => Box::new(std::io::stderr()),
     };
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("kairos-log")
-        .finish(sink);
-    let dropped = writer.error_counter();
+    let queue = Arc::new(Queue::default());
+    let writer = Writer(queue.clone());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     // Each layer filters for itself: the log level applies to the log lines, and the
     // OpenTelemetry layer sees the gateway's operation spans whatever the level.
@@ -61,11 +70,11 @@ pub fn init(cfg: &LoggingConfig) -> Result<LogGuard, LoggingError> {
     let fmt = match cfg.format {
         // A line inside an operation span carries the span's fields, its trace_id and span_id
         // among them (trace::ops::record_ids).
+        // Written by our own formatter (super::log_json), the same lines as
+        // tracing-subscriber's JSON format; JSON field formatting for the spans' fields.
         LogFormat::Json => fmt
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(super::log_json::JsonLines::new())
             .with_filter(filter)
             .boxed(),
         LogFormat::Pretty => fmt.compact().with_filter(filter).boxed(),
@@ -78,13 +87,160 @@ pub fn init(cfg: &LoggingConfig) -> Result<LogGuard, LoggingError> {
     if installed.is_err() {
         return Ok(LogGuard(None));
     }
-    let _ = DROPPED.set(dropped);
-    Ok(LogGuard(Some(guard)))
+    // Lines logged before the thread runs wait in the queue (no wake is asked for before the
+    // thread first says it is idle, and it names itself before that).
+    let (done_tx, done_rx) = mpsc::sync_channel(1);
+    let thread = {
+        let queue = queue.clone();
+        std::thread::Builder::new()
+            .name("kairos-log".into())
+            .spawn(move || {
+                let _ = queue.thread.set(std::thread::current());
+                write_out(&queue, sink);
+                let _ = done_tx.try_send(());
+            })
+    };
+    match thread {
+        Ok(_) => Ok(LogGuard(Some(Stopper {
+            queue,
+            done: done_rx,
+        }))),
+        // Nothing to write the lines: they wait until the queue is full, then are counted
+        // as dropped; the gateway runs on.
+        Err(e) => {
+            eprintln!("kairos-rs: cannot start the log writer thread: {e}");
+            Ok(LogGuard(None))
+        }
+    }
 }
 
 /// Log lines dropped so far because the queue was full.
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// The lines waiting for the writer thread.
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+    /// The writer thread is parked until a line comes (set by the thread, taken by the first
+    /// line that finds it set).
+    idle: AtomicBool,
+    stop: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    lines: usize,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Queues one line (the formatter hands over a whole line per write).
+    fn push(&self, line: &[u8]) {
+        let (was_empty, len) = {
+            let mut p = self.lock();
+            if p.lines >= LOG_QUEUE_LINES {
+                drop(p);
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let was_empty = p.bytes.is_empty();
+            p.bytes.extend_from_slice(line);
+            p.lines += 1;
+            (was_empty, p.bytes.len())
+        };
+        if (was_empty && self.idle.swap(false, Ordering::AcqRel))
+            || (len >= WAKE_BYTES && len - line.len() < WAKE_BYTES)
+        {
+            self.wake();
+        }
+    }
+
+    /// Swaps the waiting lines into `out` (empty), leaving its buffer in their place.
+    fn take(&self, out: &mut Vec<u8>) {
+        let mut p = self.lock();
+        std::mem::swap(&mut p.bytes, out);
+        p.lines = 0;
+    }
+}
+
+/// The writer thread: waits for a line, gathers for [`FLUSH_EVERY`], writes what waits in one
+/// go, until stopped (then writes what is left).
+fn write_out(queue: &Queue, mut sink: Box<dyn Write + Send>) {
+    let mut batch = Vec::new();
+    loop {
+        let stop = queue.stop.load(Ordering::Acquire);
+        queue.take(&mut batch);
+        if !batch.is_empty() {
+            // A failed write (a closed stderr) loses these lines; there is nowhere to say so.
+            let _ = sink.write_all(&batch).and_then(|()| sink.flush());
+            batch.clear();
+            // A batch larger than a full queue is not kept for the next.
+            batch.shrink_to(WAKE_BYTES * 2);
+        }
+        if stop {
+            return;
+        }
+        // Idle until a line comes; checked after saying so, so that no wake is lost.
+        queue.idle.store(true, Ordering::Release);
+        let empty = queue.lock().bytes.is_empty();
+        if empty && !queue.stop.load(Ordering::Acquire) {
+            std::thread::park();
+        }
+        queue.idle.store(false, Ordering::Release);
+        if !queue.stop.load(Ordering::Acquire) {
+            std::thread::park_timeout(FLUSH_EVERY);
+        }
+    }
+}
+
+/// Stops the writer thread when the guard is dropped, after it wrote what was queued.
+struct Stopper {
+    queue: Arc<Queue>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        self.queue.stop.store(true, Ordering::Release);
+        self.queue.wake();
+        let _ = self.done.recv_timeout(Duration::from_secs(1));
+    }
+}
+
+/// The formatter's writer: each write is one whole line, queued for the writer thread.
+#[derive(Clone)]
+struct Writer(Arc<Queue>);
+
+impl<'a> MakeWriter<'a> for Writer {
+    type Writer = &'a Queue;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        &self.0
+    }
+}
+
+impl Write for &Queue {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reopens `logging.file` at its path before the next line (SIGUSR1). Without a file: nothing.

@@ -2,6 +2,7 @@
 //! that ties them together.
 
 pub mod events;
+pub mod log_json;
 pub mod log_ring;
 pub mod logging;
 pub mod metrics;

@@ -22,7 +22,11 @@
 //!
 //! Export never blocks a request: finished spans go into a bounded queue (`try_send`); when
 //! it is full the span is dropped, and when an export fails (after the exporter's retries,
-//! which honour `Retry-After`) the batch is dropped; both are counted in
+//! which honour `Retry-After`) the batch is dropped, and so are the batches of a back-off
+//! after it (1 s, doubling to 30 s while failures go on), without being encoded or sent; at
+//! the end of a back-off a few spans of the batch try the collector, the rest is dropped. A
+//! collector that is down costs one small attempt per back-off, not an encoding and a
+//! connection per batch. Both kinds of drop are counted in
 //! `kairos_tracing_spans_dropped_total` by `reason`. (The SDK's own BatchSpanProcessor
 //! drops without telling anyone how many: this queue is the same bounded design, with the
 //! counts.)
@@ -39,7 +43,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 mod export;
 pub mod ops;
@@ -637,7 +641,7 @@ struct Exporter {
 impl Exporter {
     fn run(self) {
         let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
-        let mut failing = false;
+        let mut health = Health::default();
         loop {
             // Checked before draining, so that nothing submitted before the stop is left.
             let mut stop = self.stop.load(Ordering::Acquire);
@@ -657,7 +661,7 @@ impl Exporter {
                 }
                 let full = batch.len() == MAX_BATCH;
                 self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-                self.export(&mut batch, &mut failing);
+                self.export(&mut batch, &mut health);
                 if !full {
                     break;
                 }
@@ -672,8 +676,25 @@ impl Exporter {
         }
     }
 
-    fn export(&self, batch: &mut Vec<Queued>, failing: &mut bool) {
+    fn export(&self, batch: &mut Vec<Queued>, health: &mut Health) {
         let n = batch.len() as u64;
+        if health.retry_at.is_some_and(|at| Instant::now() < at) {
+            // The collector failed the last export: this batch is dropped without being
+            // encoded or sent, until the back-off is over.
+            batch.clear();
+            self.failed.inc_by(n);
+            return;
+        }
+        let mut n = n;
+        if health.failing && batch.len() > PROBE_SPANS {
+            // Still failing at the last try: a few spans find out whether the collector is
+            // back; the rest of the batch is dropped unencoded (encoding costs tens of
+            // thousands of instructions a span, and would most likely be thrown away).
+            let rest = batch.len() - PROBE_SPANS;
+            batch.truncate(PROBE_SPANS);
+            self.failed.inc_by(rest as u64);
+            n = PROBE_SPANS as u64;
+        }
         let spans: Vec<SpanData> = batch
             .drain(..)
             .map(|s| s.into_span_data(&self.scope))
@@ -686,19 +707,40 @@ impl Exporter {
         match exported {
             Ok(()) => {
                 self.exported.inc_by(n);
-                if std::mem::replace(failing, false) {
+                if std::mem::take(health).failing {
                     tracing::info!(endpoint = %self.endpoint_log, "span export recovered");
                 }
             }
             Err(e) => {
                 self.failed.inc_by(n);
+                health.backoff = (health.backoff * 2).clamp(EXPORT_BACKOFF_MIN, EXPORT_BACKOFF_MAX);
+                health.retry_at = Some(Instant::now() + health.backoff);
                 // Once per outage, not once per batch.
-                if !std::mem::replace(failing, true) {
+                if !std::mem::replace(&mut health.failing, true) {
                     tracing::warn!(endpoint = %self.endpoint_log, error = %e, "span export failed; spans are dropped until the collector answers (see kairos_tracing_spans_dropped_total)");
                 }
             }
         }
     }
+}
+
+/// The first back-off after a failed export, doubled after each further failure.
+const EXPORT_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest back-off: a collector back up gets spans again within this.
+const EXPORT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Spans sent to a collector that failed the last export, once its back-off is over.
+const PROBE_SPANS: usize = 8;
+
+/// How the collector has been answering the export thread.
+#[derive(Default)]
+struct Health {
+    /// The last export failed (the warning was logged; recovery is logged too).
+    failing: bool,
+    /// The current back-off (zero while exports succeed).
+    backoff: Duration,
+    /// No export is tried before this: batches are dropped (counted as `export_failed`).
+    retry_at: Option<Instant>,
 }
 
 /// The bound of `TraceIdRatioBased(ratio)` (opentelemetry_sdk's
