@@ -285,10 +285,11 @@ fn fifty_reloads_under_traffic_fail_no_request_and_never_mix_configs() {
         "stale series of a removed route"
     );
     assert!(metrics.contains(r#"route="extra-50""#));
-    let logs = gw.logs();
-    assert!(logs.iter().any(|l| l.contains("config reloaded")
-        && l.contains("routes_added")
-        && l.contains("extra-50")));
+    // Log lines reach stderr from the writer thread in batches (every 20 ms): wait for the
+    // last reload's.
+    assert!(wait_until(Duration::from_secs(5), || gw.logs().iter().any(
+        |l| l.contains("config reloaded") && l.contains("routes_added") && l.contains("extra-50")
+    )));
 }
 
 #[test]
