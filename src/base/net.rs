@@ -51,11 +51,16 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, is_trusted: impl Fn(IpAddr) 
     ip
 }
 
-/// Appends the client address as X-Forwarded-For writes it (IPv4-mapped IPv6 as IPv4). IPv4,
-/// the common case, is written by hand: `fmt` costs about 1k instructions per request here.
+/// Appends the client address as X-Forwarded-For writes it (IPv4-mapped IPv6 as IPv4).
 pub fn push_ip(out: &mut impl bytes::BufMut, ip: std::net::IpAddr) {
+    push_ip_as_is(out, canonical_ip(ip));
+}
+
+/// Appends `ip` as its `Display` writes it. IPv4, the common case, is written by hand: `fmt`
+/// costs about 1k instructions per request here.
+pub fn push_ip_as_is(out: &mut impl bytes::BufMut, ip: std::net::IpAddr) {
     use std::io::Write;
-    match canonical_ip(ip) {
+    match ip {
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {

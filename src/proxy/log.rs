@@ -95,39 +95,12 @@ struct IpText {
 
 impl IpText {
     fn new(ip: std::net::IpAddr) -> Self {
-        let mut t = IpText {
-            buf: [0; 48],
-            len: 0,
-        };
-        match ip {
-            std::net::IpAddr::V4(v4) => {
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        t.push(b'.');
-                    }
-                    if octet >= 100 {
-                        t.push(b'0' + octet / 100);
-                    }
-                    if octet >= 10 {
-                        t.push(b'0' + octet / 10 % 10);
-                    }
-                    t.push(b'0' + octet % 10);
-                }
-            }
-            std::net::IpAddr::V6(v6) => {
-                use std::io::Write;
-                let mut rest = &mut t.buf[..];
-                // 45 bytes at most (an IPv4-mapped address written out in full): it fits.
-                let _ = write!(rest, "{v6}");
-                t.len = 48 - rest.len();
-            }
-        }
-        t
-    }
-
-    fn push(&mut self, b: u8) {
-        self.buf[self.len] = b;
-        self.len += 1;
+        let mut buf = [0; 48];
+        let mut rest = &mut buf[..];
+        // 45 bytes at most (an IPv4-mapped IPv6 address written out in full): it fits.
+        crate::base::net::push_ip_as_is(&mut rest, ip);
+        let len = 48 - rest.len();
+        IpText { buf, len }
     }
 
     fn as_str(&self) -> &str {
