@@ -27,9 +27,10 @@ use support::Gateway;
 const WARMUP: usize = 300;
 const MEASURED: usize = 400;
 
-/// All allocations made during the window, per request, as measured (actix's and hyper's:
-/// see the report this test prints). Raise it only with a reason.
-const MAX_TOTAL_PER_REQUEST: f64 = 11.5;
+/// All allocations made during the window, per request, as measured (actix's: see the report
+/// this test prints; hyper made 6 more before the upstream HTTP/1.1 client became the
+/// gateway's own). Raise it only with a reason.
+const MAX_TOTAL_PER_REQUEST: f64 = 5.5;
 
 /// Allocations of ours that are allowed, by a function (path) or source file on their stack,
 /// with why. Nothing on the request path belongs here.

@@ -879,3 +879,119 @@ fn errors_before_the_body_is_read_close_the_connection() {
     }
     assert_eq!(up.count(), 0);
 }
+
+/// A raw HTTP/1.1 upstream on loopback: answers every request `ok` with a Content-Length and
+/// never `Connection: close`; with `close_after_each`, closes each connection right after its
+/// first response (as a server whose keep-alive timeout is very short does). Counts the
+/// connections it accepted.
+fn raw_upstream(
+    close_after_each: bool,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    // Bodies of known length only (what the test sends).
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < end + 4 + len {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + len);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .is_err()
+                        || close_after_each
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// The gateway's HTTP/1.1 client reuses an upstream connection while the server keeps it, and
+/// never fails a request because the server closed an idle one: a connection the server
+/// closed is seen as closed when it is taken from the pool (or, when the close races the
+/// request, an idempotent request goes again on a new connection).
+#[tokio::test]
+async fn upstream_connections_are_reused_and_ones_the_server_closed_are_not_used() {
+    use std::sync::atomic::Ordering;
+    let routes = r#"[{"name":"any","path":"/any/{*rest}","upstream":"u"}]"#;
+    let one_worker = |url: &str| {
+        format!(
+            r#"{{"version":1,"server":{{"workers":1}},"upstreams":{{"u":{{"servers":[{{"url":"{url}"}}]}}}},"routes":{routes},"logging":{{"access_log":false}}}}"#
+        )
+    };
+    let c = client();
+
+    let (url, accepted) = raw_upstream(false);
+    let gw = Gateway::start(&one_worker(&url));
+    for i in 0..20 {
+        let res = c.get(gw.url(&format!("/any/{i}"))).send().await.unwrap();
+        assert_eq!(
+            (res.status().as_u16(), res.text().await.unwrap().as_str()),
+            (200, "ok")
+        );
+    }
+    let res = c
+        .post(gw.url("/any/p"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection, kept alive"
+    );
+
+    let (url, accepted) = raw_upstream(true);
+    let gw = Gateway::start(&one_worker(&url));
+    for i in 0..20 {
+        // Back to back, or after the close has certainly arrived.
+        if i % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let res = c.get(gw.url(&format!("/any/{i}"))).send().await.unwrap();
+        assert_eq!(res.status(), 200, "request {i}");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let res = c
+        .post(gw.url("/any/p"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "a POST after the server closed the idle connection"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 21);
+}

@@ -7,6 +7,7 @@
 use super::context::Ctx;
 use crate::base::error::GatewayError;
 pub use crate::upstream::body::{ProxyBody, RequestBodyError};
+use crate::upstream::body::{ResponseBody, ResponseBodyError};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::header as ax;
 use bytes::Bytes;
@@ -284,21 +285,21 @@ fn request_trailers(req: &actix_web::HttpRequest) -> Option<actix_http::h2::Trai
 /// The body of an answer: the upstream's as it comes, the upstream's while the cache stores
 /// it, or a stored one.
 pub enum AnswerBody {
-    Upstream(hyper::body::Incoming),
+    Upstream(ResponseBody),
     /// Stored by the sink as it passes (the sink is dropped when storing stops).
-    Storing(hyper::body::Incoming, Option<Box<crate::cache::Sink>>),
+    Storing(ResponseBody, Option<Box<crate::cache::Sink>>),
     /// A stored body (`None` once sent, or for an answer without a body).
     Stored(Option<Bytes>),
 }
 
 impl Body for AnswerBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, ResponseBodyError>>> {
         match self.get_mut() {
             AnswerBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             AnswerBody::Storing(b, sink) => {
@@ -382,7 +383,7 @@ struct Transformed {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamBodyError {
     #[error(transparent)]
-    Upstream(#[from] hyper::Error),
+    Upstream(#[from] ResponseBodyError),
     #[error("upstream sent no body data for {0:?}")]
     Idle(std::time::Duration),
 }

@@ -8,12 +8,11 @@ use super::upstream_request::UpstreamRequest;
 use crate::base::error::GatewayError;
 use crate::config::model::{RetryConfig, RouteConfig, ServerEntry, Strategy};
 use crate::observability::metrics::UpstreamErrorKind;
-use crate::upstream::body::ProxyBody;
+use crate::upstream::body::{ProxyBody, ResponseBody};
 use crate::upstream::client::{self, ForwardError, Lease, SendError};
 use crate::upstream::server::{AttemptGuard, AttemptResult};
 use crate::upstream::set::{ServerSet, SetCandidates};
 use crate::upstream::Upstream;
-use hyper::body::Incoming;
 use std::time::{Duration, Instant};
 use tokio::time::Instant as Deadline;
 
@@ -264,7 +263,7 @@ async fn send(
     deadline: Deadline,
     client_timeout: Duration,
     body: &BodyWatch,
-) -> Waited<Result<(http::Response<Incoming>, Lease), SendError>> {
+) -> Waited<Result<(http::Response<ResponseBody>, Lease), SendError>> {
     let server = &set.entries[idx];
     let target = client::Target {
         pool_key: set.pool_keys[idx],

@@ -73,3 +73,49 @@ impl Body for ProxyBody {
         }
     }
 }
+
+/// An upstream's response body: from a connection of ours (HTTP/1.1, [`super::h1`]) or of
+/// hyper's (HTTP/2, a WebSocket handshake).
+pub enum ResponseBody {
+    H1(super::h1::Body),
+    Hyper(hyper::body::Incoming),
+}
+
+/// A response body that failed before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error(transparent)]
+    H1(#[from] super::h1::BodyError),
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ResponseBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::H1(b) => b.is_end_stream(),
+            ResponseBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::H1(b) => b.size_hint(),
+            ResponseBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}

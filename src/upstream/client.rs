@@ -2,32 +2,23 @@
 //! and returns the upstream's response head plus a [`Lease`] on the connection, handed back to
 //! the pool when the response body ends. Redirects are never followed.
 //!
-//! Behind it: hyper's HTTP/1.1 client connections, pooled per actix worker thread. A request,
-//! its connection and the connection's task stay on one thread (`spawn_local`), so there is no
-//! cross-thread hand-off, no `Send` bound and no lock. This replaced hyper-util's pooled client,
-//! which cost about 10k instructions per request more here (SipHash pool keys, a spawned task
-//! per request to return the connection, large boxed futures). Upstreams whose `protocol` may
-//! be HTTP/2 go through [`super::h2`] instead.
+//! Behind it: the gateway's own HTTP/1.1 client connections ([`super::h1`]), pooled per actix
+//! worker thread; a request, its connection and its pool stay on one thread, so there is no
+//! cross-thread hand-off, no `Send` bound and no lock. (It replaced hyper's HTTP/1.1 client
+//! connections, which had replaced hyper-util's pooled client: see [`super::h1`] for why and
+//! what each cost.) A WebSocket handshake goes through hyper's HTTP/1.1 client on a new
+//! connection of its own (hyper hands the connection over after a 101). Upstreams whose
+//! `protocol` may be HTTP/2 go through [`super::h2`].
 
 use crate::config::model::UpstreamProtocol;
-use crate::upstream::body::ProxyBody;
-use hyper::body::Incoming;
+use crate::upstream::body::{ProxyBody, ResponseBody};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Idle upstream connections kept per server per worker.
-const POOL_IDLE_PER_SERVER: usize = 1024;
-/// An idle connection older than this is closed instead of reused.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often a worker's pool drops its closed and expired connections, and the servers left
-/// with none (checked when a connection is put back: one comparison per request).
-const POOL_SWEEP_EVERY: Duration = Duration::from_secs(30);
-/// Attempts on pooled connections that turn out closed before the request was written.
+/// Attempts on pooled connections that turn out closed before the response began.
 const STALE_RETRIES: usize = 3;
 
 /// Where a request goes: one upstream server as the forwarder needs it.
@@ -84,16 +75,19 @@ impl From<ForwardError> for SendError {
 
 /// A connection in use; return it with [`Lease::release`] once the response body has ended.
 pub struct Lease {
-    key: u64,
-    sender: Leased,
+    /// Held until the lease ends (dropping it lets go of the connection or stream).
+    _held: Leased,
     /// Counts the request as in flight to its server until the body ends.
     guard: Option<crate::upstream::server::AttemptGuard>,
 }
 
-/// What a lease holds: an HTTP/1.1 connection of its own, or a stream of a shared HTTP/2 one.
+/// What a lease holds: nothing more for an HTTP/1.1 exchange of ours (the response body holds
+/// its connection), hyper's connection for a WebSocket handshake, or a stream of a shared
+/// HTTP/2 connection.
 enum Leased {
-    Http1(SendRequest<ProxyBody>),
-    H2(super::h2::Stream),
+    Http1,
+    Upgrade { _sender: SendRequest<ProxyBody> },
+    H2 { _stream: super::h2::Stream },
 }
 
 impl Lease {
@@ -102,25 +96,11 @@ impl Lease {
         self.guard = Some(guard);
     }
 
-    /// Puts the connection back in this worker's pool. A connection still busy (the request
-    /// body may still be streaming after an early response) goes back once it is ready.
+    /// The response body has ended: the server's in-flight count goes down, an HTTP/2
+    /// stream's place on its connection is given back. (An HTTP/1.1 connection of ours went
+    /// back to the pool as its body ended; an upgraded one belongs to its socket.)
     pub fn release(self) {
-        let Lease { key, sender, guard } = self;
-        drop(guard);
-        let mut sender = match sender {
-            Leased::Http1(s) => s,
-            // The stream's place on its shared connection is given back.
-            Leased::H2(stream) => return drop(stream),
-        };
-        if sender.is_ready() {
-            POOL.with(|p| p.borrow_mut().put(key, sender));
-        } else if !sender.is_closed() {
-            actix_web::rt::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    POOL.with(|p| p.borrow_mut().put(key, sender));
-                }
-            });
-        }
+        drop(self);
     }
 }
 
@@ -145,62 +125,6 @@ pub fn pool_key(
     h.finish()
 }
 
-#[derive(Default)]
-struct Pool {
-    idle: rustc_hash::FxHashMap<u64, VecDeque<(Instant, SendRequest<ProxyBody>)>>,
-    /// When the pool was last swept; `None` before the first put.
-    swept: Option<Instant>,
-}
-
-impl Pool {
-    fn checkout(&mut self, key: u64) -> Option<SendRequest<ProxyBody>> {
-        let slot = self.idle.get_mut(&key)?;
-        while let Some((since, sender)) = slot.pop_back() {
-            if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(sender);
-            }
-        }
-        None
-    }
-
-    fn put(&mut self, key: u64, sender: SendRequest<ProxyBody>) {
-        let now = Instant::now();
-        match self.swept {
-            Some(t) if now.saturating_duration_since(t) < POOL_SWEEP_EVERY => {}
-            Some(_) => self.sweep(now),
-            None => self.swept = Some(now),
-        }
-        let slot = self.idle.entry(key).or_default();
-        while slot.front().is_some_and(|(since, s)| {
-            s.is_closed() || now.duration_since(*since) >= POOL_IDLE_TIMEOUT
-        }) {
-            slot.pop_front();
-        }
-        if slot.len() < POOL_IDLE_PER_SERVER {
-            slot.push_back((now, sender));
-        }
-    }
-}
-
-impl Pool {
-    /// Drops the idle connections that are closed or older than [`POOL_IDLE_TIMEOUT`], and
-    /// the servers left with none: the connections to a server that left its upstream (a
-    /// pod that went away) are closed by the next sweep after they expire, and its entry goes.
-    fn sweep(&mut self, now: Instant) {
-        self.swept = Some(now);
-        self.idle.retain(|_, slot| {
-            slot.retain(|(since, s)| {
-                !s.is_closed() && now.saturating_duration_since(*since) < POOL_IDLE_TIMEOUT
-            });
-            !slot.is_empty()
-        });
-    }
-}
-
-thread_local! {
-    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
-}
-
 /// Whether requests to `target` go through [`send_h2`] (its protocol may be HTTP/2) rather
 /// than [`send`].
 pub fn uses_h2(target: &Target<'_>) -> bool {
@@ -213,7 +137,7 @@ pub fn uses_h2(target: &Target<'_>) -> bool {
 pub async fn send_h2(
     req: http::Request<ProxyBody>,
     target: &Target<'_>,
-) -> Result<(http::Response<Incoming>, Lease), SendError> {
+) -> Result<(http::Response<ResponseBody>, Lease), SendError> {
     super::h2::send(req, target).await
 }
 
@@ -224,7 +148,7 @@ pub async fn send_websocket(
     req: http::Request<ProxyBody>,
     h2: &Target<'_>,
     http1: &Target<'_>,
-) -> Result<(http::Response<Incoming>, Lease), SendError> {
+) -> Result<(http::Response<ResponseBody>, Lease), SendError> {
     match super::h2::send_websocket(req, h2).await {
         Ok(sent) => sent,
         Err(req) => send(req, http1).await,
@@ -232,38 +156,38 @@ pub async fn send_websocket(
 }
 
 /// A lease on a stream of an HTTP/2 connection.
-pub(super) fn h2_lease(key: u64, stream: super::h2::Stream) -> Lease {
+pub(super) fn h2_lease(stream: super::h2::Stream) -> Lease {
     Lease {
-        key,
-        sender: Leased::H2(stream),
+        _held: Leased::H2 { _stream: stream },
         guard: None,
     }
 }
 
-/// Puts a new HTTP/1.1 connection in this worker's pool.
-pub(super) fn pool_put(key: u64, sender: SendRequest<ProxyBody>) {
-    POOL.with(|p| p.borrow_mut().put(key, sender));
-}
-
 /// Sends `req` upstream over a pooled HTTP/1.1 connection (a new one when none is idle) and
-/// waits for the response head.
+/// waits for the response head. A WebSocket handshake goes on a new connection of hyper's.
 pub async fn send(
     mut req: http::Request<ProxyBody>,
     target: &Target<'_>,
-) -> Result<(http::Response<Incoming>, Lease), SendError> {
+) -> Result<(http::Response<ResponseBody>, Lease), SendError> {
+    if target.upgrade {
+        return Box::pin(send_upgrade(req, target)).await;
+    }
+    let lease = || Lease {
+        _held: Leased::Http1,
+        guard: None,
+    };
     for attempt in 0..=STALE_RETRIES {
-        let pooled = if attempt < STALE_RETRIES && !target.upgrade {
-            POOL.with(|p| p.borrow_mut().checkout(target.pool_key))
-        } else {
-            None
+        let pooled = match attempt < STALE_RETRIES {
+            true => super::h1::checkout(target.pool_key),
+            false => None,
         };
         let reused = pooled.is_some();
-        let mut sender = match pooled {
-            Some(s) => s,
+        let conn = match pooled {
+            Some(c) => c,
             // Boxed: connecting (TLS handshake included) is a large future, and rare next to
-            // reusing a pooled connection; inline it would grow every request's future by ~2.5 KB.
-            None => match Box::pin(connect_http1(target)).await {
-                Ok(s) => s,
+            // reusing a pooled connection; inline it would grow every request's future.
+            None => match Box::pin(connect(target)).await {
+                Ok(io) => super::h1::Conn::new(io, target.max_header_size),
                 Err(error) => {
                     return Err(SendError {
                         error,
@@ -272,40 +196,59 @@ pub async fn send(
                 }
             },
         };
-        match sender.try_send_request(req).await {
-            Ok(res) => {
-                return Ok((
-                    res,
-                    Lease {
-                        key: target.pool_key,
-                        sender: Leased::Http1(sender),
-                        guard: None,
-                    },
-                ))
-            }
-            Err(mut e) => match e.take_message() {
-                // The pooled connection closed before the request was written: try another.
-                Some(r) if reused => req = r,
-                unsent => {
-                    return Err(SendError {
-                        error: classify(e.into_error()),
-                        unsent,
-                    })
-                }
-            },
+        match super::h1::exchange(conn, req, target.pool_key, reused).await {
+            Ok(res) => return Ok((res.map(ResponseBody::H1), lease())),
+            // The pooled connection was closed by the server: again on another.
+            Err(super::h1::Failed {
+                error: SendError {
+                    unsent: Some(r), ..
+                },
+                again: true,
+            }) if reused => req = r,
+            Err(failed) => return Err(failed.error),
         }
     }
     Err(ForwardError::Protocol("no usable connection".into()).into())
 }
 
-/// A new HTTP/1.1 connection to the target.
-async fn connect_http1(t: &Target<'_>) -> Result<SendRequest<ProxyBody>, ForwardError> {
-    match connect(t).await? {
-        Transport::Tcp(tcp) => {
-            handshake_http1(TokioIo::new(tcp), t.max_header_size, t.upgrade).await
+/// A WebSocket handshake over HTTP/1.1: on a new connection of hyper's, which hands the
+/// connection over after a 101 (`hyper::upgrade::on`).
+async fn send_upgrade(
+    req: http::Request<ProxyBody>,
+    t: &Target<'_>,
+) -> Result<(http::Response<ResponseBody>, Lease), SendError> {
+    let sender = match connect(t).await {
+        Ok(Transport::Tcp(tcp)) => {
+            handshake_http1(TokioIo::new(tcp), t.max_header_size, true).await
         }
-        Transport::Tls(tls) => {
-            handshake_http1(TokioIo::new(tls), t.max_header_size, t.upgrade).await
+        Ok(Transport::Tls(tls)) => {
+            handshake_http1(TokioIo::new(tls), t.max_header_size, true).await
+        }
+        Err(e) => Err(e),
+    };
+    let mut sender = match sender {
+        Ok(s) => s,
+        Err(error) => {
+            return Err(SendError {
+                error,
+                unsent: Some(req),
+            })
+        }
+    };
+    match sender.try_send_request(req).await {
+        Ok(res) => Ok((
+            res.map(ResponseBody::Hyper),
+            Lease {
+                _held: Leased::Upgrade { _sender: sender },
+                guard: None,
+            },
+        )),
+        Err(mut e) => {
+            let unsent = e.take_message();
+            Err(SendError {
+                error: classify(e.into_error()),
+                unsent,
+            })
         }
     }
 }
@@ -519,58 +462,5 @@ mod tests {
             ServerName::try_from("api.example.com").unwrap()
         );
         assert!(server_name("bad name").is_err());
-    }
-
-    /// A real HTTP/1.1 client connection over an in-memory pipe; the other end is returned
-    /// (dropping it closes the connection).
-    async fn connection() -> (SendRequest<ProxyBody>, tokio::io::DuplexStream) {
-        let (ours, theirs) = tokio::io::duplex(4096);
-        let sender = handshake_http1(TokioIo::new(ours), 8 << 10, false)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        (sender, theirs)
-    }
-
-    #[test]
-    fn sweeps_drop_closed_and_expired_connections_and_empty_servers() {
-        actix_web::rt::System::new().block_on(async {
-            let mut pool = Pool::default();
-            let (a, _a_peer) = connection().await;
-            let (b, b_peer) = connection().await;
-            let (c, _c_peer) = connection().await;
-            pool.put(1, a);
-            pool.put(2, b);
-            pool.put(3, c);
-            assert_eq!(pool.idle.len(), 3);
-            // Server 2's peer goes away: its connection closes.
-            drop(b_peer);
-            for _ in 0..100 {
-                if pool.idle[&2].iter().all(|(_, s)| s.is_closed()) {
-                    break;
-                }
-                actix_web::rt::task::yield_now().await;
-            }
-            // Server 3's connection was last used before the idle timeout.
-            if let Some(slot) = pool.idle.get_mut(&3) {
-                for (since, _) in slot.iter_mut() {
-                    *since -= POOL_IDLE_TIMEOUT;
-                }
-            }
-            pool.sweep(Instant::now());
-            let mut left: Vec<u64> = pool.idle.keys().copied().collect();
-            left.sort_unstable();
-            assert_eq!(left, [1], "only the live, recent connection stays");
-            // A put sweeps once POOL_SWEEP_EVERY has passed since the last sweep.
-            let (d, _d_peer) = connection().await;
-            if let Some(slot) = pool.idle.get_mut(&1) {
-                for (since, _) in slot.iter_mut() {
-                    *since -= POOL_IDLE_TIMEOUT;
-                }
-            }
-            pool.swept = pool.swept.map(|t| t - POOL_SWEEP_EVERY);
-            pool.put(4, d);
-            let left: Vec<u64> = pool.idle.keys().copied().collect();
-            assert_eq!(left, [4]);
-        });
     }
 }

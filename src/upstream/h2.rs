@@ -11,10 +11,9 @@
 //! A WebSocket handshake goes on a stream as an extended CONNECT (RFC 8441) when the server's
 //! SETTINGS allow it ([`send_websocket`]), else back to the caller for an HTTP/1.1 upgrade.
 
-use super::body::ProxyBody;
+use super::body::{ProxyBody, ResponseBody};
 use super::client::{self, ForwardError, Lease, SendError, Target, Transport};
 use crate::config::model::UpstreamProtocol;
-use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::TokioIo;
 use std::cell::{Cell, RefCell};
@@ -217,7 +216,7 @@ thread_local! {
 pub(super) async fn send(
     mut req: http::Request<ProxyBody>,
     target: &Target<'_>,
-) -> Result<(http::Response<Incoming>, Lease), SendError> {
+) -> Result<(http::Response<ResponseBody>, Lease), SendError> {
     let mut attempt = 0;
     while attempt <= STALE_RETRIES {
         let (mut sender, stream, reused) = match lease(target).await {
@@ -233,7 +232,7 @@ pub(super) async fn send(
         };
         absolute_form(&mut req, target.https);
         match sender.try_send_request(req.map(H2Body)).await {
-            Ok(res) => return Ok((res, client::h2_lease(target.pool_key, stream))),
+            Ok(res) => return Ok((res.map(ResponseBody::Hyper), client::h2_lease(stream))),
             Err(mut e) => match e.take_message().map(|r| r.map(|b| b.0)) {
                 // The connection closed (GOAWAY) before the request was sent: another one.
                 Some(r) if reused && attempt < STALE_RETRIES => {
@@ -360,9 +359,8 @@ async fn connect(
                     "the server did not choose h2 by ALPN".into(),
                 ));
             }
-            let sender =
-                client::handshake_http1(TokioIo::new(tls), t.max_header_size, false).await?;
-            client::pool_put(t.pool_key, sender);
+            let conn = super::h1::Conn::new(Transport::Tls(tls), t.max_header_size);
+            super::h1::pool_put(t.pool_key, conn);
             POOL.with(|p| p.borrow_mut().servers.entry(t.pool_key).or_default().http1 = true);
             return Ok(None);
         }
@@ -567,7 +565,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstFrame<T> {
 pub(super) async fn send_websocket(
     req: http::Request<ProxyBody>,
     target: &Target<'_>,
-) -> Result<Result<(http::Response<Incoming>, Lease), SendError>, http::Request<ProxyBody>> {
+) -> Result<Result<(http::Response<ResponseBody>, Lease), SendError>, http::Request<ProxyBody>> {
     let Some(key) = req
         .headers()
         .get(http::header::SEC_WEBSOCKET_KEY)
@@ -596,8 +594,8 @@ pub(super) async fn send_websocket(
             .await
         {
             Ok(res) => {
-                let res = as_upgrade(res, &key);
-                return Ok(Ok((res, client::h2_lease(target.pool_key, stream))));
+                let res = as_upgrade(res.map(ResponseBody::Hyper), &key);
+                return Ok(Ok((res, client::h2_lease(stream))));
             }
             // The connection closed (GOAWAY) before the request was sent: another one.
             Err(e) if reused && attempt < STALE_RETRIES && e.message().is_some() => attempt += 1,
@@ -638,7 +636,7 @@ fn extended_connect(req: &http::Request<ProxyBody>, https: bool) -> http::Reques
 
 /// An extended CONNECT's 2xx as the RFC 6455 101 it stands for, so that the WebSocket phase
 /// sees one kind of answer: `Upgrade: websocket` and the accept value of the handshake's `key`.
-fn as_upgrade(mut res: http::Response<Incoming>, key: &[u8]) -> http::Response<Incoming> {
+fn as_upgrade(mut res: http::Response<ResponseBody>, key: &[u8]) -> http::Response<ResponseBody> {
     if !res.status().is_success() {
         return res;
     }

@@ -8,6 +8,7 @@ pub mod body;
 pub mod breaker;
 pub mod client;
 pub mod discovery;
+pub mod h1;
 pub mod h2;
 pub mod health;
 pub mod retry;

@@ -191,10 +191,14 @@ impl BoxedResponsePool {
 
     /// Release request instance.
     #[inline]
-    fn release(&self, msg: Box<ResponseHead>) {
+    fn release(&self, mut msg: Box<ResponseHead>) {
         let pool = &mut self.0.borrow_mut();
 
         if pool.len() < 128 {
+            // Kairos: the header values are let go of now, not when the head is next used:
+            // they may be slices of a larger buffer (the gateway's upstream read buffer)
+            // that can be reused in place only once none is alive. (vendor/README item 13)
+            msg.headers.clear();
             pool.push(msg);
         }
     }
