@@ -176,6 +176,9 @@ pub async fn send(
         _held: Leased::Http1,
         guard: None,
     };
+    // A request that reached a reused connection's server is sent again at most once (the
+    // server may have been slow rather than gone: not a retry the route's policy counts).
+    let mut written_again = false;
     for attempt in 0..=STALE_RETRIES {
         let pooled = match attempt < STALE_RETRIES {
             true => super::h1::checkout(target.pool_key),
@@ -204,7 +207,11 @@ pub async fn send(
                     unsent: Some(r), ..
                 },
                 again: true,
-            }) if reused => req = r,
+                written,
+            }) if reused && !(written && written_again) => {
+                written_again |= written;
+                req = r;
+            }
             Err(failed) => return Err(failed.error),
         }
     }

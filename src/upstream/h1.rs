@@ -152,6 +152,8 @@ pub(super) struct Failed {
     /// written, or a reused connection ended before any byte of the response and the request
     /// is idempotent with a body that can be sent again (the keep-alive race, RFC 9112 9.3.1).
     pub again: bool,
+    /// Some of the request was written.
+    pub written: bool,
 }
 
 impl Conn {
@@ -161,7 +163,8 @@ impl Conn {
             io,
             rbuf: BytesMut::new(),
             out: Out::default(),
-            max_head: max_head.max(8 << 10),
+            // At least 8 KiB; offsets into a head are u32s.
+            max_head: max_head.clamp(8 << 10, 1 << 30),
             read_any: false,
         })
     }
@@ -173,15 +176,28 @@ impl Conn {
         if !self.rbuf.is_empty() {
             return false;
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let tcp = match &self.io {
-            Transport::Tcp(t) => t,
-            Transport::Tls(t) => t.get_ref().0,
+        let Transport::Tcp(tcp) = &self.io else {
+            return self.drained();
         };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         match tcp.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => self.poll_fill(&mut cx).is_pending(),
+        }
+    }
+
+    /// Whether nothing more can be read now. Over TCP, `rbuf` being empty says so once a
+    /// response ended (its last read was short, or the next finds nothing). Over TLS, rustls
+    /// may hold decrypted bytes a read did not hand over (records that came in one TCP read):
+    /// a read must find nothing, at the cost of a system call per response.
+    fn drained(&mut self) -> bool {
+        match self.io {
+            Transport::Tcp(_) => true,
+            Transport::Tls(_) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                self.poll_fill(&mut cx).is_pending()
+            }
         }
     }
 
@@ -249,6 +265,7 @@ impl Conn {
                         };
                         *left = l;
                     }
+                    let complete = o.left == Some(0) && !o.chunked;
                     if o.chunked {
                         let mut hex = [0u8; 16];
                         self.out
@@ -258,6 +275,11 @@ impl Conn {
                         self.out.tail = b"\r\n";
                     }
                     self.out.data = data;
+                    if complete {
+                        // All its declared bytes: done once they are written, as hyper does
+                        // (the body's end may come later, after the response).
+                        self.out.body = None;
+                    }
                 }
             }
         }
@@ -649,7 +671,7 @@ impl Body {
             // Lets go of the read buffer it was a part of.
             conn.rbuf = BytesMut::new();
         }
-        if self.keep_alive && conn.out.done && conn.rbuf.is_empty() {
+        if self.keep_alive && conn.out.done && conn.rbuf.is_empty() && conn.drained() {
             POOL.with_borrow_mut(|p| p.put(self.key, conn));
         }
     }
@@ -773,18 +795,34 @@ enum Step {
     End(Option<HeaderMap>),
 }
 
+/// A chunk-size line (the size, extensions, which are ignored, and CRLF) at the start of
+/// `buf`: its length and the size; `None` while it is incomplete. As strict as hyper: a size
+/// digit first, CRLF at the end and no LF before it.
+fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, String> {
+    match httparse::parse_chunk_size(buf) {
+        Ok(httparse::Status::Complete((line, size)))
+            if buf[0].is_ascii_hexdigit()
+                && line >= 3
+                && &buf[line - 2..line] == b"\r\n"
+                && !buf[..line - 2].contains(&b'\n') =>
+        {
+            Ok(Some((line, size)))
+        }
+        Ok(httparse::Status::Complete(_)) => Err("invalid chunk-size line".into()),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+            Err("chunk-size line too long".into())
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err("invalid chunk size".into()),
+    }
+}
+
 fn chunk_step(conn: &mut Conn, state: &mut Chunk) -> Result<Step, String> {
     let buf = &mut conn.rbuf;
     match *state {
         Chunk::Size => {
-            // The size, extensions (ignored) and CRLF.
-            let (line, size) = match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete(parsed)) => parsed,
-                Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                    return Err("chunk-size line too long".into())
-                }
-                Ok(httparse::Status::Partial) => return Ok(Step::More),
-                Err(_) => return Err("invalid chunk size".into()),
+            let Some((line, size)) = chunk_size_line(buf)? else {
+                return Ok(Step::More);
             };
             buf.advance(line);
             *state = if size == 0 {
@@ -862,10 +900,13 @@ pub(super) async fn exchange(
     reused: bool,
 ) -> Result<http::Response<Body>, Failed> {
     conn.read_any = false;
+    // Whether the body can be sent again (encoding moves a streamed one into the connection).
+    let replayable = matches!(req.body(), ProxyBody::Empty | ProxyBody::Full(_));
     if let Err(error) = encode_request(&mut conn.out, &mut req) {
         return Err(Failed {
             error: error.into(),
             again: false,
+            written: false,
         });
     }
     let mut map = response_map();
@@ -888,6 +929,7 @@ pub(super) async fn exchange(
             return Err(Failed {
                 error: ForwardError::Body(body.to_string()).into(),
                 again: false,
+                written: true,
             })
         }
         Err(Ok(why)) => {
@@ -904,10 +946,7 @@ pub(super) async fn exchange(
                     *req.body_mut() = o.body;
                 }
             }
-            let again = !written
-                || (stale
-                    && matches!(req.body(), ProxyBody::Empty | ProxyBody::Full(_))
-                    && req.method().is_idempotent());
+            let again = !written || (stale && replayable && req.method().is_idempotent());
             keep_map(map);
             return Err(Failed {
                 error: SendError {
@@ -915,6 +954,7 @@ pub(super) async fn exchange(
                     unsent: again.then_some(req),
                 },
                 again,
+                written,
             });
         }
     };
@@ -975,6 +1015,7 @@ fn protocol(why: &str) -> Failed {
     Failed {
         error: ForwardError::Protocol(why.into()).into(),
         again: false,
+        written: true,
     }
 }
 
@@ -1050,6 +1091,59 @@ mod tests {
         assert_eq!(hex_len(255, &mut buf), b"FF");
         assert_eq!(hex_len(4096, &mut buf), b"1000");
         assert_eq!(hex_len(usize::MAX, &mut buf), b"FFFFFFFFFFFFFFFF");
+    }
+
+    #[test]
+    fn chunk_size_lines_are_as_strict_as_hyper() {
+        assert_eq!(chunk_size_line(b"1a\r\ndata"), Ok(Some((4, 26))));
+        assert_eq!(chunk_size_line(b"5;name=value\r\n"), Ok(Some((14, 5))));
+        assert_eq!(chunk_size_line(b"0\r\n\r\n"), Ok(Some((3, 0))));
+        assert_eq!(chunk_size_line(b"1a"), Ok(None));
+        // An empty line is no last chunk; LF alone ends no line, in the size or an extension.
+        assert!(chunk_size_line(b"\r\n\r\n").is_err());
+        assert!(chunk_size_line(b"5\nhello").is_err());
+        assert!(chunk_size_line(b"5;a\nX\r\nhello").is_err());
+        assert!(chunk_size_line(b"x\r\n").is_err());
+        assert!(chunk_size_line(b"1ffffffffffffffff\r\n").is_err());
+        assert!(chunk_size_line(&[b'1'; MAX_CHUNK_LINE + 1]).is_err());
+    }
+
+    /// A streamed body cannot be sent twice: a reused connection that ends before the
+    /// response does not send such a request again (it would go without its body).
+    #[test]
+    fn a_streamed_request_is_not_sent_again_after_the_keep_alive_race() {
+        // Servers that read the request head and close without an answer.
+        let (addr, first) = server(vec![(vec![], true)]);
+        let (addr2, second) = server(vec![(vec![], true)]);
+        actix_web::rt::System::new().block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            tx.send(Ok(Bytes::from_static(b"part"))).await.unwrap();
+            drop(tx);
+            let mut req = get("/put");
+            *req.method_mut() = http::Method::PUT;
+            *req.body_mut() = ProxyBody::Stream {
+                rx,
+                len: Some(4),
+                trailers: None,
+            };
+            let conn = Conn::new(Transport::Tcp(tcp), 8 << 10);
+            let failed = exchange(conn, req, 10, true).await.err().unwrap();
+            assert!(failed.written);
+            assert!(!failed.again && failed.error.unsent.is_none());
+            // The same with a body kept whole: sent again.
+            let tcp = tokio::net::TcpStream::connect(addr2).await.unwrap();
+            let mut req = get("/put");
+            *req.method_mut() = http::Method::PUT;
+            *req.body_mut() = ProxyBody::Full(Some(Bytes::from_static(b"part")));
+            let conn = Conn::new(Transport::Tcp(tcp), 8 << 10);
+            let failed = exchange(conn, req, 10, true).await.err().unwrap();
+            assert!(failed.again);
+            let again = failed.error.unsent.unwrap();
+            assert!(matches!(again.body(), ProxyBody::Full(Some(b)) if &b[..] == b"part"));
+            assert_eq!(again.headers()["host"], "up.test");
+        });
+        drop((first, second));
     }
 
     #[test]
