@@ -646,13 +646,17 @@ impl RateLimiter {
 }
 
 /// A number as a header value. Those below 4096 (most limits, counts and resets) come from a
-/// table of static values, whose clones neither allocate nor format.
+/// table of static values, whose clones neither allocate nor format; larger ones are written
+/// to the worker's arena (no allocation either).
 fn number(n: u64) -> actix_web::http::header::HeaderValue {
     use actix_web::http::header::HeaderValue;
     const CACHED: u64 = 4096;
     static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
     if n >= CACHED {
-        return HeaderValue::from(n);
+        let digits = crate::base::arena::build(20, |b| {
+            b.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
+        });
+        return HeaderValue::from_maybe_shared(digits).unwrap_or_else(|_| HeaderValue::from(n));
     }
     let table = SMALL.get_or_init(|| {
         (0..CACHED)
