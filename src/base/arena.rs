@@ -1,7 +1,8 @@
 //! Short byte strings made per request without an allocation each: per-thread buffers that
 //! hand out `Bytes` slices of themselves (the request id, X-Forwarded-For, the upstream
-//! request's path). A buffer is reused in place once every slice of it has been dropped; one
-//! whose slices are still alive (a long request's id) is left to them and replaced.
+//! request's path); and header maps reused per worker, at the end. A buffer is reused in place
+//! once every slice of it has been dropped; one whose slices are still alive (a long
+//! request's id) is left to them and replaced.
 
 use bytes::{Bytes, BytesMut};
 use std::cell::RefCell;
@@ -57,6 +58,37 @@ pub fn build(max_len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
 /// A copy of `bytes`.
 pub fn copy(bytes: &[u8]) -> Bytes {
     build(bytes.len(), |buf| buf.extend_from_slice(bytes))
+}
+
+/// Header maps (http 1) kept per worker: the proxy takes one for each upstream request and
+/// gives back each upstream response's once copied to the client's; the HTTP/1.1 client
+/// (src/upstream/h1.rs) takes one for each response head and gives back each request's once
+/// written. Two taken and two given back per request: no allocation for either head.
+const MAX_MAPS: usize = 64;
+/// A map grown past this (a response with many headers) is not kept.
+const MAX_MAP_CAPACITY: usize = 64;
+
+thread_local! {
+    static MAPS: RefCell<Vec<http::HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty header map: one given back earlier, or a new one.
+pub fn header_map() -> http::HeaderMap {
+    MAPS.with_borrow_mut(Vec::pop).unwrap_or_default()
+}
+
+/// A header map done with: emptied (its values, which may be slices of a read buffer, let go
+/// at once) and kept for [`header_map`].
+pub fn recycle(mut map: http::HeaderMap) {
+    if map.capacity() > MAX_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    MAPS.with_borrow_mut(|maps| {
+        if maps.len() < MAX_MAPS {
+            maps.push(map);
+        }
+    });
 }
 
 #[cfg(test)]

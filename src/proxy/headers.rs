@@ -286,36 +286,9 @@ pub fn response_headers(src: &hh::HeaderMap, dst: &mut ax::HeaderMap) {
     }
 }
 
-/// Header maps for upstream requests, kept per worker. hyper's HTTP/1 client parses a response
-/// head into its request's map (emptied once written), so a map taken here ([`header_map`])
-/// comes back with the response ([`recycle`]) and serves the next request: no allocation per
-/// request for either head.
-const MAX_MAPS: usize = 64;
-/// A map grown past this (a response with many headers) is not kept.
-const MAX_MAP_CAPACITY: usize = 64;
-
-thread_local! {
-    static MAPS: RefCell<Vec<hh::HeaderMap>> = const { RefCell::new(Vec::new()) };
-}
-
-/// An empty header map for an upstream request: one recycled, or a new one.
-pub fn header_map() -> hh::HeaderMap {
-    MAPS.with_borrow_mut(Vec::pop).unwrap_or_default()
-}
-
-/// An upstream response's header map, done with: emptied (its values, slices of hyper's read
-/// buffer, let go at once) and kept for [`header_map`].
-pub fn recycle(mut map: hh::HeaderMap) {
-    if map.capacity() > MAX_MAP_CAPACITY {
-        return;
-    }
-    map.clear();
-    MAPS.with_borrow_mut(|maps| {
-        if maps.len() < MAX_MAPS {
-            maps.push(map);
-        }
-    });
-}
+/// Header maps for upstream requests and responses, kept per worker
+/// ([`crate::base::arena::header_map`]).
+pub use crate::base::arena::{header_map, recycle};
 
 /// Header names outside http's standard table, converted once per worker and cloned after
 /// (http allocates such a name each time it parses one). Direct-mapped by a hash of the name:

@@ -34,6 +34,7 @@
 
 use super::body::{ProxyBody, RequestBodyError};
 use super::client::{ForwardError, SendError, Transport};
+use crate::base::arena::{header_map, recycle};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body as _, Frame};
@@ -65,28 +66,6 @@ thread_local! {
     static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
     static NAMES: RefCell<Names> = RefCell::new(Names::default());
-    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Header maps kept for response heads: each request's map, once written, serves a later
-/// response (the proxy keeps responses' maps for its requests in turn): no allocation.
-const MAX_MAPS: usize = 64;
-const MAX_MAP_CAPACITY: usize = 64;
-
-fn response_map() -> HeaderMap {
-    MAPS.with_borrow_mut(Vec::pop).unwrap_or_default()
-}
-
-fn keep_map(mut map: HeaderMap) {
-    if map.capacity() > MAX_MAP_CAPACITY {
-        return;
-    }
-    map.clear();
-    MAPS.with_borrow_mut(|maps| {
-        if maps.len() < MAX_MAPS {
-            maps.push(map);
-        }
-    });
 }
 
 /// An HTTP/1.1 connection to one server.
@@ -909,7 +888,7 @@ pub(super) async fn exchange(
             written: false,
         });
     }
-    let mut map = response_map();
+    let mut map = header_map();
     let mut write_error = None;
     let head = std::future::poll_fn(|cx| {
         if write_error.is_none() && !conn.out.done {
@@ -947,7 +926,7 @@ pub(super) async fn exchange(
                 }
             }
             let again = !written || (stale && replayable && req.method().is_idempotent());
-            keep_map(map);
+            recycle(map);
             return Err(Failed {
                 error: SendError {
                     error: ForwardError::Protocol(why),
@@ -962,7 +941,7 @@ pub(super) async fn exchange(
         conn.out.abandon();
     }
     // The request's map serves a later response.
-    keep_map(std::mem::take(req.headers_mut()));
+    recycle(std::mem::take(req.headers_mut()));
     let keep_alive = write_error.is_none()
         && match head.version {
             http::Version::HTTP_10 => has_token(&map, header::CONNECTION, "keep-alive"),
