@@ -93,16 +93,8 @@ async fn plaintext_listener_accepts_h2c_prior_knowledge() {
     );
 }
 
-/// An https upstream: hyper behind tokio-rustls with a certificate for "localhost".
-fn https_upstream(c: &Certs) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-    https_upstream_on(c, "127.0.0.1:0")
-}
-
-/// An https upstream listening on `bind`.
-fn https_upstream_on(
-    c: &Certs,
-    bind: &str,
-) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+/// A TLS acceptor with the certificate and key of `c`.
+fn tls_acceptor(c: &Certs) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
     let certs: Vec<_> =
         rustls::pki_types::CertificateDer::pem_file_iter(c.dir.path().join("server.pem"))
@@ -119,7 +111,20 @@ fn https_upstream_on(
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// An https upstream: hyper behind tokio-rustls with a certificate for "localhost".
+fn https_upstream(c: &Certs) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    https_upstream_on(c, "127.0.0.1:0")
+}
+
+/// An https upstream listening on `bind`.
+fn https_upstream_on(
+    c: &Certs,
+    bind: &str,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let acceptor = tls_acceptor(c);
     let listener = std::net::TcpListener::bind(bind).unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -215,25 +220,9 @@ fn https_upstream_with_extra(
     head: &'static [u8],
     extra: &'static [u8],
 ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use rustls::pki_types::pem::PemObject;
     use std::io::Write;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let certs: Vec<_> =
-        rustls::pki_types::CertificateDer::pem_file_iter(c.dir.path().join("server.pem"))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_file(c.dir.path().join("server.key")).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = tls_acceptor(c);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
