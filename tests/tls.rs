@@ -114,6 +114,40 @@ fn tls_acceptor(c: &Certs) -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
 
+type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS server on `bind` with the certificate of `c`, on a thread and runtime of its own:
+/// `on_conn` serves each connection once its handshake is done.
+fn serve_tls<F, Fut>(c: &Certs, bind: &str, on_conn: F) -> std::net::SocketAddr
+where
+    F: Fn(TlsConn) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let acceptor = tls_acceptor(c);
+    let listener = std::net::TcpListener::bind(bind).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            let on_conn = Arc::new(on_conn);
+            while let Ok((s, _)) = l.accept().await {
+                let (acceptor, on_conn) = (acceptor.clone(), on_conn.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(s).await {
+                        on_conn(tls).await;
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
 /// An https upstream: hyper behind tokio-rustls with a certificate for "localhost".
 fn https_upstream(c: &Certs) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     https_upstream_on(c, "127.0.0.1:0")
@@ -124,42 +158,24 @@ fn https_upstream_on(
     c: &Certs,
     bind: &str,
 ) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-    let acceptor = tls_acceptor(c);
-    let listener = std::net::TcpListener::bind(bind).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let seen2 = seen.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((s, _)) = l.accept().await {
-                let acceptor = acceptor.clone();
-                let seen = seen2.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(s).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            seen.lock().unwrap().push(req.uri().to_string());
-                            async {
-                                Ok::<_, std::convert::Infallible>(http::Response::new(
-                                    http_body_util::Full::new(bytes::Bytes::from_static(b"secure")),
-                                ))
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                        .await;
+    let addr = serve_tls(c, bind, move |tls| {
+        let seen = seen2.clone();
+        async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    seen.lock().unwrap().push(req.uri().to_string());
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"secure")),
+                        ))
+                    }
                 });
-            }
-        });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+        }
     });
     (addr, seen)
 }
@@ -222,48 +238,31 @@ fn https_upstream_with_extra(
 ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::Write;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let acceptor = tls_acceptor(c);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = accepted.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((s, _)) = l.accept().await {
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(s).await else {
+    let addr = serve_tls(c, "127.0.0.1:0", move |mut tls| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    // Two records, sent together: they arrive in one read.
+                    let session = tls.get_mut().1;
+                    if session.writer().write_all(head).is_err()
+                        || session.writer().write_all(extra).is_err()
+                        || tls.flush().await.is_err()
+                    {
                         return;
-                    };
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            // Two records, sent together: they arrive in one read.
-                            let session = tls.get_mut().1;
-                            if session.writer().write_all(head).is_err()
-                                || session.writer().write_all(extra).is_err()
-                                || tls.flush().await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                        match tls.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
                     }
-                });
+                }
+                match tls.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
             }
-        });
+        }
     });
     (addr, accepted)
 }

@@ -91,6 +91,51 @@ pub fn recycle(mut map: http::HeaderMap) {
     });
 }
 
+/// Header names outside http's standard table, converted once per worker and cloned after
+/// (http allocates such a name each time it parses one). Direct-mapped by a hash of the name
+/// as given: a name that misses is parsed and takes its slot. Used for the names that cross
+/// between the two http crates and for those an upstream's response head carries.
+pub struct NameCache<N> {
+    slots: [Option<N>; NAME_SLOTS],
+}
+
+/// Slots in a [`NameCache`].
+pub const NAME_SLOTS: usize = 64;
+
+impl<N: Clone> NameCache<N> {
+    pub const fn new() -> Self {
+        NameCache {
+            slots: [const { None }; NAME_SLOTS],
+        }
+    }
+
+    /// `name` converted: from its slot (compared without regard to case, as names are), or
+    /// parsed by `parse` (and kept); `None` when `parse` refuses it.
+    pub fn get(
+        &mut self,
+        name: &[u8],
+        as_str: impl Fn(&N) -> &str,
+        parse: impl FnOnce(&[u8]) -> Option<N>,
+    ) -> Option<N> {
+        use std::hash::BuildHasher;
+        let i = rustc_hash::FxBuildHasher.hash_one(name) as usize % NAME_SLOTS;
+        match &self.slots[i] {
+            Some(n) if as_str(n).as_bytes().eq_ignore_ascii_case(name) => Some(n.clone()),
+            _ => {
+                let n = parse(name)?;
+                self.slots[i] = Some(n.clone());
+                Some(n)
+            }
+        }
+    }
+}
+
+impl<N: Clone> Default for NameCache<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

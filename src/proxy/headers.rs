@@ -3,10 +3,10 @@
 //! -Proto and -Host set according to `server.trusted_proxies`, and the conversion between
 //! actix's `http` 0.2 header types and hyper's `http` 1 types. Nothing here allocates per
 //! request: values are shared between the two crates' types, not copied ([`to_hyper`],
-//! [`to_actix`]), names outside http's table are converted once per worker ([`NameCache`]), and
+//! [`to_actix`]), names outside http's table are converted once per worker ([`NameCache`](crate::base::arena::NameCache)), and
 //! the values the gateway makes are written to the worker's arena ([`crate::base::arena`]).
 
-use crate::base::arena;
+use crate::base::arena::{self, NameCache};
 use actix_web::http::header as ax;
 use http::header::{self as hh, HeaderName, HeaderValue};
 use std::cell::RefCell;
@@ -290,42 +290,6 @@ pub fn response_headers(src: &hh::HeaderMap, dst: &mut ax::HeaderMap) {
 /// ([`crate::base::arena::header_map`]).
 pub use crate::base::arena::{header_map, recycle};
 
-/// Header names outside http's standard table, converted once per worker and cloned after
-/// (http allocates such a name each time it parses one). Direct-mapped by a hash of the name:
-/// a name that misses is parsed as before and takes its slot.
-struct NameCache<N> {
-    slots: [Option<N>; NAME_SLOTS],
-}
-
-const NAME_SLOTS: usize = 64;
-
-impl<N: Clone> NameCache<N> {
-    const fn new() -> Self {
-        NameCache {
-            slots: [const { None }; NAME_SLOTS],
-        }
-    }
-
-    /// `name` converted: from its slot, or parsed by `parse` (and kept).
-    fn get(
-        &mut self,
-        name: &str,
-        as_str: impl Fn(&N) -> &str,
-        parse: impl FnOnce(&[u8]) -> Option<N>,
-    ) -> Option<N> {
-        use std::hash::BuildHasher;
-        let i = rustc_hash::FxBuildHasher.hash_one(name) as usize % NAME_SLOTS;
-        match &self.slots[i] {
-            Some(n) if as_str(n) == name => Some(n.clone()),
-            _ => {
-                let n = parse(name.as_bytes())?;
-                self.slots[i] = Some(n.clone());
-                Some(n)
-            }
-        }
-    }
-}
-
 thread_local! {
     static HYPER_NAMES: RefCell<NameCache<HeaderName>> = const { RefCell::new(NameCache::new()) };
     static ACTIX_NAMES: RefCell<NameCache<ax::HeaderName>> =
@@ -358,7 +322,7 @@ fn actix_name(n: &HeaderName) -> Option<ax::HeaderName> {
         AGE
     );
     ACTIX_NAMES.with_borrow_mut(|names| {
-        names.get(n.as_str(), ax::HeaderName::as_str, |b| {
+        names.get(n.as_str().as_bytes(), ax::HeaderName::as_str, |b| {
             ax::HeaderName::from_bytes(b).ok()
         })
     })
@@ -382,7 +346,9 @@ fn hyper_name(name: &ax::HeaderName) -> Option<HeaderName> {
         "referer" => hh::REFERER,
         _ => {
             return HYPER_NAMES.with_borrow_mut(|names| {
-                names.get(n, HeaderName::as_str, |b| HeaderName::from_bytes(b).ok())
+                names.get(n.as_bytes(), HeaderName::as_str, |b| {
+                    HeaderName::from_bytes(b).ok()
+                })
             })
         }
     })
@@ -465,7 +431,7 @@ mod tests {
     fn cached_names_are_the_names_asked_for() {
         // More names than slots, twice: every slot is taken, replaced and hit.
         for _ in 0..2 {
-            for i in 0..3 * NAME_SLOTS {
+            for i in 0..3 * arena::NAME_SLOTS {
                 let n = format!("x-header-{i}");
                 let actix = ax::HeaderName::from_bytes(n.as_bytes()).unwrap();
                 let hyper = HeaderName::from_bytes(n.as_bytes()).unwrap();

@@ -34,7 +34,7 @@
 
 use super::body::{ProxyBody, RequestBodyError};
 use super::client::{ForwardError, SendError, Transport};
-use crate::base::arena::{header_map, recycle};
+use crate::base::arena::{header_map, recycle, NameCache};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body as _, Frame};
@@ -65,7 +65,7 @@ const POOL_SWEEP_EVERY: Duration = Duration::from_secs(30);
 thread_local! {
     static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
-    static NAMES: RefCell<Names> = RefCell::new(Names::default());
+    static NAMES: RefCell<NameCache<HeaderName>> = const { RefCell::new(NameCache::new()) };
 }
 
 /// An HTTP/1.1 connection to one server.
@@ -447,7 +447,11 @@ fn parse_head(buf: &mut BytesMut, map: &mut HeaderMap) -> Result<Option<Head>, S
     NAMES.with_borrow_mut(|names| {
         for &[n, nl, v, vl] in &at[..count] {
             let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-            let name = names.get(&head[n..n + nl])?;
+            let name = names
+                .get(&head[n..n + nl], HeaderName::as_str, |b| {
+                    HeaderName::from_bytes(b).ok()
+                })
+                .ok_or("invalid header name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
                 .map_err(|_| "invalid header value".to_string())?;
             map.append(name, value);
@@ -459,34 +463,6 @@ fn parse_head(buf: &mut BytesMut, map: &mut HeaderMap) -> Result<Option<Head>, S
         version,
         len,
     }))
-}
-
-/// Header names as parsed, kept per worker: http allocates a name outside its standard table
-/// each time it parses one. Direct-mapped by a hash of the name as the server spelled it.
-#[derive(Default)]
-struct Names {
-    slots: Vec<Option<HeaderName>>,
-}
-
-const NAME_SLOTS: usize = 128;
-
-impl Names {
-    fn get(&mut self, raw: &[u8]) -> Result<HeaderName, String> {
-        use std::hash::BuildHasher;
-        if self.slots.is_empty() {
-            self.slots.resize(NAME_SLOTS, None);
-        }
-        let i = rustc_hash::FxBuildHasher.hash_one(raw) as usize % NAME_SLOTS;
-        match &self.slots[i] {
-            Some(n) if n.as_str().as_bytes().eq_ignore_ascii_case(raw) => Ok(n.clone()),
-            _ => {
-                let n =
-                    HeaderName::from_bytes(raw).map_err(|_| "invalid header name".to_string())?;
-                self.slots[i] = Some(n.clone());
-                Ok(n)
-            }
-        }
-    }
 }
 
 /// Whether a comma-separated header (all its fields) lists `token`.
