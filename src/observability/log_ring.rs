@@ -299,6 +299,38 @@ impl<S: Subscriber> Layer<S> for RingLayer {
     }
 }
 
+/// Keeps an access-log line written without a tracing event (see
+/// [`super::logging::AccessPath`]): the line [`RingLayer`] makes of its event.
+pub(super) fn push_access(a: &super::access::AccessLine<'_>) {
+    let mut line = LogLine {
+        ts: crate::base::clock::wall_ms(),
+        kind: "access",
+        status: Some(a.status),
+        latency_ms: Some((a.latency_ms * 1000.0).round() / 1000.0),
+        grpc_status: a.grpc_status,
+        text: String::with_capacity(160),
+        ..LogLine::default()
+    };
+    let fields = [
+        Some(a.method),
+        Some(a.path),
+        Some(a.route),
+        Some(a.upstream),
+        a.client,
+        Some(a.identity),
+        Some(a.tenant),
+        Some(a.request_id),
+        None,
+    ];
+    for (i, value) in fields.into_iter().enumerate() {
+        // The access log writes "-" for what it does not know.
+        if let Some(v) = value.filter(|v| *v != "-") {
+            line.set(i, v, MAX_PATH_BYTES);
+        }
+    }
+    ring().push(line);
+}
+
 struct LineVisitor {
     line: LogLine,
 }

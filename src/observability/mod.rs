@@ -1,6 +1,7 @@
 //! What the gateway tells its operator: logs, metrics and traces and the request id
 //! that ties them together.
 
+pub mod access;
 pub mod events;
 pub mod log_json;
 pub mod log_ring;

@@ -44,7 +44,7 @@ pub struct Ctx<'a> {
     /// The `X-Trace-Id` response header, when the request is traced.
     pub trace_header: Option<HeaderValue>,
     /// The trace and span ids, hex-encoded, for the access log (only when it is on).
-    pub log_ids: Option<([u8; 32], [u8; 16])>,
+    pub log_ids: Option<crate::observability::trace::LogIds>,
     /// A gRPC call on a `grpc` route: its deadline and status.
     pub grpc: Option<std::rc::Rc<super::grpc::Call>>,
 }

@@ -434,8 +434,8 @@ fn warn_upstream(
     let ids = ctx.trace().map(|t| t.ids_hex());
     tracing::warn!(
         request_id = ctx.rid_str(),
-        trace_id = ids.as_ref().and_then(|(t, _)| std::str::from_utf8(t).ok()),
-        span_id = ids.as_ref().and_then(|(_, s)| std::str::from_utf8(s).ok()),
+        trace_id = ids.as_ref().map(crate::observability::trace::LogIds::trace_id),
+        span_id = ids.as_ref().map(crate::observability::trace::LogIds::span_id),
         upstream,
         server,
         error = %error,

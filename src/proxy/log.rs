@@ -1,9 +1,11 @@
-//! The log phase: one access-log line per request (target `kairos::access`), when
-//! `logging.access_log` is on. A gRPC call's line carries its `grpc_status`, and waits for
-//! the call's end when the status comes in the trailers.
+//! The log phase: one access-log line per request (target `kairos::access`, written by
+//! [`AccessLine::write`]), when `logging.access_log` is on. A gRPC call's line carries its
+//! `grpc_status`, and waits for the call's end when the status comes in the trailers.
 
 use super::context::Ctx;
+use crate::observability::access::AccessLine;
 use crate::observability::metrics;
+use crate::observability::trace::LogIds;
 use actix_web::HttpResponse;
 
 pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
@@ -16,31 +18,35 @@ pub fn access(ctx: &Ctx<'_>, res: &HttpResponse) {
     let ids = ctx.log_ids.as_ref();
     // Formatted once for every layer (the log line and the admin UI's ring), on the stack.
     let client = super::client_ip(ctx.req, &ctx.rt.config.server).map(IpText::new);
-    tracing::info!(
-        target: "kairos::access",
-        method = ctx.req.method().as_str(),
-        path = ctx.req.path(),
-        route = ctx.route.map_or(metrics::UNMATCHED, |(_, name)| name),
-        status = res.status().as_u16(),
-        latency_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
-        upstream = ctx
-            .upstream
-            .as_ref()
-            .and_then(|(set, i)| set.entries.get(*i))
-            .map_or("-", |s| s.url.as_str()),
-        client = client.as_ref().map(IpText::as_str),
-        identity = ctx.identity.as_deref().unwrap_or("-"),
-        tenant = ctx.tenant_id().unwrap_or("-"),
-        request_id = ctx.rid_str(),
-        trace_id = ids.and_then(|(t, _)| std::str::from_utf8(t).ok()),
-        span_id = ids.and_then(|(_, s)| std::str::from_utf8(s).ok()),
-    );
+    AccessLine {
+        method: ctx.req.method().as_str(),
+        path: ctx.req.path(),
+        route: ctx.route.map_or(metrics::UNMATCHED, |(_, name)| name),
+        status: res.status().as_u16(),
+        grpc_status: None,
+        latency_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
+        upstream: upstream(ctx),
+        client: client.as_ref().map(IpText::as_str),
+        identity: ctx.identity.as_deref().unwrap_or("-"),
+        tenant: ctx.tenant_id().unwrap_or("-"),
+        request_id: ctx.rid_str(),
+        trace_id: ids.map(LogIds::trace_id),
+        span_id: ids.map(LogIds::span_id),
+    }
+    .write();
+}
+
+/// The upstream server the request went to, or `-`.
+fn upstream<'a>(ctx: &'a Ctx<'_>) -> &'a str {
+    ctx.upstream
+        .as_ref()
+        .and_then(|(set, i)| set.entries.get(*i))
+        .map_or("-", |s| s.url.as_str())
 }
 
 /// The access-log line of a gRPC call: written now when its status is known (the gateway's
 /// own error, a trailers-only answer), else when the call ends; latency is then the call's.
 fn grpc_access(ctx: &Ctx<'_>, res: &HttpResponse, call: &super::grpc::Call) {
-    let hex = |b: &[u8]| std::str::from_utf8(b).unwrap_or_default().to_string();
     let ids = ctx.log_ids.as_ref();
     let method = ctx.req.method().as_str().to_string();
     let path = ctx.req.path().to_string();
@@ -50,35 +56,29 @@ fn grpc_access(ctx: &Ctx<'_>, res: &HttpResponse, call: &super::grpc::Call) {
         .to_string();
     let status = res.status().as_u16();
     let start = ctx.start;
-    let upstream = ctx
-        .upstream
-        .as_ref()
-        .and_then(|(set, i)| set.entries.get(*i))
-        .map_or("-", |s| s.url.as_str())
-        .to_string();
+    let upstream = upstream(ctx).to_string();
     let client = super::client_ip(ctx.req, &ctx.rt.config.server).map(|ip| ip.to_string());
     let identity = ctx.identity.clone().unwrap_or_else(|| "-".into());
     let tenant = ctx.tenant_id().unwrap_or("-").to_string();
     let request_id = ctx.rid_str().to_string();
-    let trace_id = ids.map(|(t, _)| hex(t));
-    let span_id = ids.map(|(_, s)| hex(s));
+    let ids = ids.copied();
     let line = move |grpc_status: Option<u16>| {
-        tracing::info!(
-            target: "kairos::access",
-            method,
-            path,
-            route,
+        AccessLine {
+            method: &method,
+            path: &path,
+            route: &route,
             status,
             grpc_status,
-            latency_ms = start.elapsed().as_secs_f64() * 1000.0,
-            upstream,
-            client,
-            identity,
-            tenant,
-            request_id,
-            trace_id,
-            span_id,
-        );
+            latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+            upstream: &upstream,
+            client: client.as_deref(),
+            identity: &identity,
+            tenant: &tenant,
+            request_id: &request_id,
+            trace_id: ids.as_ref().map(LogIds::trace_id),
+            span_id: ids.as_ref().map(LogIds::span_id),
+        }
+        .write()
     };
     match call.status() {
         Some(s) => line(Some(s)),
@@ -104,7 +104,9 @@ impl IpText {
     }
 
     fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+        // SAFETY: `push_ip_as_is` writes an address's decimal or hex digits, dots and colons:
+        // ASCII (the test below compares with `Display`); checking them cost 80 instructions.
+        unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len]) }
     }
 }
 
