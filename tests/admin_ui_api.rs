@@ -263,6 +263,52 @@ fn logs(c: &reqwest::blocking::Client, gw: &GatewayProcess, query: &str) -> Vec<
 }
 
 #[test]
+fn the_ring_keeps_access_lines_the_log_level_leaves_out_of_the_log() {
+    let up = Upstream::start_ok();
+    let routes = json!([{"name": "ok", "path": "/ok", "upstream": "u"}]);
+    // A filter that leaves the access log's info lines out (RUST_LOG wins over
+    // `logging.level`; the gateway's own info lines, "listening" among them, stay): the UI's
+    // ring still has them.
+    let gw = GatewayProcess::start_with_env(
+        &config(&up, routes, json!({})),
+        &[
+            ("UI_API_TOKEN", TOKEN),
+            ("RUST_LOG", "info,kairos::access=warn"),
+        ],
+    );
+    let c = http();
+    let res = c
+        .get(gw.url("/ok"))
+        .header("x-request-id", "rid-quiet-1")
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        wait_until(Duration::from_secs(10), || logs(
+            &c,
+            &gw,
+            "?request_id=rid-quiet-1"
+        )
+        .len()
+            == 1),
+        "the request's line never reached the ring"
+    );
+    let line = &logs(&c, &gw, "?request_id=rid-quiet-1")[0];
+    assert_eq!(line["kind"], "access");
+    assert_eq!(line["route"], "ok");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["client"], "127.0.0.1");
+    // The log writer writes what waits every 20 ms: long enough for a line to have come.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gw.logs().iter().any(|l| l.contains("kairos-rs listening")));
+    assert!(
+        gw.logs().iter().all(|l| !l.contains("rid-quiet-1")),
+        "an access line was written though the filter leaves them out: {:?}",
+        gw.logs()
+    );
+}
+
+#[test]
 fn logs_return_the_requests_made_here_and_filter_them() {
     let up = Upstream::start(|r| match r.target.starts_with("/fail") {
         true => Reply::ok("down").status(503),

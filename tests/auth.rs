@@ -567,6 +567,25 @@ fn keys_never_reach_the_logs_and_plaintext_keys_come_from_the_environment() {
             .any(|l| l.contains("kairos::access") && l.contains(r#""identity":"env-key""#)),
         "the access log names the caller: {logs}"
     );
+    // One audit line per authenticated request: two allowed, one refused with its reason.
+    let audit: Vec<serde_json::Value> = gw
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "kairos::audit")
+        .collect();
+    assert_eq!(audit.len(), 3, "{logs}");
+    for (line, decision) in audit.iter().zip(["allow", "allow", "deny"]) {
+        assert_eq!(line["decision"], decision, "{line}");
+        assert_eq!(line["route"], "partner", "{line}");
+        assert_eq!(line["scheme"], "api_key", "{line}");
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert!(line["request_id"].is_string(), "{line}");
+    }
+    assert_eq!(audit[0]["identity"], "env-key");
+    assert_eq!(audit[0]["message"], "authenticated request");
+    assert!(audit[2]["identity"].is_null() && audit[2]["reason"].is_string());
+    assert_eq!(audit[2]["message"], "authentication failed");
     assert!(!logs.contains(key), "a key leaked into the log");
     assert!(
         !logs.contains("kairos_guess"),

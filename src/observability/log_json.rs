@@ -104,23 +104,12 @@ fn write_line(buf: &mut String, stamp: &Stamp, event: &Event<'_>) {
     buf.push_str("}\n");
 }
 
-/// The JSON line of `line` as [`JsonLines`] writes its event ([`AccessLine::event`]), with
-/// its newline; `false` (nothing written) when the clock is outside what [`timestamp`]
-/// formats.
-pub(super) fn access_line(buf: &mut String, line: &super::access::AccessLine<'_>) -> bool {
-    let Some(stamp) = timestamp(std::time::SystemTime::now()) else {
+/// The JSON line of `line` as [`JsonLines`] writes its event, with its newline; `false`
+/// (nothing written) when the clock is outside what [`timestamp`] formats.
+pub(super) fn access_line(buf: &mut String, line: &super::lines::AccessLine<'_>) -> bool {
+    if !open_line(buf, 320 + line.path.len()) {
         return false;
-    };
-    // Every key is a constant, copied without a call; each value is escaped like a field's.
-    let text = |buf: &mut String, key: &str, value: &str| {
-        buf.push_str(key);
-        escape_into(buf, value);
-        buf.push('"');
-    };
-    buf.reserve(320 + line.path.len());
-    buf.push_str("{\"timestamp\":\"");
-    buf.push_str(stamp.as_str());
-    buf.push_str("\",\"level\":\"INFO\"");
+    }
     text(buf, ",\"method\":\"", line.method);
     text(buf, ",\"path\":\"", line.path);
     text(buf, ",\"route\":\"", line.route);
@@ -133,20 +122,60 @@ pub(super) fn access_line(buf: &mut String, line: &super::access::AccessLine<'_>
     buf.push_str(",\"latency_ms\":");
     float(buf, line.latency_ms);
     text(buf, ",\"upstream\":\"", line.upstream);
-    if let Some(c) = line.client {
-        text(buf, ",\"client\":\"", c);
-    }
+    opt_text(buf, ",\"client\":\"", line.client);
     text(buf, ",\"identity\":\"", line.identity);
     text(buf, ",\"tenant\":\"", line.tenant);
     text(buf, ",\"request_id\":\"", line.request_id);
-    if let Some(t) = line.trace_id {
-        text(buf, ",\"trace_id\":\"", t);
-    }
-    if let Some(t) = line.span_id {
-        text(buf, ",\"span_id\":\"", t);
-    }
+    opt_text(buf, ",\"trace_id\":\"", line.trace_id);
+    opt_text(buf, ",\"span_id\":\"", line.span_id);
     buf.push_str(",\"target\":\"kairos::access\"}\n");
     true
+}
+
+/// The JSON line of an audit line, as [`access_line`] writes an access line.
+pub(super) fn audit_line(buf: &mut String, line: &super::lines::AuditLine<'_>) -> bool {
+    if !open_line(buf, 320) {
+        return false;
+    }
+    // tracing puts an event's message first.
+    text(buf, ",\"message\":\"", line.message);
+    text(buf, ",\"route\":\"", line.route);
+    text(buf, ",\"scheme\":\"", line.scheme);
+    opt_text(buf, ",\"identity\":\"", line.identity);
+    text(buf, ",\"decision\":\"", line.decision);
+    opt_text(buf, ",\"reason\":\"", line.reason);
+    opt_text(buf, ",\"missing_permission\":\"", line.missing_permission);
+    text(buf, ",\"request_id\":\"", line.request_id);
+    buf.push_str(",\"target\":\"kairos::audit\"}\n");
+    true
+}
+
+/// `{"timestamp":"...","level":"INFO"` with room for `len` bytes in all; `false` (nothing
+/// written) when the clock is outside what [`timestamp`] formats.
+fn open_line(buf: &mut String, len: usize) -> bool {
+    let Some(stamp) = timestamp(std::time::SystemTime::now()) else {
+        return false;
+    };
+    buf.reserve(len);
+    buf.push_str("{\"timestamp\":\"");
+    buf.push_str(stamp.as_str());
+    buf.push_str("\",\"level\":\"INFO\"");
+    true
+}
+
+/// A string field: `key` is its constant `,"name":"` (copied without a call), the value is
+/// escaped as a field's.
+fn text(buf: &mut String, key: &str, value: &str) {
+    buf.push_str(key);
+    escape_into(buf, value);
+    buf.push('"');
+}
+
+/// A string field that is left out when absent, as tracing records a `None`.
+fn opt_text(buf: &mut String, key: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        text(buf, key, v);
+    }
 }
 
 fn level(l: &Level) -> &'static str {

@@ -300,8 +300,8 @@ impl<S: Subscriber> Layer<S> for RingLayer {
 }
 
 /// Keeps an access-log line written without a tracing event (see
-/// [`super::logging::AccessPath`]): the line [`RingLayer`] makes of its event.
-pub(super) fn push_access(a: &super::access::AccessLine<'_>) {
+/// [`super::logging::LinePath`]): the line [`RingLayer`] makes of its event.
+pub(super) fn push_access(a: &super::lines::AccessLine<'_>) {
     let mut line = LogLine {
         ts: crate::base::clock::wall_ms(),
         kind: "access",

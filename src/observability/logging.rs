@@ -39,26 +39,33 @@ pub const WAKE_BYTES: usize = 256 * 1024;
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// The queue of the installed subscriber, for lines written without a tracing event.
 static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
-/// How access-log lines are written (see [`access_path`]), decided once by [`init`].
-static ACCESS_PATH: OnceLock<AccessPath> = OnceLock::new();
+/// How access-log and audit lines are written (see [`LinePath`]), decided once by [`init`].
+static LINE_PATHS: OnceLock<(LinePath, LinePath)> = OnceLock::new();
 
-/// How an access-log line is written.
+/// How a per-request line of a target (the access log's, the audit log's) is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessPath {
+pub enum LinePath {
     /// As a tracing event (the human-readable format, or a subscriber [`init`] did not
     /// install, as in tests): every layer sees it.
     Event,
-    /// JSON lines, and the log filter lets `kairos::access` info lines through: the line is
-    /// written straight to the log queue ([`push_line`]) and the admin UI's ring.
+    /// JSON lines, and the log filter lets the target's info lines through: the line is
+    /// written straight to the log queue ([`push_line`]) (an access line also to the admin
+    /// UI's ring).
     Json,
-    /// The log filter drops `kairos::access` lines: only the ring keeps them.
-    RingOnly,
+    /// JSON lines, and the log filter drops the target's info lines: only an access line is
+    /// kept, in the ring.
+    Filtered,
 }
 
-/// How access-log lines are written in this process. The filter is fixed at start-up
-/// (`logging` takes effect only after a restart), so the answer never changes.
-pub fn access_path() -> AccessPath {
-    ACCESS_PATH.get().copied().unwrap_or(AccessPath::Event)
+/// How access-log lines (`kairos::access`) are written in this process. The filter is fixed
+/// at start-up (`logging` takes effect only after a restart), so the answer never changes.
+pub fn access_path() -> LinePath {
+    LINE_PATHS.get().map_or(LinePath::Event, |p| p.0)
+}
+
+/// How audit lines (`kairos::audit`, at info) are written; see [`access_path`].
+pub fn audit_path() -> LinePath {
+    LINE_PATHS.get().map_or(LinePath::Event, |p| p.1)
 }
 
 /// Queues one whole line (with its newline) for the log writer, as the formatter's writes do.
@@ -96,11 +103,12 @@ pub fn init(cfg: &LoggingConfig) -> Result<LogGuard, LoggingError> {
     let writer = Writer(queue.clone());
     let filter =
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
-    let access = match cfg.format {
-        LogFormat::Json if lets_access_through(filter()) => AccessPath::Json,
-        LogFormat::Json => AccessPath::RingOnly,
-        LogFormat::Pretty => AccessPath::Event,
+    let path = |target: Target| match cfg.format {
+        LogFormat::Json if lets_through(filter(), target) => LinePath::Json,
+        LogFormat::Json => LinePath::Filtered,
+        LogFormat::Pretty => LinePath::Event,
     };
+    let paths = (path(Target::Access), path(Target::Audit));
     let filter = filter();
     // Each layer filters for itself: the log level applies to the log lines, and the
     // OpenTelemetry layer sees the gateway's operation spans whatever the level.
@@ -126,7 +134,7 @@ pub fn init(cfg: &LoggingConfig) -> Result<LogGuard, LoggingError> {
         return Ok(LogGuard(None));
     }
     let _ = QUEUE.set(queue.clone());
-    let _ = ACCESS_PATH.set(access);
+    let _ = LINE_PATHS.set(paths);
     // Lines logged before the thread runs wait in the queue (no wake is asked for before the
     // thread first says it is idle, and it names itself before that).
     let (done_tx, done_rx) = mpsc::sync_channel(1);
@@ -154,17 +162,25 @@ pub fn init(cfg: &LoggingConfig) -> Result<LogGuard, LoggingError> {
     }
 }
 
-/// Whether `filter` lets an access-log line (target `kairos::access`, level info) through, as
-/// it judges an event outside any span (where the access log's are): asked once of a
-/// subscriber that has only the filter. The JSON access line is then written without a
-/// tracing event, which cost the full chain about 4,000 instructions a request (dispatch to
-/// three layers, per-layer filtering, a field visitor for the line and another for the ring).
-fn lets_access_through(filter: EnvFilter) -> bool {
+/// The targets of the lines [`LinePath`] is about.
+#[derive(Clone, Copy)]
+enum Target {
+    Access,
+    Audit,
+}
+
+/// Whether `filter` lets an info line of `target` through, as it judges an event outside any
+/// span (where the access and audit lines are): asked once of a subscriber that has only the
+/// filter. A JSON line is then written without a tracing event, which cost the full chain
+/// about 4,000 instructions a request for the access line (dispatch to three layers,
+/// per-layer filtering, a field visitor for the line and another for the ring) and 2,500
+/// for the audit line.
+fn lets_through(filter: EnvFilter, target: Target) -> bool {
     let probe = tracing_subscriber::registry().with(filter);
-    tracing::subscriber::with_default(
-        probe,
-        || tracing::enabled!(target: "kairos::access", tracing::Level::INFO),
-    )
+    tracing::subscriber::with_default(probe, || match target {
+        Target::Access => tracing::enabled!(target: "kairos::access", tracing::Level::INFO),
+        Target::Audit => tracing::enabled!(target: "kairos::audit", tracing::Level::INFO),
+    })
 }
 
 /// Log lines dropped so far because the queue was full.

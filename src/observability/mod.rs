@@ -1,8 +1,8 @@
 //! What the gateway tells its operator: logs, metrics and traces and the request id
 //! that ties them together.
 
-pub mod access;
 pub mod events;
+pub mod lines;
 pub mod log_json;
 pub mod log_ring;
 pub mod logging;

@@ -3,7 +3,7 @@
 //! `grpc_status`, and waits for the call's end when the status comes in the trailers.
 
 use super::context::Ctx;
-use crate::observability::access::AccessLine;
+use crate::observability::lines::AccessLine;
 use crate::observability::metrics;
 use crate::observability::trace::LogIds;
 use actix_web::HttpResponse;

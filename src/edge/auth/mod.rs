@@ -7,6 +7,7 @@ pub mod jwt;
 
 use crate::base::error::GatewayError;
 use crate::config::model::{AuthMode, Config, RateConfig, RouteConfig};
+use crate::observability::lines::AuditLine;
 use crate::observability::metrics::Metrics;
 use actix_web::http::header as ax;
 use std::sync::Arc;
@@ -125,15 +126,17 @@ impl Auth {
                     .auth_failures
                     .with_label_values(&[route.name.as_str(), scheme, reason])
                     .inc();
-                tracing::info!(
-                    target: "kairos::audit",
-                    route = route.name.as_str(),
+                AuditLine {
+                    route: route.name.as_str(),
                     scheme,
-                    decision = "deny",
-                    reason,
+                    identity: None,
+                    decision: "deny",
+                    reason: Some(reason),
+                    missing_permission: None,
                     request_id,
-                    "authentication failed"
-                );
+                    message: "authentication failed",
+                }
+                .write();
                 let challenge = match (mode.jwt, reason) {
                     (true, "missing" | "wrong_scheme") => "Bearer realm=\"kairos\"",
                     (true, _) => "Bearer realm=\"kairos\", error=\"invalid_token\"",
@@ -147,16 +150,17 @@ impl Auth {
             .iter()
             .find(|p| !identity.permissions.iter().any(|h| h == *p));
         let decision = if missing.is_some() { "deny" } else { "allow" };
-        tracing::info!(
-            target: "kairos::audit",
-            route = route.name.as_str(),
-            scheme = identity.scheme.as_str(),
-            identity = identity.name.as_str(),
+        AuditLine {
+            route: route.name.as_str(),
+            scheme: identity.scheme.as_str(),
+            identity: Some(identity.name.as_str()),
             decision,
-            missing_permission = missing.map(String::as_str),
+            reason: None,
+            missing_permission: missing.map(String::as_str),
             request_id,
-            "authenticated request"
-        );
+            message: "authenticated request",
+        }
+        .write();
         if missing.is_some() {
             metrics
                 .auth_failures
