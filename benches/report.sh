@@ -365,9 +365,11 @@ EOF
 fi
 
 # ---------------------------------------------------------------- REPORT.md
-kairos_version=$("$KAIROS_BIN" --version 2>/dev/null | head -n1)
+# awk reads all of it: `head` closing the pipe early made `haproxy -v` die of SIGPIPE, which
+# pipefail turned into the script's exit (141) before REPORT.md was written.
+kairos_version=$("$KAIROS_BIN" --version 2>/dev/null | awk 'NR == 1')
 nginx_version=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
-haproxy_version=$("$HAPROXY" -v 2>/dev/null | head -n1 | awk '{ print "HAProxy " $3 }')
+haproxy_version=$("$HAPROXY" -v 2>/dev/null | awk 'NR == 1 { print "HAProxy " $3 }')
 git_rev=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 kb_mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
