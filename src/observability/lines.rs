@@ -143,30 +143,9 @@ impl AuditLine<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observability::log_json::tests::{untimed, Buf};
     use crate::observability::log_ring;
-    use std::sync::{Arc, Mutex};
-    use tracing_subscriber::fmt::MakeWriter;
     use tracing_subscriber::layer::SubscriberExt;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buf {
-        type Writer = Buf;
-        fn make_writer(&'a self) -> Buf {
-            self.clone()
-        }
-    }
 
     fn lines() -> Vec<AccessLine<'static>> {
         let full = AccessLine {
@@ -205,13 +184,6 @@ mod tests {
                 ..full
             },
         ]
-    }
-
-    /// A line with its timestamp's value blanked (the two ways differ in time).
-    fn untimed(line: &str) -> String {
-        let at = line.find("\"timestamp\":\"").expect("a timestamp") + 13;
-        let end = at + line[at..].find('"').unwrap();
-        format!("{}{}", &line[..at], &line[end..])
     }
 
     /// The line the gateway's JSON format writes for the event `emit` logs.

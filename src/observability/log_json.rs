@@ -414,14 +414,15 @@ impl Write for Escaped<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::fmt::MakeWriter;
     use tracing_subscriber::layer::SubscriberExt;
 
+    /// A log writer that keeps what is written (shared with observability::lines' tests).
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Buf(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -489,7 +490,7 @@ mod tests {
     }
 
     /// A line with its timestamp's value blanked (the two runs differ in time).
-    fn untimed(line: &str) -> String {
+    pub(crate) fn untimed(line: &str) -> String {
         let at = line.find("\"timestamp\":\"").expect("a timestamp") + 13;
         let end = at + line[at..].find('"').unwrap();
         format!("{}{}", &line[..at], &line[end..])
