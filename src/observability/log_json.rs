@@ -193,6 +193,7 @@ struct Stamp([u8; 27]);
 
 impl Stamp {
     fn as_str(&self) -> &str {
+        debug_assert!(self.0.is_ascii());
         // SAFETY: only `timestamp` makes a stamp, and it writes ASCII digits and separators
         // into every byte (checking them again cost 100 instructions a line).
         unsafe { std::str::from_utf8_unchecked(&self.0) }

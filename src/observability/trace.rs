@@ -522,12 +522,14 @@ pub struct LogIds {
 
 impl LogIds {
     pub fn trace_id(&self) -> &str {
+        debug_assert!(self.trace.is_ascii());
         // SAFETY: only `RequestTrace::ids_hex` makes one, from `hex_into`'s lower-case hex
         // digits (ASCII); checking them again cost about 160 instructions an id per line.
         unsafe { std::str::from_utf8_unchecked(&self.trace) }
     }
 
     pub fn span_id(&self) -> &str {
+        debug_assert!(self.span.is_ascii());
         // SAFETY: as in `trace_id`.
         unsafe { std::str::from_utf8_unchecked(&self.span) }
     }

@@ -104,6 +104,7 @@ impl IpText {
     }
 
     fn as_str(&self) -> &str {
+        debug_assert!(self.buf[..self.len].is_ascii());
         // SAFETY: `push_ip_as_is` writes an address's decimal or hex digits, dots and colons:
         // ASCII (the test below compares with `Display`); checking them cost 80 instructions.
         unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len]) }

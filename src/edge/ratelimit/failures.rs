@@ -15,9 +15,10 @@ pub struct AuthFailures {
     config: AuthFailureLimit,
     rate: Rate,
     store: Arc<Store>,
-    /// The latest bucket state (GCRA's TAT) any failure wrote: before it has passed no client
-    /// is refused, and [`AuthFailures::blocked`] need not look its address up (a cache lookup
-    /// of about 500 instructions on every authenticated request). Shared with the store.
+    /// No bucket's state (GCRA's TAT) is past it: each failure raises it to the furthest state
+    /// it could write. Once it has passed no client is refused, and [`AuthFailures::blocked`]
+    /// need not look its address up (a cache lookup of about 500 instructions on every
+    /// authenticated request). Shared with the store.
     horizon: Arc<AtomicU64>,
 }
 
@@ -61,10 +62,13 @@ impl AuthFailures {
 
     /// Counts one failed authentication of `ip`.
     pub fn record(&self, ip: IpAddr) {
+        let now = memory::now_ns();
+        // Raised before the bucket is, to the furthest TAT admitting a failure can write
+        // (now + the tolerance): a `blocked` between the two never misses this bucket.
+        self.horizon
+            .fetch_max(now.saturating_add(self.rate.tolerance), Ordering::AcqRel);
         let cell = self.store.cell(Some(&self.key(ip)));
-        if let Ok(taken) = memory::acquire(&cell, &self.rate, memory::now_ns()) {
-            self.horizon.fetch_max(taken.after, Ordering::AcqRel);
-        }
+        let _ = memory::acquire(&cell, &self.rate, now);
     }
 }
 
