@@ -12,7 +12,6 @@
 //! the events.
 
 use super::logging::{self, LinePath};
-use std::cell::RefCell;
 
 /// The fields of an access-log line, in the line's order.
 #[derive(Debug, Clone, Copy)]
@@ -52,25 +51,14 @@ pub struct AuditLine<'a> {
     pub message: &'static str,
 }
 
-thread_local! {
-    /// The JSON line being written on this thread.
-    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
-/// Writes a JSON line with `format` into this thread's buffer and queues it; `false` when it
-/// could not (the buffer in use, a clock outside what the line's timestamp writes).
+/// Writes a JSON line with `format` into this thread's line buffer and queues it; `false`
+/// when it could not (a clock outside what the line's timestamp writes).
 fn write_json(format: impl FnOnce(&mut String) -> bool) -> bool {
-    LINE.with(|buf| {
-        let Ok(mut buf) = buf.try_borrow_mut() else {
-            return false;
-        };
-        buf.clear();
-        let ok = format(&mut buf);
+    super::log_json::with_line(|buf| {
+        let ok = format(buf);
         if ok {
             logging::push_line(buf.as_bytes());
         }
-        // A long path's line is not kept for the next request.
-        buf.shrink_to(4096);
         ok
     })
 }

@@ -69,18 +69,9 @@ where
         };
         // The line is built in a buffer of this thread's and handed over in one write: each
         // write to `writer` is a call through `dyn fmt::Write`.
-        LINE.with(|line| match line.try_borrow_mut() {
-            Ok(mut buf) => {
-                buf.clear();
-                write_line(&mut buf, &stamp, event);
-                writer.write_str(&buf)
-            }
-            // Formatting a field logged an event of its own on this thread.
-            Err(_) => {
-                let mut buf = String::with_capacity(256);
-                write_line(&mut buf, &stamp, event);
-                writer.write_str(&buf)
-            }
+        with_line(|buf| {
+            write_line(buf, &stamp, event);
+            writer.write_str(buf)
         })
     }
 }
@@ -88,6 +79,22 @@ where
 thread_local! {
     /// The line being formatted on this thread.
     static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Runs `f` on this thread's line buffer, emptied (a buffer of its own when the thread's is
+/// in use: formatting a field logged an event of its own). Shared by the event format and
+/// the lines written without an event ([`super::lines`]).
+pub(super) fn with_line<R>(f: impl FnOnce(&mut String) -> R) -> R {
+    LINE.with(|line| match line.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let out = f(&mut buf);
+            // A long line's room is not kept for the next one.
+            buf.shrink_to(4096);
+            out
+        }
+        Err(_) => f(&mut String::with_capacity(256)),
+    })
 }
 
 /// The line of an event outside any span, with its newline.

@@ -286,10 +286,6 @@ pub fn response_headers(src: &hh::HeaderMap, dst: &mut ax::HeaderMap) {
     }
 }
 
-/// Header maps for upstream requests and responses, kept per worker
-/// ([`crate::base::arena::header_map`]).
-pub use crate::base::arena::{header_map, recycle};
-
 thread_local! {
     static HYPER_NAMES: RefCell<NameCache<HeaderName>> = const { RefCell::new(NameCache::new()) };
     static ACTIX_NAMES: RefCell<NameCache<ax::HeaderName>> =

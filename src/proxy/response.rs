@@ -61,7 +61,7 @@ pub fn upstream(
         res.extensions_mut().insert(t);
     }
     headers::response_headers(&parts.headers, res.headers_mut());
-    headers::recycle(parts.headers);
+    crate::base::arena::recycle(parts.headers);
     if status == StatusCode::NOT_MODIFIED {
         // The length of the representation a 304 stands for; actix keeps it as set.
         if let Some(n) = len {

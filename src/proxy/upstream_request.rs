@@ -188,7 +188,7 @@ impl UpstreamRequest<'_> {
     fn with_body(&self, body: ProxyBody) -> http::Request<ProxyBody> {
         let mut up = http::Request::new(body);
         // A map that served an earlier request and came back with its response.
-        *up.headers_mut() = headers::header_map();
+        *up.headers_mut() = arena::header_map();
         *up.method_mut() = self.method.clone();
         // Origin-form on the wire (`GET /path?query HTTP/1.1`); the pool picks the server.
         *up.uri_mut() = http::Uri::from(self.path_and_query.clone());
